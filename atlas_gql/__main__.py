@@ -1,0 +1,3 @@
+from atlas_gql.cli import main
+
+main()

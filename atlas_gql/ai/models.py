@@ -1,0 +1,124 @@
+"""Assistants, threads (OpenAI conversations), messages, files and their associations."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from atlas_gql.db.base import (
+    Timestamped,
+    created_at,
+    enum_column,
+    foreign_key,
+    jsonb_column,
+    optional_timestamp,
+    uuid_pk,
+)
+
+
+class MessageRole(enum.StrEnum):
+    USER = "USER"
+    ASSISTANT = "ASSISTANT"
+    SYSTEM = "SYSTEM"
+
+
+class MessageStatus(enum.StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    INCOMPLETE = "INCOMPLETE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class AssociableType(enum.StrEnum):
+    ASSISTANT = "ASSISTANT"
+    THREAD = "THREAD"
+    MESSAGE = "MESSAGE"
+
+
+class Assistant(Timestamped, table=True):
+    __tablename__ = "assistants"
+
+    id: uuid.UUID = uuid_pk()
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    model: str = Field(max_length=100)
+    instructions: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    temperature: float | None = Field(default=None)
+    tools: Any = jsonb_column()
+    # Optional: an assistant may belong to a project, or be personal to its creator.
+    project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True)
+    created_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
+
+
+class Thread(Timestamped, table=True):
+    __tablename__ = "threads"
+
+    id: uuid.UUID = uuid_pk()
+    title: str | None = Field(default=None, max_length=300)
+    project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True)
+    assistant_id: uuid.UUID | None = foreign_key(
+        "assistants.id", nullable=True, ondelete="SET NULL"
+    )
+    created_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
+    # The OpenAI conversation (`conv_...`) this thread maps to.
+    openai_thread_id: str | None = Field(default=None, max_length=100, unique=True)
+    # Last sequence number handed to a threadEvents event; events are numbered per thread.
+    last_event_sequence: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        sa.Index("ix_messages_thread_id_created_at", "thread_id", "created_at", "id"),
+    )
+
+    id: uuid.UUID = uuid_pk()
+    # Indexed by (thread_id, created_at, id), which also serves the thread's message list.
+    thread_id: uuid.UUID = foreign_key("threads.id", index=False)
+    user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")
+    role: MessageRole = enum_column(MessageRole, "message_role")
+    content: str = Field(default="", sa_type=sa.Text)  # type: ignore[call-overload]
+    status: MessageStatus = enum_column(MessageStatus, "message_status")
+    openai_message_id: str | None = Field(default=None, max_length=100, unique=True)
+    openai_response_id: str | None = Field(default=None, max_length=100)
+    model: str | None = Field(default=None, max_length=100)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    created_at: datetime = created_at()
+    completed_at: datetime | None = optional_timestamp()
+
+
+class File(SQLModel, table=True):
+    __tablename__ = "files"
+
+    id: uuid.UUID = uuid_pk()
+    filename: str = Field(max_length=255)
+    bytes: int
+    mime_type: str | None = Field(default=None, max_length=255)
+    purpose: str = Field(default="user_data", max_length=32)
+    openai_file_id: str | None = Field(default=None, max_length=100, unique=True)
+    uploaded_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
+    created_at: datetime = created_at()
+
+
+class FileAssociation(SQLModel, table=True):
+    """Attaches a File to an Assistant, a Thread or a Message (a polymorphic link)."""
+
+    __tablename__ = "file_associations"
+    __table_args__ = (
+        sa.UniqueConstraint("file_id", "associable_type", "associable_id"),
+        sa.Index("ix_file_associations_associable", "associable_type", "associable_id"),
+    )
+
+    id: uuid.UUID = uuid_pk()
+    file_id: uuid.UUID = foreign_key("files.id", index=False)
+    associable_type: AssociableType = enum_column(AssociableType, "associable_type")
+    associable_id: uuid.UUID
+    created_at: datetime = created_at()

@@ -1,0 +1,134 @@
+"""The ASGI application: `create_app(settings)`; the lifespan owns engine, broker and clients."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+from atlas_gql import __version__
+from atlas_gql.config import Settings, get_settings
+from atlas_gql.db.engine import create_engine, create_sessionmaker
+from atlas_gql.db.runtime import resolve_database_target
+from atlas_gql.db.utils import check_db_connection
+from atlas_gql.graph.ide import graphiql_static_route
+from atlas_gql.graph.limits import BodySizeLimitMiddleware
+from atlas_gql.graph.runtime import Runtime
+from atlas_gql.graph.schema import build_schema
+from atlas_gql.graph.views import AtlasGraphQL
+
+logger = logging.getLogger(__name__)
+
+# Hooks domains register to run when the app starts and stops (e.g. the AI run orchestrator).
+StartupHook = Callable[[Runtime], Awaitable[None]]
+ShutdownHook = Callable[[Runtime], Awaitable[None]]
+startup_hooks: list[StartupHook] = []
+shutdown_hooks: list[ShutdownHook] = []
+
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: AsyncEngine | None = None,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+) -> Starlette:
+    """Build the app. Pass `engine` (and a `sessionmaker`, e.g. one bound to a test
+    transaction) to share them; otherwise the lifespan creates its own engine."""
+    settings = settings or get_settings()
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        own_engine = engine is None
+        active_engine = engine or create_engine(resolve_database_target(settings))
+        runtime = Runtime(
+            settings=settings,
+            engine=active_engine,
+            sessionmaker=sessionmaker or create_sessionmaker(active_engine),
+        )
+        state["runtime"] = runtime
+        graphql_app.runtime = runtime
+        for hook in startup_hooks:
+            await hook(runtime)
+        try:
+            yield
+        finally:
+            for shutdown in reversed(shutdown_hooks):
+                await shutdown(runtime)
+            await runtime.drain()
+            if own_engine:
+                await active_engine.dispose()
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def readyz(request: Request) -> JSONResponse:
+        runtime: Runtime = state["runtime"]
+        if await check_db_connection(runtime.engine, timeout=READINESS_TIMEOUT_SECONDS):
+            return JSONResponse({"status": "ready", "database": "ok"})
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+
+    schema = build_schema(settings)
+    # The runtime is attached by the lifespan; the view exists earlier so routes can mount it.
+    graphql_app = AtlasGraphQL(schema, runtime=_PendingRuntime(settings))  # type: ignore[arg-type]
+
+    app = Starlette(
+        debug=False,
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            graphiql_static_route(),
+            Route("/graphql", graphql_app, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql_app),
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.atlas_cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "Apollo-Require-Preflight",
+                    "X-Apollo-Operation-Name",
+                    "GraphQL-Preflight",
+                ],
+                max_age=600,
+            ),
+            Middleware(
+                BodySizeLimitMiddleware,
+                max_body_bytes=settings.atlas_max_body_bytes,
+                max_upload_bytes=settings.atlas_max_upload_bytes,
+            ),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.atlas = state
+    return app
+
+
+class _PendingRuntime:
+    """Stands in for the runtime until the lifespan has started."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("the application has not started (lifespan not run)")
+
+
+def app_factory() -> Starlette:
+    """For `uvicorn --factory atlas_gql.app:app_factory`."""
+    logging.basicConfig(level=logging.INFO)
+    return create_app()

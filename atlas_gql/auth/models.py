@@ -1,0 +1,118 @@
+"""Users, their sessions and refresh tokens, roles and permissions."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from atlas_gql.db.base import (
+    Timestamped,
+    created_at,
+    enum_column,
+    foreign_key,
+    optional_timestamp,
+    uuid_pk,
+)
+
+
+class RoleName(enum.StrEnum):
+    ADMIN = "ADMIN"
+    USER = "USER"
+    PROJECT_MANAGER = "PROJECT_MANAGER"
+
+
+class PermissionName(enum.StrEnum):
+    CREATE_PROJECT = "CREATE_PROJECT"
+    MANAGE_USERS = "MANAGE_USERS"
+    USE_AI = "USE_AI"
+
+
+class User(Timestamped, table=True):
+    __tablename__ = "users"
+    __table_args__ = (
+        # Case-insensitive uniqueness: Foo@x.io and foo@x.io are one account.
+        sa.Index("uq_users_email_lower", sa.text("lower(email)"), unique=True),
+    )
+
+    id: uuid.UUID = uuid_pk()
+    email: str = Field(max_length=320)
+    password_hash: str = Field(max_length=100)
+    name: str | None = Field(default=None, max_length=200)
+    is_active: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
+    last_login_at: datetime | None = optional_timestamp()
+
+
+class Session(SQLModel, table=True):
+    """A signed-in device. Access tokens carry its id (`sid`); revoking it ends them at once."""
+
+    __tablename__ = "sessions"
+
+    id: uuid.UUID = uuid_pk()
+    user_id: uuid.UUID = foreign_key("users.id")
+    # SHA-256 of the session's secret; never stored in clear.
+    token_hash: str = Field(max_length=64, unique=True)
+    user_agent: str | None = Field(default=None, max_length=500)
+    ip_address: str | None = Field(default=None, max_length=64)
+    created_at: datetime = created_at()
+    last_used_at: datetime | None = optional_timestamp()
+    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))  # type: ignore[call-overload]
+    revoked_at: datetime | None = optional_timestamp()
+    revoked_reason: str | None = Field(default=None, max_length=64)
+
+
+class RefreshToken(SQLModel, table=True):
+    """One link of a session's rotation chain: single-use, stored as a SHA-256 hash."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: uuid.UUID = uuid_pk()
+    session_id: uuid.UUID = foreign_key("sessions.id")
+    user_id: uuid.UUID = foreign_key("users.id")
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = created_at()
+    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))  # type: ignore[call-overload]
+    used_at: datetime | None = optional_timestamp()
+    revoked_at: datetime | None = optional_timestamp()
+
+
+class Role(SQLModel, table=True):
+    __tablename__ = "roles"
+
+    id: uuid.UUID = uuid_pk()
+    name: RoleName = enum_column(RoleName, "role_name", unique=True)
+    description: str | None = Field(default=None, max_length=500)
+    created_at: datetime = created_at()
+
+
+class Permission(SQLModel, table=True):
+    __tablename__ = "permissions"
+
+    id: uuid.UUID = uuid_pk()
+    name: PermissionName = enum_column(PermissionName, "permission_name", unique=True)
+    description: str | None = Field(default=None, max_length=500)
+    created_at: datetime = created_at()
+
+
+class UserRole(SQLModel, table=True):
+    __tablename__ = "user_roles"
+    __table_args__ = (sa.UniqueConstraint("user_id", "role_id"),)
+
+    id: uuid.UUID = uuid_pk()
+    # Indexed by the unique (user_id, role_id) it leads.
+    user_id: uuid.UUID = foreign_key("users.id", index=False)
+    role_id: uuid.UUID = foreign_key("roles.id")
+    created_at: datetime = created_at()
+
+
+class RolePermission(SQLModel, table=True):
+    __tablename__ = "role_permissions"
+    __table_args__ = (sa.UniqueConstraint("role_id", "permission_id"),)
+
+    id: uuid.UUID = uuid_pk()
+    role_id: uuid.UUID = foreign_key("roles.id", index=False)
+    permission_id: uuid.UUID = foreign_key("permissions.id")
+    created_at: datetime = created_at()

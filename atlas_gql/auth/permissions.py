@@ -1,0 +1,94 @@
+"""Permission checks as schema directives: `@authenticated` and `@hasPermission(permission:)`.
+
+They are the declarative first gate, visible in the SDL; services check again (and check
+project roles), since the CLI and tests call services directly."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import strawberry
+from strawberry.extensions.field_extension import FieldExtension
+from strawberry.permission import BasePermission, PermissionExtension
+from strawberry.schema_directive import Location
+from strawberry.types import Info
+
+from atlas_gql.auth.models import PermissionName, RoleName
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.errors import Forbidden, Unauthenticated
+
+PermissionNameEnum = strawberry.enum(
+    PermissionName, name="PermissionName", description="A permission granted through roles."
+)
+RoleNameEnum = strawberry.enum(RoleName, name="RoleName", description="A global role.")
+
+
+@strawberry.schema_directive(
+    name="authenticated",
+    locations=[Location.FIELD_DEFINITION, Location.OBJECT],
+    description="Requires a signed-in viewer (UNAUTHENTICATED otherwise).",
+)
+class AuthenticatedDirective:
+    pass
+
+
+@strawberry.schema_directive(
+    name="hasPermission",
+    locations=[Location.FIELD_DEFINITION, Location.OBJECT],
+    description="Requires a viewer holding the permission (FORBIDDEN otherwise).",
+)
+class HasPermissionDirective:
+    permission: PermissionNameEnum  # type: ignore[valid-type]
+
+
+async def viewer_of(info: Info[Any, Any]) -> Viewer:
+    viewer: Viewer | None = await info.context.viewer()
+    if viewer is None:
+        raise Unauthenticated()
+    return viewer
+
+
+class IsAuthenticated(BasePermission):
+    message = "Authentication required."
+    error_extensions = {"code": "UNAUTHENTICATED"}
+    schema_directive = AuthenticatedDirective()
+
+    async def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
+        await viewer_of(info)
+        return True
+
+
+class HasPermission(BasePermission):
+    """Base of the per-permission classes `requires()` builds (one class per permission, since
+    Strawberry reads `schema_directive` off the class)."""
+
+    message = "You are not allowed to do this."
+    error_extensions = {"code": "FORBIDDEN"}
+    permission: PermissionName
+
+    async def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
+        viewer = await viewer_of(info)
+        if not viewer.has_permission(self.permission):
+            raise Forbidden(f"This requires the {self.permission.value} permission.")
+        return True
+
+
+@cache
+def permission_class(permission: PermissionName) -> type[HasPermission]:
+    name = "Has" + "".join(part.title() for part in permission.value.split("_"))
+    attributes = {
+        "permission": permission,
+        "schema_directive": HasPermissionDirective(permission=permission),
+    }
+    return type(name, (HasPermission,), attributes)
+
+
+def authenticated() -> list[FieldExtension]:
+    """Field extensions for `@authenticated`."""
+    return [PermissionExtension(permissions=[IsAuthenticated()])]
+
+
+def requires(permission: PermissionName) -> list[FieldExtension]:
+    """Field extensions for `@hasPermission(permission: ...)`."""
+    return [PermissionExtension(permissions=[permission_class(permission)()])]

@@ -1,0 +1,227 @@
+"""`atlas-gql`: serve, migrate, seed, create-user, export-schema."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
+
+from atlas_gql.config import Settings
+from atlas_gql.db.url import DatabaseTarget, DatabaseUrlError
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    name="atlas-gql",
+    help="ATLAS: a GraphQL backend for multi-user AI-assistant workspaces.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()
+        )
+        raise fail(f"invalid settings: {problems}") from None
+
+
+def resolve_target(settings: Settings) -> DatabaseTarget:
+    from atlas_gql.db.runtime import resolve_database_target
+
+    try:
+        return resolve_database_target(settings)
+    except DatabaseUrlError as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # the embedded server failed to start
+        raise fail(f"could not start the embedded PostgreSQL: {exc}") from None
+
+
+def run_db(target: DatabaseTarget, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run database work; a database that cannot be reached is one clear line, not a traceback."""
+    try:
+        return asyncio.run(work())
+    except (OSError, TimeoutError, DBAPIError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise fail(f"cannot reach the database at {target.render()}: {reason}") from None
+
+
+def migrate_and_maybe_seed(
+    settings: Settings, target: DatabaseTarget, *, seed_if_empty: bool
+) -> None:
+    from atlas_gql.db.engine import create_engine, create_sessionmaker, ensure_database
+    from atlas_gql.db.migrate import upgrade_to_head
+    from atlas_gql.seed import database_is_empty, seed
+
+    async def work() -> None:
+        await asyncio.wait_for(ensure_database(target), 15)
+        await asyncio.to_thread(upgrade_to_head, target)
+        if not seed_if_empty:
+            return
+        engine = create_engine(target, pool_size=1)
+        try:
+            async with create_sessionmaker(engine)() as db, db.begin():
+                if await database_is_empty(db):
+                    report = await seed(db, settings=settings)
+                    typer.echo(
+                        f"seeded an empty database: {report.users} users, {report.roles} roles"
+                    )
+        finally:
+            await engine.dispose()
+
+    run_db(target, work)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
+    reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
+) -> None:
+    """Migrate to head, seed an empty database, then serve /graphql."""
+    import uvicorn
+
+    settings = load_settings()
+    target = resolve_target(settings)
+    migrate_and_maybe_seed(settings, target, seed_if_empty=True)
+    if not settings.database_url:
+        # Workers (and reloads) attach to the embedded server this process started.
+        os.environ["DATABASE_URL"] = target.url.render_as_string(hide_password=False)
+    if workers > 1 and settings.redis_url is None:
+        typer.secho(
+            "warning: several workers without REDIS_URL: "
+            "subscribers only see events of their own worker",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    typer.echo(f"ATLAS serving http://{host}:{port}/graphql")
+    uvicorn.run(
+        "atlas_gql.app:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers if not reload else None,
+        reload=reload,
+        log_level="info",
+        proxy_headers=True,
+    )
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply every migration (alembic upgrade head)."""
+    settings = load_settings()
+    target = resolve_target(settings)
+    migrate_and_maybe_seed(settings, target, seed_if_empty=False)
+    typer.echo(f"database at {target.render()} is at head")
+
+
+@cli.command("seed")
+def seed_command() -> None:
+    """Create the seed rows that are missing (idempotent)."""
+    from atlas_gql.db.engine import create_engine, create_sessionmaker
+    from atlas_gql.seed import seed
+
+    settings = load_settings()
+    target = resolve_target(settings)
+
+    async def work() -> str:
+        engine = create_engine(target, pool_size=1)
+        try:
+            async with create_sessionmaker(engine)() as db, db.begin():
+                report = await seed(db, settings=settings)
+        finally:
+            await engine.dispose()
+        sample = "created" if report.created_sample else "already present"
+        return (
+            f"seed complete: {report.roles} roles, {report.permissions} permissions, "
+            f"{report.users} users; sample project {sample}"
+        )
+
+    from atlas_gql.errors import AtlasError
+
+    try:
+        typer.echo(run_db(target, work))
+    except AtlasError as exc:
+        raise fail(exc.message) from None
+
+
+@cli.command("create-user")
+def create_user(
+    email: Annotated[str, typer.Option(help="Email address (sign-in name).")],
+    password: Annotated[str, typer.Option(help="At least 8 characters, at most 72 bytes.")],
+    role: Annotated[str, typer.Option(help="ADMIN, USER or PROJECT_MANAGER.")] = "USER",
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create a user with a global role."""
+    from atlas_gql.auth.models import RoleName
+    from atlas_gql.auth.service import create_user_account
+    from atlas_gql.db.engine import create_engine, create_sessionmaker
+    from atlas_gql.errors import AtlasError
+
+    try:
+        role_name = RoleName(role.upper())
+    except ValueError:
+        raise fail(
+            f"unknown role {role!r}; choose ADMIN, USER or PROJECT_MANAGER", code=2
+        ) from None
+    settings = load_settings()
+    target = resolve_target(settings)
+
+    async def work() -> str:
+        engine = create_engine(target, pool_size=1)
+        try:
+            async with create_sessionmaker(engine)() as db:
+                user = await create_user_account(
+                    db=db, email=email, password=password, name=name, roles=[role_name]
+                )
+                await db.commit()
+                return f"created {user.email} ({role_name.value}) id={user.id}"
+        finally:
+            await engine.dispose()
+
+    try:
+        typer.echo(run_db(target, work))
+    except AtlasError as exc:
+        raise fail(exc.message) from None
+
+
+@cli.command("export-schema")
+def export_schema(
+    path: Annotated[Path | None, typer.Argument(help="File to write; stdout when omitted.")] = None,
+) -> None:
+    """Print the GraphQL SDL (or write it to PATH)."""
+    from atlas_gql.graph.schema import export_sdl
+
+    sdl = export_sdl()
+    if path is None:
+        sys.stdout.write(sdl)
+    else:
+        path.write_text(sdl, encoding="utf-8")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Settings: the environment first, then `.env`, then the defaults below."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Development defaults. They are public (committed in `.env` too), so production refuses them.
+DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
+DEVELOPMENT_SEED_PASSWORD = "atlas-dev-password"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class OpenAIApi(StrEnum):
+    RESPONSES = "responses"
+    CHAT = "chat"
+
+
+class Settings(BaseSettings):
+    """Every knob of ATLAS. Names are the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL; empty means the embedded PostgreSQL in ATLAS_DATA_DIR.",
+    )
+    atlas_env: Environment = Environment.DEVELOPMENT
+    atlas_data_dir: Path = Path(".atlas")
+    atlas_jwt_secret: str = DEVELOPMENT_JWT_SECRET
+    atlas_jwt_algorithm: str = "HS256"
+    atlas_jwt_issuer: str = "atlas-gql"
+    atlas_jwt_audience: str = "atlas-gql"
+    atlas_access_token_ttl: int = Field(default=900, ge=30, le=3600, description="seconds")
+    atlas_refresh_token_ttl: int = Field(default=30 * 24 * 3600, ge=60, description="seconds")
+    atlas_seed_password: str = DEVELOPMENT_SEED_PASSWORD
+    atlas_login_max_failures: int = Field(default=10, ge=1)
+    atlas_login_failure_window: int = Field(default=900, ge=1, description="seconds")
+
+    openai_api_key: str = "sk-dev-placeholder"
+    openai_base_url: str | None = None
+    atlas_openai_api: OpenAIApi = OpenAIApi.RESPONSES
+    atlas_openai_timeout: float = Field(default=60.0, gt=0)
+    atlas_default_model: str = "gpt-4o-mini"
+    atlas_allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    atlas_max_message_chars: int = Field(default=32_000, ge=1)
+    atlas_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+
+    redis_url: str | None = None
+    atlas_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    atlas_max_depth: int = Field(default=12, ge=1)
+    atlas_max_aliases: int = Field(default=30, ge=1)
+    atlas_max_tokens: int = Field(default=5_000, ge=1)
+    atlas_max_cost: int = Field(default=50_000, ge=1)
+    atlas_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    atlas_introspection: bool | None = Field(
+        default=None, description="default: on in development, off in production"
+    )
+    atlas_log_retention_days: int = Field(default=90, ge=1)
+
+    @field_validator("atlas_cors_origins", "atlas_allowed_models", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("database_url", "redis_url", "openai_base_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _refuse_development_secrets_in_production(self) -> Settings:
+        if self.atlas_env is not Environment.PRODUCTION:
+            return self
+        problems = []
+        if not self.atlas_jwt_secret or self.atlas_jwt_secret == DEVELOPMENT_JWT_SECRET:
+            problems.append("ATLAS_JWT_SECRET must be set to a private value in production")
+        elif len(self.atlas_jwt_secret) < 32:
+            problems.append("ATLAS_JWT_SECRET must be at least 32 characters in production")
+        if self.atlas_seed_password == DEVELOPMENT_SEED_PASSWORD:
+            problems.append("ATLAS_SEED_PASSWORD must not be the development default in production")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.atlas_env is Environment.PRODUCTION
+
+    @property
+    def introspection_enabled(self) -> bool:
+        if self.atlas_introspection is None:
+            return not self.is_production
+        return self.atlas_introspection
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

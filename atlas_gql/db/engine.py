@@ -1,0 +1,103 @@
+"""The async engine, its session factory, and creating the database and schema on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import asyncpg
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from atlas_gql.db.url import DatabaseTarget
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+
+
+def create_engine(
+    target: DatabaseTarget, *, pool_size: int = 10, echo: bool = False
+) -> AsyncEngine:
+    """An asyncpg engine honouring the target's search_path."""
+    # asyncpg's connect timeout, so a silent server fails fast instead of after 60 s.
+    connect_args: dict[str, object] = {"timeout": 10, **target.connect_args}
+    return create_async_engine(
+        target.url,
+        connect_args=connect_args,
+        # Bound parameters never appear in error messages (and so never in ErrorLog rows).
+        hide_parameters=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        echo=echo,
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def _asyncpg_dsn(target: DatabaseTarget, database: str) -> dict[str, object]:
+    url = target.url.set(database=database)
+    params: dict[str, object] = {
+        "user": url.username,
+        "password": url.password,
+        "database": url.database,
+        "port": url.port,
+    }
+    host = url.host or url.query.get("host")
+    params["host"] = host if isinstance(host, str) else None
+    if "ssl" in url.query:
+        params["ssl"] = url.query["ssl"]
+    return {key: value for key, value in params.items() if value is not None}
+
+
+async def ensure_database(target: DatabaseTarget, *, timeout: float = 10.0) -> None:
+    """Create the database and the schema when missing, as `prisma migrate` would."""
+    database = target.database
+    if not _IDENTIFIER.match(database):
+        raise ValueError(f"unsupported database name {database!r}")
+    try:
+        conn = await asyncpg.connect(**_asyncpg_dsn(target, database), timeout=timeout)  # type: ignore[arg-type]
+    except asyncpg.InvalidCatalogNameError:
+        admin = await asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout)  # type: ignore[arg-type]
+        try:
+            await admin.execute(f'CREATE DATABASE "{database}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass  # created concurrently by another worker
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(**_asyncpg_dsn(target, database), timeout=timeout)  # type: ignore[arg-type]
+    try:
+        if target.schema and target.schema != "public":
+            if not _IDENTIFIER.match(target.schema):
+                raise ValueError(f"unsupported schema name {target.schema!r}")
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{target.schema}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(target: DatabaseTarget, *, timeout: float = 10.0) -> None:
+    """Drop the target database (tests use this for their throw-away database)."""
+    admin = await asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout)  # type: ignore[arg-type]
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def can_connect(target: DatabaseTarget, *, timeout: float = 2.0) -> bool:
+    """True when a server answers at the target (its maintenance database is enough)."""
+    try:
+        conn = await asyncio.wait_for(
+            asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout),  # type: ignore[arg-type]
+            timeout,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await conn.close()
+    return True

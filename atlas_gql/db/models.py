@@ -1,0 +1,37 @@
+"""Imports every table so `metadata` is complete (Alembic and the seed import this)."""
+
+from atlas_gql.ai.models import Assistant, File, FileAssociation, Message, Thread
+from atlas_gql.auth.models import (
+    Permission,
+    RefreshToken,
+    Role,
+    RolePermission,
+    Session,
+    User,
+    UserRole,
+)
+from atlas_gql.db.base import metadata
+from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog
+from atlas_gql.projects.models import Project, ProjectMember, ProjectSetting
+
+__all__ = [
+    "ActivityLog",
+    "ApiUsageLog",
+    "Assistant",
+    "ErrorLog",
+    "File",
+    "FileAssociation",
+    "Message",
+    "Permission",
+    "Project",
+    "ProjectMember",
+    "ProjectSetting",
+    "RefreshToken",
+    "Role",
+    "RolePermission",
+    "Session",
+    "Thread",
+    "User",
+    "UserRole",
+    "metadata",
+]

@@ -1,0 +1,132 @@
+"""The three database helpers named by the seed document."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from atlas_gql.errors import AtlasError, BadInput, Conflict, DbUnavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# SQLSTATEs: serialization_failure, deadlock_detected.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+UNIQUE_VIOLATION = "23505"
+FOREIGN_KEY_VIOLATION = "23503"
+CHECK_VIOLATION = "23514"
+NOT_NULL_VIOLATION = "23502"
+STRING_TOO_LONG = "22001"
+INVALID_TEXT = "22P02"
+
+
+def sqlstate_of(error: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind a SQLAlchemy/asyncpg error, if any."""
+    pending: list[BaseException | None] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str) and code:
+            return code
+        pending.extend([getattr(current, "orig", None), current.__cause__])
+    return None
+
+
+def is_connection_error(error: BaseException) -> bool:
+    if isinstance(error, (OSError, TimeoutError, InterfaceError)):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, OperationalError):
+        code = sqlstate_of(error)
+        return code is None or code.startswith("08") or code.startswith("57P")
+    return False
+
+
+def map_db_error(error: Exception) -> AtlasError | None:
+    """The API error a driver error means to a client, or None when it is a bug (masked)."""
+    if is_connection_error(error):
+        return DbUnavailable()
+    code = sqlstate_of(error)
+    if code == UNIQUE_VIOLATION or (isinstance(error, IntegrityError) and code is None):
+        return Conflict("A record with these values already exists.")
+    if code == FOREIGN_KEY_VIOLATION:
+        return Conflict("A referenced record does not exist or is still in use.")
+    if code in {CHECK_VIOLATION, NOT_NULL_VIOLATION, STRING_TOO_LONG, INVALID_TEXT}:
+        return BadInput("A value is out of the allowed range or format.")
+    return None
+
+
+async def execute_db_operation(
+    operation: Callable[[], Awaitable[T]], *, description: str = "database operation"
+) -> T:
+    """Run one operation; driver errors become the API's errors (CONFLICT, DB_UNAVAILABLE, ...)."""
+    try:
+        return await operation()
+    except AtlasError:
+        raise
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        mapped = map_db_error(exc)
+        if mapped is None:
+            raise
+        logger.info("%s failed: %s", description, type(exc).__name__)
+        raise mapped from exc
+
+
+async def execute_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    attempts: int = 4,
+    base_delay: float = 0.05,
+    isolation_level: str | None = None,
+) -> T:
+    """Run `work` in one transaction on a fresh session; retry serialization failures and
+    deadlocks up to `attempts` times with jittered exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        async with sessionmaker() as session:
+            try:
+                if isolation_level is not None:
+                    await session.connection(execution_options={"isolation_level": isolation_level})
+                async with session.begin():
+                    return await work(session)
+            except DBAPIError as exc:
+                if sqlstate_of(exc) in RETRYABLE_SQLSTATES and attempt < attempts:
+                    delay = base_delay * 2 ** (attempt - 1) * (1 + random.random())  # noqa: S311
+                    logger.info("transaction retry %d after %s", attempt, sqlstate_of(exc))
+                    await asyncio.sleep(delay)
+                    continue
+                mapped = map_db_error(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
+            except (OSError, TimeoutError) as exc:
+                raise DbUnavailable() from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def check_db_connection(engine: AsyncEngine, *, timeout: float = 2.0) -> bool:
+    """True when the database answers `SELECT 1` within `timeout` seconds."""
+
+    async def probe() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(probe(), timeout)
+    except Exception:  # any failure means "not ready"; the reason is logged, not raised
+        logger.warning("database check failed", exc_info=True)
+        return False
+    return True

@@ -1,0 +1,86 @@
+"""The project's own exceptions. Services raise these; `graph/errors.py` maps them to
+GraphQL `extensions.code`. Anything else reaching the client is masked."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    CONFLICT = "CONFLICT"
+    RATE_LIMITED = "RATE_LIMITED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    DB_UNAVAILABLE = "DB_UNAVAILABLE"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+
+
+class AtlasError(Exception):
+    """An error whose message is safe to show to the client."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_SERVER_ERROR
+    default_message = "Internal server error."
+
+    def __init__(self, message: str | None = None, **extensions: Any) -> None:
+        self.message = message or self.default_message
+        self.extensions: dict[str, Any] = extensions
+        super().__init__(self.message)
+
+
+class Unauthenticated(AtlasError):
+    code = ErrorCode.UNAUTHENTICATED
+    default_message = "Authentication required."
+
+
+class Forbidden(AtlasError):
+    code = ErrorCode.FORBIDDEN
+    default_message = "You are not allowed to do this."
+
+
+class NotFound(AtlasError):
+    code = ErrorCode.NOT_FOUND
+    default_message = "Not found."
+
+
+class BadInput(AtlasError):
+    code = ErrorCode.BAD_USER_INPUT
+    default_message = "Invalid input."
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, **extra: Any):
+        if field is not None:
+            extra["field"] = field
+        super().__init__(message, **extra)
+
+
+class Conflict(AtlasError):
+    code = ErrorCode.CONFLICT
+    default_message = "This conflicts with existing data."
+
+
+class RateLimited(AtlasError):
+    code = ErrorCode.RATE_LIMITED
+    default_message = "Too many attempts; try again later."
+
+    def __init__(self, message: str | None = None, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(message, retryAfter=retry_after, **extra)
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(AtlasError):
+    code = ErrorCode.QUOTA_EXCEEDED
+    default_message = "Quota exceeded."
+
+
+class UpstreamError(AtlasError):
+    code = ErrorCode.UPSTREAM_ERROR
+    default_message = "The AI provider failed to answer."
+
+
+class DbUnavailable(AtlasError):
+    code = ErrorCode.DB_UNAVAILABLE
+    default_message = "The database is unavailable; try again shortly."

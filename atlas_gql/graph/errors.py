@@ -1,0 +1,106 @@
+"""The one place errors become GraphQL errors: project exceptions get their
+`extensions.code`; anything else is masked, logged to ErrorLog, and given a requestId."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from graphql import GraphQLError
+from sqlalchemy.exc import DBAPIError
+from strawberry.extensions import SchemaExtension
+
+from atlas_gql.db.utils import map_db_error
+from atlas_gql.errors import AtlasError, ErrorCode
+from atlas_gql.graph.context import Context
+from atlas_gql.logs.models import ErrorSource
+from atlas_gql.logs.service import record_error
+
+logger = logging.getLogger(__name__)
+
+MASKED_MESSAGE = "Internal server error."
+
+
+def _with_extensions(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions=extensions,
+    )
+
+
+def classify(error: GraphQLError) -> AtlasError | None:
+    """The project error behind a GraphQL error (driver errors mapped), if it is one."""
+    original = error.original_error
+    if isinstance(original, AtlasError):
+        return original
+    if isinstance(original, (DBAPIError, OSError, TimeoutError)):
+        return map_db_error(original)
+    return None
+
+
+class ErrorMappingExtension(SchemaExtension):
+    """Maps errors per operation and closes the request's database session."""
+
+    async def on_operation(self) -> AsyncIterator[None]:  # type: ignore[override]
+        context = self.execution_context.context
+        if isinstance(context, Context):
+            context.operation_name = self.execution_context.operation_name
+        try:
+            yield
+        finally:
+            if isinstance(context, Context):
+                # Roll back anything uncommitted before error rows are written elsewhere.
+                await context.close_db()
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)
+        if result is not None and errors:
+            result.errors = [await self._map(error, context) for error in errors]  # type: ignore[union-attr]
+            if (
+                isinstance(context, Context)
+                and self.execution_context.pre_execution_errors
+                and getattr(result, "data", None) is None
+            ):
+                context.pre_execution_failed = True
+
+    async def _map(self, error: GraphQLError, context: Any) -> GraphQLError:
+        atlas_error = classify(error)
+        if atlas_error is not None:
+            extensions = {**(error.extensions or {}), **atlas_error.extensions}
+            extensions["code"] = atlas_error.code.value
+            return _with_extensions(error, atlas_error.message, extensions)
+        if error.original_error is None:
+            # Parse and validation errors: the message is the client's to read.
+            extensions = dict(error.extensions or {})
+            extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
+            return _with_extensions(error, error.message, extensions)
+        return await self._mask(error, context)
+
+    async def _mask(self, error: GraphQLError, context: Any) -> GraphQLError:
+        request_id = context.request_id if isinstance(context, Context) else "unknown"
+        original = error.original_error
+        assert original is not None
+        logger.error("unexpected error %s", request_id, exc_info=original)
+        if isinstance(context, Context):
+            viewer = context.resolved_viewer
+            await record_error(
+                sessionmaker=context.runtime.sessionmaker,
+                request_id=request_id,
+                source=ErrorSource.DATABASE
+                if isinstance(original, DBAPIError)
+                else ErrorSource.GRAPHQL,
+                error=original,
+                operation_name=self.execution_context.operation_name,
+                path=".".join(str(part) for part in error.path or ()),
+                user_id=getattr(viewer, "user_id", None),
+            )
+        return _with_extensions(
+            error,
+            MASKED_MESSAGE,
+            {"code": ErrorCode.INTERNAL_SERVER_ERROR.value, "requestId": request_id},
+        )

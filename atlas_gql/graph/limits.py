@@ -1,0 +1,201 @@
+"""Limits on every request: depth, aliases, tokens, query cost, body size, introspection."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    VariableNode,
+)
+from graphql.language import IntValueNode
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
+
+from atlas_gql.config import Settings
+from atlas_gql.graph.relay import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+PAGE_ARGUMENTS = ("first", "last")
+
+
+class QueryCostLimiter(SchemaExtension):
+    """Refuses operations whose estimated cost exceeds `max_cost` before they run.
+
+    Each field costs 1; a field taking `first`/`last` multiplies the cost of its selection by
+    that page size (20 when absent), so `projects(first: 100) { members(first: 100) }` is
+    priced as the 10,000 rows it may read."""
+
+    def __init__(self, max_cost: int) -> None:
+        self.max_cost = max_cost
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        document = context.graphql_document
+        if document is not None and not context.pre_execution_errors:
+            fragments = {
+                node.name.value: node
+                for node in document.definitions
+                if isinstance(node, FragmentDefinitionNode)
+            }
+            variables = context.variables or {}
+            for definition in document.definitions:
+                if not isinstance(definition, OperationDefinitionNode):
+                    continue
+                if context.operation_name and (
+                    definition.name is None or definition.name.value != context.operation_name
+                ):
+                    continue
+                cost = _selection_cost(definition.selection_set, fragments, variables, set())
+                if cost > self.max_cost:
+                    context.pre_execution_errors = [
+                        GraphQLError(
+                            f"Query cost {cost} exceeds the limit of {self.max_cost}; "
+                            "request fewer items per page or fewer nested lists.",
+                            extensions={
+                                "code": "QUERY_TOO_COMPLEX",
+                                "cost": cost,
+                                "maxCost": self.max_cost,
+                            },
+                        )
+                    ]
+                    break
+        yield
+
+
+def _page_size(field: FieldNode, variables: dict[str, Any]) -> int | None:
+    for argument in field.arguments or ():
+        if argument.name.value not in PAGE_ARGUMENTS:
+            continue
+        value = argument.value
+        if isinstance(value, IntValueNode):
+            return min(max(int(value.value), 0), MAX_PAGE_SIZE)
+        if isinstance(value, VariableNode):
+            raw = variables.get(value.name.value)
+            if isinstance(raw, int):
+                return min(max(raw, 0), MAX_PAGE_SIZE)
+        return DEFAULT_PAGE_SIZE
+    return None
+
+
+def _selection_cost(
+    selection_set: SelectionSetNode | None,
+    fragments: dict[str, FragmentDefinitionNode],
+    variables: dict[str, Any],
+    visiting: set[str],
+) -> int:
+    if selection_set is None:
+        return 0
+    total = 0
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            inner = _selection_cost(selection.selection_set, fragments, variables, visiting)
+            size = _page_size(selection, variables)
+            total += 1 + (inner * size if size is not None else inner)
+        elif isinstance(selection, InlineFragmentNode):
+            total += _selection_cost(selection.selection_set, fragments, variables, visiting)
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is not None and name not in visiting:
+                total += _selection_cost(
+                    fragment.selection_set, fragments, variables, visiting | {name}
+                )
+    return total
+
+
+def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
+    """Factories (a fresh extension per operation) for every limit."""
+    factories: list[Callable[[], SchemaExtension]] = [
+        partial(MaxTokensLimiter, max_token_count=settings.atlas_max_tokens),
+        partial(QueryDepthLimiter, max_depth=settings.atlas_max_depth),
+        partial(MaxAliasesLimiter, max_alias_count=settings.atlas_max_aliases),
+        partial(QueryCostLimiter, max_cost=settings.atlas_max_cost),
+    ]
+    if not settings.introspection_enabled:
+        factories.append(partial(AddValidationRules, [NoSchemaIntrospectionCustomRule]))
+    return factories
+
+
+class BodySizeLimitMiddleware:
+    """Answers 413 when a request body exceeds its limit (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.lower(): value for key, value in scope.get("headers", [])}
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        limit = self.max_body_bytes
+        if content_type.startswith("multipart/form-data"):
+            limit = self.max_upload_bytes + self.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await _too_large(send, limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    error = {
+        "message": f"Request body exceeds {limit} bytes.",
+        "extensions": {"code": "PAYLOAD_TOO_LARGE"},
+    }
+    body = json.dumps({"errors": [error]}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

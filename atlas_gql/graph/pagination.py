@@ -1,0 +1,204 @@
+"""Keyset pagination over SQLAlchemy selects: one list, or one page per parent in one query."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute, aliased
+
+from atlas_gql.errors import BadInput
+from atlas_gql.graph.relay import Connection, PageRequest, build_connection
+
+T = TypeVar("T")
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    cursors: list[str]
+    has_next_page: bool
+    has_previous_page: bool
+    total_count: int
+
+    def to_connection(self) -> Connection[T]:
+        return build_connection(
+            self.items,
+            cursors=self.cursors,
+            has_next_page=self.has_next_page,
+            has_previous_page=self.has_previous_page,
+            total_count=self.total_count,
+        )
+
+    def map(self, convert: Any) -> Page[Any]:
+        return Page(
+            [convert(item) for item in self.items],
+            self.cursors,
+            self.has_next_page,
+            self.has_previous_page,
+            self.total_count,
+        )
+
+
+def empty_page() -> Page[Any]:
+    return Page([], [], False, False, 0)
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """A keyset: a sort column (unique together with the id column) and a direction."""
+
+    sort: InstrumentedAttribute[Any] | sa.ColumnElement[Any]
+    id: InstrumentedAttribute[Any] | sa.ColumnElement[Any]
+    descending: bool = False
+    kind: str = "datetime"  # how the sort value is written in a cursor: datetime | str | int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_cursor(sort_value: Any, object_id: uuid.UUID) -> str:
+    if isinstance(sort_value, datetime):
+        sort_value = sort_value.isoformat()
+    raw = json.dumps([sort_value, str(object_id)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, ordering: Ordering, *, field: str) -> tuple[Any, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        sort_value, raw_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if ordering.kind == "datetime":
+            sort_value = datetime.fromisoformat(sort_value)
+        elif ordering.kind == "int":
+            sort_value = int(sort_value)
+        elif not isinstance(sort_value, str):
+            raise TypeError(sort_value)
+        return sort_value, uuid.UUID(raw_id)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise BadInput(f"`{field}` is not a valid cursor.", field=field) from None
+
+
+def _keyset_condition(ordering: Ordering, cursor: tuple[Any, uuid.UUID], *, after: bool) -> Any:
+    left = sa.tuple_(ordering.sort, ordering.id)
+    right = sa.tuple_(sa.literal(cursor[0]), sa.literal(cursor[1]))
+    forward = after != ordering.descending
+    return left > right if forward else left < right
+
+
+def _apply_window(statement: sa.Select[Any], ordering: Ordering, request: PageRequest) -> Any:
+    """WHERE for after/before and the ORDER BY the page is read in."""
+    if request.after:
+        statement = statement.where(
+            _keyset_condition(
+                ordering, decode_cursor(request.after, ordering, field="after"), after=True
+            )
+        )
+    if request.before:
+        statement = statement.where(
+            _keyset_condition(
+                ordering, decode_cursor(request.before, ordering, field="before"), after=False
+            )
+        )
+    read_descending = ordering.descending != request.backward
+    if read_descending:
+        return statement, (sa.desc(ordering.sort), sa.desc(ordering.id))
+    return statement, (sa.asc(ordering.sort), sa.asc(ordering.id))
+
+
+def _finish(rows: Sequence[Any], cursors: list[str], request: PageRequest, total: int) -> Page[Any]:
+    limit = request.limit
+    has_more = len(rows) > limit
+    items, cursors = list(rows[:limit]), cursors[:limit]
+    if request.backward:
+        items.reverse()
+        cursors.reverse()
+        return Page(items, cursors, request.before is not None, has_more, total)
+    return Page(items, cursors, has_more, request.after is not None, total)
+
+
+async def paginate(
+    db: AsyncSession,
+    statement: sa.Select[Any],
+    *,
+    ordering: Ordering,
+    request: PageRequest,
+    sort_key: Any = None,
+    with_total: bool = True,
+) -> Page[Any]:
+    """One page of `statement` (a select of one ORM entity, filtered, unordered) and its total.
+
+    `sort_key(item)` reads the sort value off an item (default: the sort column's attribute)."""
+    total = 0
+    if with_total:
+        count = sa.select(sa.func.count()).select_from(statement.order_by(None).subquery())
+        total = int((await db.execute(count)).scalar_one())
+    windowed, order = _apply_window(statement, ordering, request)
+    rows = list((await db.execute(windowed.order_by(*order).limit(request.limit + 1))).scalars())
+    key = sort_key or _attribute_reader(ordering)
+    cursors = [encode_cursor(key(row), row.id) for row in rows]
+    return _finish(rows, cursors, request, total)
+
+
+def _attribute_reader(ordering: Ordering) -> Any:
+    name = getattr(ordering.sort, "key", None) or getattr(ordering.sort, "name", None)
+    if not isinstance(name, str):
+        raise TypeError("pass sort_key for an ordering on an expression")
+    return lambda row: getattr(row, name)
+
+
+async def paginate_by_parent(
+    db: AsyncSession,
+    entity: Any,
+    *,
+    parent_column: InstrumentedAttribute[Any],
+    parent_ids: Sequence[Hashable],
+    ordering: Ordering,
+    request: PageRequest,
+    where: Sequence[Any] = (),
+    with_total: bool = True,
+) -> dict[Any, Page[Any]]:
+    """One page per parent (e.g. the members of 20 projects) in two statements, whatever the
+    number of parents: ROW_NUMBER() OVER (PARTITION BY parent) for the pages, GROUP BY for
+    the totals. The DataLoaders of nested connections call this."""
+    if not parent_ids:
+        return {}
+    base = sa.select(entity).where(parent_column.in_(list(parent_ids)), *where)
+    windowed, order = _apply_window(base, ordering, request)
+    row_number = sa.func.row_number().over(partition_by=parent_column, order_by=order).label("rn")
+    ranked = windowed.add_columns(row_number).subquery()
+    alias = aliased(entity, ranked)
+    page_rows = (
+        await db.execute(
+            sa.select(alias)
+            .where(ranked.c.rn <= request.limit + 1)
+            .order_by(ranked.c[parent_column.key], ranked.c.rn)
+        )
+    ).scalars()
+    grouped: dict[Any, list[Any]] = {parent_id: [] for parent_id in parent_ids}
+    for row in page_rows:
+        grouped.setdefault(getattr(row, parent_column.key), []).append(row)
+    totals: dict[Any, int] = {}
+    if with_total:
+        count_rows = await db.execute(
+            sa.select(parent_column, sa.func.count())
+            .where(parent_column.in_(list(parent_ids)), *where)
+            .group_by(parent_column)
+        )
+        totals = {parent: int(count) for parent, count in count_rows.all()}
+    key = _attribute_reader(ordering)
+    return {
+        parent_id: _finish(
+            rows,
+            [encode_cursor(key(row), row.id) for row in rows],
+            request,
+            totals.get(parent_id, 0),
+        )
+        for parent_id, rows in grouped.items()
+    }

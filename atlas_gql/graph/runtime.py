@@ -1,0 +1,41 @@
+"""What the app's lifespan owns and every request borrows: settings, engine, sessions, clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from atlas_gql.config import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    # Domain services hang their long-lived clients here (event broker, OpenAI client, ...).
+    extras: dict[str, Any] = field(default_factory=dict)
+    background_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(
+        self, coroutine: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        """Run work owned by the app, not by the request that started it."""
+        task = asyncio.create_task(coroutine, name=name)
+        self.background_tasks.add(task)
+        task.add_done_callback(self.background_tasks.discard)
+        return task
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for background work at shutdown, then cancel what is left."""
+        if not self.background_tasks:
+            return
+        _, pending = await asyncio.wait(set(self.background_tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

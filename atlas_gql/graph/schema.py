@@ -1,0 +1,53 @@
+"""The schema, assembled from the domains' pieces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from strawberry.tools import merge_types
+from strawberry.types import Info
+
+from atlas_gql.auth import graph as auth_graph
+from atlas_gql.config import Settings
+from atlas_gql.graph.context import Context
+from atlas_gql.graph.errors import ErrorMappingExtension
+from atlas_gql.graph.limits import limit_extensions
+from atlas_gql.graph.relay import Node, resolve_node
+
+
+@strawberry.type
+class NodeQuery:
+    @strawberry.field(
+        description="Any object by its global ID; null when it does not exist "
+        "or the viewer may not see it."
+    )
+    async def node(self, info: Info[Context, None], id: strawberry.ID) -> Node | None:
+        return await resolve_node(info.context, str(id))  # type: ignore[no-any-return]
+
+
+QUERY_PIECES: tuple[type, ...] = (NodeQuery, auth_graph.Query)
+MUTATION_PIECES: tuple[type, ...] = ()
+SUBSCRIPTION_PIECES: tuple[type, ...] = ()
+
+
+def _merged(name: str, pieces: tuple[type, ...]) -> Any:
+    return merge_types(name, pieces) if pieces else None
+
+
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    """The executable schema; `settings` sets the limits (defaults when None)."""
+    settings = settings or Settings.model_construct()
+    return strawberry.Schema(
+        query=_merged("Query", QUERY_PIECES),
+        mutation=_merged("Mutation", MUTATION_PIECES),
+        subscription=_merged("Subscription", SUBSCRIPTION_PIECES),
+        extensions=[ErrorMappingExtension, *limit_extensions(settings)],
+    )
+
+
+def export_sdl() -> str:
+    """The SDL clients code against (schema/schema.graphql)."""
+    from strawberry.printer import print_schema
+
+    return print_schema(build_schema()) + "\n"

@@ -1,0 +1,81 @@
+"""Activity, API usage and error logs. Rows outlive the users and projects they mention."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from atlas_gql.db.base import created_at, enum_column, foreign_key, jsonb_column, uuid_pk
+
+
+class ErrorSource(enum.StrEnum):
+    GRAPHQL = "GRAPHQL"
+    UPSTREAM = "UPSTREAM"
+    DATABASE = "DATABASE"
+    BACKGROUND = "BACKGROUND"
+
+
+class ActivityLog(SQLModel, table=True):
+    __tablename__ = "activity_logs"
+    __table_args__ = (sa.Index("ix_activity_logs_created_at_id", "created_at", "id"),)
+
+    id: uuid.UUID = uuid_pk()
+    user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")
+    project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True, ondelete="SET NULL")
+    action: str = Field(max_length=64, index=True)
+    entity_type: str | None = Field(default=None, max_length=64)
+    entity_id: str | None = Field(default=None, max_length=64)
+    ip_address: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=500)
+    details: Any = jsonb_column()
+    created_at: datetime = created_at()
+
+
+class ApiUsageLog(SQLModel, table=True):
+    __tablename__ = "api_usage_logs"
+    __table_args__ = (sa.Index("ix_api_usage_logs_created_at_id", "created_at", "id"),)
+
+    id: uuid.UUID = uuid_pk()
+    user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")
+    project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True, ondelete="SET NULL")
+    thread_id: uuid.UUID | None = foreign_key("threads.id", nullable=True, ondelete="SET NULL")
+    message_id: uuid.UUID | None = foreign_key("messages.id", nullable=True, ondelete="SET NULL")
+    provider: str = Field(default="openai", max_length=32)
+    endpoint: str = Field(default="responses", max_length=64)
+    model: str = Field(max_length=100)
+    input_tokens: int = Field(default=0)
+    output_tokens: int = Field(default=0)
+    latency_ms: int | None = None
+    cost_usd: Decimal = Field(
+        default=Decimal(0),
+        sa_type=sa.Numeric(14, 6),
+        sa_column_kwargs={"server_default": "0"},  # type: ignore[call-overload]
+    )
+    status: str = Field(default="completed", max_length=32)
+    created_at: datetime = created_at()
+
+
+class ErrorLog(SQLModel, table=True):
+    __tablename__ = "error_logs"
+    __table_args__ = (sa.Index("ix_error_logs_created_at_id", "created_at", "id"),)
+
+    id: uuid.UUID = uuid_pk()
+    # The `extensions.requestId` a client saw; the key an administrator searches by.
+    request_id: str = Field(max_length=64, index=True)
+    source: ErrorSource = enum_column(ErrorSource, "error_source")
+    error_type: str = Field(max_length=200)
+    message: str = Field(sa_type=sa.Text)  # type: ignore[call-overload]
+    stack: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    operation_name: str | None = Field(default=None, max_length=200)
+    path: str | None = Field(default=None, max_length=500)
+    user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")
+    upstream_status: int | None = None
+    upstream_request_id: str | None = Field(default=None, max_length=200)
+    details: Any = jsonb_column()
+    created_at: datetime = created_at()

@@ -1,0 +1,207 @@
+"""Test fixtures: a throw-away PostgreSQL database per run (migrated once, seeded once), each
+test inside a transaction that is rolled back, and the ASGI app bound to that transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from atlas_gql.app import create_app
+from atlas_gql.auth.service import find_user_by_email
+from atlas_gql.auth.sessions import start_session
+from atlas_gql.config import Settings
+from atlas_gql.db.engine import can_connect, create_engine, drop_database, ensure_database
+from atlas_gql.db.migrate import upgrade_to_head
+from atlas_gql.db.url import DatabaseTarget, parse_database_url
+from atlas_gql.seed import seed
+
+SEED_PASSWORD = "seed-password-for-tests"
+LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _server_url() -> tuple[str, Any]:
+    """TEST_DATABASE_URL, else the server on 127.0.0.1:5432, else an embedded one."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        return os.environ["TEST_DATABASE_URL"], None
+    if asyncio.run(can_connect(parse_database_url(LOCAL_SERVER_URL), timeout=2)):
+        return LOCAL_SERVER_URL, None
+    import pgserver  # type: ignore[import-untyped]
+
+    data_dir = tempfile.mkdtemp(prefix="atlas-test-pg-")
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    return server.get_uri("postgres"), server
+
+
+@pytest.fixture(scope="session")
+def server_target() -> Iterator[DatabaseTarget]:
+    """The PostgreSQL server tests run on (its maintenance database)."""
+    url, embedded = _server_url()
+    yield parse_database_url(url)
+    if embedded is not None:
+        embedded.cleanup()
+
+
+@pytest.fixture(scope="session")
+def make_database(server_target: DatabaseTarget) -> Iterator[Any]:
+    """Factory of fresh, uniquely named databases; all dropped at the end of the run."""
+    created: list[DatabaseTarget] = []
+
+    def make(prefix: str = "atlas_test") -> DatabaseTarget:
+        target = server_target.with_database(f"{prefix}_{uuid.uuid4().hex[:10]}")
+        asyncio.run(ensure_database(target))
+        created.append(target)
+        return target
+
+    yield make
+    for target in created:
+        asyncio.run(drop_database(target))
+
+
+@pytest.fixture(scope="session")
+def database_target(make_database: Any) -> DatabaseTarget:
+    """The run's database: migrated to head and seeded once (committed)."""
+    target: DatabaseTarget = make_database()
+    upgrade_to_head(target)
+
+    async def seed_once() -> None:
+        engine = create_engine(target, pool_size=1)
+        try:
+            async with AsyncSession(engine) as db, db.begin():
+                await seed(db, settings=make_settings(target))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed_once())
+    return target
+
+
+def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": target.url.render_as_string(hide_password=False),
+        "atlas_env": "development",
+        "atlas_jwt_secret": "test-secret-" + "x" * 40,
+        "atlas_seed_password": SEED_PASSWORD,
+        "openai_api_key": "sk-test-key",
+        "atlas_cors_origins": ["http://localhost:3000"],
+        "redis_url": None,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def settings(database_target: DatabaseTarget) -> Settings:
+    return make_settings(database_target)
+
+
+@pytest.fixture(scope="session")
+async def engine(database_target: DatabaseTarget) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_target, pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside a transaction that is rolled back after the test."""
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        try:
+            yield connection
+        finally:
+            if transaction.is_active:
+                await transaction.rollback()
+
+
+@pytest.fixture
+def sessionmaker(connection: AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    """Sessions joined to the test transaction: their commits are savepoints."""
+    return async_sessionmaker(
+        bind=connection,
+        expire_on_commit=False,
+        autoflush=False,
+        join_transaction_mode="create_savepoint",
+    )
+
+
+@pytest.fixture
+async def db(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    async with sessionmaker() as session:
+        yield session
+
+
+@pytest.fixture
+async def app(
+    settings: Settings, engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[Any]:
+    application = create_app(settings, engine=engine, sessionmaker=sessionmaker)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+class GraphQLClient:
+    """Posts GraphQL documents to the app, optionally as a signed-in user."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def post(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        all_headers = dict(headers or {})
+        if token:
+            all_headers["Authorization"] = f"Bearer {token}"
+        return await self.client.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=all_headers
+        )
+
+    async def __call__(
+        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
+    ) -> dict[str, Any]:
+        response = await self.post(query, variables, token=token)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@pytest.fixture
+def gql(client: httpx.AsyncClient) -> GraphQLClient:
+    return GraphQLClient(client)
+
+
+@pytest.fixture
+def sign_in(db: AsyncSession, settings: Settings) -> Any:
+    """`await sign_in("admin@example.com")` -> an access token for a new session."""
+
+    async def sign_in(email: str) -> str:
+        user = await find_user_by_email(db=db, email=email)
+        assert user is not None, email
+        tokens = await start_session(db=db, settings=settings, user_id=user.id)
+        await db.commit()
+        return tokens.access_token
+
+    return sign_in
+
+
+def error_codes(body: dict[str, Any]) -> list[str]:
+    return [error.get("extensions", {}).get("code") for error in body.get("errors", [])]
