@@ -1,0 +1,73 @@
+"""Project roles: who may do what in a project. Used by every domain that touches projects
+(projects, threads, messages, logs), so the rule lives in one place.
+
+Visibility: a viewer who is not a member (and not ADMIN) gets NOT_FOUND, never FORBIDDEN, so
+ids do not reveal existence. A member without the needed role gets FORBIDDEN."""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.errors import Forbidden, NotFound
+from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
+
+# Higher rank = more rights. OWNER > MANAGER > MEMBER > VIEWER.
+ROLE_RANK: dict[ProjectRole, int] = {
+    ProjectRole.VIEWER: 1,
+    ProjectRole.MEMBER: 2,
+    ProjectRole.MANAGER: 3,
+    ProjectRole.OWNER: 4,
+}
+
+
+def role_at_least(role: ProjectRole | None, minimum: ProjectRole) -> bool:
+    return role is not None and ROLE_RANK[role] >= ROLE_RANK[minimum]
+
+
+async def project_role_of(
+    *, db: AsyncSession, project_id: uuid.UUID, user_id: uuid.UUID
+) -> ProjectRole | None:
+    statement = sa.select(col(ProjectMember.role)).where(
+        col(ProjectMember.project_id) == project_id, col(ProjectMember.user_id) == user_id
+    )
+    return (await db.execute(statement)).scalar_one_or_none()
+
+
+def visible_project_ids(viewer: Viewer) -> sa.Select[tuple[uuid.UUID]]:
+    """The ids of projects the viewer may see, as a SQL subquery (a membership join), so lists
+    filter in the database. ADMIN sees every project."""
+    if viewer.is_admin:
+        return sa.select(col(Project.id))
+    return sa.select(col(ProjectMember.project_id)).where(
+        col(ProjectMember.user_id) == viewer.user_id
+    )
+
+
+async def require_project_role(
+    *,
+    db: AsyncSession,
+    viewer: Viewer,
+    project_id: uuid.UUID,
+    minimum: ProjectRole,
+    action: str = "do this",
+) -> ProjectRole | None:
+    """The viewer's role in the project when it is at least `minimum`.
+
+    NOT_FOUND when the project does not exist or the viewer is not a member; FORBIDDEN when
+    the viewer is a member with a lower role. ADMIN passes (returns their role, maybe None)."""
+    role = await project_role_of(db=db, project_id=project_id, user_id=viewer.user_id)
+    if viewer.is_admin:
+        exists = await db.get(Project, project_id)
+        if exists is None:
+            raise NotFound("Project not found.")
+        return role
+    if role is None:
+        raise NotFound("Project not found.")
+    if not role_at_least(role, minimum):
+        raise Forbidden(f"You need the {minimum.value} role or higher in this project to {action}.")
+    return role
