@@ -1,0 +1,135 @@
+"""API usage totals and the per-project monthly token budget.
+
+The budget is the project setting `monthlyTokenBudget`: a JSON integer of input + output tokens
+per calendar month in UTC. `ensure_within_budget` is called by sendMessage before the AI call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from atlas_gql.errors import QuotaExceeded
+from atlas_gql.logs.models import ApiUsageLog
+from atlas_gql.projects.models import ProjectSetting
+
+BUDGET_SETTING_KEY = "monthlyTokenBudget"
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    """Sums of ApiUsageLog rows."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    requests: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    """The first instant of the current calendar month in UTC."""
+    current = (now or datetime.now(UTC)).astimezone(UTC)
+    return current.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(now: datetime | None = None) -> datetime:
+    start = month_start(now)
+    if start.month == 12:
+        return start.replace(year=start.year + 1, month=1)
+    return start.replace(month=start.month + 1)
+
+
+def parse_budget(value: Any) -> int | None:
+    """The budget as a positive-or-zero int, or None when unset / not an integer."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+async def project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> int | None:
+    """The project's `monthlyTokenBudget`, or None when it has none."""
+    value = (
+        await db.execute(
+            select(ProjectSetting.value).where(
+                col(ProjectSetting.project_id) == project_id,
+                col(ProjectSetting.setting_key) == BUDGET_SETTING_KEY,
+            )
+        )
+    ).scalar_one_or_none()
+    return parse_budget(value)
+
+
+async def usage_this_month(
+    *, db: AsyncSession, project_ids: Sequence[uuid.UUID], now: datetime | None = None
+) -> dict[uuid.UUID, UsageTotals]:
+    """Usage totals per project for the current UTC calendar month, in one GROUP BY statement.
+    Every requested project is in the answer (zeros when it has no usage)."""
+    ids = list(dict.fromkeys(project_ids))
+    if not ids:
+        return {}
+    start, end = month_start(now), next_month_start(now)
+    statement = (
+        sa.select(
+            col(ApiUsageLog.project_id),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.input_tokens)), 0),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.output_tokens)), 0),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.cost_usd)), 0),
+            sa.func.count(),
+        )
+        .where(
+            col(ApiUsageLog.project_id).in_(ids),
+            col(ApiUsageLog.created_at) >= start,
+            col(ApiUsageLog.created_at) < end,
+        )
+        .group_by(col(ApiUsageLog.project_id))
+    )
+    totals = {project_id: UsageTotals() for project_id in ids}
+    for project_id, input_tokens, output_tokens, cost, requests in (
+        await db.execute(statement)
+    ).all():
+        if project_id is None:  # excluded by the WHERE; narrows the type
+            continue
+        totals[project_id] = UsageTotals(
+            input_tokens=int(input_tokens),
+            output_tokens=int(output_tokens),
+            cost_usd=Decimal(cost),
+            requests=int(requests),
+        )
+    return totals
+
+
+async def ensure_within_budget(
+    *, db: AsyncSession, project_id: uuid.UUID | None, now: datetime | None = None
+) -> None:
+    """Raise QuotaExceeded when the project's tokens this UTC month reached its
+    `monthlyTokenBudget`. No project or no budget: nothing to check."""
+    if project_id is None:
+        return
+    budget = await project_budget(db=db, project_id=project_id)
+    if budget is None:
+        return
+    used = (await usage_this_month(db=db, project_ids=[project_id], now=now))[project_id]
+    if used.total_tokens >= budget:
+        raise QuotaExceeded(
+            "This project has used its monthly token budget.",
+            budget=budget,
+            used=used.total_tokens,
+        )

@@ -1,0 +1,114 @@
+"""Usage totals and the monthly token budget (service level)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from atlas_gql.errors import ErrorCode, QuotaExceeded
+from atlas_gql.logs.usage import (
+    UsageTotals,
+    ensure_within_budget,
+    month_start,
+    next_month_start,
+    usage_this_month,
+)
+from tests.logs.conftest import Factory
+
+
+def test_month_bounds_are_utc_calendar_months() -> None:
+    december = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)
+    assert month_start(december) == datetime(2026, 12, 1, tzinfo=UTC)
+    assert next_month_start(december) == datetime(2027, 1, 1, tzinfo=UTC)
+    # 01:00 on Feb 1st in UTC+02:00 is still January in UTC.
+    eastern = datetime(2026, 2, 1, 1, 0, tzinfo=UTC) + timedelta(hours=-2)
+    assert month_start(eastern) == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def test_usage_this_month_sums_per_project_and_ignores_other_months(
+    db: AsyncSession, factory: Factory
+) -> None:
+    owner = await factory.user()
+    first = await factory.project(owner)
+    second = await factory.project(owner)
+    idle = await factory.project(owner)
+    now = datetime.now(UTC)
+    start = month_start(now)
+    await factory.usage(
+        user=owner, project=first, created_at=start, input_tokens=100, output_tokens=20, cost="0.5"
+    )
+    await factory.usage(
+        user=owner, project=first, created_at=now, input_tokens=1, output_tokens=2, cost="0.25"
+    )
+    await factory.usage(
+        user=None, project=second, created_at=now, input_tokens=7, output_tokens=0, cost="0"
+    )
+    # Last month and next month do not count.
+    await factory.usage(
+        user=owner, project=first, created_at=start - timedelta(microseconds=1), input_tokens=999
+    )
+    await factory.usage(
+        user=owner, project=first, created_at=next_month_start(now), input_tokens=999
+    )
+
+    totals = await usage_this_month(db=db, project_ids=[first.id, second.id, idle.id], now=now)
+
+    assert totals[first.id] == UsageTotals(
+        input_tokens=101, output_tokens=22, cost_usd=Decimal("0.75"), requests=2
+    )
+    assert totals[first.id].total_tokens == 123
+    assert totals[second.id] == UsageTotals(
+        input_tokens=7, output_tokens=0, cost_usd=Decimal(0), requests=1
+    )
+    assert totals[idle.id] == UsageTotals()
+    assert await usage_this_month(db=db, project_ids=[]) == {}
+
+
+async def test_ensure_within_budget_refuses_once_the_budget_is_spent(
+    db: AsyncSession, factory: Factory
+) -> None:
+    owner = await factory.user()
+    project = await factory.project(owner)
+    now = datetime.now(UTC)
+    await factory.budget(project, 100)
+    await factory.usage(
+        user=owner, project=project, created_at=now, input_tokens=60, output_tokens=39
+    )
+    await ensure_within_budget(db=db, project_id=project.id)  # 99 < 100
+
+    await factory.usage(
+        user=owner, project=project, created_at=now, input_tokens=0, output_tokens=1
+    )
+    with pytest.raises(QuotaExceeded) as raised:
+        await ensure_within_budget(db=db, project_id=project.id)  # 100 >= 100
+    assert raised.value.code is ErrorCode.QUOTA_EXCEEDED
+    assert raised.value.extensions == {"budget": 100, "used": 100}
+
+    # Next month the budget is fresh again.
+    await ensure_within_budget(db=db, project_id=project.id, now=next_month_start(now))
+
+
+async def test_ensure_within_budget_without_budget_or_project_passes(
+    db: AsyncSession, factory: Factory
+) -> None:
+    owner = await factory.user()
+    unlimited = await factory.project(owner)
+    await factory.usage(
+        user=owner, project=unlimited, created_at=datetime.now(UTC), input_tokens=10**9
+    )
+    await ensure_within_budget(db=db, project_id=unlimited.id)
+    await ensure_within_budget(db=db, project_id=None)
+    await ensure_within_budget(db=db, project_id=uuid.uuid4())
+
+    # A budget that is not an integer is ignored; a budget of 0 refuses at once.
+    odd = await factory.project(owner)
+    await factory.budget(odd, {"tokens": 5})
+    await ensure_within_budget(db=db, project_id=odd.id)
+    zero = await factory.project(owner)
+    await factory.budget(zero, 0)
+    with pytest.raises(QuotaExceeded):
+        await ensure_within_budget(db=db, project_id=zero.id)
