@@ -1,0 +1,63 @@
+"""Settings: environment then .env; production refuses development secrets, naming them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from atlas_gql.config import DEVELOPMENT_JWT_SECRET, DEVELOPMENT_SEED_PASSWORD, Settings
+
+STRONG_SECRET = "p" * 48
+
+
+def production(**values: object) -> Settings:
+    return Settings(_env_file=None, atlas_env="production", **values)  # type: ignore[call-arg]
+
+
+def test_production_refuses_development_jwt_secret() -> None:
+    with pytest.raises(ValidationError, match="ATLAS_JWT_SECRET"):
+        production(atlas_jwt_secret=DEVELOPMENT_JWT_SECRET, atlas_seed_password="a-real-one-123")
+
+
+def test_production_refuses_empty_jwt_secret() -> None:
+    with pytest.raises(ValidationError, match="ATLAS_JWT_SECRET"):
+        production(atlas_jwt_secret="", atlas_seed_password="a-real-one-123")
+
+
+def test_production_refuses_development_seed_password() -> None:
+    with pytest.raises(ValidationError, match="ATLAS_SEED_PASSWORD"):
+        production(atlas_jwt_secret=STRONG_SECRET, atlas_seed_password=DEVELOPMENT_SEED_PASSWORD)
+
+
+def test_production_accepts_real_secrets_and_disables_introspection() -> None:
+    settings = production(atlas_jwt_secret=STRONG_SECRET, atlas_seed_password="a-real-one-123")
+    assert settings.is_production
+    assert settings.introspection_enabled is False
+
+
+def test_development_defaults_enable_introspection() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.introspection_enabled is True
+    assert settings.atlas_access_token_ttl <= 3600
+
+
+def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("ATLAS_DEFAULT_MODEL=from-dotenv\nATLAS_CORS_ORIGINS=http://a,http://b\n")
+    monkeypatch.setenv("ATLAS_DEFAULT_MODEL", "from-environment")
+    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert settings.atlas_default_model == "from-environment"
+    assert settings.atlas_cors_origins == ["http://a", "http://b"]
+
+
+def test_committed_dotenv_holds_only_development_defaults() -> None:
+    dotenv = (Path(__file__).resolve().parents[1] / ".env").read_text()
+    values = dict(
+        line.split("=", 1) for line in dotenv.splitlines() if line and not line.startswith("#")
+    )
+    assert values["ATLAS_ENV"] == "development"
+    assert values["ATLAS_JWT_SECRET"] == DEVELOPMENT_JWT_SECRET
+    assert values["ATLAS_SEED_PASSWORD"] == DEVELOPMENT_SEED_PASSWORD
+    assert "OPENAI_API_KEY" not in values
