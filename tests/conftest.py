@@ -65,10 +65,9 @@ def make_database(server_target: DatabaseTarget) -> Iterator[Any]:
         asyncio.run(drop_database(target))
 
 
-@pytest.fixture(scope="session")
-def database_target(make_database: Any) -> DatabaseTarget:
-    """The run's database: migrated to head and seeded once (committed)."""
-    target: DatabaseTarget = make_database()
+def migrated_and_seeded(make_database: Any, prefix: str) -> DatabaseTarget:
+    """A new database migrated to head with Alembic and seeded once (committed)."""
+    target: DatabaseTarget = make_database(prefix)
     upgrade_to_head(target)
 
     async def seed_once() -> None:
@@ -81,6 +80,12 @@ def database_target(make_database: Any) -> DatabaseTarget:
 
     asyncio.run(seed_once())
     return target
+
+
+@pytest.fixture(scope="session")
+def database_target(make_database: Any) -> DatabaseTarget:
+    """The run's database for rolled-back tests."""
+    return migrated_and_seeded(make_database, "atlas_test")
 
 
 def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
@@ -209,21 +214,9 @@ def error_codes(body: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def live_database(make_database: Any) -> DatabaseTarget:
-    """A separate migrated and seeded database for live-server tests, whose data is committed
-    (so it never disturbs the rolled-back tests on `database_target`)."""
-    target: DatabaseTarget = make_database("atlas_live")
-    upgrade_to_head(target)
-
-    async def seed_once() -> None:
-        engine = create_engine(target, pool_size=1)
-        try:
-            async with AsyncSession(engine) as db, db.begin():
-                await seed(db, settings=make_settings(target))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(seed_once())
-    return target
+    """A separate database for live-server tests, whose data is committed (so it never
+    disturbs the rolled-back tests on `database_target`)."""
+    return migrated_and_seeded(make_database, "atlas_live")
 
 
 class LiveServer:
