@@ -14,6 +14,7 @@ from atlas_gql.graph.context import Context
 from atlas_gql.graph.errors import ErrorMappingExtension
 from atlas_gql.graph.limits import limit_extensions
 from atlas_gql.graph.relay import Node, resolve_node
+from atlas_gql.logs import graph as logs_graph
 
 
 @strawberry.type
@@ -26,7 +27,7 @@ class NodeQuery:
         return await resolve_node(info.context, str(id))  # type: ignore[no-any-return]
 
 
-QUERY_PIECES: tuple[type, ...] = (NodeQuery, auth_graph.Query)
+QUERY_PIECES: tuple[type, ...] = (NodeQuery, auth_graph.Query, logs_graph.Query)
 MUTATION_PIECES: tuple[type, ...] = ()
 SUBSCRIPTION_PIECES: tuple[type, ...] = ()
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from atlas_gql.auth.models import Role, RoleName, User, UserRole
-from atlas_gql.logs.models import ApiUsageLog
+from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
 
 
@@ -76,6 +76,57 @@ class Factory:
         self.db.add(row)
         await self.db.flush()
         return row
+
+    async def activity(
+        self,
+        *,
+        created_at: datetime,
+        user: User | None = None,
+        project: Project | None = None,
+        action: str = "test.action",
+        entity_type: str | None = "Test",
+        details: Any = None,
+    ) -> ActivityLog:
+        row = ActivityLog(
+            user_id=user.id if user else None,
+            project_id=project.id if project else None,
+            action=action,
+            entity_type=entity_type,
+            entity_id=str(uuid.uuid4()),
+            ip_address="198.51.100.1",
+            user_agent="pytest",
+            details=details,
+            created_at=created_at,
+        )
+        self.db.add(row)
+        await self.db.flush()
+        return row
+
+    async def error(
+        self,
+        *,
+        created_at: datetime,
+        source: ErrorSource = ErrorSource.GRAPHQL,
+        message: str = "boom",
+        upstream_status: int | None = None,
+    ) -> ErrorLog:
+        row = ErrorLog(
+            request_id=uuid.uuid4().hex,
+            source=source,
+            error_type="builtins.RuntimeError",
+            message=message,
+            upstream_status=upstream_status,
+            created_at=created_at,
+        )
+        self.db.add(row)
+        await self.db.flush()
+        return row
+
+
+def global_id(type_name: str, object_id: uuid.UUID) -> str:
+    from atlas_gql.graph.relay import encode_global_id
+
+    return encode_global_id(type_name, object_id)
 
 
 @pytest.fixture

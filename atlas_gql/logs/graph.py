@@ -1,0 +1,345 @@
+"""The logs part of the graph: `activityLogs`, `apiUsage`, `errorLogs`, and the types
+ActivityLog, ErrorLog, UsageBucket and UsageSummary (Project.usageThisMonth)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from atlas_gql.auth import loaders as auth_loaders
+from atlas_gql.auth.graph import UserType
+from atlas_gql.auth.permissions import authenticated
+from atlas_gql.graph.context import Context
+from atlas_gql.graph.relay import (
+    Connection,
+    Node,
+    decode_id_of,
+    encode_global_id,
+    page_request,
+    register_node,
+)
+from atlas_gql.logs import loaders, service
+from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
+from atlas_gql.logs.usage import UsageTotals
+
+UsageGroupByEnum = strawberry.enum(
+    service.UsageGroup,
+    name="UsageGroupBy",
+    description="How apiUsage groups AI calls: DAY (YYYY-MM-DD in UTC), USER (user ID), "
+    "PROJECT (project ID) or MODEL (model name).",
+)
+ErrorSourceEnum = strawberry.enum(
+    ErrorSource,
+    name="ErrorSource",
+    description="Where an error happened: GRAPHQL (a masked resolver error), UPSTREAM (the "
+    "AI provider), DATABASE, BACKGROUND (work after the response).",
+)
+
+
+async def _user_of(info: Info[Context, None], user_id: uuid.UUID | None) -> UserType | None:
+    if user_id is None:
+        return None
+    user = await info.context.loader(auth_loaders.user_by_id).load(user_id)
+    return UserType.from_model(user) if user else None
+
+
+@strawberry.type(
+    name="ActivityLog",
+    description="Who did what, when: one row per state change (and per failed login).",
+)
+class ActivityLogType(Node):
+    user_db_id: strawberry.Private[uuid.UUID | None]
+    action: str = strawberry.field(
+        description="A stable dotted name, e.g. project.create, member.add, auth.login."
+    )
+    entity_type: str | None = strawberry.field(description="The kind of object changed.")
+    entity_id: str | None = strawberry.field(description="The changed object's database id.")
+    project_id: strawberry.ID | None = strawberry.field(
+        description="The global ID of the project the change belongs to, if any."
+    )
+    ip_address: str | None = strawberry.field(description="The client's address.")
+    user_agent: str | None = strawberry.field(description="The client's User-Agent.")
+    details: JSON | None = strawberry.field(description="A small JSON of details (no secrets).")
+    created_at: datetime
+
+    @classmethod
+    def from_model(cls, row: ActivityLog) -> ActivityLogType:
+        return cls(
+            id=strawberry.ID(encode_global_id("ActivityLog", row.id)),
+            user_db_id=row.user_id,
+            action=row.action,
+            entity_type=row.entity_type,
+            entity_id=row.entity_id,
+            project_id=strawberry.ID(encode_global_id("Project", row.project_id))
+            if row.project_id
+            else None,
+            ip_address=row.ip_address,
+            user_agent=row.user_agent,
+            details=row.details,
+            created_at=row.created_at,
+        )
+
+    @strawberry.field(description="Who did it; null for an anonymous action or a deleted user.")
+    async def user(self, info: Info[Context, None]) -> UserType | None:
+        return await _user_of(info, self.user_db_id)
+
+
+@strawberry.type(
+    name="ErrorLog",
+    description="An error an administrator can look up by the requestId a client saw.",
+)
+class ErrorLogType(Node):
+    user_db_id: strawberry.Private[uuid.UUID | None]
+    request_id: str = strawberry.field(description="The `extensions.requestId` the client saw.")
+    source: ErrorSourceEnum  # type: ignore[valid-type]
+    error_type: str = strawberry.field(description="The exception's qualified class name.")
+    message: str
+    stack: str | None = strawberry.field(description="The traceback (secrets redacted).")
+    operation_name: str | None
+    path: str | None = strawberry.field(description="The GraphQL path of the failed field.")
+    upstream_status: int | None = strawberry.field(description="HTTP status of the AI provider.")
+    upstream_request_id: str | None = strawberry.field(
+        description="The AI provider's request id (for its support)."
+    )
+    details: JSON | None
+    created_at: datetime
+
+    @classmethod
+    def from_model(cls, row: ErrorLog) -> ErrorLogType:
+        return cls(
+            id=strawberry.ID(encode_global_id("ErrorLog", row.id)),
+            user_db_id=row.user_id,
+            request_id=row.request_id,
+            source=row.source,
+            error_type=row.error_type,
+            message=row.message,
+            stack=row.stack,
+            operation_name=row.operation_name,
+            path=row.path,
+            upstream_status=row.upstream_status,
+            upstream_request_id=row.upstream_request_id,
+            details=row.details,
+            created_at=row.created_at,
+        )
+
+    @strawberry.field(description="The signed-in user of the failed request, if any.")
+    async def user(self, info: Info[Context, None]) -> UserType | None:
+        return await _user_of(info, self.user_db_id)
+
+
+@strawberry.type(name="UsageBucket", description="AI calls of one group (see UsageGroupBy).")
+class UsageBucketType:
+    key: str = strawberry.field(
+        description="YYYY-MM-DD (UTC) for DAY, a User ID for USER, a Project ID for PROJECT, the "
+        "model name for MODEL; `unknown` for calls whose user or project was deleted."
+    )
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float = strawberry.field(description="Cost in US dollars.")
+
+
+@strawberry.type(
+    name="UsageSummary", description="AI usage of a project in the current calendar month (UTC)."
+)
+class UsageSummaryType:
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int = strawberry.field(
+        description="Input + output tokens: what monthlyTokenBudget counts."
+    )
+    cost_usd: float = strawberry.field(description="Cost in US dollars.")
+    requests: int
+
+    @classmethod
+    def from_totals(cls, totals: UsageTotals) -> UsageSummaryType:
+        return cls(
+            input_tokens=totals.input_tokens,
+            output_tokens=totals.output_tokens,
+            total_tokens=totals.total_tokens,
+            cost_usd=float(totals.cost_usd),
+            requests=totals.requests,
+        )
+
+
+async def project_usage_this_month(info: Info[Context, None], project_id: uuid.UUID) -> Any:
+    """Project.usageThisMonth (the Project type calls this; its visibility gates the field)."""
+    totals = await info.context.loader(loaders.usage_this_month_by_project).load(project_id)
+    return UsageSummaryType.from_totals(totals)
+
+
+@strawberry.input(description="Narrows activityLogs; all conditions combine (AND).")
+class ActivityLogFilter:
+    user_id: strawberry.ID | None = strawberry.field(default=None, description="Done by user.")
+    project_id: strawberry.ID | None = strawberry.field(
+        default=None, description="In this project (you must own or manage it)."
+    )
+    action: str | None = strawberry.field(default=None, description="Exact action name.")
+    entity_type: str | None = None
+    from_: datetime | None = strawberry.field(
+        default=None, name="from", description="At or after this instant (needs an offset)."
+    )
+    to: datetime | None = strawberry.field(
+        default=None, description="Strictly before this instant (needs an offset)."
+    )
+
+
+@strawberry.input(description="Narrows apiUsage; all conditions combine (AND).")
+class ApiUsageFilter:
+    user_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Calls of this user (yourself unless ADMIN or with projectId)."
+    )
+    project_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Calls in this project (you must own or manage it)."
+    )
+    model: str | None = strawberry.field(default=None, description="Exact model name.")
+    from_: datetime | None = strawberry.field(
+        default=None, name="from", description="At or after this instant (needs an offset)."
+    )
+    to: datetime | None = strawberry.field(
+        default=None, description="Strictly before this instant (needs an offset)."
+    )
+
+
+@strawberry.input(description="Narrows errorLogs; all conditions combine (AND).")
+class ErrorLogFilter:
+    source: ErrorSourceEnum | None = None  # type: ignore[valid-type]
+    from_: datetime | None = strawberry.field(
+        default=None, name="from", description="At or after this instant (needs an offset)."
+    )
+    to: datetime | None = strawberry.field(
+        default=None, description="Strictly before this instant (needs an offset)."
+    )
+
+
+def _optional_id(value: strawberry.ID | None, type_name: str, field: str) -> uuid.UUID | None:
+    return None if value is None else decode_id_of(value, type_name, field=field)
+
+
+def _usage_key(bucket: service.UsageBucket, group_by: service.UsageGroup) -> str:
+    if bucket.key == service.UNKNOWN_KEY:
+        return bucket.key
+    if group_by is service.UsageGroup.USER:
+        return encode_global_id("User", bucket.key)
+    if group_by is service.UsageGroup.PROJECT:
+        return encode_global_id("Project", bucket.key)
+    return bucket.key
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(
+        description="Who did what, when; newest first. ADMIN reads everything; a project OWNER "
+        "or MANAGER reads the rows of their projects; anyone else gets FORBIDDEN.",
+        extensions=authenticated(),
+    )
+    async def activity_logs(
+        self,
+        info: Info[Context, None],
+        first: int | None = None,
+        after: str | None = None,
+        filter: ActivityLogFilter | None = None,
+    ) -> Connection[ActivityLogType]:
+        viewer = await info.context.require_viewer()
+        given = filter or ActivityLogFilter()
+        parsed = service.ActivityFilter(
+            user_id=_optional_id(given.user_id, "User", "filter.userId"),
+            project_id=_optional_id(given.project_id, "Project", "filter.projectId"),
+            action=given.action,
+            entity_type=given.entity_type,
+            window=service.time_window(start=given.from_, end=given.to),
+        )
+        page = await service.list_activity_logs(
+            db=info.context.db,
+            viewer=viewer,
+            filter=parsed,
+            request=page_request(first=first, after=after),
+        )
+        return page.map(ActivityLogType.from_model).to_connection()
+
+    @strawberry.field(
+        description="AI calls summed per group (requests, tokens, cost), sorted by key. ADMIN "
+        "reads everything; with filter.projectId a project OWNER/MANAGER reads that project; "
+        "otherwise you read your own usage (another user's: FORBIDDEN).",
+        extensions=authenticated(),
+    )
+    async def api_usage(
+        self,
+        info: Info[Context, None],
+        filter: ApiUsageFilter | None = None,
+        *,
+        group_by: UsageGroupByEnum,  # type: ignore[valid-type]
+    ) -> list[UsageBucketType]:
+        viewer = await info.context.require_viewer()
+        given = filter or ApiUsageFilter()
+        group = service.UsageGroup(group_by)
+        parsed = service.UsageFilter(
+            user_id=_optional_id(given.user_id, "User", "filter.userId"),
+            project_id=_optional_id(given.project_id, "Project", "filter.projectId"),
+            model=given.model,
+            window=service.time_window(start=given.from_, end=given.to),
+        )
+        buckets = await service.api_usage(
+            db=info.context.db, viewer=viewer, filter=parsed, group_by=group
+        )
+        answer = [
+            UsageBucketType(
+                key=_usage_key(bucket, group),
+                requests=bucket.requests,
+                input_tokens=bucket.input_tokens,
+                output_tokens=bucket.output_tokens,
+                cost_usd=float(bucket.cost_usd),
+            )
+            for bucket in buckets
+        ]
+        return sorted(answer, key=lambda bucket: bucket.key)
+
+    @strawberry.field(
+        description="Errors newest first: masked internal errors, AI provider and database "
+        "errors. ADMIN only (FORBIDDEN otherwise).",
+        extensions=authenticated(),
+    )
+    async def error_logs(
+        self,
+        info: Info[Context, None],
+        first: int | None = None,
+        after: str | None = None,
+        filter: ErrorLogFilter | None = None,
+    ) -> Connection[ErrorLogType]:
+        viewer = await info.context.require_viewer()
+        given = filter or ErrorLogFilter()
+        page = await service.list_error_logs(
+            db=info.context.db,
+            viewer=viewer,
+            window=service.time_window(start=given.from_, end=given.to),
+            source=ErrorSource(given.source) if given.source is not None else None,
+            request=page_request(first=first, after=after),
+        )
+        return page.map(ErrorLogType.from_model).to_connection()
+
+
+async def _resolve_activity_node(context: Context, row_id: uuid.UUID) -> ActivityLogType | None:
+    viewer = await context.viewer()
+    if viewer is None:
+        return None
+    row = await context.loader(loaders.activity_log_by_id).load(row_id)
+    if row is None or not await service.activity_log_visible(db=context.db, viewer=viewer, row=row):
+        return None
+    return ActivityLogType.from_model(row)
+
+
+async def _resolve_error_node(context: Context, row_id: uuid.UUID) -> ErrorLogType | None:
+    viewer = await context.viewer()
+    if viewer is None or not viewer.is_admin:
+        return None
+    row = await context.loader(loaders.error_log_by_id).load(row_id)
+    return ErrorLogType.from_model(row) if row else None
+
+
+register_node("ActivityLog", _resolve_activity_node)
+register_node("ErrorLog", _resolve_error_node)
