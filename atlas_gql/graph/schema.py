@@ -15,6 +15,7 @@ from atlas_gql.graph.errors import ErrorMappingExtension
 from atlas_gql.graph.limits import limit_extensions
 from atlas_gql.graph.relay import Node, resolve_node
 from atlas_gql.logs import graph as logs_graph
+from atlas_gql.projects import graph as projects_graph
 
 
 @strawberry.type
@@ -27,8 +28,13 @@ class NodeQuery:
         return await resolve_node(info.context, str(id))  # type: ignore[no-any-return]
 
 
-QUERY_PIECES: tuple[type, ...] = (NodeQuery, auth_graph.Query, logs_graph.Query)
-MUTATION_PIECES: tuple[type, ...] = ()
+QUERY_PIECES: tuple[type, ...] = (
+    NodeQuery,
+    auth_graph.Query,
+    logs_graph.Query,
+    projects_graph.Query,
+)
+MUTATION_PIECES: tuple[type, ...] = (projects_graph.Mutation,)
 SUBSCRIPTION_PIECES: tuple[type, ...] = ()
 
 

@@ -2,7 +2,15 @@
 (projects, threads, messages, logs), so the rule lives in one place.
 
 Visibility: a viewer who is not a member (and not ADMIN) gets NOT_FOUND, never FORBIDDEN, so
-ids do not reveal existence. A member without the needed role gets FORBIDDEN."""
+ids do not reveal existence. A member without the needed role gets FORBIDDEN.
+
+What each role may do (ADMIN may do anything):
+- OWNER: everything, including deleting the project and making other members OWNER.
+- MANAGER: edit the project, its settings and threads; add, change and remove members
+  other than OWNERs, and never grant OWNER.
+- MEMBER: use the project's threads.
+- VIEWER: read only.
+The last OWNER of a project can be neither removed nor demoted (CONFLICT)."""
 
 from __future__ import annotations
 
@@ -27,6 +35,21 @@ ROLE_RANK: dict[ProjectRole, int] = {
 
 def role_at_least(role: ProjectRole | None, minimum: ProjectRole) -> bool:
     return role is not None and ROLE_RANK[role] >= ROLE_RANK[minimum]
+
+
+def can_see_project(viewer: Viewer | None, role: ProjectRole | None) -> bool:
+    """Whether a viewer with `role` in a project (None: not a member) may see it."""
+    return viewer is not None and (viewer.is_admin or role is not None)
+
+
+def may_manage_member(
+    *, viewer: Viewer, actor_role: ProjectRole | None, member_role: ProjectRole
+) -> bool:
+    """Whether the viewer (with `actor_role` in the project) may grant, change or take away
+    `member_role`: OWNER and ADMIN any role, MANAGER any but OWNER, others none."""
+    if viewer.is_admin or actor_role == ProjectRole.OWNER:
+        return True
+    return actor_role == ProjectRole.MANAGER and member_role != ProjectRole.OWNER
 
 
 async def project_role_of(

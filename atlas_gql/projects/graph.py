@@ -1,0 +1,396 @@
+"""The projects part of the graph: Project, ProjectMember, ProjectSetting, `projects`,
+`project`, and the project, member and setting mutations. Resolvers stay thin: relations
+resolve through per-request DataLoaders, rules live in `service`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from atlas_gql.ai.types import ThreadType
+from atlas_gql.auth import loaders as auth_loaders
+from atlas_gql.auth.graph import UserType
+from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.permissions import authenticated, requires
+from atlas_gql.errors import NotFound
+from atlas_gql.graph.context import Context
+from atlas_gql.graph.pagination import empty_page
+from atlas_gql.graph.relay import (
+    Connection,
+    Node,
+    decode_id_of,
+    encode_global_id,
+    page_request,
+    register_node,
+)
+from atlas_gql.projects import loaders, service
+from atlas_gql.projects.access import can_see_project
+from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
+
+ProjectRoleEnum = strawberry.enum(
+    ProjectRole,
+    name="ProjectRole",
+    description="A member's role in a project: OWNER (everything, incl. deleting the project "
+    "and granting OWNER), MANAGER (the project, its settings, threads, and members other "
+    "than OWNERs), MEMBER (uses the threads), VIEWER (read only).",
+)
+
+
+async def _viewer_sees(context: Context, project_id: uuid.UUID) -> bool:
+    viewer = await context.viewer()
+    if viewer is None:
+        return False
+    role = (
+        None
+        if viewer.is_admin
+        else await context.loader(loaders.viewer_role_by_project).load(project_id)
+    )
+    return can_see_project(viewer, role)
+
+
+@strawberry.type(name="ProjectSetting", description="One JSON setting of a project.")
+class ProjectSettingType:
+    key: str = strawberry.field(description="The setting's name, e.g. `monthlyTokenBudget`.")
+    value: JSON = strawberry.field(description="Any JSON value (at most 64 KiB).")
+    updated_at: datetime = strawberry.field(description="When the value last changed.")
+
+    @classmethod
+    def from_model(cls, setting: ProjectSetting) -> ProjectSettingType:
+        return cls(key=setting.setting_key, value=setting.value, updated_at=setting.updated_at)
+
+
+@strawberry.type(name="ProjectMember", description="A user's membership of a project, with a role.")
+class ProjectMemberType(Node):
+    db_id: strawberry.Private[uuid.UUID]
+    project_db_id: strawberry.Private[uuid.UUID]
+    user_db_id: strawberry.Private[uuid.UUID]
+    role: ProjectRoleEnum = strawberry.field(description="The member's role in the project.")  # type: ignore[valid-type]
+    created_at: datetime = strawberry.field(description="When the user joined the project.")
+
+    @classmethod
+    def from_model(cls, member: ProjectMember) -> ProjectMemberType:
+        return cls(
+            id=strawberry.ID(encode_global_id("ProjectMember", member.id)),
+            db_id=member.id,
+            project_db_id=member.project_id,
+            user_db_id=member.user_id,
+            role=member.role,
+            created_at=member.created_at,
+        )
+
+    @strawberry.field(description="The member.")
+    async def user(self, info: Info[Context, None]) -> UserType:
+        user = await info.context.loader(auth_loaders.user_by_id).load(self.user_db_id)
+        if user is None:
+            raise NotFound("User not found.")
+        return UserType.from_model(user)
+
+    @strawberry.field(description="The project.")
+    async def project(self, info: Info[Context, None]) -> ProjectType:
+        project = await info.context.loader(loaders.project_by_id).load(self.project_db_id)
+        if project is None:
+            raise NotFound("Project not found.")
+        return ProjectType.from_model(project)
+
+
+@strawberry.type(
+    name="Project",
+    description="A workspace shared by its members, holding assistants and threads. Visible "
+    "to its members (and to ADMIN); to anyone else it does not exist.",
+)
+class ProjectType(Node):
+    db_id: strawberry.Private[uuid.UUID]
+    created_by_db_id: strawberry.Private[uuid.UUID]
+    name: str = strawberry.field(description="The project's name (1 to 200 characters).")
+    description: str | None = strawberry.field(description="What the project is about.")
+    created_at: datetime = strawberry.field(description="When the project was created.")
+    updated_at: datetime = strawberry.field(description="When the project last changed.")
+
+    @classmethod
+    def from_model(cls, project: Project) -> ProjectType:
+        return cls(
+            id=strawberry.ID(encode_global_id("Project", project.id)),
+            db_id=project.id,
+            created_by_db_id=project.created_by_id,
+            name=project.name,
+            description=project.description,
+            created_at=project.created_at,
+            updated_at=project.updated_at,
+        )
+
+    @strawberry.field(name="createdBy", description="Who created the project.")
+    async def created_by(self, info: Info[Context, None]) -> UserType:
+        user = await info.context.loader(auth_loaders.user_by_id).load(self.created_by_db_id)
+        if user is None:
+            raise NotFound("User not found.")
+        return UserType.from_model(user)
+
+    @strawberry.field(description="The members, oldest first (Relay connection).")
+    async def members(
+        self, info: Info[Context, None], first: int | None = None, after: str | None = None
+    ) -> Connection[ProjectMemberType]:
+        request = page_request(first=first, after=after)
+        if not await _viewer_sees(info.context, self.db_id):
+            return empty_page().to_connection()  # type: ignore[no-any-return]
+        page = await info.context.loader(loaders.members_page).load((self.db_id, request))
+        return page.map(ProjectMemberType.from_model).to_connection()  # type: ignore[no-any-return]
+
+    @strawberry.field(description="The project's settings, ordered by key.")
+    async def settings(self, info: Info[Context, None]) -> list[ProjectSettingType]:
+        if not await _viewer_sees(info.context, self.db_id):
+            return []
+        settings = await info.context.loader(loaders.settings_by_project).load(self.db_id)
+        return [ProjectSettingType.from_model(setting) for setting in settings]
+
+    @strawberry.field(description="The project's threads, newest first (Relay connection).")
+    async def threads(
+        self, info: Info[Context, None], first: int | None = None, after: str | None = None
+    ) -> Connection[ThreadType]:
+        request = page_request(first=first, after=after)
+        if not await _viewer_sees(info.context, self.db_id):
+            return empty_page().to_connection()  # type: ignore[no-any-return]
+        page = await info.context.loader(loaders.threads_page).load((self.db_id, request))
+        return page.map(ThreadType.from_model).to_connection()  # type: ignore[no-any-return]
+
+    @strawberry.field(
+        name="viewerRole",
+        description="The signed-in viewer's role in the project; null when they are not a "
+        "member (an ADMIN looking in).",
+    )
+    async def viewer_role(self, info: Info[Context, None]) -> ProjectRoleEnum | None:  # type: ignore[valid-type]
+        return await info.context.loader(loaders.viewer_role_by_project).load(self.db_id)
+
+
+async def resolve_visible_project(context: Context, project_id: uuid.UUID) -> ProjectType | None:
+    """The project when the viewer may see it, else None (for `project`, `node`)."""
+    project = await context.loader(loaders.project_by_id).load(project_id)
+    if project is None or not await _viewer_sees(context, project_id):
+        return None
+    return ProjectType.from_model(project)
+
+
+async def _resolve_member_node(context: Context, member_id: uuid.UUID) -> ProjectMemberType | None:
+    member = await context.loader(loaders.member_by_id).load(member_id)
+    if member is None or not await _viewer_sees(context, member.project_id):
+        return None
+    return ProjectMemberType.from_model(member)
+
+
+register_node("Project", resolve_visible_project)
+register_node("ProjectMember", _resolve_member_node)
+
+
+@strawberry.input(description="Narrows `projects`.")
+class ProjectFilter:
+    search: str | None = strawberry.field(
+        default=None, description="Keeps projects whose name contains this (any case)."
+    )
+    role: ProjectRoleEnum | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Keeps projects where the viewer has this role."
+    )
+
+
+@strawberry.input(description="A new project.")
+class CreateProjectInput:
+    name: str = strawberry.field(description="1 to 200 characters (trimmed).")
+    description: str | None = strawberry.field(default=None, description="Optional.")
+
+
+@strawberry.input(description="Changes to a project; omitted fields stay as they are.")
+class UpdateProjectInput:
+    name: str | None = strawberry.field(
+        default=strawberry.UNSET, description="1 to 200 characters (trimmed)."
+    )
+    description: str | None = strawberry.field(
+        default=strawberry.UNSET, description="Null or blank clears it."
+    )
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(
+        extensions=authenticated(),
+        description="The projects the viewer belongs to (every project for ADMIN), newest first.",
+    )
+    async def projects(
+        self,
+        info: Info[Context, None],
+        first: int | None = None,
+        after: str | None = None,
+        filter: ProjectFilter | None = None,
+    ) -> Connection[ProjectType]:
+        viewer = await info.context.require_viewer()
+        page = await service.list_projects(
+            db=info.context.db,
+            viewer=viewer,
+            request=page_request(first=first, after=after),
+            search=filter.search if filter else None,
+            role=filter.role if filter else None,
+        )
+        info.context.loader(loaders.project_by_id).prime_many(
+            {project.id: project for project in page.items}
+        )
+        return page.map(ProjectType.from_model).to_connection()  # type: ignore[no-any-return]
+
+    @strawberry.field(
+        extensions=authenticated(),
+        description="A project by ID; null when it does not exist or the viewer is not a member.",
+    )
+    async def project(self, info: Info[Context, None], id: strawberry.ID) -> ProjectType | None:
+        return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
+
+
+def _origin(info: Info[Context, None]) -> dict[str, Any]:
+    return {"ip_address": info.context.client_ip, "user_agent": info.context.user_agent}
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        extensions=requires(PermissionName.CREATE_PROJECT),
+        description="Create a project; the viewer becomes its OWNER.",
+    )
+    async def create_project(
+        self, info: Info[Context, None], input: CreateProjectInput
+    ) -> ProjectType:
+        project = await service.create_project(
+            db=info.context.db,
+            viewer=await info.context.require_viewer(),
+            name=input.name,
+            description=input.description,
+            **_origin(info),
+        )
+        return ProjectType.from_model(project)
+
+    @strawberry.mutation(
+        extensions=authenticated(), description="Rename or re-describe a project (MANAGER+)."
+    )
+    async def update_project(
+        self, info: Info[Context, None], id: strawberry.ID, input: UpdateProjectInput
+    ) -> ProjectType:
+        project = await service.update_project(
+            db=info.context.db,
+            viewer=await info.context.require_viewer(),
+            project_id=decode_id_of(id, "Project"),
+            name=service.KEEP if input.name is strawberry.UNSET else input.name,
+            description=(
+                service.KEEP if input.description is strawberry.UNSET else input.description
+            ),
+            **_origin(info),
+        )
+        return ProjectType.from_model(project)
+
+    @strawberry.mutation(
+        extensions=authenticated(),
+        description="Delete a project (OWNER or ADMIN) with its members, settings, assistants, "
+        "threads and messages.",
+    )
+    async def delete_project(self, info: Info[Context, None], id: strawberry.ID) -> bool:
+        await service.delete_project(
+            db=info.context.db,
+            viewer=await info.context.require_viewer(),
+            project_id=decode_id_of(id, "Project"),
+            **_origin(info),
+        )
+        return True
+
+    @strawberry.mutation(
+        extensions=authenticated(),
+        description="Add a user to a project (MANAGER+; only an OWNER grants OWNER). "
+        "CONFLICT when they already are a member.",
+    )
+    async def add_project_member(
+        self,
+        info: Info[Context, None],
+        project_id: strawberry.ID,
+        user_id: strawberry.ID,
+        role: ProjectRoleEnum,  # type: ignore[valid-type]
+    ) -> ProjectMemberType:
+        member = await service.add_member(
+            db=info.context.db,
+            viewer=await info.context.require_viewer(),
+            project_id=decode_id_of(project_id, "Project", field="projectId"),
+            user_id=decode_id_of(user_id, "User", field="userId"),
+            role=role,
+            **_origin(info),
+        )
+        return ProjectMemberType.from_model(member)
+
+    @strawberry.mutation(
+        extensions=authenticated(),
+        description="Change a member's role (MANAGER+; OWNER granted or changed only by an "
+        "OWNER, which is how ownership is transferred). The last OWNER cannot be demoted.",
+    )
+    async def update_project_member(
+        self,
+        info: Info[Context, None],
+        project_id: strawberry.ID,
+        user_id: strawberry.ID,
+        role: ProjectRoleEnum,  # type: ignore[valid-type]
+    ) -> ProjectMemberType:
+        member = await service.update_member(
+            db=info.context.db,
+            viewer=await info.context.require_viewer(),
+            project_id=decode_id_of(project_id, "Project", field="projectId"),
+            user_id=decode_id_of(user_id, "User", field="userId"),
+            role=role,
+            **_origin(info),
+        )
+        return ProjectMemberType.from_model(member)
+
+    @strawberry.mutation(
+        extensions=authenticated(),
+        description="Remove a member (MANAGER+; OWNERs only by an OWNER); any member may "
+        "remove themself. The last OWNER cannot be removed.",
+    )
+    async def remove_project_member(
+        self, info: Info[Context, None], project_id: strawberry.ID, user_id: strawberry.ID
+    ) -> bool:
+        await service.remove_member(
+            db=info.context.db,
+            viewer=await info.context.require_viewer(),
+            project_id=decode_id_of(project_id, "Project", field="projectId"),
+            user_id=decode_id_of(user_id, "User", field="userId"),
+            **_origin(info),
+        )
+        return True
+
+    @strawberry.mutation(
+        extensions=authenticated(),
+        description="Set a JSON setting (MANAGER+), replacing any value the key had. Keys: "
+        "`^[a-zA-Z][a-zA-Z0-9_.-]{0,63}$`; values: any JSON up to 64 KiB. Known keys: "
+        "`defaultAssistantId` (the ID of an Assistant of the project), `monthlyTokenBudget` "
+        "(a non-negative integer).",
+    )
+    async def set_project_setting(
+        self, info: Info[Context, None], project_id: strawberry.ID, key: str, value: JSON
+    ) -> ProjectSettingType:
+        setting = await service.set_setting(
+            db=info.context.db,
+            viewer=await info.context.require_viewer(),
+            project_id=decode_id_of(project_id, "Project", field="projectId"),
+            key=key,
+            value=value,
+            **_origin(info),
+        )
+        return ProjectSettingType.from_model(setting)
+
+    @strawberry.mutation(
+        extensions=authenticated(),
+        description="Remove a setting (MANAGER+); false when the key was not set.",
+    )
+    async def delete_project_setting(
+        self, info: Info[Context, None], project_id: strawberry.ID, key: str
+    ) -> bool:
+        return await service.delete_setting(
+            db=info.context.db,
+            viewer=await info.context.require_viewer(),
+            project_id=decode_id_of(project_id, "Project", field="projectId"),
+            key=key,
+            **_origin(info),
+        )
