@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         default=None, description="default: on in development, off in production"
     )
     atlas_log_retention_days: int = Field(default=90, ge=1)
+    atlas_bcrypt_rounds: int = Field(
+        default=12, ge=4, le=16, description="bcrypt cost of new password hashes"
+    )
+    atlas_rate_limit_prefix: str = Field(
+        default="atlas:ratelimit:", description="key prefix of rate-limit counters in Redis"
+    )
 
     @field_validator("atlas_cors_origins", "atlas_allowed_models", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""The auth part of the graph: User, Role, `me`, `roles`."""
+"""The auth part of the graph: User, Role, AuthPayload; `me`, `users`, `roles`; sign-in,
+sessions and user administration mutations. Resolvers parse, call one service, map."""
 
 from __future__ import annotations
 
@@ -8,11 +9,25 @@ from datetime import datetime
 import strawberry
 from strawberry.types import Info
 
-from atlas_gql.auth import loaders
-from atlas_gql.auth.models import Role, User
-from atlas_gql.auth.permissions import PermissionNameEnum, RoleNameEnum
+from atlas_gql.auth import loaders, service
+from atlas_gql.auth.models import PermissionName, Role, RoleName, User
+from atlas_gql.auth.permissions import (
+    PermissionNameEnum,
+    RoleNameEnum,
+    authenticated,
+    requires,
+    viewer_of,
+)
+from atlas_gql.auth.ratelimit import login_limiter
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import Node, encode_global_id, register_node
+from atlas_gql.graph.relay import (
+    Connection,
+    Node,
+    decode_id_of,
+    encode_global_id,
+    page_request,
+    register_node,
+)
 
 
 @strawberry.type(name="Role", description="A global role granting a set of permissions.")
@@ -63,8 +78,6 @@ async def _resolve_user_node(context: Context, user_id: uuid.UUID) -> UserType |
     viewer = await context.viewer()
     if viewer is None:
         return None
-    from atlas_gql.auth.models import PermissionName
-
     if viewer.user_id != user_id and not viewer.has_permission(PermissionName.MANAGE_USERS):
         return None
     user = await context.loader(loaders.user_by_id).load(user_id)
@@ -72,6 +85,84 @@ async def _resolve_user_node(context: Context, user_id: uuid.UUID) -> UserType |
 
 
 register_node("User", _resolve_user_node)
+
+
+@strawberry.type(description="The tokens of a session just opened or refreshed, and its user.")
+class AuthPayload:
+    access_token: str = strawberry.field(
+        description="Short-lived JWT; send it as `Authorization: Bearer <token>`."
+    )
+    refresh_token: str = strawberry.field(
+        description="Opaque, single-use: trade it for new tokens with `refreshSession`. "
+        "Presenting it a second time ends the session."
+    )
+    access_token_expires_at: datetime = strawberry.field(
+        description="When the access token stops working."
+    )
+    user: UserType
+
+    @classmethod
+    def from_signed_in(cls, signed_in: service.SignedIn) -> AuthPayload:
+        return cls(
+            access_token=signed_in.tokens.access_token,
+            refresh_token=signed_in.tokens.refresh_token,
+            access_token_expires_at=signed_in.tokens.access_token_expires_at,
+            user=UserType.from_model(signed_in.user),
+        )
+
+
+@strawberry.input(description="A new account.")
+class RegisterInput:
+    email: str
+    password: str = strawberry.field(description="8 characters at least, 72 bytes (UTF-8) at most.")
+    name: str | None = None
+
+
+@strawberry.input(description="Credentials to sign in with.")
+class LoginInput:
+    email: str
+    password: str
+
+
+@strawberry.input(description="The current password and its replacement.")
+class ChangePasswordInput:
+    current_password: str
+    new_password: str = strawberry.field(
+        description="8 characters at least, 72 bytes (UTF-8) at most."
+    )
+
+
+@strawberry.input(description="An account created by an administrator.")
+class CreateUserInput:
+    email: str
+    password: str = strawberry.field(description="8 characters at least, 72 bytes (UTF-8) at most.")
+    name: str | None = None
+    roles: list[RoleNameEnum] | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Global roles; USER when omitted."
+    )
+
+
+@strawberry.input(description="Changes to a user; omitted fields stay as they are.")
+class UpdateUserInput:
+    name: str | None = strawberry.field(
+        default=None, description="New display name; an empty string clears it."
+    )
+    is_active: bool | None = strawberry.field(
+        default=None,
+        description="false deactivates the account: its sessions end at once and it cannot "
+        "sign in; true reactivates it.",
+    )
+
+
+@strawberry.input(description="Narrows the `users` list; all given conditions apply.")
+class UserFilter:
+    search: str | None = strawberry.field(
+        default=None, description="A substring of the email or the name (case-insensitive)."
+    )
+    role: RoleNameEnum | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Only users holding this global role."
+    )
+    is_active: bool | None = None
 
 
 @strawberry.type
@@ -84,7 +175,203 @@ class Query:
         user = await info.context.loader(loaders.user_by_id).load(viewer.user_id)
         return UserType.from_model(user) if user else None
 
-    @strawberry.field(description="Every global role and its permissions.")
+    @strawberry.field(
+        description="Every user, oldest first, keyset-paginated (MANAGE_USERS).",
+        extensions=requires(PermissionName.MANAGE_USERS),
+    )
+    async def users(
+        self,
+        info: Info[Context, None],
+        first: int | None = None,
+        after: str | None = None,
+        filter: UserFilter | None = None,
+    ) -> Connection[UserType]:
+        page = await service.list_users(
+            db=info.context.db,
+            viewer=await viewer_of(info),
+            request=page_request(first=first, after=after),
+            search=filter.search if filter else None,
+            role=filter.role if filter else None,
+            is_active=filter.is_active if filter else None,
+        )
+        return page.map(UserType.from_model).to_connection()
+
+    @strawberry.field(
+        description="Every global role and its permissions.", extensions=authenticated()
+    )
     async def roles(self, info: Info[Context, None]) -> list[RoleType]:
         roles = await info.context.loader(loaders.all_roles).load(None)
         return [await role_type(info.context, role) for role in roles]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description="Create an account (role USER) and sign it in. CONFLICT when the email is "
+        "taken in any letter case; BAD_USER_INPUT for a malformed email or an unfit password."
+    )
+    async def register(self, info: Info[Context, None], input: RegisterInput) -> AuthPayload:
+        context = info.context
+        signed_in = await service.register(
+            db=context.db,
+            settings=context.settings,
+            email=input.email,
+            password=input.password,
+            name=input.name,
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+        return AuthPayload.from_signed_in(signed_in)
+
+    @strawberry.mutation(
+        description="Sign in. A wrong email or password answers UNAUTHENTICATED (the same "
+        "either way); repeated failures per account or address answer RATE_LIMITED with "
+        "`extensions.retryAfter` seconds."
+    )
+    async def login(self, info: Info[Context, None], input: LoginInput) -> AuthPayload:
+        context = info.context
+        signed_in = await service.login(
+            db=context.db,
+            settings=context.settings,
+            limiter=login_limiter(context.runtime),
+            email=input.email,
+            password=input.password,
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+        return AuthPayload.from_signed_in(signed_in)
+
+    @strawberry.mutation(
+        description="Trade a refresh token for new tokens of the same session. Each refresh "
+        "token works once; presenting a used one ends its session (UNAUTHENTICATED)."
+    )
+    async def refresh_session(self, info: Info[Context, None], refresh_token: str) -> AuthPayload:
+        context = info.context
+        signed_in = await service.refresh(
+            db=context.db,
+            settings=context.settings,
+            refresh_token=refresh_token,
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+        return AuthPayload.from_signed_in(signed_in)
+
+    @strawberry.mutation(
+        description="End the current session (or the viewer's session of `refreshToken`), or "
+        "all of the viewer's sessions with `allSessions: true`; their tokens stop working.",
+        extensions=authenticated(),
+    )
+    async def logout(
+        self,
+        info: Info[Context, None],
+        refresh_token: str | None = None,
+        all_sessions: bool | None = False,
+    ) -> bool:
+        context = info.context
+        return await service.logout(
+            db=context.db,
+            viewer=await viewer_of(info),
+            refresh_token=refresh_token,
+            all_sessions=bool(all_sessions),
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+
+    @strawberry.mutation(
+        description="Replace the viewer's password; every other session of theirs ends.",
+        extensions=authenticated(),
+    )
+    async def change_password(self, info: Info[Context, None], input: ChangePasswordInput) -> bool:
+        context = info.context
+        return await service.change_password(
+            db=context.db,
+            settings=context.settings,
+            limiter=login_limiter(context.runtime),
+            viewer=await viewer_of(info),
+            current_password=input.current_password,
+            new_password=input.new_password,
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+
+    @strawberry.mutation(
+        description="Create an account (MANAGE_USERS).",
+        extensions=requires(PermissionName.MANAGE_USERS),
+    )
+    async def create_user(self, info: Info[Context, None], input: CreateUserInput) -> UserType:
+        context = info.context
+        user = await service.create_user(
+            db=context.db,
+            settings=context.settings,
+            viewer=await viewer_of(info),
+            email=input.email,
+            password=input.password,
+            name=input.name,
+            roles=input.roles,
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+        return UserType.from_model(user)
+
+    @strawberry.mutation(
+        description="Rename, deactivate or reactivate a user (MANAGE_USERS). Deactivation ends "
+        "their sessions at once; deactivating yourself is a CONFLICT.",
+        extensions=requires(PermissionName.MANAGE_USERS),
+    )
+    async def update_user(
+        self, info: Info[Context, None], id: strawberry.ID, input: UpdateUserInput
+    ) -> UserType:
+        context = info.context
+        user = await service.update_user(
+            db=context.db,
+            viewer=await viewer_of(info),
+            user_id=decode_id_of(id, "User", field="id"),
+            name=input.name,
+            is_active=input.is_active,
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+        return UserType.from_model(user)
+
+    @strawberry.mutation(
+        description="Grant a global role (MANAGE_USERS).",
+        extensions=requires(PermissionName.MANAGE_USERS),
+    )
+    async def assign_role(
+        self,
+        info: Info[Context, None],
+        user_id: strawberry.ID,
+        role: RoleNameEnum,  # type: ignore[valid-type]
+    ) -> UserType:
+        context = info.context
+        user = await service.assign_role(
+            db=context.db,
+            viewer=await viewer_of(info),
+            user_id=decode_id_of(user_id, "User", field="userId"),
+            role=RoleName(role),
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+        return UserType.from_model(user)
+
+    @strawberry.mutation(
+        description="Withdraw a global role (MANAGE_USERS); withdrawing your own ADMIN role "
+        "is a CONFLICT.",
+        extensions=requires(PermissionName.MANAGE_USERS),
+    )
+    async def revoke_role(
+        self,
+        info: Info[Context, None],
+        user_id: strawberry.ID,
+        role: RoleNameEnum,  # type: ignore[valid-type]
+    ) -> UserType:
+        context = info.context
+        user = await service.revoke_role(
+            db=context.db,
+            viewer=await viewer_of(info),
+            user_id=decode_id_of(user_id, "User", field="userId"),
+            role=RoleName(role),
+            ip_address=context.client_ip,
+            user_agent=context.user_agent,
+        )
+        return UserType.from_model(user)

@@ -30,21 +30,22 @@ def hash_password_sync(password: str, *, rounds: int = BCRYPT_ROUNDS) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
 
 
-async def hash_password(password: str) -> str:
+async def hash_password(password: str, *, rounds: int = BCRYPT_ROUNDS) -> str:
+    """Validate and hash a new password (ATLAS_BCRYPT_ROUNDS sets `rounds`)."""
     validate_password(password)
-    return await asyncio.to_thread(hash_password_sync, password)
+    return await asyncio.to_thread(hash_password_sync, password, rounds=rounds)
 
 
-@lru_cache(maxsize=1)
-def _dummy_hash() -> bytes:
-    return hash_password_sync("dummy password for timing").encode()
+@lru_cache(maxsize=4)
+def _dummy_hash(rounds: int) -> bytes:
+    return hash_password_sync("dummy password for timing", rounds=rounds).encode()
 
 
-def _verify_sync(password: str, password_hash: str | None) -> bool:
+def _verify_sync(password: str, password_hash: str | None, dummy_rounds: int) -> bool:
     encoded = password.encode()
     if password_hash is None or len(encoded) > MAX_PASSWORD_BYTES:
         # Same cost as a real check, so an unknown account takes as long as a wrong password.
-        bcrypt.checkpw(encoded[:MAX_PASSWORD_BYTES], _dummy_hash())
+        bcrypt.checkpw(encoded[:MAX_PASSWORD_BYTES], _dummy_hash(dummy_rounds))
         return False
     try:
         return bcrypt.checkpw(encoded, password_hash.encode())
@@ -52,6 +53,9 @@ def _verify_sync(password: str, password_hash: str | None) -> bool:
         return False
 
 
-async def verify_password(password: str, password_hash: str | None) -> bool:
-    """True when `password` matches; with no hash, spends a dummy check and returns False."""
-    return await asyncio.to_thread(_verify_sync, password, password_hash)
+async def verify_password(
+    password: str, password_hash: str | None, *, dummy_rounds: int = BCRYPT_ROUNDS
+) -> bool:
+    """True when `password` matches; with no hash, spends a dummy check (at `dummy_rounds`,
+    the cost of the server's own hashes) and returns False."""
+    return await asyncio.to_thread(_verify_sync, password, password_hash, dummy_rounds)

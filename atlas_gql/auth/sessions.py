@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +31,7 @@ from atlas_gql.auth.tokens import (
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.errors import Unauthenticated
+from atlas_gql.logs.service import record_activity
 
 
 @dataclass(frozen=True)
@@ -133,3 +135,145 @@ async def authenticate_access_token(*, db: AsyncSession, settings: Settings, tok
     if viewer is None:
         raise Unauthenticated("The session has ended; sign in again.", reason="SESSION_ENDED")
     return viewer
+
+
+REFRESH_REFUSED_MESSAGE = "The refresh token is invalid or has expired; sign in again."
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    user: User
+    tokens: IssuedTokens
+
+
+async def revoke_sessions(
+    *,
+    db: AsyncSession,
+    reason: str,
+    session_ids: list[uuid.UUID] | None = None,
+    user_id: uuid.UUID | None = None,
+    except_session_id: uuid.UUID | None = None,
+) -> list[uuid.UUID]:
+    """Revoke live sessions (by id, or every one of a user) and their unused refresh tokens;
+    the ids revoked. Access tokens of these sessions stop working on their next request.
+    The caller commits."""
+    conditions: list[Any] = [col(Session.revoked_at).is_(None)]
+    if session_ids is not None:
+        conditions.append(col(Session.id).in_(session_ids))
+    if user_id is not None:
+        conditions.append(col(Session.user_id) == user_id)
+    if session_ids is None and user_id is None:
+        raise ValueError("revoke_sessions needs session_ids or user_id")
+    if except_session_id is not None:
+        conditions.append(col(Session.id) != except_session_id)
+    revoked = list(
+        (
+            await db.execute(
+                sa.update(Session)
+                .where(*conditions)
+                .values(revoked_at=sa.func.now(), revoked_reason=reason)
+                .returning(col(Session.id))
+            )
+        ).scalars()
+    )
+    if revoked:
+        await db.execute(
+            sa.update(RefreshToken)
+            .where(
+                col(RefreshToken.session_id).in_(revoked),
+                col(RefreshToken.used_at).is_(None),
+                col(RefreshToken.revoked_at).is_(None),
+            )
+            .values(revoked_at=sa.func.now())
+        )
+    return revoked
+
+
+async def refresh_session(
+    *,
+    db: AsyncSession,
+    settings: Settings,
+    refresh_token: str,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+) -> Refreshed:
+    """Trade a refresh token for a new access token and a new refresh token of the same
+    session. Each refresh token works once: presenting a used one again revokes the whole
+    session (it was stolen, or the client is replaying) and answers UNAUTHENTICATED."""
+    token_hash = hash_token(refresh_token)
+    # Race-safe claim: of two concurrent refreshes with one token, exactly one gets the row
+    # (the other's UPDATE waits on the row lock, then finds used_at set).
+    claimed = (
+        await db.execute(
+            sa.update(RefreshToken)
+            .where(
+                col(RefreshToken.token_hash) == token_hash,
+                col(RefreshToken.used_at).is_(None),
+                col(RefreshToken.revoked_at).is_(None),
+                col(RefreshToken.expires_at) > sa.func.now(),
+            )
+            .values(used_at=sa.func.now())
+            .returning(col(RefreshToken.session_id), col(RefreshToken.user_id))
+        )
+    ).one_or_none()
+    if claimed is None:
+        known = (
+            await db.execute(
+                sa.select(
+                    col(RefreshToken.session_id),
+                    col(RefreshToken.user_id),
+                    col(RefreshToken.used_at),
+                ).where(col(RefreshToken.token_hash) == token_hash)
+            )
+        ).one_or_none()
+        if known is not None and known[2] is not None:
+            session_id, user_id = known[0], known[1]
+            await revoke_sessions(db=db, session_ids=[session_id], reason="refresh_token_reuse")
+            record_activity(
+                db=db,
+                action="auth.refresh_reuse_detected",
+                user_id=user_id,
+                entity_type="Session",
+                entity_id=session_id,
+                ip_address=ip_address,
+                user_agent=user_agent,
+            )
+            await db.commit()
+        raise Unauthenticated(REFRESH_REFUSED_MESSAGE)
+    session_id, user_id = claimed[0], claimed[1]
+    row = (
+        await db.execute(
+            sa.select(Session, User)
+            .join(User, col(User.id) == col(Session.user_id))
+            .where(
+                col(Session.id) == session_id,
+                col(Session.revoked_at).is_(None),
+                col(Session.expires_at) > sa.func.now(),
+                col(User.is_active).is_(True),
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        await db.rollback()
+        raise Unauthenticated(REFRESH_REFUSED_MESSAGE)
+    session, user = row[0], row[1]
+    now = datetime.now(UTC)
+    # Sliding expiry: an active session lives ATLAS_REFRESH_TOKEN_TTL past its last refresh.
+    session.expires_at = now + timedelta(seconds=settings.atlas_refresh_token_ttl)
+    session.last_used_at = now
+    new_refresh_token = new_opaque_token()
+    db.add(
+        RefreshToken(
+            session_id=session_id,
+            user_id=user_id,
+            token_hash=hash_token(new_refresh_token),
+            expires_at=session.expires_at,
+        )
+    )
+    access_token, expires_at = issue_access_token(
+        settings=settings, user_id=user_id, session_id=session_id, now=now
+    )
+    await db.commit()
+    return Refreshed(
+        user=user, tokens=IssuedTokens(access_token, expires_at, new_refresh_token, session_id)
+    )

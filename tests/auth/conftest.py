@@ -1,0 +1,80 @@
+"""Auth test helpers: apps with other settings, clients at other addresses, sign-in calls."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from atlas_gql.app import create_app
+from atlas_gql.db.url import DatabaseTarget
+from tests.conftest import GraphQLClient, make_settings
+
+LOGIN = """
+mutation Login($email: String!, $password: String!) {
+  login(input: {email: $email, password: $password}) {
+    accessToken refreshToken accessTokenExpiresAt
+    user { id email roles { name } permissions }
+  }
+}
+"""
+
+REFRESH = """
+mutation Refresh($token: String!) {
+  refreshSession(refreshToken: $token) { accessToken refreshToken user { email } }
+}
+"""
+
+REGISTER = """
+mutation Register($email: String!, $password: String!, $name: String) {
+  register(input: {email: $email, password: $password, name: $name}) {
+    accessToken refreshToken user { id email name roles { name } permissions }
+  }
+}
+"""
+
+ME = "{ me { id email roles { name } permissions } }"
+
+
+async def login(gql: GraphQLClient, email: str, password: str) -> dict[str, Any]:
+    """The body of a `login` call."""
+    return await gql(LOGIN, {"email": email, "password": password})
+
+
+async def signed_in(gql: GraphQLClient, email: str, password: str) -> dict[str, Any]:
+    """The AuthPayload of a successful `login`."""
+    body = await login(gql, email, password)
+    assert "errors" not in body, body
+    payload: dict[str, Any] = body["data"]["login"]
+    return payload
+
+
+@pytest.fixture
+async def make_gql(
+    database_target: DatabaseTarget,
+    engine: AsyncEngine,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[Any]:
+    """`await make_gql(ip="198.51.100.1", atlas_login_max_failures=3)` -> a GraphQLClient for
+    an app with those settings, seen from that client address, in the test's transaction."""
+    async with contextlib.AsyncExitStack() as stack:
+        apps: dict[tuple[tuple[str, Any], ...], Any] = {}
+
+        async def make(ip: str = "203.0.113.7", **overrides: Any) -> GraphQLClient:
+            key = tuple(sorted(overrides.items()))
+            app = apps.get(key)
+            if app is None:
+                settings = make_settings(database_target, **overrides)
+                app = apps[key] = create_app(settings, engine=engine, sessionmaker=sessionmaker)
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=app, client=(ip, 4321))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=transport, base_url="http://testserver")
+            )
+            return GraphQLClient(client)
+
+        yield make
