@@ -48,7 +48,7 @@ SECRET_KEYS = frozenset(
 
 # Secret-looking text inside free text (exception messages, stacks): JWTs, bearer credentials,
 # OpenAI-style API keys, `password=...`-style assignments, and PostgreSQL's
-# `Key (token_hash)=(...)` details of a secret column.
+# `Key (token_hash)=(...)` details of a secret column, asyncpg's echo of a query argument.
 _SECRET_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
@@ -64,6 +64,10 @@ _SECRET_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"(?i)(\((?:[a-z_]*(?:password|token|secret)[a-z_]*)\)=\()[^)]*(\))"),
         r"\1[redacted]\2",
+    ),  # asyncpg quotes the value of a bad query argument: a password or token on its way in.
+    (
+        re.compile(r"(query argument \$\d+: )(.*?)( \([^()\n]*\))?$", re.MULTILINE),
+        r"\1[redacted]\3",
     ),
 )
 
