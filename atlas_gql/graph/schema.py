@@ -34,7 +34,7 @@ QUERY_PIECES: tuple[type, ...] = (
     logs_graph.Query,
     projects_graph.Query,
 )
-MUTATION_PIECES: tuple[type, ...] = (projects_graph.Mutation,)
+MUTATION_PIECES: tuple[type, ...] = (auth_graph.Mutation, projects_graph.Mutation)
 SUBSCRIPTION_PIECES: tuple[type, ...] = ()
 
 
