@@ -218,6 +218,51 @@ def export_schema(
         path.write_text(sdl, encoding="utf-8")
 
 
+@cli.command("prune-logs")
+def prune_logs_command(
+    older_than_days: Annotated[
+        int | None,
+        typer.Option(
+            help="Delete rows older than this many days (default: ATLAS_LOG_RETENTION_DAYS, "
+            "and ATLAS_ERROR_LOG_RETENTION_DAYS for error rows).",
+            min=0,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Rows deleted per statement and transaction.", min=1)
+    ] = 5000,
+) -> None:
+    """Delete old ActivityLog and ErrorLog rows in batches (API usage rows are kept)."""
+    from atlas_gql.db.engine import create_engine, create_sessionmaker
+    from atlas_gql.logs.service import PruneReport, prune_logs
+
+    settings = load_settings()
+    activity_days = settings.atlas_log_retention_days
+    error_days = settings.atlas_error_log_retention_days or activity_days
+    if older_than_days is not None:
+        activity_days = error_days = older_than_days
+    target = resolve_target(settings)
+
+    async def work() -> PruneReport:
+        engine = create_engine(target, pool_size=1)
+        try:
+            async with create_sessionmaker(engine)() as db:
+                return await prune_logs(
+                    db=db,
+                    activity_retention_days=activity_days,
+                    error_retention_days=error_days,
+                    batch_size=batch_size,
+                )
+        finally:
+            await engine.dispose()
+
+    report = run_db(target, work)
+    typer.echo(
+        f"deleted {report.activity_logs} activity log rows older than {activity_days} days "
+        f"and {report.error_logs} error log rows older than {error_days} days"
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cli()

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         default=None, description="default: on in development, off in production"
     )
     atlas_log_retention_days: int = Field(default=90, ge=1)
+    atlas_error_log_retention_days: int | None = Field(
+        default=None, ge=1, description="days ErrorLog rows are kept; default: the value above"
+    )
     atlas_bcrypt_rounds: int = Field(
         default=12, ge=4, le=16, description="bcrypt cost of new password hashes"
     )

@@ -103,9 +103,9 @@ async def test_a_masked_error_reaches_the_log_without_secrets(
             "and key sk-proj-abcdefghijklmnop1234"
         )
 
-    monkeypatch.setattr(auth_loaders, "all_roles", exploding_loader)
+    monkeypatch.setattr(auth_loaders, "roles_by_user", exploding_loader)
     user_token = await sign_in("user@example.com")
-    body = await gql("query Roles { roles { name } }", token=user_token)
+    body = await gql("query Roles { me { roles { name } } }", token=user_token)
     assert error_codes(body) == ["INTERNAL_SERVER_ERROR"]
     request_id = body["errors"][0]["extensions"]["requestId"]
 
@@ -123,7 +123,7 @@ async def test_a_masked_error_reaches_the_log_without_secrets(
     match = [n for n in found["data"]["errorLogs"]["nodes"] if n["requestId"] == request_id]
     assert len(match) == 1
     assert match[0]["operationName"] == "Roles"
-    assert match[0]["path"] == "roles"
+    assert match[0]["path"] == "me.roles"
     assert match[0]["source"] == "GRAPHQL"
     assert match[0]["user"] == {"email": "user@example.com"}
     assert PASSWORD not in str(found)
