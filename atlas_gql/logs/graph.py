@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -167,7 +166,9 @@ class UsageSummaryType:
         )
 
 
-async def project_usage_this_month(info: Info[Context, None], project_id: uuid.UUID) -> Any:
+async def project_usage_this_month(
+    info: Info[Context, None], project_id: uuid.UUID
+) -> UsageSummaryType:
     """Project.usageThisMonth (the Project type calls this; its visibility gates the field)."""
     totals = await info.context.loader(loaders.usage_this_month_by_project).load(project_id)
     return UsageSummaryType.from_totals(totals)

@@ -28,6 +28,8 @@ from atlas_gql.graph.relay import (
     page_request,
     register_node,
 )
+from atlas_gql.logs.graph import UsageSummaryType, project_usage_this_month
+from atlas_gql.logs.usage import UsageTotals
 from atlas_gql.projects import loaders, service
 from atlas_gql.projects.access import can_see_project
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
@@ -164,6 +166,16 @@ class ProjectType(Node):
     )
     async def viewer_role(self, info: Info[Context, None]) -> ProjectRoleEnum | None:  # type: ignore[valid-type]
         return await info.context.loader(loaders.viewer_role_by_project).load(self.db_id)
+
+    @strawberry.field(
+        name="usageThisMonth",
+        description="AI tokens and cost of the current calendar month (UTC), what the "
+        "monthlyTokenBudget setting counts; zeros for a viewer who may not see the project.",
+    )
+    async def usage_this_month(self, info: Info[Context, None]) -> UsageSummaryType:
+        if not await _viewer_sees(info.context, self.db_id):
+            return UsageSummaryType.from_totals(UsageTotals())
+        return await project_usage_this_month(info, self.db_id)
 
 
 async def resolve_visible_project(context: Context, project_id: uuid.UUID) -> ProjectType | None:

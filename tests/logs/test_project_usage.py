@@ -1,0 +1,93 @@
+"""Project.usageThisMonth: the month's tokens and cost, batched across projects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from atlas_gql.logs.usage import month_start
+from atlas_gql.projects.models import ProjectRole
+from tests.conftest import GraphQLClient
+from tests.logs.conftest import Factory, global_id
+
+PROJECT = """
+query($id: ID!) { project(id: $id) {
+  usageThisMonth { inputTokens outputTokens totalTokens costUsd requests }
+} }
+"""
+PROJECTS = """
+query($first: Int) { projects(first: $first) { nodes { id usageThisMonth { totalTokens } } } }
+"""
+
+
+async def test_members_see_the_month_usage_of_their_project(
+    gql: GraphQLClient, factory: Factory, sign_in: Any
+) -> None:
+    owner = await factory.user()
+    viewer = await factory.user()
+    project = await factory.project(owner, members={viewer.id: ProjectRole.VIEWER})
+    now = datetime.now(UTC)
+    await factory.usage(
+        user=owner, project=project, created_at=now, input_tokens=40, output_tokens=2, cost="0.5"
+    )
+    await factory.usage(
+        user=viewer, project=project, created_at=now, input_tokens=8, output_tokens=0, cost="0.25"
+    )
+    await factory.usage(
+        user=owner,
+        project=project,
+        created_at=month_start(now) - timedelta(seconds=1),
+        input_tokens=999,
+    )
+    variables = {"id": global_id("Project", project.id)}
+    expected = {
+        "inputTokens": 48,
+        "outputTokens": 2,
+        "totalTokens": 50,
+        "costUsd": 0.75,
+        "requests": 2,
+    }
+    for email in (viewer.email, owner.email, "admin@example.com"):
+        body = await gql(PROJECT, variables, token=await sign_in(email))
+        assert body == {"data": {"project": {"usageThisMonth": expected}}}, email
+    outsider = await gql(PROJECT, variables, token=await sign_in("user@example.com"))
+    assert outsider == {"data": {"project": None}}
+
+
+async def test_usage_of_many_projects_is_one_statement(
+    gql: GraphQLClient, factory: Factory, sign_in: Any, engine: AsyncEngine
+) -> None:
+    owner = await factory.user()
+    now = datetime.now(UTC)
+    for tokens in range(1, 6):
+        project = await factory.project(owner)
+        await factory.usage(
+            user=owner, project=project, created_at=now, input_tokens=tokens, output_tokens=0
+        )
+    token = await sign_in(owner.email)
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    async def measure(first: int) -> tuple[int, list[int]]:
+        statements.clear()
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            body = await gql(PROJECTS, {"first": first}, token=token)
+        finally:
+            sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+        assert "errors" not in body, body
+        usage = [
+            node["usageThisMonth"]["totalTokens"] for node in body["data"]["projects"]["nodes"]
+        ]
+        return len(statements), usage
+
+    small, small_usage = await measure(2)
+    large, large_usage = await measure(5)
+    assert sorted(large_usage) == [1, 2, 3, 4, 5]
+    assert len(small_usage) == 2
+    assert small == large
