@@ -132,3 +132,10 @@ def app_factory() -> Starlette:
     """For `uvicorn --factory atlas_gql.app:app_factory`."""
     logging.basicConfig(level=logging.INFO)
     return create_app()
+
+
+# The AI domain: event broker, OpenAI client, reply orchestrator, stale-reply sweep.
+from atlas_gql.ai.lifecycle import start_ai, stop_ai  # noqa: E402
+
+startup_hooks.append(start_ai)
+shutdown_hooks.append(stop_ai)

@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     atlas_max_message_chars: int = Field(default=32_000, ge=1)
     atlas_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
 
+    atlas_model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description='JSON {"model": [usd_per_1m_input, usd_per_1m_output]} over the built-in table',
+    )
+    atlas_reply_stale_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds without progress after which an IN_PROGRESS reply is INCOMPLETE",
+    )
+
     redis_url: str | None = None
     atlas_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

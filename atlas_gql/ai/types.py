@@ -7,11 +7,48 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
+from strawberry.types import Info
 
-from atlas_gql.ai.models import Assistant, File, Message, MessageRole, MessageStatus, Thread
-from atlas_gql.graph.relay import Node, encode_global_id
+from atlas_gql.ai import loaders
+from atlas_gql.ai.models import (
+    Assistant,
+    AssociableType,
+    File,
+    Message,
+    MessageRole,
+    MessageStatus,
+    Thread,
+)
+from atlas_gql.auth import loaders as auth_loaders
+from atlas_gql.auth.graph import UserType
+from atlas_gql.graph.context import Context
+from atlas_gql.graph.relay import Connection, Node, encode_global_id, page_request
+
+if TYPE_CHECKING:
+    from atlas_gql.projects.graph import ProjectType
+
+LazyProject = Annotated["ProjectType", strawberry.lazy("atlas_gql.projects.graph")]
+
+
+async def _project(info: Info[Context, None], project_id: uuid.UUID | None) -> ProjectType | None:
+    if project_id is None:
+        return None
+    from atlas_gql.projects.graph import ProjectType
+    from atlas_gql.projects.loaders import project_by_id
+
+    project = await info.context.loader(project_by_id).load(project_id)
+    return ProjectType.from_model(project) if project else None
+
+
+async def _files(
+    info: Info[Context, None], kind: AssociableType, target_id: uuid.UUID
+) -> list[FileType]:
+    files = await info.context.loader(loaders.files_by_target).load((kind, target_id))
+    return [FileType.from_model(file) for file in files]
+
 
 MessageRoleEnum = strawberry.enum(
     MessageRole, name="MessageRole", description="Who wrote a message."
@@ -48,6 +85,14 @@ class AssistantType(Node):
             updated_at=assistant.updated_at,
         )
 
+    @strawberry.field(description="The project sharing this assistant; null when personal.")
+    async def project(self, info: Info[Context, None]) -> LazyProject | None:
+        return await _project(info, self.project_db_id)
+
+    @strawberry.field(description="Files attached to the assistant.")
+    async def files(self, info: Info[Context, None]) -> list[FileType]:
+        return await _files(info, AssociableType.ASSISTANT, self.db_id)
+
 
 @strawberry.type(
     name="Thread", description="A conversation with an assistant (an OpenAI conversation)."
@@ -76,6 +121,42 @@ class ThreadType(Node):
             updated_at=thread.updated_at,
         )
 
+    @strawberry.field(description="The project the thread belongs to; null when personal.")
+    async def project(self, info: Info[Context, None]) -> LazyProject | None:
+        return await _project(info, self.project_db_id)
+
+    @strawberry.field(description="The assistant answering in this thread (null if deleted).")
+    async def assistant(self, info: Info[Context, None]) -> AssistantType | None:
+        if self.assistant_db_id is None:
+            return None
+        assistant = await info.context.loader(loaders.assistant_by_id).load(self.assistant_db_id)
+        return AssistantType.from_model(assistant) if assistant else None
+
+    @strawberry.field(name="createdBy", description="Who started the thread.")
+    async def created_by(self, info: Info[Context, None]) -> UserType | None:
+        user = await info.context.loader(auth_loaders.user_by_id).load(self.created_by_db_id)
+        return UserType.from_model(user) if user else None
+
+    @strawberry.field(
+        description="The thread's messages, oldest first (Relay connection; `last: n` gives "
+        "the n most recent)."
+    )
+    async def messages(
+        self,
+        info: Info[Context, None],
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+    ) -> Connection[MessageType]:
+        request = page_request(first=first, after=after, last=last, before=before)
+        page = await info.context.loader(loaders.messages_page).load((self.db_id, request))
+        return page.map(MessageType.from_model).to_connection()  # type: ignore[no-any-return]
+
+    @strawberry.field(description="Files attached to the thread.")
+    async def files(self, info: Info[Context, None]) -> list[FileType]:
+        return await _files(info, AssociableType.THREAD, self.db_id)
+
 
 @strawberry.type(name="Message", description="One message of a thread.")
 class MessageType(Node):
@@ -87,6 +168,9 @@ class MessageType(Node):
     openai_message_id: str | None
     input_tokens: int | None
     output_tokens: int | None
+    error: str | None = strawberry.field(
+        description="Why a reply is FAILED, INCOMPLETE or CANCELLED (readable)."
+    )
     created_at: datetime
     completed_at: datetime | None
 
@@ -102,9 +186,14 @@ class MessageType(Node):
             openai_message_id=message.openai_message_id,
             input_tokens=message.input_tokens,
             output_tokens=message.output_tokens,
+            error=message.error,
             created_at=message.created_at,
             completed_at=message.completed_at,
         )
+
+    @strawberry.field(description="Files sent with the message.")
+    async def files(self, info: Info[Context, None]) -> list[FileType]:
+        return await _files(info, AssociableType.MESSAGE, self.db_id)
 
 
 @strawberry.type(name="File", description="An uploaded file (stored in OpenAI Files).")

@@ -8,6 +8,7 @@ import strawberry
 from strawberry.tools import merge_types
 from strawberry.types import Info
 
+from atlas_gql.ai import graph as ai_graph
 from atlas_gql.auth import graph as auth_graph
 from atlas_gql.config import Settings
 from atlas_gql.graph.context import Context
@@ -33,9 +34,14 @@ QUERY_PIECES: tuple[type, ...] = (
     auth_graph.Query,
     logs_graph.Query,
     projects_graph.Query,
+    ai_graph.Query,
 )
-MUTATION_PIECES: tuple[type, ...] = (auth_graph.Mutation, projects_graph.Mutation)
-SUBSCRIPTION_PIECES: tuple[type, ...] = ()
+MUTATION_PIECES: tuple[type, ...] = (
+    auth_graph.Mutation,
+    projects_graph.Mutation,
+    ai_graph.Mutation,
+)
+SUBSCRIPTION_PIECES: tuple[type, ...] = (ai_graph.Subscription,)
 
 
 def _merged(name: str, pieces: tuple[type, ...]) -> Any:

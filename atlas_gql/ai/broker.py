@@ -1,0 +1,300 @@
+"""Fan-out of thread events to `threadEvents` subscribers, with replay of recent events.
+
+An event is a JSON-able dict carrying a per-thread `sequence` (assigned by its publisher, see
+`runs.py`). Two implementations behind one interface:
+- `MemoryBroker` (default): asyncio queues in this process.
+- `RedisBroker` (REDIS_URL set): Redis pub/sub carries events between worker processes, and a
+  capped Redis list per thread keeps recent events for `afterSequence` replay.
+
+Both also carry *control* messages between workers (e.g. "cancel this reply"), delivered to
+every process's control handler, so a cancel reaches the worker that runs the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+# Recent events kept per thread for replay, and how long (Redis) they are kept.
+REPLAY_LIMIT = 5000
+REPLAY_TTL_SECONDS = 3600
+# Threads whose history the memory broker keeps (least recently used are forgotten).
+MEMORY_THREAD_LIMIT = 10_000
+# A subscriber that falls this far behind is dropped rather than growing memory forever.
+SUBSCRIBER_QUEUE_LIMIT = 10_000
+
+
+class SubscriberTooSlow(Exception):
+    """The subscriber's queue overflowed; it should reconnect with `afterSequence`."""
+
+
+class Broker(Protocol):
+    # True when other processes share the events (a reply may run in another worker).
+    distributed: bool
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
+        """Deliver `event` to the thread's subscribers (in every process) and keep it for replay."""
+
+    def subscribe(
+        self, thread_id: uuid.UUID, *, after_sequence: int | None = None
+    ) -> AsyncIterator[Event]:
+        """Live events of the thread, in sequence order. With `after_sequence`, first the kept
+        events numbered above it (what a reconnecting client missed), then live ones."""
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        """Send a control message to every process (including this one)."""
+
+    def set_control_handler(self, handler: ControlHandler) -> None: ...
+
+
+class _Subscriber:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.overflowed = False
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed:
+            return
+        if self.queue.qsize() >= SUBSCRIBER_QUEUE_LIMIT:
+            self.overflowed = True
+            self.queue.put_nowait(None)
+            return
+        self.queue.put_nowait(event)
+
+
+async def _deliver(
+    subscriber: _Subscriber, replay: list[Event], after_sequence: int | None
+) -> AsyncIterator[Event]:
+    """Replay (events above `after_sequence`), then live events; never a number twice or
+    out of order (live events already replayed are skipped)."""
+    last = after_sequence if after_sequence is not None else -1
+    if after_sequence is not None:
+        for event in sorted(replay, key=lambda item: int(item["sequence"])):
+            if int(event["sequence"]) > last:
+                last = int(event["sequence"])
+                yield event
+    while True:
+        live = await subscriber.queue.get()
+        if live is None:
+            raise SubscriberTooSlow()
+        sequence = int(live["sequence"])
+        if sequence <= last:
+            continue
+        last = sequence
+        yield live
+
+
+class _LocalFanout:
+    """The subscribers of this process, by thread."""
+
+    def __init__(self) -> None:
+        self.subscribers: dict[uuid.UUID, set[_Subscriber]] = {}
+
+    def add(self, thread_id: uuid.UUID) -> _Subscriber:
+        subscriber = _Subscriber()
+        self.subscribers.setdefault(thread_id, set()).add(subscriber)
+        return subscriber
+
+    def remove(self, thread_id: uuid.UUID, subscriber: _Subscriber) -> bool:
+        """Forget a subscriber; True when it was the thread's last one here."""
+        group = self.subscribers.get(thread_id)
+        if group is None:
+            return False
+        group.discard(subscriber)
+        if not group:
+            del self.subscribers[thread_id]
+            return True
+        return False
+
+    def dispatch(self, thread_id: uuid.UUID, event: Event) -> None:
+        for subscriber in list(self.subscribers.get(thread_id, ())):
+            subscriber.offer(event)
+
+
+class MemoryBroker:
+    """In-process broker: enough for one worker."""
+
+    distributed = False
+
+    def __init__(self, *, replay_limit: int = REPLAY_LIMIT) -> None:
+        self.replay_limit = replay_limit
+        self._fanout = _LocalFanout()
+        self._history: OrderedDict[uuid.UUID, deque[Event]] = OrderedDict()
+        self._control_handler: ControlHandler | None = None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
+        history = self._history.get(thread_id)
+        if history is None:
+            history = self._history[thread_id] = deque(maxlen=self.replay_limit)
+            while len(self._history) > MEMORY_THREAD_LIMIT:
+                self._history.popitem(last=False)
+        else:
+            self._history.move_to_end(thread_id)
+        history.append(event)
+        self._fanout.dispatch(thread_id, event)
+
+    async def subscribe(
+        self, thread_id: uuid.UUID, *, after_sequence: int | None = None
+    ) -> AsyncIterator[Event]:
+        # Registered before the history is read, with no await in between: nothing is missed.
+        subscriber = self._fanout.add(thread_id)
+        try:
+            replay = list(self._history.get(thread_id, ()))
+            async for event in _deliver(subscriber, replay, after_sequence):
+                yield event
+        finally:
+            self._fanout.remove(thread_id, subscriber)
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        if self._control_handler is not None:
+            await self._control_handler(message)
+
+    def set_control_handler(self, handler: ControlHandler) -> None:
+        self._control_handler = handler
+
+
+class RedisBroker:
+    """Redis pub/sub between processes; one pub/sub connection per process, fanned out locally.
+
+    Keys: channel `atlas:thread:<id>` carries events, list `atlas:thread:<id>:events` keeps
+    the last REPLAY_LIMIT of them for an hour, channel `atlas:control` carries control messages."""
+
+    CONTROL_CHANNEL = "atlas:control"
+    distributed = True
+
+    def __init__(self, url: str, *, replay_limit: int = REPLAY_LIMIT) -> None:
+        from redis.asyncio import Redis
+
+        self.replay_limit = replay_limit
+        self._redis = Redis.from_url(url, decode_responses=True)
+        self._pubsub = self._redis.pubsub()
+        self._fanout = _LocalFanout()
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._control_handler: ControlHandler | None = None
+        self._lock = asyncio.Lock()
+
+    @staticmethod
+    def channel(thread_id: uuid.UUID) -> str:
+        return f"atlas:thread:{thread_id}"
+
+    @staticmethod
+    def history_key(thread_id: uuid.UUID) -> str:
+        return f"atlas:thread:{thread_id}:events"
+
+    async def start(self) -> None:
+        confirmed = self._confirmed[self.CONTROL_CHANNEL] = asyncio.Event()
+        await self._pubsub.subscribe(self.CONTROL_CHANNEL)
+        self._listener = asyncio.create_task(self._listen(), name="atlas-redis-broker")
+        await asyncio.wait_for(confirmed.wait(), timeout=5)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._redis.aclose()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("redis broker: reading pub/sub failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if message is None:
+                continue
+            channel = message.get("channel")
+            if message["type"] == "subscribe":
+                waiter = self._confirmed.get(channel)
+                if waiter is not None:
+                    waiter.set()
+                continue
+            if message["type"] != "message":
+                continue
+            try:
+                payload = json.loads(message["data"])
+            except (TypeError, ValueError):
+                continue
+            if channel == self.CONTROL_CHANNEL:
+                if self._control_handler is not None:
+                    try:
+                        await self._control_handler(payload)
+                    except Exception:
+                        logger.exception("redis broker: control handler failed")
+                continue
+            thread_id = uuid.UUID(channel.rsplit(":", 1)[1])
+            self._fanout.dispatch(thread_id, payload)
+
+    async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
+        data = json.dumps(event, separators=(",", ":"))
+        key = self.history_key(thread_id)
+        async with self._redis.pipeline(transaction=True) as pipeline:
+            pipeline.rpush(key, data)
+            pipeline.ltrim(key, -self.replay_limit, -1)
+            pipeline.expire(key, REPLAY_TTL_SECONDS)
+            pipeline.publish(self.channel(thread_id), data)
+            await pipeline.execute()
+
+    async def subscribe(
+        self, thread_id: uuid.UUID, *, after_sequence: int | None = None
+    ) -> AsyncIterator[Event]:
+        channel = self.channel(thread_id)
+        async with self._lock:
+            subscriber = self._fanout.add(thread_id)
+            if len(self._fanout.subscribers[thread_id]) == 1:
+                confirmed = self._confirmed[channel] = asyncio.Event()
+                await self._pubsub.subscribe(channel)
+                await asyncio.wait_for(confirmed.wait(), timeout=5)
+        try:
+            # Subscribed first, then read the list: an event in both is delivered once.
+            replay: list[Event] = []
+            if after_sequence is not None:
+                raw = await self._redis.lrange(self.history_key(thread_id), 0, -1)
+                replay = [json.loads(item) for item in raw]
+            async for event in _deliver(subscriber, replay, after_sequence):
+                yield event
+        finally:
+            async with self._lock:
+                if self._fanout.remove(thread_id, subscriber):
+                    self._confirmed.pop(channel, None)
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.unsubscribe(channel)
+
+    async def publish_control(self, message: dict[str, Any]) -> None:
+        await self._redis.publish(self.CONTROL_CHANNEL, json.dumps(message))
+
+    def set_control_handler(self, handler: ControlHandler) -> None:
+        self._control_handler = handler
+
+
+def create_broker(redis_url: str | None) -> Broker:
+    """Redis when a URL is configured, else in-process."""
+    if redis_url:
+        return RedisBroker(redis_url)
+    return MemoryBroker()

@@ -1,0 +1,382 @@
+"""The model provider behind one interface, with two adapters over the official `openai` SDK:
+
+- `ResponsesProvider` (ATLAS_OPENAI_API=responses, the default): a thread is an OpenAI
+  conversation (`conv_...`); a reply is a streamed `responses.create(..., conversation=...)`.
+- `ChatProvider` (ATLAS_OPENAI_API=chat): for OpenAI-compatible servers without the Responses
+  API; a streamed `chat.completions.create`, the history built from ATLAS's own messages.
+
+Both turn the upstream stream into `ReplyDelta` / `ReplyDone` items and every upstream fault
+into `UpstreamFailure` (HTTP status, x-request-id, whether a retry may help)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import openai
+from openai import AsyncOpenAI
+
+from atlas_gql.ai.models import MessageStatus
+from atlas_gql.config import OpenAIApi, Settings
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass
+class HistoryItem:
+    role: str  # "user" | "assistant"
+    content: str
+
+
+@dataclass
+class ReplyRequest:
+    model: str
+    instructions: str | None
+    temperature: float | None
+    content: str
+    # OpenAI file ids sent with the message as input files.
+    file_ids: list[str] = field(default_factory=list)
+    conversation_id: str | None = None
+    # Earlier messages of the thread (oldest first); only the chat adapter sends them.
+    history: list[HistoryItem] = field(default_factory=list)
+
+
+@dataclass
+class ReplyStarted:
+    response_id: str | None
+
+
+@dataclass
+class ReplyDelta:
+    text: str
+
+
+@dataclass
+class ReplyDone:
+    response_id: str | None
+    output_message_id: str | None
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+
+
+ReplyItem = ReplyStarted | ReplyDelta | ReplyDone
+
+
+class UpstreamFailure(Exception):
+    """The provider failed; `status` is what the message becomes (FAILED or INCOMPLETE)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: MessageStatus = MessageStatus.FAILED,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        retryable: bool = False,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.http_status = http_status
+        self.request_id = request_id
+        self.retryable = retryable
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+
+
+class Provider(Protocol):
+    api: str  # "responses" | "chat", recorded as ApiUsageLog.endpoint
+    uses_conversations: bool
+
+    async def create_conversation(self, *, history: list[HistoryItem]) -> str:
+        """A new upstream conversation (seeded with `history`); its id."""
+
+    def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyItem]:
+        """The reply as it streams; raises UpstreamFailure."""
+
+    async def upload_file(
+        self, *, filename: str, content: bytes, mime_type: str | None, purpose: str
+    ) -> str:
+        """Store a file upstream; its id."""
+
+    async def delete_file(self, file_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def create_client(settings: Settings) -> AsyncOpenAI:
+    """The app's one client. Retries are ATLAS's (before the first delta only), not the SDK's."""
+    return AsyncOpenAI(
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        timeout=settings.atlas_openai_timeout,
+        max_retries=0,
+    )
+
+
+def _failure_from_sdk(error: Exception) -> UpstreamFailure:
+    """Translate an SDK / transport exception into an UpstreamFailure."""
+    if isinstance(error, openai.APIStatusError):
+        detail = error.message
+        return UpstreamFailure(
+            f"The AI provider answered HTTP {error.status_code}: {detail}",
+            http_status=error.status_code,
+            request_id=error.request_id,
+            retryable=error.status_code in RETRYABLE_STATUSES,
+        )
+    if isinstance(error, openai.APITimeoutError):
+        return UpstreamFailure("The AI provider did not answer in time.", retryable=True)
+    if isinstance(error, openai.APIConnectionError):
+        return UpstreamFailure("Could not reach the AI provider.", retryable=True)
+    if isinstance(error, openai.APIError):
+        # An `error` event inside a stream.
+        return UpstreamFailure(f"The AI provider reported an error: {error.message}")
+    name = type(error).__name__
+    if "Timeout" in name:
+        return UpstreamFailure("The AI provider stopped sending in time.", retryable=True)
+    return UpstreamFailure(
+        f"The reply stream was cut off ({name}).", status=MessageStatus.INCOMPLETE, retryable=True
+    )
+
+
+def _request_id_of(stream: Any) -> str | None:
+    response = getattr(stream, "response", None)
+    headers = getattr(response, "headers", None)
+    return headers.get("x-request-id") if headers is not None else None
+
+
+class _FilesMixin:
+    client: AsyncOpenAI
+
+    async def upload_file(
+        self, *, filename: str, content: bytes, mime_type: str | None, purpose: str
+    ) -> str:
+        upload: Any = (filename, content, mime_type) if mime_type else (filename, content)
+        try:
+            stored = await self.client.files.create(file=upload, purpose=purpose)  # type: ignore[arg-type]
+        except Exception as error:
+            raise _failure_from_sdk(error) from error
+        return stored.id
+
+    async def delete_file(self, file_id: str) -> None:
+        try:
+            await self.client.files.delete(file_id)
+        except Exception as error:
+            raise _failure_from_sdk(error) from error
+
+
+class ResponsesProvider(_FilesMixin):
+    api = "responses"
+    uses_conversations = True
+
+    def __init__(self, client: AsyncOpenAI) -> None:
+        self.client = client
+
+    async def create_conversation(self, *, history: list[HistoryItem]) -> str:
+        # The Conversations API takes at most 20 initial items.
+        items: list[Any] = [
+            {"type": "message", "role": item.role, "content": item.content}
+            for item in history[-20:]
+        ]
+        try:
+            conversation = await self.client.conversations.create(
+                items=items if items else openai.omit
+            )
+        except Exception as error:
+            raise _failure_from_sdk(error) from error
+        return conversation.id
+
+    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyItem]:
+        content: list[Any] = [{"type": "input_text", "text": request.content}]
+        content += [{"type": "input_file", "file_id": file_id} for file_id in request.file_ids]
+        arguments: dict[str, Any] = {
+            "model": request.model,
+            "input": [{"type": "message", "role": "user", "content": content}],
+            "stream": True,
+        }
+        if request.instructions:
+            arguments["instructions"] = request.instructions
+        if request.temperature is not None:
+            arguments["temperature"] = request.temperature
+        if request.conversation_id:
+            arguments["conversation"] = request.conversation_id
+        try:
+            stream = await self.client.responses.create(**arguments)
+        except Exception as error:
+            raise _failure_from_sdk(error) from error
+        request_id = _request_id_of(stream)
+        output_tokens_seen = False
+        try:
+            async with stream:
+                async for event in stream:
+                    kind = event.type
+                    if kind == "response.created":
+                        yield ReplyStarted(response_id=event.response.id)
+                    elif kind == "response.output_text.delta":
+                        output_tokens_seen = True
+                        if event.delta:
+                            yield ReplyDelta(text=event.delta)
+                    elif kind == "response.completed":
+                        response = event.response
+                        usage = response.usage
+                        message_id = next(
+                            (item.id for item in response.output if item.type == "message"), None
+                        )
+                        yield ReplyDone(
+                            response_id=response.id,
+                            output_message_id=message_id,
+                            model=response.model,
+                            input_tokens=usage.input_tokens if usage else 0,
+                            output_tokens=usage.output_tokens if usage else 0,
+                        )
+                        return
+                    elif kind in {"response.failed", "response.incomplete"}:
+                        raise _terminal_failure(event.response, kind, request_id)
+                    elif kind == "error":
+                        raise UpstreamFailure(
+                            f"The AI provider reported an error: {event.message}",
+                            request_id=request_id,
+                        )
+        except UpstreamFailure:
+            raise
+        except Exception as error:
+            failure = _failure_from_sdk(error)
+            failure.request_id = failure.request_id or request_id
+            raise failure from error
+        raise UpstreamFailure(
+            "The reply stream ended before the response was complete.",
+            status=MessageStatus.INCOMPLETE,
+            request_id=request_id,
+            retryable=not output_tokens_seen,
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _terminal_failure(response: Any, kind: str, request_id: str | None) -> UpstreamFailure:
+    usage = getattr(response, "usage", None)
+    input_tokens = usage.input_tokens if usage else None
+    output_tokens = usage.output_tokens if usage else None
+    if kind == "response.incomplete":
+        details = getattr(response, "incomplete_details", None)
+        reason = getattr(details, "reason", None) or "unknown reason"
+        return UpstreamFailure(
+            f"The reply was cut short by the AI provider ({reason}).",
+            status=MessageStatus.INCOMPLETE,
+            request_id=request_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+    error = getattr(response, "error", None)
+    detail = getattr(error, "message", None) or "no detail given"
+    return UpstreamFailure(
+        f"The AI provider failed the response: {detail}",
+        request_id=request_id,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
+
+
+class ChatProvider(_FilesMixin):
+    """Chat Completions streaming; no upstream conversation, ATLAS sends the history."""
+
+    api = "chat"
+    uses_conversations = False
+
+    def __init__(self, client: AsyncOpenAI) -> None:
+        self.client = client
+
+    async def create_conversation(self, *, history: list[HistoryItem]) -> str:
+        raise NotImplementedError("Chat Completions has no conversations")
+
+    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyItem]:
+        messages: list[Any] = []
+        if request.instructions:
+            messages.append({"role": "system", "content": request.instructions})
+        messages += [{"role": item.role, "content": item.content} for item in request.history]
+        if request.file_ids:
+            parts: list[Any] = [{"type": "text", "text": request.content}]
+            parts += [
+                {"type": "file", "file": {"file_id": file_id}} for file_id in request.file_ids
+            ]
+            messages.append({"role": "user", "content": parts})
+        else:
+            messages.append({"role": "user", "content": request.content})
+        arguments: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.temperature is not None:
+            arguments["temperature"] = request.temperature
+        try:
+            stream = await self.client.chat.completions.create(**arguments)
+        except Exception as error:
+            raise _failure_from_sdk(error) from error
+        request_id = _request_id_of(stream)
+        completion_id: str | None = None
+        model: str | None = None
+        finish_reason: str | None = None
+        usage: Any = None
+        started = False
+        try:
+            async with stream:
+                async for chunk in stream:
+                    completion_id = completion_id or chunk.id
+                    model = model or chunk.model
+                    if not started:
+                        started = True
+                        yield ReplyStarted(response_id=chunk.id)
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices:
+                        if choice.delta and choice.delta.content:
+                            yield ReplyDelta(text=choice.delta.content)
+                        if choice.finish_reason:
+                            finish_reason = choice.finish_reason
+        except Exception as error:
+            failure = _failure_from_sdk(error)
+            failure.request_id = failure.request_id or request_id
+            raise failure from error
+        input_tokens: int = usage.prompt_tokens if usage else 0
+        output_tokens: int = usage.completion_tokens if usage else 0
+        if finish_reason in {"stop", "tool_calls", "function_call"}:
+            yield ReplyDone(
+                response_id=completion_id,
+                output_message_id=completion_id,
+                model=model,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+            )
+            return
+        if finish_reason is None:
+            raise UpstreamFailure(
+                "The reply stream ended before the response was complete.",
+                status=MessageStatus.INCOMPLETE,
+                request_id=request_id,
+                retryable=not started,
+            )
+        raise UpstreamFailure(
+            f"The reply was cut short by the AI provider ({finish_reason}).",
+            status=MessageStatus.INCOMPLETE,
+            request_id=request_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def create_provider(settings: Settings) -> Provider:
+    """The adapter ATLAS_OPENAI_API selects."""
+    client = create_client(settings)
+    if settings.atlas_openai_api is OpenAIApi.CHAT:
+        return ChatProvider(client)
+    return ResponsesProvider(client)

@@ -1,0 +1,289 @@
+"""AI test fixtures: a fake OpenAI on loopback, ATLAS on a real uvicorn pointed at it,
+GraphQL over HTTP and graphql-transport-ws clients, and users in every project role."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import websockets
+from sqlmodel import col
+
+from atlas_gql.ai.models import Assistant
+from atlas_gql.app import create_app
+from atlas_gql.auth.models import RoleName
+from atlas_gql.auth.service import create_user_account
+from atlas_gql.db.url import DatabaseTarget
+from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
+from atlas_gql.seed import SAMPLE_ASSISTANT_NAME
+from tests.ai.fake_openai import FakeOpenAI
+from tests.conftest import SEED_PASSWORD, LiveServer, make_settings
+
+UPSTREAM_KEY = "sk-fake-upstream-key-for-tests"
+
+EVENTS_SUBSCRIPTION = """
+subscription Events($threadId: ID!, $after: Int) {
+  threadEvents(threadId: $threadId, afterSequence: $after) {
+    __typename
+    ... on MessageCreated { sequence message { id role status content } }
+    ... on MessageDelta { sequence messageId delta }
+    ... on MessageCompleted {
+      sequence
+      message { id status content openaiMessageId inputTokens outputTokens }
+    }
+    ... on MessageFailed { sequence messageId error message { id status content error } }
+  }
+}
+"""
+
+CREATE_THREAD = """
+mutation($input: CreateThreadInput!) {
+  createThread(input: $input) { id title openaiThreadId assistant { id name } }
+}
+"""
+
+SEND_MESSAGE = """
+mutation($input: SendMessageInput!) {
+  sendMessage(input: $input) {
+    userMessage { id role status content }
+    assistantMessage { id role status content }
+  }
+}
+"""
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+class AtlasClient:
+    """GraphQL over HTTP and WebSocket against a live server."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+
+    async def gql(
+        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(base_url=self.server.http_url, timeout=30) as client:
+            response = await client.post(
+                "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+            )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def data(
+        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
+    ) -> dict[str, Any]:
+        body = await self.gql(query, variables, token=token)
+        assert "errors" not in body, body
+        data: dict[str, Any] = body["data"]
+        return data
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self,
+        token: str | None,
+        thread_id: str,
+        *,
+        after_sequence: int | None = 0,
+        query: str = EVENTS_SUBSCRIPTION,
+    ) -> AsyncIterator[Subscription]:
+        async with websockets.connect(
+            self.server.ws_url,
+            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
+        ) as ws:
+            payload = {"Authorization": f"Bearer {token}"} if token else {}
+            await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+            ack = json.loads(await ws.recv())
+            assert ack["type"] == "connection_ack", ack
+            variables = {"threadId": thread_id, "after": after_sequence}
+            await ws.send(
+                json.dumps(
+                    {
+                        "id": "1",
+                        "type": "subscribe",
+                        "payload": {"query": query, "variables": variables},
+                    }
+                )
+            )
+            yield Subscription(ws)
+
+
+class Subscription:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def message(self, timeout: float = 10) -> dict[str, Any]:
+        """The next protocol message other than ping/pong."""
+        import asyncio
+
+        while True:
+            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+            message: dict[str, Any] = json.loads(raw)
+            if message["type"] == "ping":
+                await self.ws.send(json.dumps({"type": "pong"}))
+                continue
+            if message["type"] != "pong":
+                return message
+
+    async def event(self, timeout: float = 10) -> dict[str, Any]:
+        message = await self.message(timeout)
+        assert message["type"] == "next", message
+        assert "errors" not in message["payload"], message
+        event: dict[str, Any] = message["payload"]["data"]["threadEvents"]
+        return event
+
+    async def until_final(self, timeout: float = 15) -> list[dict[str, Any]]:
+        """Events up to and including the reply's MessageCompleted / MessageFailed."""
+        events = []
+        while True:
+            event = await self.event(timeout)
+            events.append(event)
+            if event["__typename"] in {"MessageCompleted", "MessageFailed"}:
+                return events
+
+
+@dataclass
+class People:
+    """Tokens of users in each role of the sample project, and the project's ids."""
+
+    member: str
+    manager: str
+    viewer: str
+    outsider: str
+    admin: str
+    project_id: str
+    project_uuid: uuid.UUID
+    assistant_id: str
+
+
+@dataclass
+class AIServer:
+    server: LiveServer
+    client: AtlasClient
+    fake: FakeOpenAI
+    people: People
+
+    async def new_thread(self, token: str | None = None, title: str = "Test thread") -> str:
+        data = await self.client.data(
+            CREATE_THREAD,
+            {
+                "input": {
+                    "projectId": self.people.project_id,
+                    "assistantId": self.people.assistant_id,
+                    "title": title,
+                }
+            },
+            token=token or self.people.member,
+        )
+        thread_id: str = data["createThread"]["id"]
+        return thread_id
+
+    async def send(
+        self, thread_id: str, content: str = "Hi there", *, token: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        return await self.client.gql(
+            SEND_MESSAGE,
+            {"input": {"threadId": thread_id, "content": content, **extra}},
+            token=token or self.people.member,
+        )
+
+
+async def _people(server: LiveServer) -> People:
+    from atlas_gql.graph.relay import encode_global_id
+
+    runtime = server.app.state.atlas["runtime"]
+    suffix = uuid.uuid4().hex[:8]
+    async with runtime.sessionmaker() as db:
+        project = (
+            await db.execute(sa.select(Project).where(col(Project.name) == "Sample Project"))
+        ).scalar_one()
+        assistant = (
+            await db.execute(
+                sa.select(Assistant).where(col(Assistant.name) == SAMPLE_ASSISTANT_NAME)
+            )
+        ).scalar_one()
+        emails = {}
+        for label, role in (("viewer", ProjectRole.VIEWER), ("manager", ProjectRole.MANAGER)):
+            user = await create_user_account(
+                db=db,
+                email=f"{label}-{suffix}@example.com",
+                password=SEED_PASSWORD,
+                roles=(RoleName.USER,),
+                bcrypt_rounds=4,
+            )
+            db.add(ProjectMember(project_id=project.id, user_id=user.id, role=role))
+            emails[label] = user.email
+        outsider = await create_user_account(
+            db=db,
+            email=f"outsider-{suffix}@example.com",
+            password=SEED_PASSWORD,
+            roles=(RoleName.USER,),
+            bcrypt_rounds=4,
+        )
+        await db.commit()
+    return People(
+        member=await server.sign_in("user@example.com"),
+        manager=await server.sign_in(emails["manager"]),
+        viewer=await server.sign_in(emails["viewer"]),
+        outsider=await server.sign_in(outsider.email),
+        admin=await server.sign_in("admin@example.com"),
+        project_id=encode_global_id("Project", project.id),
+        project_uuid=project.id,
+        assistant_id=encode_global_id("Assistant", assistant.id),
+    )
+
+
+StartServer = Callable[..., Awaitable[AIServer]]
+
+
+@pytest.fixture
+async def start_ai_server(
+    live_database: DatabaseTarget, fake_openai: FakeOpenAI
+) -> AsyncIterator[StartServer]:
+    """`await start_ai_server(**setting_overrides)`: ATLAS on uvicorn against the fake."""
+    servers: list[LiveServer] = []
+
+    async def start(**overrides: Any) -> AIServer:
+        values: dict[str, Any] = {
+            "openai_base_url": fake_openai.base_url,
+            "openai_api_key": UPSTREAM_KEY,
+            "atlas_openai_timeout": 5.0,
+        }
+        values.update(overrides)
+        settings = make_settings(live_database, **values)
+        server = LiveServer(create_app(settings), settings)
+        await server.start()
+        servers.append(server)
+        return AIServer(
+            server=server,
+            client=AtlasClient(server),
+            fake=fake_openai,
+            people=await _people(server),
+        )
+
+    yield start
+    for server in reversed(servers):
+        await server.stop()
+
+
+@pytest.fixture
+async def ai(start_ai_server: StartServer) -> AIServer:
+    """ATLAS (Responses API adapter, in-memory broker) against the fake OpenAI."""
+    return await start_ai_server()

@@ -1,0 +1,325 @@
+"""sendMessage → streamed reply on threadEvents → COMPLETED with usage; failures; cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlmodel import col
+
+from atlas_gql.ai.models import Message, MessageStatus, Thread
+from atlas_gql.graph.relay import decode_global_id
+from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
+from tests.ai.conftest import UPSTREAM_KEY, AIServer
+from tests.ai.fake_openai import Behaviour
+from tests.conftest import error_codes
+
+THREAD_DETAIL = """
+query($id: ID!) {
+  thread(id: $id) {
+    id openaiThreadId
+    messages(first: 20) { totalCount edges { node { id role status content error } } }
+  }
+}
+"""
+
+
+def uuid_of(global_id: str) -> uuid.UUID:
+    return decode_global_id(global_id)[1]
+
+
+async def rows(ai: AIServer, statement: sa.Select) -> list:  # type: ignore[type-arg]
+    runtime = ai.server.app.state.atlas["runtime"]
+    async with runtime.sessionmaker() as db:
+        return list((await db.execute(statement)).scalars())
+
+
+async def test_member_streams_a_reply_to_a_subscriber(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        body = await ai.send(thread_id, "Tell me about ATLAS")
+        assert "errors" not in body, body
+        payload = body["data"]["sendMessage"]
+        assert payload["userMessage"]["status"] == "COMPLETED"
+        assert payload["userMessage"]["content"] == "Tell me about ATLAS"
+        assert payload["assistantMessage"]["status"] == "IN_PROGRESS"
+        assert payload["assistantMessage"]["role"] == "ASSISTANT"
+        events = await subscription.until_final()
+
+    kinds = [event["__typename"] for event in events]
+    assert kinds[:2] == ["MessageCreated", "MessageCreated"]
+    assert kinds[-1] == "MessageCompleted"
+    deltas = [event for event in events if event["__typename"] == "MessageDelta"]
+    assert len(deltas) >= 3
+    sequences = [event["sequence"] for event in events]
+    assert sequences == sorted(sequences)
+    assert len(set(sequences)) == len(sequences)
+    final = events[-1]["message"]
+    assert (
+        "".join(delta["delta"] for delta in deltas) == final["content"] == "Hello, this is ATLAS."
+    )
+    assert final["id"] == payload["assistantMessage"]["id"]
+    assert final["status"] == "COMPLETED"
+    assert final["openaiMessageId"].startswith("msg_")
+    assert final["inputTokens"] == 21
+    assert final["outputTokens"] == 9
+
+    thread = (await ai.client.data(THREAD_DETAIL, {"id": thread_id}, token=ai.people.member))[
+        "thread"
+    ]
+    assert thread["openaiThreadId"].startswith("conv_")
+    contents = [edge["node"]["content"] for edge in thread["messages"]["edges"]]
+    assert contents == ["Tell me about ATLAS", "Hello, this is ATLAS."]
+
+    # The upstream call: streamed, with the assistant's model and instructions, in the
+    # thread's conversation, with the configured key.
+    [call] = ai.fake.calls("/v1/responses")
+    assert call.body["stream"] is True
+    assert call.body["model"] == "gpt-4o-mini"
+    assert call.body["instructions"].startswith("You are a concise, friendly assistant")
+    assert call.body["conversation"] == thread["openaiThreadId"]
+    assert call.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert call.body["input"][0]["content"][0] == {
+        "type": "input_text",
+        "text": "Tell me about ATLAS",
+    }
+
+    [usage] = await rows(
+        ai,
+        sa.select(ApiUsageLog).where(
+            col(ApiUsageLog.message_id) == uuid_of(payload["assistantMessage"]["id"])
+        ),
+    )
+    assert usage.model == "gpt-4o-mini"
+    assert (usage.input_tokens, usage.output_tokens) == (21, 9)
+    assert usage.cost_usd > Decimal(0)
+    assert usage.thread_id == uuid_of(thread_id)
+    assert usage.project_id == ai.people.project_uuid
+    assert usage.latency_ms is not None
+    actions = await rows(
+        ai,
+        sa.select(col(ActivityLog.action)).where(
+            col(ActivityLog.entity_id).in_(
+                [str(uuid_of(thread_id)), str(uuid_of(payload["userMessage"]["id"]))]
+            )
+        ),
+    )
+    assert sorted(actions) == ["message.send", "thread.create"]
+
+
+async def test_every_subscriber_sees_the_same_events(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    async with (
+        ai.client.subscribe(ai.people.member, thread_id) as first,
+        ai.client.subscribe(ai.people.manager, thread_id) as second,
+    ):
+        assert "errors" not in await ai.send(thread_id)
+        first_events = await first.until_final()
+        second_events = await second.until_final()
+    assert first_events == second_events
+
+
+async def test_usage_shows_in_api_usage_by_model(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        await ai.send(thread_id)
+        await subscription.until_final()
+    body = await ai.client.gql(
+        "{ apiUsage(groupBy: MODEL) { key requests inputTokens outputTokens costUsd } }",
+        token=ai.people.admin,
+    )
+    assert "errors" not in body, body
+    bucket = next(b for b in body["data"]["apiUsage"] if b["key"] == "gpt-4o-mini")
+    assert bucket["requests"] >= 1
+    assert bucket["costUsd"] > 0
+
+
+async def test_second_send_while_a_reply_runs_is_a_conflict(ai: AIServer) -> None:
+    ai.fake.then(Behaviour(delay=0.2))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        first, second = await asyncio.gather(ai.send(thread_id, "one"), ai.send(thread_id, "two"))
+        outcomes = sorted([error_codes(first), error_codes(second)])
+        assert outcomes == [[], ["CONFLICT"]]
+        await subscription.until_final()
+    # Once the reply is over, the thread takes a new message.
+    assert "errors" not in await ai.send(thread_id, "three")
+
+
+async def test_upstream_500_ends_failed_and_is_logged(ai: AIServer) -> None:
+    # Three attempts (retries before the first delta), all answered 500.
+    ai.fake.then(*[Behaviour(kind="http_error", status=500, request_id="req_fake500")] * 3)
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        payload = (await ai.send(thread_id, "Will this fail?"))["data"]["sendMessage"]
+        events = await subscription.until_final()
+    failed = events[-1]
+    assert failed["__typename"] == "MessageFailed"
+    assert failed["message"]["status"] == "FAILED"
+    assert "500" in failed["error"]
+    assert len(ai.fake.calls("/v1/responses")) == 3
+    [error] = await rows(
+        ai,
+        sa.select(ErrorLog).where(col(ErrorLog.path).contains(payload["assistantMessage"]["id"])),
+    )
+    assert error.source is ErrorSource.UPSTREAM
+    assert (error.upstream_status, error.upstream_request_id) == (500, "req_fake500")
+    # The user's message is still in the thread.
+    thread = (await ai.client.data(THREAD_DETAIL, {"id": thread_id}, token=ai.people.member))[
+        "thread"
+    ]
+    nodes = [edge["node"] for edge in thread["messages"]["edges"]]
+    assert [(n["role"], n["status"]) for n in nodes] == [
+        ("USER", "COMPLETED"),
+        ("ASSISTANT", "FAILED"),
+    ]
+    assert nodes[0]["content"] == "Will this fail?"
+
+
+async def test_retry_before_the_first_delta_recovers(ai: AIServer) -> None:
+    ai.fake.then(Behaviour(kind="http_error", status=503), Behaviour())
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        await ai.send(thread_id)
+        events = await subscription.until_final()
+    assert events[-1]["__typename"] == "MessageCompleted"
+    assert events[-1]["message"]["content"] == "Hello, this is ATLAS."
+    assert len(ai.fake.calls("/v1/responses")) == 2
+
+
+async def test_cut_stream_keeps_partial_text(ai: AIServer) -> None:
+    ai.fake.then(Behaviour(kind="cut", deltas_before_failure=3))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        payload = (await ai.send(thread_id))["data"]["sendMessage"]
+        events = await subscription.until_final()
+    failed = events[-1]
+    assert failed["__typename"] == "MessageFailed"
+    assert failed["message"]["status"] in {"INCOMPLETE", "FAILED"}
+    assert failed["message"]["content"] == "Hello, this "
+    assert failed["error"]
+    [stored] = await rows(
+        ai,
+        sa.select(Message).where(col(Message.id) == uuid_of(payload["assistantMessage"]["id"])),
+    )
+    assert stored.content == "Hello, this "
+    assert stored.status is MessageStatus.INCOMPLETE
+    errors = await rows(
+        ai,
+        sa.select(ErrorLog).where(col(ErrorLog.path).contains(payload["assistantMessage"]["id"])),
+    )
+    assert len(errors) == 1
+    assert errors[0].upstream_request_id
+
+
+async def test_dropped_connection_keeps_partial_text(ai: AIServer) -> None:
+    ai.fake.then(Behaviour(kind="abort", deltas_before_failure=2))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        await ai.send(thread_id)
+        events = await subscription.until_final()
+    assert events[-1]["__typename"] == "MessageFailed"
+    assert events[-1]["message"]["content"] == "Hello, "
+    assert events[-1]["message"]["status"] in {"INCOMPLETE", "FAILED"}
+
+
+async def test_response_failed_and_incomplete_events(ai: AIServer) -> None:
+    ai.fake.then(Behaviour(kind="failed", deltas_before_failure=2))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        await ai.send(thread_id)
+        failed = (await subscription.until_final())[-1]
+    assert failed["message"]["status"] == "FAILED"
+    assert failed["message"]["content"] == "Hello, "
+    assert "crashed" in failed["error"]
+
+    ai.fake.then(Behaviour(kind="incomplete", deltas_before_failure=4))
+    async with ai.client.subscribe(
+        ai.people.member, thread_id, after_sequence=None
+    ) as subscription:
+        await asyncio.sleep(0.2)
+        await ai.send(thread_id)
+        incomplete = (await subscription.until_final())[-1]
+    assert incomplete["message"]["status"] == "INCOMPLETE"
+    assert incomplete["message"]["content"] == "Hello, this is "
+    assert "max_output_tokens" in incomplete["error"]
+
+    ai.fake.then(Behaviour(kind="error_event", deltas_before_failure=1))
+    async with ai.client.subscribe(
+        ai.people.member, thread_id, after_sequence=None
+    ) as subscription:
+        await asyncio.sleep(0.2)
+        await ai.send(thread_id)
+        errored = (await subscription.until_final())[-1]
+    assert errored["message"]["status"] == "FAILED"
+    assert "overloaded" in errored["error"]
+
+
+async def test_cancel_stops_a_long_reply_quickly(ai: AIServer) -> None:
+    ai.fake.then(Behaviour(deltas=tuple(f"w{i} " for i in range(200)), delay=0.05))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        payload = (await ai.send(thread_id))["data"]["sendMessage"]
+        reply_id = payload["assistantMessage"]["id"]
+        while (await subscription.event())["__typename"] != "MessageDelta":
+            pass
+        await subscription.event()
+        started = time.monotonic()
+        body = await ai.client.gql(
+            "mutation($id: ID!) { cancelMessage(id: $id) { id status content } }",
+            {"id": reply_id},
+            token=ai.people.member,
+        )
+        elapsed = time.monotonic() - started
+        events = await subscription.until_final()
+    assert "errors" not in body, body
+    cancelled = body["data"]["cancelMessage"]
+    assert cancelled["status"] == "CANCELLED"
+    assert elapsed < 1.0
+    assert cancelled["content"].startswith("w0 w1 ")
+    assert len(cancelled["content"]) < len("".join(f"w{i} " for i in range(200)))
+    final = events[-1]
+    assert final["__typename"] == "MessageFailed"
+    assert final["message"]["status"] == "CANCELLED"
+    assert final["message"]["content"] == cancelled["content"]
+    deltas = "".join(e["delta"] for e in events if e["__typename"] == "MessageDelta")
+    assert cancelled["content"].endswith(deltas)
+    await asyncio.sleep(0.3)
+    assert ai.fake.closed_early == 1
+    assert ai.fake.open_streams == 0
+
+
+async def test_reconnect_with_after_sequence_replays_what_was_missed(ai: AIServer) -> None:
+    ai.fake.then(Behaviour(deltas=tuple(f"p{i} " for i in range(30)), delay=0.03))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        await ai.send(thread_id)
+        seen = [await subscription.event() for _ in range(6)]
+    last_seen = seen[-1]["sequence"]
+    await asyncio.sleep(0.2)  # events go by while disconnected
+    async with ai.client.subscribe(
+        ai.people.member, thread_id, after_sequence=last_seen
+    ) as subscription:
+        rest = await subscription.until_final()
+    events = seen + rest
+    sequences = [event["sequence"] for event in events]
+    assert all(a < b for a, b in itertools.pairwise(sequences))
+    deltas = "".join(e["delta"] for e in events if e["__typename"] == "MessageDelta")
+    assert deltas == events[-1]["message"]["content"] == "".join(f"p{i} " for i in range(30))
+
+
+async def test_sequences_keep_increasing_across_replies(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    sequences: list[int] = []
+    for _ in range(2):
+        async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
+            await asyncio.sleep(0.2)
+            await ai.send(thread_id)
+            sequences += [event["sequence"] for event in await sub.until_final()]
+    assert all(a < b for a, b in itertools.pairwise(sequences))
+    [thread] = await rows(ai, sa.select(Thread).where(col(Thread.id) == uuid_of(thread_id)))
+    assert thread.last_event_sequence == sequences[-1]
