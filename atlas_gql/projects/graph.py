@@ -180,6 +180,8 @@ class ProjectType(Node):
 
 async def resolve_visible_project(context: Context, project_id: uuid.UUID) -> ProjectType | None:
     """The project when the viewer may see it, else None (for `project`, `node`)."""
+    if await context.viewer() is None:
+        return None
     project = await context.loader(loaders.project_by_id).load(project_id)
     if project is None or not await _viewer_sees(context, project_id):
         return None
@@ -187,6 +189,8 @@ async def resolve_visible_project(context: Context, project_id: uuid.UUID) -> Pr
 
 
 async def _resolve_member_node(context: Context, member_id: uuid.UUID) -> ProjectMemberType | None:
+    if await context.viewer() is None:
+        return None
     member = await context.loader(loaders.member_by_id).load(member_id)
     if member is None or not await _viewer_sees(context, member.project_id):
         return None
