@@ -76,7 +76,7 @@ class DatabaseLoginLimiter:
         seconds = (await db.execute(statement)).scalar_one_or_none()
         if seconds is None:
             return None
-        return max(1, math.ceil(float(seconds)))
+        return min(self.window_seconds, max(1, math.ceil(float(seconds))))
 
     async def check(self, *, db: AsyncSession, email: str, ip_address: str | None) -> None:
         waits = [

@@ -476,6 +476,8 @@ async def assign_role(
             details={"role": role.value},
         )
     await db.commit()
+    # Re-opens the session's transaction before the caller's loaders run concurrently.
+    await db.refresh(user)
     return user
 
 
@@ -516,6 +518,8 @@ async def revoke_role(
             details={"role": role.value},
         )
     await db.commit()
+    # Re-opens the session's transaction before the caller's loaders run concurrently.
+    await db.refresh(user)
     return user
 
 

@@ -1,0 +1,202 @@
+"""Brute-force limits on sign-in: per account and per address, in PostgreSQL or Redis."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from atlas_gql.auth.ratelimit import (
+    DatabaseLoginLimiter,
+    RedisLoginLimiter,
+    build_login_limiter,
+)
+from atlas_gql.config import Settings
+from atlas_gql.errors import RateLimited
+from atlas_gql.logs.service import record_activity
+from tests.auth.conftest import login, signed_in
+from tests.conftest import SEED_PASSWORD, error_codes, make_settings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def fresh_email() -> str:
+    return f"target-{uuid.uuid4().hex[:10]}@example.com"
+
+
+@pytest.fixture
+async def redis_prefix() -> Any:
+    """A unique key prefix on the real Redis, cleaned up afterwards."""
+    prefix = f"atlas-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def test_25_wrong_passwords_on_one_account_meet_rate_limited(
+    make_gql: Any, db: AsyncSession
+) -> None:
+    register = await make_gql(atlas_bcrypt_rounds=4)
+    email = fresh_email()
+    body = await register.__call__(
+        'mutation($e: String!) { register(input: {email: $e, password: "right-password"}) '
+        "{ accessToken } }",
+        {"e": email},
+    )
+    assert "errors" not in body
+    codes = []
+    for attempt in range(25):
+        # A new address each time: the per-account limit alone stops them.
+        gql = await make_gql(ip=f"198.51.100.{attempt + 1}", atlas_bcrypt_rounds=4)
+        codes.append(error_codes(await login(gql, email, f"guess-{attempt}"))[0])
+    assert codes[:10] == ["UNAUTHENTICATED"] * 10
+    assert codes[10:] == ["RATE_LIMITED"] * 15
+    # Even the right password is refused while the limit holds, with a retry-after.
+    gql = await make_gql(ip="198.51.100.200", atlas_bcrypt_rounds=4)
+    limited = await login(gql, email.upper(), "right-password")
+    error = limited["errors"][0]
+    assert error["extensions"]["code"] == "RATE_LIMITED"
+    assert 0 < error["extensions"]["retryAfter"] <= 900
+    # Attempts refused by the limit are not counted (the window is not extended by them).
+    failures = (
+        await db.execute(
+            sa.text(
+                "SELECT count(*) FROM activity_logs WHERE action = 'auth.login_failed' "
+                "AND details->>'email' = :e"
+            ),
+            {"e": email},
+        )
+    ).scalar_one()
+    assert failures == 10
+    # Other accounts are untouched.
+    assert await signed_in(gql, "user@example.com", SEED_PASSWORD)
+
+
+async def test_failures_from_one_address_are_limited_across_accounts(make_gql: Any) -> None:
+    gql = await make_gql(ip="192.0.2.44", atlas_login_max_failures=3)
+    for _ in range(3):
+        assert error_codes(await login(gql, fresh_email(), "whatever-password")) == [
+            "UNAUTHENTICATED"
+        ]
+    limited = await login(gql, "user@example.com", SEED_PASSWORD)
+    assert error_codes(limited) == ["RATE_LIMITED"]
+    assert limited["errors"][0]["message"] == "Too many failed sign-in attempts; try again later."
+    # Another address still signs in.
+    elsewhere = await make_gql(ip="192.0.2.45", atlas_login_max_failures=3)
+    assert await signed_in(elsewhere, "user@example.com", SEED_PASSWORD)
+
+
+async def test_database_limiter_counts_committed_failure_rows(db: AsyncSession) -> None:
+    limiter = DatabaseLoginLimiter(max_failures=2, window_seconds=600)
+    email = fresh_email()
+    await limiter.check(db=db, email=email, ip_address="192.0.2.9")
+    for _ in range(2):
+        record_activity(
+            db=db,
+            action="auth.login_failed",
+            user_id=None,
+            ip_address="192.0.2.9",
+            details={"email": email},
+        )
+    await db.commit()
+    with pytest.raises(RateLimited) as limited:
+        await limiter.check(db=db, email=email.upper(), ip_address=None)
+    assert 0 < limited.value.retry_after <= 600
+    with pytest.raises(RateLimited):
+        await limiter.check(db=db, email=fresh_email(), ip_address="192.0.2.9")
+    await limiter.check(db=db, email=fresh_email(), ip_address="192.0.2.10")
+
+
+async def test_redis_limiter_over_real_redis(redis_prefix: str, db: AsyncSession) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url=REDIS_URL,
+        atlas_rate_limit_prefix=redis_prefix,
+        atlas_login_max_failures=3,
+        atlas_login_failure_window=120,
+    )
+    limiter = build_login_limiter(settings)
+    assert isinstance(limiter, RedisLoginLimiter)
+    # A second worker: its own client, the same counters.
+    other_worker = build_login_limiter(settings)
+    try:
+        email = fresh_email()
+        for index in range(3):
+            await limiter.check(db=db, email=email, ip_address=f"192.0.2.{index}")
+            worker = limiter if index % 2 else other_worker
+            await worker.record_failure(db=db, email=email, ip_address=f"192.0.2.{index}")
+        with pytest.raises(RateLimited) as limited:
+            await other_worker.check(db=db, email=email.upper(), ip_address="192.0.2.99")
+        assert 0 < limited.value.retry_after <= 120
+        await limiter.check(db=db, email=fresh_email(), ip_address="192.0.2.99")
+        client = Redis.from_url(REDIS_URL)
+        try:
+            keys = sorted(
+                [key.decode() async for key in client.scan_iter(match=f"{redis_prefix}*")]
+            )
+            assert len(keys) == 4  # one account, three addresses
+            assert not any(email in key for key in keys)  # account keys are hashed
+            ttl = await client.ttl(f"{redis_prefix}login:ip:192.0.2.0")
+            assert 0 < ttl <= 120
+        finally:
+            await client.aclose()
+    finally:
+        await limiter.aclose()
+        await other_worker.aclose()
+
+
+async def test_redis_limiter_through_the_api(
+    make_gql: Any, redis_prefix: str, db: AsyncSession
+) -> None:
+    overrides = {
+        "redis_url": REDIS_URL,
+        "atlas_rate_limit_prefix": redis_prefix,
+        "atlas_login_max_failures": 3,
+    }
+    email = fresh_email()
+    for attempt in range(3):
+        gql = await make_gql(ip=f"192.0.2.{100 + attempt}", **overrides)
+        assert error_codes(await login(gql, email, "wrong-password")) == ["UNAUTHENTICATED"]
+    gql = await make_gql(ip="192.0.2.150", **overrides)
+    limited = await login(gql, email, "wrong-password")
+    assert error_codes(limited) == ["RATE_LIMITED"]
+    assert 0 < limited["errors"][0]["extensions"]["retryAfter"] <= 900
+    client = Redis.from_url(REDIS_URL)
+    try:
+        counts = [
+            int(await client.get(key) or 0)
+            async for key in client.scan_iter(match=f"{redis_prefix}login:email:*")
+        ]
+    finally:
+        await client.aclose()
+    assert counts == [3]
+
+
+async def test_redis_outage_falls_back_to_the_database(
+    database_target: Any, db: AsyncSession
+) -> None:
+    settings = make_settings(
+        database_target,
+        redis_url="redis://127.0.0.1:1/0",
+        atlas_login_max_failures=1,
+    )
+    limiter = build_login_limiter(settings)
+    try:
+        email = fresh_email()
+        await limiter.check(db=db, email=email, ip_address=None)
+        await limiter.record_failure(db=db, email=email, ip_address=None)
+        record_activity(db=db, action="auth.login_failed", user_id=None, details={"email": email})
+        await db.commit()
+        with pytest.raises(RateLimited):
+            await limiter.check(db=db, email=email, ip_address=None)
+    finally:
+        await limiter.aclose()
