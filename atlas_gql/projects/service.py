@@ -92,7 +92,8 @@ async def list_projects(
     `search` matches names case-insensitively; `role` keeps those where the viewer has it."""
     statement = sa.select(Project)
     if role is None:
-        statement = statement.where(col(Project.id).in_(visible_project_ids(viewer)))
+        if not viewer.is_admin:
+            statement = statement.where(col(Project.id).in_(visible_project_ids(viewer)))
     else:
         statement = statement.where(
             col(Project.id).in_(

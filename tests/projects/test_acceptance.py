@@ -114,7 +114,7 @@ async def test_create_project_needs_create_project_permission(gql: Any, make_per
     assert error_codes(anonymous) == ["UNAUTHENTICATED"]
 
 
-async def test_name_limits_and_update(gql: Any, make_person: Any) -> None:
+async def test_name_limits_and_update(gql: Any, make_person: Any, db: AsyncSession) -> None:
     pm = await make_person(RoleName.PROJECT_MANAGER)
     too_long = await gql(CREATE_PROJECT, {"input": {"name": "x" * 201}}, token=pm.token)
     assert error_codes(too_long) == ["BAD_USER_INPUT"]
@@ -138,3 +138,12 @@ async def test_name_limits_and_update(gql: Any, make_person: Any) -> None:
         UPDATE_PROJECT, {"id": pm.global_id, "input": {"name": "A"}}, token=pm.token
     )
     assert error_codes(wrong_kind) == ["BAD_USER_INPUT"]
+    updates = (
+        await db.execute(
+            sa.select(col(ActivityLog.details)).where(
+                col(ActivityLog.action) == "project.update",
+                col(ActivityLog.project_id) == decode_id_of(project_id, "Project"),
+            )
+        )
+    ).scalars()
+    assert sorted(details["changed"] for details in updates) == [["description"], ["name"]]

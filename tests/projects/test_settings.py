@@ -112,7 +112,7 @@ async def test_default_assistant_must_be_an_assistant_of_the_project(
     assert await codes(encode_global_id("Assistant", mine.id)) == []
 
 
-async def test_roles_and_delete(gql: Any, make_person: Any) -> None:
+async def test_roles_and_delete(gql: Any, make_person: Any, db: AsyncSession) -> None:
     owner = await make_person(RoleName.PROJECT_MANAGER)
     member = await make_person()
     outsider = await make_person()
@@ -142,3 +142,12 @@ async def test_roles_and_delete(gql: Any, make_person: Any) -> None:
     assert (await gql(SETTINGS, {"id": project_id}, token=member.token))["data"]["project"] == {
         "settings": []
     }
+    logged = (
+        await db.execute(
+            sa.select(col(ActivityLog.details)).where(
+                col(ActivityLog.action) == "setting.delete",
+                col(ActivityLog.project_id) == decode_id_of(project_id, "Project"),
+            )
+        )
+    ).scalars()
+    assert list(logged) == [{"key": "k"}]
