@@ -100,6 +100,7 @@ async def create_user_account(
 
 LOGIN_REFUSED_MESSAGE = "Invalid email or password."
 MAX_NAME_LENGTH = 200
+MAX_EMAIL_LENGTH = 320
 MAX_SEARCH_LENGTH = 200
 # Oldest first; the id breaks ties (the seed creates its users in one transaction).
 USER_ORDERING = Ordering(
@@ -180,9 +181,14 @@ async def login(
     """Sign in with email and password. An unknown email, a wrong password and a deactivated
     account give the same UNAUTHENTICATED error after the same bcrypt work; too many recent
     failures for the account or the address give RATE_LIMITED."""
-    attempted = account_key(email)
+    # No stored address is longer than 320 characters; a longer one is kept short in the log.
+    attempted = account_key(email)[:MAX_EMAIL_LENGTH]
     await limiter.check(db=db, email=attempted, ip_address=ip_address)
-    user = await find_user_by_email(db=db, email=attempted)
+    user = (
+        await find_user_by_email(db=db, email=attempted)
+        if len(email.strip()) <= MAX_EMAIL_LENGTH
+        else None
+    )
     password_matches = await verify_password(
         password,
         user.password_hash if user is not None else None,

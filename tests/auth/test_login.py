@@ -102,6 +102,9 @@ async def test_unknown_email_and_wrong_password_give_identical_errors(
     assert unknown["errors"][0]["message"] == wrong["errors"][0]["message"] == REFUSED
     assert unknown["errors"][0]["extensions"] == wrong["errors"][0]["extensions"]
     assert unknown["errors"][0]["extensions"] == {"code": "UNAUTHENTICATED"}
+    absurd = await login(gql, "x" * 5000 + "@example.com", "whatever-password")
+    assert absurd["errors"][0]["message"] == REFUSED
+    assert absurd["errors"][0]["extensions"] == {"code": "UNAUTHENTICATED"}
 
 
 async def test_unknown_email_and_wrong_password_take_similar_time(

@@ -47,7 +47,7 @@ async def test_25_wrong_passwords_on_one_account_meet_rate_limited(
 ) -> None:
     register = await make_gql(atlas_bcrypt_rounds=4)
     email = fresh_email()
-    body = await register.__call__(
+    body = await register(
         'mutation($e: String!) { register(input: {email: $e, password: "right-password"}) '
         "{ accessToken } }",
         {"e": email},
