@@ -173,6 +173,7 @@ async def upload_file(
         {"filename": filename, "bytes": len(content)},
     )  # fmt: skip
     await db.commit()
+    await db.refresh(file)
     return file
 
 

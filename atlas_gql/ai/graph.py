@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 from typing import Annotated, Any, cast
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
@@ -16,7 +17,7 @@ from atlas_gql.ai.lifecycle import ai_runtime
 from atlas_gql.ai.runs import message_from_payload
 from atlas_gql.ai.types import AssistantType, FileType, MessageType, ThreadType
 from atlas_gql.auth.models import PermissionName
-from atlas_gql.auth.permissions import authenticated, requires
+from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.relay import (
@@ -540,7 +541,7 @@ class Subscription:
         "increasing `sequence` (numbers may skip, never repeat). With `afterSequence`, first "
         "the kept events numbered above it (what a reconnecting client missed of the reply in "
         "progress), then live ones. NOT_FOUND for a thread the viewer may not see.",
-        extensions=authenticated(),
+        directives=[AuthenticatedDirective()],
     )
     async def thread_events(
         self,
@@ -549,12 +550,19 @@ class Subscription:
         after_sequence: int | None = None,
     ) -> AsyncGenerator[ThreadEvent, None]:
         context = info.context
-        viewer = await context.require_viewer()
-        thread_uuid = decode_id_of(thread_id, "Thread", field="threadId")
-        # The socket's context lives as long as the connection: use a short session here.
-        async with context.runtime.sessionmaker() as db:
-            await service.get_thread(db=db, viewer=viewer, thread_id=thread_uuid)
-        await context.close_db()
+        try:
+            viewer = await context.require_viewer()
+            thread_uuid = decode_id_of(thread_id, "Thread", field="threadId")
+            # The socket's context lives as long as the connection: use a short session here.
+            async with context.runtime.sessionmaker() as db:
+                await service.get_thread(db=db, viewer=viewer, thread_id=thread_uuid)
+        except AtlasError as error:
+            # Subscription errors bypass the per-operation error mapping: map it here.
+            raise GraphQLError(
+                error.message, extensions={**error.extensions, "code": error.code.value}
+            ) from None
+        finally:
+            await context.close_db()
         broker = ai_runtime(context.runtime).broker
         async for event in broker.subscribe(thread_uuid, after_sequence=after_sequence):
             yield _graph_event(event)

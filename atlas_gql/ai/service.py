@@ -230,6 +230,7 @@ async def create_assistant(
         {"name": assistant.name, "model": assistant.model},
     )  # fmt: skip
     await db.commit()
+    await db.refresh(assistant)
     return assistant
 
 
@@ -580,6 +581,8 @@ async def send_message(
         reserved_until=base + 2 + SEQUENCE_BLOCK,
     )
     await db.commit()
+    # Hold a connection again before the payload's relation fields load concurrently.
+    await db.refresh(user_message)
     await ai.start_reply(
         job,
         created=[created_event(base + 1, user_message), created_event(base + 2, assistant_message)],

@@ -36,6 +36,27 @@ def accepts_graphql_response_json(accept: str) -> bool:
     return False
 
 
+# A multipart request is a "simple" CORS request a browser sends cross-site without asking:
+# uploads must carry one of these non-empty headers, which forces a CORS preflight (CSRF).
+PREFLIGHT_HEADERS = ("apollo-require-preflight", "graphql-preflight", "x-apollo-operation-name")
+
+
+def _multipart_without_preflight(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "").lower()
+    if request.method != "POST" or not content_type.startswith("multipart/form-data"):
+        return False
+    return not any(request.headers.get(name, "").strip() for name in PREFLIGHT_HEADERS)
+
+
+def _missing_preflight_response() -> Response:
+    error = {
+        "message": "Multipart requests must carry a non-empty Apollo-Require-Preflight, "
+        "GraphQL-Preflight or X-Apollo-Operation-Name header (CSRF protection).",
+        "extensions": {"code": "BAD_REQUEST"},
+    }
+    return Response(json.dumps({"errors": [error]}), status_code=400, media_type="application/json")
+
+
 class AtlasGraphQL(GraphQL[Context, None]):
     def __init__(self, schema: Any, *, runtime: Runtime) -> None:
         super().__init__(
@@ -83,6 +104,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
         return data
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        if isinstance(request, Request) and _multipart_without_preflight(request):
+            return _missing_preflight_response()
         response = await super().run(request, context, root_value)
         if not isinstance(request, Request) or not isinstance(response, Response):
             return response
