@@ -40,6 +40,16 @@ from atlas_gql.graph.pagination import Ordering, Page, paginate
 from atlas_gql.graph.relay import PageRequest
 from atlas_gql.logs.service import record_activity
 
+LOGIN_REFUSED_MESSAGE = "Invalid email or password."
+MAX_NAME_LENGTH = 200
+MAX_EMAIL_LENGTH = 320
+MAX_SEARCH_LENGTH = 200
+# Oldest first; the id breaks ties (the seed creates its users in one transaction).
+USER_ORDERING = Ordering(
+    sort=cast("InstrumentedAttribute[Any]", User.created_at),
+    id=cast("InstrumentedAttribute[Any]", User.id),
+)
+
 
 def normalize_email(email: str, *, field: str = "email") -> str:
     """A syntactically valid address, domain lower-cased; BAD_USER_INPUT otherwise."""
@@ -68,8 +78,8 @@ async def create_user_account(
     """Insert a user with hashed password and global roles; CONFLICT when the email is taken.
     The caller commits."""
     normalized = normalize_email(email)
-    if name is not None and len(name.strip()) > 200:
-        raise BadInput("The name must be at most 200 characters.", field="name")
+    if name is not None and len(name.strip()) > MAX_NAME_LENGTH:
+        raise BadInput(f"The name must be at most {MAX_NAME_LENGTH} characters.", field="name")
     password_hash = await hash_password(password, rounds=bcrypt_rounds)
     if await find_user_by_email(db=db, email=normalized) is not None:
         raise Conflict("An account with this email already exists.", field="email")
@@ -96,17 +106,6 @@ async def create_user_account(
             .on_conflict_do_nothing(index_elements=["user_id", "role_id"])
         )
     return user
-
-
-LOGIN_REFUSED_MESSAGE = "Invalid email or password."
-MAX_NAME_LENGTH = 200
-MAX_EMAIL_LENGTH = 320
-MAX_SEARCH_LENGTH = 200
-# Oldest first; the id breaks ties (the seed creates its users in one transaction).
-USER_ORDERING = Ordering(
-    sort=cast("InstrumentedAttribute[Any]", User.created_at),
-    id=cast("InstrumentedAttribute[Any]", User.id),
-)
 
 
 @dataclass(frozen=True)

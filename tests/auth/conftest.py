@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.app import create_app
@@ -51,6 +52,21 @@ async def signed_in(gql: GraphQLClient, email: str, password: str) -> dict[str, 
     assert "errors" not in body, body
     payload: dict[str, Any] = body["data"]["login"]
     return payload
+
+
+@contextlib.contextmanager
+def counting_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL statements the engine runs inside the block."""
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
 
 
 @pytest.fixture

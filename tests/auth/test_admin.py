@@ -6,11 +6,13 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from atlas_gql.auth.models import RoleName
+from atlas_gql.auth.service import create_user_account
 from atlas_gql.graph.relay import encode_global_id
 from atlas_gql.graph.schema import export_sdl
-from tests.auth.conftest import ME, REFRESH, login, signed_in
+from tests.auth.conftest import ME, REFRESH, counting_statements, login, signed_in
 from tests.conftest import SEED_PASSWORD, GraphQLClient, error_codes
 
 USERS = """
@@ -364,3 +366,32 @@ async def test_user_node_is_visible_to_self_and_admins_only(
     ] == "pm@example.com"
     assert (await gql(query, {"id": pm_id}, token=pm))["data"]["node"]["email"] == "pm@example.com"
     assert (await gql(query, {"id": pm_id}, token=user))["data"]["node"] is None
+
+
+async def test_users_page_costs_the_same_statements_for_2_or_20(
+    gql: GraphQLClient, sign_in: Any, db: AsyncSession, engine: AsyncEngine
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    for index in range(20):
+        await create_user_account(
+            db=db,
+            email=f"count-{marker}-{index:02d}@example.com",
+            password="a-good-password",
+            roles=[RoleName.USER, RoleName.PROJECT_MANAGER][: 1 + index % 2],
+            bcrypt_rounds=4,
+        )
+    await db.commit()
+    admin = await sign_in("admin@example.com")
+    query = """
+    query($first: Int!, $search: String!) {
+      users(first: $first, filter: {search: $search}) {
+        totalCount edges { node { email roles { name permissions } permissions } }
+      }
+    }"""
+    counts = []
+    for first in (2, 20):
+        with counting_statements(engine) as statements:
+            body = await gql(query, {"first": first, "search": marker}, token=admin)
+        assert len(body["data"]["users"]["edges"]) == first
+        counts.append(len(statements))
+    assert counts[0] == counts[1], counts
