@@ -15,7 +15,7 @@ from atlas_gql.db.utils import map_db_error
 from atlas_gql.errors import AtlasError, ErrorCode
 from atlas_gql.graph.context import Context
 from atlas_gql.logs.models import ErrorSource
-from atlas_gql.logs.service import record_error
+from atlas_gql.logs.service import describe_exception, record_error, scrub_text
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,12 @@ class ErrorMappingExtension(SchemaExtension):
         errors = getattr(result, "errors", None)
         if result is not None and errors:
             result.errors = [await self._map(error, context) for error in errors]  # type: ignore[union-attr]
+            # Errors with no path come from before execution (parse, validation, variable
+            # coercion, limits): the request itself was not acceptable.
             if (
                 isinstance(context, Context)
-                and self.execution_context.pre_execution_errors
                 and getattr(result, "data", None) is None
+                and all(error.path is None for error in errors)
             ):
                 context.pre_execution_failed = True
 
@@ -74,10 +76,12 @@ class ErrorMappingExtension(SchemaExtension):
             extensions = {**(error.extensions or {}), **atlas_error.extensions}
             extensions["code"] = atlas_error.code.value
             return _with_extensions(error, atlas_error.message, extensions)
-        if error.original_error is None:
-            # Parse and validation errors: the message is the client's to read.
+        if error.path is None:
+            # Before execution: parse and validation errors (no original error), and variable
+            # values that failed coercion. The message is the client's to read.
             extensions = dict(error.extensions or {})
-            extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
+            code = "GRAPHQL_VALIDATION_FAILED" if error.original_error is None else "BAD_USER_INPUT"
+            extensions.setdefault("code", code)
             return _with_extensions(error, error.message, extensions)
         return await self._mask(error, context)
 
@@ -85,7 +89,9 @@ class ErrorMappingExtension(SchemaExtension):
         request_id = context.request_id if isinstance(context, Context) else "unknown"
         original = error.original_error
         assert original is not None
-        logger.error("unexpected error %s", request_id, exc_info=original)
+        # The process log gets the same redacted text as the ErrorLog row, never raw secrets.
+        error_type, _message, stack = describe_exception(original)
+        logger.error("unexpected error %s: %s\n%s", request_id, error_type, scrub_text(stack))
         if isinstance(context, Context):
             viewer = context.resolved_viewer
             await record_error(

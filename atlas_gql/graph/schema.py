@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.tools import merge_types
 from strawberry.types import Info
 
@@ -48,10 +49,16 @@ def _merged(name: str, pieces: tuple[type, ...]) -> Any:
     return merge_types(name, pieces) if pieces else None
 
 
+class AtlasSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Strawberry would log every error with its raw message; ErrorMappingExtension logs
+        the unexpected ones, redacted, and client errors need no log line."""
+
+
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The executable schema; `settings` sets the limits (defaults when None)."""
     settings = settings or Settings.model_construct()
-    return strawberry.Schema(
+    return AtlasSchema(
         query=_merged("Query", QUERY_PIECES),
         mutation=_merged("Mutation", MUTATION_PIECES),
         subscription=_merged("Subscription", SUBSCRIPTION_PIECES),

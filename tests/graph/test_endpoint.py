@@ -204,3 +204,47 @@ async def test_runtime_spawn_tracks_background_tasks(app: Any) -> None:
     await runtime.spawn(work())
     assert finished == [1]
     assert not runtime.background_tasks
+
+
+async def test_bad_variable_value_is_a_client_error(client: httpx.AsyncClient) -> None:
+    query = "query Node($id: ID!) { node(id: $id) { id } }"
+    legacy = await client.post("/graphql", json={"query": query, "variables": {"id": {"x": 1}}})
+    body = legacy.json()
+    assert legacy.status_code == 200
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "requestId" not in body["errors"][0]["extensions"]
+    accept = {"Accept": "application/graphql-response+json"}
+    modern = await client.post(
+        "/graphql", json={"query": query, "variables": {"id": {"x": 1}}}, headers=accept
+    )
+    assert modern.status_code == 400
+    assert "data" not in modern.json()
+
+
+async def test_resolver_errors_keep_200_under_graphql_response_json(
+    client: httpx.AsyncClient,
+) -> None:
+    accept = {"Accept": "application/graphql-response+json"}
+    response = await client.post(
+        "/graphql", json={"query": '{ node(id: "bad") { id } }'}, headers=accept
+    )
+    assert response.status_code == 200
+    assert response.json()["data"] == {"node": None}
+
+
+async def test_masked_error_process_log_is_redacted(
+    gql: GraphQLClient,
+    sign_in: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def exploding_loader(context: Any) -> Any:
+        raise RuntimeError("boom with Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl")
+
+    monkeypatch.setattr(loaders, "all_roles", exploding_loader)
+    token = await sign_in("user@example.com")
+    body = await gql("{ roles { name } }", token=token)
+    assert error_codes(body) == ["INTERNAL_SERVER_ERROR"]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "unexpected error" in logged
+    assert "eyJzdWIiOiIxIn0" not in logged
