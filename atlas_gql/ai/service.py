@@ -515,9 +515,10 @@ async def send_message(
         if running.id in ai.replies or thread.updated_at >= stale_before:
             raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
         # Its worker is gone: finish it (outside our lock), then try again.
+        orphan_id, orphan_thread_id = running.id, thread.id
         await db.rollback()
         await ai.finish_orphan(
-            message_id=running.id, thread_id=thread.id, status=MessageStatus.INCOMPLETE
+            message_id=orphan_id, thread_id=orphan_thread_id, status=MessageStatus.INCOMPLETE
         )
     else:
         raise Conflict("A reply is already in progress in this thread; wait or cancel it.")

@@ -1,0 +1,187 @@
+"""Replies left behind by a stopped server, who may cancel, budgets, conversation seeding."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import col
+
+from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.graph.relay import decode_global_id, encode_global_id
+from atlas_gql.seed import SAMPLE_THREAD_TITLE
+from tests.ai.conftest import AIServer, StartServer
+from tests.ai.fake_openai import Behaviour
+from tests.conftest import error_codes
+
+CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { id status } }"
+
+
+async def _orphan_reply(ai: AIServer, thread_id: str, *, age: timedelta) -> Message:
+    """An IN_PROGRESS reply whose worker is gone, its thread untouched for `age`."""
+    runtime = ai.server.app.state.atlas["runtime"]
+    thread_uuid = decode_global_id(thread_id)[1]
+    async with runtime.sessionmaker() as db:
+        reply = Message(
+            thread_id=thread_uuid,
+            role=MessageRole.ASSISTANT,
+            content="half an ans",
+            status=MessageStatus.IN_PROGRESS,
+        )
+        db.add(reply)
+        await db.execute(
+            sa.update(Thread)
+            .where(col(Thread.id) == thread_uuid)
+            .values(updated_at=datetime.now(UTC) - age)
+        )
+        await db.commit()
+    return reply
+
+
+async def _status(ai: AIServer, message: Message) -> tuple[MessageStatus, str]:
+    runtime = ai.server.app.state.atlas["runtime"]
+    async with runtime.sessionmaker() as db:
+        row = await db.get(Message, message.id)
+        assert row is not None
+        return row.status, row.content
+
+
+async def test_start_marks_stale_replies_incomplete(
+    ai: AIServer, start_ai_server: StartServer
+) -> None:
+    thread_id = await ai.new_thread()
+    stale = await _orphan_reply(ai, thread_id, age=timedelta(hours=1))
+    assert (await _status(ai, stale))[0] is MessageStatus.IN_PROGRESS
+    await start_ai_server()  # a restarted server
+    status, content = await _status(ai, stale)
+    assert status is MessageStatus.INCOMPLETE
+    assert content == "half an ans"
+
+
+async def test_a_fresh_reply_of_another_worker_is_left_alone(
+    ai: AIServer, start_ai_server: StartServer
+) -> None:
+    thread_id = await ai.new_thread()
+    running = await _orphan_reply(ai, thread_id, age=timedelta(seconds=0))
+    await start_ai_server()
+    assert (await _status(ai, running))[0] is MessageStatus.IN_PROGRESS
+    # Sending meanwhile: that reply looks alive, so CONFLICT.
+    assert error_codes(await ai.send(thread_id)) == ["CONFLICT"]
+    # A manager stops it: nobody runs it, so it is finished right here.
+    body = await ai.client.data(
+        CANCEL, {"id": encode_global_id("Message", running.id)}, token=ai.people.manager
+    )
+    assert body["cancelMessage"]["status"] == "CANCELLED"
+
+
+async def test_send_finishes_a_stale_reply_first(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    stale = await _orphan_reply(ai, thread_id, age=timedelta(hours=1))
+    async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
+        await asyncio.sleep(0.2)
+        body = await ai.send(thread_id)
+        assert "errors" not in body, body
+        orphan_events = await sub.until_final()
+        events = await sub.until_final()
+    assert (await _status(ai, stale))[0] is MessageStatus.INCOMPLETE
+    [orphan_final] = orphan_events
+    assert orphan_final["__typename"] == "MessageFailed"
+    assert orphan_final["message"]["status"] == "INCOMPLETE"
+    assert events[-1]["__typename"] == "MessageCompleted"
+    assert orphan_final["sequence"] < events[0]["sequence"]
+
+
+async def test_who_may_cancel(ai: AIServer) -> None:
+    ai.fake.then(Behaviour(deltas=tuple(f"c{i} " for i in range(100)), delay=0.05))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        reply_id = (await ai.send(thread_id))["data"]["sendMessage"]["assistantMessage"]["id"]
+        await subscription.event()
+        assert error_codes(
+            await ai.client.gql(CANCEL, {"id": reply_id}, token=ai.people.viewer)
+        ) == ["FORBIDDEN"]
+        assert error_codes(
+            await ai.client.gql(CANCEL, {"id": reply_id}, token=ai.people.outsider)
+        ) == ["NOT_FOUND"]
+        done = await ai.client.data(CANCEL, {"id": reply_id}, token=ai.people.member)
+        assert done["cancelMessage"]["status"] == "CANCELLED"
+        await subscription.until_final()
+    # Cancelling again answers the cancelled message; a completed one is a CONFLICT.
+    again = await ai.client.data(CANCEL, {"id": reply_id}, token=ai.people.member)
+    assert again["cancelMessage"]["status"] == "CANCELLED"
+    async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
+        await asyncio.sleep(0.2)
+        completed_id = (await ai.send(thread_id))["data"]["sendMessage"]["assistantMessage"]["id"]
+        await sub.until_final()
+    assert error_codes(
+        await ai.client.gql(CANCEL, {"id": completed_id}, token=ai.people.member)
+    ) == ["CONFLICT"]
+
+
+async def test_project_budget_stops_sending(ai: AIServer) -> None:
+    pm = await ai.server.sign_in("pm@example.com")
+    project = await ai.client.data(
+        'mutation { createProject(input: {name: "Budgeted"}) { id } }', token=pm
+    )
+    project_id = project["createProject"]["id"]
+    await ai.client.data(
+        'mutation($p: ID!) { setProjectSetting(projectId: $p, key: "monthlyTokenBudget", '
+        "value: 25) { key } }",
+        {"p": project_id},
+        token=pm,
+    )
+    assistant = await ai.client.data(
+        'mutation($p: ID!) { createAssistant(input: {name: "B", projectId: $p}) { id } }',
+        {"p": project_id},
+        token=pm,
+    )
+    thread = await ai.client.data(
+        "mutation($i: CreateThreadInput!) { createThread(input: $i) { id } }",
+        {"i": {"projectId": project_id, "assistantId": assistant["createAssistant"]["id"]}},
+        token=pm,
+    )
+    thread_id = thread["createThread"]["id"]
+    async with ai.client.subscribe(pm, thread_id) as subscription:
+        assert "errors" not in await ai.send(thread_id, token=pm)
+        await subscription.until_final()  # 30 tokens used, budget 25
+    assert error_codes(await ai.send(thread_id, token=pm)) == ["QUOTA_EXCEEDED"]
+    assert len(ai.fake.calls("/v1/responses")) == 1
+
+
+async def test_first_reply_seeds_the_conversation_with_earlier_messages(ai: AIServer) -> None:
+    runtime = ai.server.app.state.atlas["runtime"]
+    async with runtime.sessionmaker() as db:
+        seeded = (
+            await db.execute(sa.select(Thread).where(col(Thread.title) == SAMPLE_THREAD_TITLE))
+        ).scalar_one()
+        # A copy of the seeded thread (so other tests see the seed unchanged).
+        copy = Thread(
+            title="Copy", project_id=seeded.project_id, assistant_id=seeded.assistant_id,
+            created_by_id=seeded.created_by_id,
+        )  # fmt: skip
+        db.add(copy)
+        await db.flush()
+        originals = (
+            await db.execute(
+                sa.select(Message)
+                .where(col(Message.thread_id) == seeded.id)
+                .order_by(col(Message.created_at))
+            )
+        ).scalars()
+        for message in list(originals):
+            db.add(
+                Message(
+                    thread_id=copy.id, role=message.role, content=message.content,
+                    status=message.status, created_at=message.created_at,
+                )
+            )  # fmt: skip
+        await db.commit()
+    thread_id = encode_global_id("Thread", copy.id)
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        await ai.send(thread_id, "And now?")
+        await subscription.until_final()
+    [conversation] = ai.fake.calls("/v1/conversations")
+    items = conversation.body["items"]
+    assert [item["role"] for item in items] == ["user", "assistant", "user"]
+    assert items[0]["content"] == "Hello! What can this workspace do?"

@@ -1,0 +1,64 @@
+"""REDIS_URL set: two app instances share thread events and cancels through the real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.ai.conftest import StartServer
+from tests.ai.fake_openai import Behaviour
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def two_workers(start_ai_server: StartServer) -> tuple:  # type: ignore[type-arg]
+    first = await start_ai_server(redis_url=REDIS_URL)
+    second = await start_ai_server(redis_url=REDIS_URL)
+    return first, second
+
+
+async def test_subscriber_on_another_worker_sees_the_same_stream(two_workers: tuple) -> None:  # type: ignore[type-arg]
+    first, second = two_workers
+    thread_id = await first.new_thread()
+    async with (
+        first.client.subscribe(first.people.member, thread_id) as local,
+        second.client.subscribe(second.people.manager, thread_id) as remote,
+    ):
+        body = await first.send(thread_id, "Across workers")
+        assert "errors" not in body, body
+        local_events = await local.until_final()
+        remote_events = await remote.until_final()
+    assert remote_events == local_events
+    assert remote_events[-1]["__typename"] == "MessageCompleted"
+    deltas = "".join(e["delta"] for e in remote_events if e["__typename"] == "MessageDelta")
+    assert deltas == remote_events[-1]["message"]["content"]
+
+    # A late subscriber on the other worker replays the kept events from Redis.
+    async with second.client.subscribe(second.people.member, thread_id, after_sequence=0) as late:
+        replayed = await late.until_final()
+    assert replayed == local_events
+
+
+async def test_cancel_through_another_worker(two_workers: tuple) -> None:  # type: ignore[type-arg]
+    first, second = two_workers
+    first.fake.then(Behaviour(deltas=tuple(f"r{i} " for i in range(200)), delay=0.05))
+    thread_id = await first.new_thread()
+    async with second.client.subscribe(second.people.member, thread_id) as subscription:
+        payload = (await first.send(thread_id))["data"]["sendMessage"]
+        while (await subscription.event())["__typename"] != "MessageDelta":
+            pass
+        started = time.monotonic()
+        body = await second.client.gql(
+            "mutation($id: ID!) { cancelMessage(id: $id) { status content } }",
+            {"id": payload["assistantMessage"]["id"]},
+            token=second.people.manager,
+        )
+        elapsed = time.monotonic() - started
+        events = await subscription.until_final()
+    assert "errors" not in body, body
+    assert body["data"]["cancelMessage"]["status"] == "CANCELLED"
+    assert elapsed < 1.5
+    assert events[-1]["message"]["status"] == "CANCELLED"
+    assert body["data"]["cancelMessage"]["content"] == events[-1]["message"]["content"]
