@@ -20,6 +20,7 @@ from atlas_gql.auth.sessions import start_session
 from atlas_gql.config import Settings
 from atlas_gql.db.engine import can_connect, create_engine, drop_database, ensure_database
 from atlas_gql.db.migrate import upgrade_to_head
+from atlas_gql.db.session import SerializedAsyncSession
 from atlas_gql.db.url import DatabaseTarget, parse_database_url
 from atlas_gql.seed import seed
 
@@ -131,6 +132,7 @@ def sessionmaker(connection: AsyncConnection) -> async_sessionmaker[AsyncSession
     """Sessions joined to the test transaction: their commits are savepoints."""
     return async_sessionmaker(
         bind=connection,
+        class_=SerializedAsyncSession,
         expire_on_commit=False,
         autoflush=False,
         join_transaction_mode="create_savepoint",

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from atlas_gql.db.session import SerializedAsyncSession
 from atlas_gql.db.url import DatabaseTarget
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
@@ -38,7 +39,9 @@ def create_engine(
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(
+        engine, class_=SerializedAsyncSession, expire_on_commit=False, autoflush=False
+    )
 
 
 def _asyncpg_dsn(target: DatabaseTarget, database: str) -> dict[str, object]:

@@ -1,0 +1,89 @@
+"""An AsyncSession that serialises its own operations.
+
+Strawberry resolves sibling fields concurrently, so several DataLoaders of one request may run
+their batch at the same moment on the request's session. An AsyncSession allows one operation
+at a time (a second one while a connection is being provisioned, e.g. right after a commit,
+fails with "session is provisioning a new connection"). This subclass queues them instead; the
+lock is re-entrant per task, as `scalars()` calls `execute()`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+class _TaskReentrantLock:
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        if task is not None and self._owner is task:
+            yield
+            return
+        async with self._lock:
+            self._owner = task
+            try:
+                yield
+            finally:
+                self._owner = None
+
+
+class SerializedAsyncSession(AsyncSession):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._operation_lock = _TaskReentrantLock()
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        async with self._operation_lock.hold():
+            return await super().execute(*args, **kwargs)
+
+    async def scalar(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        async with self._operation_lock.hold():
+            return await super().scalar(*args, **kwargs)
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        async with self._operation_lock.hold():
+            return await super().get(*args, **kwargs)
+
+    async def get_one(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        async with self._operation_lock.hold():
+            return await super().get_one(*args, **kwargs)
+
+    async def stream(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        async with self._operation_lock.hold():
+            return await super().stream(*args, **kwargs)
+
+    async def refresh(self, *args: Any, **kwargs: Any) -> None:
+        async with self._operation_lock.hold():
+            await super().refresh(*args, **kwargs)
+
+    async def merge(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._operation_lock.hold():
+            return await super().merge(*args, **kwargs)
+
+    async def delete(self, instance: object) -> None:
+        async with self._operation_lock.hold():
+            await super().delete(instance)
+
+    async def flush(self, *args: Any, **kwargs: Any) -> None:
+        async with self._operation_lock.hold():
+            await super().flush(*args, **kwargs)
+
+    async def connection(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._operation_lock.hold():
+            return await super().connection(*args, **kwargs)
+
+    async def commit(self) -> None:
+        async with self._operation_lock.hold():
+            await super().commit()
+
+    async def rollback(self) -> None:
+        async with self._operation_lock.hold():
+            await super().rollback()

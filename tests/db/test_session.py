@@ -1,0 +1,33 @@
+"""The request session tolerates the concurrent DataLoader batches Strawberry produces."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+from sqlalchemy.exc import InterfaceError, InvalidRequestError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from atlas_gql.db.engine import create_sessionmaker
+
+
+async def _concurrent_after_commit(session: AsyncSession) -> list[object]:
+    await session.execute(sa.text("SELECT 1"))
+    await session.commit()  # the connection goes back to the pool
+    return await asyncio.gather(
+        *(session.scalar(sa.text(f"SELECT {n}")) for n in range(1, 6)), return_exceptions=True
+    )
+
+
+async def test_concurrent_operations_after_commit_are_serialised(engine: AsyncEngine) -> None:
+    async with create_sessionmaker(engine)() as session:
+        assert await _concurrent_after_commit(session) == [1, 2, 3, 4, 5]
+
+
+async def test_a_plain_async_session_would_fail(engine: AsyncEngine) -> None:
+    """Why the subclass exists: the same calls on a plain AsyncSession fail."""
+    session = AsyncSession(engine)
+    results = await _concurrent_after_commit(session)
+    assert any(isinstance(result, (InvalidRequestError, InterfaceError)) for result in results)
+    await asyncio.sleep(0.1)
+    await session.invalidate()
