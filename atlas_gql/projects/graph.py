@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -15,7 +16,7 @@ from strawberry.types import Info
 from atlas_gql.ai.types import ThreadType
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
-from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context
@@ -66,6 +67,13 @@ class ProjectSettingType:
         return cls(key=setting.setting_key, value=setting.value, updated_at=setting.updated_at)
 
 
+async def _load_user(context: Context, user_id: uuid.UUID) -> UserType:
+    user = await context.loader(auth_loaders.user_by_id).load(user_id)
+    if user is None:
+        raise NotFound("User not found.")
+    return UserType.from_model(user)
+
+
 @strawberry.type(name="ProjectMember", description="A user's membership of a project, with a role.")
 class ProjectMemberType(Node):
     db_id: strawberry.Private[uuid.UUID]
@@ -73,9 +81,11 @@ class ProjectMemberType(Node):
     user_db_id: strawberry.Private[uuid.UUID]
     role: ProjectRoleEnum = strawberry.field(description="The member's role in the project.")  # type: ignore[valid-type]
     created_at: datetime = strawberry.field(description="When the user joined the project.")
+    # Set when a page of members loaded its users in one batch (saves a resolver per member).
+    loaded_user: strawberry.Private[UserType | None] = None
 
     @classmethod
-    def from_model(cls, member: ProjectMember) -> ProjectMemberType:
+    def from_model(cls, member: ProjectMember, *, user: User | None = None) -> ProjectMemberType:
         return cls(
             id=strawberry.ID(encode_global_id("ProjectMember", member.id)),
             db_id=member.id,
@@ -83,14 +93,15 @@ class ProjectMemberType(Node):
             user_db_id=member.user_id,
             role=member.role,
             created_at=member.created_at,
+            loaded_user=UserType.from_model(user) if user is not None else None,
         )
 
     @strawberry.field(description="The member.")
-    async def user(self, info: Info[Context, None]) -> UserType:
-        user = await info.context.loader(auth_loaders.user_by_id).load(self.user_db_id)
-        if user is None:
-            raise NotFound("User not found.")
-        return UserType.from_model(user)
+    def user(self, info: Info[Context, None]) -> UserType:
+        if self.loaded_user is not None:
+            return self.loaded_user
+        # Not preloaded (node(id), mutations): an awaitable, which the executor awaits.
+        return _load_user(info.context, self.user_db_id)  # type: ignore[return-value]
 
     @strawberry.field(description="The project.")
     async def project(self, info: Info[Context, None]) -> ProjectType:
@@ -112,9 +123,12 @@ class ProjectType(Node):
     description: str | None = strawberry.field(description="What the project is about.")
     created_at: datetime = strawberry.field(description="When the project was created.")
     updated_at: datetime = strawberry.field(description="When the project last changed.")
+    # True when whoever built this object already checked that the viewer may see the
+    # project; otherwise its relation fields check (other domains build it from a model).
+    visibility_checked: strawberry.Private[bool] = False
 
     @classmethod
-    def from_model(cls, project: Project) -> ProjectType:
+    def from_model(cls, project: Project, *, visibility_checked: bool = False) -> ProjectType:
         return cls(
             id=strawberry.ID(encode_global_id("Project", project.id)),
             db_id=project.id,
@@ -123,7 +137,11 @@ class ProjectType(Node):
             description=project.description,
             created_at=project.created_at,
             updated_at=project.updated_at,
+            visibility_checked=visibility_checked,
         )
+
+    async def _visible(self, context: Context) -> bool:
+        return self.visibility_checked or await _viewer_sees(context, self.db_id)
 
     @strawberry.field(name="createdBy", description="Who created the project.")
     async def created_by(self, info: Info[Context, None]) -> UserType:
@@ -137,14 +155,20 @@ class ProjectType(Node):
         self, info: Info[Context, None], first: int | None = None, after: str | None = None
     ) -> Connection[ProjectMemberType]:
         request = page_request(first=first, after=after)
-        if not await _viewer_sees(info.context, self.db_id):
+        if not await self._visible(info.context):
             return empty_page().to_connection()  # type: ignore[no-any-return]
         page = await info.context.loader(loaders.members_page).load((self.db_id, request))
-        return page.map(ProjectMemberType.from_model).to_connection()  # type: ignore[no-any-return]
+        users = await info.context.loader(auth_loaders.user_by_id).load_many(
+            [member.user_id for member in page.items]
+        )
+        user_of = {member.id: user for member, user in zip(page.items, users, strict=True)}
+        return page.map(  # type: ignore[no-any-return]
+            lambda member: ProjectMemberType.from_model(member, user=user_of[member.id])
+        ).to_connection()
 
     @strawberry.field(description="The project's settings, ordered by key.")
     async def settings(self, info: Info[Context, None]) -> list[ProjectSettingType]:
-        if not await _viewer_sees(info.context, self.db_id):
+        if not await self._visible(info.context):
             return []
         settings = await info.context.loader(loaders.settings_by_project).load(self.db_id)
         return [ProjectSettingType.from_model(setting) for setting in settings]
@@ -154,7 +178,7 @@ class ProjectType(Node):
         self, info: Info[Context, None], first: int | None = None, after: str | None = None
     ) -> Connection[ThreadType]:
         request = page_request(first=first, after=after)
-        if not await _viewer_sees(info.context, self.db_id):
+        if not await self._visible(info.context):
             return empty_page().to_connection()  # type: ignore[no-any-return]
         page = await info.context.loader(loaders.threads_page).load((self.db_id, request))
         return page.map(ThreadType.from_model).to_connection()  # type: ignore[no-any-return]
@@ -173,7 +197,7 @@ class ProjectType(Node):
         "monthlyTokenBudget setting counts; zeros for a viewer who may not see the project.",
     )
     async def usage_this_month(self, info: Info[Context, None]) -> UsageSummaryType:
-        if not await _viewer_sees(info.context, self.db_id):
+        if not await self._visible(info.context):
             return UsageSummaryType.from_totals(UsageTotals())
         return await project_usage_this_month(info, self.db_id)
 
@@ -185,7 +209,7 @@ async def resolve_visible_project(context: Context, project_id: uuid.UUID) -> Pr
     project = await context.loader(loaders.project_by_id).load(project_id)
     if project is None or not await _viewer_sees(context, project_id):
         return None
-    return ProjectType.from_model(project)
+    return ProjectType.from_model(project, visibility_checked=True)
 
 
 async def _resolve_member_node(context: Context, member_id: uuid.UUID) -> ProjectMemberType | None:
@@ -251,7 +275,9 @@ class Query:
         info.context.loader(loaders.project_by_id).prime_many(
             {project.id: project for project in page.items}
         )
-        return page.map(ProjectType.from_model).to_connection()  # type: ignore[no-any-return]
+        return page.map(  # type: ignore[no-any-return]
+            partial(ProjectType.from_model, visibility_checked=True)
+        ).to_connection()
 
     @strawberry.field(
         extensions=authenticated(),
@@ -281,7 +307,7 @@ class Mutation:
             description=input.description,
             **_origin(info),
         )
-        return ProjectType.from_model(project)
+        return ProjectType.from_model(project, visibility_checked=True)
 
     @strawberry.mutation(
         extensions=authenticated(), description="Rename or re-describe a project (MANAGER+)."
@@ -299,7 +325,7 @@ class Mutation:
             ),
             **_origin(info),
         )
-        return ProjectType.from_model(project)
+        return ProjectType.from_model(project, visibility_checked=True)
 
     @strawberry.mutation(
         extensions=authenticated(),
