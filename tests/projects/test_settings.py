@@ -72,6 +72,8 @@ async def test_bad_keys_and_values(gql: Any, make_person: Any) -> None:
     assert (await field_of("big", "x" * (64 * 1024 - 2)))[0] == []
     for budget in (-1, 1.5, "100", True, {"tokens": 5}):
         assert await field_of("monthlyTokenBudget", budget) == (["BAD_USER_INPUT"], "value")
+    # JSON null is not a value (the argument is JSON!): refused before the resolver runs.
+    assert (await field_of("nothing", None))[0] == ["BAD_USER_INPUT"]
     assert (await field_of("monthlyTokenBudget", 0))[0] == []
     assert (await field_of("monthlyTokenBudget", 2_000_000))[0] == []
 
