@@ -13,12 +13,15 @@ from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Mapped, aliased
 
 from atlas_gql.errors import BadInput
 from atlas_gql.graph.relay import Connection, PageRequest, build_connection
 
 T = TypeVar("T")
+
+# A model attribute (`Message.created_at`, or `sqlmodel.col(...)` of one) or a SQL expression.
+ColumnLike = InstrumentedAttribute[Any] | Mapped[Any] | sa.ColumnElement[Any]
 
 
 @dataclass
@@ -56,8 +59,8 @@ def empty_page() -> Page[Any]:
 class Ordering:
     """A keyset: a sort column (unique together with the id column) and a direction."""
 
-    sort: InstrumentedAttribute[Any] | sa.ColumnElement[Any]
-    id: InstrumentedAttribute[Any] | sa.ColumnElement[Any]
+    sort: ColumnLike
+    id: ColumnLike
     descending: bool = False
     kind: str = "datetime"  # how the sort value is written in a cursor: datetime | str | int
     extra: dict[str, Any] = field(default_factory=dict)
@@ -157,7 +160,7 @@ async def paginate_by_parent(
     db: AsyncSession,
     entity: Any,
     *,
-    parent_column: InstrumentedAttribute[Any],
+    parent_column: ColumnLike,
     parent_ids: Sequence[Hashable],
     ordering: Ordering,
     request: PageRequest,
@@ -169,6 +172,9 @@ async def paginate_by_parent(
     the totals. The DataLoaders of nested connections call this."""
     if not parent_ids:
         return {}
+    parent_key = getattr(parent_column, "key", None)
+    if not isinstance(parent_key, str):
+        raise TypeError("parent_column must be a model attribute")
     base = sa.select(entity).where(parent_column.in_(list(parent_ids)), *where)
     windowed, order = _apply_window(base, ordering, request)
     row_number = sa.func.row_number().over(partition_by=parent_column, order_by=order).label("rn")
@@ -178,12 +184,12 @@ async def paginate_by_parent(
         await db.execute(
             sa.select(alias)
             .where(ranked.c.rn <= request.limit + 1)
-            .order_by(ranked.c[parent_column.key], ranked.c.rn)
+            .order_by(ranked.c[parent_key], ranked.c.rn)
         )
     ).scalars()
     grouped: dict[Any, list[Any]] = {parent_id: [] for parent_id in parent_ids}
     for row in page_rows:
-        grouped.setdefault(getattr(row, parent_column.key), []).append(row)
+        grouped.setdefault(getattr(row, parent_key), []).append(row)
     totals: dict[Any, int] = {}
     if with_total:
         count_rows = await db.execute(
