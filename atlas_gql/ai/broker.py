@@ -30,6 +30,8 @@ REPLAY_LIMIT = 5000
 REPLAY_TTL_SECONDS = 3600
 # Threads whose history the memory broker keeps (least recently used are forgotten).
 MEMORY_THREAD_LIMIT = 10_000
+# Events waiting for a subscriber from which its queued deltas are merged.
+MERGE_BACKLOG = 16
 # A subscriber that falls this far behind is dropped rather than growing memory forever.
 SUBSCRIBER_QUEUE_LIMIT = 10_000
 
@@ -76,26 +78,54 @@ class _Subscriber:
         self.queue.put_nowait(event)
 
 
+def _mergeable(first: Event, second: Event) -> bool:
+    return bool(
+        first["type"] == second["type"] == "MessageDelta"
+        and first["messageId"] == second["messageId"]
+    )
+
+
+def _merge(first: Event, second: Event) -> Event:
+    """Two consecutive deltas of a message as one (numbered as the later one)."""
+    return {**second, "delta": first["delta"] + second["delta"]}
+
+
 async def _deliver(
     subscriber: _Subscriber, replay: list[Event], after_sequence: int | None
 ) -> AsyncIterator[Event]:
     """Replay (events above `after_sequence`), then live events; never a number twice or
-    out of order (live events already replayed are skipped)."""
+    out of order (live events already replayed are skipped).
+
+    A subscriber that falls behind (MERGE_BACKLOG events waiting) gets the consecutive deltas
+    of a message waiting for it merged into one delta event (numbered as the last of them):
+    the text is the same, the work per event is not repeated for every token, so a slow
+    client catches up instead of falling further behind."""
     last = after_sequence if after_sequence is not None else -1
+    backlog: deque[Event] = deque()
+
+    def accept(item: Event | None) -> None:
+        if item is None:
+            raise SubscriberTooSlow()
+        newest = int(backlog[-1]["sequence"]) if backlog else last
+        if int(item["sequence"]) > newest:
+            backlog.append(item)
+
     if after_sequence is not None:
         for event in sorted(replay, key=lambda item: int(item["sequence"])):
-            if int(event["sequence"]) > last:
-                last = int(event["sequence"])
-                yield event
+            accept(event)
     while True:
-        live = await subscriber.queue.get()
-        if live is None:
-            raise SubscriberTooSlow()
-        sequence = int(live["sequence"])
-        if sequence <= last:
+        if not backlog:
+            accept(await subscriber.queue.get())
+        while not subscriber.queue.empty():
+            accept(subscriber.queue.get_nowait())
+        if not backlog:
             continue
-        last = sequence
-        yield live
+        event = backlog.popleft()
+        if len(backlog) >= MERGE_BACKLOG:
+            while backlog and _mergeable(event, backlog[0]):
+                event = _merge(event, backlog.popleft())
+        last = int(event["sequence"])
+        yield event
 
 
 class _LocalFanout:

@@ -312,7 +312,7 @@ class AIRuntime:
         if not self.provider.uses_conversations:
             history = await self._history(job)
         elif conversation_id is None:
-            conversation_id = await self._retrying(lambda: self._open_conversation(job), reply)
+            conversation_id = await self._retrying(lambda: self._open_conversation(job))
         request = ReplyRequest(
             model=job.model,
             instructions=job.instructions,
@@ -340,9 +340,7 @@ class AIRuntime:
                 await asyncio.sleep(_backoff(attempt))
                 attempt += 1
 
-    async def _retrying(
-        self, call: Callable[[], Coroutine[Any, Any, str]], reply: ActiveReply
-    ) -> str:
+    async def _retrying(self, call: Callable[[], Coroutine[Any, Any, str]]) -> str:
         attempt = 1
         while True:
             try:
