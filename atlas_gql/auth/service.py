@@ -6,14 +6,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import col
 
 from atlas_gql.auth.models import (
@@ -46,8 +45,8 @@ MAX_EMAIL_LENGTH = 320
 MAX_SEARCH_LENGTH = 200
 # Oldest first; the id breaks ties (the seed creates its users in one transaction).
 USER_ORDERING = Ordering(
-    sort=cast("InstrumentedAttribute[Any]", User.created_at),
-    id=cast("InstrumentedAttribute[Any]", User.id),
+    sort=col(User.created_at),
+    id=col(User.id),
 )
 
 

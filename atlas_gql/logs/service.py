@@ -11,11 +11,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import col
 
 from atlas_gql.auth.viewer import Viewer
@@ -248,10 +247,7 @@ class UsageBucket:
 
 
 def _newest_first(model: Any) -> Ordering:
-    attribute = InstrumentedAttribute[Any]
-    return Ordering(
-        sort=cast(attribute, model.created_at), id=cast(attribute, model.id), descending=True
-    )
+    return Ordering(sort=col(model.created_at), id=col(model.id), descending=True)
 
 
 ACTIVITY_ORDERING = _newest_first(ActivityLog)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
@@ -26,16 +25,9 @@ if TYPE_CHECKING:
 PageKey = tuple[uuid.UUID, PageRequest]
 
 
-def attribute(column: Any) -> InstrumentedAttribute[Any]:
-    """A model attribute as the pagination helpers type it (sqlmodel's `col` says Mapped)."""
-    return cast("InstrumentedAttribute[Any]", col(column))
-
-
 # Members oldest first (the creator leads); threads newest first.
-MEMBER_ORDERING = Ordering(sort=attribute(ProjectMember.created_at), id=attribute(ProjectMember.id))
-THREAD_ORDERING = Ordering(
-    sort=attribute(Thread.created_at), id=attribute(Thread.id), descending=True
-)
+MEMBER_ORDERING = Ordering(sort=col(ProjectMember.created_at), id=col(ProjectMember.id))
+THREAD_ORDERING = Ordering(sort=col(Thread.created_at), id=col(Thread.id), descending=True)
 
 
 def project_by_id(context: Context) -> DataLoader[uuid.UUID, Project | None]:
@@ -133,7 +125,7 @@ def members_page(context: Context) -> DataLoader[PageKey, Page[ProjectMember]]:
         return await paginate_by_parent(
             db,
             ProjectMember,
-            parent_column=attribute(ProjectMember.project_id),
+            parent_column=col(ProjectMember.project_id),
             parent_ids=project_ids,
             ordering=MEMBER_ORDERING,
             request=request,
@@ -151,7 +143,7 @@ def threads_page(context: Context) -> DataLoader[PageKey, Page[Thread]]:
         return await paginate_by_parent(
             db,
             Thread,
-            parent_column=attribute(Thread.project_id),
+            parent_column=col(Thread.project_id),
             parent_ids=project_ids,
             ordering=THREAD_ORDERING,
             request=request,

@@ -29,7 +29,6 @@ from atlas_gql.projects.access import (
     require_project_role,
     visible_project_ids,
 )
-from atlas_gql.projects.loaders import attribute
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
 
 NAME_MAX_LENGTH = 200
@@ -42,9 +41,7 @@ DEFAULT_ASSISTANT_ID = "defaultAssistantId"
 MONTHLY_TOKEN_BUDGET = "monthlyTokenBudget"
 
 # Newest first; the id breaks ties (rows made in one transaction share created_at).
-PROJECT_ORDERING = Ordering(
-    sort=attribute(Project.created_at), id=attribute(Project.id), descending=True
-)
+PROJECT_ORDERING = Ordering(sort=col(Project.created_at), id=col(Project.id), descending=True)
 
 
 class Keep(enum.Enum):
