@@ -18,7 +18,9 @@ from atlas_gql.ai.runs import message_from_payload
 from atlas_gql.ai.types import AssistantType, FileType, MessageType, ThreadType
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
-from atlas_gql.errors import AtlasError
+from atlas_gql.auth.sessions import load_viewer_for_session
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.errors import AtlasError, Unauthenticated
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.relay import (
     Connection,
@@ -565,7 +567,29 @@ class Subscription:
             await context.close_db()
         broker = ai_runtime(context.runtime).broker
         async for event in broker.subscribe(thread_uuid, after_sequence=after_sequence):
+            if event["type"] == "MessageCreated":
+                # A new exchange: check again that the viewer's session and access still hold
+                # (a logout or a removal from the project ends the subscription).
+                viewer = await _check_still_allowed(context, viewer, thread_uuid)
             yield _graph_event(event)
             # Between events, hold no connection and no cached rows.
             context.reset_loaders()
             await context.close_db()
+
+
+async def _check_still_allowed(context: Context, viewer: Viewer, thread_id: uuid.UUID) -> Viewer:
+    """The viewer, reloaded from their session (not from the token, which may have expired
+    during a long subscription: the session is what logout revokes)."""
+    async with context.runtime.sessionmaker() as db:
+        current = await load_viewer_for_session(
+            db=db, user_id=viewer.user_id, session_id=viewer.session_id
+        )
+        try:
+            if current is None:
+                raise Unauthenticated("Your session has ended.")
+            await service.get_thread(db=db, viewer=current, thread_id=thread_id)
+        except AtlasError as error:
+            raise GraphQLError(
+                error.message, extensions={**error.extensions, "code": error.code.value}
+            ) from None
+    return current

@@ -6,10 +6,14 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.db.engine import create_engine
+from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.graph.relay import decode_global_id, encode_global_id
+from atlas_gql.projects.models import ProjectMember
 from atlas_gql.seed import SAMPLE_THREAD_TITLE
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
@@ -185,3 +189,45 @@ async def test_first_reply_seeds_the_conversation_with_earlier_messages(ai: AISe
     items = conversation.body["items"]
     assert [item["role"] for item in items] == ["user", "assistant", "user"]
     assert items[0]["content"] == "Hello! What can this workspace do?"
+
+
+async def test_stopping_the_server_leaves_running_replies_incomplete(
+    ai: AIServer, live_database: DatabaseTarget
+) -> None:
+    ai.fake.then(Behaviour(deltas=("s ",) * 200, delay=0.05))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        payload = (await ai.send(thread_id))["data"]["sendMessage"]
+        while (await subscription.event())["__typename"] != "MessageDelta":
+            pass
+        await ai.server.stop()
+    engine = create_engine(live_database, pool_size=1)
+    try:
+        async with AsyncSession(engine) as db:
+            reply = await db.get(Message, decode_global_id(payload["assistantMessage"]["id"])[1])
+    finally:
+        await engine.dispose()
+    assert reply is not None
+    assert reply.status is MessageStatus.INCOMPLETE
+    assert reply.content.startswith("s ")
+    assert reply.error == "The server stopped while the reply was running."
+
+
+async def test_removed_member_stops_receiving_events(ai: AIServer) -> None:
+    runtime = ai.server.app.state.atlas["runtime"]
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.manager, thread_id, after_sequence=None) as sub:
+        await asyncio.sleep(0.2)
+        async with runtime.sessionmaker() as db:
+            manager = await ai.client.data("{ me { id } }", token=ai.people.manager)
+            await db.execute(
+                sa.delete(ProjectMember).where(
+                    col(ProjectMember.user_id) == decode_global_id(manager["me"]["id"])[1],
+                    col(ProjectMember.project_id) == ai.people.project_uuid,
+                )
+            )
+            await db.commit()
+        assert "errors" not in await ai.send(thread_id)
+        message = await sub.message()
+    assert message["type"] == "next"
+    assert message["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
