@@ -233,7 +233,12 @@ class AIRuntime:
 
     async def start(self) -> None:
         await self.broker.start()
-        await self.sweep_stale_replies()
+        try:
+            await self.sweep_stale_replies()
+        except Exception:
+            # The app must start (and say so on /readyz) even when the database is down;
+            # the periodic sweep tries again.
+            logger.exception("stale reply sweep at start failed")
         interval = max(1.0, self.settings.atlas_reply_stale_after / 2)
         self.sweeper = asyncio.create_task(self._sweep_forever(interval), name="ai-stale-sweeper")
 
