@@ -129,7 +129,12 @@ async def wait_until_up(base_url: str, process: subprocess.Popen[bytes]) -> None
 
 class Atlas:
     def __init__(self, port: int) -> None:
-        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        # Idle connections expire before uvicorn's 5 s keep-alive closes them under us.
+        self.http = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=60,
+            limits=httpx.Limits(max_connections=400, keepalive_expiry=2),
+        )
         self.ws_url = f"ws://127.0.0.1:{port}/graphql"
         self.token = ""
         self.project_id = ""
