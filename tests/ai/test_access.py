@@ -112,3 +112,49 @@ async def test_bad_message_input(ai: AIServer) -> None:
     body = await ai.send("not-an-id")
     assert error_codes(body) == ["BAD_USER_INPUT"]
     assert ai.fake.calls("/v1/responses") == []
+
+
+async def test_messages_are_nodes_only_for_those_who_see_the_thread(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        payload = (await ai.send(thread_id))["data"]["sendMessage"]
+        await subscription.until_final()
+    query = "query($id: ID!) { node(id: $id) { id ... on Message { status content } } }"
+    reply_id = payload["assistantMessage"]["id"]
+    seen = await ai.client.data(query, {"id": reply_id}, token=ai.people.viewer)
+    assert seen["node"] == {
+        "id": reply_id,
+        "status": "COMPLETED",
+        "content": "Hello, this is ATLAS.",
+    }
+    hidden = await ai.client.data(query, {"id": reply_id}, token=ai.people.outsider)
+    assert hidden["node"] is None
+
+
+async def test_a_thread_whose_assistant_was_deleted_takes_no_message(ai: AIServer) -> None:
+    pm = await ai.server.sign_in("pm@example.com")
+    created = await ai.client.data(
+        'mutation($p: ID!) { createAssistant(input: {name: "Short-lived", projectId: $p}) { id } }',
+        {"p": ai.people.project_id},
+        token=pm,
+    )
+    assistant_id = created["createAssistant"]["id"]
+    thread = await ai.client.data(
+        "mutation($i: CreateThreadInput!) { createThread(input: $i) { id } }",
+        {"i": {"projectId": ai.people.project_id, "assistantId": assistant_id}},
+        token=ai.people.member,
+    )
+    thread_id = thread["createThread"]["id"]
+    deleted = await ai.client.data(
+        "mutation($id: ID!) { deleteAssistant(id: $id) }", {"id": assistant_id}, token=pm
+    )
+    assert deleted["deleteAssistant"] is True
+    kept = await ai.client.data(
+        "query($id: ID!) { thread(id: $id) { id assistant { id } } }",
+        {"id": thread_id},
+        token=ai.people.member,
+    )
+    assert kept["thread"] == {"id": thread_id, "assistant": None}
+    body = await ai.send(thread_id)
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+    assert body["errors"][0]["extensions"]["field"] == "threadId"
