@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
@@ -20,13 +19,8 @@ if TYPE_CHECKING:
     from atlas_gql.graph.context import Context
 
 
-def attribute(column: Any) -> InstrumentedAttribute[Any]:
-    """A model attribute as the pagination helpers type it (sqlmodel's `col` says Mapped)."""
-    return cast("InstrumentedAttribute[Any]", col(column))
-
-
 # A thread's messages read oldest to newest.
-MESSAGE_ORDERING = Ordering(sort=attribute(Message.created_at), id=attribute(Message.id))
+MESSAGE_ORDERING = Ordering(sort=col(Message.created_at), id=col(Message.id))
 
 MessagePageKey = tuple[uuid.UUID, PageRequest]
 FileTarget = tuple[AssociableType, uuid.UUID]
@@ -55,7 +49,7 @@ def messages_page(context: Context) -> DataLoader[MessagePageKey, Page[Message]]
             result = await paginate_by_parent(
                 context.db,
                 Message,
-                parent_column=attribute(Message.thread_id),
+                parent_column=col(Message.thread_id),
                 parent_ids=thread_ids,
                 ordering=MESSAGE_ORDERING,
                 request=request,

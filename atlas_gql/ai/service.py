@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from atlas_gql.ai.loaders import attribute
 from atlas_gql.ai.models import (
     Assistant,
     AssociableType,
@@ -54,12 +53,8 @@ TITLE_MAX = 300
 INSTRUCTIONS_MAX = 256_000
 MAX_FILES_PER_MESSAGE = 20
 
-ASSISTANT_ORDERING = Ordering(
-    sort=attribute(Assistant.created_at), id=attribute(Assistant.id), descending=True
-)
-THREAD_ORDERING = Ordering(
-    sort=attribute(Thread.created_at), id=attribute(Thread.id), descending=True
-)
+ASSISTANT_ORDERING = Ordering(sort=col(Assistant.created_at), id=col(Assistant.id), descending=True)
+THREAD_ORDERING = Ordering(sort=col(Thread.created_at), id=col(Thread.id), descending=True)
 
 
 @dataclass(frozen=True)
