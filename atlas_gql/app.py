@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from atlas_gql import __version__
+from atlas_gql.ai.lifecycle import start_ai, stop_ai
 from atlas_gql.config import Settings, get_settings
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.runtime import resolve_database_target
@@ -28,11 +29,13 @@ from atlas_gql.graph.views import AtlasGraphQL
 
 logger = logging.getLogger(__name__)
 
-# Hooks domains register to run when the app starts and stops (e.g. the AI run orchestrator).
+# What domains run when the app starts and stops: the AI domain's event broker, OpenAI client,
+# reply orchestrator and stale-reply sweep. Clients a domain makes lazily register a closer
+# with `Runtime.on_close` instead.
 StartupHook = Callable[[Runtime], Awaitable[None]]
 ShutdownHook = Callable[[Runtime], Awaitable[None]]
-startup_hooks: list[StartupHook] = []
-shutdown_hooks: list[ShutdownHook] = []
+startup_hooks: list[StartupHook] = [start_ai]
+shutdown_hooks: list[ShutdownHook] = [stop_ai]
 
 READINESS_TIMEOUT_SECONDS = 2.0
 
@@ -67,6 +70,7 @@ def create_app(
             for shutdown in reversed(shutdown_hooks):
                 await shutdown(runtime)
             await runtime.drain()
+            await runtime.close()
             if own_engine:
                 await active_engine.dispose()
 
@@ -132,10 +136,3 @@ def app_factory() -> Starlette:
     """For `uvicorn --factory atlas_gql.app:app_factory`."""
     logging.basicConfig(level=logging.INFO)
     return create_app()
-
-
-# The AI domain: event broker, OpenAI client, reply orchestrator, stale-reply sweep.
-from atlas_gql.ai.lifecycle import start_ai, stop_ai  # noqa: E402
-
-startup_hooks.append(start_ai)
-shutdown_hooks.append(stop_ai)

@@ -174,15 +174,5 @@ def login_limiter(runtime: Runtime) -> LoginLimiter:
     limiter: LoginLimiter | None = runtime.extras.get(_RUNTIME_KEY)
     if limiter is None:
         limiter = runtime.extras[_RUNTIME_KEY] = build_login_limiter(runtime.settings)
-        # Imported here: the app module imports the schema, which imports this domain.
-        from atlas_gql import app
-
-        if close_login_limiter not in app.shutdown_hooks:
-            app.shutdown_hooks.append(close_login_limiter)
+        runtime.on_close(limiter.aclose)
     return limiter
-
-
-async def close_login_limiter(runtime: Runtime) -> None:
-    limiter: LoginLimiter | None = runtime.extras.pop(_RUNTIME_KEY, None)
-    if limiter is not None:
-        await limiter.aclose()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.config import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -20,6 +23,20 @@ class Runtime:
     # Domain services hang their long-lived clients here (event broker, OpenAI client, ...).
     extras: dict[str, Any] = field(default_factory=dict)
     background_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Have `closer` run when the app stops (clients made lazily by a domain)."""
+        self.closers.append(closer)
+
+    async def close(self) -> None:
+        """Run the closers, newest first; one failing does not stop the others."""
+        while self.closers:
+            closer = self.closers.pop()
+            try:
+                await closer()
+            except Exception:
+                logger.exception("closing %r failed", closer)
 
     def spawn(
         self, coroutine: Coroutine[Any, Any, Any], *, name: str | None = None
