@@ -7,7 +7,6 @@ from collections.abc import AsyncGenerator
 from typing import Annotated, Any, cast
 
 import strawberry
-from graphql import GraphQLError
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
@@ -22,6 +21,7 @@ from atlas_gql.auth.sessions import load_viewer_for_session
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.errors import AtlasError, Unauthenticated
 from atlas_gql.graph.context import Context
+from atlas_gql.graph.errors import as_graphql_error
 from atlas_gql.graph.relay import (
     Connection,
     decode_id_of,
@@ -560,9 +560,7 @@ class Subscription:
                 await service.get_thread(db=db, viewer=viewer, thread_id=thread_uuid)
         except AtlasError as error:
             # Subscription errors bypass the per-operation error mapping: map it here.
-            raise GraphQLError(
-                error.message, extensions={**error.extensions, "code": error.code.value}
-            ) from None
+            raise as_graphql_error(error) from None
         finally:
             await context.close_db()
         broker = ai_runtime(context.runtime).broker
@@ -589,7 +587,5 @@ async def _check_still_allowed(context: Context, viewer: Viewer, thread_id: uuid
                 raise Unauthenticated("Your session has ended.")
             await service.get_thread(db=db, viewer=current, thread_id=thread_id)
         except AtlasError as error:
-            raise GraphQLError(
-                error.message, extensions={**error.extensions, "code": error.code.value}
-            ) from None
+            raise as_graphql_error(error) from None
     return current

@@ -34,6 +34,12 @@ def _with_extensions(error: GraphQLError, message: str, extensions: dict[str, An
     )
 
 
+def as_graphql_error(error: AtlasError) -> GraphQLError:
+    """A project error as a GraphQL error with its code, for code that raises outside the
+    per-operation mapping (a subscription's event stream)."""
+    return GraphQLError(error.message, extensions={**error.extensions, "code": error.code.value})
+
+
 def classify(error: GraphQLError) -> AtlasError | None:
     """The project error behind a GraphQL error (driver errors mapped), if it is one."""
     original = error.original_error
