@@ -1,9 +1,10 @@
-"""The typed per-request context: session, viewer, DataLoaders, request metadata."""
+"""The typed context: runtime and request, plus per-operation session, viewer, DataLoaders."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,19 +27,66 @@ _UNRESOLVED: Any = object()
 
 
 @dataclass
+class OperationState:
+    """What belongs to one GraphQL operation: its session, viewer, DataLoaders, request id."""
+
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    db: AsyncSession | None = None
+    viewer: Any = _UNRESOLVED
+    loaders: dict[Callable[..., Any], Any] = field(default_factory=dict)
+    operation_name: str | None = None
+
+
+OperationToken = Token["tuple[Context, OperationState] | None"]
+
+# The running operation's state. A WebSocket has one Context for its whole life and runs each
+# of its operations in an asyncio task of its own. A ContextVar set when an operation starts
+# (ErrorMappingExtension.on_operation) is seen by that task and the tasks it spawns (field
+# resolvers, DataLoader batches) and by no other operation: operations on one socket never
+# share a session, a cached viewer or a loader cache, and each authenticates again, so a
+# revoked session stops working on an open socket too.
+_current: ContextVar[tuple[Context, OperationState] | None] = ContextVar(
+    "atlas_operation", default=None
+)
+
+
+@dataclass
 class Context:
     runtime: Runtime
     request: Request | WebSocket
     response: Response | WebSocket | None = None
     # Set by Strawberry from a WebSocket's connection_init payload.
     connection_params: dict[str, Any] | None = None
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    _db: AsyncSession | None = None
-    _viewer: Any = _UNRESOLVED
-    _loaders: dict[Callable[..., Any], Any] = field(default_factory=dict)
-    # True when the operation failed before execution (parse, validation, limits).
+    # Outside any operation (the WebSocket handshake), the state lives here.
+    connection_state: OperationState = field(default_factory=OperationState)
+    # True when an HTTP operation failed before execution (parse, validation, limits).
     pre_execution_failed: bool = False
-    operation_name: str | None = None
+
+    def begin_operation(self) -> OperationToken:
+        """Give the current operation fresh state (the error-mapping extension calls this)."""
+        return _current.set((self, OperationState()))
+
+    def end_operation(self, token: OperationToken) -> None:
+        _current.reset(token)
+
+    @property
+    def state(self) -> OperationState:
+        current = _current.get()
+        if current is not None and current[0] is self:
+            return current[1]
+        return self.connection_state
+
+    @property
+    def request_id(self) -> str:
+        return self.state.request_id
+
+    @property
+    def operation_name(self) -> str | None:
+        return self.state.operation_name
+
+    @operation_name.setter
+    def operation_name(self, name: str | None) -> None:
+        self.state.operation_name = name
 
     @property
     def settings(self) -> Settings:
@@ -46,26 +94,29 @@ class Context:
 
     @property
     def db(self) -> AsyncSession:
-        """The request's session, opened on first use and closed when the operation ends."""
-        if self._db is None:
-            self._db = self.runtime.sessionmaker()
-        return self._db
+        """The operation's session, opened on first use and closed when the operation ends."""
+        state = self.state
+        if state.db is None:
+            state.db = self.runtime.sessionmaker()
+        return state.db
 
     async def close_db(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
+        state = self.state
+        if state.db is not None:
+            db, state.db = state.db, None
             await db.close()
 
     def loader(self, factory: Callable[[Context], LoaderT]) -> LoaderT:
-        """The request's DataLoader made by `factory` (one per factory per request)."""
-        existing = self._loaders.get(factory)
+        """The operation's DataLoader made by `factory` (one per factory per operation)."""
+        loaders = self.state.loaders
+        existing = loaders.get(factory)
         if existing is None:
-            existing = self._loaders[factory] = factory(self)
+            existing = loaders[factory] = factory(self)
         return existing  # type: ignore[no-any-return]
 
     def reset_loaders(self) -> None:
-        """Forget cached loads (long-lived WebSocket contexts call this per event)."""
-        self._loaders.clear()
+        """Forget cached loads (a long-running subscription calls this between events)."""
+        self.state.loaders.clear()
 
     @property
     def authorization(self) -> str | None:
@@ -78,17 +129,18 @@ class Context:
 
     async def viewer(self) -> Viewer | None:
         """The signed-in viewer, None without a token; a bad token is UNAUTHENTICATED.
-        Checked against the database once per request (not cached across requests)."""
-        if self._viewer is _UNRESOLVED:
+        Checked against the database once per operation, never cached across operations."""
+        state = self.state
+        if state.viewer is _UNRESOLVED:
             token = bearer_token(self.authorization)
-            self._viewer = (
+            state.viewer = (
                 None
                 if token is None
                 else await authenticate_access_token(
                     db=self.db, settings=self.settings, token=token
                 )
             )
-        return self._viewer  # type: ignore[no-any-return]
+        return state.viewer  # type: ignore[no-any-return]
 
     async def require_viewer(self) -> Viewer:
         viewer = await self.viewer()
@@ -98,11 +150,9 @@ class Context:
 
     @property
     def resolved_viewer(self) -> Viewer | None:
-        """The viewer if already resolved this request; never touches the database."""
-        return None if self._viewer is _UNRESOLVED else self._viewer  # type: ignore[no-any-return]
-
-    def forget_viewer(self) -> None:
-        self._viewer = _UNRESOLVED
+        """The viewer if already resolved in this operation; never touches the database."""
+        viewer = self.state.viewer
+        return None if viewer is _UNRESOLVED else viewer  # type: ignore[no-any-return]
 
     @property
     def client_ip(self) -> str | None:

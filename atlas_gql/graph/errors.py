@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -51,30 +52,54 @@ def classify(error: GraphQLError) -> AtlasError | None:
 
 
 class ErrorMappingExtension(SchemaExtension):
-    """Maps errors per operation and closes the request's database session."""
+    """The operation boundary: gives the operation fresh state (session, viewer, loaders,
+    request id), maps its errors, and closes its session. Results streamed over a WebSocket
+    are mapped one by one, before they are sent."""
+
+    def __init__(self, *, execution_context: Any = None) -> None:
+        super().__init__(execution_context=execution_context)
+        self._streamed = False
 
     async def on_operation(self) -> AsyncIterator[None]:  # type: ignore[override]
         context = self.execution_context.context
-        if isinstance(context, Context):
-            context.operation_name = self.execution_context.operation_name
+        token = context.begin_operation() if isinstance(context, Context) else None
         try:
-            yield
-        finally:
             if isinstance(context, Context):
-                # Roll back anything uncommitted before error rows are written elsewhere.
-                await context.close_db()
-        result = self.execution_context.result
+                context.operation_name = self.execution_context.operation_name
+            try:
+                yield
+            finally:
+                if isinstance(context, Context):
+                    # Roll back anything uncommitted before error rows are written elsewhere.
+                    await context.close_db()
+            if not self._streamed:
+                await self._map_result(self.execution_context.result, context)
+        finally:
+            if token is not None:
+                with contextlib.suppress(ValueError):  # reset from another task's context
+                    context.end_operation(token)
+
+    async def on_stream_result(self, result: Any) -> AsyncIterator[None]:  # type: ignore[override]
+        self._streamed = True
+        context = self.execution_context.context
+        if getattr(result, "errors", None) and isinstance(context, Context):
+            await context.close_db()
+        await self._map_result(result, context)
+        yield
+
+    async def _map_result(self, result: Any, context: Any) -> None:
         errors = getattr(result, "errors", None)
-        if result is not None and errors:
-            result.errors = [await self._map(error, context) for error in errors]  # type: ignore[union-attr]
-            # Errors with no path come from before execution (parse, validation, variable
-            # coercion, limits): the request itself was not acceptable.
-            if (
-                isinstance(context, Context)
-                and getattr(result, "data", None) is None
-                and all(error.path is None for error in errors)
-            ):
-                context.pre_execution_failed = True
+        if result is None or not errors:
+            return
+        result.errors = [await self._map(error, context) for error in errors]
+        # Errors with no path come from before execution (parse, validation, variable
+        # coercion, limits): the request itself was not acceptable.
+        if (
+            isinstance(context, Context)
+            and getattr(result, "data", None) is None
+            and all(error.path is None for error in errors)
+        ):
+            context.pre_execution_failed = True
 
     async def _map(self, error: GraphQLError, context: Any) -> GraphQLError:
         atlas_error = classify(error)
