@@ -12,10 +12,16 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLField,
+    GraphQLInterfaceType,
+    GraphQLNamedType,
+    GraphQLObjectType,
+    GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
     VariableNode,
+    get_named_type,
 )
 from graphql.language import IntValueNode
 from graphql.validation import NoSchemaIntrospectionCustomRule
@@ -37,9 +43,10 @@ PAGE_ARGUMENTS = ("first", "last")
 class QueryCostLimiter(SchemaExtension):
     """Refuses operations whose estimated cost exceeds `max_cost` before they run.
 
-    Each field costs 1; a field taking `first`/`last` multiplies the cost of its selection by
-    that page size (20 when absent), so `projects(first: 100) { members(first: 100) }` is
-    priced as the 10,000 rows it may read."""
+    Each field costs 1; a field that takes `first`/`last` multiplies the cost of its selection
+    by that page size (20, the default page, when the argument is left out), so
+    `projects(first: 100) { members(first: 100) { ... } }` is priced as the 10,000 rows it may
+    read."""
 
     def __init__(self, max_cost: int) -> None:
         self.max_cost = max_cost
@@ -48,12 +55,13 @@ class QueryCostLimiter(SchemaExtension):
         context = self.execution_context
         document = context.graphql_document
         if document is not None and not context.pre_execution_errors:
+            schema = context.schema._schema
             fragments = {
                 node.name.value: node
                 for node in document.definitions
                 if isinstance(node, FragmentDefinitionNode)
             }
-            variables = context.variables or {}
+            estimator = _CostEstimator(schema, fragments, context.variables or {})
             for definition in document.definitions:
                 if not isinstance(definition, OperationDefinitionNode):
                     continue
@@ -61,7 +69,8 @@ class QueryCostLimiter(SchemaExtension):
                     definition.name is None or definition.name.value != context.operation_name
                 ):
                     continue
-                cost = _selection_cost(definition.selection_set, fragments, variables, set())
+                root = schema.get_root_type(definition.operation)
+                cost = estimator.selection_cost(definition.selection_set, root, frozenset())
                 if cost > self.max_cost:
                     context.pre_execution_errors = [
                         GraphQLError(
@@ -78,45 +87,64 @@ class QueryCostLimiter(SchemaExtension):
         yield
 
 
-def _page_size(field: FieldNode, variables: dict[str, Any]) -> int | None:
-    for argument in field.arguments or ():
-        if argument.name.value not in PAGE_ARGUMENTS:
-            continue
-        value = argument.value
-        if isinstance(value, IntValueNode):
-            return min(max(int(value.value), 0), MAX_PAGE_SIZE)
-        if isinstance(value, VariableNode):
-            raw = variables.get(value.name.value)
-            if isinstance(raw, int):
-                return min(max(raw, 0), MAX_PAGE_SIZE)
-        return DEFAULT_PAGE_SIZE
-    return None
+class _CostEstimator:
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        fragments: dict[str, FragmentDefinitionNode],
+        variables: dict[str, Any],
+    ) -> None:
+        self.schema = schema
+        self.fragments = fragments
+        self.variables = variables
 
+    def page_size(self, field: FieldNode, definition: GraphQLField | None) -> int | None:
+        """The page a field reads: its `first`/`last` value, the default page when it takes
+        one but it is left out, None for a field that is not a list page."""
+        for argument in field.arguments or ():
+            if argument.name.value not in PAGE_ARGUMENTS:
+                continue
+            value = argument.value
+            if isinstance(value, IntValueNode):
+                return min(max(int(value.value), 0), MAX_PAGE_SIZE)
+            if isinstance(value, VariableNode):
+                raw = self.variables.get(value.name.value)
+                if isinstance(raw, int):
+                    return min(max(raw, 0), MAX_PAGE_SIZE)
+            return DEFAULT_PAGE_SIZE
+        if definition is not None and any(name in definition.args for name in PAGE_ARGUMENTS):
+            return DEFAULT_PAGE_SIZE
+        return None
 
-def _selection_cost(
-    selection_set: SelectionSetNode | None,
-    fragments: dict[str, FragmentDefinitionNode],
-    variables: dict[str, Any],
-    visiting: set[str],
-) -> int:
-    if selection_set is None:
-        return 0
-    total = 0
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            inner = _selection_cost(selection.selection_set, fragments, variables, visiting)
-            size = _page_size(selection, variables)
-            total += 1 + (inner * size if size is not None else inner)
-        elif isinstance(selection, InlineFragmentNode):
-            total += _selection_cost(selection.selection_set, fragments, variables, visiting)
-        elif isinstance(selection, FragmentSpreadNode):
-            name = selection.name.value
-            fragment = fragments.get(name)
-            if fragment is not None and name not in visiting:
-                total += _selection_cost(
-                    fragment.selection_set, fragments, variables, visiting | {name}
-                )
-    return total
+    def selection_cost(
+        self,
+        selection_set: SelectionSetNode | None,
+        parent: GraphQLNamedType | None,
+        visiting: frozenset[str],
+    ) -> int:
+        if selection_set is None:
+            return 0
+        total = 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                definition = None
+                if isinstance(parent, (GraphQLObjectType, GraphQLInterfaceType)):
+                    definition = parent.fields.get(selection.name.value)
+                child = get_named_type(definition.type) if definition is not None else None
+                inner = self.selection_cost(selection.selection_set, child, visiting)
+                size = self.page_size(selection, definition)
+                total += 1 + (inner * size if size is not None else inner)
+            elif isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                target = self.schema.get_type(condition.name.value) if condition else parent
+                total += self.selection_cost(selection.selection_set, target, visiting)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is not None and name not in visiting:
+                    target = self.schema.get_type(fragment.type_condition.name.value)
+                    total += self.selection_cost(fragment.selection_set, target, visiting | {name})
+        return total
 
 
 def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
