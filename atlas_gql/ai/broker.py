@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,11 +26,20 @@ logger = logging.getLogger(__name__)
 Event = dict[str, Any]
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
-# Recent events kept per thread for replay, and how long (Redis) they are kept.
+# Recent events kept per thread for replay, and how long after a thread's last event they
+# are kept (Redis: the list's expiry; memory: threads idle longer are forgotten).
 REPLAY_LIMIT = 5000
 REPLAY_TTL_SECONDS = 3600
 # Threads whose history the memory broker keeps (least recently used are forgotten).
 MEMORY_THREAD_LIMIT = 10_000
+# Memory broker: bytes of kept events per thread (oldest dropped first) and in all.
+MEMORY_THREAD_BYTES = 1 << 20
+MEMORY_TOTAL_BYTES = 128 << 20
+# Rough size of an event's fixed fields (ids, type, sequence) in the accounting above.
+EVENT_OVERHEAD_BYTES = 160
+FINAL_EVENT_TYPES = frozenset({"MessageCompleted", "MessageFailed"})
+# Seconds to wait for Redis to confirm a SUBSCRIBE.
+SUBSCRIBE_TIMEOUT = 5.0
 # Events waiting for a subscriber from which its queued deltas are merged.
 MERGE_BACKLOG = 16
 # A subscriber that falls this far behind is dropped rather than growing memory forever.
@@ -155,16 +165,87 @@ class _LocalFanout:
             subscriber.offer(event)
 
 
+def event_size(event: Event) -> int:
+    """About how many bytes an event takes (its text counted exactly; deltas are the hot
+    path, so they are not serialized)."""
+    if event.get("type") == "MessageDelta":
+        return EVENT_OVERHEAD_BYTES + len(str(event.get("delta") or "").encode())
+    return len(json.dumps(event, separators=(",", ":"), default=str))
+
+
+class _ThreadHistory:
+    """A thread's kept events with their sizes, and when it last had one."""
+
+    __slots__ = ("bytes", "events", "touched")
+
+    def __init__(self, now: float) -> None:
+        self.events: deque[tuple[Event, int]] = deque()
+        self.bytes = 0
+        self.touched = now
+
+    def add(self, event: Event, *, limit: int, max_bytes: int) -> None:
+        if event.get("type") in FINAL_EVENT_TYPES and event.get("messageId") is not None:
+            # The final event carries the whole message: its deltas are of no use to a
+            # client reconnecting after it, and would only take room.
+            self._drop_deltas(event["messageId"])
+        size = event_size(event)
+        self.events.append((event, size))
+        self.bytes += size
+        while len(self.events) > limit or (self.bytes > max_bytes and len(self.events) > 1):
+            _, dropped = self.events.popleft()
+            self.bytes -= dropped
+
+    def _drop_deltas(self, message_id: str) -> None:
+        kept = deque(
+            (event, size)
+            for event, size in self.events
+            if not (event.get("type") == "MessageDelta" and event.get("messageId") == message_id)
+        )
+        if len(kept) != len(self.events):
+            self.events = kept
+            self.bytes = sum(size for _, size in kept)
+
+
 class MemoryBroker:
-    """In-process broker: enough for one worker."""
+    """In-process broker: enough for one worker.
+
+    Replay history is bounded: per thread REPLAY_LIMIT events and MEMORY_THREAD_BYTES
+    (oldest dropped first), a finished message keeps only its final event (its deltas are
+    dropped), threads without an event for REPLAY_TTL_SECONDS are forgotten, and all
+    threads together keep at most MEMORY_TOTAL_BYTES / MEMORY_THREAD_LIMIT threads (least
+    recently active forgotten first)."""
 
     distributed = False
 
-    def __init__(self, *, replay_limit: int = REPLAY_LIMIT) -> None:
+    def __init__(
+        self,
+        *,
+        replay_limit: int = REPLAY_LIMIT,
+        thread_bytes: int = MEMORY_THREAD_BYTES,
+        total_bytes: int = MEMORY_TOTAL_BYTES,
+        thread_limit: int = MEMORY_THREAD_LIMIT,
+        ttl_seconds: float = REPLAY_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.replay_limit = replay_limit
+        self.thread_bytes = thread_bytes
+        self.total_bytes = total_bytes
+        self.thread_limit = thread_limit
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
         self._fanout = _LocalFanout()
-        self._history: OrderedDict[uuid.UUID, deque[Event]] = OrderedDict()
+        self._history: OrderedDict[uuid.UUID, _ThreadHistory] = OrderedDict()
+        self._bytes = 0
         self._control_handler: ControlHandler | None = None
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes of events kept for replay, all threads together."""
+        return self._bytes
+
+    @property
+    def retained_threads(self) -> int:
+        return len(self._history)
 
     async def start(self) -> None:
         return None
@@ -173,15 +254,43 @@ class MemoryBroker:
         return None
 
     async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
+        now = self._clock()
         history = self._history.get(thread_id)
         if history is None:
-            history = self._history[thread_id] = deque(maxlen=self.replay_limit)
-            while len(self._history) > MEMORY_THREAD_LIMIT:
-                self._history.popitem(last=False)
+            history = self._history[thread_id] = _ThreadHistory(now)
         else:
             self._history.move_to_end(thread_id)
-        history.append(event)
+            history.touched = now
+        before = history.bytes
+        history.add(event, limit=self.replay_limit, max_bytes=self.thread_bytes)
+        self._bytes += history.bytes - before
+        self._evict(now)
         self._fanout.dispatch(thread_id, event)
+
+    def _evict(self, now: float) -> None:
+        """Forget the least recently active threads while any bound is exceeded (the most
+        recent thread last of all)."""
+        expired_before = now - self.ttl_seconds
+        while self._history:
+            oldest = next(iter(self._history.values()))
+            if not (
+                oldest.touched < expired_before
+                or len(self._history) > self.thread_limit
+                or (self._bytes > self.total_bytes and len(self._history) > 1)
+            ):
+                break
+            _, forgotten = self._history.popitem(last=False)
+            self._bytes -= forgotten.bytes
+
+    def _replay(self, thread_id: uuid.UUID) -> list[Event]:
+        history = self._history.get(thread_id)
+        if history is None:
+            return []
+        if history.touched < self._clock() - self.ttl_seconds:
+            del self._history[thread_id]
+            self._bytes -= history.bytes
+            return []
+        return [event for event, _ in history.events]
 
     async def subscribe(
         self, thread_id: uuid.UUID, *, after_sequence: int | None = None
@@ -189,7 +298,7 @@ class MemoryBroker:
         # Registered before the history is read, with no await in between: nothing is missed.
         subscriber = self._fanout.add(thread_id)
         try:
-            replay = list(self._history.get(thread_id, ()))
+            replay = self._replay(thread_id)
             async for event in _deliver(subscriber, replay, after_sequence):
                 yield event
         finally:
@@ -223,6 +332,7 @@ class RedisBroker:
         self._listener: asyncio.Task[None] | None = None
         self._control_handler: ControlHandler | None = None
         self._lock = asyncio.Lock()
+        self.subscribe_timeout = SUBSCRIBE_TIMEOUT
 
     @staticmethod
     def channel(thread_id: uuid.UUID) -> str:
@@ -299,8 +409,17 @@ class RedisBroker:
             subscriber = self._fanout.add(thread_id)
             if len(self._fanout.subscribers[thread_id]) == 1:
                 confirmed = self._confirmed[channel] = asyncio.Event()
-                await self._pubsub.subscribe(channel)
-                await asyncio.wait_for(confirmed.wait(), timeout=5)
+                try:
+                    await self._pubsub.subscribe(channel)
+                    await asyncio.wait_for(confirmed.wait(), timeout=self.subscribe_timeout)
+                except BaseException:
+                    # Not subscribed: forget this subscriber, so the thread's next subscriber
+                    # here is the first again and sends its own SUBSCRIBE.
+                    self._fanout.remove(thread_id, subscriber)
+                    self._confirmed.pop(channel, None)
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.unsubscribe(channel)
+                    raise
         try:
             # Subscribed first, then read the list: an event in both is delivered once.
             replay: list[Event] = []

@@ -129,6 +129,10 @@ async def upload_file(
     purpose = purpose or "user_data"
     if purpose not in PURPOSES:
         raise BadInput(f"`purpose` must be one of {', '.join(PURPOSES)}.", field="purpose")
+    # Resolving the viewer began a transaction on this session: end it, so no pooled
+    # connection is held while the file is read and sent upstream (up to the size limit and
+    # the upstream timeout). Only reads happened; the row is written after the upload.
+    await db.rollback()
     limit = ai.settings.atlas_max_upload_bytes
     content = await upload.read(limit + 1)
     if len(content) > limit:
@@ -148,7 +152,7 @@ async def upload_file(
             request_id=request_id,
             source=ErrorSource.UPSTREAM,
             error_type="UpstreamFailure",
-            message=failure.message,
+            message=failure.detail or failure.message,
             path="uploadFile",
             user_id=viewer.user_id,
             upstream_status=failure.http_status,
@@ -286,6 +290,7 @@ async def delete_file(
         db, viewer, client, "file.delete", "File", file.id, None, {"filename": file.filename}
     )
     await db.delete(file)
+    # The commit returns the connection to the pool before the upstream call.
     await db.commit()
     if openai_file_id:
         try:

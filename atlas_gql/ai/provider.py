@@ -6,10 +6,14 @@
   API; a streamed `chat.completions.create`, the history built from ATLAS's own messages.
 
 Both turn the upstream stream into `ReplyDelta` / `ReplyDone` items and every upstream fault
-into `UpstreamFailure` (HTTP status, x-request-id, whether a retry may help)."""
+into `UpstreamFailure` (HTTP status, x-request-id, whether a retry may help). A failure's
+`message` is a fixed, readable text per kind of failure (stored on the message, broadcast to
+subscribers); the upstream's own words (which may quote part of the API key, as OpenAI's 401
+body does) are only in its `detail`, scrubbed, for the ErrorLog row."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,8 +23,38 @@ from openai import AsyncOpenAI
 
 from atlas_gql.ai.models import MessageStatus
 from atlas_gql.config import OpenAIApi, Settings
+from atlas_gql.logs.service import scrub_text
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Why the provider cut a reply short, as said to users (other reasons stay in the ErrorLog).
+KNOWN_CUT_REASONS = frozenset({"max_output_tokens", "content_filter", "length"})
+
+# What users read for each kind of failure (never the upstream's own text).
+PROVIDER_FAILED_ERROR = "The AI provider could not complete the reply."
+TIMEOUT_ERROR = "The reply timed out."
+UNREACHABLE_ERROR = "Could not reach the AI provider."
+CONNECTION_CUT_ERROR = "The connection to the AI provider was cut."
+PROVIDER_REPORTED_ERROR = "The AI provider reported an error."
+STREAM_ENDED_ERROR = "The reply stream ended before the response was complete."
+# Also key fragments as OpenAI quotes them in a 401 ("sk-proj-****...abcd").
+_KEY_FRAGMENT = re.compile(r"\bsk-[A-Za-z0-9_*.\-]{3,}")
+
+
+def http_error_text(status: int) -> str:
+    return f"The AI provider returned an error (HTTP {status})."
+
+
+def cut_short_text(reason: str | None) -> str:
+    if reason in KNOWN_CUT_REASONS:
+        return f"The reply was cut short by the AI provider ({reason})."
+    return "The reply was cut short by the AI provider."
+
+
+def scrub_detail(text: str | None) -> str | None:
+    """Upstream text with anything key-like redacted (kept for the ErrorLog only)."""
+    if text is None:
+        return None
+    return _KEY_FRAGMENT.sub("[redacted-key]", scrub_text(text))[:2000]
 
 
 @dataclass
@@ -65,12 +99,14 @@ ReplyItem = ReplyStarted | ReplyDelta | ReplyDone
 
 
 class UpstreamFailure(Exception):
-    """The provider failed; `status` is what the message becomes (FAILED or INCOMPLETE)."""
+    """The provider failed; `status` is what the message becomes (FAILED or INCOMPLETE).
+    `message` is for users; `detail` (scrubbed) is the upstream's own account, for logs."""
 
     def __init__(
         self,
         message: str,
         *,
+        detail: str | None = None,
         status: MessageStatus = MessageStatus.FAILED,
         http_status: int | None = None,
         request_id: str | None = None,
@@ -80,6 +116,7 @@ class UpstreamFailure(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = scrub_detail(detail)
         self.status = status
         self.http_status = http_status
         self.request_id = request_id
@@ -118,28 +155,39 @@ def create_client(settings: Settings) -> AsyncOpenAI:
     )
 
 
-def _failure_from_sdk(error: Exception) -> UpstreamFailure:
-    """Translate an SDK / transport exception into an UpstreamFailure."""
+def _failure_from_sdk(error: Exception, *, mid_stream: bool = False) -> UpstreamFailure:
+    """Translate an SDK / transport exception into an UpstreamFailure (`mid_stream`: raised
+    while reading a stream that had begun, where a lost connection means a cut reply)."""
+    name = type(error).__name__
     if isinstance(error, openai.APIStatusError):
-        detail = error.message
         return UpstreamFailure(
-            f"The AI provider answered HTTP {error.status_code}: {detail}",
+            http_error_text(error.status_code),
+            detail=f"HTTP {error.status_code}: {error.message}",
             http_status=error.status_code,
             request_id=error.request_id,
             retryable=error.status_code in RETRYABLE_STATUSES,
         )
     if isinstance(error, openai.APITimeoutError):
-        return UpstreamFailure("The AI provider did not answer in time.", retryable=True)
+        return UpstreamFailure(TIMEOUT_ERROR, detail=f"{name}: {error}", retryable=True)
+    if isinstance(error, openai.APIConnectionError) and not mid_stream:
+        return UpstreamFailure(UNREACHABLE_ERROR, detail=f"{name}: {error}", retryable=True)
     if isinstance(error, openai.APIConnectionError):
-        return UpstreamFailure("Could not reach the AI provider.", retryable=True)
+        return UpstreamFailure(
+            CONNECTION_CUT_ERROR,
+            detail=f"{name}: {error}",
+            status=MessageStatus.INCOMPLETE,
+            retryable=True,
+        )
     if isinstance(error, openai.APIError):
         # An `error` event inside a stream.
-        return UpstreamFailure(f"The AI provider reported an error: {error.message}")
-    name = type(error).__name__
+        return UpstreamFailure(PROVIDER_REPORTED_ERROR, detail=f"{name}: {error.message}")
     if "Timeout" in name:
-        return UpstreamFailure("The AI provider stopped sending in time.", retryable=True)
+        return UpstreamFailure(TIMEOUT_ERROR, detail=f"{name}: {error}", retryable=True)
     return UpstreamFailure(
-        f"The reply stream was cut off ({name}).", status=MessageStatus.INCOMPLETE, retryable=True
+        CONNECTION_CUT_ERROR,
+        detail=f"{name}: {error}",
+        status=MessageStatus.INCOMPLETE,
+        retryable=True,
     )
 
 
@@ -238,17 +286,19 @@ class ResponsesProvider(_FilesMixin):
                         raise _terminal_failure(event.response, kind, request_id)
                     elif kind == "error":
                         raise UpstreamFailure(
-                            f"The AI provider reported an error: {event.message}",
+                            PROVIDER_REPORTED_ERROR,
+                            detail=f"error event ({event.code}): {event.message}",
                             request_id=request_id,
                         )
         except UpstreamFailure:
             raise
         except Exception as error:
-            failure = _failure_from_sdk(error)
+            failure = _failure_from_sdk(error, mid_stream=True)
             failure.request_id = failure.request_id or request_id
             raise failure from error
         raise UpstreamFailure(
-            "The reply stream ended before the response was complete.",
+            STREAM_ENDED_ERROR,
+            detail="The stream ended without response.completed.",
             status=MessageStatus.INCOMPLETE,
             request_id=request_id,
             retryable=not output_tokens_seen,
@@ -264,9 +314,10 @@ def _terminal_failure(response: Any, kind: str, request_id: str | None) -> Upstr
     output_tokens = usage.output_tokens if usage else None
     if kind == "response.incomplete":
         details = getattr(response, "incomplete_details", None)
-        reason = getattr(details, "reason", None) or "unknown reason"
+        reason = getattr(details, "reason", None)
         return UpstreamFailure(
-            f"The reply was cut short by the AI provider ({reason}).",
+            cut_short_text(reason),
+            detail=f"response.incomplete: {reason or 'no reason given'}",
             status=MessageStatus.INCOMPLETE,
             request_id=request_id,
             input_tokens=input_tokens,
@@ -275,7 +326,8 @@ def _terminal_failure(response: Any, kind: str, request_id: str | None) -> Upstr
     error = getattr(response, "error", None)
     detail = getattr(error, "message", None) or "no detail given"
     return UpstreamFailure(
-        f"The AI provider failed the response: {detail}",
+        PROVIDER_FAILED_ERROR,
+        detail=f"response.failed: {detail}",
         request_id=request_id,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
@@ -341,7 +393,7 @@ class ChatProvider(_FilesMixin):
                         if choice.finish_reason:
                             finish_reason = choice.finish_reason
         except Exception as error:
-            failure = _failure_from_sdk(error)
+            failure = _failure_from_sdk(error, mid_stream=True)
             failure.request_id = failure.request_id or request_id
             raise failure from error
         input_tokens: int = usage.prompt_tokens if usage else 0
@@ -357,13 +409,15 @@ class ChatProvider(_FilesMixin):
             return
         if finish_reason is None:
             raise UpstreamFailure(
-                "The reply stream ended before the response was complete.",
+                STREAM_ENDED_ERROR,
+                detail="The stream ended without a finish_reason.",
                 status=MessageStatus.INCOMPLETE,
                 request_id=request_id,
                 retryable=not started,
             )
         raise UpstreamFailure(
-            f"The reply was cut short by the AI provider ({finish_reason}).",
+            cut_short_text(finish_reason),
+            detail=f"finish_reason: {finish_reason}",
             status=MessageStatus.INCOMPLETE,
             request_id=request_id,
             input_tokens=input_tokens,

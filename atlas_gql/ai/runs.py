@@ -36,6 +36,7 @@ from atlas_gql.ai.broker import Broker, Event
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.pricing import cost_usd
 from atlas_gql.ai.provider import (
+    STREAM_ENDED_ERROR,
     HistoryItem,
     Provider,
     ReplyDelta,
@@ -159,6 +160,9 @@ class ActiveReply:
     stream_task: asyncio.Task[ReplyDone] | None = None
     last_checkpoint: float = field(default_factory=time.monotonic)
     checkpointed_chars: int = 0
+    # The MessageCreated events of the exchange, published by the task before any delta.
+    created: list[Event] = field(default_factory=list)
+    publish_failed: bool = False
 
 
 class ReplySuperseded(Exception):
@@ -188,13 +192,29 @@ class AIRuntime:
 
     # -- starting and stopping replies -------------------------------------------------
 
-    async def start_reply(self, job: ReplyJob, *, created: list[Event]) -> None:
-        """Publish the MessageCreated events, then stream the reply in the background."""
-        for event in created:
-            await self.broker.publish(job.thread_id, event)
-        reply = ActiveReply(job=job)
+    def start_reply(self, job: ReplyJob, *, created: list[Event]) -> None:
+        """Start the reply in the background; the task publishes the MessageCreated events
+        first, then streams. Nothing here can fail after sendMessage committed: a broker
+        that is down loses events (logged), never the reply."""
+        reply = ActiveReply(job=job, created=created)
         self.replies[job.assistant_message_id] = reply
         reply.task = self.spawn(self._run(reply), name=f"reply-{job.assistant_message_id}")
+
+    async def _publish(self, thread_id: uuid.UUID, event: Event) -> bool:
+        """Publish an event; a broker failure (Redis down) is logged, not raised: the
+        database keeps the truth, a client that missed events reloads `thread.messages`."""
+        try:
+            await self.broker.publish(thread_id, event)
+        except Exception:
+            logger.warning(
+                "could not publish %s #%s of thread %s",
+                event.get("type"),
+                event.get("sequence"),
+                thread_id,
+                exc_info=True,
+            )
+            return False
+        return True
 
     async def cancel_reply(self, *, message_id: uuid.UUID, thread_id: uuid.UUID) -> None:
         """Stop a running reply (CANCELLED, partial text kept), wherever it runs."""
@@ -203,12 +223,20 @@ class AIRuntime:
             await self._cancel_local(reply, reason="user")
             return
         if self.broker.distributed:
-            await self.broker.publish_control({"action": "cancel", "messageId": str(message_id)})
-            for _ in range(20):
-                await asyncio.sleep(0.1)
-                if await self._status_of(message_id) is not MessageStatus.IN_PROGRESS:
-                    return
-        # Nobody runs it any more: finish it here.
+            try:
+                await self.broker.publish_control(
+                    {"action": "cancel", "messageId": str(message_id)}
+                )
+            except Exception:
+                # The control channel is down: finish the message here; the worker running
+                # it (if any) stops at its next checkpoint, finding it no longer IN_PROGRESS.
+                logger.warning("could not broadcast the cancel of %s", message_id, exc_info=True)
+            else:
+                for _ in range(20):
+                    await asyncio.sleep(0.1)
+                    if await self._status_of(message_id) is not MessageStatus.IN_PROGRESS:
+                        return
+        # Nobody runs it any more (or nobody can be told): finish it here.
         await self.finish_orphan(message_id=message_id, thread_id=thread_id, status=None)
 
     async def _cancel_local(self, reply: ActiveReply, *, reason: str, wait: bool = True) -> None:
@@ -261,6 +289,11 @@ class AIRuntime:
     async def _run(self, reply: ActiveReply) -> None:
         job = reply.job
         started = time.monotonic()
+        try:
+            for event in reply.created:
+                await self._publish(job.thread_id, event)
+        except asyncio.CancelledError:
+            reply.cancel_reason = reply.cancel_reason or "shutdown"
         heartbeat = asyncio.create_task(self._heartbeat(job.thread_id))
         reply.stream_task = asyncio.create_task(self._stream(reply))
         if reply.cancel_reason is not None:
@@ -337,7 +370,9 @@ class AIRuntime:
                         await self._emit_delta(reply, item.text)
                     elif isinstance(item, ReplyDone):
                         return item
-                raise UpstreamFailure("The provider ended the reply without finishing it.")
+                raise UpstreamFailure(
+                    STREAM_ENDED_ERROR, detail="The provider ended the reply without finishing it."
+                )
             except UpstreamFailure as failure:
                 # Retrying after a delta was shown would duplicate text: only before.
                 if not failure.retryable or reply.text or attempt >= MAX_ATTEMPTS:
@@ -403,16 +438,19 @@ class AIRuntime:
         due = time.monotonic() - reply.last_checkpoint >= CHECKPOINT_INTERVAL
         if sequence >= job.reserved_until or due:
             await self._checkpoint(reply, reserve_from=sequence)
-        await self.broker.publish(
-            job.thread_id,
-            {
-                "type": "MessageDelta",
-                "sequence": sequence,
-                "threadId": str(job.thread_id),
-                "messageId": str(job.assistant_message_id),
-                "delta": text,
-            },
-        )
+        event = {
+            "type": "MessageDelta",
+            "sequence": sequence,
+            "threadId": str(job.thread_id),
+            "messageId": str(job.assistant_message_id),
+            "delta": text,
+        }
+        if reply.publish_failed:
+            # Logged once per reply; the text is saved anyway.
+            with contextlib.suppress(Exception):
+                await self.broker.publish(job.thread_id, event)
+        elif not await self._publish(job.thread_id, event):
+            reply.publish_failed = True
 
     async def _checkpoint(self, reply: ActiveReply, *, reserve_from: int) -> None:
         """Save the partial text and make sure the sequence reservation covers what follows."""
@@ -450,7 +488,13 @@ class AIRuntime:
         unexpected: BaseException | None,
         latency_ms: int,
     ) -> None:
-        """Store the outcome, log usage and errors, and publish the final event."""
+        """Store the outcome, log usage and errors, and publish the final event.
+
+        Order: the ErrorLog row is written first, then the message's final state is
+        committed, then the final event is published at once. Until that commit the thread
+        has a reply IN_PROGRESS (sendMessage answers CONFLICT), so no later exchange can
+        publish its numbers before this final event (a subscriber would drop it as out of
+        order)."""
         job = reply.job
         if done is not None:
             status, error = MessageStatus.COMPLETED, None
@@ -476,6 +520,28 @@ class AIRuntime:
             "model": job.model,
             "completed_at": sa.func.now(),
         }
+        if failure is not None or unexpected is not None:
+            await record_error(
+                sessionmaker=self.sessionmaker,
+                request_id=uuid.uuid4().hex,
+                source=ErrorSource.UPSTREAM if failure is not None else ErrorSource.BACKGROUND,
+                error=unexpected,
+                error_type="UpstreamFailure" if failure is not None else None,
+                # The upstream's own words (scrubbed) stay here; users read `error`.
+                message=(failure.detail or failure.message) if failure is not None else error,
+                path=f"reply/{encode_global_id('Message', job.assistant_message_id)}",
+                user_id=job.user_id,
+                upstream_status=failure.http_status if failure else None,
+                upstream_request_id=failure.request_id if failure else None,
+                details={
+                    "threadId": str(job.thread_id),
+                    "messageId": str(job.assistant_message_id),
+                    "model": job.model,
+                    "status": status.value,
+                    "userMessage": error,
+                    "partialChars": len(values["content"]),
+                },
+            )
         async with self.sessionmaker() as db:
             message = (
                 await db.execute(
@@ -517,28 +583,8 @@ class AIRuntime:
                     )
                 )
             await db.commit()
-        # The ErrorLog row exists before anyone hears of the failure.
-        if failure is not None or unexpected is not None:
-            await record_error(
-                sessionmaker=self.sessionmaker,
-                request_id=uuid.uuid4().hex,
-                source=ErrorSource.UPSTREAM if failure is not None else ErrorSource.BACKGROUND,
-                error=unexpected,
-                error_type="UpstreamFailure" if failure is not None else None,
-                message=error,
-                path=f"reply/{encode_global_id('Message', job.assistant_message_id)}",
-                user_id=job.user_id,
-                upstream_status=failure.http_status if failure else None,
-                upstream_request_id=failure.request_id if failure else None,
-                details={
-                    "threadId": str(job.thread_id),
-                    "messageId": str(job.assistant_message_id),
-                    "model": job.model,
-                    "status": status.value,
-                    "partialChars": len(values["content"]),
-                },
-            )
-        await self.broker.publish(job.thread_id, final_event(sequence, message))
+            # Published as soon as the commit returns (before the session closes).
+            await self._publish(job.thread_id, final_event(sequence, message))
 
     # -- replies nobody runs any more ---------------------------------------------------
 
@@ -571,7 +617,7 @@ class AIRuntime:
                 )
             ).scalar_one()
             await db.commit()
-        await self.broker.publish(thread_id, final_event(sequence, message))
+            await self._publish(thread_id, final_event(sequence, message))
 
     async def sweep_stale_replies(self) -> int:
         """Mark INCOMPLETE the replies whose worker stopped (no heartbeat for too long)."""

@@ -579,7 +579,7 @@ async def send_message(
     await db.commit()
     # Hold a connection again before the payload's relation fields load concurrently.
     await db.refresh(user_message)
-    await ai.start_reply(
+    ai.start_reply(
         job,
         created=[created_event(base + 1, user_message), created_event(base + 2, assistant_message)],
     )

@@ -7,7 +7,8 @@ POST /v1/files (multipart), DELETE /v1/files/{id}, POST /v1/chat/completions (st
 
 Each call to /v1/responses or /v1/chat/completions plays the next scripted `Behaviour`
 (default: a normal reply). Every request is recorded (method, path, headers, JSON body or
-multipart summary) so tests can assert what ATLAS sent."""
+multipart summary) so tests can assert what ATLAS sent. `gates` make an endpoint slow: a
+request to a gated endpoint waits (counted in `waiting`) until its event is set."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class Behaviour:
     deltas_before_failure: int = 3
     delay: float = 0.0  # seconds between deltas (a slow stream)
     status: int = 500
+    # The `error.message` of an http_error body (OpenAI's 401 quotes part of the key).
+    error_message: str = "The server had an error while processing your request."
     request_id: str | None = None
     input_tokens: int = 21
     output_tokens: int = 9
@@ -67,6 +70,9 @@ class FakeOpenAI:
     # Streams being served now, and how many were closed by the client before their end.
     open_streams: int = 0
     closed_early: int = 0
+    # "upload" / "delete_file" -> an event the request waits for; requests held now.
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    waiting: int = 0
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -126,6 +132,16 @@ class FakeOpenAI:
             )
         )
 
+    async def _hold(self, name: str) -> None:
+        gate = self.gates.get(name)
+        if gate is None:
+            return
+        self.waiting += 1
+        try:
+            await gate.wait()
+        finally:
+            self.waiting -= 1
+
     def _next(self) -> Behaviour:
         return self.script.pop(0) if self.script else Behaviour()
 
@@ -134,7 +150,7 @@ class FakeOpenAI:
         headers = {"x-request-id": behaviour.request_id or f"req_{uuid.uuid4().hex}"}
         body = {
             "error": {
-                "message": "The server had an error while processing your request.",
+                "message": behaviour.error_message,
                 "type": "server_error",
                 "param": None,
                 "code": None,
@@ -176,6 +192,7 @@ class FakeOpenAI:
                 "content_type": upload.content_type,
             },
         )
+        await self._hold("upload")
         file_id = f"file-{uuid.uuid4().hex[:24]}"
         stored = {
             "id": file_id,
@@ -192,6 +209,7 @@ class FakeOpenAI:
     async def _delete_file(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
         await self._record(request, None)
+        await self._hold("delete_file")
         self.files.pop(file_id, None)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import uuid
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from atlas_gql.ai.broker import RedisBroker
 from tests.ai.conftest import StartServer
 from tests.ai.fake_openai import Behaviour
 
@@ -62,3 +67,56 @@ async def test_cancel_through_another_worker(two_workers: tuple) -> None:  # typ
     assert elapsed < 1.5
     assert events[-1]["message"]["status"] == "CANCELLED"
     assert body["data"]["cancelMessage"]["content"] == events[-1]["message"]["content"]
+
+
+async def _receives(broker: RedisBroker, thread: uuid.UUID, sequence: int) -> bool:
+    """Whether a new subscriber gets an event published after it subscribed."""
+    stream = broker.subscribe(thread, after_sequence=None)
+    first = asyncio.ensure_future(anext(stream))
+    try:
+        for _ in range(100):  # subscribed (its registration is visible) before publishing
+            if thread in broker._fanout.subscribers:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        await broker.publish(thread, {"type": "MessageDelta", "sequence": sequence})
+        try:
+            event = await asyncio.wait_for(first, 2)
+        except TimeoutError:
+            return False
+        return bool(event["sequence"] == sequence)
+    finally:
+        first.cancel()
+        with contextlib.suppress(BaseException):
+            await first
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("fault", ["error", "timeout"])
+async def test_a_failed_subscribe_leaves_nothing_behind(
+    fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = RedisBroker(REDIS_URL)
+    await broker.start()
+    try:
+        thread = uuid.uuid4()
+        channel = broker.channel(thread)
+
+        async def refused(*channels: str) -> None:
+            if fault == "error":
+                raise RedisConnectionError("Redis went away")
+            # "timeout": sent, but Redis never confirms.
+
+        monkeypatch.setattr(broker._pubsub, "subscribe", refused)
+        broker.subscribe_timeout = 0.2
+        failing = broker.subscribe(thread)
+        with pytest.raises(RedisConnectionError if fault == "error" else TimeoutError):
+            await anext(failing)
+        assert thread not in broker._fanout.subscribers
+        assert channel not in broker._confirmed
+        monkeypatch.undo()
+
+        # The thread's next subscriber here subscribes again and gets events.
+        assert await _receives(broker, thread, 1)
+    finally:
+        await broker.close()

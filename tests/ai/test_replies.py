@@ -160,7 +160,7 @@ async def test_upstream_500_ends_failed_and_is_logged(ai: AIServer) -> None:
     failed = events[-1]
     assert failed["__typename"] == "MessageFailed"
     assert failed["message"]["status"] == "FAILED"
-    assert "500" in failed["error"]
+    assert failed["error"] == "The AI provider returned an error (HTTP 500)."
     assert len(ai.fake.calls("/v1/responses")) == 3
     [error] = await rows(
         ai,
@@ -235,7 +235,12 @@ async def test_response_failed_and_incomplete_events(ai: AIServer) -> None:
         failed = (await subscription.until_final())[-1]
     assert failed["message"]["status"] == "FAILED"
     assert failed["message"]["content"] == "Hello, "
-    assert "crashed" in failed["error"]
+    # Users read a fixed text; the provider's own words are in the ErrorLog row.
+    assert failed["error"] == "The AI provider could not complete the reply."
+    [logged] = await rows(
+        ai, sa.select(ErrorLog).where(col(ErrorLog.path).contains(failed["messageId"]))
+    )
+    assert "crashed" in logged.message
 
     ai.fake.then(Behaviour(kind="incomplete", deltas_before_failure=4))
     async with ai.client.subscribe(
@@ -256,7 +261,11 @@ async def test_response_failed_and_incomplete_events(ai: AIServer) -> None:
         await ai.send(thread_id)
         errored = (await subscription.until_final())[-1]
     assert errored["message"]["status"] == "FAILED"
-    assert "overloaded" in errored["error"]
+    assert errored["error"] == "The AI provider reported an error."
+    [logged] = await rows(
+        ai, sa.select(ErrorLog).where(col(ErrorLog.path).contains(errored["messageId"]))
+    )
+    assert "overloaded" in logged.message
 
 
 async def test_cancel_stops_a_long_reply_quickly(ai: AIServer) -> None:

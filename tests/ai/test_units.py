@@ -96,3 +96,110 @@ async def test_a_subscriber_keeping_up_gets_every_delta(after: int | None) -> No
         await asyncio.sleep(0)
     assert [event["sequence"] for event in await received] == [1, 2, 3, 4, 5]
     await stream.aclose()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MARKER = 10**9
+
+
+async def _replayed(broker: MemoryBroker, thread: uuid.UUID) -> list[dict[str, Any]]:
+    """What a client reconnecting with `afterSequence: 0` gets before live events (a marker
+    published after subscribing ends the replay)."""
+    stream = broker.subscribe(thread, after_sequence=0)
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0)
+    await broker.publish(thread, {"type": "Marker", "sequence": MARKER})
+    events = [await asyncio.wait_for(first, 2)]
+    while events[-1]["sequence"] != MARKER:
+        events.append(await asyncio.wait_for(anext(stream), 2))
+    await stream.aclose()
+    return events[:-1]
+
+
+async def _exchange(
+    broker: MemoryBroker, thread: uuid.UUID, start: int, message: str, deltas: int
+) -> int:
+    """A finished exchange: two MessageCreated, `deltas` deltas, MessageCompleted (whose
+    message carries the whole text); the next free sequence number."""
+    sequence = start
+    for role in ("USER", "ASSISTANT"):
+        await broker.publish(
+            thread,
+            {"type": "MessageCreated", "sequence": sequence, "messageId": f"{message}-{role}"},
+        )
+        sequence += 1
+    for index in range(deltas):
+        await broker.publish(thread, _delta(sequence, f"{index},", message))
+        sequence += 1
+    text = "".join(f"{index}," for index in range(deltas))
+    await broker.publish(
+        thread,
+        {
+            "type": "MessageCompleted",
+            "sequence": sequence,
+            "messageId": message,
+            "message": {"id": message, "content": text},
+        },
+    )
+    return sequence + 1
+
+
+async def test_a_finished_message_keeps_only_its_final_event_for_replay() -> None:
+    broker = MemoryBroker()
+    thread = uuid.uuid4()
+    sequence = 1
+    for index in range(3):
+        sequence = await _exchange(broker, thread, sequence, f"m{index}", deltas=50)
+    # A message still streaming keeps its deltas: a reconnecting client needs them.
+    for index in range(5):
+        await broker.publish(thread, _delta(sequence + index, "x", "running"))
+    replay = await _replayed(broker, thread)
+    kinds = [event["type"] for event in replay]
+    assert (
+        kinds == ["MessageCreated", "MessageCreated", "MessageCompleted"] * 3 + ["MessageDelta"] * 5
+    )
+    assert {event["messageId"] for event in replay[-5:]} == {"running"}
+    assert replay[2]["message"]["content"] == "".join(f"{n}," for n in range(50))
+    sequences = [event["sequence"] for event in replay]
+    assert sequences == sorted(sequences)
+    # 3 * 53 + 5 events published; 14 kept.
+    assert broker.retained_bytes < 3000
+
+
+async def test_memory_history_is_bounded_per_thread_in_all_and_in_time() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(thread_bytes=10_000, total_bytes=50_000, clock=clock)
+    # One thread: a long reply still streaming is capped at 10 kB (oldest dropped).
+    long_thread = uuid.uuid4()
+    for sequence in range(1, 1001):
+        await broker.publish(long_thread, _delta(sequence, "y" * 100))
+    assert broker.retained_bytes <= 10_000
+    kept = await _replayed(broker, long_thread)
+    assert kept[-1]["sequence"] == 1000
+    # (Replayed deltas arrive merged; their text is what was kept: the newest ones.)
+    kept_text = "".join(event["delta"] for event in kept)
+    assert 1000 < len(kept_text) < 10_000
+
+    # Many threads: all together stay under 50 kB, the least recently active forgotten.
+    threads = [uuid.uuid4() for _ in range(20)]
+    for thread in threads:
+        clock.now += 1
+        for sequence in range(1, 81):
+            await broker.publish(thread, _delta(sequence, "z" * 100))
+    assert broker.retained_bytes <= 50_000
+    assert await _replayed(broker, threads[0]) == []
+    assert (await _replayed(broker, threads[-1]))[-1]["sequence"] == 80
+
+    # Time: a thread idle for longer than the TTL is forgotten.
+    clock.now += 3601
+    await broker.publish(uuid.uuid4(), _delta(1, "fresh"))
+    assert broker.retained_threads == 1
+    assert broker.retained_bytes < 500
+    assert await _replayed(broker, threads[-1]) == []
