@@ -36,11 +36,11 @@ LazyProject = Annotated["ProjectType", strawberry.lazy("atlas_gql.projects.graph
 async def _project(info: Info[Context, None], project_id: uuid.UUID | None) -> ProjectType | None:
     if project_id is None:
         return None
-    from atlas_gql.projects.graph import ProjectType
-    from atlas_gql.projects.loaders import project_by_id
+    from atlas_gql.projects.graph import resolve_visible_project
 
-    project = await info.context.loader(project_by_id).load(project_id)
-    return ProjectType.from_model(project) if project else None
+    # Null when the viewer may not see the project (e.g. the creator of an assistant who has
+    # since left its project), as everywhere else.
+    return await resolve_visible_project(info.context, project_id)
 
 
 async def _files(
