@@ -1,10 +1,18 @@
 """Failed-login limits per account (email) and per client address.
 
+An attempt is admitted *before* its password is checked: `reserve` counts it at once (an
+`auth.login_attempt` ActivityLog row, plus a Redis counter with Redis), so attempts in flight
+count like failures and concurrent attempts cannot overshoot the limit. The service then turns
+the row into `auth.login_failed` or the success row (`settle_attempt`) and, on success, gives
+the reservation back (`release`).
+
 Two implementations behind one small interface, both shared by every worker:
-- `DatabaseLoginLimiter` counts the `auth.login_failed` ActivityLog rows of the last window
-  (the rows the login service writes anyway, committed even though the login fails);
-- `RedisLoginLimiter` (when REDIS_URL is set) keeps fixed-window counters (INCR + EXPIRE) and
-  falls back to the database count when Redis does not answer.
+- `DatabaseLoginLimiter` counts the `auth.login_attempt` and `auth.login_failed` rows of the
+  last window, and admits one attempt at a time per account and per address (transaction-level
+  advisory locks around the count and the new row);
+- `RedisLoginLimiter` (when REDIS_URL is set) increments fixed-window counters first and
+  compares the results (one Lua script, atomic); when Redis does not answer it falls back to
+  the database limiter.
 """
 
 from __future__ import annotations
@@ -12,6 +20,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -24,10 +35,14 @@ from atlas_gql.config import Settings
 from atlas_gql.errors import RateLimited
 from atlas_gql.graph.runtime import Runtime
 from atlas_gql.logs.models import ActivityLog
+from atlas_gql.logs.service import record_activity, scrub
 
 logger = logging.getLogger(__name__)
 
+LOGIN_ATTEMPT_ACTION = "auth.login_attempt"
 LOGIN_FAILED_ACTION = "auth.login_failed"
+# What the limit counts: failures and attempts whose outcome is not known yet.
+COUNTED_ACTIONS = (LOGIN_ATTEMPT_ACTION, LOGIN_FAILED_ACTION)
 RATE_LIMITED_MESSAGE = "Too many failed sign-in attempts; try again later."
 _RUNTIME_KEY = "auth.login_limiter"
 
@@ -37,37 +52,116 @@ def account_key(email: str) -> str:
     return email.strip().lower()
 
 
-class LoginLimiter(Protocol):
-    async def check(self, *, db: AsyncSession, email: str, ip_address: str | None) -> None:
-        """RATE_LIMITED (with `retryAfter` seconds) when the account or the address has
-        reached the limit of failures in the window."""
+@dataclass(frozen=True)
+class LoginAttempt:
+    """An admitted attempt: its committed `auth.login_attempt` row and the Redis counters it
+    holds (none when the database limiter admitted it)."""
 
-    async def record_failure(self, *, db: AsyncSession, email: str, ip_address: str | None) -> None:
-        """Count one failure (after its ActivityLog row is committed)."""
+    activity_id: uuid.UUID
+    email: str
+    ip_address: str | None
+    redis_keys: tuple[str, ...] = ()
+
+
+class LoginLimiter(Protocol):
+    async def reserve(
+        self,
+        *,
+        db: AsyncSession,
+        email: str,
+        ip_address: str | None,
+        user_agent: str | None = None,
+        user_id: uuid.UUID | None = None,
+    ) -> LoginAttempt:
+        """Admit one attempt, or raise RATE_LIMITED (with `retryAfter` seconds) when the
+        account or the address has reached the limit of failures and pending attempts in the
+        window. The admitted attempt counts as a failure until it is settled otherwise; its
+        `auth.login_attempt` row is committed and `db`'s transaction is over on return."""
+
+    async def release(self, attempt: LoginAttempt) -> None:
+        """Give back the reservation of an attempt that succeeded (after its row was settled
+        and committed)."""
 
     async def aclose(self) -> None:
         """Release connections."""
 
 
+def record_attempt(
+    *,
+    db: AsyncSession,
+    email: str,
+    ip_address: str | None,
+    user_agent: str | None,
+    user_id: uuid.UUID | None,
+) -> ActivityLog:
+    """The pending `auth.login_attempt` row of an admitted attempt (caller commits)."""
+    return record_activity(
+        db=db,
+        action=LOGIN_ATTEMPT_ACTION,
+        user_id=user_id,
+        entity_type="User" if user_id is not None else None,
+        entity_id=user_id,
+        ip_address=ip_address,
+        user_agent=user_agent,
+        details={"email": account_key(email)},
+    )
+
+
+async def settle_attempt(
+    *,
+    db: AsyncSession,
+    attempt: LoginAttempt,
+    action: str,
+    user_id: uuid.UUID | None,
+    entity_type: str | None = None,
+    entity_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Turn the attempt's row into its outcome (`auth.login_failed`, `auth.login`, ...),
+    stamped now, in the caller's transaction."""
+    await db.execute(
+        sa.update(ActivityLog)
+        .where(col(ActivityLog.id) == attempt.activity_id)
+        .values(
+            action=action,
+            user_id=user_id,
+            entity_type=entity_type,
+            entity_id=str(entity_id) if entity_id is not None else None,
+            details=scrub(details) if details else None,
+            created_at=datetime.now(UTC),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _lock(key: str) -> Any:
+    # A 64-bit hash of a namespaced key: other advisory locks of the application (the seed's
+    # single number) never meet these; a collision only serialises two keys needlessly.
+    return sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0)))
+
+
 class DatabaseLoginLimiter:
-    """Sliding window over the committed `auth.login_failed` rows."""
+    """Sliding window over the committed attempt and failure rows, admitting one attempt at
+    a time per account and per address."""
 
     def __init__(self, *, max_failures: int, window_seconds: int) -> None:
         self.max_failures = max_failures
         self.window_seconds = window_seconds
 
     async def _retry_after(self, db: AsyncSession, condition: Any) -> int | None:
-        # The max_failures-th newest failure in the window: the limit holds until it ages out.
+        # The max_failures-th newest counted row in the window: the limit holds until it ages
+        # out. None: fewer rows than the limit.
         window_end = col(ActivityLog.created_at) + sa.func.make_interval(
             0, 0, 0, 0, 0, 0, self.window_seconds
         )
         statement = (
-            sa.select(sa.extract("epoch", window_end - sa.func.now()))
+            sa.select(sa.extract("epoch", window_end - sa.func.clock_timestamp()))
             .where(
-                col(ActivityLog.action) == LOGIN_FAILED_ACTION,
+                col(ActivityLog.action).in_(COUNTED_ACTIONS),
                 condition,
                 col(ActivityLog.created_at)
-                > sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, self.window_seconds),
+                > sa.func.clock_timestamp()
+                - sa.func.make_interval(0, 0, 0, 0, 0, 0, self.window_seconds),
             )
             .order_by(col(ActivityLog.created_at).desc())
             .offset(self.max_failures - 1)
@@ -78,7 +172,11 @@ class DatabaseLoginLimiter:
             return None
         return min(self.window_seconds, max(1, math.ceil(float(seconds))))
 
-    async def check(self, *, db: AsyncSession, email: str, ip_address: str | None) -> None:
+    async def limited_for(
+        self, *, db: AsyncSession, email: str, ip_address: str | None
+    ) -> int | None:
+        """Seconds until the account and the address are both under the limit; None when
+        they are now."""
         waits = [
             await self._retry_after(
                 db, col(ActivityLog.details)["email"].astext == account_key(email)
@@ -86,20 +184,86 @@ class DatabaseLoginLimiter:
         ]
         if ip_address:
             waits.append(await self._retry_after(db, col(ActivityLog.ip_address) == ip_address))
-        longest = max((wait for wait in waits if wait is not None), default=None)
-        if longest is not None:
-            raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=longest)
+        return max((wait for wait in waits if wait is not None), default=None)
 
-    async def record_failure(self, *, db: AsyncSession, email: str, ip_address: str | None) -> None:
-        # The ActivityLog row the login service committed is the count.
+    async def reserve(
+        self,
+        *,
+        db: AsyncSession,
+        email: str,
+        ip_address: str | None,
+        user_agent: str | None = None,
+        user_id: uuid.UUID | None = None,
+    ) -> LoginAttempt:
+        # Once the limit is reached, a flood is refused without queueing on the locks.
+        wait = await self.limited_for(db=db, email=email, ip_address=ip_address)
+        if wait is None:
+            # Count and insert under both locks, so every worker admits one attempt at a time
+            # per account and per address; the next waiter's count (a new snapshot, taken
+            # after it got the lock) sees this row. Always account first, then address: no
+            # two attempts wait for each other in a cycle.
+            await db.execute(_lock(f"atlas.login.email:{account_key(email)}"))
+            if ip_address:
+                await db.execute(_lock(f"atlas.login.ip:{ip_address}"))
+            wait = await self.limited_for(db=db, email=email, ip_address=ip_address)
+        if wait is not None:
+            await db.commit()  # nothing was written; ends the transaction and its locks
+            raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=wait)
+        row = record_attempt(
+            db=db, email=email, ip_address=ip_address, user_agent=user_agent, user_id=user_id
+        )
+        await db.commit()
+        return LoginAttempt(activity_id=row.id, email=account_key(email), ip_address=ip_address)
+
+    async def release(self, attempt: LoginAttempt) -> None:
+        # The settled row is no longer an attempt or a failure: it has stopped counting.
         return None
 
     async def aclose(self) -> None:
         return None
 
 
+# Increment every counter; a new key (or one left without expiry) gets the window. When a
+# counter went over the limit, undo all increments (a refused attempt is not counted) and
+# answer the longest remaining TTL; else 0.
+_RESERVE_SCRIPT = """
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local wait = 0
+for _, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  local ttl = redis.call('TTL', key)
+  if ttl < 0 then
+    redis.call('EXPIRE', key, window)
+    ttl = window
+  end
+  if count > limit then
+    wait = math.max(wait, ttl, 1)
+  end
+end
+if wait > 0 then
+  for _, key in ipairs(KEYS) do
+    redis.call('DECR', key)
+  end
+end
+return wait
+"""
+
+# Give a reservation back, never below zero and never creating a key (one whose window has
+# ended is gone; DECR would make it again, without expiry).
+_RELEASE_SCRIPT = """
+for _, key in ipairs(KEYS) do
+  if (tonumber(redis.call('GET', key)) or 0) > 0 then
+    redis.call('DECR', key)
+  end
+end
+return 0
+"""
+
+
 class RedisLoginLimiter:
-    """Fixed-window counters in Redis, one per account and one per address."""
+    """Fixed-window counters in Redis, one per account and one per address, incremented
+    before the password check."""
 
     def __init__(
         self, *, redis: Redis, prefix: str, max_failures: int, window_seconds: int
@@ -111,6 +275,8 @@ class RedisLoginLimiter:
         self.fallback = DatabaseLoginLimiter(
             max_failures=max_failures, window_seconds=window_seconds
         )
+        self._reserve = redis.register_script(_RESERVE_SCRIPT)
+        self._release = redis.register_script(_RELEASE_SCRIPT)
 
     def keys(self, *, email: str, ip_address: str | None) -> list[str]:
         # Hashed, so the counters do not hold email addresses in clear.
@@ -120,35 +286,47 @@ class RedisLoginLimiter:
             keys.append(f"{self.prefix}login:ip:{ip_address}")
         return keys
 
-    async def check(self, *, db: AsyncSession, email: str, ip_address: str | None) -> None:
+    async def reserve(
+        self,
+        *,
+        db: AsyncSession,
+        email: str,
+        ip_address: str | None,
+        user_agent: str | None = None,
+        user_id: uuid.UUID | None = None,
+    ) -> LoginAttempt:
         keys = self.keys(email=email, ip_address=ip_address)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(key)
-                    pipe.ttl(key)
-                replies = await pipe.execute()
+            wait = int(
+                await self._reserve(keys=keys, args=[self.max_failures, self.window_seconds])
+            )
         except (RedisError, OSError):
-            logger.warning("Redis unavailable; counting failed logins in the database")
-            await self.fallback.check(db=db, email=email, ip_address=ip_address)
-            return
-        waits = []
-        for count, ttl in zip(replies[::2], replies[1::2], strict=True):
-            if count is not None and int(count) >= self.max_failures:
-                waits.append(int(ttl) if int(ttl) > 0 else self.window_seconds)
-        if waits:
-            raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=max(waits))
+            logger.warning("Redis unavailable; counting sign-in attempts in the database")
+            return await self.fallback.reserve(
+                db=db, email=email, ip_address=ip_address, user_agent=user_agent, user_id=user_id
+            )
+        if wait > 0:
+            raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=wait)
+        # The row is the audit trail, and what the database fallback counts during an outage.
+        row = record_attempt(
+            db=db, email=email, ip_address=ip_address, user_agent=user_agent, user_id=user_id
+        )
+        await db.commit()
+        return LoginAttempt(
+            activity_id=row.id,
+            email=account_key(email),
+            ip_address=ip_address,
+            redis_keys=tuple(keys),
+        )
 
-    async def record_failure(self, *, db: AsyncSession, email: str, ip_address: str | None) -> None:
+    async def release(self, attempt: LoginAttempt) -> None:
+        if not attempt.redis_keys:
+            return
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for key in self.keys(email=email, ip_address=ip_address):
-                    pipe.incr(key)
-                    # NX: the window starts with the first failure and is not extended.
-                    pipe.expire(key, self.window_seconds, nx=True)
-                await pipe.execute()
+            await self._release(keys=list(attempt.redis_keys))
         except (RedisError, OSError):
-            logger.warning("Redis unavailable; failed login counted in the database only")
+            # The attempt stays counted until the window ends: errs on the safe side.
+            logger.warning("Redis unavailable; a successful sign-in stays counted")
 
     async def aclose(self) -> None:
         await self.redis.aclose()

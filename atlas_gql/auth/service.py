@@ -29,7 +29,12 @@ from atlas_gql.auth.passwords import (
     validate_password,
     verify_password,
 )
-from atlas_gql.auth.ratelimit import LOGIN_FAILED_ACTION, LoginLimiter, account_key
+from atlas_gql.auth.ratelimit import (
+    LOGIN_FAILED_ACTION,
+    LoginLimiter,
+    account_key,
+    settle_attempt,
+)
 from atlas_gql.auth.sessions import IssuedTokens, refresh_session, revoke_sessions, start_session
 from atlas_gql.auth.tokens import hash_token
 from atlas_gql.auth.viewer import Viewer
@@ -178,15 +183,20 @@ async def login(
 ) -> SignedIn:
     """Sign in with email and password. An unknown email, a wrong password and a deactivated
     account give the same UNAUTHENTICATED error after the same bcrypt work; too many recent
-    failures for the account or the address give RATE_LIMITED."""
+    failures (or attempts in flight) for the account or the address give RATE_LIMITED."""
     # No stored address is longer than 320 characters; a longer one is kept short in the log.
     attempted = account_key(email)[:MAX_EMAIL_LENGTH]
-    await limiter.check(db=db, email=attempted, ip_address=ip_address)
+    # Counted before the password check, so concurrent attempts cannot exceed the limit.
+    attempt = await limiter.reserve(
+        db=db, email=attempted, ip_address=ip_address, user_agent=user_agent
+    )
     user = (
         await find_user_by_email(db=db, email=attempted)
         if len(email.strip()) <= MAX_EMAIL_LENGTH
         else None
     )
+    # End the transaction: the connection goes back to the pool during bcrypt.
+    await db.commit()
     password_matches = await verify_password(
         password,
         user.password_hash if user is not None else None,
@@ -200,34 +210,32 @@ async def login(
             if not password_matches
             else "inactive"
         )
-        record_activity(
+        # The reservation stands as the failure.
+        await settle_attempt(
             db=db,
+            attempt=attempt,
             action=LOGIN_FAILED_ACTION,
             user_id=user.id if user is not None else None,
             entity_type="User" if user is not None else None,
             entity_id=user.id if user is not None else None,
-            ip_address=ip_address,
-            user_agent=user_agent,
             details={"email": attempted, "reason": reason},
         )
-        # Committed although the sign-in fails: the row is what the database limiter counts.
         await db.commit()
-        await limiter.record_failure(db=db, email=attempted, ip_address=ip_address)
         raise Unauthenticated(LOGIN_REFUSED_MESSAGE)
     tokens = await start_session(
         db=db, settings=settings, user_id=user.id, ip_address=ip_address, user_agent=user_agent
     )
     user.last_login_at = datetime.now(UTC)
-    record_activity(
+    await settle_attempt(
         db=db,
+        attempt=attempt,
         action="auth.login",
         user_id=user.id,
         entity_type="Session",
         entity_id=tokens.session_id,
-        ip_address=ip_address,
-        user_agent=user_agent,
     )
     await db.commit()
+    await limiter.release(attempt)
     await db.refresh(user)
     return SignedIn(user=user, tokens=tokens)
 
@@ -309,39 +317,46 @@ async def change_password(
     password is BAD_USER_INPUT and counts as a failed sign-in (so it cannot be brute-forced
     around the login limits)."""
     validate_password(new_password, field="newPassword")
-    await limiter.check(db=db, email=viewer.email, ip_address=ip_address)
     user = await db.get(User, viewer.user_id)
     if user is None:
         raise Unauthenticated()
+    attempt = await limiter.reserve(
+        db=db,
+        email=user.email,
+        ip_address=ip_address,
+        user_agent=user_agent,
+        user_id=user.id,
+    )
+    # No transaction (and no pooled connection) is held during the two bcrypt calls.
+    await db.commit()
     if not await verify_password(current_password, user.password_hash):
-        record_activity(
+        await settle_attempt(
             db=db,
+            attempt=attempt,
             action=LOGIN_FAILED_ACTION,
             user_id=user.id,
             entity_type="User",
             entity_id=user.id,
-            ip_address=ip_address,
-            user_agent=user_agent,
             details={"email": account_key(user.email), "reason": "wrong_current_password"},
         )
         await db.commit()
-        await limiter.record_failure(db=db, email=user.email, ip_address=ip_address)
         raise BadInput("The current password is incorrect.", field="currentPassword")
-    user.password_hash = await hash_password(new_password, rounds=settings.atlas_bcrypt_rounds)
+    new_hash = await hash_password(new_password, rounds=settings.atlas_bcrypt_rounds)
+    user.password_hash = new_hash
     revoked = await revoke_sessions(
         db=db, user_id=user.id, except_session_id=viewer.session_id, reason="password_change"
     )
-    record_activity(
+    await settle_attempt(
         db=db,
+        attempt=attempt,
         action="auth.password_change",
         user_id=user.id,
         entity_type="User",
         entity_id=user.id,
-        ip_address=ip_address,
-        user_agent=user_agent,
         details={"sessionsEnded": len(revoked)},
     )
     await db.commit()
+    await limiter.release(attempt)
     return True
 
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.app import create_app
 from atlas_gql.db.url import DatabaseTarget
-from tests.conftest import GraphQLClient, make_settings
+from tests.conftest import GraphQLClient, LiveServer, make_settings
 
 LOGIN = """
 mutation Login($email: String!, $password: String!) {
@@ -39,6 +41,8 @@ mutation Register($email: String!, $password: String!, $name: String) {
 """
 
 ME = "{ me { id email roles { name } permissions } }"
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 async def login(gql: GraphQLClient, email: str, password: str) -> dict[str, Any]:
@@ -94,3 +98,63 @@ async def make_gql(
             return GraphQLClient(client)
 
         yield make
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A unique key prefix on the real Redis, cleaned up afterwards."""
+    prefix = f"atlas-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = Redis.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def make_live_server(live_database: DatabaseTarget) -> AsyncIterator[Any]:
+    """`await make_live_server(redis_url=...)` -> a real uvicorn with those settings against
+    the committed `live_database`; stopped after the test."""
+    servers: list[LiveServer] = []
+
+    async def make(**overrides: Any) -> LiveServer:
+        settings = make_settings(live_database, **overrides)
+        server = LiveServer(create_app(settings), settings)
+        await server.start()
+        servers.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+def loopback_addresses() -> Iterator[str]:
+    """Client addresses of a block of 127.0.0.0/8 no other test uses (never 127.0.0.1, whose
+    failed sign-ins would limit the other live tests): a connection from 127.a.b.n reaches
+    the server as that client address."""
+    block = uuid.uuid4().int
+    prefix = f"127.{2 + block % 250}.{(block >> 8) % 256}"
+    for host in range(1, 255):
+        yield f"{prefix}.{host}"
+
+
+async def live_login(
+    server: LiveServer, email: str, password: str, *, address: str
+) -> dict[str, Any]:
+    """The body of a `login` call to a live server, sent from `address`."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=server.http_url, timeout=120
+    ) as client:
+        response = await client.post(
+            "/graphql", json={"query": LOGIN, "variables": {"email": email, "password": password}}
+        )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body

@@ -14,32 +14,17 @@ from atlas_gql.auth.ratelimit import (
     DatabaseLoginLimiter,
     RedisLoginLimiter,
     build_login_limiter,
+    settle_attempt,
 )
 from atlas_gql.config import Settings
 from atlas_gql.errors import RateLimited
 from atlas_gql.logs.service import record_activity
-from tests.auth.conftest import login, signed_in
+from tests.auth.conftest import REDIS_URL, login, signed_in
 from tests.conftest import SEED_PASSWORD, error_codes, make_settings
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def fresh_email() -> str:
     return f"target-{uuid.uuid4().hex[:10]}@example.com"
-
-
-@pytest.fixture
-async def redis_prefix() -> Any:
-    """A unique key prefix on the real Redis, cleaned up afterwards."""
-    prefix = f"atlas-test:{uuid.uuid4().hex}:"
-    yield prefix
-    client = Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 async def test_25_wrong_passwords_on_one_account_meet_rate_limited(
@@ -95,25 +80,41 @@ async def test_failures_from_one_address_are_limited_across_accounts(make_gql: A
     assert await signed_in(elsewhere, "user@example.com", SEED_PASSWORD)
 
 
-async def test_database_limiter_counts_committed_failure_rows(db: AsyncSession) -> None:
-    limiter = DatabaseLoginLimiter(max_failures=2, window_seconds=600)
+async def test_database_limiter_counts_attempts_and_failure_rows(db: AsyncSession) -> None:
+    limiter = DatabaseLoginLimiter(max_failures=3, window_seconds=600)
     email = fresh_email()
-    await limiter.check(db=db, email=email, ip_address="192.0.2.9")
-    for _ in range(2):
-        record_activity(
-            db=db,
-            action="auth.login_failed",
-            user_id=None,
-            ip_address="192.0.2.9",
-            details={"email": email},
-        )
+    # A failure row of the window counts, and so does each admitted attempt.
+    record_activity(
+        db=db,
+        action="auth.login_failed",
+        user_id=None,
+        ip_address="192.0.2.9",
+        details={"email": email},
+    )
     await db.commit()
+    attempts = [await limiter.reserve(db=db, email=email, ip_address="192.0.2.9") for _ in range(2)]
+    pending = (
+        await db.execute(
+            sa.text(
+                "SELECT count(*) FROM activity_logs WHERE action = 'auth.login_attempt' "
+                "AND details->>'email' = :e AND ip_address = '192.0.2.9'"
+            ),
+            {"e": email},
+        )
+    ).scalar_one()
+    assert pending == 2
+    assert {attempt.email for attempt in attempts} == {email}
     with pytest.raises(RateLimited) as limited:
-        await limiter.check(db=db, email=email.upper(), ip_address=None)
+        await limiter.reserve(db=db, email=email.upper(), ip_address=None)
     assert 0 < limited.value.retry_after <= 600
     with pytest.raises(RateLimited):
-        await limiter.check(db=db, email=fresh_email(), ip_address="192.0.2.9")
-    await limiter.check(db=db, email=fresh_email(), ip_address="192.0.2.10")
+        await limiter.reserve(db=db, email=fresh_email(), ip_address="192.0.2.9")
+    await limiter.reserve(db=db, email=fresh_email(), ip_address="192.0.2.10")
+    # A settled success stops counting: the account is admitted again.
+    await settle_attempt(db=db, attempt=attempts[0], action="auth.login", user_id=None)
+    await db.commit()
+    await limiter.release(attempts[0])
+    await limiter.reserve(db=db, email=email, ip_address=None)
 
 
 async def test_redis_limiter_over_real_redis(redis_prefix: str, db: AsyncSession) -> None:
@@ -128,28 +129,35 @@ async def test_redis_limiter_over_real_redis(redis_prefix: str, db: AsyncSession
     assert isinstance(limiter, RedisLoginLimiter)
     # A second worker: its own client, the same counters.
     other_worker = build_login_limiter(settings)
+    client = Redis.from_url(REDIS_URL)
     try:
         email = fresh_email()
+        attempts = []
         for index in range(3):
-            await limiter.check(db=db, email=email, ip_address=f"192.0.2.{index}")
             worker = limiter if index % 2 else other_worker
-            await worker.record_failure(db=db, email=email, ip_address=f"192.0.2.{index}")
+            attempts.append(await worker.reserve(db=db, email=email, ip_address=f"192.0.2.{index}"))
+        assert all(len(attempt.redis_keys) == 2 for attempt in attempts)
         with pytest.raises(RateLimited) as limited:
-            await other_worker.check(db=db, email=email.upper(), ip_address="192.0.2.99")
+            await other_worker.reserve(db=db, email=email.upper(), ip_address="192.0.2.99")
         assert 0 < limited.value.retry_after <= 120
-        await limiter.check(db=db, email=fresh_email(), ip_address="192.0.2.99")
-        client = Redis.from_url(REDIS_URL)
-        try:
-            keys = sorted(
-                [key.decode() async for key in client.scan_iter(match=f"{redis_prefix}*")]
-            )
-            assert len(keys) == 4  # one account, three addresses
-            assert not any(email in key for key in keys)  # account keys are hashed
-            ttl = await client.ttl(f"{redis_prefix}login:ip:192.0.2.0")
-            assert 0 < ttl <= 120
-        finally:
-            await client.aclose()
+        await limiter.reserve(db=db, email=fresh_email(), ip_address="192.0.2.99")
+        keys = sorted([key.decode() async for key in client.scan_iter(match=f"{redis_prefix}*")])
+        assert len(keys) == 6  # two accounts, four addresses
+        assert not any(email in key for key in keys)  # account keys are hashed
+        ttl = await client.ttl(f"{redis_prefix}login:ip:192.0.2.0")
+        assert 0 < ttl <= 120
+        account = attempts[0].redis_keys[0]
+        assert int(await client.get(account) or 0) == 3  # the refused attempt gave it back
+        assert int(await client.get(f"{redis_prefix}login:ip:192.0.2.99") or 0) == 1
+        # A success gives its reservation back; never below zero, never a key without TTL.
+        await limiter.release(attempts[0])
+        assert int(await client.get(account) or 0) == 2
+        await other_worker.reserve(db=db, email=email, ip_address=None)
+        await client.delete(account)
+        await limiter.release(attempts[1])
+        assert await client.exists(account) == 0
     finally:
+        await client.aclose()
         await limiter.aclose()
         await other_worker.aclose()
 
@@ -192,11 +200,39 @@ async def test_redis_outage_falls_back_to_the_database(
     limiter = build_login_limiter(settings)
     try:
         email = fresh_email()
-        await limiter.check(db=db, email=email, ip_address=None)
-        await limiter.record_failure(db=db, email=email, ip_address=None)
-        record_activity(db=db, action="auth.login_failed", user_id=None, details={"email": email})
-        await db.commit()
+        attempt = await limiter.reserve(db=db, email=email, ip_address=None)
+        assert attempt.redis_keys == ()
         with pytest.raises(RateLimited):
-            await limiter.check(db=db, email=email, ip_address=None)
+            await limiter.reserve(db=db, email=email, ip_address=None)
+        await limiter.release(attempt)
     finally:
         await limiter.aclose()
+
+
+@pytest.mark.parametrize("with_redis", [False, True])
+async def test_a_right_password_under_the_limit_signs_in_and_is_not_counted(
+    make_gql: Any, redis_prefix: str, with_redis: bool
+) -> None:
+    overrides: dict[str, Any] = {"atlas_login_max_failures": 3, "atlas_bcrypt_rounds": 4}
+    if with_redis:
+        overrides |= {"redis_url": REDIS_URL, "atlas_rate_limit_prefix": redis_prefix}
+    gql = await make_gql(ip="198.51.100.77", **overrides)
+    email = fresh_email()
+    body = await gql(
+        'mutation($e: String!) { register(input: {email: $e, password: "right-password"}) '
+        "{ accessToken } }",
+        {"e": email},
+    )
+    assert "errors" not in body
+    outcomes = []
+    for password in ("wrong-1", "wrong-2", "right-password", "wrong-3", "right-password"):
+        outcomes.append(error_codes(await login(gql, email, password)) or ["OK"])
+    # Two failures, then a success admitted at the limit's edge (its own reservation does
+    # not stop it) and not counted; the third failure reaches the limit.
+    assert outcomes == [
+        ["UNAUTHENTICATED"],
+        ["UNAUTHENTICATED"],
+        ["OK"],
+        ["UNAUTHENTICATED"],
+        ["RATE_LIMITED"],
+    ]
