@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
@@ -58,9 +59,12 @@ def run_db(target: DatabaseTarget, work: Callable[[], Coroutine[Any, Any, T]]) -
     """Run database work; a database that cannot be reached is one clear line, not a traceback."""
     try:
         return asyncio.run(work())
-    except (OSError, TimeoutError, DBAPIError) as exc:
+    except (OSError, TimeoutError, DBAPIError, asyncpg.InterfaceError) as exc:
         reason = getattr(exc, "orig", None) or exc
         raise fail(f"cannot reach the database at {target.render()}: {reason}") from None
+    except (asyncpg.PostgresError, ValueError) as exc:
+        # A wrong password, a role that may not create the database, an odd database name.
+        raise fail(f"cannot use the database at {target.render()}: {exc}") from None
 
 
 def migrate_and_maybe_seed(

@@ -148,6 +148,16 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
     )
 
 
+def test_database_refusing_us_is_one_clear_line(tmp_path: Path) -> None:
+    result = run_cli(
+        "migrate", cwd=tmp_path, DATABASE_URL="postgresql://postgres@127.0.0.1:5432/atlas.dev"
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot use the database at")
+
+
 def test_production_with_development_secret_refuses_to_start(tmp_path: Path) -> None:
     result = run_cli("serve", cwd=tmp_path, ATLAS_ENV="production")
     assert result.returncode == 1

@@ -98,9 +98,12 @@ async def execute_transaction(
     for attempt in range(1, attempts + 1):
         async with sessionmaker() as session:
             try:
-                if isolation_level is not None:
-                    await session.connection(execution_options={"isolation_level": isolation_level})
                 async with session.begin():
+                    if isolation_level is not None:
+                        # Before the first statement, so the whole transaction runs at it.
+                        await session.connection(
+                            execution_options={"isolation_level": isolation_level}
+                        )
                     return await work(session)
             except DBAPIError as exc:
                 if sqlstate_of(exc) in RETRYABLE_SQLSTATES and attempt < attempts:

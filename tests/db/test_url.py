@@ -42,3 +42,21 @@ def test_malformed_urls_are_refused_clearly(raw: str, message: str) -> None:
 
 def test_password_is_hidden_in_messages() -> None:
     assert "secret" not in parse_database_url("postgresql://u:secret@h/atlas").render()
+
+
+def test_prisma_only_parameters_are_dropped() -> None:
+    target = parse_database_url(
+        "postgresql://u:p@h:5432/atlas?schema=public&connection_limit=5&pool_timeout=10&sslmode=require"
+    )
+    assert dict(target.url.query) == {"ssl": "require"}
+
+
+def test_unencoded_at_sign_in_password_is_refused_with_advice() -> None:
+    with pytest.raises(DatabaseUrlError, match="percent-encode"):
+        parse_database_url("postgresql://bob:p@ss#w/rd@localhost/atlas")
+
+
+def test_percent_encoded_password_is_decoded() -> None:
+    target = parse_database_url("postgresql://bob:p%40ss%23w%2Frd@localhost/atlas")
+    assert target.url.password == "p@ss#w/rd"
+    assert target.url.host == "localhost"

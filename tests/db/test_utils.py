@@ -115,3 +115,18 @@ async def test_execute_db_operation_maps_unreachable_database(
 
     with pytest.raises(DbUnavailable):
         await execute_db_operation(query)
+
+
+async def test_execute_transaction_runs_at_the_requested_isolation_level(
+    engine: AsyncEngine,
+) -> None:
+    from atlas_gql.db.engine import create_sessionmaker
+
+    async def level(session: AsyncSession) -> str:
+        return str((await session.execute(sa.text("SHOW transaction_isolation"))).scalar_one())
+
+    sessionmaker = create_sessionmaker(engine)
+    assert await execute_transaction(sessionmaker, level, isolation_level="SERIALIZABLE") == (
+        "serializable"
+    )
+    assert await execute_transaction(sessionmaker, level) == "read committed"
