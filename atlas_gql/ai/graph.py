@@ -427,7 +427,10 @@ class Mutation:
     @strawberry.mutation(
         description="Send a message (project MEMBER+): returns at once with the stored message "
         "and the IN_PROGRESS reply, which streams on `threadEvents`. CONFLICT while another "
-        "reply of the thread runs.",
+        "reply of the thread runs. QUOTA_EXCEEDED (`extensions.budget`, `used`) when the "
+        "project's tokens this month reached its `monthlyTokenBudget`, or would with its "
+        "replies still running (each reckoned as its text so far, at least 1 token; "
+        "`extensions.inProgress`).",
         extensions=requires(PermissionName.USE_AI),
     )
     async def send_message(

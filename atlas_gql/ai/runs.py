@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.ai.broker import Broker, Event
-from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.pricing import cost_usd
 from atlas_gql.ai.provider import (
     STREAM_ENDED_ERROR,
@@ -49,6 +49,7 @@ from atlas_gql.config import Settings
 from atlas_gql.graph.relay import encode_global_id
 from atlas_gql.logs.models import ApiUsageLog, ErrorSource
 from atlas_gql.logs.service import record_error
+from atlas_gql.logs.usage import ESTIMATED_SUFFIX, estimate_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -561,30 +562,52 @@ class AIRuntime:
                 .where(col(Thread.id) == job.thread_id)
                 .values(last_event_sequence=_release_reservation(job.reserved_until, sequence))
             )
+            usage_status = status.value.lower()
+            if input_tokens is None and output_tokens is None and values["content"]:
+                # The provider reported no usage (cancelled, cut, failed mid-stream) but the
+                # reply produced text: the budget and apiUsage count an estimate. The
+                # message's own inputTokens/outputTokens stay null (the provider's figures).
+                input_tokens = estimate_tokens((job.instructions or "") + job.content)
+                output_tokens = estimate_tokens(values["content"])
+                usage_status += ESTIMATED_SUFFIX
             if input_tokens is not None or output_tokens is not None:
                 db.add(
-                    ApiUsageLog(
+                    self._usage_row(
                         user_id=job.user_id,
                         project_id=job.project_id,
                         thread_id=job.thread_id,
                         message_id=job.assistant_message_id,
-                        endpoint=self.provider.api,
                         model=job.model,
                         input_tokens=input_tokens or 0,
                         output_tokens=output_tokens or 0,
                         latency_ms=latency_ms,
-                        cost_usd=cost_usd(
-                            self.settings,
-                            model=job.model,
-                            input_tokens=input_tokens or 0,
-                            output_tokens=output_tokens or 0,
-                        ),
-                        status=status.value.lower(),
+                        status=usage_status,
                     )
                 )
             await db.commit()
             # Published as soon as the commit returns (before the session closes).
             await self._publish(job.thread_id, final_event(sequence, message))
+
+    def _usage_row(
+        self, *, user_id: uuid.UUID | None, project_id: uuid.UUID | None,
+        thread_id: uuid.UUID, message_id: uuid.UUID, model: str, input_tokens: int,
+        output_tokens: int, latency_ms: int | None, status: str,
+    ) -> ApiUsageLog:  # fmt: skip
+        return ApiUsageLog(
+            user_id=user_id,
+            project_id=project_id,
+            thread_id=thread_id,
+            message_id=message_id,
+            endpoint=self.provider.api,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            latency_ms=latency_ms,
+            cost_usd=cost_usd(
+                self.settings, model=model, input_tokens=input_tokens, output_tokens=output_tokens
+            ),
+            status=status,
+        )
 
     # -- replies nobody runs any more ---------------------------------------------------
 
@@ -608,16 +631,60 @@ class AIRuntime:
             ).scalar_one_or_none()
             if message is None:
                 return
-            sequence = (
+            sequence, project_id, assistant_id = (
                 await db.execute(
                     sa.update(Thread)
                     .where(col(Thread.id) == thread_id)
                     .values(last_event_sequence=col(Thread.last_event_sequence) + 1)
-                    .returning(col(Thread.last_event_sequence))
+                    .returning(
+                        col(Thread.last_event_sequence),
+                        col(Thread.project_id),
+                        col(Thread.assistant_id),
+                    )
                 )
-            ).scalar_one()
+            ).one()
+            if message.content:
+                # The worker that streamed it is gone (or told to stop and finds the message
+                # final): its text is counted here, estimated like _finish does.
+                prompt = await self._prompt_of(db, message, assistant_id)
+                db.add(
+                    self._usage_row(
+                        user_id=message.user_id,
+                        project_id=project_id,
+                        thread_id=thread_id,
+                        message_id=message.id,
+                        model=message.model or "unknown",
+                        input_tokens=estimate_tokens(prompt),
+                        output_tokens=estimate_tokens(message.content),
+                        latency_ms=None,
+                        status=final_status.value.lower() + ESTIMATED_SUFFIX,
+                    )
+                )
             await db.commit()
             await self._publish(thread_id, final_event(sequence, message))
+
+    @staticmethod
+    async def _prompt_of(db: AsyncSession, reply: Message, assistant_id: uuid.UUID | None) -> str:
+        """The assistant's instructions and the user message a reply answers (the thread's
+        last USER message before it)."""
+        question = await db.scalar(
+            sa.select(col(Message.content))
+            .where(
+                col(Message.thread_id) == reply.thread_id,
+                col(Message.role) == MessageRole.USER,
+                col(Message.created_at) < reply.created_at,
+            )
+            .order_by(col(Message.created_at).desc())
+            .limit(1)
+        )
+        instructions = (
+            await db.scalar(
+                sa.select(col(Assistant.instructions)).where(col(Assistant.id) == assistant_id)
+            )
+            if assistant_id is not None
+            else None
+        )
+        return (instructions or "") + (question or "")
 
     async def sweep_stale_replies(self) -> int:
         """Mark INCOMPLETE the replies whose worker stopped (no heartbeat for too long)."""

@@ -10,6 +10,7 @@ ADMIN (FORBIDDEN for other viewers who see it). Posting needs USE_AI and the MEM
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
 from atlas_gql.graph.pagination import Ordering, Page, paginate
 from atlas_gql.graph.relay import PageRequest
 from atlas_gql.logs.service import record_activity
-from atlas_gql.logs.usage import ensure_within_budget
+from atlas_gql.logs.usage import CHARS_PER_TOKEN, InFlight, ensure_within_budget
 from atlas_gql.projects.access import (
     project_role_of,
     require_project_role,
@@ -446,6 +447,26 @@ async def _running_reply(db: AsyncSession, thread_id: uuid.UUID) -> Message | No
     ).scalar_one_or_none()
 
 
+async def _replies_in_flight(db: AsyncSession, project_id: uuid.UUID) -> InFlight:
+    """The project's replies IN_PROGRESS and the tokens reckoned for them: each counts the
+    estimate of its saved partial text (ceil(chars / 4)), and at least 1 token, so a project
+    one token under its budget runs one reply at a time."""
+    chars = sa.func.length(col(Message.content))
+    reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+    replies, tokens = (
+        await db.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
+                col(Message.status) == MessageStatus.IN_PROGRESS,
+                col(Message.role) == MessageRole.ASSISTANT,
+                col(Message.thread_id).in_(
+                    sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
+                ),
+            )
+        )
+    ).one()
+    return InFlight(replies=int(replies), tokens=int(tokens))
+
+
 def _check_content(settings: Settings, content: str) -> str:
     if not content.strip():
         raise BadInput("`content` must not be empty.", field="content")
@@ -523,7 +544,14 @@ async def send_message(
     if assistant is None:
         raise BadInput("This thread has no assistant any more.", field="threadId")
     files = await _files_for_message(db, viewer, file_ids)
-    await ensure_within_budget(db=db, project_id=thread.project_id)
+    # Takes the project's budget lock (held until the commit below stores this reply
+    # IN_PROGRESS), so concurrent sends in other threads of the project count it.
+    if thread.project_id is not None:
+        await ensure_within_budget(
+            db=db,
+            project_id=thread.project_id,
+            in_flight=functools.partial(_replies_in_flight, db, thread.project_id),
+        )
 
     now = datetime.now(UTC)
     user_message = Message(

@@ -1,13 +1,14 @@
 """API usage totals and the per-project monthly token budget.
 
 The budget is the project setting `monthlyTokenBudget`: a JSON integer of input + output tokens
-per calendar month in UTC. `ensure_within_budget` is called by sendMessage before the AI call.
+per calendar month in UTC. `ensure_within_budget` is called by sendMessage before the AI call,
+serialised per project (an advisory transaction lock) and counting the replies still running.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,6 +23,16 @@ from atlas_gql.logs.models import ApiUsageLog
 from atlas_gql.projects.models import ProjectSetting
 
 BUDGET_SETTING_KEY = "monthlyTokenBudget"
+# The estimate used when the provider reports no token counts (a cancelled or cut reply), and
+# for the text of replies still running: about four characters per token.
+CHARS_PER_TOKEN = 4
+# The ApiUsageLog.status suffix of a row whose tokens are estimated, e.g. "cancelled_estimated".
+ESTIMATED_SUFFIX = "_estimated"
+
+
+def estimate_tokens(text: str) -> int:
+    """ceil(len(text) / 4): the tokens of a text the provider did not count for us."""
+    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 @dataclass(frozen=True)
@@ -116,20 +127,58 @@ async def usage_this_month(
     return totals
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """The project's replies still running, and the tokens they are reckoned to hold."""
+
+    replies: int = 0
+    tokens: int = 0
+
+
+NOTHING_IN_FLIGHT = InFlight()
+
+
+async def lock_project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> None:
+    """Serialise budget checks of one project until the caller's transaction ends (a 64-bit
+    hash of a namespaced key, like the login limiter's locks; a collision only serialises
+    two projects needlessly)."""
+    key = f"atlas:budget:{project_id}"
+    await db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))))
+
+
 async def ensure_within_budget(
-    *, db: AsyncSession, project_id: uuid.UUID | None, now: datetime | None = None
+    *,
+    db: AsyncSession,
+    project_id: uuid.UUID | None,
+    in_flight: Callable[[], Awaitable[InFlight]] | None = None,
+    now: datetime | None = None,
 ) -> None:
-    """Raise QuotaExceeded when the project's tokens this UTC month reached its
-    `monthlyTokenBudget`. No project or no budget: nothing to check."""
+    """Raise QuotaExceeded when the project's tokens this UTC month, plus the tokens reckoned
+    for its replies still running (`in_flight`, read under the lock), reach its
+    `monthlyTokenBudget`. No project or no budget: nothing to check.
+
+    With a budget, the check takes the project's advisory lock first and the caller keeps it
+    until its transaction ends: the caller must store its running reply in that same
+    transaction, so the next check (waiting on the lock) counts it."""
     if project_id is None:
         return
     budget = await project_budget(db=db, project_id=project_id)
     if budget is None:
         return
+    await lock_project_budget(db=db, project_id=project_id)
     used = (await usage_this_month(db=db, project_ids=[project_id], now=now))[project_id]
+    running = await in_flight() if in_flight is not None else NOTHING_IN_FLIGHT
     if used.total_tokens >= budget:
         raise QuotaExceeded(
             "This project has used its monthly token budget.",
             budget=budget,
             used=used.total_tokens,
+        )
+    if used.total_tokens + running.tokens >= budget:
+        raise QuotaExceeded(
+            "This project's running replies may use the rest of its monthly token budget; "
+            "wait for them to finish.",
+            budget=budget,
+            used=used.total_tokens,
+            inProgress=running.replies,
         )
