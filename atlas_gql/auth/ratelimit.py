@@ -1,18 +1,18 @@
 """Failed-login limits per account (email) and per client address.
 
 An attempt is admitted *before* its password is checked: `reserve` counts it at once (an
-`auth.login_attempt` ActivityLog row, plus a Redis counter with Redis), so attempts in flight
+`auth.login_attempt` ActivityLog row, plus Redis counters with Redis), so attempts in flight
 count like failures and concurrent attempts cannot overshoot the limit. The service then turns
 the row into `auth.login_failed` or the success row (`settle_attempt`) and, on success, gives
 the reservation back (`release`).
 
-Two implementations behind one small interface, both shared by every worker:
 - `DatabaseLoginLimiter` counts the `auth.login_attempt` and `auth.login_failed` rows of the
   last window, and admits one attempt at a time per account and per address (transaction-level
-  advisory locks around the count and the new row);
+  advisory locks around the count and the new row), in every worker;
 - `RedisLoginLimiter` (when REDIS_URL is set) increments fixed-window counters first and
-  compares the results (one Lua script, atomic); when Redis does not answer it falls back to
-  the database limiter.
+  compares the results (one Lua script, atomic), refusing a flood without the database; what
+  it admits goes through the database limiter too, which has the last word (and is all there
+  is while Redis does not answer).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import hashlib
 import logging
 import math
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -45,6 +46,7 @@ LOGIN_FAILED_ACTION = "auth.login_failed"
 COUNTED_ACTIONS = (LOGIN_ATTEMPT_ACTION, LOGIN_FAILED_ACTION)
 RATE_LIMITED_MESSAGE = "Too many failed sign-in attempts; try again later."
 _RUNTIME_KEY = "auth.login_limiter"
+REDIS_MAX_CONNECTIONS = 50
 
 
 def account_key(email: str) -> str:
@@ -263,7 +265,10 @@ return 0
 
 class RedisLoginLimiter:
     """Fixed-window counters in Redis, one per account and one per address, incremented
-    before the password check."""
+    before the password check; they refuse a flood without touching the database. What they
+    admit, the database limiter admits as well (it has the last word): so attempts admitted
+    while some workers cannot reach Redis, or after Redis lost its counters, still add up to
+    no more than the limit."""
 
     def __init__(
         self, *, redis: Redis, prefix: str, max_failures: int, window_seconds: int
@@ -272,7 +277,7 @@ class RedisLoginLimiter:
         self.prefix = prefix
         self.max_failures = max_failures
         self.window_seconds = window_seconds
-        self.fallback = DatabaseLoginLimiter(
+        self.database = DatabaseLoginLimiter(
             max_failures=max_failures, window_seconds=window_seconds
         )
         self._reserve = redis.register_script(_RESERVE_SCRIPT)
@@ -300,43 +305,55 @@ class RedisLoginLimiter:
             wait = int(
                 await self._reserve(keys=keys, args=[self.max_failures, self.window_seconds])
             )
-        except (RedisError, OSError):
-            logger.warning("Redis unavailable; counting sign-in attempts in the database")
-            return await self.fallback.reserve(
-                db=db, email=email, ip_address=ip_address, user_agent=user_agent, user_id=user_id
+        except (RedisError, OSError) as exc:
+            logger.warning(
+                "Redis unavailable (%s: %s); counting sign-in attempts in the database",
+                type(exc).__name__,
+                exc,
             )
+            keys, wait = [], 0
         if wait > 0:
             raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=wait)
-        # The row is the audit trail, and what the database fallback counts during an outage.
-        row = record_attempt(
-            db=db, email=email, ip_address=ip_address, user_agent=user_agent, user_id=user_id
-        )
-        await db.commit()
-        return LoginAttempt(
-            activity_id=row.id,
-            email=account_key(email),
-            ip_address=ip_address,
-            redis_keys=tuple(keys),
-        )
+        try:
+            attempt = await self.database.reserve(
+                db=db, email=email, ip_address=ip_address, user_agent=user_agent, user_id=user_id
+            )
+        except BaseException:
+            # Refused (or failed) in the database: this attempt is not counted in Redis either.
+            await self._give_back(keys)
+            raise
+        return replace(attempt, redis_keys=tuple(keys))
 
-    async def release(self, attempt: LoginAttempt) -> None:
-        if not attempt.redis_keys:
+    async def _give_back(self, keys: Sequence[str]) -> None:
+        if not keys:
             return
         try:
-            await self._release(keys=list(attempt.redis_keys))
+            await self._release(keys=list(keys))
         except (RedisError, OSError):
             # The attempt stays counted until the window ends: errs on the safe side.
-            logger.warning("Redis unavailable; a successful sign-in stays counted")
+            logger.warning("Redis unavailable; a sign-in attempt stays counted there")
+
+    async def release(self, attempt: LoginAttempt) -> None:
+        await self._give_back(attempt.redis_keys)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
 
 
 def build_login_limiter(settings: Settings) -> LoginLimiter:
-    """Redis counters when REDIS_URL is set, else the database count."""
+    """Redis counters (before the database's) when REDIS_URL is set, else the database's."""
     if settings.redis_url:
+        # A burst waits for a pooled connection instead of failing with "Too many
+        # connections" (and being counted by the database alone).
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=10,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+        )
         return RedisLoginLimiter(
-            redis=Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+            redis=Redis.from_pool(pool),
             prefix=settings.atlas_rate_limit_prefix,
             max_failures=settings.atlas_login_max_failures,
             window_seconds=settings.atlas_login_failure_window,

@@ -150,6 +150,8 @@ async def test_redis_limiter_over_real_redis(redis_prefix: str, db: AsyncSession
         assert int(await client.get(account) or 0) == 3  # the refused attempt gave it back
         assert int(await client.get(f"{redis_prefix}login:ip:192.0.2.99") or 0) == 1
         # A success gives its reservation back; never below zero, never a key without TTL.
+        await settle_attempt(db=db, attempt=attempts[0], action="auth.login", user_id=None)
+        await db.commit()
         await limiter.release(attempts[0])
         assert int(await client.get(account) or 0) == 2
         await other_worker.reserve(db=db, email=email, ip_address=None)
@@ -187,6 +189,20 @@ async def test_redis_limiter_through_the_api(
     finally:
         await client.aclose()
     assert counts == [3]
+    # Redis losing its counters does not lift the limit: the database has the last word, and
+    # the refused attempt gives its Redis reservation back.
+    client = Redis.from_url(REDIS_URL)
+    try:
+        await client.delete(*[key async for key in client.scan_iter(match=f"{redis_prefix}*")])
+        limited = await login(gql, email, "wrong-password")
+        assert error_codes(limited) == ["RATE_LIMITED"]
+        counts = [
+            int(await client.get(key) or 0)
+            async for key in client.scan_iter(match=f"{redis_prefix}login:email:*")
+        ]
+    finally:
+        await client.aclose()
+    assert counts == [0]
 
 
 async def test_redis_outage_falls_back_to_the_database(
