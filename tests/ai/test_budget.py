@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col
 
-from atlas_gql.graph.relay import decode_global_id
+from atlas_gql.ai.models import Message, MessageRole, MessageStatus
+from atlas_gql.graph.relay import decode_global_id, encode_global_id
 from atlas_gql.logs.models import ApiUsageLog
 from atlas_gql.logs.usage import estimate_tokens
 from tests.ai.conftest import AIServer
@@ -189,3 +191,52 @@ async def test_cut_reply_after_text_is_counted_and_one_with_usage_is_not_estimat
     [normal] = await _usage_rows(ai, normal_id)
     assert final["message"]["status"] == "COMPLETED"
     assert (normal.status, normal.input_tokens, normal.output_tokens) == ("completed", 21, 9)
+
+
+async def test_a_reply_finished_by_another_worker_is_counted_while_running_and_after(
+    ai: AIServer,
+) -> None:
+    """A running reply of another worker (no worker here runs it) holds its saved text
+    against the budget; cancelled here (finish_orphan), it leaves an estimated usage row."""
+    pm = await ai.server.sign_in("pm@example.com")
+    project_id, [thread_id, other_thread] = await _project(ai, pm, threads=2)
+    runtime = ai.server.app.state.atlas["runtime"]
+    me = await ai.client.data("{ me { id } }", token=pm)
+    question, partial = "What is it?", "half an ans"
+    now = datetime.now(UTC)
+    async with runtime.sessionmaker() as db:
+        common = {"thread_id": decode_global_id(thread_id)[1]}
+        common["user_id"] = decode_global_id(me["me"]["id"])[1]
+        db.add(
+            Message(
+                **common, role=MessageRole.USER, content=question,
+                status=MessageStatus.COMPLETED, created_at=now - timedelta(seconds=2),
+            )
+        )  # fmt: skip
+        reply = Message(
+            **common, role=MessageRole.ASSISTANT, content=partial, model="gpt-4o-mini",
+            status=MessageStatus.IN_PROGRESS, created_at=now - timedelta(seconds=1),
+        )  # fmt: skip
+        db.add(reply)
+        await db.commit()
+    # Nothing used yet, but the running reply is reckoned as ceil(11 / 4) = 3 tokens.
+    await ai.client.data(SET_BUDGET, {"p": project_id, "v": 3}, token=pm)
+    refused = await ai.send(other_thread, token=pm)
+    assert error_codes(refused) == ["QUOTA_EXCEEDED"]
+    assert refused["errors"][0]["extensions"]["used"] == 0
+    assert refused["errors"][0]["extensions"]["inProgress"] == 1
+
+    reply_id = encode_global_id("Message", reply.id)
+    cancelled = await ai.client.data(CANCEL, {"id": reply_id}, token=pm)
+    assert cancelled["cancelMessage"]["status"] == "CANCELLED"
+    [row] = await _usage_rows(ai, reply_id)
+    assert row.status == "cancelled_estimated"
+    assert row.model == "gpt-4o-mini"
+    assert row.user_id == decode_global_id(me["me"]["id"])[1]
+    assert row.project_id == decode_global_id(project_id)[1]
+    assert row.output_tokens == estimate_tokens(partial) == 3
+    assert row.input_tokens == estimate_tokens(INSTRUCTIONS + question)
+    refused = await ai.send(other_thread, token=pm)
+    assert error_codes(refused) == ["QUOTA_EXCEEDED"]
+    assert "inProgress" not in refused["errors"][0]["extensions"]
+    assert len(ai.fake.calls("/v1/responses")) == 0
