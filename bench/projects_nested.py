@@ -86,7 +86,7 @@ def serve(database_url: str, port: int) -> None:
     """Run the app on 127.0.0.1:port with a statement counter on its engine."""
     import uvicorn
 
-    from atlas_gql.app import create_app
+    from atlas_gql.app import create_app, tune_garbage_collector
 
     target = parse_database_url(database_url)
     engine = create_engine(target, pool_size=20)
@@ -97,6 +97,7 @@ def serve(database_url: str, port: int) -> None:
 
     sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
     app = create_app(settings_for(target), engine=engine)
+    tune_garbage_collector()  # as `atlas-gql serve` (app_factory) does
 
     async def with_counter(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == STATEMENTS_PATH:
