@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
-from functools import partial
+from functools import cache, lru_cache, partial
 from typing import Any
 
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -22,9 +24,10 @@ from graphql import (
     SelectionSetNode,
     VariableNode,
     get_named_type,
+    parse,
 )
 from graphql.language import IntValueNode
-from graphql.validation import NoSchemaIntrospectionCustomRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.extensions import (
     AddValidationRules,
@@ -32,6 +35,7 @@ from strawberry.extensions import (
     MaxTokensLimiter,
     QueryDepthLimiter,
     SchemaExtension,
+    ValidationCache,
 )
 
 from atlas_gql.config import Settings
@@ -147,17 +151,59 @@ class _CostEstimator:
         return total
 
 
+# Documents parsed and validated are cached (bounded LRU, shared by all requests): a client
+# sends the same few documents over and over, and validation was a third of a small request.
+DOCUMENT_CACHE_SIZE = 512
+
+
+@cache
+def _limit_rules(
+    max_depth: int, max_aliases: int, introspection: bool
+) -> tuple[type[ASTValidationRule], ...]:
+    """The validation rules of the limits, made once per configuration: the validation cache
+    is keyed by the rule classes, so they must be the same objects on every request."""
+    rules: list[type[ASTValidationRule]] = [
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+    ]
+    if not introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
+    return tuple(rules)
+
+
+class CachedParse(SchemaExtension):
+    """Strawberry's ParserCache, except that a document that fails to parse is left to
+    Strawberry, which answers it as a GraphQL syntax error (ParserCache lets it escape)."""
+
+    def __init__(self) -> None:
+        self.parse = _cached_parse
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query is not None:
+            with contextlib.suppress(GraphQLError):
+                context.graphql_document = self.parse(context.query, **context.parse_options)
+        yield
+
+
+@lru_cache(maxsize=DOCUMENT_CACHE_SIZE)
+def _cached_parse(query: str, **options: Any) -> DocumentNode:
+    return parse(query, **options)
+
+
 def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
-    """Factories (a fresh extension per operation) for every limit."""
-    factories: list[Callable[[], SchemaExtension]] = [
+    """Factories (a fresh extension per operation) for every limit, and the document caches."""
+    rules = _limit_rules(
+        settings.atlas_max_depth, settings.atlas_max_aliases, settings.introspection_enabled
+    )
+    return [
         partial(MaxTokensLimiter, max_token_count=settings.atlas_max_tokens),
-        partial(QueryDepthLimiter, max_depth=settings.atlas_max_depth),
-        partial(MaxAliasesLimiter, max_alias_count=settings.atlas_max_aliases),
+        CachedParse,
+        partial(AddValidationRules, list(rules)),
+        partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
+        # After the validation cache, which replaces the errors it finds.
         partial(QueryCostLimiter, max_cost=settings.atlas_max_cost),
     ]
-    if not settings.introspection_enabled:
-        factories.append(partial(AddValidationRules, [NoSchemaIntrospectionCustomRule]))
-    return factories
 
 
 class BodySizeLimitMiddleware:

@@ -248,3 +248,16 @@ async def test_masked_error_process_log_is_redacted(
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "unexpected error" in logged
     assert "eyJzdWIiOiIxIn0" not in logged
+
+
+async def test_cached_documents_are_refused_every_time(gql: GraphQLClient) -> None:
+    deep = "id"
+    for _ in range(25):
+        deep = f"roles {{ {deep} }}"
+    for _ in range(2):  # the second answer comes from the parse and validation caches
+        body = await gql(f"{{ me {{ {deep} }} }}")
+        assert any("exceeds maximum operation depth" in e["message"] for e in body["errors"])
+        syntax = await gql("{ me { email ")
+        assert syntax.get("data") is None
+        assert syntax["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        assert "Syntax Error" in syntax["errors"][0]["message"]
