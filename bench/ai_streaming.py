@@ -214,6 +214,8 @@ class Subscriber:
                     continue
                 if message["type"] != "next":
                     continue
+                if not message["payload"].get("data"):
+                    raise RuntimeError(f"subscription error: {message['payload']}")
                 event = message["payload"]["data"]["threadEvents"]
                 if event["__typename"] == "MessageDelta":
                     # A subscriber that fell behind gets merged deltas: each stamp counts.

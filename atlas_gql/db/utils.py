@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.errors import AtlasError, BadInput, Conflict, DbUnavailable
@@ -45,7 +46,8 @@ def sqlstate_of(error: BaseException) -> str | None:
 
 
 def is_connection_error(error: BaseException) -> bool:
-    if isinstance(error, (OSError, TimeoutError, InterfaceError)):
+    # PoolTimeoutError: every pooled connection is busy; to a client, the database is.
+    if isinstance(error, (OSError, TimeoutError, InterfaceError, PoolTimeoutError)):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
@@ -77,7 +79,7 @@ async def execute_db_operation(
         return await operation()
     except AtlasError:
         raise
-    except (DBAPIError, OSError, TimeoutError) as exc:
+    except (DBAPIError, OSError, TimeoutError, PoolTimeoutError) as exc:
         mapped = map_db_error(exc)
         if mapped is None:
             raise

@@ -133,13 +133,15 @@ class Context:
         state = self.state
         if state.viewer is _UNRESOLVED:
             token = bearer_token(self.authorization)
-            state.viewer = (
-                None
-                if token is None
-                else await authenticate_access_token(
-                    db=self.db, settings=self.settings, token=token
-                )
-            )
+            if token is None:
+                state.viewer = None
+            else:
+                # A short session of its own: its connection is back in the pool before the
+                # resolver runs (a subscription may then wait for events for minutes).
+                async with self.runtime.sessionmaker() as db:
+                    state.viewer = await authenticate_access_token(
+                        db=db, settings=self.settings, token=token
+                    )
         return state.viewer  # type: ignore[no-any-return]
 
     async def require_viewer(self) -> Viewer:

@@ -10,6 +10,7 @@ from typing import Any
 
 from graphql import GraphQLError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from strawberry.extensions import SchemaExtension
 
 from atlas_gql.db.utils import map_db_error
@@ -46,7 +47,7 @@ def classify(error: GraphQLError) -> AtlasError | None:
     original = error.original_error
     if isinstance(original, AtlasError):
         return original
-    if isinstance(original, (DBAPIError, OSError, TimeoutError)):
+    if isinstance(original, (DBAPIError, OSError, TimeoutError, PoolTimeoutError)):
         return map_db_error(original)
     return None
 
@@ -107,7 +108,9 @@ class ErrorMappingExtension(SchemaExtension):
             extensions = {**(error.extensions or {}), **atlas_error.extensions}
             extensions["code"] = atlas_error.code.value
             return _with_extensions(error, atlas_error.message, extensions)
-        if error.path is None:
+        if error.path is None and (
+            error.original_error is None or isinstance(error.original_error, GraphQLError)
+        ):
             # Before execution: parse and validation errors (no original error), and variable
             # values that failed coercion. The message is the client's to read.
             extensions = dict(error.extensions or {})

@@ -130,3 +130,11 @@ async def test_execute_transaction_runs_at_the_requested_isolation_level(
         "serializable"
     )
     assert await execute_transaction(sessionmaker, level) == "read committed"
+
+
+async def test_pool_exhaustion_is_db_unavailable() -> None:
+    async def busy() -> None:
+        raise sa.exc.TimeoutError("QueuePool limit of size 10 overflow 10 reached")
+
+    with pytest.raises(DbUnavailable):
+        await execute_db_operation(busy)
