@@ -64,6 +64,7 @@ def test_export_schema_matches_committed_sdl(tmp_path: Path) -> None:
         "interface Node",
         "node(id: ID!): Node",
         "scalar DateTime",
+        "scalar JSON",
     ):
         assert declaration in sdl
 

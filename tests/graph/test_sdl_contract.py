@@ -1,0 +1,55 @@
+"""Every type, field, argument, enum value and union member of DESIGN.md's normative SDL
+excerpt (copied in design_sdl.graphql) exists in the exported schema with the same type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graphql import (
+    EnumTypeDefinitionNode,
+    GraphQLEnumType,
+    GraphQLUnionType,
+    ObjectTypeDefinitionNode,
+    UnionTypeDefinitionNode,
+    build_schema,
+    parse,
+    print_ast,
+)
+
+from atlas_gql.graph.schema import export_sdl
+
+DESIGN_SDL = Path(__file__).with_name("design_sdl.graphql")
+
+
+def test_exported_schema_keeps_every_normative_name() -> None:
+    ours = build_schema(export_sdl())
+    problems: list[str] = []
+    for definition in parse(DESIGN_SDL.read_text()).definitions:
+        name = definition.name.value  # type: ignore[attr-defined]
+        ours_type = ours.type_map.get(name)
+        if ours_type is None:
+            problems.append(f"missing type {name}")
+            continue
+        if isinstance(definition, ObjectTypeDefinitionNode):
+            for field in definition.fields or ():
+                ours_field = ours_type.fields.get(field.name.value)  # type: ignore[union-attr]
+                if ours_field is None:
+                    problems.append(f"missing field {name}.{field.name.value}")
+                    continue
+                if print_ast(field.type) != str(ours_field.type):
+                    problems.append(f"{name}.{field.name.value}: {ours_field.type}")
+                for argument in field.arguments or ():
+                    if argument.name.value not in ours_field.args:
+                        problems.append(f"missing argument {name}.{field.name.value}")
+        elif isinstance(definition, EnumTypeDefinitionNode):
+            assert isinstance(ours_type, GraphQLEnumType)
+            for value in definition.values or ():
+                if value.name.value not in ours_type.values:
+                    problems.append(f"missing enum value {name}.{value.name.value}")
+        elif isinstance(definition, UnionTypeDefinitionNode):
+            assert isinstance(ours_type, GraphQLUnionType)
+            members = {member.name for member in ours_type.types}
+            for member in definition.types or ():
+                if member.name.value not in members:
+                    problems.append(f"union {name} lacks {member.name.value}")
+    assert problems == []
