@@ -325,7 +325,15 @@ class RedisBroker:
         from redis.asyncio import Redis
 
         self.replay_limit = replay_limit
-        self._redis = Redis.from_url(url, decode_responses=True)
+        # Bounded socket waits: a Redis that hangs (rather than refusing) must not block a
+        # publish forever; the listener reads with its own 1 s timeout.
+        self._redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=30,
+        )
         self._pubsub = self._redis.pubsub()
         self._fanout = _LocalFanout()
         self._confirmed: dict[str, asyncio.Event] = {}
