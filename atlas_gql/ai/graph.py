@@ -32,7 +32,7 @@ from atlas_gql.graph.relay import (
 
 
 def _client(context: Context) -> service.Client:
-    return service.Client(ip_address=context.client_ip, user_agent=context.user_agent)
+    return service.Client(**context.origin)
 
 
 def _changes(values: dict[str, Any]) -> dict[str, Any]:

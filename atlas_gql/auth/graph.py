@@ -225,8 +225,7 @@ class Mutation:
             email=input.email,
             password=input.password,
             name=input.name,
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
         return AuthPayload.from_signed_in(signed_in)
 
@@ -243,8 +242,7 @@ class Mutation:
             limiter=login_limiter(context.runtime),
             email=input.email,
             password=input.password,
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
         return AuthPayload.from_signed_in(signed_in)
 
@@ -258,8 +256,7 @@ class Mutation:
             db=context.db,
             settings=context.settings,
             refresh_token=refresh_token,
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
         return AuthPayload.from_signed_in(signed_in)
 
@@ -280,8 +277,7 @@ class Mutation:
             viewer=await viewer_of(info),
             refresh_token=refresh_token,
             all_sessions=bool(all_sessions),
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
 
     @strawberry.mutation(
@@ -297,8 +293,7 @@ class Mutation:
             viewer=await viewer_of(info),
             current_password=input.current_password,
             new_password=input.new_password,
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
 
     @strawberry.mutation(
@@ -315,8 +310,7 @@ class Mutation:
             password=input.password,
             name=input.name,
             roles=input.roles,
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
         return UserType.from_model(user)
 
@@ -335,8 +329,7 @@ class Mutation:
             user_id=decode_id_of(id, "User", field="id"),
             name=input.name,
             is_active=input.is_active,
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
         return UserType.from_model(user)
 
@@ -356,8 +349,7 @@ class Mutation:
             viewer=await viewer_of(info),
             user_id=decode_id_of(user_id, "User", field="userId"),
             role=RoleName(role),
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
         return UserType.from_model(user)
 
@@ -378,7 +370,6 @@ class Mutation:
             viewer=await viewer_of(info),
             user_id=decode_id_of(user_id, "User", field="userId"),
             role=RoleName(role),
-            ip_address=context.client_ip,
-            user_agent=context.user_agent,
+            **context.origin,
         )
         return UserType.from_model(user)

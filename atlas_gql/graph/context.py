@@ -165,3 +165,8 @@ class Context:
     def user_agent(self) -> str | None:
         value = self.request.headers.get("user-agent")
         return value[:500] if value else None
+
+    @property
+    def origin(self) -> dict[str, str | None]:
+        """Where a request comes from, as the services' activity-log arguments take it."""
+        return {"ip_address": self.client_ip, "user_agent": self.user_agent}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -287,10 +286,6 @@ class Query:
         return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
 
 
-def _origin(info: Info[Context, None]) -> dict[str, Any]:
-    return {"ip_address": info.context.client_ip, "user_agent": info.context.user_agent}
-
-
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
@@ -305,7 +300,7 @@ class Mutation:
             viewer=await info.context.require_viewer(),
             name=input.name,
             description=input.description,
-            **_origin(info),
+            **info.context.origin,
         )
         return ProjectType.from_model(project, visibility_checked=True)
 
@@ -323,7 +318,7 @@ class Mutation:
             description=(
                 service.KEEP if input.description is strawberry.UNSET else input.description
             ),
-            **_origin(info),
+            **info.context.origin,
         )
         return ProjectType.from_model(project, visibility_checked=True)
 
@@ -337,7 +332,7 @@ class Mutation:
             db=info.context.db,
             viewer=await info.context.require_viewer(),
             project_id=decode_id_of(id, "Project"),
-            **_origin(info),
+            **info.context.origin,
         )
         return True
 
@@ -359,7 +354,7 @@ class Mutation:
             project_id=decode_id_of(project_id, "Project", field="projectId"),
             user_id=decode_id_of(user_id, "User", field="userId"),
             role=role,
-            **_origin(info),
+            **info.context.origin,
         )
         return ProjectMemberType.from_model(member)
 
@@ -381,7 +376,7 @@ class Mutation:
             project_id=decode_id_of(project_id, "Project", field="projectId"),
             user_id=decode_id_of(user_id, "User", field="userId"),
             role=role,
-            **_origin(info),
+            **info.context.origin,
         )
         return ProjectMemberType.from_model(member)
 
@@ -398,7 +393,7 @@ class Mutation:
             viewer=await info.context.require_viewer(),
             project_id=decode_id_of(project_id, "Project", field="projectId"),
             user_id=decode_id_of(user_id, "User", field="userId"),
-            **_origin(info),
+            **info.context.origin,
         )
         return True
 
@@ -418,7 +413,7 @@ class Mutation:
             project_id=decode_id_of(project_id, "Project", field="projectId"),
             key=key,
             value=value,
-            **_origin(info),
+            **info.context.origin,
         )
         return ProjectSettingType.from_model(setting)
 
@@ -434,5 +429,5 @@ class Mutation:
             viewer=await info.context.require_viewer(),
             project_id=decode_id_of(project_id, "Project", field="projectId"),
             key=key,
-            **_origin(info),
+            **info.context.origin,
         )
