@@ -495,8 +495,6 @@ async def assign_role(
             details={"role": role.value},
         )
     await db.commit()
-    # Re-opens the session's transaction before the caller's loaders run concurrently.
-    await db.refresh(user)
     return user
 
 
@@ -537,8 +535,6 @@ async def revoke_role(
             details={"role": role.value},
         )
     await db.commit()
-    # Re-opens the session's transaction before the caller's loaders run concurrently.
-    await db.refresh(user)
     return user
 
 
