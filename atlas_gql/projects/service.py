@@ -325,10 +325,7 @@ async def update_member(
         minimum=ProjectRole.MANAGER,
         action="change members",
     )
-    await _project(db, project_id, lock=True)
-    member = await _member(db, project_id, user_id)
-    if member is None:
-        raise NotFound("This user is not a member of the project.", field="userId")
+    member = await _locked_member(db, project_id, user_id)
     if not may_manage_member(viewer=viewer, actor_role=actor_role, member_role=member.role):
         raise Forbidden("Only an OWNER can change an OWNER's role.")
     if not may_manage_member(viewer=viewer, actor_role=actor_role, member_role=role):
@@ -378,10 +375,7 @@ async def remove_member(
             minimum=ProjectRole.MANAGER,
             action="remove members",
         )
-    await _project(db, project_id, lock=True)
-    member = await _member(db, project_id, user_id)
-    if member is None:
-        raise NotFound("This user is not a member of the project.", field="userId")
+    member = await _locked_member(db, project_id, user_id)
     if not leaving and not may_manage_member(
         viewer=viewer, actor_role=actor_role, member_role=member.role
     ):
@@ -549,6 +543,18 @@ async def _member(
         col(ProjectMember.project_id) == project_id, col(ProjectMember.user_id) == user_id
     )
     return (await db.execute(statement)).scalar_one_or_none()
+
+
+async def _locked_member(
+    db: AsyncSession, project_id: uuid.UUID, user_id: uuid.UUID
+) -> ProjectMember:
+    """The membership to change, with the project row locked (so owner counts hold until
+    commit); NOT_FOUND when the user is not a member."""
+    await _project(db, project_id, lock=True)
+    member = await _member(db, project_id, user_id)
+    if member is None:
+        raise NotFound("This user is not a member of the project.", field="userId")
+    return member
 
 
 async def _require_another_owner(db: AsyncSession, project_id: uuid.UUID, verb: str) -> None:
