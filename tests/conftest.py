@@ -4,6 +4,7 @@ test inside a transaction that is rolled back, and the ASGI app bound to that tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import uuid
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.app import create_app
@@ -208,6 +210,21 @@ def sign_in(db: AsyncSession, settings: Settings) -> Any:
         return tokens.access_token
 
     return sign_in
+
+
+@contextlib.contextmanager
+def counting_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """The SQL statements the engine runs inside the block (for no-N+1 checks)."""
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
 
 
 def error_codes(body: dict[str, Any]) -> list[str]:

@@ -18,7 +18,7 @@ from atlas_gql.graph.relay import encode_global_id
 from atlas_gql.logs.models import ActivityLog
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME, SAMPLE_THREAD_TITLE
-from tests.conftest import error_codes
+from tests.conftest import counting_statements, error_codes
 
 CREATE_ASSISTANT = """
 mutation($input: CreateAssistantInput!) {
@@ -261,16 +261,8 @@ async def test_thread_list_statements_do_not_grow_with_page_size(
       messages(last: 5) { totalCount edges { node { content files { id } } } } } } } }"""
     counts = []
     for size in (1, 6):
-        statements: list[str] = []
-
-        def count(*args: Any) -> None:
-            statements.append(args[2])
-
-        sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with counting_statements(engine) as statements:
             body = await gql(query, {"n": size}, token=member)
-        finally:
-            sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
         assert "errors" not in body, body
         assert len(body["data"]["threads"]["edges"]) == size
         counts.append(len(statements))

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -56,21 +55,6 @@ async def signed_in(gql: GraphQLClient, email: str, password: str) -> dict[str, 
     assert "errors" not in body, body
     payload: dict[str, Any] = body["data"]["login"]
     return payload
-
-
-@contextlib.contextmanager
-def counting_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The SQL statements the engine runs inside the block."""
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
 
 
 @pytest.fixture

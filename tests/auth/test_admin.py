@@ -12,8 +12,8 @@ from atlas_gql.auth.models import RoleName
 from atlas_gql.auth.service import create_user_account
 from atlas_gql.graph.relay import encode_global_id
 from atlas_gql.graph.schema import export_sdl
-from tests.auth.conftest import ME, REFRESH, counting_statements, login, signed_in
-from tests.conftest import SEED_PASSWORD, GraphQLClient, error_codes
+from tests.auth.conftest import ME, REFRESH, login, signed_in
+from tests.conftest import SEED_PASSWORD, GraphQLClient, counting_statements, error_codes
 
 USERS = """
 query Users($first: Int, $after: String, $filter: UserFilter) {

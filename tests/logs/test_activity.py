@@ -6,12 +6,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atlas_gql.auth.models import RoleName
 from atlas_gql.projects.models import ProjectRole
-from tests.conftest import GraphQLClient, error_codes
+from tests.conftest import GraphQLClient, counting_statements, error_codes
 from tests.logs.conftest import Factory, global_id
 
 ACTIVITY = """
@@ -210,18 +209,10 @@ async def test_statements_do_not_grow_with_the_page_size(
         await factory.activity(created_at=BASE + timedelta(minutes=minute), user=user)
     token = await sign_in("admin@example.com")
     window = {"from": "2003-05-06T12:00:00Z", "to": "2003-05-06T13:00:00Z"}
-    statements: list[str] = []
-
-    def count(*args: Any) -> None:
-        statements.append(str(args[2]))
 
     async def measure(first: int) -> int:
-        statements.clear()
-        sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with counting_statements(engine) as statements:
             body = await gql(ACTIVITY, {"first": first, "filter": window}, token=token)
-        finally:
-            sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
         assert len(nodes(body)) == first
         return len(statements)
 

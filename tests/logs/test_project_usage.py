@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atlas_gql.logs.usage import month_start
 from atlas_gql.projects.models import ProjectRole
-from tests.conftest import GraphQLClient
+from tests.conftest import GraphQLClient, counting_statements
 from tests.logs.conftest import Factory, global_id
 
 PROJECT = """
@@ -68,18 +67,10 @@ async def test_usage_of_many_projects_is_one_statement(
             user=owner, project=project, created_at=now, input_tokens=tokens, output_tokens=0
         )
     token = await sign_in(owner.email)
-    statements: list[str] = []
-
-    def count(*args: Any) -> None:
-        statements.append(str(args[2]))
 
     async def measure(first: int) -> tuple[int, list[int]]:
-        statements.clear()
-        sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
-        try:
+        with counting_statements(engine) as statements:
             body = await gql(PROJECTS, {"first": first}, token=token)
-        finally:
-            sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
         assert "errors" not in body, body
         usage = [
             node["usageThisMonth"]["totalTokens"] for node in body["data"]["projects"]["nodes"]

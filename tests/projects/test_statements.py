@@ -3,17 +3,15 @@ as for 20, counted on the engine with a `before_cursor_execute` listener."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from atlas_gql.ai.models import Thread
 from atlas_gql.auth.models import RoleName
 from atlas_gql.projects import service
 from atlas_gql.projects.models import ProjectRole
+from tests.conftest import counting_statements
 
 NESTED = """
 query ($first: Int!) {
@@ -29,20 +27,6 @@ query ($first: Int!) {
     } }
   }
 }"""
-
-
-@contextmanager
-def counting_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
 
 
 async def seed_projects(db: AsyncSession, owner: Any, others: list[Any], count: int) -> None:
