@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -17,26 +17,18 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from atlas_gql import __version__
-from atlas_gql.ai.lifecycle import start_ai, stop_ai
 from atlas_gql.config import Settings, get_settings
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.runtime import resolve_database_target
 from atlas_gql.db.utils import check_db_connection
 from atlas_gql.graph.ide import graphiql_static_route
 from atlas_gql.graph.limits import BodySizeLimitMiddleware
-from atlas_gql.graph.runtime import Runtime
 from atlas_gql.graph.schema import build_schema
+from atlas_gql.graph.services import start_services, stop_services
 from atlas_gql.graph.views import AtlasGraphQL
+from atlas_gql.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-
-# What domains run when the app starts and stops: the AI domain's event broker, OpenAI client,
-# reply orchestrator and stale-reply sweep. Clients a domain makes lazily register a closer
-# with `Runtime.on_close` instead.
-StartupHook = Callable[[Runtime], Awaitable[None]]
-ShutdownHook = Callable[[Runtime], Awaitable[None]]
-startup_hooks: list[StartupHook] = [start_ai]
-shutdown_hooks: list[ShutdownHook] = [stop_ai]
 
 READINESS_TIMEOUT_SECONDS = 2.0
 
@@ -62,14 +54,15 @@ def create_app(
             sessionmaker=sessionmaker or create_sessionmaker(active_engine),
         )
         state["runtime"] = runtime
-        graphql_app.runtime = runtime
-        for hook in startup_hooks:
-            await hook(runtime)
+        # The domains' long-lived parts: the AI domain's event broker, OpenAI client, reply
+        # orchestrator and stale-reply sweep; the login limiter.
+        services = await start_services(runtime)
+        state["services"] = services
+        graphql_app.services = services
         try:
             yield
         finally:
-            for shutdown in reversed(shutdown_hooks):
-                await shutdown(runtime)
+            await stop_services(services)
             await runtime.drain()
             await runtime.close()
             if own_engine:
@@ -85,8 +78,8 @@ def create_app(
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
 
     schema = build_schema(settings)
-    # The runtime is attached by the lifespan; the view exists earlier so routes can mount it.
-    graphql_app = AtlasGraphQL(schema, runtime=_PendingRuntime(settings))  # type: ignore[arg-type]
+    # The services are attached by the lifespan; the view exists earlier so routes can mount it.
+    graphql_app = AtlasGraphQL(schema, settings=settings)
 
     app = Starlette(
         debug=False,
@@ -121,16 +114,6 @@ def create_app(
     )
     app.state.atlas = state
     return app
-
-
-class _PendingRuntime:
-    """Stands in for the runtime until the lifespan has started."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def __getattr__(self, name: str) -> Any:
-        raise RuntimeError("the application has not started (lifespan not run)")
 
 
 def app_factory() -> Starlette:

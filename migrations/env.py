@@ -9,8 +9,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from atlas_gql.db.engine import create_engine, ensure_database
-from atlas_gql.db.models import metadata
 from atlas_gql.db.url import DatabaseTarget
+from atlas_gql.models import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -31,10 +31,11 @@ from atlas_gql.ai.service import (
     thread_visible_to,
 )
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput, Forbidden, NotFound, UpstreamError
-from atlas_gql.graph.relay import decode_global_id
+from atlas_gql.ids import decode_global_id
+from atlas_gql.logs.audit import record_error
 from atlas_gql.logs.models import ErrorSource
-from atlas_gql.logs.service import record_error
 from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.models import ProjectRole
 
@@ -97,7 +98,7 @@ def file_visible_to(viewer: Viewer) -> Any:
     return sa.or_(col(File.uploaded_by_id) == viewer.user_id, attached_to_visible)
 
 
-async def get_file(*, db: AsyncSession, viewer: Viewer, file_id: uuid.UUID) -> File:
+async def get_file(*, db: ReadSession, viewer: Viewer, file_id: uuid.UUID) -> File:
     """A file the viewer may see; NOT_FOUND otherwise."""
     file = (
         await db.execute(sa.select(File).where(col(File.id) == file_id, file_visible_to(viewer)))
@@ -107,7 +108,7 @@ async def get_file(*, db: AsyncSession, viewer: Viewer, file_id: uuid.UUID) -> F
     return file
 
 
-async def _own_file(db: AsyncSession, viewer: Viewer, file_id: uuid.UUID) -> File:
+async def _own_file(db: ReadSession, viewer: Viewer, file_id: uuid.UUID) -> File:
     file = await get_file(db=db, viewer=viewer, file_id=file_id)
     if file.uploaded_by_id != viewer.user_id and not viewer.is_admin:
         raise Forbidden("Only the file's uploader may do this.")
@@ -182,7 +183,7 @@ async def upload_file(
 
 
 async def _target(
-    db: AsyncSession, viewer: Viewer, target_id: str
+    db: ReadSession, viewer: Viewer, target_id: str
 ) -> tuple[AssociableType, uuid.UUID, uuid.UUID | None]:
     """(kind, id, project) of an attachment target the viewer may change; NOT_FOUND when
     they may not see it, FORBIDDEN when they may not change it."""

@@ -12,23 +12,18 @@ from strawberry.types import Info
 
 from atlas_gql.ai import files as files_service
 from atlas_gql.ai import service
-from atlas_gql.ai.lifecycle import ai_runtime
 from atlas_gql.ai.runs import message_from_payload
 from atlas_gql.ai.types import AssistantType, FileType, MessageType, ThreadType
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
 from atlas_gql.auth.sessions import load_viewer_for_session
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.pagination import page_request
 from atlas_gql.errors import AtlasError, Unauthenticated
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.errors import as_graphql_error
-from atlas_gql.graph.relay import (
-    Connection,
-    decode_id_of,
-    encode_global_id,
-    page_request,
-    register_node,
-)
+from atlas_gql.graph.relay import Connection, register_node, to_connection
+from atlas_gql.ids import decode_id_of, encode_global_id
 
 
 def _client(context: Context) -> service.Client:
@@ -261,7 +256,7 @@ class Query:
             request=page_request(first=first, after=after),
             project_id=project_id,
         )
-        return page.map(AssistantType.from_model).to_connection()  # type: ignore[no-any-return]
+        return to_connection(page, AssistantType.from_model)
 
     @strawberry.field(
         description="Threads the viewer may see (their projects', their own), newest first.",
@@ -286,7 +281,7 @@ class Query:
             request=page_request(first=first, after=after),
             project_id=project_id,
         )
-        return page.map(ThreadType.from_model).to_connection()  # type: ignore[no-any-return]
+        return to_connection(page, ThreadType.from_model)
 
     @strawberry.field(
         description="A thread by ID; NOT_FOUND when it does not exist or the viewer may not "
@@ -440,7 +435,7 @@ class Mutation:
         user_message, assistant_message = await service.send_message(
             db=context.db,
             viewer=await context.require_viewer(),
-            ai=ai_runtime(context.runtime),
+            ai=context.services.ai,
             thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
             content=input.content,
             file_ids=[decode_id_of(file_id, "File", field="fileIds") for file_id in input.file_ids],
@@ -461,7 +456,7 @@ class Mutation:
         message = await service.cancel_message(
             db=context.db,
             viewer=await context.require_viewer(),
-            ai=ai_runtime(context.runtime),
+            ai=context.services.ai,
             message_id=decode_id_of(id, "Message"),
             client=_client(context),
         )
@@ -480,7 +475,7 @@ class Mutation:
         stored = await files_service.upload_file(
             db=context.db,
             viewer=await context.require_viewer(),
-            ai=ai_runtime(context.runtime),
+            ai=context.services.ai,
             upload=cast("files_service.UploadLike", file),
             purpose=purpose,
             client=_client(context),
@@ -530,7 +525,7 @@ class Mutation:
         return await files_service.delete_file(
             db=context.db,
             viewer=await context.require_viewer(),
-            ai=ai_runtime(context.runtime),
+            ai=context.services.ai,
             file_id=decode_id_of(id, "File"),
             client=_client(context),
         )
@@ -566,7 +561,7 @@ class Subscription:
             raise as_graphql_error(error) from None
         finally:
             await context.close_db()
-        broker = ai_runtime(context.runtime).broker
+        broker = context.services.ai.broker
         async for event in broker.subscribe(thread_uuid, after_sequence=after_sequence):
             if event["type"] == "MessageCreated":
                 # A new exchange: check again that the viewer's session and access still hold

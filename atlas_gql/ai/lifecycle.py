@@ -6,18 +6,11 @@ from __future__ import annotations
 from atlas_gql.ai.broker import create_broker
 from atlas_gql.ai.provider import create_provider
 from atlas_gql.ai.runs import AIRuntime
-from atlas_gql.graph.runtime import Runtime
-
-RUNTIME_KEY = "ai"
+from atlas_gql.runtime import Runtime
 
 
-def ai_runtime(runtime: Runtime) -> AIRuntime:
-    """The app's AI orchestrator (made by the startup hook)."""
-    ai: AIRuntime = runtime.extras[RUNTIME_KEY]
-    return ai
-
-
-async def start_ai(runtime: Runtime) -> None:
+async def start_ai(runtime: Runtime) -> AIRuntime:
+    """The app's AI orchestrator, started (the app's lifespan holds it in `Services.ai`)."""
     ai = AIRuntime(
         settings=runtime.settings,
         sessionmaker=runtime.sessionmaker,
@@ -25,11 +18,9 @@ async def start_ai(runtime: Runtime) -> None:
         provider=create_provider(runtime.settings),
         spawn=runtime.spawn,
     )
-    runtime.extras[RUNTIME_KEY] = ai
     await ai.start()
+    return ai
 
 
-async def stop_ai(runtime: Runtime) -> None:
-    ai: AIRuntime | None = runtime.extras.pop(RUNTIME_KEY, None)
-    if ai is not None:
-        await ai.stop()
+async def stop_ai(ai: AIRuntime) -> None:
+    await ai.stop()

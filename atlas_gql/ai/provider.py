@@ -23,7 +23,7 @@ from openai import AsyncOpenAI
 
 from atlas_gql.ai.models import MessageStatus
 from atlas_gql.config import OpenAIApi, Settings
-from atlas_gql.logs.service import scrub_text
+from atlas_gql.logs.audit import scrub_text
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Why the provider cut a reply short, as said to users (other reasons stay in the ErrorLog).

@@ -46,9 +46,9 @@ from atlas_gql.ai.provider import (
     UpstreamFailure,
 )
 from atlas_gql.config import Settings
-from atlas_gql.graph.relay import encode_global_id
+from atlas_gql.ids import encode_global_id
+from atlas_gql.logs.audit import record_error
 from atlas_gql.logs.models import ApiUsageLog, ErrorSource
-from atlas_gql.logs.service import record_error
 from atlas_gql.logs.usage import ESTIMATED_SUFFIX, estimate_tokens
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class ReplySuperseded(Exception):
 
 
 class AIRuntime:
-    """The AI domain's long-lived parts (stored in `Runtime.extras["ai"]`)."""
+    """The AI domain's long-lived parts (held by the app as `Services.ai`)."""
 
     def __init__(
         self,

@@ -36,10 +36,10 @@ from atlas_gql.ai.runs import SEQUENCE_BLOCK, AIRuntime, ReplyJob, created_event
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
-from atlas_gql.graph.pagination import Ordering, Page, paginate
-from atlas_gql.graph.relay import PageRequest
-from atlas_gql.logs.service import record_activity
+from atlas_gql.logs.audit import record_activity
 from atlas_gql.logs.usage import CHARS_PER_TOKEN, InFlight, ensure_within_budget
 from atlas_gql.projects.access import (
     project_role_of,
@@ -119,7 +119,7 @@ def thread_visible_to(viewer: Viewer) -> Any:
 
 
 async def may_manage(
-    db: AsyncSession, viewer: Viewer, *, project_id: uuid.UUID | None, created_by_id: uuid.UUID
+    db: ReadSession, viewer: Viewer, *, project_id: uuid.UUID | None, created_by_id: uuid.UUID
 ) -> bool:
     """Creator, MANAGER+ of the project, or ADMIN."""
     if viewer.is_admin or viewer.user_id == created_by_id:
@@ -164,7 +164,7 @@ def _check_instructions(instructions: str | None) -> str | None:
 
 
 async def list_assistants(
-    *, db: AsyncSession, viewer: Viewer, request: PageRequest, project_id: uuid.UUID | None = None
+    *, db: ReadSession, viewer: Viewer, request: PageRequest, project_id: uuid.UUID | None = None
 ) -> Page[Assistant]:
     """The assistants the viewer may see, newest first."""
     statement = sa.select(Assistant).where(assistant_visible_to(viewer))
@@ -173,7 +173,7 @@ async def list_assistants(
     return await paginate(db, statement, ordering=ASSISTANT_ORDERING, request=request)
 
 
-async def get_assistant(*, db: AsyncSession, viewer: Viewer, assistant_id: uuid.UUID) -> Assistant:
+async def get_assistant(*, db: ReadSession, viewer: Viewer, assistant_id: uuid.UUID) -> Assistant:
     """An assistant the viewer may see; NOT_FOUND otherwise."""
     assistant = (
         await db.execute(
@@ -297,7 +297,7 @@ async def _delete_associations(
 
 
 async def list_threads(
-    *, db: AsyncSession, viewer: Viewer, request: PageRequest, project_id: uuid.UUID | None = None
+    *, db: ReadSession, viewer: Viewer, request: PageRequest, project_id: uuid.UUID | None = None
 ) -> Page[Thread]:
     """The threads the viewer may see, newest first."""
     statement = sa.select(Thread).where(thread_visible_to(viewer))
@@ -307,7 +307,7 @@ async def list_threads(
 
 
 async def get_thread(
-    *, db: AsyncSession, viewer: Viewer, thread_id: uuid.UUID, for_update: bool = False
+    *, db: ReadSession, viewer: Viewer, thread_id: uuid.UUID, for_update: bool = False
 ) -> Thread:
     """A thread the viewer may see; NOT_FOUND otherwise."""
     statement = sa.select(Thread).where(col(Thread.id) == thread_id, thread_visible_to(viewer))
@@ -419,7 +419,7 @@ async def delete_thread(
 # -- messages --------------------------------------------------------------------------------
 
 
-async def get_message(*, db: AsyncSession, viewer: Viewer, message_id: uuid.UUID) -> Message:
+async def get_message(*, db: ReadSession, viewer: Viewer, message_id: uuid.UUID) -> Message:
     """A message whose thread the viewer may see; NOT_FOUND otherwise."""
     message = (
         await db.execute(
@@ -434,7 +434,7 @@ async def get_message(*, db: AsyncSession, viewer: Viewer, message_id: uuid.UUID
     return message
 
 
-async def _running_reply(db: AsyncSession, thread_id: uuid.UUID) -> Message | None:
+async def _running_reply(db: ReadSession, thread_id: uuid.UUID) -> Message | None:
     return (
         await db.execute(
             sa.select(Message)
@@ -447,7 +447,7 @@ async def _running_reply(db: AsyncSession, thread_id: uuid.UUID) -> Message | No
     ).scalar_one_or_none()
 
 
-async def _replies_in_flight(db: AsyncSession, project_id: uuid.UUID) -> InFlight:
+async def _replies_in_flight(db: ReadSession, project_id: uuid.UUID) -> InFlight:
     """The project's replies IN_PROGRESS and the tokens reckoned for them: each counts the
     estimate of its saved partial text (ceil(chars / 4)), and at least 1 token, so a project
     one token under its budget runs one reply at a time."""
@@ -479,7 +479,7 @@ def _check_content(settings: Settings, content: str) -> str:
 
 
 async def _files_for_message(
-    db: AsyncSession, viewer: Viewer, file_ids: Sequence[uuid.UUID]
+    db: ReadSession, viewer: Viewer, file_ids: Sequence[uuid.UUID]
 ) -> list[File]:
     unique_ids = list(dict.fromkeys(file_ids))
     if len(unique_ids) > MAX_FILES_PER_MESSAGE:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeAlias
 
 import strawberry
 from strawberry.types import Info
@@ -24,23 +24,28 @@ from atlas_gql.ai.models import (
 )
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
+from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import Connection, Node, encode_global_id, page_request
+from atlas_gql.graph.relay import Connection, Node, resolve_node_of, to_connection
+from atlas_gql.ids import encode_global_id
 
+# Thread.project and Assistant.project name the Project type, which sits above this module
+# (Project.threads lists ThreadType): strawberry.lazy resolves the name when the schema is
+# built, and `resolve_node_of` finds the visible project through the node registry, so this
+# module never imports `projects.graph`. To mypy the field is a Node.
 if TYPE_CHECKING:
-    from atlas_gql.projects.graph import ProjectType
+    LazyProject: TypeAlias = Node
+else:
+    LazyProject = Annotated["ProjectType", strawberry.lazy("atlas_gql.projects.graph")]  # noqa: F821
 
-LazyProject = Annotated["ProjectType", strawberry.lazy("atlas_gql.projects.graph")]
 
-
-async def _project(info: Info[Context, None], project_id: uuid.UUID | None) -> ProjectType | None:
+async def _project(info: Info[Context, None], project_id: uuid.UUID | None) -> LazyProject | None:
     if project_id is None:
         return None
-    from atlas_gql.projects.graph import resolve_visible_project
-
     # Null when the viewer may not see the project (e.g. the creator of an assistant who has
     # since left its project), as everywhere else.
-    return await resolve_visible_project(info.context, project_id)
+    project: LazyProject | None = await resolve_node_of(info.context, "Project", project_id)
+    return project
 
 
 async def _files(
@@ -151,7 +156,7 @@ class ThreadType(Node):
     ) -> Connection[MessageType]:
         request = page_request(first=first, after=after, last=last, before=before)
         page = await info.context.loader(loaders.messages_page).load((self.db_id, request))
-        return page.map(MessageType.from_model).to_connection()  # type: ignore[no-any-return]
+        return to_connection(page, MessageType.from_model)
 
     @strawberry.field(description="Files attached to the thread.")
     async def files(self, info: Info[Context, None]) -> list[FileType]:

@@ -19,16 +19,10 @@ from atlas_gql.auth.permissions import (
     requires,
     viewer_of,
 )
-from atlas_gql.auth.ratelimit import login_limiter
+from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import (
-    Connection,
-    Node,
-    decode_id_of,
-    encode_global_id,
-    page_request,
-    register_node,
-)
+from atlas_gql.graph.relay import Connection, Node, register_node, to_connection
+from atlas_gql.ids import decode_id_of, encode_global_id
 
 
 @strawberry.type(name="Role", description="A global role granting a set of permissions.")
@@ -201,7 +195,7 @@ class Query:
             role=filter.role if filter else None,
             is_active=filter.is_active if filter else None,
         )
-        return page.map(UserType.from_model).to_connection()
+        return to_connection(page, UserType.from_model)
 
     @strawberry.field(
         description="Every global role and its permissions.", extensions=authenticated()
@@ -239,7 +233,7 @@ class Mutation:
         signed_in = await service.login(
             db=context.db,
             settings=context.settings,
-            limiter=login_limiter(context.runtime),
+            limiter=context.services.login_limiter,
             email=input.email,
             password=input.password,
             **context.origin,
@@ -289,7 +283,7 @@ class Mutation:
         return await service.change_password(
             db=context.db,
             settings=context.settings,
-            limiter=login_limiter(context.runtime),
+            limiter=context.services.login_limiter,
             viewer=await viewer_of(info),
             current_password=input.current_password,
             new_password=input.new_password,

@@ -5,30 +5,20 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
 from atlas_gql.auth.models import Permission, PermissionName, Role, RolePermission, User, UserRole
+from atlas_gql.db.loaders import ReadSessionSource, rows_by_id
 
-if TYPE_CHECKING:
-    from atlas_gql.graph.context import Context
-
-
-def user_by_id(context: Context) -> DataLoader[uuid.UUID, User | None]:
-    async def load(ids: Sequence[uuid.UUID]) -> list[User | None]:
-        rows = await context.db.execute(sa.select(User).where(col(User.id).in_(ids)))
-        by_id = {user.id: user for user in rows.scalars()}
-        return [by_id.get(user_id) for user_id in ids]
-
-    return DataLoader(load_fn=load)
+user_by_id = rows_by_id(User)
 
 
-def roles_by_user(context: Context) -> DataLoader[uuid.UUID, list[Role]]:
+def roles_by_user(db: ReadSessionSource) -> DataLoader[uuid.UUID, list[Role]]:
     async def load(user_ids: Sequence[uuid.UUID]) -> list[list[Role]]:
-        rows = await context.db.execute(
+        rows = await db().execute(
             sa.select(col(UserRole.user_id), Role)
             .join(Role, col(Role.id) == col(UserRole.role_id))
             .where(col(UserRole.user_id).in_(user_ids))
@@ -42,9 +32,9 @@ def roles_by_user(context: Context) -> DataLoader[uuid.UUID, list[Role]]:
     return DataLoader(load_fn=load)
 
 
-def permissions_by_user(context: Context) -> DataLoader[uuid.UUID, list[PermissionName]]:
+def permissions_by_user(db: ReadSessionSource) -> DataLoader[uuid.UUID, list[PermissionName]]:
     async def load(user_ids: Sequence[uuid.UUID]) -> list[list[PermissionName]]:
-        rows = await context.db.execute(
+        rows = await db().execute(
             sa.select(col(UserRole.user_id), col(Permission.name))
             .join(RolePermission, col(RolePermission.role_id) == col(UserRole.role_id))
             .join(Permission, col(Permission.id) == col(RolePermission.permission_id))
@@ -60,9 +50,9 @@ def permissions_by_user(context: Context) -> DataLoader[uuid.UUID, list[Permissi
     return DataLoader(load_fn=load)
 
 
-def permissions_by_role(context: Context) -> DataLoader[uuid.UUID, list[PermissionName]]:
+def permissions_by_role(db: ReadSessionSource) -> DataLoader[uuid.UUID, list[PermissionName]]:
     async def load(role_ids: Sequence[uuid.UUID]) -> list[list[PermissionName]]:
-        rows = await context.db.execute(
+        rows = await db().execute(
             sa.select(col(RolePermission.role_id), col(Permission.name))
             .join(Permission, col(Permission.id) == col(RolePermission.permission_id))
             .where(col(RolePermission.role_id).in_(role_ids))
@@ -76,9 +66,9 @@ def permissions_by_role(context: Context) -> DataLoader[uuid.UUID, list[Permissi
     return DataLoader(load_fn=load)
 
 
-def all_roles(context: Context) -> DataLoader[None, list[Role]]:
+def all_roles(db: ReadSessionSource) -> DataLoader[None, list[Role]]:
     async def load(keys: Sequence[None]) -> list[list[Role]]:
-        roles = list((await context.db.execute(sa.select(Role).order_by(col(Role.name)))).scalars())
+        roles = list((await db().execute(sa.select(Role).order_by(col(Role.name)))).scalars())
         return [roles for _ in keys]
 
     return DataLoader(load_fn=load)

@@ -34,9 +34,8 @@ from sqlmodel import col
 
 from atlas_gql.config import Settings
 from atlas_gql.errors import RateLimited
-from atlas_gql.graph.runtime import Runtime
+from atlas_gql.logs.audit import record_activity, scrub
 from atlas_gql.logs.models import ActivityLog
-from atlas_gql.logs.service import record_activity, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ LOGIN_FAILED_ACTION = "auth.login_failed"
 # What the limit counts: failures and attempts whose outcome is not known yet.
 COUNTED_ACTIONS = (LOGIN_ATTEMPT_ACTION, LOGIN_FAILED_ACTION)
 RATE_LIMITED_MESSAGE = "Too many failed sign-in attempts; try again later."
-_RUNTIME_KEY = "auth.login_limiter"
 REDIS_MAX_CONNECTIONS = 50
 
 
@@ -362,12 +360,3 @@ def build_login_limiter(settings: Settings) -> LoginLimiter:
         max_failures=settings.atlas_login_max_failures,
         window_seconds=settings.atlas_login_failure_window,
     )
-
-
-def login_limiter(runtime: Runtime) -> LoginLimiter:
-    """The app's limiter, made on first use and closed when the app stops."""
-    limiter: LoginLimiter | None = runtime.extras.get(_RUNTIME_KEY)
-    if limiter is None:
-        limiter = runtime.extras[_RUNTIME_KEY] = build_login_limiter(runtime.settings)
-        runtime.on_close(limiter.aclose)
-    return limiter

@@ -39,10 +39,10 @@ from atlas_gql.auth.sessions import IssuedTokens, refresh_session, revoke_sessio
 from atlas_gql.auth.tokens import hash_token
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound, Unauthenticated
-from atlas_gql.graph.pagination import Ordering, Page, paginate
-from atlas_gql.graph.relay import PageRequest
-from atlas_gql.logs.service import record_activity
+from atlas_gql.logs.audit import record_activity
 
 LOGIN_REFUSED_MESSAGE = "Invalid email or password."
 MAX_NAME_LENGTH = 200
@@ -64,7 +64,7 @@ def normalize_email(email: str, *, field: str = "email") -> str:
     return result.normalized
 
 
-async def find_user_by_email(*, db: AsyncSession, email: str) -> User | None:
+async def find_user_by_email(*, db: ReadSession, email: str) -> User | None:
     """Case-insensitive lookup (served by the unique index on lower(email))."""
     statement = sa.select(User).where(sa.func.lower(col(User.email)) == email.strip().lower())
     return (await db.execute(statement)).scalar_one_or_none()
@@ -453,7 +453,7 @@ async def update_user(
     return user
 
 
-async def _role_id(db: AsyncSession, role: RoleName) -> uuid.UUID:
+async def _role_id(db: ReadSession, role: RoleName) -> uuid.UUID:
     role_id = (
         await db.execute(sa.select(col(Role.id)).where(col(Role.name) == role.value))
     ).scalar_one_or_none()
@@ -540,7 +540,7 @@ async def revoke_role(
 
 async def list_users(
     *,
-    db: AsyncSession,
+    db: ReadSession,
     viewer: Viewer,
     request: PageRequest,
     search: str | None = None,

@@ -30,8 +30,9 @@ from atlas_gql.auth.tokens import (
 )
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import Unauthenticated
-from atlas_gql.logs.service import record_activity
+from atlas_gql.logs.audit import record_activity
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ async def start_session(
 
 
 async def load_viewer_for_session(
-    *, db: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID
+    *, db: ReadSession, user_id: uuid.UUID, session_id: uuid.UUID
 ) -> Viewer | None:
     """The viewer when the session is live and the user active, else None; one SQL statement."""
     now = sa.func.now()
@@ -125,7 +126,7 @@ async def load_viewer_for_session(
     )
 
 
-async def authenticate_access_token(*, db: AsyncSession, settings: Settings, token: str) -> Viewer:
+async def authenticate_access_token(*, db: ReadSession, settings: Settings, token: str) -> Viewer:
     """Resolve a bearer token to a viewer; UNAUTHENTICATED when the token, session or user
     is not valid any more (logout, revocation and deactivation take effect at once)."""
     claims = decode_access_token(token, settings=settings)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from atlas_gql.auth.models import PermissionName, RoleName
 
@@ -24,3 +26,8 @@ class Viewer:
 
     def has_permission(self, permission: PermissionName) -> bool:
         return permission in self.permissions
+
+
+# The operation's viewer, resolved on first call (None when signed out): what a DataLoader
+# that depends on who is asking is given.
+ViewerSource: TypeAlias = Callable[[], Awaitable[Viewer | None]]

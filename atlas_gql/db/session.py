@@ -1,4 +1,5 @@
-"""An AsyncSession that serialises its own operations.
+"""Session types: `ReadSession`, what read-only code is given, and `SerializedAsyncSession`, an
+AsyncSession that serialises its own operations.
 
 Strawberry resolves sibling fields concurrently, so several DataLoaders of one request may run
 their batch at the same moment on the request's session. An AsyncSession allows one operation
@@ -11,9 +12,46 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 
+from sqlalchemy.engine import Result, ScalarResult
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.selectable import TypedReturnsRows
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+AnyRow = tuple[Any, ...]
+
+
+class ReadSession(Protocol):
+    """What read-only code (DataLoaders, readers, pagination) may do with a session: run
+    statements and load rows by key. It has no `add`, `delete`, `flush` or `commit`, so mypy
+    refuses a write where this type is taken. Any AsyncSession is one."""
+
+    @overload
+    async def execute(
+        self, statement: TypedReturnsRows[*_Ts], params: Any = None
+    ) -> Result[*_Ts]: ...
+
+    @overload
+    async def execute(self, statement: Executable, params: Any = None) -> Result[*AnyRow]: ...
+
+    async def execute(self, statement: Executable, params: Any = None) -> Result[*AnyRow]: ...
+
+    @overload
+    async def scalars(
+        self, statement: TypedReturnsRows[_T], params: Any = None
+    ) -> ScalarResult[_T]: ...
+
+    @overload
+    async def scalars(self, statement: Executable, params: Any = None) -> ScalarResult[Any]: ...
+
+    async def scalars(self, statement: Executable, params: Any = None) -> ScalarResult[Any]: ...
+
+    async def scalar(self, statement: Executable, params: Any = None) -> Any: ...
+
+    async def get(self, entity: type[_T], ident: Any) -> _T | None: ...
 
 
 class _TaskReentrantLock:

@@ -1,4 +1,5 @@
-"""The typed context: runtime and request, plus per-operation session, viewer, DataLoaders."""
+"""The typed context: the app's services and the request, plus the per-operation session,
+viewer and DataLoaders."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from strawberry.dataloader import DataLoader
 
 from atlas_gql.auth.sessions import authenticate_access_token
 from atlas_gql.auth.tokens import bearer_token
-from atlas_gql.auth.viewer import Viewer
+from atlas_gql.auth.viewer import Viewer, ViewerSource
 from atlas_gql.config import Settings
+from atlas_gql.db.loaders import ReadSessionSource
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import Unauthenticated
-from atlas_gql.graph.runtime import Runtime
+from atlas_gql.graph.services import Services
+from atlas_gql.runtime import Runtime
 
 LoaderT = TypeVar("LoaderT", bound=DataLoader[Any, Any])
 
@@ -52,7 +56,7 @@ _current: ContextVar[tuple[Context, OperationState] | None] = ContextVar(
 
 @dataclass
 class Context:
-    runtime: Runtime
+    services: Services
     request: Request | WebSocket
     response: Response | WebSocket | None = None
     # Set by Strawberry from a WebSocket's connection_init payload.
@@ -89,6 +93,10 @@ class Context:
         self.state.operation_name = name
 
     @property
+    def runtime(self) -> Runtime:
+        return self.services.runtime
+
+    @property
     def settings(self) -> Settings:
         return self.runtime.settings
 
@@ -106,12 +114,26 @@ class Context:
             db, state.db = state.db, None
             await db.close()
 
-    def loader(self, factory: Callable[[Context], LoaderT]) -> LoaderT:
+    def read_session(self) -> ReadSession:
+        """The operation's session, typed for reading (what DataLoaders are given)."""
+        return self.db
+
+    def loader(self, factory: Callable[[ReadSessionSource], LoaderT]) -> LoaderT:
         """The operation's DataLoader made by `factory` (one per factory per operation)."""
         loaders = self.state.loaders
         existing = loaders.get(factory)
         if existing is None:
-            existing = loaders[factory] = factory(self)
+            existing = loaders[factory] = factory(self.read_session)
+        return existing  # type: ignore[no-any-return]
+
+    def viewer_loader(
+        self, factory: Callable[[ReadSessionSource, ViewerSource], LoaderT]
+    ) -> LoaderT:
+        """The operation's DataLoader made by `factory`, for loads that depend on who asks."""
+        loaders = self.state.loaders
+        existing = loaders.get(factory)
+        if existing is None:
+            existing = loaders[factory] = factory(self.read_session, self.viewer)
         return existing  # type: ignore[no-any-return]
 
     def reset_loaders(self) -> None:

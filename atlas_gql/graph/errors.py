@@ -16,8 +16,8 @@ from strawberry.extensions import SchemaExtension
 from atlas_gql.db.utils import map_db_error
 from atlas_gql.errors import AtlasError, ErrorCode
 from atlas_gql.graph.context import Context
+from atlas_gql.logs.audit import describe_exception, record_error, scrub_text
 from atlas_gql.logs.models import ErrorSource
-from atlas_gql.logs.service import describe_exception, record_error, scrub_text
 
 logger = logging.getLogger(__name__)
 

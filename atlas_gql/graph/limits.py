@@ -39,7 +39,7 @@ from strawberry.extensions import (
 )
 
 from atlas_gql.config import Settings
-from atlas_gql.graph.relay import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from atlas_gql.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 PAGE_ARGUMENTS = ("first", "last")
 

@@ -17,10 +17,11 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
+from atlas_gql.config import Settings
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.ide import render_graphiql_html
-from atlas_gql.graph.runtime import Runtime
+from atlas_gql.graph.services import Services
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 
@@ -58,7 +59,7 @@ def _missing_preflight_response() -> Response:
 
 
 class AtlasGraphQL(GraphQL[Context, None]):
-    def __init__(self, schema: Any, *, runtime: Runtime) -> None:
+    def __init__(self, schema: Any, *, settings: Settings) -> None:
         super().__init__(
             schema,
             graphql_ide="graphiql",
@@ -67,9 +68,10 @@ class AtlasGraphQL(GraphQL[Context, None]):
             multipart_uploads_enabled=True,
             keep_alive=True,
             keep_alive_interval=15,
-            allowed_origins=runtime.settings.atlas_cors_origins,
+            allowed_origins=settings.atlas_cors_origins,
         )
-        self.runtime = runtime
+        # Set by the app's lifespan once the services have started.
+        self.services: Services | None = None
         self._graphiql_html = render_graphiql_html()
 
     @property
@@ -77,7 +79,9 @@ class AtlasGraphQL(GraphQL[Context, None]):
         return self._graphiql_html
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        context = Context(runtime=self.runtime, request=request, response=response)
+        if self.services is None:
+            raise RuntimeError("the application has not started (lifespan not run)")
+        context = Context(services=self.services, request=request, response=response)
         request.state.atlas_context = context
         return context
 

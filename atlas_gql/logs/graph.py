@@ -13,15 +13,10 @@ from strawberry.types import Info
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.permissions import authenticated
+from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import (
-    Connection,
-    Node,
-    decode_id_of,
-    encode_global_id,
-    page_request,
-    register_node,
-)
+from atlas_gql.graph.relay import Connection, Node, register_node, to_connection
+from atlas_gql.ids import decode_id_of, encode_global_id
 from atlas_gql.logs import loaders, service
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
 from atlas_gql.logs.usage import UsageTotals
@@ -261,7 +256,7 @@ class Query:
             filter=parsed,
             request=page_request(first=first, after=after),
         )
-        return page.map(ActivityLogType.from_model).to_connection()
+        return to_connection(page, ActivityLogType.from_model)
 
     @strawberry.field(
         description="AI calls summed per group (requests, tokens, cost), sorted by key. ADMIN "
@@ -321,7 +316,7 @@ class Query:
             source=ErrorSource(given.source) if given.source is not None else None,
             request=page_request(first=first, after=after),
         )
-        return page.map(ErrorLogType.from_model).to_connection()
+        return to_connection(page, ErrorLogType.from_model)
 
 
 async def _resolve_activity_node(context: Context, row_id: uuid.UUID) -> ActivityLogType | None:

@@ -1,12 +1,10 @@
-"""Writing log rows (activity in the caller's transaction, errors in their own), reading them
-back for administrators and project managers, and pruning old rows."""
+"""Reading the logs back for administrators and project managers (activityLogs, apiUsage,
+errorLogs), and pruning old rows. Writing them is `logs/audit.py`."""
 
 from __future__ import annotations
 
 import enum
 import logging
-import re
-import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,166 +12,18 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput, Forbidden
-from atlas_gql.graph.pagination import Ordering, Page, paginate
-from atlas_gql.graph.relay import PageRequest
 from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
 from atlas_gql.projects.access import project_role_of, require_project_role
 from atlas_gql.projects.models import ProjectMember, ProjectRole
 
 logger = logging.getLogger(__name__)
-
-# Keys whose values never land in a log row.
-SECRET_KEYS = frozenset(
-    {
-        "password",
-        "currentpassword",
-        "newpassword",
-        "token",
-        "refreshtoken",
-        "accesstoken",
-        "authorization",
-        "secret",
-        "apikey",
-        "api_key",
-        "password_hash",
-    }
-)
-
-
-# Secret-looking text inside free text (exception messages, stacks): JWTs, bearer credentials,
-# OpenAI-style API keys, `password=...`-style assignments, and PostgreSQL's
-# `Key (token_hash)=(...)` details of a secret column, asyncpg's echo of a query argument.
-_SECRET_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "[redacted-key]"),
-    (
-        re.compile(
-            r"(?i)([\"']?\b(?:password|passwd|pwd|secret|token|api[_-]?key|authorization|"
-            r"refresh_?token|access_?token|password_?hash|token_?hash)[\"']?\s*[:=]\s*)"
-            r"(\"[^\"]*\"|'[^']*'|[^\s,;)}\]]+)"
-        ),
-        r"\1[redacted]",
-    ),
-    (
-        re.compile(r"(?i)(\((?:[a-z_]*(?:password|token|secret)[a-z_]*)\)=\()[^)]*(\))"),
-        r"\1[redacted]\2",
-    ),  # asyncpg quotes the value of a bad query argument: a password or token on its way in.
-    (
-        re.compile(r"(query argument \$\d+: )(.*?)( \([^()\n]*\))?$", re.MULTILINE),
-        r"\1[redacted]\3",
-    ),
-)
-
-
-def scrub_text(text: str) -> str:
-    """`text` with secret-looking substrings (tokens, keys, password assignments) redacted."""
-    for pattern, replacement in _SECRET_TEXT_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def scrub(details: Any) -> Any:
-    """A copy of `details` with secret-looking keys replaced by "[redacted]" and
-    secret-looking substrings of string values redacted (see `scrub_text`)."""
-    if isinstance(details, dict):
-        return {
-            key: "[redacted]"
-            if str(key).replace("_", "").replace("-", "").lower() in SECRET_KEYS
-            else scrub(value)
-            for key, value in details.items()
-        }
-    if isinstance(details, (list, tuple)):
-        return [scrub(item) for item in details]
-    if isinstance(details, str):
-        return scrub_text(details)
-    return details
-
-
-def record_activity(
-    *,
-    db: AsyncSession,
-    action: str,
-    user_id: uuid.UUID | None,
-    entity_type: str | None = None,
-    entity_id: uuid.UUID | str | None = None,
-    project_id: uuid.UUID | None = None,
-    ip_address: str | None = None,
-    user_agent: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> ActivityLog:
-    """Add an ActivityLog row to the caller's transaction (committed with the change)."""
-    row = ActivityLog(
-        action=action,
-        user_id=user_id,
-        entity_type=entity_type,
-        entity_id=str(entity_id) if entity_id is not None else None,
-        project_id=project_id,
-        ip_address=ip_address,
-        user_agent=user_agent,
-        details=scrub(details) if details else None,
-        # Set here, not by the database: now() is the transaction's start, so rows written in
-        # one transaction (or a test's outer transaction) would tie and lose their order.
-        created_at=datetime.now(UTC),
-    )
-    db.add(row)
-    return row
-
-
-def describe_exception(error: BaseException) -> tuple[str, str, str]:
-    """(type, message, stack) of an exception, for an ErrorLog row, secrets redacted."""
-    error_type = f"{type(error).__module__}.{type(error).__qualname__}"
-    stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return error_type[:200], scrub_text(str(error))[:4000], scrub_text(stack)[-20000:]
-
-
-async def record_error(
-    *,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    request_id: str,
-    source: ErrorSource,
-    error: BaseException | None = None,
-    error_type: str | None = None,
-    message: str | None = None,
-    operation_name: str | None = None,
-    path: str | None = None,
-    user_id: uuid.UUID | None = None,
-    upstream_status: int | None = None,
-    upstream_request_id: str | None = None,
-    details: dict[str, Any] | None = None,
-) -> None:
-    """Write an ErrorLog row in its own transaction; never raises (logging must not fail)."""
-    stack = None
-    if error is not None:
-        error_type, message, stack = describe_exception(error)
-    row = ErrorLog(
-        request_id=request_id,
-        source=source,
-        error_type=(error_type or "error")[:200],
-        message=scrub_text(message or "")[:4000],
-        stack=stack,
-        operation_name=operation_name[:200] if operation_name else None,
-        path=path[:500] if path else None,
-        user_id=user_id,
-        upstream_status=upstream_status,
-        upstream_request_id=upstream_request_id,
-        details=scrub(details) if details else None,
-        created_at=datetime.now(UTC),
-    )
-    try:
-        async with sessionmaker() as session, session.begin():
-            session.add(row)
-    except Exception:
-        logger.exception("could not write ErrorLog row %s", request_id)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the logs (activityLogs, apiUsage, errorLogs) and pruning them.
 
 
 class UsageGroup(enum.StrEnum):
@@ -263,13 +113,13 @@ def managed_project_ids(viewer: Viewer) -> sa.Select[Any]:
     )
 
 
-async def _manages_any_project(*, db: AsyncSession, viewer: Viewer) -> bool:
+async def _manages_any_project(*, db: ReadSession, viewer: Viewer) -> bool:
     statement = sa.select(sa.exists(managed_project_ids(viewer)))
     return bool((await db.execute(statement)).scalar_one())
 
 
 async def list_activity_logs(
-    *, db: AsyncSession, viewer: Viewer, filter: ActivityFilter, request: PageRequest
+    *, db: ReadSession, viewer: Viewer, filter: ActivityFilter, request: PageRequest
 ) -> Page[ActivityLog]:
     """Activity newest first. ADMIN reads everything; a project OWNER/MANAGER reads the rows of
     their projects (NOT_FOUND / FORBIDDEN for `projectId` of a project they do not manage);
@@ -298,7 +148,7 @@ async def list_activity_logs(
     return await paginate(db, statement, ordering=ACTIVITY_ORDERING, request=request)
 
 
-async def activity_log_visible(*, db: AsyncSession, viewer: Viewer, row: ActivityLog) -> bool:
+async def activity_log_visible(*, db: ReadSession, viewer: Viewer, row: ActivityLog) -> bool:
     """Whether the viewer may read one activity row (ADMIN, or OWNER/MANAGER of its project)."""
     if viewer.is_admin:
         return True
@@ -320,7 +170,7 @@ def _usage_key(group: UsageGroup) -> sa.ColumnElement[Any]:
 
 
 async def api_usage(
-    *, db: AsyncSession, viewer: Viewer, filter: UsageFilter, group_by: UsageGroup
+    *, db: ReadSession, viewer: Viewer, filter: UsageFilter, group_by: UsageGroup
 ) -> list[UsageBucket]:
     """AI usage summed per day, user, project or model, in one GROUP BY statement.
 
@@ -387,7 +237,7 @@ def require_admin(viewer: Viewer, *, what: str) -> None:
 
 async def list_error_logs(
     *,
-    db: AsyncSession,
+    db: ReadSession,
     viewer: Viewer,
     window: TimeWindow,
     source: ErrorSource | None,

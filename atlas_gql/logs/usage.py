@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import QuotaExceeded
 from atlas_gql.logs.models import ApiUsageLog
 from atlas_gql.projects.models import ProjectSetting
@@ -75,7 +76,7 @@ def parse_budget(value: Any) -> int | None:
     return None
 
 
-async def project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> int | None:
+async def project_budget(*, db: ReadSession, project_id: uuid.UUID) -> int | None:
     """The project's `monthlyTokenBudget`, or None when it has none."""
     value = (
         await db.execute(
@@ -89,7 +90,7 @@ async def project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> int | No
 
 
 async def usage_this_month(
-    *, db: AsyncSession, project_ids: Sequence[uuid.UUID], now: datetime | None = None
+    *, db: ReadSession, project_ids: Sequence[uuid.UUID], now: datetime | None = None
 ) -> dict[uuid.UUID, UsageTotals]:
     """Usage totals per project for the current UTC calendar month, in one GROUP BY statement.
     Every requested project is in the answer (zeros when it has no usage)."""

@@ -17,10 +17,10 @@ from __future__ import annotations
 import uuid
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import Forbidden, NotFound
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 
@@ -53,7 +53,7 @@ def may_manage_member(
 
 
 async def project_role_of(
-    *, db: AsyncSession, project_id: uuid.UUID, user_id: uuid.UUID
+    *, db: ReadSession, project_id: uuid.UUID, user_id: uuid.UUID
 ) -> ProjectRole | None:
     statement = sa.select(col(ProjectMember.role)).where(
         col(ProjectMember.project_id) == project_id, col(ProjectMember.user_id) == user_id
@@ -73,7 +73,7 @@ def visible_project_ids(viewer: Viewer) -> sa.Select[uuid.UUID]:
 
 async def require_project_role(
     *,
-    db: AsyncSession,
+    db: ReadSession,
     viewer: Viewer,
     project_id: uuid.UUID,
     minimum: ProjectRole,

@@ -12,22 +12,17 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from atlas_gql.ai import loaders as ai_loaders
 from atlas_gql.ai.types import ThreadType
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.permissions import authenticated, requires
+from atlas_gql.db.pagination import empty_page, page_request
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.pagination import empty_page
-from atlas_gql.graph.relay import (
-    Connection,
-    Node,
-    decode_id_of,
-    encode_global_id,
-    page_request,
-    register_node,
-)
+from atlas_gql.graph.relay import Connection, Node, register_node, to_connection
+from atlas_gql.ids import decode_id_of, encode_global_id
 from atlas_gql.logs.graph import UsageSummaryType, project_usage_this_month
 from atlas_gql.logs.usage import UsageTotals
 from atlas_gql.projects import loaders, service
@@ -50,7 +45,7 @@ async def _viewer_sees(context: Context, project_id: uuid.UUID) -> bool:
     role = (
         None
         if viewer.is_admin
-        else await context.loader(loaders.viewer_role_by_project).load(project_id)
+        else await context.viewer_loader(loaders.viewer_role_by_project).load(project_id)
     )
     return can_see_project(viewer, role)
 
@@ -155,15 +150,15 @@ class ProjectType(Node):
     ) -> Connection[ProjectMemberType]:
         request = page_request(first=first, after=after)
         if not await self._visible(info.context):
-            return empty_page().to_connection()  # type: ignore[no-any-return]
+            return to_connection(empty_page(), ProjectMemberType.from_model)
         page = await info.context.loader(loaders.members_page).load((self.db_id, request))
         users = await info.context.loader(auth_loaders.user_by_id).load_many(
             [member.user_id for member in page.items]
         )
         user_of = {member.id: user for member, user in zip(page.items, users, strict=True)}
-        return page.map(  # type: ignore[no-any-return]
-            lambda member: ProjectMemberType.from_model(member, user=user_of[member.id])
-        ).to_connection()
+        return to_connection(
+            page, lambda member: ProjectMemberType.from_model(member, user=user_of[member.id])
+        )
 
     @strawberry.field(description="The project's settings, ordered by key.")
     async def settings(self, info: Info[Context, None]) -> list[ProjectSettingType]:
@@ -178,9 +173,9 @@ class ProjectType(Node):
     ) -> Connection[ThreadType]:
         request = page_request(first=first, after=after)
         if not await self._visible(info.context):
-            return empty_page().to_connection()  # type: ignore[no-any-return]
-        page = await info.context.loader(loaders.threads_page).load((self.db_id, request))
-        return page.map(ThreadType.from_model).to_connection()  # type: ignore[no-any-return]
+            return to_connection(empty_page(), ThreadType.from_model)
+        page = await info.context.loader(ai_loaders.threads_page).load((self.db_id, request))
+        return to_connection(page, ThreadType.from_model)
 
     @strawberry.field(
         name="viewerRole",
@@ -188,7 +183,7 @@ class ProjectType(Node):
         "member (an ADMIN looking in).",
     )
     async def viewer_role(self, info: Info[Context, None]) -> ProjectRoleEnum | None:  # type: ignore[valid-type]
-        return await info.context.loader(loaders.viewer_role_by_project).load(self.db_id)
+        return await info.context.viewer_loader(loaders.viewer_role_by_project).load(self.db_id)
 
     @strawberry.field(
         name="usageThisMonth",
@@ -274,9 +269,7 @@ class Query:
         info.context.loader(loaders.project_by_id).prime_many(
             {project.id: project for project in page.items}
         )
-        return page.map(  # type: ignore[no-any-return]
-            partial(ProjectType.from_model, visibility_checked=True)
-        ).to_connection()
+        return to_connection(page, partial(ProjectType.from_model, visibility_checked=True))
 
     @strawberry.field(
         extensions=authenticated(),

@@ -16,19 +16,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from atlas_gql.ai.models import Assistant, AssociableType, FileAssociation, Message, Thread
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
-from atlas_gql.graph.pagination import Ordering, Page, paginate
-from atlas_gql.graph.relay import PageRequest, decode_id_of
-from atlas_gql.logs.service import record_activity
+from atlas_gql.logs.audit import record_activity
 from atlas_gql.projects.access import (
     may_manage_member,
     project_role_of,
     require_project_role,
     visible_project_ids,
 )
+from atlas_gql.projects.hooks import before_project_delete, check_setting_value
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
 
 NAME_MAX_LENGTH = 200
@@ -36,8 +36,8 @@ DESCRIPTION_MAX_LENGTH = 10_000
 SETTING_KEY_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,63}$")
 SETTING_VALUE_MAX_BYTES = 64 * 1024
 
-# Settings whose values ATLAS reads, and so checks.
-DEFAULT_ASSISTANT_ID = "defaultAssistantId"
+# A setting whose values ATLAS reads, and so checks (other domains check theirs through
+# `hooks.check_setting`).
 MONTHLY_TOKEN_BUDGET = "monthlyTokenBudget"
 
 # Newest first; the id breaks ties (rows made in one transaction share created_at).
@@ -79,7 +79,7 @@ def clean_description(description: str | None) -> str | None:
 
 async def list_projects(
     *,
-    db: AsyncSession,
+    db: ReadSession,
     viewer: Viewer,
     request: PageRequest,
     search: str | None = None,
@@ -105,7 +105,7 @@ async def list_projects(
     return await paginate(db, statement, ordering=PROJECT_ORDERING, request=request)
 
 
-async def get_project(*, db: AsyncSession, viewer: Viewer, project_id: uuid.UUID) -> Project:
+async def get_project(*, db: ReadSession, viewer: Viewer, project_id: uuid.UUID) -> Project:
     """The project if the viewer may see it; NOT_FOUND otherwise."""
     await require_project_role(
         db=db, viewer=viewer, project_id=project_id, minimum=ProjectRole.VIEWER
@@ -216,28 +216,9 @@ async def delete_project(
         action="delete it",
     )
     name = (await _project(db, project_id, lock=True)).name
-    thread_ids = sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
-    message_ids = sa.select(col(Message.id)).where(col(Message.thread_id).in_(thread_ids))
-    assistant_ids = sa.select(col(Assistant.id)).where(col(Assistant.project_id) == project_id)
-    # FileAssociation is polymorphic (no foreign key), so its rows would outlive their targets.
-    await db.execute(
-        sa.delete(FileAssociation).where(
-            sa.or_(
-                sa.and_(
-                    col(FileAssociation.associable_type) == AssociableType.THREAD,
-                    col(FileAssociation.associable_id).in_(thread_ids),
-                ),
-                sa.and_(
-                    col(FileAssociation.associable_type) == AssociableType.MESSAGE,
-                    col(FileAssociation.associable_id).in_(message_ids),
-                ),
-                sa.and_(
-                    col(FileAssociation.associable_type) == AssociableType.ASSISTANT,
-                    col(FileAssociation.associable_id).in_(assistant_ids),
-                ),
-            )
-        )
-    )
+    # What other domains keep in the project and the foreign keys do not reach (the AI
+    # domain's file attachments).
+    await before_project_delete(db, project_id)
     await db.execute(sa.delete(Project).where(col(Project.id) == project_id))
     # project_id stays null: the row outlives the project (the foreign key is SET NULL).
     record_activity(
@@ -496,9 +477,7 @@ def validate_setting_key(key: str) -> None:
         )
 
 
-async def validate_setting(
-    *, db: AsyncSession, project_id: uuid.UUID, key: str, value: Any
-) -> None:
+async def validate_setting(*, db: ReadSession, project_id: uuid.UUID, key: str, value: Any) -> None:
     """Any JSON up to 64 KiB (compact UTF-8). Known keys: `defaultAssistantId` is the ID of
     an Assistant of this project; `monthlyTokenBudget` is a non-negative integer."""
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
@@ -512,19 +491,11 @@ async def validate_setting(
         not isinstance(value, int) or isinstance(value, bool) or value < 0
     ):
         raise BadInput(f"`{MONTHLY_TOKEN_BUDGET}` must be a non-negative integer.", field="value")
-    if key == DEFAULT_ASSISTANT_ID:
-        if not isinstance(value, str):
-            raise BadInput(f"`{DEFAULT_ASSISTANT_ID}` must be an Assistant ID.", field="value")
-        assistant_id = decode_id_of(value, "Assistant", field="value")
-        assistant = await db.get(Assistant, assistant_id)
-        if assistant is None or assistant.project_id != project_id:
-            raise BadInput(
-                f"`{DEFAULT_ASSISTANT_ID}` must be the ID of an assistant of this project.",
-                field="value",
-            )
+    # Keys other domains give meaning to (`defaultAssistantId`: the AI domain's).
+    await check_setting_value(db, project_id, key, value)
 
 
-async def _project(db: AsyncSession, project_id: uuid.UUID, *, lock: bool = False) -> Project:
+async def _project(db: ReadSession, project_id: uuid.UUID, *, lock: bool = False) -> Project:
     """The project row; `lock` holds it FOR UPDATE, which serializes membership changes (so
     two OWNERs demoting each other at once cannot leave the project without one)."""
     statement = sa.select(Project).where(col(Project.id) == project_id)
@@ -537,7 +508,7 @@ async def _project(db: AsyncSession, project_id: uuid.UUID, *, lock: bool = Fals
 
 
 async def _member(
-    db: AsyncSession, project_id: uuid.UUID, user_id: uuid.UUID
+    db: ReadSession, project_id: uuid.UUID, user_id: uuid.UUID
 ) -> ProjectMember | None:
     statement = sa.select(ProjectMember).where(
         col(ProjectMember.project_id) == project_id, col(ProjectMember.user_id) == user_id
@@ -546,7 +517,7 @@ async def _member(
 
 
 async def _locked_member(
-    db: AsyncSession, project_id: uuid.UUID, user_id: uuid.UUID
+    db: ReadSession, project_id: uuid.UUID, user_id: uuid.UUID
 ) -> ProjectMember:
     """The membership to change, with the project row locked (so owner counts hold until
     commit); NOT_FOUND when the user is not a member."""
@@ -557,7 +528,7 @@ async def _locked_member(
     return member
 
 
-async def _require_another_owner(db: AsyncSession, project_id: uuid.UUID, verb: str) -> None:
+async def _require_another_owner(db: ReadSession, project_id: uuid.UUID, verb: str) -> None:
     owners = (
         await db.execute(
             sa.select(sa.func.count())

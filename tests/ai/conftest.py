@@ -206,7 +206,7 @@ class AIServer:
 
 
 async def _people(server: LiveServer) -> People:
-    from atlas_gql.graph.relay import encode_global_id
+    from atlas_gql.ids import encode_global_id
 
     runtime = server.app.state.atlas["runtime"]
     suffix = uuid.uuid4().hex[:8]

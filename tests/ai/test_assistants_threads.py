@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -10,11 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql.ai import loaders
 from atlas_gql.ai.models import Assistant, Thread
 from atlas_gql.auth.models import Role, RoleName, User, UserRole
 from atlas_gql.auth.sessions import start_session
 from atlas_gql.config import Settings
-from atlas_gql.graph.relay import encode_global_id
+from atlas_gql.db.pagination import Page, PageRequest
+from atlas_gql.errors import BadInput
+from atlas_gql.ids import decode_id_of, encode_global_id
 from atlas_gql.logs.models import ActivityLog
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME, SAMPLE_THREAD_TITLE
@@ -224,6 +228,26 @@ async def test_thread_messages_paginate_oldest_first(
     ]
     outsider = await person(None)
     assert error_codes(await gql(query, {"id": sample["thread"]}, token=outsider)) == ["NOT_FOUND"]
+
+
+async def test_a_bad_messages_cursor_fails_only_its_own_keys(
+    db: AsyncSession, sample: dict[str, Any]
+) -> None:
+    thread_id = decode_id_of(sample["thread"], "Thread")
+    loader = loaders.messages_page(lambda: db)
+    good, bad, also_good = await asyncio.gather(
+        loader.load((thread_id, PageRequest(first=1))),
+        loader.load((thread_id, PageRequest(first=1, after="not-a-cursor"))),
+        loader.load((uuid.uuid4(), PageRequest(last=2))),
+        return_exceptions=True,
+    )
+    assert isinstance(good, Page)
+    assert good.total_count == 3
+    assert len(good.items) == 1
+    assert isinstance(bad, BadInput)
+    assert bad.extensions["field"] == "after"
+    assert isinstance(also_good, Page)
+    assert also_good.items == []
 
 
 async def test_rename_and_delete_thread(

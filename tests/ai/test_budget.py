@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus
-from atlas_gql.graph.relay import decode_global_id, encode_global_id
+from atlas_gql.ids import decode_global_id, encode_global_id
 from atlas_gql.logs.models import ApiUsageLog
 from atlas_gql.logs.usage import estimate_tokens
 from tests.ai.conftest import AIServer

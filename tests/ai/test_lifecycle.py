@@ -12,7 +12,7 @@ from sqlmodel import col
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
 from atlas_gql.db.engine import create_engine
 from atlas_gql.db.url import DatabaseTarget
-from atlas_gql.graph.relay import decode_global_id, encode_global_id
+from atlas_gql.ids import decode_global_id, encode_global_id
 from atlas_gql.projects.models import ProjectMember
 from atlas_gql.seed import SAMPLE_THREAD_TITLE
 from tests.ai.conftest import AIServer, StartServer

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from atlas_gql.ai.models import Message, MessageStatus, Thread
-from atlas_gql.graph.relay import decode_global_id
+from atlas_gql.ids import decode_global_id
 from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
 from tests.ai.conftest import UPSTREAM_KEY, AIServer
 from tests.ai.fake_openai import Behaviour

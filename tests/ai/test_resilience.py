@@ -39,7 +39,7 @@ async def wait_until(condition: Callable[[], Any], *, timeout: float = 10) -> No
 
 
 def ai_runtime(ai: AIServer) -> Any:
-    return ai.server.app.state.atlas["runtime"].extras["ai"]
+    return ai.server.app.state.atlas["services"].ai
 
 
 async def message_state(ai: AIServer, message_id: str) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from atlas_gql.auth.models import RoleName
 from atlas_gql.auth.service import create_user_account
-from atlas_gql.graph.relay import encode_global_id
 from atlas_gql.graph.schema import export_sdl
+from atlas_gql.ids import encode_global_id
 from tests.auth.conftest import ME, REFRESH, login, signed_in
 from tests.conftest import SEED_PASSWORD, GraphQLClient, counting_statements, error_codes
 

@@ -15,7 +15,7 @@ import websockets
 
 from atlas_gql.auth.service import create_user_account
 from atlas_gql.auth.tokens import issue_access_token
-from atlas_gql.graph.relay import encode_global_id
+from atlas_gql.ids import encode_global_id
 from tests.auth.conftest import LOGIN, REFRESH
 from tests.conftest import SEED_PASSWORD, LiveServer
 

@@ -18,7 +18,7 @@ from atlas_gql.auth.ratelimit import (
 )
 from atlas_gql.config import Settings
 from atlas_gql.errors import RateLimited
-from atlas_gql.logs.service import record_activity
+from atlas_gql.logs.audit import record_activity
 from tests.auth.conftest import REDIS_URL, login, signed_in
 from tests.conftest import SEED_PASSWORD, error_codes, make_settings
 

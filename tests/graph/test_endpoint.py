@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from atlas_gql.app import create_app
 from atlas_gql.auth import loaders
-from atlas_gql.graph.runtime import Runtime
+from atlas_gql.runtime import Runtime
 from tests.conftest import GraphQLClient, error_codes, make_settings
 
 

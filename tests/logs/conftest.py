@@ -124,7 +124,7 @@ class Factory:
 
 
 def global_id(type_name: str, object_id: uuid.UUID) -> str:
-    from atlas_gql.graph.relay import encode_global_id
+    from atlas_gql.ids import encode_global_id
 
     return encode_global_id(type_name, object_id)
 

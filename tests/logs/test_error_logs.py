@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.auth import loaders as auth_loaders
+from atlas_gql.logs.audit import record_error
 from atlas_gql.logs.models import ErrorLog, ErrorSource
-from atlas_gql.logs.service import record_error
 from tests.conftest import GraphQLClient, error_codes
 from tests.logs.conftest import Factory, global_id
 

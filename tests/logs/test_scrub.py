@@ -6,8 +6,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql.logs.audit import record_activity, scrub, scrub_text
 from atlas_gql.logs.models import ActivityLog
-from atlas_gql.logs.service import record_activity, scrub, scrub_text
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhYmMifQ.c2lnbmF0dXJlLWJ5dGVz"
 

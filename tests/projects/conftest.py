@@ -16,7 +16,7 @@ from atlas_gql.auth.models import Role, RoleName, User, UserRole
 from atlas_gql.auth.sessions import load_viewer_for_session, start_session
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
-from atlas_gql.graph.relay import encode_global_id
+from atlas_gql.ids import encode_global_id
 
 
 @dataclass

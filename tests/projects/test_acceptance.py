@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.auth.models import RoleName
-from atlas_gql.graph.relay import decode_id_of
+from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.models import ActivityLog
 from atlas_gql.projects.models import ProjectSetting
 from tests.conftest import error_codes

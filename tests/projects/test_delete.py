@@ -20,7 +20,7 @@ from atlas_gql.ai.models import (
     Thread,
 )
 from atlas_gql.auth.models import RoleName
-from atlas_gql.graph.relay import decode_id_of
+from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.models import ActivityLog
 from atlas_gql.projects.models import Project, ProjectMember, ProjectSetting
 from tests.conftest import error_codes

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from atlas_gql.ai.models import Thread
 from atlas_gql.auth.models import RoleName
-from atlas_gql.graph.relay import decode_id_of, encode_global_id
+from atlas_gql.ids import decode_id_of, encode_global_id
 from atlas_gql.projects import service
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from tests.conftest import error_codes

@@ -10,7 +10,7 @@ from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant
 from atlas_gql.auth.models import RoleName
-from atlas_gql.graph.relay import decode_id_of, encode_global_id
+from atlas_gql.ids import decode_id_of, encode_global_id
 from atlas_gql.logs.models import ActivityLog
 from atlas_gql.projects.models import ProjectSetting
 from tests.conftest import error_codes

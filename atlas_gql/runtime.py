@@ -1,4 +1,8 @@
-"""What the app's lifespan owns and every request borrows: settings, engine, sessions, clients."""
+"""What the app's lifespan owns and every request borrows: settings, engine, sessions,
+background tasks and the closers of clients made along the way.
+
+Kernel: it knows no domain. The domains' long-lived objects (the AI orchestrator, the login
+limiter) are built from it and held, typed, by `graph.services.Services`."""
 
 from __future__ import annotations
 
@@ -20,8 +24,6 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    # Domain services hang their long-lived clients here (event broker, OpenAI client, ...).
-    extras: dict[str, Any] = field(default_factory=dict)
     background_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

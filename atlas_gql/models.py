@@ -1,4 +1,5 @@
-"""Imports every table so `metadata` is complete (Alembic and the seed import this)."""
+"""Every table, so `metadata` is complete (what Alembic compares the database with). It
+imports every domain's models, so it sits above the domains, with the app."""
 
 from atlas_gql.ai.models import Assistant, File, FileAssociation, Message, Thread
 from atlas_gql.auth.models import (

@@ -1,4 +1,7 @@
-"""Keyset pagination over SQLAlchemy selects: one list, or one page per parent in one query."""
+"""Keyset pagination over SQLAlchemy selects: one list, or one page per parent in one query.
+
+Kernel: services and DataLoaders page with these; the graph layer turns a `Page` into a Relay
+connection (`graph.relay.to_connection`). No Strawberry here."""
 
 from __future__ import annotations
 
@@ -6,42 +9,74 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Mapped, aliased
 
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput
-from atlas_gql.graph.relay import Connection, PageRequest, build_connection
 
 T = TypeVar("T")
+U = TypeVar("U")
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
 
 # A model attribute (`Message.created_at`, or `sqlmodel.col(...)` of one) or a SQL expression.
 ColumnLike = InstrumentedAttribute[Any] | Mapped[Any] | sa.ColumnElement[Any]
 
 
+@dataclass(frozen=True)
+class PageRequest:
+    """Validated pagination arguments."""
+
+    first: int | None = None
+    after: str | None = None
+    last: int | None = None
+    before: str | None = None
+
+    @property
+    def backward(self) -> bool:
+        return self.last is not None or (self.before is not None and self.first is None)
+
+    @property
+    def limit(self) -> int:
+        size = self.last if self.backward else self.first
+        return DEFAULT_PAGE_SIZE if size is None else size
+
+
+def page_request(
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+) -> PageRequest:
+    """Check the Relay arguments: sizes 0..100, not `first` with `last`."""
+    if first is not None and last is not None:
+        raise BadInput("Pass `first` or `last`, not both.", field="first")
+    for name, size in (("first", first), ("last", last)):
+        if size is not None and not 0 <= size <= MAX_PAGE_SIZE:
+            raise BadInput(f"`{name}` must be between 0 and {MAX_PAGE_SIZE}.", field=name)
+    return PageRequest(first=first, after=after, last=last, before=before)
+
+
 @dataclass
 class Page(Generic[T]):
+    """A page of a keyset-paginated list: its items, one cursor per item, and where it sits."""
+
     items: list[T]
     cursors: list[str]
     has_next_page: bool
     has_previous_page: bool
     total_count: int
 
-    def to_connection(self) -> Connection[T]:
-        return build_connection(
-            self.items,
-            cursors=self.cursors,
-            has_next_page=self.has_next_page,
-            has_previous_page=self.has_previous_page,
-            total_count=self.total_count,
-        )
-
-    def map(self, convert: Any) -> Page[Any]:
+    def map(self, convert: Callable[[T], U]) -> Page[U]:
+        """The same page with each item converted (e.g. a row into its GraphQL type)."""
         return Page(
             [convert(item) for item in self.items],
             self.cursors,
@@ -127,7 +162,7 @@ def _finish(rows: Sequence[Any], cursors: list[str], request: PageRequest, total
 
 
 async def paginate(
-    db: AsyncSession,
+    db: ReadSession,
     statement: sa.Select[Any],
     *,
     ordering: Ordering,
@@ -157,7 +192,7 @@ def _attribute_reader(ordering: Ordering) -> Any:
 
 
 async def paginate_by_parent(
-    db: AsyncSession,
+    db: ReadSession,
     entity: Any,
     *,
     parent_column: ColumnLike,
