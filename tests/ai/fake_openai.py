@@ -8,12 +8,18 @@ POST /v1/files (multipart), DELETE /v1/files/{id}, POST /v1/chat/completions (st
 Each call to /v1/responses or /v1/chat/completions plays the next scripted `Behaviour`
 (default: a normal reply). Every request is recorded (method, path, headers, JSON body or
 multipart summary) so tests can assert what ATLAS sent. `gates` make an endpoint slow: a
-request to a gated endpoint waits (counted in `waiting`) until its event is set."""
+request to a gated endpoint waits (counted in `waiting`) until its event is set.
+
+Run on its own (`python -m tests.ai.fake_openai --port 0`, as bench/streaming.py does), it
+prints `listening on <port>` and takes its script over HTTP: `POST /_fake/script` with
+`{"behaviours": [{...Behaviour fields...}, ...]}` queues behaviours for the next calls."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -42,6 +48,8 @@ class Behaviour:
     # Deltas sent before the failure (cut, abort, failed, incomplete, error_event).
     deltas_before_failure: int = 3
     delay: float = 0.0  # seconds between deltas (a slow stream)
+    # Seconds before the first delta (default: `delay`); 0 sends it at once.
+    first_delay: float | None = None
     status: int = 500
     # The `error.message` of an http_error body (OpenAI's 401 quotes part of the key).
     error_message: str = "The server had an error while processing your request."
@@ -97,6 +105,7 @@ class FakeOpenAI:
                 Route("/v1/files", self._upload, methods=["POST"]),
                 Route("/v1/files/{file_id}", self._delete_file, methods=["DELETE"]),
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/_fake/script", self._script, methods=["POST"]),
             ]
         )
 
@@ -163,7 +172,23 @@ class FakeOpenAI:
             return f"<t:{time.time_ns()}>"
         return text
 
+    @staticmethod
+    def _pause(behaviour: Behaviour, index: int) -> float:
+        if index == 0 and behaviour.first_delay is not None:
+            return behaviour.first_delay
+        return behaviour.delay
+
     # -- endpoints ---------------------------------------------------------------------
+
+    async def _script(self, request: Request) -> Response:
+        """Queue behaviours sent as JSON (for a fake running in a process of its own)."""
+        body = await request.json()
+        behaviours = [
+            Behaviour(**{**item, "deltas": tuple(item.get("deltas", DEFAULT_DELTAS))})
+            for item in body["behaviours"]
+        ]
+        self.then(*behaviours)
+        return JSONResponse({"queued": len(self.script)})
 
     async def _conversations(self, request: Request) -> Response:
         body = await request.json()
@@ -295,9 +320,9 @@ class FakeOpenAI:
             behaviour.deltas[: behaviour.deltas_before_failure] if failing else behaviour.deltas
         )
         text = ""
-        for delta in deltas:
-            if behaviour.delay:
-                await asyncio.sleep(behaviour.delay)
+        for index, delta in enumerate(deltas):
+            if pause := self._pause(behaviour, index):
+                await asyncio.sleep(pause)
             piece = self._delta_text(behaviour, delta)
             text += piece
             yield event(
@@ -392,9 +417,9 @@ class FakeOpenAI:
         deltas = (
             behaviour.deltas[: behaviour.deltas_before_failure] if failing else behaviour.deltas
         )
-        for delta in deltas:
-            if behaviour.delay:
-                await asyncio.sleep(behaviour.delay)
+        for index, delta in enumerate(deltas):
+            if pause := self._pause(behaviour, index):
+                await asyncio.sleep(pause)
             yield chunk({"content": self._delta_text(behaviour, delta)})
         if behaviour.kind == "cut":
             return
@@ -417,3 +442,31 @@ class FakeOpenAI:
         }
         yield f"data: {json.dumps(data)}\n\n".encode()
         yield b"data: [DONE]\n\n"
+
+
+async def _serve_forever(host: str, port: int) -> None:
+    fake = FakeOpenAI(host=host)
+    config = uvicorn.Config(fake.app(), host=host, port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    print(f"listening on {server.servers[0].sockets[0].getsockname()[1]}", flush=True)
+    await task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fake OpenAI on loopback.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    arguments = parser.parse_args()
+    try:
+        asyncio.run(_serve_forever(arguments.host, arguments.port))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
