@@ -447,7 +447,13 @@ class Fleet:
     async def wait_finals(self, expected: dict[str, int], timeout: float = 300) -> None:
         """Until every thread of `expected` had that many final events (then forgets them)."""
         deadline = time.monotonic() + timeout
-        while any(len(self.finals[thread]) < count for thread, count in expected.items()):
+
+        def missing() -> bool:
+            if "*" in expected:  # that many finals on any threads
+                return sum(len(group) for group in self.finals.values()) < expected["*"]
+            return any(len(self.finals[thread]) < count for thread, count in expected.items())
+
+        while missing():
             self.changed.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -772,13 +778,22 @@ async def concurrent(
         started = time.monotonic()
         cpu_before = cpu_ns(server.pid)
 
+        refused: list[str] = []
+
         async def send_at(index: int, thread_id: str) -> None:
             await asyncio.sleep(index * args.spread / args.replies)
-            await server.send(thread_id)
+            try:
+                await server.send(thread_id)
+            except RuntimeError as error:  # an error answer (e.g. DB_UNAVAILABLE)
+                refused.append(str(error))
 
-        await asyncio.gather(*(send_at(index, t) for index, t in enumerate(threads)))
+        sent = await asyncio.gather(
+            *(send_at(index, t) for index, t in enumerate(threads)), return_exceptions=True
+        )
+        del sent
+        expected = len(threads) - len(refused)
         with contextlib.suppress(TimeoutError):
-            await fleet.wait_finals(dict.fromkeys(threads, 1), timeout=300)
+            await fleet.wait_finals({"*": expected}, timeout=300)
         elapsed = time.monotonic() - started
         cpu = (cpu_ns(server.pid) - cpu_before) / 1e9
         finals = fleet.take_finals()
@@ -787,8 +802,9 @@ async def concurrent(
         await fleet.close()
     completed = sum(1 for final in finals if final.typename == "MessageCompleted")
     ideal = args.spread + args.reply_deltas * args.reply_interval
+    refusals = f" ({len(refused)} sends refused: {refused[0][:120]})" if refused else ""
     return (
-        f"{completed}/{args.replies} completed in {elapsed:.1f} s (ideal {ideal:.1f} s); "
+        f"{completed}/{args.replies} completed{refusals} in {elapsed:.1f} s (ideal {ideal:.1f} s); "
         f"delta p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} "
         f"ms, max {max(latencies, default=float('nan')):.0f} ms; server CPU {cpu / elapsed:.0%} "
         f"of a core ({cpu * 1e6 / max(len(latencies), 1):.0f} us per delta delivered)"

@@ -1,7 +1,7 @@
 """Fan-out of thread events to `threadEvents` subscribers, with replay of recent events.
 
-An event is a JSON-able dict carrying a per-thread `sequence` (assigned by its publisher, see
-`runs.py`). Two implementations behind one interface:
+An event is a typed `events.ThreadEvent` carrying a per-thread `sequence` (assigned by its
+publisher, see `sequences.py`). Two implementations behind one interface:
 - `MemoryBroker` (default): asyncio queues in this process.
 - `RedisBroker` (REDIS_URL set): Redis pub/sub carries events between worker processes, and a
   capped Redis list per thread keeps recent events for `afterSequence` replay.
@@ -21,9 +21,18 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
+from atlas_gql.ai.events import (
+    FINAL_EVENTS,
+    MessageDelta,
+    ThreadEvent,
+    decode_event,
+    delta_event,
+    encode_event,
+)
+
 logger = logging.getLogger(__name__)
 
-Event = dict[str, Any]
+Event = ThreadEvent
 ControlHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 # Recent events kept per thread for replay, and how long after a thread's last event they
@@ -37,7 +46,6 @@ MEMORY_THREAD_BYTES = 1 << 20
 MEMORY_TOTAL_BYTES = 128 << 20
 # Rough size of an event's fixed fields (ids, type, sequence) in the accounting above.
 EVENT_OVERHEAD_BYTES = 160
-FINAL_EVENT_TYPES = frozenset({"MessageCompleted", "MessageFailed"})
 # Seconds to wait for Redis to confirm a SUBSCRIBE.
 SUBSCRIBE_TIMEOUT = 5.0
 # Events waiting for a subscriber from which its queued deltas are merged.
@@ -89,15 +97,21 @@ class _Subscriber:
 
 
 def _mergeable(first: Event, second: Event) -> bool:
-    return bool(
-        first["type"] == second["type"] == "MessageDelta"
-        and first["messageId"] == second["messageId"]
+    return (
+        isinstance(first, MessageDelta)
+        and isinstance(second, MessageDelta)
+        and first.message_id == second.message_id
     )
 
 
-def _merge(first: Event, second: Event) -> Event:
+def _merge(first: MessageDelta, second: MessageDelta) -> MessageDelta:
     """Two consecutive deltas of a message as one (numbered as the later one)."""
-    return {**second, "delta": first["delta"] + second["delta"]}
+    return delta_event(
+        second.sequence,
+        thread_id=second.thread_id,
+        message_id=second.message_id,
+        delta=first.delta + second.delta,
+    )
 
 
 async def _deliver(
@@ -116,12 +130,12 @@ async def _deliver(
     def accept(item: Event | None) -> None:
         if item is None:
             raise SubscriberTooSlow()
-        newest = int(backlog[-1]["sequence"]) if backlog else last
-        if int(item["sequence"]) > newest:
+        newest = backlog[-1].sequence if backlog else last
+        if item.sequence > newest:
             backlog.append(item)
 
     if after_sequence is not None:
-        for event in sorted(replay, key=lambda item: int(item["sequence"])):
+        for event in sorted(replay, key=lambda item: item.sequence):
             accept(event)
     while True:
         if not backlog:
@@ -133,8 +147,8 @@ async def _deliver(
         event = backlog.popleft()
         if len(backlog) >= MERGE_BACKLOG:
             while backlog and _mergeable(event, backlog[0]):
-                event = _merge(event, backlog.popleft())
-        last = int(event["sequence"])
+                event = _merge(event, backlog.popleft())  # type: ignore[arg-type]
+        last = event.sequence
         yield event
 
 
@@ -168,9 +182,9 @@ class _LocalFanout:
 def event_size(event: Event) -> int:
     """About how many bytes an event takes (its text counted exactly; deltas are the hot
     path, so they are not serialized)."""
-    if event.get("type") == "MessageDelta":
-        return EVENT_OVERHEAD_BYTES + len(str(event.get("delta") or "").encode())
-    return len(json.dumps(event, separators=(",", ":"), default=str))
+    if isinstance(event, MessageDelta):
+        return EVENT_OVERHEAD_BYTES + len(event.delta.encode())
+    return len(encode_event(event))
 
 
 class _ThreadHistory:
@@ -184,10 +198,10 @@ class _ThreadHistory:
         self.touched = now
 
     def add(self, event: Event, *, limit: int, max_bytes: int) -> None:
-        if event.get("type") in FINAL_EVENT_TYPES and event.get("messageId") is not None:
+        if isinstance(event, FINAL_EVENTS):
             # The final event carries the whole message: its deltas are of no use to a
             # client reconnecting after it, and would only take room.
-            self._drop_deltas(event["messageId"])
+            self._drop_deltas(event.message_id)
         size = event_size(event)
         self.events.append((event, size))
         self.bytes += size
@@ -195,11 +209,11 @@ class _ThreadHistory:
             _, dropped = self.events.popleft()
             self.bytes -= dropped
 
-    def _drop_deltas(self, message_id: str) -> None:
+    def _drop_deltas(self, message_id: uuid.UUID) -> None:
         kept = deque(
             (event, size)
             for event, size in self.events
-            if not (event.get("type") == "MessageDelta" and event.get("messageId") == message_id)
+            if not (isinstance(event, MessageDelta) and event.message_id == message_id)
         )
         if len(kept) != len(self.events):
             self.events = kept
@@ -385,22 +399,26 @@ class RedisBroker:
                 continue
             if message["type"] != "message":
                 continue
-            try:
-                payload = json.loads(message["data"])
-            except (TypeError, ValueError):
-                continue
             if channel == self.CONTROL_CHANNEL:
+                try:
+                    payload = json.loads(message["data"])
+                except (TypeError, ValueError):
+                    continue
                 if self._control_handler is not None:
                     try:
                         await self._control_handler(payload)
                     except Exception:
                         logger.exception("redis broker: control handler failed")
                 continue
-            thread_id = uuid.UUID(channel.rsplit(":", 1)[1])
-            self._fanout.dispatch(thread_id, payload)
+            try:
+                event = decode_event(message["data"])
+            except ValueError:  # pydantic's ValidationError included
+                logger.warning("redis broker: dropped an event that does not parse")
+                continue
+            self._fanout.dispatch(event.thread_id, event)
 
     async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
-        data = json.dumps(event, separators=(",", ":"))
+        data = encode_event(event)
         key = self.history_key(thread_id)
         async with self._redis.pipeline(transaction=True) as pipeline:
             pipeline.rpush(key, data)
@@ -433,7 +451,7 @@ class RedisBroker:
             replay: list[Event] = []
             if after_sequence is not None:
                 raw = await self._redis.lrange(self.history_key(thread_id), 0, -1)
-                replay = [json.loads(item) for item in raw]
+                replay = [decode_event(item) for item in raw]
             async for event in _deliver(subscriber, replay, after_sequence):
                 yield event
         finally:

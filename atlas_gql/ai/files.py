@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
+from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.ai.provider import UpstreamFailure
-from atlas_gql.ai.runs import AIRuntime
 from atlas_gql.ai.service import (
     NO_CLIENT,
     Client,

@@ -10,9 +10,8 @@ import strawberry
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
+from atlas_gql.ai import events, service
 from atlas_gql.ai import files as files_service
-from atlas_gql.ai import service
-from atlas_gql.ai.runs import message_from_payload
 from atlas_gql.ai.types import AssistantType, FileType, MessageType, ThreadType
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
@@ -157,19 +156,22 @@ ThreadEvent = Annotated[
 ]
 
 
-def _graph_event(event: dict[str, Any]) -> Any:
-    kind = event["type"]
-    sequence = int(event["sequence"])
-    message_gid = strawberry.ID(encode_global_id("Message", uuid.UUID(event["messageId"])))
-    if kind == "MessageDelta":
-        return MessageDelta(sequence=sequence, message_id=message_gid, delta=event["delta"])
-    message = MessageType.from_model(message_from_payload(event["message"]))
-    if kind == "MessageCreated":
+def _graph_event(event: events.ThreadEvent) -> Any:
+    sequence = event.sequence
+    if isinstance(event, events.MessageDelta):
+        message_gid = strawberry.ID(encode_global_id("Message", event.message_id))
+        return MessageDelta(sequence=sequence, message_id=message_gid, delta=event.delta)
+    message = MessageType.from_model(event.message.to_message())
+    if isinstance(event, events.MessageCreated):
         return MessageCreated(sequence=sequence, message=message)
-    if kind == "MessageCompleted":
+    if isinstance(event, events.MessageCompleted):
         return MessageCompleted(sequence=sequence, message=message)
+    # MessageCancelled is served as MessageFailed (status CANCELLED) until the schema has it.
     return MessageFailed(
-        sequence=sequence, message_id=message_gid, message=message, error=event["error"] or ""
+        sequence=sequence,
+        message_id=strawberry.ID(encode_global_id("Message", event.message_id)),
+        message=message,
+        error=event.error,
     )
 
 
@@ -563,7 +565,7 @@ class Subscription:
             await context.close_db()
         broker = context.services.ai.broker
         async for event in broker.subscribe(thread_uuid, after_sequence=after_sequence):
-            if event["type"] == "MessageCreated":
+            if isinstance(event, events.MessageCreated):
                 # A new exchange: check again that the viewer's session and access still hold
                 # (a logout or a removal from the project ends the subscription).
                 viewer = await _check_still_allowed(context, viewer, thread_uuid)

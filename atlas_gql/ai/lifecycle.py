@@ -4,8 +4,8 @@ and the sweep that marks replies left IN_PROGRESS by a stopped server INCOMPLETE
 from __future__ import annotations
 
 from atlas_gql.ai.broker import create_broker
+from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.ai.provider import create_provider
-from atlas_gql.ai.runs import AIRuntime
 from atlas_gql.runtime import Runtime
 
 

@@ -93,6 +93,8 @@ class Message(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
     created_at: datetime = created_at()
     completed_at: datetime | None = optional_timestamp()
+    # A running reply's liveness: its worker touches it every few seconds (see recovery.py).
+    heartbeat_at: datetime | None = optional_timestamp()
 
 
 class File(SQLModel, table=True):

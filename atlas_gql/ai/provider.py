@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx2
 import openai
 from openai import AsyncOpenAI
 
@@ -36,6 +37,14 @@ UNREACHABLE_ERROR = "Could not reach the AI provider."
 CONNECTION_CUT_ERROR = "The connection to the AI provider was cut."
 PROVIDER_REPORTED_ERROR = "The AI provider reported an error."
 STREAM_ENDED_ERROR = "The reply stream ended before the response was complete."
+# What the SDK and its transport raise when the provider or the network fails (the aiohttp
+# transport maps its errors to httpx2's). Anything else is a bug of ours and surfaces as one.
+UPSTREAM_ERRORS: tuple[type[Exception], ...] = (
+    openai.OpenAIError,
+    httpx2.HTTPError,
+    OSError,
+    TimeoutError,
+)
 # Also key fragments as OpenAI quotes them in a 401 ("sk-proj-****...abcd").
 _KEY_FRAGMENT = re.compile(r"\bsk-[A-Za-z0-9_*.\-]{3,}")
 
@@ -155,7 +164,7 @@ def create_client(settings: Settings) -> AsyncOpenAI:
     )
 
 
-def _failure_from_sdk(error: Exception, *, mid_stream: bool = False) -> UpstreamFailure:
+def _failure_from_sdk(error: BaseException, *, mid_stream: bool = False) -> UpstreamFailure:
     """Translate an SDK / transport exception into an UpstreamFailure (`mid_stream`: raised
     while reading a stream that had begun, where a lost connection means a cut reply)."""
     name = type(error).__name__
@@ -206,14 +215,14 @@ class _FilesMixin:
         upload: Any = (filename, content, mime_type) if mime_type else (filename, content)
         try:
             stored = await self.client.files.create(file=upload, purpose=purpose)  # type: ignore[arg-type]
-        except Exception as error:
+        except UPSTREAM_ERRORS as error:
             raise _failure_from_sdk(error) from error
         return stored.id
 
     async def delete_file(self, file_id: str) -> None:
         try:
             await self.client.files.delete(file_id)
-        except Exception as error:
+        except UPSTREAM_ERRORS as error:
             raise _failure_from_sdk(error) from error
 
 
@@ -234,7 +243,7 @@ class ResponsesProvider(_FilesMixin):
             conversation = await self.client.conversations.create(
                 items=items if items else openai.omit
             )
-        except Exception as error:
+        except UPSTREAM_ERRORS as error:
             raise _failure_from_sdk(error) from error
         return conversation.id
 
@@ -254,7 +263,7 @@ class ResponsesProvider(_FilesMixin):
             arguments["conversation"] = request.conversation_id
         try:
             stream = await self.client.responses.create(**arguments)
-        except Exception as error:
+        except UPSTREAM_ERRORS as error:
             raise _failure_from_sdk(error) from error
         request_id = _request_id_of(stream)
         output_tokens_seen = False
@@ -290,9 +299,7 @@ class ResponsesProvider(_FilesMixin):
                             detail=f"error event ({event.code}): {event.message}",
                             request_id=request_id,
                         )
-        except UpstreamFailure:
-            raise
-        except Exception as error:
+        except UPSTREAM_ERRORS as error:
             failure = _failure_from_sdk(error, mid_stream=True)
             failure.request_id = failure.request_id or request_id
             raise failure from error
@@ -369,7 +376,7 @@ class ChatProvider(_FilesMixin):
             arguments["temperature"] = request.temperature
         try:
             stream = await self.client.chat.completions.create(**arguments)
-        except Exception as error:
+        except UPSTREAM_ERRORS as error:
             raise _failure_from_sdk(error) from error
         request_id = _request_id_of(stream)
         completion_id: str | None = None
@@ -392,7 +399,7 @@ class ChatProvider(_FilesMixin):
                             yield ReplyDelta(text=choice.delta.content)
                         if choice.finish_reason:
                             finish_reason = choice.finish_reason
-        except Exception as error:
+        except UPSTREAM_ERRORS as error:
             failure = _failure_from_sdk(error, mid_stream=True)
             failure.request_id = failure.request_id or request_id
             raise failure from error

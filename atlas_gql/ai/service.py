@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql.ai.events import created_event
 from atlas_gql.ai.models import (
     Assistant,
     AssociableType,
@@ -31,8 +32,10 @@ from atlas_gql.ai.models import (
     MessageStatus,
     Thread,
 )
+from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.pricing import allowed_models
-from atlas_gql.ai.runs import SEQUENCE_BLOCK, AIRuntime, ReplyJob, created_event
+from atlas_gql.ai.recovery import is_stale
+from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
@@ -527,8 +530,7 @@ async def send_message(
         running = await _running_reply(db, thread.id)
         if running is None:
             break
-        stale_before = datetime.now(UTC) - timedelta(seconds=ai.settings.atlas_reply_stale_after)
-        if running.id in ai.replies or thread.updated_at >= stale_before:
+        if running.id in ai.replies or not is_stale(running, ai.settings):
             raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
         # Its worker is gone: finish it (outside our lock), then try again.
         orphan_id, orphan_thread_id = running.id, thread.id
@@ -572,6 +574,7 @@ async def send_message(
         status=MessageStatus.IN_PROGRESS,
         model=assistant.model,
         created_at=now + timedelta(microseconds=1),
+        heartbeat_at=now,
     )
     db.add_all([user_message, assistant_message])
     await db.flush()
@@ -583,8 +586,7 @@ async def send_message(
                 associable_id=user_message.id,
             )
         )
-    base = thread.last_event_sequence
-    thread.last_event_sequence = base + 2 + SEQUENCE_BLOCK
+    (user_created, reply_created), sequences = SequenceBlock.open(thread, taken=2)
     log_activity(
         db, viewer, client, "message.send", "Message", user_message.id, thread.project_id,
         {"threadId": str(thread.id), "chars": len(content), "files": len(files)},
@@ -601,15 +603,17 @@ async def send_message(
         content=content,
         openai_file_ids=[file.openai_file_id for file in files if file.openai_file_id],
         conversation_id=thread.openai_thread_id,
-        next_sequence=base + 3,
-        reserved_until=base + 2 + SEQUENCE_BLOCK,
+        sequences=sequences,
     )
     await db.commit()
     # Hold a connection again before the payload's relation fields load concurrently.
     await db.refresh(user_message)
     ai.start_reply(
         job,
-        created=[created_event(base + 1, user_message), created_event(base + 2, assistant_message)],
+        created=[
+            created_event(user_created, user_message),
+            created_event(reply_created, assistant_message),
+        ],
     )
     return user_message, assistant_message
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from atlas_gql.ai.lifecycle import start_ai, stop_ai
-from atlas_gql.ai.runs import AIRuntime
+from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.auth.ratelimit import LoginLimiter, build_login_limiter
 from atlas_gql.runtime import Runtime
 

@@ -11,6 +11,12 @@ import pytest
 from redis.exceptions import RedisError
 
 from atlas_gql.ai.broker import RedisBroker
+from atlas_gql.ai.events import MessageDelta
+
+
+def _delta() -> MessageDelta:
+    thread = uuid.uuid4()
+    return MessageDelta(sequence=1, thread_id=thread, message_id=uuid.uuid4(), delta="x")
 
 
 @pytest.fixture
@@ -28,7 +34,5 @@ async def test_publish_to_a_hung_redis_fails_within_the_socket_timeout(silent_re
     broker = RedisBroker(silent_redis)
     started = time.monotonic()
     with pytest.raises((RedisError, TimeoutError, OSError)):
-        await asyncio.wait_for(
-            broker.publish(uuid.uuid4(), {"type": "MessageDelta", "sequence": 1}), 30
-        )
+        await asyncio.wait_for(broker.publish(uuid.uuid4(), _delta()), 30)
     assert time.monotonic() - started < 15

@@ -23,7 +23,7 @@ CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { id status } }"
 
 
 async def _orphan_reply(ai: AIServer, thread_id: str, *, age: timedelta) -> Message:
-    """An IN_PROGRESS reply whose worker is gone, its thread untouched for `age`."""
+    """An IN_PROGRESS reply whose worker is gone, its last heartbeat `age` ago."""
     runtime = ai.server.app.state.atlas["runtime"]
     thread_uuid = decode_global_id(thread_id)[1]
     async with runtime.sessionmaker() as db:
@@ -32,13 +32,9 @@ async def _orphan_reply(ai: AIServer, thread_id: str, *, age: timedelta) -> Mess
             role=MessageRole.ASSISTANT,
             content="half an ans",
             status=MessageStatus.IN_PROGRESS,
+            heartbeat_at=datetime.now(UTC) - age,
         )
         db.add(reply)
-        await db.execute(
-            sa.update(Thread)
-            .where(col(Thread.id) == thread_uuid)
-            .values(updated_at=datetime.now(UTC) - age)
-        )
         await db.commit()
     return reply
 

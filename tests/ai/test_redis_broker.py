@@ -11,6 +11,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from atlas_gql.ai.broker import RedisBroker
+from atlas_gql.ai.events import MessageDelta
 from tests.ai.conftest import StartServer
 from tests.ai.fake_openai import Behaviour
 
@@ -79,12 +80,14 @@ async def _receives(broker: RedisBroker, thread: uuid.UUID, sequence: int) -> bo
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
-        await broker.publish(thread, {"type": "MessageDelta", "sequence": sequence})
+        await broker.publish(
+            thread, MessageDelta(sequence=sequence, thread_id=thread, message_id=thread, delta="x")
+        )
         try:
             event = await asyncio.wait_for(first, 2)
         except TimeoutError:
             return False
-        return bool(event["sequence"] == sequence)
+        return bool(event.sequence == sequence)
     finally:
         first.cancel()
         with contextlib.suppress(BaseException):

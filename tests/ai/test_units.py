@@ -10,8 +10,18 @@ from typing import Any
 import pytest
 
 from atlas_gql.ai.broker import MERGE_BACKLOG, MemoryBroker
+from atlas_gql.ai.events import (
+    MessageCompleted,
+    MessageCreated,
+    MessageDelta,
+    MessagePayload,
+    ThreadEvent,
+)
+from atlas_gql.ai.models import MessageRole, MessageStatus
 from atlas_gql.ai.pricing import allowed_models, cost_usd
 from atlas_gql.config import Settings
+
+THREAD = uuid.uuid4()
 
 
 def test_cost_is_exact_decimal() -> None:
@@ -40,11 +50,31 @@ def test_prices_and_models_follow_settings() -> None:
     assert "gpt-4o-mini" in allowed_models(Settings(_env_file=None))  # type: ignore[call-arg]
 
 
-def _delta(sequence: int, text: str, message: str = "m1") -> dict[str, Any]:
-    return {"type": "MessageDelta", "sequence": sequence, "messageId": message, "delta": text}
+def message_id(name: str) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, name)
 
 
-async def _take(stream: Any, count: int) -> list[dict[str, Any]]:
+def _delta(sequence: int, text: str, message: str = "m1") -> MessageDelta:
+    return MessageDelta(
+        sequence=sequence, thread_id=THREAD, message_id=message_id(message), delta=text
+    )
+
+
+def _payload(message: str, content: str = "", role: MessageRole = MessageRole.ASSISTANT) -> Any:
+    return MessagePayload(
+        id=message_id(message), thread_id=THREAD, role=role, content=content,
+        status=MessageStatus.COMPLETED, created_at="2026-01-01T00:00:00Z",
+    )  # fmt: skip
+
+
+def _completed(sequence: int, message: str = "m1", content: str = "") -> MessageCompleted:
+    return MessageCompleted(
+        sequence=sequence, thread_id=THREAD, message_id=message_id(message),
+        message=_payload(message, content),
+    )  # fmt: skip
+
+
+async def _take(stream: Any, count: int) -> list[ThreadEvent]:
     return [await asyncio.wait_for(anext(stream), 2) for _ in range(count)]
 
 
@@ -68,18 +98,17 @@ async def test_a_subscriber_far_behind_gets_merged_deltas() -> None:
     count = MERGE_BACKLOG * 3
     for sequence in range(1, count + 1):
         await broker.publish(thread, _delta(sequence, f"{sequence},"))
-    await broker.publish(thread, {"type": "MessageCompleted", "sequence": count + 1})
+    # (The final event of another message: a message's own would drop its kept deltas.)
+    await broker.publish(thread, _completed(count + 1, "another"))
     stream = broker.subscribe(thread, after_sequence=0)
-    events = []
-    while not events or events[-1]["type"] != "MessageCompleted":
+    events: list[ThreadEvent] = []
+    while not events or not isinstance(events[-1], MessageCompleted):
         events += await _take(stream, 1)
     await stream.aclose()
-    deltas = [event for event in events if event["type"] == "MessageDelta"]
+    deltas = [event for event in events if isinstance(event, MessageDelta)]
     assert len(deltas) < count
-    assert "".join(event["delta"] for event in deltas) == "".join(
-        f"{n}," for n in range(1, count + 1)
-    )
-    sequences = [event["sequence"] for event in events]
+    assert "".join(event.delta for event in deltas) == "".join(f"{n}," for n in range(1, count + 1))
+    sequences = [event.sequence for event in events]
     assert sequences == sorted(set(sequences))
     assert sequences[-1] == count + 1
 
@@ -94,7 +123,7 @@ async def test_a_subscriber_keeping_up_gets_every_delta(after: int | None) -> No
     for sequence in range(1, 6):
         await broker.publish(thread, _delta(sequence, "x"))
         await asyncio.sleep(0)
-    assert [event["sequence"] for event in await received] == [1, 2, 3, 4, 5]
+    assert [event.sequence for event in await received] == [1, 2, 3, 4, 5]
     await stream.aclose()
 
 
@@ -109,15 +138,15 @@ class FakeClock:
 MARKER = 10**9
 
 
-async def _replayed(broker: MemoryBroker, thread: uuid.UUID) -> list[dict[str, Any]]:
+async def _replayed(broker: MemoryBroker, thread: uuid.UUID) -> list[ThreadEvent]:
     """What a client reconnecting with `afterSequence: 0` gets before live events (a marker
     published after subscribing ends the replay)."""
     stream = broker.subscribe(thread, after_sequence=0)
     first = asyncio.ensure_future(anext(stream))
     await asyncio.sleep(0)
-    await broker.publish(thread, {"type": "Marker", "sequence": MARKER})
+    await broker.publish(thread, _delta(MARKER, "", "marker"))
     events = [await asyncio.wait_for(first, 2)]
-    while events[-1]["sequence"] != MARKER:
+    while events[-1].sequence != MARKER:
         events.append(await asyncio.wait_for(anext(stream), 2))
     await stream.aclose()
     return events[:-1]
@@ -129,25 +158,21 @@ async def _exchange(
     """A finished exchange: two MessageCreated, `deltas` deltas, MessageCompleted (whose
     message carries the whole text); the next free sequence number."""
     sequence = start
-    for role in ("USER", "ASSISTANT"):
+    for role in (MessageRole.USER, MessageRole.ASSISTANT):
+        name = f"{message}-{role}"
         await broker.publish(
             thread,
-            {"type": "MessageCreated", "sequence": sequence, "messageId": f"{message}-{role}"},
-        )
+            MessageCreated(
+                sequence=sequence, thread_id=THREAD, message_id=message_id(name),
+                message=_payload(name, role=role),
+            ),
+        )  # fmt: skip
         sequence += 1
     for index in range(deltas):
         await broker.publish(thread, _delta(sequence, f"{index},", message))
         sequence += 1
     text = "".join(f"{index}," for index in range(deltas))
-    await broker.publish(
-        thread,
-        {
-            "type": "MessageCompleted",
-            "sequence": sequence,
-            "messageId": message,
-            "message": {"id": message, "content": text},
-        },
-    )
+    await broker.publish(thread, _completed(sequence, message, text))
     return sequence + 1
 
 
@@ -161,16 +186,19 @@ async def test_a_finished_message_keeps_only_its_final_event_for_replay() -> Non
     for index in range(5):
         await broker.publish(thread, _delta(sequence + index, "x", "running"))
     replay = await _replayed(broker, thread)
-    kinds = [event["type"] for event in replay]
+    kinds = [event.type for event in replay]
     assert (
         kinds == ["MessageCreated", "MessageCreated", "MessageCompleted"] * 3 + ["MessageDelta"] * 5
     )
-    assert {event["messageId"] for event in replay[-5:]} == {"running"}
-    assert replay[2]["message"]["content"] == "".join(f"{n}," for n in range(50))
-    sequences = [event["sequence"] for event in replay]
+    assert {event.message_id for event in replay[-5:]} == {message_id("running")}
+    completed = replay[2]
+    assert isinstance(completed, MessageCompleted)
+    assert completed.message.content == "".join(f"{n}," for n in range(50))
+    sequences = [event.sequence for event in replay]
     assert sequences == sorted(sequences)
-    # 3 * 53 + 5 events published; 14 kept.
-    assert broker.retained_bytes < 3000
+    # 3 * 53 + 5 events published; 14 kept (9 carry a whole message): not the 150 finished
+    # deltas (about 25 kB).
+    assert broker.retained_bytes < 8000
 
 
 async def test_memory_history_is_bounded_per_thread_in_all_and_in_time() -> None:
@@ -182,9 +210,9 @@ async def test_memory_history_is_bounded_per_thread_in_all_and_in_time() -> None
         await broker.publish(long_thread, _delta(sequence, "y" * 100))
     assert broker.retained_bytes <= 10_000
     kept = await _replayed(broker, long_thread)
-    assert kept[-1]["sequence"] == 1000
+    assert kept[-1].sequence == 1000
     # (Replayed deltas arrive merged; their text is what was kept: the newest ones.)
-    kept_text = "".join(event["delta"] for event in kept)
+    kept_text = "".join(event.delta for event in kept if isinstance(event, MessageDelta))
     assert 1000 < len(kept_text) < 10_000
 
     # Many threads: all together stay under 50 kB, the least recently active forgotten.
@@ -195,7 +223,7 @@ async def test_memory_history_is_bounded_per_thread_in_all_and_in_time() -> None
             await broker.publish(thread, _delta(sequence, "z" * 100))
     assert broker.retained_bytes <= 50_000
     assert await _replayed(broker, threads[0]) == []
-    assert (await _replayed(broker, threads[-1]))[-1]["sequence"] == 80
+    assert (await _replayed(broker, threads[-1]))[-1].sequence == 80
 
     # Time: a thread idle for longer than the TTL is forgotten.
     clock.now += 3601

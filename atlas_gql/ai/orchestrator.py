@@ -1,19 +1,9 @@
 """The reply orchestrator: runs a streamed model call in an app-owned task, numbers and
-publishes its events, and leaves the assistant message in a final state whatever happens.
+publishes its events (events.py, sequences.py), and leaves the assistant message in a final
+state whatever happens. Replies whose worker is gone are recovery.py's.
 
-Event sequences: `Thread.last_event_sequence` is the high-water mark of numbers handed out
-for the thread. `sendMessage` (holding the thread row lock) takes two numbers for its two
-MessageCreated events and *reserves* a block above them for the reply; the reply task numbers
-its deltas inside the block and reserves the next block in the database before it runs out.
-At the end it gives back what it did not use. So every number ever published is at or below
-the stored mark (a crash or a second worker can never hand out a number twice), one reply at
-a time per thread means one publisher at a time, and numbers strictly increase (after a
-crash they may skip a few, never go back).
-
-Liveness: a running reply touches its thread's `updated_at` every few seconds. A reply
-IN_PROGRESS whose thread has not been touched for ATLAS_REPLY_STALE_AFTER seconds is dead
-(its worker stopped) and is marked INCOMPLETE: at start-up, by a periodic sweep, and by a
-new sendMessage on that thread."""
+While a reply runs, its worker touches the message's `heartbeat_at` every few seconds and
+saves the partial text (a checkpoint) every couple of seconds; nothing is written per delta."""
 
 from __future__ import annotations
 
@@ -25,16 +15,15 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from atlas_gql.ai.broker import Broker, Event
-from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
-from atlas_gql.ai.pricing import cost_usd
+from atlas_gql.ai.broker import Broker
+from atlas_gql.ai.events import ThreadEvent, delta_event, final_event
+from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.provider import (
     STREAM_ENDED_ERROR,
     HistoryItem,
@@ -45,16 +34,16 @@ from atlas_gql.ai.provider import (
     ReplyStarted,
     UpstreamFailure,
 )
+from atlas_gql.ai.recovery import CANCELLED_ERROR, Recovery, usage_row
+from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.config import Settings
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.audit import record_error
-from atlas_gql.logs.models import ApiUsageLog, ErrorSource
+from atlas_gql.logs.models import ErrorSource
 from atlas_gql.logs.usage import ESTIMATED_SUFFIX, estimate_tokens
 
 logger = logging.getLogger(__name__)
 
-# Sequence numbers reserved at a time for a reply's deltas.
-SEQUENCE_BLOCK = 64
 # Partial text is saved at least this often (seconds), so a crash keeps most of it.
 CHECKPOINT_INTERVAL = 2.0
 HEARTBEAT_INTERVAL = 5.0
@@ -64,72 +53,7 @@ BACKOFF_BASE = 0.25
 # How many earlier messages the chat adapter sends, and how many seed a new conversation.
 HISTORY_LIMIT = 50
 
-CANCELLED_ERROR = "The reply was stopped."
 SHUTDOWN_ERROR = "The server stopped while the reply was running."
-STALE_ERROR = "The reply stopped making progress (its server went away)."
-
-
-def message_event_payload(message: Message) -> dict[str, Any]:
-    """A message as carried inside an event (enough to render it without the database)."""
-    return {
-        "id": str(message.id),
-        "thread_id": str(message.thread_id),
-        "user_id": str(message.user_id) if message.user_id else None,
-        "role": message.role.value,
-        "content": message.content,
-        "status": message.status.value,
-        "openai_message_id": message.openai_message_id,
-        "openai_response_id": message.openai_response_id,
-        "model": message.model,
-        "input_tokens": message.input_tokens,
-        "output_tokens": message.output_tokens,
-        "error": message.error,
-        "created_at": message.created_at.isoformat() if message.created_at else None,
-        "completed_at": message.completed_at.isoformat() if message.completed_at else None,
-    }
-
-
-def message_from_payload(payload: dict[str, Any]) -> Message:
-    return Message(
-        id=uuid.UUID(payload["id"]),
-        thread_id=uuid.UUID(payload["thread_id"]),
-        user_id=uuid.UUID(payload["user_id"]) if payload.get("user_id") else None,
-        role=MessageRole(payload["role"]),
-        content=payload["content"],
-        status=MessageStatus(payload["status"]),
-        openai_message_id=payload.get("openai_message_id"),
-        openai_response_id=payload.get("openai_response_id"),
-        model=payload.get("model"),
-        input_tokens=payload.get("input_tokens"),
-        output_tokens=payload.get("output_tokens"),
-        error=payload.get("error"),
-        created_at=datetime.fromisoformat(payload["created_at"]),
-        completed_at=(
-            datetime.fromisoformat(payload["completed_at"]) if payload.get("completed_at") else None
-        ),
-    )
-
-
-def created_event(sequence: int, message: Message) -> Event:
-    return {
-        "type": "MessageCreated",
-        "sequence": sequence,
-        "threadId": str(message.thread_id),
-        "messageId": str(message.id),
-        "message": message_event_payload(message),
-    }
-
-
-def final_event(sequence: int, message: Message) -> Event:
-    completed = message.status is MessageStatus.COMPLETED
-    return {
-        "type": "MessageCompleted" if completed else "MessageFailed",
-        "sequence": sequence,
-        "threadId": str(message.thread_id),
-        "messageId": str(message.id),
-        "message": message_event_payload(message),
-        "error": None if completed else (message.error or "The reply did not complete."),
-    }
 
 
 @dataclass
@@ -147,8 +71,7 @@ class ReplyJob:
     content: str
     openai_file_ids: list[str]
     conversation_id: str | None
-    next_sequence: int
-    reserved_until: int
+    sequences: SequenceBlock
 
 
 @dataclass
@@ -162,7 +85,7 @@ class ActiveReply:
     last_checkpoint: float = field(default_factory=time.monotonic)
     checkpointed_chars: int = 0
     # The MessageCreated events of the exchange, published by the task before any delta.
-    created: list[Event] = field(default_factory=list)
+    created: list[ThreadEvent] = field(default_factory=list)
     publish_failed: bool = False
 
 
@@ -172,6 +95,10 @@ class ReplySuperseded(Exception):
 
 class AIRuntime:
     """The AI domain's long-lived parts (held by the app as `Services.ai`)."""
+
+    # Seconds between heartbeats and between checkpoints of a running reply (tests shorten them).
+    heartbeat_interval = HEARTBEAT_INTERVAL
+    checkpoint_interval = CHECKPOINT_INTERVAL
 
     def __init__(
         self,
@@ -189,11 +116,18 @@ class AIRuntime:
         self.spawn = spawn
         self.replies: dict[uuid.UUID, ActiveReply] = {}
         self.sweeper: asyncio.Task[None] | None = None
+        self.recovery = Recovery(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            publish=self._publish,
+            endpoint=provider.api,
+            is_running_here=self.replies.__contains__,
+        )
         broker.set_control_handler(self._on_control)
 
     # -- starting and stopping replies -------------------------------------------------
 
-    def start_reply(self, job: ReplyJob, *, created: list[Event]) -> None:
+    def start_reply(self, job: ReplyJob, *, created: list[ThreadEvent]) -> None:
         """Start the reply in the background; the task publishes the MessageCreated events
         first, then streams. Nothing here can fail after sendMessage committed: a broker
         that is down loses events (logged), never the reply."""
@@ -201,7 +135,7 @@ class AIRuntime:
         self.replies[job.assistant_message_id] = reply
         reply.task = self.spawn(self._run(reply), name=f"reply-{job.assistant_message_id}")
 
-    async def _publish(self, thread_id: uuid.UUID, event: Event) -> bool:
+    async def _publish(self, thread_id: uuid.UUID, event: ThreadEvent) -> bool:
         """Publish an event; a broker failure (Redis down) is logged, not raised: the
         database keeps the truth, a client that missed events reloads `thread.messages`."""
         try:
@@ -209,8 +143,8 @@ class AIRuntime:
         except Exception:
             logger.warning(
                 "could not publish %s #%s of thread %s",
-                event.get("type"),
-                event.get("sequence"),
+                event.type,
+                event.sequence,
                 thread_id,
                 exc_info=True,
             )
@@ -238,7 +172,7 @@ class AIRuntime:
                     if await self._status_of(message_id) is not MessageStatus.IN_PROGRESS:
                         return
         # Nobody runs it any more (or nobody can be told): finish it here.
-        await self.finish_orphan(message_id=message_id, thread_id=thread_id, status=None)
+        await self.recovery.finish_orphan(message_id=message_id, thread_id=thread_id, status=None)
 
     async def _cancel_local(self, reply: ActiveReply, *, reason: str, wait: bool = True) -> None:
         reply.cancel_reason = reply.cancel_reason or reason
@@ -263,13 +197,12 @@ class AIRuntime:
     async def start(self) -> None:
         await self.broker.start()
         try:
-            await self.sweep_stale_replies()
+            await self.recovery.sweep_stale_replies()
         except Exception:
             # The app must start (and say so on /readyz) even when the database is down;
             # the periodic sweep tries again.
             logger.exception("stale reply sweep at start failed")
-        interval = max(1.0, self.settings.atlas_reply_stale_after / 2)
-        self.sweeper = asyncio.create_task(self._sweep_forever(interval), name="ai-stale-sweeper")
+        self.sweeper = asyncio.create_task(self.recovery.sweep_forever(), name="ai-stale-sweeper")
 
     async def stop(self) -> None:
         if self.sweeper is not None:
@@ -295,7 +228,7 @@ class AIRuntime:
                 await self._publish(job.thread_id, event)
         except asyncio.CancelledError:
             reply.cancel_reason = reply.cancel_reason or "shutdown"
-        heartbeat = asyncio.create_task(self._heartbeat(job.thread_id))
+        heartbeat = asyncio.create_task(self._heartbeat(job.assistant_message_id))
         reply.stream_task = asyncio.create_task(self._stream(reply))
         if reply.cancel_reason is not None:
             reply.stream_task.cancel()
@@ -330,19 +263,19 @@ class AIRuntime:
             heartbeat.cancel()
             self.replies.pop(job.assistant_message_id, None)
 
-    async def _heartbeat(self, thread_id: uuid.UUID) -> None:
+    async def _heartbeat(self, message_id: uuid.UUID) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self.heartbeat_interval)
             try:
                 async with self.sessionmaker() as db:
                     await db.execute(
-                        sa.update(Thread)
-                        .where(col(Thread.id) == thread_id)
-                        .values(updated_at=sa.func.now())
+                        sa.update(Message)
+                        .where(col(Message.id) == message_id)
+                        .values(heartbeat_at=sa.func.now())
                     )
                     await db.commit()
             except Exception:
-                logger.warning("heartbeat of thread %s failed", thread_id, exc_info=True)
+                logger.warning("heartbeat of reply %s failed", message_id, exc_info=True)
 
     async def _stream(self, reply: ActiveReply) -> ReplyDone:
         job = reply.job
@@ -401,7 +334,8 @@ class AIRuntime:
             await db.execute(
                 sa.update(Thread)
                 .where(col(Thread.id) == job.thread_id, col(Thread.openai_thread_id).is_(None))
-                .values(openai_thread_id=conversation_id)
+                # Bookkeeping of the reply, not an edit of the thread: updatedAt stays.
+                .values(openai_thread_id=conversation_id, updated_at=col(Thread.updated_at))
             )
             await db.commit()
         return conversation_id
@@ -433,19 +367,15 @@ class AIRuntime:
 
     async def _emit_delta(self, reply: ActiveReply, text: str) -> None:
         job = reply.job
-        sequence = job.next_sequence
-        job.next_sequence += 1
+        sequences = job.sequences
+        sequence = sequences.take()
         reply.text.append(text)
-        due = time.monotonic() - reply.last_checkpoint >= CHECKPOINT_INTERVAL
-        if sequence >= job.reserved_until or due:
-            await self._checkpoint(reply, reserve_from=sequence)
-        event = {
-            "type": "MessageDelta",
-            "sequence": sequence,
-            "threadId": str(job.thread_id),
-            "messageId": str(job.assistant_message_id),
-            "delta": text,
-        }
+        due = time.monotonic() - reply.last_checkpoint >= self.checkpoint_interval
+        if sequences.needs_extension or due:
+            await self._checkpoint(reply)
+        event = delta_event(
+            sequence, thread_id=job.thread_id, message_id=job.assistant_message_id, delta=text
+        )
         if reply.publish_failed:
             # Logged once per reply; the text is saved anyway.
             with contextlib.suppress(Exception):
@@ -453,10 +383,12 @@ class AIRuntime:
         elif not await self._publish(job.thread_id, event):
             reply.publish_failed = True
 
-    async def _checkpoint(self, reply: ActiveReply, *, reserve_from: int) -> None:
-        """Save the partial text and make sure the sequence reservation covers what follows."""
+    async def _checkpoint(self, reply: ActiveReply) -> None:
+        """Save the partial text, touch the heartbeat, and make sure the sequence reservation
+        covers what follows."""
         job = reply.job
-        reserve = max(job.reserved_until, reserve_from + SEQUENCE_BLOCK)
+        sequences = job.sequences
+        mark = sequences.extension() if sequences.needs_extension else None
         async with self.sessionmaker() as db:
             updated = await db.execute(
                 sa.update(Message)
@@ -464,20 +396,19 @@ class AIRuntime:
                     col(Message.id) == job.assistant_message_id,
                     col(Message.status) == MessageStatus.IN_PROGRESS,
                 )
-                .values(content="".join(reply.text), openai_response_id=reply.response_id)
+                .values(
+                    content="".join(reply.text),
+                    openai_response_id=reply.response_id,
+                    heartbeat_at=sa.func.now(),
+                )
             )
             if updated.rowcount == 0:  # type: ignore[attr-defined]
                 raise ReplySuperseded()
-            await db.execute(
-                sa.update(Thread)
-                .where(col(Thread.id) == job.thread_id)
-                .values(
-                    last_event_sequence=sa.func.greatest(col(Thread.last_event_sequence), reserve),
-                    updated_at=sa.func.now(),
-                )
-            )
+            if mark is not None:
+                await db.execute(sequences.extend_statement(job.thread_id, mark))
             await db.commit()
-        job.reserved_until = reserve
+        if mark is not None:
+            sequences.extended(mark)
         reply.last_checkpoint = time.monotonic()
 
     async def _finish(
@@ -509,7 +440,7 @@ class AIRuntime:
             status, error = MessageStatus.CANCELLED, CANCELLED_ERROR
         input_tokens = done.input_tokens if done else (failure.input_tokens if failure else None)
         output_tokens = done.output_tokens if done else (failure.output_tokens if failure else None)
-        sequence = job.next_sequence
+        sequence = job.sequences.take()
         values: dict[str, Any] = {
             "status": status,
             "content": "".join(reply.text),
@@ -557,11 +488,7 @@ class AIRuntime:
             ).scalar_one_or_none()
             if message is None:
                 return  # finished by someone else already
-            await db.execute(
-                sa.update(Thread)
-                .where(col(Thread.id) == job.thread_id)
-                .values(last_event_sequence=_release_reservation(job.reserved_until, sequence))
-            )
+            await db.execute(job.sequences.release_statement(job.thread_id, sequence))
             usage_status = status.value.lower()
             if input_tokens is None and output_tokens is None and values["content"]:
                 # The provider reported no usage (cancelled, cut, failed mid-stream) but the
@@ -572,7 +499,9 @@ class AIRuntime:
                 usage_status += ESTIMATED_SUFFIX
             if input_tokens is not None or output_tokens is not None:
                 db.add(
-                    self._usage_row(
+                    usage_row(
+                        self.settings,
+                        endpoint=self.provider.api,
                         user_id=job.user_id,
                         project_id=job.project_id,
                         thread_id=job.thread_id,
@@ -588,147 +517,13 @@ class AIRuntime:
             # Published as soon as the commit returns (before the session closes).
             await self._publish(job.thread_id, final_event(sequence, message))
 
-    def _usage_row(
-        self, *, user_id: uuid.UUID | None, project_id: uuid.UUID | None,
-        thread_id: uuid.UUID, message_id: uuid.UUID, model: str, input_tokens: int,
-        output_tokens: int, latency_ms: int | None, status: str,
-    ) -> ApiUsageLog:  # fmt: skip
-        return ApiUsageLog(
-            user_id=user_id,
-            project_id=project_id,
-            thread_id=thread_id,
-            message_id=message_id,
-            endpoint=self.provider.api,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            latency_ms=latency_ms,
-            cost_usd=cost_usd(
-                self.settings, model=model, input_tokens=input_tokens, output_tokens=output_tokens
-            ),
-            status=status,
-        )
-
-    # -- replies nobody runs any more ---------------------------------------------------
+    # -- replies nobody runs any more (recovery.py) ---------------------------------------
 
     async def finish_orphan(
         self, *, message_id: uuid.UUID, thread_id: uuid.UUID, status: MessageStatus | None
     ) -> None:
         """Finish an IN_PROGRESS reply no worker runs: CANCELLED (status None) or `status`."""
-        final_status = status or MessageStatus.CANCELLED
-        error = CANCELLED_ERROR if status is None else STALE_ERROR
-        async with self.sessionmaker() as db:
-            message = (
-                await db.execute(
-                    sa.update(Message)
-                    .where(
-                        col(Message.id) == message_id,
-                        col(Message.status) == MessageStatus.IN_PROGRESS,
-                    )
-                    .values(status=final_status, error=error, completed_at=sa.func.now())
-                    .returning(Message)
-                )
-            ).scalar_one_or_none()
-            if message is None:
-                return
-            sequence, project_id, assistant_id = (
-                await db.execute(
-                    sa.update(Thread)
-                    .where(col(Thread.id) == thread_id)
-                    .values(last_event_sequence=col(Thread.last_event_sequence) + 1)
-                    .returning(
-                        col(Thread.last_event_sequence),
-                        col(Thread.project_id),
-                        col(Thread.assistant_id),
-                    )
-                )
-            ).one()
-            if message.content:
-                # The worker that streamed it is gone (or told to stop and finds the message
-                # final): its text is counted here, estimated like _finish does.
-                prompt = await self._prompt_of(db, message, assistant_id)
-                db.add(
-                    self._usage_row(
-                        user_id=message.user_id,
-                        project_id=project_id,
-                        thread_id=thread_id,
-                        message_id=message.id,
-                        model=message.model or "unknown",
-                        input_tokens=estimate_tokens(prompt),
-                        output_tokens=estimate_tokens(message.content),
-                        latency_ms=None,
-                        status=final_status.value.lower() + ESTIMATED_SUFFIX,
-                    )
-                )
-            await db.commit()
-            await self._publish(thread_id, final_event(sequence, message))
-
-    @staticmethod
-    async def _prompt_of(db: AsyncSession, reply: Message, assistant_id: uuid.UUID | None) -> str:
-        """The assistant's instructions and the user message a reply answers (the thread's
-        last USER message before it)."""
-        question = await db.scalar(
-            sa.select(col(Message.content))
-            .where(
-                col(Message.thread_id) == reply.thread_id,
-                col(Message.role) == MessageRole.USER,
-                col(Message.created_at) < reply.created_at,
-            )
-            .order_by(col(Message.created_at).desc())
-            .limit(1)
-        )
-        instructions = (
-            await db.scalar(
-                sa.select(col(Assistant.instructions)).where(col(Assistant.id) == assistant_id)
-            )
-            if assistant_id is not None
-            else None
-        )
-        return (instructions or "") + (question or "")
-
-    async def sweep_stale_replies(self) -> int:
-        """Mark INCOMPLETE the replies whose worker stopped (no heartbeat for too long)."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.atlas_reply_stale_after)
-        async with self.sessionmaker() as db:
-            rows = (
-                await db.execute(
-                    sa.select(col(Message.id), col(Message.thread_id))
-                    .join(Thread, col(Thread.id) == col(Message.thread_id))
-                    .where(
-                        col(Message.status) == MessageStatus.IN_PROGRESS,
-                        col(Thread.updated_at) < cutoff,
-                    )
-                )
-            ).all()
-        count = 0
-        for message_id, thread_id in rows:
-            if message_id in self.replies:
-                continue
-            await self.finish_orphan(
-                message_id=message_id, thread_id=thread_id, status=MessageStatus.INCOMPLETE
-            )
-            count += 1
-        if count:
-            logger.warning("marked %d stale replies INCOMPLETE", count)
-        return count
-
-    async def _sweep_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep_stale_replies()
-            except Exception:
-                logger.exception("stale reply sweep failed")
-
-
-def _release_reservation(reserved_until: int, final_sequence: int) -> Any:
-    """The thread's mark after a reply: exactly its last number when nobody reserved past
-    this reply's block, else unchanged (never lower than a number handed out)."""
-    current = col(Thread.last_event_sequence)
-    return sa.case(
-        (current == reserved_until, final_sequence),
-        else_=sa.func.greatest(current, final_sequence),
-    )
+        await self.recovery.finish_orphan(message_id=message_id, thread_id=thread_id, status=status)
 
 
 def _backoff(attempt: int) -> float:
