@@ -126,6 +126,7 @@ def serve(
         reload=reload,
         log_level="info",
         proxy_headers=True,
+        ws_per_message_deflate=settings.atlas_ws_per_message_deflate,
     )
 
 

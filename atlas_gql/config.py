@@ -25,6 +25,11 @@ class OpenAIApi(StrEnum):
     CHAT = "chat"
 
 
+class OpenAIHttpClient(StrEnum):
+    HTTPX = "httpx"
+    AIOHTTP = "aiohttp"
+
+
 class Settings(BaseSettings):
     """Every knob of ATLAS. Names are the environment variables (case-insensitive)."""
 
@@ -52,6 +57,10 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     atlas_openai_api: OpenAIApi = OpenAIApi.RESPONSES
     atlas_openai_timeout: float = Field(default=60.0, gt=0)
+    atlas_openai_http_client: OpenAIHttpClient = Field(
+        default=OpenAIHttpClient.AIOHTTP,
+        description="the OpenAI SDK's HTTP transport: aiohttp (measured faster) or httpx",
+    )
     atlas_default_model: str = "gpt-4o-mini"
     atlas_allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     atlas_max_message_chars: int = Field(default=32_000, ge=1)
@@ -65,6 +74,12 @@ class Settings(BaseSettings):
         default=60.0,
         gt=0,
         description="seconds without progress after which an IN_PROGRESS reply is INCOMPLETE",
+    )
+
+    atlas_ws_per_message_deflate: bool = Field(
+        default=False,
+        description="compress WebSocket frames (permessage-deflate): costs CPU and memory per "
+        "socket for small JSON frames",
     )
 
     redis_url: str | None = None

@@ -297,13 +297,14 @@ class AIRuntime:
         attempt = 1
         while True:
             try:
-                async for item in self.provider.stream_reply(request):
-                    if isinstance(item, ReplyStarted):
-                        reply.response_id = item.response_id
-                    elif isinstance(item, ReplyDelta):
-                        await self._emit_delta(reply, item.text)
-                    elif isinstance(item, ReplyDone):
-                        return item
+                async for batch in self.provider.stream_reply(request):
+                    for item in batch:
+                        if isinstance(item, ReplyDelta):
+                            await self._emit_delta(reply, item.text)
+                        elif isinstance(item, ReplyStarted):
+                            reply.response_id = item.response_id
+                        elif isinstance(item, ReplyDone):
+                            return item
                 raise UpstreamFailure(
                     STREAM_ENDED_ERROR, detail="The provider ended the reply without finishing it."
                 )

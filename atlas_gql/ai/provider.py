@@ -2,10 +2,14 @@
 
 - `ResponsesProvider` (ATLAS_OPENAI_API=responses, the default): a thread is an OpenAI
   conversation (`conv_...`); a reply is a streamed `responses.create(..., conversation=...)`.
+  The SDK sends the request and turns errors into exceptions; the stream's bytes are read
+  raw and parsed here (`sse.py`, `ResponsesStreamReader`): no pydantic model per delta, and
+  every event of one network read handled at once.
 - `ChatProvider` (ATLAS_OPENAI_API=chat): for OpenAI-compatible servers without the Responses
   API; a streamed `chat.completions.create`, the history built from ATLAS's own messages.
 
-Both turn the upstream stream into `ReplyDelta` / `ReplyDone` items and every upstream fault
+Both turn the upstream stream into batches (one per network read) of `ReplyDelta` /
+`ReplyDone` items, and every upstream fault
 into `UpstreamFailure` (HTTP status, x-request-id, whether a retry may help). A failure's
 `message` is a fixed, readable text per kind of failure (stored on the message, broadcast to
 subscribers); the upstream's own words (which may quote part of the API key, as OpenAI's 401
@@ -13,6 +17,8 @@ body does) are only in its `detail`, scrubbed, for the ErrorLog row."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +29,8 @@ import openai
 from openai import AsyncOpenAI
 
 from atlas_gql.ai.models import MessageStatus
-from atlas_gql.config import OpenAIApi, Settings
+from atlas_gql.ai.sse import SSEDecoder
+from atlas_gql.config import OpenAIApi, OpenAIHttpClient, Settings
 from atlas_gql.logs.audit import scrub_text
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -36,6 +43,7 @@ TIMEOUT_ERROR = "The reply timed out."
 UNREACHABLE_ERROR = "Could not reach the AI provider."
 CONNECTION_CUT_ERROR = "The connection to the AI provider was cut."
 PROVIDER_REPORTED_ERROR = "The AI provider reported an error."
+UNREADABLE_ERROR = "The AI provider sent a reply that could not be read."
 STREAM_ENDED_ERROR = "The reply stream ended before the response was complete."
 # What the SDK and its transport raise when the provider or the network fails (the aiohttp
 # transport maps its errors to httpx2's). Anything else is a bug of ours and surfaces as one.
@@ -105,6 +113,8 @@ class ReplyDone:
 
 
 ReplyItem = ReplyStarted | ReplyDelta | ReplyDone
+# The items of one network read, in order.
+ReplyBatch = list[ReplyItem]
 
 
 class UpstreamFailure(Exception):
@@ -141,8 +151,9 @@ class Provider(Protocol):
     async def create_conversation(self, *, history: list[HistoryItem]) -> str:
         """A new upstream conversation (seeded with `history`); its id."""
 
-    def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyItem]:
-        """The reply as it streams; raises UpstreamFailure."""
+    def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
+        """The reply as it streams, a batch of items per network read; raises
+        UpstreamFailure."""
 
     async def upload_file(
         self, *, filename: str, content: bytes, mime_type: str | None, purpose: str
@@ -155,12 +166,17 @@ class Provider(Protocol):
 
 
 def create_client(settings: Settings) -> AsyncOpenAI:
-    """The app's one client. Retries are ATLAS's (before the first delta only), not the SDK's."""
+    """The app's one client. Retries are ATLAS's (before the first delta only), not the SDK's.
+    Its HTTP transport is ATLAS_OPENAI_HTTP_CLIENT's (see docs/ai.md for the measurement)."""
+    http_client: Any = None
+    if settings.atlas_openai_http_client is OpenAIHttpClient.AIOHTTP:
+        http_client = openai.DefaultAioHttpClient(timeout=settings.atlas_openai_timeout)
     return AsyncOpenAI(
         api_key=settings.openai_api_key,
         base_url=settings.openai_base_url,
         timeout=settings.atlas_openai_timeout,
         max_retries=0,
+        http_client=http_client,
     )
 
 
@@ -226,9 +242,112 @@ class _FilesMixin:
             raise _failure_from_sdk(error) from error
 
 
+class ResponsesStreamReader:
+    """The Responses API's streamed events (raw SSE) as reply items. Follows the event schema
+    (`openai.types.responses.ResponseStreamEvent`); events it does not use are skipped by
+    their `event:` name without decoding their JSON."""
+
+    HANDLED = frozenset(
+        {
+            "response.created",
+            "response.output_text.delta",
+            "response.completed",
+            "response.failed",
+            "response.incomplete",
+            "error",
+            "message",  # an event without an `event:` line: decode to learn its type
+        }
+    )
+
+    def __init__(self, *, request_id: str | None) -> None:
+        self.request_id = request_id
+        self.decoder = SSEDecoder()
+        self.finished = False
+        self.failure: UpstreamFailure | None = None
+        self.text_seen = False
+        # The upstream's `sequence_number` of the last event read (to resume a stream).
+        self.last_sequence_number: int | None = None
+
+    def feed(self, chunk: bytes) -> ReplyBatch:
+        """The items of every complete event in `chunk` (and what came before it). A failure
+        ends the stream (`finished`, `failure`) after the items that preceded it."""
+        items: ReplyBatch = []
+        if self.finished:
+            return items
+        try:
+            self._read(chunk, items)
+        except UpstreamFailure as failure:
+            self.failure = failure
+            self.finished = True
+        return items
+
+    def _read(self, chunk: bytes, items: ReplyBatch) -> None:
+        for sse in self.decoder.feed(chunk):
+            if sse.event not in self.HANDLED:
+                continue
+            if sse.data == b"[DONE]":
+                return
+            try:
+                event = json.loads(sse.data)
+                kind = event.get("type") or sse.event
+            except (ValueError, AttributeError) as error:
+                raise UpstreamFailure(
+                    UNREADABLE_ERROR,
+                    detail=f"unreadable {sse.event} event: {sse.data[:200]!r} ({error})",
+                    request_id=self.request_id,
+                ) from error
+            number = event.get("sequence_number")
+            if isinstance(number, int):
+                self.last_sequence_number = number
+            if kind == "response.output_text.delta":
+                self.text_seen = True
+                if delta := event.get("delta"):
+                    items.append(ReplyDelta(text=delta))
+            elif kind == "response.created":
+                items.append(ReplyStarted(response_id=(event.get("response") or {}).get("id")))
+            elif kind == "response.completed":
+                items.append(_done_of(event.get("response") or {}))
+                self.finished = True
+                return
+            elif kind in {"response.failed", "response.incomplete"}:
+                raise _terminal_failure(event.get("response") or {}, kind, self.request_id)
+            elif kind == "error":
+                raise UpstreamFailure(
+                    PROVIDER_REPORTED_ERROR,
+                    detail=f"error event ({event.get('code')}): {event.get('message')}",
+                    request_id=self.request_id,
+                )
+
+    def ended_early(self) -> UpstreamFailure:
+        """The failure of a stream that ended without `response.completed`."""
+        return UpstreamFailure(
+            STREAM_ENDED_ERROR,
+            detail="The stream ended without response.completed.",
+            status=MessageStatus.INCOMPLETE,
+            request_id=self.request_id,
+            retryable=not self.text_seen,
+        )
+
+
+def _done_of(response: dict[str, Any]) -> ReplyDone:
+    usage = response.get("usage") or {}
+    message_id = next(
+        (item.get("id") for item in response.get("output") or [] if item.get("type") == "message"),
+        None,
+    )
+    return ReplyDone(
+        response_id=response.get("id"),
+        output_message_id=message_id,
+        model=response.get("model"),
+        input_tokens=usage.get("input_tokens") or 0,
+        output_tokens=usage.get("output_tokens") or 0,
+    )
+
+
 class ResponsesProvider(_FilesMixin):
     api = "responses"
     uses_conversations = True
+    reader_class = ResponsesStreamReader
 
     def __init__(self, client: AsyncOpenAI) -> None:
         self.client = client
@@ -247,7 +366,7 @@ class ResponsesProvider(_FilesMixin):
             raise _failure_from_sdk(error) from error
         return conversation.id
 
-    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyItem]:
+    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
         content: list[Any] = [{"type": "input_text", "text": request.content}]
         content += [{"type": "input_file", "file_id": file_id} for file_id in request.file_ids]
         arguments: dict[str, Any] = {
@@ -261,67 +380,42 @@ class ResponsesProvider(_FilesMixin):
             arguments["temperature"] = request.temperature
         if request.conversation_id:
             arguments["conversation"] = request.conversation_id
-        try:
-            stream = await self.client.responses.create(**arguments)
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
-        request_id = _request_id_of(stream)
-        output_tokens_seen = False
-        try:
-            async with stream:
-                async for event in stream:
-                    kind = event.type
-                    if kind == "response.created":
-                        yield ReplyStarted(response_id=event.response.id)
-                    elif kind == "response.output_text.delta":
-                        output_tokens_seen = True
-                        if event.delta:
-                            yield ReplyDelta(text=event.delta)
-                    elif kind == "response.completed":
-                        response = event.response
-                        usage = response.usage
-                        message_id = next(
-                            (item.id for item in response.output if item.type == "message"), None
-                        )
-                        yield ReplyDone(
-                            response_id=response.id,
-                            output_message_id=message_id,
-                            model=response.model,
-                            input_tokens=usage.input_tokens if usage else 0,
-                            output_tokens=usage.output_tokens if usage else 0,
-                        )
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                # The SDK builds the request and raises its errors; the body stays unread.
+                response = await stack.enter_async_context(
+                    self.client.responses.with_streaming_response.create(**arguments)
+                )
+            except UPSTREAM_ERRORS as error:
+                raise _failure_from_sdk(error) from error
+            reader = self.reader_class(request_id=response.headers.get("x-request-id"))
+            try:
+                async for chunk in response.http_response.aiter_bytes():
+                    batch = reader.feed(chunk)
+                    if batch:
+                        yield batch
+                    if reader.failure is not None:
+                        raise reader.failure
+                    if reader.finished:
                         return
-                    elif kind in {"response.failed", "response.incomplete"}:
-                        raise _terminal_failure(event.response, kind, request_id)
-                    elif kind == "error":
-                        raise UpstreamFailure(
-                            PROVIDER_REPORTED_ERROR,
-                            detail=f"error event ({event.code}): {event.message}",
-                            request_id=request_id,
-                        )
-        except UPSTREAM_ERRORS as error:
-            failure = _failure_from_sdk(error, mid_stream=True)
-            failure.request_id = failure.request_id or request_id
-            raise failure from error
-        raise UpstreamFailure(
-            STREAM_ENDED_ERROR,
-            detail="The stream ended without response.completed.",
-            status=MessageStatus.INCOMPLETE,
-            request_id=request_id,
-            retryable=not output_tokens_seen,
-        )
+            except UPSTREAM_ERRORS as error:
+                failure = _failure_from_sdk(error, mid_stream=True)
+                failure.request_id = failure.request_id or reader.request_id
+                raise failure from error
+            raise reader.ended_early()
 
     async def close(self) -> None:
         await self.client.close()
 
 
-def _terminal_failure(response: Any, kind: str, request_id: str | None) -> UpstreamFailure:
-    usage = getattr(response, "usage", None)
-    input_tokens = usage.input_tokens if usage else None
-    output_tokens = usage.output_tokens if usage else None
+def _terminal_failure(
+    response: dict[str, Any], kind: str, request_id: str | None
+) -> UpstreamFailure:
+    usage = response.get("usage") or {}
+    input_tokens = usage.get("input_tokens")
+    output_tokens = usage.get("output_tokens")
     if kind == "response.incomplete":
-        details = getattr(response, "incomplete_details", None)
-        reason = getattr(details, "reason", None)
+        reason = (response.get("incomplete_details") or {}).get("reason")
         return UpstreamFailure(
             cut_short_text(reason),
             detail=f"response.incomplete: {reason or 'no reason given'}",
@@ -330,8 +424,7 @@ def _terminal_failure(response: Any, kind: str, request_id: str | None) -> Upstr
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
-    error = getattr(response, "error", None)
-    detail = getattr(error, "message", None) or "no detail given"
+    detail = (response.get("error") or {}).get("message") or "no detail given"
     return UpstreamFailure(
         PROVIDER_FAILED_ERROR,
         detail=f"response.failed: {detail}",
@@ -353,7 +446,7 @@ class ChatProvider(_FilesMixin):
     async def create_conversation(self, *, history: list[HistoryItem]) -> str:
         raise NotImplementedError("Chat Completions has no conversations")
 
-    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyItem]:
+    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
         messages: list[Any] = []
         if request.instructions:
             messages.append({"role": "system", "content": request.instructions})
@@ -389,16 +482,19 @@ class ChatProvider(_FilesMixin):
                 async for chunk in stream:
                     completion_id = completion_id or chunk.id
                     model = model or chunk.model
+                    batch: ReplyBatch = []
                     if not started:
                         started = True
-                        yield ReplyStarted(response_id=chunk.id)
+                        batch.append(ReplyStarted(response_id=chunk.id))
                     if chunk.usage is not None:
                         usage = chunk.usage
                     for choice in chunk.choices:
                         if choice.delta and choice.delta.content:
-                            yield ReplyDelta(text=choice.delta.content)
+                            batch.append(ReplyDelta(text=choice.delta.content))
                         if choice.finish_reason:
                             finish_reason = choice.finish_reason
+                    if batch:
+                        yield batch
         except UPSTREAM_ERRORS as error:
             failure = _failure_from_sdk(error, mid_stream=True)
             failure.request_id = failure.request_id or request_id
@@ -406,13 +502,15 @@ class ChatProvider(_FilesMixin):
         input_tokens: int = usage.prompt_tokens if usage else 0
         output_tokens: int = usage.completion_tokens if usage else 0
         if finish_reason in {"stop", "tool_calls", "function_call"}:
-            yield ReplyDone(
-                response_id=completion_id,
-                output_message_id=completion_id,
-                model=model,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-            )
+            yield [
+                ReplyDone(
+                    response_id=completion_id,
+                    output_message_id=completion_id,
+                    model=model,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                )
+            ]
             return
         if finish_reason is None:
             raise UpstreamFailure(

@@ -1,0 +1,179 @@
+"""The Responses stream read raw (sse.py + ResponsesStreamReader), checked against the SDK's
+own parsing and types; both HTTP transports; a bug in ATLAS surfaces as a bug."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from openai._models import construct_type
+from openai._streaming import SSEDecoder as SdkDecoder
+from openai.types.responses import (
+    ResponseErrorEvent,
+    ResponseStreamEvent,
+    ResponseTextDeltaEvent,
+)
+from sqlmodel import col
+
+from atlas_gql.ai.models import MessageStatus
+from atlas_gql.ai.provider import (
+    PROVIDER_REPORTED_ERROR,
+    UNREADABLE_ERROR,
+    ReplyDelta,
+    ReplyDone,
+    ReplyItem,
+    ReplyStarted,
+    ResponsesStreamReader,
+)
+from atlas_gql.ai.sse import SSEDecoder
+from atlas_gql.logs.models import ErrorLog, ErrorSource
+from tests.ai.conftest import AIServer, StartServer
+from tests.ai.fake_openai import Behaviour, FakeOpenAI
+from tests.ai.test_replies import rows
+
+
+async def wire(behaviour: Behaviour) -> bytes:
+    """What the fake OpenAI sends for `behaviour` (the Responses API's wire format)."""
+    fake = FakeOpenAI()
+    body = {"model": "gpt-4o-mini", "conversation": "conv_1"}
+    return b"".join([chunk async for chunk in fake._response_event_lines(body, behaviour)])
+
+
+def sdk_events(data: bytes) -> list[Any]:
+    """The same bytes as the SDK parses them: its SSE decoder, its event types."""
+    return [
+        construct_type(type_=ResponseStreamEvent, value=sse.json())
+        for sse in SdkDecoder().iter_bytes(iter([data]))
+    ]
+
+
+def read(data: bytes, size: int | None) -> tuple[list[ReplyItem], ResponsesStreamReader]:
+    reader = ResponsesStreamReader(request_id="req_1")
+    step = size or len(data)
+    items: list[ReplyItem] = []
+    for start in range(0, len(data), step):
+        items += reader.feed(data[start : start + step])
+    return items, reader
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, None])
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
+async def test_reader_agrees_with_the_sdk_however_the_bytes_are_cut(
+    size: int | None, line_end: bytes
+) -> None:
+    behaviour = Behaviour(deltas=("Hé", "llo ", "wörld ☃", ""), input_tokens=5, output_tokens=3)
+    data = (await wire(behaviour)).replace(b"\n", line_end)
+    sdk = sdk_events(data)
+    items, reader = read(data, size)
+
+    sdk_deltas = [e.delta for e in sdk if e.type == "response.output_text.delta" and e.delta]
+    assert [item.text for item in items if isinstance(item, ReplyDelta)] == sdk_deltas
+    assert sdk_deltas == ["Hé", "llo ", "wörld ☃"]
+    started = items[0]
+    assert isinstance(started, ReplyStarted)
+    assert started.response_id == sdk[0].response.id
+    done = items[-1]
+    completed = sdk[-1]
+    assert completed.type == "response.completed"
+    assert isinstance(done, ReplyDone)
+    assert done.response_id == completed.response.id
+    assert done.output_message_id == completed.response.output[0].id
+    assert done.model == completed.response.model
+    assert (done.input_tokens, done.output_tokens) == (
+        completed.response.usage.input_tokens,
+        completed.response.usage.output_tokens,
+    )
+    assert reader.finished
+    assert reader.failure is None
+    assert reader.last_sequence_number == completed.sequence_number
+
+
+def test_events_serialised_from_the_sdk_types_are_read() -> None:
+    delta = ResponseTextDeltaEvent(
+        content_index=0, delta="typed", item_id="msg_1", logprobs=[], output_index=0,
+        sequence_number=41, type="response.output_text.delta",
+    )  # fmt: skip
+    error = ResponseErrorEvent(
+        code="server_error", message="overloaded", param=None, sequence_number=42, type="error"
+    )
+    # The first without an `event:` line (its type is read from its data), one event the
+    # reader has no use for, then an error event: all in one read.
+    data = (
+        f"data: {delta.to_json(indent=None)}\n\n"
+        'event: response.reasoning_summary_text.delta\ndata: {"type": "x"}\n\n'
+        f"event: error\ndata: {error.to_json(indent=None)}\n\n"
+    ).encode()
+    items, reader = read(data, None)
+    assert items == [ReplyDelta(text="typed")]
+    assert reader.failure is not None
+    assert reader.failure.message == PROVIDER_REPORTED_ERROR
+    assert "overloaded" in (reader.failure.detail or "")
+    assert reader.last_sequence_number == 42
+    # Nothing after the end is read.
+    assert reader.feed(data) == []
+
+
+def test_an_unreadable_event_fails_the_reply_after_the_text_before_it() -> None:
+    items, reader = read(
+        b'event: response.output_text.delta\ndata: {"type": "response.output_text.delta", '
+        b'"delta": "ok"}\n\nevent: response.output_text.delta\ndata: {not json\n\n',
+        None,
+    )
+    assert items == [ReplyDelta(text="ok")]
+    assert reader.failure is not None
+    assert reader.failure.message == UNREADABLE_ERROR
+
+
+def test_sse_framing_keeps_partial_events_and_multiline_data() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"event: a\ndata: 1\ndata: 2\n") == []
+    assert decoder.pending
+    [event] = decoder.feed(b"\n: a comment\nid: 7\n\n")
+    assert (event.event, event.data) == ("a", b"1\n2")
+    assert decoder.feed(b"\r") == []
+    [event] = decoder.feed(b"\ndata:x\r\n\r\n")
+    assert (event.event, event.data) == ("message", b"x")
+
+
+# -- against a live server ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", ["httpx", "aiohttp"])
+async def test_a_reply_streams_over_either_http_transport(
+    start_ai_server: StartServer, client: str
+) -> None:
+    ai = await start_ai_server(atlas_openai_http_client=client)
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        await ai.send(thread_id)
+        events = await subscription.until_final()
+    assert events[-1]["__typename"] == "MessageCompleted"
+    assert events[-1]["message"]["content"] == "Hello, this is ATLAS."
+    assert [e["delta"] for e in events if e["__typename"] == "MessageDelta"] == [
+        "Hello", ", ", "this ", "is ", "ATLAS", "."
+    ]  # fmt: skip
+
+
+class BuggyReader(ResponsesStreamReader):
+    def feed(self, chunk: bytes) -> list[ReplyItem]:
+        raise TypeError("a bug in ATLAS, not in the network")
+
+
+async def test_a_bug_while_reading_the_stream_is_a_server_error_not_a_cut(ai: AIServer) -> None:
+    runtime = ai.server.app.state.atlas["runtime"].extras["ai"]
+    runtime.provider.reader_class = BuggyReader
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        payload = (await ai.send(thread_id))["data"]["sendMessage"]
+        final = (await subscription.until_final())[-1]
+    assert final["__typename"] == "MessageFailed"
+    assert final["message"]["status"] == MessageStatus.FAILED.value
+    assert final["error"] == "The reply failed because of a server error."
+    # Not taken for a flaky network: no retry.
+    assert len(ai.fake.calls("/v1/responses")) == 1
+    reply_id = payload["assistantMessage"]["id"]
+    [logged] = await rows(ai, sa.select(ErrorLog).where(col(ErrorLog.path).contains(reply_id)))
+    assert logged.source is ErrorSource.BACKGROUND
+    assert logged.error_type == "builtins.TypeError"
+    assert "a bug in ATLAS" in (logged.stack or "")
