@@ -421,7 +421,7 @@ class Fleet:
             self.processes.append(process)
             self.readers.append(asyncio.create_task(self._read(process)))
         for _ in chunks:
-            await asyncio.wait_for(self.ready.get(), 120)
+            await asyncio.wait_for(self.ready.get(), 600)
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -787,10 +787,7 @@ async def concurrent(
             except RuntimeError as error:  # an error answer (e.g. DB_UNAVAILABLE)
                 refused.append(str(error))
 
-        sent = await asyncio.gather(
-            *(send_at(index, t) for index, t in enumerate(threads)), return_exceptions=True
-        )
-        del sent
+        await asyncio.gather(*(send_at(index, t) for index, t in enumerate(threads)))
         expected = len(threads) - len(refused)
         with contextlib.suppress(TimeoutError):
             await fleet.wait_finals({"*": expected}, timeout=300)
