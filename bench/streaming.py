@@ -221,10 +221,10 @@ class Upstream:
         assert self.process.stdout is not None
         self.port = int(await wait_for_line(self.process.stdout, "listening on "))
 
-    async def script(self, count: int, **behaviour: Any) -> None:
+    async def script(self, count: int, *, reset: bool = False, **behaviour: Any) -> None:
         response = await self.http.post(
             f"http://127.0.0.1:{self.port}/_fake/script",
-            json={"behaviours": [behaviour] * count},
+            json={"behaviours": [behaviour] * count, "reset": reset},
         )
         response.raise_for_status()
 
@@ -690,7 +690,8 @@ PROBE = {"deltas": ["p"], "delay": 0.0}
 
 async def probe(server: Server, upstream: Upstream, fleet: Fleet, plan: dict[str, int]) -> None:
     """One-delta replies on every thread, until every subscriber saw theirs end."""
-    await upstream.script(len(plan), **PROBE)
+    # A scenario starts afresh: what a refused send left in the script goes.
+    await upstream.script(len(plan), reset=True, **PROBE)
     semaphore = asyncio.Semaphore(10)
 
     async def send(thread_id: str) -> None:

@@ -12,7 +12,8 @@ request to a gated endpoint waits (counted in `waiting`) until its event is set.
 
 Run on its own (`python -m tests.ai.fake_openai --port 0`, as bench/streaming.py does), it
 prints `listening on <port>` and takes its script over HTTP: `POST /_fake/script` with
-`{"behaviours": [{...Behaviour fields...}, ...]}` queues behaviours for the next calls."""
+`{"behaviours": [{...Behaviour fields...}, ...]}` queues behaviours for the next calls
+(`"reset": true` first drops what is still queued)."""
 
 from __future__ import annotations
 
@@ -183,6 +184,8 @@ class FakeOpenAI:
     async def _script(self, request: Request) -> Response:
         """Queue behaviours sent as JSON (for a fake running in a process of its own)."""
         body = await request.json()
+        if body.get("reset"):
+            self.script.clear()
         behaviours = [
             Behaviour(**{**item, "deltas": tuple(item.get("deltas", DEFAULT_DELTAS))})
             for item in body["behaviours"]
