@@ -161,7 +161,7 @@ class BuggyReader(ResponsesStreamReader):
 
 
 async def test_a_bug_while_reading_the_stream_is_a_server_error_not_a_cut(ai: AIServer) -> None:
-    runtime = ai.server.app.state.atlas["runtime"].extras["ai"]
+    runtime = ai.server.app.state.atlas["services"].ai
     runtime.provider.reader_class = BuggyReader
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
