@@ -1,0 +1,387 @@
+"""Fixtures of the compiled-read tests: a workspace with every project role, hidden objects,
+files, logs and timestamps with and without microseconds; and a helper that runs one
+document through both paths (resolver path over HTTP, compiled statement on the test's
+connection) for a viewer."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from graphql import parse, validate
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from atlas_gql.ai.models import (
+    Assistant,
+    AssociableType,
+    File,
+    FileAssociation,
+    Message,
+    MessageRole,
+    MessageStatus,
+    Thread,
+)
+from atlas_gql.app import create_app
+from atlas_gql.auth.models import Role, RoleName, User, UserRole
+from atlas_gql.auth.sessions import start_session
+from atlas_gql.auth.tokens import decode_access_token
+from atlas_gql.config import Settings
+from atlas_gql.db.engine import create_engine
+from atlas_gql.db.url import DatabaseTarget
+from atlas_gql.graph.compiled import Answer, CompiledReads, Fallback
+from atlas_gql.graph.relay import encode_global_id
+from atlas_gql.graph.schema import build_schema
+from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
+from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
+from tests.conftest import GraphQLClient, make_settings, migrated_and_seeded
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+# A JSON setting with what JSON text can vary on: nesting, floats, unicode, quotes, null.
+THEME = {
+    "dark": True,
+    "accent": "blue",
+    "ratio": 0.5,
+    "tags": ["a", "\u00e9"],
+    "quote": 'He said "hi" \u00fc',
+    "nested": {"z": None, "a": [1, 2.25, 1e-7, 12345678901234567890]},
+}
+
+
+def at(minutes: float, microseconds: int = 0) -> datetime:
+    """A fixed instant: T0 + minutes (+ microseconds); whole seconds when microseconds is 0."""
+    return T0 + timedelta(minutes=minutes, microseconds=microseconds)
+
+
+@dataclass
+class World:
+    """Who and what exists; `tokens` of each viewer by role label."""
+
+    users: dict[str, User] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    projects: dict[str, Project] = field(default_factory=dict)
+    assistants: dict[str, Assistant] = field(default_factory=dict)
+    threads: dict[str, Thread] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+    files: dict[str, File] = field(default_factory=dict)
+    members: dict[str, ProjectMember] = field(default_factory=dict)
+    activity: list[ActivityLog] = field(default_factory=list)
+    errors: list[ErrorLog] = field(default_factory=list)
+
+    def gid(self, type_name: str, object_id: uuid.UUID) -> str:
+        return encode_global_id(type_name, object_id)
+
+
+# The viewers every equality case runs for: global ADMIN, each project role in "alpha",
+# a user in no project of the world, and an anonymous client (no token).
+VIEWERS = ("admin", "owner", "manager", "member", "viewer", "outsider", "anonymous")
+
+
+async def _role_id(db: AsyncSession, role: RoleName) -> uuid.UUID:
+    return (await db.execute(sa.select(Role.id).where(Role.name == role))).scalar_one()  # type: ignore[arg-type]
+
+
+async def build_world(db: AsyncSession, settings: Settings) -> World:
+    """Create the world (the caller commits)."""
+    world = World()
+    roles = {role: await _role_id(db, role) for role in RoleName}
+    people = {
+        "admin": (RoleName.ADMIN, "Ada Admin"),
+        "owner": (RoleName.PROJECT_MANAGER, "Olga Owner"),
+        "manager": (RoleName.USER, "Manon Manager"),
+        "member": (RoleName.USER, None),
+        "viewer": (RoleName.USER, 'Vic "Quote" Viewer'),
+        "outsider": (RoleName.USER, "Otto Outsider"),
+        "inactive": (RoleName.USER, "Ina Inactive"),
+    }
+    for index, (label, (role, name)) in enumerate(people.items()):
+        user = User(
+            email=f"{label}-{uuid.uuid4().hex[:6]}@Compiled.example.com",
+            name=name,
+            password_hash="x",
+            is_active=label != "inactive",
+            created_at=at(-1000 + index, 0 if index % 2 else 123456),
+        )
+        db.add(user)
+        await db.flush()
+        db.add(UserRole(user_id=user.id, role_id=roles[role]))
+        if label == "owner":
+            db.add(UserRole(user_id=user.id, role_id=roles[RoleName.USER]))
+        world.users[label] = user
+    extras = []
+    for number in range(9):
+        extra = User(
+            email=f"extra{number}-{uuid.uuid4().hex[:6]}@compiled.example.com",
+            name=f"Extra {number}",
+            password_hash="x",
+            created_at=at(-900 + number, number * 1000),
+        )
+        db.add(extra)
+        extras.append(extra)
+    await db.flush()
+
+    alpha = Project(
+        name="Alpha",
+        description="The main project",
+        created_by_id=world.users["owner"].id,
+        created_at=at(0, 500),
+    )
+    beta = Project(
+        name="Beta_100% done",
+        description=None,
+        created_by_id=world.users["manager"].id,
+        created_at=at(1),
+    )
+    gamma = Project(
+        name="Gamma (outsider's)",
+        created_by_id=world.users["outsider"].id,
+        created_at=at(2, 1),
+    )
+    for project in (alpha, beta, gamma):
+        db.add(project)
+    await db.flush()
+    world.projects = {"alpha": alpha, "beta": beta, "gamma": gamma}
+
+    def join(project: Project, user: User, role: ProjectRole, minute: float) -> ProjectMember:
+        member = ProjectMember(
+            project_id=project.id, user_id=user.id, role=role, created_at=at(minute, 7)
+        )
+        db.add(member)
+        return member
+
+    world.members["alpha-owner"] = join(alpha, world.users["owner"], ProjectRole.OWNER, 10)
+    world.members["alpha-manager"] = join(alpha, world.users["manager"], ProjectRole.MANAGER, 11)
+    world.members["alpha-member"] = join(alpha, world.users["member"], ProjectRole.MEMBER, 12)
+    world.members["alpha-viewer"] = join(alpha, world.users["viewer"], ProjectRole.VIEWER, 13)
+    for number, extra in enumerate(extras):
+        # Two members joined at the same instant: the id breaks the tie.
+        join(alpha, extra, ProjectRole.MEMBER, 14 + (number // 2))
+    world.members["beta-manager"] = join(beta, world.users["manager"], ProjectRole.OWNER, 20)
+    world.members["beta-outsider"] = join(beta, world.users["owner"], ProjectRole.VIEWER, 21)
+    world.members["gamma-outsider"] = join(gamma, world.users["outsider"], ProjectRole.OWNER, 22)
+    db.add_all(
+        [
+            ProjectSetting(project_id=alpha.id, setting_key="monthlyTokenBudget", value=1000),
+            ProjectSetting(project_id=alpha.id, setting_key="theme", value=THEME),
+            ProjectSetting(project_id=beta.id, setting_key="defaultAssistantId", value="x"),
+        ]
+    )
+    await db.flush()
+
+    shared = Assistant(
+        name="Team helper", model="gpt-4o-mini", instructions="Be kind.", temperature=0.7,
+        project_id=alpha.id, created_by_id=world.users["manager"].id, created_at=at(30, 250),
+    )  # fmt: skip
+    personal = Assistant(
+        name="Member's own", model="gpt-4o-mini", description="personal",
+        created_by_id=world.users["member"].id, created_at=at(31),
+    )  # fmt: skip
+    foreign = Assistant(
+        name="Outsider's own", model="gpt-4o", temperature=None,
+        created_by_id=world.users["outsider"].id, created_at=at(32, 999999),
+    )  # fmt: skip
+    db.add_all([shared, personal, foreign])
+    await db.flush()
+    world.assistants = {"shared": shared, "personal": personal, "foreign": foreign}
+
+    threads = {
+        "alpha-1": Thread(title="First", project_id=alpha.id, assistant_id=shared.id,
+                          created_by_id=world.users["member"].id, created_at=at(40)),
+        "alpha-2": Thread(title=None, project_id=alpha.id, assistant_id=personal.id,
+                          created_by_id=world.users["owner"].id, created_at=at(41, 10)),
+        "alpha-3": Thread(title="Third", project_id=alpha.id, assistant_id=None,
+                          created_by_id=world.users["viewer"].id, created_at=at(41, 10)),
+        "alpha-4": Thread(title="Fourth", project_id=alpha.id, assistant_id=foreign.id,
+                          openai_thread_id="conv_abc", created_by_id=world.users["member"].id,
+                          created_at=at(42, 1)),
+        "beta-1": Thread(title="Beta thread", project_id=beta.id, assistant_id=shared.id,
+                         created_by_id=world.users["manager"].id, created_at=at(43)),
+        "personal": Thread(title="Mine", project_id=None, assistant_id=personal.id,
+                           created_by_id=world.users["member"].id, created_at=at(44, 44)),
+        "foreign": Thread(title="Theirs", project_id=None, assistant_id=foreign.id,
+                          created_by_id=world.users["outsider"].id, created_at=at(45)),
+    }  # fmt: skip
+    db.add_all(threads.values())
+    await db.flush()
+    world.threads = threads
+
+    for number in range(7):
+        message = Message(
+            thread_id=threads["alpha-1"].id,
+            user_id=world.users["member"].id if number % 2 == 0 else None,
+            role=MessageRole.USER if number % 2 == 0 else MessageRole.ASSISTANT,
+            content=f'Message {number} with "quotes", a tab\t and üñí',
+            status=MessageStatus.COMPLETED if number < 6 else MessageStatus.FAILED,
+            input_tokens=None if number % 2 == 0 else 10 * number,
+            output_tokens=None if number % 2 == 0 else 3 * number,
+            error="upstream cut" if number == 6 else None,
+            created_at=at(50 + number, 0 if number % 3 == 0 else number * 111),
+            completed_at=at(50.5 + number) if number % 2 else None,
+        )
+        db.add(message)
+        world.messages.append(message)
+    db.add(
+        Message(
+            thread_id=threads["foreign"].id, role=MessageRole.USER, content="hidden",
+            status=MessageStatus.COMPLETED, created_at=at(60),
+        )
+    )  # fmt: skip
+    await db.flush()
+
+    report = File(filename="report.pdf", bytes=2048, mime_type="application/pdf",
+                  openai_file_id=f"file-{uuid.uuid4().hex[:8]}",
+                  uploaded_by_id=world.users["member"].id, created_at=at(70))  # fmt: skip
+    notes = File(filename="notes.txt", bytes=12, mime_type=None,
+                 uploaded_by_id=world.users["member"].id, created_at=at(71, 5))  # fmt: skip
+    secret = File(filename="secret.txt", bytes=1, uploaded_by_id=world.users["outsider"].id,
+                  created_at=at(72))  # fmt: skip
+    db.add_all([report, notes, secret])
+    await db.flush()
+    world.files = {"report": report, "notes": notes, "secret": secret}
+    db.add_all(
+        [
+            FileAssociation(file_id=notes.id, associable_type=AssociableType.THREAD,
+                            associable_id=threads["alpha-1"].id, created_at=at(73)),
+            FileAssociation(file_id=report.id, associable_type=AssociableType.THREAD,
+                            associable_id=threads["alpha-1"].id, created_at=at(74)),
+            FileAssociation(file_id=report.id, associable_type=AssociableType.MESSAGE,
+                            associable_id=world.messages[0].id, created_at=at(75)),
+            FileAssociation(file_id=report.id, associable_type=AssociableType.ASSISTANT,
+                            associable_id=shared.id, created_at=at(76)),
+            FileAssociation(file_id=secret.id, associable_type=AssociableType.THREAD,
+                            associable_id=threads["foreign"].id, created_at=at(77)),
+        ]
+    )  # fmt: skip
+
+    for number, (project, action) in enumerate(
+        [(alpha, "project.create"), (alpha, "member.add"), (beta, "project.create"),
+         (gamma, "project.create"), (None, "auth.login"), (alpha, "thread.create")]
+    ):  # fmt: skip
+        row = ActivityLog(
+            action=action,
+            user_id=world.users["owner" if number % 2 else "manager"].id,
+            project_id=project.id if project else None,
+            entity_type="Project" if project else None,
+            entity_id=str(project.id) if project else None,
+            ip_address="203.0.113.9",
+            details={"n": number, "name": 'x"y'} if number % 2 else None,
+            created_at=at(80 + number, number * 3),
+        )
+        db.add(row)
+        world.activity.append(row)
+    for number, source in enumerate([ErrorSource.GRAPHQL, ErrorSource.UPSTREAM]):
+        error = ErrorLog(
+            request_id=f"req-{number}",
+            source=source,
+            error_type="RuntimeError",
+            message="boom",
+            stack="Traceback ..." if number == 0 else None,
+            upstream_status=502 if number else None,
+            user_id=world.users["member"].id if number == 0 else None,
+            details={"path": ["threads"]},
+            created_at=at(90 + number),
+        )
+        db.add(error)
+        world.errors.append(error)
+    await db.flush()
+
+    for label, user in world.users.items():
+        if label == "inactive":
+            continue
+        tokens = await start_session(db=db, settings=settings, user_id=user.id)
+        world.tokens[label] = tokens.access_token
+    return world
+
+
+@dataclass
+class Both:
+    """Runs documents through the resolver path (the app over HTTP) and the compiled path
+    (the statement on an asyncpg connection of its own) against the same committed data."""
+
+    client: httpx.AsyncClient
+    reads: CompiledReads
+    driver: Any
+    settings: Settings
+    world: World
+
+    def token(self, viewer: str) -> str | None:
+        return None if viewer == "anonymous" else self.world.tokens[viewer]
+
+    async def compiled(
+        self, query: str, variables: dict[str, Any] | None = None, *, viewer: str
+    ) -> Answer | Fallback:
+        document = parse(query)
+        assert not validate(self.reads.schema, document), query
+        token = self.token(viewer)
+        claims = decode_access_token(token, settings=self.settings) if token else None
+        return await self.reads.run(
+            document,
+            text=query,
+            operation_name=None,
+            raw_variables=variables,
+            connection=self.driver,
+            claims=claims,
+        )
+
+    async def resolver(
+        self, query: str, variables: dict[str, Any] | None = None, *, viewer: str
+    ) -> dict[str, Any]:
+        return await GraphQLClient(self.client)(query, variables, token=self.token(viewer))
+
+    async def same(
+        self, query: str, variables: dict[str, Any] | None = None, *, viewer: str
+    ) -> Any:
+        """Both paths answer, without errors, the same JSON (key order included); returns
+        the answer's data."""
+        expected = await self.resolver(query, variables, viewer=viewer)
+        assert "errors" not in expected, (viewer, expected["errors"])
+        answer = await self.compiled(query, variables, viewer=viewer)
+        assert isinstance(answer, Answer), (viewer, answer)
+        compiled = json.loads(answer.data)
+        assert json.dumps(compiled) == json.dumps(expected["data"]), viewer
+        return compiled
+
+
+@pytest.fixture(scope="session")
+def compiled_database(make_database: Any) -> DatabaseTarget:
+    """A database of its own, committed once: the equality tests only read. (Rolled-back
+    tests join every session to one connection through savepoints, which cannot serve root
+    fields that resolve the viewer concurrently.)"""
+    return migrated_and_seeded(make_database, "atlas_compiled")
+
+
+@pytest.fixture(scope="session")
+def compiled_settings(compiled_database: DatabaseTarget) -> Settings:
+    return make_settings(compiled_database)
+
+
+@pytest.fixture(scope="session")
+async def compiled_engine(compiled_database: DatabaseTarget) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(compiled_database, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def world(compiled_engine: AsyncEngine, compiled_settings: Settings) -> World:
+    async with AsyncSession(compiled_engine, expire_on_commit=False) as db, db.begin():
+        return await build_world(db, compiled_settings)
+
+
+@pytest.fixture(scope="session")
+async def both(
+    world: World, compiled_engine: AsyncEngine, compiled_settings: Settings
+) -> AsyncIterator[Both]:
+    app = create_app(compiled_settings)
+    async with app.router.lifespan_context(app), compiled_engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            reads = CompiledReads(build_schema()._schema)
+            yield Both(client, reads, driver, compiled_settings, world)
