@@ -122,12 +122,23 @@ def compile_plan(
             sources.append(_from_variables(built.sources[name]))
         else:  # a constant of a rule (a role name, an enum value, ...)
             sources.append(_constant(values[name]))
+    # A value the statement does not read (a page size when only totalCount is selected)
+    # is still checked, as the resolver path checks every argument.
+    used = set(compiled.positiontup or ())
+    unread = [source for name, source in built.sources.items() if name not in used]
     return Plan(
         sql=compiled.string,
         sources=tuple(sources),
-        checks=tuple(built.checks),
+        checks=(*built.checks, *(_as_check(source) for source in unread)),
         requires_viewer=built.requires_viewer,
     )
+
+
+def _as_check(source: Callable[[Mapping[str, Any]], Any]) -> Callable[[Mapping[str, Any]], None]:
+    def check(variables: Mapping[str, Any]) -> None:
+        source(variables)
+
+    return check
 
 
 def coerce_variables(
