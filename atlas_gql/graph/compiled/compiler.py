@@ -103,6 +103,8 @@ class PageWindow:
 
 @dataclass
 class CompiledStatement:
+    """The statement (columns live, allowed, data) and what binding it needs."""
+
     statement: sa.Select[Any, Any, Any]
     sources: dict[str, ParamSource]
     checks: list[Check]
@@ -111,6 +113,9 @@ class CompiledStatement:
 
 @dataclass
 class Compiler:
+    """One compilation: walks the operation for one shape of its variables, collecting the
+    parameter sources, per-request checks and guards the statement needs."""
+
     schema: GraphQLSchema
     operation: OperationDefinitionNode
     fragments: Mapping[str, FragmentDefinitionNode]

@@ -211,7 +211,9 @@ class CompiledReads:
         variables: Mapping[str, Any],
         claims: AccessClaims | None,
     ) -> Answer | Fallback:
-        """Run a plan for a viewer (`claims` of a verified access token; None: anonymous)."""
+        """Run a plan for a viewer (`claims` of a verified access token; None: anonymous).
+        A driver error propagates: the caller falls back on a fresh session (the failed
+        statement may have aborted the connection's transaction)."""
         if plan.requires_viewer and claims is None:
             return Fallback("signed-in viewer required (UNAUTHENTICATED)")
         try:
