@@ -10,7 +10,6 @@ path (tests/graph/compiled checks the list against the schema)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,11 +21,19 @@ from atlas_gql.auth.models import Permission, PermissionName, Role, RolePermissi
 from atlas_gql.auth.rules import SqlBool, ViewerRef, user_visible
 from atlas_gql.db.tables import table_of
 from atlas_gql.errors import BadInput
-from atlas_gql.graph.compiled.compiler import Compiler, Ordering, Row
+from atlas_gql.graph.compiled.compiler import (
+    Catalogue,
+    Compiler,
+    Handler,
+    ObjectSpec,
+    Ordering,
+    RootHandler,
+    Row,
+)
 from atlas_gql.graph.compiled.errors import NotCompilable
 from atlas_gql.graph.compiled.sql import JSON_NULL, ONE, global_id, iso_datetime, json_array
 from atlas_gql.graph.compiled.values import UNDECODABLE_ID, Value, plain
-from atlas_gql.graph.relay import decode_global_id, decode_id_of
+from atlas_gql.ids import decode_global_id, decode_id_of
 from atlas_gql.logs.models import ActivityLog, ErrorLog
 from atlas_gql.logs.rules import (
     LOG_READER_ROLES,
@@ -44,8 +51,6 @@ from atlas_gql.projects.rules import (
 )
 
 Fields = list[FieldNode]
-Handler = Callable[[Compiler, Row, Fields], sa.ColumnElement[Any]]
-RootHandler = Callable[[Compiler, Fields], sa.ColumnElement[Any]]
 
 users = table_of(User)
 roles = table_of(Role)
@@ -70,12 +75,6 @@ OLDEST_FIRST = Ordering("created_at", descending=False)
 
 # Search patterns as the services build them.
 USERS_SEARCH_MAX = 200
-
-
-@dataclass(frozen=True)
-class ObjectSpec:
-    table: sa.Table
-    fields: Mapping[str, Handler]
 
 
 # -- field handlers ---------------------------------------------------------------------------
@@ -713,6 +712,8 @@ ROOT_FIELDS: dict[str, RootHandler] = {
     "activityLogs": root_activity_logs,
     "errorLogs": root_error_logs,
 }
+
+CATALOGUE = Catalogue(objects=OBJECTS, roots=ROOT_FIELDS)
 
 # Fields of compiled types that the compiler leaves to the resolver path, with the reason
 # (tests/graph/compiled/test_catalogue.py keeps this list and the schema in step).

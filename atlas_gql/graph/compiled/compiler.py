@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from graphql import (
@@ -37,6 +37,8 @@ from graphql import (
 from graphql.pyutils import Undefined
 
 from atlas_gql.auth.rules import SqlBool, ViewerRef, live_session, viewer_from
+from atlas_gql.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, decode_cursor
+from atlas_gql.db.pagination import Ordering as PythonOrdering
 from atlas_gql.errors import BadInput
 from atlas_gql.graph.compiled.errors import NotCompilable
 from atlas_gql.graph.compiled.sql import (
@@ -50,12 +52,6 @@ from atlas_gql.graph.compiled.sql import (
     text_constant,
 )
 from atlas_gql.graph.compiled.values import Const, Shape, Value, value_of
-from atlas_gql.graph.pagination import Ordering as PythonOrdering
-from atlas_gql.graph.pagination import decode_cursor
-from atlas_gql.graph.relay import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-
-if TYPE_CHECKING:
-    from atlas_gql.graph.compiled.catalogue import ObjectSpec
 
 VIEWER_USER_PARAM = "viewer_user_id"
 VIEWER_SESSION_PARAM = "viewer_session_id"
@@ -67,7 +63,7 @@ Check = Callable[[Mapping[str, Any]], None]
 Fields = list[FieldNode]
 Selection = dict[str, Fields]
 
-# Cursors of every compiled ordering carry a created_at (see graph.pagination.encode_cursor).
+# Cursors of every compiled ordering carry a created_at (see db.pagination.encode_cursor).
 _DATETIME_KEYSET = PythonOrdering(sort=sa.column("created_at"), id=sa.column("id"))
 
 
@@ -101,6 +97,26 @@ class PageWindow:
     before: tuple[sa.ColumnElement[Any], sa.ColumnElement[Any]] | None
 
 
+Handler = Callable[["Compiler", Row, Fields], sa.ColumnElement[Any]]
+RootHandler = Callable[["Compiler", Fields], sa.ColumnElement[Any]]
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """An object type: its table and, per field, how to read it in SQL."""
+
+    table: sa.Table
+    fields: Mapping[str, Handler]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """What the compiler knows of the schema (graph/compiled/catalogue.py)."""
+
+    objects: Mapping[str, ObjectSpec]
+    roots: Mapping[str, RootHandler]
+
+
 @dataclass
 class CompiledStatement:
     """The statement (columns live, allowed, data) and what binding it needs."""
@@ -117,6 +133,7 @@ class Compiler:
     parameter sources, per-request checks and guards the statement needs."""
 
     schema: GraphQLSchema
+    catalogue: Catalogue
     operation: OperationDefinitionNode
     fragments: Mapping[str, FragmentDefinitionNode]
     shapes: Mapping[str, Shape]
@@ -141,8 +158,6 @@ class Compiler:
     # -- the statement ---------------------------------------------------------------------
 
     def compile(self) -> CompiledStatement:
-        from atlas_gql.graph.compiled.catalogue import ROOT_FIELDS
-
         query_type = self.schema.query_type
         assert query_type is not None
         selection = self.collect(query_type.name, [self.operation.selection_set])
@@ -152,7 +167,7 @@ class Compiler:
             if name == "__typename":
                 pairs.append((key, text_constant(query_type.name)))
                 continue
-            root = ROOT_FIELDS.get(name)
+            root = self.catalogue.roots.get(name)
             if root is None:
                 raise NotCompilable(f"Query.{name} is not compiled")
             pairs.append((key, root(self, fields)))
@@ -271,9 +286,7 @@ class Compiler:
     # -- objects -------------------------------------------------------------------------------
 
     def object_json(self, type_name: str, row: Row, selection: Selection) -> sa.ColumnElement[Any]:
-        from atlas_gql.graph.compiled.catalogue import OBJECTS
-
-        spec: ObjectSpec | None = OBJECTS.get(type_name)
+        spec = self.catalogue.objects.get(type_name)
         if spec is None:
             raise NotCompilable(f"type {type_name} is not compiled")
         pairs: list[tuple[str, sa.ColumnElement[Any]]] = []
@@ -487,7 +500,7 @@ class Compiler:
         """The selected PageInfo, and whether it aggregates over the page."""
         from sqlalchemy.dialects.postgresql import aggregate_order_by
 
-        # As graph.pagination._finish: the extra row means more in the reading direction;
+        # As db.pagination._finish: the extra row means more in the reading direction;
         # the other direction reports whether the client passed a cursor there.
         has_more = sa.func.count() > window.size
         cursors: Any = sa.func.json_agg(aggregate_order_by(cursor, display)).filter(in_page)

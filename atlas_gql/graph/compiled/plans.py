@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 
 from atlas_gql.auth.tokens import AccessClaims
 from atlas_gql.errors import AtlasError
+from atlas_gql.graph.compiled.catalogue import CATALOGUE
 from atlas_gql.graph.compiled.compiler import (
     VIEWER_SESSION_PARAM,
     VIEWER_USER_PARAM,
@@ -103,6 +104,7 @@ def compile_plan(
 ) -> Plan:
     compiler = Compiler(
         schema=schema,
+        catalogue=CATALOGUE,
         operation=operation,
         fragments=fragments_of(document.definitions),
         shapes=shapes,

@@ -27,7 +27,7 @@ from graphql.pyutils import Undefined
 
 from atlas_gql.errors import BadInput
 from atlas_gql.graph.compiled.errors import NotCompilable
-from atlas_gql.graph.relay import decode_global_id
+from atlas_gql.ids import decode_global_id
 
 Shape = Hashable
 UNDECODABLE_ID = "!invalid"

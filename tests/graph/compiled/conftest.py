@@ -36,8 +36,8 @@ from atlas_gql.config import Settings
 from atlas_gql.db.engine import create_engine
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.graph.compiled import Answer, CompiledReads, Fallback
-from atlas_gql.graph.relay import encode_global_id
 from atlas_gql.graph.schema import build_schema
+from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
 from tests.conftest import GraphQLClient, make_settings, migrated_and_seeded

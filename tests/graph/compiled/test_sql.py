@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from atlas_gql.db.pagination import encode_cursor
 from atlas_gql.graph.compiled.sql import global_id, iso_datetime, keyset_cursor
-from atlas_gql.graph.pagination import encode_cursor
-from atlas_gql.graph.relay import encode_global_id
+from atlas_gql.ids import encode_global_id
 
 INSTANTS = [
     datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC),
