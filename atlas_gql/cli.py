@@ -291,8 +291,13 @@ def prune_logs_command(
 
 
 def main() -> None:
+    from atlas_gql.serving import stopping_on_signals
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cli()
+    # SIGTERM and SIGHUP end every command the way Ctrl-C does, so exit handlers (which stop
+    # an embedded PostgreSQL the command started) run; `serve` adds its own graceful path.
+    with stopping_on_signals():
+        cli()
 
 
 if __name__ == "__main__":

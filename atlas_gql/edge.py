@@ -5,8 +5,9 @@ server (and under httpx's ASGITransport in tests), not only under `atlas-gql ser
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,27 +44,6 @@ def parse_address(text: str) -> IPAddress | None:
     return address
 
 
-def forwarded_client(
-    peer: IPAddress, forwarded_for: Iterable[str], trusted: Sequence[IPNetwork]
-) -> IPAddress:
-    """The client behind a chain of proxies: walking X-Forwarded-For from the right (the hop
-    nearest to us) while the hop is a trusted proxy, the first address that is not one. What
-    a client wrote further left is never believed; an entry that is not an IP address ends the
-    walk (the header is malformed from there on), keeping the last address established."""
-    client = peer
-    if not _is_trusted(peer, trusted):
-        return client
-    entries = [entry for value in forwarded_for for entry in value.split(",")]
-    for entry in reversed(entries):
-        hop = parse_address(entry)
-        if hop is None:
-            break
-        client = hop
-        if not _is_trusted(hop, trusted):
-            break
-    return client
-
-
 def _is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in trusted)
 
@@ -71,43 +51,62 @@ def _is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
 class ClientAddressMiddleware:
     """Sets `scope["client"]` to the real client, and `scope["scheme"]` from
     X-Forwarded-Proto, when the connection comes from one of ATLAS_TRUSTED_PROXIES; other
-    peers' proxy headers are ignored. Addresses are also written canonically (one spelling per
-    address), so per-address limits cannot be dodged by writing an address differently."""
+    peers' proxy headers are ignored.
+
+    The client is found by walking X-Forwarded-For from the right (the hop nearest to us)
+    while the hop is a trusted proxy: the first address that is not one. What a client wrote
+    further left is never believed; an entry that is not an IP address ends the walk (the
+    header is malformed from there on), keeping the last address established. Addresses are
+    written canonically (one spelling per address, IPv4-mapped IPv6 as IPv4), so per-address
+    limits cannot be dodged by spelling an address differently."""
 
     def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[IPNetwork]) -> None:
         self.app = app
         self.trusted = tuple(trusted_proxies)
+        # Peers and proxy hops repeat: parsing, printing and matching them is most of the cost.
+        self._classify = functools.lru_cache(maxsize=4096)(self._classify_address)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in _SCHEMES and scope.get("client"):
             self._rewrite(scope)
         await self.app(scope, receive, send)
 
+    def _classify_address(self, text: str) -> tuple[str, bool] | None:
+        """(canonical spelling, is a trusted proxy) of an address; None if it is not one."""
+        address = parse_address(text)
+        if address is None:
+            return None
+        return str(address), _is_trusted(address, self.trusted)
+
     def _rewrite(self, scope: Scope) -> None:
         host, port = scope["client"]
-        peer = parse_address(str(host))
+        peer = self._classify(str(host))
         if peer is None:  # not an IP peer (a Unix socket, a test double): nothing to trust
             return
-        client = peer
-        if self.trusted and _is_trusted(peer, self.trusted):
+        client, trusted = peer
+        if trusted:
             forwarded_for: list[str] = []
             proto: str | None = None
             for name, value in scope.get("headers", ()):
                 if name == b"x-forwarded-for":
-                    forwarded_for.append(value.decode("latin-1"))
+                    forwarded_for.extend(value.decode("latin-1").split(","))
                 elif name == b"x-forwarded-proto":
                     proto = value.decode("latin-1")
-            client = forwarded_client(peer, forwarded_for, self.trusted)
-            if client != peer:
+            for entry in reversed(forwarded_for):
+                hop = self._classify(entry.strip())
+                if hop is None:
+                    break
+                client, trusted = hop
                 port = 0
+                if not trusted:
+                    break
             if proto is not None:
                 # The right-most value is the one the trusted peer itself vouches for.
                 scheme = _SCHEMES[scope["type"]].get(proto.rsplit(",", 1)[-1].strip().lower())
                 if scheme is not None:
                     scope["scheme"] = scheme
-        text = str(client)
-        if text != host:
-            scope["client"] = (text, port)
+        if client != host:
+            scope["client"] = (client, port)
 
 
 class BodyTimeoutMiddleware:
@@ -124,7 +123,12 @@ class BodyTimeoutMiddleware:
             await self.app(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.timeout
-        body_complete = False
+        # Without Content-Length or Transfer-Encoding a request has no body (RFC 9112 6.3):
+        # nothing to wait for, so no timer either (GET, health checks, static assets).
+        body_complete = not any(
+            name in (b"content-length", b"transfer-encoding")
+            for name, _ in scope.get("headers", ())
+        )
         response_started = False
 
         async def timed_receive() -> Message:

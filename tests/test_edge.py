@@ -219,6 +219,8 @@ async def test_the_app_trusts_no_proxy_by_default(app_with: Any, db: AsyncSessio
 
 # --- request-body timeout ---------------------------------------------------------------------
 
+WITH_BODY = {"type": "http", "headers": [(b"content-length", b"4")]}
+
 
 async def stalled_body(first: bytes) -> AsyncIterator[bytes]:
     """A body whose client sends `first` and then nothing more (it never finishes)."""
@@ -324,7 +326,7 @@ async def test_the_timeout_ends_with_the_body() -> None:
     # The disconnect comes after the timeout instant (same loop clock): a bounded wait would
     # have given way first.
     asyncio.get_running_loop().call_later(0.2, released.set)
-    await BodyTimeoutMiddleware(app, timeout=0.05)({"type": "http"}, receive, send)
+    await BodyTimeoutMiddleware(app, timeout=0.05)(WITH_BODY, receive, send)
     assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["status"] == 200
 
@@ -343,7 +345,8 @@ async def test_the_timeout_after_a_response_started_ends_the_request_without_a_s
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await BodyTimeoutMiddleware(app, timeout=0.05)({"type": "http"}, receive, send)
+    # (bounded, so that a regression fails instead of hanging the suite)
+    await asyncio.wait_for(BodyTimeoutMiddleware(app, timeout=0.05)(WITH_BODY, receive, send), 30)
     assert [message.get("status") for message in sent] == [200]
 
 
