@@ -21,6 +21,7 @@ from atlas_gql.config import Settings, get_settings
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.runtime import resolve_database_target
 from atlas_gql.db.utils import check_db_connection
+from atlas_gql.edge import BodyTimeoutMiddleware, ClientAddressMiddleware
 from atlas_gql.graph.ide import graphiql_static_route
 from atlas_gql.graph.limits import BodySizeLimitMiddleware
 from atlas_gql.graph.schema import build_schema
@@ -91,6 +92,9 @@ def create_app(
             WebSocketRoute("/graphql", graphql_app),
         ],
         middleware=[
+            # Outermost: everything below sees the real client address and a bounded body read.
+            Middleware(ClientAddressMiddleware, trusted_proxies=settings.atlas_trusted_proxies),
+            Middleware(BodyTimeoutMiddleware, timeout=settings.atlas_body_timeout),
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.atlas_cors_origins,

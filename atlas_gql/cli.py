@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -101,33 +102,54 @@ def serve(
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
     """Migrate to head, seed an empty database, then serve /graphql."""
-    import uvicorn
+    from atlas_gql import serving
+    from atlas_gql.db.runtime import embedded_postgres, stop_embedded_postgres
 
     settings = load_settings()
-    target = resolve_target(settings)
-    migrate_and_maybe_seed(settings, target, seed_if_empty=True)
-    if not settings.database_url:
-        # Workers (and reloads) attach to the embedded server this process started.
-        os.environ["DATABASE_URL"] = target.url.render_as_string(hide_password=False)
-    if workers > 1 and settings.redis_url is None:
-        typer.secho(
-            "warning: several workers without REDIS_URL: "
-            "subscribers only see events of their own worker",
-            fg=typer.colors.YELLOW,
-            err=True,
-        )
-    typer.echo(f"ATLAS serving http://{host}:{port}/graphql")
-    uvicorn.run(
-        "atlas_gql.app:app_factory",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers if not reload else None,
-        reload=reload,
-        log_level="info",
-        proxy_headers=True,
-        ws_per_message_deflate=settings.atlas_ws_per_message_deflate,
-    )
+    serving_started = False
+    # Ctrl-C, SIGTERM and SIGHUP all end in the `finally` below, which stops the embedded
+    # PostgreSQL (unless another live process still uses it).
+    with serving.stopping_on_signals():
+        try:
+            with serving.signals_deferred():
+                target = resolve_target(settings)
+            migrate_and_maybe_seed(settings, target, seed_if_empty=True)
+            embedded = embedded_postgres() if not settings.database_url else None
+            if embedded is not None:
+                # Workers (and reloads) attach to the embedded server this process started.
+                os.environ["DATABASE_URL"] = target.url.render_as_string(hide_password=False)
+            if workers > 1 and settings.redis_url is None:
+                typer.secho(
+                    "warning: several workers without REDIS_URL: "
+                    "subscribers only see events of their own worker",
+                    fg=typer.colors.YELLOW,
+                    err=True,
+                )
+            typer.echo(
+                serving.banner(
+                    settings=settings,
+                    target=target,
+                    host=host,
+                    port=port,
+                    workers=workers,
+                    reload=reload,
+                    embedded_pgdata=embedded.pgdata if embedded is not None else None,
+                )
+            )
+            serving_started = True
+            serving.run_server(
+                settings=settings, host=host, port=port, workers=workers, reload=reload
+            )
+        except KeyboardInterrupt:
+            if not serving_started:
+                raise typer.Exit(130) from None
+        finally:
+            with serving.signals_ignored():
+                stopped = stop_embedded_postgres()
+            if stopped:
+                # The terminal may be gone (SIGHUP): saying so must not fail the exit.
+                with contextlib.suppress(OSError):
+                    typer.echo("stopped the embedded PostgreSQL")
 
 
 @cli.command()
@@ -269,8 +291,13 @@ def prune_logs_command(
 
 
 def main() -> None:
+    from atlas_gql.serving import stopping_on_signals
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cli()
+    # SIGTERM and SIGHUP end every command the way Ctrl-C does, so exit handlers (which stop
+    # an embedded PostgreSQL the command started) run; `serve` adds its own graceful path.
+    with stopping_on_signals():
+        cli()
 
 
 if __name__ == "__main__":

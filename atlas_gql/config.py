@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -104,12 +105,48 @@ class Settings(BaseSettings):
         default="atlas:ratelimit:", description="key prefix of rate-limit counters in Redis"
     )
 
+    # The process edge: which peers may say who the client is, and how long a client may take
+    # to send a request (docs/security.md, "Client addresses and proxies", "Slow clients").
+    atlas_trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated IPs or CIDR networks whose X-Forwarded-* headers count",
+    )
+    atlas_body_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a client has to send a whole request body"
+    )
+    atlas_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a connection has to send a request's headers (atlas-gql serve)",
+    )
+    atlas_max_header_bytes: int = Field(
+        default=64 * 1024, ge=4096, description="largest request line plus headers, bytes"
+    )
+
     @field_validator("atlas_cors_origins", "atlas_allowed_models", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("atlas_trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        networks = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            try:
+                networks.append(ip_network(item))
+            except ValueError as exc:
+                raise ValueError(
+                    f"ATLAS_TRUSTED_PROXIES: {exc} (expected IP addresses or CIDR networks, "
+                    "like 10.0.0.0/8 or fd00::/8)"
+                ) from None
+        return networks
 
     @field_validator("database_url", "redis_url", "openai_base_url", mode="before")
     @classmethod

@@ -1,0 +1,371 @@
+"""`atlas-gql serve`: uvicorn set up for clients that misbehave, a start-up banner that says what
+runs where, and one way down for every stop signal.
+
+Signals: Ctrl-C (SIGINT), SIGTERM (kill, IDE stop buttons, process managers) and SIGHUP (the
+terminal closed) all shut the server down gracefully and then let `serve` stop the embedded
+PostgreSQL, with one process or with `--workers N`. Uvicorn alone would not: after a graceful
+stop it re-raises SIGTERM with the default action (the process dies without running its exit
+handlers), SIGHUP kills a single process outright, and its worker supervisor treats SIGHUP as
+"restart the workers".
+
+Slow clients: uvicorn bounds idle keep-alive connections but not a request still arriving. The
+HTTP protocols below close a connection that has not delivered a request's headers within
+ATLAS_HEADER_TIMEOUT seconds (of connecting, or of its previous response), and refuse headers
+over ATLAS_MAX_HEADER_BYTES (httptools has no limit of its own). The body is bounded inside the
+app (atlas_gql.edge.BodyTimeoutMiddleware), so it holds under any server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Iterator
+from ipaddress import ip_address
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors import Multiprocess
+
+from atlas_gql import __version__
+from atlas_gql.config import Settings, get_settings
+from atlas_gql.db.url import DatabaseTarget
+
+logger = logging.getLogger(__name__)
+
+KEEP_ALIVE_SECONDS = 5  # uvicorn's default: idle connections between requests are closed
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
+
+_HANGUP: int | None = getattr(signal, "SIGHUP", None)  # (not on Windows)
+_hangup_ignored = False
+
+
+def stop_signals() -> list[int]:
+    return [signal.SIGINT, signal.SIGTERM, *([_HANGUP] if _HANGUP is not None else [])]
+
+
+# --- signals ---------------------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _hang_up(signum: int, frame: FrameType | None) -> None:
+    # Stop as on SIGTERM, through whoever handles SIGTERM at this moment: uvicorn (a graceful
+    # shutdown) while it serves, `_interrupt` before and after.
+    signal.raise_signal(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP stop `serve` the way Ctrl-C does, so the caller's `finally` (which
+    stops the embedded PostgreSQL) runs whichever arrives. SIGHUP stays ignored when it was
+    ignored on entry (`nohup atlas-gql serve`)."""
+    global _hangup_ignored
+    previous = {signum: signal.getsignal(signum) for signum in stop_signals()}
+    _hangup_ignored = _HANGUP is not None and previous[_HANGUP] == signal.SIG_IGN
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if _HANGUP is not None and not _hangup_ignored:
+        signal.signal(_HANGUP, _hang_up)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold stop signals for the duration of the block and act on them right after it (while
+    the embedded PostgreSQL starts, so it is never left half-started and unaccounted for)."""
+    received: list[int] = []
+
+    def remember(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    watched = [s for s in stop_signals() if signal.getsignal(s) != signal.SIG_IGN]
+    previous = {signum: signal.signal(signum, remember) for signum in watched}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """While the embedded PostgreSQL stops, a second Ctrl-C must not abandon it halfway."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stop_signals()}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _Workers(Multiprocess):
+    """uvicorn's worker supervisor, except that SIGHUP stops it (uvicorn restarts the workers):
+    closing the terminal must not leave the server, nor its database, running."""
+
+    def handle_hup(self) -> None:
+        if _hangup_ignored:
+            return
+        logger.info("Received SIGHUP, exiting.")
+        self.should_exit.set()
+
+
+def app_factory() -> Starlette:
+    """The app uvicorn loads in `serve`. A worker process leaves SIGHUP to its supervisor, which
+    then stops it gracefully (SIGTERM), instead of dying at once when the terminal closes."""
+    if (
+        _HANGUP is not None
+        and multiprocessing.parent_process() is not None
+        and threading.current_thread() is threading.main_thread()
+    ):
+        signal.signal(_HANGUP, signal.SIG_IGN)
+    from atlas_gql.app import app_factory as build_app
+
+    return build_app()
+
+
+# --- slow and oversized request heads ----------------------------------------------------------
+
+
+class _HeaderDeadline:
+    """A timer per connection: when it fires and no request is being served (its headers never
+    completed), the connection is closed. Armed when the connection opens and after each
+    response; a request in progress, or an upgrade to WebSocket, makes it a no-op."""
+
+    def __init__(self, protocol: Any, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.protocol = protocol
+        self.loop = loop
+        self.timeout = timeout
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> None:
+        self.cancel()
+        self.timer = self.loop.call_later(self.timeout, self.expire)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def expire(self) -> None:
+        self.timer = None
+        transport = self.protocol.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_protocol() is not self.protocol:  # upgraded to WebSocket
+            return
+        cycle = self.protocol.cycle
+        if cycle is not None and not cycle.response_complete:
+            return
+        transport.close()
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the header deadline (h11 bounds header bytes itself, with
+    `h11_max_incomplete_event_size`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_deadline = _HeaderDeadline(self, self.loop, get_settings().atlas_header_timeout)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.header_deadline.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.header_deadline.cancel()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.header_deadline.arm()
+
+
+HTTP_PROTOCOL = "atlas_gql.serving:GuardedH11Protocol"
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
+    pass
+else:
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol with the header deadline and a header size limit."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            settings = get_settings()
+            self.header_deadline = _HeaderDeadline(self, self.loop, settings.atlas_header_timeout)
+            self.max_header_bytes = settings.atlas_max_header_bytes
+            self.reading_headers = False
+            self.header_bytes = 0
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.header_deadline.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.header_deadline.cancel()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.header_deadline.arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.reading_headers = True
+            self.header_bytes = 0
+
+        def on_headers_complete(self) -> None:
+            self.reading_headers = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if not self.reading_headers or self.transport.is_closing():
+                return
+            self.header_bytes += len(data)
+            if self.header_bytes > self.max_header_bytes:
+                self.reading_headers = False
+                _refuse_large_headers(self.transport, self.max_header_bytes)
+
+    HTTP_PROTOCOL = "atlas_gql.serving:GuardedHttpToolsProtocol"
+
+
+def _refuse_large_headers(transport: asyncio.Transport, limit: int) -> None:
+    error = {
+        "message": f"Request headers exceed {limit} bytes.",
+        "extensions": {"code": "BAD_REQUEST"},
+    }
+    body = json.dumps({"errors": [error]}).encode()
+    transport.write(
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        b"content-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode() + b"\r\n"
+        b"connection: close\r\n\r\n" + body
+    )
+    transport.close()
+
+
+# --- banner ----------------------------------------------------------------------------------
+
+
+def listen_url(host: str, port: int) -> str:
+    try:
+        bracketed = ip_address(host).version == 6
+    except ValueError:
+        bracketed = False
+    shown = f"[{host}]" if bracketed else host
+    return f"http://{shown}:{port}/graphql"
+
+
+def hide_url_password(url: str) -> str:
+    """`url` with any password (in the user part or a `password=` parameter) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user_info, _, host = netloc.rpartition("@")
+        user, has_password, _ = user_info.partition(":")
+        # A lone `redis://secret@host` is a password to some clients: hide it as well.
+        netloc = f"{user}:***@{host}" if has_password else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(key, "***" if "password" in key.lower() else value) for key, value in pairs],
+            safe="*",
+        )
+    # (written out: urlunsplit drops the `//` of `unix:///path` URLs)
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def banner(
+    *,
+    settings: Settings,
+    target: DatabaseTarget,
+    host: str,
+    port: int,
+    workers: int,
+    reload: bool,
+    embedded_pgdata: Path | None,
+) -> str:
+    """The block `serve` prints before it starts listening: what runs where (no secrets)."""
+    if embedded_pgdata is not None:
+        database = f"embedded PostgreSQL in {embedded_pgdata} (database {target.database})"
+    else:
+        database = target.render()
+        if target.schema:
+            database += f" (schema {target.schema})"
+    broker = (
+        f"Redis at {hide_url_password(settings.redis_url)}" if settings.redis_url else "in-process"
+    )
+    proxies = (
+        ", ".join(str(network) for network in settings.atlas_trusted_proxies)
+        if settings.atlas_trusted_proxies
+        else "none (X-Forwarded-For ignored)"
+    )
+    rows = [
+        ("listening", listen_url(host, port)),
+        ("workers", f"{workers}" + (" (reloading on code changes)" if reload else "")),
+        ("database", database),
+        ("broker", broker),
+        ("environment", settings.atlas_env.value),
+        ("proxies", proxies),
+    ]
+    lines = [f"ATLAS {__version__}"]
+    lines += [f"  {label:<12} {value}" for label, value in rows]
+    return "\n".join(lines)
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+def run_server(*, settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
+    """Serve until a stop signal. Returns after a graceful shutdown, or raises
+    KeyboardInterrupt once uvicorn has shut down gracefully (one process)."""
+    import uvicorn
+    from uvicorn.supervisors import ChangeReload
+
+    config = uvicorn.Config(
+        "atlas_gql.serving:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=None if reload else workers,
+        reload=reload,
+        log_level="info",
+        # Client addresses come from ClientAddressMiddleware (ATLAS_TRUSTED_PROXIES), not
+        # from uvicorn, which would trust X-Forwarded-For from 127.0.0.1 unasked.
+        proxy_headers=False,
+        http=HTTP_PROTOCOL,
+        h11_max_incomplete_event_size=settings.atlas_max_header_bytes,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        ws_per_message_deflate=settings.atlas_ws_per_message_deflate,
+    )
+    server = uvicorn.Server(config)
+    if config.should_reload:
+        ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
+    elif config.workers > 1:
+        _Workers(config, sockets=[config.bind_socket()]).run()
+    else:
+        server.run()
+        if not server.started:
+            raise SystemExit(STARTUP_FAILURE)
