@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     )
 
     redis_url: str | None = None
+    atlas_redis_timeout: float = Field(
+        default=0.25,
+        gt=0,
+        description="seconds a broker command (publish, history, control) waits for Redis "
+        "before Redis is skipped for a while (the circuit opens)",
+    )
+    atlas_redis_retry_max: float = Field(
+        default=30.0,
+        gt=0,
+        description="longest pause (seconds) before a Redis that failed is probed again",
+    )
     atlas_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     atlas_max_depth: int = Field(default=12, ge=1)

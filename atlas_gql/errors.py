@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
     DB_UNAVAILABLE = "DB_UNAVAILABLE"
+    BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 
@@ -84,3 +85,10 @@ class UpstreamError(AtlasError):
 class DbUnavailable(AtlasError):
     code = ErrorCode.DB_UNAVAILABLE
     default_message = "The database is unavailable; try again shortly."
+
+
+class BrokerUnavailable(AtlasError):
+    """The event broker (Redis) does not answer: live events cannot be delivered now."""
+
+    code = ErrorCode.BROKER_UNAVAILABLE
+    default_message = "Live events are unavailable right now; try again shortly."

@@ -7,7 +7,11 @@ publisher, see `sequences.py`). Two implementations behind one interface:
   capped Redis list per thread keeps recent events for `afterSequence` replay.
 
 Both also carry *control* messages between workers (e.g. "cancel this reply"), delivered to
-every process's control handler, so a cancel reaches the worker that runs the reply."""
+every process's control handler, so a cancel reaches the worker that runs the reply.
+
+Redis is behind a circuit breaker (`circuit.py`): a Redis that fails or hangs costs one short
+timeout, then is skipped (events still reach this process's subscribers) until it answers
+again; what needs Redis and cannot have it raises BrokerUnavailable (BROKER_UNAVAILABLE)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
+from atlas_gql.ai.circuit import CircuitBreaker, CircuitOpenError
 from atlas_gql.ai.events import (
     FINAL_EVENTS,
     MessageDelta,
@@ -29,6 +34,7 @@ from atlas_gql.ai.events import (
     delta_event,
     encode_event,
 )
+from atlas_gql.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +52,13 @@ MEMORY_THREAD_BYTES = 1 << 20
 MEMORY_TOTAL_BYTES = 128 << 20
 # Rough size of an event's fixed fields (ids, type, sequence) in the accounting above.
 EVENT_OVERHEAD_BYTES = 160
-# Seconds to wait for Redis to confirm a SUBSCRIBE.
-SUBSCRIBE_TIMEOUT = 5.0
+# Seconds to wait for Redis to confirm a SUBSCRIBE (not on a reply's path: a subscriber
+# waits this long at most for BROKER_UNAVAILABLE).
+SUBSCRIBE_TIMEOUT = 2.0
+# Defaults of ATLAS_REDIS_TIMEOUT (seconds a publish, history read or control message waits
+# for Redis) and ATLAS_REDIS_RETRY_MAX (longest pause before Redis is probed again).
+REDIS_TIMEOUT = 0.25
+REDIS_MAX_PAUSE = 30.0
 # Events waiting for a subscriber from which its queued deltas are merged.
 MERGE_BACKLOG = 16
 # A subscriber that falls this far behind is dropped rather than growing memory forever.
@@ -67,16 +78,20 @@ class Broker(Protocol):
     async def close(self) -> None: ...
 
     async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
-        """Deliver `event` to the thread's subscribers (in every process) and keep it for replay."""
+        """Deliver `event` to the thread's subscribers (in every process) and keep it for
+        replay. An event may be published twice (a resumed reply re-reads events after its
+        last checkpoint, with the numbers they had): subscribers drop the repeat."""
 
     def subscribe(
         self, thread_id: uuid.UUID, *, after_sequence: int | None = None
     ) -> AsyncIterator[Event]:
         """Live events of the thread, in sequence order. With `after_sequence`, first the kept
-        events numbered above it (what a reconnecting client missed), then live ones."""
+        events numbered above it (what a reconnecting client missed), then live ones.
+        BrokerUnavailable when the broker cannot subscribe."""
 
     async def publish_control(self, message: dict[str, Any]) -> None:
-        """Send a control message to every process (including this one)."""
+        """Send a control message to every process (including this one); BrokerUnavailable
+        when it cannot be sent."""
 
     def set_control_handler(self, handler: ControlHandler) -> None: ...
 
@@ -330,30 +345,60 @@ class RedisBroker:
     """Redis pub/sub between processes; one pub/sub connection per process, fanned out locally.
 
     Keys: channel `atlas:thread:<id>` carries events, list `atlas:thread:<id>:events` keeps
-    the last REPLAY_LIMIT of them for an hour, channel `atlas:control` carries control messages."""
+    the last REPLAY_LIMIT of them for an hour, channel `atlas:control` carries control messages.
+
+    An event is delivered to this process's subscribers directly, then sent to Redis for the
+    other workers (tagged with this worker's id, so its own listener skips it): local
+    subscribers never wait on Redis. Every Redis command runs through a circuit breaker with
+    a short timeout (`circuit.py`, ATLAS_REDIS_TIMEOUT): once Redis fails or hangs, it is
+    skipped (publishes deliver locally only, new subscriptions and control messages fail at
+    once with BROKER_UNAVAILABLE) until a probe finds it answering again."""
 
     CONTROL_CHANNEL = "atlas:control"
     distributed = True
 
-    def __init__(self, url: str, *, replay_limit: int = REPLAY_LIMIT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        replay_limit: int = REPLAY_LIMIT,
+        timeout: float = REDIS_TIMEOUT,
+        max_pause: float = REDIS_MAX_PAUSE,
+    ) -> None:
         from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
 
         self.replay_limit = replay_limit
-        # Bounded socket waits: a Redis that hangs (rather than refusing) must not block a
-        # publish forever; the listener reads with its own 1 s timeout.
+        self.breaker = CircuitBreaker(
+            name="Redis (event broker)",
+            timeout=timeout,
+            failures=(RedisError,),
+            max_pause=max_pause,
+        )
+        self._redis_errors: tuple[type[BaseException], ...] = self.breaker.failures
+        # Commands are bounded by the breaker's timeout and never retried by the client (the
+        # breaker decides when to try again); the socket timeout bounds what the pub/sub
+        # connection does on its own (reconnecting, resubscribing, health checks).
         self._redis = Redis.from_url(
             url,
             decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
+            socket_connect_timeout=max(1.0, timeout),
+            socket_timeout=max(2.0, timeout),
+            retry=Retry(NoBackoff(), 0),
             health_check_interval=30,
         )
         self._pubsub = self._redis.pubsub()
         self._fanout = _LocalFanout()
         self._confirmed: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._control_handler: ControlHandler | None = None
+        self._control_ready = False
         self._lock = asyncio.Lock()
+        # This worker's tag on what it publishes (its listener skips its own events).
+        self._origin = uuid.uuid4().hex
         self.subscribe_timeout = SUBSCRIBE_TIMEOUT
 
     @staticmethod
@@ -365,34 +410,61 @@ class RedisBroker:
         return f"atlas:thread:{thread_id}:events"
 
     async def start(self) -> None:
-        confirmed = self._confirmed[self.CONTROL_CHANNEL] = asyncio.Event()
-        await self._pubsub.subscribe(self.CONTROL_CHANNEL)
         self._listener = asyncio.create_task(self._listen(), name="atlas-redis-broker")
-        await asyncio.wait_for(confirmed.wait(), timeout=5)
+        self._prober = asyncio.create_task(
+            self.breaker.run_probes(self._probe), name="atlas-redis-probe"
+        )
+        try:
+            await self._subscribe_control()
+        except self._redis_errors as error:
+            # The app starts without Redis (events stay local); the probe subscribes the
+            # control channel once Redis answers.
+            self.breaker.record_failure(error)
+
+    async def _subscribe_control(self) -> None:
+        confirmed = self._confirmed[self.CONTROL_CHANNEL] = asyncio.Event()
+        async with asyncio.timeout(self.subscribe_timeout):
+            await self._pubsub.subscribe(self.CONTROL_CHANNEL)
+            await confirmed.wait()
+
+    async def _probe(self) -> None:
+        await self._redis.ping()
+        if not self._control_ready:
+            await self._subscribe_control()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
+        for task in (self._listener, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
 
     async def _listen(self) -> None:
         while True:
+            if self._pubsub.connection is None:
+                # Nothing subscribed yet (Redis was down at start): wait for the probe.
+                await asyncio.sleep(0.5)
+                continue
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("redis broker: reading pub/sub failed; retrying")
+            except Exception as error:
+                if isinstance(error, self._redis_errors):
+                    self.breaker.record_failure(error)
+                else:
+                    logger.exception("redis broker: reading pub/sub failed; retrying")
                 await asyncio.sleep(0.5)
                 continue
             if message is None:
                 continue
             channel = message.get("channel")
             if message["type"] == "subscribe":
+                if channel == self.CONTROL_CHANNEL:
+                    self._control_ready = True
                 waiter = self._confirmed.get(channel)
                 if waiter is not None:
                     waiter.set()
@@ -410,47 +482,77 @@ class RedisBroker:
                     except Exception:
                         logger.exception("redis broker: control handler failed")
                 continue
+            data: str = message["data"]
+            if not data.startswith("{"):
+                # "<worker id><event JSON>": this worker delivered its own events already.
+                if data.startswith(self._origin):
+                    continue
+                data = data[len(self._origin) :]
             try:
-                event = decode_event(message["data"])
+                event = decode_event(data)
             except ValueError:  # pydantic's ValidationError included
                 logger.warning("redis broker: dropped an event that does not parse")
                 continue
             self._fanout.dispatch(event.thread_id, event)
 
     async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
+        """Deliver to this process's subscribers, then (unless Redis is being skipped) keep
+        the event in Redis and send it to the other workers. Redis failing or hanging is
+        not an error of the publish: it opens the circuit (logged once) and the reply goes on."""
+        self._fanout.dispatch(thread_id, event)
+        if self.breaker.skip():
+            return
         data = encode_event(event)
         key = self.history_key(thread_id)
-        async with self._redis.pipeline(transaction=True) as pipeline:
-            pipeline.rpush(key, data)
-            pipeline.ltrim(key, -self.replay_limit, -1)
-            pipeline.expire(key, REPLAY_TTL_SECONDS)
-            pipeline.publish(self.channel(thread_id), data)
-            await pipeline.execute()
+
+        async def send() -> None:
+            async with self._redis.pipeline(transaction=True) as pipeline:
+                pipeline.rpush(key, data)
+                pipeline.ltrim(key, -self.replay_limit, -1)
+                pipeline.expire(key, REPLAY_TTL_SECONDS)
+                pipeline.publish(self.channel(thread_id), self._origin + data)
+                await pipeline.execute()
+
+        with contextlib.suppress(CircuitOpenError):
+            await self.breaker.call(send)
 
     async def subscribe(
         self, thread_id: uuid.UUID, *, after_sequence: int | None = None
     ) -> AsyncIterator[Event]:
+        """As `Broker.subscribe`; BrokerUnavailable when Redis is being skipped or does not
+        confirm the subscription (or the kept events cannot be read) in time."""
         channel = self.channel(thread_id)
         async with self._lock:
+            if self.breaker.skip():
+                raise BrokerUnavailable()
             subscriber = self._fanout.add(thread_id)
             if len(self._fanout.subscribers[thread_id]) == 1:
                 confirmed = self._confirmed[channel] = asyncio.Event()
                 try:
-                    await self._pubsub.subscribe(channel)
-                    await asyncio.wait_for(confirmed.wait(), timeout=self.subscribe_timeout)
-                except BaseException:
+                    async with asyncio.timeout(self.subscribe_timeout):
+                        await self._pubsub.subscribe(channel)
+                        await confirmed.wait()
+                except BaseException as error:
                     # Not subscribed: forget this subscriber, so the thread's next subscriber
                     # here is the first again and sends its own SUBSCRIBE.
                     self._fanout.remove(thread_id, subscriber)
                     self._confirmed.pop(channel, None)
                     with contextlib.suppress(Exception):
-                        await self._pubsub.unsubscribe(channel)
+                        async with asyncio.timeout(self.breaker.timeout):
+                            await self._pubsub.unsubscribe(channel)
+                    if isinstance(error, self._redis_errors):
+                        self.breaker.record_failure(error)
+                        raise BrokerUnavailable() from error
                     raise
         try:
             # Subscribed first, then read the list: an event in both is delivered once.
             replay: list[Event] = []
             if after_sequence is not None:
-                raw = await self._redis.lrange(self.history_key(thread_id), 0, -1)
+                history = self.history_key(thread_id)
+                try:
+                    raw = await self.breaker.call(lambda: self._redis.lrange(history, 0, -1))
+                except CircuitOpenError as error:
+                    raise BrokerUnavailable() from error
                 replay = [decode_event(item) for item in raw]
             async for event in _deliver(subscriber, replay, after_sequence):
                 yield event
@@ -458,18 +560,30 @@ class RedisBroker:
             async with self._lock:
                 if self._fanout.remove(thread_id, subscriber):
                     self._confirmed.pop(channel, None)
-                    with contextlib.suppress(Exception):
-                        await self._pubsub.unsubscribe(channel)
+                    if not self.breaker.is_open:
+                        with contextlib.suppress(Exception):
+                            async with asyncio.timeout(self.breaker.timeout):
+                                await self._pubsub.unsubscribe(channel)
 
     async def publish_control(self, message: dict[str, Any]) -> None:
-        await self._redis.publish(self.CONTROL_CHANNEL, json.dumps(message))
+        """BrokerUnavailable when Redis is being skipped or does not take the message."""
+        data = json.dumps(message)
+        try:
+            await self.breaker.call(lambda: self._redis.publish(self.CONTROL_CHANNEL, data))
+        except CircuitOpenError as error:
+            raise BrokerUnavailable() from error
 
     def set_control_handler(self, handler: ControlHandler) -> None:
         self._control_handler = handler
 
 
-def create_broker(redis_url: str | None) -> Broker:
+def create_broker(
+    redis_url: str | None,
+    *,
+    timeout: float = REDIS_TIMEOUT,
+    max_pause: float = REDIS_MAX_PAUSE,
+) -> Broker:
     """Redis when a URL is configured, else in-process."""
     if redis_url:
-        return RedisBroker(redis_url)
+        return RedisBroker(redis_url, timeout=timeout, max_pause=max_pause)
     return MemoryBroker()

@@ -14,7 +14,11 @@ async def start_ai(runtime: Runtime) -> AIRuntime:
     ai = AIRuntime(
         settings=runtime.settings,
         sessionmaker=runtime.sessionmaker,
-        broker=create_broker(runtime.settings.redis_url),
+        broker=create_broker(
+            runtime.settings.redis_url,
+            timeout=runtime.settings.atlas_redis_timeout,
+            max_pause=runtime.settings.atlas_redis_retry_max,
+        ),
         provider=create_provider(runtime.settings),
         spawn=runtime.spawn,
     )

@@ -3,8 +3,10 @@ GraphQL over HTTP and graphql-transport-ws clients, and users in every project r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -57,6 +59,19 @@ mutation($input: SendMessageInput!) {
   }
 }
 """
+
+
+async def wait_until(condition: Callable[[], Any], *, timeout: float = 10) -> None:
+    """Wait for a signal (a condition of the system under test, sync or async) to hold."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -131,8 +146,6 @@ class Subscription:
 
     async def message(self, timeout: float = 10) -> dict[str, Any]:
         """The next protocol message other than ping/pong."""
-        import asyncio
-
         while True:
             raw = await asyncio.wait_for(self.ws.recv(), timeout)
             message: dict[str, Any] = json.loads(raw)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from sqlmodel import col
 
 from atlas_gql.ai.models import Message
 from atlas_gql.logs.models import ErrorLog, ErrorSource
-from tests.ai.conftest import AIServer, StartServer
+from tests.ai.conftest import AIServer, StartServer, wait_until
 from tests.ai.fake_openai import Behaviour
 from tests.ai.test_files import upload
 from tests.ai.test_redis_broker import REDIS_URL
@@ -24,18 +22,6 @@ from tests.conftest import error_codes
 
 MESSAGE_STATE = "query($id: ID!) { node(id: $id) { ... on Message { status content error } } }"
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
-
-
-async def wait_until(condition: Callable[[], Any], *, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def ai_runtime(ai: AIServer) -> Any:
