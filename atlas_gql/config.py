@@ -76,6 +76,17 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds without progress after which an IN_PROGRESS reply is INCOMPLETE",
     )
+    atlas_openai_background: bool = Field(
+        default=True,
+        description="Responses adapter: start replies as background responses, so a reply "
+        "whose worker dies or restarts is resumed (ignored by the chat adapter)",
+    )
+    atlas_reply_resume_after: float = Field(
+        default=15.0,
+        gt=0,
+        description="seconds without a heartbeat after which another worker resumes a "
+        "background reply",
+    )
 
     atlas_ws_per_message_deflate: bool = Field(
         default=False,

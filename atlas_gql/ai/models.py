@@ -76,6 +76,13 @@ class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         sa.Index("ix_messages_thread_id_created_at", "thread_id", "created_at", "id"),
+        # The recovery sweep looks for running replies only (a few rows, however many
+        # messages there are).
+        sa.Index(
+            "ix_messages_in_progress_heartbeat_at",
+            "heartbeat_at",
+            postgresql_where=sa.text("status = 'IN_PROGRESS'"),
+        ),
     )
 
     id: uuid.UUID = uuid_pk()
@@ -95,6 +102,17 @@ class Message(SQLModel, table=True):
     completed_at: datetime | None = optional_timestamp()
     # A running reply's liveness: its worker touches it every few seconds (see recovery.py).
     heartbeat_at: datetime | None = optional_timestamp()
+    # The worker running the reply (`AIRuntime.worker_id`); every write of the reply's worker
+    # is conditional on it, so a worker that lost the reply to another one stops. NULL: a
+    # background reply released by a worker that shut down, to be resumed at once.
+    reply_worker_id: uuid.UUID | None = Field(default=None)
+    # Background replies only (resumable): the upstream `sequence_number` of the last event
+    # whose text is in `content` (saved with it, atomically: a resumed stream starts after
+    # it), and the offset of the reply's event numbers (a delta's `sequence` is
+    # `event_sequence_base + its upstream sequence_number`, so a delta re-read after a resume
+    # gets the number it had, and subscribers drop it as already seen).
+    upstream_sequence: int | None = Field(default=None)
+    event_sequence_base: int | None = Field(default=None)
 
 
 class File(SQLModel, table=True):

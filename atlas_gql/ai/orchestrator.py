@@ -3,7 +3,27 @@ publishes its events (events.py, sequences.py), and leaves the assistant message
 state whatever happens. Replies whose worker is gone are recovery.py's.
 
 While a reply runs, its worker touches the message's `heartbeat_at` every few seconds and
-saves the partial text (a checkpoint) every couple of seconds; nothing is written per delta."""
+saves the partial text (a checkpoint) every couple of seconds; nothing is written per delta.
+Every write is conditional on the message still being IN_PROGRESS *and run by this worker*
+(`Message.reply_worker_id`): a worker that lost its reply to another one stops.
+
+Background replies (the Responses adapter with ATLAS_OPENAI_BACKGROUND): the upstream
+response runs on its own, so a reply outlives its stream and its worker.
+- At `response.created` the reply's response id, the upstream `sequence_number` and the
+  offset of its event numbers are checkpointed at once; every checkpoint afterwards saves the
+  text together with the sequence number of the last event whose text it holds.
+- Its deltas are numbered `event_sequence_base + upstream sequence_number`, so an event read
+  twice has one number: after a resume, deltas published but not checkpointed are re-read
+  (the stream starts after the checkpointed number) and re-published with the numbers they
+  had; a subscriber that saw them drops them (`broker._deliver`), one that did not gets them.
+  The text is therefore neither lost nor doubled, and numbers strictly increase.
+- A stream cut, a timeout or a 5xx while reading is retried by reading the same response
+  again from the last event handled (`Provider.resume_reply`), even after text was shown.
+- Another worker (or this one, restarted) resumes a reply whose worker died (`recovery.py`);
+  at a clean shutdown the worker releases its background replies for the next worker to
+  resume at once, instead of ending them INCOMPLETE.
+- A reply that ends here without the upstream having ended it (cancel, cut, timeout, ...)
+  is cancelled upstream (`POST /v1/responses/{id}/cancel`), so it stops costing."""
 
 from __future__ import annotations
 
@@ -62,7 +82,7 @@ class ReplyJob:
 
     thread_id: uuid.UUID
     project_id: uuid.UUID | None
-    user_id: uuid.UUID
+    user_id: uuid.UUID | None
     user_message_id: uuid.UUID
     assistant_message_id: uuid.UUID
     model: str
@@ -79,14 +99,38 @@ class ActiveReply:
     job: ReplyJob
     text: list[str] = field(default_factory=list)
     response_id: str | None = None
-    cancel_reason: str | None = None  # "user" | "shutdown"
+    # "user" (cancelMessage) | "shutdown" (ends INCOMPLETE) | "release" (shutdown of a
+    # background reply: left for the next worker) | "superseded" (another worker has it).
+    cancel_reason: str | None = None
     task: asyncio.Task[None] | None = None
     stream_task: asyncio.Task[ReplyDone] | None = None
     last_checkpoint: float = field(default_factory=time.monotonic)
-    checkpointed_chars: int = 0
     # The MessageCreated events of the exchange, published by the task before any delta.
     created: list[ThreadEvent] = field(default_factory=list)
     publish_failed: bool = False
+    # How many items of `text` were published (the rest is being published now).
+    published: int = 0
+    # Background replies: the upstream sequence number of the last event whose text was
+    # published (where a resumed stream starts), of the last one handled (appended to
+    # `text`, to skip an event read twice), and the offset of the event numbers
+    # (`sequence = base + upstream sequence number`).
+    upstream_sequence: int | None = None
+    handled_upstream: int | None = None
+    sequence_base: int | None = None
+
+    @property
+    def published_text(self) -> str:
+        return "".join(self.text[: self.published])
+
+    @property
+    def resumable(self) -> bool:
+        """A background reply whose upstream response can be read again from
+        `upstream_sequence` on."""
+        return (
+            self.sequence_base is not None
+            and self.upstream_sequence is not None
+            and self.response_id is not None
+        )
 
 
 class ReplySuperseded(Exception):
@@ -114,6 +158,14 @@ class AIRuntime:
         self.broker = broker
         self.provider = provider
         self.spawn = spawn
+        # This worker, as recorded on the replies it runs (Message.reply_worker_id).
+        self.worker_id = uuid.uuid4()
+        # A live reply beats several times within each liveness limit.
+        self.heartbeat_interval = min(
+            type(self).heartbeat_interval,
+            settings.atlas_reply_resume_after / 3,
+            settings.atlas_reply_stale_after / 3,
+        )
         self.replies: dict[uuid.UUID, ActiveReply] = {}
         self.sweeper: asyncio.Task[None] | None = None
         self.recovery = Recovery(
@@ -122,6 +174,9 @@ class AIRuntime:
             publish=self._publish,
             endpoint=provider.api,
             is_running_here=self.replies.__contains__,
+            worker_id=self.worker_id,
+            resume=self.resume_reply if provider.can_resume else None,
+            cancel_upstream=self._cancel_upstream_later,
         )
         broker.set_control_handler(self._on_control)
 
@@ -162,10 +217,11 @@ class AIRuntime:
                 await self.broker.publish_control(
                     {"action": "cancel", "messageId": str(message_id)}
                 )
-            except Exception:
+            except Exception as error:
                 # The control channel is down: finish the message here; the worker running
-                # it (if any) stops at its next checkpoint, finding it no longer IN_PROGRESS.
-                logger.warning("could not broadcast the cancel of %s", message_id, exc_info=True)
+                # it (if any) stops at its next heartbeat or checkpoint, finding it no longer
+                # IN_PROGRESS (a background response is cancelled upstream at once).
+                logger.warning("could not broadcast the cancel of %s: %r", message_id, error)
             else:
                 for _ in range(20):
                     await asyncio.sleep(0.1)
@@ -197,6 +253,7 @@ class AIRuntime:
     async def start(self) -> None:
         await self.broker.start()
         try:
+            # Replies left by a worker that stopped: resumed (background) or INCOMPLETE.
             await self.recovery.sweep_stale_replies()
         except Exception:
             # The app must start (and say so on /readyz) even when the database is down;
@@ -211,12 +268,79 @@ class AIRuntime:
                 await self.sweeper
         replies = list(self.replies.values())
         for reply in replies:
-            await self._cancel_local(reply, reason="shutdown", wait=False)
+            # A background reply goes on upstream: leave it to the next worker.
+            reason = "release" if reply.resumable else "shutdown"
+            await self._cancel_local(reply, reason=reason, wait=False)
         tasks = {reply.task for reply in replies if reply.task is not None}
         if tasks:
             await asyncio.wait(tasks, timeout=10)
         await self.broker.close()
         await self.provider.close()
+
+    # -- resuming background replies (recovery.py finds them) ------------------------------
+
+    async def resume_reply(self, message_id: uuid.UUID) -> bool:
+        """Take over a background reply nobody runs and go on streaming it from its last
+        checkpoint. False when another worker has it (or it is not resumable any more)."""
+        if message_id in self.replies:
+            return False
+        claimed = await self.recovery.claim(message_id)
+        if claimed is None:
+            return False
+        message = claimed.message
+        assert message.event_sequence_base is not None
+        assert message.upstream_sequence is not None
+        base, upstream = message.event_sequence_base, message.upstream_sequence
+        job = ReplyJob(
+            thread_id=message.thread_id,
+            project_id=claimed.project_id,
+            user_id=message.user_id,
+            user_message_id=claimed.user_message_id or message.id,
+            assistant_message_id=message.id,
+            model=message.model or self.settings.atlas_default_model,
+            instructions=claimed.instructions,
+            temperature=None,
+            content=claimed.question,
+            openai_file_ids=[],
+            conversation_id=claimed.conversation_id,
+            sequences=SequenceBlock.resume(
+                last_published=base + upstream, thread_mark=claimed.thread_mark
+            ),
+        )
+        text = [message.content] if message.content else []
+        reply = ActiveReply(
+            job=job,
+            text=text,
+            published=len(text),
+            response_id=message.openai_response_id,
+            upstream_sequence=upstream,
+            handled_upstream=upstream,
+            sequence_base=base,
+        )
+        self.replies[message.id] = reply
+        reply.task = self.spawn(self._run(reply), name=f"reply-{message.id}")
+        logger.warning(
+            "resuming reply %s (response %s) after upstream event %d",
+            message.id,
+            message.openai_response_id,
+            upstream,
+        )
+        return True
+
+    async def recover_reply(self, *, message_id: uuid.UUID, thread_id: uuid.UUID) -> None:
+        """An IN_PROGRESS reply found without a live worker (sendMessage saw it stale):
+        resumed when it is a background reply, else finished INCOMPLETE."""
+        await self.recovery.recover(message_id=message_id, thread_id=thread_id)
+
+    def _cancel_upstream_later(self, response_id: str) -> None:
+        """Stop a background response upstream, in the background (best effort)."""
+        self.spawn(self._cancel_upstream(response_id), name=f"cancel-{response_id}")
+
+    async def _cancel_upstream(self, response_id: str) -> None:
+        try:
+            await self.provider.cancel_response(response_id)
+        except UpstreamFailure as failure:
+            logger.warning("could not cancel upstream response %s: %s", response_id, failure.detail)
 
     # -- the reply task -----------------------------------------------------------------
 
@@ -228,7 +352,7 @@ class AIRuntime:
                 await self._publish(job.thread_id, event)
         except asyncio.CancelledError:
             reply.cancel_reason = reply.cancel_reason or "shutdown"
-        heartbeat = asyncio.create_task(self._heartbeat(job.assistant_message_id))
+        heartbeat = asyncio.create_task(self._heartbeat(reply))
         reply.stream_task = asyncio.create_task(self._stream(reply))
         if reply.cancel_reason is not None:
             reply.stream_task.cancel()
@@ -244,7 +368,11 @@ class AIRuntime:
                 reply.stream_task.cancel()
                 await asyncio.wait({reply.stream_task})
             if reply.stream_task.cancelled():
-                pass
+                if reply.cancel_reason == "superseded":
+                    return
+                if reply.cancel_reason == "release":
+                    await self._release(reply)
+                    return
             elif isinstance(error := reply.stream_task.exception(), UpstreamFailure):
                 failure = error
             elif isinstance(error, ReplySuperseded):
@@ -263,29 +391,91 @@ class AIRuntime:
             heartbeat.cancel()
             self.replies.pop(job.assistant_message_id, None)
 
-    async def _heartbeat(self, message_id: uuid.UUID) -> None:
+    def _owned(self, message_id: uuid.UUID) -> sa.ColumnElement[bool]:
+        """The reply's row, as long as it is IN_PROGRESS and run by this worker."""
+        return sa.and_(
+            col(Message.id) == message_id,
+            col(Message.status) == MessageStatus.IN_PROGRESS,
+            col(Message.reply_worker_id) == self.worker_id,
+        )
+
+    async def _still_running_here(self, reply: ActiveReply) -> bool:
+        async with self.sessionmaker() as db:
+            owned = await db.scalar(
+                sa.select(sa.literal(True)).where(self._owned(reply.job.assistant_message_id))
+            )
+        return bool(owned)
+
+    async def _heartbeat(self, reply: ActiveReply) -> None:
+        message_id = reply.job.assistant_message_id
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 async with self.sessionmaker() as db:
-                    await db.execute(
+                    beat = await db.execute(
                         sa.update(Message)
-                        .where(col(Message.id) == message_id)
+                        .where(self._owned(message_id))
                         .values(heartbeat_at=sa.func.now())
                     )
                     await db.commit()
             except Exception:
                 logger.warning("heartbeat of reply %s failed", message_id, exc_info=True)
+                continue
+            if beat.rowcount == 0:  # type: ignore[attr-defined]
+                # Finished elsewhere (a cancel no worker could be told of) or taken over by
+                # a worker that found this one silent: stop without touching it.
+                logger.warning("reply %s is no longer this worker's; stopping", message_id)
+                reply.cancel_reason = "superseded"
+                if reply.stream_task is not None:
+                    reply.stream_task.cancel()
+                return
 
     async def _stream(self, reply: ActiveReply) -> ReplyDone:
-        job = reply.job
+        request = None if reply.resumable else await self._request(reply.job)
+        attempt = 1
+        while True:
+            try:
+                if reply.resumable:
+                    assert reply.response_id is not None
+                    assert reply.upstream_sequence is not None
+                    stream = self.provider.resume_reply(
+                        reply.response_id, after_sequence=reply.upstream_sequence
+                    )
+                else:
+                    assert request is not None
+                    stream = self.provider.stream_reply(request)
+                async for batch in stream:
+                    for item in batch:
+                        if isinstance(item, ReplyDelta):
+                            await self._emit_delta(reply, item)
+                        elif isinstance(item, ReplyStarted):
+                            await self._started(reply, item)
+                        elif isinstance(item, ReplyDone):
+                            return item
+                raise UpstreamFailure(
+                    STREAM_ENDED_ERROR, detail="The provider ended the reply without finishing it."
+                )
+            except UpstreamFailure as failure:
+                # A background reply is read again from the last event handled; any other
+                # is retried only before its first delta (again, text would be doubled).
+                if not failure.retryable or attempt >= MAX_ATTEMPTS:
+                    raise
+                if reply.text and not reply.resumable:
+                    raise
+                await asyncio.sleep(_backoff(attempt))
+                if not await self._still_running_here(reply):
+                    # Cancelled or taken over meanwhile (which may be why the stream ended).
+                    raise ReplySuperseded() from failure
+                attempt += 1
+
+    async def _request(self, job: ReplyJob) -> ReplyRequest:
         conversation_id = job.conversation_id
         history: list[HistoryItem] = []
         if not self.provider.uses_conversations:
             history = await self._history(job)
         elif conversation_id is None:
             conversation_id = await self._retrying(lambda: self._open_conversation(job))
-        request = ReplyRequest(
+        return ReplyRequest(
             model=job.model,
             instructions=job.instructions,
             temperature=job.temperature,
@@ -294,26 +484,22 @@ class AIRuntime:
             conversation_id=conversation_id,
             history=history,
         )
-        attempt = 1
-        while True:
-            try:
-                async for batch in self.provider.stream_reply(request):
-                    for item in batch:
-                        if isinstance(item, ReplyDelta):
-                            await self._emit_delta(reply, item.text)
-                        elif isinstance(item, ReplyStarted):
-                            reply.response_id = item.response_id
-                        elif isinstance(item, ReplyDone):
-                            return item
-                raise UpstreamFailure(
-                    STREAM_ENDED_ERROR, detail="The provider ended the reply without finishing it."
-                )
-            except UpstreamFailure as failure:
-                # Retrying after a delta was shown would duplicate text: only before.
-                if not failure.retryable or reply.text or attempt >= MAX_ATTEMPTS:
-                    raise
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
+
+    async def _started(self, reply: ActiveReply, started: ReplyStarted) -> None:
+        """The upstream response exists. A background one is checkpointed at once (its id,
+        where its events start, how they are numbered), so it can be resumed from now on."""
+        reply.response_id = started.response_id
+        if (
+            self.provider.background
+            and started.response_id is not None
+            and started.sequence_number is not None
+            and reply.sequence_base is None
+        ):
+            # Numbers above those already published: `base + n` is the number of the event
+            # `n`, and `base + started` was taken (by the exchange's MessageCreated).
+            reply.sequence_base = reply.job.sequences.next - 1 - started.sequence_number
+            reply.upstream_sequence = reply.handled_upstream = started.sequence_number
+            await self._checkpoint(reply)
 
     async def _retrying(self, call: Callable[[], Coroutine[Any, Any, str]]) -> str:
         attempt = 1
@@ -366,14 +552,23 @@ class AIRuntime:
             for m in messages
         ]
 
-    async def _emit_delta(self, reply: ActiveReply, text: str) -> None:
+    async def _emit_delta(self, reply: ActiveReply, delta: ReplyDelta) -> None:
         job = reply.job
         sequences = job.sequences
-        sequence = sequences.take()
-        reply.text.append(text)
-        due = time.monotonic() - reply.last_checkpoint >= self.checkpoint_interval
-        if sequences.needs_extension or due:
+        text = delta.text
+        upstream = delta.sequence_number if reply.sequence_base is not None else None
+        if reply.sequence_base is not None and upstream is not None:
+            handled = reply.handled_upstream
+            if handled is not None and upstream <= handled:
+                return  # handled already (a provider that replays more than asked)
+            sequence = sequences.take_at(reply.sequence_base + upstream)
+            reply.handled_upstream = upstream
+        else:
+            sequence = sequences.take()
+        if sequences.needs_extension:
+            # The number must be reserved before anyone sees it.
             await self._checkpoint(reply)
+        reply.text.append(text)
         event = delta_event(
             sequence, thread_id=job.thread_id, message_id=job.assistant_message_id, delta=text
         )
@@ -383,25 +578,33 @@ class AIRuntime:
                 await self.broker.publish(job.thread_id, event)
         elif not await self._publish(job.thread_id, event):
             reply.publish_failed = True
+        # Only published text is checkpointed: what a resumed stream re-reads (everything
+        # after the checkpoint) is then at worst published twice, never not at all.
+        reply.published = len(reply.text)
+        if upstream is not None:
+            reply.upstream_sequence = upstream
+        if time.monotonic() - reply.last_checkpoint >= self.checkpoint_interval:
+            await self._checkpoint(reply)
 
     async def _checkpoint(self, reply: ActiveReply) -> None:
-        """Save the partial text, touch the heartbeat, and make sure the sequence reservation
-        covers what follows."""
+        """Save the text published so far (with, for a background reply, the upstream
+        sequence number of its last event), touch the heartbeat, and make sure the sequence
+        reservation covers what follows."""
         job = reply.job
         sequences = job.sequences
         mark = sequences.extension() if sequences.needs_extension else None
+        values: dict[str, Any] = {
+            "content": reply.published_text,
+            "openai_response_id": reply.response_id,
+            "heartbeat_at": sa.func.now(),
+        }
+        if reply.sequence_base is not None:
+            # With the text, in the same row write: a resumed stream starts right after it.
+            values["upstream_sequence"] = reply.upstream_sequence
+            values["event_sequence_base"] = reply.sequence_base
         async with self.sessionmaker() as db:
             updated = await db.execute(
-                sa.update(Message)
-                .where(
-                    col(Message.id) == job.assistant_message_id,
-                    col(Message.status) == MessageStatus.IN_PROGRESS,
-                )
-                .values(
-                    content="".join(reply.text),
-                    openai_response_id=reply.response_id,
-                    heartbeat_at=sa.func.now(),
-                )
+                sa.update(Message).where(self._owned(job.assistant_message_id)).values(**values)
             )
             if updated.rowcount == 0:  # type: ignore[attr-defined]
                 raise ReplySuperseded()
@@ -411,6 +614,26 @@ class AIRuntime:
         if mark is not None:
             sequences.extended(mark)
         reply.last_checkpoint = time.monotonic()
+
+    async def _release(self, reply: ActiveReply) -> None:
+        """Shutdown of a background reply: save where it is and give it up (no worker), so
+        the next worker to start (or to sweep) resumes it at once; no final event."""
+        job = reply.job
+        async with self.sessionmaker() as db:
+            await db.execute(
+                sa.update(Message)
+                .where(self._owned(job.assistant_message_id))
+                .values(
+                    content=reply.published_text,
+                    openai_response_id=reply.response_id,
+                    upstream_sequence=reply.upstream_sequence,
+                    event_sequence_base=reply.sequence_base,
+                    reply_worker_id=None,
+                    heartbeat_at=sa.func.now(),
+                )
+            )
+            await db.commit()
+        logger.warning("released reply %s for another worker to resume", job.assistant_message_id)
 
     async def _finish(
         self,
@@ -479,10 +702,7 @@ class AIRuntime:
             message = (
                 await db.execute(
                     sa.update(Message)
-                    .where(
-                        col(Message.id) == job.assistant_message_id,
-                        col(Message.status) == MessageStatus.IN_PROGRESS,
-                    )
+                    .where(self._owned(job.assistant_message_id))
                     .values(**values)
                     .returning(Message)
                 )
@@ -517,6 +737,11 @@ class AIRuntime:
             await db.commit()
             # Published as soon as the commit returns (before the session closes).
             await self._publish(job.thread_id, final_event(sequence, message))
+        upstream_ended = done is not None or (failure is not None and failure.upstream_ended)
+        if reply.resumable and not upstream_ended:
+            # Cancelled, cut, timed out, a bug of ours: it still generates upstream.
+            assert reply.response_id is not None
+            self._cancel_upstream_later(reply.response_id)
 
     # -- replies nobody runs any more (recovery.py) ---------------------------------------
 

@@ -1,15 +1,20 @@
 """The model provider behind one interface, with two adapters over the official `openai` SDK:
 
 - `ResponsesProvider` (ATLAS_OPENAI_API=responses, the default): a thread is an OpenAI
-  conversation (`conv_...`); a reply is a streamed `responses.create(..., conversation=...)`.
+  conversation (`conv_...`); a reply is a streamed `responses.create(..., conversation=...)`,
+  by default a *background* response (ATLAS_OPENAI_BACKGROUND): it keeps generating when
+  its stream is cut or its worker dies, is read again from any event on
+  (`resume_reply`: `GET /v1/responses/{id}?stream=true&starting_after=N`) and is stopped by
+  `cancel_response` (`POST /v1/responses/{id}/cancel`).
   The SDK sends the request and turns errors into exceptions; the stream's bytes are read
   raw and parsed here (`sse.py`, `ResponsesStreamReader`): no pydantic model per delta, and
   every event of one network read handled at once.
 - `ChatProvider` (ATLAS_OPENAI_API=chat): for OpenAI-compatible servers without the Responses
   API; a streamed `chat.completions.create`, the history built from ATLAS's own messages.
 
-Both turn the upstream stream into batches (one per network read) of `ReplyDelta` /
-`ReplyDone` items, and every upstream fault
+Both turn the upstream stream into batches (one per network read) of `ReplyStarted` /
+`ReplyDelta` / `ReplyDone` items (with the upstream `sequence_number` of their event when the
+provider numbers its events), and every upstream fault
 into `UpstreamFailure` (HTTP status, x-request-id, whether a retry may help). A failure's
 `message` is a fixed, readable text per kind of failure (stored on the message, broadcast to
 subscribers); the upstream's own words (which may quote part of the API key, as OpenAI's 401
@@ -45,6 +50,8 @@ CONNECTION_CUT_ERROR = "The connection to the AI provider was cut."
 PROVIDER_REPORTED_ERROR = "The AI provider reported an error."
 UNREADABLE_ERROR = "The AI provider sent a reply that could not be read."
 STREAM_ENDED_ERROR = "The reply stream ended before the response was complete."
+# Seconds an upstream cancel may take (best effort: the reply is stopped here anyway).
+CANCEL_TIMEOUT = 10.0
 # What the SDK and its transport raise when the provider or the network fails (the aiohttp
 # transport maps its errors to httpx2's). Anything else is a bug of ours and surfaces as one.
 UPSTREAM_ERRORS: tuple[type[Exception], ...] = (
@@ -96,11 +103,14 @@ class ReplyRequest:
 @dataclass
 class ReplyStarted:
     response_id: str | None
+    # The upstream `sequence_number` of the event (Responses API), None without one.
+    sequence_number: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ReplyDelta:
     text: str
+    sequence_number: int | None = None
 
 
 @dataclass
@@ -132,6 +142,7 @@ class UpstreamFailure(Exception):
         retryable: bool = False,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        upstream_ended: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -142,11 +153,19 @@ class UpstreamFailure(Exception):
         self.retryable = retryable
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
+        # The provider said the response is over (response.failed / .incomplete, an error
+        # event): nothing runs upstream any more, so there is nothing to cancel there.
+        self.upstream_ended = upstream_ended
 
 
 class Provider(Protocol):
     api: str  # "responses" | "chat", recorded as ApiUsageLog.endpoint
     uses_conversations: bool
+    # New replies run upstream on their own (background responses): they can be read again
+    # from any event on (`resume_reply`) and must be stopped upstream (`cancel_response`).
+    background: bool
+    # Background replies (of this or an earlier configuration) can be resumed here.
+    can_resume: bool
 
     async def create_conversation(self, *, history: list[HistoryItem]) -> str:
         """A new upstream conversation (seeded with `history`); its id."""
@@ -154,6 +173,13 @@ class Provider(Protocol):
     def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
         """The reply as it streams, a batch of items per network read; raises
         UpstreamFailure."""
+
+    def resume_reply(self, response_id: str, *, after_sequence: int) -> AsyncIterator[ReplyBatch]:
+        """A background reply's stream again, from the event after upstream sequence number
+        `after_sequence` on; raises UpstreamFailure."""
+
+    async def cancel_response(self, response_id: str) -> None:
+        """Stop a background response upstream; raises UpstreamFailure."""
 
     async def upload_file(
         self, *, filename: str, content: bytes, mime_type: str | None, purpose: str
@@ -264,7 +290,6 @@ class ResponsesStreamReader:
         self.decoder = SSEDecoder()
         self.finished = False
         self.failure: UpstreamFailure | None = None
-        self.text_seen = False
         # The upstream's `sequence_number` of the last event read (to resume a stream).
         self.last_sequence_number: int | None = None
 
@@ -297,14 +322,16 @@ class ResponsesStreamReader:
                     request_id=self.request_id,
                 ) from error
             number = event.get("sequence_number")
-            if isinstance(number, int):
+            if not isinstance(number, int):
+                number = None
+            else:
                 self.last_sequence_number = number
             if kind == "response.output_text.delta":
-                self.text_seen = True
                 if delta := event.get("delta"):
-                    items.append(ReplyDelta(text=delta))
+                    items.append(ReplyDelta(text=delta, sequence_number=number))
             elif kind == "response.created":
-                items.append(ReplyStarted(response_id=(event.get("response") or {}).get("id")))
+                response_id = (event.get("response") or {}).get("id")
+                items.append(ReplyStarted(response_id=response_id, sequence_number=number))
             elif kind == "response.completed":
                 items.append(_done_of(event.get("response") or {}))
                 self.finished = True
@@ -316,16 +343,18 @@ class ResponsesStreamReader:
                     PROVIDER_REPORTED_ERROR,
                     detail=f"error event ({event.get('code')}): {event.get('message')}",
                     request_id=self.request_id,
+                    upstream_ended=True,
                 )
 
     def ended_early(self) -> UpstreamFailure:
-        """The failure of a stream that ended without `response.completed`."""
+        """The failure of a stream that ended without `response.completed` (retryable: by
+        reading a background response again, or before any text by asking again)."""
         return UpstreamFailure(
             STREAM_ENDED_ERROR,
             detail="The stream ended without response.completed.",
             status=MessageStatus.INCOMPLETE,
             request_id=self.request_id,
-            retryable=not self.text_seen,
+            retryable=True,
         )
 
 
@@ -347,10 +376,12 @@ def _done_of(response: dict[str, Any]) -> ReplyDone:
 class ResponsesProvider(_FilesMixin):
     api = "responses"
     uses_conversations = True
+    can_resume = True
     reader_class = ResponsesStreamReader
 
-    def __init__(self, client: AsyncOpenAI) -> None:
+    def __init__(self, client: AsyncOpenAI, *, background: bool = True) -> None:
         self.client = client
+        self.background = background
 
     async def create_conversation(self, *, history: list[HistoryItem]) -> str:
         # The Conversations API takes at most 20 initial items.
@@ -366,7 +397,7 @@ class ResponsesProvider(_FilesMixin):
             raise _failure_from_sdk(error) from error
         return conversation.id
 
-    async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
+    def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
         content: list[Any] = [{"type": "input_text", "text": request.content}]
         content += [{"type": "input_file", "file_id": file_id} for file_id in request.file_ids]
         arguments: dict[str, Any] = {
@@ -374,18 +405,36 @@ class ResponsesProvider(_FilesMixin):
             "input": [{"type": "message", "role": "user", "content": content}],
             "stream": True,
         }
+        if self.background:
+            # Generated upstream whatever happens to this worker or its connection.
+            arguments["background"] = True
         if request.instructions:
             arguments["instructions"] = request.instructions
         if request.temperature is not None:
             arguments["temperature"] = request.temperature
         if request.conversation_id:
             arguments["conversation"] = request.conversation_id
+        return self._read(self.client.responses.with_streaming_response.create(**arguments))
+
+    def resume_reply(self, response_id: str, *, after_sequence: int) -> AsyncIterator[ReplyBatch]:
+        return self._read(
+            self.client.responses.with_streaming_response.retrieve(
+                response_id, stream=True, starting_after=after_sequence
+            )
+        )
+
+    async def cancel_response(self, response_id: str) -> None:
+        try:
+            await self.client.responses.cancel(response_id, timeout=CANCEL_TIMEOUT)
+        except UPSTREAM_ERRORS as error:
+            raise _failure_from_sdk(error) from error
+
+    async def _read(self, request: Any) -> AsyncIterator[ReplyBatch]:
+        """The events of a streamed request (an SDK `with_streaming_response` call), read raw."""
         async with contextlib.AsyncExitStack() as stack:
             try:
                 # The SDK builds the request and raises its errors; the body stays unread.
-                response = await stack.enter_async_context(
-                    self.client.responses.with_streaming_response.create(**arguments)
-                )
+                response = await stack.enter_async_context(request)
             except UPSTREAM_ERRORS as error:
                 raise _failure_from_sdk(error) from error
             reader = self.reader_class(request_id=response.headers.get("x-request-id"))
@@ -423,6 +472,7 @@ def _terminal_failure(
             request_id=request_id,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            upstream_ended=True,
         )
     detail = (response.get("error") or {}).get("message") or "no detail given"
     return UpstreamFailure(
@@ -431,6 +481,7 @@ def _terminal_failure(
         request_id=request_id,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        upstream_ended=True,
     )
 
 
@@ -439,12 +490,21 @@ class ChatProvider(_FilesMixin):
 
     api = "chat"
     uses_conversations = False
+    # A chat completion lives as long as its HTTP request: nothing to resume or cancel.
+    background = False
+    can_resume = False
 
     def __init__(self, client: AsyncOpenAI) -> None:
         self.client = client
 
     async def create_conversation(self, *, history: list[HistoryItem]) -> str:
         raise NotImplementedError("Chat Completions has no conversations")
+
+    def resume_reply(self, response_id: str, *, after_sequence: int) -> AsyncIterator[ReplyBatch]:
+        raise NotImplementedError("Chat Completions has no background responses")
+
+    async def cancel_response(self, response_id: str) -> None:
+        return None
 
     async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
         messages: list[Any] = []
@@ -538,4 +598,4 @@ def create_provider(settings: Settings) -> Provider:
     client = create_client(settings)
     if settings.atlas_openai_api is OpenAIApi.CHAT:
         return ChatProvider(client)
-    return ResponsesProvider(client)
+    return ResponsesProvider(client, background=settings.atlas_openai_background)

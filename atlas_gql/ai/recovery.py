@@ -1,11 +1,17 @@
-"""Replies no worker runs any more: finishing them, and finding them.
+"""Replies no worker runs any more: finding them, resuming them, finishing them.
 
 Liveness: a running reply touches its message's `heartbeat_at` every few seconds (and at
-each checkpoint). A reply IN_PROGRESS whose heartbeat is older than ATLAS_REPLY_STALE_AFTER
-lost its worker, and is finished here: marked INCOMPLETE at start-up, by a periodic sweep,
-and by a new sendMessage on its thread. A cancel that no worker answers finishes its reply
-CANCELLED here too. Either way the text saved so far stays, is counted as estimated usage,
-and a final event is published."""
+each checkpoint), and every write of its worker is conditional on `reply_worker_id` being
+that worker. At start-up, by a periodic sweep, and by a new sendMessage on its thread:
+- a *background* reply (its upstream response id and sequence number checkpointed) whose
+  heartbeat is older than ATLAS_REPLY_RESUME_AFTER, or that its worker released at shutdown
+  (`reply_worker_id` NULL), is claimed (`claim`: one conditional UPDATE, so exactly one worker
+  wins) and resumed by the orchestrator from its checkpoint;
+- any other reply whose heartbeat is older than ATLAS_REPLY_STALE_AFTER lost its worker and
+  is marked INCOMPLETE.
+A cancel that no worker answers finishes its reply CANCELLED here too (and cancels a
+background response upstream). Either way the text saved so far stays, is counted as
+estimated usage, and a final event is published."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -33,6 +40,8 @@ CANCELLED_ERROR = "The reply was stopped."
 STALE_ERROR = "The reply stopped making progress (its server went away)."
 
 Publish = Callable[[uuid.UUID, ThreadEvent], Awaitable[bool]]
+Resume = Callable[[uuid.UUID], Awaitable[bool]]
+CancelUpstream = Callable[[str], None]
 
 
 def usage_row(
@@ -63,9 +72,44 @@ def stale_before(settings: Settings) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=settings.atlas_reply_stale_after)
 
 
+def resume_before(settings: Settings) -> datetime:
+    """Background replies whose heartbeat is older than this are resumed by another worker."""
+    return datetime.now(UTC) - timedelta(seconds=settings.atlas_reply_resume_after)
+
+
+def is_resumable(message: Message) -> bool:
+    """A background reply whose upstream response and position were checkpointed."""
+    return (
+        message.upstream_sequence is not None
+        and message.event_sequence_base is not None
+        and message.openai_response_id is not None
+    )
+
+
 def is_stale(message: Message, settings: Settings) -> bool:
+    """Whether nobody runs this IN_PROGRESS reply any more (it is to be resumed or
+    finished)."""
+    if is_resumable(message):
+        if message.reply_worker_id is None:
+            return True  # released by a worker that shut down
+        limit = resume_before(settings)
+    else:
+        limit = stale_before(settings)
     beat = message.heartbeat_at or message.created_at
-    return beat is not None and beat < stale_before(settings)
+    return beat is not None and beat < limit
+
+
+@dataclass(frozen=True)
+class ClaimedReply:
+    """A background reply this worker took over, with what resuming it needs."""
+
+    message: Message
+    project_id: uuid.UUID | None
+    conversation_id: str | None
+    thread_mark: int
+    user_message_id: uuid.UUID | None
+    question: str
+    instructions: str | None
 
 
 class Recovery:
@@ -79,12 +123,20 @@ class Recovery:
         publish: Publish,
         endpoint: str,
         is_running_here: Callable[[uuid.UUID], bool],
+        worker_id: uuid.UUID,
+        resume: Resume | None = None,
+        cancel_upstream: CancelUpstream | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.publish = publish
         self.endpoint = endpoint
         self.is_running_here = is_running_here
+        self.worker_id = worker_id
+        # None when the provider cannot resume (Chat Completions): background replies left
+        # by another configuration are then finished like any other.
+        self.resume = resume
+        self.cancel_upstream = cancel_upstream
 
     async def finish_orphan(
         self, *, message_id: uuid.UUID, thread_id: uuid.UUID, status: MessageStatus | None
@@ -106,6 +158,10 @@ class Recovery:
             ).scalar_one_or_none()
             if message is None:
                 return
+            if is_resumable(message) and self.cancel_upstream is not None:
+                # Still generating upstream (and costing) unless told to stop.
+                assert message.openai_response_id is not None
+                self.cancel_upstream(message.openai_response_id)
             sequence, project_id, assistant_id = (
                 await db.execute(
                     take_one_statement(thread_id).returning(
@@ -137,32 +193,110 @@ class Recovery:
             await db.commit()
             await self.publish(thread_id, final_event(sequence, message))
 
-    async def sweep_stale_replies(self) -> int:
-        """Mark INCOMPLETE the replies whose worker stopped (no heartbeat for too long)."""
+    async def claim(self, message_id: uuid.UUID) -> ClaimedReply | None:
+        """Take over a background reply nobody runs (released, or its heartbeat older than
+        ATLAS_REPLY_RESUME_AFTER): one conditional UPDATE, so of several workers trying at
+        once exactly one gets it. None when it is not (or no longer) to be taken."""
         beat = sa.func.coalesce(col(Message.heartbeat_at), col(Message.created_at))
         async with self.sessionmaker() as db:
-            rows = (
+            message = (
                 await db.execute(
-                    sa.select(col(Message.id), col(Message.thread_id)).where(
+                    sa.update(Message)
+                    .where(
+                        col(Message.id) == message_id,
                         col(Message.status) == MessageStatus.IN_PROGRESS,
-                        beat < stale_before(self.settings),
+                        col(Message.upstream_sequence).is_not(None),
+                        col(Message.event_sequence_base).is_not(None),
+                        col(Message.openai_response_id).is_not(None),
+                        sa.or_(
+                            col(Message.reply_worker_id).is_(None),
+                            beat < resume_before(self.settings),
+                        ),
+                    )
+                    .values(reply_worker_id=self.worker_id, heartbeat_at=sa.func.now())
+                    .returning(Message)
+                )
+            ).scalar_one_or_none()
+            if message is None:
+                return None
+            thread = (
+                await db.execute(
+                    sa.select(
+                        col(Thread.project_id),
+                        col(Thread.openai_thread_id),
+                        col(Thread.last_event_sequence),
+                        col(Thread.assistant_id),
+                    ).where(col(Thread.id) == message.thread_id)
+                )
+            ).one()
+            question = await _question_of(db, message)
+            instructions = (
+                await db.scalar(
+                    sa.select(col(Assistant.instructions)).where(
+                        col(Assistant.id) == thread.assistant_id
                     )
                 )
-            ).all()
-        count = 0
-        for message_id, thread_id in rows:
-            if self.is_running_here(message_id):
-                continue
-            await self.finish_orphan(
-                message_id=message_id, thread_id=thread_id, status=MessageStatus.INCOMPLETE
+                if thread.assistant_id is not None
+                else None
             )
-            count += 1
-        if count:
-            logger.warning("marked %d stale replies INCOMPLETE", count)
-        return count
+            await db.commit()
+        return ClaimedReply(
+            message=message,
+            project_id=thread.project_id,
+            conversation_id=thread.openai_thread_id,
+            thread_mark=thread.last_event_sequence,
+            user_message_id=question[0] if question else None,
+            question=question[1] if question else "",
+            instructions=instructions,
+        )
+
+    async def recover(self, *, message_id: uuid.UUID, thread_id: uuid.UUID) -> None:
+        """A reply found without a live worker: resumed when it can be, else INCOMPLETE."""
+        if self.resume is not None and await self.resume(message_id):
+            return
+        await self.finish_orphan(
+            message_id=message_id, thread_id=thread_id, status=MessageStatus.INCOMPLETE
+        )
+
+    async def sweep_stale_replies(self) -> int:
+        """Resume the background replies nobody runs, mark INCOMPLETE the other replies whose
+        worker stopped (no heartbeat for too long). Returns how many replies it handled."""
+        async with self.sessionmaker() as db:
+            running = list(
+                (
+                    await db.execute(
+                        sa.select(Message).where(col(Message.status) == MessageStatus.IN_PROGRESS)
+                    )
+                ).scalars()
+            )
+        resumed = finished = 0
+        for message in running:
+            if self.is_running_here(message.id) or not is_stale(message, self.settings):
+                continue
+            if is_resumable(message) and self.resume is not None:
+                if await self.resume(message.id):
+                    resumed += 1
+                continue
+            if not is_resumable(message) or (
+                (message.heartbeat_at or message.created_at) < stale_before(self.settings)
+            ):
+                await self.finish_orphan(
+                    message_id=message.id,
+                    thread_id=message.thread_id,
+                    status=MessageStatus.INCOMPLETE,
+                )
+                finished += 1
+        if resumed:
+            logger.warning("resumed %d background replies whose worker stopped", resumed)
+        if finished:
+            logger.warning("marked %d stale replies INCOMPLETE", finished)
+        return resumed + finished
 
     async def sweep_forever(self) -> None:
-        interval = max(1.0, self.settings.atlas_reply_stale_after / 2)
+        settings = self.settings
+        interval = max(
+            0.25, min(settings.atlas_reply_stale_after, settings.atlas_reply_resume_after) / 2
+        )
         while True:
             await asyncio.sleep(interval)
             try:
@@ -171,19 +305,27 @@ class Recovery:
                 logger.exception("stale reply sweep failed")
 
 
+async def _question_of(db: AsyncSession, reply: Message) -> tuple[uuid.UUID, str] | None:
+    """The user message a reply answers (the thread's last USER message before it)."""
+    row = (
+        await db.execute(
+            sa.select(col(Message.id), col(Message.content))
+            .where(
+                col(Message.thread_id) == reply.thread_id,
+                col(Message.role) == MessageRole.USER,
+                col(Message.created_at) < reply.created_at,
+            )
+            .order_by(col(Message.created_at).desc())
+            .limit(1)
+        )
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
 async def _prompt_of(db: AsyncSession, reply: Message, assistant_id: uuid.UUID | None) -> str:
     """The assistant's instructions and the user message a reply answers (the thread's last
     USER message before it)."""
-    question = await db.scalar(
-        sa.select(col(Message.content))
-        .where(
-            col(Message.thread_id) == reply.thread_id,
-            col(Message.role) == MessageRole.USER,
-            col(Message.created_at) < reply.created_at,
-        )
-        .order_by(col(Message.created_at).desc())
-        .limit(1)
-    )
+    question = await _question_of(db, reply)
     instructions = (
         await db.scalar(
             sa.select(col(Assistant.instructions)).where(col(Assistant.id) == assistant_id)
@@ -191,4 +333,4 @@ async def _prompt_of(db: AsyncSession, reply: Message, assistant_id: uuid.UUID |
         if assistant_id is not None
         else None
     )
-    return (instructions or "") + (question or "")
+    return (instructions or "") + (question[1] if question else "")

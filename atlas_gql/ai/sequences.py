@@ -9,6 +9,12 @@ published is at or below the stored mark (a crash or a second worker can never h
 number twice), one reply at a time per thread means one publisher at a time, and numbers
 strictly increase (after a crash they may skip, never go back).
 
+A background reply (resumable, see orchestrator.py) numbers its deltas `base + the upstream
+sequence_number` of their event (`take_at`) rather than one after the other: a delta read
+again after a resume gets the number it had the first time, so a subscriber that saw it drops
+the repeat, and one that did not gets it. Its numbers skip a little (upstream events that
+carry no text), never go back.
+
 None of these writes moves `Thread.updated_at`: numbering is bookkeeping, not an edit."""
 
 from __future__ import annotations
@@ -45,16 +51,30 @@ class SequenceBlock:
         thread.last_event_sequence = block.reserved_until
         return numbers, block
 
+    @classmethod
+    def resume(cls, *, last_published: int, thread_mark: int) -> SequenceBlock:
+        """For a reply resumed by another worker: numbers after `last_published` (the number
+        of its last checkpointed event), under the thread's stored mark (every number its
+        former worker published is at or below it)."""
+        return cls(next=last_published + 1, reserved_until=thread_mark)
+
     def take(self) -> int:
         """The next number. Call `needs_extension` afterwards."""
         number = self.next
         self.next += 1
         return number
 
+    def take_at(self, number: int) -> int:
+        """`number` (or the next one, if `number` was passed already). Call `needs_extension`
+        afterwards: `number` may lie beyond the reservation."""
+        number = max(number, self.next)
+        self.next = number + 1
+        return number
+
     @property
     def needs_extension(self) -> bool:
         """True when the block has no number left beyond those taken (the final event needs
-        one): reserve more (`extend_to`) before publishing."""
+        one), or a number was taken beyond it: reserve more (`extension`) before publishing."""
         return self.next > self.reserved_until
 
     def extension(self) -> int:

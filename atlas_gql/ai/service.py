@@ -532,12 +532,11 @@ async def send_message(
             break
         if running.id in ai.replies or not is_stale(running, ai.settings):
             raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
-        # Its worker is gone: finish it (outside our lock), then try again.
+        # Its worker is gone: resume it (a background reply: CONFLICT next time round) or
+        # finish it (outside our lock), then try again.
         orphan_id, orphan_thread_id = running.id, thread.id
         await db.rollback()
-        await ai.finish_orphan(
-            message_id=orphan_id, thread_id=orphan_thread_id, status=MessageStatus.INCOMPLETE
-        )
+        await ai.recover_reply(message_id=orphan_id, thread_id=orphan_thread_id)
     else:
         raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
     if thread.assistant_id is None:
@@ -575,6 +574,7 @@ async def send_message(
         model=assistant.model,
         created_at=now + timedelta(microseconds=1),
         heartbeat_at=now,
+        reply_worker_id=ai.worker_id,
     )
     db.add_all([user_message, assistant_message])
     await db.flush()

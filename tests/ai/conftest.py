@@ -10,12 +10,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 import sqlalchemy as sa
 import websockets
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant
@@ -84,10 +85,20 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
         await fake.stop()
 
 
+class Address(Protocol):
+    """Where a live server answers (an in-process uvicorn or a server process)."""
+
+    @property
+    def http_url(self) -> str: ...
+
+    @property
+    def ws_url(self) -> str: ...
+
+
 class AtlasClient:
     """GraphQL over HTTP and WebSocket against a live server."""
 
-    def __init__(self, server: LiveServer) -> None:
+    def __init__(self, server: Address) -> None:
         self.server = server
 
     async def gql(
@@ -219,11 +230,19 @@ class AIServer:
 
 
 async def _people(server: LiveServer) -> People:
+    runtime = server.app.state.atlas["runtime"]
+    return await make_people(runtime.sessionmaker, server.sign_in)
+
+
+async def make_people(
+    sessionmaker: async_sessionmaker[AsyncSession], sign_in: Callable[[str], Awaitable[str]]
+) -> People:
+    """Users in each role of the sample project (new ones, but for the seeded member and
+    admin), signed in with `sign_in(email)`."""
     from atlas_gql.ids import encode_global_id
 
-    runtime = server.app.state.atlas["runtime"]
     suffix = uuid.uuid4().hex[:8]
-    async with runtime.sessionmaker() as db:
+    async with sessionmaker() as db:
         project = (
             await db.execute(sa.select(Project).where(col(Project.name) == "Sample Project"))
         ).scalar_one()
@@ -252,11 +271,11 @@ async def _people(server: LiveServer) -> People:
         )
         await db.commit()
     return People(
-        member=await server.sign_in("user@example.com"),
-        manager=await server.sign_in(emails["manager"]),
-        viewer=await server.sign_in(emails["viewer"]),
-        outsider=await server.sign_in(outsider.email),
-        admin=await server.sign_in("admin@example.com"),
+        member=await sign_in("user@example.com"),
+        manager=await sign_in(emails["manager"]),
+        viewer=await sign_in(emails["viewer"]),
+        outsider=await sign_in(outsider.email),
+        admin=await sign_in("admin@example.com"),
         project_id=encode_global_id("Project", project.id),
         project_uuid=project.id,
         assistant_id=encode_global_id("Assistant", assistant.id),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -187,9 +189,17 @@ async def test_first_reply_seeds_the_conversation_with_earlier_messages(ai: AISe
     assert items[0]["content"] == "Hello! What can this workspace do?"
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [{"atlas_openai_api": "chat"}, {"atlas_openai_background": False}],
+    ids=["chat-completions", "foreground-responses"],
+)
 async def test_stopping_the_server_leaves_running_replies_incomplete(
-    ai: AIServer, live_database: DatabaseTarget
+    start_ai_server: StartServer, live_database: DatabaseTarget, settings: dict[str, Any]
 ) -> None:
+    # Without background responses nothing goes on generating once the worker stops (a
+    # background reply is released for the next worker: tests/ai/test_background.py).
+    ai = await start_ai_server(**settings)
     ai.fake.then(Behaviour(deltas=("s ",) * 200, delay=0.05))
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
@@ -207,6 +217,10 @@ async def test_stopping_the_server_leaves_running_replies_incomplete(
     assert reply.status is MessageStatus.INCOMPLETE
     assert reply.content.startswith("s ")
     assert reply.error == "The server stopped while the reply was running."
+    assert reply.upstream_sequence is None
+    # Nothing was asked in background mode, so nothing is resumed or cancelled upstream.
+    assert all("background" not in call.body for call in ai.fake.requests if call.method == "POST")
+    assert not ai.fake.responses
 
 
 async def test_removed_member_stops_receiving_events(ai: AIServer) -> None:

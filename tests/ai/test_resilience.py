@@ -131,9 +131,13 @@ async def test_cancel_through_another_worker_when_the_control_channel_is_down(
     assert body["data"]["cancelMessage"]["status"] == "CANCELLED"
     assert events[-1]["__typename"] == "MessageFailed"
     assert events[-1]["message"]["status"] == "CANCELLED"
-    # The worker running it stops at its next checkpoint (it is no longer IN_PROGRESS).
-    await wait_until(lambda: first.fake.open_streams == 0, timeout=6)
-    assert not ai_runtime(first).replies
+    # The background response is cancelled upstream by the worker that finished the message,
+    # and the worker running it stops (its stream ends, or at its next heartbeat or
+    # checkpoint it finds the message no longer IN_PROGRESS).
+    [response_id] = list(first.fake.responses)
+    await wait_until(lambda: first.fake.calls(f"/v1/responses/{response_id}/cancel"))
+    await wait_until(lambda: not ai_runtime(first).replies, timeout=6)
+    assert first.fake.open_streams == 0
 
 
 # -- a failed reply's final event goes out before the next exchange can start --------------
@@ -238,7 +242,9 @@ async def test_upstream_401_text_with_a_key_stays_out_of_messages_and_events(
 async def test_users_read_a_generic_message_per_failure_kind(
     start_ai_server: StartServer, behaviour: Behaviour, status: str, error: str
 ) -> None:
-    ai = await start_ai_server(atlas_openai_timeout=0.5)
+    # A foreground response (a background one is read again after a cut or a timeout:
+    # tests/ai/test_background.py).
+    ai = await start_ai_server(atlas_openai_timeout=0.5, atlas_openai_background=False)
     ai.fake.then(*[behaviour] * 3)
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:

@@ -105,7 +105,7 @@ def test_events_serialised_from_the_sdk_types_are_read() -> None:
         f"event: error\ndata: {error.to_json(indent=None)}\n\n"
     ).encode()
     items, reader = read(data, None)
-    assert items == [ReplyDelta(text="typed")]
+    assert items == [ReplyDelta(text="typed", sequence_number=41)]
     assert reader.failure is not None
     assert reader.failure.message == PROVIDER_REPORTED_ERROR
     assert "overloaded" in (reader.failure.detail or "")
