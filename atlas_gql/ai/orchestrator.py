@@ -422,6 +422,8 @@ class AIRuntime:
                 logger.warning("heartbeat of reply %s failed", message_id, exc_info=True)
                 continue
             if beat.rowcount == 0:  # type: ignore[attr-defined]
+                if reply.stream_task is not None and reply.stream_task.done():
+                    return  # it is being finished here
                 # Finished elsewhere (a cancel no worker could be told of) or taken over by
                 # a worker that found this one silent: stop without touching it.
                 logger.warning("reply %s is no longer this worker's; stopping", message_id)
@@ -491,6 +493,7 @@ class AIRuntime:
         reply.response_id = started.response_id
         if (
             self.provider.background
+            and started.background
             and started.response_id is not None
             and started.sequence_number is not None
             and reply.sequence_base is None
@@ -556,6 +559,10 @@ class AIRuntime:
         job = reply.job
         sequences = job.sequences
         text = delta.text
+        if reply.sequence_base is not None and delta.sequence_number is None:
+            # Events without numbers cannot be resumed exactly: this reply no longer is.
+            logger.warning("reply %s: a delta without a sequence number", job.assistant_message_id)
+            reply.sequence_base = reply.upstream_sequence = reply.handled_upstream = None
         upstream = delta.sequence_number if reply.sequence_base is not None else None
         if reply.sequence_base is not None and upstream is not None:
             handled = reply.handled_upstream
@@ -597,11 +604,11 @@ class AIRuntime:
             "content": reply.published_text,
             "openai_response_id": reply.response_id,
             "heartbeat_at": sa.func.now(),
+            # With the text, in the same row write: a resumed stream starts right after it
+            # (NULL for a reply that cannot be resumed).
+            "upstream_sequence": reply.upstream_sequence,
+            "event_sequence_base": reply.sequence_base,
         }
-        if reply.sequence_base is not None:
-            # With the text, in the same row write: a resumed stream starts right after it.
-            values["upstream_sequence"] = reply.upstream_sequence
-            values["event_sequence_base"] = reply.sequence_base
         async with self.sessionmaker() as db:
             updated = await db.execute(
                 sa.update(Message).where(self._owned(job.assistant_message_id)).values(**values)

@@ -105,6 +105,9 @@ class ReplyStarted:
     response_id: str | None
     # The upstream `sequence_number` of the event (Responses API), None without one.
     sequence_number: int | None = None
+    # The provider runs it as a background response (it says so in `response.created`; an
+    # OpenAI-compatible server may ignore the request for one).
+    background: bool = False
 
 
 @dataclass(slots=True)
@@ -330,8 +333,14 @@ class ResponsesStreamReader:
                 if delta := event.get("delta"):
                     items.append(ReplyDelta(text=delta, sequence_number=number))
             elif kind == "response.created":
-                response_id = (event.get("response") or {}).get("id")
-                items.append(ReplyStarted(response_id=response_id, sequence_number=number))
+                response = event.get("response") or {}
+                items.append(
+                    ReplyStarted(
+                        response_id=response.get("id"),
+                        sequence_number=number,
+                        background=response.get("background") is True,
+                    )
+                )
             elif kind == "response.completed":
                 items.append(_done_of(event.get("response") or {}))
                 self.finished = True

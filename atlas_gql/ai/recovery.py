@@ -261,14 +261,25 @@ class Recovery:
     async def sweep_stale_replies(self) -> int:
         """Resume the background replies nobody runs, mark INCOMPLETE the other replies whose
         worker stopped (no heartbeat for too long). Returns how many replies it handled."""
+        beat = sa.func.coalesce(col(Message.heartbeat_at), col(Message.created_at))
+        # Candidates only (live replies beat recently), without their text.
+        limit = max(stale_before(self.settings), resume_before(self.settings))
         async with self.sessionmaker() as db:
-            running = list(
-                (
-                    await db.execute(
-                        sa.select(Message).where(col(Message.status) == MessageStatus.IN_PROGRESS)
+            rows = (
+                await db.execute(
+                    sa.select(
+                        col(Message.id), col(Message.thread_id), col(Message.created_at),
+                        col(Message.heartbeat_at), col(Message.reply_worker_id),
+                        col(Message.upstream_sequence), col(Message.event_sequence_base),
+                        col(Message.openai_response_id),
+                    ).where(
+                        col(Message.status) == MessageStatus.IN_PROGRESS,
+                        sa.or_(col(Message.reply_worker_id).is_(None), beat < limit),
                     )
-                ).scalars()
-            )
+                )
+            ).all()  # fmt: skip
+        # Detached, partial rows: enough for the rules below.
+        running = [Message(**row._mapping) for row in rows]
         resumed = finished = 0
         for message in running:
             if self.is_running_here(message.id) or not is_stale(message, self.settings):

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from graphql import GraphQLError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from strawberry.extensions import SchemaExtension
 
 from atlas_gql.db.utils import map_db_error
-from atlas_gql.errors import AtlasError, ErrorCode
+from atlas_gql.errors import AtlasError, BrokerUnavailable, ErrorCode
 from atlas_gql.graph.context import Context
 from atlas_gql.logs.audit import describe_exception, record_error, scrub_text
 from atlas_gql.logs.models import ErrorSource
@@ -47,6 +48,9 @@ def classify(error: GraphQLError) -> AtlasError | None:
     original = error.original_error
     if isinstance(original, AtlasError):
         return original
+    if isinstance(original, RedisError):
+        # Redis (the event broker, shared rate limits) is not the database.
+        return BrokerUnavailable()
     if isinstance(original, (DBAPIError, OSError, TimeoutError, PoolTimeoutError)):
         return map_db_error(original)
     return None

@@ -385,7 +385,8 @@ class FakeOpenAI:
 
     def _start_background(self, body: dict[str, Any], behaviour: Behaviour) -> StoredResponse:
         response_id = f"resp_{uuid.uuid4().hex}"
-        stored = StoredResponse(id=response_id, snapshot={"id": response_id, "status": "queued"})
+        snapshot = _response_object(body, response_id, "queued", background=True)
+        stored = StoredResponse(id=response_id, snapshot=snapshot)
         self.responses[response_id] = stored
         stored.producer = asyncio.create_task(self._produce(stored, body, behaviour))
         return stored
@@ -482,26 +483,7 @@ class FakeOpenAI:
             return data["sequence_number"], data
 
         def response(status: str, **extra: Any) -> dict[str, Any]:
-            conversation = body.get("conversation")
-            return {
-                "id": response_id,
-                "object": "response",
-                "created_at": int(time.time()),
-                "status": status,
-                "background": background,
-                "model": body.get("model"),
-                "instructions": body.get("instructions"),
-                "temperature": body.get("temperature"),
-                "output": [],
-                "parallel_tool_calls": True,
-                "tool_choice": "auto",
-                "tools": [],
-                "error": None,
-                "incomplete_details": None,
-                "usage": None,
-                "conversation": {"id": conversation} if conversation else None,
-                **extra,
-            }
+            return _response_object(body, response_id, status, background=background, **extra)
 
         if background:
             yield event("response.created", {"response": response("queued")})
@@ -549,7 +531,7 @@ class FakeOpenAI:
             raise ConnectionResetError("fake upstream dropped the connection")
         usage = {
             "input_tokens": behaviour.input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": behaviour.output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": behaviour.input_tokens + behaviour.output_tokens,
@@ -650,6 +632,32 @@ class FakeOpenAI:
         }
         yield f"data: {json.dumps(data)}\n\n".encode()
         yield b"data: [DONE]\n\n"
+
+
+def _response_object(
+    body: dict[str, Any], response_id: str, status: str, *, background: bool, **extra: Any
+) -> dict[str, Any]:
+    """A Response object as the API returns it (and as its stream events carry it)."""
+    conversation = body.get("conversation")
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "background": background,
+        "model": body.get("model"),
+        "instructions": body.get("instructions"),
+        "temperature": body.get("temperature"),
+        "output": [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "error": None,
+        "incomplete_details": None,
+        "usage": None,
+        "conversation": {"id": conversation} if conversation else None,
+        **extra,
+    }
 
 
 def _sse(data: dict[str, Any]) -> bytes:

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import openai
 import pytest
 import sqlalchemy as sa
+from openai import AsyncOpenAI
 from openai._models import construct_type
 from openai._streaming import SSEDecoder as SdkDecoder
 from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseCreatedEvent,
     ResponseErrorEvent,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
 )
+from pydantic import TypeAdapter
 from sqlmodel import col
 
 from atlas_gql.ai.models import MessageStatus
@@ -177,3 +183,42 @@ async def test_a_bug_while_reading_the_stream_is_a_server_error_not_a_cut(ai: AI
     assert logged.source is ErrorSource.BACKGROUND
     assert logged.error_type == "builtins.TypeError"
     assert "a bug in ATLAS" in (logged.stack or "")
+
+
+# -- the fake's background mode, through the SDK's own types ------------------------------------
+
+
+async def test_the_fake_background_mode_speaks_the_sdk_types(fake_openai: FakeOpenAI) -> None:
+    client = AsyncOpenAI(api_key="sk-test", base_url=fake_openai.base_url, max_retries=0)
+    validate = TypeAdapter(ResponseStreamEvent).validate_python
+    try:
+        stream = await client.responses.create(
+            model="gpt-4o-mini", input="hi", background=True, stream=True
+        )
+        created = [validate(event.to_dict()) async for event in stream]
+        first = created[0]
+        assert isinstance(first, ResponseCreatedEvent)
+        assert (first.response.status, first.response.background) == ("queued", True)
+        assert created[1].type == "response.queued"
+        assert isinstance(created[-1], ResponseCompletedEvent)
+        response_id = first.response.id
+
+        # Read again from any event on (what a resumed reply does).
+        after = created[6].sequence_number
+        resumed = await client.responses.retrieve(response_id, stream=True, starting_after=after)
+        again = [validate(event.to_dict()) async for event in resumed]
+        assert again == created[7:]
+
+        stored = Response.model_validate((await client.responses.retrieve(response_id)).to_dict())
+        assert (stored.status, stored.output_text) == ("completed", "Hello, this is ATLAS.")
+
+        # Cancel stops a running one; twice answers the final response again.
+        running = fake_openai.start_response(Behaviour(delay=0.05))
+        for _ in range(2):
+            cancelled = await client.responses.cancel(running.id)
+            assert Response.model_validate(cancelled.to_dict()).status == "cancelled"
+        assert running.ended
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve("resp_unknown")
+    finally:
+        await client.close()
