@@ -75,6 +75,10 @@ class TcpProxy:
             )
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # Only `stop` cancels a connection; asyncio's server would log a cancelled
+            # handler as an error.
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()
