@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     )
     atlas_reply_resume_after: float = Field(
         default=15.0,
-        gt=0,
+        ge=1,
         description="seconds without a heartbeat after which another worker resumes a "
         "background reply",
     )

@@ -392,11 +392,18 @@ class AIRuntime:
             self.replies.pop(job.assistant_message_id, None)
 
     def _owned(self, message_id: uuid.UUID) -> sa.ColumnElement[bool]:
-        """The reply's row, as long as it is IN_PROGRESS and run by this worker."""
+        """The reply's row, as long as it is IN_PROGRESS and run by this worker. A new reply
+        stored without a worker (by code that did not set `reply_worker_id`) is this
+        worker's too, and becomes so at its first heartbeat or checkpoint; a *released*
+        one (resumable) is not: it is claimed (recovery.py)."""
+        worker = col(Message.reply_worker_id)
         return sa.and_(
             col(Message.id) == message_id,
             col(Message.status) == MessageStatus.IN_PROGRESS,
-            col(Message.reply_worker_id) == self.worker_id,
+            sa.or_(
+                worker == self.worker_id,
+                sa.and_(worker.is_(None), col(Message.upstream_sequence).is_(None)),
+            ),
         )
 
     async def _still_running_here(self, reply: ActiveReply) -> bool:
@@ -415,7 +422,7 @@ class AIRuntime:
                     beat = await db.execute(
                         sa.update(Message)
                         .where(self._owned(message_id))
-                        .values(heartbeat_at=sa.func.now())
+                        .values(heartbeat_at=sa.func.now(), reply_worker_id=self.worker_id)
                     )
                     await db.commit()
             except Exception:
@@ -604,6 +611,7 @@ class AIRuntime:
             "content": reply.published_text,
             "openai_response_id": reply.response_id,
             "heartbeat_at": sa.func.now(),
+            "reply_worker_id": self.worker_id,
             # With the text, in the same row write: a resumed stream starts right after it
             # (NULL for a reply that cannot be resumed).
             "upstream_sequence": reply.upstream_sequence,

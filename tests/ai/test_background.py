@@ -569,3 +569,66 @@ async def test_a_resume_that_fails_upstream_ends_the_reply(
     assert logged.upstream_status == http_status
     attempts = len(fake_openai.calls(f"/v1/responses/{response_id}"))
     assert attempts == (1 if fault == "gone" else 3)
+
+
+# -- fencing: a worker that lost its reply stops --------------------------------------------
+
+
+async def test_a_worker_whose_reply_was_taken_over_stops_without_touching_it(
+    ai: AIServer, database: async_sessionmaker[AsyncSession]
+) -> None:
+    runtime = runtime_of(ai)
+    runtime.heartbeat_interval = 0.05
+    ai.fake.then(Behaviour(deltas=tuple(f"t{i} " for i in range(400)), delay=0.02))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        reply_id = (await ai.send(thread_id))["data"]["sendMessage"]["assistantMessage"]["id"]
+        while (await subscription.event())["__typename"] != "MessageDelta":
+            pass
+        # Another worker claimed it (this one looked dead to it).
+        other_worker = uuid.uuid4()
+        async with database() as db:
+            await db.execute(
+                sa.update(Message)
+                .where(col(Message.id) == uuid_of(reply_id))
+                .values(reply_worker_id=other_worker)
+            )
+            await db.commit()
+        await wait_until(lambda: not runtime.replies)
+    taken = await stored(database, reply_id)
+    # Left as the other worker has it: not finished, not released, not written over.
+    assert taken.status is MessageStatus.IN_PROGRESS
+    assert taken.reply_worker_id == other_worker
+    assert ai.fake.open_streams == 0
+    # Nor cancelled upstream: the other worker is reading it.
+    assert not [call for call in ai.fake.requests if call.path.endswith("/cancel")]
+
+
+async def test_a_reply_stored_without_a_worker_is_run_by_the_worker_that_started_it(
+    ai: AIServer, database: async_sessionmaker[AsyncSession]
+) -> None:
+    runtime = runtime_of(ai)
+    runtime.heartbeat_interval = 0.05
+    ai.fake.gates["complete"] = asyncio.Event()
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        reply_id = (await ai.send(thread_id))["data"]["sendMessage"]["assistantMessage"]["id"]
+        while (await subscription.event())["__typename"] != "MessageDelta":
+            pass
+        # As code that creates replies without setting `reply_worker_id` would leave it
+        # (before its response was checkpointed as resumable).
+        async with database() as db:
+            await db.execute(
+                sa.update(Message)
+                .where(col(Message.id) == uuid_of(reply_id))
+                .values(reply_worker_id=None, upstream_sequence=None, event_sequence_base=None)
+            )
+            await db.commit()
+
+        async def beat_again() -> bool:
+            return (await stored(database, reply_id)).reply_worker_id == runtime.worker_id
+
+        await wait_until(beat_again)
+        ai.fake.gates["complete"].set()
+        events = await subscription.until_final()
+    assert events[-1]["__typename"] == "MessageCompleted"

@@ -219,7 +219,9 @@ async def test_stopping_the_server_leaves_running_replies_incomplete(
     assert reply.error == "The server stopped while the reply was running."
     assert reply.upstream_sequence is None
     # Nothing was asked in background mode, so nothing is resumed or cancelled upstream.
-    assert all("background" not in call.body for call in ai.fake.requests if call.method == "POST")
+    model_calls = ai.fake.calls("/v1/responses") + ai.fake.calls("/v1/chat/completions")
+    assert model_calls
+    assert all("background" not in call.body for call in model_calls)
     assert not ai.fake.responses
 
 
