@@ -15,6 +15,7 @@ import asyncpg
 import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from atlas_gql.config import Settings
 from atlas_gql.db.url import DatabaseTarget, DatabaseUrlError
@@ -199,9 +200,13 @@ def create_user(
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
 ) -> None:
     """Create a user with a global role."""
+    import atlas_gql.models  # noqa: F401  (every table: the activity row's foreign keys)
+    from atlas_gql.auth.actor import Actor
+    from atlas_gql.auth.admin import UserCreate
+    from atlas_gql.auth.admin import create_user as create_account
     from atlas_gql.auth.models import RoleName
-    from atlas_gql.auth.service import create_user_account
     from atlas_gql.db.engine import create_engine, create_sessionmaker
+    from atlas_gql.db.utils import execute_transaction
     from atlas_gql.errors import AtlasError
 
     try:
@@ -213,15 +218,20 @@ def create_user(
     settings = load_settings()
     target = resolve_target(settings)
 
+    async def create(db: AsyncSession) -> str:
+        # The system actor: the audit trail shows the account came from the command line.
+        user = await create_account(
+            db=db,
+            settings=settings,
+            actor=Actor.system(),
+            data=UserCreate(email=email, password=password, name=name, roles=(role_name,)),
+        )
+        return f"created {user.email} ({role_name.value}) id={user.id}"
+
     async def work() -> str:
         engine = create_engine(target, pool_size=1)
         try:
-            async with create_sessionmaker(engine)() as db:
-                user = await create_user_account(
-                    db=db, email=email, password=password, name=name, roles=[role_name]
-                )
-                await db.commit()
-                return f"created {user.email} ({role_name.value}) id={user.id}"
+            return await execute_transaction(create_sessionmaker(engine), create, attempts=1)
         finally:
             await engine.dispose()
 
@@ -273,13 +283,12 @@ def prune_logs_command(
     async def work() -> PruneReport:
         engine = create_engine(target, pool_size=1)
         try:
-            async with create_sessionmaker(engine)() as db:
-                return await prune_logs(
-                    db=db,
-                    activity_retention_days=activity_days,
-                    error_retention_days=error_days,
-                    batch_size=batch_size,
-                )
+            return await prune_logs(
+                sessionmaker=create_sessionmaker(engine),
+                activity_retention_days=activity_days,
+                error_retention_days=error_days,
+                batch_size=batch_size,
+            )
         finally:
             await engine.dispose()
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.app import create_app
-from atlas_gql.auth.service import find_user_by_email
+from atlas_gql.auth.account import find_user_by_email
 from atlas_gql.auth.sessions import start_session
 from atlas_gql.config import Settings
 from atlas_gql.db.engine import can_connect, create_engine, drop_database, ensure_database

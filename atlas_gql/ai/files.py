@@ -3,35 +3,36 @@ threads and messages through FileAssociation.
 
 Who: a file is visible to its uploader, ADMIN, and whoever sees something it is attached to.
 Its uploader (or ADMIN) attaches it: to an assistant or thread they may manage or post in,
-to a message they sent. Only its uploader (or ADMIN) deletes it."""
+to a message they sent. Only its uploader (or ADMIN) deletes it.
+
+Transactions: no connection is held while bytes travel to or from OpenAI. An upload's row is
+stored after the upstream call, in a short transaction of its own (the upstream file exists
+from then on, whatever the operation does next); a deletion's rows are removed in a short
+transaction before the upstream call."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql.ai.assistants import assistant_visible_to, managed_assistant, may_manage
+from atlas_gql.ai.messages import get_message
 from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.ai.provider import UpstreamFailure
-from atlas_gql.ai.service import (
-    NO_CLIENT,
-    Client,
-    assistant_visible_to,
-    get_assistant,
-    get_message,
-    get_thread,
-    log_activity,
-    may_manage,
-    require_use_ai,
-    thread_visible_to,
-)
+from atlas_gql.ai.threads import get_thread, thread_visible_to
+from atlas_gql.auth.actor import Actor
+from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.session import ReadSession
+from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden, NotFound, UpstreamError
 from atlas_gql.ids import decode_global_id
 from atlas_gql.logs.audit import record_error
@@ -60,6 +61,13 @@ class UploadLike(Protocol):
     def content_type(self) -> str | None: ...
 
     async def read(self, size: int = -1) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class FileUpload:
+    upload: UploadLike
+    # user_data (the default), assistants or vision.
+    purpose: str | None = None
 
 
 def file_visible_to(viewer: Viewer) -> Any:
@@ -115,42 +123,31 @@ async def _own_file(db: ReadSession, viewer: Viewer, file_id: uuid.UUID) -> File
     return file
 
 
-async def upload_file(
-    *,
-    db: AsyncSession,
-    viewer: Viewer,
-    ai: AIRuntime,
-    upload: UploadLike,
-    purpose: str | None = None,
-    client: Client = NO_CLIENT,
-) -> File:
+async def upload_file(*, ai: AIRuntime, actor: Actor, data: FileUpload) -> File:
     """Store an upload in OpenAI Files and record it (BAD_USER_INPUT when too large or
     empty, UPSTREAM_ERROR when OpenAI refuses it)."""
-    require_use_ai(viewer)
-    purpose = purpose or "user_data"
+    actor.require(PermissionName.USE_AI)
+    viewer = actor.viewer_required
+    purpose = data.purpose or "user_data"
     if purpose not in PURPOSES:
         raise BadInput(f"`purpose` must be one of {', '.join(PURPOSES)}.", field="purpose")
-    # Resolving the viewer began a transaction on this session: end it, so no pooled
-    # connection is held while the file is read and sent upstream (up to the size limit and
-    # the upstream timeout). Only reads happened; the row is written after the upload.
-    await db.rollback()
     limit = ai.settings.atlas_max_upload_bytes
-    content = await upload.read(limit + 1)
+    content = await data.upload.read(limit + 1)
     if len(content) > limit:
         raise BadInput(f"The file is larger than {limit} bytes.", field="file")
     if not content:
         raise BadInput("The file is empty.", field="file")
-    filename = (upload.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    filename = (data.upload.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
     filename = filename.strip()[:FILENAME_MAX] or "upload"
+    mime_type = data.upload.content_type or None
     try:
         openai_file_id = await ai.provider.upload_file(
-            filename=filename, content=content, mime_type=upload.content_type, purpose=purpose
+            filename=filename, content=content, mime_type=mime_type, purpose=purpose
         )
     except UpstreamFailure as failure:
-        request_id = uuid.uuid4().hex
         await record_error(
             sessionmaker=ai.sessionmaker,
-            request_id=request_id,
+            request_id=actor.request_id,
             source=ErrorSource.UPSTREAM,
             error_type="UpstreamFailure",
             message=failure.detail or failure.message,
@@ -161,23 +158,26 @@ async def upload_file(
             details={"filename": filename, "bytes": len(content)},
         )
         raise UpstreamError(
-            "The AI provider did not accept the file.", requestId=request_id
+            "The AI provider did not accept the file.", requestId=actor.request_id
         ) from failure
     file = File(
         filename=filename,
         bytes=len(content),
-        mime_type=(upload.content_type or None),
+        mime_type=mime_type,
         purpose=purpose,
         openai_file_id=openai_file_id,
         uploaded_by_id=viewer.user_id,
     )
+    return await execute_transaction(
+        ai.sessionmaker, functools.partial(_store_upload, actor=actor, file=file)
+    )
+
+
+async def _store_upload(db: AsyncSession, *, actor: Actor, file: File) -> File:
     db.add(file)
     await db.flush()
-    log_activity(
-        db, viewer, client, "file.upload", "File", file.id, None,
-        {"filename": filename, "bytes": len(content)},
-    )  # fmt: skip
-    await db.commit()
+    actor.record(db, "file.upload", file, details={"filename": file.filename, "bytes": file.bytes})
+    await db.flush()
     await db.refresh(file)
     return file
 
@@ -192,11 +192,7 @@ async def _target(
     if kind is None:
         raise BadInput("`targetId` must be an Assistant, Thread or Message ID.", field="targetId")
     if kind is AssociableType.ASSISTANT:
-        assistant = await get_assistant(db=db, viewer=viewer, assistant_id=object_id)
-        if not await may_manage(
-            db, viewer, project_id=assistant.project_id, created_by_id=assistant.created_by_id
-        ):
-            raise Forbidden("Only its creator or a project manager may change this assistant.")
+        assistant = await managed_assistant(db, viewer, object_id, action="change")
         return kind, object_id, assistant.project_id
     if kind is AssociableType.THREAD:
         thread = await get_thread(db=db, viewer=viewer, thread_id=object_id)
@@ -220,14 +216,10 @@ async def _target(
 
 
 async def attach_file(
-    *,
-    db: AsyncSession,
-    viewer: Viewer,
-    file_id: uuid.UUID,
-    target_id: str,
-    client: Client = NO_CLIENT,
+    *, db: AsyncSession, actor: Actor, file_id: uuid.UUID, target_id: str
 ) -> File:
     """Attach a file (idempotent)."""
+    viewer = actor.viewer_required
     file = await _own_file(db, viewer, file_id)
     kind, object_id, project_id = await _target(db, viewer, target_id)
     exists = await db.scalar(
@@ -239,23 +231,19 @@ async def attach_file(
     )
     if exists is None:
         db.add(FileAssociation(file_id=file.id, associable_type=kind, associable_id=object_id))
-        log_activity(
-            db, viewer, client, "file.attach", "File", file.id, project_id,
-            {"target": kind.value, "targetId": str(object_id)},
+        actor.record(
+            db, "file.attach", file, project_id=project_id,
+            details={"target": kind.value, "targetId": str(object_id)},
         )  # fmt: skip
-        await db.commit()
+        await db.flush()
     return file
 
 
 async def detach_file(
-    *,
-    db: AsyncSession,
-    viewer: Viewer,
-    file_id: uuid.UUID,
-    target_id: str,
-    client: Client = NO_CLIENT,
+    *, db: AsyncSession, actor: Actor, file_id: uuid.UUID, target_id: str
 ) -> bool:
     """Detach a file; False when it was not attached there."""
+    viewer = actor.viewer_required
     file = await get_file(db=db, viewer=viewer, file_id=file_id)
     kind, object_id, project_id = await _target(db, viewer, target_id)
     deleted = await db.execute(
@@ -267,35 +255,30 @@ async def detach_file(
     )
     if not deleted.rowcount:  # type: ignore[attr-defined]
         return False
-    log_activity(
-        db, viewer, client, "file.detach", "File", file.id, project_id,
-        {"target": kind.value, "targetId": str(object_id)},
+    actor.record(
+        db, "file.detach", file, project_id=project_id,
+        details={"target": kind.value, "targetId": str(object_id)},
     )  # fmt: skip
-    await db.commit()
     return True
 
 
-async def delete_file(
-    *,
-    db: AsyncSession,
-    viewer: Viewer,
-    ai: AIRuntime,
-    file_id: uuid.UUID,
-    client: Client = NO_CLIENT,
-) -> bool:
-    """Delete a file everywhere: its attachments, its row, and (best effort) upstream."""
-    file = await _own_file(db, viewer, file_id)
-    openai_file_id = file.openai_file_id
-    await db.execute(sa.delete(FileAssociation).where(col(FileAssociation.file_id) == file.id))
-    log_activity(
-        db, viewer, client, "file.delete", "File", file.id, None, {"filename": file.filename}
+async def delete_file(*, ai: AIRuntime, actor: Actor, file_id: uuid.UUID) -> bool:
+    """Delete a file everywhere: its attachments and its row (in a short transaction of its
+    own, so no connection is held during the upstream call), then, best effort, upstream."""
+    openai_file_id = await execute_transaction(
+        ai.sessionmaker, functools.partial(_delete_rows, actor=actor, file_id=file_id)
     )
-    await db.delete(file)
-    # The commit returns the connection to the pool before the upstream call.
-    await db.commit()
     if openai_file_id:
         try:
             await ai.provider.delete_file(openai_file_id)
         except UpstreamFailure:
             logger.warning("could not delete upstream file %s", openai_file_id)
     return True
+
+
+async def _delete_rows(db: AsyncSession, *, actor: Actor, file_id: uuid.UUID) -> str | None:
+    file = await _own_file(db, actor.viewer_required, file_id)
+    await db.execute(sa.delete(FileAssociation).where(col(FileAssociation.file_id) == file.id))
+    actor.record(db, "file.delete", file, details={"filename": file.filename})
+    await db.delete(file)
+    return file.openai_file_id

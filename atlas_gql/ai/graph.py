@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Annotated, Any, cast
+from typing import cast
 
 import strawberry
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
-from atlas_gql.ai import events, service
-from atlas_gql.ai import files as files_service
-from atlas_gql.ai.types import AssistantType, FileType, MessageType, ThreadType
+from atlas_gql.ai import assistants, events, files, messages, threads
+from atlas_gql.ai.types import (
+    AssistantFilter,
+    AssistantType,
+    CreateAssistantInput,
+    CreateThreadInput,
+    FileType,
+    MessageType,
+    SendMessageInput,
+    SendMessagePayload,
+    ThreadEvent,
+    ThreadFilter,
+    ThreadType,
+    UpdateAssistantInput,
+    UpdateThreadInput,
+    graph_event,
+)
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
 from atlas_gql.auth.sessions import load_viewer_for_session
@@ -21,159 +35,9 @@ from atlas_gql.db.pagination import page_request
 from atlas_gql.errors import AtlasError, Unauthenticated
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.errors import as_graphql_error
-from atlas_gql.graph.relay import Connection, register_node, to_connection
-from atlas_gql.ids import decode_id_of, encode_global_id
-
-
-def _client(context: Context) -> service.Client:
-    return service.Client(**context.origin)
-
-
-def _changes(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in values.items() if value is not strawberry.UNSET}
-
-
-# -- inputs and payloads ---------------------------------------------------------------------
-
-
-@strawberry.input(description="Filters of `assistants`.")
-class AssistantFilter:
-    project_id: strawberry.ID | None = strawberry.field(
-        default=None, description="Only the assistants of this project."
-    )
-
-
-@strawberry.input(description="A new assistant.")
-class CreateAssistantInput:
-    name: str = strawberry.field(description="1 to 200 characters.")
-    model: str | None = strawberry.field(
-        default=None,
-        description="A model of the allowed list (ATLAS_ALLOWED_MODELS, else the priced "
-        "models); default ATLAS_DEFAULT_MODEL.",
-    )
-    instructions: str | None = strawberry.field(
-        default=None, description="The system instructions sent with every reply."
-    )
-    temperature: float | None = strawberry.field(
-        default=None, description="Sampling temperature, 0 to 2; null for the model's default."
-    )
-    description: str | None = strawberry.field(default=None, description="What it is for.")
-    project_id: strawberry.ID | None = strawberry.field(
-        default=None,
-        description="Share it with a project (MANAGER role or higher); null keeps it personal.",
-    )
-
-
-@strawberry.input(description="Changes to an assistant; omitted fields stay as they are.")
-class UpdateAssistantInput:
-    name: str | None = strawberry.UNSET
-    model: str | None = strawberry.UNSET
-    instructions: str | None = strawberry.UNSET
-    temperature: float | None = strawberry.UNSET
-    description: str | None = strawberry.UNSET
-
-
-@strawberry.input(description="Filters of `threads`.")
-class ThreadFilter:
-    project_id: strawberry.ID | None = strawberry.field(
-        default=None, description="Only the threads of this project."
-    )
-
-
-@strawberry.input(description="A new thread.")
-class CreateThreadInput:
-    assistant_id: strawberry.ID = strawberry.field(
-        description="The assistant answering (of the same project, or personal)."
-    )
-    project_id: strawberry.ID | None = strawberry.field(
-        default=None,
-        description="The project (MEMBER role or higher); null for a personal thread.",
-    )
-    title: str | None = strawberry.field(default=None, description="Up to 300 characters.")
-
-
-@strawberry.input(description="Changes to a thread.")
-class UpdateThreadInput:
-    title: str | None = strawberry.field(description="The new title; null clears it.")
-
-
-@strawberry.input(description="A message to a thread's assistant.")
-class SendMessageInput:
-    thread_id: strawberry.ID
-    content: str = strawberry.field(
-        description="1 to ATLAS_MAX_MESSAGE_CHARS (default 32000) characters."
-    )
-    file_ids: list[strawberry.ID] = strawberry.field(
-        default_factory=list,
-        description="Uploaded files to attach and give to the model as input files.",
-    )
-
-
-@strawberry.type(description="What sendMessage stored; the reply streams on `threadEvents`.")
-class SendMessagePayload:
-    user_message: MessageType = strawberry.field(description="The message sent (COMPLETED).")
-    assistant_message: MessageType = strawberry.field(
-        description="The reply, IN_PROGRESS until its MessageCompleted / MessageFailed event."
-    )
-
-
-# -- thread events ---------------------------------------------------------------------------
-
-
-@strawberry.type(description="A message was added to the thread.")
-class MessageCreated:
-    sequence: int = strawberry.field(description="Per thread, strictly increasing.")
-    message: MessageType
-
-
-@strawberry.type(description="Text appended to a reply in progress; deltas join to its content.")
-class MessageDelta:
-    sequence: int
-    message_id: strawberry.ID
-    delta: str
-
-
-@strawberry.type(description="A reply finished (COMPLETED) with its full text and usage.")
-class MessageCompleted:
-    sequence: int
-    message: MessageType
-
-
-@strawberry.type(
-    description="A reply ended without completing: FAILED, INCOMPLETE or CANCELLED (see "
-    "`message.status`), with the partial text kept."
-)
-class MessageFailed:
-    sequence: int
-    message_id: strawberry.ID
-    message: MessageType
-    error: str = strawberry.field(description="What went wrong, readable.")
-
-
-ThreadEvent = Annotated[
-    MessageCreated | MessageDelta | MessageCompleted | MessageFailed,
-    strawberry.union("ThreadEvent", description="An event of a thread's live stream."),
-]
-
-
-def _graph_event(event: events.ThreadEvent) -> Any:
-    sequence = event.sequence
-    if isinstance(event, events.MessageDelta):
-        message_gid = strawberry.ID(encode_global_id("Message", event.message_id))
-        return MessageDelta(sequence=sequence, message_id=message_gid, delta=event.delta)
-    message = MessageType.from_model(event.message.to_message())
-    if isinstance(event, events.MessageCreated):
-        return MessageCreated(sequence=sequence, message=message)
-    if isinstance(event, events.MessageCompleted):
-        return MessageCompleted(sequence=sequence, message=message)
-    # MessageCancelled is served as MessageFailed (status CANCELLED) until the schema has it.
-    return MessageFailed(
-        sequence=sequence,
-        message_id=strawberry.ID(encode_global_id("Message", event.message_id)),
-        message=message,
-        error=event.error,
-    )
-
+from atlas_gql.graph.inputs import optional_id, set_fields
+from atlas_gql.graph.relay import REFUSED, Connection, register_node, to_connection
+from atlas_gql.ids import decode_id_of
 
 # -- node resolvers --------------------------------------------------------------------------
 
@@ -183,8 +47,8 @@ async def _assistant_node(context: Context, object_id: uuid.UUID) -> AssistantTy
     if viewer is None:
         return None
     try:
-        assistant = await service.get_assistant(
-            db=context.db, viewer=viewer, assistant_id=object_id
+        assistant = await assistants.get_assistant(
+            db=context.read_session(), viewer=viewer, assistant_id=object_id
         )
     except AtlasError:
         return None
@@ -196,7 +60,9 @@ async def _thread_node(context: Context, object_id: uuid.UUID) -> ThreadType | N
     if viewer is None:
         return None
     try:
-        thread = await service.get_thread(db=context.db, viewer=viewer, thread_id=object_id)
+        thread = await threads.get_thread(
+            db=context.read_session(), viewer=viewer, thread_id=object_id
+        )
     except AtlasError:
         return None
     return ThreadType.from_model(thread)
@@ -207,7 +73,9 @@ async def _message_node(context: Context, object_id: uuid.UUID) -> MessageType |
     if viewer is None:
         return None
     try:
-        message = await service.get_message(db=context.db, viewer=viewer, message_id=object_id)
+        message = await messages.get_message(
+            db=context.read_session(), viewer=viewer, message_id=object_id
+        )
     except AtlasError:
         return None
     return MessageType.from_model(message)
@@ -218,7 +86,7 @@ async def _file_node(context: Context, object_id: uuid.UUID) -> FileType | None:
     if viewer is None:
         return None
     try:
-        file = await files_service.get_file(db=context.db, viewer=viewer, file_id=object_id)
+        file = await files.get_file(db=context.read_session(), viewer=viewer, file_id=object_id)
     except AtlasError:
         return None
     return FileType.from_model(file)
@@ -230,13 +98,18 @@ register_node("Message", _message_node)
 register_node("File", _file_node)
 
 
+def _project_of(filter: AssistantFilter | ThreadFilter | None) -> uuid.UUID | None:
+    return optional_id(filter.project_id if filter else None, "Project", field="projectId")
+
+
 # -- Query -----------------------------------------------------------------------------------
 
 
 @strawberry.type
 class Query:
     @strawberry.field(
-        description="Assistants the viewer may see (their own, their projects'), newest first.",
+        description="Assistants the viewer may see (their own, their projects'), newest first. "
+        + REFUSED,
         extensions=authenticated(),
     )
     async def assistants(
@@ -245,23 +118,18 @@ class Query:
         first: int | None = None,
         after: str | None = None,
         filter: AssistantFilter | None = None,
-    ) -> Connection[AssistantType]:
-        viewer = await info.context.require_viewer()
-        project_id = (
-            decode_id_of(filter.project_id, "Project", field="projectId")
-            if filter and filter.project_id
-            else None
-        )
-        page = await service.list_assistants(
-            db=info.context.db,
-            viewer=viewer,
+    ) -> Connection[AssistantType] | None:
+        page = await assistants.list_assistants(
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
             request=page_request(first=first, after=after),
-            project_id=project_id,
+            project_id=_project_of(filter),
         )
         return to_connection(page, AssistantType.from_model)
 
     @strawberry.field(
-        description="Threads the viewer may see (their projects', their own), newest first.",
+        description="Threads the viewer may see (their projects', their own), newest first. "
+        + REFUSED,
         extensions=authenticated(),
     )
     async def threads(
@@ -270,18 +138,12 @@ class Query:
         first: int | None = None,
         after: str | None = None,
         filter: ThreadFilter | None = None,
-    ) -> Connection[ThreadType]:
-        viewer = await info.context.require_viewer()
-        project_id = (
-            decode_id_of(filter.project_id, "Project", field="projectId")
-            if filter and filter.project_id
-            else None
-        )
-        page = await service.list_threads(
-            db=info.context.db,
-            viewer=viewer,
+    ) -> Connection[ThreadType] | None:
+        page = await threads.list_threads(
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
             request=page_request(first=first, after=after),
-            project_id=project_id,
+            project_id=_project_of(filter),
         )
         return to_connection(page, ThreadType.from_model)
 
@@ -291,9 +153,11 @@ class Query:
         extensions=authenticated(),
     )
     async def thread(self, info: Info[Context, None], id: strawberry.ID) -> ThreadType | None:
-        viewer = await info.context.require_viewer()
-        thread = await service.get_thread(
-            db=info.context.db, viewer=viewer, thread_id=decode_id_of(id, "Thread")
+        actor = await info.context.actor()
+        thread = await threads.get_thread(
+            db=info.context.read_session(),
+            viewer=actor.viewer_required,
+            thread_id=decode_id_of(id, "Thread"),
         )
         return ThreadType.from_model(thread)
 
@@ -309,23 +173,18 @@ class Mutation:
     )
     async def create_assistant(
         self, info: Info[Context, None], input: CreateAssistantInput
-    ) -> AssistantType:
+    ) -> AssistantType | None:
         context = info.context
-        assistant = await service.create_assistant(
-            db=context.db,
-            viewer=await context.require_viewer(),
-            settings=context.settings,
+        data = assistants.AssistantCreate(
             name=input.name,
             model=input.model,
             instructions=input.instructions,
             temperature=input.temperature,
             description=input.description,
-            project_id=(
-                decode_id_of(input.project_id, "Project", field="projectId")
-                if input.project_id
-                else None
-            ),
-            client=_client(context),
+            project_id=optional_id(input.project_id, "Project", field="projectId"),
+        )
+        assistant = await assistants.create_assistant(
+            db=context.db, actor=await context.actor(), settings=context.settings, data=data
         )
         return AssistantType.from_model(assistant)
 
@@ -335,23 +194,14 @@ class Mutation:
     )
     async def update_assistant(
         self, info: Info[Context, None], id: strawberry.ID, input: UpdateAssistantInput
-    ) -> AssistantType:
+    ) -> AssistantType | None:
         context = info.context
-        assistant = await service.update_assistant(
+        assistant = await assistants.update_assistant(
             db=context.db,
-            viewer=await context.require_viewer(),
+            actor=await context.actor(),
             settings=context.settings,
             assistant_id=decode_id_of(id, "Assistant"),
-            changes=_changes(
-                {
-                    "name": input.name,
-                    "model": input.model,
-                    "instructions": input.instructions,
-                    "temperature": input.temperature,
-                    "description": input.description,
-                }
-            ),
-            client=_client(context),
+            data=assistants.AssistantUpdate.model_validate(set_fields(input)),
         )
         return AssistantType.from_model(assistant)
 
@@ -359,13 +209,11 @@ class Mutation:
         description="Delete an assistant; its threads stay, without an assistant.",
         extensions=authenticated(),
     )
-    async def delete_assistant(self, info: Info[Context, None], id: strawberry.ID) -> bool:
-        context = info.context
-        return await service.delete_assistant(
-            db=context.db,
-            viewer=await context.require_viewer(),
+    async def delete_assistant(self, info: Info[Context, None], id: strawberry.ID) -> bool | None:
+        return await assistants.delete_assistant(
+            db=info.context.db,
+            actor=await info.context.actor(),
             assistant_id=decode_id_of(id, "Assistant"),
-            client=_client(context),
         )
 
     @strawberry.mutation(
@@ -375,19 +223,14 @@ class Mutation:
     )
     async def create_thread(
         self, info: Info[Context, None], input: CreateThreadInput
-    ) -> ThreadType:
-        context = info.context
-        thread = await service.create_thread(
-            db=context.db,
-            viewer=await context.require_viewer(),
+    ) -> ThreadType | None:
+        data = threads.ThreadCreate(
             assistant_id=decode_id_of(input.assistant_id, "Assistant", field="assistantId"),
-            project_id=(
-                decode_id_of(input.project_id, "Project", field="projectId")
-                if input.project_id
-                else None
-            ),
+            project_id=optional_id(input.project_id, "Project", field="projectId"),
             title=input.title,
-            client=_client(context),
+        )
+        thread = await threads.create_thread(
+            db=info.context.db, actor=await info.context.actor(), data=data
         )
         return ThreadType.from_model(thread)
 
@@ -397,14 +240,12 @@ class Mutation:
     )
     async def update_thread(
         self, info: Info[Context, None], id: strawberry.ID, input: UpdateThreadInput
-    ) -> ThreadType:
-        context = info.context
-        thread = await service.update_thread(
-            db=context.db,
-            viewer=await context.require_viewer(),
+    ) -> ThreadType | None:
+        thread = await threads.update_thread(
+            db=info.context.db,
+            actor=await info.context.actor(),
             thread_id=decode_id_of(id, "Thread"),
-            title=input.title,
-            client=_client(context),
+            data=threads.ThreadUpdate.model_validate(set_fields(input)),
         )
         return ThreadType.from_model(thread)
 
@@ -412,13 +253,11 @@ class Mutation:
         description="Delete a thread and its messages (its creator, a project MANAGER+, ADMIN).",
         extensions=authenticated(),
     )
-    async def delete_thread(self, info: Info[Context, None], id: strawberry.ID) -> bool:
-        context = info.context
-        return await service.delete_thread(
-            db=context.db,
-            viewer=await context.require_viewer(),
+    async def delete_thread(self, info: Info[Context, None], id: strawberry.ID) -> bool | None:
+        return await threads.delete_thread(
+            db=info.context.db,
+            actor=await info.context.actor(),
             thread_id=decode_id_of(id, "Thread"),
-            client=_client(context),
         )
 
     @strawberry.mutation(
@@ -432,16 +271,17 @@ class Mutation:
     )
     async def send_message(
         self, info: Info[Context, None], input: SendMessageInput
-    ) -> SendMessagePayload:
-        context = info.context
-        user_message, assistant_message = await service.send_message(
-            db=context.db,
-            viewer=await context.require_viewer(),
-            ai=context.services.ai,
+    ) -> SendMessagePayload | None:
+        data = messages.MessageSend(
             thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
             content=input.content,
-            file_ids=[decode_id_of(file_id, "File", field="fileIds") for file_id in input.file_ids],
-            client=_client(context),
+            file_ids=tuple(decode_id_of(id, "File", field="fileIds") for id in input.file_ids),
+        )
+        user_message, assistant_message = await messages.send_message(
+            db=info.context.db,
+            actor=await info.context.actor(),
+            ai=info.context.services.ai,
+            data=data,
         )
         return SendMessagePayload(
             user_message=MessageType.from_model(user_message),
@@ -453,14 +293,14 @@ class Mutation:
         "CANCELLED with the text received so far.",
         extensions=authenticated(),
     )
-    async def cancel_message(self, info: Info[Context, None], id: strawberry.ID) -> MessageType:
-        context = info.context
-        message = await service.cancel_message(
-            db=context.db,
-            viewer=await context.require_viewer(),
-            ai=context.services.ai,
+    async def cancel_message(
+        self, info: Info[Context, None], id: strawberry.ID
+    ) -> MessageType | None:
+        message = await messages.cancel_message(
+            db=info.context.db,
+            actor=await info.context.actor(),
+            ai=info.context.services.ai,
             message_id=decode_id_of(id, "Message"),
-            client=_client(context),
         )
         return MessageType.from_model(message)
 
@@ -472,15 +312,11 @@ class Mutation:
     )
     async def upload_file(
         self, info: Info[Context, None], file: Upload, purpose: str | None = None
-    ) -> FileType:
-        context = info.context
-        stored = await files_service.upload_file(
-            db=context.db,
-            viewer=await context.require_viewer(),
-            ai=context.services.ai,
-            upload=cast("files_service.UploadLike", file),
-            purpose=purpose,
-            client=_client(context),
+    ) -> FileType | None:
+        stored = await files.upload_file(
+            ai=info.context.services.ai,
+            actor=await info.context.actor(),
+            data=files.FileUpload(upload=cast("files.UploadLike", file), purpose=purpose),
         )
         return FileType.from_model(stored)
 
@@ -490,14 +326,12 @@ class Mutation:
     )
     async def attach_file(
         self, info: Info[Context, None], file_id: strawberry.ID, target_id: strawberry.ID
-    ) -> FileType:
-        context = info.context
-        file = await files_service.attach_file(
-            db=context.db,
-            viewer=await context.require_viewer(),
+    ) -> FileType | None:
+        file = await files.attach_file(
+            db=info.context.db,
+            actor=await info.context.actor(),
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
-            client=_client(context),
         )
         return FileType.from_model(file)
 
@@ -508,28 +342,23 @@ class Mutation:
     )
     async def detach_file(
         self, info: Info[Context, None], file_id: strawberry.ID, target_id: strawberry.ID
-    ) -> bool:
-        context = info.context
-        return await files_service.detach_file(
-            db=context.db,
-            viewer=await context.require_viewer(),
+    ) -> bool | None:
+        return await files.detach_file(
+            db=info.context.db,
+            actor=await info.context.actor(),
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
-            client=_client(context),
         )
 
     @strawberry.mutation(
         description="Delete a file you uploaded (and its attachments); ADMIN may delete any.",
         extensions=authenticated(),
     )
-    async def delete_file(self, info: Info[Context, None], id: strawberry.ID) -> bool:
-        context = info.context
-        return await files_service.delete_file(
-            db=context.db,
-            viewer=await context.require_viewer(),
-            ai=context.services.ai,
+    async def delete_file(self, info: Info[Context, None], id: strawberry.ID) -> bool | None:
+        return await files.delete_file(
+            ai=info.context.services.ai,
+            actor=await info.context.actor(),
             file_id=decode_id_of(id, "File"),
-            client=_client(context),
         )
 
 
@@ -553,11 +382,11 @@ class Subscription:
     ) -> AsyncGenerator[ThreadEvent, None]:
         context = info.context
         try:
-            viewer = await context.require_viewer()
+            viewer = (await context.actor()).viewer_required
             thread_uuid = decode_id_of(thread_id, "Thread", field="threadId")
             # The socket's context lives as long as the connection: use a short session here.
             async with context.runtime.sessionmaker() as db:
-                await service.get_thread(db=db, viewer=viewer, thread_id=thread_uuid)
+                await threads.get_thread(db=db, viewer=viewer, thread_id=thread_uuid)
         except AtlasError as error:
             # Subscription errors bypass the per-operation error mapping: map it here.
             raise as_graphql_error(error) from None
@@ -569,7 +398,7 @@ class Subscription:
                 # A new exchange: check again that the viewer's session and access still hold
                 # (a logout or a removal from the project ends the subscription).
                 viewer = await _check_still_allowed(context, viewer, thread_uuid)
-            yield _graph_event(event)
+            yield graph_event(event)
             # Between events, hold no connection and no cached rows.
             context.reset_loaders()
             await context.close_db()
@@ -585,7 +414,7 @@ async def _check_still_allowed(context: Context, viewer: Viewer, thread_id: uuid
         try:
             if current is None:
                 raise Unauthenticated("Your session has ended.")
-            await service.get_thread(db=db, viewer=current, thread_id=thread_id)
+            await threads.get_thread(db=db, viewer=current, thread_id=thread_id)
         except AtlasError as error:
             raise as_graphql_error(error) from None
     return current

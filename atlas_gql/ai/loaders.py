@@ -12,7 +12,7 @@ from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
 from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
-from atlas_gql.ai.service import THREAD_ORDERING
+from atlas_gql.ai.threads import THREAD_ORDERING
 from atlas_gql.db.loaders import ReadSessionSource, pages_by_parent, rows_by_id
 from atlas_gql.db.pagination import Ordering
 

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from atlas_gql.ai.models import Assistant, AssociableType, FileAssociation, Message, Thread
+from atlas_gql.ai.attachments import attached_to, delete_attachments
+from atlas_gql.ai.models import Assistant, AssociableType, Message, Thread
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput
 from atlas_gql.ids import decode_id_of
@@ -28,23 +29,11 @@ async def delete_project_attachments(db: AsyncSession, project_id: uuid.UUID) ->
     thread_ids = sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
     message_ids = sa.select(col(Message.id)).where(col(Message.thread_id).in_(thread_ids))
     assistant_ids = sa.select(col(Assistant.id)).where(col(Assistant.project_id) == project_id)
-    await db.execute(
-        sa.delete(FileAssociation).where(
-            sa.or_(
-                sa.and_(
-                    col(FileAssociation.associable_type) == AssociableType.THREAD,
-                    col(FileAssociation.associable_id).in_(thread_ids),
-                ),
-                sa.and_(
-                    col(FileAssociation.associable_type) == AssociableType.MESSAGE,
-                    col(FileAssociation.associable_id).in_(message_ids),
-                ),
-                sa.and_(
-                    col(FileAssociation.associable_type) == AssociableType.ASSISTANT,
-                    col(FileAssociation.associable_id).in_(assistant_ids),
-                ),
-            )
-        )
+    await delete_attachments(
+        db,
+        attached_to(AssociableType.THREAD, thread_ids),
+        attached_to(AssociableType.MESSAGE, message_ids),
+        attached_to(AssociableType.ASSISTANT, assistant_ids),
     )
 
 

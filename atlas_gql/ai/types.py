@@ -1,4 +1,5 @@
-"""GraphQL types of the AI domain: Assistant, Thread, Message, File (and their enums).
+"""GraphQL types of the AI domain: Assistant, Thread, Message, File (and their enums), the
+inputs and payloads of its mutations, and the events of `threadEvents`.
 
 Relation fields (Thread.messages, .project, .assistant, .files, ...) resolve through
 per-request DataLoaders."""
@@ -7,12 +8,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import strawberry
 from strawberry.types import Info
 
-from atlas_gql.ai import loaders
+from atlas_gql.ai import events, loaders
 from atlas_gql.ai.models import (
     Assistant,
     AssociableType,
@@ -26,7 +27,7 @@ from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import Connection, Node, resolve_node_of, to_connection
+from atlas_gql.graph.relay import REFUSED, Connection, Node, resolve_node_of, to_connection
 from atlas_gql.ids import encode_global_id
 
 # Thread.project and Assistant.project name the Project type, which sits above this module
@@ -144,7 +145,7 @@ class ThreadType(Node):
 
     @strawberry.field(
         description="The thread's messages, oldest first (Relay connection; `last: n` gives "
-        "the n most recent)."
+        "the n most recent). " + REFUSED
     )
     async def messages(
         self,
@@ -153,7 +154,7 @@ class ThreadType(Node):
         after: str | None = None,
         last: int | None = None,
         before: str | None = None,
-    ) -> Connection[MessageType]:
+    ) -> Connection[MessageType] | None:
         request = page_request(first=first, after=after, last=last, before=before)
         page = await info.context.loader(loaders.messages_page).load((self.db_id, request))
         return to_connection(page, MessageType.from_model)
@@ -223,3 +224,150 @@ class FileType(Node):
             openai_file_id=file.openai_file_id,
             created_at=file.created_at,
         )
+
+
+# -- inputs and payloads ---------------------------------------------------------------------
+
+
+@strawberry.input(description="Filters of `assistants`.")
+class AssistantFilter:
+    project_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Only the assistants of this project."
+    )
+
+
+@strawberry.input(description="A new assistant.")
+class CreateAssistantInput:
+    name: str = strawberry.field(description="1 to 200 characters.")
+    model: str | None = strawberry.field(
+        default=None,
+        description="A model of the allowed list (ATLAS_ALLOWED_MODELS, else the priced "
+        "models); default ATLAS_DEFAULT_MODEL.",
+    )
+    instructions: str | None = strawberry.field(
+        default=None, description="The system instructions sent with every reply."
+    )
+    temperature: float | None = strawberry.field(
+        default=None, description="Sampling temperature, 0 to 2; null for the model's default."
+    )
+    description: str | None = strawberry.field(default=None, description="What it is for.")
+    project_id: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="Share it with a project (MANAGER role or higher); null keeps it personal.",
+    )
+
+
+@strawberry.input(
+    description="Changes to an assistant; omitted fields stay as they are, null clears one "
+    "(refused for `name` and `model`)."
+)
+class UpdateAssistantInput:
+    name: strawberry.Maybe[str | None]
+    model: strawberry.Maybe[str | None]
+    instructions: strawberry.Maybe[str | None]
+    temperature: strawberry.Maybe[float | None]
+    description: strawberry.Maybe[str | None]
+
+
+@strawberry.input(description="Filters of `threads`.")
+class ThreadFilter:
+    project_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Only the threads of this project."
+    )
+
+
+@strawberry.input(description="A new thread.")
+class CreateThreadInput:
+    assistant_id: strawberry.ID = strawberry.field(
+        description="The assistant answering (of the same project, or personal)."
+    )
+    project_id: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="The project (MEMBER role or higher); null for a personal thread.",
+    )
+    title: str | None = strawberry.field(default=None, description="Up to 300 characters.")
+
+
+@strawberry.input(description="Changes to a thread; omitted fields stay as they are.")
+class UpdateThreadInput:
+    title: strawberry.Maybe[str | None] = strawberry.field(
+        description="The new title (up to 300 characters); null clears it."
+    )
+
+
+@strawberry.input(description="A message to a thread's assistant.")
+class SendMessageInput:
+    thread_id: strawberry.ID
+    content: str = strawberry.field(
+        description="1 to ATLAS_MAX_MESSAGE_CHARS (default 32000) characters."
+    )
+    file_ids: list[strawberry.ID] = strawberry.field(
+        default_factory=list,
+        description="Uploaded files to attach and give to the model as input files.",
+    )
+
+
+@strawberry.type(description="What sendMessage stored; the reply streams on `threadEvents`.")
+class SendMessagePayload:
+    user_message: MessageType = strawberry.field(description="The message sent (COMPLETED).")
+    assistant_message: MessageType = strawberry.field(
+        description="The reply, IN_PROGRESS until its MessageCompleted / MessageFailed event."
+    )
+
+
+# -- thread events ---------------------------------------------------------------------------
+
+
+@strawberry.type(description="A message was added to the thread.")
+class MessageCreated:
+    sequence: int = strawberry.field(description="Per thread, strictly increasing.")
+    message: MessageType
+
+
+@strawberry.type(description="Text appended to a reply in progress; deltas join to its content.")
+class MessageDelta:
+    sequence: int
+    message_id: strawberry.ID
+    delta: str
+
+
+@strawberry.type(description="A reply finished (COMPLETED) with its full text and usage.")
+class MessageCompleted:
+    sequence: int
+    message: MessageType
+
+
+@strawberry.type(
+    description="A reply ended without completing: FAILED, INCOMPLETE or CANCELLED (see "
+    "`message.status`), with the partial text kept."
+)
+class MessageFailed:
+    sequence: int
+    message_id: strawberry.ID
+    message: MessageType
+    error: str = strawberry.field(description="What went wrong, readable.")
+
+
+ThreadEvent = Annotated[
+    MessageCreated | MessageDelta | MessageCompleted | MessageFailed,
+    strawberry.union("ThreadEvent", description="An event of a thread's live stream."),
+]
+
+
+def graph_event(event: events.ThreadEvent) -> Any:
+    sequence = event.sequence
+    if isinstance(event, events.MessageDelta):
+        message_gid = strawberry.ID(encode_global_id("Message", event.message_id))
+        return MessageDelta(sequence=sequence, message_id=message_gid, delta=event.delta)
+    message = MessageType.from_model(event.message.to_message())
+    if isinstance(event, events.MessageCreated):
+        return MessageCreated(sequence=sequence, message=message)
+    if isinstance(event, events.MessageCompleted):
+        return MessageCompleted(sequence=sequence, message=message)
+    # MessageCancelled is served as MessageFailed (status CANCELLED) until the schema has it.
+    return MessageFailed(
+        sequence=sequence,
+        message_id=strawberry.ID(encode_global_id("Message", event.message_id)),
+        message=message,
+        error=event.error,
+    )

@@ -10,18 +10,18 @@ from datetime import datetime
 import strawberry
 from strawberry.types import Info
 
-from atlas_gql.auth import loaders, service
+from atlas_gql.auth import account, admin, loaders
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User
 from atlas_gql.auth.permissions import (
     PermissionNameEnum,
     RoleNameEnum,
     authenticated,
     requires,
-    viewer_of,
 )
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import Connection, Node, register_node, to_connection
+from atlas_gql.graph.inputs import set_fields
+from atlas_gql.graph.relay import REFUSED, Connection, Node, register_node, to_connection
 from atlas_gql.ids import decode_id_of, encode_global_id
 
 
@@ -103,7 +103,7 @@ class AuthPayload:
     user: UserType
 
     @classmethod
-    def from_signed_in(cls, signed_in: service.SignedIn) -> AuthPayload:
+    def from_signed_in(cls, signed_in: account.SignedIn) -> AuthPayload:
         return cls(
             access_token=signed_in.tokens.access_token,
             refresh_token=signed_in.tokens.refresh_token,
@@ -145,13 +145,12 @@ class CreateUserInput:
 
 @strawberry.input(description="Changes to a user; omitted fields stay as they are.")
 class UpdateUserInput:
-    name: str | None = strawberry.field(
-        default=None, description="New display name; an empty string clears it."
+    name: strawberry.Maybe[str | None] = strawberry.field(
+        description="New display name; null or an empty string clears it."
     )
-    is_active: bool | None = strawberry.field(
-        default=None,
+    is_active: strawberry.Maybe[bool | None] = strawberry.field(
         description="false deactivates the account: its sessions end at once and it cannot "
-        "sign in; true reactivates it.",
+        "sign in; true reactivates it. Null is refused."
     )
 
 
@@ -177,7 +176,7 @@ class Query:
         return UserType.from_model(user) if user else None
 
     @strawberry.field(
-        description="Every user, oldest first, keyset-paginated (MANAGE_USERS).",
+        description="Every user, oldest first, keyset-paginated (MANAGE_USERS). " + REFUSED,
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def users(
@@ -186,21 +185,22 @@ class Query:
         first: int | None = None,
         after: str | None = None,
         filter: UserFilter | None = None,
-    ) -> Connection[UserType]:
-        page = await service.list_users(
-            db=info.context.db,
-            viewer=await viewer_of(info),
+    ) -> Connection[UserType] | None:
+        given = filter or UserFilter()
+        page = await admin.list_users(
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
             request=page_request(first=first, after=after),
-            search=filter.search if filter else None,
-            role=filter.role if filter else None,
-            is_active=filter.is_active if filter else None,
+            filter=admin.UserFilter(
+                search=given.search, role=given.role, is_active=given.is_active
+            ),
         )
         return to_connection(page, UserType.from_model)
 
     @strawberry.field(
         description="Every global role and its permissions.", extensions=authenticated()
     )
-    async def roles(self, info: Info[Context, None]) -> list[RoleType]:
+    async def roles(self, info: Info[Context, None]) -> list[RoleType] | None:
         roles = await info.context.loader(loaders.all_roles).load(None)
         return await role_types(info.context, roles)
 
@@ -211,15 +211,11 @@ class Mutation:
         description="Create an account (role USER) and sign it in. CONFLICT when the email is "
         "taken in any letter case; BAD_USER_INPUT for a malformed email or an unfit password."
     )
-    async def register(self, info: Info[Context, None], input: RegisterInput) -> AuthPayload:
+    async def register(self, info: Info[Context, None], input: RegisterInput) -> AuthPayload | None:
         context = info.context
-        signed_in = await service.register(
-            db=context.db,
-            settings=context.settings,
-            email=input.email,
-            password=input.password,
-            name=input.name,
-            **context.origin,
+        data = account.Registration(email=input.email, password=input.password, name=input.name)
+        signed_in = await account.register(
+            db=context.db, settings=context.settings, actor=await context.actor(), data=data
         )
         return AuthPayload.from_signed_in(signed_in)
 
@@ -228,15 +224,15 @@ class Mutation:
         "either way); repeated failures per account or address answer RATE_LIMITED with "
         "`extensions.retryAfter` seconds."
     )
-    async def login(self, info: Info[Context, None], input: LoginInput) -> AuthPayload:
+    async def login(self, info: Info[Context, None], input: LoginInput) -> AuthPayload | None:
         context = info.context
-        signed_in = await service.login(
+        signed_in = await account.login(
             db=context.db,
+            sessionmaker=context.runtime.sessionmaker,
             settings=context.settings,
             limiter=context.services.login_limiter,
-            email=input.email,
-            password=input.password,
-            **context.origin,
+            actor=await context.actor(),
+            data=account.Credentials(email=input.email, password=input.password),
         )
         return AuthPayload.from_signed_in(signed_in)
 
@@ -244,13 +240,15 @@ class Mutation:
         description="Trade a refresh token for new tokens of the same session. Each refresh "
         "token works once; presenting a used one ends its session (UNAUTHENTICATED)."
     )
-    async def refresh_session(self, info: Info[Context, None], refresh_token: str) -> AuthPayload:
+    async def refresh_session(
+        self, info: Info[Context, None], refresh_token: str
+    ) -> AuthPayload | None:
         context = info.context
-        signed_in = await service.refresh(
-            db=context.db,
+        signed_in = await account.refresh(
+            sessionmaker=context.runtime.sessionmaker,
             settings=context.settings,
+            actor=await context.actor(),
             refresh_token=refresh_token,
-            **context.origin,
         )
         return AuthPayload.from_signed_in(signed_in)
 
@@ -264,47 +262,49 @@ class Mutation:
         info: Info[Context, None],
         refresh_token: str | None = None,
         all_sessions: bool | None = False,
-    ) -> bool:
-        context = info.context
-        return await service.logout(
-            db=context.db,
-            viewer=await viewer_of(info),
+    ) -> bool | None:
+        return await account.logout(
+            db=info.context.db,
+            actor=await info.context.actor(),
             refresh_token=refresh_token,
             all_sessions=bool(all_sessions),
-            **context.origin,
         )
 
     @strawberry.mutation(
         description="Replace the viewer's password; every other session of theirs ends.",
         extensions=authenticated(),
     )
-    async def change_password(self, info: Info[Context, None], input: ChangePasswordInput) -> bool:
+    async def change_password(
+        self, info: Info[Context, None], input: ChangePasswordInput
+    ) -> bool | None:
         context = info.context
-        return await service.change_password(
+        return await account.change_password(
             db=context.db,
+            sessionmaker=context.runtime.sessionmaker,
             settings=context.settings,
             limiter=context.services.login_limiter,
-            viewer=await viewer_of(info),
-            current_password=input.current_password,
-            new_password=input.new_password,
-            **context.origin,
+            actor=await context.actor(),
+            data=account.PasswordChange(
+                current_password=input.current_password, new_password=input.new_password
+            ),
         )
 
     @strawberry.mutation(
         description="Create an account (MANAGE_USERS).",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def create_user(self, info: Info[Context, None], input: CreateUserInput) -> UserType:
+    async def create_user(
+        self, info: Info[Context, None], input: CreateUserInput
+    ) -> UserType | None:
         context = info.context
-        user = await service.create_user(
-            db=context.db,
-            settings=context.settings,
-            viewer=await viewer_of(info),
+        data = admin.UserCreate(
             email=input.email,
             password=input.password,
             name=input.name,
-            roles=input.roles,
-            **context.origin,
+            roles=tuple(input.roles) if input.roles is not None else None,
+        )
+        user = await admin.create_user(
+            db=context.db, settings=context.settings, actor=await context.actor(), data=data
         )
         return UserType.from_model(user)
 
@@ -315,15 +315,12 @@ class Mutation:
     )
     async def update_user(
         self, info: Info[Context, None], id: strawberry.ID, input: UpdateUserInput
-    ) -> UserType:
-        context = info.context
-        user = await service.update_user(
-            db=context.db,
-            viewer=await viewer_of(info),
+    ) -> UserType | None:
+        user = await admin.update_user(
+            db=info.context.db,
+            actor=await info.context.actor(),
             user_id=decode_id_of(id, "User", field="id"),
-            name=input.name,
-            is_active=input.is_active,
-            **context.origin,
+            data=admin.UserUpdate.model_validate(set_fields(input)),
         )
         return UserType.from_model(user)
 
@@ -336,14 +333,12 @@ class Mutation:
         info: Info[Context, None],
         user_id: strawberry.ID,
         role: RoleNameEnum,  # type: ignore[valid-type]
-    ) -> UserType:
-        context = info.context
-        user = await service.assign_role(
-            db=context.db,
-            viewer=await viewer_of(info),
+    ) -> UserType | None:
+        user = await admin.assign_role(
+            db=info.context.db,
+            actor=await info.context.actor(),
             user_id=decode_id_of(user_id, "User", field="userId"),
             role=RoleName(role),
-            **context.origin,
         )
         return UserType.from_model(user)
 
@@ -357,13 +352,11 @@ class Mutation:
         info: Info[Context, None],
         user_id: strawberry.ID,
         role: RoleNameEnum,  # type: ignore[valid-type]
-    ) -> UserType:
-        context = info.context
-        user = await service.revoke_role(
-            db=context.db,
-            viewer=await viewer_of(info),
+    ) -> UserType | None:
+        user = await admin.revoke_role(
+            db=info.context.db,
+            actor=await info.context.actor(),
             user_id=decode_id_of(user_id, "User", field="userId"),
             role=RoleName(role),
-            **context.origin,
         )
         return UserType.from_model(user)

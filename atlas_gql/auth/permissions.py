@@ -15,8 +15,6 @@ from strawberry.schema_directive import Location
 from strawberry.types import Info
 
 from atlas_gql.auth.models import PermissionName, RoleName
-from atlas_gql.auth.viewer import Viewer
-from atlas_gql.errors import Forbidden, Unauthenticated
 
 PermissionNameEnum = strawberry.enum(
     PermissionName, name="PermissionName", description="A permission granted through roles."
@@ -42,20 +40,13 @@ class HasPermissionDirective:
     permission: PermissionNameEnum  # type: ignore[valid-type]
 
 
-async def viewer_of(info: Info[Any, Any]) -> Viewer:
-    viewer: Viewer | None = await info.context.viewer()
-    if viewer is None:
-        raise Unauthenticated()
-    return viewer
-
-
 class IsAuthenticated(BasePermission):
     message = "Authentication required."
     error_extensions = {"code": "UNAUTHENTICATED"}
     schema_directive = AuthenticatedDirective()
 
     async def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
-        await viewer_of(info)
+        _ = (await info.context.actor()).viewer_required
         return True
 
 
@@ -68,9 +59,7 @@ class HasPermission(BasePermission):
     permission: PermissionName
 
     async def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
-        viewer = await viewer_of(info)
-        if not viewer.has_permission(self.permission):
-            raise Forbidden(f"This requires the {self.permission.value} permission.")
+        (await info.context.actor()).require(self.permission)
         return True
 
 

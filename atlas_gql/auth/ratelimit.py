@@ -1,10 +1,11 @@
 """Failed-login limits per account (email) and per client address.
 
 An attempt is admitted *before* its password is checked: `reserve` counts it at once (an
-`auth.login_attempt` ActivityLog row, plus Redis counters with Redis), so attempts in flight
-count like failures and concurrent attempts cannot overshoot the limit. The service then turns
-the row into `auth.login_failed` or the success row (`settle_attempt`) and, on success, gives
-the reservation back (`release`).
+`auth.login_attempt` ActivityLog row committed in a short transaction of its own, plus Redis
+counters with Redis), so attempts in flight count like failures and concurrent attempts cannot
+overshoot the limit. The service then turns the row into `auth.login_failed` or the success row
+(`settle_attempt`) and, once the success is committed, gives the reservation back
+(`release`).
 
 - `DatabaseLoginLimiter` counts the `auth.login_attempt` and `auth.login_failed` rows of the
   last window, and admits one attempt at a time per account and per address (transaction-level
@@ -17,6 +18,7 @@ the reservation back (`release`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -29,12 +31,14 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql.auth.actor import Actor
 from atlas_gql.config import Settings
+from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import RateLimited
-from atlas_gql.logs.audit import record_activity, scrub
+from atlas_gql.logs.audit import scrub
 from atlas_gql.logs.models import ActivityLog
 
 logger = logging.getLogger(__name__)
@@ -67,16 +71,16 @@ class LoginLimiter(Protocol):
     async def reserve(
         self,
         *,
-        db: AsyncSession,
+        sessionmaker: async_sessionmaker[AsyncSession],
         email: str,
-        ip_address: str | None,
-        user_agent: str | None = None,
+        actor: Actor,
         user_id: uuid.UUID | None = None,
     ) -> LoginAttempt:
-        """Admit one attempt, or raise RATE_LIMITED (with `retryAfter` seconds) when the
-        account or the address has reached the limit of failures and pending attempts in the
-        window. The admitted attempt counts as a failure until it is settled otherwise; its
-        `auth.login_attempt` row is committed and `db`'s transaction is over on return."""
+        """Admit one attempt of `actor` (counted per account and per the actor's address), or
+        raise RATE_LIMITED (with `retryAfter` seconds) when the account or the address has
+        reached the limit of failures and pending attempts in the window. The admitted attempt
+        counts as a failure until it is settled otherwise; its `auth.login_attempt` row is
+        committed (in a short transaction of its own) on return."""
 
     async def release(self, attempt: LoginAttempt) -> None:
         """Give back the reservation of an attempt that succeeded (after its row was settled
@@ -87,29 +91,21 @@ class LoginLimiter(Protocol):
 
 
 def record_attempt(
-    *,
-    db: AsyncSession,
-    email: str,
-    ip_address: str | None,
-    user_agent: str | None,
-    user_id: uuid.UUID | None,
+    *, db: AsyncSession, email: str, actor: Actor, user_id: uuid.UUID | None
 ) -> ActivityLog:
     """The pending `auth.login_attempt` row of an admitted attempt (caller commits)."""
-    return record_activity(
-        db=db,
-        action=LOGIN_ATTEMPT_ACTION,
+    return actor.record(
+        db,
+        LOGIN_ATTEMPT_ACTION,
+        ("User", user_id) if user_id is not None else None,
         user_id=user_id,
-        entity_type="User" if user_id is not None else None,
-        entity_id=user_id,
-        ip_address=ip_address,
-        user_agent=user_agent,
         details={"email": account_key(email)},
     )
 
 
 async def settle_attempt(
-    *,
     db: AsyncSession,
+    *,
     attempt: LoginAttempt,
     action: str,
     user_id: uuid.UUID | None,
@@ -189,12 +185,23 @@ class DatabaseLoginLimiter:
     async def reserve(
         self,
         *,
-        db: AsyncSession,
+        sessionmaker: async_sessionmaker[AsyncSession],
         email: str,
-        ip_address: str | None,
-        user_agent: str | None = None,
+        actor: Actor,
         user_id: uuid.UUID | None = None,
     ) -> LoginAttempt:
+        # The row must be committed before the password is checked: a transaction of its own.
+        return await execute_transaction(
+            sessionmaker,
+            functools.partial(self.reserve_in, email=email, actor=actor, user_id=user_id),
+        )
+
+    async def reserve_in(
+        self, db: AsyncSession, *, email: str, actor: Actor, user_id: uuid.UUID | None = None
+    ) -> LoginAttempt:
+        """`reserve`'s work in the caller's transaction, which holds the advisory locks until
+        it ends (the caller commits it at once)."""
+        ip_address = actor.ip_address
         # Once the limit is reached, a flood is refused without queueing on the locks.
         wait = await self.limited_for(db=db, email=email, ip_address=ip_address)
         if wait is None:
@@ -207,12 +214,8 @@ class DatabaseLoginLimiter:
                 await db.execute(_lock(f"atlas.login.ip:{ip_address}"))
             wait = await self.limited_for(db=db, email=email, ip_address=ip_address)
         if wait is not None:
-            await db.commit()  # nothing was written; ends the transaction and its locks
             raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=wait)
-        row = record_attempt(
-            db=db, email=email, ip_address=ip_address, user_agent=user_agent, user_id=user_id
-        )
-        await db.commit()
+        row = record_attempt(db=db, email=email, actor=actor, user_id=user_id)
         return LoginAttempt(activity_id=row.id, email=account_key(email), ip_address=ip_address)
 
     async def release(self, attempt: LoginAttempt) -> None:
@@ -292,13 +295,12 @@ class RedisLoginLimiter:
     async def reserve(
         self,
         *,
-        db: AsyncSession,
+        sessionmaker: async_sessionmaker[AsyncSession],
         email: str,
-        ip_address: str | None,
-        user_agent: str | None = None,
+        actor: Actor,
         user_id: uuid.UUID | None = None,
     ) -> LoginAttempt:
-        keys = self.keys(email=email, ip_address=ip_address)
+        keys = self.keys(email=email, ip_address=actor.ip_address)
         try:
             wait = int(
                 await self._reserve(keys=keys, args=[self.max_failures, self.window_seconds])
@@ -314,7 +316,7 @@ class RedisLoginLimiter:
             raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=wait)
         try:
             attempt = await self.database.reserve(
-                db=db, email=email, ip_address=ip_address, user_agent=user_agent, user_id=user_id
+                sessionmaker=sessionmaker, email=email, actor=actor, user_id=user_id
             )
         except BaseException:
             # Refused (or failed) in the database: this attempt is not counted in Redis either.

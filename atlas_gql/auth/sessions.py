@@ -1,16 +1,19 @@
-"""Server-side sessions: starting one, and resolving a request's viewer from its token."""
+"""Server-side sessions: starting one, resolving a request's viewer from its token, revoking,
+and rotating refresh tokens."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import (
     Permission,
     PermissionName,
@@ -31,8 +34,8 @@ from atlas_gql.auth.tokens import (
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.session import ReadSession
+from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import Unauthenticated
-from atlas_gql.logs.audit import record_activity
 
 
 @dataclass(frozen=True)
@@ -48,16 +51,16 @@ async def start_session(
     db: AsyncSession,
     settings: Settings,
     user_id: uuid.UUID,
-    ip_address: str | None = None,
-    user_agent: str | None = None,
+    actor: Actor | None = None,
 ) -> IssuedTokens:
-    """Open a session for the user: a Session row, a first refresh token and an access token.
-    The caller commits."""
+    """Open a session for the user: a Session row, a first refresh token and an access token,
+    recording the actor's address and user agent. Flushes; the caller's transaction commits."""
     now = datetime.now(UTC)
+    user_agent = actor.user_agent if actor is not None else None
     session = Session(
         user_id=user_id,
         token_hash=hash_token(new_opaque_token()),
-        ip_address=ip_address,
+        ip_address=actor.ip_address if actor is not None else None,
         user_agent=(user_agent or None) and user_agent[:500],
         expires_at=now + timedelta(seconds=settings.atlas_refresh_token_ttl),
         last_used_at=now,
@@ -157,7 +160,7 @@ async def revoke_sessions(
 ) -> list[uuid.UUID]:
     """Revoke live sessions (by id, or every one of a user) and their unused refresh tokens;
     the ids revoked. Access tokens of these sessions stop working on their next request.
-    The caller commits."""
+    The caller's transaction commits."""
     conditions: list[Any] = [col(Session.revoked_at).is_(None)]
     if session_ids is not None:
         conditions.append(col(Session.id).in_(session_ids))
@@ -192,15 +195,31 @@ async def revoke_sessions(
 
 async def refresh_session(
     *,
-    db: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
     settings: Settings,
+    actor: Actor,
     refresh_token: str,
-    ip_address: str | None = None,
-    user_agent: str | None = None,
 ) -> Refreshed:
     """Trade a refresh token for a new access token and a new refresh token of the same
     session. Each refresh token works once: presenting a used one again revokes the whole
-    session (it was stolen, or the client is replaying) and answers UNAUTHENTICATED."""
+    session (it was stolen, or the client is replaying) and answers UNAUTHENTICATED.
+
+    It runs in a transaction of its own: the revocation must be stored although the call
+    fails (`execute_transaction` commits what `_rotate` did, then the refusal is raised)."""
+    refreshed = await execute_transaction(
+        sessionmaker,
+        functools.partial(_rotate, settings=settings, actor=actor, refresh_token=refresh_token),
+    )
+    if refreshed is None:
+        raise Unauthenticated(REFRESH_REFUSED_MESSAGE)
+    return refreshed
+
+
+async def _rotate(
+    db: AsyncSession, *, settings: Settings, actor: Actor, refresh_token: str
+) -> Refreshed | None:
+    """The rotation; None when the token was used before (its session is revoked, and that
+    is to be committed). Other refusals raise (nothing is kept)."""
     token_hash = hash_token(refresh_token)
     # Race-safe claim: of two concurrent refreshes with one token, exactly one gets the row
     # (the other's UPDATE waits on the row lock, then finds used_at set).
@@ -227,20 +246,12 @@ async def refresh_session(
                 ).where(col(RefreshToken.token_hash) == token_hash)
             )
         ).one_or_none()
-        if known is not None and known[2] is not None:
-            session_id, user_id = known[0], known[1]
-            await revoke_sessions(db=db, session_ids=[session_id], reason="refresh_token_reuse")
-            record_activity(
-                db=db,
-                action="auth.refresh_reuse_detected",
-                user_id=user_id,
-                entity_type="Session",
-                entity_id=session_id,
-                ip_address=ip_address,
-                user_agent=user_agent,
-            )
-            await db.commit()
-        raise Unauthenticated(REFRESH_REFUSED_MESSAGE)
+        if known is None or known[2] is None:
+            raise Unauthenticated(REFRESH_REFUSED_MESSAGE)
+        session_id, user_id = known[0], known[1]
+        await revoke_sessions(db=db, session_ids=[session_id], reason="refresh_token_reuse")
+        actor.record(db, "auth.refresh_reuse_detected", ("Session", session_id), user_id=user_id)
+        return None
     session_id, user_id = claimed[0], claimed[1]
     row = (
         await db.execute(
@@ -255,8 +266,7 @@ async def refresh_session(
         )
     ).one_or_none()
     if row is None:
-        await db.rollback()
-        raise Unauthenticated(REFRESH_REFUSED_MESSAGE)
+        raise Unauthenticated(REFRESH_REFUSED_MESSAGE)  # the claim is rolled back
     session, user = row[0], row[1]
     now = datetime.now(UTC)
     # Sliding expiry: an active session lives ATLAS_REFRESH_TOKEN_TTL past its last refresh.
@@ -274,7 +284,7 @@ async def refresh_session(
     access_token, expires_at = issue_access_token(
         settings=settings, user_id=user_id, session_id=session_id, now=now
     )
-    await db.commit()
+    await db.flush()
     return Refreshed(
         user=user, tokens=IssuedTokens(access_token, expires_at, new_refresh_token, session_id)
     )

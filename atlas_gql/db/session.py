@@ -1,16 +1,21 @@
 """Session types: `ReadSession`, what read-only code is given, and `SerializedAsyncSession`, an
-AsyncSession that serialises its own operations.
+AsyncSession that serialises its own operations and runs after-commit hooks.
 
 Strawberry resolves sibling fields concurrently, so several DataLoaders of one request may run
 their batch at the same moment on the request's session. An AsyncSession allows one operation
 at a time (a second one while a connection is being provisioned, e.g. right after a commit,
 fails with "session is provisioning a new connection"). This subclass queues them instead; the
-lock is re-entrant per task, as `scalars()` calls `execute()`."""
+lock is re-entrant per task, as `scalars()` calls `execute()`.
+
+After-commit hooks: work that must happen only once the change is durable (start the reply a
+sendMessage stored, give back a login reservation) is handed to `after_commit(hook)`; the
+operation boundary's commit runs it, a rollback forgets it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 
@@ -19,7 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
+logger = logging.getLogger(__name__)
+
 _T = TypeVar("_T")
+AfterCommitHook = Callable[[], Awaitable[None]]
 _Ts = TypeVarTuple("_Ts")
 AnyRow = tuple[Any, ...]
 
@@ -77,6 +85,29 @@ class SerializedAsyncSession(AsyncSession):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._operation_lock = _TaskReentrantLock()
+        self._after_commit: list[AfterCommitHook] = []
+
+    def after_commit(self, hook: AfterCommitHook) -> None:
+        """Run `hook` once the current transaction commits; never if it rolls back."""
+        self._after_commit.append(hook)
+
+    @property
+    def hooks_mark(self) -> int:
+        """Where the hooks of work about to start begin (see `forget_hooks_after`)."""
+        return len(self._after_commit)
+
+    def forget_hooks_after(self, mark: int) -> None:
+        """Drop the hooks added since `mark` (their savepoint was rolled back)."""
+        del self._after_commit[mark:]
+
+    async def _run_after_commit(self) -> None:
+        hooks, self._after_commit = self._after_commit, []
+        for hook in hooks:
+            try:
+                await hook()
+            except Exception:
+                # The change is committed: a hook failing must not report it as failed.
+                logger.exception("after-commit hook %r failed", hook)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         async with self._operation_lock.hold():
@@ -121,7 +152,22 @@ class SerializedAsyncSession(AsyncSession):
     async def commit(self) -> None:
         async with self._operation_lock.hold():
             await super().commit()
+        await self._run_after_commit()
 
     async def rollback(self) -> None:
+        self._after_commit.clear()
         async with self._operation_lock.hold():
             await super().rollback()
+
+    async def close(self) -> None:
+        self._after_commit.clear()
+        async with self._operation_lock.hold():
+            await super().close()
+
+
+def after_commit(db: AsyncSession, hook: AfterCommitHook) -> None:
+    """Run `hook` once `db`'s transaction commits (the operation boundary's commit, or the
+    caller's own); never if it rolls back. `db` must come from the app's sessionmaker."""
+    if not isinstance(db, SerializedAsyncSession):
+        raise TypeError("after-commit hooks need a SerializedAsyncSession")
+    db.after_commit(hook)

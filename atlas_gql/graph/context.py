@@ -1,27 +1,28 @@
-"""The typed context: the app's services and the request, plus the per-operation session,
-viewer and DataLoaders."""
+"""The typed context: the app's services and the request, plus what belongs to one operation:
+its session, its actor (viewer, address, user agent, request id), its DataLoaders and the
+field tasks the executor runs (`graph/execution.py`)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
+from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.sessions import authenticate_access_token
 from atlas_gql.auth.tokens import bearer_token
 from atlas_gql.auth.viewer import Viewer, ViewerSource
 from atlas_gql.config import Settings
 from atlas_gql.db.loaders import ReadSessionSource
-from atlas_gql.db.session import ReadSession
-from atlas_gql.errors import Unauthenticated
+from atlas_gql.db.session import ReadSession, SerializedAsyncSession
 from atlas_gql.graph.services import Services
 from atlas_gql.runtime import Runtime
 
@@ -32,13 +33,27 @@ _UNRESOLVED: Any = object()
 
 @dataclass
 class OperationState:
-    """What belongs to one GraphQL operation: its session, viewer, DataLoaders, request id."""
+    """What belongs to one GraphQL operation: its session, viewer, actor, DataLoaders, request
+    id, and the field tasks still running."""
 
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    db: AsyncSession | None = None
+    db: SerializedAsyncSession | None = None
     viewer: Any = _UNRESOLVED
+    actor: Actor | None = None
     loaders: dict[Callable[..., Any], Any] = field(default_factory=dict)
     operation_name: str | None = None
+    field_tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """A field resolving in the background (see `graph/execution.py`)."""
+        self.field_tasks.add(task)
+        task.add_done_callback(self.field_tasks.discard)
+
+    async def settle_fields(self) -> None:
+        """Wait until no field of the operation runs any more (each reported its own error)."""
+        current = asyncio.current_task()
+        while pending := self.field_tasks - {current}:
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 OperationToken = Token["tuple[Context, OperationState] | None"]
@@ -101,22 +116,39 @@ class Context:
         return self.runtime.settings
 
     @property
-    def db(self) -> AsyncSession:
-        """The operation's session, opened on first use and closed when the operation ends."""
+    def db(self) -> SerializedAsyncSession:
+        """The operation's session, opened on first use. Services flush; the operation boundary
+        commits it once (mutations) or closes it (queries)."""
         state = self.state
         if state.db is None:
-            state.db = self.runtime.sessionmaker()
+            state.db = cast(SerializedAsyncSession, self.runtime.sessionmaker())
         return state.db
 
-    async def close_db(self) -> None:
+    def read_session(self) -> ReadSession:
+        """The operation's session, typed for reading (what queries and DataLoaders use)."""
+        return self.db
+
+    async def commit_db(self) -> None:
+        """Commit the operation's work (the boundary calls this once, after a mutation), then
+        close the session."""
         state = self.state
         if state.db is not None:
+            await state.settle_fields()
+            db, state.db = state.db, None
+            try:
+                if db.in_transaction():
+                    await db.commit()
+            finally:
+                await db.close()
+
+    async def close_db(self) -> None:
+        """End the operation's session, rolling back anything uncommitted; waits for the
+        operation's fields first, so no resolver ever finds its session closed under it."""
+        state = self.state
+        if state.db is not None:
+            await state.settle_fields()
             db, state.db = state.db, None
             await db.close()
-
-    def read_session(self) -> ReadSession:
-        """The operation's session, typed for reading (what DataLoaders are given)."""
-        return self.db
 
     def loader(self, factory: Callable[[ReadSessionSource], LoaderT]) -> LoaderT:
         """The operation's DataLoader made by `factory` (one per factory per operation)."""
@@ -166,11 +198,17 @@ class Context:
                     )
         return state.viewer  # type: ignore[no-any-return]
 
-    async def require_viewer(self) -> Viewer:
-        viewer = await self.viewer()
-        if viewer is None:
-            raise Unauthenticated()
-        return viewer
+    async def actor(self) -> Actor:
+        """Who runs this operation, from where: built once per operation."""
+        state = self.state
+        if state.actor is None:
+            state.actor = Actor(
+                viewer=await self.viewer(),
+                ip_address=self._client_ip,
+                user_agent=self._user_agent,
+                request_id=state.request_id,
+            )
+        return state.actor
 
     @property
     def resolved_viewer(self) -> Viewer | None:
@@ -179,16 +217,11 @@ class Context:
         return None if viewer is _UNRESOLVED else viewer  # type: ignore[no-any-return]
 
     @property
-    def client_ip(self) -> str | None:
+    def _client_ip(self) -> str | None:
         client = self.request.client
         return client.host if client else None
 
     @property
-    def user_agent(self) -> str | None:
+    def _user_agent(self) -> str | None:
         value = self.request.headers.get("user-agent")
         return value[:500] if value else None
-
-    @property
-    def origin(self) -> dict[str, str | None]:
-        """Where a request comes from, as the services' activity-log arguments take it."""
-        return {"ip_address": self.client_ip, "user_agent": self.user_agent}

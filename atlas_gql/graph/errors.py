@@ -1,5 +1,6 @@
-"""The one place errors become GraphQL errors: project exceptions get their
-`extensions.code`; anything else is masked, logged to ErrorLog, and given a requestId."""
+"""The operation boundary, and the one place errors become GraphQL errors: project exceptions
+get their `extensions.code`; anything else is masked, logged to ErrorLog, and given a
+requestId."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from graphql import GraphQLError
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType
 
+from atlas_gql.db.inputs import camel_case
 from atlas_gql.db.utils import map_db_error
-from atlas_gql.errors import AtlasError, BrokerUnavailable, ErrorCode
+from atlas_gql.errors import AtlasError, BadInput, BrokerUnavailable, ErrorCode
 from atlas_gql.graph.context import Context
 from atlas_gql.logs.audit import describe_exception, record_error, scrub_text
 from atlas_gql.logs.models import ErrorSource
@@ -48,6 +52,8 @@ def classify(error: GraphQLError) -> AtlasError | None:
     original = error.original_error
     if isinstance(original, AtlasError):
         return original
+    if isinstance(original, ValidationError):
+        return _bad_input(original)
     if isinstance(original, RedisError):
         # Redis (the event broker, shared rate limits) is not the database.
         return BrokerUnavailable()
@@ -56,10 +62,20 @@ def classify(error: GraphQLError) -> AtlasError | None:
     return None
 
 
+def _bad_input(error: ValidationError) -> BadInput:
+    """A service input object that refused a value: the first problem, naming its field."""
+    first = error.errors()[0]
+    field = ".".join(camel_case(str(part)) for part in first["loc"]) or None
+    return BadInput(f"`{field}`: {first['msg']}." if field else first["msg"], field=field)
+
+
 class ErrorMappingExtension(SchemaExtension):
-    """The operation boundary: gives the operation fresh state (session, viewer, loaders,
-    request id), maps its errors, and closes its session. Results streamed over a WebSocket
-    are mapped one by one, before they are sent."""
+    """The operation boundary. It gives the operation fresh state (session, actor, loaders,
+    request id); when the operation ends, after every field has settled, it commits a
+    mutation's session once (each failed mutation field was already rolled back to its
+    savepoint, see `graph/execution.py`) or closes a query's without committing; then it maps
+    the errors. A commit that fails turns every field of the mutation null, with the error.
+    Results streamed over a WebSocket are mapped one by one, before they are sent."""
 
     def __init__(self, *, execution_context: Any = None) -> None:
         super().__init__(execution_context=execution_context)
@@ -73,16 +89,36 @@ class ErrorMappingExtension(SchemaExtension):
                 context.operation_name = self.execution_context.operation_name
             try:
                 yield
-            finally:
+            except BaseException:
                 if isinstance(context, Context):
-                    # Roll back anything uncommitted before error rows are written elsewhere.
                     await context.close_db()
+                raise
+            if isinstance(context, Context):
+                await self._end_session(context)
             if not self._streamed:
                 await self._map_result(self.execution_context.result, context)
         finally:
             if token is not None:
                 with contextlib.suppress(ValueError):  # reset from another task's context
                     context.end_operation(token)
+
+    async def _end_session(self, context: Context) -> None:
+        """Commit a mutation that ran; anything else rolls back (queries only read)."""
+        result: Any = self.execution_context.result
+        data = getattr(result, "data", None)
+        if (
+            self._streamed
+            or not isinstance(data, dict)
+            or self.execution_context.operation_type is not OperationType.MUTATION
+        ):
+            await context.close_db()
+            return
+        try:
+            await context.commit_db()
+        except Exception as error:
+            # Nothing of the operation is stored: no field may say otherwise.
+            result.data = dict.fromkeys(data)
+            result.errors = [*(result.errors or []), GraphQLError(str(error), original_error=error)]
 
     async def on_stream_result(self, result: Any) -> AsyncIterator[None]:  # type: ignore[override]
         self._streamed = True

@@ -15,6 +15,11 @@ from atlas_gql.ids import decode_global_id
 if TYPE_CHECKING:
     from atlas_gql.graph.context import Context
 
+# The nullability rule (docs/architecture.md, "A field error stays a field error"): a field
+# that takes arguments, and every root field, is nullable, so a refused argument or a failed
+# mutation nulls that field alone. Its description says so with this sentence.
+REFUSED = "Null, with an error, when its arguments are refused (e.g. `first` over 100)."
+
 NodeType = TypeVar("NodeType")
 ItemType = TypeVar("ItemType")
 

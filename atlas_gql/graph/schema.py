@@ -14,6 +14,7 @@ from atlas_gql.auth import graph as auth_graph
 from atlas_gql.config import Settings
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.errors import ErrorMappingExtension
+from atlas_gql.graph.execution import AtlasExecutor
 from atlas_gql.graph.limits import limit_extensions
 from atlas_gql.graph.relay import Node, resolve_node
 from atlas_gql.logs import graph as logs_graph
@@ -63,6 +64,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         mutation=_merged("Mutation", MUTATION_PIECES),
         subscription=_merged("Subscription", SUBSCRIPTION_PIECES),
         extensions=[ErrorMappingExtension, *limit_extensions(settings)],
+        execution_context_class=AtlasExecutor,
     )
 
 

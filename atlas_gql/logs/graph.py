@@ -15,8 +15,9 @@ from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.permissions import authenticated
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import Connection, Node, register_node, to_connection
-from atlas_gql.ids import decode_id_of, encode_global_id
+from atlas_gql.graph.inputs import optional_id
+from atlas_gql.graph.relay import REFUSED, Connection, Node, register_node, to_connection
+from atlas_gql.ids import encode_global_id
 from atlas_gql.logs import loaders, service
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
 from atlas_gql.logs.usage import UsageTotals
@@ -213,10 +214,6 @@ class ErrorLogFilter:
     )
 
 
-def _optional_id(value: strawberry.ID | None, type_name: str, field: str) -> uuid.UUID | None:
-    return None if value is None else decode_id_of(value, type_name, field=field)
-
-
 def _usage_key(bucket: service.UsageBucket, group_by: service.UsageGroup) -> str:
     if bucket.key == service.UNKNOWN_KEY:
         return bucket.key
@@ -231,7 +228,7 @@ def _usage_key(bucket: service.UsageBucket, group_by: service.UsageGroup) -> str
 class Query:
     @strawberry.field(
         description="Who did what, when; newest first. ADMIN reads everything; a project OWNER "
-        "or MANAGER reads the rows of their projects; anyone else gets FORBIDDEN.",
+        "or MANAGER reads the rows of their projects; anyone else gets FORBIDDEN. " + REFUSED,
         extensions=authenticated(),
     )
     async def activity_logs(
@@ -240,19 +237,18 @@ class Query:
         first: int | None = None,
         after: str | None = None,
         filter: ActivityLogFilter | None = None,
-    ) -> Connection[ActivityLogType]:
-        viewer = await info.context.require_viewer()
+    ) -> Connection[ActivityLogType] | None:
         given = filter or ActivityLogFilter()
         parsed = service.ActivityFilter(
-            user_id=_optional_id(given.user_id, "User", "filter.userId"),
-            project_id=_optional_id(given.project_id, "Project", "filter.projectId"),
+            user_id=optional_id(given.user_id, "User", field="filter.userId"),
+            project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
             action=given.action,
             entity_type=given.entity_type,
             window=service.time_window(start=given.from_, end=given.to),
         )
         page = await service.list_activity_logs(
-            db=info.context.db,
-            viewer=viewer,
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
             filter=parsed,
             request=page_request(first=first, after=after),
         )
@@ -270,18 +266,20 @@ class Query:
         filter: ApiUsageFilter | None = None,
         *,
         group_by: UsageGroupByEnum,  # type: ignore[valid-type]
-    ) -> list[UsageBucketType]:
-        viewer = await info.context.require_viewer()
+    ) -> list[UsageBucketType] | None:
         given = filter or ApiUsageFilter()
         group = service.UsageGroup(group_by)
         parsed = service.UsageFilter(
-            user_id=_optional_id(given.user_id, "User", "filter.userId"),
-            project_id=_optional_id(given.project_id, "Project", "filter.projectId"),
+            user_id=optional_id(given.user_id, "User", field="filter.userId"),
+            project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
             model=given.model,
             window=service.time_window(start=given.from_, end=given.to),
         )
         buckets = await service.api_usage(
-            db=info.context.db, viewer=viewer, filter=parsed, group_by=group
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
+            filter=parsed,
+            group_by=group,
         )
         answer = [
             UsageBucketType(
@@ -297,7 +295,7 @@ class Query:
 
     @strawberry.field(
         description="Errors newest first: masked internal errors, AI provider and database "
-        "errors. ADMIN only (FORBIDDEN otherwise).",
+        "errors. ADMIN only (FORBIDDEN otherwise). " + REFUSED,
         extensions=authenticated(),
     )
     async def error_logs(
@@ -306,12 +304,11 @@ class Query:
         first: int | None = None,
         after: str | None = None,
         filter: ErrorLogFilter | None = None,
-    ) -> Connection[ErrorLogType]:
-        viewer = await info.context.require_viewer()
+    ) -> Connection[ErrorLogType] | None:
         given = filter or ErrorLogFilter()
         page = await service.list_error_logs(
-            db=info.context.db,
-            viewer=viewer,
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
             window=service.time_window(start=given.from_, end=given.to),
             source=ErrorSource(given.source) if given.source is not None else None,
             request=page_request(first=first, after=after),
@@ -324,7 +321,9 @@ async def _resolve_activity_node(context: Context, row_id: uuid.UUID) -> Activit
     if viewer is None:
         return None
     row = await context.loader(loaders.activity_log_by_id).load(row_id)
-    if row is None or not await service.activity_log_visible(db=context.db, viewer=viewer, row=row):
+    if row is None or not await service.activity_log_visible(
+        db=context.read_session(), viewer=viewer, row=row
+    ):
         return None
     return ActivityLogType.from_model(row)
 

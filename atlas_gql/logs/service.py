@@ -4,6 +4,7 @@ errorLogs), and pruning old rows. Writing them is `logs/audit.py`."""
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -12,12 +13,14 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession
+from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden
 from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
 from atlas_gql.projects.access import project_role_of, require_project_role
@@ -119,11 +122,12 @@ async def _manages_any_project(*, db: ReadSession, viewer: Viewer) -> bool:
 
 
 async def list_activity_logs(
-    *, db: ReadSession, viewer: Viewer, filter: ActivityFilter, request: PageRequest
+    *, db: ReadSession, actor: Actor, filter: ActivityFilter, request: PageRequest
 ) -> Page[ActivityLog]:
     """Activity newest first. ADMIN reads everything; a project OWNER/MANAGER reads the rows of
     their projects (NOT_FOUND / FORBIDDEN for `projectId` of a project they do not manage);
     anyone else is FORBIDDEN."""
+    viewer = actor.viewer_required
     statement = sa.select(ActivityLog)
     if filter.project_id is not None:
         await require_project_role(
@@ -170,13 +174,14 @@ def _usage_key(group: UsageGroup) -> sa.ColumnElement[Any]:
 
 
 async def api_usage(
-    *, db: ReadSession, viewer: Viewer, filter: UsageFilter, group_by: UsageGroup
+    *, db: ReadSession, actor: Actor, filter: UsageFilter, group_by: UsageGroup
 ) -> list[UsageBucket]:
     """AI usage summed per day, user, project or model, in one GROUP BY statement.
 
     Who reads what: ADMIN everything. With `projectId`, a project OWNER/MANAGER (others:
     NOT_FOUND / FORBIDDEN) reads that project's usage, optionally of one user. Without it, a
     non-administrator reads only their own usage (`userId` of someone else: FORBIDDEN)."""
+    viewer = actor.viewer_required
     conditions: list[Any] = []
     if filter.project_id is not None:
         await require_project_role(
@@ -230,21 +235,17 @@ async def api_usage(
     ]
 
 
-def require_admin(viewer: Viewer, *, what: str) -> None:
-    if not viewer.is_admin:
-        raise Forbidden(f"Only administrators read {what}.")
-
-
 async def list_error_logs(
     *,
     db: ReadSession,
-    viewer: Viewer,
+    actor: Actor,
     window: TimeWindow,
     source: ErrorSource | None,
     request: PageRequest,
 ) -> Page[ErrorLog]:
     """Error rows newest first; ADMIN only (FORBIDDEN otherwise)."""
-    require_admin(viewer, what="the error log")
+    if not actor.viewer_required.is_admin:
+        raise Forbidden("Only administrators read the error log.")
     statement = sa.select(ErrorLog).where(*window.conditions(col(ErrorLog.created_at)))
     if source is not None:
         statement = statement.where(col(ErrorLog.source) == source)
@@ -259,15 +260,22 @@ class PruneReport:
     error_cutoff: datetime
 
 
-async def _delete_older(*, db: AsyncSession, model: Any, cutoff: datetime, batch_size: int) -> int:
+async def _delete_batch(db: AsyncSession, *, model: Any, cutoff: datetime, batch_size: int) -> int:
+    batch = (
+        sa.select(col(model.id)).where(col(model.created_at) < cutoff).limit(batch_size)
+    ).scalar_subquery()
+    result = await db.execute(sa.delete(model).where(col(model.id).in_(batch)))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _delete_older(
+    sessionmaker: async_sessionmaker[AsyncSession], *, model: Any, cutoff: datetime, batch_size: int
+) -> int:
     deleted = 0
+    batch = functools.partial(_delete_batch, model=model, cutoff=cutoff, batch_size=batch_size)
     while True:
-        batch = (
-            sa.select(col(model.id)).where(col(model.created_at) < cutoff).limit(batch_size)
-        ).scalar_subquery()
-        result = await db.execute(sa.delete(model).where(col(model.id).in_(batch)))
-        await db.commit()  # short transactions: the table stays writable meanwhile
-        count = int(getattr(result, "rowcount", 0) or 0)
+        # One short transaction per batch: the table stays writable meanwhile.
+        count = await execute_transaction(sessionmaker, batch)
         deleted += count
         if count < batch_size:
             return deleted
@@ -275,7 +283,7 @@ async def _delete_older(*, db: AsyncSession, model: Any, cutoff: datetime, batch
 
 async def prune_logs(
     *,
-    db: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
     activity_retention_days: int,
     error_retention_days: int,
     batch_size: int = 5000,
@@ -292,7 +300,9 @@ async def prune_logs(
     activity_cutoff = current - timedelta(days=activity_retention_days)
     error_cutoff = current - timedelta(days=error_retention_days)
     activity = await _delete_older(
-        db=db, model=ActivityLog, cutoff=activity_cutoff, batch_size=batch_size
+        sessionmaker, model=ActivityLog, cutoff=activity_cutoff, batch_size=batch_size
     )
-    errors = await _delete_older(db=db, model=ErrorLog, cutoff=error_cutoff, batch_size=batch_size)
+    errors = await _delete_older(
+        sessionmaker, model=ErrorLog, cutoff=error_cutoff, batch_size=batch_size
+    )
     return PruneReport(activity, errors, activity_cutoff, error_cutoff)

@@ -21,11 +21,12 @@ from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.db.pagination import empty_page, page_request
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import Connection, Node, register_node, to_connection
+from atlas_gql.graph.inputs import set_fields
+from atlas_gql.graph.relay import REFUSED, Connection, Node, register_node, to_connection
 from atlas_gql.ids import decode_id_of, encode_global_id
 from atlas_gql.logs.graph import UsageSummaryType, project_usage_this_month
 from atlas_gql.logs.usage import UsageTotals
-from atlas_gql.projects import loaders, service
+from atlas_gql.projects import loaders, members, projects, settings
 from atlas_gql.projects.access import can_see_project
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
 
@@ -144,10 +145,10 @@ class ProjectType(Node):
             raise NotFound("User not found.")
         return UserType.from_model(user)
 
-    @strawberry.field(description="The members, oldest first (Relay connection).")
+    @strawberry.field(description="The members, oldest first (Relay connection). " + REFUSED)
     async def members(
         self, info: Info[Context, None], first: int | None = None, after: str | None = None
-    ) -> Connection[ProjectMemberType]:
+    ) -> Connection[ProjectMemberType] | None:
         request = page_request(first=first, after=after)
         if not await self._visible(info.context):
             return to_connection(empty_page(), ProjectMemberType.from_model)
@@ -167,10 +168,12 @@ class ProjectType(Node):
         settings = await info.context.loader(loaders.settings_by_project).load(self.db_id)
         return [ProjectSettingType.from_model(setting) for setting in settings]
 
-    @strawberry.field(description="The project's threads, newest first (Relay connection).")
+    @strawberry.field(
+        description="The project's threads, newest first (Relay connection). " + REFUSED
+    )
     async def threads(
         self, info: Info[Context, None], first: int | None = None, after: str | None = None
-    ) -> Connection[ThreadType]:
+    ) -> Connection[ThreadType] | None:
         request = page_request(first=first, after=after)
         if not await self._visible(info.context):
             return to_connection(empty_page(), ThreadType.from_model)
@@ -237,11 +240,11 @@ class CreateProjectInput:
 
 @strawberry.input(description="Changes to a project; omitted fields stay as they are.")
 class UpdateProjectInput:
-    name: str | None = strawberry.field(
-        default=strawberry.UNSET, description="1 to 200 characters (trimmed)."
+    name: strawberry.Maybe[str | None] = strawberry.field(
+        description="1 to 200 characters (trimmed); null is refused."
     )
-    description: str | None = strawberry.field(
-        default=strawberry.UNSET, description="Null or blank clears it."
+    description: strawberry.Maybe[str | None] = strawberry.field(
+        description="Null or blank clears it."
     )
 
 
@@ -249,7 +252,8 @@ class UpdateProjectInput:
 class Query:
     @strawberry.field(
         extensions=authenticated(),
-        description="The projects the viewer belongs to (every project for ADMIN), newest first.",
+        description="The projects the viewer belongs to (every project for ADMIN), newest "
+        "first. " + REFUSED,
     )
     async def projects(
         self,
@@ -257,14 +261,13 @@ class Query:
         first: int | None = None,
         after: str | None = None,
         filter: ProjectFilter | None = None,
-    ) -> Connection[ProjectType]:
-        viewer = await info.context.require_viewer()
-        page = await service.list_projects(
-            db=info.context.db,
-            viewer=viewer,
+    ) -> Connection[ProjectType] | None:
+        given = filter or ProjectFilter()
+        page = await projects.list_projects(
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
             request=page_request(first=first, after=after),
-            search=filter.search if filter else None,
-            role=filter.role if filter else None,
+            filter=projects.ProjectFilter(search=given.search, role=given.role),
         )
         info.context.loader(loaders.project_by_id).prime_many(
             {project.id: project for project in page.items}
@@ -279,6 +282,14 @@ class Query:
         return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
 
 
+def _project_id(value: strawberry.ID, field: str = "projectId") -> uuid.UUID:
+    return decode_id_of(value, "Project", field=field)
+
+
+def _user_id(value: strawberry.ID) -> uuid.UUID:
+    return decode_id_of(value, "User", field="userId")
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
@@ -287,13 +298,11 @@ class Mutation:
     )
     async def create_project(
         self, info: Info[Context, None], input: CreateProjectInput
-    ) -> ProjectType:
-        project = await service.create_project(
+    ) -> ProjectType | None:
+        project = await projects.create_project(
             db=info.context.db,
-            viewer=await info.context.require_viewer(),
-            name=input.name,
-            description=input.description,
-            **info.context.origin,
+            actor=await info.context.actor(),
+            data=projects.ProjectCreate(name=input.name, description=input.description),
         )
         return ProjectType.from_model(project, visibility_checked=True)
 
@@ -302,16 +311,12 @@ class Mutation:
     )
     async def update_project(
         self, info: Info[Context, None], id: strawberry.ID, input: UpdateProjectInput
-    ) -> ProjectType:
-        project = await service.update_project(
+    ) -> ProjectType | None:
+        project = await projects.update_project(
             db=info.context.db,
-            viewer=await info.context.require_viewer(),
-            project_id=decode_id_of(id, "Project"),
-            name=service.KEEP if input.name is strawberry.UNSET else input.name,
-            description=(
-                service.KEEP if input.description is strawberry.UNSET else input.description
-            ),
-            **info.context.origin,
+            actor=await info.context.actor(),
+            project_id=_project_id(id, "id"),
+            data=projects.ProjectUpdate.model_validate(set_fields(input)),
         )
         return ProjectType.from_model(project, visibility_checked=True)
 
@@ -320,12 +325,9 @@ class Mutation:
         description="Delete a project (OWNER or ADMIN) with its members, settings, assistants, "
         "threads and messages.",
     )
-    async def delete_project(self, info: Info[Context, None], id: strawberry.ID) -> bool:
-        await service.delete_project(
-            db=info.context.db,
-            viewer=await info.context.require_viewer(),
-            project_id=decode_id_of(id, "Project"),
-            **info.context.origin,
+    async def delete_project(self, info: Info[Context, None], id: strawberry.ID) -> bool | None:
+        await projects.delete_project(
+            db=info.context.db, actor=await info.context.actor(), project_id=_project_id(id, "id")
         )
         return True
 
@@ -340,14 +342,12 @@ class Mutation:
         project_id: strawberry.ID,
         user_id: strawberry.ID,
         role: ProjectRoleEnum,  # type: ignore[valid-type]
-    ) -> ProjectMemberType:
-        member = await service.add_member(
+    ) -> ProjectMemberType | None:
+        member = await members.add_member(
             db=info.context.db,
-            viewer=await info.context.require_viewer(),
-            project_id=decode_id_of(project_id, "Project", field="projectId"),
-            user_id=decode_id_of(user_id, "User", field="userId"),
-            role=role,
-            **info.context.origin,
+            actor=await info.context.actor(),
+            project_id=_project_id(project_id),
+            data=members.MemberAdd(user_id=_user_id(user_id), role=role),
         )
         return ProjectMemberType.from_model(member)
 
@@ -362,14 +362,13 @@ class Mutation:
         project_id: strawberry.ID,
         user_id: strawberry.ID,
         role: ProjectRoleEnum,  # type: ignore[valid-type]
-    ) -> ProjectMemberType:
-        member = await service.update_member(
+    ) -> ProjectMemberType | None:
+        member = await members.update_member(
             db=info.context.db,
-            viewer=await info.context.require_viewer(),
-            project_id=decode_id_of(project_id, "Project", field="projectId"),
-            user_id=decode_id_of(user_id, "User", field="userId"),
-            role=role,
-            **info.context.origin,
+            actor=await info.context.actor(),
+            project_id=_project_id(project_id),
+            user_id=_user_id(user_id),
+            data=members.MemberUpdate(role=role),
         )
         return ProjectMemberType.from_model(member)
 
@@ -380,13 +379,12 @@ class Mutation:
     )
     async def remove_project_member(
         self, info: Info[Context, None], project_id: strawberry.ID, user_id: strawberry.ID
-    ) -> bool:
-        await service.remove_member(
+    ) -> bool | None:
+        await members.remove_member(
             db=info.context.db,
-            viewer=await info.context.require_viewer(),
-            project_id=decode_id_of(project_id, "Project", field="projectId"),
-            user_id=decode_id_of(user_id, "User", field="userId"),
-            **info.context.origin,
+            actor=await info.context.actor(),
+            project_id=_project_id(project_id),
+            user_id=_user_id(user_id),
         )
         return True
 
@@ -399,14 +397,12 @@ class Mutation:
     )
     async def set_project_setting(
         self, info: Info[Context, None], project_id: strawberry.ID, key: str, value: JSON
-    ) -> ProjectSettingType:
-        setting = await service.set_setting(
+    ) -> ProjectSettingType | None:
+        setting = await settings.set_setting(
             db=info.context.db,
-            viewer=await info.context.require_viewer(),
-            project_id=decode_id_of(project_id, "Project", field="projectId"),
-            key=key,
-            value=value,
-            **info.context.origin,
+            actor=await info.context.actor(),
+            project_id=_project_id(project_id),
+            data=settings.SettingSet(key=key, value=value),
         )
         return ProjectSettingType.from_model(setting)
 
@@ -416,11 +412,10 @@ class Mutation:
     )
     async def delete_project_setting(
         self, info: Info[Context, None], project_id: strawberry.ID, key: str
-    ) -> bool:
-        return await service.delete_setting(
+    ) -> bool | None:
+        return await settings.delete_setting(
             db=info.context.db,
-            viewer=await info.context.require_viewer(),
-            project_id=decode_id_of(project_id, "Project", field="projectId"),
+            actor=await info.context.actor(),
+            project_id=_project_id(project_id),
             key=key,
-            **info.context.origin,
         )

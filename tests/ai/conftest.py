@@ -21,8 +21,8 @@ from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant
 from atlas_gql.app import create_app
+from atlas_gql.auth.account import create_user_account
 from atlas_gql.auth.models import RoleName
-from atlas_gql.auth.service import create_user_account
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME

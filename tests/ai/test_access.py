@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import websockets
 
-from atlas_gql.auth.service import create_user_account
+from atlas_gql.auth.account import create_user_account
 from tests.ai.conftest import AIServer
 from tests.conftest import SEED_PASSWORD, error_codes
 

@@ -14,7 +14,7 @@ import jwt
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from atlas_gql.auth.service import find_user_by_email
+from atlas_gql.auth.account import find_user_by_email
 from atlas_gql.auth.sessions import start_session
 from atlas_gql.auth.tokens import issue_access_token
 from atlas_gql.config import Settings
@@ -97,8 +97,7 @@ async def test_unknown_email_and_wrong_password_give_identical_errors(
 ) -> None:
     unknown = await login(gql, f"nobody-{uuid.uuid4().hex[:8]}@example.com", SEED_PASSWORD)
     wrong = await login(gql, "admin@example.com", "wrong-password-123")
-    assert unknown["data"] is None
-    assert wrong["data"] is None
+    assert unknown["data"] == wrong["data"] == {"login": None}
     assert unknown["errors"][0]["message"] == wrong["errors"][0]["message"] == REFUSED
     assert unknown["errors"][0]["extensions"] == wrong["errors"][0]["extensions"]
     assert unknown["errors"][0]["extensions"] == {"code": "UNAUTHENTICATED"}

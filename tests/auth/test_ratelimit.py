@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.ratelimit import (
     DatabaseLoginLimiter,
     RedisLoginLimiter,
@@ -25,6 +26,11 @@ from tests.conftest import SEED_PASSWORD, error_codes, make_settings
 
 def fresh_email() -> str:
     return f"target-{uuid.uuid4().hex[:10]}@example.com"
+
+
+def at(ip_address: str | None) -> Actor:
+    """An anonymous caller from `ip_address`."""
+    return Actor(viewer=None, ip_address=ip_address)
 
 
 async def test_25_wrong_passwords_on_one_account_meet_rate_limited(
@@ -80,7 +86,9 @@ async def test_failures_from_one_address_are_limited_across_accounts(make_gql: A
     assert await signed_in(elsewhere, "user@example.com", SEED_PASSWORD)
 
 
-async def test_database_limiter_counts_attempts_and_failure_rows(db: AsyncSession) -> None:
+async def test_database_limiter_counts_attempts_and_failure_rows(
+    db: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     limiter = DatabaseLoginLimiter(max_failures=3, window_seconds=600)
     email = fresh_email()
     # A failure row of the window counts, and so does each admitted attempt.
@@ -92,7 +100,10 @@ async def test_database_limiter_counts_attempts_and_failure_rows(db: AsyncSessio
         details={"email": email},
     )
     await db.commit()
-    attempts = [await limiter.reserve(db=db, email=email, ip_address="192.0.2.9") for _ in range(2)]
+    attempts = [
+        await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at("192.0.2.9"))
+        for _ in range(2)
+    ]
     pending = (
         await db.execute(
             sa.text(
@@ -105,19 +116,21 @@ async def test_database_limiter_counts_attempts_and_failure_rows(db: AsyncSessio
     assert pending == 2
     assert {attempt.email for attempt in attempts} == {email}
     with pytest.raises(RateLimited) as limited:
-        await limiter.reserve(db=db, email=email.upper(), ip_address=None)
+        await limiter.reserve(sessionmaker=sessionmaker, email=email.upper(), actor=at(None))
     assert 0 < limited.value.retry_after <= 600
     with pytest.raises(RateLimited):
-        await limiter.reserve(db=db, email=fresh_email(), ip_address="192.0.2.9")
-    await limiter.reserve(db=db, email=fresh_email(), ip_address="192.0.2.10")
+        await limiter.reserve(sessionmaker=sessionmaker, email=fresh_email(), actor=at("192.0.2.9"))
+    await limiter.reserve(sessionmaker=sessionmaker, email=fresh_email(), actor=at("192.0.2.10"))
     # A settled success stops counting: the account is admitted again.
-    await settle_attempt(db=db, attempt=attempts[0], action="auth.login", user_id=None)
+    await settle_attempt(db, attempt=attempts[0], action="auth.login", user_id=None)
     await db.commit()
     await limiter.release(attempts[0])
-    await limiter.reserve(db=db, email=email, ip_address=None)
+    await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at(None))
 
 
-async def test_redis_limiter_over_real_redis(redis_prefix: str, db: AsyncSession) -> None:
+async def test_redis_limiter_over_real_redis(
+    redis_prefix: str, db: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         redis_url=REDIS_URL,
@@ -135,12 +148,20 @@ async def test_redis_limiter_over_real_redis(redis_prefix: str, db: AsyncSession
         attempts = []
         for index in range(3):
             worker = limiter if index % 2 else other_worker
-            attempts.append(await worker.reserve(db=db, email=email, ip_address=f"192.0.2.{index}"))
+            attempts.append(
+                await worker.reserve(
+                    sessionmaker=sessionmaker, email=email, actor=at(f"192.0.2.{index}")
+                )
+            )
         assert all(len(attempt.redis_keys) == 2 for attempt in attempts)
         with pytest.raises(RateLimited) as limited:
-            await other_worker.reserve(db=db, email=email.upper(), ip_address="192.0.2.99")
+            await other_worker.reserve(
+                sessionmaker=sessionmaker, email=email.upper(), actor=at("192.0.2.99")
+            )
         assert 0 < limited.value.retry_after <= 120
-        await limiter.reserve(db=db, email=fresh_email(), ip_address="192.0.2.99")
+        await limiter.reserve(
+            sessionmaker=sessionmaker, email=fresh_email(), actor=at("192.0.2.99")
+        )
         keys = sorted([key.decode() async for key in client.scan_iter(match=f"{redis_prefix}*")])
         assert len(keys) == 6  # two accounts, four addresses
         assert not any(email in key for key in keys)  # account keys are hashed
@@ -150,11 +171,11 @@ async def test_redis_limiter_over_real_redis(redis_prefix: str, db: AsyncSession
         assert int(await client.get(account) or 0) == 3  # the refused attempt gave it back
         assert int(await client.get(f"{redis_prefix}login:ip:192.0.2.99") or 0) == 1
         # A success gives its reservation back; never below zero, never a key without TTL.
-        await settle_attempt(db=db, attempt=attempts[0], action="auth.login", user_id=None)
+        await settle_attempt(db, attempt=attempts[0], action="auth.login", user_id=None)
         await db.commit()
         await limiter.release(attempts[0])
         assert int(await client.get(account) or 0) == 2
-        await other_worker.reserve(db=db, email=email, ip_address=None)
+        await other_worker.reserve(sessionmaker=sessionmaker, email=email, actor=at(None))
         await client.delete(account)
         await limiter.release(attempts[1])
         assert await client.exists(account) == 0
@@ -206,7 +227,7 @@ async def test_redis_limiter_through_the_api(
 
 
 async def test_redis_outage_falls_back_to_the_database(
-    database_target: Any, db: AsyncSession
+    database_target: Any, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     settings = make_settings(
         database_target,
@@ -216,10 +237,10 @@ async def test_redis_outage_falls_back_to_the_database(
     limiter = build_login_limiter(settings)
     try:
         email = fresh_email()
-        attempt = await limiter.reserve(db=db, email=email, ip_address=None)
+        attempt = await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at(None))
         assert attempt.redis_keys == ()
         with pytest.raises(RateLimited):
-            await limiter.reserve(db=db, email=email, ip_address=None)
+            await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at(None))
         await limiter.release(attempt)
     finally:
         await limiter.aclose()

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
 
-from atlas_gql.auth.service import create_user_account
+from atlas_gql.auth.account import create_user_account
 from atlas_gql.db.url import DatabaseTarget
 from tests.auth.conftest import REDIS_URL, live_login, loopback_addresses
 from tests.conftest import LiveServer, error_codes

@@ -113,7 +113,7 @@ async def test_user_without_a_managed_project_is_forbidden(
     await factory.activity(created_at=BASE, user=owner, project=project)
     body = await gql(ACTIVITY, {}, token=await sign_in(member.email))
     assert error_codes(body) == ["FORBIDDEN"]
-    assert body["data"] is None
+    assert body["data"] == {"activityLogs": None}
     body = await gql(ACTIVITY, {}, token=await sign_in("user@example.com"))
     assert error_codes(body) == ["FORBIDDEN"]
     assert error_codes(await gql(ACTIVITY, {})) == ["UNAUTHENTICATED"]

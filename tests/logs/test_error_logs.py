@@ -79,7 +79,7 @@ async def test_errors_are_forbidden_to_everyone_but_admins(
         token = await sign_in(email)
         body = await gql(ERRORS, {}, token=token)
         assert error_codes(body) == ["FORBIDDEN"]
-        assert body["data"] is None
+        assert body["data"] == {"errorLogs": None}
         node = await gql(
             "query($id: ID!) { node(id: $id) { id } }",
             {"id": global_id("ErrorLog", row.id)},

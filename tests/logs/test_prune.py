@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.db.engine import create_engine
@@ -37,7 +37,7 @@ async def remaining(db: AsyncSession, model: Any) -> list[datetime]:
 
 
 async def test_prune_deletes_only_rows_older_than_each_retention(
-    db: AsyncSession, factory: Factory
+    db: AsyncSession, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     ages = (200, 120, 91, 89, 31, 29, 1)
     for days in ages:
@@ -47,7 +47,11 @@ async def test_prune_deletes_only_rows_older_than_each_retention(
     await db.commit()
 
     report = await prune_logs(
-        db=db, activity_retention_days=90, error_retention_days=30, batch_size=2, now=NOW
+        sessionmaker=sessionmaker,
+        activity_retention_days=90,
+        error_retention_days=30,
+        batch_size=2,
+        now=NOW,
     )
 
     assert (report.activity_logs, report.error_logs) == (3, 5)
@@ -58,16 +62,27 @@ async def test_prune_deletes_only_rows_older_than_each_retention(
     assert len(await remaining(db, ApiUsageLog)) == len(ages)
 
     again = await prune_logs(
-        db=db, activity_retention_days=90, error_retention_days=30, batch_size=2, now=NOW
+        sessionmaker=sessionmaker,
+        activity_retention_days=90,
+        error_retention_days=30,
+        batch_size=2,
+        now=NOW,
     )
     assert (again.activity_logs, again.error_logs) == (0, 0)
 
 
-async def test_prune_refuses_nonsense(db: AsyncSession) -> None:
+async def test_prune_refuses_nonsense(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     with pytest.raises(BadInput):
-        await prune_logs(db=db, activity_retention_days=1, error_retention_days=1, batch_size=0)
+        await prune_logs(
+            sessionmaker=sessionmaker,
+            activity_retention_days=1,
+            error_retention_days=1,
+            batch_size=0,
+        )
     with pytest.raises(BadInput):
-        await prune_logs(db=db, activity_retention_days=-1, error_retention_days=1)
+        await prune_logs(
+            sessionmaker=sessionmaker, activity_retention_days=-1, error_retention_days=1
+        )
 
 
 def run_cli(*args: str, database_url: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import Role, RoleName, User, UserRole
 from atlas_gql.auth.sessions import load_viewer_for_session, start_session
 from atlas_gql.auth.viewer import Viewer
@@ -28,6 +29,10 @@ class Person:
     @property
     def global_id(self) -> str:
         return encode_global_id("User", self.user.id)
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(viewer=self.viewer)
 
 
 @pytest.fixture

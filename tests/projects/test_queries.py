@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from atlas_gql.ai.models import Thread
 from atlas_gql.auth.models import RoleName
 from atlas_gql.ids import decode_id_of, encode_global_id
-from atlas_gql.projects import service
+from atlas_gql.projects import projects
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from tests.conftest import error_codes
 from tests.projects.conftest import ADD_MEMBER, create_project
@@ -52,7 +52,11 @@ async def test_cursor_pagination_visits_each_of_24_projects_once(
 ) -> None:
     owner = await make_person(RoleName.PROJECT_MANAGER)
     made = {
-        (await service.create_project(db=db, viewer=owner.viewer, name=f"P{i:02d}")).name
+        (
+            await projects.create_project(
+                db=db, actor=owner.actor, data=projects.ProjectCreate(name=f"P{i:02d}")
+            )
+        ).name
         for i in range(24)
     }
     seen: list[str] = []

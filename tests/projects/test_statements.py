@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from atlas_gql.ai.models import Thread
 from atlas_gql.auth.models import RoleName
-from atlas_gql.projects import service
+from atlas_gql.projects import members, projects, settings
 from atlas_gql.projects.models import ProjectRole
 from tests.conftest import counting_statements
 
@@ -32,15 +32,21 @@ query ($first: Int!) {
 async def seed_projects(db: AsyncSession, owner: Any, others: list[Any], count: int) -> None:
     """`count` projects of `owner`, each with members, a setting and four threads."""
     for index in range(count):
-        project = await service.create_project(
-            db=db, viewer=owner.viewer, name=f"Nested {index:02d}"
+        project = await projects.create_project(
+            db=db, actor=owner.actor, data=projects.ProjectCreate(name=f"Nested {index:02d}")
         )
         for other, role in zip(others, (ProjectRole.MEMBER, ProjectRole.VIEWER), strict=True):
-            await service.add_member(
-                db=db, viewer=owner.viewer, project_id=project.id, user_id=other.user.id, role=role
+            await members.add_member(
+                db=db,
+                actor=owner.actor,
+                project_id=project.id,
+                data=members.MemberAdd(user_id=other.user.id, role=role),
             )
-        await service.set_setting(
-            db=db, viewer=owner.viewer, project_id=project.id, key="color", value=index
+        await settings.set_setting(
+            db=db,
+            actor=owner.actor,
+            project_id=project.id,
+            data=settings.SettingSet(key="color", value=index),
         )
         for number in range(4):
             db.add(Thread(title=f"T{number}", project_id=project.id, created_by_id=owner.user.id))

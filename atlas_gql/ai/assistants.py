@@ -1,0 +1,228 @@
+"""Assistants: a model, instructions and settings, personal to their creator or shared with a
+project.
+
+Visible to their creator, the members of their project, and ADMIN (NOT_FOUND otherwise, so ids
+do not leak). Changed and deleted by their creator, a MANAGER+ of their project, or ADMIN
+(FORBIDDEN for other viewers who see them)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from pydantic import AfterValidator
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from atlas_gql.ai.attachments import attached_to, delete_attachments
+from atlas_gql.ai.models import Assistant, AssociableType
+from atlas_gql.ai.pricing import allowed_models
+from atlas_gql.auth.actor import Actor
+from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.config import Settings
+from atlas_gql.db.inputs import Command, PartialUpdate
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.session import ReadSession
+from atlas_gql.errors import BadInput, Forbidden, NotFound
+from atlas_gql.projects.access import (
+    project_role_of,
+    require_project_role,
+    role_at_least,
+    visible_project_ids,
+)
+from atlas_gql.projects.models import ProjectRole
+
+NAME_MAX = 200
+INSTRUCTIONS_MAX = 256_000
+
+ASSISTANT_ORDERING = Ordering(sort=col(Assistant.created_at), id=col(Assistant.id), descending=True)
+
+
+def clean_text(value: str, *, field: str, limit: int) -> str:
+    """`value` trimmed, 1 to `limit` characters (BAD_USER_INPUT naming `field` otherwise)."""
+    cleaned = value.strip()
+    if not cleaned:
+        raise BadInput(f"`{field}` must not be empty.", field=field)
+    if len(cleaned) > limit:
+        raise BadInput(f"`{field}` must be at most {limit} characters.", field=field)
+    return cleaned
+
+
+def _name(name: str) -> str:
+    return clean_text(name, field="name", limit=NAME_MAX)
+
+
+def _temperature(temperature: float | None) -> float | None:
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise BadInput("`temperature` must be between 0 and 2.", field="temperature")
+    return temperature
+
+
+def _instructions(instructions: str | None) -> str | None:
+    if instructions is not None and len(instructions) > INSTRUCTIONS_MAX:
+        raise BadInput(
+            f"`instructions` must be at most {INSTRUCTIONS_MAX} characters.", field="instructions"
+        )
+    return instructions
+
+
+AssistantName = Annotated[str, AfterValidator(_name)]
+Temperature = Annotated[float | None, AfterValidator(_temperature)]
+Instructions = Annotated[str | None, AfterValidator(_instructions)]
+
+
+class AssistantCreate(Command):
+    name: AssistantName
+    # One of the allowed models; the default model when None.
+    model: str | None = None
+    instructions: Instructions = None
+    temperature: Temperature = None
+    description: str | None = None
+    # Shared with this project (MANAGER+); personal when None.
+    project_id: uuid.UUID | None = None
+
+
+class AssistantUpdate(PartialUpdate):
+    not_null = frozenset({"name", "model"})
+    name: AssistantName | None = None
+    model: str | None = None
+    instructions: Instructions = None
+    temperature: Temperature = None
+    description: str | None = None
+
+
+def check_model(settings: Settings, model: str) -> str:
+    models = allowed_models(settings)
+    if model not in models:
+        raise BadInput(f"Unknown model {model!r}; allowed: {', '.join(models)}.", field="model")
+    return model
+
+
+def assistant_visible_to(viewer: Viewer) -> Any:
+    """The assistants `viewer` may see, as a SQL condition (lists filter in the database)."""
+    if viewer.is_admin:
+        return sa.true()
+    return sa.or_(
+        col(Assistant.created_by_id) == viewer.user_id,
+        col(Assistant.project_id).in_(visible_project_ids(viewer)),
+    )
+
+
+async def may_manage(
+    db: ReadSession, viewer: Viewer, *, project_id: uuid.UUID | None, created_by_id: uuid.UUID
+) -> bool:
+    """Whether `viewer` may change what `created_by_id` made in `project_id`: its creator, a
+    MANAGER+ of the project, or ADMIN."""
+    if viewer.is_admin or viewer.user_id == created_by_id:
+        return True
+    if project_id is None:
+        return False
+    role = await project_role_of(db=db, project_id=project_id, user_id=viewer.user_id)
+    return role_at_least(role, ProjectRole.MANAGER)
+
+
+async def list_assistants(
+    *, db: ReadSession, actor: Actor, request: PageRequest, project_id: uuid.UUID | None = None
+) -> Page[Assistant]:
+    """The assistants the viewer may see, newest first."""
+    statement = sa.select(Assistant).where(assistant_visible_to(actor.viewer_required))
+    if project_id is not None:
+        statement = statement.where(col(Assistant.project_id) == project_id)
+    return await paginate(db, statement, ordering=ASSISTANT_ORDERING, request=request)
+
+
+async def get_assistant(
+    *, db: ReadSession, viewer: Viewer, assistant_id: uuid.UUID, field: str | None = None
+) -> Assistant:
+    """An assistant the viewer may see; NOT_FOUND (naming `field`, if given) otherwise."""
+    assistant = (
+        await db.execute(
+            sa.select(Assistant).where(
+                col(Assistant.id) == assistant_id, assistant_visible_to(viewer)
+            )
+        )
+    ).scalar_one_or_none()
+    if assistant is None:
+        raise NotFound("Assistant not found.", **({"field": field} if field else {}))
+    return assistant
+
+
+async def managed_assistant(
+    db: ReadSession, viewer: Viewer, assistant_id: uuid.UUID, *, action: str
+) -> Assistant:
+    """An assistant the viewer may see and change; FORBIDDEN when they only see it."""
+    assistant = await get_assistant(db=db, viewer=viewer, assistant_id=assistant_id)
+    if not await may_manage(
+        db, viewer, project_id=assistant.project_id, created_by_id=assistant.created_by_id
+    ):
+        raise Forbidden(f"Only its creator or a project manager may {action} this assistant.")
+    return assistant
+
+
+async def create_assistant(
+    *, db: AsyncSession, actor: Actor, settings: Settings, data: AssistantCreate
+) -> Assistant:
+    """A new assistant, personal or (for a MANAGER+ of the project) shared with a project."""
+    actor.require(PermissionName.USE_AI)
+    viewer = actor.viewer_required
+    if data.project_id is not None:
+        await require_project_role(
+            db=db,
+            viewer=viewer,
+            project_id=data.project_id,
+            minimum=ProjectRole.MANAGER,
+            action="configure the project's assistants",
+        )
+    assistant = Assistant(
+        name=data.name,
+        description=data.description,
+        model=check_model(settings, data.model or settings.atlas_default_model),
+        instructions=data.instructions,
+        temperature=data.temperature,
+        project_id=data.project_id,
+        created_by_id=viewer.user_id,
+    )
+    db.add(assistant)
+    await db.flush()
+    actor.record(
+        db, "assistant.create", assistant, project_id=data.project_id,
+        details={"name": assistant.name, "model": assistant.model},
+    )  # fmt: skip
+    await db.flush()
+    await db.refresh(assistant)
+    return assistant
+
+
+async def update_assistant(
+    *,
+    db: AsyncSession,
+    actor: Actor,
+    settings: Settings,
+    assistant_id: uuid.UUID,
+    data: AssistantUpdate,
+) -> Assistant:
+    """Change what was set of an assistant's name, model, instructions, temperature or
+    description (its creator, a project MANAGER+, ADMIN)."""
+    assistant = await managed_assistant(db, actor.viewer_required, assistant_id, action="change")
+    if data.model is not None:
+        check_model(settings, data.model)
+    data.apply(assistant)
+    actor.record(
+        db, "assistant.update", assistant, project_id=assistant.project_id,
+        details={"fields": sorted(data.model_fields_set)},
+    )  # fmt: skip
+    await db.flush()
+    await db.refresh(assistant)
+    return assistant
+
+
+async def delete_assistant(*, db: AsyncSession, actor: Actor, assistant_id: uuid.UUID) -> bool:
+    """Delete an assistant; its threads stay (without an assistant)."""
+    assistant = await managed_assistant(db, actor.viewer_required, assistant_id, action="delete")
+    await delete_attachments(db, attached_to(AssociableType.ASSISTANT, [assistant.id]))
+    actor.record(db, "assistant.delete", assistant, project_id=assistant.project_id)
+    await db.delete(assistant)
+    await db.flush()
+    return True

@@ -1,0 +1,259 @@
+"""Messages: reading one, sending one (which starts the streamed reply) and stopping a reply.
+
+A message is visible to whoever sees its thread. Posting needs USE_AI and the MEMBER role in
+the thread's project (a VIEWER reads but may not post). A running reply is stopped by its
+sender, a MANAGER+ of the project, or ADMIN."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from atlas_gql.ai.events import ThreadEvent, created_event
+from atlas_gql.ai.models import (
+    Assistant,
+    AssociableType,
+    File,
+    FileAssociation,
+    Message,
+    MessageRole,
+    MessageStatus,
+    Thread,
+)
+from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
+from atlas_gql.ai.recovery import is_stale
+from atlas_gql.ai.sequences import SequenceBlock
+from atlas_gql.ai.threads import get_thread, running_reply, thread_visible_to
+from atlas_gql.auth.actor import Actor
+from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.config import Settings
+from atlas_gql.db.inputs import Command
+from atlas_gql.db.session import ReadSession, after_commit
+from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
+from atlas_gql.logs.usage import CHARS_PER_TOKEN, InFlight, ensure_within_budget
+from atlas_gql.projects.access import project_role_of, require_project_role, role_at_least
+from atlas_gql.projects.models import ProjectRole
+
+MAX_FILES_PER_MESSAGE = 20
+
+
+class MessageSend(Command):
+    thread_id: uuid.UUID
+    content: str
+    # Uploaded files (the sender's) to attach and give to the model.
+    file_ids: tuple[uuid.UUID, ...] = ()
+
+
+async def get_message(*, db: ReadSession, viewer: Viewer, message_id: uuid.UUID) -> Message:
+    """A message whose thread the viewer may see; NOT_FOUND otherwise."""
+    message = (
+        await db.execute(
+            sa.select(Message)
+            .join(Thread, col(Thread.id) == col(Message.thread_id))
+            .where(col(Message.id) == message_id, thread_visible_to(viewer))
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+    if message is None:
+        raise NotFound("Message not found.")
+    return message
+
+
+async def _replies_in_flight(db: ReadSession, project_id: uuid.UUID) -> InFlight:
+    """The project's replies IN_PROGRESS and the tokens reckoned for them: each counts the
+    estimate of its saved partial text (ceil(chars / 4)), and at least 1 token, so a project
+    one token under its budget runs one reply at a time."""
+    chars = sa.func.length(col(Message.content))
+    reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+    replies, tokens = (
+        await db.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
+                col(Message.status) == MessageStatus.IN_PROGRESS,
+                col(Message.role) == MessageRole.ASSISTANT,
+                col(Message.thread_id).in_(
+                    sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
+                ),
+            )
+        )
+    ).one()
+    return InFlight(replies=int(replies), tokens=int(tokens))
+
+
+def _check_content(settings: Settings, content: str) -> str:
+    if not content.strip():
+        raise BadInput("`content` must not be empty.", field="content")
+    if len(content) > settings.atlas_max_message_chars:
+        raise BadInput(
+            f"`content` must be at most {settings.atlas_max_message_chars} characters.",
+            field="content",
+        )
+    return content
+
+
+async def _files_for_message(
+    db: ReadSession, viewer: Viewer, file_ids: Sequence[uuid.UUID]
+) -> list[File]:
+    unique_ids = list(dict.fromkeys(file_ids))
+    if len(unique_ids) > MAX_FILES_PER_MESSAGE:
+        raise BadInput(f"At most {MAX_FILES_PER_MESSAGE} files per message.", field="fileIds")
+    if not unique_ids:
+        return []
+    statement = sa.select(File).where(col(File.id).in_(unique_ids))
+    if not viewer.is_admin:
+        statement = statement.where(col(File.uploaded_by_id) == viewer.user_id)
+    files = {file.id: file for file in (await db.execute(statement)).scalars()}
+    missing = [file_id for file_id in unique_ids if file_id not in files]
+    if missing:
+        raise NotFound("File not found.", field="fileIds")
+    for file in files.values():
+        if not file.openai_file_id:
+            raise BadInput(f"File {file.filename!r} was not stored upstream.", field="fileIds")
+    return [files[file_id] for file_id in unique_ids]
+
+
+async def _recover_orphaned_reply(ai: AIRuntime, thread: Thread, running: Message) -> None:
+    """A reply IN_PROGRESS that no worker runs (none here holds it, and it has not beaten for
+    ATLAS_REPLY_STALE_AFTER) is recovered now, through the orchestrator's own short
+    transactions, before the thread is locked: resumed (a background reply, which then still
+    runs: CONFLICT below) or finished INCOMPLETE. Any other running reply is a CONFLICT."""
+    if running.id in ai.replies or not is_stale(running, ai.settings):
+        raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
+    await ai.recover_reply(message_id=running.id, thread_id=thread.id)
+
+
+async def send_message(
+    *, db: AsyncSession, actor: Actor, ai: AIRuntime, data: MessageSend
+) -> tuple[Message, Message]:
+    """Store the user's message (COMPLETED) and the assistant's (IN_PROGRESS), and start the
+    streamed reply once they are committed. CONFLICT while another reply of the thread runs;
+    QUOTA_EXCEEDED past the project's budget."""
+    actor.require(PermissionName.USE_AI)
+    viewer = actor.viewer_required
+    content = _check_content(ai.settings, data.content)
+    thread = await get_thread(db=db, viewer=viewer, thread_id=data.thread_id)
+    if thread.project_id is not None:
+        await require_project_role(
+            db=db,
+            viewer=viewer,
+            project_id=thread.project_id,
+            minimum=ProjectRole.MEMBER,
+            action="post in its threads",
+        )
+    if (running := await running_reply(db, thread.id)) is not None:
+        await _recover_orphaned_reply(ai, thread, running)
+    # The lock serialises sends in this thread until the operation commits.
+    thread = await get_thread(db=db, viewer=viewer, thread_id=thread.id, for_update=True)
+    if await running_reply(db, thread.id) is not None:
+        raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
+    if thread.assistant_id is None:
+        raise BadInput("This thread has no assistant any more.", field="threadId")
+    assistant = await db.get(Assistant, thread.assistant_id)
+    if assistant is None:
+        raise BadInput("This thread has no assistant any more.", field="threadId")
+    files = await _files_for_message(db, viewer, data.file_ids)
+    # Takes the project's budget lock (held until the operation commits this reply
+    # IN_PROGRESS), so concurrent sends in other threads of the project count it.
+    if thread.project_id is not None:
+        await ensure_within_budget(
+            db=db,
+            project_id=thread.project_id,
+            in_flight=functools.partial(_replies_in_flight, db, thread.project_id),
+        )
+
+    now = datetime.now(UTC)
+    user_message = Message(
+        thread_id=thread.id,
+        user_id=viewer.user_id,
+        role=MessageRole.USER,
+        content=content,
+        status=MessageStatus.COMPLETED,
+        created_at=now,
+        completed_at=now,
+    )
+    # The reply records who asked (its sender, who may cancel it).
+    assistant_message = Message(
+        thread_id=thread.id,
+        user_id=viewer.user_id,
+        role=MessageRole.ASSISTANT,
+        content="",
+        status=MessageStatus.IN_PROGRESS,
+        model=assistant.model,
+        created_at=now + timedelta(microseconds=1),
+        heartbeat_at=now,
+        reply_worker_id=ai.worker_id,
+    )
+    db.add_all([user_message, assistant_message])
+    await db.flush()
+    for file in files:
+        db.add(
+            FileAssociation(
+                file_id=file.id,
+                associable_type=AssociableType.MESSAGE,
+                associable_id=user_message.id,
+            )
+        )
+    (user_created, reply_created), sequences = SequenceBlock.open(thread, taken=2)
+    actor.record(
+        db, "message.send", user_message, project_id=thread.project_id,
+        details={"threadId": str(thread.id), "chars": len(content), "files": len(files)},
+    )  # fmt: skip
+    job = ReplyJob(
+        thread_id=thread.id,
+        project_id=thread.project_id,
+        user_id=viewer.user_id,
+        user_message_id=user_message.id,
+        assistant_message_id=assistant_message.id,
+        model=assistant.model,
+        instructions=assistant.instructions,
+        temperature=assistant.temperature,
+        content=content,
+        openai_file_ids=[file.openai_file_id for file in files if file.openai_file_id],
+        conversation_id=thread.openai_thread_id,
+        sequences=sequences,
+    )
+    await db.flush()
+    created: list[ThreadEvent] = [
+        created_event(user_created, user_message),
+        created_event(reply_created, assistant_message),
+    ]
+
+    async def start_reply() -> None:
+        ai.start_reply(job, created=created)
+
+    # The reply task reads what this operation stores: it starts once that is committed.
+    after_commit(db, start_reply)
+    return user_message, assistant_message
+
+
+async def cancel_message(
+    *, db: AsyncSession, actor: Actor, ai: AIRuntime, message_id: uuid.UUID
+) -> Message:
+    """Stop a running reply: CANCELLED with its partial text (its sender, a project
+    MANAGER+, ADMIN). A reply already cancelled is returned as it is; a finished one is a
+    CONFLICT. The reply's task (or, when none runs it, the orchestrator) stores the outcome in
+    its own short transaction."""
+    viewer = actor.viewer_required
+    message = await get_message(db=db, viewer=viewer, message_id=message_id)
+    thread = await db.get(Thread, message.thread_id)
+    assert thread is not None
+    may_stop = viewer.is_admin or message.user_id == viewer.user_id
+    if not may_stop and thread.project_id is not None:
+        role = await project_role_of(db=db, project_id=thread.project_id, user_id=viewer.user_id)
+        may_stop = role_at_least(role, ProjectRole.MANAGER)
+    if not may_stop:
+        raise Forbidden("Only its sender or a project manager may stop this reply.")
+    if message.status is MessageStatus.CANCELLED:
+        return message
+    if message.status is not MessageStatus.IN_PROGRESS:
+        raise Conflict(f"This message is {message.status.value}, not in progress.")
+    actor.record(db, "message.cancel", message, project_id=thread.project_id)
+    await db.flush()
+    await ai.cancel_reply(message_id=message.id, thread_id=thread.id)
+    return await get_message(db=db, viewer=viewer, message_id=message_id)

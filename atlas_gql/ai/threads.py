@@ -1,0 +1,182 @@
+"""Threads: conversations with an assistant, in a project or personal.
+
+Visible to the members of their project (to their creator alone for a personal thread) and to
+ADMIN (NOT_FOUND otherwise). Renamed and deleted by their creator, a MANAGER+ of their
+project, or ADMIN. Starting one in a project needs USE_AI and the MEMBER role."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from pydantic import AfterValidator
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from atlas_gql.ai.assistants import clean_text, get_assistant, may_manage
+from atlas_gql.ai.attachments import attached_to, delete_attachments
+from atlas_gql.ai.models import AssociableType, Message, MessageStatus, Thread
+from atlas_gql.auth.actor import Actor
+from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.inputs import Command, PartialUpdate
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.session import ReadSession
+from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
+from atlas_gql.projects.access import require_project_role, visible_project_ids
+from atlas_gql.projects.models import ProjectRole
+
+TITLE_MAX = 300
+
+THREAD_ORDERING = Ordering(sort=col(Thread.created_at), id=col(Thread.id), descending=True)
+
+
+def _title(title: str | None) -> str | None:
+    return clean_text(title, field="title", limit=TITLE_MAX) if title is not None else None
+
+
+Title = Annotated[str | None, AfterValidator(_title)]
+
+
+class ThreadCreate(Command):
+    assistant_id: uuid.UUID
+    # In this project (MEMBER+); personal when None.
+    project_id: uuid.UUID | None = None
+    title: Title = None
+
+
+class ThreadUpdate(PartialUpdate):
+    """`title`: null clears it."""
+
+    title: Title = None
+
+
+def thread_visible_to(viewer: Viewer) -> Any:
+    """The threads `viewer` may see, as a SQL condition (lists filter in the database)."""
+    if viewer.is_admin:
+        return sa.true()
+    return sa.or_(
+        col(Thread.project_id).in_(visible_project_ids(viewer)),
+        sa.and_(col(Thread.project_id).is_(None), col(Thread.created_by_id) == viewer.user_id),
+    )
+
+
+async def list_threads(
+    *, db: ReadSession, actor: Actor, request: PageRequest, project_id: uuid.UUID | None = None
+) -> Page[Thread]:
+    """The threads the viewer may see, newest first."""
+    statement = sa.select(Thread).where(thread_visible_to(actor.viewer_required))
+    if project_id is not None:
+        statement = statement.where(col(Thread.project_id) == project_id)
+    return await paginate(db, statement, ordering=THREAD_ORDERING, request=request)
+
+
+async def get_thread(
+    *, db: ReadSession, viewer: Viewer, thread_id: uuid.UUID, for_update: bool = False
+) -> Thread:
+    """A thread the viewer may see; NOT_FOUND otherwise. `for_update` locks its row (read
+    again), which serialises sendMessage on the thread."""
+    statement = sa.select(Thread).where(col(Thread.id) == thread_id, thread_visible_to(viewer))
+    thread = (await db.execute(statement)).scalar_one_or_none()
+    if thread is None:
+        raise NotFound("Thread not found.")
+    if for_update:
+        locked = await db.execute(
+            sa.select(Thread)
+            .where(col(Thread.id) == thread_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        thread = locked.scalar_one()
+    return thread
+
+
+async def _managed_thread(
+    db: ReadSession, viewer: Viewer, thread_id: uuid.UUID, *, action: str, lock: bool = False
+) -> Thread:
+    thread = await get_thread(db=db, viewer=viewer, thread_id=thread_id, for_update=lock)
+    if not await may_manage(
+        db, viewer, project_id=thread.project_id, created_by_id=thread.created_by_id
+    ):
+        raise Forbidden(f"Only its creator or a project manager may {action} this thread.")
+    return thread
+
+
+async def running_reply(db: ReadSession, thread_id: uuid.UUID) -> Message | None:
+    """The thread's reply IN_PROGRESS, if one runs (one at a time per thread)."""
+    return (
+        await db.execute(
+            sa.select(Message)
+            .where(
+                col(Message.thread_id) == thread_id,
+                col(Message.status) == MessageStatus.IN_PROGRESS,
+            )
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+
+
+async def create_thread(*, db: AsyncSession, actor: Actor, data: ThreadCreate) -> Thread:
+    """A new thread with an assistant, in a project (MEMBER+) or personal. The OpenAI
+    conversation is created with the first reply, so this never waits on the upstream."""
+    actor.require(PermissionName.USE_AI)
+    viewer = actor.viewer_required
+    if data.project_id is not None:
+        await require_project_role(
+            db=db,
+            viewer=viewer,
+            project_id=data.project_id,
+            minimum=ProjectRole.MEMBER,
+            action="start threads",
+        )
+    assistant = await get_assistant(
+        db=db, viewer=viewer, assistant_id=data.assistant_id, field="assistantId"
+    )
+    if assistant.project_id is not None and assistant.project_id != data.project_id:
+        raise BadInput("This assistant belongs to another project.", field="assistantId")
+    thread = Thread(
+        title=data.title,
+        project_id=data.project_id,
+        assistant_id=assistant.id,
+        created_by_id=viewer.user_id,
+    )
+    db.add(thread)
+    await db.flush()
+    actor.record(
+        db, "thread.create", thread, project_id=data.project_id,
+        details={"assistantId": str(assistant.id)},
+    )  # fmt: skip
+    await db.flush()
+    await db.refresh(thread)
+    return thread
+
+
+async def update_thread(
+    *, db: AsyncSession, actor: Actor, thread_id: uuid.UUID, data: ThreadUpdate
+) -> Thread:
+    """Rename a thread (creator, project MANAGER+, ADMIN); a title left out stays."""
+    thread = await _managed_thread(db, actor.viewer_required, thread_id, action="rename")
+    data.apply(thread)
+    actor.record(db, "thread.update", thread, project_id=thread.project_id)
+    await db.flush()
+    await db.refresh(thread)
+    return thread
+
+
+async def delete_thread(*, db: AsyncSession, actor: Actor, thread_id: uuid.UUID) -> bool:
+    """Delete a thread and its messages (creator, project MANAGER+, ADMIN). Refused while a
+    reply runs (cancel it first)."""
+    thread = await _managed_thread(db, actor.viewer_required, thread_id, action="delete", lock=True)
+    if await running_reply(db, thread.id) is not None:
+        raise Conflict("A reply is running in this thread; cancel it first.")
+    message_ids = sa.select(col(Message.id)).where(col(Message.thread_id) == thread.id)
+    await delete_attachments(
+        db,
+        attached_to(AssociableType.MESSAGE, message_ids),
+        attached_to(AssociableType.THREAD, [thread.id]),
+    )
+    actor.record(db, "thread.delete", thread, project_id=thread.project_id)
+    await db.delete(thread)
+    await db.flush()
+    return True

@@ -1,0 +1,197 @@
+"""User administration (MANAGE_USERS): list, create, rename, deactivate, grant and withdraw
+global roles."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from pydantic import AfterValidator
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from atlas_gql.auth.account import DisplayName, create_user_account
+from atlas_gql.auth.actor import Actor
+from atlas_gql.auth.models import PermissionName, Role, RoleName, User, UserRole
+from atlas_gql.auth.sessions import revoke_sessions
+from atlas_gql.config import Settings
+from atlas_gql.db.inputs import Command, PartialUpdate
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.session import ReadSession
+from atlas_gql.errors import BadInput, Conflict, NotFound
+
+MAX_SEARCH_LENGTH = 200
+# Oldest first; the id breaks ties (the seed creates its users in one transaction).
+USER_ORDERING = Ordering(sort=col(User.created_at), id=col(User.id))
+
+
+def _search_term(search: str | None) -> str | None:
+    if search is not None and len(search) > MAX_SEARCH_LENGTH:
+        raise BadInput(f"`search` must be at most {MAX_SEARCH_LENGTH} characters.", field="search")
+    return search.strip() or None if search is not None else None
+
+
+class UserFilter(Command):
+    """Narrows `list_users`: a substring of email or name, a global role, the active flag."""
+
+    search: Annotated[str | None, AfterValidator(_search_term)] = None
+    role: RoleName | None = None
+    is_active: bool | None = None
+
+
+class UserCreate(Command):
+    email: str
+    password: str
+    name: DisplayName = None
+    # USER when None; duplicates are ignored.
+    roles: tuple[RoleName, ...] | None = None
+
+
+class UserUpdate(PartialUpdate):
+    """`name`: a blank or null name clears it; `is_active`: false deactivates (null refused)."""
+
+    not_null = frozenset({"is_active"})
+    name: DisplayName = None
+    is_active: bool | None = None
+
+
+async def list_users(
+    *, db: ReadSession, actor: Actor, request: PageRequest, filter: UserFilter
+) -> Page[User]:
+    """Users oldest first (MANAGE_USERS), filtered; keyset-paginated."""
+    actor.require(PermissionName.MANAGE_USERS)
+    statement = sa.select(User)
+    if filter.search is not None:
+        escaped = filter.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
+        statement = statement.where(
+            sa.or_(
+                col(User.email).ilike(pattern, escape="\\"),
+                col(User.name).ilike(pattern, escape="\\"),
+            )
+        )
+    if filter.role is not None:
+        statement = statement.where(
+            sa.exists()
+            .where(col(UserRole.user_id) == col(User.id))
+            .where(col(UserRole.role_id) == col(Role.id))
+            .where(col(Role.name) == filter.role.value)
+        )
+    if filter.is_active is not None:
+        statement = statement.where(col(User.is_active).is_(filter.is_active))
+    return await paginate(db, statement, ordering=USER_ORDERING, request=request)
+
+
+async def create_user(
+    *, db: AsyncSession, settings: Settings, actor: Actor, data: UserCreate
+) -> User:
+    """An administrator (MANAGE_USERS) creates an account; roles default to USER."""
+    actor.require(PermissionName.MANAGE_USERS)
+    roles = list(dict.fromkeys(data.roles)) if data.roles is not None else [RoleName.USER]
+    user = await create_user_account(
+        db=db,
+        email=data.email,
+        password=data.password,
+        name=data.name,
+        roles=roles,
+        bcrypt_rounds=settings.atlas_bcrypt_rounds,
+    )
+    actor.record(
+        db,
+        "user.create",
+        user,
+        details={"email": user.email, "roles": [role.value for role in roles]},
+    )
+    await db.refresh(user)
+    return user
+
+
+async def _user_for_update(db: AsyncSession, user_id: uuid.UUID) -> User:
+    user = (
+        await db.execute(sa.select(User).where(col(User.id) == user_id).with_for_update())
+    ).scalar_one_or_none()
+    if user is None:
+        raise NotFound("No such user.")
+    return user
+
+
+async def update_user(
+    *, db: AsyncSession, actor: Actor, user_id: uuid.UUID, data: UserUpdate
+) -> User:
+    """Rename, deactivate or reactivate a user (MANAGE_USERS). Deactivation ends every
+    session of the user at once; nobody deactivates themself."""
+    actor.require(PermissionName.MANAGE_USERS)
+    if data.is_active is False and user_id == actor.user_id:
+        raise Conflict("You cannot deactivate your own account.", field="isActive")
+    user = await _user_for_update(db, user_id)
+    changed = data.apply(user)
+    if changed:
+        details: dict[str, Any] = {"changes": _camel(changed)}
+        action = "user.update"
+        if changed.get("is_active") is False:
+            action = "user.deactivate"
+            revoked = await revoke_sessions(db=db, user_id=user.id, reason="user_deactivated")
+            details["changes"]["sessionsEnded"] = len(revoked)
+        actor.record(db, action, user, details=details)
+        await db.flush()
+        await db.refresh(user)
+    return user
+
+
+def _camel(changed: dict[str, Any]) -> dict[str, Any]:
+    return {"isActive" if name == "is_active" else name: value for name, value in changed.items()}
+
+
+async def _role_id(db: ReadSession, role: RoleName) -> uuid.UUID:
+    role_id = (
+        await db.execute(sa.select(col(Role.id)).where(col(Role.name) == role.value))
+    ).scalar_one_or_none()
+    if role_id is None:
+        raise BadInput("Unknown role; has the database been seeded?", field="role")
+    return role_id
+
+
+async def assign_role(
+    *, db: AsyncSession, actor: Actor, user_id: uuid.UUID, role: RoleName
+) -> User:
+    """Grant a global role (MANAGE_USERS); granting one the user holds changes nothing.
+    Takes effect on the user's next request."""
+    actor.require(PermissionName.MANAGE_USERS)
+    user = await _user_for_update(db, user_id)
+    inserted = (
+        await db.execute(
+            insert(UserRole)
+            .values(user_id=user.id, role_id=await _role_id(db, role))
+            .on_conflict_do_nothing(index_elements=["user_id", "role_id"])
+            .returning(col(UserRole.id))
+        )
+    ).scalar_one_or_none()
+    if inserted is not None:
+        actor.record(db, "role.assign", user, details={"role": role.value})
+    return user
+
+
+async def revoke_role(
+    *, db: AsyncSession, actor: Actor, user_id: uuid.UUID, role: RoleName
+) -> User:
+    """Withdraw a global role (MANAGE_USERS); an administrator cannot withdraw their own
+    ADMIN role (CONFLICT), so the last one cannot lock everybody out."""
+    actor.require(PermissionName.MANAGE_USERS)
+    if user_id == actor.user_id and role is RoleName.ADMIN:
+        raise Conflict("You cannot revoke your own ADMIN role.", field="role")
+    user = await _user_for_update(db, user_id)
+    deleted = (
+        await db.execute(
+            sa.delete(UserRole)
+            .where(
+                col(UserRole.user_id) == user.id,
+                col(UserRole.role_id) == await _role_id(db, role),
+            )
+            .returning(col(UserRole.id))
+        )
+    ).scalar_one_or_none()
+    if deleted is not None:
+        actor.record(db, "role.revoke", user, details={"role": role.value})
+    return user

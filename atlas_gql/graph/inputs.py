@@ -1,0 +1,25 @@
+"""From GraphQL arguments to service input objects.
+
+Update inputs declare their fields `strawberry.Maybe[T | None]`: a field left out is None, a
+field given (null included) is `Some(value)`. `set_fields` keeps only the given ones, which is
+what a service's `PartialUpdate` is built from (omitted = unchanged, null = clear)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import strawberry
+from strawberry.types.maybe import Some
+
+from atlas_gql.ids import decode_id_of
+
+
+def set_fields(input: Any) -> dict[str, Any]:
+    """The fields of a Strawberry input that the client gave, by Python name."""
+    return {name: value.value for name, value in vars(input).items() if isinstance(value, Some)}
+
+
+def optional_id(value: strawberry.ID | None, type_name: str, *, field: str) -> uuid.UUID | None:
+    """The database id of an optional global ID argument (BAD_USER_INPUT naming `field`)."""
+    return None if value is None else decode_id_of(value, type_name, field=field)

@@ -1,0 +1,182 @@
+"""The rules of projects themselves: list, read, create, rename, delete. Every change checks
+the actor's project role (through `access`), raises the project's errors and records an
+ActivityLog row; the operation boundary commits. Members: `members.py`; settings:
+`settings.py`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import sqlalchemy as sa
+from pydantic import AfterValidator
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from atlas_gql.auth.actor import Actor
+from atlas_gql.auth.models import PermissionName
+from atlas_gql.db.inputs import Command, PartialUpdate
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.session import ReadSession
+from atlas_gql.errors import BadInput, NotFound
+from atlas_gql.projects.access import require_project_role, visible_project_ids
+from atlas_gql.projects.hooks import before_project_delete
+from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
+
+NAME_MAX_LENGTH = 200
+DESCRIPTION_MAX_LENGTH = 10_000
+
+# Newest first; the id breaks ties (rows made in one transaction share created_at).
+PROJECT_ORDERING = Ordering(sort=col(Project.created_at), id=col(Project.id), descending=True)
+
+
+def clean_name(name: str) -> str:
+    """A project name trimmed, 1 to 200 characters (BAD_USER_INPUT otherwise)."""
+    trimmed = name.strip()
+    if not trimmed:
+        raise BadInput("A project name must not be empty.", field="name")
+    if len(trimmed) > NAME_MAX_LENGTH:
+        raise BadInput(
+            f"A project name must be at most {NAME_MAX_LENGTH} characters.", field="name"
+        )
+    return trimmed
+
+
+def clean_description(description: str | None) -> str | None:
+    """A description trimmed (blank becomes null), at most 10,000 characters."""
+    if description is None or not description.strip():
+        return None
+    if len(description) > DESCRIPTION_MAX_LENGTH:
+        raise BadInput(
+            f"A description must be at most {DESCRIPTION_MAX_LENGTH} characters.",
+            field="description",
+        )
+    return description.strip()
+
+
+ProjectName = Annotated[str, AfterValidator(clean_name)]
+Description = Annotated[str | None, AfterValidator(clean_description)]
+
+
+class ProjectFilter(Command):
+    """`search` matches names case-insensitively; `role` keeps projects where the actor has it."""
+
+    search: str | None = None
+    role: ProjectRole | None = None
+
+
+class ProjectCreate(Command):
+    name: ProjectName
+    description: Description = None
+
+
+class ProjectUpdate(PartialUpdate):
+    not_null = frozenset({"name"})
+    name: ProjectName | None = None
+    description: Description = None
+
+
+async def list_projects(
+    *, db: ReadSession, actor: Actor, request: PageRequest, filter: ProjectFilter
+) -> Page[Project]:
+    """A page of the projects the viewer belongs to (all of them for ADMIN), newest first."""
+    viewer = actor.viewer_required
+    statement = sa.select(Project)
+    if filter.role is None:
+        if not viewer.is_admin:
+            statement = statement.where(col(Project.id).in_(visible_project_ids(viewer)))
+    else:
+        statement = statement.where(
+            col(Project.id).in_(
+                sa.select(col(ProjectMember.project_id)).where(
+                    col(ProjectMember.user_id) == viewer.user_id,
+                    col(ProjectMember.role) == filter.role,
+                )
+            )
+        )
+    if filter.search is not None and filter.search.strip():
+        statement = statement.where(
+            col(Project.name).icontains(filter.search.strip(), autoescape=True)
+        )
+    return await paginate(db, statement, ordering=PROJECT_ORDERING, request=request)
+
+
+async def get_project(*, db: ReadSession, actor: Actor, project_id: uuid.UUID) -> Project:
+    """The project if the viewer may see it; NOT_FOUND otherwise."""
+    await require_project_role(
+        db=db, viewer=actor.viewer_required, project_id=project_id, minimum=ProjectRole.VIEWER
+    )
+    return await load_project(db, project_id)
+
+
+async def create_project(*, db: AsyncSession, actor: Actor, data: ProjectCreate) -> Project:
+    """Create a project (CREATE_PROJECT); the viewer becomes its OWNER."""
+    actor.require(PermissionName.CREATE_PROJECT)
+    viewer = actor.viewer_required
+    project = Project(name=data.name, description=data.description, created_by_id=viewer.user_id)
+    db.add(project)
+    await db.flush()
+    db.add(ProjectMember(project_id=project.id, user_id=viewer.user_id, role=ProjectRole.OWNER))
+    actor.record(db, "project.create", project, project_id=project.id, details={"name": data.name})
+    await db.flush()
+    await db.refresh(project)
+    return project
+
+
+async def update_project(
+    *, db: AsyncSession, actor: Actor, project_id: uuid.UUID, data: ProjectUpdate
+) -> Project:
+    """Rename or re-describe a project (MANAGER or higher); what was left out stays."""
+    await require_project_role(
+        db=db,
+        viewer=actor.viewer_required,
+        project_id=project_id,
+        minimum=ProjectRole.MANAGER,
+        action="change it",
+    )
+    project = await load_project(db, project_id)
+    changed = data.apply(project)
+    if changed:
+        actor.record(
+            db, "project.update", project, project_id=project.id,
+            details={"changed": sorted(changed)},
+        )  # fmt: skip
+        await db.flush()
+        await db.refresh(project)
+    return project
+
+
+async def delete_project(*, db: AsyncSession, actor: Actor, project_id: uuid.UUID) -> None:
+    """Delete a project (OWNER or ADMIN) with everything in it: members, settings,
+    assistants, threads and their messages (the foreign keys cascade) and the file
+    attachments of those; the files themselves stay with their uploaders. Logs keep their
+    rows (their project reference becomes null)."""
+    await require_project_role(
+        db=db,
+        viewer=actor.viewer_required,
+        project_id=project_id,
+        minimum=ProjectRole.OWNER,
+        action="delete it",
+    )
+    project = await load_project(db, project_id, lock=True)
+    # What other domains keep in the project and the foreign keys do not reach (the AI
+    # domain's file attachments).
+    await before_project_delete(db, project_id)
+    await db.execute(sa.delete(Project).where(col(Project.id) == project_id))
+    # project_id stays null: the row outlives the project (the foreign key is SET NULL).
+    actor.record(
+        db, "project.delete", ("Project", project_id),
+        details={"name": project.name, "projectId": str(project_id)},
+    )  # fmt: skip
+
+
+async def load_project(db: ReadSession, project_id: uuid.UUID, *, lock: bool = False) -> Project:
+    """The project row; `lock` holds it FOR UPDATE, which serializes membership changes (so
+    two OWNERs demoting each other at once cannot leave the project without one)."""
+    statement = sa.select(Project).where(col(Project.id) == project_id)
+    if lock:
+        statement = statement.with_for_update()
+    project = (await db.execute(statement)).scalar_one_or_none()
+    if project is None:
+        raise NotFound("Project not found.")
+    return project
