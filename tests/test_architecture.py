@@ -1,9 +1,13 @@
-"""The import graph of atlas_gql has no cycle (lazy and TYPE_CHECKING imports included).
+"""The import graph of atlas_gql has no cycle (lazy and TYPE_CHECKING imports included), and
+no service commits but the named exceptions.
 
 The layer rules themselves are import-linter contracts (.importlinter, run by `make lint`);
 docs/architecture.md draws them."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import grimp
 
@@ -96,3 +100,24 @@ def test_a_cycle_is_found_and_named() -> None:
         ["pkg.helpers", "pkg.service", "pkg.kernel", "pkg.helpers"],
         ["pkg.self", "pkg.self"],
     ]
+
+
+# The domain modules that may commit, because their work must outlive (or does not belong to)
+# the operation that started it; docs/architecture.md ("Transactions") says why for each. Any
+# other commit goes through `execute_transaction` or the operation boundary.
+COMMITTING_DOMAIN_MODULES = {
+    "ai/orchestrator.py",  # the reply task's own short transactions (background work)
+    "ai/recovery.py",  # replies whose worker is gone, finished in short transactions
+}
+DOMAINS = ("auth", "projects", "ai", "logs")
+
+
+def test_services_leave_the_commit_to_the_operation_boundary() -> None:
+    root = Path(__file__).resolve().parents[1] / "atlas_gql"
+    committing = sorted(
+        str(path.relative_to(root))
+        for domain in DOMAINS
+        for path in (root / domain).rglob("*.py")
+        if re.search(r"\.(commit|rollback)\(\)", path.read_text())
+    )
+    assert set(committing) <= COMMITTING_DOMAIN_MODULES, committing

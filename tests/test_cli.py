@@ -99,6 +99,15 @@ def test_migrate_and_seed_twice_on_a_fresh_database(make_database: Any, tmp_path
         count(target, "SELECT count(*) FROM users WHERE lower(email) = 'new.person@example.com'")
         == 1
     )
+    # The audit trail names the command line (the system actor) as the creator.
+    assert (
+        count(
+            target,
+            "SELECT count(*) FROM activity_logs WHERE action = 'user.create' "
+            "AND user_id IS NULL AND user_agent = 'atlas-gql (system)'",
+        )
+        == 1
+    )
     duplicate = run_cli(
         "create-user",
         "--email",

@@ -24,7 +24,7 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
-from atlas_gql.db.session import ReadSession
+from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Forbidden, NotFound
 from atlas_gql.projects.access import (
     project_role_of,
@@ -166,15 +166,10 @@ async def create_assistant(
 ) -> Assistant:
     """A new assistant, personal or (for a MANAGER+ of the project) shared with a project."""
     actor.require(PermissionName.USE_AI)
-    viewer = actor.viewer_required
-    if data.project_id is not None:
-        await require_project_role(
-            db=db,
-            viewer=viewer,
-            project_id=data.project_id,
-            minimum=ProjectRole.MANAGER,
-            action="configure the project's assistants",
-        )
+    viewer, project_id = actor.viewer_required, data.project_id
+    if project_id is not None:
+        action = "configure the project's assistants"
+        await require_project_role(db, viewer, project_id, ProjectRole.MANAGER, action=action)
     assistant = Assistant(
         name=data.name,
         description=data.description,
@@ -190,9 +185,7 @@ async def create_assistant(
         db, "assistant.create", assistant, project_id=data.project_id,
         details={"name": assistant.name, "model": assistant.model},
     )  # fmt: skip
-    await db.flush()
-    await db.refresh(assistant)
-    return assistant
+    return await stored(db, assistant)
 
 
 async def update_assistant(
@@ -213,9 +206,7 @@ async def update_assistant(
         db, "assistant.update", assistant, project_id=assistant.project_id,
         details={"fields": sorted(data.model_fields_set)},
     )  # fmt: skip
-    await db.flush()
-    await db.refresh(assistant)
-    return assistant
+    return await stored(db, assistant)
 
 
 async def delete_assistant(*, db: AsyncSession, actor: Actor, assistant_id: uuid.UUID) -> bool:

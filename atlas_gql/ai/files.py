@@ -31,7 +31,7 @@ from atlas_gql.ai.threads import get_thread, thread_visible_to
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.viewer import Viewer
-from atlas_gql.db.session import ReadSession
+from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden, NotFound, UpstreamError
 from atlas_gql.ids import decode_global_id
@@ -177,9 +177,7 @@ async def _store_upload(db: AsyncSession, *, actor: Actor, file: File) -> File:
     db.add(file)
     await db.flush()
     actor.record(db, "file.upload", file, details={"filename": file.filename, "bytes": file.bytes})
-    await db.flush()
-    await db.refresh(file)
-    return file
+    return await stored(db, file)
 
 
 async def _target(
@@ -196,15 +194,10 @@ async def _target(
         return kind, object_id, assistant.project_id
     if kind is AssociableType.THREAD:
         thread = await get_thread(db=db, viewer=viewer, thread_id=object_id)
-        if thread.project_id is not None:
-            await require_project_role(
-                db=db,
-                viewer=viewer,
-                project_id=thread.project_id,
-                minimum=ProjectRole.MEMBER,
-                action="attach files to its threads",
-            )
-        return kind, object_id, thread.project_id
+        if (project_id := thread.project_id) is not None:
+            action = "attach files to its threads"
+            await require_project_role(db, viewer, project_id, ProjectRole.MEMBER, action=action)
+        return kind, object_id, project_id
     message = await get_message(db=db, viewer=viewer, message_id=object_id)
     message_thread = await db.get(Thread, message.thread_id)
     project_id = message_thread.project_id if message_thread else None

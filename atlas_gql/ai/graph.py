@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
-from typing import cast
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, cast
 
 import strawberry
 from strawberry.file_uploads import Upload
@@ -32,6 +32,7 @@ from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, re
 from atlas_gql.auth.sessions import load_viewer_for_session
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import page_request
+from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import AtlasError, Unauthenticated
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.errors import as_graphql_error
@@ -41,61 +42,46 @@ from atlas_gql.ids import decode_id_of
 
 # -- node resolvers --------------------------------------------------------------------------
 
-
-async def _assistant_node(context: Context, object_id: uuid.UUID) -> AssistantType | None:
-    viewer = await context.viewer()
-    if viewer is None:
-        return None
-    try:
-        assistant = await assistants.get_assistant(
-            db=context.read_session(), viewer=viewer, assistant_id=object_id
-        )
-    except AtlasError:
-        return None
-    return AssistantType.from_model(assistant)
-
-
-async def _thread_node(context: Context, object_id: uuid.UUID) -> ThreadType | None:
-    viewer = await context.viewer()
-    if viewer is None:
-        return None
-    try:
-        thread = await threads.get_thread(
-            db=context.read_session(), viewer=viewer, thread_id=object_id
-        )
-    except AtlasError:
-        return None
-    return ThreadType.from_model(thread)
+# How `node(id:)` reads each AI object for a viewer: the service's getter (NOT_FOUND when the
+# viewer may not see it) and the GraphQL type.
+Getter = Callable[[ReadSession, Viewer, uuid.UUID], Awaitable[Any]]
+NODE_GETTERS: dict[str, tuple[Getter, Callable[[Any], Any]]] = {
+    "Assistant": (
+        lambda db, viewer, id: assistants.get_assistant(db=db, viewer=viewer, assistant_id=id),
+        AssistantType.from_model,
+    ),
+    "Thread": (
+        lambda db, viewer, id: threads.get_thread(db=db, viewer=viewer, thread_id=id),
+        ThreadType.from_model,
+    ),
+    "Message": (
+        lambda db, viewer, id: messages.get_message(db=db, viewer=viewer, message_id=id),
+        MessageType.from_model,
+    ),
+    "File": (
+        lambda db, viewer, id: files.get_file(db=db, viewer=viewer, file_id=id),
+        FileType.from_model,
+    ),
+}
 
 
-async def _message_node(context: Context, object_id: uuid.UUID) -> MessageType | None:
-    viewer = await context.viewer()
-    if viewer is None:
-        return None
-    try:
-        message = await messages.get_message(
-            db=context.read_session(), viewer=viewer, message_id=object_id
-        )
-    except AtlasError:
-        return None
-    return MessageType.from_model(message)
+def _node_resolver(type_name: str) -> Callable[[Context, uuid.UUID], Awaitable[Any]]:
+    get, convert = NODE_GETTERS[type_name]
+
+    async def resolve(context: Context, object_id: uuid.UUID) -> Any:
+        viewer = await context.viewer()
+        if viewer is None:
+            return None
+        try:
+            return convert(await get(context.read_session(), viewer, object_id))
+        except AtlasError:
+            return None
+
+    return resolve
 
 
-async def _file_node(context: Context, object_id: uuid.UUID) -> FileType | None:
-    viewer = await context.viewer()
-    if viewer is None:
-        return None
-    try:
-        file = await files.get_file(db=context.read_session(), viewer=viewer, file_id=object_id)
-    except AtlasError:
-        return None
-    return FileType.from_model(file)
-
-
-register_node("Assistant", _assistant_node)
-register_node("Thread", _thread_node)
-register_node("Message", _message_node)
-register_node("File", _file_node)
+for _type_name in NODE_GETTERS:
+    register_node(_type_name, _node_resolver(_type_name))
 
 
 def _project_of(filter: AssistantFilter | ThreadFilter | None) -> uuid.UUID | None:

@@ -140,11 +140,7 @@ async def send_message(
     thread = await get_thread(db=db, viewer=viewer, thread_id=data.thread_id)
     if thread.project_id is not None:
         await require_project_role(
-            db=db,
-            viewer=viewer,
-            project_id=thread.project_id,
-            minimum=ProjectRole.MEMBER,
-            action="post in its threads",
+            db, viewer, thread.project_id, ProjectRole.MEMBER, action="post in its threads"
         )
     if (running := await running_reply(db, thread.id)) is not None:
         await _recover_orphaned_reply(ai, thread, running)

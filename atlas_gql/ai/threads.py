@@ -22,7 +22,7 @@ from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
-from atlas_gql.db.session import ReadSession
+from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
 from atlas_gql.projects.access import require_project_role, visible_project_ids
 from atlas_gql.projects.models import ProjectRole
@@ -124,11 +124,7 @@ async def create_thread(*, db: AsyncSession, actor: Actor, data: ThreadCreate) -
     viewer = actor.viewer_required
     if data.project_id is not None:
         await require_project_role(
-            db=db,
-            viewer=viewer,
-            project_id=data.project_id,
-            minimum=ProjectRole.MEMBER,
-            action="start threads",
+            db, viewer, data.project_id, ProjectRole.MEMBER, action="start threads"
         )
     assistant = await get_assistant(
         db=db, viewer=viewer, assistant_id=data.assistant_id, field="assistantId"
@@ -147,9 +143,7 @@ async def create_thread(*, db: AsyncSession, actor: Actor, data: ThreadCreate) -
         db, "thread.create", thread, project_id=data.project_id,
         details={"assistantId": str(assistant.id)},
     )  # fmt: skip
-    await db.flush()
-    await db.refresh(thread)
-    return thread
+    return await stored(db, thread)
 
 
 async def update_thread(
@@ -159,9 +153,7 @@ async def update_thread(
     thread = await _managed_thread(db, actor.viewer_required, thread_id, action="rename")
     data.apply(thread)
     actor.record(db, "thread.update", thread, project_id=thread.project_id)
-    await db.flush()
-    await db.refresh(thread)
-    return thread
+    return await stored(db, thread)
 
 
 async def delete_thread(*, db: AsyncSession, actor: Actor, thread_id: uuid.UUID) -> bool:

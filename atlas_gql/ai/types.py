@@ -27,7 +27,14 @@ from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.relay import REFUSED, Connection, Node, resolve_node_of, to_connection
+from atlas_gql.graph.relay import (
+    REFUSED,
+    Connection,
+    Node,
+    from_row,
+    resolve_node_of,
+    to_connection,
+)
 from atlas_gql.ids import encode_global_id
 
 # Thread.project and Assistant.project name the Project type, which sits above this module
@@ -78,18 +85,7 @@ class AssistantType(Node):
 
     @classmethod
     def from_model(cls, assistant: Assistant) -> AssistantType:
-        return cls(
-            id=strawberry.ID(encode_global_id("Assistant", assistant.id)),
-            db_id=assistant.id,
-            project_db_id=assistant.project_id,
-            name=assistant.name,
-            description=assistant.description,
-            model=assistant.model,
-            instructions=assistant.instructions,
-            temperature=assistant.temperature,
-            created_at=assistant.created_at,
-            updated_at=assistant.updated_at,
-        )
+        return from_row(cls, "Assistant", assistant, project_db_id=assistant.project_id)
 
     @strawberry.field(description="The project sharing this assistant; null when personal.")
     async def project(self, info: Info[Context, None]) -> LazyProject | None:
@@ -115,16 +111,13 @@ class ThreadType(Node):
 
     @classmethod
     def from_model(cls, thread: Thread) -> ThreadType:
-        return cls(
-            id=strawberry.ID(encode_global_id("Thread", thread.id)),
-            db_id=thread.id,
+        return from_row(
+            cls,
+            "Thread",
+            thread,
             project_db_id=thread.project_id,
             assistant_db_id=thread.assistant_id,
             created_by_db_id=thread.created_by_id,
-            title=thread.title,
-            openai_thread_id=thread.openai_thread_id,
-            created_at=thread.created_at,
-            updated_at=thread.updated_at,
         )
 
     @strawberry.field(description="The project the thread belongs to; null when personal.")
@@ -182,20 +175,7 @@ class MessageType(Node):
 
     @classmethod
     def from_model(cls, message: Message) -> MessageType:
-        return cls(
-            id=strawberry.ID(encode_global_id("Message", message.id)),
-            db_id=message.id,
-            thread_db_id=message.thread_id,
-            role=message.role,
-            content=message.content,
-            status=message.status,
-            openai_message_id=message.openai_message_id,
-            input_tokens=message.input_tokens,
-            output_tokens=message.output_tokens,
-            error=message.error,
-            created_at=message.created_at,
-            completed_at=message.completed_at,
-        )
+        return from_row(cls, "Message", message, thread_db_id=message.thread_id)
 
     @strawberry.field(description="Files sent with the message.")
     async def files(self, info: Info[Context, None]) -> list[FileType]:
@@ -214,16 +194,7 @@ class FileType(Node):
 
     @classmethod
     def from_model(cls, file: File) -> FileType:
-        return cls(
-            id=strawberry.ID(encode_global_id("File", file.id)),
-            db_id=file.id,
-            filename=file.filename,
-            bytes=file.bytes,
-            mime_type=file.mime_type,
-            purpose=file.purpose,
-            openai_file_id=file.openai_file_id,
-            created_at=file.created_at,
-        )
+        return from_row(cls, "File", file)
 
 
 # -- inputs and payloads ---------------------------------------------------------------------

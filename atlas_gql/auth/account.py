@@ -10,10 +10,11 @@ transaction, and no pooled connection, is held while bcrypt runs."""
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
@@ -42,7 +43,7 @@ from atlas_gql.auth.sessions import IssuedTokens, refresh_session, revoke_sessio
 from atlas_gql.auth.tokens import hash_token
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
-from atlas_gql.db.session import ReadSession, after_commit
+from atlas_gql.db.session import ReadSession, after_commit, stored
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Conflict, Unauthenticated
 
@@ -167,8 +168,7 @@ async def register(
     )
     tokens = await _open_session(db, settings=settings, actor=actor, user=user)
     actor.record(db, "auth.register", user, user_id=user.id, details={"email": user.email})
-    await db.refresh(user)
-    return SignedIn(user=user, tokens=tokens)
+    return SignedIn(user=await stored(db, user), tokens=tokens)
 
 
 async def _refuse_attempt(
@@ -192,6 +192,31 @@ async def _refuse_attempt(
             details=details,
         ),
     )
+
+
+async def _admit_attempt(
+    db: AsyncSession,
+    limiter: LoginLimiter,
+    attempt: LoginAttempt,
+    action: str,
+    user: User,
+    *,
+    entity: tuple[str, uuid.UUID] | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Turn the attempt into its success row (`action`) in the operation's transaction, and
+    give its reservation back once that is committed."""
+    entity_type, entity_id = entity or ("User", user.id)
+    await settle_attempt(
+        db,
+        attempt=attempt,
+        action=action,
+        user_id=user.id,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        details=details,
+    )
+    after_commit(db, functools.partial(limiter.release, attempt))
 
 
 async def login(
@@ -234,15 +259,9 @@ async def login(
         )
         raise Unauthenticated(LOGIN_REFUSED_MESSAGE)
     tokens = await _open_session(db, settings=settings, actor=actor, user=user)
-    await settle_attempt(
-        db,
-        attempt=attempt,
-        action="auth.login",
-        user_id=user.id,
-        entity_type="Session",
-        entity_id=tokens.session_id,
+    await _admit_attempt(
+        db, limiter, attempt, "auth.login", user, entity=("Session", tokens.session_id)
     )
-    after_commit(db, functools.partial(limiter.release, attempt))
     return SignedIn(user=user, tokens=tokens)
 
 
@@ -334,14 +353,7 @@ async def change_password(
     revoked = await revoke_sessions(
         db=db, user_id=user.id, except_session_id=viewer.session_id, reason="password_change"
     )
-    await settle_attempt(
-        db,
-        attempt=attempt,
-        action="auth.password_change",
-        user_id=user.id,
-        entity_type="User",
-        entity_id=user.id,
-        details={"sessionsEnded": len(revoked)},
+    await _admit_attempt(
+        db, limiter, attempt, "auth.password_change", user, details={"sessionsEnded": len(revoked)}
     )
-    after_commit(db, functools.partial(limiter.release, attempt))
     return True

@@ -19,7 +19,7 @@ from atlas_gql.auth.sessions import revoke_sessions
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
-from atlas_gql.db.session import ReadSession
+from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Conflict, NotFound
 
 MAX_SEARCH_LENGTH = 200
@@ -104,8 +104,7 @@ async def create_user(
         user,
         details={"email": user.email, "roles": [role.value for role in roles]},
     )
-    await db.refresh(user)
-    return user
+    return await stored(db, user)
 
 
 async def _user_for_update(db: AsyncSession, user_id: uuid.UUID) -> User:
@@ -135,8 +134,7 @@ async def update_user(
             revoked = await revoke_sessions(db=db, user_id=user.id, reason="user_deactivated")
             details["changes"]["sessionsEnded"] = len(revoked)
         actor.record(db, action, user, details=details)
-        await db.flush()
-        await db.refresh(user)
+        return await stored(db, user)
     return user
 
 

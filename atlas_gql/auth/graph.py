@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeAlias
 
 import strawberry
 from strawberry.types import Info
@@ -21,8 +23,11 @@ from atlas_gql.auth.permissions import (
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.inputs import set_fields
-from atlas_gql.graph.relay import REFUSED, Connection, Node, register_node, to_connection
-from atlas_gql.ids import decode_id_of, encode_global_id
+from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
+from atlas_gql.ids import decode_id_of
+
+# admin.assign_role and admin.revoke_role.
+RoleChange: TypeAlias = Callable[..., Awaitable[User]]
 
 
 @strawberry.type(name="Role", description="A global role granting a set of permissions.")
@@ -43,15 +48,7 @@ class UserType(Node):
 
     @classmethod
     def from_model(cls, user: User) -> UserType:
-        return cls(
-            id=strawberry.ID(encode_global_id("User", user.id)),
-            db_id=user.id,
-            email=user.email,
-            name=user.name,
-            is_active=user.is_active,
-            created_at=user.created_at,
-            updated_at=user.updated_at,
-        )
+        return from_row(cls, "User", user)
 
     @strawberry.field(description="The user's global roles.")
     async def roles(self, info: Info[Context, None]) -> list[RoleType]:
@@ -334,13 +331,7 @@ class Mutation:
         user_id: strawberry.ID,
         role: RoleNameEnum,  # type: ignore[valid-type]
     ) -> UserType | None:
-        user = await admin.assign_role(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            user_id=decode_id_of(user_id, "User", field="userId"),
-            role=RoleName(role),
-        )
-        return UserType.from_model(user)
+        return await _change_role(info, admin.assign_role, user_id, RoleName(role))
 
     @strawberry.mutation(
         description="Withdraw a global role (MANAGE_USERS); withdrawing your own ADMIN role "
@@ -353,10 +344,17 @@ class Mutation:
         user_id: strawberry.ID,
         role: RoleNameEnum,  # type: ignore[valid-type]
     ) -> UserType | None:
-        user = await admin.revoke_role(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            user_id=decode_id_of(user_id, "User", field="userId"),
-            role=RoleName(role),
-        )
-        return UserType.from_model(user)
+        return await _change_role(info, admin.revoke_role, user_id, RoleName(role))
+
+
+async def _change_role(
+    info: Info[Context, None], change: RoleChange, user_id: strawberry.ID, role: RoleName
+) -> UserType:
+    """assignRole and revokeRole: the same arguments, the same answer."""
+    user = await change(
+        db=info.context.db,
+        actor=await info.context.actor(),
+        user_id=decode_id_of(user_id, "User", field="userId"),
+        role=role,
+    )
+    return UserType.from_model(user)

@@ -171,3 +171,11 @@ def after_commit(db: AsyncSession, hook: AfterCommitHook) -> None:
     if not isinstance(db, SerializedAsyncSession):
         raise TypeError("after-commit hooks need a SerializedAsyncSession")
     db.after_commit(hook)
+
+
+async def stored(db: AsyncSession, row: _T) -> _T:
+    """`row` flushed and read back with what the database set (defaults, `updated_at`), for
+    the response; the operation boundary commits."""
+    await db.flush()
+    await db.refresh(row)
+    return row

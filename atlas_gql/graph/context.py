@@ -39,6 +39,7 @@ class OperationState:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     db: SerializedAsyncSession | None = None
     viewer: Any = _UNRESOLVED
+    viewer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     actor: Actor | None = None
     loaders: dict[Callable[..., Any], Any] = field(default_factory=dict)
     operation_name: str | None = None
@@ -186,17 +187,20 @@ class Context:
         Checked against the database once per operation, never cached across operations."""
         state = self.state
         if state.viewer is _UNRESOLVED:
-            token = bearer_token(self.authorization)
-            if token is None:
-                state.viewer = None
-            else:
-                # A short session of its own: its connection is back in the pool before the
-                # resolver runs (a subscription may then wait for events for minutes).
-                async with self.runtime.sessionmaker() as db:
-                    state.viewer = await authenticate_access_token(
-                        db=db, settings=self.settings, token=token
-                    )
+            # Sibling resolvers ask at the same time: one of them authenticates.
+            async with state.viewer_lock:
+                if state.viewer is _UNRESOLVED:
+                    state.viewer = await self._authenticate()
         return state.viewer  # type: ignore[no-any-return]
+
+    async def _authenticate(self) -> Viewer | None:
+        token = bearer_token(self.authorization)
+        if token is None:
+            return None
+        # A short session of its own: its connection is back in the pool before the resolver
+        # runs (a subscription may then wait for events for minutes).
+        async with self.runtime.sessionmaker() as db:
+            return await authenticate_access_token(db=db, settings=self.settings, token=token)
 
     async def actor(self) -> Actor:
         """Who runs this operation, from where: built once per operation."""

@@ -3,6 +3,7 @@ built from the kernel's pages (`db.pagination.Page`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import strawberry
 
 from atlas_gql.db.pagination import Page
-from atlas_gql.ids import decode_global_id
+from atlas_gql.ids import decode_global_id, encode_global_id
 
 if TYPE_CHECKING:
     from atlas_gql.graph.context import Context
@@ -22,11 +23,27 @@ REFUSED = "Null, with an error, when its arguments are refused (e.g. `first` ove
 
 NodeType = TypeVar("NodeType")
 ItemType = TypeVar("ItemType")
+TypeT = TypeVar("TypeT")
 
 
 @strawberry.interface(description="An object with a globally unique ID (Relay).")
 class Node:
     id: strawberry.ID = strawberry.field(description="The globally unique ID of the object.")
+
+
+def from_row(cls: type[TypeT], type_name: str, row: Any, **values: Any) -> TypeT:
+    """A Node type built from a table row: its global ID, `db_id`, and every other field
+    named like an attribute of the row; `values` give the rest (private ids, overrides)."""
+    values.setdefault("id", strawberry.ID(encode_global_id(type_name, row.id)))
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = field.name
+        if not field.init or name in values:
+            continue
+        if name == "db_id":
+            values[name] = row.id
+        elif hasattr(row, name):
+            values[name] = getattr(row, name)
+    return cls(**values)
 
 
 # What `node(id:)` calls to load an object of a given type for the current viewer; it

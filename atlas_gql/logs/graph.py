@@ -16,7 +16,7 @@ from atlas_gql.auth.permissions import authenticated
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.inputs import optional_id
-from atlas_gql.graph.relay import REFUSED, Connection, Node, register_node, to_connection
+from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs import loaders, service
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
@@ -64,19 +64,13 @@ class ActivityLogType(Node):
 
     @classmethod
     def from_model(cls, row: ActivityLog) -> ActivityLogType:
-        return cls(
-            id=strawberry.ID(encode_global_id("ActivityLog", row.id)),
+        project = encode_global_id("Project", row.project_id) if row.project_id else None
+        return from_row(
+            cls,
+            "ActivityLog",
+            row,
             user_db_id=row.user_id,
-            action=row.action,
-            entity_type=row.entity_type,
-            entity_id=row.entity_id,
-            project_id=strawberry.ID(encode_global_id("Project", row.project_id))
-            if row.project_id
-            else None,
-            ip_address=row.ip_address,
-            user_agent=row.user_agent,
-            details=row.details,
-            created_at=row.created_at,
+            project_id=strawberry.ID(project) if project else None,
         )
 
     @strawberry.field(description="Who did it; null for an anonymous action or a deleted user.")
@@ -106,21 +100,7 @@ class ErrorLogType(Node):
 
     @classmethod
     def from_model(cls, row: ErrorLog) -> ErrorLogType:
-        return cls(
-            id=strawberry.ID(encode_global_id("ErrorLog", row.id)),
-            user_db_id=row.user_id,
-            request_id=row.request_id,
-            source=row.source,
-            error_type=row.error_type,
-            message=row.message,
-            stack=row.stack,
-            operation_name=row.operation_name,
-            path=row.path,
-            upstream_status=row.upstream_status,
-            upstream_request_id=row.upstream_request_id,
-            details=row.details,
-            created_at=row.created_at,
-        )
+        return from_row(cls, "ErrorLog", row, user_db_id=row.user_id)
 
     @strawberry.field(description="The signed-in user of the failed request, if any.")
     async def user(self, info: Info[Context, None]) -> UserType | None:

@@ -131,11 +131,7 @@ async def list_activity_logs(
     statement = sa.select(ActivityLog)
     if filter.project_id is not None:
         await require_project_role(
-            db=db,
-            viewer=viewer,
-            project_id=filter.project_id,
-            minimum=ProjectRole.MANAGER,
-            action="read its activity log",
+            db, viewer, filter.project_id, ProjectRole.MANAGER, action="read its activity log"
         )
         statement = statement.where(col(ActivityLog.project_id) == filter.project_id)
     elif not viewer.is_admin:
@@ -185,11 +181,7 @@ async def api_usage(
     conditions: list[Any] = []
     if filter.project_id is not None:
         await require_project_role(
-            db=db,
-            viewer=viewer,
-            project_id=filter.project_id,
-            minimum=ProjectRole.MANAGER,
-            action="read its usage",
+            db, viewer, filter.project_id, ProjectRole.MANAGER, action="read its usage"
         )
         conditions.append(col(ApiUsageLog.project_id) == filter.project_id)
         if filter.user_id is not None:

@@ -72,11 +72,11 @@ def visible_project_ids(viewer: Viewer) -> sa.Select[uuid.UUID]:
 
 
 async def require_project_role(
-    *,
     db: ReadSession,
     viewer: Viewer,
     project_id: uuid.UUID,
     minimum: ProjectRole,
+    *,
     action: str = "do this",
 ) -> ProjectRole | None:
     """The viewer's role in the project when it is at least `minimum`.

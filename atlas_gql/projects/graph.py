@@ -22,8 +22,8 @@ from atlas_gql.db.pagination import empty_page, page_request
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.inputs import set_fields
-from atlas_gql.graph.relay import REFUSED, Connection, Node, register_node, to_connection
-from atlas_gql.ids import decode_id_of, encode_global_id
+from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
+from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.graph import UsageSummaryType, project_usage_this_month
 from atlas_gql.logs.usage import UsageTotals
 from atlas_gql.projects import loaders, members, projects, settings
@@ -81,13 +81,12 @@ class ProjectMemberType(Node):
 
     @classmethod
     def from_model(cls, member: ProjectMember, *, user: User | None = None) -> ProjectMemberType:
-        return cls(
-            id=strawberry.ID(encode_global_id("ProjectMember", member.id)),
-            db_id=member.id,
+        return from_row(
+            cls,
+            "ProjectMember",
+            member,
             project_db_id=member.project_id,
             user_db_id=member.user_id,
-            role=member.role,
-            created_at=member.created_at,
             loaded_user=UserType.from_model(user) if user is not None else None,
         )
 
@@ -124,14 +123,11 @@ class ProjectType(Node):
 
     @classmethod
     def from_model(cls, project: Project, *, visibility_checked: bool = False) -> ProjectType:
-        return cls(
-            id=strawberry.ID(encode_global_id("Project", project.id)),
-            db_id=project.id,
+        return from_row(
+            cls,
+            "Project",
+            project,
             created_by_db_id=project.created_by_id,
-            name=project.name,
-            description=project.description,
-            created_at=project.created_at,
-            updated_at=project.updated_at,
             visibility_checked=visibility_checked,
         )
 

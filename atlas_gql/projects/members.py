@@ -14,7 +14,7 @@ from sqlmodel import col
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import User
 from atlas_gql.db.inputs import Command
-from atlas_gql.db.session import ReadSession
+from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
 from atlas_gql.projects.access import may_manage_member, project_role_of, require_project_role
 from atlas_gql.projects.models import ProjectMember, ProjectRole
@@ -37,9 +37,8 @@ async def add_member(
     OWNER). CONFLICT when they already are a member; NOT_FOUND for an unknown user."""
     viewer = actor.viewer_required
     actor_role = await require_project_role(
-        db=db, viewer=viewer, project_id=project_id, minimum=ProjectRole.MANAGER,
-        action="add members",
-    )  # fmt: skip
+        db, viewer, project_id, ProjectRole.MANAGER, action="add members"
+    )
     if not may_manage_member(viewer=viewer, actor_role=actor_role, member_role=data.role):
         raise Forbidden("Only an OWNER can make someone an OWNER.")
     user = await db.get(User, data.user_id)
@@ -61,9 +60,7 @@ async def add_member(
         db, "member.add", member, project_id=project_id,
         details={"userId": str(data.user_id), "role": data.role.value},
     )  # fmt: skip
-    await db.flush()
-    await db.refresh(member)
-    return member
+    return await stored(db, member)
 
 
 async def update_member(
@@ -79,9 +76,8 @@ async def update_member(
     The last OWNER cannot be demoted (CONFLICT)."""
     viewer = actor.viewer_required
     actor_role = await require_project_role(
-        db=db, viewer=viewer, project_id=project_id, minimum=ProjectRole.MANAGER,
-        action="change members",
-    )  # fmt: skip
+        db, viewer, project_id, ProjectRole.MANAGER, action="change members"
+    )
     member = await _locked_member(db, project_id, user_id)
     if not may_manage_member(viewer=viewer, actor_role=actor_role, member_role=member.role):
         raise Forbidden("Only an OWNER can change an OWNER's role.")
@@ -97,9 +93,7 @@ async def update_member(
         db, "member.update", member, project_id=project_id,
         details={"userId": str(user_id), "from": previous.value, "to": data.role.value},
     )  # fmt: skip
-    await db.flush()
-    await db.refresh(member)
-    return member
+    return await stored(db, member)
 
 
 async def remove_member(
@@ -114,9 +108,8 @@ async def remove_member(
     actor_role: ProjectRole | None = None
     if not leaving:
         actor_role = await require_project_role(
-            db=db, viewer=viewer, project_id=project_id, minimum=ProjectRole.MANAGER,
-            action="remove members",
-        )  # fmt: skip
+            db, viewer, project_id, ProjectRole.MANAGER, action="remove members"
+        )
     member = await _locked_member(db, project_id, user_id)
     if not leaving and not may_manage_member(
         viewer=viewer, actor_role=actor_role, member_role=member.role

@@ -17,7 +17,7 @@ from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
-from atlas_gql.db.session import ReadSession
+from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, NotFound
 from atlas_gql.projects.access import require_project_role, visible_project_ids
 from atlas_gql.projects.hooks import before_project_delete
@@ -103,9 +103,7 @@ async def list_projects(
 
 async def get_project(*, db: ReadSession, actor: Actor, project_id: uuid.UUID) -> Project:
     """The project if the viewer may see it; NOT_FOUND otherwise."""
-    await require_project_role(
-        db=db, viewer=actor.viewer_required, project_id=project_id, minimum=ProjectRole.VIEWER
-    )
+    await require_project_role(db, actor.viewer_required, project_id, ProjectRole.VIEWER)
     return await load_project(db, project_id)
 
 
@@ -118,9 +116,7 @@ async def create_project(*, db: AsyncSession, actor: Actor, data: ProjectCreate)
     await db.flush()
     db.add(ProjectMember(project_id=project.id, user_id=viewer.user_id, role=ProjectRole.OWNER))
     actor.record(db, "project.create", project, project_id=project.id, details={"name": data.name})
-    await db.flush()
-    await db.refresh(project)
-    return project
+    return await stored(db, project)
 
 
 async def update_project(
@@ -128,21 +124,15 @@ async def update_project(
 ) -> Project:
     """Rename or re-describe a project (MANAGER or higher); what was left out stays."""
     await require_project_role(
-        db=db,
-        viewer=actor.viewer_required,
-        project_id=project_id,
-        minimum=ProjectRole.MANAGER,
-        action="change it",
+        db, actor.viewer_required, project_id, ProjectRole.MANAGER, action="change it"
     )
     project = await load_project(db, project_id)
-    changed = data.apply(project)
-    if changed:
+    if changed := data.apply(project):
         actor.record(
             db, "project.update", project, project_id=project.id,
             details={"changed": sorted(changed)},
         )  # fmt: skip
-        await db.flush()
-        await db.refresh(project)
+        return await stored(db, project)
     return project
 
 
@@ -152,11 +142,7 @@ async def delete_project(*, db: AsyncSession, actor: Actor, project_id: uuid.UUI
     attachments of those; the files themselves stay with their uploaders. Logs keep their
     rows (their project reference becomes null)."""
     await require_project_role(
-        db=db,
-        viewer=actor.viewer_required,
-        project_id=project_id,
-        minimum=ProjectRole.OWNER,
-        action="delete it",
+        db, actor.viewer_required, project_id, ProjectRole.OWNER, action="delete it"
     )
     project = await load_project(db, project_id, lock=True)
     # What other domains keep in the project and the foreign keys do not reach (the AI

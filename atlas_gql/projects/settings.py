@@ -66,11 +66,7 @@ class SettingSet(Command):
 
 async def _require_manager(db: ReadSession, actor: Actor, project_id: uuid.UUID) -> None:
     await require_project_role(
-        db=db,
-        viewer=actor.viewer_required,
-        project_id=project_id,
-        minimum=ProjectRole.MANAGER,
-        action="change its settings",
+        db, actor.viewer_required, project_id, ProjectRole.MANAGER, action="change its settings"
     )
 
 
