@@ -7,8 +7,9 @@ viewerRole, threads) against a real uvicorn, at a fixed concurrency.
 Seeds N projects x M members x K threads into DATABASE_URL (migrated to head first), or into a
 throw-away database on 127.0.0.1:5432 that is dropped afterwards. Serves the app with uvicorn
 in a subprocess (so the load generator does not share the server's event loop), signs in,
-fires the query with httpx, and prints requests/s, p50/p99 latency and SQL statements per
-request. The server counts statements with a `before_cursor_execute` listener on its engine and
+fires the query with httpx, and prints requests/s, p50/p99 latency, SQL statements per
+request and the server's CPU time per request (from /proc: the figure that other load on the
+machine does not move). The server counts statements with a `before_cursor_execute` listener on its engine and
 reports them on a bench-only route (`/__bench/statements`), which the real app does not have.
 """
 
@@ -208,8 +209,24 @@ async def statements(client: httpx.AsyncClient) -> int:
     return int((await client.get(STATEMENTS_PATH)).json()["statements"])
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc; 0 elsewhere). Unlike
+    wall-clock figures, it does not grow when other work shares the machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def load(
-    base_url: str, token: str, *, requests: int, concurrency: int, page: int
+    base_url: str,
+    token: str,
+    *,
+    requests: int,
+    concurrency: int,
+    page: int,
+    server_pid: int | None = None,
 ) -> dict[str, float]:
     payload = {"query": NESTED_QUERY, "variables": {"first": page}}
     headers = {"Authorization": f"Bearer {token}"}
@@ -238,9 +255,11 @@ async def load(
                     failures += 1
 
         before = await statements(client)
+        cpu_before = cpu_seconds(server_pid)
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(server_pid) - cpu_before
         after = await statements(client)
     latencies.sort()
     return {
@@ -253,6 +272,7 @@ async def load(
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000,
         "statements_per_request": (after - before) / len(latencies),
+        "server_cpu_ms": 1000 * cpu / len(latencies),
     }
 
 
@@ -290,6 +310,7 @@ async def main(args: argparse.Namespace) -> None:
             requests=args.requests,
             concurrency=args.concurrency,
             page=args.page,
+            server_pid=process.pid,
         )
         print(
             f"nested query, projects(first: {args.page}) with members(first: 10), createdBy, "
@@ -305,6 +326,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  latency p99    {figures['p99_ms']:.1f} ms")
         print(f"  latency mean   {figures['mean_ms']:.1f} ms")
         print(f"  SQL statements per request  {figures['statements_per_request']:.2f}")
+        print(f"  server CPU per request      {figures['server_cpu_ms']:.1f} ms")
     finally:
         if process is not None:
             process.terminate()

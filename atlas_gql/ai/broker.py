@@ -11,7 +11,10 @@ every process's control handler, so a cancel reaches the worker that runs the re
 
 Redis is behind a circuit breaker (`circuit.py`): a Redis that fails or hangs costs one short
 timeout, then is skipped (events still reach this process's subscribers) until it answers
-again; what needs Redis and cannot have it raises BrokerUnavailable (BROKER_UNAVAILABLE)."""
+again; what needs Redis and cannot have it raises BrokerUnavailable (BROKER_UNAVAILABLE).
+
+Size: over 400 lines on purpose: the two implementations of one interface, whose replay and
+control semantics must match, read side by side."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from typing import Any, cast
 
 import strawberry
 from strawberry.file_uploads import Upload
-from strawberry.types import Info
 
 from atlas_gql.ai import assistants, events, files, messages, threads
 from atlas_gql.ai.types import (
@@ -34,9 +33,9 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import page_request
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import AtlasError, Unauthenticated
-from atlas_gql.graph.context import Context
+from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
-from atlas_gql.graph.inputs import optional_id, set_fields
+from atlas_gql.graph.inputs import After, First, optional_id, set_fields
 from atlas_gql.graph.relay import REFUSED, Connection, register_node, to_connection
 from atlas_gql.ids import decode_id_of
 
@@ -100,9 +99,9 @@ class Query:
     )
     async def assistants(
         self,
-        info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
+        info: Info,
+        first: First = None,
+        after: After = None,
         filter: AssistantFilter | None = None,
     ) -> Connection[AssistantType] | None:
         page = await assistants.list_assistants(
@@ -120,9 +119,9 @@ class Query:
     )
     async def threads(
         self,
-        info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
+        info: Info,
+        first: First = None,
+        after: After = None,
         filter: ThreadFilter | None = None,
     ) -> Connection[ThreadType] | None:
         page = await threads.list_threads(
@@ -138,7 +137,7 @@ class Query:
         "see it.",
         extensions=authenticated(),
     )
-    async def thread(self, info: Info[Context, None], id: strawberry.ID) -> ThreadType | None:
+    async def thread(self, info: Info, id: strawberry.ID) -> ThreadType | None:
         actor = await info.context.actor()
         thread = await threads.get_thread(
             db=info.context.read_session(),
@@ -158,7 +157,7 @@ class Mutation:
         extensions=requires(PermissionName.USE_AI),
     )
     async def create_assistant(
-        self, info: Info[Context, None], input: CreateAssistantInput
+        self, info: Info, input: CreateAssistantInput
     ) -> AssistantType | None:
         context = info.context
         data = assistants.AssistantCreate(
@@ -179,7 +178,7 @@ class Mutation:
         extensions=authenticated(),
     )
     async def update_assistant(
-        self, info: Info[Context, None], id: strawberry.ID, input: UpdateAssistantInput
+        self, info: Info, id: strawberry.ID, input: UpdateAssistantInput
     ) -> AssistantType | None:
         context = info.context
         assistant = await assistants.update_assistant(
@@ -195,7 +194,7 @@ class Mutation:
         description="Delete an assistant; its threads stay, without an assistant.",
         extensions=authenticated(),
     )
-    async def delete_assistant(self, info: Info[Context, None], id: strawberry.ID) -> bool | None:
+    async def delete_assistant(self, info: Info, id: strawberry.ID) -> bool | None:
         return await assistants.delete_assistant(
             db=info.context.db,
             actor=await info.context.actor(),
@@ -207,9 +206,7 @@ class Mutation:
         "conversation is created with the first reply.",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def create_thread(
-        self, info: Info[Context, None], input: CreateThreadInput
-    ) -> ThreadType | None:
+    async def create_thread(self, info: Info, input: CreateThreadInput) -> ThreadType | None:
         data = threads.ThreadCreate(
             assistant_id=decode_id_of(input.assistant_id, "Assistant", field="assistantId"),
             project_id=optional_id(input.project_id, "Project", field="projectId"),
@@ -225,7 +222,7 @@ class Mutation:
         extensions=authenticated(),
     )
     async def update_thread(
-        self, info: Info[Context, None], id: strawberry.ID, input: UpdateThreadInput
+        self, info: Info, id: strawberry.ID, input: UpdateThreadInput
     ) -> ThreadType | None:
         thread = await threads.update_thread(
             db=info.context.db,
@@ -239,7 +236,7 @@ class Mutation:
         description="Delete a thread and its messages (its creator, a project MANAGER+, ADMIN).",
         extensions=authenticated(),
     )
-    async def delete_thread(self, info: Info[Context, None], id: strawberry.ID) -> bool | None:
+    async def delete_thread(self, info: Info, id: strawberry.ID) -> bool | None:
         return await threads.delete_thread(
             db=info.context.db,
             actor=await info.context.actor(),
@@ -255,9 +252,7 @@ class Mutation:
         "`extensions.inProgress`).",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def send_message(
-        self, info: Info[Context, None], input: SendMessageInput
-    ) -> SendMessagePayload | None:
+    async def send_message(self, info: Info, input: SendMessageInput) -> SendMessagePayload | None:
         data = messages.MessageSend(
             thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
             content=input.content,
@@ -279,9 +274,7 @@ class Mutation:
         "CANCELLED with the text received so far.",
         extensions=authenticated(),
     )
-    async def cancel_message(
-        self, info: Info[Context, None], id: strawberry.ID
-    ) -> MessageType | None:
+    async def cancel_message(self, info: Info, id: strawberry.ID) -> MessageType | None:
         message = await messages.cancel_message(
             db=info.context.db,
             actor=await info.context.actor(),
@@ -297,7 +290,7 @@ class Mutation:
         extensions=requires(PermissionName.USE_AI),
     )
     async def upload_file(
-        self, info: Info[Context, None], file: Upload, purpose: str | None = None
+        self, info: Info, file: Upload, purpose: str | None = None
     ) -> FileType | None:
         stored = await files.upload_file(
             ai=info.context.services.ai,
@@ -311,7 +304,7 @@ class Mutation:
         extensions=authenticated(),
     )
     async def attach_file(
-        self, info: Info[Context, None], file_id: strawberry.ID, target_id: strawberry.ID
+        self, info: Info, file_id: strawberry.ID, target_id: strawberry.ID
     ) -> FileType | None:
         file = await files.attach_file(
             db=info.context.db,
@@ -327,7 +320,7 @@ class Mutation:
         extensions=authenticated(),
     )
     async def detach_file(
-        self, info: Info[Context, None], file_id: strawberry.ID, target_id: strawberry.ID
+        self, info: Info, file_id: strawberry.ID, target_id: strawberry.ID
     ) -> bool | None:
         return await files.detach_file(
             db=info.context.db,
@@ -340,7 +333,7 @@ class Mutation:
         description="Delete a file you uploaded (and its attachments); ADMIN may delete any.",
         extensions=authenticated(),
     )
-    async def delete_file(self, info: Info[Context, None], id: strawberry.ID) -> bool | None:
+    async def delete_file(self, info: Info, id: strawberry.ID) -> bool | None:
         return await files.delete_file(
             ai=info.context.services.ai,
             actor=await info.context.actor(),
@@ -361,10 +354,7 @@ class Subscription:
         directives=[AuthenticatedDirective()],
     )
     async def thread_events(
-        self,
-        info: Info[Context, None],
-        thread_id: strawberry.ID,
-        after_sequence: int | None = None,
+        self, info: Info, thread_id: strawberry.ID, after_sequence: int | None = None
     ) -> AsyncGenerator[ThreadEvent, None]:
         context = info.context
         try:

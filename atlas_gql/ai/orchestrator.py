@@ -23,7 +23,11 @@ response runs on its own, so a reply outlives its stream and its worker.
   at a clean shutdown the worker releases its background replies for the next worker to
   resume at once, instead of ending them INCOMPLETE.
 - A reply that ends here without the upstream having ended it (cancel, cut, timeout, ...)
-  is cancelled upstream (`POST /v1/responses/{id}/cancel`), so it stops costing."""
+  is cancelled upstream (`POST /v1/responses/{id}/cancel`), so it stops costing.
+
+Size: over 400 lines on purpose: one reply's life (start, stream, checkpoint, resume, cancel,
+finish) reads top to bottom here; what stands alone is in events.py, sequences.py,
+recovery.py and circuit.py."""
 
 from __future__ import annotations
 

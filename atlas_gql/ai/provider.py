@@ -18,7 +18,10 @@ provider numbers its events), and every upstream fault
 into `UpstreamFailure` (HTTP status, x-request-id, whether a retry may help). A failure's
 `message` is a fixed, readable text per kind of failure (stored on the message, broadcast to
 subscribers); the upstream's own words (which may quote part of the API key, as OpenAI's 401
-body does) are only in its `detail`, scrubbed, for the ErrorLog row."""
+body does) are only in its `detail`, scrubbed, for the ErrorLog row.
+
+Size: over 400 lines on purpose: the interface and its two adapters, which must fail the same
+way, read side by side."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import strawberry
-from strawberry.types import Info
 
 from atlas_gql.ai import events, loaders
 from atlas_gql.ai.models import (
@@ -26,7 +25,8 @@ from atlas_gql.ai.models import (
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.db.pagination import page_request
-from atlas_gql.graph.context import Context
+from atlas_gql.graph.context import Info
+from atlas_gql.graph.inputs import After, Before, First, Last
 from atlas_gql.graph.relay import (
     REFUSED,
     Connection,
@@ -47,7 +47,7 @@ else:
     LazyProject = Annotated["ProjectType", strawberry.lazy("atlas_gql.projects.graph")]  # noqa: F821
 
 
-async def _project(info: Info[Context, None], project_id: uuid.UUID | None) -> LazyProject | None:
+async def _project(info: Info, project_id: uuid.UUID | None) -> LazyProject | None:
     if project_id is None:
         return None
     # Null when the viewer may not see the project (e.g. the creator of an assistant who has
@@ -56,9 +56,7 @@ async def _project(info: Info[Context, None], project_id: uuid.UUID | None) -> L
     return project
 
 
-async def _files(
-    info: Info[Context, None], kind: AssociableType, target_id: uuid.UUID
-) -> list[FileType]:
+async def _files(info: Info, kind: AssociableType, target_id: uuid.UUID) -> list[FileType]:
     files = await info.context.loader(loaders.files_by_target).load((kind, target_id))
     return [FileType.from_model(file) for file in files]
 
@@ -88,11 +86,11 @@ class AssistantType(Node):
         return from_row(cls, "Assistant", assistant, project_db_id=assistant.project_id)
 
     @strawberry.field(description="The project sharing this assistant; null when personal.")
-    async def project(self, info: Info[Context, None]) -> LazyProject | None:
+    async def project(self, info: Info) -> LazyProject | None:
         return await _project(info, self.project_db_id)
 
     @strawberry.field(description="Files attached to the assistant.")
-    async def files(self, info: Info[Context, None]) -> list[FileType]:
+    async def files(self, info: Info) -> list[FileType]:
         return await _files(info, AssociableType.ASSISTANT, self.db_id)
 
 
@@ -121,18 +119,18 @@ class ThreadType(Node):
         )
 
     @strawberry.field(description="The project the thread belongs to; null when personal.")
-    async def project(self, info: Info[Context, None]) -> LazyProject | None:
+    async def project(self, info: Info) -> LazyProject | None:
         return await _project(info, self.project_db_id)
 
     @strawberry.field(description="The assistant answering in this thread (null if deleted).")
-    async def assistant(self, info: Info[Context, None]) -> AssistantType | None:
+    async def assistant(self, info: Info) -> AssistantType | None:
         if self.assistant_db_id is None:
             return None
         assistant = await info.context.loader(loaders.assistant_by_id).load(self.assistant_db_id)
         return AssistantType.from_model(assistant) if assistant else None
 
     @strawberry.field(name="createdBy", description="Who started the thread.")
-    async def created_by(self, info: Info[Context, None]) -> UserType | None:
+    async def created_by(self, info: Info) -> UserType | None:
         user = await info.context.loader(auth_loaders.user_by_id).load(self.created_by_db_id)
         return UserType.from_model(user) if user else None
 
@@ -142,18 +140,18 @@ class ThreadType(Node):
     )
     async def messages(
         self,
-        info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
-        last: int | None = None,
-        before: str | None = None,
+        info: Info,
+        first: First = None,
+        after: After = None,
+        last: Last = None,
+        before: Before = None,
     ) -> Connection[MessageType] | None:
         request = page_request(first=first, after=after, last=last, before=before)
         page = await info.context.loader(loaders.messages_page).load((self.db_id, request))
         return to_connection(page, MessageType.from_model)
 
     @strawberry.field(description="Files attached to the thread.")
-    async def files(self, info: Info[Context, None]) -> list[FileType]:
+    async def files(self, info: Info) -> list[FileType]:
         return await _files(info, AssociableType.THREAD, self.db_id)
 
 
@@ -161,9 +159,9 @@ class ThreadType(Node):
 class MessageType(Node):
     db_id: strawberry.Private[uuid.UUID]
     thread_db_id: strawberry.Private[uuid.UUID]
-    role: MessageRoleEnum  # type: ignore[valid-type]
+    role: MessageRole
     content: str
-    status: MessageStatusEnum  # type: ignore[valid-type]
+    status: MessageStatus
     openai_message_id: str | None
     input_tokens: int | None
     output_tokens: int | None
@@ -178,7 +176,7 @@ class MessageType(Node):
         return from_row(cls, "Message", message, thread_db_id=message.thread_id)
 
     @strawberry.field(description="Files sent with the message.")
-    async def files(self, info: Info[Context, None]) -> list[FileType]:
+    async def files(self, info: Info) -> list[FileType]:
         return await _files(info, AssociableType.MESSAGE, self.db_id)
 
 

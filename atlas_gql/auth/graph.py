@@ -10,19 +10,16 @@ from datetime import datetime
 from typing import TypeAlias
 
 import strawberry
-from strawberry.types import Info
 
 from atlas_gql.auth import account, admin, loaders
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User
 from atlas_gql.auth.permissions import (
-    PermissionNameEnum,
-    RoleNameEnum,
     authenticated,
     requires,
 )
 from atlas_gql.db.pagination import page_request
-from atlas_gql.graph.context import Context
-from atlas_gql.graph.inputs import set_fields
+from atlas_gql.graph.context import Context, Info
+from atlas_gql.graph.inputs import After, First, set_fields
 from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
 from atlas_gql.ids import decode_id_of
 
@@ -32,9 +29,9 @@ RoleChange: TypeAlias = Callable[..., Awaitable[User]]
 
 @strawberry.type(name="Role", description="A global role granting a set of permissions.")
 class RoleType:
-    name: RoleNameEnum  # type: ignore[valid-type]
+    name: RoleName
     description: str | None
-    permissions: list[PermissionNameEnum]  # type: ignore[valid-type]
+    permissions: list[PermissionName]
 
 
 @strawberry.type(name="User", description="A person with an account.")
@@ -51,12 +48,12 @@ class UserType(Node):
         return from_row(cls, "User", user)
 
     @strawberry.field(description="The user's global roles.")
-    async def roles(self, info: Info[Context, None]) -> list[RoleType]:
+    async def roles(self, info: Info) -> list[RoleType]:
         roles = await info.context.loader(loaders.roles_by_user).load(self.db_id)
         return await role_types(info.context, roles)
 
     @strawberry.field(description="The permissions the user holds through their roles.")
-    async def permissions(self, info: Info[Context, None]) -> list[PermissionNameEnum]:  # type: ignore[valid-type]
+    async def permissions(self, info: Info) -> list[PermissionName]:
         return await info.context.loader(loaders.permissions_by_user).load(self.db_id)
 
 
@@ -135,7 +132,7 @@ class CreateUserInput:
     email: str
     password: str = strawberry.field(description="8 characters at least, 72 bytes (UTF-8) at most.")
     name: str | None = None
-    roles: list[RoleNameEnum] | None = strawberry.field(  # type: ignore[valid-type]
+    roles: list[RoleName] | None = strawberry.field(
         default=None, description="Global roles; USER when omitted."
     )
 
@@ -156,7 +153,7 @@ class UserFilter:
     search: str | None = strawberry.field(
         default=None, description="A substring of the email or the name (case-insensitive)."
     )
-    role: RoleNameEnum | None = strawberry.field(  # type: ignore[valid-type]
+    role: RoleName | None = strawberry.field(
         default=None, description="Only users holding this global role."
     )
     is_active: bool | None = None
@@ -165,7 +162,7 @@ class UserFilter:
 @strawberry.type
 class Query:
     @strawberry.field(description="The signed-in user; null without a token.")
-    async def me(self, info: Info[Context, None]) -> UserType | None:
+    async def me(self, info: Info) -> UserType | None:
         viewer = await info.context.viewer()
         if viewer is None:
             return None
@@ -177,11 +174,7 @@ class Query:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def users(
-        self,
-        info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
-        filter: UserFilter | None = None,
+        self, info: Info, first: First = None, after: After = None, filter: UserFilter | None = None
     ) -> Connection[UserType] | None:
         given = filter or UserFilter()
         page = await admin.list_users(
@@ -197,7 +190,7 @@ class Query:
     @strawberry.field(
         description="Every global role and its permissions.", extensions=authenticated()
     )
-    async def roles(self, info: Info[Context, None]) -> list[RoleType] | None:
+    async def roles(self, info: Info) -> list[RoleType] | None:
         roles = await info.context.loader(loaders.all_roles).load(None)
         return await role_types(info.context, roles)
 
@@ -208,7 +201,7 @@ class Mutation:
         description="Create an account (role USER) and sign it in. CONFLICT when the email is "
         "taken in any letter case; BAD_USER_INPUT for a malformed email or an unfit password."
     )
-    async def register(self, info: Info[Context, None], input: RegisterInput) -> AuthPayload | None:
+    async def register(self, info: Info, input: RegisterInput) -> AuthPayload | None:
         context = info.context
         data = account.Registration(email=input.email, password=input.password, name=input.name)
         signed_in = await account.register(
@@ -221,7 +214,7 @@ class Mutation:
         "either way); repeated failures per account or address answer RATE_LIMITED with "
         "`extensions.retryAfter` seconds."
     )
-    async def login(self, info: Info[Context, None], input: LoginInput) -> AuthPayload | None:
+    async def login(self, info: Info, input: LoginInput) -> AuthPayload | None:
         context = info.context
         signed_in = await account.login(
             db=context.db,
@@ -237,9 +230,7 @@ class Mutation:
         description="Trade a refresh token for new tokens of the same session. Each refresh "
         "token works once; presenting a used one ends its session (UNAUTHENTICATED)."
     )
-    async def refresh_session(
-        self, info: Info[Context, None], refresh_token: str
-    ) -> AuthPayload | None:
+    async def refresh_session(self, info: Info, refresh_token: str) -> AuthPayload | None:
         context = info.context
         signed_in = await account.refresh(
             sessionmaker=context.runtime.sessionmaker,
@@ -255,10 +246,7 @@ class Mutation:
         extensions=authenticated(),
     )
     async def logout(
-        self,
-        info: Info[Context, None],
-        refresh_token: str | None = None,
-        all_sessions: bool | None = False,
+        self, info: Info, refresh_token: str | None = None, all_sessions: bool | None = False
     ) -> bool | None:
         return await account.logout(
             db=info.context.db,
@@ -271,9 +259,7 @@ class Mutation:
         description="Replace the viewer's password; every other session of theirs ends.",
         extensions=authenticated(),
     )
-    async def change_password(
-        self, info: Info[Context, None], input: ChangePasswordInput
-    ) -> bool | None:
+    async def change_password(self, info: Info, input: ChangePasswordInput) -> bool | None:
         context = info.context
         return await account.change_password(
             db=context.db,
@@ -290,9 +276,7 @@ class Mutation:
         description="Create an account (MANAGE_USERS).",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def create_user(
-        self, info: Info[Context, None], input: CreateUserInput
-    ) -> UserType | None:
+    async def create_user(self, info: Info, input: CreateUserInput) -> UserType | None:
         context = info.context
         data = admin.UserCreate(
             email=input.email,
@@ -311,7 +295,7 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def update_user(
-        self, info: Info[Context, None], id: strawberry.ID, input: UpdateUserInput
+        self, info: Info, id: strawberry.ID, input: UpdateUserInput
     ) -> UserType | None:
         user = await admin.update_user(
             db=info.context.db,
@@ -327,9 +311,9 @@ class Mutation:
     )
     async def assign_role(
         self,
-        info: Info[Context, None],
+        info: Info,
         user_id: strawberry.ID,
-        role: RoleNameEnum,  # type: ignore[valid-type]
+        role: RoleName,
     ) -> UserType | None:
         return await _change_role(info, admin.assign_role, user_id, RoleName(role))
 
@@ -340,15 +324,15 @@ class Mutation:
     )
     async def revoke_role(
         self,
-        info: Info[Context, None],
+        info: Info,
         user_id: strawberry.ID,
-        role: RoleNameEnum,  # type: ignore[valid-type]
+        role: RoleName,
     ) -> UserType | None:
         return await _change_role(info, admin.revoke_role, user_id, RoleName(role))
 
 
 async def _change_role(
-    info: Info[Context, None], change: RoleChange, user_id: strawberry.ID, role: RoleName
+    info: Info, change: RoleChange, user_id: strawberry.ID, role: RoleName
 ) -> UserType:
     """assignRole and revokeRole: the same arguments, the same answer."""
     user = await change(

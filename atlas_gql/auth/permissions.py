@@ -37,7 +37,7 @@ class AuthenticatedDirective:
     description="Requires a viewer holding the permission (FORBIDDEN otherwise).",
 )
 class HasPermissionDirective:
-    permission: PermissionNameEnum  # type: ignore[valid-type]
+    permission: PermissionName
 
 
 class IsAuthenticated(BasePermission):

@@ -9,12 +9,13 @@ import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
+from strawberry.types import Info as StrawberryInfo
 
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.sessions import authenticate_access_token
@@ -229,3 +230,7 @@ class Context:
     def _user_agent(self) -> str | None:
         value = self.request.headers.get("user-agent")
         return value[:500] if value else None
+
+
+# What resolvers take as `info`: Strawberry's Info with ATLAS's Context.
+Info: TypeAlias = StrawberryInfo[Context, None]

@@ -1,4 +1,5 @@
-"""From GraphQL arguments to service input objects.
+"""From GraphQL arguments to service input objects: the pagination arguments of connection
+fields, the fields a client set in an update input, optional global IDs.
 
 Update inputs declare their fields `strawberry.Maybe[T | None]`: a field left out is None, a
 field given (null included) is `Some(value)`. `set_fields` keeps only the given ones, which is
@@ -7,12 +8,22 @@ what a service's `PartialUpdate` is built from (omitted = unchanged, null = clea
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.types.maybe import Some
 
 from atlas_gql.ids import decode_id_of
+
+# The pagination arguments of every connection field.
+First = Annotated[
+    int | None, strawberry.argument(description="How many items from the start, 0 to 100 (20).")
+]
+After = Annotated[str | None, strawberry.argument(description="The cursor to continue after.")]
+Last = Annotated[
+    int | None, strawberry.argument(description="How many items from the end, 0 to 100.")
+]
+Before = Annotated[str | None, strawberry.argument(description="The cursor to stop before.")]
 
 
 def set_fields(input: Any) -> dict[str, Any]:

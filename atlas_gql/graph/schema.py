@@ -7,12 +7,11 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.tools import merge_types
-from strawberry.types import Info
 
 from atlas_gql.ai import graph as ai_graph
 from atlas_gql.auth import graph as auth_graph
 from atlas_gql.config import Settings
-from atlas_gql.graph.context import Context
+from atlas_gql.graph.context import Info
 from atlas_gql.graph.errors import ErrorMappingExtension
 from atlas_gql.graph.execution import AtlasExecutor
 from atlas_gql.graph.limits import limit_extensions
@@ -27,7 +26,7 @@ class NodeQuery:
         description="Any object by its global ID; null when it does not exist "
         "or the viewer may not see it."
     )
-    async def node(self, info: Info[Context, None], id: strawberry.ID) -> Node | None:
+    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
         return await resolve_node(info.context, str(id))  # type: ignore[no-any-return]
 
 

@@ -8,14 +8,13 @@ from datetime import datetime
 
 import strawberry
 from strawberry.scalars import JSON
-from strawberry.types import Info
 
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.permissions import authenticated
 from atlas_gql.db.pagination import page_request
-from atlas_gql.graph.context import Context
-from atlas_gql.graph.inputs import optional_id
+from atlas_gql.graph.context import Context, Info
+from atlas_gql.graph.inputs import After, First, optional_id
 from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs import loaders, service
@@ -36,7 +35,7 @@ ErrorSourceEnum = strawberry.enum(
 )
 
 
-async def _user_of(info: Info[Context, None], user_id: uuid.UUID | None) -> UserType | None:
+async def _user_of(info: Info, user_id: uuid.UUID | None) -> UserType | None:
     if user_id is None:
         return None
     user = await info.context.loader(auth_loaders.user_by_id).load(user_id)
@@ -74,7 +73,7 @@ class ActivityLogType(Node):
         )
 
     @strawberry.field(description="Who did it; null for an anonymous action or a deleted user.")
-    async def user(self, info: Info[Context, None]) -> UserType | None:
+    async def user(self, info: Info) -> UserType | None:
         return await _user_of(info, self.user_db_id)
 
 
@@ -85,7 +84,7 @@ class ActivityLogType(Node):
 class ErrorLogType(Node):
     user_db_id: strawberry.Private[uuid.UUID | None]
     request_id: str = strawberry.field(description="The `extensions.requestId` the client saw.")
-    source: ErrorSourceEnum  # type: ignore[valid-type]
+    source: ErrorSource
     error_type: str = strawberry.field(description="The exception's qualified class name.")
     message: str
     stack: str | None = strawberry.field(description="The traceback (secrets redacted).")
@@ -103,7 +102,7 @@ class ErrorLogType(Node):
         return from_row(cls, "ErrorLog", row, user_db_id=row.user_id)
 
     @strawberry.field(description="The signed-in user of the failed request, if any.")
-    async def user(self, info: Info[Context, None]) -> UserType | None:
+    async def user(self, info: Info) -> UserType | None:
         return await _user_of(info, self.user_db_id)
 
 
@@ -142,9 +141,7 @@ class UsageSummaryType:
         )
 
 
-async def project_usage_this_month(
-    info: Info[Context, None], project_id: uuid.UUID
-) -> UsageSummaryType:
+async def project_usage_this_month(info: Info, project_id: uuid.UUID) -> UsageSummaryType:
     """Project.usageThisMonth (the Project type calls this; its visibility gates the field)."""
     totals = await info.context.loader(loaders.usage_this_month_by_project).load(project_id)
     return UsageSummaryType.from_totals(totals)
@@ -185,7 +182,7 @@ class ApiUsageFilter:
 
 @strawberry.input(description="Narrows errorLogs; all conditions combine (AND).")
 class ErrorLogFilter:
-    source: ErrorSourceEnum | None = None  # type: ignore[valid-type]
+    source: ErrorSource | None = None
     from_: datetime | None = strawberry.field(
         default=None, name="from", description="At or after this instant (needs an offset)."
     )
@@ -213,9 +210,9 @@ class Query:
     )
     async def activity_logs(
         self,
-        info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
+        info: Info,
+        first: First = None,
+        after: After = None,
         filter: ActivityLogFilter | None = None,
     ) -> Connection[ActivityLogType] | None:
         given = filter or ActivityLogFilter()
@@ -242,10 +239,10 @@ class Query:
     )
     async def api_usage(
         self,
-        info: Info[Context, None],
+        info: Info,
         filter: ApiUsageFilter | None = None,
         *,
-        group_by: UsageGroupByEnum,  # type: ignore[valid-type]
+        group_by: service.UsageGroup,
     ) -> list[UsageBucketType] | None:
         given = filter or ApiUsageFilter()
         group = service.UsageGroup(group_by)
@@ -280,9 +277,9 @@ class Query:
     )
     async def error_logs(
         self,
-        info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
+        info: Info,
+        first: First = None,
+        after: After = None,
         filter: ErrorLogFilter | None = None,
     ) -> Connection[ErrorLogType] | None:
         given = filter or ErrorLogFilter()

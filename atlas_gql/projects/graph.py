@@ -10,7 +10,6 @@ from functools import partial
 
 import strawberry
 from strawberry.scalars import JSON
-from strawberry.types import Info
 
 from atlas_gql.ai import loaders as ai_loaders
 from atlas_gql.ai.types import ThreadType
@@ -20,8 +19,8 @@ from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.db.pagination import empty_page, page_request
 from atlas_gql.errors import NotFound
-from atlas_gql.graph.context import Context
-from atlas_gql.graph.inputs import set_fields
+from atlas_gql.graph.context import Context, Info
+from atlas_gql.graph.inputs import After, First, set_fields
 from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
 from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.graph import UsageSummaryType, project_usage_this_month
@@ -74,7 +73,7 @@ class ProjectMemberType(Node):
     db_id: strawberry.Private[uuid.UUID]
     project_db_id: strawberry.Private[uuid.UUID]
     user_db_id: strawberry.Private[uuid.UUID]
-    role: ProjectRoleEnum = strawberry.field(description="The member's role in the project.")  # type: ignore[valid-type]
+    role: ProjectRole = strawberry.field(description="The member's role in the project.")
     created_at: datetime = strawberry.field(description="When the user joined the project.")
     # Set when a page of members loaded its users in one batch (saves a resolver per member).
     loaded_user: strawberry.Private[UserType | None] = None
@@ -91,14 +90,14 @@ class ProjectMemberType(Node):
         )
 
     @strawberry.field(description="The member.")
-    def user(self, info: Info[Context, None]) -> UserType:
+    def user(self, info: Info) -> UserType:
         if self.loaded_user is not None:
             return self.loaded_user
         # Not preloaded (node(id), mutations): an awaitable, which the executor awaits.
         return _load_user(info.context, self.user_db_id)  # type: ignore[return-value]
 
     @strawberry.field(description="The project.")
-    async def project(self, info: Info[Context, None]) -> ProjectType:
+    async def project(self, info: Info) -> ProjectType:
         project = await info.context.loader(loaders.project_by_id).load(self.project_db_id)
         if project is None:
             raise NotFound("Project not found.")
@@ -135,7 +134,7 @@ class ProjectType(Node):
         return self.visibility_checked or await _viewer_sees(context, self.db_id)
 
     @strawberry.field(name="createdBy", description="Who created the project.")
-    async def created_by(self, info: Info[Context, None]) -> UserType:
+    async def created_by(self, info: Info) -> UserType:
         user = await info.context.loader(auth_loaders.user_by_id).load(self.created_by_db_id)
         if user is None:
             raise NotFound("User not found.")
@@ -143,7 +142,7 @@ class ProjectType(Node):
 
     @strawberry.field(description="The members, oldest first (Relay connection). " + REFUSED)
     async def members(
-        self, info: Info[Context, None], first: int | None = None, after: str | None = None
+        self, info: Info, first: First = None, after: After = None
     ) -> Connection[ProjectMemberType] | None:
         request = page_request(first=first, after=after)
         if not await self._visible(info.context):
@@ -158,7 +157,7 @@ class ProjectType(Node):
         )
 
     @strawberry.field(description="The project's settings, ordered by key.")
-    async def settings(self, info: Info[Context, None]) -> list[ProjectSettingType]:
+    async def settings(self, info: Info) -> list[ProjectSettingType]:
         if not await self._visible(info.context):
             return []
         settings = await info.context.loader(loaders.settings_by_project).load(self.db_id)
@@ -168,7 +167,7 @@ class ProjectType(Node):
         description="The project's threads, newest first (Relay connection). " + REFUSED
     )
     async def threads(
-        self, info: Info[Context, None], first: int | None = None, after: str | None = None
+        self, info: Info, first: First = None, after: After = None
     ) -> Connection[ThreadType] | None:
         request = page_request(first=first, after=after)
         if not await self._visible(info.context):
@@ -181,7 +180,7 @@ class ProjectType(Node):
         description="The signed-in viewer's role in the project; null when they are not a "
         "member (an ADMIN looking in).",
     )
-    async def viewer_role(self, info: Info[Context, None]) -> ProjectRoleEnum | None:  # type: ignore[valid-type]
+    async def viewer_role(self, info: Info) -> ProjectRole | None:
         return await info.context.viewer_loader(loaders.viewer_role_by_project).load(self.db_id)
 
     @strawberry.field(
@@ -189,7 +188,7 @@ class ProjectType(Node):
         description="AI tokens and cost of the current calendar month (UTC), what the "
         "monthlyTokenBudget setting counts; zeros for a viewer who may not see the project.",
     )
-    async def usage_this_month(self, info: Info[Context, None]) -> UsageSummaryType:
+    async def usage_this_month(self, info: Info) -> UsageSummaryType:
         if not await self._visible(info.context):
             return UsageSummaryType.from_totals(UsageTotals())
         return await project_usage_this_month(info, self.db_id)
@@ -223,7 +222,7 @@ class ProjectFilter:
     search: str | None = strawberry.field(
         default=None, description="Keeps projects whose name contains this (any case)."
     )
-    role: ProjectRoleEnum | None = strawberry.field(  # type: ignore[valid-type]
+    role: ProjectRole | None = strawberry.field(
         default=None, description="Keeps projects where the viewer has this role."
     )
 
@@ -253,9 +252,9 @@ class Query:
     )
     async def projects(
         self,
-        info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
+        info: Info,
+        first: First = None,
+        after: After = None,
         filter: ProjectFilter | None = None,
     ) -> Connection[ProjectType] | None:
         given = filter or ProjectFilter()
@@ -274,7 +273,7 @@ class Query:
         extensions=authenticated(),
         description="A project by ID; null when it does not exist or the viewer is not a member.",
     )
-    async def project(self, info: Info[Context, None], id: strawberry.ID) -> ProjectType | None:
+    async def project(self, info: Info, id: strawberry.ID) -> ProjectType | None:
         return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
 
 
@@ -292,9 +291,7 @@ class Mutation:
         extensions=requires(PermissionName.CREATE_PROJECT),
         description="Create a project; the viewer becomes its OWNER.",
     )
-    async def create_project(
-        self, info: Info[Context, None], input: CreateProjectInput
-    ) -> ProjectType | None:
+    async def create_project(self, info: Info, input: CreateProjectInput) -> ProjectType | None:
         project = await projects.create_project(
             db=info.context.db,
             actor=await info.context.actor(),
@@ -306,7 +303,7 @@ class Mutation:
         extensions=authenticated(), description="Rename or re-describe a project (MANAGER+)."
     )
     async def update_project(
-        self, info: Info[Context, None], id: strawberry.ID, input: UpdateProjectInput
+        self, info: Info, id: strawberry.ID, input: UpdateProjectInput
     ) -> ProjectType | None:
         project = await projects.update_project(
             db=info.context.db,
@@ -321,7 +318,7 @@ class Mutation:
         description="Delete a project (OWNER or ADMIN) with its members, settings, assistants, "
         "threads and messages.",
     )
-    async def delete_project(self, info: Info[Context, None], id: strawberry.ID) -> bool | None:
+    async def delete_project(self, info: Info, id: strawberry.ID) -> bool | None:
         await projects.delete_project(
             db=info.context.db, actor=await info.context.actor(), project_id=_project_id(id, "id")
         )
@@ -334,10 +331,10 @@ class Mutation:
     )
     async def add_project_member(
         self,
-        info: Info[Context, None],
+        info: Info,
         project_id: strawberry.ID,
         user_id: strawberry.ID,
-        role: ProjectRoleEnum,  # type: ignore[valid-type]
+        role: ProjectRole,
     ) -> ProjectMemberType | None:
         member = await members.add_member(
             db=info.context.db,
@@ -354,10 +351,10 @@ class Mutation:
     )
     async def update_project_member(
         self,
-        info: Info[Context, None],
+        info: Info,
         project_id: strawberry.ID,
         user_id: strawberry.ID,
-        role: ProjectRoleEnum,  # type: ignore[valid-type]
+        role: ProjectRole,
     ) -> ProjectMemberType | None:
         member = await members.update_member(
             db=info.context.db,
@@ -374,7 +371,7 @@ class Mutation:
         "remove themself. The last OWNER cannot be removed.",
     )
     async def remove_project_member(
-        self, info: Info[Context, None], project_id: strawberry.ID, user_id: strawberry.ID
+        self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID
     ) -> bool | None:
         await members.remove_member(
             db=info.context.db,
@@ -392,7 +389,7 @@ class Mutation:
         "(a non-negative integer).",
     )
     async def set_project_setting(
-        self, info: Info[Context, None], project_id: strawberry.ID, key: str, value: JSON
+        self, info: Info, project_id: strawberry.ID, key: str, value: JSON
     ) -> ProjectSettingType | None:
         setting = await settings.set_setting(
             db=info.context.db,
@@ -407,7 +404,7 @@ class Mutation:
         description="Remove a setting (MANAGER+); false when the key was not set.",
     )
     async def delete_project_setting(
-        self, info: Info[Context, None], project_id: strawberry.ID, key: str
+        self, info: Info, project_id: strawberry.ID, key: str
     ) -> bool | None:
         return await settings.delete_setting(
             db=info.context.db,
