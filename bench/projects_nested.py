@@ -8,9 +8,10 @@ Seeds N projects x M members x K threads into DATABASE_URL (migrated to head fir
 throw-away database on 127.0.0.1:5432 that is dropped afterwards. Serves the app with uvicorn
 in a subprocess (so the load generator does not share the server's event loop), signs in,
 fires the query with httpx, and prints requests/s, p50/p99 latency, SQL statements per
-request and the server's CPU time per request (from /proc: the figure that other load on the
-machine does not move). The server counts statements with a `before_cursor_execute` listener on its engine and
-reports them on a bench-only route (`/__bench/statements`), which the real app does not have.
+request and the server's CPU time per request (from /proc: a figure other load on the machine
+moves much less than wall-clock ones). The server counts statements with a
+`before_cursor_execute` listener on its engine and reports them on a bench-only route
+(`/__bench/statements`), which the real app does not have.
 """
 
 from __future__ import annotations

@@ -198,11 +198,16 @@ class FileType(Node):
 # -- inputs and payloads ---------------------------------------------------------------------
 
 
-@strawberry.input(description="Filters of `assistants`.")
-class AssistantFilter:
+@strawberry.input
+class _InProject:
     project_id: strawberry.ID | None = strawberry.field(
-        default=None, description="Only the assistants of this project."
+        default=None, description="Only those of this project."
     )
+
+
+@strawberry.input(description="Filters of `assistants`.")
+class AssistantFilter(_InProject):
+    pass
 
 
 @strawberry.input(description="A new assistant.")
@@ -239,10 +244,8 @@ class UpdateAssistantInput:
 
 
 @strawberry.input(description="Filters of `threads`.")
-class ThreadFilter:
-    project_id: strawberry.ID | None = strawberry.field(
-        default=None, description="Only the threads of this project."
-    )
+class ThreadFilter(_InProject):
+    pass
 
 
 @strawberry.input(description="A new thread.")

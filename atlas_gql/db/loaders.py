@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.sql.base import Executable
 from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
@@ -53,6 +54,24 @@ def rows_by_id(model: type[RowT]) -> LoaderFactory[uuid.UUID, RowT | None]:
         return DataLoader(load_fn=load)
 
     factory.__qualname__ = f"rows_by_id({model.__name__})"
+    return factory
+
+
+def lists_by_key(
+    query: Callable[[Sequence[KeyT]], Executable],
+) -> LoaderFactory[KeyT, list[Any]]:
+    """A factory of loaders of key -> a list of values, from one statement `query(keys)` that
+    selects (key, value) rows in the order the lists keep. A key without rows gets []."""
+
+    def factory(db: ReadSessionSource) -> DataLoader[KeyT, list[Any]]:
+        async def load(keys: Sequence[KeyT]) -> list[list[Any]]:
+            grouped: dict[Any, list[Any]] = defaultdict(list)
+            for key, value in (await db().execute(query(keys))).all():
+                grouped[key].append(value)
+            return [grouped[key] for key in keys]
+
+        return DataLoader(load_fn=load)
+
     return factory
 
 
