@@ -15,23 +15,20 @@ from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql.ai import rules
 from atlas_gql.ai.attachments import attached_to, delete_attachments
 from atlas_gql.ai.models import Assistant, AssociableType
 from atlas_gql.ai.pricing import allowed_models
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Forbidden, NotFound
-from atlas_gql.projects.access import (
-    project_role_of,
-    require_project_role,
-    role_at_least,
-    visible_project_ids,
-)
+from atlas_gql.projects.access import project_role_of, require_project_role, role_at_least
 from atlas_gql.projects.models import ProjectRole
 
 NAME_MAX = 200
@@ -101,13 +98,8 @@ def check_model(settings: Settings, model: str) -> str:
 
 
 def assistant_visible_to(viewer: Viewer) -> Any:
-    """The assistants `viewer` may see, as a SQL condition (lists filter in the database)."""
-    if viewer.is_admin:
-        return sa.true()
-    return sa.or_(
-        col(Assistant.created_by_id) == viewer.user_id,
-        col(Assistant.project_id).in_(visible_project_ids(viewer)),
-    )
+    """The assistants `viewer` may see, as a SQL condition: the shared rule (`ai.rules`)."""
+    return rules.assistant_visible(viewer_literals(viewer), rules.assistants)
 
 
 async def may_manage(

@@ -22,16 +22,19 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from atlas_gql.ai.assistants import assistant_visible_to, managed_assistant, may_manage
+from atlas_gql.ai import rules
+from atlas_gql.ai.assistants import managed_assistant, may_manage
 from atlas_gql.ai.messages import get_message
-from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
+from atlas_gql.ai.models import AssociableType, File, FileAssociation, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.ai.provider import UpstreamFailure
-from atlas_gql.ai.threads import get_thread, thread_visible_to
+from atlas_gql.ai.threads import get_thread
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.session import ReadSession, stored
+from atlas_gql.db.tables import table_of
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden, NotFound, UpstreamError
 from atlas_gql.ids import decode_global_id
@@ -71,39 +74,8 @@ class FileUpload:
 
 
 def file_visible_to(viewer: Viewer) -> Any:
-    if viewer.is_admin:
-        return sa.true()
-    association = FileAssociation
-    attached_to_visible = (
-        sa.select(sa.literal(1))
-        .where(
-            col(association.file_id) == col(File.id),
-            sa.or_(
-                sa.and_(
-                    col(association.associable_type) == AssociableType.ASSISTANT,
-                    col(association.associable_id).in_(
-                        sa.select(col(Assistant.id)).where(assistant_visible_to(viewer))
-                    ),
-                ),
-                sa.and_(
-                    col(association.associable_type) == AssociableType.THREAD,
-                    col(association.associable_id).in_(
-                        sa.select(col(Thread.id)).where(thread_visible_to(viewer))
-                    ),
-                ),
-                sa.and_(
-                    col(association.associable_type) == AssociableType.MESSAGE,
-                    col(association.associable_id).in_(
-                        sa.select(col(Message.id))
-                        .join(Thread, col(Thread.id) == col(Message.thread_id))
-                        .where(thread_visible_to(viewer))
-                    ),
-                ),
-            ),
-        )
-        .exists()
-    )
-    return sa.or_(col(File.uploaded_by_id) == viewer.user_id, attached_to_visible)
+    """The files `viewer` may see, as a SQL condition: the shared rule (`ai.rules`)."""
+    return rules.file_visible(viewer_literals(viewer), table_of(File))
 
 
 async def get_file(*, db: ReadSession, viewer: Viewer, file_id: uuid.UUID) -> File:

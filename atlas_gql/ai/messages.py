@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql.ai import rules
 from atlas_gql.ai.events import ThreadEvent, created_event
 from atlas_gql.ai.models import (
     Assistant,
@@ -29,9 +30,10 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.sequences import SequenceBlock
-from atlas_gql.ai.threads import get_thread, running_reply, thread_visible_to
+from atlas_gql.ai.threads import get_thread, running_reply
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
@@ -53,11 +55,11 @@ class MessageSend(Command):
 
 async def get_message(*, db: ReadSession, viewer: Viewer, message_id: uuid.UUID) -> Message:
     """A message whose thread the viewer may see; NOT_FOUND otherwise."""
+    visible = rules.message_visible(viewer_literals(viewer), rules.messages)
     message = (
         await db.execute(
             sa.select(Message)
-            .join(Thread, col(Thread.id) == col(Message.thread_id))
-            .where(col(Message.id) == message_id, thread_visible_to(viewer))
+            .where(col(Message.id) == message_id, visible)
             .execution_options(populate_existing=True)
         )
     ).scalar_one_or_none()

@@ -14,17 +14,19 @@ from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql.ai import rules
 from atlas_gql.ai.assistants import clean_text, get_assistant, may_manage
 from atlas_gql.ai.attachments import attached_to, delete_attachments
 from atlas_gql.ai.models import AssociableType, Message, MessageStatus, Thread
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
-from atlas_gql.projects.access import require_project_role, visible_project_ids
+from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.models import ProjectRole
 
 TITLE_MAX = 300
@@ -53,13 +55,8 @@ class ThreadUpdate(PartialUpdate):
 
 
 def thread_visible_to(viewer: Viewer) -> Any:
-    """The threads `viewer` may see, as a SQL condition (lists filter in the database)."""
-    if viewer.is_admin:
-        return sa.true()
-    return sa.or_(
-        col(Thread.project_id).in_(visible_project_ids(viewer)),
-        sa.and_(col(Thread.project_id).is_(None), col(Thread.created_by_id) == viewer.user_id),
-    )
+    """The threads `viewer` may see, as a SQL condition: the shared rule (`ai.rules`)."""
+    return rules.thread_visible(viewer_literals(viewer), rules.threads)
 
 
 async def list_threads(

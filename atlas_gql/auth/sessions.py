@@ -15,16 +15,13 @@ from sqlmodel import col
 
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import (
-    Permission,
     PermissionName,
     RefreshToken,
-    Role,
     RoleName,
-    RolePermission,
     Session,
     User,
-    UserRole,
 )
+from atlas_gql.auth.rules import live_session
 from atlas_gql.auth.tokens import (
     decode_access_token,
     hash_token,
@@ -87,35 +84,10 @@ async def start_session(
 async def load_viewer_for_session(
     *, db: ReadSession, user_id: uuid.UUID, session_id: uuid.UUID
 ) -> Viewer | None:
-    """The viewer when the session is live and the user active, else None; one SQL statement."""
-    now = sa.func.now()
-    role_names = (
-        sa.select(sa.func.coalesce(sa.func.array_agg(sa.distinct(col(Role.name))), sa.text("'{}'")))
-        .select_from(UserRole)
-        .join(Role, col(Role.id) == col(UserRole.role_id))
-        .where(col(UserRole.user_id) == col(User.id))
-        .scalar_subquery()
-    )
-    permission_names = (
-        sa.select(
-            sa.func.coalesce(sa.func.array_agg(sa.distinct(col(Permission.name))), sa.text("'{}'"))
-        )
-        .select_from(UserRole)
-        .join(RolePermission, col(RolePermission.role_id) == col(UserRole.role_id))
-        .join(Permission, col(Permission.id) == col(RolePermission.permission_id))
-        .where(col(UserRole.user_id) == col(User.id))
-        .scalar_subquery()
-    )
-    statement = (
-        sa.select(col(User.id), col(User.email), role_names, permission_names)
-        .join(Session, col(Session.user_id) == col(User.id))
-        .where(
-            col(User.id) == user_id,
-            col(User.is_active).is_(True),
-            col(Session.id) == session_id,
-            col(Session.revoked_at).is_(None),
-            col(Session.expires_at) > now,
-        )
+    """The viewer when the session is live and the user active, else None; one SQL statement
+    (`rules.live_session`, the check the compiled read path folds into its statement too)."""
+    statement = live_session(
+        user_id=sa.literal(user_id, sa.Uuid), session_id=sa.literal(session_id, sa.Uuid)
     )
     row = (await db.execute(statement)).one_or_none()
     if row is None:

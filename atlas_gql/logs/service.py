@@ -17,14 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.auth.actor import Actor
+from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession
+from atlas_gql.db.tables import table_of
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden
+from atlas_gql.logs import rules
 from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
 from atlas_gql.projects.access import project_role_of, require_project_role
-from atlas_gql.projects.models import ProjectMember, ProjectRole
+from atlas_gql.projects.models import ProjectRole
 
 logger = logging.getLogger(__name__)
 
@@ -105,20 +108,6 @@ def _newest_first(model: Any) -> Ordering:
 
 ACTIVITY_ORDERING = _newest_first(ActivityLog)
 ERROR_ORDERING = _newest_first(ErrorLog)
-LOG_READER_ROLES = (ProjectRole.OWNER, ProjectRole.MANAGER)
-
-
-def managed_project_ids(viewer: Viewer) -> sa.Select[Any]:
-    """Projects where the viewer is OWNER or MANAGER, as a SQL subquery."""
-    return sa.select(col(ProjectMember.project_id)).where(
-        col(ProjectMember.user_id) == viewer.user_id,
-        col(ProjectMember.role).in_(LOG_READER_ROLES),
-    )
-
-
-async def _manages_any_project(*, db: ReadSession, viewer: Viewer) -> bool:
-    statement = sa.select(sa.exists(managed_project_ids(viewer)))
-    return bool((await db.execute(statement)).scalar_one())
 
 
 async def list_activity_logs(
@@ -135,9 +124,10 @@ async def list_activity_logs(
         )
         statement = statement.where(col(ActivityLog.project_id) == filter.project_id)
     elif not viewer.is_admin:
-        if not await _manages_any_project(db=db, viewer=viewer):
+        ref = viewer_literals(viewer)
+        if not (await db.execute(sa.select(rules.reads_activity(ref)))).scalar_one():
             raise Forbidden("Only administrators and project owners or managers read activity.")
-        statement = statement.where(col(ActivityLog.project_id).in_(managed_project_ids(viewer)))
+        statement = statement.where(rules.activity_visible(ref, table_of(ActivityLog)))
     if filter.user_id is not None:
         statement = statement.where(col(ActivityLog.user_id) == filter.user_id)
     if filter.action is not None:
@@ -155,7 +145,7 @@ async def activity_log_visible(*, db: ReadSession, viewer: Viewer, row: Activity
     if row.project_id is None:
         return False
     role = await project_role_of(db=db, project_id=row.project_id, user_id=viewer.user_id)
-    return role in LOG_READER_ROLES
+    return role in rules.LOG_READER_ROLES
 
 
 def _usage_key(group: UsageGroup) -> sa.ColumnElement[Any]:

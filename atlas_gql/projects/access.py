@@ -61,16 +61,6 @@ async def project_role_of(
     return (await db.execute(statement)).scalar_one_or_none()
 
 
-def visible_project_ids(viewer: Viewer) -> sa.Select[uuid.UUID]:
-    """The ids of projects the viewer may see, as a SQL subquery (a membership join), so lists
-    filter in the database. ADMIN sees every project."""
-    if viewer.is_admin:
-        return sa.select(col(Project.id))
-    return sa.select(col(ProjectMember.project_id)).where(
-        col(ProjectMember.user_id) == viewer.user_id
-    )
-
-
 async def require_project_role(
     db: ReadSession,
     viewer: Viewer,

@@ -15,11 +15,14 @@ from sqlmodel import col
 
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
+from atlas_gql.db.tables import table_of
 from atlas_gql.errors import BadInput, NotFound
-from atlas_gql.projects.access import require_project_role, visible_project_ids
+from atlas_gql.projects import rules
+from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.hooks import before_project_delete
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 
@@ -83,8 +86,9 @@ async def list_projects(
     viewer = actor.viewer_required
     statement = sa.select(Project)
     if filter.role is None:
-        if not viewer.is_admin:
-            statement = statement.where(col(Project.id).in_(visible_project_ids(viewer)))
+        statement = statement.where(
+            rules.project_visible(viewer_literals(viewer), table_of(Project).c.id)
+        )
     else:
         statement = statement.where(
             col(Project.id).in_(

@@ -1,6 +1,7 @@
-"""The shared rule functions, called as the resolver path will call them (a viewer reference
-of constants), select exactly the rows today's service rules select, for every viewer; and
-an ADMIN's constants fold away (no membership subquery)."""
+"""The shared rule functions, called as the resolver path calls them (a viewer reference of
+constants), select exactly the rows the services' own rules selected before they shared them
+(kept below, in the ORM form the services wrote them in, as the reference), for every viewer;
+and an ADMIN's constants fold away (no membership subquery)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai import rules as ai_rules
-from atlas_gql.ai.files import file_visible_to
-from atlas_gql.ai.models import Assistant, File, Message, Thread
-from atlas_gql.ai.service import assistant_visible_to, thread_visible_to
+from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
 from atlas_gql.auth import rules as auth_rules
 from atlas_gql.auth.models import PermissionName, RoleName, User
 from atlas_gql.auth.sessions import load_viewer_for_session
@@ -25,11 +24,83 @@ from atlas_gql.config import Settings
 from atlas_gql.db.tables import table_of
 from atlas_gql.logs import rules as logs_rules
 from atlas_gql.logs.models import ActivityLog
-from atlas_gql.logs.service import managed_project_ids
 from atlas_gql.projects import rules as project_rules
-from atlas_gql.projects.access import visible_project_ids
-from atlas_gql.projects.models import Project
+from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from tests.graph.compiled.conftest import World
+
+# -- the reference: the rules as the services wrote them before they shared them ------------
+
+
+def visible_project_ids(viewer: Viewer) -> Any:
+    if viewer.is_admin:
+        return sa.select(col(Project.id))
+    return sa.select(col(ProjectMember.project_id)).where(
+        col(ProjectMember.user_id) == viewer.user_id
+    )
+
+
+def managed_project_ids(viewer: Viewer) -> Any:
+    return sa.select(col(ProjectMember.project_id)).where(
+        col(ProjectMember.user_id) == viewer.user_id,
+        col(ProjectMember.role).in_((ProjectRole.OWNER, ProjectRole.MANAGER)),
+    )
+
+
+def assistant_visible_to(viewer: Viewer) -> Any:
+    if viewer.is_admin:
+        return sa.true()
+    return sa.or_(
+        col(Assistant.created_by_id) == viewer.user_id,
+        col(Assistant.project_id).in_(visible_project_ids(viewer)),
+    )
+
+
+def thread_visible_to(viewer: Viewer) -> Any:
+    if viewer.is_admin:
+        return sa.true()
+    return sa.or_(
+        col(Thread.project_id).in_(visible_project_ids(viewer)),
+        sa.and_(col(Thread.project_id).is_(None), col(Thread.created_by_id) == viewer.user_id),
+    )
+
+
+def file_visible_to(viewer: Viewer) -> Any:
+    if viewer.is_admin:
+        return sa.true()
+    link = FileAssociation
+    attached_to_visible = (
+        sa.select(sa.literal(1))
+        .where(
+            col(link.file_id) == col(File.id),
+            sa.or_(
+                sa.and_(
+                    col(link.associable_type) == AssociableType.ASSISTANT,
+                    col(link.associable_id).in_(
+                        sa.select(col(Assistant.id)).where(assistant_visible_to(viewer))
+                    ),
+                ),
+                sa.and_(
+                    col(link.associable_type) == AssociableType.THREAD,
+                    col(link.associable_id).in_(
+                        sa.select(col(Thread.id)).where(thread_visible_to(viewer))
+                    ),
+                ),
+                sa.and_(
+                    col(link.associable_type) == AssociableType.MESSAGE,
+                    col(link.associable_id).in_(
+                        sa.select(col(Message.id))
+                        .join(Thread, col(Thread.id) == col(Message.thread_id))
+                        .where(thread_visible_to(viewer))
+                    ),
+                ),
+            ),
+        )
+        .exists()
+    )
+    return sa.or_(col(File.uploaded_by_id) == viewer.user_id, attached_to_visible)
+
+
+# -- the checks --------------------------------------------------------------------------------
 
 
 async def viewers(db: AsyncSession, world: World, settings: Settings) -> dict[str, Viewer]:
