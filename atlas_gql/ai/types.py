@@ -83,7 +83,7 @@ class AssistantType(Node):
 
     @classmethod
     def from_model(cls, assistant: Assistant) -> AssistantType:
-        return from_row(cls, "Assistant", assistant, project_db_id=assistant.project_id)
+        return from_row(cls, "Assistant", assistant)
 
     @strawberry.field(description="The project sharing this assistant; null when personal.")
     async def project(self, info: Info) -> LazyProject | None:
@@ -109,14 +109,7 @@ class ThreadType(Node):
 
     @classmethod
     def from_model(cls, thread: Thread) -> ThreadType:
-        return from_row(
-            cls,
-            "Thread",
-            thread,
-            project_db_id=thread.project_id,
-            assistant_db_id=thread.assistant_id,
-            created_by_db_id=thread.created_by_id,
-        )
+        return from_row(cls, "Thread", thread)
 
     @strawberry.field(description="The project the thread belongs to; null when personal.")
     async def project(self, info: Info) -> LazyProject | None:
@@ -173,7 +166,7 @@ class MessageType(Node):
 
     @classmethod
     def from_model(cls, message: Message) -> MessageType:
-        return from_row(cls, "Message", message, thread_db_id=message.thread_id)
+        return from_row(cls, "Message", message)
 
     @strawberry.field(description="Files sent with the message.")
     async def files(self, info: Info) -> list[FileType]:

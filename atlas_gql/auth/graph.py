@@ -310,10 +310,7 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def assign_role(
-        self,
-        info: Info,
-        user_id: strawberry.ID,
-        role: RoleName,
+        self, info: Info, user_id: strawberry.ID, role: RoleName
     ) -> UserType | None:
         return await _change_role(info, admin.assign_role, user_id, RoleName(role))
 
@@ -323,10 +320,7 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def revoke_role(
-        self,
-        info: Info,
-        user_id: strawberry.ID,
-        role: RoleName,
+        self, info: Info, user_id: strawberry.ID, role: RoleName
     ) -> UserType | None:
         return await _change_role(info, admin.revoke_role, user_id, RoleName(role))
 

@@ -32,17 +32,17 @@ class Node:
 
 
 def from_row(cls: type[TypeT], type_name: str, row: Any, **values: Any) -> TypeT:
-    """A Node type built from a table row: its global ID, `db_id`, and every other field
-    named like an attribute of the row; `values` give the rest (private ids, overrides)."""
+    """A Node type built from a table row: its global ID, `db_id` (the row's id), each private
+    `<x>_db_id` (the row's `<x>_id`), and every other field named like an attribute of the
+    row; `values` give the rest (overrides)."""
     values.setdefault("id", strawberry.ID(encode_global_id(type_name, row.id)))
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         name = field.name
         if not field.init or name in values:
             continue
-        if name == "db_id":
-            values[name] = row.id
-        elif hasattr(row, name):
-            values[name] = getattr(row, name)
+        column = name.removesuffix("db_id") + "id" if name.endswith("db_id") else name
+        if hasattr(row, column):
+            values[name] = getattr(row, column)
     return cls(**values)
 
 

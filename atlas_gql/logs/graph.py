@@ -68,7 +68,6 @@ class ActivityLogType(Node):
             cls,
             "ActivityLog",
             row,
-            user_db_id=row.user_id,
             project_id=strawberry.ID(project) if project else None,
         )
 
@@ -99,7 +98,7 @@ class ErrorLogType(Node):
 
     @classmethod
     def from_model(cls, row: ErrorLog) -> ErrorLogType:
-        return from_row(cls, "ErrorLog", row, user_db_id=row.user_id)
+        return from_row(cls, "ErrorLog", row)
 
     @strawberry.field(description="The signed-in user of the failed request, if any.")
     async def user(self, info: Info) -> UserType | None:
@@ -238,11 +237,7 @@ class Query:
         extensions=authenticated(),
     )
     async def api_usage(
-        self,
-        info: Info,
-        filter: ApiUsageFilter | None = None,
-        *,
-        group_by: service.UsageGroup,
+        self, info: Info, filter: ApiUsageFilter | None = None, *, group_by: service.UsageGroup
     ) -> list[UsageBucketType] | None:
         given = filter or ApiUsageFilter()
         group = service.UsageGroup(group_by)

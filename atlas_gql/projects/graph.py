@@ -84,8 +84,6 @@ class ProjectMemberType(Node):
             cls,
             "ProjectMember",
             member,
-            project_db_id=member.project_id,
-            user_db_id=member.user_id,
             loaded_user=UserType.from_model(user) if user is not None else None,
         )
 
@@ -122,13 +120,7 @@ class ProjectType(Node):
 
     @classmethod
     def from_model(cls, project: Project, *, visibility_checked: bool = False) -> ProjectType:
-        return from_row(
-            cls,
-            "Project",
-            project,
-            created_by_db_id=project.created_by_id,
-            visibility_checked=visibility_checked,
-        )
+        return from_row(cls, "Project", project, visibility_checked=visibility_checked)
 
     async def _visible(self, context: Context) -> bool:
         return self.visibility_checked or await _viewer_sees(context, self.db_id)
@@ -330,11 +322,7 @@ class Mutation:
         "CONFLICT when they already are a member.",
     )
     async def add_project_member(
-        self,
-        info: Info,
-        project_id: strawberry.ID,
-        user_id: strawberry.ID,
-        role: ProjectRole,
+        self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID, role: ProjectRole
     ) -> ProjectMemberType | None:
         member = await members.add_member(
             db=info.context.db,
@@ -350,11 +338,7 @@ class Mutation:
         "OWNER, which is how ownership is transferred). The last OWNER cannot be demoted.",
     )
     async def update_project_member(
-        self,
-        info: Info,
-        project_id: strawberry.ID,
-        user_id: strawberry.ID,
-        role: ProjectRole,
+        self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID, role: ProjectRole
     ) -> ProjectMemberType | None:
         member = await members.update_member(
             db=info.context.db,
