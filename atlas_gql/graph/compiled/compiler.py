@@ -6,7 +6,10 @@ fragments, `@include`/`@skip`), each object is a `json_build_object` of its sele
 relations are correlated subqueries, connections a keyset page read with LIMIT n+1 and
 aggregated with `json_agg`. The viewer is a CTE (`auth.rules.live_session`) and every
 authorization rule comes from the domains' rule modules, evaluated against it. What the
-walk does not know raises NotCompilable, and the request takes the resolver path."""
+walk does not know raises NotCompilable, and the request takes the resolver path.
+
+Size: over 400 lines on purpose: one walk of a document, kept whole so it reads in the order
+GraphQL executes."""
 
 from __future__ import annotations
 
