@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
-from atlas_gql.auth.service import find_user_by_email
+from atlas_gql.auth.account import find_user_by_email
 from atlas_gql.auth.sessions import start_session
 from atlas_gql.db.engine import create_engine
 from atlas_gql.db.url import DatabaseTarget

@@ -485,7 +485,7 @@ def root_projects(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
     given = arguments["filter"]
     role, search = given.field("role"), given.field("search")
     role_param = None if role.is_null() else compiler.value_param(role, sa.String, plain)
-    # icontains(search.strip(), autoescape=True) of projects.service.list_projects.
+    # icontains(search.strip(), autoescape=True) of projects.projects.list_projects.
     search_param = (
         None
         if search.is_null()
@@ -554,7 +554,7 @@ def root_threads(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
 
 
 def _users_search_pattern(raw: Any) -> str:
-    """auth.service.list_users: a substring of email or name, `\\`-escaped; blank matches
+    """auth.admin.list_users: a substring of email or name, `\\`-escaped; blank matches
     everything (the resolver path adds no condition then)."""
     search = str(raw)
     if search.strip() and len(search) > USERS_SEARCH_MAX:
