@@ -79,6 +79,7 @@ def create_app(
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
 
     schema = build_schema(settings)
+    state["schema"] = schema
     # The services are attached by the lifespan; the view exists earlier so routes can mount it.
     graphql_app = AtlasGraphQL(schema, settings=settings)
 
@@ -87,7 +88,7 @@ def create_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            graphiql_static_route(),
+            *([graphiql_static_route()] if settings.graphiql_enabled else []),
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
         ],

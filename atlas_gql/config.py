@@ -110,11 +110,24 @@ class Settings(BaseSettings):
 
     atlas_max_depth: int = Field(default=12, ge=1)
     atlas_max_aliases: int = Field(default=30, ge=1)
-    atlas_max_tokens: int = Field(default=5_000, ge=1)
+    atlas_max_tokens: int = Field(default=1_000, ge=1, description="lexical tokens and comments")
     atlas_max_cost: int = Field(default=50_000, ge=1)
     atlas_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+    atlas_max_document_bytes: int = Field(
+        default=100 * 1024,
+        ge=1,
+        description="largest GraphQL document (UTF-8 bytes, comments and whitespace included)",
+    )
+    atlas_document_cache_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        description="memory the parsed and validated document cache may hold (0: no cache)",
+    )
     atlas_introspection: bool | None = Field(
         default=None, description="default: on in development, off in production"
+    )
+    atlas_graphiql: bool | None = Field(
+        default=None, description="GraphiQL in browsers; default: on in development only"
     )
     atlas_log_retention_days: int = Field(default=90, ge=1)
     atlas_error_log_retention_days: int | None = Field(
@@ -199,6 +212,12 @@ class Settings(BaseSettings):
         if self.atlas_introspection is None:
             return not self.is_production
         return self.atlas_introspection
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        if self.atlas_graphiql is None:
+            return not self.is_production
+        return self.atlas_graphiql
 
 
 @lru_cache(maxsize=1)

@@ -359,6 +359,8 @@ def run_server(*, settings: Settings, host: str, port: int, workers: int, reload
         h11_max_incomplete_event_size=settings.atlas_max_header_bytes,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         ws_per_message_deflate=settings.atlas_ws_per_message_deflate,
+        # A WebSocket message is bounded like an HTTP body, before it is buffered whole.
+        ws_max_size=settings.atlas_max_body_bytes,
     )
     server = uvicorn.Server(config)
     if config.should_reload:

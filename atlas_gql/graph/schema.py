@@ -14,7 +14,7 @@ from atlas_gql.config import Settings
 from atlas_gql.graph.context import Info
 from atlas_gql.graph.errors import ErrorMappingExtension
 from atlas_gql.graph.execution import AtlasExecutor
-from atlas_gql.graph.limits import limit_extensions
+from atlas_gql.graph.limits import DocumentGuard, DocumentLimits, limit_extensions
 from atlas_gql.graph.relay import Node, resolve_node
 from atlas_gql.logs import graph as logs_graph
 from atlas_gql.projects import graph as projects_graph
@@ -50,21 +50,27 @@ def _merged(name: str, pieces: tuple[type, ...]) -> Any:
 
 
 class AtlasSchema(strawberry.Schema):
+    # Parses, checks and caches this schema's documents (graph/limits).
+    document_guard: DocumentGuard
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Strawberry would log every error with its raw message; ErrorMappingExtension logs
         the unexpected ones, redacted, and client errors need no log line."""
 
 
-def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+def build_schema(settings: Settings | None = None) -> AtlasSchema:
     """The executable schema; `settings` sets the limits (defaults when None)."""
     settings = settings or Settings.model_construct()
-    return AtlasSchema(
+    guard = DocumentGuard(DocumentLimits.from_settings(settings))
+    schema = AtlasSchema(
         query=_merged("Query", QUERY_PIECES),
         mutation=_merged("Mutation", MUTATION_PIECES),
         subscription=_merged("Subscription", SUBSCRIPTION_PIECES),
-        extensions=[ErrorMappingExtension, *limit_extensions(settings)],
+        extensions=[ErrorMappingExtension, *limit_extensions(guard)],
         execution_context_class=AtlasExecutor,
     )
+    schema.document_guard = guard
+    return schema
 
 
 def export_sdl() -> str:

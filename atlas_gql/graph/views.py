@@ -1,26 +1,46 @@
 """The GraphQL endpoint: Strawberry's ASGI view with ATLAS's context, content negotiation
-(GraphQL over HTTP), WebSocket authentication and the offline GraphiQL page."""
+(GraphQL over HTTP), WebSocket authentication and limits, and the offline GraphiQL page.
+
+Whatever a client sends is answered with a GraphQL-shaped JSON error and a code: a body
+that is not JSON or not an object, JSON nested too deeply, a subscription over HTTP, GET
+without a query when GraphiQL is off. On the WebSocket, a message that is too large, not
+JSON, or not a graphql-transport-ws message closes the socket with 1009 or 4400."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
+from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.http.typevars import Context as ContextT
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    Message,
+    SubscribeMessage,
+)
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
 from atlas_gql.config import Settings
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.ide import render_graphiql_html
+from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
+from atlas_gql.graph.limits.extension import utf8_length
 from atlas_gql.graph.services import Services
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
@@ -49,20 +69,132 @@ def _multipart_without_preflight(request: Request) -> bool:
     return not any(request.headers.get(name, "").strip() for name in PREFLIGHT_HEADERS)
 
 
+def error_response(status: int, message: str, code: str | None = None) -> Response:
+    """A request refused before GraphQL runs: JSON with the GraphQL errors shape."""
+    if code is None:
+        code = {404: "NOT_FOUND", 413: "PAYLOAD_TOO_LARGE"}.get(status, "BAD_REQUEST")
+    error = {"message": message, "extensions": {"code": code}}
+    body = json.dumps({"errors": [error]})
+    return Response(body, status_code=status, media_type="application/json")
+
+
 def _missing_preflight_response() -> Response:
-    error = {
-        "message": "Multipart requests must carry a non-empty Apollo-Require-Preflight, "
+    return error_response(
+        400,
+        "Multipart requests must carry a non-empty Apollo-Require-Preflight, "
         "GraphQL-Preflight or X-Apollo-Operation-Name header (CSRF protection).",
-        "extensions": {"code": "BAD_REQUEST"},
-    }
-    return Response(json.dumps({"errors": [error]}), status_code=400, media_type="application/json")
+    )
+
+
+def _http_error_message(error: HTTPException) -> str:
+    cause = error.__cause__
+    if (
+        isinstance(cause, InvalidOperationTypeError)
+        and cause.operation_type is OperationType.SUBSCRIPTION
+    ):
+        return (
+            "Subscriptions are served over WebSocket (graphql-transport-ws) at /graphql, "
+            "not over HTTP."
+        )
+    return error.reason
+
+
+def _wants_graphiql(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return (
+        request.method == "GET"
+        and request.query_params.get("query") is None
+        and ("text/html" in accept or "*/*" in accept)
+    )
+
+
+# Refusals that are the request's size or complexity, not a document error: a 4xx whatever
+# the client accepts (413 for size, 400 for complexity).
+_REFUSAL_STATUS = {"PAYLOAD_TOO_LARGE": 413, "QUERY_TOO_COMPLEX": 400}
+
+# The bytes a connection_init payload may hold (a bearer token and a few client fields).
+MAX_CONNECTION_INIT_BYTES = 16 * 1024
+
+
+class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
+    """Reads at most ATLAS_MAX_BODY_BYTES per message (1009 beyond), JSON shape bounded."""
+
+    def __init__(self, view: Any, request: WebSocket, response: WebSocket) -> None:
+        super().__init__(view, request, response)
+        self.max_message_bytes: int = view.max_message_bytes
+        self.last_message_bytes = 0
+
+    async def iter_json(
+        self, *, ignore_parsing_errors: bool = False
+    ) -> AsyncGenerator[object, None]:
+        try:
+            while self.ws.application_state != WebSocketState.DISCONNECTED:
+                text = await self.ws.receive_text()
+                self.last_message_bytes = size = utf8_length(text)
+                if size > self.max_message_bytes:
+                    await self.close(1009, f"Message exceeds {self.max_message_bytes} bytes")
+                    return
+                try:
+                    yield decode_request_json(text)
+                except json.JSONDecodeError as error:
+                    if not ignore_parsing_errors:
+                        raise NonJsonMessageReceived from error
+                except JsonTooComplex as error:
+                    await self.close(4400, str(error))
+                    return
+        except KeyError as error:
+            raise NonTextMessageReceived from error
+        except WebSocketDisconnect:  # pragma: no cover - the client went away
+            pass
+
+
+class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws with every message's shape checked before Strawberry reads it
+    (a message that is not an object, a payload of the wrong type: 4400, never a crash)."""
+
+    websocket: AtlasWebSocketAdapter
+
+    async def handle_message(self, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.handle_invalid_message("A message must be an object with a type")
+            return
+        await super().handle_message(cast("Message", message))
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        if self.websocket.last_message_bytes > MAX_CONNECTION_INIT_BYTES:
+            await self.websocket.close(
+                4400, f"connection_init exceeds {MAX_CONNECTION_INIT_BYTES} bytes"
+            )
+            return
+        await super().handle_connection_init(message)
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        payload = message.get("payload")
+        if (
+            not isinstance(message.get("id"), str)
+            or not message["id"]
+            or not isinstance(payload, dict)
+            or not isinstance(payload.get("query"), str)
+            or not isinstance(payload.get("variables"), (dict, type(None)))
+            or not isinstance(payload.get("operationName"), (str, type(None)))
+            or not isinstance(payload.get("extensions"), (dict, type(None)))
+        ):
+            await self.handle_invalid_message(
+                "subscribe needs an id and a payload with a query string, and optional "
+                "variables / extensions objects and operationName string"
+            )
+            return
+        await super().handle_subscribe(message)
 
 
 class AtlasGraphQL(GraphQL[Context, None]):
+    websocket_adapter_class = AtlasWebSocketAdapter  # type: ignore[assignment]
+    graphql_transport_ws_handler_class = AtlasTransportWSHandler
+
     def __init__(self, schema: Any, *, settings: Settings) -> None:
         super().__init__(
             schema,
-            graphql_ide="graphiql",
+            graphql_ide="graphiql" if settings.graphiql_enabled else None,
             allow_queries_via_get=True,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             multipart_uploads_enabled=True,
@@ -72,7 +204,18 @@ class AtlasGraphQL(GraphQL[Context, None]):
         )
         # Set by the app's lifespan once the services have started.
         self.services: Services | None = None
+        self.max_message_bytes = settings.atlas_max_body_bytes
         self._graphiql_html = render_graphiql_html()
+
+    def decode_json(self, data: str | bytes) -> object:
+        """Request bodies (and GET's variables): JSON objects, shape bounded, else 400."""
+        try:
+            value = decode_request_json(data)
+        except JsonTooComplex as error:
+            raise HTTPException(400, str(error)) from None
+        if not isinstance(value, (dict, list)):
+            raise HTTPException(400, "Expected a JSON object (a GraphQL request).")
+        return value
 
     @property
     def graphql_ide_html(self) -> str:
@@ -108,35 +251,55 @@ class AtlasGraphQL(GraphQL[Context, None]):
         return data
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
-        if isinstance(request, Request) and _multipart_without_preflight(request):
+        if not isinstance(request, Request):
+            return await super().run(request, context, root_value)
+        if _multipart_without_preflight(request):
             return _missing_preflight_response()
-        response = await super().run(request, context, root_value)
-        if not isinstance(request, Request) or not isinstance(response, Response):
+        if self.graphql_ide is None and _wants_graphiql(request):
+            return error_response(
+                400,
+                "GraphiQL is off on this server (ATLAS_GRAPHIQL). Send a GraphQL request: "
+                "POST /graphql with a JSON body, or GET /graphql?query=...",
+            )
+        try:
+            response = await super().run(request, context, root_value)
+        except HTTPException as error:
+            return error_response(error.status_code, _http_error_message(error))
+        if not isinstance(response, Response):
             return response
         if (
             response.media_type != "application/json"
             and response.headers.get("content-type", "").split(";")[0] != "application/json"
         ):
             return response
-        if not accepts_graphql_response_json(request.headers.get("accept", "")):
-            return response
-        return self._as_graphql_response_json(request, response)
+        return self._negotiate(request, response)
 
-    def _as_graphql_response_json(self, request: Request, response: Response) -> Response:
-        """Per GraphQL over HTTP: a request that failed before execution answers 4xx with no
-        `data`; everything else 200."""
+    def _negotiate(self, request: Request, response: Response) -> Response:
+        """Per GraphQL over HTTP: with application/graphql-response+json, a request that
+        failed before execution answers 4xx with no `data`; legacy application/json clients
+        get 200. Refusals for size or complexity are 413 / 400 for both."""
+        modern = accepts_graphql_response_json(request.headers.get("accept", ""))
         context = getattr(request.state, "atlas_context", None)
         body = response.body
         status = response.status_code
         if isinstance(context, Context) and context.pre_execution_failed and status == 200:
-            status = 400
             payload = json.loads(bytes(body))
-            if isinstance(payload, dict):
-                payload.pop("data", None)
-                body = json.dumps(payload).encode()
+            codes = [
+                (error.get("extensions") or {}).get("code")
+                for error in (payload.get("errors") or [] if isinstance(payload, dict) else [])
+            ]
+            refusal = next((_REFUSAL_STATUS[c] for c in codes if c in _REFUSAL_STATUS), None)
+            if refusal is not None or modern:
+                status = refusal or 400
+                if isinstance(payload, dict):
+                    payload.pop("data", None)
+                    body = json.dumps(payload).encode()
+        if not modern and status == response.status_code:
+            return response
         headers = {
             key: value
             for key, value in response.headers.items()
             if key.lower() not in {"content-length", "content-type"}
         }
-        return Response(body, status_code=status, headers=headers, media_type=GRAPHQL_RESPONSE_JSON)
+        media_type = GRAPHQL_RESPONSE_JSON if modern else "application/json"
+        return Response(body, status_code=status, headers=headers, media_type=media_type)
