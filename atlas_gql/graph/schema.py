@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.tools import merge_types
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from atlas_gql.ai import graph as ai_graph
 from atlas_gql.auth import graph as auth_graph
@@ -52,6 +56,31 @@ def _merged(name: str, pieces: tuple[type, ...]) -> Any:
 class AtlasSchema(strawberry.Schema):
     # Parses, checks and caches this schema's documents (graph/limits).
     document_guard: DocumentGuard
+
+    async def execute(  # type: ignore[override]
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """One result per operation: a subscription needs a stream (graphql-transport-ws), so
+        here it is refused (InvalidOperationTypeError, a 400 over HTTP) instead of failing
+        inside its resolver."""
+        allowed = set(allowed_operation_types or DEFAULT_ALLOWED_OPERATION_TYPES)
+        allowed.discard(OperationType.SUBSCRIPTION)
+        return await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed,
+            operation_extensions,
+        )
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Strawberry would log every error with its raw message; ErrorMappingExtension logs
