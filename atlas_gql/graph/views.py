@@ -147,6 +147,10 @@ class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
         except WebSocketDisconnect:  # pragma: no cover - the client went away
             pass
 
+    async def close(self, code: int, reason: str) -> None:
+        # A close frame carries at most 123 bytes of reason; some reasons quote the client.
+        await super().close(code, reason.encode()[:123].decode(errors="ignore"))
+
 
 class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with every message's shape checked before Strawberry reads it
@@ -180,8 +184,8 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             or not isinstance(payload.get("extensions"), (dict, type(None)))
         ):
             await self.handle_invalid_message(
-                "subscribe needs an id and a payload with a query string, and optional "
-                "variables / extensions objects and operationName string"
+                "Invalid subscribe: needs an id, payload.query (string), optional "
+                "variables/extensions (objects), operationName (string)"
             )
             return
         await super().handle_subscribe(message)
