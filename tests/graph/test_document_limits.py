@@ -4,6 +4,7 @@ search. Times are never asserted: bench/document_limits.py measures them."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import httpx
@@ -24,7 +25,11 @@ from atlas_gql.app import create_app
 from atlas_gql.config import Settings
 from atlas_gql.graph.limits import DocumentGuard, DocumentLimits
 from atlas_gql.graph.limits.analysis import price
-from atlas_gql.graph.limits.extension import PreparedDocument, utf8_length
+from atlas_gql.graph.limits.extension import (
+    MAX_CACHED_DOCUMENT_BYTES,
+    PreparedDocument,
+    utf8_length,
+)
 from atlas_gql.graph.limits.overlap import FieldMergeCheck
 from atlas_gql.graph.limits.structure import count_document
 from atlas_gql.graph.schema import build_schema as build_atlas_schema
@@ -404,6 +409,17 @@ def test_the_cache_is_bounded_by_bytes() -> None:
         guard.prepare(SCHEMA, document, cacheable=lambda: True)
         assert guard.cache.total_bytes <= 400_000
     assert 0 < len(guard.cache) < 2_000
-    heavy = "{ __typename }#" + "x" * 60_000  # over an eighth of the budget: never kept
+    heavy = "{ __typename }#" + "x" * 30_000  # over an eighth of the budget: never kept
     guard.prepare(SCHEMA, heavy, cacheable=lambda: True)
     assert guard.cache.get(heavy) is None
+
+
+def test_padded_documents_never_enter_the_cache() -> None:
+    guard = DocumentGuard(dataclasses.replace(LIMITS, cache_bytes=10**9))
+    assert guard.cache is not None
+    padded = "{ __typename }#" + "x" * (MAX_CACHED_DOCUMENT_BYTES + 1)
+    assert isinstance(guard.prepare(SCHEMA, padded, cacheable=lambda: True), PreparedDocument)
+    assert len(guard.cache) == 0
+    small = "{ __typename }#" + "x" * 100
+    guard.prepare(SCHEMA, small, cacheable=lambda: True)
+    assert guard.cache.get(small) is not None

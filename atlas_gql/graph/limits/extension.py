@@ -10,9 +10,9 @@
 6. Per request: the cost priced with the coerced variable values, defaults included.
 
 Steps 1-5 depend on the document text only; their outcome is cached (bounded in bytes) for
-requests that carry a validly signed access token. Anonymous requests read the cache but
-never add to it, so they cannot churn it or grow it; whatever they send costs them parse and
-validation, which the limits above bound."""
+requests that carry a validly signed access token, documents up to 32 KiB. Anonymous requests
+read the cache but never add to it, so they cannot churn it or grow it; whatever they send
+costs them parse and validation, which the limits above bound."""
 
 from __future__ import annotations
 
@@ -61,9 +61,14 @@ from atlas_gql.graph.limits.structure import StructureCaps, count_document
 
 QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
-# Approximate memory of a parsed document per token (AST nodes, locations, the token list).
+# Approximate memory of a parsed document: the source text, the values its tokens copy out
+# of it (comments and strings: up to the source again), and per token its node, location
+# and place in the token list.
 AST_BYTES_PER_TOKEN = 512
 MAX_VALIDATION_ERRORS = 50
+# Documents longer than this are never cached: real clients' documents are a few KiB, and
+# caching a padded one would only pin its padding (bench/document_memory.py).
+MAX_CACHED_DOCUMENT_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +158,9 @@ class DocumentGuard:
                 error.extensions = {**(error.extensions or {}), "code": QUERY_TOO_COMPLEX}
             return error
         prepared = self._check(schema, document)
-        if cache is not None and cacheable():
+        if cache is not None and size <= MAX_CACHED_DOCUMENT_BYTES and cacheable():
             tokens = getattr(document, "token_count", 0)
-            cache.put(query, prepared, size + AST_BYTES_PER_TOKEN * tokens)
+            cache.put(query, prepared, 2 * size + AST_BYTES_PER_TOKEN * tokens)
         return prepared
 
     def _check(self, schema: GraphQLSchema, document: DocumentNode) -> PreparedDocument:
