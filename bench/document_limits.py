@@ -21,6 +21,7 @@ database or server is needed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -87,6 +88,10 @@ def main() -> None:
     schema = build_schema(settings)._schema
     print(
         f"limits: {limits.max_document_bytes} bytes, {limits.max_tokens} tokens, caps {limits.caps}"
+    )
+    load = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
     header = (
         f"{'document':30} {'n':>6} {'bytes':>7} {'parse':>7} {'analyse':>8} "

@@ -162,6 +162,8 @@ async def run_load(
             f"{'anonymous' if args.anonymous else 'signed in (all cacheable)'}; "
             f"cache budget {cache['max'] / 2**20:.0f} MiB"
         )
+        load = os.getloadavg()
+        print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} {load[1]:.1f}")
         print(f"{'sent':>7} {'via':>5} {'RSS MiB':>8} {'cache entries':>14} {'cache MiB':>10}")
         print(
             f"{0:>7} {'-':>5} {before:>8.1f} {cache['entries']:>14} {cache['bytes'] / 2**20:>10.1f}"

@@ -41,11 +41,11 @@ class StructureCaps:
     analysis of the worst document within ~50 ms on a slow core (bench/document_limits.py)."""
 
     operations: int = 10
-    fragments: int = 100
-    fields: int = 800
-    spreads: int = 400
-    directives: int = 100
-    variables: int = 100
+    fragments: int = 50
+    fields: int = 500
+    spreads: int = 200
+    directives: int = 50
+    variables: int = 50
 
     def first_exceeded(self, counts: DocumentCounts) -> tuple[str, int, int] | None:
         """(kind, count, cap) of the first kind over its cap; None when all are within."""
