@@ -8,7 +8,7 @@ variables and operations, comment / whitespace / string padding, ...) it builds 
 variant that ATLAS_MAX_DOCUMENT_BYTES and ATLAS_MAX_TOKENS accept, plus the next size up
 (which the parser refuses), and prints the CPU time of each step of the document guard:
 
-    parse     graphql-core's parser with the token limit
+    parse     graphql-core's parser (with ATLAS's lexer) and the token limit
     analyse   the structure count and the depth / alias / cost pass
     validate  graphql-core's rules (field merging behind the linear check)
     total     DocumentGuard.prepare, cache off (what a request pays; refusals stop early)
@@ -31,11 +31,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphql import GraphQLError, parse, validate  # noqa: E402
+from graphql import GraphQLError, validate  # noqa: E402
 
 from atlas_gql.config import Settings  # noqa: E402
 from atlas_gql.graph.limits import DocumentGuard, DocumentLimits  # noqa: E402
 from atlas_gql.graph.limits.analysis import NestedTooDeeply, analyse  # noqa: E402
+from atlas_gql.graph.limits.lexer import parse_document  # noqa: E402
 from atlas_gql.graph.limits.extension import PreparedDocument  # noqa: E402
 from atlas_gql.graph.limits.structure import count_document  # noqa: E402
 from atlas_gql.graph.schema import build_schema  # noqa: E402
@@ -113,7 +114,7 @@ def main() -> None:
                 document = document[: limits.max_document_bytes]
                 suffix += " (cut)"
             parse_ms, _, parsed = best_of(
-                args.repeat, lambda d=document: parse(d, max_tokens=limits.max_tokens)
+                args.repeat, lambda d=document: parse_document(d, max_tokens=limits.max_tokens)
             )
             analyse_ms = validate_ms = 0.0
             if not isinstance(parsed, GraphQLError):

@@ -143,6 +143,8 @@ ATTACKS: tuple[Attack, ...] = (
     Attack("long string", _string_argument("x" * 100)),
     Attack("escaped string", _string_argument("\\u00e9" * 10)),
     Attack("block string", _string_argument("x\n" * 50, block=True)),
+    Attack("unterminated block string", lambda n: '{ a(s: """' + 'x"y""z\\' * n),
+    Attack("unterminated escapes", lambda n: '{ a(s: "' + "a\\n\\u00e9" * n),
     Attack("nested pages", _cost_pages, 50),
     Attack("introspection", lambda n: get_introspection_query(descriptions=True), 1),
 )
@@ -159,15 +161,25 @@ def parses(document: str, *, max_bytes: int, max_tokens: int) -> bool:
 
 
 def largest(attack: Attack, *, max_bytes: int, max_tokens: int) -> tuple[int, str] | None:
-    """The largest n (and its document) the byte and token limits let through."""
-    if not parses(attack.build(1), max_bytes=max_bytes, max_tokens=max_tokens):
-        return None
+    """The largest n (and its document) the byte and token limits let through; for a family
+    that never parses (an unterminated string), the largest within the byte limit."""
+
+    def fits(document: str) -> bool:
+        return parses(document, max_bytes=max_bytes, max_tokens=max_tokens)
+
+    if not fits(attack.build(1)):
+        if len(attack.build(1).encode()) > max_bytes:
+            return None
+
+        def fits(document: str) -> bool:
+            return len(document.encode()) <= max_bytes
+
     low, high = 1, attack.most
-    if parses(attack.build(high), max_bytes=max_bytes, max_tokens=max_tokens):
+    if fits(attack.build(high)):
         return high, attack.build(high)
     while high - low > 1:
         middle = (low + high) // 2
-        if parses(attack.build(middle), max_bytes=max_bytes, max_tokens=max_tokens):
+        if fits(attack.build(middle)):
             low = middle
         else:
             high = middle

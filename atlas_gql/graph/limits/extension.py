@@ -1,7 +1,8 @@
 """The document guard: every operation's document goes through it before execution.
 
 1. Size: at most ATLAS_MAX_DOCUMENT_BYTES (UTF-8, comments and whitespace included).
-2. Parse, bounded by ATLAS_MAX_TOKENS (comments count) and graphql-core's nesting limit.
+2. Parse (graphql-core's parser, a faster lexer for long runs), bounded by ATLAS_MAX_TOKENS
+   (comments count) and graphql-core's nesting limit.
 3. A linear count of fields, fragments, spreads, directives, variables and operations
    against `StructureCaps`.
 4. One analysis pass: depth, aliases (both static) and the cost expression of each operation.
@@ -30,7 +31,6 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
-    parse,
     specified_rules,
     validate,
 )
@@ -56,6 +56,7 @@ from atlas_gql.graph.limits.analysis import (
     price,
 )
 from atlas_gql.graph.limits.cache import BytesBoundedLRU
+from atlas_gql.graph.limits.lexer import parse_document
 from atlas_gql.graph.limits.overlap import OverlappingFieldsRule, too_complex_error
 from atlas_gql.graph.limits.structure import StructureCaps, count_document
 
@@ -152,7 +153,7 @@ class DocumentGuard:
             if cached is not None:
                 return cached
         try:
-            document = parse(query, max_tokens=self.limits.max_tokens)
+            document = parse_document(query, max_tokens=self.limits.max_tokens)
         except GraphQLError as error:
             if "Parsing aborted" in error.message:  # too many tokens, nested too deeply
                 error.extensions = {**(error.extensions or {}), "code": QUERY_TOO_COMPLEX}
