@@ -42,7 +42,7 @@ class StructureCaps:
 
     operations: int = 10
     fragments: int = 50
-    fields: int = 500
+    fields: int = 400
     spreads: int = 200
     directives: int = 50
     variables: int = 50
