@@ -36,8 +36,8 @@ from graphql import GraphQLError, validate  # noqa: E402
 from atlas_gql.config import Settings  # noqa: E402
 from atlas_gql.graph.limits import DocumentGuard, DocumentLimits  # noqa: E402
 from atlas_gql.graph.limits.analysis import NestedTooDeeply, analyse  # noqa: E402
-from atlas_gql.graph.limits.lexer import parse_document  # noqa: E402
 from atlas_gql.graph.limits.extension import PreparedDocument  # noqa: E402
+from atlas_gql.graph.limits.lexer import parse_document  # noqa: E402
 from atlas_gql.graph.limits.structure import count_document  # noqa: E402
 from atlas_gql.graph.schema import build_schema  # noqa: E402
 from tests.graph.document_attacks import ATTACKS, largest  # noqa: E402
