@@ -5,8 +5,9 @@
 For every family of hostile document in tests/graph/document_attacks.py (fragment bombs,
 duplicate fields and aliases, conflicting fragments, deep nesting, wide directives, many
 variables and operations, comment / whitespace / string padding, ...) it builds the largest
-variant that ATLAS_MAX_DOCUMENT_BYTES and ATLAS_MAX_TOKENS accept, plus the next size up
-(which the parser refuses), and prints the CPU time of each step of the document guard:
+variant that ATLAS_MAX_DOCUMENT_BYTES and ATLAS_MAX_TOKENS accept, the largest the whole guard
+accepts (when smaller), and the next size up (which the parser refuses), and prints the CPU
+time of each step of the document guard:
 
     parse     graphql-core's parser (with ATLAS's lexer) and the token limit
     analyse   the structure count and the depth / alias / cost pass
@@ -71,6 +72,29 @@ def outcome(result: Any) -> str:
     return repr(result)[:60]
 
 
+def largest_accepted(
+    guard: DocumentGuard, schema: Any, attack: Any, most: int
+) -> tuple[int, str] | None:
+    """The largest n (up to `most`) whose document the guard accepts, all limits included."""
+
+    def accepted(n: int) -> bool:
+        outcome = guard.prepare(schema, attack.build(n), cacheable=lambda: False)
+        return isinstance(outcome, PreparedDocument) and not outcome.errors
+
+    if not accepted(1):
+        return None
+    low, high = 1, most
+    if accepted(high):
+        return high, attack.build(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if accepted(middle):
+            low = middle
+        else:
+            high = middle
+    return low, attack.build(low)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -106,6 +130,9 @@ def main() -> None:
         variants: list[tuple[str, int, str]] = []
         if found is not None:
             variants.append(("", *found))
+            accepted = largest_accepted(guard, schema, attack, found[0])
+            if accepted is not None and accepted[0] != found[0]:
+                variants.append((" (largest accepted)", *accepted))
         n = found[0] + 1 if found is not None else 1
         if n <= attack.most:
             variants.append((" (+1)", n, attack.build(n)))
