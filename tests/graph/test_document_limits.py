@@ -5,6 +5,7 @@ search. Times are never asserted: bench/document_limits.py measures them."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import httpx
@@ -267,7 +268,7 @@ def merge_documents(draw: st.DrawFn) -> str:
     return "{ " + operation + " } " + " ".join(definitions)
 
 
-@settings(max_examples=400, deadline=None, database=None)
+@settings(max_examples=int(os.environ.get("MERGE_EXAMPLES", "400")), deadline=None, database=None)
 @given(merge_documents())
 def test_the_linear_merge_check_never_misses_a_conflict(document: str) -> None:
     parsed: DocumentNode = parse(document)
