@@ -3,7 +3,9 @@ positions, values and errors (and the same documents and errors from the parser)
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from typing import Any
 
 from graphql import GraphQLSyntaxError, parse
@@ -111,3 +113,21 @@ def test_long_runs() -> None:
         "{ " + "a" * 10_000 + " }",
     ):
         assert lex(FastLexer, text) == lex(Lexer, text)
+
+
+def test_a_parsed_document_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycles (tokens used to link both ways): a document dropped from the
+    cache is freed at once, not at the collector's next full collection."""
+    gc.collect()
+    gc.disable()
+    try:
+        document = parse_document('query Q($v: Int) { a(x: $v, s: "s") # c\n b }', max_tokens=100)
+        token = document.loc.start_token if document.loc else None
+        while token is not None:
+            assert token.prev is None
+            token = token.next
+        alive = weakref.ref(document)
+        del document
+        assert alive() is None
+    finally:
+        gc.enable()
