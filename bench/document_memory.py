@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from atlas_gql.auth.service import find_user_by_email  # noqa: E402
+from atlas_gql.auth.account import find_user_by_email  # noqa: E402
 from atlas_gql.auth.sessions import start_session  # noqa: E402
 from atlas_gql.config import Settings  # noqa: E402
 from atlas_gql.db.engine import create_engine, drop_database, ensure_database  # noqa: E402
