@@ -88,7 +88,13 @@ class Message(SQLModel, table=True):
     id: uuid.UUID = uuid_pk()
     # Indexed by (thread_id, created_at, id), which also serves the thread's message list.
     thread_id: uuid.UUID = foreign_key("threads.id", index=False)
+    # A USER message: its author. An ASSISTANT message: who asked for the reply (its sender,
+    # who may cancel it); the reply's author is `assistant_id`.
     user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")
+    # An ASSISTANT message: the assistant that wrote it (NULL once that assistant is deleted).
+    assistant_id: uuid.UUID | None = foreign_key(
+        "assistants.id", nullable=True, ondelete="SET NULL"
+    )
     role: MessageRole = enum_column(MessageRole, "message_role")
     content: str = Field(default="", sa_type=sa.Text)  # type: ignore[call-overload]
     status: MessageStatus = enum_column(MessageStatus, "message_status")
@@ -113,6 +119,11 @@ class Message(SQLModel, table=True):
     # gets the number it had, and subscribers drop it as already seen).
     upstream_sequence: int | None = Field(default=None)
     event_sequence_base: int | None = Field(default=None)
+    # A running reply: the number of the last thread event whose effect `content` holds (its
+    # MessageCreated, then the last delta of each checkpoint), written with the text in one
+    # row write. `Thread.lastEventSequence` reads it, so `messages` plus
+    # `threadEvents(afterSequence: lastEventSequence)` is the whole text, once.
+    content_sequence: int | None = Field(default=None)
 
 
 class File(SQLModel, table=True):
