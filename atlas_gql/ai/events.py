@@ -28,6 +28,7 @@ class MessagePayload(BaseModel):
     id: uuid.UUID
     thread_id: uuid.UUID
     user_id: uuid.UUID | None = None
+    assistant_id: uuid.UUID | None = None
     role: MessageRole
     content: str
     status: MessageStatus
@@ -74,7 +75,7 @@ class MessageCompleted(_ThreadEventBase):
 
 
 class MessageFailed(_ThreadEventBase):
-    """FAILED or INCOMPLETE (see `message.status`)."""
+    """FAILED or INCOMPLETE (see `message.status`); a cancelled reply is MessageCancelled."""
 
     type: Literal["MessageFailed"] = "MessageFailed"
     message: MessagePayload
@@ -82,8 +83,7 @@ class MessageFailed(_ThreadEventBase):
 
 
 class MessageCancelled(_ThreadEventBase):
-    """A reply stopped by cancelMessage (served as MessageFailed with status CANCELLED until
-    the schema has a type of its own for it)."""
+    """A reply stopped by cancelMessage (status CANCELLED)."""
 
     type: Literal["MessageCancelled"] = "MessageCancelled"
     message: MessagePayload

@@ -206,8 +206,8 @@ async def attach_file(
 
 async def detach_file(
     *, db: AsyncSession, actor: Actor, file_id: uuid.UUID, target_id: str
-) -> bool:
-    """Detach a file; False when it was not attached there."""
+) -> File:
+    """Detach a file (idempotent: a file not attached there is left as it is)."""
     viewer = actor.viewer_required
     file = await get_file(db=db, viewer=viewer, file_id=file_id)
     kind, object_id, project_id = await _target(db, viewer, target_id)
@@ -218,13 +218,12 @@ async def detach_file(
             col(FileAssociation.associable_id) == object_id,
         )
     )
-    if not deleted.rowcount:  # type: ignore[attr-defined]
-        return False
-    actor.record(
-        db, "file.detach", file, project_id=project_id,
-        details={"target": kind.value, "targetId": str(object_id)},
-    )  # fmt: skip
-    return True
+    if deleted.rowcount:  # type: ignore[attr-defined]
+        actor.record(
+            db, "file.detach", file, project_id=project_id,
+            details={"target": kind.value, "targetId": str(object_id)},
+        )  # fmt: skip
+    return file
 
 
 async def delete_file(*, ai: AIRuntime, actor: Actor, file_id: uuid.UUID) -> bool:

@@ -19,7 +19,7 @@ from atlas_gql.ai.types import (
     MessageType,
     SendMessageInput,
     SendMessagePayload,
-    ThreadEvent,
+    ThreadEventType,
     ThreadFilter,
     ThreadType,
     UpdateAssistantInput,
@@ -36,7 +36,15 @@ from atlas_gql.errors import AtlasError, Unauthenticated
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
 from atlas_gql.graph.inputs import After, First, optional_id, set_fields
-from atlas_gql.graph.relay import REFUSED, Connection, register_node, to_connection
+from atlas_gql.graph.relay import (
+    DELETED,
+    REFUSED,
+    Connection,
+    global_id,
+    register_node,
+    resolve_node_of,
+    to_connection,
+)
 from atlas_gql.ids import decode_id_of
 
 # -- node resolvers --------------------------------------------------------------------------
@@ -133,18 +141,16 @@ class Query:
         return to_connection(page, ThreadType.from_model)
 
     @strawberry.field(
-        description="A thread by ID; NOT_FOUND when it does not exist or the viewer may not "
-        "see it.",
+        description="A thread by ID; null when it does not exist or the viewer may not see it "
+        "(as every single-object lookup: `node`, `project`). A malformed ID, or one of another "
+        "type, is BAD_USER_INPUT.",
         extensions=authenticated(),
     )
     async def thread(self, info: Info, id: strawberry.ID) -> ThreadType | None:
-        actor = await info.context.actor()
-        thread = await threads.get_thread(
-            db=info.context.read_session(),
-            viewer=actor.viewer_required,
-            thread_id=decode_id_of(id, "Thread"),
+        thread: ThreadType | None = await resolve_node_of(
+            info.context, "Thread", decode_id_of(id, "Thread")
         )
-        return ThreadType.from_model(thread)
+        return thread
 
 
 # -- Mutation --------------------------------------------------------------------------------
@@ -191,15 +197,16 @@ class Mutation:
         return AssistantType.from_model(assistant)
 
     @strawberry.mutation(
-        description="Delete an assistant; its threads stay, without an assistant.",
+        description="Delete an assistant; its threads stay, without an assistant (and its "
+        "replies, without `assistant`). " + DELETED,
         extensions=authenticated(),
     )
-    async def delete_assistant(self, info: Info, id: strawberry.ID) -> bool | None:
-        return await assistants.delete_assistant(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            assistant_id=decode_id_of(id, "Assistant"),
+    async def delete_assistant(self, info: Info, id: strawberry.ID) -> strawberry.ID | None:
+        assistant_id = decode_id_of(id, "Assistant")
+        await assistants.delete_assistant(
+            db=info.context.db, actor=await info.context.actor(), assistant_id=assistant_id
         )
+        return global_id("Assistant", assistant_id)
 
     @strawberry.mutation(
         description="Start a thread with an assistant (project MEMBER+). Its OpenAI "
@@ -233,15 +240,16 @@ class Mutation:
         return ThreadType.from_model(thread)
 
     @strawberry.mutation(
-        description="Delete a thread and its messages (its creator, a project MANAGER+, ADMIN).",
+        description="Delete a thread and its messages (its creator, a project MANAGER+, "
+        "ADMIN). " + DELETED,
         extensions=authenticated(),
     )
-    async def delete_thread(self, info: Info, id: strawberry.ID) -> bool | None:
-        return await threads.delete_thread(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            thread_id=decode_id_of(id, "Thread"),
+    async def delete_thread(self, info: Info, id: strawberry.ID) -> strawberry.ID | None:
+        thread_id = decode_id_of(id, "Thread")
+        await threads.delete_thread(
+            db=info.context.db, actor=await info.context.actor(), thread_id=thread_id
         )
+        return global_id("Thread", thread_id)
 
     @strawberry.mutation(
         description="Send a message (project MEMBER+): returns at once with the stored message "
@@ -258,15 +266,16 @@ class Mutation:
             content=input.content,
             file_ids=tuple(decode_id_of(id, "File", field="fileIds") for id in input.file_ids),
         )
-        user_message, assistant_message = await messages.send_message(
+        sent = await messages.send_message(
             db=info.context.db,
             actor=await info.context.actor(),
             ai=info.context.services.ai,
             data=data,
         )
         return SendMessagePayload(
-            user_message=MessageType.from_model(user_message),
-            assistant_message=MessageType.from_model(assistant_message),
+            user_message=MessageType.from_model(sent.user_message),
+            assistant_message=MessageType.from_model(sent.assistant_message),
+            after_sequence=sent.after_sequence,
         )
 
     @strawberry.mutation(
@@ -315,30 +324,32 @@ class Mutation:
         return FileType.from_model(file)
 
     @strawberry.mutation(
-        description="Detach a file from an Assistant, a Thread or a Message; false when it was "
-        "not attached.",
+        description="Detach a file from an Assistant, a Thread or a Message (idempotent: "
+        "detaching a file that is not attached there changes nothing); answers the file.",
         extensions=authenticated(),
     )
     async def detach_file(
         self, info: Info, file_id: strawberry.ID, target_id: strawberry.ID
-    ) -> bool | None:
-        return await files.detach_file(
+    ) -> FileType | None:
+        file = await files.detach_file(
             db=info.context.db,
             actor=await info.context.actor(),
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
         )
+        return FileType.from_model(file)
 
     @strawberry.mutation(
-        description="Delete a file you uploaded (and its attachments); ADMIN may delete any.",
+        description="Delete a file you uploaded (and its attachments); ADMIN may delete any. "
+        + DELETED,
         extensions=authenticated(),
     )
-    async def delete_file(self, info: Info, id: strawberry.ID) -> bool | None:
-        return await files.delete_file(
-            ai=info.context.services.ai,
-            actor=await info.context.actor(),
-            file_id=decode_id_of(id, "File"),
+    async def delete_file(self, info: Info, id: strawberry.ID) -> strawberry.ID | None:
+        file_id = decode_id_of(id, "File")
+        await files.delete_file(
+            ai=info.context.services.ai, actor=await info.context.actor(), file_id=file_id
         )
+        return global_id("File", file_id)
 
 
 # -- Subscription ----------------------------------------------------------------------------
@@ -355,7 +366,7 @@ class Subscription:
     )
     async def thread_events(
         self, info: Info, thread_id: strawberry.ID, after_sequence: int | None = None
-    ) -> AsyncGenerator[ThreadEvent, None]:
+    ) -> AsyncGenerator[ThreadEventType, None]:
         context = info.context
         try:
             viewer = (await context.actor()).viewer_required

@@ -12,7 +12,7 @@ from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
 from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
-from atlas_gql.ai.threads import THREAD_ORDERING
+from atlas_gql.ai.threads import THREAD_ORDERING, last_event_sequences
 from atlas_gql.db.loaders import ReadSessionSource, pages_by_parent, rows_by_id
 from atlas_gql.db.pagination import Ordering
 
@@ -31,6 +31,16 @@ messages_page = pages_by_parent(
 threads_page = pages_by_parent(
     Thread, parent_column=col(Thread.project_id), ordering=THREAD_ORDERING
 )
+
+
+def last_event_sequence_by_thread(db: ReadSessionSource) -> DataLoader[uuid.UUID, int]:
+    """Each thread's event cursor (`threads.last_event_sequence_of`); 0 for a missing id."""
+
+    async def load(thread_ids: Sequence[uuid.UUID]) -> list[int]:
+        cursors = await last_event_sequences(db(), thread_ids)
+        return [cursors.get(thread_id, 0) for thread_id in thread_ids]
+
+    return DataLoader(load_fn=load)
 
 
 def files_by_target(db: ReadSessionSource) -> DataLoader[FileTarget, list[File]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
@@ -51,6 +52,16 @@ class MessageSend(Command):
     content: str
     # Uploaded files (the sender's) to attach and give to the model.
     file_ids: tuple[uuid.UUID, ...] = ()
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """What sendMessage stored, and the number its thread events start after (the exchange's
+    events are numbered above it: subscribe with it as `afterSequence` to get them all)."""
+
+    user_message: Message
+    assistant_message: Message
+    after_sequence: int
 
 
 async def get_message(*, db: ReadSession, viewer: Viewer, message_id: uuid.UUID) -> Message:
@@ -132,7 +143,7 @@ async def _recover_orphaned_reply(ai: AIRuntime, thread: Thread, running: Messag
 
 async def send_message(
     *, db: AsyncSession, actor: Actor, ai: AIRuntime, data: MessageSend
-) -> tuple[Message, Message]:
+) -> SentMessage:
     """Store the user's message (COMPLETED) and the assistant's (IN_PROGRESS), and start the
     streamed reply once they are committed. CONFLICT while another reply of the thread runs;
     QUOTA_EXCEEDED past the project's budget."""
@@ -179,6 +190,7 @@ async def send_message(
     assistant_message = Message(
         thread_id=thread.id,
         user_id=viewer.user_id,
+        assistant_id=assistant.id,
         role=MessageRole.ASSISTANT,
         content="",
         status=MessageStatus.IN_PROGRESS,
@@ -197,7 +209,10 @@ async def send_message(
                 associable_id=user_message.id,
             )
         )
+    after_sequence = thread.last_event_sequence
     (user_created, reply_created), sequences = SequenceBlock.open(thread, taken=2)
+    # The snapshot of this exchange: both messages, up to the reply's MessageCreated.
+    assistant_message.content_sequence = reply_created
     actor.record(
         db, "message.send", user_message, project_id=thread.project_id,
         details={"threadId": str(thread.id), "chars": len(content), "files": len(files)},
@@ -227,7 +242,7 @@ async def send_message(
 
     # The reply task reads what this operation stores: it starts once that is committed.
     after_commit(db, start_reply)
-    return user_message, assistant_message
+    return SentMessage(user_message, assistant_message, after_sequence)
 
 
 async def cancel_message(

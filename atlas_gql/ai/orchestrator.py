@@ -112,8 +112,11 @@ class ActiveReply:
     # The MessageCreated events of the exchange, published by the task before any delta.
     created: list[ThreadEvent] = field(default_factory=list)
     publish_failed: bool = False
-    # How many items of `text` were published (the rest is being published now).
+    # How many items of `text` were published (the rest is being published now), and the
+    # number of the last event published (the reply's MessageCreated before any delta): what a
+    # checkpoint stores as `content_sequence` with the published text.
     published: int = 0
+    published_sequence: int | None = None
     # Background replies: the upstream sequence number of the last event whose text was
     # published (where a resumed stream starts), of the last one handled (appended to
     # `text`, to skip an event read twice), and the offset of the event numbers
@@ -190,7 +193,7 @@ class AIRuntime:
         """Start the reply in the background; the task publishes the MessageCreated events
         first, then streams. Nothing here can fail after sendMessage committed: a broker
         that is down loses events (logged), never the reply."""
-        reply = ActiveReply(job=job, created=created)
+        reply = ActiveReply(job=job, created=created, published_sequence=job.sequences.next - 1)
         self.replies[job.assistant_message_id] = reply
         reply.task = self.spawn(self._run(reply), name=f"reply-{job.assistant_message_id}")
 
@@ -320,6 +323,7 @@ class AIRuntime:
             upstream_sequence=upstream,
             handled_upstream=upstream,
             sequence_base=base,
+            published_sequence=base + upstream,
         )
         self.replies[message.id] = reply
         reply.task = self.spawn(self._run(reply), name=f"reply-{message.id}")
@@ -599,6 +603,7 @@ class AIRuntime:
         # Only published text is checkpointed: what a resumed stream re-reads (everything
         # after the checkpoint) is then at worst published twice, never not at all.
         reply.published = len(reply.text)
+        reply.published_sequence = sequence
         if upstream is not None:
             reply.upstream_sequence = upstream
         if time.monotonic() - reply.last_checkpoint >= self.checkpoint_interval:
@@ -620,6 +625,8 @@ class AIRuntime:
             # (NULL for a reply that cannot be resumed).
             "upstream_sequence": reply.upstream_sequence,
             "event_sequence_base": reply.sequence_base,
+            # Where the saved text ends in the thread's events (Thread.lastEventSequence).
+            "content_sequence": reply.published_sequence,
         }
         async with self.sessionmaker() as db:
             updated = await db.execute(
@@ -647,6 +654,7 @@ class AIRuntime:
                     openai_response_id=reply.response_id,
                     upstream_sequence=reply.upstream_sequence,
                     event_sequence_base=reply.sequence_base,
+                    content_sequence=reply.published_sequence,
                     reply_worker_id=None,
                     heartbeat_at=sa.func.now(),
                 )
@@ -694,6 +702,7 @@ class AIRuntime:
             "openai_message_id": done.output_message_id if done else None,
             "model": job.model,
             "completed_at": sa.func.now(),
+            "content_sequence": sequence,
         }
         if failure is not None or unexpected is not None:
             await record_error(

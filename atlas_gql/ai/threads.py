@@ -7,6 +7,7 @@ project, or ADMIN. Starting one in a project needs USE_AI and the MEMBER role.""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
+from atlas_gql.db.tables import table_of
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
 from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.models import ProjectRole
@@ -112,6 +114,44 @@ async def running_reply(db: ReadSession, thread_id: uuid.UUID) -> Message | None
             .limit(1)
         )
     ).scalar_one_or_none()
+
+
+def last_event_sequence_of(threads: sa.FromClause) -> sa.ColumnElement[int]:
+    """A thread's event cursor, as SQL: the number of the last event whose effect its stored
+    rows hold. While a reply runs, that is where the reply's saved text ends
+    (`Message.content_sequence`, written with the text): the thread's own mark is then a
+    reservation above numbers not yet used. Otherwise the thread's mark, which the end of the
+    last reply set to its final event's number in the transaction that stored the reply."""
+    reply = table_of(Message).alias("running_reply")
+    running = (
+        sa.select(
+            sa.func.coalesce(
+                reply.c.content_sequence,
+                reply.c.event_sequence_base + reply.c.upstream_sequence,
+            )
+        )
+        .where(
+            reply.c.thread_id == threads.c.id,
+            reply.c.status == MessageStatus.IN_PROGRESS.value,
+        )
+        .order_by(reply.c.created_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(running, threads.c.last_event_sequence)
+
+
+async def last_event_sequences(
+    db: ReadSession, thread_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """The event cursor of each thread (see `last_event_sequence_of`), by id. Read in the same
+    snapshot as the messages (a query operation reads one snapshot), `messages` plus
+    `threadEvents(afterSequence: cursor)` is every event's effect exactly once."""
+    threads = table_of(Thread)
+    rows = await db.execute(
+        sa.select(threads.c.id, last_event_sequence_of(threads)).where(threads.c.id.in_(thread_ids))
+    )
+    return {thread_id: int(sequence) for thread_id, sequence in rows.all()}
 
 
 async def create_thread(*, db: AsyncSession, actor: Actor, data: ThreadCreate) -> Thread:

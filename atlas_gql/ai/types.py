@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
+from typing import TYPE_CHECKING, Annotated, TypeAlias
 
 import strawberry
 
@@ -122,6 +122,16 @@ class ThreadType(Node):
         assistant = await info.context.loader(loaders.assistant_by_id).load(self.assistant_db_id)
         return AssistantType.from_model(assistant) if assistant else None
 
+    @strawberry.field(
+        description="The number of the thread's last event whose effect `messages` holds, read "
+        "in the same snapshot as `messages` (the partial text of a running reply included). "
+        "Load `messages` and this in one query, then subscribe to `threadEvents(afterSequence: "
+        "lastEventSequence)`: the events that follow are exactly what the loaded messages lack "
+        "(no gap, no repeat). 0 for a thread without events."
+    )
+    async def last_event_sequence(self, info: Info) -> int:
+        return await info.context.loader(loaders.last_event_sequence_by_thread).load(self.db_id)
+
     @strawberry.field(name="createdBy", description="Who started the thread.")
     async def created_by(self, info: Info) -> UserType | None:
         user = await info.context.loader(auth_loaders.user_by_id).load(self.created_by_db_id)
@@ -152,6 +162,8 @@ class ThreadType(Node):
 class MessageType(Node):
     db_id: strawberry.Private[uuid.UUID]
     thread_db_id: strawberry.Private[uuid.UUID]
+    user_db_id: strawberry.Private[uuid.UUID | None]
+    assistant_db_id: strawberry.Private[uuid.UUID | None]
     role: MessageRole
     content: str
     status: MessageStatus
@@ -171,6 +183,28 @@ class MessageType(Node):
     @strawberry.field(description="Files sent with the message.")
     async def files(self, info: Info) -> list[FileType]:
         return await _files(info, AssociableType.MESSAGE, self.db_id)
+
+    @strawberry.field(
+        description="Who wrote the message: the user of a USER message (null once their "
+        "account is deleted); null for an ASSISTANT or SYSTEM message (see `assistant`). Seen "
+        "by whoever sees the message, as a thread's `createdBy` is."
+    )
+    async def author(self, info: Info) -> UserType | None:
+        if self.role is not MessageRole.USER or self.user_db_id is None:
+            return None
+        user = await info.context.loader(auth_loaders.user_by_id).load(self.user_db_id)
+        return UserType.from_model(user) if user else None
+
+    @strawberry.field(
+        description="The assistant that wrote an ASSISTANT message (null for other messages, "
+        "and once that assistant is deleted). Seen by whoever sees the message, as the "
+        "thread's `assistant` is."
+    )
+    async def assistant(self, info: Info) -> AssistantType | None:
+        if self.role is not MessageRole.ASSISTANT or self.assistant_db_id is None:
+            return None
+        assistant = await info.context.loader(loaders.assistant_by_id).load(self.assistant_db_id)
+        return AssistantType.from_model(assistant) if assistant else None
 
 
 @strawberry.type(name="File", description="An uploaded file (stored in OpenAI Files).")
@@ -276,63 +310,125 @@ class SendMessageInput:
 class SendMessagePayload:
     user_message: MessageType = strawberry.field(description="The message sent (COMPLETED).")
     assistant_message: MessageType = strawberry.field(
-        description="The reply, IN_PROGRESS until its MessageCompleted / MessageFailed event."
+        description="The reply, IN_PROGRESS until its MessageCompleted, MessageFailed or "
+        "MessageCancelled event."
+    )
+    after_sequence: int = strawberry.field(
+        description="The thread's event number this exchange's events start after: "
+        "`threadEvents(threadId:, afterSequence: afterSequence)` delivers all of them (its two "
+        "MessageCreated, the deltas, the final event), even when subscribing after this "
+        "answer arrived."
     )
 
 
 # -- thread events ---------------------------------------------------------------------------
 
+_SEQUENCE = "Per thread, strictly increasing (numbers may skip, never repeat)."
+_EVENT_ID = (
+    "Stable and unique: the thread and the sequence (a global-ID-style string), so a "
+    "normalised cache (Apollo, urql's graphcache) can key the event."
+)
+_MESSAGE_ID = "The ID of the message the event is about."
 
-@strawberry.type(description="A message was added to the thread.")
-class MessageCreated:
-    sequence: int = strawberry.field(description="Per thread, strictly increasing.")
-    message: MessageType
+
+def event_id(thread_id: uuid.UUID, sequence: int) -> strawberry.ID:
+    """An event's `id`: base64 of `ThreadEvent:<thread uuid>:<sequence>` (not a node)."""
+    return strawberry.ID(encode_global_id("ThreadEvent", f"{thread_id}:{sequence}"))
+
+
+@strawberry.interface(
+    name="ThreadEvent",
+    description="An event of a thread's live stream. Every event type implements it, so the "
+    "common fields are selectable without fragments; `... on MessageDelta` etc. select the "
+    "rest.",
+)
+class ThreadEventType:
+    id: strawberry.ID = strawberry.field(description=_EVENT_ID)
+    sequence: int = strawberry.field(description=_SEQUENCE)
+    message_id: strawberry.ID = strawberry.field(description=_MESSAGE_ID)
+    message: MessageType | None = strawberry.field(
+        description="The message as of this event; null on MessageDelta (a delta carries only "
+        "its text: append it to the message's `content`)."
+    )
+
+
+@strawberry.type(description="A message was added to the thread (the user's, then the reply).")
+class MessageCreated(ThreadEventType):
+    message: MessageType = strawberry.field(
+        description="The new message (a reply: IN_PROGRESS, empty)."
+    )
 
 
 @strawberry.type(description="Text appended to a reply in progress; deltas join to its content.")
-class MessageDelta:
-    sequence: int
-    message_id: strawberry.ID
-    delta: str
+class MessageDelta(ThreadEventType):
+    message: MessageType | None = strawberry.field(
+        default=None, description="Always null: a delta carries only its text."
+    )
+    delta: str = strawberry.field(description="The text to append to the message's content.")
 
 
 @strawberry.type(description="A reply finished (COMPLETED) with its full text and usage.")
-class MessageCompleted:
-    sequence: int
-    message: MessageType
+class MessageCompleted(ThreadEventType):
+    message: MessageType = strawberry.field(description="The reply, COMPLETED, with its text.")
 
 
 @strawberry.type(
-    description="A reply ended without completing: FAILED, INCOMPLETE or CANCELLED (see "
-    "`message.status`), with the partial text kept."
+    description="A reply ended without completing: FAILED or INCOMPLETE (see "
+    "`message.status`), with the partial text kept. A cancelled reply gets MessageCancelled."
 )
-class MessageFailed:
-    sequence: int
-    message_id: strawberry.ID
-    message: MessageType
+class MessageFailed(ThreadEventType):
+    message: MessageType = strawberry.field(
+        description="The reply, FAILED or INCOMPLETE, with the text received."
+    )
     error: str = strawberry.field(description="What went wrong, readable.")
 
 
-ThreadEvent = Annotated[
-    MessageCreated | MessageDelta | MessageCompleted | MessageFailed,
-    strawberry.union("ThreadEvent", description="An event of a thread's live stream."),
-]
+@strawberry.type(
+    description="A reply was stopped by cancelMessage: CANCELLED, with the text received before."
+)
+class MessageCancelled(ThreadEventType):
+    message: MessageType = strawberry.field(
+        description="The reply, CANCELLED, with the text received."
+    )
+    error: str = strawberry.field(description='Why it ended, readable ("The reply was stopped.").')
 
 
-def graph_event(event: events.ThreadEvent) -> Any:
+# Implementations of ThreadEvent that no field names: the schema lists them explicitly.
+EVENT_TYPES: tuple[type, ...] = (
+    MessageCreated,
+    MessageDelta,
+    MessageCompleted,
+    MessageFailed,
+    MessageCancelled,
+)
+
+
+def graph_event(event: events.ThreadEvent) -> ThreadEventType:
+    """The GraphQL object of a typed event (events.py is the one source of their shapes)."""
+    event_gid = event_id(event.thread_id, event.sequence)
     sequence = event.sequence
+    message_gid = strawberry.ID(encode_global_id("Message", event.message_id))
     if isinstance(event, events.MessageDelta):
-        message_gid = strawberry.ID(encode_global_id("Message", event.message_id))
-        return MessageDelta(sequence=sequence, message_id=message_gid, delta=event.delta)
+        return MessageDelta(
+            id=event_gid, sequence=sequence, message_id=message_gid, delta=event.delta
+        )
     message = MessageType.from_model(event.message.to_message())
     if isinstance(event, events.MessageCreated):
-        return MessageCreated(sequence=sequence, message=message)
+        return MessageCreated(
+            id=event_gid, sequence=sequence, message_id=message_gid, message=message
+        )
     if isinstance(event, events.MessageCompleted):
-        return MessageCompleted(sequence=sequence, message=message)
-    # MessageCancelled is served as MessageFailed (status CANCELLED) until the schema has it.
+        return MessageCompleted(
+            id=event_gid, sequence=sequence, message_id=message_gid, message=message
+        )
+    if isinstance(event, events.MessageCancelled):
+        return MessageCancelled(
+            id=event_gid,
+            sequence=sequence,
+            message_id=message_gid,
+            message=message,
+            error=event.error,
+        )
     return MessageFailed(
-        sequence=sequence,
-        message_id=strawberry.ID(encode_global_id("Message", event.message_id)),
-        message=message,
-        error=event.error,
+        id=event_gid, sequence=sequence, message_id=message_gid, message=message, error=event.error
     )

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 
 from sqlalchemy.engine import Result, ScalarResult
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
@@ -86,6 +86,29 @@ class SerializedAsyncSession(AsyncSession):
         super().__init__(*args, **kwargs)
         self._operation_lock = _TaskReentrantLock()
         self._after_commit: list[AfterCommitHook] = []
+        self._isolation_level: str | None = None
+
+    def read_one_snapshot(self) -> None:
+        """Run the session's transactions at REPEATABLE READ: every statement of one reads the
+        same snapshot (a query operation's fields agree with each other, e.g. a thread's
+        `lastEventSequence` with its `messages`). Only for a session that opens its own
+        connection (tests that bind sessions to an outer transaction keep its level)."""
+        self._isolation_level = "REPEATABLE READ"
+
+    @asynccontextmanager
+    async def _operation(self) -> AsyncIterator[None]:
+        async with self._operation_lock.hold():
+            if (
+                self._isolation_level is not None
+                and not self.in_transaction()
+                and isinstance(self.bind, AsyncEngine)
+            ):
+                # Set before the transaction begins (asyncpg sends it with BEGIN: no extra
+                # round trip); the pool restores the default when the connection returns.
+                await super().connection(
+                    execution_options={"isolation_level": self._isolation_level}
+                )
+            yield
 
     def after_commit(self, hook: AfterCommitHook) -> None:
         """Run `hook` once the current transaction commits; never if it rolls back."""
@@ -110,43 +133,43 @@ class SerializedAsyncSession(AsyncSession):
                 logger.exception("after-commit hook %r failed", hook)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        async with self._operation_lock.hold():
+        async with self._operation():
             return await super().execute(*args, **kwargs)
 
     async def scalar(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        async with self._operation_lock.hold():
+        async with self._operation():
             return await super().scalar(*args, **kwargs)
 
     async def get(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        async with self._operation_lock.hold():
+        async with self._operation():
             return await super().get(*args, **kwargs)
 
     async def get_one(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        async with self._operation_lock.hold():
+        async with self._operation():
             return await super().get_one(*args, **kwargs)
 
     async def stream(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        async with self._operation_lock.hold():
+        async with self._operation():
             return await super().stream(*args, **kwargs)
 
     async def refresh(self, *args: Any, **kwargs: Any) -> None:
-        async with self._operation_lock.hold():
+        async with self._operation():
             await super().refresh(*args, **kwargs)
 
     async def merge(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation_lock.hold():
+        async with self._operation():
             return await super().merge(*args, **kwargs)
 
     async def delete(self, instance: object) -> None:
-        async with self._operation_lock.hold():
+        async with self._operation():
             await super().delete(instance)
 
     async def flush(self, *args: Any, **kwargs: Any) -> None:
-        async with self._operation_lock.hold():
+        async with self._operation():
             await super().flush(*args, **kwargs)
 
     async def connection(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation_lock.hold():
+        async with self._operation():
             return await super().connection(*args, **kwargs)
 
     async def commit(self) -> None:

@@ -44,6 +44,8 @@ class OperationState:
     actor: Actor | None = None
     loaders: dict[Callable[..., Any], Any] = field(default_factory=dict)
     operation_name: str | None = None
+    # A query: its session reads one snapshot (REPEATABLE READ), see `read_one_snapshot`.
+    one_snapshot: bool = False
     field_tasks: set[asyncio.Future[Any]] = field(default_factory=set)
 
     def track(self, task: asyncio.Future[Any]) -> None:
@@ -124,7 +126,18 @@ class Context:
         state = self.state
         if state.db is None:
             state.db = cast(SerializedAsyncSession, self.runtime.sessionmaker())
+            if state.one_snapshot:
+                state.db.read_one_snapshot()
         return state.db
+
+    def read_one_snapshot(self) -> None:
+        """Have the operation read one snapshot of the database: every field of a query sees
+        the same committed state (the boundary calls this for queries; a mutation reads and
+        writes at READ COMMITTED under its locks)."""
+        state = self.state
+        state.one_snapshot = True
+        if state.db is not None:
+            state.db.read_one_snapshot()
 
     def read_session(self) -> ReadSession:
         """The operation's session, typed for reading (what queries and DataLoaders use)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from graphql import GraphQLError
@@ -101,6 +101,17 @@ class ErrorMappingExtension(SchemaExtension):
             if token is not None:
                 with contextlib.suppress(ValueError):  # reset from another task's context
                     context.end_operation(token)
+
+    def on_execute(self) -> Iterator[None]:
+        """A query reads one snapshot: its fields agree with each other (a thread's
+        `lastEventSequence` with its `messages`, a connection's `totalCount` with its edges)."""
+        context = self.execution_context.context
+        if (
+            isinstance(context, Context)
+            and self.execution_context.operation_type is OperationType.QUERY
+        ):
+            context.read_one_snapshot()
+        yield
 
     async def _end_session(self, context: Context) -> None:
         """Commit a mutation that ran; anything else rolls back (queries only read)."""

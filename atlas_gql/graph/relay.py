@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 # that takes arguments, and every root field, is nullable, so a refused argument or a failed
 # mutation nulls that field alone. Its description says so with this sentence.
 REFUSED = "Null, with an error, when its arguments are refused (e.g. `first` over 100)."
+# What every `delete*` / `remove*` mutation answers (docs/api.md, "Conventions").
+DELETED = (
+    "Answers the deleted object's ID (evict it from a normalised cache, e.g. Apollo's "
+    "`cache.evict`); null, with an error, when refused."
+)
 
 NodeType = TypeVar("NodeType")
 ItemType = TypeVar("ItemType")
@@ -29,6 +34,11 @@ TypeT = TypeVar("TypeT")
 @strawberry.interface(description="An object with a globally unique ID (Relay).")
 class Node:
     id: strawberry.ID = strawberry.field(description="The globally unique ID of the object.")
+
+
+def global_id(type_name: str, object_id: uuid.UUID) -> strawberry.ID:
+    """The global ID of an object (what a `delete*` mutation answers for what it deleted)."""
+    return strawberry.ID(encode_global_id(type_name, object_id))
 
 
 def from_row(cls: type[TypeT], type_name: str, row: Any, **values: Any) -> TypeT:

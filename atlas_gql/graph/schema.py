@@ -13,6 +13,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from atlas_gql.ai import graph as ai_graph
+from atlas_gql.ai import types as ai_types
 from atlas_gql.auth import graph as auth_graph
 from atlas_gql.config import Settings
 from atlas_gql.graph.context import Info
@@ -47,6 +48,8 @@ MUTATION_PIECES: tuple[type, ...] = (
     ai_graph.Mutation,
 )
 SUBSCRIPTION_PIECES: tuple[type, ...] = (ai_graph.Subscription,)
+# Types no field names (implementations of an interface a field returns).
+EXTRA_TYPES: tuple[type, ...] = ai_types.EVENT_TYPES
 
 
 def _merged(name: str, pieces: tuple[type, ...]) -> Any:
@@ -95,6 +98,7 @@ def build_schema(settings: Settings | None = None) -> AtlasSchema:
         query=_merged("Query", QUERY_PIECES),
         mutation=_merged("Mutation", MUTATION_PIECES),
         subscription=_merged("Subscription", SUBSCRIPTION_PIECES),
+        types=EXTRA_TYPES,
         extensions=[ErrorMappingExtension, *limit_extensions(guard)],
         execution_context_class=AtlasExecutor,
     )

@@ -21,7 +21,16 @@ from atlas_gql.db.pagination import empty_page, page_request
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import After, First, set_fields
-from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
+from atlas_gql.graph.relay import (
+    DELETED,
+    REFUSED,
+    Connection,
+    Node,
+    from_row,
+    global_id,
+    register_node,
+    to_connection,
+)
 from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.graph import UsageSummaryType, project_usage_this_month
 from atlas_gql.logs.usage import UsageTotals
@@ -308,13 +317,14 @@ class Mutation:
     @strawberry.mutation(
         extensions=authenticated(),
         description="Delete a project (OWNER or ADMIN) with its members, settings, assistants, "
-        "threads and messages.",
+        "threads and messages. " + DELETED,
     )
-    async def delete_project(self, info: Info, id: strawberry.ID) -> bool | None:
+    async def delete_project(self, info: Info, id: strawberry.ID) -> strawberry.ID | None:
+        project_id = _project_id(id, "id")
         await projects.delete_project(
-            db=info.context.db, actor=await info.context.actor(), project_id=_project_id(id, "id")
+            db=info.context.db, actor=await info.context.actor(), project_id=project_id
         )
-        return True
+        return global_id("Project", project_id)
 
     @strawberry.mutation(
         extensions=authenticated(),
@@ -352,18 +362,20 @@ class Mutation:
     @strawberry.mutation(
         extensions=authenticated(),
         description="Remove a member (MANAGER+; OWNERs only by an OWNER); any member may "
-        "remove themself. The last OWNER cannot be removed.",
+        "remove themself. The last OWNER cannot be removed. Answers the removed membership's "
+        "ID (a ProjectMember; evict it from a normalised cache, e.g. Apollo's `cache.evict`); "
+        "null, with an error, when refused.",
     )
     async def remove_project_member(
         self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID
-    ) -> bool | None:
-        await members.remove_member(
+    ) -> strawberry.ID | None:
+        member = await members.remove_member(
             db=info.context.db,
             actor=await info.context.actor(),
             project_id=_project_id(project_id),
             user_id=_user_id(user_id),
         )
-        return True
+        return global_id("ProjectMember", member.id)
 
     @strawberry.mutation(
         extensions=authenticated(),
@@ -385,14 +397,16 @@ class Mutation:
 
     @strawberry.mutation(
         extensions=authenticated(),
-        description="Remove a setting (MANAGER+); false when the key was not set.",
+        description="Remove a setting (MANAGER+; idempotent: a key that is not set changes "
+        "nothing). Answers the project, whose `settings` changed.",
     )
     async def delete_project_setting(
         self, info: Info, project_id: strawberry.ID, key: str
-    ) -> bool | None:
-        return await settings.delete_setting(
+    ) -> ProjectType | None:
+        project = await settings.delete_setting(
             db=info.context.db,
             actor=await info.context.actor(),
             project_id=_project_id(project_id),
             key=key,
         )
+        return ProjectType.from_model(project, visibility_checked=True)

@@ -98,9 +98,10 @@ async def update_member(
 
 async def remove_member(
     *, db: AsyncSession, actor: Actor, project_id: uuid.UUID, user_id: uuid.UUID
-) -> None:
-    """Remove a member (MANAGER or higher; OWNERs only by an OWNER or ADMIN). Any member may
-    remove themself (leave). The last OWNER cannot be removed (CONFLICT)."""
+) -> ProjectMember:
+    """Remove a member (MANAGER or higher; OWNERs only by an OWNER or ADMIN) and return the
+    removed membership. Any member may remove themself (leave). The last OWNER cannot be
+    removed (CONFLICT)."""
     viewer = actor.viewer_required
     leaving = user_id == viewer.user_id and (
         await project_role_of(db=db, project_id=project_id, user_id=viewer.user_id) is not None
@@ -122,6 +123,7 @@ async def remove_member(
         db, "member.remove", member, project_id=project_id,
         details={"userId": str(user_id), "role": member.role.value, "left": leaving},
     )  # fmt: skip
+    return member
 
 
 async def _member(

@@ -22,7 +22,8 @@ from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput
 from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.hooks import check_setting_value
-from atlas_gql.projects.models import ProjectRole, ProjectSetting
+from atlas_gql.projects.models import Project, ProjectRole, ProjectSetting
+from atlas_gql.projects.projects import load_project
 
 SETTING_KEY_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,63}$")
 SETTING_VALUE_MAX_BYTES = 64 * 1024
@@ -94,8 +95,9 @@ async def set_setting(
 
 async def delete_setting(
     *, db: AsyncSession, actor: Actor, project_id: uuid.UUID, key: str
-) -> bool:
-    """Remove a setting (MANAGER or higher); False when the key was not set."""
+) -> Project:
+    """Remove a setting (MANAGER or higher; a key that is not set is left as it is) and return
+    the project, whose settings changed."""
     await _require_manager(db, actor, project_id)
     validate_setting_key(key)
     deleted = (
@@ -108,10 +110,9 @@ async def delete_setting(
             .returning(col(ProjectSetting.id))
         )
     ).scalar_one_or_none()
-    if deleted is None:
-        return False
-    actor.record(
-        db, "setting.delete", ("ProjectSetting", deleted), project_id=project_id,
-        details={"key": key},
-    )  # fmt: skip
-    return True
+    if deleted is not None:
+        actor.record(
+            db, "setting.delete", ("ProjectSetting", deleted), project_id=project_id,
+            details={"key": key},
+        )  # fmt: skip
+    return await load_project(db, project_id)
