@@ -99,8 +99,6 @@ async def test_anonymous_viewer_on_a_signed_in_field_falls_back_without_a_statem
          "FORBIDDEN"),
         ("outsider", "query ($p: ID) { activityLogs(filter: {projectId: $p}) { totalCount } }",
          "NOT_FOUND"),
-        ("outsider", "query ($t: ID!) { thread(id: $t) { id } }", "NOT_FOUND"),
-        ("admin", "query ($m: ID!) { thread(id: $m) { id } }", "NOT_FOUND"),
     ],
 )  # fmt: skip
 async def test_permission_and_existence_failures_fall_back(
@@ -117,6 +115,26 @@ async def test_permission_and_existence_failures_fall_back(
     assert error_codes(expected) == [code]
     answer = await both.compiled(query, variables, viewer=viewer)
     assert isinstance(answer, Fallback)
+
+
+@pytest.mark.parametrize(
+    ("viewer", "variable"), [("outsider", "t"), ("admin", "m")]
+)  # fmt: skip
+async def test_a_hidden_or_missing_thread_is_null_on_both_paths(
+    both: Both, viewer: str, variable: str
+) -> None:
+    """Issue 12 part 6: single-object lookups answer null, never NOT_FOUND."""
+    world = both.world
+    thread_id = {
+        "t": world.gid("Thread", world.threads["alpha-1"].id),
+        "m": world.gid("Thread", world.users["admin"].id),  # no such thread
+    }[variable]
+    query = "query ($t: ID!) { thread(id: $t) { id } }"
+    expected = await both.resolver(query, {"t": thread_id}, viewer=viewer)
+    assert expected == {"data": {"thread": None}}
+    answer = await both.compiled(query, {"t": thread_id}, viewer=viewer)
+    assert isinstance(answer, Answer)
+    assert json.loads(answer.data) == expected["data"]
 
 
 LONG = "x" * 201
