@@ -97,7 +97,9 @@ mutation ($projectId: ID!, $key: String!, $value: JSON!) {
 }"""
 
 DELETE_SETTING = """
-mutation ($projectId: ID!, $key: String!) { deleteProjectSetting(projectId: $projectId, key: $key) }
+mutation ($projectId: ID!, $key: String!) {
+  deleteProjectSetting(projectId: $projectId, key: $key) { id settings { key } }
+}
 """
 
 DELETE_PROJECT = "mutation ($id: ID!) { deleteProject(id: $id) }"

@@ -95,7 +95,7 @@ async def test_delete_project_takes_its_content(
     assert await _count(db, Thread, col(Thread.project_id) == project_uuid) == 1
 
     deleted = await gql(DELETE_PROJECT, {"id": project_id}, token=owner.token)
-    assert deleted["data"] == {"deleteProject": True}
+    assert deleted["data"] == {"deleteProject": project_id}
     assert (await gql(PROJECT, {"id": project_id}, token=owner.token))["data"] == {"project": None}
     assert await _count(db, Project, col(Project.id) == project_uuid) == 0
     assert await _count(db, ProjectMember, col(ProjectMember.project_id) == project_uuid) == 0
@@ -126,7 +126,7 @@ async def test_admin_deletes_any_project(gql: Any, make_person: Any, db: AsyncSe
     admin = await make_person(RoleName.ADMIN)
     project_id = await create_project(gql, owner, "Admin's call")
     assert (await gql(DELETE_PROJECT, {"id": project_id}, token=admin.token))["data"] == {
-        "deleteProject": True
+        "deleteProject": project_id
     }
     project_uuid = decode_id_of(project_id, "Project")
     assert await _count(db, Project, col(Project.id) == project_uuid) == 0

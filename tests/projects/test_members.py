@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.auth.models import RoleName
-from atlas_gql.ids import decode_id_of, encode_global_id
+from atlas_gql.ids import decode_global_id, decode_id_of, encode_global_id
 from atlas_gql.logs.models import ActivityLog
 from atlas_gql.projects.models import ProjectMember
 from tests.conftest import error_codes
@@ -21,6 +21,10 @@ from tests.projects.conftest import (
     UPDATE_MEMBER,
     create_project,
 )
+
+MEMBERS = """
+query ($id: ID!) { project(id: $id) { members { edges { node { id user { id } } } } } }
+"""
 
 
 async def _add(gql: Any, actor: Any, project_id: str, person: Any, role: str) -> dict[str, Any]:
@@ -76,10 +80,17 @@ async def test_manager_manages_members_but_not_owners(gql: Any, make_person: Any
     to_manager = {"projectId": project_id, "userId": someone.global_id, "role": "MANAGER"}
     changed = await gql(UPDATE_MEMBER, to_manager, token=manager.token)
     assert changed["data"]["updateProjectMember"]["role"] == "MANAGER"
+    members_before = await gql(MEMBERS, {"id": project_id}, token=manager.token)
+    membership_id = next(
+        edge["node"]["id"]
+        for edge in members_before["data"]["project"]["members"]["edges"]
+        if edge["node"]["user"]["id"] == someone.global_id
+    )
     removed = await gql(
         REMOVE_MEMBER, {"projectId": project_id, "userId": someone.global_id}, token=manager.token
     )
-    assert removed["data"] == {"removeProjectMember": True}
+    # The removed membership's ID, for a normalised cache to evict.
+    assert removed["data"] == {"removeProjectMember": membership_id}
     again = await gql(
         REMOVE_MEMBER, {"projectId": project_id, "userId": someone.global_id}, token=manager.token
     )
@@ -138,9 +149,8 @@ async def test_member_may_leave(gql: Any, make_person: Any, db: AsyncSession) ->
     assert error_codes(await gql(REMOVE_MEMBER, kick_owner, token=viewer.token)) == ["FORBIDDEN"]
     # ...but may leave; afterwards the project does not exist for them.
     leave = {"projectId": project_id, "userId": viewer.global_id}
-    assert (await gql(REMOVE_MEMBER, leave, token=viewer.token))["data"] == {
-        "removeProjectMember": True
-    }
+    left = (await gql(REMOVE_MEMBER, leave, token=viewer.token))["data"]["removeProjectMember"]
+    assert decode_global_id(left)[0] == "ProjectMember"
     assert (await gql(PROJECT, {"id": project_id}, token=viewer.token))["data"] == {"project": None}
     assert error_codes(await gql(REMOVE_MEMBER, leave, token=viewer.token)) == ["NOT_FOUND"]
     details = (
