@@ -315,9 +315,10 @@ class SendMessagePayload:
     )
     after_sequence: int = strawberry.field(
         description="The thread's event number this exchange's events start after: "
-        "`threadEvents(threadId:, afterSequence: afterSequence)` delivers all of them (its two "
-        "MessageCreated, the deltas, the final event), even when subscribing after this "
-        "answer arrived."
+        "`threadEvents(threadId:, afterSequence: afterSequence)` delivers them (its two "
+        "MessageCreated, the deltas, the final event) even when subscribing after this "
+        "answer arrived; once the reply has ended, its final event alone stands for its "
+        "deltas (it carries the whole message)."
     )
 
 

@@ -35,16 +35,21 @@ EVENTS_SUBSCRIPTION = """
 subscription Events($threadId: ID!, $after: Int) {
   threadEvents(threadId: $threadId, afterSequence: $after) {
     __typename
-    ... on MessageCreated { sequence message { id role status content } }
-    ... on MessageDelta { sequence messageId delta }
+    id
+    sequence
+    messageId
+    ... on MessageCreated { message { id role status content } }
+    ... on MessageDelta { delta }
     ... on MessageCompleted {
-      sequence
       message { id status content openaiMessageId inputTokens outputTokens }
     }
-    ... on MessageFailed { sequence messageId error message { id status content error } }
+    ... on MessageFailed { error message { id status content error } }
+    ... on MessageCancelled { error message { id status content error } }
   }
 }
 """
+
+FINAL_TYPES = frozenset({"MessageCompleted", "MessageFailed", "MessageCancelled"})
 
 CREATE_THREAD = """
 mutation($input: CreateThreadInput!) {
@@ -57,6 +62,7 @@ mutation($input: SendMessageInput!) {
   sendMessage(input: $input) {
     userMessage { id role status content }
     assistantMessage { id role status content }
+    afterSequence
   }
 }
 """
@@ -174,12 +180,13 @@ class Subscription:
         return event
 
     async def until_final(self, timeout: float = 15) -> list[dict[str, Any]]:
-        """Events up to and including the reply's MessageCompleted / MessageFailed."""
+        """Events up to and including the reply's final event (MessageCompleted,
+        MessageFailed or MessageCancelled)."""
         events = []
         while True:
             event = await self.event(timeout)
             events.append(event)
-            if event["__typename"] in {"MessageCompleted", "MessageFailed"}:
+            if event["__typename"] in FINAL_TYPES:
                 return events
 
 

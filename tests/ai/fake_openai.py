@@ -134,6 +134,9 @@ class FakeOpenAI:
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     waiting: int = 0
     waiting_at: dict[str, int] = field(default_factory=dict)
+    # When set, every streamed delta of a response first takes a permit: a test releases
+    # deltas one by one (`delta_permits.release()`), pacing the reply by signals, not time.
+    delta_permits: asyncio.Semaphore | None = None
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -512,6 +515,8 @@ class FakeOpenAI:
         for index, delta in enumerate(deltas):
             if pause := self._pause(behaviour, index):
                 await asyncio.sleep(pause)
+            if self.delta_permits is not None:
+                await self.delta_permits.acquire()
             piece = self._delta_text(behaviour, delta)
             text += piece
             yield event(

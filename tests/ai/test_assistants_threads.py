@@ -268,7 +268,9 @@ async def test_rename_and_delete_thread(
     assert renamed["data"]["updateThread"]["title"] == "New"
     delete = "mutation($id: ID!) { deleteThread(id: $id) }"
     assert error_codes(await gql(delete, {"id": thread["id"]}, token=other_member)) == ["FORBIDDEN"]
-    assert (await gql(delete, {"id": thread["id"]}, token=member))["data"]["deleteThread"] is True
+    assert (await gql(delete, {"id": thread["id"]}, token=member))["data"]["deleteThread"] == (
+        thread["id"]
+    )
     gone = await gql("query($id: ID!) { node(id: $id) { id } }", {"id": thread["id"]}, token=member)
     assert gone["data"]["node"] is None
 

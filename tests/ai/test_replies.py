@@ -292,8 +292,9 @@ async def test_cancel_stops_a_long_reply_quickly(ai: AIServer) -> None:
     assert cancelled["content"].startswith("w0 w1 ")
     assert len(cancelled["content"]) < len("".join(f"w{i} " for i in range(200)))
     final = events[-1]
-    assert final["__typename"] == "MessageFailed"
+    assert final["__typename"] == "MessageCancelled"
     assert final["message"]["status"] == "CANCELLED"
+    assert final["error"] == "The reply was stopped."
     assert final["message"]["content"] == cancelled["content"]
     deltas = "".join(e["delta"] for e in events if e["__typename"] == "MessageDelta")
     assert cancelled["content"].endswith(deltas)
