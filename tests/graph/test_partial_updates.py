@@ -149,3 +149,37 @@ async def test_update_thread_without_a_title_keeps_it(
         token=objects["token"],
     )
     assert body["data"]["updateThread"] == {"title": "T"}
+
+
+# The update inputs the cases above exercise; a new one must be added there (and here).
+COVERED_UPDATE_INPUTS = {
+    "UpdateProjectInput",
+    "UpdateAssistantInput",
+    "UpdateThreadInput",
+    "UpdateUserInput",
+}
+
+
+def test_every_update_input_distinguishes_omitted_from_null() -> None:
+    """Issue 12 part 6: every `update*(id:, input:)` takes an input whose fields are all
+    optional without a default (strawberry.Maybe): omitted and null stay distinct."""
+    from graphql import GraphQLInputObjectType, GraphQLNonNull, Undefined
+
+    from atlas_gql.graph.schema import build_schema
+
+    schema = build_schema()._schema
+    mutation = schema.mutation_type
+    assert mutation is not None
+    inputs = set()
+    for name, field in mutation.fields.items():
+        if not name.startswith("update") or "input" not in field.args:
+            continue
+        input_type = field.args["input"].type
+        input_type = input_type.of_type if isinstance(input_type, GraphQLNonNull) else input_type
+        assert isinstance(input_type, GraphQLInputObjectType)
+        inputs.add(input_type.name)
+        for field_name, input_field in input_type.fields.items():
+            where = f"{input_type.name}.{field_name}"
+            assert not isinstance(input_field.type, GraphQLNonNull), where
+            assert input_field.default_value is Undefined, f"{where} has a default"
+    assert inputs == COVERED_UPDATE_INPUTS
