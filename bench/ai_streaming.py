@@ -49,6 +49,7 @@ from tests.ai.fake_openai import Behaviour, FakeOpenAI  # noqa: E402
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 SEED_PASSWORD = "bench-seed-password-1"
+FINAL_TYPES = frozenset({"MessageCompleted", "MessageFailed", "MessageCancelled"})
 JWT_SECRET = "bench-secret-" + "x" * 40
 STAMP = re.compile(r"<t:(\d+)>")
 
@@ -222,7 +223,7 @@ class Subscriber:
                     for stamp in STAMP.findall(event["delta"]):
                         self.latencies_ms.append((received - int(stamp)) / 1e6)
                     self.events += 1
-                elif event["__typename"] in {"MessageCompleted", "MessageFailed"}:
+                elif event["__typename"] in FINAL_TYPES:
                     self.final = event["__typename"]
                     return
 
