@@ -49,7 +49,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("messages", "content_sequence")
     op.drop_index(op.f("ix_messages_assistant_id"), table_name="messages")
-    op.drop_constraint(
-        op.f("fk_messages_assistant_id_assistants"), "messages", type_="foreignkey"
-    )
+    op.drop_constraint(op.f("fk_messages_assistant_id_assistants"), "messages", type_="foreignkey")
     op.drop_column("messages", "assistant_id")
