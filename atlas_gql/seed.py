@@ -170,6 +170,7 @@ async def _ensure_sample_project(db: AsyncSession, *, owner: User, member: User)
             Message(
                 thread_id=thread.id,
                 user_id=member.id if role is MessageRole.USER else None,
+                assistant_id=assistant.id if role is MessageRole.ASSISTANT else None,
                 role=role,
                 content=content,
                 status=MessageStatus.COMPLETED,

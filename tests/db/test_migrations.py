@@ -133,3 +133,38 @@ def test_schema_parameter_becomes_search_path(make_database: Any) -> None:
     upgrade_to_head(target)  # creates the schema when missing, as prisma migrate would
     assert _tables(base, "tenant_a") == TABLES
     assert _tables(base, "public") == set()
+
+
+def test_message_authors_migration_backfills_replies_and_running_cursors(
+    make_database: Any,
+) -> None:
+    """0004: earlier replies get their thread's assistant; a running background reply gets the
+    event number where its saved text ends."""
+    from alembic import command
+
+    from atlas_gql.db.migrate import alembic_config
+    from tests.conftest import migrated_and_seeded
+
+    target = migrated_and_seeded(make_database, "atlas_backfill")
+    command.downgrade(alembic_config(target), "0003_resumable_replies")
+    asyncio.run(
+        _fetch(
+            target,
+            "UPDATE messages SET status = 'IN_PROGRESS', event_sequence_base = 40, "
+            "upstream_sequence = 2 WHERE id = (SELECT id FROM messages WHERE role = 'ASSISTANT' "
+            "ORDER BY created_at DESC LIMIT 1)",
+        )
+    )
+    upgrade_to_head(target)
+    rows = asyncio.run(
+        _fetch(
+            target,
+            "SELECT m.role, m.status, m.assistant_id, t.assistant_id AS thread_assistant, "
+            "m.content_sequence FROM messages m JOIN threads t ON t.id = m.thread_id",
+        )
+    )
+    replies = [row for row in rows if row["role"] == "ASSISTANT"]
+    assert replies and all(row["assistant_id"] == row["thread_assistant"] for row in replies)
+    assert all(row["assistant_id"] is None for row in rows if row["role"] != "ASSISTANT")
+    assert [row["content_sequence"] for row in rows if row["status"] == "IN_PROGRESS"] == [42]
+    assert all(row["content_sequence"] is None for row in rows if row["status"] != "IN_PROGRESS")
