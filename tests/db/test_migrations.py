@@ -164,7 +164,8 @@ def test_message_authors_migration_backfills_replies_and_running_cursors(
         )
     )
     replies = [row for row in rows if row["role"] == "ASSISTANT"]
-    assert replies and all(row["assistant_id"] == row["thread_assistant"] for row in replies)
+    assert replies
+    assert all(row["assistant_id"] == row["thread_assistant"] for row in replies)
     assert all(row["assistant_id"] is None for row in rows if row["role"] != "ASSISTANT")
     assert [row["content_sequence"] for row in rows if row["status"] == "IN_PROGRESS"] == [42]
     assert all(row["content_sequence"] is None for row in rows if row["status"] != "IN_PROGRESS")
