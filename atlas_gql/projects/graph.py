@@ -64,10 +64,26 @@ class ProjectSettingType:
     key: str = strawberry.field(description="The setting's name, e.g. `monthlyTokenBudget`.")
     value: JSON = strawberry.field(description="Any JSON value (at most 64 KiB).")
     updated_at: datetime = strawberry.field(description="When the value last changed.")
+    project_db_id: strawberry.Private[uuid.UUID]
 
     @classmethod
     def from_model(cls, setting: ProjectSetting) -> ProjectSettingType:
-        return cls(key=setting.setting_key, value=setting.value, updated_at=setting.updated_at)
+        return cls(
+            key=setting.setting_key,
+            value=setting.value,
+            updated_at=setting.updated_at,
+            project_db_id=setting.project_id,
+        )
+
+    @strawberry.field(
+        description="The project the setting belongs to (select its `settings` in "
+        "`setProjectSetting` so a normalised cache updates the list)."
+    )
+    async def project(self, info: Info) -> ProjectType:
+        project = await info.context.loader(loaders.project_by_id).load(self.project_db_id)
+        if project is None:
+            raise NotFound("Project not found.")
+        return ProjectType.from_model(project)
 
 
 async def _load_user(context: Context, user_id: uuid.UUID) -> UserType:

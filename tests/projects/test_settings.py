@@ -152,3 +152,31 @@ async def test_roles_and_delete(gql: Any, make_person: Any, db: AsyncSession) ->
         )
     ).scalars()
     assert list(logged) == [{"key": "k"}]
+
+
+async def test_a_set_setting_answers_its_project_for_caches(gql: Any, make_person: Any) -> None:
+    """Issue 12 part 6: a mutation's answer reaches what it changed (the project's settings)."""
+    owner = await make_person(RoleName.PROJECT_MANAGER)
+    member = await make_person()
+    project_id = await create_project(gql, owner, "Cached")
+    await gql(
+        ADD_MEMBER,
+        {"projectId": project_id, "userId": member.global_id, "role": "MEMBER"},
+        token=owner.token,
+    )
+    query = """
+    mutation ($projectId: ID!, $key: String!, $value: JSON!) {
+      setProjectSetting(projectId: $projectId, key: $key, value: $value) {
+        key project { id settings { key value } }
+      }
+    }"""
+    body = await gql(query, {"projectId": project_id, "key": "k", "value": 3}, token=owner.token)
+    assert body["data"]["setProjectSetting"] == {
+        "key": "k",
+        "project": {"id": project_id, "settings": [{"key": "k", "value": 3}]},
+    }
+    # A MEMBER may not change settings: nothing answers.
+    change = {"projectId": project_id, "key": "k", "value": 4}
+    refused = await gql(query, change, token=member.token)
+    assert error_codes(refused) == ["FORBIDDEN"]
+    assert refused["data"] == {"setProjectSetting": None}

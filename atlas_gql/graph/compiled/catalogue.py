@@ -725,4 +725,5 @@ NOT_COMPILED: dict[str, str] = {
     "Thread.lastEventSequence": "issue 12 (events branch): resolver path until compiled",
     "Message.author": "issue 12 (events branch): resolver path until compiled",
     "Message.assistant": "issue 12 (events branch): resolver path until compiled",
+    "ProjectSetting.project": "issue 12 (events branch): resolver path until compiled",
 }
