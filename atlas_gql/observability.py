@@ -10,8 +10,8 @@ by the engine's event hook (atlas_gql.metrics)."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 import logging
+from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
 
 from starlette.datastructures import Headers, MutableHeaders
