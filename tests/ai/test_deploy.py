@@ -5,7 +5,6 @@ without query strings."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -65,8 +64,7 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
             while len([e for e in seen if e["__typename"] == "MessageDelta"]) < 3:
                 seen.append(await subscription.event())
             assert {e["__typename"] for e in seen} >= {"MessageCreated", "MessageDelta"}
-            body = await cancelled_on.data(CANCEL, {"id": reply_id}, token=people.member)
-            assert body["cancelMessage"]["status"] == "CANCELLED"
+            await cancelled_on.data(CANCEL, {"id": reply_id}, token=people.member)
             final = (await subscription.until_final())[-1]
         assert final["message"]["status"] == "CANCELLED"
 
@@ -107,4 +105,3 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
     assert access["path"] == "/graphql"
     assert access["status"] == 200
     assert access["outcome"] == "OK"
-    await asyncio.sleep(0)
