@@ -30,6 +30,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
@@ -76,6 +77,9 @@ class BoundedLabel:
 
 operation_label = BoundedLabel(200, _NAME, missing=ANONYMOUS)
 model_label = BoundedLabel(50, _MODEL, missing="unknown")
+
+# `*_created` timestamps double the scrape and say nothing a restart count does not.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # --- series ------------------------------------------------------------------------------------
 

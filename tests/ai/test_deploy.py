@@ -5,14 +5,21 @@ without query strings."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import socket
+import sys
 import uuid
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.ai.models import MessageStatus
+from atlas_gql.db.url import DatabaseTarget
 from tests.ai.conftest import AtlasClient, People, wait_until
 from tests.ai.fake_openai import Behaviour, FakeOpenAI
 from tests.ai.test_background import (  # noqa: F401 (fixtures)
@@ -26,12 +33,11 @@ from tests.ai.test_background import (  # noqa: F401 (fixtures)
     stored,
 )
 from tests.ai.test_redis_broker import REDIS_URL
-from tests.conftest import error_codes
+from tests.conftest import error_codes, make_settings
 
 SLOW_REPLY = tuple(f"d{index} " for index in range(400))
 LOGIN = (
-    "mutation($e: String!, $p: String!) "
-    "{ login(input: {email: $e, password: $p}) { accessToken } }"
+    "mutation($e: String!, $p: String!) { login(input: {email: $e, password: $p}) { accessToken } }"
 )
 
 
@@ -105,3 +111,64 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
     assert access["path"] == "/graphql"
     assert access["status"] == 200
     assert access["outcome"] == "OK"
+
+
+async def test_workers_share_one_metrics_view(
+    live_database: DatabaseTarget, tmp_path: Path
+) -> None:
+    """`serve --workers 2`: /metrics answers for both workers whichever one is asked."""
+    settings = make_settings(live_database)
+    assert settings.database_url is not None
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ATLAS_", "DATABASE_URL", "OPENAI_", "REDIS_URL", "PROMETHEUS_"))
+    }
+    environment.update(
+        DATABASE_URL=settings.database_url,
+        ATLAS_JWT_SECRET=settings.atlas_jwt_secret,
+        ATLAS_SEED_PASSWORD=settings.atlas_seed_password,
+        REDIS_URL=REDIS_URL,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "workers.log").open("w") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "atlas_gql", "serve", "--port", str(port), "--workers", "2",
+            cwd=tmp_path, env=environment, stdout=log, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+
+            async def answers() -> bool:
+                assert process.returncode is None, (tmp_path / "workers.log").read_text()
+                with contextlib.suppress(httpx.HTTPError):
+                    async with httpx.AsyncClient() as client:
+                        return (await client.get(f"{url}/healthz")).status_code == 200
+                return False
+
+            await wait_until(answers, timeout=90)
+            # New connections each time: the kernel spreads them over both workers.
+            for _ in range(20):
+                async with httpx.AsyncClient(base_url=url) as client:
+                    response = await client.post(
+                        "/graphql", json={"query": "query Ping { __typename }"}
+                    )
+                    assert response.status_code == 200
+            for _ in range(5):
+                async with httpx.AsyncClient(base_url=url) as client:
+                    text = (await client.get("/metrics")).text
+                samples = {
+                    (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                }
+                key = (
+                    "atlas_graphql_request_duration_seconds_count",
+                    (("operation_name", "Ping"), ("operation_type", "query")),
+                )
+                assert samples[key] == 20
+        finally:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), 30)
