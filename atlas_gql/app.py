@@ -30,6 +30,7 @@ from atlas_gql.graph.views import AtlasGraphQL
 from atlas_gql.logformat import configure_logging
 from atlas_gql.observability import RequestObservationMiddleware, metrics_endpoint
 from atlas_gql.runtime import Runtime
+from atlas_gql.tracing import start_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ def create_app(
         own_engine = engine is None
         active_engine = engine or create_engine(resolve_database_target(settings))
         metrics.instrument_engine(active_engine)
+        # Before the services start, so the clients they make (OpenAI, Redis) are traced.
+        stop_tracing = (
+            start_tracing(settings, engine=active_engine) if settings.tracing_enabled else None
+        )
         runtime = Runtime(
             settings=settings,
             engine=active_engine,
@@ -72,6 +77,8 @@ def create_app(
             if own_engine:
                 await active_engine.dispose()
             metrics.mark_worker_stopped()
+            if stop_tracing is not None:
+                stop_tracing()
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
