@@ -30,7 +30,7 @@ from atlas_gql.graph.views import AtlasGraphQL
 from atlas_gql.logformat import configure_logging
 from atlas_gql.observability import RequestObservationMiddleware, metrics_endpoint
 from atlas_gql.runtime import Runtime
-from atlas_gql.tracing import start_tracing
+from atlas_gql.tracing import require_tracing, start_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def create_app(
             return JSONResponse({"status": "ready", "database": "ok"})
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
 
+    if settings.tracing_enabled:
+        require_tracing()
     schema = build_schema(settings)
     state["schema"] = schema
     # The services are attached by the lifespan; the view exists earlier so routes can mount it.

@@ -28,6 +28,17 @@ class TracingUnavailable(RuntimeError):
     """ATLAS_TRACING is on but the `otel` extra is not installed."""
 
 
+def require_tracing() -> None:
+    """Fail early, naming the extra, when tracing is on but OpenTelemetry is not installed."""
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401
+        import strawberry.extensions.tracing.opentelemetry  # noqa: F401
+    except ImportError as error:
+        raise TracingUnavailable(
+            "ATLAS_TRACING needs the otel extra: pip install 'atlas-gql[otel]'"
+        ) from error
+
+
 def start_tracing(settings: Settings, *, engine: AsyncEngine) -> Callable[[], None]:
     """Set up the exporter (when an endpoint is set) and the instrumentations; returns what
     undoes the instrumentations (the app's lifespan calls it at shutdown)."""
