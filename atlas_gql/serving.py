@@ -335,10 +335,7 @@ def banner(
         ("environment", settings.atlas_env.value),
         ("proxies", proxies),
         ("metrics", _metrics_access(settings, workers)),
-        (
-            "logs",
-            f"{log_format(settings).value} on stderr, level {settings.atlas_log_level.upper()}",
-        ),
+        ("logs", f"{log_format(settings).value}, level {settings.atlas_log_level.upper()}"),
     ]
     lines = [f"ATLAS {__version__}"]
     lines += [f"  {label:<12} {value}" for label, value in rows]
