@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from atlas_gql import __version__
-from atlas_gql.config import Settings, get_settings
+from atlas_gql import __version__, metrics
+from atlas_gql.config import MetricsAccess, Settings, get_settings
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.runtime import resolve_database_target
 from atlas_gql.db.utils import check_db_connection
@@ -27,7 +27,10 @@ from atlas_gql.graph.limits import BodySizeLimitMiddleware
 from atlas_gql.graph.schema import build_schema
 from atlas_gql.graph.services import start_services, stop_services
 from atlas_gql.graph.views import AtlasGraphQL
+from atlas_gql.logformat import configure_logging
+from atlas_gql.observability import RequestObservationMiddleware, metrics_endpoint
 from atlas_gql.runtime import Runtime
+from atlas_gql.tracing import require_tracing, start_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_engine = engine is None
         active_engine = engine or create_engine(resolve_database_target(settings))
+        metrics.instrument_engine(active_engine)
+        # Before the services start, so the clients they make (OpenAI, Redis) are traced.
+        stop_tracing = (
+            start_tracing(settings, engine=active_engine) if settings.tracing_enabled else None
+        )
         runtime = Runtime(
             settings=settings,
             engine=active_engine,
@@ -68,6 +76,9 @@ def create_app(
             await runtime.close()
             if own_engine:
                 await active_engine.dispose()
+            metrics.mark_worker_stopped()
+            if stop_tracing is not None:
+                stop_tracing()
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -78,6 +89,8 @@ def create_app(
             return JSONResponse({"status": "ready", "database": "ok"})
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
 
+    if settings.tracing_enabled:
+        require_tracing()
     schema = build_schema(settings)
     state["schema"] = schema
     # The services are attached by the lifespan; the view exists earlier so routes can mount it.
@@ -88,6 +101,11 @@ def create_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *(
+                [Route("/metrics", metrics_endpoint(settings), methods=["GET"])]
+                if settings.atlas_metrics is not MetricsAccess.OFF
+                else []
+            ),
             *([graphiql_static_route()] if settings.graphiql_enabled else []),
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
@@ -95,6 +113,8 @@ def create_app(
         middleware=[
             # Outermost: everything below sees the real client address and a bounded body read.
             Middleware(ClientAddressMiddleware, trusted_proxies=settings.atlas_trusted_proxies),
+            # Request ids, the access line, WebSocket counts: around everything that answers.
+            Middleware(RequestObservationMiddleware),
             Middleware(BodyTimeoutMiddleware, timeout=settings.atlas_body_timeout),
             Middleware(
                 CORSMiddleware,
@@ -123,8 +143,9 @@ def create_app(
 
 def app_factory() -> Starlette:
     """For `uvicorn --factory atlas_gql.app:app_factory` (what `atlas-gql serve` runs)."""
-    logging.basicConfig(level=logging.INFO)
-    app = create_app()
+    settings = get_settings()
+    configure_logging(settings)
+    app = create_app(settings)
     tune_garbage_collector()
     return app
 

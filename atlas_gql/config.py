@@ -31,6 +31,21 @@ class OpenAIHttpClient(StrEnum):
     AIOHTTP = "aiohttp"
 
 
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class MetricsAccess(StrEnum):
+    OFF = "off"
+    LOOPBACK = "loopback"
+    TOKEN = "token"
+
+
+# The shortest ATLAS_METRICS_TOKEN accepted (a scrape token is a shared secret).
+MIN_METRICS_TOKEN_CHARS = 16
+
+
 class Settings(BaseSettings):
     """Every knob of ATLAS. Names are the environment variables (case-insensitive)."""
 
@@ -158,6 +173,34 @@ class Settings(BaseSettings):
         default=64 * 1024, ge=4096, description="largest request line plus headers, bytes"
     )
 
+    # Observability (docs/observability.md).
+    atlas_log_format: LogFormat | None = Field(
+        default=None,
+        description="json (one object per line) or text; default: json in production, text in "
+        "development",
+    )
+    atlas_log_level: str = Field(
+        default="INFO", pattern=r"(?i)^(debug|info|warning|error|critical)$"
+    )
+    atlas_metrics: MetricsAccess = Field(
+        default=MetricsAccess.LOOPBACK,
+        description="who may read GET /metrics: off, loopback (clients on this machine) or "
+        "token (Authorization: Bearer ATLAS_METRICS_TOKEN, from anywhere)",
+    )
+    atlas_metrics_token: str | None = Field(
+        default=None, description="the bearer token /metrics asks for when ATLAS_METRICS=token"
+    )
+    atlas_tracing: bool | None = Field(
+        default=None,
+        description="OpenTelemetry traces (needs atlas-gql[otel]); default: on when "
+        "OTEL_EXPORTER_OTLP_ENDPOINT is set",
+    )
+
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector base URL (OpenTelemetry's own variable); spans go there",
+    )
+
     @field_validator("atlas_cors_origins", "atlas_allowed_models", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -183,10 +226,28 @@ class Settings(BaseSettings):
                 ) from None
         return networks
 
-    @field_validator("database_url", "redis_url", "openai_base_url", mode="before")
+    @field_validator(
+        "database_url",
+        "redis_url",
+        "openai_base_url",
+        "atlas_metrics_token",
+        "otel_exporter_otlp_endpoint",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _metrics_token_when_asked_for(self) -> Settings:
+        if self.atlas_metrics is MetricsAccess.TOKEN and (
+            not self.atlas_metrics_token or len(self.atlas_metrics_token) < MIN_METRICS_TOKEN_CHARS
+        ):
+            raise ValueError(
+                f"ATLAS_METRICS=token needs ATLAS_METRICS_TOKEN of at least "
+                f"{MIN_METRICS_TOKEN_CHARS} characters"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_development_secrets_in_production(self) -> Settings:
@@ -212,6 +273,12 @@ class Settings(BaseSettings):
         if self.atlas_introspection is None:
             return not self.is_production
         return self.atlas_introspection
+
+    @property
+    def tracing_enabled(self) -> bool:
+        if self.atlas_tracing is None:
+            return self.otel_exporter_otlp_endpoint is not None
+        return self.atlas_tracing
 
     @property
     def graphiql_enabled(self) -> bool:

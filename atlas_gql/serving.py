@@ -22,7 +22,10 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from ipaddress import ip_address
@@ -36,8 +39,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import Multiprocess
 
 from atlas_gql import __version__
-from atlas_gql.config import Settings, get_settings
+from atlas_gql.config import MetricsAccess, Settings, get_settings
 from atlas_gql.db.url import DatabaseTarget
+from atlas_gql.logformat import configure_logging, log_format
+from atlas_gql.metrics import MULTIPROCESS_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -329,13 +334,52 @@ def banner(
         ("broker", broker),
         ("environment", settings.atlas_env.value),
         ("proxies", proxies),
+        ("metrics", _metrics_access(settings, workers)),
+        ("logs", f"{log_format(settings).value}, level {settings.atlas_log_level.upper()}"),
     ]
     lines = [f"ATLAS {__version__}"]
     lines += [f"  {label:<12} {value}" for label, value in rows]
     return "\n".join(lines)
 
 
+def _metrics_access(settings: Settings, workers: int) -> str:
+    access = {
+        MetricsAccess.OFF: "off",
+        MetricsAccess.LOOPBACK: "GET /metrics, loopback clients only",
+        MetricsAccess.TOKEN: "GET /metrics, bearer token (ATLAS_METRICS_TOKEN)",
+    }[settings.atlas_metrics]
+    if settings.atlas_metrics is not MetricsAccess.OFF and workers > 1:
+        access += "; all workers' series (multiprocess)"
+    return access
+
+
 # --- running ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def shared_metrics(workers: int) -> Iterator[None]:
+    """With several workers, prometheus-client keeps every series in files of one directory
+    that each worker's /metrics reads whole (its multiprocess mode). The directory must be
+    empty when the workers start: `serve` makes a fresh one (or empties the one the operator
+    named in PROMETHEUS_MULTIPROC_DIR) and removes its own at the end."""
+    if workers <= 1:
+        yield
+        return
+    named = os.environ.get(MULTIPROCESS_ENV)
+    if named:
+        directory = Path(named)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    directory = Path(tempfile.mkdtemp(prefix="atlas-metrics-"))
+    os.environ[MULTIPROCESS_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROCESS_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def run_server(*, settings: Settings, host: str, port: int, workers: int, reload: bool) -> None:
@@ -344,6 +388,7 @@ def run_server(*, settings: Settings, host: str, port: int, workers: int, reload
     import uvicorn
     from uvicorn.supervisors import ChangeReload
 
+    configure_logging(settings)
     config = uvicorn.Config(
         "atlas_gql.serving:app_factory",
         factory=True,
@@ -351,7 +396,11 @@ def run_server(*, settings: Settings, host: str, port: int, workers: int, reload
         port=port,
         workers=None if reload else workers,
         reload=reload,
-        log_level="info",
+        log_level=settings.atlas_log_level.lower(),
+        # Logging is ATLAS's (atlas_gql.logformat, in every worker); uvicorn's access log is
+        # off: the app's access line replaces it and never holds a query string.
+        log_config=None,
+        access_log=False,
         # Client addresses come from ClientAddressMiddleware (ATLAS_TRUSTED_PROXIES), not
         # from uvicorn, which would trust X-Forwarded-For from 127.0.0.1 unasked.
         proxy_headers=False,
@@ -366,7 +415,8 @@ def run_server(*, settings: Settings, host: str, port: int, workers: int, reload
     if config.should_reload:
         ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
     elif config.workers > 1:
-        _Workers(config, sockets=[config.bind_socket()]).run()
+        with shared_metrics(config.workers):
+            _Workers(config, sockets=[config.bind_socket()]).run()
     else:
         server.run()
         if not server.started:

@@ -136,6 +136,8 @@ def test_serve_states_where_it_listens_and_what_it_uses(served: Served) -> None:
         f"  broker       Redis at {REDIS_URL}",
         "  environment  development",
         "  proxies      127.0.0.2/32",
+        "  metrics      GET /metrics, loopback clients only",
+        "  logs         text, level INFO",
     ]
     start = output.index("ATLAS 0.1.0")
     assert output[start:].splitlines()[: len(expected)] == expected
@@ -167,6 +169,8 @@ def test_banner_hides_passwords_and_names_the_embedded_database(tmp_path: Path) 
         "  broker       Redis at rediss://atlas:***@cache.internal:6380/2",
         "  environment  production",
         "  proxies      10.0.0.0/8, fd00::/8",
+        "  metrics      GET /metrics, loopback clients only; all workers' series (multiprocess)",
+        "  logs         json, level INFO",
     ]
     assert "redis-secret" not in text
 

@@ -9,6 +9,7 @@ from typing import Any, cast
 import strawberry
 from strawberry.file_uploads import Upload
 
+from atlas_gql import metrics
 from atlas_gql.ai import assistants, events, files, messages, threads
 from atlas_gql.ai.types import (
     AssistantFilter,
@@ -380,15 +381,18 @@ class Subscription:
         finally:
             await context.close_db()
         broker = context.services.ai.broker
-        async for event in broker.subscribe(thread_uuid, after_sequence=after_sequence):
-            if isinstance(event, events.MessageCreated):
-                # A new exchange: check again that the viewer's session and access still hold
-                # (a logout or a removal from the project ends the subscription).
-                viewer = await _check_still_allowed(context, viewer, thread_uuid)
-            yield graph_event(event)
-            # Between events, hold no connection and no cached rows.
-            context.reset_loaders()
-            await context.close_db()
+        with metrics.SUBSCRIPTIONS.track_inprogress():
+            async for event in broker.subscribe(thread_uuid, after_sequence=after_sequence):
+                if isinstance(event, events.MessageCreated):
+                    # A new exchange: check again that the viewer's session and access still
+                    # hold (a logout or a removal from the project ends the subscription).
+                    viewer = await _check_still_allowed(context, viewer, thread_uuid)
+                elif isinstance(event, events.MessageDelta):
+                    metrics.DELTAS_DELIVERED.inc()
+                yield graph_event(event)
+                # Between events, hold no connection and no cached rows.
+                context.reset_loaders()
+                await context.close_db()
 
 
 async def _check_still_allowed(context: Context, viewer: Viewer, thread_id: uuid.UUID) -> Viewer:

@@ -45,6 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql import metrics
 from atlas_gql.ai.broker import Broker
 from atlas_gql.ai.events import ThreadEvent, delta_event, final_event
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
@@ -63,7 +64,7 @@ from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.config import Settings
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.audit import record_error
-from atlas_gql.logs.models import ErrorSource
+from atlas_gql.logs.models import ApiUsageLog, ErrorSource
 from atlas_gql.logs.usage import ESTIMATED_SUFFIX, estimate_tokens
 
 logger = logging.getLogger(__name__)
@@ -355,6 +356,7 @@ class AIRuntime:
     async def _run(self, reply: ActiveReply) -> None:
         job = reply.job
         started = time.monotonic()
+        metrics.REPLIES_IN_FLIGHT.inc()
         try:
             for event in reply.created:
                 await self._publish(job.thread_id, event)
@@ -390,6 +392,13 @@ class AIRuntime:
             else:
                 done = reply.stream_task.result()
             latency_ms = int((time.monotonic() - started) * 1000)
+            if done is not None or failure is not None:
+                metrics.observe_upstream(
+                    api=self.provider.api,
+                    duration=latency_ms / 1000,
+                    failed=failure is not None,
+                    http_status=failure.http_status if failure is not None else None,
+                )
             await self._finish(
                 reply, done=done, failure=failure, unexpected=unexpected, latency_ms=latency_ms
             )
@@ -398,6 +407,7 @@ class AIRuntime:
         finally:
             heartbeat.cancel()
             self.replies.pop(job.assistant_message_id, None)
+            metrics.REPLIES_IN_FLIGHT.dec()
 
     def _owned(self, message_id: uuid.UUID) -> sa.ColumnElement[bool]:
         """The reply's row, as long as it is IN_PROGRESS and run by this worker. A new reply
@@ -600,6 +610,8 @@ class AIRuntime:
                 await self.broker.publish(job.thread_id, event)
         elif not await self._publish(job.thread_id, event):
             reply.publish_failed = True
+        else:
+            metrics.DELTAS_PUBLISHED.inc()
         # Only published text is checkpointed: what a resumed stream re-reads (everything
         # after the checkpoint) is then at worst published twice, never not at all.
         reply.published = len(reply.text)
@@ -746,23 +758,30 @@ class AIRuntime:
                 input_tokens = estimate_tokens((job.instructions or "") + job.content)
                 output_tokens = estimate_tokens(values["content"])
                 usage_status += ESTIMATED_SUFFIX
+            usage: ApiUsageLog | None = None
             if input_tokens is not None or output_tokens is not None:
-                db.add(
-                    usage_row(
-                        self.settings,
-                        endpoint=self.provider.api,
-                        user_id=job.user_id,
-                        project_id=job.project_id,
-                        thread_id=job.thread_id,
-                        message_id=job.assistant_message_id,
-                        model=job.model,
-                        input_tokens=input_tokens or 0,
-                        output_tokens=output_tokens or 0,
-                        latency_ms=latency_ms,
-                        status=usage_status,
-                    )
+                usage = usage_row(
+                    self.settings,
+                    endpoint=self.provider.api,
+                    user_id=job.user_id,
+                    project_id=job.project_id,
+                    thread_id=job.thread_id,
+                    message_id=job.assistant_message_id,
+                    model=job.model,
+                    input_tokens=input_tokens or 0,
+                    output_tokens=output_tokens or 0,
+                    latency_ms=latency_ms,
+                    status=usage_status,
                 )
+                db.add(usage)
             await db.commit()
+            if usage is not None:
+                metrics.observe_usage(
+                    model=usage.model,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cost_usd=float(usage.cost_usd),
+                )
             # Published as soon as the commit returns (before the session closes).
             await self._publish(job.thread_id, final_event(sequence, message))
         upstream_ended = done is not None or (failure is not None and failure.upstream_ended)

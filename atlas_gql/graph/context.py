@@ -85,9 +85,11 @@ class Context:
     # True when an HTTP operation failed before execution (parse, validation, limits).
     pre_execution_failed: bool = False
 
-    def begin_operation(self) -> OperationToken:
-        """Give the current operation fresh state (the error-mapping extension calls this)."""
-        return _current.set((self, OperationState()))
+    def begin_operation(self, request_id: str | None = None) -> OperationToken:
+        """Give the current operation fresh state (the error-mapping extension calls this),
+        under the HTTP request's id when there is one."""
+        state = OperationState() if request_id is None else OperationState(request_id=request_id)
+        return _current.set((self, state))
 
     def end_operation(self, token: OperationToken) -> None:
         _current.reset(token)

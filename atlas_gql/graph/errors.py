@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,10 +18,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
+from atlas_gql import metrics
 from atlas_gql.db.inputs import camel_case
 from atlas_gql.db.utils import map_db_error
 from atlas_gql.errors import AtlasError, BadInput, BrokerUnavailable, ErrorCode
 from atlas_gql.graph.context import Context
+from atlas_gql.logformat import write_access_line
 from atlas_gql.logs.audit import describe_exception, record_error, scrub_text
 from atlas_gql.logs.models import ErrorSource
 
@@ -80,10 +83,20 @@ class ErrorMappingExtension(SchemaExtension):
     def __init__(self, *, execution_context: Any = None) -> None:
         super().__init__(execution_context=execution_context)
         self._streamed = False
+        # The first error code of the operation's results: its outcome (metrics, access line).
+        self._outcome: str | None = None
 
     async def on_operation(self) -> AsyncIterator[None]:  # type: ignore[override]
         context = self.execution_context.context
-        token = context.begin_operation() if isinstance(context, Context) else None
+        # An HTTP request has its record (and id) from the edge; a WebSocket operation gets
+        # its own, and its own access line.
+        record = metrics.current_request()
+        own_record = record is None
+        if record is None:
+            record = metrics.RequestRecord(request_id=metrics.new_request_id())
+        record_token = metrics.begin_record(record) if own_record else None
+        started = time.perf_counter()
+        token = context.begin_operation(record.request_id) if isinstance(context, Context) else None
         try:
             if isinstance(context, Context):
                 context.operation_name = self.execution_context.operation_name
@@ -98,9 +111,38 @@ class ErrorMappingExtension(SchemaExtension):
             if not self._streamed:
                 await self._map_result(self.execution_context.result, context)
         finally:
+            self._observe(record, context, time.perf_counter() - started, access_line=own_record)
             if token is not None:
                 with contextlib.suppress(ValueError):  # reset from another task's context
                     context.end_operation(token)
+            if record_token is not None:
+                with contextlib.suppress(ValueError):
+                    metrics.end_record(record_token)
+
+    def _observe(
+        self, record: metrics.RequestRecord, context: Any, duration: float, *, access_line: bool
+    ) -> None:
+        """Count the operation and describe it on its request's record."""
+        try:
+            operation_type = self.execution_context.operation_type.value
+        except Exception:  # the document did not parse: no operation to speak of
+            operation_type = "none"
+        name = self.execution_context.operation_name
+        record.operation_type = operation_type
+        # (a client may send any JSON as operationName; the request is refused later)
+        record.operation_name = name if isinstance(name, str) else None
+        record.outcome = self._outcome or metrics.OK
+        viewer = context.resolved_viewer if isinstance(context, Context) else None
+        record.viewer_id = str(viewer.user_id) if viewer is not None else None
+        metrics.observe_operation(
+            operation_type=operation_type,
+            operation_name=record.operation_name,
+            outcome=record.outcome,
+            duration=duration,
+        )
+        if access_line:
+            metrics.SQL_STATEMENTS.labels(operation_type).observe(record.sql_statements)
+            write_access_line(record, transport="websocket")
 
     def on_execute(self) -> Iterator[None]:
         """A query reads one snapshot: its fields agree with each other (a thread's
@@ -144,6 +186,8 @@ class ErrorMappingExtension(SchemaExtension):
         if result is None or not errors:
             return
         result.errors = [await self._map(error, context) for error in errors]
+        if self._outcome is None:
+            self._outcome = str((result.errors[0].extensions or {}).get("code", "ERROR"))
         # Errors with no path come from before execution (parse, validation, variable
         # coercion, limits): the request itself was not acceptable.
         if (

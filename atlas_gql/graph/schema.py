@@ -94,12 +94,18 @@ def build_schema(settings: Settings | None = None) -> AtlasSchema:
     """The executable schema; `settings` sets the limits (defaults when None)."""
     settings = settings or Settings.model_construct()
     guard = DocumentGuard(DocumentLimits.from_settings(settings))
+    tracing: list[Any] = []
+    if settings.tracing_enabled:
+        from atlas_gql.graph.tracing import OperationTracingExtension
+
+        # First, so its span encloses the operation boundary (the commit, after-commit work).
+        tracing.append(OperationTracingExtension)
     schema = AtlasSchema(
         query=_merged("Query", QUERY_PIECES),
         mutation=_merged("Mutation", MUTATION_PIECES),
         subscription=_merged("Subscription", SUBSCRIPTION_PIECES),
         types=EXTRA_TYPES,
-        extensions=[ErrorMappingExtension, *limit_extensions(guard)],
+        extensions=[*tracing, ErrorMappingExtension, *limit_extensions(guard)],
         execution_context_class=AtlasExecutor,
     )
     schema.document_guard = guard

@@ -35,6 +35,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
+from atlas_gql import metrics
 from atlas_gql.config import Settings
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.context import Context
@@ -250,8 +251,14 @@ class AtlasGraphQL(GraphQL[Context, None]):
         data: GraphQLHTTPResponse = {"data": result.data}
         if result.errors:
             data["errors"] = [error.formatted for error in result.errors]
-        if result.extensions:
-            data["extensions"] = result.extensions
+        extensions = dict(result.extensions or {})
+        record = metrics.current_request()
+        if record is not None and result.errors:
+            # What a user quotes to support: the id of the request's log line and ErrorLog
+            # rows (every response carries it as the X-Request-ID header too).
+            extensions["requestId"] = record.request_id
+        if extensions:
+            data["extensions"] = extensions
         return data
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
