@@ -177,7 +177,7 @@ class Mutation:
         assistant = await assistants.create_assistant(
             db=context.db, actor=await context.actor(), settings=context.settings, data=data
         )
-        return AssistantType.from_model(assistant)
+        return AssistantType.from_model(assistant, instructions_visible=True)
 
     @strawberry.mutation(
         description="Change an assistant (its creator, a project MANAGER+, ADMIN).",
@@ -194,7 +194,7 @@ class Mutation:
             assistant_id=decode_id_of(id, "Assistant"),
             data=assistants.AssistantUpdate.model_validate(set_fields(input)),
         )
-        return AssistantType.from_model(assistant)
+        return AssistantType.from_model(assistant, instructions_visible=True)
 
     @strawberry.mutation(
         description="Delete an assistant; its threads stay, without an assistant (and its "
