@@ -13,11 +13,11 @@ import strawberry
 
 from atlas_gql.auth import account, admin, loaders
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User
-from atlas_gql.auth.rules import user_grants_visible_to
 from atlas_gql.auth.permissions import (
     authenticated,
     requires,
 )
+from atlas_gql.auth.rules import user_grants_visible_to
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import After, First, set_fields
