@@ -48,7 +48,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_engine = engine is None
-        active_engine = engine or create_engine(resolve_database_target(settings))
+        active_engine = engine or create_engine(
+            resolve_database_target(settings), ping_after_idle=settings.atlas_db_ping_after_idle
+        )
         runtime = Runtime(
             settings=settings,
             engine=active_engine,
