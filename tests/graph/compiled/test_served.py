@@ -73,7 +73,8 @@ async def test_the_issue_query_is_one_statement_per_request(
     with served.counter.counting() as statements:
         for _ in range(3):
             status, _, body = await post(served, ISSUE_QUERY, token=token)
-            assert status == 200 and "errors" not in body
+            assert status == 200
+            assert "errors" not in body
     assert len(statements) == 3, statements
     # One prepared statement each: no BEGIN, no ROLLBACK, no pool check around it.
     assert statements == ["bind_execute"] * 3, statements
@@ -123,7 +124,8 @@ async def test_typical_shapes_cost_one_statement_whatever_the_page_sizes(
         await post(served, query, variables, token=token)  # prepared on this connection
         with served.counter.counting() as statements:
             status, _, body = await post(served, query, variables, token=token)
-        assert status == 200 and "errors" not in body, body
+        assert status == 200, body
+        assert "errors" not in body, body
         assert len(statements) == 1, statements
 
 
