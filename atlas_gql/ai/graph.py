@@ -43,6 +43,7 @@ from atlas_gql.graph.relay import (
     global_id,
     register_node,
     resolve_node_of,
+    selects_total,
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
@@ -115,7 +116,7 @@ class Query:
         page = await assistants.list_assistants(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
             project_id=_project_of(filter),
         )
         return to_connection(page, AssistantType.from_model)
@@ -135,7 +136,7 @@ class Query:
         page = await threads.list_threads(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
             project_id=_project_of(filter),
         )
         return to_connection(page, ThreadType.from_model)

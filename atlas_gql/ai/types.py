@@ -33,6 +33,7 @@ from atlas_gql.graph.relay import (
     Node,
     from_row,
     resolve_node_of,
+    selects_total,
     to_connection,
 )
 from atlas_gql.ids import encode_global_id
@@ -176,7 +177,9 @@ class ThreadType(Node):
         last: Last = None,
         before: Before = None,
     ) -> Connection[MessageType] | None:
-        request = page_request(first=first, after=after, last=last, before=before)
+        request = page_request(
+            first=first, after=after, last=last, before=before, with_total=selects_total(info)
+        )
         page = await info.context.loader(loaders.messages_page).load((self.db_id, request))
         return to_connection(page, MessageType.from_model)
 

@@ -21,7 +21,15 @@ from atlas_gql.auth.rules import user_grants_visible_to
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import After, First, set_fields
-from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
+from atlas_gql.graph.relay import (
+    REFUSED,
+    Connection,
+    Node,
+    from_row,
+    register_node,
+    selects_total,
+    to_connection,
+)
 from atlas_gql.ids import decode_id_of
 
 # admin.assign_role and admin.revoke_role.
@@ -200,7 +208,7 @@ class Query:
         page = await admin.list_users(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
             filter=admin.UserFilter(
                 search=given.search, role=given.role, is_active=given.is_active
             ),

@@ -211,10 +211,12 @@ class Context:
         token = bearer_token(self.authorization)
         if token is None:
             return None
-        # A short session of its own: its connection is back in the pool before the resolver
-        # runs (a subscription may then wait for events for minutes).
-        async with self.runtime.sessionmaker() as db:
-            return await authenticate_access_token(db=db, settings=self.settings, token=token)
+        # On the operation's own session (issue 13: a session of its own cost a connection
+        # checkout and a BEGIN/ROLLBACK pair per request). A subscription closes the
+        # operation's session before it waits for events, so no connection is held then.
+        return await authenticate_access_token(
+            db=self.read_session(), settings=self.settings, token=token
+        )
 
     async def actor(self) -> Actor:
         """Who runs this operation, from where: built once per operation."""

@@ -85,8 +85,19 @@ async def test_the_issue_query_is_one_statement_per_request(
     # The resolver path: BEGIN, the session check on the operation's own connection, the
     # projects page, its creators, members, their users, threads; ROLLBACK. No totalCount is
     # selected, so nothing is counted; the pool does not re-check a connection just used.
-    print("\n".join(statements))
     assert len(statements) == 8, statements
+    assert statements[0] == "BEGIN;"
+    assert statements[1].startswith("SELECT users.id, users.email")  # the session check
+    assert statements[-1] == "ROLLBACK;"
+
+    # totalCount selected: each selected level counts, once per request.
+    counted = ISSUE_QUERY.replace("members(first: 10) {", "members(first: 10) { totalCount")
+    counted = counted.replace("projects(first: 20) {", "projects(first: 20) { totalCount")
+    await post(served_off, counted, token=token)
+    with served_off.counter.counting() as statements:
+        await post(served_off, counted, token=token)
+    assert len(statements) == 10, statements
+    assert sum("count(*)" in statement for statement in statements) == 2
 
 
 TYPICAL = {
