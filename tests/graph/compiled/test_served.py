@@ -26,12 +26,21 @@ async def post(
     accept: str | None = None,
 ) -> tuple[int, str, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers["Content-Type"] = "application/json"
     if accept:
         headers["Accept"] = accept
-    response = await served.client.post(
-        "/graphql", json={"query": query, "variables": variables}, headers=headers
-    )
+    # json.dumps escapes what UTF-8 cannot carry (a lone surrogate stays `\ud800`).
+    body = json.dumps({"query": query, "variables": variables})
+    response = await served.client.post("/graphql", content=body, headers=headers)
     return response.status_code, response.headers["content-type"], response.json()
+
+
+def without_request_ids(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: without_request_ids(item) for key, item in value.items() if key != "requestId"}
+    if isinstance(value, list | tuple):
+        return [without_request_ids(item) for item in value]
+    return value
 
 
 async def same_over_http(
@@ -120,7 +129,7 @@ TYPICAL = {
         """query ($n: Int, $m: Int) { projects(first: $n) { totalCount nodes { name
              members(first: $m) { totalCount nodes { role user { email roles { name } } } }
              threads(first: $m) { nodes { title createdBy { name } } } } } }""",
-        [{"n": 1, "m": 1}, {"n": 100, "m": 100}],
+        [{"n": 1, "m": 1}, {"n": 40, "m": 40}],
     ),
 }
 
@@ -160,7 +169,7 @@ async def test_media_types_follow_the_accept_header(both: Both, served: Served) 
 @pytest.mark.parametrize(
     ("query", "variables", "kind"),
     [
-        ("mutation { logout }", None, "not a query"),
+        ('mutation { deleteProject(id: "garbage") }', None, "not a query"),
         ("{ apiUsage(groupBy: DAY) { key } }", None, "not compiled"),
         ("{ projects(first: 101) { totalCount } }", None, "refused"),
         ("query ($s: String) { users(filter: {search: $s}) { totalCount } }", {"s": "a\x00b"},
@@ -179,7 +188,9 @@ async def test_what_falls_back_is_answered_by_the_resolver_path_and_counted(
     before = served.stats.fallback_reasons[kind]
     expected = await post(both, query, variables, token=token)
     answered = await post(served, query, variables, token=token)
-    assert answered == expected
+    # (A NUL in a literal is masked on the resolver path today: the input sanitiser of
+    # issue 10 part 6 is another branch's; each masked error has its own requestId.)
+    assert without_request_ids(answered) == without_request_ids(expected)
     assert served.stats.fallback_reasons[kind] == before + 1
 
 
