@@ -216,3 +216,26 @@ async def test_a_malformed_body_answers_as_before(both: Both, served: Served) ->
         ]
         assert responses[0].status_code == responses[1].status_code, body
         assert responses[0].json() == responses[1].json(), body
+
+
+async def test_get_requests_are_served_too(both: Both, served: Served) -> None:
+    token = both.token("manager")
+    params = {"query": "query ($n: Int) { projects(first: $n) { nodes { name } } }",
+              "variables": json.dumps({"n": 2})}  # fmt: skip
+    before = served.stats.compiled
+    responses = [
+        await app.client.get(
+            "/graphql", params=params, headers={"Authorization": f"Bearer {token}"}
+        )
+        for app in (both, served)
+    ]
+    assert responses[1].status_code == responses[0].status_code == 200
+    assert responses[1].json() == responses[0].json()
+    assert served.stats.compiled == before + 1
+
+
+async def test_compiled_reads_off_serves_nothing_compiled(both: Both, served_off: Served) -> None:
+    token = both.token("admin")
+    await post(served_off, ISSUE_QUERY, token=token)
+    assert served_off.stats.compiled == 0
+    assert served_off.stats.fallback == 0  # the compiled path is not even asked
