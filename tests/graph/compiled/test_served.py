@@ -95,7 +95,7 @@ async def test_the_issue_query_is_one_statement_per_request(
     # projects page, its creators, members, their users, threads; ROLLBACK. No totalCount is
     # selected, so nothing is counted; the pool does not re-check a connection just used.
     assert len(statements) == 8, statements
-    assert statements[0] == "BEGIN;"
+    assert statements[0] == "BEGIN ISOLATION LEVEL REPEATABLE READ;"  # one snapshot
     assert statements[1].startswith("SELECT users.id, users.email")  # the session check
     assert statements[-1] == "ROLLBACK;"
 
