@@ -51,7 +51,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_engine = engine is None
-        active_engine = engine or create_engine(resolve_database_target(settings))
+        active_engine = engine or create_engine(
+            resolve_database_target(settings), ping_after_idle=settings.atlas_db_ping_after_idle
+        )
         metrics.instrument_engine(active_engine)
         # Before the services start, so the clients they make (OpenAI, Redis) are traced.
         stop_tracing = (

@@ -144,6 +144,17 @@ class Settings(BaseSettings):
     atlas_graphiql: bool | None = Field(
         default=None, description="GraphiQL in browsers; default: on in development only"
     )
+    atlas_compiled_reads: bool = Field(
+        default=True,
+        description="serve the queries the compiler can build as one SQL statement each "
+        '(docs/architecture.md, "Compiled reads"); false: every operation runs the resolvers',
+    )
+    atlas_db_ping_after_idle: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds a pooled connection may sit idle before it is pinged at checkout "
+        "(0: ping at every checkout)",
+    )
     atlas_log_retention_days: int = Field(default=90, ge=1)
     atlas_error_log_retention_days: int | None = Field(
         default=None, ge=1, description="days ErrorLog rows are kept; default: the value above"

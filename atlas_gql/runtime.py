@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +21,29 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class CompiledReadStats:
+    """How queries were served since start: by one compiled statement (`compiled`) or by the
+    resolvers (`fallback`, with `fallback_reasons` counted by kind: "not a query", "not
+    compiled", "refused", "not eligible", "driver error"). Read by /metrics."""
+
+    compiled: int = 0
+    fallback: int = 0
+    fallback_reasons: Counter[str] = field(default_factory=Counter)
+
+    def count_compiled(self) -> None:
+        self.compiled += 1
+
+    def count_fallback(self, kind: str) -> None:
+        self.fallback += 1
+        self.fallback_reasons[kind] += 1
+
+
+@dataclass
 class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    compiled_stats: CompiledReadStats = field(default_factory=CompiledReadStats)
     background_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

@@ -297,3 +297,15 @@ async def live_server(live_database: DatabaseTarget) -> AsyncIterator[LiveServer
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+def resolver_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every query takes the resolver path (for tests that make a resolver or a loader fail:
+    the compiled path would answer without calling it)."""
+    from atlas_gql.graph.compiled.endpoint import CompiledEndpoint
+
+    async def resolvers_answer(self: Any, request: Any, runtime: Any) -> None:
+        return None
+
+    monkeypatch.setattr(CompiledEndpoint, "answer", resolvers_answer)

@@ -44,6 +44,7 @@ from atlas_gql.graph.relay import (
     global_id,
     register_node,
     resolve_node_of,
+    selects_total,
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
@@ -116,7 +117,7 @@ class Query:
         page = await assistants.list_assistants(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
             project_id=_project_of(filter),
         )
         return to_connection(page, AssistantType.from_model)
@@ -136,7 +137,7 @@ class Query:
         page = await threads.list_threads(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
             project_id=_project_of(filter),
         )
         return to_connection(page, ThreadType.from_model)
@@ -178,7 +179,7 @@ class Mutation:
         assistant = await assistants.create_assistant(
             db=context.db, actor=await context.actor(), settings=context.settings, data=data
         )
-        return AssistantType.from_model(assistant)
+        return AssistantType.from_model(assistant, instructions_visible=True)
 
     @strawberry.mutation(
         description="Change an assistant (its creator, a project MANAGER+, ADMIN).",
@@ -195,7 +196,7 @@ class Mutation:
             assistant_id=decode_id_of(id, "Assistant"),
             data=assistants.AssistantUpdate.model_validate(set_fields(input)),
         )
-        return AssistantType.from_model(assistant)
+        return AssistantType.from_model(assistant, instructions_visible=True)
 
     @strawberry.mutation(
         description="Delete an assistant; its threads stay, without an assistant (and its "

@@ -11,8 +11,11 @@ import sqlalchemy as sa
 from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
+from atlas_gql.ai import rules
 from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
 from atlas_gql.ai.threads import THREAD_ORDERING, last_event_sequences
+from atlas_gql.auth.rules import viewer_literals
+from atlas_gql.auth.viewer import ViewerSource
 from atlas_gql.db.loaders import ReadSessionSource, pages_by_parent, rows_by_id
 from atlas_gql.db.pagination import Ordering
 
@@ -39,6 +42,29 @@ def last_event_sequence_by_thread(db: ReadSessionSource) -> DataLoader[uuid.UUID
     async def load(thread_ids: Sequence[uuid.UUID]) -> list[int]:
         cursors = await last_event_sequences(db(), thread_ids)
         return [cursors.get(thread_id, 0) for thread_id in thread_ids]
+
+    return DataLoader(load_fn=load)
+
+
+def instructions_visible_by_assistant(
+    db: ReadSessionSource, viewer: ViewerSource
+) -> DataLoader[uuid.UUID, bool]:
+    """Whether the viewer reads each assistant's instructions (`rules.assistant_instructions_
+    visible`, the rule the compiled read path applies in its statement)."""
+
+    async def load(assistant_ids: Sequence[uuid.UUID]) -> list[bool]:
+        signed_in = await viewer()
+        if signed_in is None:
+            return [False for _ in assistant_ids]
+        table = rules.assistants
+        rows = await db().execute(
+            sa.select(table.c.id).where(
+                table.c.id.in_(list(assistant_ids)),
+                rules.assistant_instructions_visible(viewer_literals(signed_in), table),
+            )
+        )
+        visible = set(rows.scalars())
+        return [assistant_id in visible for assistant_id in assistant_ids]
 
     return DataLoader(load_fn=load)
 

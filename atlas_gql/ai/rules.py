@@ -4,7 +4,10 @@
 - an assistant: its creator, the members of its project, ADMIN;
 - a thread: the members of its project (its creator alone for a thread without a project),
   ADMIN; a message: whoever sees its thread;
-- a file: its uploader, whoever sees something it is attached to, ADMIN."""
+- a file: its uploader, whoever sees something it is attached to, ADMIN.
+
+Field-level (issue 10 part 12): an assistant's instructions are for those who may change the
+assistant (`assistant_manageable`); anyone else who sees it reads `instructions: null`."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import sqlalchemy as sa
 from atlas_gql.ai.models import Assistant, AssociableType, FileAssociation, Message, Thread
 from atlas_gql.auth.rules import SqlBool, ViewerRef
 from atlas_gql.db.tables import table_of
+from atlas_gql.projects.models import ProjectRole
 from atlas_gql.projects.rules import member_project_ids
 
 assistants = table_of(Assistant)
@@ -27,6 +31,25 @@ def assistant_visible(viewer: ViewerRef, assistant: sa.FromClause) -> SqlBool:
         assistant.c.created_by_id == viewer.user_id,
         assistant.c.project_id.in_(member_project_ids(viewer)),
     )
+
+
+# Who changes an assistant shared with a project, besides its creator and ADMIN.
+ASSISTANT_MANAGER_ROLES = (ProjectRole.OWNER, ProjectRole.MANAGER)
+
+
+def assistant_manageable(viewer: ViewerRef, assistant: sa.FromClause) -> SqlBool:
+    """Whether the viewer may change the assistant: ADMIN, its creator, a MANAGER+ of the
+    project it is shared with (`ai.assistants.may_manage`; test_rules.py checks they agree)."""
+    return sa.or_(
+        viewer.is_admin,
+        assistant.c.created_by_id == viewer.user_id,
+        assistant.c.project_id.in_(member_project_ids(viewer, roles=ASSISTANT_MANAGER_ROLES)),
+    )
+
+
+def assistant_instructions_visible(viewer: ViewerRef, assistant: sa.FromClause) -> SqlBool:
+    """Whether the viewer reads the assistant's instructions: those who may change it."""
+    return assistant_manageable(viewer, assistant)
 
 
 def thread_visible(viewer: ViewerRef, thread: sa.FromClause) -> SqlBool:

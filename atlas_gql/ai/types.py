@@ -33,6 +33,7 @@ from atlas_gql.graph.relay import (
     Node,
     from_row,
     resolve_node_of,
+    selects_total,
     to_connection,
 )
 from atlas_gql.ids import encode_global_id
@@ -76,14 +77,41 @@ class AssistantType(Node):
     name: str
     description: str | None
     model: str
-    instructions: str | None
     temperature: float | None
     created_at: datetime
     updated_at: datetime
+    stored_instructions: strawberry.Private[str | None] = None
+    # True when the viewer just created or changed the assistant (so may change it); None:
+    # ask `ai.rules.assistant_instructions_visible` (one batched statement per request).
+    instructions_visible: strawberry.Private[bool | None] = None
 
     @classmethod
-    def from_model(cls, assistant: Assistant) -> AssistantType:
-        return from_row(cls, "Assistant", assistant)
+    def from_model(
+        cls, assistant: Assistant, *, instructions_visible: bool | None = None
+    ) -> AssistantType:
+        return from_row(
+            cls,
+            "Assistant",
+            assistant,
+            stored_instructions=assistant.instructions,
+            instructions_visible=instructions_visible,
+        )
+
+    @strawberry.field(
+        description="The system instructions sent with every reply. Shown to those who may "
+        "change the assistant (its creator, a MANAGER+ of its project, ADMIN); null for "
+        "anyone else."
+    )
+    async def instructions(self, info: Info) -> str | None:
+        if self.stored_instructions is None:
+            return None
+        visible = self.instructions_visible
+        if visible is None:
+            context = info.context
+            visible = await context.viewer_loader(loaders.instructions_visible_by_assistant).load(
+                self.db_id
+            )
+        return self.stored_instructions if visible else None
 
     @strawberry.field(description="The project sharing this assistant; null when personal.")
     async def project(self, info: Info) -> LazyProject | None:
@@ -149,7 +177,9 @@ class ThreadType(Node):
         last: Last = None,
         before: Before = None,
     ) -> Connection[MessageType] | None:
-        request = page_request(first=first, after=after, last=last, before=before)
+        request = page_request(
+            first=first, after=after, last=last, before=before, with_total=selects_total(info)
+        )
         page = await info.context.loader(loaders.messages_page).load((self.db_id, request))
         return to_connection(page, MessageType.from_model)
 

@@ -17,10 +17,19 @@ from atlas_gql.auth.permissions import (
     authenticated,
     requires,
 )
+from atlas_gql.auth.rules import user_grants_visible_to
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import After, First, set_fields
-from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
+from atlas_gql.graph.relay import (
+    REFUSED,
+    Connection,
+    Node,
+    from_row,
+    register_node,
+    selects_total,
+    to_connection,
+)
 from atlas_gql.ids import decode_id_of
 
 # admin.assign_role and admin.revoke_role.
@@ -43,17 +52,36 @@ class UserType(Node):
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def from_model(cls, user: User) -> UserType:
-        return from_row(cls, "User", user)
+    # True when the object is known to be the viewer's own account (AuthPayload.user, read
+    # before the new session's token exists); None: ask `rules.user_grants_visible_to`.
+    grants_visible: strawberry.Private[bool | None] = None
 
-    @strawberry.field(description="The user's global roles.")
+    @classmethod
+    def from_model(cls, user: User, *, grants_visible: bool | None = None) -> UserType:
+        return from_row(cls, "User", user, grants_visible=grants_visible)
+
+    async def _shows_grants(self, context: Context) -> bool:
+        if self.grants_visible is not None:
+            return self.grants_visible
+        return user_grants_visible_to(await context.viewer(), self.db_id)
+
+    @strawberry.field(
+        description="The user's global roles. Shown to the user and to holders of "
+        "MANAGE_USERS; empty for anyone else."
+    )
     async def roles(self, info: Info) -> list[RoleType]:
+        if not await self._shows_grants(info.context):
+            return []
         roles = await info.context.loader(loaders.roles_by_user).load(self.db_id)
         return await role_types(info.context, roles)
 
-    @strawberry.field(description="The permissions the user holds through their roles.")
+    @strawberry.field(
+        description="The permissions the user holds through their roles. Shown to the user "
+        "and to holders of MANAGE_USERS; empty for anyone else."
+    )
     async def permissions(self, info: Info) -> list[PermissionName]:
+        if not await self._shows_grants(info.context):
+            return []
         return await info.context.loader(loaders.permissions_by_user).load(self.db_id)
 
 
@@ -102,7 +130,7 @@ class AuthPayload:
             access_token=signed_in.tokens.access_token,
             refresh_token=signed_in.tokens.refresh_token,
             access_token_expires_at=signed_in.tokens.access_token_expires_at,
-            user=UserType.from_model(signed_in.user),
+            user=UserType.from_model(signed_in.user, grants_visible=True),
         )
 
 
@@ -180,7 +208,7 @@ class Query:
         page = await admin.list_users(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
             filter=admin.UserFilter(
                 search=given.search, role=given.role, is_active=given.is_active
             ),

@@ -143,3 +143,23 @@ def viewer_from(check: sa.CTE) -> ViewerRef:
 def user_visible(viewer: ViewerRef, users: sa.FromClause) -> SqlBool:
     """A user is visible (as a node) to themselves and to holders of MANAGE_USERS."""
     return sa.or_(users.c.id == viewer.user_id, viewer.has_permission(PermissionName.MANAGE_USERS))
+
+
+# -- field-level rules (issue 10 part 12) ------------------------------------------------------
+# A user reached through a relation (a project's members, a thread's creator, an activity row)
+# shows co-members their name and email; their global roles and permissions are for
+# themselves and holders of MANAGE_USERS. Hidden, `roles` and `permissions` answer `[]`.
+
+
+def user_grants_visible(viewer: ViewerRef, users: sa.FromClause) -> SqlBool:
+    """Whether the viewer sees this user's global roles and permissions (SQL: the compiled
+    read path's CASE WHEN)."""
+    return sa.or_(users.c.id == viewer.user_id, viewer.has_permission(PermissionName.MANAGE_USERS))
+
+
+def user_grants_visible_to(viewer: Viewer | None, user_id: uuid.UUID) -> bool:
+    """`user_grants_visible` for the resolver path, which holds the viewer and the row in
+    Python (tests/graph/compiled/test_rules.py checks the two agree for every viewer)."""
+    if viewer is None:
+        return False
+    return viewer.user_id == user_id or viewer.has_permission(PermissionName.MANAGE_USERS)

@@ -38,6 +38,9 @@ class PageRequest:
     after: str | None = None
     last: int | None = None
     before: str | None = None
+    # Whether the total is wanted (a connection's totalCount is selected): counting costs a
+    # statement, so it runs only when asked for.
+    with_total: bool = True
 
     @property
     def backward(self) -> bool:
@@ -55,14 +58,16 @@ def page_request(
     after: str | None = None,
     last: int | None = None,
     before: str | None = None,
+    with_total: bool = True,
 ) -> PageRequest:
-    """Check the Relay arguments: sizes 0..100, not `first` with `last`."""
+    """Check the Relay arguments: sizes 0..100, not `first` with `last`. `with_total=False`:
+    the page's `total_count` is not computed (left 0)."""
     if first is not None and last is not None:
         raise BadInput("Pass `first` or `last`, not both.", field="first")
     for name, size in (("first", first), ("last", last)):
         if size is not None and not 0 <= size <= MAX_PAGE_SIZE:
             raise BadInput(f"`{name}` must be between 0 and {MAX_PAGE_SIZE}.", field=name)
-    return PageRequest(first=first, after=after, last=last, before=before)
+    return PageRequest(first=first, after=after, last=last, before=before, with_total=with_total)
 
 
 @dataclass
@@ -168,13 +173,12 @@ async def paginate(
     ordering: Ordering,
     request: PageRequest,
     sort_key: Any = None,
-    with_total: bool = True,
 ) -> Page[Any]:
     """One page of `statement` (a select of one ORM entity, filtered, unordered) and its total.
 
     `sort_key(item)` reads the sort value off an item (default: the sort column's attribute)."""
     total = 0
-    if with_total:
+    if request.with_total:
         count = sa.select(sa.func.count()).select_from(statement.order_by(None).subquery())
         total = int((await db.execute(count)).scalar_one())
     windowed, order = _apply_window(statement, ordering, request)
@@ -200,7 +204,6 @@ async def paginate_by_parent(
     ordering: Ordering,
     request: PageRequest,
     where: Sequence[Any] = (),
-    with_total: bool = True,
 ) -> dict[Any, Page[Any]]:
     """One page per parent (e.g. the members of 20 projects) in two statements, whatever the
     number of parents: ROW_NUMBER() OVER (PARTITION BY parent) for the pages, GROUP BY for
@@ -226,7 +229,7 @@ async def paginate_by_parent(
     for row in page_rows:
         grouped.setdefault(getattr(row, parent_key), []).append(row)
     totals: dict[Any, int] = {}
-    if with_total:
+    if request.with_total:
         count_rows = await db.execute(
             sa.select(parent_column, sa.func.count())
             .where(parent_column.in_(list(parent_ids)), *where)

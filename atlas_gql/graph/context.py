@@ -213,8 +213,16 @@ class Context:
         token = bearer_token(self.authorization)
         if token is None:
             return None
-        # A short session of its own: its connection is back in the pool before the resolver
-        # runs (a subscription may then wait for events for minutes).
+        if self.state.one_snapshot:
+            # A query checks the session on its own session, in its snapshot (issue 13: a
+            # session of its own cost a connection checkout and a BEGIN/ROLLBACK pair per read).
+            return await authenticate_access_token(
+                db=self.read_session(), settings=self.settings, token=token
+            )
+        # Mutations and subscriptions: a short session of its own. A mutation's transaction
+        # then starts with its first field (so a refused field rolls back alone, keeping
+        # what it wrote in transactions of its own); a subscription holds no connection
+        # while it waits for events.
         async with self.runtime.sessionmaker() as db:
             return await authenticate_access_token(db=db, settings=self.settings, token=token)
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import strawberry
+from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, SelectionSetNode
 
 from atlas_gql.db.pagination import Page
 from atlas_gql.ids import decode_global_id, encode_global_id
@@ -103,6 +104,31 @@ class Connection(Generic[NodeType]):
     @strawberry.field(description="The items of this page, without their cursors.")
     def nodes(self) -> list[NodeType]:
         return [edge.node for edge in self.edges]
+
+
+def selects_total(info: Any) -> bool:
+    """Whether the connection field being resolved selects `totalCount` (directly, under an
+    alias or through fragments), so its resolver counts only when asked (issue 13). A
+    `totalCount` behind `@skip`/`@include` counts as selected: counting too often is only
+    slower, never wrong."""
+    raw = info._raw_info
+    pending: list[SelectionSetNode] = [
+        node.selection_set for node in raw.field_nodes if node.selection_set is not None
+    ]
+    spread: set[str] = set()
+    while pending:
+        for selection in pending.pop().selections:
+            if isinstance(selection, FieldNode):
+                if selection.name.value == "totalCount":
+                    return True
+            elif isinstance(selection, InlineFragmentNode):
+                pending.append(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode) and selection.name.value not in spread:
+                spread.add(selection.name.value)
+                fragment = raw.fragments.get(selection.name.value)
+                if fragment is not None:
+                    pending.append(fragment.selection_set)
+    return False
 
 
 def to_connection(

@@ -38,6 +38,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from atlas_gql import metrics
 from atlas_gql.config import Settings
 from atlas_gql.errors import AtlasError
+from atlas_gql.graph.compiled.endpoint import CompiledEndpoint
 from atlas_gql.graph.context import Context
 from atlas_gql.graph.ide import render_graphiql_html
 from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
@@ -211,6 +212,12 @@ class AtlasGraphQL(GraphQL[Context, None]):
         self.services: Services | None = None
         self.max_message_bytes = settings.atlas_max_body_bytes
         self._graphiql_html = render_graphiql_html()
+        # Queries the compiler builds are answered by one SQL statement, before Strawberry.
+        self.compiled: CompiledEndpoint | None = (
+            CompiledEndpoint(schema=schema._schema, guard=schema.document_guard, settings=settings)
+            if settings.atlas_compiled_reads
+            else None
+        )
 
     def decode_json(self, data: str | bytes) -> object:
         """Request bodies (and GET's variables): JSON objects, shape bounded, else 400."""
@@ -272,6 +279,12 @@ class AtlasGraphQL(GraphQL[Context, None]):
                 "GraphiQL is off on this server (ATLAS_GRAPHIQL). Send a GraphQL request: "
                 "POST /graphql with a JSON body, or GET /graphql?query=...",
             )
+        if self.compiled is not None and self.services is not None:
+            body = await self.compiled.answer(request, self.services.runtime)
+            if body is not None:
+                modern = accepts_graphql_response_json(request.headers.get("accept", ""))
+                media_type = GRAPHQL_RESPONSE_JSON if modern else "application/json"
+                return Response(body, media_type=media_type)
         try:
             response = await super().run(request, context, root_value)
         except HTTPException as error:

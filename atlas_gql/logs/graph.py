@@ -15,7 +15,15 @@ from atlas_gql.auth.permissions import authenticated
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import After, First, optional_id
-from atlas_gql.graph.relay import REFUSED, Connection, Node, from_row, register_node, to_connection
+from atlas_gql.graph.relay import (
+    REFUSED,
+    Connection,
+    Node,
+    from_row,
+    register_node,
+    selects_total,
+    to_connection,
+)
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs import loaders, service
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
@@ -226,7 +234,7 @@ class Query:
             db=info.context.read_session(),
             actor=await info.context.actor(),
             filter=parsed,
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
         )
         return to_connection(page, ActivityLogType.from_model)
 
@@ -283,7 +291,7 @@ class Query:
             actor=await info.context.actor(),
             window=service.time_window(start=given.from_, end=given.to),
             source=ErrorSource(given.source) if given.source is not None else None,
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
         )
         return to_connection(page, ErrorLogType.from_model)
 

@@ -29,6 +29,7 @@ from atlas_gql.graph.relay import (
     from_row,
     global_id,
     register_node,
+    selects_total,
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
@@ -161,7 +162,7 @@ class ProjectType(Node):
     async def members(
         self, info: Info, first: First = None, after: After = None
     ) -> Connection[ProjectMemberType] | None:
-        request = page_request(first=first, after=after)
+        request = page_request(first=first, after=after, with_total=selects_total(info))
         if not await self._visible(info.context):
             return to_connection(empty_page(), ProjectMemberType.from_model)
         page = await info.context.loader(loaders.members_page).load((self.db_id, request))
@@ -186,7 +187,7 @@ class ProjectType(Node):
     async def threads(
         self, info: Info, first: First = None, after: After = None
     ) -> Connection[ThreadType] | None:
-        request = page_request(first=first, after=after)
+        request = page_request(first=first, after=after, with_total=selects_total(info))
         if not await self._visible(info.context):
             return to_connection(empty_page(), ThreadType.from_model)
         page = await info.context.loader(ai_loaders.threads_page).load((self.db_id, request))
@@ -278,7 +279,7 @@ class Query:
         page = await projects.list_projects(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after),
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
             filter=projects.ProjectFilter(search=given.search, role=given.role),
         )
         info.context.loader(loaders.project_by_id).prime_many(

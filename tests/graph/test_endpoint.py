@@ -110,7 +110,11 @@ async def test_introspection_off_in_production(database_target: Any) -> None:
 
 
 async def test_unexpected_errors_are_masked_and_logged(
-    gql: GraphQLClient, db: AsyncSession, sign_in: Any, monkeypatch: pytest.MonkeyPatch
+    gql: GraphQLClient,
+    db: AsyncSession,
+    sign_in: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    resolver_path_only: None,
 ) -> None:
     def exploding_loader(context: Any) -> Any:
         raise RuntimeError("secret internals: SELECT password_hash FROM users")
@@ -208,6 +212,7 @@ async def test_masked_error_process_log_is_redacted(
     gql: GraphQLClient,
     sign_in: Any,
     monkeypatch: pytest.MonkeyPatch,
+    resolver_path_only: None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     def exploding_loader(context: Any) -> Any:

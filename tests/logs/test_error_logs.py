@@ -95,7 +95,11 @@ async def test_errors_are_forbidden_to_everyone_but_admins(
 
 
 async def test_a_masked_error_reaches_the_log_without_secrets(
-    gql: GraphQLClient, db: AsyncSession, sign_in: Any, monkeypatch: pytest.MonkeyPatch
+    gql: GraphQLClient,
+    db: AsyncSession,
+    sign_in: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    resolver_path_only: None,
 ) -> None:
     def exploding_loader(context: Any) -> Any:
         raise RuntimeError(

@@ -19,9 +19,15 @@ import sqlalchemy as sa
 from graphql import FieldNode
 
 from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
-from atlas_gql.ai.rules import assistant_visible, file_visible, message_visible, thread_visible
+from atlas_gql.ai.rules import (
+    assistant_instructions_visible,
+    assistant_visible,
+    file_visible,
+    message_visible,
+    thread_visible,
+)
 from atlas_gql.auth.models import Permission, PermissionName, Role, RolePermission, User, UserRole
-from atlas_gql.auth.rules import SqlBool, ViewerRef, user_visible
+from atlas_gql.auth.rules import SqlBool, ViewerRef, user_grants_visible, user_visible
 from atlas_gql.db.tables import table_of
 from atlas_gql.errors import BadInput
 from atlas_gql.graph.compiled.compiler import (
@@ -34,7 +40,14 @@ from atlas_gql.graph.compiled.compiler import (
     Row,
 )
 from atlas_gql.graph.compiled.errors import NotCompilable
-from atlas_gql.graph.compiled.sql import JSON_NULL, ONE, global_id, iso_datetime, json_array
+from atlas_gql.graph.compiled.sql import (
+    EMPTY_JSON_ARRAY,
+    JSON_NULL,
+    ONE,
+    global_id,
+    iso_datetime,
+    json_array,
+)
 from atlas_gql.graph.compiled.values import UNDECODABLE_ID, Value, plain
 from atlas_gql.ids import decode_global_id, decode_id_of
 from atlas_gql.logs.models import ActivityLog, ErrorLog
@@ -93,6 +106,21 @@ def timestamp(name: str) -> Handler:
 
 def node_id(type_name: str, name: str = "id") -> Handler:
     return lambda compiler, row, fields: global_id(type_name, row.table.c[name])
+
+
+FieldRule = Callable[[ViewerRef, sa.FromClause], SqlBool]
+
+
+def guarded(handler: Handler, rule: FieldRule, hidden: sa.ColumnElement[Any]) -> Handler:
+    """A field with a field-level rule (issue 10 part 12): its value where `rule` holds for the
+    viewer and the row, `hidden` (what the resolver path answers then) elsewhere."""
+
+    def guarded_handler(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
+        return sa.case(
+            (rule(compiler.viewer, row.table), handler(compiler, row, fields)), else_=hidden
+        )
+
+    return guarded_handler
 
 
 def to_one(
@@ -251,8 +279,8 @@ OBJECTS: dict[str, ObjectSpec] = {
             "isActive": column("is_active"),
             "createdAt": timestamp("created_at"),
             "updatedAt": timestamp("updated_at"),
-            "roles": user_roles_list,
-            "permissions": user_permissions_list,
+            "roles": guarded(user_roles_list, user_grants_visible, EMPTY_JSON_ARRAY),
+            "permissions": guarded(user_permissions_list, user_grants_visible, EMPTY_JSON_ARRAY),
         },
     ),
     "Role": ObjectSpec(
@@ -305,7 +333,9 @@ OBJECTS: dict[str, ObjectSpec] = {
             "name": column("name"),
             "description": column("description"),
             "model": column("model"),
-            "instructions": column("instructions"),
+            "instructions": guarded(
+                column("instructions"), assistant_instructions_visible, sa.null()
+            ),
             "temperature": column("temperature"),
             "createdAt": timestamp("created_at"),
             "updatedAt": timestamp("updated_at"),

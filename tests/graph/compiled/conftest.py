@@ -5,6 +5,7 @@ connection) for a viewer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -40,7 +41,9 @@ from atlas_gql.graph.schema import build_schema
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
+from atlas_gql.runtime import CompiledReadStats
 from tests.conftest import GraphQLClient, make_settings, migrated_and_seeded
+from tests.statements import StatementCounter
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 # A JSON setting with what JSON text can vary on: nesting, floats, unicode, quotes, null.
@@ -378,10 +381,60 @@ async def world(compiled_engine: AsyncEngine, compiled_settings: Settings) -> Wo
 async def both(
     world: World, compiled_engine: AsyncEngine, compiled_settings: Settings
 ) -> AsyncIterator[Both]:
-    app = create_app(compiled_settings)
+    # The reference: the resolver path alone (ATLAS_COMPILED_READS=false).
+    app = create_app(compiled_settings.model_copy(update={"atlas_compiled_reads": False}))
     async with app.router.lifespan_context(app), compiled_engine.connect() as connection:
         driver = (await connection.get_raw_connection()).driver_connection
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             reads = CompiledReads(build_schema()._schema)
             yield Both(client, reads, driver, compiled_settings, world)
+
+
+@dataclass
+class Served:
+    """The app as served (ATLAS_COMPILED_READS=true), its engine counting statements."""
+
+    client: httpx.AsyncClient
+    app: Any
+    counter: StatementCounter
+
+    @property
+    def stats(self) -> CompiledReadStats:
+        return self.app.state.atlas["runtime"].compiled_stats
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    database: DatabaseTarget, settings: Settings, *, compiled: bool
+) -> AsyncIterator[Served]:
+    engine = create_engine(database, pool_size=2)
+    counter = StatementCounter.install(engine)
+    app = create_app(settings.model_copy(update={"atlas_compiled_reads": compiled}), engine=engine)
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4321))
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://testserver"
+            ) as client:
+                yield Served(client, app, counter)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def served(
+    world: World, compiled_database: DatabaseTarget, compiled_settings: Settings
+) -> AsyncIterator[Served]:
+    """The app with compiled reads on (the default), on the world's data."""
+    async with serving(compiled_database, compiled_settings, compiled=True) as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def served_off(
+    world: World, compiled_database: DatabaseTarget, compiled_settings: Settings
+) -> AsyncIterator[Served]:
+    """The same with ATLAS_COMPILED_READS=false, its statements counted too."""
+    async with serving(compiled_database, compiled_settings, compiled=False) as app:
+        yield app

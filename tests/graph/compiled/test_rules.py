@@ -200,3 +200,43 @@ def test_constants_fold_for_an_admin_and_anonymous() -> None:
     # No `IS NULL` comparison with the anonymous viewer's id: it matches nothing.
     assert "IS NULL AND" in text  # the personal-thread branch's own `project_id IS NULL`
     assert "created_by_id IS NULL" not in text
+
+
+# -- field-level rules (issue 10 part 12) --------------------------------------------------------
+
+
+async def test_field_rules_agree_with_their_python_twins(
+    compiled_engine: AsyncEngine, world: World, compiled_settings: Settings
+) -> None:
+    """`user_grants_visible` (SQL) and `user_grants_visible_to` (the resolver path's Python)
+    give the same answer for every viewer and user; `assistant_manageable` selects exactly the
+    assistants `assistants.may_manage` lets the viewer change."""
+    from atlas_gql.ai.assistants import may_manage
+
+    async with AsyncSession(compiled_engine) as db:
+        all_viewers = await viewers(db, world, compiled_settings)
+        user = table_of(User)
+        user_ids = await ids(db, sa.select(user.c.id))
+        assistant = table_of(Assistant)
+        rows = (await db.execute(sa.select(assistant))).all()
+        for label, viewer in [*all_viewers.items(), ("anonymous", None)]:
+            ref = auth_rules.viewer_literals(viewer)
+            shown = await ids(
+                db, sa.select(user.c.id).where(auth_rules.user_grants_visible(ref, user))
+            )
+            twin = {uid for uid in user_ids if auth_rules.user_grants_visible_to(viewer, uid)}
+            assert shown == twin, label
+            if viewer is None:
+                assert shown == set(), label
+                continue
+            manageable = await ids(
+                db, sa.select(assistant.c.id).where(ai_rules.assistant_manageable(ref, assistant))
+            )
+            expected = {
+                row.id
+                for row in rows
+                if await may_manage(
+                    db, viewer, project_id=row.project_id, created_by_id=row.created_by_id
+                )
+            }
+            assert manageable == expected, label
