@@ -141,7 +141,7 @@ class CompiledEndpoint:
             return DRIVER_ERROR, type(error).__name__
         if not isinstance(answer, Answer):
             return REFUSED, answer.reason
-        _observe(operation_name, claims)
+        _observe(operation.name.value if operation.name else None, claims)
         return b'{"data":' + answer.data.encode() + b"}"
 
     def _claims(self, request: Request) -> AccessClaims | None:
@@ -221,7 +221,7 @@ def _observe(operation_name: str | None, claims: AccessClaims) -> None:
     if record is None:
         return
     record.operation_type = "query"
-    record.operation_name = operation_name if isinstance(operation_name, str) else None
+    record.operation_name = operation_name
     record.outcome = metrics.OK
     record.viewer_id = str(claims.user_id)
     record.sql_statements += 1
