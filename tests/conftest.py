@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from atlas_gql.ai.listening import Listeners
 from atlas_gql.app import create_app
 from atlas_gql.auth.account import find_user_by_email
 from atlas_gql.auth.sessions import start_session
@@ -24,6 +25,7 @@ from atlas_gql.db.engine import can_connect, create_engine, drop_database, ensur
 from atlas_gql.db.migrate import upgrade_to_head
 from atlas_gql.db.session import SerializedAsyncSession
 from atlas_gql.db.url import DatabaseTarget, parse_database_url
+from atlas_gql.graph.services import Services
 from atlas_gql.seed import seed
 
 SEED_PASSWORD = "seed-password-for-tests"
@@ -266,6 +268,17 @@ class LiveServer:
         self.server.should_exit = True
         if self.task is not None:
             await asyncio.wait_for(self.task, 15)
+
+    @property
+    def services(self) -> Services:
+        """The app's long-lived services (the server runs in this process)."""
+        services: Services = self.app.state.atlas["services"]
+        return services
+
+    @property
+    def listeners(self) -> Listeners:
+        """The broker's count of `threadEvents` subscriptions in place, by thread."""
+        return self.services.ai.broker.listeners
 
     @property
     def http_url(self) -> str:

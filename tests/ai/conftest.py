@@ -24,6 +24,7 @@ from atlas_gql.app import create_app
 from atlas_gql.auth.account import create_user_account
 from atlas_gql.auth.models import RoleName
 from atlas_gql.db.url import DatabaseTarget
+from atlas_gql.ids import decode_id_of
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME
 from tests.ai.fake_openai import FakeOpenAI
@@ -135,7 +136,14 @@ class AtlasClient:
         *,
         after_sequence: int | None = 0,
         query: str = EVENTS_SUBSCRIPTION,
+        in_place: bool = True,
     ) -> AsyncIterator[Subscription]:
+        """Subscribe to the thread's events. Against an in-process server, yields once the
+        server's broker has the subscription in place (events published from then on reach
+        it), unless `in_place=False` (a subscription expected to be refused)."""
+        listeners = self.server.listeners if isinstance(self.server, LiveServer) else None
+        thread_uuid = decode_id_of(thread_id, "Thread") if listeners and in_place else None
+        before = listeners.total(thread_uuid) if listeners and thread_uuid else 0
         async with websockets.connect(
             self.server.ws_url,
             subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
@@ -154,6 +162,9 @@ class AtlasClient:
                     }
                 )
             )
+            if listeners is not None and thread_uuid is not None:
+                async with asyncio.timeout(10):
+                    await listeners.wait_total(thread_uuid, before + 1)
             yield Subscription(ws)
 
 

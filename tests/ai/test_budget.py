@@ -180,7 +180,6 @@ async def test_cut_reply_after_text_is_counted_and_one_with_usage_is_not_estimat
     replies = []
     for _ in range(2):
         async with ai.client.subscribe(pm, thread_id, after_sequence=None) as subscription:
-            await asyncio.sleep(0.2)
             body = await ai.send(thread_id, token=pm)
             replies.append(body["data"]["sendMessage"]["assistantMessage"]["id"])
             final = (await subscription.until_final())[-1]

@@ -113,7 +113,9 @@ async def test_subscribing_while_redis_hangs_is_broker_unavailable(
     thread_id = await first.new_thread()
     redis_proxy.black_hole("stall")
     for worker in (first, second, first):  # the SUBSCRIBE times out, then Redis is skipped
-        async with worker.client.subscribe(worker.people.member, thread_id) as subscription:
+        async with worker.client.subscribe(
+            worker.people.member, thread_id, in_place=False
+        ) as subscription:
             message = await subscription.message()
         assert message["type"] == "next", message
         [error] = message["payload"]["errors"]

@@ -101,7 +101,6 @@ async def test_send_and_cancel_work_while_the_broker_is_down(
 
     monkeypatch.undo()
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
-        await asyncio.sleep(0.2)
         assert "errors" not in await ai.send(thread_id, "Back to normal")
         events = await sub.until_final()
     assert events[-1]["__typename"] == "MessageCompleted"

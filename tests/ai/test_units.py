@@ -119,7 +119,7 @@ async def test_a_subscriber_keeping_up_gets_every_delta(after: int | None) -> No
     thread = uuid.uuid4()
     stream = broker.subscribe(thread, after_sequence=after)
     received = asyncio.ensure_future(_take(stream, 5))
-    await asyncio.sleep(0.05)  # the subscription registers when its iteration starts
+    await broker.listeners.wait_total(thread, 1)  # registered when its iteration starts
     for sequence in range(1, 6):
         await broker.publish(thread, _delta(sequence, "x"))
         await asyncio.sleep(0)
@@ -142,8 +142,9 @@ async def _replayed(broker: MemoryBroker, thread: uuid.UUID) -> list[ThreadEvent
     """What a client reconnecting with `afterSequence: 0` gets before live events (a marker
     published after subscribing ends the replay)."""
     stream = broker.subscribe(thread, after_sequence=0)
+    before = broker.listeners.total(thread)
     first = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)
+    await broker.listeners.wait_total(thread, before + 1)
     await broker.publish(thread, _delta(MARKER, "", "marker"))
     events = [await asyncio.wait_for(first, 2)]
     while events[-1].sequence != MARKER:

@@ -5,7 +5,6 @@ PostgreSQL limiter and with the Redis limiter; and no connection is held during 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -182,10 +181,8 @@ async def test_no_connection_is_held_during_the_password_check(
     await live_user(server, email, rounds=13)
     address = next(loopback_addresses())
     for password in ("wrong-password", PASSWORD):
-        started = time.monotonic()
         seen = await idle_in_transaction_during(
             live_database, live_login(server, email, password, address=address)
         )
-        assert time.monotonic() - started > 0.4
-        assert len(seen) > 5
+        assert len(seen) > 5  # watched throughout the check, not once
         assert max(seen) == 0, seen
