@@ -38,10 +38,10 @@ def _server_url() -> tuple[str, Any]:
         return os.environ["TEST_DATABASE_URL"], None
     if asyncio.run(can_connect(parse_database_url(LOCAL_SERVER_URL), timeout=2)):
         return LOCAL_SERVER_URL, None
-    import pgserver  # type: ignore[import-untyped]
+    import pgserver
 
     data_dir = tempfile.mkdtemp(prefix="atlas-test-pg-")
-    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
     return server.get_uri("postgres"), server
 
 
@@ -104,7 +104,7 @@ def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
         "redis_url": None,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 import pytest
@@ -67,6 +67,11 @@ mutation($input: SendMessageInput!) {
   }
 }
 """
+
+
+async def aclose(stream: AsyncIterator[Any]) -> None:
+    """Close a broker subscription (an async generator typed as an iterator)."""
+    await cast(AsyncGenerator[Any, None], stream).aclose()
 
 
 async def wait_until(condition: Callable[[], Any], *, timeout: float = 10) -> None:

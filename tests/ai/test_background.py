@@ -626,7 +626,7 @@ async def test_a_reply_stored_without_a_worker_is_run_by_the_worker_that_started
             await db.commit()
 
         async def beat_again() -> bool:
-            return (await stored(database, reply_id)).reply_worker_id == runtime.worker_id
+            return bool((await stored(database, reply_id)).reply_worker_id == runtime.worker_id)
 
         await wait_until(beat_again)
         ai.fake.gates["complete"].set()

@@ -204,7 +204,7 @@ async def test_a_reply_finished_by_another_worker_is_counted_while_running_and_a
     question, partial = "What is it?", "half an ans"
     now = datetime.now(UTC)
     async with runtime.sessionmaker() as db:
-        common = {"thread_id": decode_global_id(thread_id)[1]}
+        common: dict[str, Any] = {"thread_id": decode_global_id(thread_id)[1]}
         common["user_id"] = decode_global_id(me["me"]["id"])[1]
         db.add(
             Message(

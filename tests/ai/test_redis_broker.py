@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from atlas_gql.ai.broker import RedisBroker
 from atlas_gql.ai.events import MessageDelta
 from atlas_gql.errors import BrokerUnavailable
-from tests.ai.conftest import StartServer, wait_until
+from tests.ai.conftest import StartServer, aclose, wait_until
 from tests.ai.fake_openai import Behaviour
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -97,7 +97,7 @@ async def _receives(broker: RedisBroker, thread: uuid.UUID, sequence: int) -> bo
         first.cancel()
         with contextlib.suppress(BaseException):
             await first
-        await stream.aclose()
+        await aclose(stream)
 
 
 @pytest.mark.parametrize("fault", ["error", "timeout"])

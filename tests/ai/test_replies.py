@@ -277,7 +277,7 @@ async def test_cancel_stops_a_long_reply_while_upstream_is_still_streaming(ai: A
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
         payload = (await ai.send(thread_id))["data"]["sendMessage"]
         reply_id = payload["assistantMessage"]["id"]
-        seen = []
+        seen: list[dict[str, Any]] = []
         while len([e for e in seen if e["__typename"] == "MessageDelta"]) < 2:
             seen.append(await subscription.event())
         body = await ai.client.gql(

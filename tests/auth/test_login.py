@@ -121,7 +121,7 @@ async def test_unknown_email_and_wrong_password_cost_the_same_check(
 
     monkeypatch.setattr(bcrypt, "checkpw", counted_checkpw)
     gql = await make_gql(atlas_login_max_failures=100)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     costs = {}
     for label, email in (
         ("unknown", f"ghost-{uuid.uuid4().hex[:6]}@example.com"),

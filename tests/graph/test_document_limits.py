@@ -48,7 +48,8 @@ def prepare(document: str) -> PreparedDocument | GraphQLError:
     return GUARD.prepare(SCHEMA, document, cacheable=lambda: False)
 
 
-def code_of(error: GraphQLError) -> str | None:
+def code_of(error: object) -> str | None:
+    assert isinstance(error, GraphQLError), error
     code = (error.extensions or {}).get("code")
     return code if isinstance(code, str) else None
 

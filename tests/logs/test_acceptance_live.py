@@ -6,6 +6,7 @@ without the API key; a project over its monthlyTokenBudget refuses messages."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -163,7 +164,7 @@ async def test_acceptance(server: LiveServer, fake: FakeOpenAI, call: Call) -> N
 
     for number in range(1, 4):
         await data(call, send, {"i": {"threadId": thread_id, "content": f"Hi {number}"}}, member)
-        await eventually(lambda n=number: _at_least(project_requests, n))
+        await eventually(functools.partial(_at_least, project_requests, number))
 
     # activityLogs for ADMIN: logins (one failed), project, member, thread, messages; newest first.
     activity = await data(
