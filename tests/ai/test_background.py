@@ -34,16 +34,14 @@ from tests.ai.conftest import (
     CREATE_THREAD,
     UPSTREAM_KEY,
     AIServer,
-    AtlasClient,
     People,
     StartServer,
-    Subscription,
     make_people,
-    wait_until,
 )
 from tests.ai.fake_openai import Behaviour, FakeOpenAI, Resume
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.conftest import error_codes, make_settings
+from tests.live import AtlasClient, Subscription, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"

@@ -12,8 +12,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from atlas_gql.ai.broker import RedisBroker
 from atlas_gql.ai.events import MessageDelta
 from atlas_gql.errors import BrokerUnavailable
-from tests.ai.conftest import StartServer, aclose, wait_until
+from tests.ai.conftest import StartServer
 from tests.ai.fake_openai import Behaviour
+from tests.live import aclose, wait_until
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.ai.conftest import AIServer, StartServer, wait_until
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.ai.tcp_proxy import TcpProxy
+from tests.live import wait_until
 
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
 

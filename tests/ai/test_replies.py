@@ -14,9 +14,10 @@ from sqlmodel import col
 from atlas_gql.ai.models import Message, MessageStatus, Thread
 from atlas_gql.ids import decode_global_id
 from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
-from tests.ai.conftest import UPSTREAM_KEY, AIServer, Subscription, wait_until
+from tests.ai.conftest import UPSTREAM_KEY, AIServer
 from tests.ai.fake_openai import Behaviour
 from tests.conftest import error_codes
+from tests.live import Subscription, wait_until
 
 THREAD_DETAIL = """
 query($id: ID!) {

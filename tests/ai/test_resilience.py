@@ -13,12 +13,13 @@ from sqlmodel import col
 
 from atlas_gql.ai.models import Message
 from atlas_gql.logs.models import ErrorLog, ErrorSource
-from tests.ai.conftest import AIServer, StartServer, wait_until
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.ai.test_files import upload
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.ai.test_replies import rows, uuid_of
 from tests.conftest import error_codes
+from tests.live import wait_until
 
 MESSAGE_STATE = "query($id: ID!) { node(id: $id) { ... on Message { status content error } } }"
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"

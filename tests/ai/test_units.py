@@ -20,7 +20,7 @@ from atlas_gql.ai.events import (
 from atlas_gql.ai.models import MessageRole, MessageStatus
 from atlas_gql.ai.pricing import allowed_models, cost_usd
 from atlas_gql.config import Settings
-from tests.ai.conftest import aclose
+from tests.live import aclose
 
 THREAD = uuid.uuid4()
 

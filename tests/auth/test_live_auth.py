@@ -18,7 +18,8 @@ from atlas_gql.auth.account import create_user_account
 from atlas_gql.auth.tokens import issue_access_token
 from atlas_gql.ids import encode_global_id
 from tests.auth.conftest import LOGIN, REFRESH
-from tests.conftest import SEED_PASSWORD, LiveServer
+from tests.conftest import SEED_PASSWORD
+from tests.live import LiveServer
 
 UPDATE_USER = """
 mutation($id: ID!) { updateUser(id: $id, input: {isActive: false}) { isActive } }

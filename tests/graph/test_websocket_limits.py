@@ -14,8 +14,8 @@ from websockets.typing import Subprotocol
 
 from atlas_gql.graph.limits.body import MAX_JSON_DEPTH
 from atlas_gql.graph.views import MAX_CONNECTION_INIT_BYTES
-from tests.conftest import LiveServer
 from tests.graph.document_attacks import ATTACKS
+from tests.live import LiveServer
 
 PROTOCOL = [Subprotocol("graphql-transport-ws")]
 
