@@ -14,8 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.ai.conftest import StartServer, wait_until
+from tests.ai.conftest import StartServer
 from tests.ai.test_redis_broker import REDIS_URL
+from tests.live import wait_until
 
 CONTENT = "Private words about payroll"
 SEND = """

@@ -403,7 +403,8 @@ class Served:
 
     @property
     def stats(self) -> CompiledReadStats:
-        return self.app.state.atlas["runtime"].compiled_stats
+        stats: CompiledReadStats = self.app.state.atlas["runtime"].compiled_stats
+        return stats
 
 
 @contextlib.asynccontextmanager
