@@ -63,7 +63,7 @@ run: check-lock $(RUN_ENV)
 ## in TEST_WORKERS processes (pytest-xdist; 2 = CI's cores, 0 = in this process only).
 TEST_WORKERS ?= 2
 test: check-lock $(DEV_STAMP)
-	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal) $(ARGS); status=$$?; \
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
 
 lint: check-lock $(DEV_STAMP)

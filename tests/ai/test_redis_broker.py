@@ -16,6 +16,9 @@ from tests.ai.conftest import StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.live import aclose, wait_until
 
+# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
+pytestmark = pytest.mark.xdist_group("redis-pubsub")
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
