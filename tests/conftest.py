@@ -26,6 +26,8 @@ from atlas_gql.db.session import SerializedAsyncSession
 from atlas_gql.db.url import DatabaseTarget, parse_database_url
 from atlas_gql.seed import seed
 
+pytest_plugins = ["tests.live"]
+
 SEED_PASSWORD = "seed-password-for-tests"
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -36,10 +38,10 @@ def _server_url() -> tuple[str, Any]:
         return os.environ["TEST_DATABASE_URL"], None
     if asyncio.run(can_connect(parse_database_url(LOCAL_SERVER_URL), timeout=2)):
         return LOCAL_SERVER_URL, None
-    import pgserver  # type: ignore[import-untyped]
+    import pgserver
 
     data_dir = tempfile.mkdtemp(prefix="atlas-test-pg-")
-    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")  # type: ignore[attr-defined]
     return server.get_uri("postgres"), server
 
 
@@ -102,7 +104,7 @@ def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
         "redis_url": None,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session")
@@ -229,74 +231,6 @@ def counting_statements(engine: AsyncEngine) -> Iterator[list[str]]:
 
 def error_codes(body: dict[str, Any]) -> list[str]:
     return [error.get("extensions", {}).get("code") for error in body.get("errors", [])]
-
-
-@pytest.fixture(scope="session")
-def live_database(make_database: Any) -> DatabaseTarget:
-    """A separate database for live-server tests, whose data is committed (so it never
-    disturbs the rolled-back tests on `database_target`)."""
-    return migrated_and_seeded(make_database, "atlas_live")
-
-
-class LiveServer:
-    """A real uvicorn serving the app on 127.0.0.1 (WebSocket subscriptions, background work)."""
-
-    def __init__(self, app: Any, settings: Settings) -> None:
-        import uvicorn
-
-        self.app = app
-        self.settings = settings
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.task: asyncio.Task[None] | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve())
-        for _ in range(500):
-            if self.server.started:
-                break
-            if self.task.done():
-                self.task.result()
-            await asyncio.sleep(0.01)
-        assert self.server.started, "uvicorn did not start"
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 15)
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/graphql"
-
-    async def sign_in(self, email: str) -> str:
-        """An access token for a new session of `email` (committed in the live database)."""
-        runtime = self.app.state.atlas["runtime"]
-        async with runtime.sessionmaker() as db:
-            user = await find_user_by_email(db=db, email=email)
-            assert user is not None, email
-            tokens = await start_session(db=db, settings=self.settings, user_id=user.id)
-            await db.commit()
-        return tokens.access_token
-
-
-@pytest.fixture
-async def live_server(live_database: DatabaseTarget) -> AsyncIterator[LiveServer]:
-    """`create_app` on a real uvicorn against `live_database`. Override `live_settings` in a
-    domain's conftest to change settings (e.g. OPENAI_BASE_URL of a fake upstream)."""
-    settings = make_settings(live_database)
-    server = LiveServer(create_app(settings), settings)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -12,8 +13,8 @@ from atlas_gql.config import DEVELOPMENT_JWT_SECRET, DEVELOPMENT_SEED_PASSWORD, 
 STRONG_SECRET = "p" * 48
 
 
-def production(**values: object) -> Settings:
-    return Settings(_env_file=None, atlas_env="production", **values)  # type: ignore[call-arg]
+def production(**values: Any) -> Settings:
+    return Settings(_env_file=None, atlas_env="production", **values)
 
 
 def test_production_refuses_development_jwt_secret() -> None:
@@ -38,7 +39,7 @@ def test_production_accepts_real_secrets_and_disables_introspection() -> None:
 
 
 def test_development_defaults_enable_introspection() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.introspection_enabled is True
     assert settings.atlas_access_token_ttl <= 3600
 
@@ -47,7 +48,7 @@ def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.Monkey
     env_file = tmp_path / ".env"
     env_file.write_text("ATLAS_DEFAULT_MODEL=from-dotenv\nATLAS_CORS_ORIGINS=http://a,http://b\n")
     monkeypatch.setenv("ATLAS_DEFAULT_MODEL", "from-environment")
-    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    settings = Settings(_env_file=env_file)
     assert settings.atlas_default_model == "from-environment"
     assert settings.atlas_cors_origins == ["http://a", "http://b"]
 

@@ -82,19 +82,19 @@ async def test_token_mode_needs_the_token_from_anywhere(metrics_client: Any) -> 
 @pytest.mark.parametrize("token", [None, "", "short"])
 def test_token_mode_refuses_to_start_without_a_real_token(token: str | None) -> None:
     with pytest.raises(ValidationError, match="ATLAS_METRICS_TOKEN"):
-        Settings(_env_file=None, atlas_metrics="token", atlas_metrics_token=token)  # type: ignore[call-arg]
+        Settings(_env_file=None, atlas_metrics="token", atlas_metrics_token=token)
 
 
 def test_log_format_defaults_by_environment() -> None:
     from atlas_gql.logformat import log_format
 
-    development = Settings(_env_file=None)  # type: ignore[call-arg]
-    production = Settings(  # type: ignore[call-arg]
+    development = Settings(_env_file=None)
+    production = Settings(
         _env_file=None, atlas_env="production", atlas_jwt_secret="y" * 40, atlas_seed_password="p"
     )
     assert log_format(development).value == "text"
     assert log_format(production).value == "json"
-    assert log_format(Settings(_env_file=None, atlas_log_format="json")).value == "json"  # type: ignore[call-arg]
+    assert log_format(Settings(_env_file=None, atlas_log_format="json")).value == "json"
 
 
 def test_formatters_put_fields_on_the_line() -> None:

@@ -32,7 +32,7 @@ async def _counts(db: AsyncSession) -> dict[str, int]:
 
 
 async def test_seed_contents(db: AsyncSession) -> None:
-    grants = dict(
+    grants: dict[str, int] = dict(
         (
             await db.execute(
                 sa.text(
@@ -43,7 +43,7 @@ async def test_seed_contents(db: AsyncSession) -> None:
         ).all()
     )
     assert grants == {"ADMIN": 3, "PROJECT_MANAGER": 2, "USER": 1}
-    users = dict(
+    users: dict[str, str] = dict(
         (
             await db.execute(
                 sa.text(
@@ -60,7 +60,7 @@ async def test_seed_contents(db: AsyncSession) -> None:
     }
     hashes = (await db.execute(sa.text("SELECT password_hash FROM users"))).scalars().all()
     assert all(bcrypt.checkpw(SEED_PASSWORD.encode(), h.encode()) for h in hashes)
-    members = dict(
+    members: dict[str, str] = dict(
         (
             await db.execute(
                 sa.text(

@@ -21,6 +21,7 @@ import httpx
 import pytest
 import websockets
 from redis import Redis
+from websockets.typing import Subprotocol
 
 from atlas_gql.config import Settings
 from atlas_gql.db.engine import _asyncpg_dsn
@@ -146,7 +147,7 @@ def test_serve_states_where_it_listens_and_what_it_uses(served: Served) -> None:
 
 def test_banner_hides_passwords_and_names_the_embedded_database(tmp_path: Path) -> None:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         atlas_env="production",
         atlas_jwt_secret="x" * 40,
         atlas_seed_password="a-production-seed",
@@ -302,7 +303,7 @@ def test_a_body_that_stalls_gets_408_and_the_connection_closes(served: Served) -
 
 async def test_a_websocket_outlives_the_header_deadline(served: Served) -> None:
     async with websockets.connect(
-        f"ws://127.0.0.1:{served.port}/graphql", subprotocols=["graphql-transport-ws"]
+        f"ws://127.0.0.1:{served.port}/graphql", subprotocols=[Subprotocol("graphql-transport-ws")]
     ) as ws:
         await ws.send(json.dumps({"type": "connection_init"}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"

@@ -37,6 +37,7 @@ from atlas_gql.ai.events import (
     delta_event,
     encode_event,
 )
+from atlas_gql.ai.listening import Listeners
 from atlas_gql.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class SubscriberTooSlow(Exception):
 class Broker(Protocol):
     # True when other processes share the events (a reply may run in another worker).
     distributed: bool
+    # The subscriptions of this process in place, by thread (the "subscribed" signal).
+    listeners: Listeners
 
     async def start(self) -> None: ...
 
@@ -266,6 +269,7 @@ class MemoryBroker:
         self.ttl_seconds = ttl_seconds
         self._clock = clock
         self._fanout = _LocalFanout()
+        self.listeners = Listeners()
         self._history: OrderedDict[uuid.UUID, _ThreadHistory] = OrderedDict()
         self._bytes = 0
         self._control_handler: ControlHandler | None = None
@@ -329,12 +333,14 @@ class MemoryBroker:
     ) -> AsyncIterator[Event]:
         # Registered before the history is read, with no await in between: nothing is missed.
         subscriber = self._fanout.add(thread_id)
+        self.listeners.started(thread_id)
         try:
             replay = self._replay(thread_id)
             async for event in _deliver(subscriber, replay, after_sequence):
                 yield event
         finally:
             self._fanout.remove(thread_id, subscriber)
+            self.listeners.stopped(thread_id)
 
     async def publish_control(self, message: dict[str, Any]) -> None:
         if self._control_handler is not None:
@@ -394,6 +400,7 @@ class RedisBroker:
         )
         self._pubsub = self._redis.pubsub()
         self._fanout = _LocalFanout()
+        self.listeners = Listeners()
         self._confirmed: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -547,6 +554,9 @@ class RedisBroker:
                         self.breaker.record_failure(error)
                         raise BrokerUnavailable() from error
                     raise
+            # In place: this process's later events reach it, and Redis has confirmed the
+            # channel (the first subscriber waited for it; later ones joined after it).
+            self.listeners.started(thread_id)
         try:
             # Subscribed first, then read the list: an event in both is delivered once.
             replay: list[Event] = []
@@ -560,6 +570,7 @@ class RedisBroker:
             async for event in _deliver(subscriber, replay, after_sequence):
                 yield event
         finally:
+            self.listeners.stopped(thread_id)
             async with self._lock:
                 if self._fanout.remove(thread_id, subscriber):
                     self._confirmed.pop(channel, None)

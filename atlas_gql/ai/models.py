@@ -46,9 +46,9 @@ class Assistant(Timestamped, table=True):
 
     id: uuid.UUID = uuid_pk()
     name: str = Field(max_length=200)
-    description: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    description: str | None = Field(default=None, sa_type=sa.Text)
     model: str = Field(max_length=100)
-    instructions: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    instructions: str | None = Field(default=None, sa_type=sa.Text)
     temperature: float | None = Field(default=None)
     tools: Any = jsonb_column()
     # Optional: an assistant may belong to a project, or be personal to its creator.
@@ -96,14 +96,14 @@ class Message(SQLModel, table=True):
         "assistants.id", nullable=True, ondelete="SET NULL"
     )
     role: MessageRole = enum_column(MessageRole, "message_role")
-    content: str = Field(default="", sa_type=sa.Text)  # type: ignore[call-overload]
+    content: str = Field(default="", sa_type=sa.Text)
     status: MessageStatus = enum_column(MessageStatus, "message_status")
     openai_message_id: str | None = Field(default=None, max_length=100, unique=True)
     openai_response_id: str | None = Field(default=None, max_length=100)
     model: str | None = Field(default=None, max_length=100)
     input_tokens: int | None = None
     output_tokens: int | None = None
-    error: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = created_at()
     completed_at: datetime | None = optional_timestamp()
     # A running reply's liveness: its worker touches it every few seconds (see recovery.py).

@@ -59,7 +59,7 @@ class Session(SQLModel, table=True):
     ip_address: str | None = Field(default=None, max_length=64)
     created_at: datetime = created_at()
     last_used_at: datetime | None = optional_timestamp()
-    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))  # type: ignore[call-overload]
+    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
     revoked_at: datetime | None = optional_timestamp()
     revoked_reason: str | None = Field(default=None, max_length=64)
 
@@ -74,7 +74,7 @@ class RefreshToken(SQLModel, table=True):
     user_id: uuid.UUID = foreign_key("users.id")
     token_hash: str = Field(max_length=64, unique=True)
     created_at: datetime = created_at()
-    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))  # type: ignore[call-overload]
+    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
     used_at: datetime | None = optional_timestamp()
     revoked_at: datetime | None = optional_timestamp()
 

@@ -35,7 +35,7 @@ def created_at() -> Any:
     """`timestamptz NOT NULL DEFAULT now()`."""
     return Field(
         default=None,
-        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=sa.DateTime(timezone=True),
         sa_column_kwargs={"server_default": sa.func.now(), "nullable": False},
     )
 
@@ -44,7 +44,7 @@ def updated_at() -> Any:
     """Like `created_at`, and bumped by SQLAlchemy on every UPDATE through the ORM."""
     return Field(
         default=None,
-        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=sa.DateTime(timezone=True),
         sa_column_kwargs={
             "server_default": sa.func.now(),
             "onupdate": sa.func.now(),
@@ -54,7 +54,7 @@ def updated_at() -> Any:
 
 
 def optional_timestamp(*, index: bool = False) -> Any:
-    return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=True, index=index)  # type: ignore[call-overload]
+    return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=True, index=index)
 
 
 def foreign_key(
@@ -74,7 +74,7 @@ def foreign_key(
 def enum_column(enum_type: type[enum.Enum], name: str, **kwargs: Any) -> Any:
     """An enum stored as text with a CHECK constraint (no PostgreSQL enum types to migrate)."""
     return Field(
-        sa_type=sa.Enum(  # type: ignore[call-overload]
+        sa_type=sa.Enum(
             enum_type,
             name=name,
             native_enum=False,
@@ -90,7 +90,7 @@ def enum_column(enum_type: type[enum.Enum], name: str, **kwargs: Any) -> Any:
 def jsonb_column(*, nullable: bool = True, **kwargs: Any) -> Any:
     from sqlalchemy.dialects.postgresql import JSONB
 
-    return Field(default=None, sa_type=JSONB, nullable=nullable, **kwargs)  # type: ignore[call-overload]
+    return Field(default=None, sa_type=JSONB, nullable=nullable, **kwargs)
 
 
 class Timestamped(SQLModel):

@@ -102,16 +102,16 @@ async def ensure_database(target: DatabaseTarget, *, timeout: float = 10.0) -> N
     if not _IDENTIFIER.match(database):
         raise ValueError(f"unsupported database name {database!r}")
     try:
-        conn = await asyncpg.connect(**_asyncpg_dsn(target, database), timeout=timeout)  # type: ignore[arg-type]
+        conn = await asyncpg.connect(**_asyncpg_dsn(target, database), timeout=timeout)
     except asyncpg.InvalidCatalogNameError:
-        admin = await asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout)  # type: ignore[arg-type]
+        admin = await asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout)
         try:
             await admin.execute(f'CREATE DATABASE "{database}"')
         except asyncpg.DuplicateDatabaseError:
             pass  # created concurrently by another worker
         finally:
             await admin.close()
-        conn = await asyncpg.connect(**_asyncpg_dsn(target, database), timeout=timeout)  # type: ignore[arg-type]
+        conn = await asyncpg.connect(**_asyncpg_dsn(target, database), timeout=timeout)
     try:
         if target.schema and target.schema != "public":
             if not _IDENTIFIER.match(target.schema):
@@ -123,7 +123,7 @@ async def ensure_database(target: DatabaseTarget, *, timeout: float = 10.0) -> N
 
 async def drop_database(target: DatabaseTarget, *, timeout: float = 10.0) -> None:
     """Drop the target database (tests use this for their throw-away database)."""
-    admin = await asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout)  # type: ignore[arg-type]
+    admin = await asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
     finally:
@@ -134,7 +134,7 @@ async def can_connect(target: DatabaseTarget, *, timeout: float = 2.0) -> bool:
     """True when a server answers at the target (its maintenance database is enough)."""
     try:
         conn = await asyncio.wait_for(
-            asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout),  # type: ignore[arg-type]
+            asyncpg.connect(**_asyncpg_dsn(target, "postgres"), timeout=timeout),
             timeout,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError):

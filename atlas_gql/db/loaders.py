@@ -107,7 +107,7 @@ def pages_by_parent(
             return answers
 
         # A DataLoader hands an exception in the answers to the waiting key's resolver.
-        return DataLoader(load_fn=load)  # type: ignore[arg-type]
+        return DataLoader(load_fn=load)
 
     factory.__qualname__ = f"pages_by_parent({entity.__name__})"
     return factory

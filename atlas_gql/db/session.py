@@ -132,23 +132,23 @@ class SerializedAsyncSession(AsyncSession):
                 # The change is committed: a hook failing must not report it as failed.
                 logger.exception("after-commit hook %r failed", hook)
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
         async with self._operation():
             return await super().execute(*args, **kwargs)
 
-    async def scalar(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
         async with self._operation():
             return await super().scalar(*args, **kwargs)
 
-    async def get(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
         async with self._operation():
             return await super().get(*args, **kwargs)
 
-    async def get_one(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def get_one(self, *args: Any, **kwargs: Any) -> Any:
         async with self._operation():
             return await super().get_one(*args, **kwargs)
 
-    async def stream(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def stream(self, *args: Any, **kwargs: Any) -> Any:
         async with self._operation():
             return await super().stream(*args, **kwargs)
 

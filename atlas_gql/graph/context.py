@@ -173,7 +173,7 @@ class Context:
         existing = loaders.get(factory)
         if existing is None:
             existing = loaders[factory] = factory(self.read_session)
-        return existing  # type: ignore[no-any-return]
+        return existing
 
     def viewer_loader(
         self, factory: Callable[[ReadSessionSource, ViewerSource], LoaderT]
@@ -183,7 +183,7 @@ class Context:
         existing = loaders.get(factory)
         if existing is None:
             existing = loaders[factory] = factory(self.read_session, self.viewer)
-        return existing  # type: ignore[no-any-return]
+        return existing
 
     def reset_loaders(self) -> None:
         """Forget cached loads (a long-running subscription calls this between events)."""
@@ -242,7 +242,7 @@ class Context:
     def resolved_viewer(self) -> Viewer | None:
         """The viewer if already resolved in this operation; never touches the database."""
         viewer = self.state.viewer
-        return None if viewer is _UNRESOLVED else viewer  # type: ignore[no-any-return]
+        return None if viewer is _UNRESOLVED else viewer
 
     @property
     def _client_ip(self) -> str | None:

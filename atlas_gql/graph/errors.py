@@ -86,7 +86,7 @@ class ErrorMappingExtension(SchemaExtension):
         # The first error code of the operation's results: its outcome (metrics, access line).
         self._outcome: str | None = None
 
-    async def on_operation(self) -> AsyncIterator[None]:  # type: ignore[override]
+    async def on_operation(self) -> AsyncIterator[None]:
         context = self.execution_context.context
         # An HTTP request has its record (and id) from the edge; a WebSocket operation gets
         # its own, and its own access line.
@@ -173,7 +173,7 @@ class ErrorMappingExtension(SchemaExtension):
             result.data = dict.fromkeys(data)
             result.errors = [*(result.errors or []), GraphQLError(str(error), original_error=error)]
 
-    async def on_stream_result(self, result: Any) -> AsyncIterator[None]:  # type: ignore[override]
+    async def on_stream_result(self, result: Any) -> AsyncIterator[None]:
         self._streamed = True
         context = self.execution_context.context
         if getattr(result, "errors", None) and isinstance(context, Context):

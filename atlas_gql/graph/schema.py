@@ -60,7 +60,7 @@ class AtlasSchema(strawberry.Schema):
     # Parses, checks and caches this schema's documents (graph/limits).
     document_guard: DocumentGuard
 
-    async def execute(  # type: ignore[override]
+    async def execute(
         self,
         query: str | None,
         variable_values: dict[str, Any] | None = None,

@@ -194,7 +194,7 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
 
 class AtlasGraphQL(GraphQL[Context, None]):
-    websocket_adapter_class = AtlasWebSocketAdapter  # type: ignore[assignment]
+    websocket_adapter_class = AtlasWebSocketAdapter
     graphql_transport_ws_handler_class = AtlasTransportWSHandler
 
     def __init__(self, schema: Any, *, settings: Settings) -> None:

@@ -55,7 +55,7 @@ class ApiUsageLog(SQLModel, table=True):
     cost_usd: Decimal = Field(
         default=Decimal(0),
         sa_type=sa.Numeric(14, 6),
-        sa_column_kwargs={"server_default": "0"},  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": "0"},
     )
     status: str = Field(default="completed", max_length=32)
     created_at: datetime = created_at()
@@ -70,8 +70,8 @@ class ErrorLog(SQLModel, table=True):
     request_id: str = Field(max_length=64, index=True)
     source: ErrorSource = enum_column(ErrorSource, "error_source")
     error_type: str = Field(max_length=200)
-    message: str = Field(sa_type=sa.Text)  # type: ignore[call-overload]
-    stack: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    message: str = Field(sa_type=sa.Text)
+    stack: str | None = Field(default=None, sa_type=sa.Text)
     operation_name: str | None = Field(default=None, max_length=200)
     path: str | None = Field(default=None, max_length=500)
     user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")

@@ -24,7 +24,7 @@ class Project(Timestamped, table=True):
 
     id: uuid.UUID = uuid_pk()
     name: str = Field(max_length=200)
-    description: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    description: str | None = Field(default=None, sa_type=sa.Text)
     created_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
 
 

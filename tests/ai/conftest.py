@@ -3,53 +3,27 @@ GraphQL over HTTP and graphql-transport-ws clients, and users in every project r
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import httpx
 import pytest
 import sqlalchemy as sa
-import websockets
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant
-from atlas_gql.app import create_app
 from atlas_gql.auth.account import create_user_account
 from atlas_gql.auth.models import RoleName
-from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME
 from tests.ai.fake_openai import FakeOpenAI
-from tests.conftest import SEED_PASSWORD, LiveServer, make_settings
+from tests.conftest import SEED_PASSWORD
+from tests.live import AtlasClient, LiveServer, MakeLiveServer
 
 UPSTREAM_KEY = "sk-fake-upstream-key-for-tests"
 
-EVENTS_SUBSCRIPTION = """
-subscription Events($threadId: ID!, $after: Int) {
-  threadEvents(threadId: $threadId, afterSequence: $after) {
-    __typename
-    id
-    sequence
-    messageId
-    ... on MessageCreated { message { id role status content } }
-    ... on MessageDelta { delta }
-    ... on MessageCompleted {
-      message { id status content openaiMessageId inputTokens outputTokens }
-    }
-    ... on MessageFailed { error message { id status content error } }
-    ... on MessageCancelled { error message { id status content error } }
-  }
-}
-"""
-
-FINAL_TYPES = frozenset({"MessageCompleted", "MessageFailed", "MessageCancelled"})
 
 CREATE_THREAD = """
 mutation($input: CreateThreadInput!) {
@@ -66,128 +40,6 @@ mutation($input: SendMessageInput!) {
   }
 }
 """
-
-
-async def wait_until(condition: Callable[[], Any], *, timeout: float = 10) -> None:
-    """Wait for a signal (a condition of the system under test, sync or async) to hold."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
-
-
-class Address(Protocol):
-    """Where a live server answers (an in-process uvicorn or a server process)."""
-
-    @property
-    def http_url(self) -> str: ...
-
-    @property
-    def ws_url(self) -> str: ...
-
-
-class AtlasClient:
-    """GraphQL over HTTP and WebSocket against a live server."""
-
-    def __init__(self, server: Address) -> None:
-        self.server = server
-
-    async def gql(
-        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
-    ) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with httpx.AsyncClient(base_url=self.server.http_url, timeout=30) as client:
-            response = await client.post(
-                "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
-            )
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    async def data(
-        self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None
-    ) -> dict[str, Any]:
-        body = await self.gql(query, variables, token=token)
-        assert "errors" not in body, body
-        data: dict[str, Any] = body["data"]
-        return data
-
-    @contextlib.asynccontextmanager
-    async def subscribe(
-        self,
-        token: str | None,
-        thread_id: str,
-        *,
-        after_sequence: int | None = 0,
-        query: str = EVENTS_SUBSCRIPTION,
-    ) -> AsyncIterator[Subscription]:
-        async with websockets.connect(
-            self.server.ws_url,
-            subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-        ) as ws:
-            payload = {"Authorization": f"Bearer {token}"} if token else {}
-            await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
-            ack = json.loads(await ws.recv())
-            assert ack["type"] == "connection_ack", ack
-            variables = {"threadId": thread_id, "after": after_sequence}
-            await ws.send(
-                json.dumps(
-                    {
-                        "id": "1",
-                        "type": "subscribe",
-                        "payload": {"query": query, "variables": variables},
-                    }
-                )
-            )
-            yield Subscription(ws)
-
-
-class Subscription:
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-
-    async def message(self, timeout: float = 10) -> dict[str, Any]:
-        """The next protocol message other than ping/pong."""
-        while True:
-            raw = await asyncio.wait_for(self.ws.recv(), timeout)
-            message: dict[str, Any] = json.loads(raw)
-            if message["type"] == "ping":
-                await self.ws.send(json.dumps({"type": "pong"}))
-                continue
-            if message["type"] != "pong":
-                return message
-
-    async def event(self, timeout: float = 10) -> dict[str, Any]:
-        message = await self.message(timeout)
-        assert message["type"] == "next", message
-        assert "errors" not in message["payload"], message
-        event: dict[str, Any] = message["payload"]["data"]["threadEvents"]
-        return event
-
-    async def until_final(self, timeout: float = 15) -> list[dict[str, Any]]:
-        """Events up to and including the reply's final event (MessageCompleted,
-        MessageFailed or MessageCancelled)."""
-        events = []
-        while True:
-            event = await self.event(timeout)
-            events.append(event)
-            if event["__typename"] in FINAL_TYPES:
-                return events
 
 
 @dataclass
@@ -293,11 +145,8 @@ StartServer = Callable[..., Awaitable[AIServer]]
 
 
 @pytest.fixture
-async def start_ai_server(
-    live_database: DatabaseTarget, fake_openai: FakeOpenAI
-) -> AsyncIterator[StartServer]:
+def start_ai_server(make_live_server: MakeLiveServer, fake_openai: FakeOpenAI) -> StartServer:
     """`await start_ai_server(**setting_overrides)`: ATLAS on uvicorn against the fake."""
-    servers: list[LiveServer] = []
 
     async def start(**overrides: Any) -> AIServer:
         values: dict[str, Any] = {
@@ -306,10 +155,7 @@ async def start_ai_server(
             "atlas_openai_timeout": 5.0,
         }
         values.update(overrides)
-        settings = make_settings(live_database, **values)
-        server = LiveServer(create_app(settings), settings)
-        await server.start()
-        servers.append(server)
+        server = await make_live_server(**values)
         return AIServer(
             server=server,
             client=AtlasClient(server),
@@ -317,9 +163,7 @@ async def start_ai_server(
             people=await _people(server),
         )
 
-    yield start
-    for server in reversed(servers):
-        await server.stop()
+    return start
 
 
 @pytest.fixture

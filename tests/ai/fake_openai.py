@@ -627,7 +627,7 @@ class FakeOpenAI:
             "completion_tokens": behaviour.output_tokens,
             "total_tokens": behaviour.input_tokens + behaviour.output_tokens,
         }
-        data = {
+        data: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,

@@ -40,7 +40,7 @@ async def test_outsider_cannot_read_post_or_subscribe(ai: AIServer) -> None:
     assert thread_id not in [edge["node"]["id"] for edge in threads["threads"]["edges"]]
     assert error_codes(await ai.send(thread_id, token=outsider)) == ["NOT_FOUND"]
 
-    async with ai.client.subscribe(outsider, thread_id) as subscription:
+    async with ai.client.subscribe(outsider, thread_id, in_place=False) as subscription:
         message = await subscription.message()
     assert subscription_error_code(message) == "NOT_FOUND"
     assert ai.fake.calls("/v1/responses") == []
@@ -81,7 +81,7 @@ async def test_subscription_with_bad_token_is_refused(ai: AIServer) -> None:
 
 async def test_subscription_without_token_is_unauthenticated(ai: AIServer) -> None:
     thread_id = await ai.new_thread()
-    async with ai.client.subscribe(None, thread_id) as subscription:
+    async with ai.client.subscribe(None, thread_id, in_place=False) as subscription:
         message = await subscription.message()
     assert subscription_error_code(message) == "UNAUTHENTICATED"
 

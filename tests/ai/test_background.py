@@ -34,16 +34,17 @@ from tests.ai.conftest import (
     CREATE_THREAD,
     UPSTREAM_KEY,
     AIServer,
-    AtlasClient,
     People,
     StartServer,
-    Subscription,
     make_people,
-    wait_until,
 )
 from tests.ai.fake_openai import Behaviour, FakeOpenAI, Resume
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.conftest import error_codes, make_settings
+from tests.live import AtlasClient, Subscription, wait_until
+
+# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
+pytestmark = pytest.mark.xdist_group("redis-pubsub")
 
 ROOT = Path(__file__).resolve().parents[2]
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
@@ -626,7 +627,7 @@ async def test_a_reply_stored_without_a_worker_is_run_by_the_worker_that_started
             await db.commit()
 
         async def beat_again() -> bool:
-            return (await stored(database, reply_id)).reply_worker_id == runtime.worker_id
+            return bool((await stored(database, reply_id)).reply_worker_id == runtime.worker_id)
 
         await wait_until(beat_again)
         ai.fake.gates["complete"].set()

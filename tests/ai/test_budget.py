@@ -180,7 +180,6 @@ async def test_cut_reply_after_text_is_counted_and_one_with_usage_is_not_estimat
     replies = []
     for _ in range(2):
         async with ai.client.subscribe(pm, thread_id, after_sequence=None) as subscription:
-            await asyncio.sleep(0.2)
             body = await ai.send(thread_id, token=pm)
             replies.append(body["data"]["sendMessage"]["assistantMessage"]["id"])
             final = (await subscription.until_final())[-1]
@@ -205,7 +204,7 @@ async def test_a_reply_finished_by_another_worker_is_counted_while_running_and_a
     question, partial = "What is it?", "half an ans"
     now = datetime.now(UTC)
     async with runtime.sessionmaker() as db:
-        common = {"thread_id": decode_global_id(thread_id)[1]}
+        common: dict[str, Any] = {"thread_id": decode_global_id(thread_id)[1]}
         common["user_id"] = decode_global_id(me["me"]["id"])[1]
         db.add(
             Message(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from tests.ai.conftest import UPSTREAM_KEY, StartServer
 from tests.ai.fake_openai import Behaviour
 
@@ -13,7 +11,6 @@ async def test_chat_adapter_streams_with_history(start_ai_server: StartServer) -
     thread_id = await ai.new_thread()
     for content in ("First question", "Second question"):
         async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
-            await asyncio.sleep(0.2)
             body = await ai.send(thread_id, content)
             assert "errors" not in body, body
             events = await sub.until_final()
@@ -60,7 +57,6 @@ async def test_chat_adapter_failures(start_ai_server: StartServer) -> None:
     outcomes = []
     for _ in range(3):
         async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
-            await asyncio.sleep(0.2)
             await ai.send(thread_id)
             final = (await sub.until_final())[-1]
         outcomes.append(

@@ -13,14 +13,16 @@ import socket
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.ai.models import MessageStatus
 from atlas_gql.db.url import DatabaseTarget
-from tests.ai.conftest import AtlasClient, People, wait_until
+from tests.ai.conftest import People
 from tests.ai.fake_openai import Behaviour, FakeOpenAI
 from tests.ai.test_background import (  # noqa: F401 (fixtures)
     CANCEL,
@@ -34,6 +36,10 @@ from tests.ai.test_background import (  # noqa: F401 (fixtures)
 )
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.conftest import error_codes, make_settings
+from tests.live import AtlasClient, wait_until
+
+# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
+pytestmark = pytest.mark.xdist_group("redis-pubsub")
 
 SLOW_REPLY = tuple(f"d{index} " for index in range(400))
 LOGIN = (
@@ -66,7 +72,7 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
         fake_openai.then(Behaviour(deltas=SLOW_REPLY, delay=0.02))
         async with two.subscribe(people.member, thread_id, after_sequence=None) as subscription:
             reply_id = await send(started_on, people, thread_id, "Hello from afar")
-            seen = []
+            seen: list[dict[str, Any]] = []
             while len([e for e in seen if e["__typename"] == "MessageDelta"]) < 3:
                 seen.append(await subscription.event())
             assert {e["__typename"] for e in seen} >= {"MessageCreated", "MessageDelta"}

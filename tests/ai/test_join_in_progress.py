@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from atlas_gql.ids import decode_id_of, encode_global_id
-from tests.ai.conftest import AIServer, StartServer, Subscription, wait_until
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.conftest import error_codes
+from tests.live import Subscription, wait_until
 
 LOAD = """
 query($id: ID!) {

@@ -81,7 +81,6 @@ async def test_send_finishes_a_stale_reply_first(ai: AIServer) -> None:
     thread_id = await ai.new_thread()
     stale = await _orphan_reply(ai, thread_id, age=timedelta(hours=1))
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
-        await asyncio.sleep(0.2)
         body = await ai.send(thread_id)
         assert "errors" not in body, body
         orphan_events = await sub.until_final()
@@ -95,7 +94,9 @@ async def test_send_finishes_a_stale_reply_first(ai: AIServer) -> None:
 
 
 async def test_who_may_cancel(ai: AIServer) -> None:
-    ai.fake.then(Behaviour(deltas=tuple(f"c{i} " for i in range(100)), delay=0.05))
+    # One delta, then the upstream holds: the reply is still running at every cancel below.
+    ai.fake.delta_permits = asyncio.Semaphore(1)
+    ai.fake.then(Behaviour(deltas=tuple(f"c{i} " for i in range(100))))
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
         reply_id = (await ai.send(thread_id))["data"]["sendMessage"]["assistantMessage"]["id"]
@@ -112,8 +113,8 @@ async def test_who_may_cancel(ai: AIServer) -> None:
     # Cancelling again answers the cancelled message; a completed one is a CONFLICT.
     again = await ai.client.data(CANCEL, {"id": reply_id}, token=ai.people.member)
     assert again["cancelMessage"]["status"] == "CANCELLED"
+    ai.fake.delta_permits = None
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
-        await asyncio.sleep(0.2)
         completed_id = (await ai.send(thread_id))["data"]["sendMessage"]["assistantMessage"]["id"]
         await sub.until_final()
     assert error_codes(
@@ -229,7 +230,6 @@ async def test_removed_member_stops_receiving_events(ai: AIServer) -> None:
     runtime = ai.server.app.state.atlas["runtime"]
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.manager, thread_id, after_sequence=None) as sub:
-        await asyncio.sleep(0.2)
         async with runtime.sessionmaker() as db:
             manager = await ai.client.data("{ me { id } }", token=ai.people.manager)
             await db.execute(

@@ -19,11 +19,12 @@ from sqlmodel import col
 
 from atlas_gql.logformat import ACCESS_LOGGER, JsonFormatter
 from atlas_gql.logs.models import ErrorLog
-from tests.ai.conftest import AIServer, StartServer, wait_until
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.ai.test_budget import SET_BUDGET, _project
 from tests.ai.test_files import upload
 from tests.conftest import error_codes
+from tests.live import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

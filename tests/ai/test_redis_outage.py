@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
-from tests.ai.conftest import AIServer, StartServer, wait_until
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.ai.tcp_proxy import TcpProxy
+from tests.live import wait_until
+
+# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
+pytestmark = pytest.mark.xdist_group("redis-pubsub")
 
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
 
@@ -113,7 +117,9 @@ async def test_subscribing_while_redis_hangs_is_broker_unavailable(
     thread_id = await first.new_thread()
     redis_proxy.black_hole("stall")
     for worker in (first, second, first):  # the SUBSCRIBE times out, then Redis is skipped
-        async with worker.client.subscribe(worker.people.member, thread_id) as subscription:
+        async with worker.client.subscribe(
+            worker.people.member, thread_id, in_place=False
+        ) as subscription:
             message = await subscription.message()
         assert message["type"] == "next", message
         [error] = message["payload"]["errors"]

@@ -21,6 +21,7 @@ from atlas_gql.ai.events import (
     MessageDelta,
     MessageFailed,
     MessagePayload,
+    ThreadEvent,
     decode_event,
     encode_event,
     final_event,
@@ -72,14 +73,14 @@ def test_final_event_follows_the_status_and_survives_json(
     assert isinstance(event, kind)
     decoded = decode_event(encode_event(event))
     assert decoded == event
-    assert decoded.message.to_message().created_at == message.created_at  # type: ignore[union-attr]
+    assert decoded.message.to_message().created_at == message.created_at
 
 
 def test_every_event_kind_round_trips_through_the_redis_json() -> None:
     message = _message(MessageStatus.IN_PROGRESS)
     payload = MessagePayload.of(message)
     common = {"thread_id": message.thread_id, "message_id": message.id}
-    events = [
+    events: list[ThreadEvent] = [
         MessageCreated(sequence=1, message=payload, **common),
         MessageDelta(sequence=2, delta="héllo \u2603", **common),
         MessageCompleted(sequence=3, message=payload, **common),

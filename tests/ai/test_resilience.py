@@ -13,12 +13,16 @@ from sqlmodel import col
 
 from atlas_gql.ai.models import Message
 from atlas_gql.logs.models import ErrorLog, ErrorSource
-from tests.ai.conftest import AIServer, StartServer, wait_until
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.ai.test_files import upload
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.ai.test_replies import rows, uuid_of
 from tests.conftest import error_codes
+from tests.live import wait_until
+
+# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
+pytestmark = pytest.mark.xdist_group("redis-pubsub")
 
 MESSAGE_STATE = "query($id: ID!) { node(id: $id) { ... on Message { status content error } } }"
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
@@ -101,7 +105,6 @@ async def test_send_and_cancel_work_while_the_broker_is_down(
 
     monkeypatch.undo()
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
-        await asyncio.sleep(0.2)
         assert "errors" not in await ai.send(thread_id, "Back to normal")
         events = await sub.until_final()
     assert events[-1]["__typename"] == "MessageCompleted"

@@ -14,8 +14,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests.ai.conftest import StartServer, wait_until
+from tests.ai.conftest import StartServer
 from tests.ai.test_redis_broker import REDIS_URL
+from tests.live import wait_until
+
+# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
+pytestmark = pytest.mark.xdist_group("redis-pubsub")
 
 CONTENT = "Private words about payroll"
 SEND = """

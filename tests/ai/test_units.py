@@ -20,12 +20,13 @@ from atlas_gql.ai.events import (
 from atlas_gql.ai.models import MessageRole, MessageStatus
 from atlas_gql.ai.pricing import allowed_models, cost_usd
 from atlas_gql.config import Settings
+from tests.live import aclose
 
 THREAD = uuid.uuid4()
 
 
 def test_cost_is_exact_decimal() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     # gpt-4o-mini: $0.15 / 1M input, $0.60 / 1M output.
     assert cost_usd(settings, model="gpt-4o-mini", input_tokens=1000, output_tokens=500) == (
         Decimal("0.000450")
@@ -39,7 +40,7 @@ def test_cost_is_exact_decimal() -> None:
 
 def test_prices_and_models_follow_settings() -> None:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         atlas_model_prices={"local-llama": (1, 2)},
         atlas_allowed_models=["local-llama", "gpt-4o"],
     )
@@ -47,7 +48,7 @@ def test_prices_and_models_follow_settings() -> None:
         Decimal("1.500000")
     )
     assert allowed_models(settings) == ["local-llama", "gpt-4o"]
-    assert "gpt-4o-mini" in allowed_models(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert "gpt-4o-mini" in allowed_models(Settings(_env_file=None))
 
 
 def message_id(name: str) -> uuid.UUID:
@@ -89,7 +90,7 @@ async def test_live_events_in_order_without_duplicates() -> None:
     await broker.publish(thread, _delta(2, "again"))  # a duplicate number is dropped
     await broker.publish(thread, _delta(3, "new"))
     assert await _take(stream, 1) == [_delta(3, "new")]
-    await stream.aclose()
+    await aclose(stream)
 
 
 async def test_a_subscriber_far_behind_gets_merged_deltas() -> None:
@@ -104,7 +105,7 @@ async def test_a_subscriber_far_behind_gets_merged_deltas() -> None:
     events: list[ThreadEvent] = []
     while not events or not isinstance(events[-1], MessageCompleted):
         events += await _take(stream, 1)
-    await stream.aclose()
+    await aclose(stream)
     deltas = [event for event in events if isinstance(event, MessageDelta)]
     assert len(deltas) < count
     assert "".join(event.delta for event in deltas) == "".join(f"{n}," for n in range(1, count + 1))
@@ -119,12 +120,12 @@ async def test_a_subscriber_keeping_up_gets_every_delta(after: int | None) -> No
     thread = uuid.uuid4()
     stream = broker.subscribe(thread, after_sequence=after)
     received = asyncio.ensure_future(_take(stream, 5))
-    await asyncio.sleep(0.05)  # the subscription registers when its iteration starts
+    await broker.listeners.wait_total(thread, 1)  # registered when its iteration starts
     for sequence in range(1, 6):
         await broker.publish(thread, _delta(sequence, "x"))
         await asyncio.sleep(0)
     assert [event.sequence for event in await received] == [1, 2, 3, 4, 5]
-    await stream.aclose()
+    await aclose(stream)
 
 
 class FakeClock:
@@ -142,13 +143,14 @@ async def _replayed(broker: MemoryBroker, thread: uuid.UUID) -> list[ThreadEvent
     """What a client reconnecting with `afterSequence: 0` gets before live events (a marker
     published after subscribing ends the replay)."""
     stream = broker.subscribe(thread, after_sequence=0)
+    before = broker.listeners.total(thread)
     first = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)
+    await broker.listeners.wait_total(thread, before + 1)
     await broker.publish(thread, _delta(MARKER, "", "marker"))
     events = [await asyncio.wait_for(first, 2)]
     while events[-1].sequence != MARKER:
         events.append(await asyncio.wait_for(anext(stream), 2))
-    await stream.aclose()
+    await aclose(stream)
     return events[:-1]
 
 

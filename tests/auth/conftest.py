@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.app import create_app
 from atlas_gql.db.url import DatabaseTarget
-from tests.conftest import GraphQLClient, LiveServer, make_settings
+from tests.conftest import GraphQLClient, make_settings
+from tests.live import LiveServer
 
 LOGIN = """
 mutation Login($email: String!, $password: String!) {
@@ -96,26 +97,6 @@ async def redis_prefix() -> AsyncIterator[str]:
             await client.delete(*keys)
     finally:
         await client.aclose()
-
-
-@pytest.fixture
-async def make_live_server(live_database: DatabaseTarget) -> AsyncIterator[Any]:
-    """`await make_live_server(redis_url=...)` -> a real uvicorn with those settings against
-    the committed `live_database`; stopped after the test."""
-    servers: list[LiveServer] = []
-
-    async def make(**overrides: Any) -> LiveServer:
-        settings = make_settings(live_database, **overrides)
-        server = LiveServer(create_app(settings), settings)
-        await server.start()
-        servers.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in servers:
-            await server.stop()
 
 
 def loopback_addresses() -> Iterator[str]:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import jwt
@@ -17,7 +18,8 @@ from atlas_gql.auth.account import create_user_account
 from atlas_gql.auth.tokens import issue_access_token
 from atlas_gql.ids import encode_global_id
 from tests.auth.conftest import LOGIN, REFRESH
-from tests.conftest import SEED_PASSWORD, LiveServer
+from tests.conftest import SEED_PASSWORD
+from tests.live import LiveServer
 
 UPDATE_USER = """
 mutation($id: ID!) { updateUser(id: $id, input: {isActive: false}) { isActive } }
@@ -85,13 +87,13 @@ async def test_concurrent_refreshes_with_one_token_let_one_through(
 ) -> None:
     async with httpx.AsyncClient(base_url=live_server.http_url) as client:
 
-        async def call(query: str, variables: dict[str, str]) -> dict[str, object]:
+        async def call(query: str, variables: dict[str, str]) -> dict[str, Any]:
             response = await client.post("/graphql", json={"query": query, "variables": variables})
-            body: dict[str, object] = response.json()
+            body: dict[str, Any] = response.json()
             return body
 
         signed = await call(LOGIN, {"email": "pm@example.com", "password": SEED_PASSWORD})
-        payload = signed["data"]["login"]  # type: ignore[index]
+        payload = signed["data"]["login"]
         results = await asyncio.gather(
             *(call(REFRESH, {"token": payload["refreshToken"]}) for _ in range(4))
         )
@@ -101,7 +103,7 @@ async def test_concurrent_refreshes_with_one_token_let_one_through(
     assert len(winners) == 1
     assert len(losers) == 3
     for loser in losers:
-        assert loser["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"  # type: ignore[index]
+        assert loser["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
     session_id = jwt.decode(payload["accessToken"], options={"verify_signature": False})["sid"]
     runtime = live_server.app.state.atlas["runtime"]
     async with runtime.sessionmaker() as db:

@@ -132,7 +132,7 @@ async def test_redis_limiter_over_real_redis(
     redis_prefix: str, db: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         redis_url=REDIS_URL,
         atlas_rate_limit_prefix=redis_prefix,
         atlas_login_max_failures=3,

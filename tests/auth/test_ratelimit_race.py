@@ -5,7 +5,6 @@ PostgreSQL limiter and with the Redis limiter; and no connection is held during 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -18,7 +17,8 @@ from redis.asyncio import Redis
 from atlas_gql.auth.account import create_user_account
 from atlas_gql.db.url import DatabaseTarget
 from tests.auth.conftest import REDIS_URL, live_login, loopback_addresses
-from tests.conftest import LiveServer, error_codes
+from tests.conftest import error_codes
+from tests.live import LiveServer, MakeLiveServer
 
 CONCURRENT = 30
 PASSWORD = "the-right-password"
@@ -47,7 +47,9 @@ async def attempt_rows(server: LiveServer, condition: str, value: str) -> Counte
         return Counter(row[0] for row in rows)
 
 
-async def limiter_server(make_live_server: Any, limiter: str, redis_prefix: str) -> LiveServer:
+async def limiter_server(
+    make_live_server: MakeLiveServer, limiter: str, redis_prefix: str
+) -> LiveServer:
     if limiter == "redis":
         server: LiveServer = await make_live_server(
             redis_url=REDIS_URL, atlas_rate_limit_prefix=redis_prefix
@@ -66,7 +68,7 @@ def outcome(body: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("limiter", ["database", "redis"])
 async def test_concurrent_wrong_passwords_on_one_account_stop_at_the_limit(
-    make_live_server: Any, redis_prefix: str, limiter: str
+    make_live_server: MakeLiveServer, redis_prefix: str, limiter: str
 ) -> None:
     server = await limiter_server(make_live_server, limiter, redis_prefix)
     email = fresh_email(limiter)
@@ -105,7 +107,7 @@ async def test_concurrent_wrong_passwords_on_one_account_stop_at_the_limit(
 
 @pytest.mark.parametrize("limiter", ["database", "redis"])
 async def test_concurrent_attempts_from_one_address_stop_at_the_limit(
-    make_live_server: Any, redis_prefix: str, limiter: str
+    make_live_server: MakeLiveServer, redis_prefix: str, limiter: str
 ) -> None:
     server = await limiter_server(make_live_server, limiter, redis_prefix)
     address = next(loopback_addresses())
@@ -123,7 +125,7 @@ async def test_concurrent_attempts_from_one_address_stop_at_the_limit(
 
 @pytest.mark.parametrize("limiter", ["database", "redis"])
 async def test_successful_sign_ins_give_their_reservation_back(
-    make_live_server: Any, redis_prefix: str, limiter: str
+    make_live_server: MakeLiveServer, redis_prefix: str, limiter: str
 ) -> None:
     overrides: dict[str, Any] = {"atlas_login_max_failures": 3}
     if limiter == "redis":
@@ -174,7 +176,7 @@ async def idle_in_transaction_during(
 
 
 async def test_no_connection_is_held_during_the_password_check(
-    make_live_server: Any, live_database: DatabaseTarget
+    make_live_server: MakeLiveServer, live_database: DatabaseTarget
 ) -> None:
     server = await make_live_server()
     email = fresh_email("pool")
@@ -182,10 +184,8 @@ async def test_no_connection_is_held_during_the_password_check(
     await live_user(server, email, rounds=13)
     address = next(loopback_addresses())
     for password in ("wrong-password", PASSWORD):
-        started = time.monotonic()
         seen = await idle_in_transaction_during(
             live_database, live_login(server, email, password, address=address)
         )
-        assert time.monotonic() - started > 0.4
-        assert len(seen) > 5
+        assert len(seen) > 5  # watched throughout the check, not once
         assert max(seen) == 0, seen

@@ -7,18 +7,19 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atlas_gql.db.engine import create_engine
 from atlas_gql.db.url import DatabaseTarget
 from tests.statements import StatementCounter
 
 
-async def _backend_pid(engine: sa.ext.asyncio.AsyncEngine) -> int:
+async def _backend_pid(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         return int((await connection.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
 
 
-async def _terminate(engine: sa.ext.asyncio.AsyncEngine, pid: int) -> None:
+async def _terminate(engine: AsyncEngine, pid: int) -> None:
     async with engine.connect() as connection:
         await connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import InterfaceError, InvalidRequestError
@@ -12,7 +13,7 @@ from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
 
 
-async def _concurrent_after_commit(session: AsyncSession) -> list[object]:
+async def _concurrent_after_commit(session: AsyncSession) -> list[Any]:
     await session.execute(sa.text("SELECT 1"))
     await session.commit()  # the connection goes back to the pool
     return await asyncio.gather(

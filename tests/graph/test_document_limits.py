@@ -48,7 +48,8 @@ def prepare(document: str) -> PreparedDocument | GraphQLError:
     return GUARD.prepare(SCHEMA, document, cacheable=lambda: False)
 
 
-def code_of(error: GraphQLError) -> str | None:
+def code_of(error: object) -> str | None:
+    assert isinstance(error, GraphQLError), error
     code = (error.extensions or {}).get("code")
     return code if isinstance(code, str) else None
 
@@ -349,14 +350,23 @@ async def test_depth_and_alias_limits(client: httpx.AsyncClient) -> None:
     error = response.json()["errors"][0]
     assert "exceeds maximum operation depth of 12" in error["message"]
     assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX"
-    aliases = " ".join(f"a{i}: __typename" for i in range(40))
-    response = await client.post("/graphql", json={"query": f"{{ {aliases} }}"})
+
+    # One alias over the alias limit, far under every other limit (tokens, depth, cost): the
+    # refusal must be the alias limit's own.
+    over = LIMITS.max_aliases + 1
+    query = "{ " + " ".join(f"a{i}: __typename" for i in range(over)) + " }"
+    assert 3 * over + 2 < LIMITS.max_tokens // 2  # `aN` `:` `__typename` per alias, braces
+    response = await client.post("/graphql", json={"query": query})
     assert response.status_code == 400
-    assert "aliases" in response.json()["errors"][0]["message"]
-    allowed = " ".join(f"a{i}: __typename" for i in range(30))
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    assert f"uses {over} aliases" in error["message"], error
+    assert f"the limit is {LIMITS.max_aliases}." in error["message"], error
+    assert "tokens" not in error["message"]
+    allowed = " ".join(f"a{i}: __typename" for i in range(LIMITS.max_aliases))
     response = await client.post("/graphql", json={"query": f"{{ {allowed} }}"})
     assert response.status_code == 200
-    assert len(response.json()["data"]) == 30
+    assert len(response.json()["data"]) == LIMITS.max_aliases
 
 
 async def test_token_limit_counts_comments(client: httpx.AsyncClient) -> None:

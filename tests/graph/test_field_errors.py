@@ -20,7 +20,7 @@ from atlas_gql.projects.models import Project
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME, SAMPLE_PROJECT_NAME
 from tests.conftest import GraphQLClient
 
-SCHEMA = build_schema()._schema  # type: ignore[attr-defined]
+SCHEMA = build_schema()._schema
 
 # Where each type that holds a connection field is reached from, in a query and (for the
 # non-root ones) in a mutation's payload. A new connection field on another type fails the

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import websockets
 
 from atlas_gql.auth import loaders as auth_loaders
-from tests.conftest import LiveServer
+from tests.live import LiveServer
 
 
 async def test_live_server_answers_http(live_server: LiveServer) -> None:

@@ -8,6 +8,7 @@ new type and the issue."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 from graphql import (
     EnumTypeDefinitionNode,
@@ -56,7 +57,7 @@ def test_exported_schema_keeps_every_normative_name() -> None:
             continue
         if isinstance(definition, ObjectTypeDefinitionNode):
             for field in definition.fields or ():
-                ours_field = ours_type.fields.get(field.name.value)  # type: ignore[union-attr]
+                ours_field = cast(Any, ours_type).fields.get(field.name.value)
                 if ours_field is None:
                     problems.append(f"missing field {name}.{field.name.value}")
                     continue

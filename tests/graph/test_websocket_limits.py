@@ -10,19 +10,20 @@ from typing import Any
 
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from atlas_gql.graph.limits.body import MAX_JSON_DEPTH
 from atlas_gql.graph.views import MAX_CONNECTION_INIT_BYTES
-from tests.conftest import LiveServer
 from tests.graph.document_attacks import ATTACKS
+from tests.live import LiveServer
 
-PROTOCOL = ["graphql-transport-ws"]
+PROTOCOL = [Subprotocol("graphql-transport-ws")]
 
 
 async def connect(live_server: LiveServer) -> Any:
     return await websockets.connect(
         live_server.ws_url,
-        subprotocols=PROTOCOL,  # type: ignore[list-item]
+        subprotocols=PROTOCOL,
         max_size=None,
     )
 

@@ -6,6 +6,7 @@ without the API key; a project over its monthlyTokenBudget refuses messages."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,39 +15,24 @@ from typing import Any
 import httpx
 import pytest
 
-from atlas_gql.app import create_app
-from atlas_gql.db.url import DatabaseTarget
 from tests.ai.fake_openai import Behaviour, FakeOpenAI
-from tests.conftest import LiveServer, error_codes, make_settings
+from tests.conftest import error_codes
+from tests.live import LiveServer, MakeLiveServer
 
 UPSTREAM_KEY = "sk-logs-upstream-key-0123456789"
 Call = Callable[..., Awaitable[dict[str, Any]]]
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+def fake(fake_openai: FakeOpenAI) -> FakeOpenAI:
+    return fake_openai
 
 
 @pytest.fixture
-async def server(live_database: DatabaseTarget, fake: FakeOpenAI) -> AsyncIterator[LiveServer]:
-    settings = make_settings(
-        live_database,
-        openai_base_url=fake.base_url,
-        openai_api_key=UPSTREAM_KEY,
-        atlas_openai_timeout=5.0,
+async def server(make_live_server: MakeLiveServer, fake: FakeOpenAI) -> LiveServer:
+    return await make_live_server(
+        openai_base_url=fake.base_url, openai_api_key=UPSTREAM_KEY, atlas_openai_timeout=5.0
     )
-    live = LiveServer(create_app(settings), settings)
-    await live.start()
-    try:
-        yield live
-    finally:
-        await live.stop()
 
 
 @pytest.fixture
@@ -163,7 +149,7 @@ async def test_acceptance(server: LiveServer, fake: FakeOpenAI, call: Call) -> N
 
     for number in range(1, 4):
         await data(call, send, {"i": {"threadId": thread_id, "content": f"Hi {number}"}}, member)
-        await eventually(lambda n=number: _at_least(project_requests, n))
+        await eventually(functools.partial(_at_least, project_requests, number))
 
     # activityLogs for ADMIN: logins (one failed), project, member, thread, messages; newest first.
     activity = await data(

@@ -138,7 +138,7 @@ class Var(Value):
         for key in self.path:
             if not isinstance(shape, tuple):
                 return None
-            shape = dict(shape).get(key)  # type: ignore[arg-type]
+            shape = dict(shape).get(key)
         return shape
 
     def is_null(self) -> bool:

@@ -340,7 +340,7 @@ def _types_conflict(first: GraphQLOutputType, second: GraphQLOutputType) -> bool
                 return True
         else:
             return is_leaf_type(first) or is_leaf_type(second)
-        first, second = first.of_type, second.of_type  # type: ignore[union-attr]
+        first, second = first.of_type, second.of_type
 
 
 class OverlappingFieldsRule(OverlappingFieldsCanBeMergedRule):

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from graphql import parse, validate
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlmodel import col
 
 from atlas_gql.ai.models import (
     Assistant,
@@ -87,7 +88,7 @@ VIEWERS = ("admin", "owner", "manager", "member", "viewer", "outsider", "anonymo
 
 
 async def _role_id(db: AsyncSession, role: RoleName) -> uuid.UUID:
-    return (await db.execute(sa.select(Role.id).where(Role.name == role))).scalar_one()  # type: ignore[arg-type]
+    return (await db.execute(sa.select(col(Role.id)).where(col(Role.name) == role))).scalar_one()
 
 
 async def build_world(db: AsyncSession, settings: Settings) -> World:
@@ -262,16 +263,17 @@ async def build_world(db: AsyncSession, settings: Settings) -> World:
         ]
     )  # fmt: skip
 
-    for number, (project, action) in enumerate(
-        [(alpha, "project.create"), (alpha, "member.add"), (beta, "project.create"),
-         (gamma, "project.create"), (None, "auth.login"), (alpha, "thread.create")]
-    ):  # fmt: skip
+    logged: list[tuple[Project | None, str]] = [
+        (alpha, "project.create"), (alpha, "member.add"), (beta, "project.create"),
+        (gamma, "project.create"), (None, "auth.login"), (alpha, "thread.create"),
+    ]  # fmt: skip
+    for number, (logged_project, action) in enumerate(logged):
         row = ActivityLog(
             action=action,
             user_id=world.users["owner" if number % 2 else "manager"].id,
-            project_id=project.id if project else None,
-            entity_type="Project" if project else None,
-            entity_id=str(project.id) if project else None,
+            project_id=logged_project.id if logged_project else None,
+            entity_type="Project" if logged_project else None,
+            entity_id=str(logged_project.id) if logged_project else None,
             ip_address="203.0.113.9",
             details={"n": number, "name": 'x"y'} if number % 2 else None,
             created_at=at(80 + number, number * 3),
@@ -401,7 +403,8 @@ class Served:
 
     @property
     def stats(self) -> CompiledReadStats:
-        return self.app.state.atlas["runtime"].compiled_stats
+        stats: CompiledReadStats = self.app.state.atlas["runtime"].compiled_stats
+        return stats
 
 
 @contextlib.asynccontextmanager

@@ -245,6 +245,7 @@ async def test_an_ended_session_or_inactive_user_falls_back(
     second = await start_session(db=db, settings=settings, user_id=user.id)
     await db.commit()
     driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
     query = "{ me { email } }"
 
     async def run(token: str) -> Answer | Fallback:
