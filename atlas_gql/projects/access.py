@@ -23,14 +23,7 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import Forbidden, NotFound
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
-
-# Higher rank = more rights. OWNER > MANAGER > MEMBER > VIEWER.
-ROLE_RANK: dict[ProjectRole, int] = {
-    ProjectRole.VIEWER: 1,
-    ProjectRole.MEMBER: 2,
-    ProjectRole.MANAGER: 3,
-    ProjectRole.OWNER: 4,
-}
+from atlas_gql.projects.rules import ROLE_RANK
 
 
 def role_at_least(role: ProjectRole | None, minimum: ProjectRole) -> bool:
