@@ -9,7 +9,6 @@ MANAGER or removed (FORBIDDEN for viewers who only see it). The rules: `ai.rules
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -23,7 +22,7 @@ from atlas_gql.ai.models import Assistant, AssociableType
 from atlas_gql.ai.pricing import allowed_models
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
-from atlas_gql.auth.rules import SqlBool, ViewerRef, viewer_literals
+from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command, PartialUpdate
@@ -104,18 +103,6 @@ def assistant_visible_to(viewer: Viewer) -> Any:
     return rules.assistant_visible(viewer_literals(viewer), rules.assistants)
 
 
-async def holds(
-    db: ReadSession,
-    rule: Callable[[ViewerRef, sa.FromClause], SqlBool],
-    viewer: Viewer,
-    table: sa.Table,
-    row_id: uuid.UUID,
-) -> bool:
-    """Whether the shared `rule` (`ai.rules`) lets `viewer` act on the row `row_id`, read from
-    the database now (a role changed a moment ago counts)."""
-    return bool(await db.scalar(rules.check(rule, viewer_literals(viewer), table, row_id)))
-
-
 async def list_assistants(
     *, db: ReadSession, actor: Actor, request: PageRequest, project_id: uuid.UUID | None = None
 ) -> Page[Assistant]:
@@ -147,7 +134,8 @@ async def managed_assistant(
 ) -> Assistant:
     """An assistant the viewer may see and change; FORBIDDEN when they only see it."""
     assistant = await get_assistant(db=db, viewer=viewer, assistant_id=assistant_id)
-    if not await holds(db, rules.assistant_manageable, viewer, rules.assistants, assistant.id):
+    manageable = rules.assistant_manageable
+    if not await rules.holds(db, manageable, viewer, rules.assistants, assistant.id):
         raise Forbidden(
             f"Only a manager of its project (its creator, for a personal one) may {action} this "
             "assistant."

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai import rules
-from atlas_gql.ai.assistants import holds, managed_assistant
+from atlas_gql.ai.assistants import managed_assistant
 from atlas_gql.ai.messages import get_message
 from atlas_gql.ai.models import AssociableType, File, FileAssociation, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
@@ -169,7 +169,7 @@ async def _target(
     message = await get_message(db=db, viewer=viewer, message_id=object_id)
     message_thread = await db.get(Thread, message.thread_id)
     project_id = message_thread.project_id if message_thread else None
-    if not await holds(db, rules.message_changeable, viewer, rules.messages, message.id):
+    if not await rules.holds(db, rules.message_changeable, viewer, rules.messages, message.id):
         raise Forbidden(
             "Only its sender (a MEMBER or higher of the project) or a project manager may change "
             "this message."

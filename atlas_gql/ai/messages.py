@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai import rules
-from atlas_gql.ai.assistants import holds
 from atlas_gql.ai.events import ThreadEvent, created_event
 from atlas_gql.ai.models import (
     Assistant,
@@ -253,7 +252,7 @@ async def cancel_message(
     message = await get_message(db=db, viewer=viewer, message_id=message_id)
     thread = await db.get(Thread, message.thread_id)
     assert thread is not None
-    if not await holds(db, rules.message_changeable, viewer, rules.messages, message.id):
+    if not await rules.holds(db, rules.message_changeable, viewer, rules.messages, message.id):
         raise Forbidden(
             "Only its sender (a MEMBER or higher of the project) or a project manager may stop "
             "this reply."

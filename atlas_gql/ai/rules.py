@@ -31,7 +31,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from atlas_gql.ai.models import Assistant, AssociableType, FileAssociation, Message, Thread
-from atlas_gql.auth.rules import SqlBool, ViewerRef
+from atlas_gql.auth.rules import SqlBool, ViewerRef, viewer_literals
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import table_of
 from atlas_gql.projects.models import ProjectRole
 from atlas_gql.projects.rules import member_project_ids, roles_from
@@ -139,6 +141,18 @@ def check(
     """Whether `rule` holds for the row `row_id` of `table`, as a statement: one boolean, or
     no row when there is no such row."""
     return sa.select(rule(viewer, table)).select_from(table).where(table.c.id == row_id)
+
+
+async def holds(
+    db: ReadSession,
+    rule: Callable[[ViewerRef, sa.FromClause], SqlBool],
+    viewer: Viewer,
+    table: sa.Table,
+    row_id: uuid.UUID,
+) -> bool:
+    """Whether `rule` lets `viewer` act on the row `row_id` of `table` (the services' check),
+    read from the database now: a role changed a moment ago counts."""
+    return bool(await db.scalar(check(rule, viewer_literals(viewer), table, row_id)))
 
 
 def message_visible(viewer: ViewerRef, message: sa.FromClause) -> SqlBool:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai import rules
-from atlas_gql.ai.assistants import clean_text, get_assistant, holds
+from atlas_gql.ai.assistants import clean_text, get_assistant
 from atlas_gql.ai.attachments import attached_to, delete_attachments
 from atlas_gql.ai.models import AssociableType, Message, MessageStatus, Thread
 from atlas_gql.auth.actor import Actor
@@ -97,7 +97,7 @@ async def _managed_thread(
     db: ReadSession, viewer: Viewer, thread_id: uuid.UUID, *, action: str, lock: bool = False
 ) -> Thread:
     thread = await get_thread(db=db, viewer=viewer, thread_id=thread_id, for_update=lock)
-    if not await holds(db, rules.thread_changeable, viewer, rules.threads, thread.id):
+    if not await rules.holds(db, rules.thread_changeable, viewer, rules.threads, thread.id):
         raise Forbidden(
             f"Only its creator (a MEMBER or higher of its project) or a project manager may "
             f"{action} this thread."
@@ -107,7 +107,7 @@ async def _managed_thread(
 
 async def require_posting(db: ReadSession, viewer: Viewer, thread: Thread, *, action: str) -> None:
     """FORBIDDEN unless the viewer may post in the thread they see (MEMBER+ of its project)."""
-    if not await holds(db, rules.thread_postable, viewer, rules.threads, thread.id):
+    if not await rules.holds(db, rules.thread_postable, viewer, rules.threads, thread.id):
         raise Forbidden(f"You need the MEMBER role or higher in this project to {action}.")
 
 
