@@ -214,7 +214,7 @@ async def test_a_shared_assistant_creator_keeps_rights_only_while_manager(
     if outcome is not None:
         # The project's managers keep it.
         assert (await data(gql, DELETE_ASSISTANT, {"id": assistant}, crew.manager)) == {
-            "deleteAssistant": True
+            "deleteAssistant": assistant
         }
 
 
@@ -271,5 +271,5 @@ async def test_personal_assistants_and_threads_stay_their_creators(
         "NOT_FOUND"
     ]
     assert (await data(gql, DELETE_ASSISTANT, {"id": personal}, crew.creator)) == {
-        "deleteAssistant": True
+        "deleteAssistant": personal
     }
