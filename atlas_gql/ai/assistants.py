@@ -1,9 +1,10 @@
 """Assistants: a model, instructions and settings, personal to their creator or shared with a
 project.
 
-Visible to their creator, the members of their project, and ADMIN (NOT_FOUND otherwise, so ids
-do not leak). Changed and deleted by their creator, a MANAGER+ of their project, or ADMIN
-(FORBIDDEN for other viewers who see them)."""
+Visible to the members of their project (a personal one to its creator) and ADMIN (NOT_FOUND
+otherwise, so ids do not leak). Changed and deleted by ADMIN, a personal one's creator, or a
+MANAGER+ of its project: being its creator gives no right in a project once demoted below
+MANAGER or removed (FORBIDDEN for viewers who only see it). The rules: `ai.rules`."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Forbidden, NotFound
-from atlas_gql.projects.access import project_role_of, require_project_role, role_at_least
+from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.models import ProjectRole
 
 NAME_MAX = 200
@@ -102,19 +103,6 @@ def assistant_visible_to(viewer: Viewer) -> Any:
     return rules.assistant_visible(viewer_literals(viewer), rules.assistants)
 
 
-async def may_manage(
-    db: ReadSession, viewer: Viewer, *, project_id: uuid.UUID | None, created_by_id: uuid.UUID
-) -> bool:
-    """Whether `viewer` may change what `created_by_id` made in `project_id`: its creator, a
-    MANAGER+ of the project, or ADMIN."""
-    if viewer.is_admin or viewer.user_id == created_by_id:
-        return True
-    if project_id is None:
-        return False
-    role = await project_role_of(db=db, project_id=project_id, user_id=viewer.user_id)
-    return role_at_least(role, ProjectRole.MANAGER)
-
-
 async def list_assistants(
     *, db: ReadSession, actor: Actor, request: PageRequest, project_id: uuid.UUID | None = None
 ) -> Page[Assistant]:
@@ -146,10 +134,12 @@ async def managed_assistant(
 ) -> Assistant:
     """An assistant the viewer may see and change; FORBIDDEN when they only see it."""
     assistant = await get_assistant(db=db, viewer=viewer, assistant_id=assistant_id)
-    if not await may_manage(
-        db, viewer, project_id=assistant.project_id, created_by_id=assistant.created_by_id
-    ):
-        raise Forbidden(f"Only its creator or a project manager may {action} this assistant.")
+    manageable = rules.assistant_manageable
+    if not await rules.holds(db, manageable, viewer, rules.assistants, assistant.id):
+        raise Forbidden(
+            f"Only a manager of its project (its creator, for a personal one) may {action} this "
+            "assistant."
+        )
     return assistant
 
 
@@ -189,7 +179,7 @@ async def update_assistant(
     data: AssistantUpdate,
 ) -> Assistant:
     """Change what was set of an assistant's name, model, instructions, temperature or
-    description (its creator, a project MANAGER+, ADMIN)."""
+    description (a personal one's creator, a project MANAGER+, ADMIN)."""
     assistant = await managed_assistant(db, actor.viewer_required, assistant_id, action="change")
     if data.model is not None:
         check_model(settings, data.model)

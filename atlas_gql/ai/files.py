@@ -23,12 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai import rules
-from atlas_gql.ai.assistants import managed_assistant, may_manage
+from atlas_gql.ai.assistants import managed_assistant
 from atlas_gql.ai.messages import get_message
 from atlas_gql.ai.models import AssociableType, File, FileAssociation, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.ai.provider import UpstreamFailure
-from atlas_gql.ai.threads import get_thread
+from atlas_gql.ai.threads import get_thread, require_posting
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.rules import viewer_literals
@@ -40,8 +40,6 @@ from atlas_gql.errors import BadInput, Forbidden, NotFound, UpstreamError
 from atlas_gql.ids import decode_global_id
 from atlas_gql.logs.audit import record_error
 from atlas_gql.logs.models import ErrorSource
-from atlas_gql.projects.access import require_project_role
-from atlas_gql.projects.models import ProjectRole
 
 logger = logging.getLogger(__name__)
 
@@ -166,17 +164,16 @@ async def _target(
         return kind, object_id, assistant.project_id
     if kind is AssociableType.THREAD:
         thread = await get_thread(db=db, viewer=viewer, thread_id=object_id)
-        if (project_id := thread.project_id) is not None:
-            action = "attach files to its threads"
-            await require_project_role(db, viewer, project_id, ProjectRole.MEMBER, action=action)
-        return kind, object_id, project_id
+        await require_posting(db, viewer, thread, action="attach files to its threads")
+        return kind, object_id, thread.project_id
     message = await get_message(db=db, viewer=viewer, message_id=object_id)
     message_thread = await db.get(Thread, message.thread_id)
     project_id = message_thread.project_id if message_thread else None
-    if message.user_id != viewer.user_id and not await may_manage(
-        db, viewer, project_id=project_id, created_by_id=message.user_id or uuid.UUID(int=0)
-    ):
-        raise Forbidden("Only its sender or a project manager may change this message.")
+    if not await rules.holds(db, rules.message_changeable, viewer, rules.messages, message.id):
+        raise Forbidden(
+            "Only its sender (a MEMBER or higher of the project) or a project manager may change "
+            "this message."
+        )
     return kind, object_id, project_id
 
 

@@ -2,7 +2,8 @@
 
 A message is visible to whoever sees its thread. Posting needs USE_AI and the MEMBER role in
 the thread's project (a VIEWER reads but may not post). A running reply is stopped by its
-sender, a MANAGER+ of the project, or ADMIN."""
+sender while they may still post in the thread, a MANAGER+ of the project, or ADMIN. The
+rules: `ai.rules`."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.sequences import SequenceBlock
-from atlas_gql.ai.threads import get_thread, running_reply
+from atlas_gql.ai.threads import get_thread, require_posting, running_reply
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.rules import viewer_literals
@@ -41,8 +42,6 @@ from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, after_commit
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
 from atlas_gql.logs.usage import CHARS_PER_TOKEN, InFlight, ensure_within_budget
-from atlas_gql.projects.access import project_role_of, require_project_role, role_at_least
-from atlas_gql.projects.models import ProjectRole
 
 MAX_FILES_PER_MESSAGE = 20
 
@@ -151,10 +150,7 @@ async def send_message(
     viewer = actor.viewer_required
     content = _check_content(ai.settings, data.content)
     thread = await get_thread(db=db, viewer=viewer, thread_id=data.thread_id)
-    if thread.project_id is not None:
-        await require_project_role(
-            db, viewer, thread.project_id, ProjectRole.MEMBER, action="post in its threads"
-        )
+    await require_posting(db, viewer, thread, action="post in its threads")
     if (running := await running_reply(db, thread.id)) is not None:
         await _recover_orphaned_reply(ai, thread, running)
     # The lock serialises sends in this thread until the operation commits.
@@ -256,12 +252,11 @@ async def cancel_message(
     message = await get_message(db=db, viewer=viewer, message_id=message_id)
     thread = await db.get(Thread, message.thread_id)
     assert thread is not None
-    may_stop = viewer.is_admin or message.user_id == viewer.user_id
-    if not may_stop and thread.project_id is not None:
-        role = await project_role_of(db=db, project_id=thread.project_id, user_id=viewer.user_id)
-        may_stop = role_at_least(role, ProjectRole.MANAGER)
-    if not may_stop:
-        raise Forbidden("Only its sender or a project manager may stop this reply.")
+    if not await rules.holds(db, rules.message_changeable, viewer, rules.messages, message.id):
+        raise Forbidden(
+            "Only its sender (a MEMBER or higher of the project) or a project manager may stop "
+            "this reply."
+        )
     if message.status is MessageStatus.CANCELLED:
         return message
     if message.status is not MessageStatus.IN_PROGRESS:

@@ -1,8 +1,10 @@
 """Threads: conversations with an assistant, in a project or personal.
 
 Visible to the members of their project (to their creator alone for a personal thread) and to
-ADMIN (NOT_FOUND otherwise). Renamed and deleted by their creator, a MANAGER+ of their
-project, or ADMIN. Starting one in a project needs USE_AI and the MEMBER role."""
+ADMIN (NOT_FOUND otherwise). Renamed and deleted by ADMIN, a MANAGER+ of their project, or
+their creator while they may post there (MEMBER+ in a project; FORBIDDEN once demoted to
+VIEWER, NOT_FOUND once removed). Starting one in a project needs USE_AI and the MEMBER role.
+The rules: `ai.rules`."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai import rules
-from atlas_gql.ai.assistants import clean_text, get_assistant, may_manage
+from atlas_gql.ai.assistants import clean_text, get_assistant
 from atlas_gql.ai.attachments import attached_to, delete_attachments
 from atlas_gql.ai.models import AssociableType, Message, MessageStatus, Thread
 from atlas_gql.auth.actor import Actor
@@ -95,11 +97,18 @@ async def _managed_thread(
     db: ReadSession, viewer: Viewer, thread_id: uuid.UUID, *, action: str, lock: bool = False
 ) -> Thread:
     thread = await get_thread(db=db, viewer=viewer, thread_id=thread_id, for_update=lock)
-    if not await may_manage(
-        db, viewer, project_id=thread.project_id, created_by_id=thread.created_by_id
-    ):
-        raise Forbidden(f"Only its creator or a project manager may {action} this thread.")
+    if not await rules.holds(db, rules.thread_changeable, viewer, rules.threads, thread.id):
+        raise Forbidden(
+            f"Only its creator (a MEMBER or higher of its project) or a project manager may "
+            f"{action} this thread."
+        )
     return thread
+
+
+async def require_posting(db: ReadSession, viewer: Viewer, thread: Thread, *, action: str) -> None:
+    """FORBIDDEN unless the viewer may post in the thread they see (MEMBER+ of its project)."""
+    if not await rules.holds(db, rules.thread_postable, viewer, rules.threads, thread.id):
+        raise Forbidden(f"You need the MEMBER role or higher in this project to {action}.")
 
 
 async def running_reply(db: ReadSession, thread_id: uuid.UUID) -> Message | None:
@@ -186,7 +195,8 @@ async def create_thread(*, db: AsyncSession, actor: Actor, data: ThreadCreate) -
 async def update_thread(
     *, db: AsyncSession, actor: Actor, thread_id: uuid.UUID, data: ThreadUpdate
 ) -> Thread:
-    """Rename a thread (creator, project MANAGER+, ADMIN); a title left out stays."""
+    """Rename a thread (its creator while MEMBER+, a project MANAGER+, ADMIN); a title left
+    out stays."""
     thread = await _managed_thread(db, actor.viewer_required, thread_id, action="rename")
     data.apply(thread)
     actor.record(db, "thread.update", thread, project_id=thread.project_id)
@@ -194,8 +204,8 @@ async def update_thread(
 
 
 async def delete_thread(*, db: AsyncSession, actor: Actor, thread_id: uuid.UUID) -> bool:
-    """Delete a thread and its messages (creator, project MANAGER+, ADMIN). Refused while a
-    reply runs (cancel it first)."""
+    """Delete a thread and its messages (its creator while MEMBER+, a project MANAGER+,
+    ADMIN). Refused while a reply runs (cancel it first)."""
     thread = await _managed_thread(db, actor.viewer_required, thread_id, action="delete", lock=True)
     if await running_reply(db, thread.id) is not None:
         raise Conflict("A reply is running in this thread; cancel it first.")

@@ -23,14 +23,7 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import Forbidden, NotFound
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
-
-# Higher rank = more rights. OWNER > MANAGER > MEMBER > VIEWER.
-ROLE_RANK: dict[ProjectRole, int] = {
-    ProjectRole.VIEWER: 1,
-    ProjectRole.MEMBER: 2,
-    ProjectRole.MANAGER: 3,
-    ProjectRole.OWNER: 4,
-}
+from atlas_gql.projects.rules import ROLE_RANK
 
 
 def role_at_least(role: ProjectRole | None, minimum: ProjectRole) -> bool:
@@ -61,6 +54,20 @@ async def project_role_of(
     return (await db.execute(statement)).scalar_one_or_none()
 
 
+def check_project_role(
+    viewer: Viewer, role: ProjectRole | None, minimum: ProjectRole, *, action: str = "do this"
+) -> ProjectRole | None:
+    """`role` (the viewer's in an existing project, None: not a member) when it is at least
+    `minimum`: NOT_FOUND for a non-member, FORBIDDEN below `minimum`; ADMIN passes."""
+    if viewer.is_admin:
+        return role
+    if role is None:
+        raise NotFound("Project not found.")
+    if not role_at_least(role, minimum):
+        raise Forbidden(f"You need the {minimum.value} role or higher in this project to {action}.")
+    return role
+
+
 async def require_project_role(
     db: ReadSession,
     viewer: Viewer,
@@ -72,15 +79,9 @@ async def require_project_role(
     """The viewer's role in the project when it is at least `minimum`.
 
     NOT_FOUND when the project does not exist or the viewer is not a member; FORBIDDEN when
-    the viewer is a member with a lower role. ADMIN passes (returns their role, maybe None)."""
+    the viewer is a member with a lower role. ADMIN passes (returns their role, maybe None).
+    A change that depends on the role must read it again under its lock (`members.py`)."""
     role = await project_role_of(db=db, project_id=project_id, user_id=viewer.user_id)
-    if viewer.is_admin:
-        exists = await db.get(Project, project_id)
-        if exists is None:
-            raise NotFound("Project not found.")
-        return role
-    if role is None:
+    if viewer.is_admin and await db.get(Project, project_id) is None:
         raise NotFound("Project not found.")
-    if not role_at_least(role, minimum):
-        raise Forbidden(f"You need the {minimum.value} role or higher in this project to {action}.")
-    return role
+    return check_project_role(viewer, role, minimum, action=action)

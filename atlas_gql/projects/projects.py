@@ -22,7 +22,7 @@ from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.db.tables import table_of
 from atlas_gql.errors import BadInput, NotFound
 from atlas_gql.projects import rules
-from atlas_gql.projects.access import require_project_role
+from atlas_gql.projects.access import check_project_role, project_role_of, require_project_role
 from atlas_gql.projects.hooks import before_project_delete
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 
@@ -145,10 +145,13 @@ async def delete_project(*, db: AsyncSession, actor: Actor, project_id: uuid.UUI
     assistants, threads and their messages (the foreign keys cascade) and the file
     attachments of those; the files themselves stay with their uploaders. Logs keep their
     rows (their project reference becomes null)."""
-    await require_project_role(
-        db, actor.viewer_required, project_id, ProjectRole.OWNER, action="delete it"
-    )
-    project = await load_project(db, project_id, lock=True)
+    viewer = actor.viewer_required
+    await require_project_role(db, viewer, project_id, ProjectRole.OWNER, action="delete it")
+    project = await load_project(db, project_id, deleting=True)
+    # Decided again under the lock that serialises membership changes: an OWNER demoted
+    # while this waited deletes nothing.
+    role = await project_role_of(db=db, project_id=project_id, user_id=viewer.user_id)
+    check_project_role(viewer, role, ProjectRole.OWNER, action="delete it")
     # What other domains keep in the project and the foreign keys do not reach (the AI
     # domain's file attachments).
     await before_project_delete(db, project_id)
@@ -160,12 +163,17 @@ async def delete_project(*, db: AsyncSession, actor: Actor, project_id: uuid.UUI
     )  # fmt: skip
 
 
-async def load_project(db: ReadSession, project_id: uuid.UUID, *, lock: bool = False) -> Project:
-    """The project row; `lock` holds it FOR UPDATE, which serializes membership changes (so
-    two OWNERs demoting each other at once cannot leave the project without one)."""
+async def load_project(
+    db: ReadSession, project_id: uuid.UUID, *, lock: bool = False, deleting: bool = False
+) -> Project:
+    """The project row. `lock` holds it FOR NO KEY UPDATE, which serialises membership changes
+    (`members.py`) without waiting for rows that merely reference the project (a new thread);
+    `deleting` FOR UPDATE, which also waits for those (the delete would, holding the lock)."""
     statement = sa.select(Project).where(col(Project.id) == project_id)
-    if lock:
+    if deleting:
         statement = statement.with_for_update()
+    elif lock:
+        statement = statement.with_for_update(key_share=True)
     project = (await db.execute(statement)).scalar_one_or_none()
     if project is None:
         raise NotFound("Project not found.")

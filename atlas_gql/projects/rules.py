@@ -14,6 +14,25 @@ from atlas_gql.projects.models import ProjectMember, ProjectRole
 
 members = table_of(ProjectMember)
 
+# Higher rank = more rights. OWNER > MANAGER > MEMBER > VIEWER.
+ROLE_RANK: dict[ProjectRole, int] = {
+    ProjectRole.VIEWER: 1,
+    ProjectRole.MEMBER: 2,
+    ProjectRole.MANAGER: 3,
+    ProjectRole.OWNER: 4,
+}
+
+
+def roles_from(minimum: ProjectRole) -> tuple[ProjectRole, ...]:
+    """The roles at least `minimum`, highest first (`roles_from(MANAGER)`: OWNER, MANAGER)."""
+    return tuple(
+        sorted(
+            (role for role in ProjectRole if ROLE_RANK[role] >= ROLE_RANK[minimum]),
+            key=ROLE_RANK.__getitem__,
+            reverse=True,
+        )
+    )
+
 
 def member_project_ids(
     viewer: ViewerRef, *, roles: Iterable[ProjectRole | sa.ColumnElement[Any]] | None = None

@@ -1,4 +1,5 @@
-"""An assistant's creator who left its project sees the assistant, not the project."""
+"""An assistant's creator who left its project sees neither the project nor the assistant it
+shares (rights follow membership, docs/security.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tests.conftest import GraphQLClient
 ME = "{ me { id } }"
 
 
-async def test_project_of_an_assistant_is_null_once_its_creator_left(
+async def test_a_shared_assistant_is_gone_for_its_creator_once_removed(
     gql: GraphQLClient, sign_in: Any
 ) -> None:
     pm = await sign_in("pm@example.com")
@@ -45,4 +46,12 @@ async def test_project_of_an_assistant_is_null_once_its_creator_left(
         {"id": assistant["id"]},
         token=user,
     )
-    assert seen["data"]["node"] == {"name": "Helper", "project": None}
+    assert seen["data"]["node"] is None
+    listed = await gql("{ assistants(first: 100) { edges { node { id } } } }", token=user)
+    assert assistant["id"] not in [e["node"]["id"] for e in listed["data"]["assistants"]["edges"]]
+    changed = await gql(
+        'mutation($id: ID!) { updateAssistant(id: $id, input: {name: "Mine"}) { id } }',
+        {"id": assistant["id"]},
+        token=user,
+    )
+    assert [e["extensions"]["code"] for e in changed["errors"]] == ["NOT_FOUND"]

@@ -1,6 +1,14 @@
 """A field error stays a field error (issue 10 part 7): a refused argument nulls its field alone,
 beside every kind of sibling, in queries and in mutations; every error keeps its code; nothing
-is masked or logged as a server error; a mutation's outcome is reported truthfully."""
+is masked or logged as a server error; a mutation's outcome is reported truthfully.
+
+The connection fields come from the schema. Each is refused two ways (a page size over the
+limit, refused before it reads; a malformed cursor, refused by its page query while siblings
+are in the middle of theirs) beside siblings of every kind: at the root (scalar, object,
+connection, totalCount, nested connections, another refused field), inside its own parent
+(Project, Thread), inside a mutation's payload, and beside other mutations (a root Query
+connection cannot share a document with a mutation: that pairing does not exist). Each sibling
+must answer exactly what it answers alone."""
 
 from __future__ import annotations
 
@@ -32,19 +40,44 @@ MUTATION_PATHS = {
     'errors"})',
 }
 
-# Siblings of every kind, with what each must still answer.
-SIBLINGS: dict[str, tuple[str, Any]] = {
-    "scalar": ("sibling: me { email }", {"email": "admin@example.com"}),
-    "list from the database": (
-        "sibling: projects(first: 3) { edges { node { name createdBy { email } } } }",
-        None,
-    ),
-    "nested connections": (
-        "sibling: project(id: $project) { members { totalCount } threads { totalCount } }",
-        None,
-    ),
-    "another refused field": ("sibling: assistants(first: -1) { totalCount }", None),
+# How a connection field is refused: before it reads anything (a page size over the limit,
+# refused while its arguments are read) and while it loads (a malformed cursor, refused by the
+# page query, when siblings are in the middle of their statements).
+REFUSALS = {
+    "page size": "first: 101",
+    "cursor": 'after: "not-a-cursor"',
 }
+
+# Siblings of every kind beside the refused field at the root of a query.
+ROOT_SIBLINGS = {
+    "scalar": "sibling: __typename",
+    "object": "sibling: project(id: $project) { name createdBy { email } }",
+    "connection": "sibling: projects(first: 3) { edges { node { name createdBy { email } } } }",
+    "totalCount": "sibling: threads { totalCount }",
+    "nested connections": (
+        "sibling: project(id: $project) { members { totalCount } threads { totalCount } }"
+    ),
+    "another refused field": "sibling: assistants(first: -1) { totalCount }",
+}
+
+# Siblings of every kind inside the object that holds the refused field.
+PARENT_SIBLINGS = {
+    "Project": {
+        "scalar": "sibling: name",
+        "object": "sibling: createdBy { email }",
+        "connection": "sibling: members(first: 5) { edges { node { role user { email } } } }",
+        "totalCount": "sibling: threads { totalCount }",
+        "another refused field": "sibling: threads(first: -1) { totalCount }",
+    },
+    "Thread": {
+        "scalar": "sibling: title",
+        "object": "sibling: assistant { name }",
+        "connection": "sibling: messages(first: 5) { edges { node { content } } }",
+        "totalCount": "sibling: messages { totalCount }",
+        "another refused field": "sibling: messages(last: 101) { totalCount }",
+    },
+}
+REFUSING_SIBLINGS = {"another refused field"}
 
 
 def operation(kind: str, selections: str, ids: dict[str, str]) -> tuple[str, dict[str, str]]:
@@ -67,6 +100,7 @@ def connection_fields() -> list[tuple[str, str]]:
 
 
 CONNECTIONS = connection_fields()
+NESTED = [(parent, field) for parent, field in CONNECTIONS if parent != "Query"]
 
 
 def test_the_nullability_rule_holds_across_the_schema() -> None:
@@ -84,6 +118,13 @@ def test_the_nullability_rule_holds_across_the_schema() -> None:
     assert offenders == []
     assert len(CONNECTIONS) >= 9
     assert {parent for parent, _ in CONNECTIONS} <= set(QUERY_PATHS)
+    assert {parent for parent, _ in NESTED} <= set(MUTATION_PATHS) & set(PARENT_SIBLINGS)
+    query_type = SCHEMA.query_type
+    assert query_type is not None
+    for field in query_type.fields.values():
+        # Every connection takes the arguments the refusals use.
+        if get_named_type(field.type).name.endswith("Connection"):
+            assert {"first", "after"} <= set(field.args)
 
 
 @pytest.fixture
@@ -108,30 +149,49 @@ async def error_rows(db: AsyncSession) -> int:
     return int((await db.execute(sa.text("SELECT count(*) FROM error_logs"))).scalar_one())
 
 
-def refused(parent: str, field: str) -> str:
-    """The connection field asked with a page size over the limit, aliased `bad`."""
-    selection = f"bad: {field}(first: 101) {{ totalCount }}"
-    path = QUERY_PATHS[parent]
-    return selection if path is None else f"target: {path} {{ id {selection} }}"
+def bad_field(field: str, refusal: str) -> str:
+    """The connection field asked with a refused argument, aliased `bad`."""
+    return f"bad: {field}({REFUSALS[refusal]}) {{ totalCount edges {{ cursor node {{ id }} }} }}"
 
 
-def check_sibling(kind: str, answer: Any) -> None:
-    expected = SIBLINGS[kind][1]
-    if kind == "another refused field":
+def check_errors(body: dict[str, Any], expected_paths: set[tuple[Any, ...]]) -> None:
+    """Each error is a field error at an expected path with BAD_USER_INPUT; nothing masked,
+    no driver text (the "Transaction.rollback()" of issue 10 part 7)."""
+    errors = body.get("errors", [])
+    paths = {tuple(error["path"]) for error in errors if error.get("path")}
+    assert paths == expected_paths, errors
+    assert len(errors) == len(expected_paths), errors
+    for error in errors:
+        assert error["extensions"]["code"] == "BAD_USER_INPUT", error
+        assert "rollback" not in error["message"].lower(), error
+        assert "transaction" not in error["message"].lower(), error
+
+
+# What each sibling answers alone (every test sees the same seeded data, rolled back after it).
+_alone: dict[str, Any] = {}
+
+
+async def answer_alone(gql: GraphQLClient, token: str, selections: str, ids: dict[str, str]) -> Any:
+    """The data of a query of `selections` alone (asked once per test run)."""
+    if selections not in _alone:
+        body = await gql(*operation("query", selections, ids), token=token)
+        _alone[selections] = body["data"]
+    return _alone[selections]
+
+
+def intact(answer: Any, alone: Any, kind: str) -> None:
+    """The sibling answers what it answers without the refused field beside it."""
+    if kind in REFUSING_SIBLINGS:
         assert answer is None
-    elif kind == "list from the database":
-        assert answer["edges"], answer
-        assert all(edge["node"]["createdBy"]["email"] for edge in answer["edges"])
-    elif kind == "nested connections":
-        assert answer["members"]["totalCount"] >= 2
-        assert answer["threads"]["totalCount"] >= 1
-    else:
-        assert answer == expected
+        return
+    assert answer is not None
+    assert answer == alone
 
 
-@pytest.mark.parametrize("kind", list(SIBLINGS))
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+@pytest.mark.parametrize("kind", list(ROOT_SIBLINGS))
 @pytest.mark.parametrize(("parent", "field"), CONNECTIONS)
-async def test_a_refused_page_size_nulls_only_its_field_in_a_query(
+async def test_a_refused_connection_nulls_only_itself_beside_root_siblings(
     gql: GraphQLClient,
     sign_in: Any,
     db: AsyncSession,
@@ -139,26 +199,93 @@ async def test_a_refused_page_size_nulls_only_its_field_in_a_query(
     parent: str,
     field: str,
     kind: str,
+    refusal: str,
 ) -> None:
     token = await sign_in("admin@example.com")
+    sibling = ROOT_SIBLINGS[kind]
+    alone = await answer_alone(gql, token, sibling, ids)
     logged = await error_rows(db)
-    query, variables = operation("query", f"{refused(parent, field)} {SIBLINGS[kind][0]}", ids)
+    path = QUERY_PATHS[parent]
+    refused = bad_field(field, refusal)
+    if path is not None:
+        refused = f"target: {path} {{ id {refused} }}"
+    query, variables = operation("query", f"{refused} {sibling}", ids)
 
     body = await gql(query, variables, token=token)
 
     data = body["data"]
     assert data is not None, body
-    bad = data["bad"] if parent == "Query" else data["target"]["bad"]
-    assert bad is None
-    if parent != "Query":
+    bad_path: tuple[str, ...] = ("bad",)
+    if parent == "Query":
+        assert data["bad"] is None
+    else:
         assert data["target"]["id"]  # the parent of the refused field is intact
-    check_sibling(kind, data["sibling"])
-    codes = {tuple(error["path"]): error["extensions"]["code"] for error in body["errors"]}
-    bad_path = ("bad",) if parent == "Query" else ("target", "bad")
-    assert codes[bad_path] == "BAD_USER_INPUT"
-    expected_errors = 2 if kind == "another refused field" else 1
-    assert len(body["errors"]) == expected_errors, body["errors"]
-    assert set(codes.values()) == {"BAD_USER_INPUT"}
+        assert data["target"]["bad"] is None
+        bad_path = ("target", "bad")
+    intact(data["sibling"], alone["sibling"], kind)
+    check_errors(body, {bad_path} | ({("sibling",)} if kind in REFUSING_SIBLINGS else set()))
+    assert await error_rows(db) == logged
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+@pytest.mark.parametrize("kind", list(PARENT_SIBLINGS["Project"]))
+@pytest.mark.parametrize(("parent", "field"), NESTED)
+async def test_a_refused_connection_nulls_only_itself_beside_its_parents_fields(
+    gql: GraphQLClient,
+    sign_in: Any,
+    db: AsyncSession,
+    ids: dict[str, str],
+    parent: str,
+    field: str,
+    kind: str,
+    refusal: str,
+) -> None:
+    token = await sign_in("admin@example.com")
+    sibling = PARENT_SIBLINGS[parent][kind]
+    selection = f"target: {QUERY_PATHS[parent]} {{ {sibling} }}"
+    alone = await answer_alone(gql, token, selection, ids)
+    logged = await error_rows(db)
+    selections = f"target: {QUERY_PATHS[parent]} {{ id {sibling} {bad_field(field, refusal)} }}"
+
+    body = await gql(*operation("query", selections, ids), token=token)
+
+    target = body["data"]["target"]
+    assert target["id"], body
+    assert target["bad"] is None
+    intact(target["sibling"], alone["target"]["sibling"], kind)
+    expected = {("target", "bad")}
+    if kind in REFUSING_SIBLINGS:
+        expected.add(("target", "sibling"))
+    check_errors(body, expected)
+    assert await error_rows(db) == logged
+
+
+@pytest.mark.parametrize("kind", ["connection", "nested connections"])
+@pytest.mark.parametrize("field", [field for parent, field in CONNECTIONS if parent == "Query"])
+async def test_a_connection_refused_to_the_viewer_nulls_only_itself(
+    gql: GraphQLClient, sign_in: Any, db: AsyncSession, ids: dict[str, str], field: str, kind: str
+) -> None:
+    """Asked by a plain member, each root connection either answers or is null with FORBIDDEN
+    (users, errorLogs, activityLogs), and the siblings answer as they do alone."""
+    token = await sign_in("user@example.com")
+    sibling = ROOT_SIBLINGS[kind]
+    alone = (await gql(*operation("query", sibling, ids), token=token))["data"]
+    logged = await error_rows(db)
+
+    body = await gql(
+        *operation("query", f"asked: {field}(first: 2) {{ totalCount }} {sibling}", ids),
+        token=token,
+    )
+
+    assert alone["sibling"] is not None
+    assert body["data"]["sibling"] == alone["sibling"]
+    errors = body.get("errors", [])
+    if body["data"]["asked"] is None:
+        assert [(error["path"], error["extensions"]["code"]) for error in errors] == [
+            (["asked"], "FORBIDDEN")
+        ]
+    else:
+        assert errors == []
     assert await error_rows(db) == logged
 
 
@@ -166,30 +293,33 @@ async def test_a_refused_page_size_nulls_only_its_field_in_a_query(
 PAYLOAD_SIBLINGS: dict[str, dict[str, tuple[str, Any]]] = {
     "Project": {
         "scalar": ("sibling: name", "Field errors"),
-        "loaded from the database": (
-            "sibling: createdBy { email }",
-            {"email": "admin@example.com"},
+        "object": ("sibling: createdBy { email }", {"email": "admin@example.com"}),
+        "connection": (
+            "sibling: members(first: 5) { edges { node { role user { email } } } }",
+            {"edges": [{"node": {"role": "OWNER", "user": {"email": "admin@example.com"}}}]},
         ),
-        "another connection": ("sibling: members { totalCount }", {"totalCount": 1}),
+        "totalCount": ("sibling: members { totalCount }", {"totalCount": 1}),
         "another refused field": ("sibling: threads(first: -1) { totalCount }", None),
     },
     "Thread": {
         "scalar": ("sibling: title", "Field errors"),
-        "loaded from the database": (
-            "sibling: assistant { name }",
-            {"name": SAMPLE_ASSISTANT_NAME},
-        ),
-        "another connection": ("sibling: messages { totalCount }", {"totalCount": 0}),
+        "object": ("sibling: assistant { name }", {"name": SAMPLE_ASSISTANT_NAME}),
+        "connection": ("sibling: messages(first: 5) { edges { node { id } } }", {"edges": []}),
+        "totalCount": ("sibling: messages { totalCount }", {"totalCount": 0}),
         "another refused field": ("sibling: messages(last: 101) { totalCount }", None),
     },
 }
 
 
+async def stored_node(gql: GraphQLClient, token: str, node_id: str) -> Any:
+    check = "query($id: ID!) { node(id: $id) { id } }"
+    return (await gql(check, {"id": node_id}, token=token))["data"]["node"]
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
 @pytest.mark.parametrize("kind", list(PAYLOAD_SIBLINGS["Project"]))
-@pytest.mark.parametrize(
-    ("parent", "field"), [(parent, field) for parent, field in CONNECTIONS if parent != "Query"]
-)
-async def test_a_refused_page_size_in_a_mutation_payload_keeps_the_mutation(
+@pytest.mark.parametrize(("parent", "field"), NESTED)
+async def test_a_refused_connection_in_a_mutation_payload_keeps_the_mutation(
     gql: GraphQLClient,
     sign_in: Any,
     db: AsyncSession,
@@ -197,31 +327,60 @@ async def test_a_refused_page_size_in_a_mutation_payload_keeps_the_mutation(
     parent: str,
     field: str,
     kind: str,
+    refusal: str,
 ) -> None:
     """The mutation ran and says so: its payload is there but for the refused field, and
     what it created is stored."""
     token = await sign_in("admin@example.com")
     logged = await error_rows(db)
     sibling, expected = PAYLOAD_SIBLINGS[parent][kind]
-    selections = (
-        f"created: {MUTATION_PATHS[parent]} {{ id {sibling} bad: {field}(first: 101) "
-        "{ totalCount } }"
-    )
-    mutation, variables = operation("mutation", selections, ids)
+    selections = f"created: {MUTATION_PATHS[parent]} {{ id {sibling} {bad_field(field, refusal)} }}"
 
-    body = await gql(mutation, variables, token=token)
+    body = await gql(*operation("mutation", selections, ids), token=token)
 
     created = body["data"]["created"]
     assert created["id"], body
     assert created["bad"] is None
     assert created["sibling"] == expected
-    codes = {tuple(error["path"]): error["extensions"]["code"] for error in body["errors"]}
-    assert codes[("created", "bad")] == "BAD_USER_INPUT"
-    assert set(codes.values()) == {"BAD_USER_INPUT"}
-    assert len(codes) == (2 if kind == "another refused field" else 1)
-    check = "query($id: ID!) { node(id: $id) { id } }"
-    stored = await gql(check, {"id": created["id"]}, token=token)
-    assert stored["data"]["node"] == {"id": created["id"]}
+    paths = {("created", "bad")}
+    if kind in REFUSING_SIBLINGS:
+        paths.add(("created", "sibling"))
+    check_errors(body, paths)
+    assert await stored_node(gql, token, created["id"]) == {"id": created["id"]}
+    assert await error_rows(db) == logged
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS))
+@pytest.mark.parametrize(("parent", "field"), NESTED)
+async def test_a_refused_connection_beside_sibling_mutations(
+    gql: GraphQLClient,
+    sign_in: Any,
+    db: AsyncSession,
+    ids: dict[str, str],
+    parent: str,
+    field: str,
+    refusal: str,
+) -> None:
+    """Mutations before and after the one whose payload holds the refused field run and
+    keep their effect; every one of them says so (a retrying client would duplicate nothing
+    it was told had failed)."""
+    token = await sign_in("admin@example.com")
+    logged = await error_rows(db)
+    selections = (
+        'before: createProject(input: {name: "Sibling before"}) { id members { totalCount } } '
+        f"created: {MUTATION_PATHS[parent]} {{ id {bad_field(field, refusal)} }} "
+        'after: createProject(input: {name: "Sibling after"}) { id threads { totalCount } }'
+    )
+
+    body = await gql(*operation("mutation", selections, ids), token=token)
+
+    data = body["data"]
+    assert data["before"]["members"] == {"totalCount": 1}, body
+    assert data["after"]["threads"] == {"totalCount": 0}
+    assert data["created"]["bad"] is None
+    check_errors(body, {("created", "bad")})
+    for name in ("before", "created", "after"):
+        assert await stored_node(gql, token, data[name]["id"]) == {"id": data[name]["id"]}
     assert await error_rows(db) == logged
 
 

@@ -211,8 +211,8 @@ async def test_field_rules_agree_with_their_python_twins(
 ) -> None:
     """`user_grants_visible` (SQL) and `user_grants_visible_to` (the resolver path's Python)
     give the same answer for every viewer and user; `assistant_manageable` selects exactly the
-    assistants `assistants.may_manage` lets the viewer change."""
-    from atlas_gql.ai.assistants import may_manage
+    assistants the rule says the viewer may change: ADMIN any, a personal one its creator, a
+    shared one a current MANAGER+ of its project (rights follow membership)."""
 
     async with AsyncSession(compiled_engine) as db:
         all_viewers = await viewers(db, world, compiled_settings)
@@ -220,6 +220,13 @@ async def test_field_rules_agree_with_their_python_twins(
         user_ids = await ids(db, sa.select(user.c.id))
         assistant = table_of(Assistant)
         rows = (await db.execute(sa.select(assistant))).all()
+        member = table_of(ProjectMember)
+        roles = {
+            (project_id, user_id): role
+            for project_id, user_id, role in await db.execute(
+                sa.select(member.c.project_id, member.c.user_id, member.c.role)
+            )
+        }
         for label, viewer in [*all_viewers.items(), ("anonymous", None)]:
             ref = auth_rules.viewer_literals(viewer)
             shown = await ids(
@@ -236,8 +243,8 @@ async def test_field_rules_agree_with_their_python_twins(
             expected = {
                 row.id
                 for row in rows
-                if await may_manage(
-                    db, viewer, project_id=row.project_id, created_by_id=row.created_by_id
-                )
+                if viewer.is_admin
+                or (row.project_id is None and row.created_by_id == viewer.user_id)
+                or roles.get((row.project_id, viewer.user_id)) in {"OWNER", "MANAGER"}
             }
             assert manageable == expected, label
