@@ -97,6 +97,7 @@ def create_app(
     state["schema"] = schema
     # The services are attached by the lifespan; the view exists earlier so routes can mount it.
     graphql_app = AtlasGraphQL(schema, settings=settings)
+    state["graphql"] = graphql_app
 
     app = Starlette(
         debug=False,
