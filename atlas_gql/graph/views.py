@@ -262,6 +262,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
             value = decode_request_json(data)
         except JsonTooComplex as error:
             raise HTTPException(400, str(error)) from None
+        except UnicodeDecodeError:
+            raise HTTPException(400, "The request body is not JSON text (UTF-8).") from None
         if not isinstance(value, (dict, list)):
             raise HTTPException(400, "Expected a JSON object (a GraphQL request).")
         return value
