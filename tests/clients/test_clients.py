@@ -74,7 +74,8 @@ async def _run_node(*args: str, on_line: Any = None, timeout: float = 180) -> li
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "NODE_ENV": "production"},
     )
-    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
     lines: list[Any] = []
 
     async def read() -> None:
