@@ -26,7 +26,7 @@ from atlas_gql.graph.ide import graphiql_static_route
 from atlas_gql.graph.limits import BodySizeLimitMiddleware
 from atlas_gql.graph.schema import build_schema
 from atlas_gql.graph.services import start_services, stop_services
-from atlas_gql.graph.views import AtlasGraphQL, error_response
+from atlas_gql.graph.views import ALLOW, AtlasGraphQL, error_response
 from atlas_gql.logformat import configure_logging
 from atlas_gql.observability import RequestObservationMiddleware, metrics_endpoint
 from atlas_gql.runtime import Runtime
@@ -151,6 +151,8 @@ async def http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     headers = dict(error.headers or {})
     if error.status_code == 405:
+        if request.url.path == "/graphql":
+            headers.update(ALLOW)  # Starlette lists HEAD, which the endpoint refuses
         allowed = headers.get("Allow", "")
         message = f"{request.method} is not allowed on {request.url.path}; use {allowed}."
     elif error.status_code == 404:

@@ -79,6 +79,9 @@ def _multipart_without_preflight(request: Request) -> bool:
     return not any(request.headers.get(name, "").strip() for name in PREFLIGHT_HEADERS)
 
 
+# The methods of the GraphQL endpoint (a 405 says so; HEAD is not one of them).
+ALLOW = {"Allow": "GET, POST"}
+
 # The code of a refusal by its HTTP status; any other 4xx is a malformed request.
 STATUS_CODES = {404: "NOT_FOUND", 413: "PAYLOAD_TOO_LARGE", 429: "RATE_LIMITED"}
 
@@ -388,7 +391,7 @@ class AtlasGraphQL(GraphQL[Context, None]):
             response = await super().run(request, context, root_value)
         except HTTPException as error:
             status, message = _http_error(error, streams_served=self.streams_served)
-            return error_response(status, message)
+            return error_response(status, message, headers=ALLOW if status == 405 else None)
         if not isinstance(response, Response):
             return response
         if (
