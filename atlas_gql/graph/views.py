@@ -141,8 +141,8 @@ def _wants_graphiql(request: Request) -> bool:
     )
 
 
-# Refusals that are the request's size or complexity, not a document error: a 4xx whatever
-# the client accepts (413 for size, 400 for complexity).
+# Refusals of the request's size, complexity or form (several operations without an
+# operationName), not document errors: a 4xx whatever the client accepts.
 _REFUSAL_STATUS = {"PAYLOAD_TOO_LARGE": 413, "QUERY_TOO_COMPLEX": 400, "BAD_REQUEST": 400}
 
 # The bytes a connection_init payload may hold (a bearer token and a few client fields).
