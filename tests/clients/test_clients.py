@@ -130,6 +130,8 @@ async def test_apollo_and_graphql_sse_drive_the_whole_flow(
     for result in results.values():
         assert result["text"] == "Hello, this is ATLAS."
         assert result["resumedAfter"] > 0
+        # Load-then-subscribe starts after the loaded thread's lastEventSequence.
+        assert result["lastEventSequence"] is True
     slots = ai.server.app.state.atlas["graphql"].stream_slots
     assert slots.open == 0
 
