@@ -132,6 +132,13 @@ def _http_error(error: HTTPException, *, streams_served: bool) -> tuple[int, str
     return error.status_code, error.reason
 
 
+def _asks_for_stream(request: Request) -> bool:
+    """Whether the client accepts an event stream (SSE, multipart): its answer is Strawberry's
+    (a query over graphql-sse is one `next` event), never the compiled path's JSON."""
+    accept = request.headers.get("accept", "").lower()
+    return "text/event-stream" in accept or "multipart/mixed" in accept
+
+
 def _wants_graphiql(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return (
@@ -381,7 +388,11 @@ class AtlasGraphQL(GraphQL[Context, None]):
                 "GraphiQL is off on this server (ATLAS_GRAPHIQL). Send a GraphQL request: "
                 "POST /graphql with a JSON body, or GET /graphql?query=...",
             )
-        if self.compiled is not None and self.services is not None:
+        if (
+            self.compiled is not None
+            and self.services is not None
+            and not _asks_for_stream(request)
+        ):
             body = await self.compiled.answer(request, self.services.runtime)
             if body is not None:
                 modern = accepts_graphql_response_json(request.headers.get("accept", ""))

@@ -257,11 +257,20 @@ async def test_a_query_over_multipart_subscriptions_is_400(
     assert response.json()["errors"][0]["extensions"]["code"]
 
 
-async def test_a_query_over_sse_is_one_event(ai: AIServer, http: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize(
+    "query", ["{ __typename }", "{ projects(first: 1) { totalCount nodes { id name } } }"]
+)
+async def test_a_query_over_sse_is_one_event(
+    ai: AIServer, http: httpx.AsyncClient, query: str
+) -> None:
+    """A query over graphql-sse is one `next` event, also where the compiled read path would
+    answer it as JSON."""
     async with contextlib.AsyncExitStack() as stack:
-        stream = await open_stream(http, SSE, None, {"query": "{ __typename }"}, stack)
+        stream = await open_stream(http, SSE, ai.people.member, {"query": query}, stack)
         message = await stream.message()
-        assert message["payload"] == {"data": {"__typename": "Query"}}
+        assert message["event"] == "next"
+        assert "errors" not in message["payload"], message
+        assert message["payload"]["data"]
         assert (await stream.message())["event"] == "complete"
 
 
