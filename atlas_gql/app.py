@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from atlas_gql import __version__, metrics
@@ -21,12 +21,12 @@ from atlas_gql.config import MetricsAccess, Settings, get_settings
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.runtime import resolve_database_target
 from atlas_gql.db.utils import check_db_connection
-from atlas_gql.edge import BodyTimeoutMiddleware, ClientAddressMiddleware
+from atlas_gql.edge import BodyTimeoutMiddleware, ClientAddressMiddleware, JsonCORSMiddleware
 from atlas_gql.graph.ide import graphiql_static_route
 from atlas_gql.graph.limits import BodySizeLimitMiddleware
 from atlas_gql.graph.schema import build_schema
 from atlas_gql.graph.services import start_services, stop_services
-from atlas_gql.graph.views import AtlasGraphQL
+from atlas_gql.graph.views import ALLOW, AtlasGraphQL, error_response
 from atlas_gql.logformat import configure_logging
 from atlas_gql.observability import RequestObservationMiddleware, metrics_endpoint
 from atlas_gql.runtime import Runtime
@@ -97,6 +97,7 @@ def create_app(
     state["schema"] = schema
     # The services are attached by the lifespan; the view exists earlier so routes can mount it.
     graphql_app = AtlasGraphQL(schema, settings=settings)
+    state["graphql"] = graphql_app
 
     app = Starlette(
         debug=False,
@@ -119,7 +120,7 @@ def create_app(
             Middleware(RequestObservationMiddleware),
             Middleware(BodyTimeoutMiddleware, timeout=settings.atlas_body_timeout),
             Middleware(
-                CORSMiddleware,
+                JsonCORSMiddleware,
                 allow_origins=settings.atlas_cors_origins,
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=[
@@ -137,10 +138,28 @@ def create_app(
                 max_upload_bytes=settings.atlas_max_upload_bytes,
             ),
         ],
+        exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
     app.state.atlas = state
     return app
+
+
+async def http_error(request: Request, error: Exception) -> Response:
+    """The router's refusals (unknown path, wrong method) as JSON with a code, like every
+    other 4xx of the API."""
+    assert isinstance(error, HTTPException)
+    headers = dict(error.headers or {})
+    if error.status_code == 405:
+        if request.url.path == "/graphql":
+            headers.update(ALLOW)  # Starlette lists HEAD, which the endpoint refuses
+        allowed = headers.get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}; use {allowed}."
+    elif error.status_code == 404:
+        message = f"Nothing at {request.url.path}; the GraphQL endpoint is /graphql."
+    else:
+        message = error.detail
+    return error_response(error.status_code, message, headers=headers)
 
 
 def app_factory() -> Starlette:

@@ -14,6 +14,14 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # Development defaults. They are public (committed in `.env` too), so production refuses them.
 DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
 DEVELOPMENT_SEED_PASSWORD = "atlas-dev-password"
+# Browser origins allowed in development when ATLAS_CORS_ORIGINS is unset: the dev servers of
+# Create React App / Next.js (3000) and Vite (5173). Production allows none unless set.
+DEVELOPMENT_CORS_ORIGINS = (
+    "http://localhost:3000",
+    "http://127.0.0.1:3000",
+    "http://localhost:5173",
+    "http://127.0.0.1:5173",
+)
 
 
 class Environment(StrEnum):
@@ -121,7 +129,23 @@ class Settings(BaseSettings):
         gt=0,
         description="longest pause (seconds) before a Redis that failed is probed again",
     )
-    atlas_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    atlas_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="allowed browser origins; unset: DEVELOPMENT_CORS_ORIGINS in development, "
+        "none in production",
+    )
+
+    atlas_max_http_streams: int = Field(
+        default=1000,
+        ge=0,
+        description="subscription streams over HTTP (multipart, SSE) a worker keeps open at "
+        "once; 0 serves subscriptions over the WebSocket only",
+    )
+    atlas_max_http_streams_per_user: int = Field(
+        default=10,
+        ge=1,
+        description="subscription streams over HTTP one user may keep open on a worker",
+    )
 
     atlas_max_depth: int = Field(default=12, ge=1)
     atlas_max_aliases: int = Field(default=30, ge=1)
@@ -258,6 +282,12 @@ class Settings(BaseSettings):
                 f"ATLAS_METRICS=token needs ATLAS_METRICS_TOKEN of at least "
                 f"{MIN_METRICS_TOKEN_CHARS} characters"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _development_cors_origins(self) -> Settings:
+        if "atlas_cors_origins" not in self.model_fields_set and not self.is_production:
+            self.atlas_cors_origins = list(DEVELOPMENT_CORS_ORIGINS)
         return self
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
-"""The HTTP edge, as ASGI middleware: who the client is behind trusted proxies, and how long a
-client may take to send its request body. Both run inside the app, so they hold under any ASGI
-server (and under httpx's ASGITransport in tests), not only under `atlas-gql serve`."""
+"""The HTTP edge, as ASGI middleware: who the client is behind trusted proxies, how long a
+client may take to send its request body, and CORS whose refusals are JSON. They run inside
+the app, so they hold under any ASGI server (and under httpx's ASGITransport in tests), not
+only under `atlas-gql serve`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import json
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 IPAddress = IPv4Address | IPv6Address
@@ -181,3 +185,28 @@ async def _request_timeout(send: Send, timeout: float) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, whose refused preflight (400) has a JSON body with a code instead of
+    the text "Disallowed CORS origin": every 4xx of the API is JSON."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        error = {
+            "message": bytes(response.body).decode() + " (see ATLAS_CORS_ORIGINS).",
+            "extensions": {"code": "BAD_REQUEST"},
+        }
+        headers = {
+            key: value
+            for key, value in response.headers.items()
+            if key.lower() not in {"content-length", "content-type"}
+        }
+        return Response(
+            json.dumps({"errors": [error]}),
+            status_code=response.status_code,
+            headers=headers,
+            media_type="application/json",
+        )

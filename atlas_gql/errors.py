@@ -12,6 +12,10 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"
     BAD_USER_INPUT = "BAD_USER_INPUT"
+    # The request itself is malformed (HTTP 400): not JSON, wrong fields, an unknown or
+    # missing operationName, an operation type the method or transport does not allow.
+    BAD_REQUEST = "BAD_REQUEST"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     CONFLICT = "CONFLICT"
     RATE_LIMITED = "RATE_LIMITED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
@@ -56,6 +60,13 @@ class BadInput(AtlasError):
         if field is not None:
             extra["field"] = field
         super().__init__(message, **extra)
+
+
+class BadRequest(AtlasError):
+    """A request that is not a well-formed GraphQL request (answered before execution)."""
+
+    code = ErrorCode.BAD_REQUEST
+    default_message = "Malformed request."
 
 
 class Conflict(AtlasError):

@@ -10,6 +10,7 @@ by the engine's event hook (atlas_gql.metrics)."""
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from ipaddress import ip_address
@@ -105,6 +106,14 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def _refusal(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """A refused scrape, as JSON with a code like every 4xx of the API."""
+    body = json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]})
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
 def metrics_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Response]]:
     """`GET /metrics`: Prometheus text, for loopback clients or the bearer of the token."""
     token = (settings.atlas_metrics_token or "").encode()
@@ -112,15 +121,16 @@ def metrics_endpoint(settings: Settings) -> Callable[[Request], Awaitable[Respon
     async def endpoint(request: Request) -> Response:
         if settings.atlas_metrics is MetricsAccess.LOOPBACK:
             if not _is_loopback(request.client.host if request.client else None):
-                return Response("metrics are served to loopback clients only\n", 403)
+                return _refusal(403, "FORBIDDEN", "Metrics are served to loopback clients only.")
         elif settings.atlas_metrics is MetricsAccess.TOKEN:
             scheme, _, presented = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 presented.strip().encode(), token
             ):
-                return Response(
-                    "a bearer token is required\n",
+                return _refusal(
                     401,
+                    "UNAUTHENTICATED",
+                    "Metrics need the bearer token (ATLAS_METRICS_TOKEN).",
                     headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
                 )
         body, content_type = metrics.exposition()

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from atlas_gql.config import DEVELOPMENT_JWT_SECRET, DEVELOPMENT_SEED_PASSWORD, Settings
+from atlas_gql.config import (
+    DEVELOPMENT_CORS_ORIGINS,
+    DEVELOPMENT_JWT_SECRET,
+    DEVELOPMENT_SEED_PASSWORD,
+    Settings,
+)
 
 STRONG_SECRET = "p" * 48
 
@@ -62,3 +67,37 @@ def test_committed_dotenv_holds_only_development_defaults() -> None:
     assert values["ATLAS_JWT_SECRET"] == DEVELOPMENT_JWT_SECRET
     assert values["ATLAS_SEED_PASSWORD"] == DEVELOPMENT_SEED_PASSWORD
     assert "OPENAI_API_KEY" not in values
+
+
+def test_development_cors_origins_include_vite_and_3000() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    for origin in (
+        "http://localhost:3000",
+        "http://127.0.0.1:3000",
+        "http://localhost:5173",
+        "http://127.0.0.1:5173",
+    ):
+        assert origin in settings.atlas_cors_origins
+
+
+def test_committed_dotenv_allows_the_vite_dev_server() -> None:
+    dotenv = (Path(__file__).resolve().parents[1] / ".env").read_text()
+    line = next(line for line in dotenv.splitlines() if line.startswith("ATLAS_CORS_ORIGINS="))
+    origins = line.split("=", 1)[1].split(",")
+    assert set(DEVELOPMENT_CORS_ORIGINS) <= set(origins)
+
+
+def test_production_allows_no_origin_unless_set() -> None:
+    settings = production(atlas_jwt_secret=STRONG_SECRET, atlas_seed_password="a-real-one-123")
+    assert settings.atlas_cors_origins == []
+    chosen = production(
+        atlas_jwt_secret=STRONG_SECRET,
+        atlas_seed_password="a-real-one-123",
+        atlas_cors_origins="https://app.example.com",
+    )
+    assert chosen.atlas_cors_origins == ["https://app.example.com"]
+
+
+def test_an_empty_cors_setting_allows_no_origin_in_development() -> None:
+    settings = Settings(_env_file=None, atlas_cors_origins="")  # type: ignore[call-arg]
+    assert settings.atlas_cors_origins == []

@@ -54,12 +54,16 @@ async def test_loopback_only_by_default(metrics_client: Any) -> None:
     async with metrics_client("::1") as client:
         assert (await client.get("/metrics")).status_code == 200
     async with metrics_client("203.0.113.9") as client:
-        assert (await client.get("/metrics")).status_code == 403
+        refused = await client.get("/metrics")
+        assert refused.status_code == 403
+        assert refused.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
 
 
 async def test_off_serves_nothing(metrics_client: Any) -> None:
     async with metrics_client("127.0.0.1", atlas_metrics="off") as client:
-        assert (await client.get("/metrics")).status_code == 404
+        off = await client.get("/metrics")
+        assert off.status_code == 404
+        assert off.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
 
 
 async def test_token_mode_needs_the_token_from_anywhere(metrics_client: Any) -> None:
@@ -69,6 +73,7 @@ async def test_token_mode_needs_the_token_from_anywhere(metrics_client: Any) -> 
         missing = await client.get("/metrics")
         assert missing.status_code == 401
         assert missing.headers["www-authenticate"].startswith("Bearer")
+        assert missing.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
         for wrong in ("Bearer nope", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer "):
             assert (
                 await client.get("/metrics", headers={"Authorization": wrong})

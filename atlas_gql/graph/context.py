@@ -84,6 +84,9 @@ class Context:
     connection_state: OperationState = field(default_factory=OperationState)
     # True when an HTTP operation failed before execution (parse, validation, limits).
     pre_execution_failed: bool = False
+    # Set when an operation's executor exists: its document parsed, validated and passed the
+    # limits, its variables were coerced. Subscriptions over HTTP wait for it (graph/streams.py).
+    execution_started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def begin_operation(self, request_id: str | None = None) -> OperationToken:
         """Give the current operation fresh state (the error-mapping extension calls this),

@@ -15,13 +15,15 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types.graphql import OperationType
 
 from atlas_gql import metrics
 from atlas_gql.db.inputs import camel_case
 from atlas_gql.db.utils import map_db_error
-from atlas_gql.errors import AtlasError, BadInput, BrokerUnavailable, ErrorCode
+from atlas_gql.errors import AtlasError, BadInput, BadRequest, BrokerUnavailable, ErrorCode
 from atlas_gql.graph.context import Context
 from atlas_gql.logformat import write_access_line
 from atlas_gql.logs.audit import describe_exception, record_error, scrub_text
@@ -57,6 +59,11 @@ def classify(error: GraphQLError) -> AtlasError | None:
         return original
     if isinstance(original, ValidationError):
         return _bad_input(original)
+    if isinstance(
+        original, (CannotGetOperationTypeError, InvalidOperationTypeError, MissingQueryError)
+    ):
+        # Strawberry's request errors on a stream (HTTP raises them before, as a 4xx).
+        return BadRequest(error.message)
     if isinstance(original, RedisError):
         # Redis (the event broker, shared rate limits) is not the database.
         return BrokerUnavailable()

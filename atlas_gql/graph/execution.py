@@ -30,6 +30,13 @@ from atlas_gql.graph.context import Context, OperationState
 
 
 class AtlasExecutor(StrawberryGraphQLCoreExecutionContext):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # graphql-core builds the executor only for a request it will run: what fails before
+        # (parsing, validation, limits, variables) has failed by now (graph/streams.py).
+        super().__init__(*args, **kwargs)
+        if isinstance(self.context_value, Context):
+            self.context_value.execution_started.set()
+
     def _state(self) -> OperationState | None:
         context = self.context_value
         return context.state if isinstance(context, Context) else None

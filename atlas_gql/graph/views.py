@@ -1,15 +1,18 @@
 """The GraphQL endpoint: Strawberry's ASGI view with ATLAS's context, content negotiation
-(GraphQL over HTTP), WebSocket authentication and limits, and the offline GraphiQL page.
+(GraphQL over HTTP), subscriptions over HTTP (multipart for Apollo, graphql-sse; see
+`graph/streams.py`), WebSocket authentication and limits, and the offline GraphiQL page.
 
 Whatever a client sends is answered with a GraphQL-shaped JSON error and a code: a body
-that is not JSON or not an object, JSON nested too deeply, a subscription over HTTP, GET
-without a query when GraphiQL is off. On the WebSocket, a message that is too large, not
-JSON, or not a graphql-transport-ws message closes the socket with 1009 or 4400."""
+that is not JSON or not an object, JSON nested too deeply, a subscription asking for a
+transport that is not served (406), GET without a query when GraphiQL is off. On the
+WebSocket, a message that is too large, not JSON, or not a graphql-transport-ws message
+closes the socket with 1009 or 4400."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from functools import partial
 from typing import Any, cast
 
 from cross_web import HTTPException
@@ -22,7 +25,11 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.http.typevars import Context as ContextT
 from strawberry.schema.exceptions import InvalidOperationTypeError
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions import (
+    GRAPHQL_SSE_PROTOCOL,
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,
+    MULTIPART_SUBSCRIPTION_PROTOCOL,
+)
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -31,7 +38,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     Message,
     SubscribeMessage,
 )
-from strawberry.types import ExecutionResult
+from strawberry.types import ExecutionResult, SubscriptionExecutionResult
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -44,6 +51,7 @@ from atlas_gql.graph.ide import render_graphiql_html
 from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
 from atlas_gql.graph.limits.extension import utf8_length
 from atlas_gql.graph.services import Services
+from atlas_gql.graph.streams import StreamPump, StreamResponse, StreamSlots, stream_owner
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 
@@ -71,13 +79,25 @@ def _multipart_without_preflight(request: Request) -> bool:
     return not any(request.headers.get(name, "").strip() for name in PREFLIGHT_HEADERS)
 
 
-def error_response(status: int, message: str, code: str | None = None) -> Response:
+# The methods of the GraphQL endpoint (a 405 says so; HEAD is not one of them).
+ALLOW = {"Allow": "GET, POST"}
+
+# The code of a refusal by its HTTP status; any other 4xx is a malformed request.
+STATUS_CODES = {404: "NOT_FOUND", 413: "PAYLOAD_TOO_LARGE", 429: "RATE_LIMITED"}
+
+
+def error_response(
+    status: int,
+    message: str,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     """A request refused before GraphQL runs: JSON with the GraphQL errors shape."""
     if code is None:
-        code = {404: "NOT_FOUND", 413: "PAYLOAD_TOO_LARGE"}.get(status, "BAD_REQUEST")
+        code = STATUS_CODES.get(status, "BAD_REQUEST")
     error = {"message": message, "extensions": {"code": code}}
     body = json.dumps({"errors": [error]})
-    return Response(body, status_code=status, media_type="application/json")
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _missing_preflight_response() -> Response:
@@ -88,17 +108,35 @@ def _missing_preflight_response() -> Response:
     )
 
 
-def _http_error_message(error: HTTPException) -> str:
+SUBSCRIPTION_TRANSPORTS = (
+    "over HTTP with `Accept: text/event-stream` (graphql-sse, distinct connections) or "
+    '`Accept: multipart/mixed;subscriptionSpec="1.0"` (Apollo Client), or over the '
+    "WebSocket at /graphql (graphql-transport-ws)"
+)
+
+
+def _http_error(error: HTTPException, *, streams_served: bool) -> tuple[int, str]:
+    """The status and message of a request Strawberry refused."""
     cause = error.__cause__
     if (
         isinstance(cause, InvalidOperationTypeError)
         and cause.operation_type is OperationType.SUBSCRIPTION
     ):
-        return (
-            "Subscriptions are served over WebSocket (graphql-transport-ws) at /graphql, "
-            "not over HTTP."
+        # A subscription's events cannot be one JSON answer: the client must ask for a stream.
+        if streams_served:
+            return 406, f"A subscription streams its events: subscribe {SUBSCRIPTION_TRANSPORTS}."
+        return 406, (
+            "Subscriptions over HTTP are off on this server (ATLAS_MAX_HTTP_STREAMS=0): "
+            "subscribe over the WebSocket at /graphql (graphql-transport-ws)."
         )
-    return error.reason
+    return error.status_code, error.reason
+
+
+def _asks_for_stream(request: Request) -> bool:
+    """Whether the client accepts an event stream (SSE, multipart): its answer is Strawberry's
+    (a query over graphql-sse is one `next` event), never the compiled path's JSON."""
+    accept = request.headers.get("accept", "").lower()
+    return "text/event-stream" in accept or "multipart/mixed" in accept
 
 
 def _wants_graphiql(request: Request) -> bool:
@@ -110,9 +148,9 @@ def _wants_graphiql(request: Request) -> bool:
     )
 
 
-# Refusals that are the request's size or complexity, not a document error: a 4xx whatever
-# the client accepts (413 for size, 400 for complexity).
-_REFUSAL_STATUS = {"PAYLOAD_TOO_LARGE": 413, "QUERY_TOO_COMPLEX": 400}
+# Refusals of the request's size, complexity or form (several operations without an
+# operationName), not document errors: a 4xx whatever the client accepts.
+_REFUSAL_STATUS = {"PAYLOAD_TOO_LARGE": 413, "QUERY_TOO_COMPLEX": 400, "BAD_REQUEST": 400}
 
 # The bytes a connection_init payload may hold (a bearer token and a few client fields).
 MAX_CONNECTION_INIT_BYTES = 16 * 1024
@@ -198,11 +236,15 @@ class AtlasGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = AtlasTransportWSHandler
 
     def __init__(self, schema: Any, *, settings: Settings) -> None:
+        self.streams_served = settings.atlas_max_http_streams > 0
+        stream_protocols = (
+            (MULTIPART_SUBSCRIPTION_PROTOCOL, GRAPHQL_SSE_PROTOCOL) if self.streams_served else ()
+        )
         super().__init__(
             schema,
             graphql_ide="graphiql" if settings.graphiql_enabled else None,
             allow_queries_via_get=True,
-            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, *stream_protocols),
             multipart_uploads_enabled=True,
             keep_alive=True,
             keep_alive_interval=15,
@@ -211,6 +253,11 @@ class AtlasGraphQL(GraphQL[Context, None]):
         # Set by the app's lifespan once the services have started.
         self.services: Services | None = None
         self.max_message_bytes = settings.atlas_max_body_bytes
+        self.settings = settings
+        self.stream_slots = StreamSlots(
+            total=settings.atlas_max_http_streams,
+            per_user=settings.atlas_max_http_streams_per_user,
+        )
         self._graphiql_html = render_graphiql_html()
         # Queries the compiler builds are answered by one SQL statement, before Strawberry.
         self.compiled: CompiledEndpoint | None = (
@@ -225,6 +272,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
             value = decode_request_json(data)
         except JsonTooComplex as error:
             raise HTTPException(400, str(error)) from None
+        except UnicodeDecodeError:
+            raise HTTPException(400, "The request body is not JSON text (UTF-8).") from None
         if not isinstance(value, (dict, list)):
             raise HTTPException(400, "Expected a JSON object (a GraphQL request).")
         return value
@@ -251,6 +300,66 @@ class AtlasGraphQL(GraphQL[Context, None]):
             await context.close_db()
         result: UnsetType = UNSET
         return result
+
+    async def execute_operation(
+        self,
+        request: Request,
+        request_adapter: Any,
+        request_data: Any,
+        context: Context,
+        root_value: None,
+        sub_response: Response,
+    ) -> Any:
+        result = await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
+        if isinstance(result, SubscriptionExecutionResult):
+            return await self._open_stream(request, context, result)
+        return result
+
+    async def _open_stream(self, request: Request, context: Context, stream: Any) -> Any:
+        """A stream's answer: its results (the response streams them), or the refusal that
+        came before execution (answered as 4xx JSON). See `graph/streams.py`."""
+        request.state.atlas_stream_requested = True
+        owner = stream_owner(context.authorization, self.settings)
+        refusal = self.stream_slots.acquire(owner)
+        if refusal is not None:
+            await stream.aclose()
+            raise HTTPException(429, refusal)
+        pump = StreamPump(stream, on_close=partial(self.stream_slots.release, owner))
+        try:
+            first = await pump.opening(context.execution_started.wait())
+        except BaseException:
+            await pump.close()
+            raise
+        if first is not None:
+            if context.pre_execution_failed:
+                await pump.close()
+                return first
+            pump.unread(first)
+        request.state.atlas_stream = pump
+        return pump.results()
+
+    async def create_streaming_response(
+        self,
+        request: Request | WebSocket,
+        stream: Callable[[], AsyncIterator[str]],
+        sub_response: Response,
+        headers: Mapping[str, str],
+    ) -> Response:
+        pump: StreamPump | None = getattr(request.state, "atlas_stream", None)
+        return StreamResponse(
+            stream(),
+            status_code=sub_response.status_code or 200,
+            headers={
+                **sub_response.headers,
+                # Proxies must neither cache, transform nor buffer a stream of events.
+                "Cache-Control": "no-cache, no-transform",
+                "X-Accel-Buffering": "no",
+                **headers,
+            },
+            on_close=pump.close if pump is not None else _nothing_to_close,
+        )
 
     async def process_result(
         self, request: Request, result: ExecutionResult
@@ -279,7 +388,11 @@ class AtlasGraphQL(GraphQL[Context, None]):
                 "GraphiQL is off on this server (ATLAS_GRAPHIQL). Send a GraphQL request: "
                 "POST /graphql with a JSON body, or GET /graphql?query=...",
             )
-        if self.compiled is not None and self.services is not None:
+        if (
+            self.compiled is not None
+            and self.services is not None
+            and not _asks_for_stream(request)
+        ):
             body = await self.compiled.answer(request, self.services.runtime)
             if body is not None:
                 modern = accepts_graphql_response_json(request.headers.get("accept", ""))
@@ -288,7 +401,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
         try:
             response = await super().run(request, context, root_value)
         except HTTPException as error:
-            return error_response(error.status_code, _http_error_message(error))
+            status, message = _http_error(error, streams_served=self.streams_served)
+            return error_response(status, message, headers=ALLOW if status == 405 else None)
         if not isinstance(response, Response):
             return response
         if (
@@ -301,8 +415,11 @@ class AtlasGraphQL(GraphQL[Context, None]):
     def _negotiate(self, request: Request, response: Response) -> Response:
         """Per GraphQL over HTTP: with application/graphql-response+json, a request that
         failed before execution answers 4xx with no `data`; legacy application/json clients
-        get 200. Refusals for size or complexity are 413 / 400 for both."""
+        get 200. Refusals for size, complexity or a malformed request are 413 / 400 for both,
+        and so is any refusal of a request that asked for a stream (an event stream cannot
+        carry it: graphql-sse and Apollo read a 4xx JSON body as the request's errors)."""
         modern = accepts_graphql_response_json(request.headers.get("accept", ""))
+        streamed = getattr(request.state, "atlas_stream_requested", False)
         context = getattr(request.state, "atlas_context", None)
         body = response.body
         status = response.status_code
@@ -313,7 +430,7 @@ class AtlasGraphQL(GraphQL[Context, None]):
                 for error in (payload.get("errors") or [] if isinstance(payload, dict) else [])
             ]
             refusal = next((_REFUSAL_STATUS[c] for c in codes if c in _REFUSAL_STATUS), None)
-            if refusal is not None or modern:
+            if refusal is not None or modern or streamed:
                 status = refusal or 400
                 if isinstance(payload, dict):
                     payload.pop("data", None)
@@ -327,3 +444,7 @@ class AtlasGraphQL(GraphQL[Context, None]):
         }
         media_type = GRAPHQL_RESPONSE_JSON if modern else "application/json"
         return Response(body, status_code=status, headers=headers, media_type=media_type)
+
+
+async def _nothing_to_close() -> None:
+    return None

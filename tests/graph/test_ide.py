@@ -85,3 +85,11 @@ def test_subscriptions_toggle() -> None:
     disabled = render_graphiql_html(subscriptions_enabled=False)
     assert "const subscriptionUrl = undefined;" in disabled
     assert _assets(disabled) == _assets(HTML)
+
+
+def test_graphiql_keeps_the_token_in_session_storage_only() -> None:
+    """The headers editor (where the bearer token goes) persists in sessionStorage: GraphiQL
+    gets a storage of its own, so its default (localStorage) is never used."""
+    assert "storage: sessionStore," in HTML
+    assert "window.sessionStorage.setItem(key, value)" in HTML
+    assert "localStorage" not in HTML

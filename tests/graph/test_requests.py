@@ -92,13 +92,17 @@ async def test_an_operation_name_that_is_not_a_string_is_400(
 
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
-async def test_a_subscription_over_http_is_400(client: httpx.AsyncClient, method: str) -> None:
+async def test_a_subscription_asking_for_json_is_406(
+    client: httpx.AsyncClient, method: str
+) -> None:
     query = 'subscription { threadEvents(threadId: "x") { __typename } }'
     if method == "POST":
         response = await client.post("/graphql", json={"query": query})
     else:
         response = await client.get("/graphql", params={"query": query})
-    assert "WebSocket" in assert_refused(response, 400)
+    message = assert_refused(response, 406)
+    assert "WebSocket" in message
+    assert "text/event-stream" in message
 
 
 async def test_a_mutation_over_get_is_400_json(client: httpx.AsyncClient) -> None:

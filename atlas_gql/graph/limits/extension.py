@@ -287,6 +287,18 @@ def _placeholder(context: Any) -> DocumentNode:
     return DocumentNode(definitions=(operation,))
 
 
+def _requested_operation_name(context: Any) -> str | None:
+    """The operationName the client sent. Strawberry's `operation_name` falls back to the
+    document's first operation, which would run it where the spec requires an error."""
+    name = getattr(context, "_provided_operation_name", None)
+    return name if isinstance(name, str) else None
+
+
+def _several_operations(prepared: PreparedDocument) -> bool:
+    definitions = prepared.document.definitions
+    return sum(isinstance(node, OperationDefinitionNode) for node in definitions) > 1
+
+
 def _signed_in(context: Any) -> bool:
     """Whether the request carries an access token with a valid signature (checked without
     the database; the session itself is checked when the operation runs)."""
@@ -318,6 +330,13 @@ class DocumentLimitsExtension(SchemaExtension):
             )
             if isinstance(outcome, GraphQLError):
                 self.refused = outcome
+                context.graphql_document = _placeholder(context)
+            elif _requested_operation_name(context) is None and _several_operations(outcome):
+                self.refused = refusal(
+                    "The document holds several operations: name the one to run in "
+                    "`operationName`.",
+                    "BAD_REQUEST",
+                )
                 context.graphql_document = _placeholder(context)
             else:
                 self.prepared = outcome
