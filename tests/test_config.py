@@ -70,7 +70,7 @@ def test_committed_dotenv_holds_only_development_defaults() -> None:
 
 
 def test_development_cors_origins_include_vite_and_3000() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     for origin in (
         "http://localhost:3000",
         "http://127.0.0.1:3000",
@@ -99,5 +99,5 @@ def test_production_allows_no_origin_unless_set() -> None:
 
 
 def test_an_empty_cors_setting_allows_no_origin_in_development() -> None:
-    settings = Settings(_env_file=None, atlas_cors_origins="")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, atlas_cors_origins="")
     assert settings.atlas_cors_origins == []

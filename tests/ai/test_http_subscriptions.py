@@ -17,8 +17,9 @@ import sqlalchemy as sa
 
 from atlas_gql.graph.streams import StreamSlots
 from atlas_gql.logs.models import ErrorLog
-from tests.ai.conftest import EVENTS_SUBSCRIPTION, AIServer, StartServer, wait_until
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
+from tests.live import EVENTS_SUBSCRIPTION, wait_until
 
 SSE = "text/event-stream"
 MULTIPART = 'multipart/mixed;boundary="graphql";subscriptionSpec=1.0,application/json'
@@ -172,7 +173,7 @@ async def test_a_reconnect_with_after_sequence_misses_nothing(
     async with contextlib.AsyncExitStack() as first:
         stream = await open_stream(http, accept, ai.people.member, _subscription(thread_id), first)
         await ai.send(thread_id, "Count to six")
-        seen = []
+        seen: list[dict[str, Any]] = []
         while not any(event["__typename"] == "MessageDelta" for event in seen):
             seen.append(await stream.event())
     # Gone mid-reply: the server drops the stream and leaves the broker.

@@ -28,7 +28,7 @@ from atlas_gql.projects.members import MemberAdd, MemberUpdate, add_member, remo
 from atlas_gql.projects.members import update_member as change_member
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from atlas_gql.projects.projects import delete_project
-from tests.ai.conftest import wait_until
+from tests.live import wait_until
 
 OWNER, MANAGER, MEMBER = ProjectRole.OWNER, ProjectRole.MANAGER, ProjectRole.MEMBER
 Change = Callable[[AsyncSession], Awaitable[Any]]
