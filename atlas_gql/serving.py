@@ -181,25 +181,32 @@ class _HeaderDeadline:
         transport.close()
 
 
-class GuardedH11Protocol(H11Protocol):
+class _HeaderDeadlineMixin:
+    """The header deadline's hooks, shared by both uvicorn protocols (set `header_deadline` in
+    `__init__`, mixed in before the protocol class)."""
+
+    header_deadline: _HeaderDeadline
+
+    def connection_made(self, transport: Any) -> None:  # asyncio.Transport, as uvicorn types it
+        super().connection_made(transport)  # type: ignore[misc]
+        self.header_deadline.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.header_deadline.cancel()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        self.header_deadline.arm()
+
+
+class GuardedH11Protocol(_HeaderDeadlineMixin, H11Protocol):
     """uvicorn's h11 protocol with the header deadline (h11 bounds header bytes itself, with
     `h11_max_incomplete_event_size`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_deadline = _HeaderDeadline(self, self.loop, get_settings().atlas_header_timeout)
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.header_deadline.arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.header_deadline.cancel()
-        super().connection_lost(exc)
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self.header_deadline.arm()
 
 
 HTTP_PROTOCOL = "atlas_gql.serving:GuardedH11Protocol"
@@ -210,7 +217,7 @@ except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
     pass
 else:
 
-    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    class GuardedHttpToolsProtocol(_HeaderDeadlineMixin, HttpToolsProtocol):
         """uvicorn's httptools protocol with the header deadline and a header size limit."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -220,18 +227,6 @@ else:
             self.max_header_bytes = settings.atlas_max_header_bytes
             self.reading_headers = False
             self.header_bytes = 0
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self.header_deadline.arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.header_deadline.cancel()
-            super().connection_lost(exc)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self.header_deadline.arm()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
