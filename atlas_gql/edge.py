@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
@@ -15,6 +14,8 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from atlas_gql.errors import error_body, send_error_response
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -167,24 +168,9 @@ class _BodyTimedOut(Exception):
 
 
 async def _request_timeout(send: Send, timeout: float) -> None:
-    error = {
-        "message": f"Request body not received within {timeout:g} seconds.",
-        "extensions": {"code": "BAD_REQUEST"},
-    }
-    body = json.dumps({"errors": [error]}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 408,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # The rest of the body may still be on its way: do not read it as a request.
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    message = f"Request body not received within {timeout:g} seconds."
+    # The rest of the body may still be on its way: do not read it as a request.
+    await send_error_response(send, status=408, message=message, code="BAD_REQUEST", close=True)
 
 
 class JsonCORSMiddleware(CORSMiddleware):
@@ -195,17 +181,14 @@ class JsonCORSMiddleware(CORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             return response
-        error = {
-            "message": bytes(response.body).decode() + " (see ATLAS_CORS_ORIGINS).",
-            "extensions": {"code": "BAD_REQUEST"},
-        }
+        message = bytes(response.body).decode() + " (see ATLAS_CORS_ORIGINS)."
         headers = {
             key: value
             for key, value in response.headers.items()
             if key.lower() not in {"content-length", "content-type"}
         }
         return Response(
-            json.dumps({"errors": [error]}),
+            error_body(message, "BAD_REQUEST"),
             status_code=response.status_code,
             headers=headers,
             media_type="application/json",

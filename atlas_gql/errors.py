@@ -3,8 +3,11 @@ GraphQL `extensions.code`. Anything else reaching the client is masked."""
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Any
+
+from starlette.types import Send
 
 
 class ErrorCode(StrEnum):
@@ -103,3 +106,24 @@ class BrokerUnavailable(AtlasError):
 
     code = ErrorCode.BROKER_UNAVAILABLE
     default_message = "Live events are unavailable right now; try again shortly."
+
+
+# --- errors answered below GraphQL (body limits, slow bodies, oversized headers) --------------
+
+
+def error_body(message: str, code: str) -> bytes:
+    """A GraphQL-shaped JSON error body, for refusals made before GraphQL runs."""
+    return json.dumps({"errors": [{"message": message, "extensions": {"code": code}}]}).encode()
+
+
+async def send_error_response(
+    send: Send, *, status: int, message: str, code: str, close: bool = False
+) -> None:
+    """Answer an ASGI HTTP request with `error_body`; `close` when the rest of the request
+    may still be on its way and must not be read as another request."""
+    body = error_body(message, code)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

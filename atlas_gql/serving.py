@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -41,6 +40,7 @@ from uvicorn.supervisors import Multiprocess
 from atlas_gql import __version__
 from atlas_gql.config import MetricsAccess, Settings, get_settings
 from atlas_gql.db.url import DatabaseTarget
+from atlas_gql.errors import error_body
 from atlas_gql.logformat import configure_logging, log_format
 from atlas_gql.metrics import MULTIPROCESS_ENV
 
@@ -250,11 +250,7 @@ else:
 
 
 def _refuse_large_headers(transport: asyncio.Transport, limit: int) -> None:
-    error = {
-        "message": f"Request headers exceed {limit} bytes.",
-        "extensions": {"code": "BAD_REQUEST"},
-    }
-    body = json.dumps({"errors": [error]}).encode()
+    body = error_body(f"Request headers exceed {limit} bytes.", "BAD_REQUEST")
     transport.write(
         b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
         b"content-type: application/json\r\n"

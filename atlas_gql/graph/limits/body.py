@@ -8,6 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from atlas_gql.errors import send_error_response
+
 # JSON nested deeper than this, or holding more values, is refused before anything walks it
 # (graphql-core's variable coercion, the JSON scalar, the activity log's scrubber): a body
 # of 1 MiB can hold 500,000 nested arrays, and Python's decoder itself fails near 1,000.
@@ -112,19 +114,5 @@ class _BodyTooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    error = {
-        "message": f"Request body exceeds {limit} bytes.",
-        "extensions": {"code": "PAYLOAD_TOO_LARGE"},
-    }
-    body = json.dumps({"errors": [error]}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    message = f"Request body exceeds {limit} bytes."
+    await send_error_response(send, status=413, message=message, code="PAYLOAD_TOO_LARGE")
