@@ -21,7 +21,6 @@ from graphql import (
     DirectiveNode,
     DocumentNode,
     FieldNode,
-    FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLField,
     GraphQLInterfaceType,
@@ -39,6 +38,7 @@ from graphql import (
 from graphql.utilities import type_from_ast
 
 from atlas_gql.db.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from atlas_gql.graph.limits.structure import fragments_of
 
 PAGE_ARGUMENTS = ("first", "last")
 # Selection sets nested deeper than this, counting fragment spreads and inline fragments,
@@ -123,11 +123,7 @@ class _Analyser:
     def __init__(self, schema: GraphQLSchema, document: DocumentNode) -> None:
         self.schema = schema
         self.document = document
-        self.fragments = {
-            definition.name.value: definition
-            for definition in document.definitions
-            if isinstance(definition, FragmentDefinitionNode)
-        }
+        self.fragments = fragments_of(document)
         self.fragment_shapes: dict[str, _Shape] = {}
         self.in_progress: set[str] = set()
         self.nesting = 0

@@ -54,6 +54,8 @@ from graphql.validation.rules.overlapping_fields_can_be_merged import (
 )
 from graphql.validation.validate import ValidationAbortedError
 
+from atlas_gql.graph.limits.structure import fragments_of
+
 # Units of work (a field collected, a field compared) the linear check may spend on one
 # document; realistic documents use a few thousand.
 MERGE_CHECK_BUDGET = 100_000
@@ -110,11 +112,7 @@ class FieldMergeCheck:
         self.schema = schema
         self.document = document
         self.budget = budget
-        self.fragments = {
-            definition.name.value: definition
-            for definition in document.definitions
-            if isinstance(definition, FragmentDefinitionNode)
-        }
+        self.fragments = fragments_of(document)
         self._collected: dict[tuple[int, int], _Collected] = {}
         self._checked: set[Hashable] = set()
         self._argument_keys: dict[int, Hashable] = {}

@@ -23,6 +23,15 @@ from graphql import (
 )
 
 
+def fragments_of(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
+    """The document's fragment definitions by name."""
+    return {
+        definition.name.value: definition
+        for definition in document.definitions
+        if isinstance(definition, FragmentDefinitionNode)
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class DocumentCounts:
     """Nodes of each kind in a document, as written (fragments are not expanded)."""
