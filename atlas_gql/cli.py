@@ -15,7 +15,7 @@ import asyncpg
 import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.config import Settings
 from atlas_gql.db.url import DatabaseTarget, DatabaseUrlError
@@ -67,6 +67,27 @@ def run_db(target: DatabaseTarget, work: Callable[[], Coroutine[Any, Any, T]]) -
     except (asyncpg.PostgresError, ValueError) as exc:
         # A wrong password, a role that may not create the database, an odd database name.
         raise fail(f"cannot use the database at {target.render()}: {exc}") from None
+
+
+def run_with_sessions(
+    target: DatabaseTarget,
+    work: Callable[[async_sessionmaker[AsyncSession]], Coroutine[Any, Any, T]],
+) -> T:
+    """`run_db` on an engine of one connection, disposed after; an AtlasError is one line."""
+    from atlas_gql.db.engine import create_engine, create_sessionmaker
+    from atlas_gql.errors import AtlasError
+
+    async def run() -> T:
+        engine = create_engine(target, pool_size=1)
+        try:
+            return await work(create_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    try:
+        return run_db(target, run)
+    except AtlasError as exc:
+        raise fail(exc.message) from None
 
 
 def migrate_and_maybe_seed(
@@ -165,31 +186,21 @@ def migrate() -> None:
 @cli.command("seed")
 def seed_command() -> None:
     """Create the seed rows that are missing (idempotent)."""
-    from atlas_gql.db.engine import create_engine, create_sessionmaker
     from atlas_gql.seed import seed
 
     settings = load_settings()
     target = resolve_target(settings)
 
-    async def work() -> str:
-        engine = create_engine(target, pool_size=1)
-        try:
-            async with create_sessionmaker(engine)() as db, db.begin():
-                report = await seed(db, settings=settings)
-        finally:
-            await engine.dispose()
+    async def work(sessionmaker: async_sessionmaker[AsyncSession]) -> str:
+        async with sessionmaker() as db, db.begin():
+            report = await seed(db, settings=settings)
         sample = "created" if report.created_sample else "already present"
         return (
             f"seed complete: {report.roles} roles, {report.permissions} permissions, "
             f"{report.users} users; sample project {sample}"
         )
 
-    from atlas_gql.errors import AtlasError
-
-    try:
-        typer.echo(run_db(target, work))
-    except AtlasError as exc:
-        raise fail(exc.message) from None
+    typer.echo(run_with_sessions(target, work))
 
 
 @cli.command("create-user")
@@ -205,9 +216,7 @@ def create_user(
     from atlas_gql.auth.admin import UserCreate
     from atlas_gql.auth.admin import create_user as create_account
     from atlas_gql.auth.models import RoleName
-    from atlas_gql.db.engine import create_engine, create_sessionmaker
     from atlas_gql.db.utils import execute_transaction
-    from atlas_gql.errors import AtlasError
 
     try:
         role_name = RoleName(role.upper())
@@ -228,17 +237,10 @@ def create_user(
         )
         return f"created {user.email} ({role_name.value}) id={user.id}"
 
-    async def work() -> str:
-        engine = create_engine(target, pool_size=1)
-        try:
-            return await execute_transaction(create_sessionmaker(engine), create, attempts=1)
-        finally:
-            await engine.dispose()
+    async def work(sessionmaker: async_sessionmaker[AsyncSession]) -> str:
+        return await execute_transaction(sessionmaker, create, attempts=1)
 
-    try:
-        typer.echo(run_db(target, work))
-    except AtlasError as exc:
-        raise fail(exc.message) from None
+    typer.echo(run_with_sessions(target, work))
 
 
 @cli.command("export-schema")
@@ -270,7 +272,6 @@ def prune_logs_command(
     ] = 5000,
 ) -> None:
     """Delete old ActivityLog and ErrorLog rows in batches (API usage rows are kept)."""
-    from atlas_gql.db.engine import create_engine, create_sessionmaker
     from atlas_gql.logs.service import PruneReport, prune_logs
 
     settings = load_settings()
@@ -280,19 +281,15 @@ def prune_logs_command(
         activity_days = error_days = older_than_days
     target = resolve_target(settings)
 
-    async def work() -> PruneReport:
-        engine = create_engine(target, pool_size=1)
-        try:
-            return await prune_logs(
-                sessionmaker=create_sessionmaker(engine),
-                activity_retention_days=activity_days,
-                error_retention_days=error_days,
-                batch_size=batch_size,
-            )
-        finally:
-            await engine.dispose()
+    async def work(sessionmaker: async_sessionmaker[AsyncSession]) -> PruneReport:
+        return await prune_logs(
+            sessionmaker=sessionmaker,
+            activity_retention_days=activity_days,
+            error_retention_days=error_days,
+            batch_size=batch_size,
+        )
 
-    report = run_db(target, work)
+    report = run_with_sessions(target, work)
     typer.echo(
         f"deleted {report.activity_logs} activity log rows older than {activity_days} days "
         f"and {report.error_logs} error log rows older than {error_days} days"
