@@ -225,30 +225,28 @@ def project_settings_list(compiler: Compiler, row: Row, fields: Fields) -> sa.Co
     return compiler.when_project_visible(row, listed, sa.literal_column("'[]'::json"))
 
 
-def project_members_page(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
+def _project_child_page(
+    compiler: Compiler, row: Row, fields: Fields, table: sa.Table, ordering: Ordering
+) -> sa.ColumnElement[Any]:
+    """A project's page of `table` rows (those whose `project_id` is the project's)."""
     arguments = compiler.arguments("Project", fields[0])
     return compiler.connection(
         parent="Project",
         fields=fields,
-        table=members,
-        where=lambda member: [member.c.project_id == row.table.c.id],
-        ordering=OLDEST_FIRST,
+        table=table,
+        where=lambda child: [child.c.project_id == row.table.c.id],
+        ordering=ordering,
         window=compiler.page_window(arguments, backward_allowed=False),
         visible=None if row.checked else project_visible(compiler.viewer, row.table.c.id),
     )
+
+
+def project_members_page(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
+    return _project_child_page(compiler, row, fields, members, OLDEST_FIRST)
 
 
 def project_threads_page(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
-    arguments = compiler.arguments("Project", fields[0])
-    return compiler.connection(
-        parent="Project",
-        fields=fields,
-        table=threads,
-        where=lambda thread: [thread.c.project_id == row.table.c.id],
-        ordering=NEWEST_FIRST,
-        window=compiler.page_window(arguments, backward_allowed=False),
-        visible=None if row.checked else project_visible(compiler.viewer, row.table.c.id),
-    )
+    return _project_child_page(compiler, row, fields, threads, NEWEST_FIRST)
 
 
 def thread_messages_page(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
