@@ -10,6 +10,8 @@ from starlette.routing import Mount
 from starlette.staticfiles import PathLike, StaticFiles
 from starlette.types import Scope
 
+from atlas_gql_assets import ASSETS_DIR
+
 __all__ = [
     "GRAPHIQL_HTML_PATH",
     "GRAPHIQL_STATIC_DIR",
@@ -18,7 +20,7 @@ __all__ = [
     "render_graphiql_html",
 ]
 
-GRAPHIQL_STATIC_DIR: Path = Path(__file__).resolve().parent / "static" / "graphiql"
+GRAPHIQL_STATIC_DIR: Path = ASSETS_DIR / "graphiql"
 """Directory holding the vendored GraphiQL assets (see ``ASSETS.md`` there)."""
 
 GRAPHIQL_HTML_PATH: Path = GRAPHIQL_STATIC_DIR.parent / "graphiql.html"
