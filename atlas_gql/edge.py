@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atlas_gql.errors import error_body, send_error_response
+from atlas_gql.errors import error_body, run_or_refuse, send_error_response
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -134,7 +134,6 @@ class BodyTimeoutMiddleware:
             name in (b"content-length", b"transfer-encoding")
             for name, _ in scope.get("headers", ())
         )
-        response_started = False
 
         async def timed_receive() -> Message:
             nonlocal body_complete
@@ -150,17 +149,14 @@ class BodyTimeoutMiddleware:
                 body_complete = True
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, tracking_send)
-        except _BodyTimedOut:
-            if not response_started:
-                await _request_timeout(send, self.timeout)
+        await run_or_refuse(
+            self.app,
+            scope,
+            timed_receive,
+            send,
+            refusal=_BodyTimedOut,
+            refuse=functools.partial(_request_timeout, timeout=self.timeout),
+        )
 
 
 class _BodyTimedOut(Exception):

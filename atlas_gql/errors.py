@@ -4,10 +4,11 @@ GraphQL `extensions.code`. Anything else reaching the client is masked."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
-from starlette.types import Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class ErrorCode(StrEnum):
@@ -127,3 +128,29 @@ async def send_error_response(
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def run_or_refuse(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    refusal: type[Exception],
+    refuse: Callable[[Send], Awaitable[None]],
+) -> None:
+    """Run `app`; when `receive` raises `refusal` (a limit the request broke), answer with
+    `refuse` unless the app has already started its response."""
+    response_started = False
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal response_started
+        if message["type"] == "http.response.start":
+            response_started = True
+        await send(message)
+
+    try:
+        await app(scope, receive, tracking_send)
+    except refusal:
+        if not response_started:
+            await refuse(send)

@@ -3,12 +3,13 @@ shape of their JSON."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atlas_gql.errors import send_error_response
+from atlas_gql.errors import run_or_refuse, send_error_response
 
 # JSON nested deeper than this, or holding more values, is refused before anything walks it
 # (graphql-core's variable coercion, the JSON scalar, the activity log's scrubber): a body
@@ -85,7 +86,6 @@ class BodySizeLimitMiddleware:
             await _too_large(send, limit)
             return
         received = 0
-        response_started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -96,17 +96,14 @@ class BodySizeLimitMiddleware:
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await _too_large(send, limit)
+        await run_or_refuse(
+            self.app,
+            scope,
+            limited_receive,
+            send,
+            refusal=_BodyTooLarge,
+            refuse=functools.partial(_too_large, limit=limit),
+        )
 
 
 class _BodyTooLarge(Exception):
