@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,6 +43,24 @@ STALE_ERROR = "The reply stopped making progress (its server went away)."
 Publish = Callable[[uuid.UUID, ThreadEvent], Awaitable[bool]]
 Resume = Callable[[uuid.UUID], Awaitable[bool]]
 CancelUpstream = Callable[[str], None]
+
+
+async def _update_in_progress(
+    db: AsyncSession, message_id: uuid.UUID, *conditions: sa.ColumnElement[bool], **values: Any
+) -> Message | None:
+    """Set `values` on the message if it is still IN_PROGRESS (and meets `conditions`): one
+    conditional UPDATE, so of several workers at most one gets it. The updated row, or None."""
+    statement = (
+        sa.update(Message)
+        .where(
+            col(Message.id) == message_id,
+            col(Message.status) == MessageStatus.IN_PROGRESS,
+            *conditions,
+        )
+        .values(**values)
+        .returning(Message)
+    )
+    return (await db.execute(statement)).scalar_one_or_none()
 
 
 def usage_row(
@@ -145,17 +164,9 @@ class Recovery:
         final_status = status or MessageStatus.CANCELLED
         error = CANCELLED_ERROR if status is None else STALE_ERROR
         async with self.sessionmaker() as db:
-            message = (
-                await db.execute(
-                    sa.update(Message)
-                    .where(
-                        col(Message.id) == message_id,
-                        col(Message.status) == MessageStatus.IN_PROGRESS,
-                    )
-                    .values(status=final_status, error=error, completed_at=sa.func.now())
-                    .returning(Message)
-                )
-            ).scalar_one_or_none()
+            message = await _update_in_progress(
+                db, message_id, status=final_status, error=error, completed_at=sa.func.now()
+            )
             if message is None:
                 return
             if is_resumable(message) and self.cancel_upstream is not None:
@@ -199,24 +210,19 @@ class Recovery:
         once exactly one gets it. None when it is not (or no longer) to be taken."""
         beat = sa.func.coalesce(col(Message.heartbeat_at), col(Message.created_at))
         async with self.sessionmaker() as db:
-            message = (
-                await db.execute(
-                    sa.update(Message)
-                    .where(
-                        col(Message.id) == message_id,
-                        col(Message.status) == MessageStatus.IN_PROGRESS,
-                        col(Message.upstream_sequence).is_not(None),
-                        col(Message.event_sequence_base).is_not(None),
-                        col(Message.openai_response_id).is_not(None),
-                        sa.or_(
-                            col(Message.reply_worker_id).is_(None),
-                            beat < resume_before(self.settings),
-                        ),
-                    )
-                    .values(reply_worker_id=self.worker_id, heartbeat_at=sa.func.now())
-                    .returning(Message)
-                )
-            ).scalar_one_or_none()
+            message = await _update_in_progress(
+                db,
+                message_id,
+                col(Message.upstream_sequence).is_not(None),
+                col(Message.event_sequence_base).is_not(None),
+                col(Message.openai_response_id).is_not(None),
+                sa.or_(
+                    col(Message.reply_worker_id).is_(None),
+                    beat < resume_before(self.settings),
+                ),
+                reply_worker_id=self.worker_id,
+                heartbeat_at=sa.func.now(),
+            )
             if message is None:
                 return None
             thread = (
