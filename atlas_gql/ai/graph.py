@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import strawberry
 from strawberry.file_uploads import Upload
@@ -116,7 +116,10 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: AssistantFilter | None = None,
+        filter: Annotated[
+            AssistantFilter | None,
+            strawberry.argument(description="Narrows the list (e.g. to one project)."),
+        ] = None,
     ) -> Connection[AssistantType] | None:
         page = await assistants.list_assistants(
             db=info.context.read_session(),
@@ -136,7 +139,10 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: ThreadFilter | None = None,
+        filter: Annotated[
+            ThreadFilter | None,
+            strawberry.argument(description="Narrows the list (e.g. to one project)."),
+        ] = None,
     ) -> Connection[ThreadType] | None:
         page = await threads.list_threads(
             db=info.context.read_session(),
@@ -152,7 +158,11 @@ class Query:
         "type, is BAD_USER_INPUT.",
         extensions=authenticated(),
     )
-    async def thread(self, info: Info, id: strawberry.ID) -> ThreadType | None:
+    async def thread(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The thread's global ID.")],
+    ) -> ThreadType | None:
         thread: ThreadType | None = await resolve_node_of(
             info.context, "Thread", decode_id_of(id, "Thread")
         )
@@ -169,7 +179,11 @@ class Mutation:
         extensions=requires(PermissionName.USE_AI),
     )
     async def create_assistant(
-        self, info: Info, input: CreateAssistantInput
+        self,
+        info: Info,
+        input: Annotated[
+            CreateAssistantInput, strawberry.argument(description="The new assistant.")
+        ],
     ) -> AssistantType | None:
         context = info.context
         data = assistants.AssistantCreate(
@@ -190,7 +204,13 @@ class Mutation:
         extensions=authenticated(),
     )
     async def update_assistant(
-        self, info: Info, id: strawberry.ID, input: UpdateAssistantInput
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The assistant's global ID.")],
+        input: Annotated[
+            UpdateAssistantInput,
+            strawberry.argument(description="The fields to change (omitted = unchanged)."),
+        ],
     ) -> AssistantType | None:
         context = info.context
         assistant = await assistants.update_assistant(
@@ -207,7 +227,11 @@ class Mutation:
         "replies, without `assistant`). " + DELETED,
         extensions=authenticated(),
     )
-    async def delete_assistant(self, info: Info, id: strawberry.ID) -> strawberry.ID | None:
+    async def delete_assistant(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The assistant's global ID.")],
+    ) -> strawberry.ID | None:
         assistant_id = decode_id_of(id, "Assistant")
         await assistants.delete_assistant(
             db=info.context.db, actor=await info.context.actor(), assistant_id=assistant_id
@@ -219,7 +243,11 @@ class Mutation:
         "conversation is created with the first reply.",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def create_thread(self, info: Info, input: CreateThreadInput) -> ThreadType | None:
+    async def create_thread(
+        self,
+        info: Info,
+        input: Annotated[CreateThreadInput, strawberry.argument(description="The new thread.")],
+    ) -> ThreadType | None:
         data = threads.ThreadCreate(
             assistant_id=decode_id_of(input.assistant_id, "Assistant", field="assistantId"),
             project_id=optional_id(input.project_id, "Project", field="projectId"),
@@ -235,7 +263,13 @@ class Mutation:
         extensions=authenticated(),
     )
     async def update_thread(
-        self, info: Info, id: strawberry.ID, input: UpdateThreadInput
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The thread's global ID.")],
+        input: Annotated[
+            UpdateThreadInput,
+            strawberry.argument(description="The fields to change (omitted = unchanged)."),
+        ],
     ) -> ThreadType | None:
         thread = await threads.update_thread(
             db=info.context.db,
@@ -250,7 +284,11 @@ class Mutation:
         "ADMIN). " + DELETED,
         extensions=authenticated(),
     )
-    async def delete_thread(self, info: Info, id: strawberry.ID) -> strawberry.ID | None:
+    async def delete_thread(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The thread's global ID.")],
+    ) -> strawberry.ID | None:
         thread_id = decode_id_of(id, "Thread")
         await threads.delete_thread(
             db=info.context.db, actor=await info.context.actor(), thread_id=thread_id
@@ -266,7 +304,14 @@ class Mutation:
         "`extensions.inProgress`).",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def send_message(self, info: Info, input: SendMessageInput) -> SendMessagePayload | None:
+    async def send_message(
+        self,
+        info: Info,
+        input: Annotated[
+            SendMessageInput,
+            strawberry.argument(description="The thread, the text and the files to send."),
+        ],
+    ) -> SendMessagePayload | None:
         data = messages.MessageSend(
             thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
             content=input.content,
@@ -289,7 +334,18 @@ class Mutation:
         "CANCELLED with the text received so far.",
         extensions=authenticated(),
     )
-    async def cancel_message(self, info: Info, id: strawberry.ID) -> MessageType | None:
+    async def cancel_message(
+        self,
+        info: Info,
+        id: Annotated[
+            strawberry.ID,
+            strawberry.argument(
+                description="The global ID of the reply (an ASSISTANT message IN_PROGRESS). "
+                "One already CANCELLED is answered as it is; one that ended otherwise is "
+                "CONFLICT."
+            ),
+        ],
+    ) -> MessageType | None:
         message = await messages.cancel_message(
             db=info.context.db,
             actor=await info.context.actor(),
@@ -305,7 +361,21 @@ class Mutation:
         extensions=requires(PermissionName.USE_AI),
     )
     async def upload_file(
-        self, info: Info, file: Upload, purpose: str | None = None
+        self,
+        info: Info,
+        file: Annotated[
+            Upload,
+            strawberry.argument(
+                description="The file part of a GraphQL multipart request (`map` points a "
+                "form part at `variables.file`); PAYLOAD_TOO_LARGE over ATLAS_MAX_UPLOAD_BYTES."
+            ),
+        ],
+        purpose: Annotated[
+            str | None,
+            strawberry.argument(
+                description="The OpenAI Files purpose to store it with; null for `user_data`."
+            ),
+        ] = None,
     ) -> FileType | None:
         stored = await files.upload_file(
             ai=info.context.services.ai,
@@ -319,7 +389,18 @@ class Mutation:
         extensions=authenticated(),
     )
     async def attach_file(
-        self, info: Info, file_id: strawberry.ID, target_id: strawberry.ID
+        self,
+        info: Info,
+        file_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The global ID of an uploaded File.")
+        ],
+        target_id: Annotated[
+            strawberry.ID,
+            strawberry.argument(
+                description="The global ID of the Assistant, Thread or Message to attach it to; "
+                "another type is BAD_USER_INPUT."
+            ),
+        ],
     ) -> FileType | None:
         file = await files.attach_file(
             db=info.context.db,
@@ -335,7 +416,17 @@ class Mutation:
         extensions=authenticated(),
     )
     async def detach_file(
-        self, info: Info, file_id: strawberry.ID, target_id: strawberry.ID
+        self,
+        info: Info,
+        file_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The global ID of the File.")
+        ],
+        target_id: Annotated[
+            strawberry.ID,
+            strawberry.argument(
+                description="The global ID of the Assistant, Thread or Message to detach it from."
+            ),
+        ],
     ) -> FileType | None:
         file = await files.detach_file(
             db=info.context.db,
@@ -350,7 +441,11 @@ class Mutation:
         + DELETED,
         extensions=authenticated(),
     )
-    async def delete_file(self, info: Info, id: strawberry.ID) -> strawberry.ID | None:
+    async def delete_file(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The file's global ID.")],
+    ) -> strawberry.ID | None:
         file_id = decode_id_of(id, "File")
         await files.delete_file(
             ai=info.context.services.ai, actor=await info.context.actor(), file_id=file_id
@@ -371,7 +466,22 @@ class Subscription:
         directives=[AuthenticatedDirective()],
     )
     async def thread_events(
-        self, info: Info, thread_id: strawberry.ID, after_sequence: int | None = None
+        self,
+        info: Info,
+        thread_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The thread's global ID.")
+        ],
+        after_sequence: Annotated[
+            int | None,
+            strawberry.argument(
+                description="Resume after this event number: the kept events numbered above "
+                "it come first, then live ones. Pass `Thread.lastEventSequence` (read with "
+                "`messages`) or `SendMessagePayload.afterSequence` to join without a gap or a "
+                "repeat; on reconnect, the `sequence` of the last event received. Null or "
+                "omitted: live events only. Events older than the kept window are not replayed "
+                "(reload `thread { lastEventSequence messages }` then)."
+            ),
+        ] = None,
     ) -> AsyncGenerator[ThreadEventType, None]:
         context = info.context
         try:

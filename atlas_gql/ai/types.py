@@ -30,6 +30,7 @@ from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Info
+from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import After, Before, First, Last
 from atlas_gql.graph.relay import (
     REFUSED,
@@ -66,11 +67,31 @@ async def _files(info: Info, kind: AssociableType, target_id: uuid.UUID) -> list
     return [FileType.from_model(file) for file in files]
 
 
-MessageRoleEnum = strawberry.enum(
-    MessageRole, name="MessageRole", description="Who wrote a message."
+MessageRoleEnum = described_enum(
+    MessageRole,
+    name="MessageRole",
+    description="Who wrote a message.",
+    values={
+        "USER": "Written by a person (see `Message.author`).",
+        "ASSISTANT": "A reply written by the model (see `Message.assistant`).",
+        "SYSTEM": "Set by the system (instructions, notices); no author.",
+    },
 )
-MessageStatusEnum = strawberry.enum(
-    MessageStatus, name="MessageStatus", description="Where a message is in its life."
+MessageStatusEnum = described_enum(
+    MessageStatus,
+    name="MessageStatus",
+    description="Where a message is in its life. A user message is COMPLETED when stored; a "
+    "reply starts IN_PROGRESS and ends in one of the other four states.",
+    values={
+        "IN_PROGRESS": "A reply still streaming: `content` holds the text so far; follow "
+        "`threadEvents` for the rest.",
+        "COMPLETED": "Finished: `content` is the whole text (token counts set for a reply).",
+        "INCOMPLETE": "The model stopped early (output limit, cut stream): `content` keeps "
+        "the partial text, `error` says why.",
+        "FAILED": "The provider failed (upstream error, timeout): `content` keeps the text "
+        "received, `error` says why.",
+        "CANCELLED": "Stopped by `cancelMessage`: `content` keeps the text received before.",
+    },
 )
 
 
@@ -78,12 +99,20 @@ MessageStatusEnum = strawberry.enum(
 class AssistantType(Node):
     db_id: strawberry.Private[uuid.UUID]
     project_db_id: strawberry.Private[uuid.UUID | None]
-    name: str
-    description: str | None
-    model: str
-    temperature: float | None
-    created_at: datetime
-    updated_at: datetime
+    name: str = strawberry.field(description="The assistant's display name (1 to 200 characters).")
+    description: str | None = strawberry.field(
+        description="What the assistant is for; null when not given."
+    )
+    model: str = strawberry.field(
+        description="The model that writes its replies (e.g. `gpt-4o-mini`)."
+    )
+    temperature: float | None = strawberry.field(
+        description="Sampling temperature, 0 to 2; null uses the model's default."
+    )
+    created_at: datetime = strawberry.field(description="When the assistant was created (UTC).")
+    updated_at: datetime = strawberry.field(
+        description="When the assistant was last changed (UTC)."
+    )
     stored_instructions: strawberry.Private[str | None] = None
     # True when the viewer just created or changed the assistant (so may change it); None:
     # ask `ai.rules.assistant_instructions_visible` (one batched statement per request).
@@ -134,10 +163,13 @@ class ThreadType(Node):
     project_db_id: strawberry.Private[uuid.UUID | None]
     assistant_db_id: strawberry.Private[uuid.UUID | None]
     created_by_db_id: strawberry.Private[uuid.UUID]
-    title: str | None
-    openai_thread_id: str | None
-    created_at: datetime
-    updated_at: datetime
+    title: str | None = strawberry.field(description="The thread's title; null when it has none.")
+    openai_thread_id: str | None = strawberry.field(
+        description="The OpenAI conversation (`conv_…`) holding the thread's history; null until the "
+        "first reply creates it (and on Chat Completions servers, which keep no history)."
+    )
+    created_at: datetime = strawberry.field(description="When the thread was started (UTC).")
+    updated_at: datetime = strawberry.field(description="When the thread was last changed (UTC).")
 
     @classmethod
     def from_model(cls, thread: Thread) -> ThreadType:
@@ -198,17 +230,34 @@ class MessageType(Node):
     thread_db_id: strawberry.Private[uuid.UUID]
     user_db_id: strawberry.Private[uuid.UUID | None]
     assistant_db_id: strawberry.Private[uuid.UUID | None]
-    role: MessageRole
-    content: str
-    status: MessageStatus
-    openai_message_id: str | None
-    input_tokens: int | None
-    output_tokens: int | None
+    role: MessageRole = strawberry.field(
+        description="Who wrote it: a user, the assistant, or the system."
+    )
+    content: str = strawberry.field(
+        description="The text. For a reply IN_PROGRESS, the text received so far (append the "
+        "MessageDelta events of `threadEvents`); for FAILED, INCOMPLETE or CANCELLED, the text "
+        "received before it ended."
+    )
+    status: MessageStatus = strawberry.field(description="Where the message is in its life.")
+    openai_message_id: str | None = strawberry.field(
+        description="The provider's id of a reply (`msg_…`); null for user messages and until a reply "
+        "completes."
+    )
+    input_tokens: int | None = strawberry.field(
+        description="Tokens the model read for this reply (prompt and history); null for user messages "
+        "and replies that did not complete."
+    )
+    output_tokens: int | None = strawberry.field(
+        description="Tokens the model wrote for this reply; null for user messages and replies that did "
+        "not complete."
+    )
     error: str | None = strawberry.field(
         description="Why a reply is FAILED, INCOMPLETE or CANCELLED (readable)."
     )
-    created_at: datetime
-    completed_at: datetime | None
+    created_at: datetime = strawberry.field(description="When the message was stored (UTC).")
+    completed_at: datetime | None = strawberry.field(
+        description="When a reply ended (any final status, UTC); null while IN_PROGRESS."
+    )
 
     @classmethod
     def from_model(cls, message: Message) -> MessageType:
@@ -244,12 +293,18 @@ class MessageType(Node):
 @strawberry.type(name="File", description="An uploaded file (stored in OpenAI Files).")
 class FileType(Node):
     db_id: strawberry.Private[uuid.UUID]
-    filename: str
-    bytes: int
-    mime_type: str | None
-    purpose: str
-    openai_file_id: str | None
-    created_at: datetime
+    filename: str = strawberry.field(description="The name the file was uploaded with.")
+    bytes: int = strawberry.field(description="The file's size in bytes.")
+    mime_type: str | None = strawberry.field(
+        description="The media type the upload declared (e.g. `application/pdf`); null when none."
+    )
+    purpose: str = strawberry.field(
+        description="The OpenAI Files purpose it was stored with (`user_data` by default)."
+    )
+    openai_file_id: str | None = strawberry.field(
+        description="The provider's file id (`file-…`); null when the file is not stored upstream."
+    )
+    created_at: datetime = strawberry.field(description="When the file was uploaded (UTC).")
 
     @classmethod
     def from_model(cls, file: File) -> FileType:
@@ -297,11 +352,22 @@ class CreateAssistantInput:
     "(refused for `name` and `model`)."
 )
 class UpdateAssistantInput:
-    name: strawberry.Maybe[str | None]
-    model: strawberry.Maybe[str | None]
-    instructions: strawberry.Maybe[str | None]
-    temperature: strawberry.Maybe[float | None]
-    description: strawberry.Maybe[str | None]
+    name: strawberry.Maybe[str | None] = strawberry.field(
+        description="The new name, 1 to 200 characters; null is BAD_USER_INPUT."
+    )
+    model: strawberry.Maybe[str | None] = strawberry.field(
+        description="A model of the allowed list (ATLAS_ALLOWED_MODELS, else the priced models); null is "
+        "BAD_USER_INPUT."
+    )
+    instructions: strawberry.Maybe[str | None] = strawberry.field(
+        description="The new system instructions; null clears them."
+    )
+    temperature: strawberry.Maybe[float | None] = strawberry.field(
+        description="Sampling temperature, 0 to 2; null returns to the model's default."
+    )
+    description: strawberry.Maybe[str | None] = strawberry.field(
+        description="What it is for; null clears it."
+    )
 
 
 @strawberry.input(description="Filters of `threads`.")
@@ -330,7 +396,9 @@ class UpdateThreadInput:
 
 @strawberry.input(description="A message to a thread's assistant.")
 class SendMessageInput:
-    thread_id: strawberry.ID
+    thread_id: strawberry.ID = strawberry.field(
+        description="The thread to write to (project MEMBER+); NOT_FOUND when the viewer may not see it."
+    )
     content: str = strawberry.field(
         description="1 to ATLAS_MAX_MESSAGE_CHARS (default 32000) characters."
     )
