@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeAlias
+from typing import Annotated, TypeAlias
 
 import strawberry
 
@@ -38,19 +38,28 @@ RoleChange: TypeAlias = Callable[..., Awaitable[User]]
 
 @strawberry.type(name="Role", description="A global role granting a set of permissions.")
 class RoleType:
-    name: RoleName
-    description: str | None
-    permissions: list[PermissionName]
+    name: RoleName = strawberry.field(description="The role's name.")
+    description: str | None = strawberry.field(
+        description="What the role is for; null when not set."
+    )
+    permissions: list[PermissionName] = strawberry.field(
+        description="The permissions the role grants."
+    )
 
 
 @strawberry.type(name="User", description="A person with an account.")
 class UserType(Node):
     db_id: strawberry.Private[uuid.UUID]
-    email: str
-    name: str | None
-    is_active: bool
-    created_at: datetime
-    updated_at: datetime
+    email: str = strawberry.field(
+        description="The sign-in email, as registered (unique in any letter case)."
+    )
+    name: str | None = strawberry.field(description="The display name; null when not given.")
+    is_active: bool = strawberry.field(
+        description="False once deactivated by an administrator: the user cannot sign in and their "
+        "sessions have ended."
+    )
+    created_at: datetime = strawberry.field(description="When the account was created (UTC).")
+    updated_at: datetime = strawberry.field(description="When the account was last changed (UTC).")
 
     # True when the object is known to be the viewer's own account (AuthPayload.user, read
     # before the new session's token exists); None: ask `rules.user_grants_visible_to`.
@@ -113,16 +122,20 @@ register_node("User", _resolve_user_node)
 @strawberry.type(description="The tokens of a session just opened or refreshed, and its user.")
 class AuthPayload:
     access_token: str = strawberry.field(
-        description="Short-lived JWT; send it as `Authorization: Bearer <token>`."
+        description="Short-lived JWT (ATLAS_ACCESS_TOKEN_TTL, default 15 minutes); send it as "
+        "`Authorization: Bearer <token>` (WebSocket: in the `connection_init` payload). A "
+        "refused token answers UNAUTHENTICATED with `extensions.reason`: TOKEN_EXPIRED (call "
+        "`refreshSession`), TOKEN_INVALID (malformed, wrong signature or kind: sign in again) "
+        "or SESSION_ENDED (logged out, revoked, or the user deactivated: sign in again)."
     )
     refresh_token: str = strawberry.field(
         description="Opaque, single-use: trade it for new tokens with `refreshSession`. "
         "Presenting it a second time ends the session."
     )
     access_token_expires_at: datetime = strawberry.field(
-        description="When the access token stops working."
+        description="When the access token stops working (UTC): refresh shortly before."
     )
-    user: UserType
+    user: UserType = strawberry.field(description="The signed-in user.")
 
     @classmethod
     def from_signed_in(cls, signed_in: account.SignedIn) -> AuthPayload:
@@ -136,20 +149,24 @@ class AuthPayload:
 
 @strawberry.input(description="A new account.")
 class RegisterInput:
-    email: str
+    email: str = strawberry.field(
+        description="The sign-in email; CONFLICT when taken in any letter case."
+    )
     password: str = strawberry.field(description="8 characters at least, 72 bytes (UTF-8) at most.")
-    name: str | None = None
+    name: str | None = strawberry.field(description="The display name; optional.", default=None)
 
 
 @strawberry.input(description="Credentials to sign in with.")
 class LoginInput:
-    email: str
-    password: str
+    email: str = strawberry.field(description="The account's email (any letter case).")
+    password: str = strawberry.field(description="The account's password.")
 
 
 @strawberry.input(description="The current password and its replacement.")
 class ChangePasswordInput:
-    current_password: str
+    current_password: str = strawberry.field(
+        description="The password in use; a wrong one is UNAUTHENTICATED and counts toward RATE_LIMITED."
+    )
     new_password: str = strawberry.field(
         description="8 characters at least, 72 bytes (UTF-8) at most."
     )
@@ -157,9 +174,11 @@ class ChangePasswordInput:
 
 @strawberry.input(description="An account created by an administrator.")
 class CreateUserInput:
-    email: str
+    email: str = strawberry.field(
+        description="The sign-in email; CONFLICT when taken in any letter case."
+    )
     password: str = strawberry.field(description="8 characters at least, 72 bytes (UTF-8) at most.")
-    name: str | None = None
+    name: str | None = strawberry.field(description="The display name; optional.", default=None)
     roles: list[RoleName] | None = strawberry.field(
         default=None, description="Global roles; USER when omitted."
     )
@@ -184,12 +203,19 @@ class UserFilter:
     role: RoleName | None = strawberry.field(
         default=None, description="Only users holding this global role."
     )
-    is_active: bool | None = None
+    is_active: bool | None = strawberry.field(
+        description="true: active users only; false: deactivated ones only; omitted: both.",
+        default=None,
+    )
 
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="The signed-in user; null without a token.")
+    @strawberry.field(
+        description="The signed-in user; null without a token. A refused token is "
+        "UNAUTHENTICATED with `extensions.reason` (TOKEN_EXPIRED, TOKEN_INVALID, "
+        "SESSION_ENDED; see `AuthPayload.accessToken`)."
+    )
     async def me(self, info: Info) -> UserType | None:
         viewer = await info.context.viewer()
         if viewer is None:
@@ -202,7 +228,14 @@ class Query:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def users(
-        self, info: Info, first: First = None, after: After = None, filter: UserFilter | None = None
+        self,
+        info: Info,
+        first: First = None,
+        after: After = None,
+        filter: Annotated[
+            UserFilter | None,
+            strawberry.argument(description="Narrows the list; all given conditions apply."),
+        ] = None,
     ) -> Connection[UserType] | None:
         given = filter or UserFilter()
         page = await admin.list_users(
@@ -229,7 +262,11 @@ class Mutation:
         description="Create an account (role USER) and sign it in. CONFLICT when the email is "
         "taken in any letter case; BAD_USER_INPUT for a malformed email or an unfit password."
     )
-    async def register(self, info: Info, input: RegisterInput) -> AuthPayload | None:
+    async def register(
+        self,
+        info: Info,
+        input: Annotated[RegisterInput, strawberry.argument(description="The new account.")],
+    ) -> AuthPayload | None:
         context = info.context
         data = account.Registration(email=input.email, password=input.password, name=input.name)
         signed_in = await account.register(
@@ -242,7 +279,11 @@ class Mutation:
         "either way); repeated failures per account or address answer RATE_LIMITED with "
         "`extensions.retryAfter` seconds."
     )
-    async def login(self, info: Info, input: LoginInput) -> AuthPayload | None:
+    async def login(
+        self,
+        info: Info,
+        input: Annotated[LoginInput, strawberry.argument(description="The email and password.")],
+    ) -> AuthPayload | None:
         context = info.context
         signed_in = await account.login(
             db=context.db,
@@ -258,7 +299,17 @@ class Mutation:
         description="Trade a refresh token for new tokens of the same session. Each refresh "
         "token works once; presenting a used one ends its session (UNAUTHENTICATED)."
     )
-    async def refresh_session(self, info: Info, refresh_token: str) -> AuthPayload | None:
+    async def refresh_session(
+        self,
+        info: Info,
+        refresh_token: Annotated[
+            str,
+            strawberry.argument(
+                description="The `refreshToken` of the last AuthPayload of the session; an "
+                "unknown, expired or used one is UNAUTHENTICATED."
+            ),
+        ],
+    ) -> AuthPayload | None:
         context = info.context
         signed_in = await account.refresh(
             sessionmaker=context.runtime.sessionmaker,
@@ -274,7 +325,19 @@ class Mutation:
         extensions=authenticated(),
     )
     async def logout(
-        self, info: Info, refresh_token: str | None = None, all_sessions: bool | None = False
+        self,
+        info: Info,
+        refresh_token: Annotated[
+            str | None,
+            strawberry.argument(
+                description="End the session of this refresh token (one of the viewer's) "
+                "instead of the one the access token belongs to."
+            ),
+        ] = None,
+        all_sessions: Annotated[
+            bool | None,
+            strawberry.argument(description="true ends every session of the viewer."),
+        ] = False,
     ) -> bool | None:
         return await account.logout(
             db=info.context.db,
@@ -287,7 +350,14 @@ class Mutation:
         description="Replace the viewer's password; every other session of theirs ends.",
         extensions=authenticated(),
     )
-    async def change_password(self, info: Info, input: ChangePasswordInput) -> bool | None:
+    async def change_password(
+        self,
+        info: Info,
+        input: Annotated[
+            ChangePasswordInput,
+            strawberry.argument(description="The current password and the new one."),
+        ],
+    ) -> bool | None:
         context = info.context
         return await account.change_password(
             db=context.db,
@@ -304,7 +374,11 @@ class Mutation:
         description="Create an account (MANAGE_USERS).",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def create_user(self, info: Info, input: CreateUserInput) -> UserType | None:
+    async def create_user(
+        self,
+        info: Info,
+        input: Annotated[CreateUserInput, strawberry.argument(description="The new account.")],
+    ) -> UserType | None:
         context = info.context
         data = admin.UserCreate(
             email=input.email,
@@ -323,7 +397,13 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def update_user(
-        self, info: Info, id: strawberry.ID, input: UpdateUserInput
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        input: Annotated[
+            UpdateUserInput,
+            strawberry.argument(description="The fields to change (omitted = unchanged)."),
+        ],
     ) -> UserType | None:
         user = await admin.update_user(
             db=info.context.db,
@@ -338,7 +418,15 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def assign_role(
-        self, info: Info, user_id: strawberry.ID, role: RoleName
+        self,
+        info: Info,
+        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        role: Annotated[
+            RoleName,
+            strawberry.argument(
+                description="The role to grant (granting one held changes nothing)."
+            ),
+        ],
     ) -> UserType | None:
         return await _change_role(info, admin.assign_role, user_id, RoleName(role))
 
@@ -348,7 +436,15 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def revoke_role(
-        self, info: Info, user_id: strawberry.ID, role: RoleName
+        self,
+        info: Info,
+        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        role: Annotated[
+            RoleName,
+            strawberry.argument(
+                description="The role to withdraw (withdrawing one not held changes nothing)."
+            ),
+        ],
     ) -> UserType | None:
         return await _change_role(info, admin.revoke_role, user_id, RoleName(role))
 

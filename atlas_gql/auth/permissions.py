@@ -15,11 +15,29 @@ from strawberry.schema_directive import Location
 from strawberry.types import Info
 
 from atlas_gql.auth.models import PermissionName, RoleName
+from atlas_gql.graph.enums import described_enum
 
-PermissionNameEnum = strawberry.enum(
-    PermissionName, name="PermissionName", description="A permission granted through roles."
+PermissionNameEnum = described_enum(
+    PermissionName,
+    name="PermissionName",
+    description="A permission granted through roles.",
+    values={
+        "CREATE_PROJECT": "Create projects (ADMIN, PROJECT_MANAGER).",
+        "MANAGE_USERS": "List, create, change and deactivate users; grant and withdraw roles "
+        "(ADMIN).",
+        "USE_AI": "Create assistants and threads, send messages, upload files (every role).",
+    },
 )
-RoleNameEnum = strawberry.enum(RoleName, name="RoleName", description="A global role.")
+RoleNameEnum = described_enum(
+    RoleName,
+    name="RoleName",
+    description="A global role (project roles are `ProjectRole`).",
+    values={
+        "ADMIN": "Every permission; sees every project, user and log.",
+        "USER": "USE_AI: the default role of a new account.",
+        "PROJECT_MANAGER": "CREATE_PROJECT and USE_AI.",
+    },
+)
 
 
 @strawberry.schema_directive(
@@ -37,7 +55,9 @@ class AuthenticatedDirective:
     description="Requires a viewer holding the permission (FORBIDDEN otherwise).",
 )
 class HasPermissionDirective:
-    permission: PermissionName
+    permission: PermissionName = strawberry.field(
+        description="The permission the viewer must hold through a global role."
+    )
 
 
 class IsAuthenticated(BasePermission):

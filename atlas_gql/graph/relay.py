@@ -83,22 +83,38 @@ async def resolve_node_of(context: Context, type_name: str, object_id: uuid.UUID
 
 @strawberry.type(description="Where a page of a connection starts and ends.")
 class PageInfo:
-    has_next_page: bool
-    has_previous_page: bool
-    start_cursor: str | None
-    end_cursor: str | None
+    has_next_page: bool = strawberry.field(
+        description="Whether items follow this page (continue with `after: endCursor`)."
+    )
+    has_previous_page: bool = strawberry.field(
+        description="Whether items precede this page (go back with `before: startCursor` where the "
+        "connection takes `last`/`before`)."
+    )
+    start_cursor: str | None = strawberry.field(
+        description="The cursor of the page's first item; null when the page is empty."
+    )
+    end_cursor: str | None = strawberry.field(
+        description="The cursor of the page's last item; null when the page is empty."
+    )
 
 
 @strawberry.type(description="An item of a connection, with the cursor that points at it.")
 class Edge(Generic[NodeType]):
-    cursor: str
-    node: NodeType
+    cursor: str = strawberry.field(
+        description="Opaque; pass it as `after` (or `before`) to continue from this item. Stable under "
+        "inserts (keyset)."
+    )
+    node: NodeType = strawberry.field(description="The item.")
 
 
 @strawberry.type(description="A page of a list, keyset-paginated (Relay cursor connection).")
 class Connection(Generic[NodeType]):
-    edges: list[Edge[NodeType]]
-    page_info: PageInfo
+    edges: list[Edge[NodeType]] = strawberry.field(
+        description="The items of this page, each with its cursor."
+    )
+    page_info: PageInfo = strawberry.field(
+        description="Where this page starts and ends, and whether more follow."
+    )
     total_count: int = strawberry.field(description="How many items the whole list holds.")
 
     @strawberry.field(description="The items of this page, without their cursors.")
