@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from functools import partial
+from typing import Annotated
 
 import strawberry
 from strawberry.scalars import JSON
@@ -23,6 +24,7 @@ from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.db.pagination import empty_page, page_request
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context, Info
+from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import After, First, set_fields
 from atlas_gql.graph.relay import (
     DELETED,
@@ -42,12 +44,20 @@ from atlas_gql.projects import loaders, members, projects, settings
 from atlas_gql.projects.access import can_see_project
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
 
-ProjectRoleEnum = strawberry.enum(
+ProjectRoleEnum = described_enum(
     ProjectRole,
     name="ProjectRole",
     description="A member's role in a project: OWNER (everything, incl. deleting the project "
     "and granting OWNER), MANAGER (the project, its settings, threads, and members other "
     "than OWNERs), MEMBER (uses the threads), VIEWER (read only).",
+    values={
+        "OWNER": "Everything a MANAGER may, and deleting the project, granting and changing "
+        "OWNER. A project keeps at least one.",
+        "MANAGER": "Renames the project, sets its settings, shares assistants with it, "
+        "manages threads and members other than OWNERs.",
+        "MEMBER": "Starts threads and sends messages in the project.",
+        "VIEWER": "Reads the project, its threads and messages; writes nothing.",
+    },
 )
 
 
@@ -276,7 +286,10 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: ProjectFilter | None = None,
+        filter: Annotated[
+            ProjectFilter | None,
+            strawberry.argument(description="Narrows the list; all given conditions apply."),
+        ] = None,
     ) -> Connection[ProjectType] | None:
         given = filter or ProjectFilter()
         page = await projects.list_projects(
@@ -294,7 +307,11 @@ class Query:
         extensions=authenticated(),
         description="A project by ID; null when it does not exist or the viewer is not a member.",
     )
-    async def project(self, info: Info, id: strawberry.ID) -> ProjectType | None:
+    async def project(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The project's global ID.")],
+    ) -> ProjectType | None:
         return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
 
 
@@ -312,7 +329,11 @@ class Mutation:
         extensions=requires(PermissionName.CREATE_PROJECT),
         description="Create a project; the viewer becomes its OWNER.",
     )
-    async def create_project(self, info: Info, input: CreateProjectInput) -> ProjectType | None:
+    async def create_project(
+        self,
+        info: Info,
+        input: Annotated[CreateProjectInput, strawberry.argument(description="The new project.")],
+    ) -> ProjectType | None:
         project = await projects.create_project(
             db=info.context.db,
             actor=await info.context.actor(),
@@ -324,7 +345,13 @@ class Mutation:
         extensions=authenticated(), description="Rename or re-describe a project (MANAGER+)."
     )
     async def update_project(
-        self, info: Info, id: strawberry.ID, input: UpdateProjectInput
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The project's global ID.")],
+        input: Annotated[
+            UpdateProjectInput,
+            strawberry.argument(description="The fields to change (omitted = unchanged)."),
+        ],
     ) -> ProjectType | None:
         project = await projects.update_project(
             db=info.context.db,
@@ -339,7 +366,11 @@ class Mutation:
         description="Delete a project (OWNER or ADMIN) with its members, settings, assistants, "
         "threads and messages. " + DELETED,
     )
-    async def delete_project(self, info: Info, id: strawberry.ID) -> strawberry.ID | None:
+    async def delete_project(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The project's global ID.")],
+    ) -> strawberry.ID | None:
         project_id = _project_id(id, "id")
         await projects.delete_project(
             db=info.context.db, actor=await info.context.actor(), project_id=project_id
@@ -352,7 +383,15 @@ class Mutation:
         "CONFLICT when they already are a member.",
     )
     async def add_project_member(
-        self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID, role: ProjectRole
+        self,
+        info: Info,
+        project_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The project's global ID.")
+        ],
+        user_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The global ID of the user to add.")
+        ],
+        role: Annotated[ProjectRole, strawberry.argument(description="Their role in the project.")],
     ) -> ProjectMemberType | None:
         member = await members.add_member(
             db=info.context.db,
@@ -368,7 +407,18 @@ class Mutation:
         "OWNER, which is how ownership is transferred). The last OWNER cannot be demoted.",
     )
     async def update_project_member(
-        self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID, role: ProjectRole
+        self,
+        info: Info,
+        project_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The project's global ID.")
+        ],
+        user_id: Annotated[
+            strawberry.ID,
+            strawberry.argument(
+                description="The member's user global ID; NOT_FOUND when not a member."
+            ),
+        ],
+        role: Annotated[ProjectRole, strawberry.argument(description="Their new role.")],
     ) -> ProjectMemberType | None:
         member = await members.update_member(
             db=info.context.db,
@@ -387,7 +437,17 @@ class Mutation:
         "null, with an error, when refused.",
     )
     async def remove_project_member(
-        self, info: Info, project_id: strawberry.ID, user_id: strawberry.ID
+        self,
+        info: Info,
+        project_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The project's global ID.")
+        ],
+        user_id: Annotated[
+            strawberry.ID,
+            strawberry.argument(
+                description="The member's user global ID; NOT_FOUND when not a member."
+            ),
+        ],
     ) -> strawberry.ID | None:
         member = await members.remove_member(
             db=info.context.db,
@@ -405,7 +465,23 @@ class Mutation:
         "(a non-negative integer).",
     )
     async def set_project_setting(
-        self, info: Info, project_id: strawberry.ID, key: str, value: JSON
+        self,
+        info: Info,
+        project_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The project's global ID.")
+        ],
+        key: Annotated[
+            str,
+            strawberry.argument(
+                description="The setting's key: a letter, then up to 63 letters, digits, `_`, `.` or `-`."
+            ),
+        ],
+        value: Annotated[
+            JSON,
+            strawberry.argument(
+                description="Any JSON value up to 64 KiB (known keys check theirs)."
+            ),
+        ],
     ) -> ProjectSettingType | None:
         setting = await settings.set_setting(
             db=info.context.db,
@@ -421,7 +497,12 @@ class Mutation:
         "nothing). Answers the project, whose `settings` changed.",
     )
     async def delete_project_setting(
-        self, info: Info, project_id: strawberry.ID, key: str
+        self,
+        info: Info,
+        project_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The project's global ID.")
+        ],
+        key: Annotated[str, strawberry.argument(description="The key of the setting to remove.")],
     ) -> ProjectType | None:
         project = await settings.delete_setting(
             db=info.context.db,
