@@ -165,8 +165,8 @@ class ThreadType(Node):
     created_by_db_id: strawberry.Private[uuid.UUID]
     title: str | None = strawberry.field(description="The thread's title; null when it has none.")
     openai_thread_id: str | None = strawberry.field(
-        description="The OpenAI conversation (`conv_…`) holding the thread's history; null until the "
-        "first reply creates it (and on Chat Completions servers, which keep no history)."
+        description="The OpenAI conversation (`conv_…`) holding the thread's history; null until "
+        "the first reply creates it (and on Chat Completions servers, which keep no history)."
     )
     created_at: datetime = strawberry.field(description="When the thread was started (UTC).")
     updated_at: datetime = strawberry.field(description="When the thread was last changed (UTC).")
@@ -240,16 +240,16 @@ class MessageType(Node):
     )
     status: MessageStatus = strawberry.field(description="Where the message is in its life.")
     openai_message_id: str | None = strawberry.field(
-        description="The provider's id of a reply (`msg_…`); null for user messages and until a reply "
-        "completes."
+        description="The provider's id of a reply (`msg_…`); null for user messages and until a "
+        "reply completes."
     )
     input_tokens: int | None = strawberry.field(
-        description="Tokens the model read for this reply (prompt and history); null for user messages "
-        "and replies that did not complete."
+        description="Tokens the model read for this reply (prompt and history); null for user "
+        "messages and replies that did not complete."
     )
     output_tokens: int | None = strawberry.field(
-        description="Tokens the model wrote for this reply; null for user messages and replies that did "
-        "not complete."
+        description="Tokens the model wrote for this reply; null for user messages and replies "
+        "that did not complete."
     )
     error: str | None = strawberry.field(
         description="Why a reply is FAILED, INCOMPLETE or CANCELLED (readable)."
@@ -356,8 +356,8 @@ class UpdateAssistantInput:
         description="The new name, 1 to 200 characters; null is BAD_USER_INPUT."
     )
     model: strawberry.Maybe[str | None] = strawberry.field(
-        description="A model of the allowed list (ATLAS_ALLOWED_MODELS, else the priced models); null is "
-        "BAD_USER_INPUT."
+        description="A model of the allowed list (ATLAS_ALLOWED_MODELS, else the priced models); "
+        "null is BAD_USER_INPUT."
     )
     instructions: strawberry.Maybe[str | None] = strawberry.field(
         description="The new system instructions; null clears them."
@@ -397,7 +397,8 @@ class UpdateThreadInput:
 @strawberry.input(description="A message to a thread's assistant.")
 class SendMessageInput:
     thread_id: strawberry.ID = strawberry.field(
-        description="The thread to write to (project MEMBER+); NOT_FOUND when the viewer may not see it."
+        description="The thread to write to (project MEMBER+); NOT_FOUND when the viewer may not "
+        "see it."
     )
     content: str = strawberry.field(
         description="1 to ATLAS_MAX_MESSAGE_CHARS (default 32000) characters."

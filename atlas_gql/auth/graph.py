@@ -165,7 +165,8 @@ class LoginInput:
 @strawberry.input(description="The current password and its replacement.")
 class ChangePasswordInput:
     current_password: str = strawberry.field(
-        description="The password in use; a wrong one is UNAUTHENTICATED and counts toward RATE_LIMITED."
+        description="The password in use; a wrong one is UNAUTHENTICATED and counts toward "
+        "RATE_LIMITED."
     )
     new_password: str = strawberry.field(
         description="8 characters at least, 72 bytes (UTF-8) at most."

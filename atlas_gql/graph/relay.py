@@ -101,8 +101,8 @@ class PageInfo:
 @strawberry.type(description="An item of a connection, with the cursor that points at it.")
 class Edge(Generic[NodeType]):
     cursor: str = strawberry.field(
-        description="Opaque; pass it as `after` (or `before`) to continue from this item. Stable under "
-        "inserts (keyset)."
+        description="Opaque; pass it as `after` (or `before`) to continue from this item. Stable "
+        "under inserts (keyset)."
     )
     node: NodeType = strawberry.field(description="The item.")
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
+from strawberry.schema_directive import StrawberrySchemaDirective
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
@@ -31,7 +32,17 @@ class NodeQuery:
         description="Any object by its global ID; null when it does not exist "
         "or the viewer may not see it."
     )
-    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+    async def node(
+        self,
+        info: Info,
+        id: Annotated[
+            strawberry.ID,
+            strawberry.argument(
+                description="A global ID of any type (as every object's `id` answers); a "
+                "malformed one is BAD_USER_INPUT."
+            ),
+        ],
+    ) -> Node | None:
         return await resolve_node(info.context, str(id))  # type: ignore[no-any-return]
 
 
@@ -109,7 +120,22 @@ def build_schema(settings: Settings | None = None) -> AtlasSchema:
         execution_context_class=AtlasExecutor,
     )
     schema.document_guard = guard
+    _describe_directive_arguments(schema)
     return schema
+
+
+def _describe_directive_arguments(schema: AtlasSchema) -> None:
+    """Strawberry drops the descriptions of a schema directive's fields when it makes them
+    arguments (`@hasPermission(permission:)`); copy them over, for introspection and the SDL
+    alike (its printer reuses these objects)."""
+    for directive in schema._schema.directives:
+        definition = directive.extensions.get("strawberry-definition")
+        if not isinstance(definition, StrawberrySchemaDirective):
+            continue
+        for field in definition.fields:
+            argument = directive.args.get(schema.config.name_converter.get_graphql_name(field))
+            if argument is not None and argument.description is None:
+                argument.description = field.description
 
 
 def export_sdl() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 import strawberry
 from strawberry.scalars import JSON
@@ -14,6 +15,7 @@ from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.permissions import authenticated
 from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context, Info
+from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import After, First, optional_id
 from atlas_gql.graph.relay import (
     REFUSED,
@@ -29,17 +31,29 @@ from atlas_gql.logs import loaders, service
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
 from atlas_gql.logs.usage import UsageTotals
 
-UsageGroupByEnum = strawberry.enum(
+UsageGroupByEnum = described_enum(
     service.UsageGroup,
     name="UsageGroupBy",
     description="How apiUsage groups AI calls: DAY (YYYY-MM-DD in UTC), USER (user ID), "
     "PROJECT (project ID) or MODEL (model name).",
+    values={
+        "DAY": "One bucket per calendar day (UTC); key `YYYY-MM-DD`.",
+        "USER": "One bucket per user who sent the messages; key the User's global ID.",
+        "PROJECT": "One bucket per project; key the Project's global ID.",
+        "MODEL": "One bucket per model; key the model name.",
+    },
 )
-ErrorSourceEnum = strawberry.enum(
+ErrorSourceEnum = described_enum(
     ErrorSource,
     name="ErrorSource",
     description="Where an error happened: GRAPHQL (a masked resolver error), UPSTREAM (the "
     "AI provider), DATABASE, BACKGROUND (work after the response).",
+    values={
+        "GRAPHQL": "An unexpected error in an operation, masked as INTERNAL_SERVER_ERROR.",
+        "UPSTREAM": "The AI provider failed (status, timeout, cut stream).",
+        "DATABASE": "The database failed or was unreachable.",
+        "BACKGROUND": "Work after the response failed (a background reply, recovery).",
+    },
 )
 
 
@@ -67,7 +81,7 @@ class ActivityLogType(Node):
     ip_address: str | None = strawberry.field(description="The client's address.")
     user_agent: str | None = strawberry.field(description="The client's User-Agent.")
     details: JSON | None = strawberry.field(description="A small JSON of details (no secrets).")
-    created_at: datetime
+    created_at: datetime = strawberry.field(description="When it happened (UTC).")
 
     @classmethod
     def from_model(cls, row: ActivityLog) -> ActivityLogType:
@@ -91,18 +105,23 @@ class ActivityLogType(Node):
 class ErrorLogType(Node):
     user_db_id: strawberry.Private[uuid.UUID | None]
     request_id: str = strawberry.field(description="The `extensions.requestId` the client saw.")
-    source: ErrorSource
+    source: ErrorSource = strawberry.field(description="Where the error happened.")
     error_type: str = strawberry.field(description="The exception's qualified class name.")
-    message: str
+    message: str = strawberry.field(description="The error's message (secrets redacted).")
     stack: str | None = strawberry.field(description="The traceback (secrets redacted).")
-    operation_name: str | None
+    operation_name: str | None = strawberry.field(
+        description="The GraphQL operation name of the failed request; null when unnamed or not a "
+        "request."
+    )
     path: str | None = strawberry.field(description="The GraphQL path of the failed field.")
     upstream_status: int | None = strawberry.field(description="HTTP status of the AI provider.")
     upstream_request_id: str | None = strawberry.field(
         description="The AI provider's request id (for its support)."
     )
-    details: JSON | None
-    created_at: datetime
+    details: JSON | None = strawberry.field(
+        description="A small JSON of context (no secrets); null when none."
+    )
+    created_at: datetime = strawberry.field(description="When it happened (UTC).")
 
     @classmethod
     def from_model(cls, row: ErrorLog) -> ErrorLogType:
@@ -119,9 +138,9 @@ class UsageBucketType:
         description="YYYY-MM-DD (UTC) for DAY, a User ID for USER, a Project ID for PROJECT, the "
         "model name for MODEL; `unknown` for calls whose user or project was deleted."
     )
-    requests: int
-    input_tokens: int
-    output_tokens: int
+    requests: int = strawberry.field(description="How many model calls (one per reply attempt).")
+    input_tokens: int = strawberry.field(description="Tokens the model read, summed.")
+    output_tokens: int = strawberry.field(description="Tokens the model wrote, summed.")
     cost_usd: float = strawberry.field(description="Cost in US dollars.")
 
 
@@ -129,13 +148,13 @@ class UsageBucketType:
     name="UsageSummary", description="AI usage of a project in the current calendar month (UTC)."
 )
 class UsageSummaryType:
-    input_tokens: int
-    output_tokens: int
+    input_tokens: int = strawberry.field(description="Tokens the model read this month.")
+    output_tokens: int = strawberry.field(description="Tokens the model wrote this month.")
     total_tokens: int = strawberry.field(
         description="Input + output tokens: what monthlyTokenBudget counts."
     )
     cost_usd: float = strawberry.field(description="Cost in US dollars.")
-    requests: int
+    requests: int = strawberry.field(description="How many model calls this month.")
 
     @classmethod
     def from_totals(cls, totals: UsageTotals) -> UsageSummaryType:
@@ -161,7 +180,9 @@ class ActivityLogFilter:
         default=None, description="In this project (you must own or manage it)."
     )
     action: str | None = strawberry.field(default=None, description="Exact action name.")
-    entity_type: str | None = None
+    entity_type: str | None = strawberry.field(
+        description="Exact kind of object changed (e.g. `Project`, `Thread`).", default=None
+    )
     from_: datetime | None = strawberry.field(
         default=None, name="from", description="At or after this instant (needs an offset)."
     )
@@ -189,7 +210,9 @@ class ApiUsageFilter:
 
 @strawberry.input(description="Narrows errorLogs; all conditions combine (AND).")
 class ErrorLogFilter:
-    source: ErrorSource | None = None
+    source: ErrorSource | None = strawberry.field(
+        description="Only errors of this source.", default=None
+    )
     from_: datetime | None = strawberry.field(
         default=None, name="from", description="At or after this instant (needs an offset)."
     )
@@ -220,7 +243,10 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: ActivityLogFilter | None = None,
+        filter: Annotated[
+            ActivityLogFilter | None,
+            strawberry.argument(description="Narrows the list; all given conditions apply."),
+        ] = None,
     ) -> Connection[ActivityLogType] | None:
         given = filter or ActivityLogFilter()
         parsed = service.ActivityFilter(
@@ -245,7 +271,22 @@ class Query:
         extensions=authenticated(),
     )
     async def api_usage(
-        self, info: Info, filter: ApiUsageFilter | None = None, *, group_by: service.UsageGroup
+        self,
+        info: Info,
+        filter: Annotated[
+            ApiUsageFilter | None,
+            strawberry.argument(
+                description="Which calls to count; all given conditions apply (default: your own, "
+                "all time)."
+            ),
+        ] = None,
+        *,
+        group_by: Annotated[
+            service.UsageGroup,
+            strawberry.argument(
+                description="What one bucket sums: a day, a user, a project or a model."
+            ),
+        ],
     ) -> list[UsageBucketType] | None:
         given = filter or ApiUsageFilter()
         group = service.UsageGroup(group_by)
@@ -283,7 +324,10 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: ErrorLogFilter | None = None,
+        filter: Annotated[
+            ErrorLogFilter | None,
+            strawberry.argument(description="Narrows the list; all given conditions apply."),
+        ] = None,
     ) -> Connection[ErrorLogType] | None:
         given = filter or ErrorLogFilter()
         page = await service.list_error_logs(

@@ -473,7 +473,8 @@ class Mutation:
         key: Annotated[
             str,
             strawberry.argument(
-                description="The setting's key: a letter, then up to 63 letters, digits, `_`, `.` or `-`."
+                description="The setting's key: a letter, then up to 63 letters, digits, `_`, `.` "
+                "or `-`."
             ),
         ],
         value: Annotated[

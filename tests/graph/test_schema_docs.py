@@ -74,9 +74,7 @@ def undescribed(schema: GraphQLSchema) -> Iterator[str]:
 
 def test_every_type_field_argument_and_enum_value_is_described() -> None:
     missing = list(undescribed(SCHEMA))
-    assert not missing, f"{len(missing)} schema elements lack a description:\n" + "\n".join(
-        missing
-    )
+    assert not missing, f"{len(missing)} schema elements lack a description:\n" + "\n".join(missing)
 
 
 def test_the_walk_sees_every_kind_of_element() -> None:
