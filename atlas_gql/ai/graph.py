@@ -367,13 +367,15 @@ class Mutation:
             Upload,
             strawberry.argument(
                 description="The file part of a GraphQL multipart request (`map` points a "
-                "form part at `variables.file`); PAYLOAD_TOO_LARGE over ATLAS_MAX_UPLOAD_BYTES."
+                "form part at `variables.file`); BAD_USER_INPUT over ATLAS_MAX_UPLOAD_BYTES "
+                "(default 20 MiB)."
             ),
         ],
         purpose: Annotated[
             str | None,
             strawberry.argument(
-                description="The OpenAI Files purpose to store it with; null for `user_data`."
+                description="The OpenAI Files purpose: `user_data` (when null), `assistants` "
+                "or `vision`; another is BAD_USER_INPUT."
             ),
         ] = None,
     ) -> FileType | None:
