@@ -240,23 +240,24 @@ class MessageType(Node):
     )
     status: MessageStatus = strawberry.field(description="Where the message is in its life.")
     openai_message_id: str | None = strawberry.field(
-        description="The provider's id of a reply (`msg_…`); null for user messages and until a "
-        "reply completes."
+        description="The provider's id of a reply's output message (`msg_…`); null for user "
+        "messages, and for a reply until the provider names it."
     )
     input_tokens: int | None = strawberry.field(
-        description="Tokens the model read for this reply (prompt and history); null for user "
-        "messages and replies that did not complete."
+        description="Tokens the model read for this reply (instructions, history, input); null "
+        "for user messages, while the reply runs, and when the provider reported none."
     )
     output_tokens: int | None = strawberry.field(
-        description="Tokens the model wrote for this reply; null for user messages and replies "
-        "that did not complete."
+        description="Tokens the model wrote for this reply; null for user messages, while the "
+        "reply runs, and when the provider reported none."
     )
     error: str | None = strawberry.field(
         description="Why a reply is FAILED, INCOMPLETE or CANCELLED (readable)."
     )
     created_at: datetime = strawberry.field(description="When the message was stored (UTC).")
     completed_at: datetime | None = strawberry.field(
-        description="When a reply ended (any final status, UTC); null while IN_PROGRESS."
+        description="When the message reached its final status (UTC): a user message when "
+        "stored, a reply when it ended (whatever the status); null while IN_PROGRESS."
     )
 
     @classmethod
