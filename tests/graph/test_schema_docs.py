@@ -21,7 +21,7 @@ from graphql.type.introspection import introspection_types
 
 from atlas_gql.graph.schema import build_schema
 
-SCHEMA: GraphQLSchema = build_schema()._schema  # type: ignore[attr-defined]
+SCHEMA: GraphQLSchema = build_schema()._schema
 
 # Root operation types are named by the spec and described by their fields.
 ROOT_TYPES = {"Query", "Mutation", "Subscription"}
