@@ -69,7 +69,10 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
     # A reply started through the first process streams to a subscriber of the second, and
     # a cancel sent to the second stops it.
     for started_on, cancelled_on in ((one, one), (one, two)):
-        fake_openai.then(Behaviour(deltas=SLOW_REPLY, delay=0.02))
+        # The upstream holds after 3 deltas until the cancel has landed: no race with the
+        # reply's end, however slow the machine.
+        fake_openai.delta_permits = asyncio.Semaphore(3)
+        fake_openai.then(Behaviour(deltas=SLOW_REPLY))
         async with two.subscribe(people.member, thread_id, after_sequence=None) as subscription:
             reply_id = await send(started_on, people, thread_id, "Hello from afar")
             seen: list[dict[str, Any]] = []
@@ -84,6 +87,7 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
             return (await stored(database, reply)).status is MessageStatus.CANCELLED
 
         await wait_until(settled)
+        fake_openai.delta_permits = None
 
     # Failed logins counted by one process are refused by the other.
     email = f"deploy-{uuid.uuid4().hex[:8]}@example.com"
