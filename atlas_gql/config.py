@@ -29,6 +29,17 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class RegistrationMode(StrEnum):
+    """Who may open an account with `register` (docs/security.md, "Registration")."""
+
+    # Anyone; the account may use AI at once.
+    OPEN = "open"
+    # Anyone; the account signs in but may not use AI until an administrator approves it.
+    APPROVAL = "approval"
+    # Nobody: accounts are made by administrators (createUser, `atlas-gql create-user`).
+    CLOSED = "closed"
+
+
 class OpenAIApi(StrEnum):
     RESPONSES = "responses"
     CHAT = "chat"
@@ -74,8 +85,52 @@ class Settings(BaseSettings):
     atlas_access_token_ttl: int = Field(default=900, ge=30, le=3600, description="seconds")
     atlas_refresh_token_ttl: int = Field(default=30 * 24 * 3600, ge=60, description="seconds")
     atlas_seed_password: str = DEVELOPMENT_SEED_PASSWORD
-    atlas_login_max_failures: int = Field(default=10, ge=1)
+    # Failed sign-ins (docs/security.md, "Sign-in"): a lock per account and address, a limit
+    # per address, and a slower backoff per account that no single address can set off.
+    atlas_login_max_failures: int = Field(
+        default=10, ge=1, description="failed sign-ins per account from one address per window"
+    )
     atlas_login_failure_window: int = Field(default=900, ge=1, description="seconds")
+    atlas_login_address_max_failures: int = Field(
+        default=50, ge=1, description="failed sign-ins from one address (any accounts) per window"
+    )
+    atlas_login_account_backoff_after: int = Field(
+        default=20,
+        ge=1,
+        description="failed sign-ins of one account (any addresses) per window before each "
+        "further attempt waits",
+    )
+    atlas_login_account_backoff_max: int = Field(
+        default=60, ge=1, description="longest wait (seconds) of the per-account backoff"
+    )
+
+    # Registration and what an account may spend (docs/security.md, "Registration", "Spend").
+    atlas_registration: RegistrationMode | None = Field(
+        default=None,
+        description="open | approval | closed; default: approval in production, open in "
+        "development",
+    )
+    atlas_registrations_per_hour: int = Field(
+        default=5, ge=1, description="registrations per client address per hour"
+    )
+    atlas_registrations_per_hour_global: int = Field(
+        default=100, ge=1, description="registrations per hour, all addresses together"
+    )
+    atlas_user_monthly_tokens: int | None = Field(
+        default=1_000_000,
+        ge=0,
+        description="tokens (input + output) a user's replies may use per UTC month, unless "
+        "an administrator set the user's own budget; empty: no default budget",
+    )
+    atlas_user_messages_per_minute: int = Field(
+        default=10, ge=1, description="sendMessage calls per user per minute (token bucket)"
+    )
+    atlas_max_instructions_chars: int = Field(
+        default=32_000,
+        ge=1,
+        le=256_000,
+        description="longest assistant instructions, in characters (sent with every reply)",
+    )
 
     openai_api_key: str = "sk-dev-placeholder"
     openai_base_url: str | None = None
@@ -267,6 +322,8 @@ class Settings(BaseSettings):
         "openai_base_url",
         "atlas_metrics_token",
         "otel_exporter_otlp_endpoint",
+        "atlas_registration",
+        "atlas_user_monthly_tokens",
         mode="before",
     )
     @classmethod
@@ -308,6 +365,12 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.atlas_env is Environment.PRODUCTION
+
+    @property
+    def registration_mode(self) -> RegistrationMode:
+        if self.atlas_registration is None:
+            return RegistrationMode.APPROVAL if self.is_production else RegistrationMode.OPEN
+        return self.atlas_registration
 
     @property
     def introspection_enabled(self) -> bool:

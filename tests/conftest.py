@@ -102,6 +102,13 @@ def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
         "openai_api_key": "sk-test-key",
         "atlas_cors_origins": ["http://localhost:3000"],
         "redis_url": None,
+        # The suite shares its users (the seeded ones send most messages, many tests register
+        # accounts from one address): the spend and request limits are tested where they are
+        # set (tests/ai/test_user_limits.py, tests/auth/test_registration_limits.py).
+        "atlas_user_monthly_tokens": None,
+        "atlas_user_messages_per_minute": 1_000_000,
+        "atlas_registrations_per_hour": 1_000_000,
+        "atlas_registrations_per_hour_global": 1_000_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -33,7 +33,10 @@ from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.models import ProjectRole
 
 NAME_MAX = 200
+# The most any server accepts (OpenAI's own former limit); ATLAS_MAX_INSTRUCTIONS_CHARS (default
+# 32,000, about 8,000 tokens sent with every reply) is what this server accepts.
 INSTRUCTIONS_MAX = 256_000
+DESCRIPTION_MAX = 2_000
 
 ASSISTANT_ORDERING = Ordering(sort=col(Assistant.created_at), id=col(Assistant.id), descending=True)
 
@@ -67,8 +70,19 @@ def _instructions(instructions: str | None) -> str | None:
 
 
 AssistantName = Annotated[str, AfterValidator(_name)]
+
+
+def _description(description: str | None) -> str | None:
+    if description is not None and len(description) > DESCRIPTION_MAX:
+        raise BadInput(
+            f"`description` must be at most {DESCRIPTION_MAX} characters.", field="description"
+        )
+    return description
+
+
 Temperature = Annotated[float | None, AfterValidator(_temperature)]
 Instructions = Annotated[str | None, AfterValidator(_instructions)]
+Description = Annotated[str | None, AfterValidator(_description)]
 
 
 class AssistantCreate(Command):
@@ -77,7 +91,7 @@ class AssistantCreate(Command):
     model: str | None = None
     instructions: Instructions = None
     temperature: Temperature = None
-    description: str | None = None
+    description: Description = None
     # Shared with this project (MANAGER+); personal when None.
     project_id: uuid.UUID | None = None
 
@@ -88,7 +102,14 @@ class AssistantUpdate(PartialUpdate):
     model: str | None = None
     instructions: Instructions = None
     temperature: Temperature = None
-    description: str | None = None
+    description: Description = None
+
+
+def check_instructions(settings: Settings, instructions: str | None) -> None:
+    """Instructions go to the model with every reply: at most ATLAS_MAX_INSTRUCTIONS_CHARS."""
+    limit = settings.atlas_max_instructions_chars
+    if instructions is not None and len(instructions) > limit:
+        raise BadInput(f"`instructions` must be at most {limit} characters.", field="instructions")
 
 
 def check_model(settings: Settings, model: str) -> str:
@@ -152,6 +173,7 @@ async def create_assistant(
     if project_id is not None:
         action = "configure the project's assistants"
         await require_project_role(db, viewer, project_id, ProjectRole.MANAGER, action=action)
+    check_instructions(settings, data.instructions)
     assistant = Assistant(
         name=data.name,
         description=data.description,
@@ -183,6 +205,7 @@ async def update_assistant(
     assistant = await managed_assistant(db, actor.viewer_required, assistant_id, action="change")
     if data.model is not None:
         check_model(settings, data.model)
+    check_instructions(settings, data.instructions)
     data.apply(assistant)
     actor.record(
         db, "assistant.update", assistant, project_id=assistant.project_id,

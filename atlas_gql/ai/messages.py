@@ -1,9 +1,10 @@
 """Messages: reading one, sending one (which starts the streamed reply) and stopping a reply.
 
 A message is visible to whoever sees its thread. Posting needs USE_AI and the MEMBER role in
-the thread's project (a VIEWER reads but may not post). A running reply is stopped by its
-sender while they may still post in the thread, a MANAGER+ of the project, or ADMIN. The
-rules: `ai.rules`."""
+the thread's project (a VIEWER reads but may not post), and stays within the sender's message
+rate (a token bucket), the project's monthly token budget and the sender's own. A running
+reply is stopped by its sender while they may still post in the thread, a MANAGER+ of the
+project, or ADMIN. The rules: `ai.rules`."""
 
 from __future__ import annotations
 
@@ -33,15 +34,22 @@ from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.threads import get_thread, require_posting, running_reply
+from atlas_gql.auth import buckets
 from atlas_gql.auth.actor import Actor
-from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, after_commit
-from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
-from atlas_gql.logs.usage import CHARS_PER_TOKEN, InFlight, ensure_within_budget
+from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound, Unauthenticated
+from atlas_gql.logs.usage import (
+    CHARS_PER_TOKEN,
+    InFlight,
+    effective_user_budget,
+    ensure_within_budget,
+    ensure_within_user_budget,
+)
 
 MAX_FILES_PER_MESSAGE = 20
 
@@ -78,10 +86,22 @@ async def get_message(*, db: ReadSession, viewer: Viewer, message_id: uuid.UUID)
     return message
 
 
-async def _replies_in_flight(db: ReadSession, project_id: uuid.UUID) -> InFlight:
-    """The project's replies IN_PROGRESS and the tokens reckoned for them: each counts the
-    estimate of its saved partial text (ceil(chars / 4)), and at least 1 token, so a project
-    one token under its budget runs one reply at a time."""
+RATE_LIMITED_MESSAGE = "You are sending messages too fast; try again shortly."
+
+
+async def _replies_in_flight(
+    db: ReadSession, *, project_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+) -> InFlight:
+    """The replies IN_PROGRESS of a project (or asked for by a user) and the tokens reckoned
+    for them: each counts the estimate of its saved partial text (ceil(chars / 4)), and at
+    least 1 token, so a budget one token short runs one reply at a time."""
+    whose = (
+        col(Message.thread_id).in_(
+            sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
+        )
+        if project_id is not None
+        else col(Message.user_id) == user_id
+    )
     chars = sa.func.length(col(Message.content))
     reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
     replies, tokens = (
@@ -89,13 +109,21 @@ async def _replies_in_flight(db: ReadSession, project_id: uuid.UUID) -> InFlight
             sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
                 col(Message.status) == MessageStatus.IN_PROGRESS,
                 col(Message.role) == MessageRole.ASSISTANT,
-                col(Message.thread_id).in_(
-                    sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
-                ),
+                whose,
             )
         )
     ).one()
     return InFlight(replies=int(replies), tokens=int(tokens))
+
+
+def message_bucket(settings: Settings, sender: User) -> buckets.Bucket:
+    """The sender's sendMessage bucket: their own rate (set by an administrator) or
+    ATLAS_USER_MESSAGES_PER_MINUTE, as a burst of that many refilled over a minute.
+    Hook for API keys (not built yet): a request authenticated by a key would pick a key's
+    rate here (a setting of its own, when configured) and keep the user's bucket key, so keys
+    cannot multiply a person's rate."""
+    per_minute = sender.messages_per_minute or settings.atlas_user_messages_per_minute
+    return buckets.Bucket.per_period(f"messages:user:{sender.id}", per_minute, 60)
 
 
 def _check_content(settings: Settings, content: str) -> str:
@@ -145,10 +173,24 @@ async def send_message(
 ) -> SentMessage:
     """Store the user's message (COMPLETED) and the assistant's (IN_PROGRESS), and start the
     streamed reply once they are committed. CONFLICT while another reply of the thread runs;
-    QUOTA_EXCEEDED past the project's budget."""
+    RATE_LIMITED past the sender's message rate; QUOTA_EXCEEDED past the project's or the
+    sender's monthly token budget (`budget: PROJECT | USER`)."""
     actor.require(PermissionName.USE_AI)
     viewer = actor.viewer_required
     content = _check_content(ai.settings, data.content)
+    # The sender's limits, and their rate counted, before the operation's session holds a
+    # connection: short sessions of their own, one after the other. A send refused later
+    # (CONFLICT, QUOTA_EXCEEDED, ...) still counts, so a loop of sends cannot hammer the
+    # locks below.
+    async with ai.sessionmaker() as short:
+        sender = await short.get(User, viewer.user_id)
+    if sender is None:
+        raise Unauthenticated()
+    await buckets.take(
+        sessionmaker=ai.sessionmaker,
+        buckets=[message_bucket(ai.settings, sender)],
+        message=RATE_LIMITED_MESSAGE,
+    )
     thread = await get_thread(db=db, viewer=viewer, thread_id=data.thread_id)
     await require_posting(db, viewer, thread, action="post in its threads")
     if (running := await running_reply(db, thread.id)) is not None:
@@ -169,8 +211,16 @@ async def send_message(
         await ensure_within_budget(
             db=db,
             project_id=thread.project_id,
-            in_flight=functools.partial(_replies_in_flight, db, thread.project_id),
+            in_flight=functools.partial(_replies_in_flight, db, project_id=thread.project_id),
         )
+    # Then the sender's own budget (after the project's lock: always in this order), which
+    # counts their replies everywhere, personal threads included.
+    await ensure_within_user_budget(
+        db=db,
+        user_id=viewer.user_id,
+        budget=effective_user_budget(sender, ai.settings.atlas_user_monthly_tokens),
+        in_flight=functools.partial(_replies_in_flight, db, user_id=viewer.user_id),
+    )
 
     now = datetime.now(UTC)
     user_message = Message(

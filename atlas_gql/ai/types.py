@@ -336,12 +336,16 @@ class CreateAssistantInput:
         "models); default ATLAS_DEFAULT_MODEL.",
     )
     instructions: str | None = strawberry.field(
-        default=None, description="The system instructions sent with every reply."
+        default=None,
+        description="The system instructions sent with every reply; at most "
+        "ATLAS_MAX_INSTRUCTIONS_CHARS characters (default 32,000).",
     )
     temperature: float | None = strawberry.field(
         default=None, description="Sampling temperature, 0 to 2; null for the model's default."
     )
-    description: str | None = strawberry.field(default=None, description="What it is for.")
+    description: str | None = strawberry.field(
+        default=None, description="What it is for; at most 2,000 characters."
+    )
     project_id: strawberry.ID | None = strawberry.field(
         default=None,
         description="Share it with a project (MANAGER role or higher); null keeps it personal.",

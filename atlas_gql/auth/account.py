@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql.auth import buckets
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import RefreshToken, Role, RoleName, User, UserRole
 from atlas_gql.auth.passwords import (
@@ -41,13 +42,18 @@ from atlas_gql.auth.ratelimit import (
 )
 from atlas_gql.auth.sessions import IssuedTokens, refresh_session, revoke_sessions, start_session
 from atlas_gql.auth.tokens import hash_token
-from atlas_gql.config import Settings
+from atlas_gql.config import RegistrationMode, Settings
 from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, after_commit, stored
 from atlas_gql.db.utils import execute_transaction
-from atlas_gql.errors import BadInput, Conflict, Unauthenticated
+from atlas_gql.errors import BadInput, Conflict, Forbidden, Unauthenticated
 
 LOGIN_REFUSED_MESSAGE = "Invalid email or password."
+REGISTRATION_CLOSED_MESSAGE = (
+    "Registration is closed on this server; ask an administrator for an account."
+)
+REGISTRATION_LIMITED_MESSAGE = "Too many new accounts; try again later."
+EMAIL_TAKEN_MESSAGE = "An account with this email already exists."
 MAX_NAME_LENGTH = 200
 MAX_EMAIL_LENGTH = 320
 
@@ -110,22 +116,30 @@ async def create_user_account(
     name: str | None = None,
     roles: Iterable[RoleName] = (RoleName.USER,),
     bcrypt_rounds: int = BCRYPT_ROUNDS,
+    approved: bool = True,
 ) -> User:
-    """Insert a user with hashed password and global roles; CONFLICT when the email is taken.
-    Flushes; the caller's transaction commits."""
+    """Insert a user with hashed password and global roles (approved now, unless `approved`
+    is false: a registration awaiting approval); CONFLICT when the email is taken. The
+    password is hashed before the email is looked up, so a taken email costs the same bcrypt
+    work as a free one. Flushes; the caller's transaction commits."""
     normalized = normalize_email(email)
     name = clean_display_name(name)
     password_hash = await hash_password(password, rounds=bcrypt_rounds)
     if await find_user_by_email(db=db, email=normalized) is not None:
-        raise Conflict("An account with this email already exists.", field="email")
-    user = User(email=normalized, name=name, password_hash=password_hash)
+        raise Conflict(EMAIL_TAKEN_MESSAGE, field="email")
+    user = User(
+        email=normalized,
+        name=name,
+        password_hash=password_hash,
+        approved_at=datetime.now(UTC) if approved else None,
+    )
     try:
         async with db.begin_nested():
             db.add(user)
             await db.flush()
     except IntegrityError:
         # Another request registered the same address between the check and the insert.
-        raise Conflict("An account with this email already exists.", field="email") from None
+        raise Conflict(EMAIL_TAKEN_MESSAGE, field="email") from None
     role_names = [role.value for role in roles]
     if role_names:
         role_ids = (
@@ -153,21 +167,65 @@ async def _open_session(
     return tokens
 
 
+def registration_buckets(settings: Settings, actor: Actor) -> list[buckets.Bucket]:
+    """What one registration takes: a token of its address's bucket and of the global one."""
+    hour = 3600
+    taken = [
+        buckets.Bucket.per_period(
+            "register:all", settings.atlas_registrations_per_hour_global, hour
+        )
+    ]
+    if actor.ip_address:
+        taken.append(
+            buckets.Bucket.per_period(
+                f"register:ip:{actor.ip_address}", settings.atlas_registrations_per_hour, hour
+            )
+        )
+    return taken
+
+
 async def register(
-    *, db: AsyncSession, settings: Settings, actor: Actor, data: Registration
+    *,
+    db: AsyncSession,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    actor: Actor,
+    data: Registration,
 ) -> SignedIn:
-    """Create an account with the USER role and sign it in; CONFLICT when the email (in any
-    case) is taken, BAD_USER_INPUT for a malformed email or an unfit password."""
+    """Create an account and sign it in. ATLAS_REGISTRATION decides: `open` gives it the USER
+    role, `approval` no role until an administrator approves it (it signs in, but may not use
+    AI), `closed` refuses (FORBIDDEN). Cheap checks come first (the mode, the email's syntax,
+    the password's length), then the limits per address and for everyone (RATE_LIMITED), and
+    only then bcrypt; a taken email (CONFLICT) costs the same work as a free one."""
+    mode = settings.registration_mode
+    if mode is RegistrationMode.CLOSED:
+        raise Forbidden(REGISTRATION_CLOSED_MESSAGE)
+    normalize_email(data.email)
+    validate_password(data.password)
+    # Counted whatever comes of it (a taken email included), in a transaction of its own.
+    await buckets.take(
+        sessionmaker=sessionmaker,
+        buckets=registration_buckets(settings, actor),
+        message=REGISTRATION_LIMITED_MESSAGE,
+    )
+    approved = mode is RegistrationMode.OPEN
     user = await create_user_account(
         db=db,
         email=data.email,
         password=data.password,
         name=data.name,
-        roles=(RoleName.USER,),
+        roles=(RoleName.USER,) if approved else (),
         bcrypt_rounds=settings.atlas_bcrypt_rounds,
+        approved=approved,
     )
     tokens = await _open_session(db, settings=settings, actor=actor, user=user)
-    actor.record(db, "auth.register", user, user_id=user.id, details={"email": user.email})
+    actor.record(
+        db,
+        "auth.register",
+        user,
+        user_id=user.id,
+        details={"email": user.email, **({} if approved else {"awaitingApproval": True})},
+    )
     return SignedIn(user=await stored(db, user), tokens=tokens)
 
 

@@ -1,13 +1,14 @@
 """User administration (MANAGE_USERS): list, create, rename, deactivate, grant and withdraw
-global roles."""
+global roles, approve registrations, set a user's own limits (token budget, message rate)."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -17,7 +18,7 @@ from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User, UserRole
 from atlas_gql.auth.sessions import revoke_sessions
 from atlas_gql.config import Settings
-from atlas_gql.db.inputs import Command, PartialUpdate
+from atlas_gql.db.inputs import Command, PartialUpdate, camel_case
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Conflict, NotFound
@@ -39,6 +40,8 @@ class UserFilter(Command):
     search: Annotated[str | None, AfterValidator(_search_term)] = None
     role: RoleName | None = None
     is_active: bool | None = None
+    # True: only accounts awaiting approval; False: only approved ones.
+    awaiting_approval: bool | None = None
 
 
 class UserCreate(Command):
@@ -81,6 +84,11 @@ async def list_users(
         )
     if filter.is_active is not None:
         statement = statement.where(col(User.is_active).is_(filter.is_active))
+    if filter.awaiting_approval is not None:
+        approved_at = col(User.approved_at)
+        statement = statement.where(
+            approved_at.is_(None) if filter.awaiting_approval else approved_at.is_not(None)
+        )
     return await paginate(db, statement, ordering=USER_ORDERING, request=request)
 
 
@@ -139,7 +147,59 @@ async def update_user(
 
 
 def _camel(changed: dict[str, Any]) -> dict[str, Any]:
-    return {"isActive" if name == "is_active" else name: value for name, value in changed.items()}
+    return {camel_case(name): value for name, value in changed.items()}
+
+
+# The largest own limits an administrator may set (GraphQL's Int holds the budget).
+MAX_MONTHLY_TOKEN_BUDGET = 2**31 - 1
+MAX_MESSAGES_PER_MINUTE = 10_000
+
+
+class UserLimitsUpdate(PartialUpdate):
+    """A user's own limits; null returns a limit to the setting's default."""
+
+    monthly_token_budget: Annotated[int | None, Field(ge=0, le=MAX_MONTHLY_TOKEN_BUDGET)] = None
+    messages_per_minute: Annotated[int | None, Field(ge=1, le=MAX_MESSAGES_PER_MINUTE)] = None
+
+
+async def set_user_limits(
+    *, db: AsyncSession, actor: Actor, user_id: uuid.UUID, data: UserLimitsUpdate
+) -> User:
+    """Set or clear a user's own monthly token budget and message rate (MANAGE_USERS); they
+    apply to the user's next message."""
+    actor.require(PermissionName.MANAGE_USERS)
+    user = await _user_for_update(db, user_id)
+    changed = data.apply(user)
+    if changed:
+        actor.record(db, "user.limits", user, details={"changes": _camel(changed)})
+        return await stored(db, user)
+    return user
+
+
+async def _approve(db: AsyncSession, actor: Actor, user: User, *, via: str) -> None:
+    """Stamp `approved_at` on an account awaiting approval (no-op otherwise)."""
+    if user.approved_at is not None:
+        return
+    user.approved_at = datetime.now(UTC)
+    db.add(user)
+    actor.record(db, "user.approve", user, details={"via": via})
+    await db.flush()
+
+
+async def approve_user(*, db: AsyncSession, actor: Actor, user_id: uuid.UUID) -> User:
+    """Approve a registration awaiting approval (MANAGE_USERS): the account gets the USER
+    role, so it may use AI from its next request. Approving an approved account changes
+    nothing."""
+    actor.require(PermissionName.MANAGE_USERS)
+    user = await _user_for_update(db, user_id)
+    if user.approved_at is None:
+        await db.execute(
+            insert(UserRole)
+            .values(user_id=user.id, role_id=await _role_id(db, RoleName.USER))
+            .on_conflict_do_nothing(index_elements=["user_id", "role_id"])
+        )
+        await _approve(db, actor, user, via="approveUser")
+    return await stored(db, user)
 
 
 async def _role_id(db: ReadSession, role: RoleName) -> uuid.UUID:
@@ -168,6 +228,8 @@ async def assign_role(
     ).scalar_one_or_none()
     if inserted is not None:
         actor.record(db, "role.assign", user, details={"role": role.value})
+    # Granting a role to an account awaiting approval is approving it.
+    await _approve(db, actor, user, via="assignRole")
     return user
 
 

@@ -31,6 +31,7 @@ from atlas_gql.graph.relay import (
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
+from atlas_gql.logs.loaders import usage_this_month_by_user
 
 # admin.assign_role and admin.revoke_role.
 RoleChange: TypeAlias = Callable[..., Awaitable[User]]
@@ -47,6 +48,33 @@ class RoleType:
     )
 
 
+@strawberry.type(
+    name="UserLimits",
+    description="What a user may spend upstream and how fast they may send: their own "
+    "limits where an administrator set them, else the server's defaults.",
+)
+class UserLimitsType:
+    monthly_token_budget: int | None = strawberry.field(
+        description="Tokens (input + output) the user's replies may use per UTC calendar "
+        "month, in every project and personal thread; null: no limit."
+    )
+    monthly_token_budget_override: int | None = strawberry.field(
+        description="The user's own budget, set by an administrator; null: the server's "
+        "default (ATLAS_USER_MONTHLY_TOKENS) applies."
+    )
+    tokens_used_this_month: int = strawberry.field(
+        description="Tokens the user's replies used this UTC calendar month."
+    )
+    messages_per_minute: int = strawberry.field(
+        description="Messages the user may send per minute (a burst of this many, refilled "
+        "over a minute)."
+    )
+    messages_per_minute_override: int | None = strawberry.field(
+        description="The user's own rate, set by an administrator; null: the server's default "
+        "(ATLAS_USER_MESSAGES_PER_MINUTE) applies."
+    )
+
+
 @strawberry.type(name="User", description="A person with an account.")
 class UserType(Node):
     db_id: strawberry.Private[uuid.UUID]
@@ -60,6 +88,9 @@ class UserType(Node):
     )
     created_at: datetime = strawberry.field(description="When the account was created (UTC).")
     updated_at: datetime = strawberry.field(description="When the account was last changed (UTC).")
+    approved: strawberry.Private[datetime | None] = None
+    own_budget: strawberry.Private[int | None] = None
+    own_rate: strawberry.Private[int | None] = None
 
     # True when the object is known to be the viewer's own account (AuthPayload.user, read
     # before the new session's token exists); None: ask `rules.user_grants_visible_to`.
@@ -67,12 +98,50 @@ class UserType(Node):
 
     @classmethod
     def from_model(cls, user: User, *, grants_visible: bool | None = None) -> UserType:
-        return from_row(cls, "User", user, grants_visible=grants_visible)
+        return from_row(
+            cls,
+            "User",
+            user,
+            grants_visible=grants_visible,
+            approved=user.approved_at,
+            own_budget=user.monthly_token_budget,
+            own_rate=user.messages_per_minute,
+        )
 
     async def _shows_grants(self, context: Context) -> bool:
+        """Roles, permissions, approval and limits: the user's and MANAGE_USERS holders'."""
         if self.grants_visible is not None:
             return self.grants_visible
         return user_grants_visible_to(await context.viewer(), self.db_id)
+
+    @strawberry.field(
+        description="When the account was approved (created approved, `approveUser`, or a "
+        "role granted); null while a registration awaits approval "
+        "(ATLAS_REGISTRATION=approval): until then it holds no role and may not use AI. "
+        "Shown to the user and to MANAGE_USERS holders; null for others."
+    )
+    async def approved_at(self, info: Info) -> datetime | None:
+        return self.approved if await self._shows_grants(info.context) else None
+
+    @strawberry.field(
+        description="The user's spending and message limits and this month's use. Shown to "
+        "the user and to MANAGE_USERS holders; null for others."
+    )
+    async def limits(self, info: Info) -> UserLimitsType | None:
+        if not await self._shows_grants(info.context):
+            return None
+        settings = info.context.settings
+        used = await info.context.loader(usage_this_month_by_user).load(self.db_id)
+        default_budget = settings.atlas_user_monthly_tokens
+        return UserLimitsType(
+            monthly_token_budget=(
+                self.own_budget if self.own_budget is not None else default_budget
+            ),
+            monthly_token_budget_override=self.own_budget,
+            tokens_used_this_month=used.total_tokens,
+            messages_per_minute=self.own_rate or settings.atlas_user_messages_per_minute,
+            messages_per_minute_override=self.own_rate,
+        )
 
     @strawberry.field(
         description="The user's global roles. Shown to the user and to holders of "
@@ -208,6 +277,22 @@ class UserFilter:
         description="true: active users only; false: deactivated ones only; omitted: both.",
         default=None,
     )
+    awaiting_approval: bool | None = strawberry.field(
+        default=None,
+        description="true: only registrations awaiting approval; false: only approved accounts.",
+    )
+
+
+@strawberry.input(description="A user's own limits; omitted fields stay as they are.")
+class UserLimitsInput:
+    monthly_token_budget: strawberry.Maybe[int | None] = strawberry.field(
+        description="Tokens (input + output) per UTC calendar month, 0 or more; null returns "
+        "the user to the server's default (ATLAS_USER_MONTHLY_TOKENS)."
+    )
+    messages_per_minute: strawberry.Maybe[int | None] = strawberry.field(
+        description="Messages per minute, 1 to 10000; null returns the user to the server's "
+        "default (ATLAS_USER_MESSAGES_PER_MINUTE)."
+    )
 
 
 @strawberry.type
@@ -244,7 +329,10 @@ class Query:
             actor=await info.context.actor(),
             request=page_request(first=first, after=after, with_total=selects_total(info)),
             filter=admin.UserFilter(
-                search=given.search, role=given.role, is_active=given.is_active
+                search=given.search,
+                role=given.role,
+                is_active=given.is_active,
+                awaiting_approval=given.awaiting_approval,
             ),
         )
         return to_connection(page, UserType.from_model)
@@ -260,8 +348,12 @@ class Query:
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
-        description="Create an account (role USER) and sign it in. CONFLICT when the email is "
-        "taken in any letter case; BAD_USER_INPUT for a malformed email or an unfit password."
+        description="Create an account and sign it in. With ATLAS_REGISTRATION=open it gets the "
+        "USER role; with `approval` no role (no AI) until an administrator approves it "
+        "(`approveUser`); with `closed` registration is FORBIDDEN. CONFLICT when the email is "
+        "taken in any letter case; BAD_USER_INPUT for a malformed email or an unfit password; "
+        "RATE_LIMITED (`extensions.retryAfter` seconds) past the registrations allowed per "
+        "address and per hour."
     )
     async def register(
         self,
@@ -271,7 +363,11 @@ class Mutation:
         context = info.context
         data = account.Registration(email=input.email, password=input.password, name=input.name)
         signed_in = await account.register(
-            db=context.db, settings=context.settings, actor=await context.actor(), data=data
+            db=context.db,
+            sessionmaker=context.runtime.sessionmaker,
+            settings=context.settings,
+            actor=await context.actor(),
+            data=data,
         )
         return AuthPayload.from_signed_in(signed_in)
 
@@ -448,6 +544,36 @@ class Mutation:
         ],
     ) -> UserType | None:
         return await _change_role(info, admin.revoke_role, user_id, RoleName(role))
+
+    @strawberry.mutation(
+        description="Approve a registration awaiting approval (MANAGE_USERS): the account gets "
+        "the USER role and may use AI from its next request. Approving an approved account "
+        "changes nothing.",
+        extensions=requires(PermissionName.MANAGE_USERS),
+    )
+    async def approve_user(self, info: Info, id: strawberry.ID) -> UserType | None:
+        user = await admin.approve_user(
+            db=info.context.db,
+            actor=await info.context.actor(),
+            user_id=decode_id_of(id, "User", field="id"),
+        )
+        return UserType.from_model(user)
+
+    @strawberry.mutation(
+        description="Set or clear a user's own monthly token budget and message rate "
+        "(MANAGE_USERS); see `User.limits`. They apply from the user's next message.",
+        extensions=requires(PermissionName.MANAGE_USERS),
+    )
+    async def set_user_limits(
+        self, info: Info, user_id: strawberry.ID, input: UserLimitsInput
+    ) -> UserType | None:
+        user = await admin.set_user_limits(
+            db=info.context.db,
+            actor=await info.context.actor(),
+            user_id=decode_id_of(user_id, "User", field="userId"),
+            data=admin.UserLimitsUpdate.model_validate(set_fields(input)),
+        )
+        return UserType.from_model(user)
 
 
 async def _change_role(

@@ -36,6 +36,8 @@ class User(Timestamped, table=True):
     __table_args__ = (
         # Case-insensitive uniqueness: Foo@x.io and foo@x.io are one account.
         sa.Index("uq_users_email_lower", sa.text("lower(email)"), unique=True),
+        sa.CheckConstraint("monthly_token_budget >= 0", name="monthly_token_budget_not_negative"),
+        sa.CheckConstraint("messages_per_minute >= 1", name="messages_per_minute_positive"),
     )
 
     id: uuid.UUID = uuid_pk()
@@ -44,6 +46,24 @@ class User(Timestamped, table=True):
     name: str | None = Field(default=None, max_length=200)
     is_active: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
     last_login_at: datetime | None = optional_timestamp()
+    # When an administrator approved the account (or it was created approved); NULL while a
+    # registration awaits approval (ATLAS_REGISTRATION=approval): it holds no role until then.
+    approved_at: datetime | None = optional_timestamp()
+    # The user's own limits, set by an administrator; NULL: the setting's default
+    # (ATLAS_USER_MONTHLY_TOKENS, ATLAS_USER_MESSAGES_PER_MINUTE).
+    monthly_token_budget: int | None = Field(default=None, sa_type=sa.BigInteger)  # type: ignore[call-overload]
+    messages_per_minute: int | None = None
+
+
+class RateLimitBucket(SQLModel, table=True):
+    """A token bucket (auth/buckets.py): `tokens` left at `updated_at`, refilled with time. A
+    bucket whose row is missing is full."""
+
+    __tablename__ = "rate_limit_buckets"
+
+    key: str = Field(primary_key=True, max_length=200)
+    tokens: float = Field(sa_type=sa.Double)  # type: ignore[call-overload]
+    updated_at: datetime = created_at()
 
 
 class Session(SQLModel, table=True):

@@ -1,8 +1,12 @@
-"""API usage totals and the per-project monthly token budget.
+"""API usage totals and the monthly token budgets, per project and per user.
 
-The budget is the project setting `monthlyTokenBudget`: a JSON integer of input + output tokens
-per calendar month in UTC. `ensure_within_budget` is called by sendMessage before the AI call,
-serialised per project (an advisory transaction lock) and counting the replies still running.
+A project's budget is its setting `monthlyTokenBudget`: a JSON integer of input + output tokens
+per calendar month in UTC. A user's budget is their own `users.monthly_token_budget` (set by an
+administrator) or else ATLAS_USER_MONTHLY_TOKENS; it counts every reply the user asked for, in
+projects and personal threads alike. `ensure_within_budget` (project) and
+`ensure_within_user_budget` are called by sendMessage before the AI call, each serialised by an
+advisory transaction lock (project first, then user) and counting the replies still running.
+A refusal is QUOTA_EXCEEDED whose `budget` extension says which budget tripped.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from atlas_gql.auth.models import User
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import QuotaExceeded
 from atlas_gql.logs.models import ApiUsageLog
@@ -29,6 +35,13 @@ BUDGET_SETTING_KEY = "monthlyTokenBudget"
 CHARS_PER_TOKEN = 4
 # The ApiUsageLog.status suffix of a row whose tokens are estimated, e.g. "cancelled_estimated".
 ESTIMATED_SUFFIX = "_estimated"
+
+
+class BudgetKind(StrEnum):
+    """Which budget refused a reply: the `budget` extension of QUOTA_EXCEEDED."""
+
+    PROJECT = "PROJECT"
+    USER = "USER"
 
 
 def estimate_tokens(text: str) -> int:
@@ -139,12 +152,44 @@ class InFlight:
 NOTHING_IN_FLIGHT = InFlight()
 
 
-async def lock_project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> None:
-    """Serialise budget checks of one project until the caller's transaction ends (a 64-bit
-    hash of a namespaced key, like the login limiter's locks; a collision only serialises
-    two projects needlessly)."""
-    key = f"atlas:budget:{project_id}"
+async def _advisory_lock(db: AsyncSession, key: str) -> None:
+    # A 64-bit hash of a namespaced key, like the login limiter's locks; a collision only
+    # serialises two budgets needlessly.
     await db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))))
+
+
+async def lock_project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> None:
+    """Serialise budget checks of one project until the caller's transaction ends."""
+    await _advisory_lock(db, f"atlas:budget:{project_id}")
+
+
+def _refuse(
+    kind: BudgetKind, *, budget: int, used: int, running: InFlight, now: datetime | None
+) -> None:
+    """QUOTA_EXCEEDED when `used` tokens (plus those reckoned for running replies) reach
+    `budget`."""
+    project = kind is BudgetKind.PROJECT
+    extensions: dict[str, Any] = {
+        "budget": kind.value,
+        "limit": budget,
+        "used": used,
+        "resetsAt": next_month_start(now).isoformat(),
+    }
+    if used >= budget:
+        raise QuotaExceeded(
+            "This project has used its monthly token budget."
+            if project
+            else "You have used your monthly token budget.",
+            **extensions,
+        )
+    if used + running.tokens >= budget:
+        raise QuotaExceeded(
+            ("This project's" if project else "Your")
+            + f" running replies may use the rest of {'its' if project else 'your'} monthly "
+            "token budget; wait for them to finish.",
+            **extensions,
+            inProgress=running.replies,
+        )
 
 
 async def ensure_within_budget(
@@ -154,9 +199,9 @@ async def ensure_within_budget(
     in_flight: Callable[[], Awaitable[InFlight]] | None = None,
     now: datetime | None = None,
 ) -> None:
-    """Raise QuotaExceeded when the project's tokens this UTC month, plus the tokens reckoned
-    for its replies still running (`in_flight`, read under the lock), reach its
-    `monthlyTokenBudget`. No project or no budget: nothing to check.
+    """Raise QuotaExceeded (`budget: PROJECT`) when the project's tokens this UTC month, plus
+    the tokens reckoned for its replies still running (`in_flight`, read under the lock), reach
+    its `monthlyTokenBudget`. No project or no budget: nothing to check.
 
     With a budget, the check takes the project's advisory lock first and the caller keeps it
     until its transaction ends: the caller must store its running reply in that same
@@ -169,17 +214,66 @@ async def ensure_within_budget(
     await lock_project_budget(db=db, project_id=project_id)
     used = (await usage_this_month(db=db, project_ids=[project_id], now=now))[project_id]
     running = await in_flight() if in_flight is not None else NOTHING_IN_FLIGHT
-    if used.total_tokens >= budget:
-        raise QuotaExceeded(
-            "This project has used its monthly token budget.",
-            budget=budget,
-            used=used.total_tokens,
+    _refuse(BudgetKind.PROJECT, budget=budget, used=used.total_tokens, running=running, now=now)
+
+
+def effective_user_budget(user: User, default: int | None) -> int | None:
+    """The user's own budget, else the default (ATLAS_USER_MONTHLY_TOKENS); None: unlimited."""
+    return user.monthly_token_budget if user.monthly_token_budget is not None else default
+
+
+async def user_usage_this_month(
+    *, db: ReadSession, user_ids: Sequence[uuid.UUID], now: datetime | None = None
+) -> dict[uuid.UUID, UsageTotals]:
+    """Usage totals per user (the sender of each reply, in any project or none) for the
+    current UTC calendar month, in one GROUP BY statement; zeros for users without usage."""
+    ids = list(dict.fromkeys(user_ids))
+    if not ids:
+        return {}
+    start, end = month_start(now), next_month_start(now)
+    statement = (
+        sa.select(
+            col(ApiUsageLog.user_id),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.input_tokens)), 0),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.output_tokens)), 0),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.cost_usd)), 0),
+            sa.func.count(),
         )
-    if used.total_tokens + running.tokens >= budget:
-        raise QuotaExceeded(
-            "This project's running replies may use the rest of its monthly token budget; "
-            "wait for them to finish.",
-            budget=budget,
-            used=used.total_tokens,
-            inProgress=running.replies,
+        .where(
+            col(ApiUsageLog.user_id).in_(ids),
+            col(ApiUsageLog.created_at) >= start,
+            col(ApiUsageLog.created_at) < end,
         )
+        .group_by(col(ApiUsageLog.user_id))
+    )
+    totals = {user_id: UsageTotals() for user_id in ids}
+    for user_id, input_tokens, output_tokens, cost, requests in (await db.execute(statement)).all():
+        if user_id is None:  # excluded by the WHERE; narrows the type
+            continue
+        totals[user_id] = UsageTotals(
+            input_tokens=int(input_tokens),
+            output_tokens=int(output_tokens),
+            cost_usd=Decimal(cost),
+            requests=int(requests),
+        )
+    return totals
+
+
+async def ensure_within_user_budget(
+    *,
+    db: AsyncSession,
+    user_id: uuid.UUID,
+    budget: int | None,
+    in_flight: Callable[[], Awaitable[InFlight]] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """Raise QuotaExceeded (`budget: USER`) when the user's tokens this UTC month, plus those
+    reckoned for their replies still running, reach `budget` (None: nothing to check). Like
+    the project's check, it takes the user's advisory lock, which the caller keeps until its
+    transaction (which stores the running reply) ends; callers take the project's lock first."""
+    if budget is None:
+        return
+    await _advisory_lock(db, f"atlas:user-budget:{user_id}")
+    used = (await user_usage_this_month(db=db, user_ids=[user_id], now=now))[user_id]
+    running = await in_flight() if in_flight is not None else NOTHING_IN_FLIGHT
+    _refuse(BudgetKind.USER, budget=budget, used=used.total_tokens, running=running, now=now)

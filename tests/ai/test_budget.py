@@ -96,7 +96,8 @@ async def test_concurrent_sends_in_many_threads_cannot_pass_the_budget_together(
     assert len(accepted) == 1, bodies
     assert all(error_codes(body) == ["QUOTA_EXCEEDED"] for body in refused), refused
     extensions = refused[0]["errors"][0]["extensions"]
-    assert extensions["budget"] == 31
+    assert extensions["budget"] == "PROJECT"
+    assert extensions["limit"] == 31
     assert extensions["used"] == 30
     assert extensions["inProgress"] == 1
 

@@ -32,6 +32,7 @@ TABLES = {
     "activity_logs",
     "api_usage_logs",
     "error_logs",
+    "rate_limit_buckets",
 }
 UNIQUE_KEYS = {
     ("users", "lower((email)::text)"),

@@ -86,7 +86,12 @@ async def test_ensure_within_budget_refuses_once_the_budget_is_spent(
     with pytest.raises(QuotaExceeded) as raised:
         await ensure_within_budget(db=db, project_id=project.id)  # 100 >= 100
     assert raised.value.code is ErrorCode.QUOTA_EXCEEDED
-    assert raised.value.extensions == {"budget": 100, "used": 100}
+    assert raised.value.extensions == {
+        "budget": "PROJECT",
+        "limit": 100,
+        "used": 100,
+        "resetsAt": next_month_start(now).isoformat(),
+    }
 
     # Next month the budget is fresh again.
     await ensure_within_budget(db=db, project_id=project.id, now=next_month_start(now))
