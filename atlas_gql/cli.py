@@ -1,4 +1,4 @@
-"""`atlas-gql`: serve, migrate, seed, create-user, export-schema."""
+"""`atlas-gql`: serve, migrate, seed, create-user, unlock-user, export-schema, prune-logs."""
 
 from __future__ import annotations
 
@@ -243,6 +243,39 @@ def create_user(
     typer.echo(run_with_sessions(target, work))
 
 
+@cli.command("unlock-user")
+def unlock_user(
+    email: Annotated[str, typer.Option(help="The account's email (sign-in name).")],
+) -> None:
+    """Lift every sign-in lock and backoff of an account (all addresses), e.g. after an attack."""
+    import atlas_gql.models  # noqa: F401  (every table: the activity row's foreign keys)
+    from atlas_gql.auth.actor import Actor
+    from atlas_gql.auth.ratelimit import clear_redis_counters, unlock_account
+    from atlas_gql.db.utils import execute_transaction
+
+    settings = load_settings()
+    target = resolve_target(settings)
+
+    async def unlock(db: AsyncSession) -> int:
+        return await unlock_account(db=db, email=email, actor=Actor.system())
+
+    async def work(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+        return await execute_transaction(sessionmaker, unlock, attempts=1)
+
+    cleared = run_with_sessions(target, work)
+    message = f"unlocked {email.strip().lower()}: {cleared} counted sign-in attempts cleared"
+    if settings.redis_url:
+        try:
+            keys = asyncio.run(clear_redis_counters(settings=settings, email=email))
+        except Exception as exc:  # the database is cleared; say what is left
+            raise fail(
+                f"{message}, but Redis could not be cleared ({type(exc).__name__}: {exc}); "
+                "its counters expire with ATLAS_LOGIN_FAILURE_WINDOW"
+            ) from None
+        message += f", {keys} Redis counters deleted"
+    typer.echo(message)
+
+
 @cli.command("export-schema")
 def export_schema(
     path: Annotated[Path | None, typer.Argument(help="File to write; stdout when omitted.")] = None,
@@ -271,7 +304,10 @@ def prune_logs_command(
         int, typer.Option(help="Rows deleted per statement and transaction.", min=1)
     ] = 5000,
 ) -> None:
-    """Delete old ActivityLog and ErrorLog rows in batches (API usage rows are kept)."""
+    """Delete old ActivityLog and ErrorLog rows in batches (API usage rows are kept), and the
+    rows of rate-limit buckets that are full again."""
+    from atlas_gql.auth.buckets import prune_full_buckets
+    from atlas_gql.db.utils import execute_transaction
     from atlas_gql.logs.service import PruneReport, prune_logs
 
     settings = load_settings()
@@ -281,18 +317,23 @@ def prune_logs_command(
         activity_days = error_days = older_than_days
     target = resolve_target(settings)
 
-    async def work(sessionmaker: async_sessionmaker[AsyncSession]) -> PruneReport:
-        return await prune_logs(
+    async def work(sessionmaker: async_sessionmaker[AsyncSession]) -> tuple[PruneReport, int]:
+        report = await prune_logs(
             sessionmaker=sessionmaker,
             activity_retention_days=activity_days,
             error_retention_days=error_days,
             batch_size=batch_size,
         )
+        buckets = await execute_transaction(
+            sessionmaker, lambda db: prune_full_buckets(db=db), attempts=1
+        )
+        return report, buckets
 
-    report = run_with_sessions(target, work)
+    report, buckets = run_with_sessions(target, work)
     typer.echo(
         f"deleted {report.activity_logs} activity log rows older than {activity_days} days "
         f"and {report.error_logs} error log rows older than {error_days} days"
+        + (f"; {buckets} full rate-limit buckets" if buckets else "")
     )
 
 

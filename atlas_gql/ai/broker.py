@@ -9,9 +9,9 @@ publisher, see `sequences.py`). Two implementations behind one interface:
 Both also carry *control* messages between workers (e.g. "cancel this reply"), delivered to
 every process's control handler, so a cancel reaches the worker that runs the reply.
 
-Redis is behind a circuit breaker (`circuit.py`): a Redis that fails or hangs costs one short
-timeout, then is skipped (events still reach this process's subscribers) until it answers
-again; what needs Redis and cannot have it raises BrokerUnavailable (BROKER_UNAVAILABLE).
+Redis is behind a circuit breaker (`atlas_gql/circuit.py`): a Redis that fails or hangs costs
+one short timeout, then is skipped (events still reach this process's subscribers) until it
+answers again; what needs Redis and cannot have it raises BrokerUnavailable (BROKER_UNAVAILABLE).
 
 Size: over 400 lines on purpose: the two implementations of one interface, whose replay and
 control semantics must match, read side by side."""
@@ -28,7 +28,6 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from atlas_gql.ai.circuit import CircuitBreaker, CircuitOpenError
 from atlas_gql.ai.events import (
     FINAL_EVENTS,
     MessageDelta,
@@ -38,6 +37,7 @@ from atlas_gql.ai.events import (
     encode_event,
 )
 from atlas_gql.ai.listening import Listeners
+from atlas_gql.circuit import CircuitBreaker, CircuitOpenError
 from atlas_gql.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -359,7 +359,7 @@ class RedisBroker:
     An event is delivered to this process's subscribers directly, then sent to Redis for the
     other workers (tagged with this worker's id, so its own listener skips it): local
     subscribers never wait on Redis. Every Redis command runs through a circuit breaker with
-    a short timeout (`circuit.py`, ATLAS_REDIS_TIMEOUT): once Redis fails or hangs, it is
+    a short timeout (`atlas_gql/circuit.py`, ATLAS_REDIS_TIMEOUT): once Redis fails or hangs, it is
     skipped (publishes deliver locally only, new subscriptions and control messages fail at
     once with BROKER_UNAVAILABLE) until a probe finds it answering again."""
 

@@ -27,7 +27,7 @@ response runs on its own, so a reply outlives its stream and its worker.
 
 Size: over 400 lines on purpose: one reply's life (start, stream, checkpoint, resume, cancel,
 finish) reads top to bottom here; what stands alone is in events.py, sequences.py,
-recovery.py and circuit.py."""
+recovery.py and atlas_gql/circuit.py."""
 
 from __future__ import annotations
 

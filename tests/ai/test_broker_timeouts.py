@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from atlas_gql.ai.broker import RedisBroker
-from atlas_gql.ai.circuit import CircuitBreaker, CircuitOpenError
+from atlas_gql.circuit import CircuitBreaker, CircuitOpenError
 from atlas_gql.ai.events import MessageDelta
 from atlas_gql.errors import BrokerUnavailable
 
