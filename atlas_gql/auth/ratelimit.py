@@ -67,6 +67,10 @@ COUNTED_ACTIONS = (LOGIN_ATTEMPT_ACTION, LOGIN_FAILED_ACTION)
 LOGIN_FAILURES_CLEARED_ACTION = "auth.login_failed_cleared"
 RATE_LIMITED_MESSAGE = "Too many failed sign-in attempts; try again later."
 REDIS_MAX_CONNECTIONS = 50
+# The longest a sign-in waits for Redis before the breaker skips it (ATLAS_REDIS_TIMEOUT when
+# longer): a burst of sign-ins opens new pooled connections, which a broker's publish on a
+# warm connection does not; one such wait per incident, then Redis is skipped.
+REDIS_MIN_TIMEOUT = 2.0
 
 
 def account_key(email: str) -> str:
@@ -503,7 +507,7 @@ def build_login_limiter(settings: Settings) -> LoginLimiter:
             redis=Redis.from_pool(pool),
             prefix=settings.atlas_rate_limit_prefix,
             limits=limits,
-            timeout=settings.atlas_redis_timeout,
+            timeout=max(REDIS_MIN_TIMEOUT, settings.atlas_redis_timeout),
             retry_max=settings.atlas_redis_retry_max,
         )
     return DatabaseLoginLimiter(limits)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.ratelimit import (
     DatabaseLoginLimiter,
+    LoginLimits,
     RedisLoginLimiter,
     build_login_limiter,
     settle_attempt,
@@ -28,12 +29,24 @@ def fresh_email() -> str:
     return f"target-{uuid.uuid4().hex[:10]}@example.com"
 
 
+def limits(**values: int) -> LoginLimits:
+    """Sign-in limits: the defaults (window 600 s) but for `values`."""
+    defaults = {
+        "max_failures": 10,
+        "window_seconds": 600,
+        "address_max_failures": 50,
+        "account_backoff_after": 20,
+        "account_backoff_max": 60,
+    }
+    return LoginLimits(**(defaults | values))
+
+
 def at(ip_address: str | None) -> Actor:
     """An anonymous caller from `ip_address`."""
     return Actor(viewer=None, ip_address=ip_address)
 
 
-async def test_25_wrong_passwords_on_one_account_meet_rate_limited(
+async def test_25_wrong_passwords_from_one_address_lock_that_address_out_only(
     make_gql: Any, db: AsyncSession
 ) -> None:
     register = await make_gql(atlas_bcrypt_rounds=4)
@@ -44,16 +57,14 @@ async def test_25_wrong_passwords_on_one_account_meet_rate_limited(
         {"e": email},
     )
     assert "errors" not in body
-    codes = []
-    for attempt in range(25):
-        # A new address each time: the per-account limit alone stops them.
-        gql = await make_gql(ip=f"198.51.100.{attempt + 1}", atlas_bcrypt_rounds=4)
-        codes.append(error_codes(await login(gql, email, f"guess-{attempt}"))[0])
+    attacker = await make_gql(ip="198.51.100.1", atlas_bcrypt_rounds=4)
+    codes = [
+        error_codes(await login(attacker, email, f"guess-{attempt}"))[0] for attempt in range(25)
+    ]
     assert codes[:10] == ["UNAUTHENTICATED"] * 10
     assert codes[10:] == ["RATE_LIMITED"] * 15
-    # Even the right password is refused while the limit holds, with a retry-after.
-    gql = await make_gql(ip="198.51.100.200", atlas_bcrypt_rounds=4)
-    limited = await login(gql, email.upper(), "right-password")
+    # Even the right password is refused from that address while the lock holds.
+    limited = await login(attacker, email.upper(), "right-password")
     error = limited["errors"][0]
     assert error["extensions"]["code"] == "RATE_LIMITED"
     assert 0 < error["extensions"]["retryAfter"] <= 900
@@ -68,12 +79,14 @@ async def test_25_wrong_passwords_on_one_account_meet_rate_limited(
         )
     ).scalar_one()
     assert failures == 10
-    # Other accounts are untouched.
-    assert await signed_in(gql, "user@example.com", SEED_PASSWORD)
+    # The owner, from another address, is not locked out; other accounts are untouched.
+    owner = await make_gql(ip="198.51.100.200", atlas_bcrypt_rounds=4)
+    assert await signed_in(owner, email, "right-password")
+    assert await signed_in(attacker, "user@example.com", SEED_PASSWORD)
 
 
 async def test_failures_from_one_address_are_limited_across_accounts(make_gql: Any) -> None:
-    gql = await make_gql(ip="192.0.2.44", atlas_login_max_failures=3)
+    gql = await make_gql(ip="192.0.2.44", atlas_login_address_max_failures=3)
     for _ in range(3):
         assert error_codes(await login(gql, fresh_email(), "whatever-password")) == [
             "UNAUTHENTICATED"
@@ -82,14 +95,14 @@ async def test_failures_from_one_address_are_limited_across_accounts(make_gql: A
     assert error_codes(limited) == ["RATE_LIMITED"]
     assert limited["errors"][0]["message"] == "Too many failed sign-in attempts; try again later."
     # Another address still signs in.
-    elsewhere = await make_gql(ip="192.0.2.45", atlas_login_max_failures=3)
+    elsewhere = await make_gql(ip="192.0.2.45", atlas_login_address_max_failures=3)
     assert await signed_in(elsewhere, "user@example.com", SEED_PASSWORD)
 
 
 async def test_database_limiter_counts_attempts_and_failure_rows(
     db: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    limiter = DatabaseLoginLimiter(max_failures=3, window_seconds=600)
+    limiter = DatabaseLoginLimiter(limits(max_failures=3, address_max_failures=3))
     email = fresh_email()
     # A failure row of the window counts, and so does each admitted attempt.
     record_activity(
@@ -116,16 +129,19 @@ async def test_database_limiter_counts_attempts_and_failure_rows(
     assert pending == 2
     assert {attempt.email for attempt in attempts} == {email}
     with pytest.raises(RateLimited) as limited:
-        await limiter.reserve(sessionmaker=sessionmaker, email=email.upper(), actor=at(None))
+        await limiter.reserve(sessionmaker=sessionmaker, email=email.upper(), actor=at("192.0.2.9"))
     assert 0 < limited.value.retry_after <= 600
+    # The lock is per account and address: the account from elsewhere is admitted.
+    await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at("192.0.2.11"))
+    # The address has reached its own limit too, across accounts.
     with pytest.raises(RateLimited):
         await limiter.reserve(sessionmaker=sessionmaker, email=fresh_email(), actor=at("192.0.2.9"))
     await limiter.reserve(sessionmaker=sessionmaker, email=fresh_email(), actor=at("192.0.2.10"))
-    # A settled success stops counting: the account is admitted again.
+    # A settled success stops counting: the account is admitted again from that address.
     await settle_attempt(db, attempt=attempts[0], action="auth.login", user_id=None)
     await db.commit()
     await limiter.release(attempts[0])
-    await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at(None))
+    await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at("192.0.2.9"))
 
 
 async def test_redis_limiter_over_real_redis(
@@ -149,36 +165,34 @@ async def test_redis_limiter_over_real_redis(
         for index in range(3):
             worker = limiter if index % 2 else other_worker
             attempts.append(
-                await worker.reserve(
-                    sessionmaker=sessionmaker, email=email, actor=at(f"192.0.2.{index}")
-                )
+                await worker.reserve(sessionmaker=sessionmaker, email=email, actor=at("192.0.2.1"))
             )
         assert all(len(attempt.redis_keys) == 2 for attempt in attempts)
+        # The Redis counter of (account, address) refuses first (the database would too).
         with pytest.raises(RateLimited) as limited:
             await other_worker.reserve(
-                sessionmaker=sessionmaker, email=email.upper(), actor=at("192.0.2.99")
+                sessionmaker=sessionmaker, email=email.upper(), actor=at("192.0.2.1")
             )
         assert 0 < limited.value.retry_after <= 120
-        await limiter.reserve(
-            sessionmaker=sessionmaker, email=fresh_email(), actor=at("192.0.2.99")
-        )
+        # Elsewhere the account is admitted; so is another account from the address.
+        await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at("192.0.2.99"))
         keys = sorted([key.decode() async for key in client.scan_iter(match=f"{redis_prefix}*")])
-        assert len(keys) == 6  # two accounts, four addresses
+        assert len(keys) == 4  # two (account, address) pairs, two addresses
         assert not any(email in key for key in keys)  # account keys are hashed
-        ttl = await client.ttl(f"{redis_prefix}login:ip:192.0.2.0")
+        ttl = await client.ttl(f"{redis_prefix}login:ip:192.0.2.1")
         assert 0 < ttl <= 120
-        account = attempts[0].redis_keys[0]
-        assert int(await client.get(account) or 0) == 3  # the refused attempt gave it back
+        pair = attempts[0].redis_keys[0]
+        assert int(await client.get(pair) or 0) == 3  # the refused attempt gave it back
         assert int(await client.get(f"{redis_prefix}login:ip:192.0.2.99") or 0) == 1
         # A success gives its reservation back; never below zero, never a key without TTL.
         await settle_attempt(db, attempt=attempts[0], action="auth.login", user_id=None)
         await db.commit()
         await limiter.release(attempts[0])
-        assert int(await client.get(account) or 0) == 2
-        await other_worker.reserve(sessionmaker=sessionmaker, email=email, actor=at(None))
-        await client.delete(account)
+        assert int(await client.get(pair) or 0) == 2
+        await other_worker.reserve(sessionmaker=sessionmaker, email=email, actor=at("192.0.2.1"))
+        await client.delete(pair)
         await limiter.release(attempts[1])
-        assert await client.exists(account) == 0
+        assert await client.exists(pair) == 0
     finally:
         await client.aclose()
         await limiter.aclose()
@@ -194,10 +208,9 @@ async def test_redis_limiter_through_the_api(
         "atlas_login_max_failures": 3,
     }
     email = fresh_email()
-    for attempt in range(3):
-        gql = await make_gql(ip=f"192.0.2.{100 + attempt}", **overrides)
-        assert error_codes(await login(gql, email, "wrong-password")) == ["UNAUTHENTICATED"]
     gql = await make_gql(ip="192.0.2.150", **overrides)
+    for _ in range(3):
+        assert error_codes(await login(gql, email, "wrong-password")) == ["UNAUTHENTICATED"]
     limited = await login(gql, email, "wrong-password")
     assert error_codes(limited) == ["RATE_LIMITED"]
     assert 0 < limited["errors"][0]["extensions"]["retryAfter"] <= 900
