@@ -229,7 +229,9 @@ async def assign_role(
     if inserted is not None:
         actor.record(db, "role.assign", user, details={"role": role.value})
     # Granting a role to an account awaiting approval is approving it.
-    await _approve(db, actor, user, via="assignRole")
+    if user.approved_at is None:
+        await _approve(db, actor, user, via="assignRole")
+        return await stored(db, user)
     return user
 
 
