@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 
 from atlas_gql.ai.broker import RedisBroker
-from atlas_gql.circuit import CircuitBreaker, CircuitOpenError
 from atlas_gql.ai.events import MessageDelta
+from atlas_gql.circuit import CircuitBreaker, CircuitOpenError
 from atlas_gql.errors import BrokerUnavailable
 
 # Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
