@@ -754,4 +754,6 @@ NOT_COMPILED: dict[str, str] = {
     "Message.author": "issue 12 (events branch): resolver path until compiled",
     "Message.assistant": "issue 12 (events branch): resolver path until compiled",
     "ProjectSetting.project": "issue 12 (events branch): resolver path until compiled",
+    "User.approvedAt": "shown to the user and MANAGE_USERS only; an administrator's page",
+    "User.limits": "settings' defaults and this month's usage, computed in Python",
 }
