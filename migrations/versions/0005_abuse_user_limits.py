@@ -1,8 +1,8 @@
 """spend bounded per person: users.approved_at (registration approval), the user's own
 monthly token budget and message rate; token buckets of the request rate limits
 
-Revision ID: 0004_abuse_user_limits
-Revises: 0003_resumable_replies
+Revision ID: 0005_abuse_user_limits
+Revises: 0004_events_message_authors
 Create Date: 2026-12-16 10:00:00
 
 """
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_abuse_user_limits"
-down_revision: str | None = "0003_resumable_replies"
+revision: str = "0005_abuse_user_limits"
+down_revision: str | None = "0004_events_message_authors"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
