@@ -69,9 +69,6 @@ def _instructions(instructions: str | None) -> str | None:
     return instructions
 
 
-AssistantName = Annotated[str, AfterValidator(_name)]
-
-
 def _description(description: str | None) -> str | None:
     if description is not None and len(description) > DESCRIPTION_MAX:
         raise BadInput(
@@ -80,6 +77,7 @@ def _description(description: str | None) -> str | None:
     return description
 
 
+AssistantName = Annotated[str, AfterValidator(_name)]
 Temperature = Annotated[float | None, AfterValidator(_temperature)]
 Instructions = Annotated[str | None, AfterValidator(_instructions)]
 Description = Annotated[str | None, AfterValidator(_description)]
