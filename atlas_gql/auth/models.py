@@ -51,7 +51,7 @@ class User(Timestamped, table=True):
     approved_at: datetime | None = optional_timestamp()
     # The user's own limits, set by an administrator; NULL: the setting's default
     # (ATLAS_USER_MONTHLY_TOKENS, ATLAS_USER_MESSAGES_PER_MINUTE).
-    monthly_token_budget: int | None = Field(default=None, sa_type=sa.BigInteger)  # type: ignore[call-overload]
+    monthly_token_budget: int | None = Field(default=None, sa_type=sa.BigInteger)
     messages_per_minute: int | None = None
 
 
@@ -62,7 +62,7 @@ class RateLimitBucket(SQLModel, table=True):
     __tablename__ = "rate_limit_buckets"
 
     key: str = Field(primary_key=True, max_length=200)
-    tokens: float = Field(sa_type=sa.Double)  # type: ignore[call-overload]
+    tokens: float = Field(sa_type=sa.Double)
     updated_at: datetime = created_at()
 
 

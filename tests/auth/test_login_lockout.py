@@ -25,10 +25,10 @@ from atlas_gql.auth.ratelimit import (
 )
 from atlas_gql.errors import RateLimited
 from atlas_gql.logs.audit import record_activity
-from tests.ai.conftest import wait_until
 from tests.ai.tcp_proxy import TcpProxy
 from tests.auth.conftest import REDIS_URL, live_login, login, loopback_addresses, signed_in
 from tests.conftest import SEED_PASSWORD, error_codes, make_settings
+from tests.live import wait_until
 from tests.test_cli import run_cli, url_of
 
 
@@ -244,7 +244,7 @@ async def test_unlock_user_clears_every_lock_of_the_account(
         await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at("192.0.2.1"))
         await limiter.reserve(sessionmaker=sessionmaker, email=email, actor=at("192.0.2.3"))
         async with sessionmaker() as db:
-            rows = dict(
+            rows: dict[str, int] = dict(
                 (
                     await db.execute(
                         sa.text(
