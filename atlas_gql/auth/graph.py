@@ -551,7 +551,13 @@ class Mutation:
         "changes nothing.",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def approve_user(self, info: Info, id: strawberry.ID) -> UserType | None:
+    async def approve_user(
+        self,
+        info: Info,
+        id: Annotated[
+            strawberry.ID, strawberry.argument(description="The global ID of the user to approve.")
+        ],
+    ) -> UserType | None:
         user = await admin.approve_user(
             db=info.context.db,
             actor=await info.context.actor(),
@@ -565,7 +571,13 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def set_user_limits(
-        self, info: Info, user_id: strawberry.ID, input: UserLimitsInput
+        self,
+        info: Info,
+        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        input: Annotated[
+            UserLimitsInput,
+            strawberry.argument(description="The limits to change (omitted = unchanged)."),
+        ],
     ) -> UserType | None:
         user = await admin.set_user_limits(
             db=info.context.db,
