@@ -183,6 +183,28 @@ class RequestRecord:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    def finish_operation(
+        self,
+        *,
+        operation_type: str,
+        operation_name: str | None,
+        outcome: str,
+        viewer_id: str | None,
+        duration: float,
+    ) -> None:
+        """Describe the request's GraphQL operation on the record and count it: the one
+        place both read paths (executor and compiled statement) report what ran."""
+        self.operation_type = operation_type
+        self.operation_name = operation_name
+        self.outcome = outcome
+        self.viewer_id = viewer_id
+        observe_operation(
+            operation_type=operation_type,
+            operation_name=operation_name,
+            outcome=outcome,
+            duration=duration,
+        )
+
 
 _current_request: ContextVar[RequestRecord | None] = ContextVar("atlas_request", default=None)
 

@@ -135,16 +135,13 @@ class ErrorMappingExtension(SchemaExtension):
         except Exception:  # the document did not parse: no operation to speak of
             operation_type = "none"
         name = self.execution_context.operation_name
-        record.operation_type = operation_type
-        # (a client may send any JSON as operationName; the request is refused later)
-        record.operation_name = name if isinstance(name, str) else None
-        record.outcome = self._outcome or metrics.OK
         viewer = context.resolved_viewer if isinstance(context, Context) else None
-        record.viewer_id = str(viewer.user_id) if viewer is not None else None
-        metrics.observe_operation(
+        record.finish_operation(
             operation_type=operation_type,
-            operation_name=record.operation_name,
-            outcome=record.outcome,
+            # (a client may send any JSON as operationName; the request is refused later)
+            operation_name=name if isinstance(name, str) else None,
+            outcome=self._outcome or metrics.OK,
+            viewer_id=str(viewer.user_id) if viewer is not None else None,
             duration=duration,
         )
         if access_line:

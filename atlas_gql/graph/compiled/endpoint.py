@@ -220,14 +220,11 @@ def _observe(operation_name: str | None, claims: AccessClaims) -> None:
     record = metrics.current_request()
     if record is None:
         return
-    record.operation_type = "query"
-    record.operation_name = operation_name
-    record.outcome = metrics.OK
-    record.viewer_id = str(claims.user_id)
     record.sql_statements += 1
-    metrics.observe_operation(
+    record.finish_operation(
         operation_type="query",
-        operation_name=record.operation_name,
+        operation_name=operation_name,
         outcome=metrics.OK,
+        viewer_id=str(claims.user_id),
         duration=record.elapsed(),
     )
