@@ -130,8 +130,8 @@ class Query:
         return to_connection(page, AssistantType.from_model)
 
     @strawberry.field(
-        description="Threads the viewer may see (their projects', their own), newest first. "
-        + REFUSED,
+        description="Threads the viewer may see (their projects', their own), newest first; "
+        "archived threads only with `filter: {archived: true}`. " + REFUSED,
         extensions=authenticated(),
     )
     async def threads(
@@ -149,6 +149,8 @@ class Query:
             actor=await info.context.actor(),
             request=page_request(first=first, after=after, with_total=selects_total(info)),
             project_id=_project_of(filter),
+            archived=filter.archived if filter else None,
+            pinned=filter.pinned if filter else None,
         )
         return to_connection(page, ThreadType.from_model)
 
@@ -259,7 +261,7 @@ class Mutation:
         return ThreadType.from_model(thread)
 
     @strawberry.mutation(
-        description="Rename a thread (its creator, a project MANAGER+, ADMIN).",
+        description="Rename, pin or archive a thread (its creator, a project MANAGER+, ADMIN).",
         extensions=authenticated(),
     )
     async def update_thread(
@@ -298,10 +300,10 @@ class Mutation:
     @strawberry.mutation(
         description="Send a message (project MEMBER+): returns at once with the stored message "
         "and the IN_PROGRESS reply, which streams on `threadEvents`. CONFLICT while another "
-        "reply of the thread runs. QUOTA_EXCEEDED (`extensions.budget`, `used`) when the "
-        "project's tokens this month reached its `monthlyTokenBudget`, or would with its "
-        "replies still running (each reckoned as its text so far, at least 1 token; "
-        "`extensions.inProgress`).",
+        "reply of the thread runs, and in an archived thread. QUOTA_EXCEEDED "
+        "(`extensions.budget`, `used`) when the project's tokens this month reached its "
+        "`monthlyTokenBudget`, or would with its replies still running (each reckoned as its "
+        "text so far, at least 1 token; `extensions.inProgress`).",
         extensions=requires(PermissionName.USE_AI),
     )
     async def send_message(

@@ -33,7 +33,7 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.sequences import SequenceBlock
-from atlas_gql.ai.threads import get_thread, require_posting, running_reply
+from atlas_gql.ai.threads import get_thread, require_open, require_posting, running_reply
 from atlas_gql.auth import buckets
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, User
@@ -172,7 +172,8 @@ async def send_message(
     *, db: AsyncSession, actor: Actor, ai: AIRuntime, data: MessageSend
 ) -> SentMessage:
     """Store the user's message (COMPLETED) and the assistant's (IN_PROGRESS), and start the
-    streamed reply once they are committed. CONFLICT while another reply of the thread runs;
+    streamed reply once they are committed. CONFLICT while another reply of the thread runs
+    or when the thread is archived;
     RATE_LIMITED past the sender's message rate; QUOTA_EXCEEDED past the project's or the
     sender's monthly token budget (`budget: PROJECT | USER`)."""
     actor.require(PermissionName.USE_AI)
@@ -197,6 +198,7 @@ async def send_message(
         await _recover_orphaned_reply(ai, thread, running)
     # The lock serialises sends in this thread until the operation commits.
     thread = await get_thread(db=db, viewer=viewer, thread_id=thread.id, for_update=True)
+    require_open(thread)
     if await running_reply(db, thread.id) is not None:
         raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
     if thread.assistant_id is None:

@@ -70,6 +70,10 @@ class Thread(Timestamped, table=True):
     openai_thread_id: str | None = Field(default=None, max_length=100, unique=True)
     # Last sequence number handed to a threadEvents event; events are numbered per thread.
     last_event_sequence: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Pinned threads are listed with `threads(filter: {pinned: true})`; archived ones (a time,
+    # NULL when not archived) are hidden from `threads` by default and refuse new messages.
+    pinned: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    archived_at: datetime | None = optional_timestamp()
 
 
 class Message(SQLModel, table=True):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
+from sqlmodel import SQLModel, col
 
 from atlas_gql.ai import rules
 from atlas_gql.ai.assistants import clean_text, get_assistant
@@ -53,9 +54,36 @@ class ThreadCreate(Command):
 
 
 class ThreadUpdate(PartialUpdate):
-    """`title`: null clears it."""
+    """`title`: null clears it. `pinned` and `archived` may be left out, never null;
+    `archived` sets `archived_at` (now) or clears it."""
+
+    not_null = frozenset({"pinned", "archived"})
 
     title: Title = None
+    pinned: bool | None = None
+    archived: bool | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The set fields as columns: `archived` becomes `archived_at` (kept when the thread
+        is archived already, see `apply`)."""
+        changes = super().changes()
+        if "archived" in changes:
+            changes["archived_at"] = datetime.now(UTC) if changes.pop("archived") else None
+        return changes
+
+    def apply(self, row: SQLModel) -> dict[str, Any]:
+        if self.archived and getattr(row, "archived_at", None) is not None:
+            # Archiving an archived thread keeps when it was archived.
+            return ThreadUpdate.model_validate(
+                self.model_dump(include=self.model_fields_set - {"archived"})
+            ).apply(row)
+        return super().apply(row)
+
+
+def require_open(thread: Thread) -> None:
+    """CONFLICT when the thread is archived: it takes no new messages until unarchived."""
+    if thread.archived_at is not None:
+        raise Conflict("This thread is archived; unarchive it to send messages.")
 
 
 def thread_visible_to(viewer: Viewer) -> Any:
@@ -64,12 +92,24 @@ def thread_visible_to(viewer: Viewer) -> Any:
 
 
 async def list_threads(
-    *, db: ReadSession, actor: Actor, request: PageRequest, project_id: uuid.UUID | None = None
+    *,
+    db: ReadSession,
+    actor: Actor,
+    request: PageRequest,
+    project_id: uuid.UUID | None = None,
+    archived: bool | None = None,
+    pinned: bool | None = None,
 ) -> Page[Thread]:
-    """The threads the viewer may see, newest first."""
+    """The threads the viewer may see, newest first: not archived unless `archived` is true
+    (then the archived ones only); pinned or not when `pinned` is given."""
     statement = sa.select(Thread).where(thread_visible_to(actor.viewer_required))
     if project_id is not None:
         statement = statement.where(col(Thread.project_id) == project_id)
+    statement = statement.where(
+        col(Thread.archived_at).is_not(None) if archived else col(Thread.archived_at).is_(None)
+    )
+    if pinned is not None:
+        statement = statement.where(col(Thread.pinned).is_(pinned))
     return await paginate(db, statement, ordering=THREAD_ORDERING, request=request)
 
 
@@ -195,11 +235,16 @@ async def create_thread(*, db: AsyncSession, actor: Actor, data: ThreadCreate) -
 async def update_thread(
     *, db: AsyncSession, actor: Actor, thread_id: uuid.UUID, data: ThreadUpdate
 ) -> Thread:
-    """Rename a thread (its creator while MEMBER+, a project MANAGER+, ADMIN); a title left
-    out stays."""
-    thread = await _managed_thread(db, actor.viewer_required, thread_id, action="rename")
-    data.apply(thread)
-    actor.record(db, "thread.update", thread, project_id=thread.project_id)
+    """Rename, pin or archive a thread (its creator while MEMBER+, a project MANAGER+,
+    ADMIN); what is left out stays."""
+    thread = await _managed_thread(db, actor.viewer_required, thread_id, action="change")
+    changed = data.apply(thread)
+    details: dict[str, Any] = {}
+    if "pinned" in changed:
+        details["pinned"] = thread.pinned
+    if "archived_at" in changed:
+        details["archived"] = thread.archived_at is not None
+    actor.record(db, "thread.update", thread, project_id=thread.project_id, details=details or None)
     return await stored(db, thread)
 
 

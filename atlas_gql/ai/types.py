@@ -168,6 +168,15 @@ class ThreadType(Node):
         description="The OpenAI conversation (`conv_…`) holding the thread's history; null until "
         "the first reply creates it (and on Chat Completions servers, which keep no history)."
     )
+    pinned: bool = strawberry.field(
+        description="Pinned by `updateThread(input: {pinned: true})`; list the pinned threads "
+        "with `threads(filter: {pinned: true})`."
+    )
+    archived_at: datetime | None = strawberry.field(
+        description="When the thread was archived (UTC); null when it is not. An archived "
+        "thread is hidden from `threads` (unless `filter: {archived: true}`) and refuses new "
+        "messages (CONFLICT) until `updateThread(input: {archived: false})`."
+    )
     created_at: datetime = strawberry.field(description="When the thread was started (UTC).")
     updated_at: datetime = strawberry.field(description="When the thread was last changed (UTC).")
 
@@ -377,7 +386,16 @@ class UpdateAssistantInput:
 
 @strawberry.input(description="Filters of `threads`.")
 class ThreadFilter(_InProject):
-    pass
+    archived: bool | None = strawberry.field(
+        default=None,
+        description="true: only the archived threads; false, null or omitted: only those not "
+        "archived (archived threads are hidden by default).",
+    )
+    pinned: bool | None = strawberry.field(
+        default=None,
+        description="true: only the pinned threads; false: only those not pinned; null or "
+        "omitted: both.",
+    )
 
 
 @strawberry.input(description="A new thread.")
@@ -396,6 +414,13 @@ class CreateThreadInput:
 class UpdateThreadInput:
     title: strawberry.Maybe[str | None] = strawberry.field(
         description="The new title (up to 300 characters); null clears it."
+    )
+    pinned: strawberry.Maybe[bool | None] = strawberry.field(
+        description="Pin (true) or unpin (false) the thread; null is BAD_USER_INPUT."
+    )
+    archived: strawberry.Maybe[bool | None] = strawberry.field(
+        description="Archive (true: `archivedAt` is set, kept if already archived) or "
+        "unarchive (false) the thread; null is BAD_USER_INPUT."
     )
 
 

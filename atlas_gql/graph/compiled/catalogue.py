@@ -347,6 +347,8 @@ OBJECTS: dict[str, ObjectSpec] = {
             "id": node_id("Thread"),
             "title": column("title"),
             "openaiThreadId": column("openai_thread_id"),
+            "pinned": column("pinned"),
+            "archivedAt": timestamp("archived_at"),
             "createdAt": timestamp("created_at"),
             "updatedAt": timestamp("updated_at"),
             "project": to_one("Project", projects, "project_id", rule=visible_project),
@@ -546,24 +548,31 @@ def root_projects(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
     )
 
 
+ListFilter = Callable[[Value], Callable[[sa.FromClause], list[Any]]]
+
+
 def _visible_list(
     compiler: Compiler,
     fields: Fields,
     table: sa.Table,
     rule: Callable[[ViewerRef, sa.FromClause], SqlBool],
+    more: ListFilter | None = None,
 ) -> sa.ColumnElement[Any]:
-    """`assistants` and `threads`: the visible rows, optionally of one project."""
+    """`assistants` and `threads`: the visible rows, optionally of one project (`more`: the
+    list's other filter conditions)."""
     compiler.requires_viewer = True
     arguments = compiler.arguments("Query", fields[0])
     window = compiler.page_window(arguments, backward_allowed=False)
-    project_id = _optional_id_param(
-        compiler, arguments["filter"].field("projectId"), "Project", "projectId"
-    )
+    given = arguments["filter"]
+    project_id = _optional_id_param(compiler, given.field("projectId"), "Project", "projectId")
+    conditions_of = more(given) if more is not None else None
 
     def where(row: sa.FromClause) -> list[Any]:
         conditions: list[Any] = [rule(compiler.viewer, row)]
         if project_id is not None:
             conditions.append(row.c.project_id == project_id)
+        if conditions_of is not None:
+            conditions += conditions_of(row)
         return conditions
 
     return compiler.connection(
@@ -576,8 +585,26 @@ def root_assistants(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]
     return _visible_list(compiler, fields, assistants, assistant_visible)
 
 
+def _thread_filter(given: Value) -> Callable[[sa.FromClause], list[Any]]:
+    """ai.threads.list_threads: archived threads hidden unless `archived` is true (then only
+    they), `pinned` when given. Booleans are part of a plan's shape: constants here."""
+    archived_value, pinned_value = given.field("archived"), given.field("pinned")
+    archived = not archived_value.is_null() and archived_value.static_bool()
+    pinned = None if pinned_value.is_null() else pinned_value.static_bool()
+
+    def conditions(thread: sa.FromClause) -> list[Any]:
+        found: list[Any] = [
+            thread.c.archived_at.is_not(None) if archived else thread.c.archived_at.is_(None)
+        ]
+        if pinned is not None:
+            found.append(thread.c.pinned.is_(pinned))
+        return found
+
+    return conditions
+
+
 def root_threads(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
-    return _visible_list(compiler, fields, threads, thread_visible)
+    return _visible_list(compiler, fields, threads, thread_visible, _thread_filter)
 
 
 def _users_search_pattern(raw: Any) -> str:

@@ -157,6 +157,20 @@ def threads_list(world: World) -> tuple[str, dict[str, Any] | None]:
     return query, {"project": world.gid("Project", world.projects["alpha"].id)}
 
 
+def threads_archived_pinned(world: World) -> tuple[str, dict[str, Any] | None]:
+    """Archived threads are hidden unless asked for; `pinned` narrows either way."""
+    query = """query ($archived: Boolean, $pinned: Boolean, $filter: ThreadFilter) {
+      default: threads { totalCount nodes { title pinned archivedAt } }
+      archived: threads(filter: {archived: true}) { totalCount nodes { title archivedAt } }
+      notArchived: threads(filter: {archived: false}) { nodes { title } }
+      pinned: threads(filter: {pinned: true}) { nodes { title pinned } }
+      unpinned: threads(filter: {pinned: false, archived: $archived}) { nodes { title } }
+      byVariables: threads(filter: {archived: $archived, pinned: $pinned}) { nodes { title } }
+      whole: threads(filter: $filter) { nodes { title } }
+    }"""
+    return query, {"archived": True, "pinned": None, "filter": {"pinned": True}}
+
+
 def thread_by_id(world: World) -> tuple[str, dict[str, Any] | None]:
     query = f"query ($id: ID!) {{ thread(id: $id) {{ {THREAD_FIELDS} }} }}"
     return query, {"id": world.gid("Thread", world.threads["alpha-1"].id)}
@@ -279,6 +293,7 @@ CASES: dict[str, Case] = {
     "projects, filters": projects_filters,
     "project by id": project_by_id,
     "threads": threads_list,
+    "threads, archived and pinned": threads_archived_pinned,
     "thread by id": thread_by_id,
     "messages pages": messages_pages,
     "assistants": assistants_list,
