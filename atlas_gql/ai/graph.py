@@ -14,14 +14,17 @@ import strawberry
 from strawberry.file_uploads import Upload
 
 from atlas_gql import metrics
-from atlas_gql.ai import assistants, events, files, messages, threads
+from atlas_gql.ai import assistants, events, feedback, files, messages, threads
 from atlas_gql.ai.types import (
     AssistantFilter,
     AssistantType,
     CreateAssistantInput,
     CreateThreadInput,
+    FeedbackFilter,
+    FeedbackType,
     FileType,
     MessageType,
+    RateMessageInput,
     SendMessageInput,
     SendMessagePayload,
     ThreadEventType,
@@ -52,6 +55,7 @@ from atlas_gql.graph.relay import (
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
+from atlas_gql.logs.service import time_window
 
 # -- node resolvers --------------------------------------------------------------------------
 
@@ -74,6 +78,10 @@ NODE_GETTERS: dict[str, tuple[Getter, Callable[[Any], Any]]] = {
     "File": (
         lambda db, viewer, id: files.get_file(db=db, viewer=viewer, file_id=id),
         FileType.from_model,
+    ),
+    "Feedback": (
+        lambda db, viewer, id: feedback.get_feedback(db=db, viewer=viewer, feedback_id=id),
+        FeedbackType.from_model,
     ),
 }
 
@@ -169,6 +177,39 @@ class Query:
             info.context, "Thread", decode_id_of(id, "Thread")
         )
         return thread
+
+    @strawberry.field(
+        description="Ratings of replies with their comments, newest first, to see which "
+        "assistants or models disappoint. ADMIN reads every rating; a project OWNER/MANAGER "
+        "reads those of replies in their projects (with `filter.projectId` of a project they "
+        "do not manage: NOT_FOUND or FORBIDDEN); anyone else is FORBIDDEN. " + REFUSED,
+        extensions=authenticated(),
+    )
+    async def feedback(
+        self,
+        info: Info,
+        first: First = None,
+        after: After = None,
+        filter: Annotated[
+            FeedbackFilter | None,
+            strawberry.argument(description="Narrows the list; all given conditions apply."),
+        ] = None,
+    ) -> Connection[FeedbackType] | None:
+        given = filter or FeedbackFilter()
+        parsed = feedback.FeedbackFilter(
+            project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
+            assistant_id=optional_id(given.assistant_id, "Assistant", field="filter.assistantId"),
+            model=given.model,
+            rating=given.rating,
+            window=time_window(start=given.from_, end=given.to),
+        )
+        page = await feedback.list_feedback(
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
+            filter=parsed,
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
+        )
+        return to_connection(page, FeedbackType.from_model)
 
 
 # -- Mutation --------------------------------------------------------------------------------
@@ -353,6 +394,29 @@ class Mutation:
             actor=await info.context.actor(),
             ai=info.context.services.ai,
             message_id=decode_id_of(id, "Message"),
+        )
+        return MessageType.from_model(message)
+
+    @strawberry.mutation(
+        description="Rate a reply UP or DOWN, with an optional comment, or clear your rating "
+        "(rating null): anyone who sees the thread. Returns the reply (`viewerRating`, "
+        "`ratings`).",
+        extensions=authenticated(),
+    )
+    async def rate_message(
+        self,
+        info: Info,
+        input: Annotated[
+            RateMessageInput, strawberry.argument(description="The reply and the rating.")
+        ],
+    ) -> MessageType | None:
+        data = feedback.RatingSet(
+            message_id=decode_id_of(input.message_id, "Message", field="messageId"),
+            rating=input.rating,
+            comment=input.comment,
+        )
+        message = await feedback.rate_message(
+            db=info.context.db, actor=await info.context.actor(), data=data
         )
         return MessageType.from_model(message)
 

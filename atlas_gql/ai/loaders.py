@@ -11,8 +11,16 @@ import sqlalchemy as sa
 from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
-from atlas_gql.ai import rules
-from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
+from atlas_gql.ai import feedback, rules
+from atlas_gql.ai.models import (
+    Assistant,
+    AssociableType,
+    File,
+    FileAssociation,
+    Message,
+    Rating,
+    Thread,
+)
 from atlas_gql.ai.threads import THREAD_ORDERING, last_event_sequences
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import ViewerSource
@@ -26,6 +34,8 @@ FileTarget = tuple[AssociableType, uuid.UUID]
 
 # Assistants by id, without a visibility check (callers check).
 assistant_by_id = rows_by_id(Assistant)
+# Messages by id, without a visibility check (a rating's reply, read by who may read it).
+message_by_id = rows_by_id(Message)
 # A page of each thread's messages (oldest first).
 messages_page = pages_by_parent(
     Message, parent_column=col(Message.thread_id), ordering=MESSAGE_ORDERING
@@ -94,5 +104,30 @@ def files_by_target(db: ReadSessionSource) -> DataLoader[FileTarget, list[File]]
         for kind, target_id, file in rows.all():
             grouped[(AssociableType(kind), target_id)].append(file)
         return [grouped[target] for target in targets]
+
+    return DataLoader(load_fn=load)
+
+
+def viewer_rating_by_message(
+    db: ReadSessionSource, viewer: ViewerSource
+) -> DataLoader[uuid.UUID, Rating | None]:
+    """The viewer's rating of each message (None: not rated, or anonymous)."""
+
+    async def load(message_ids: Sequence[uuid.UUID]) -> list[Rating | None]:
+        signed_in = await viewer()
+        if signed_in is None:
+            return [None for _ in message_ids]
+        ratings = await feedback.viewer_ratings(db(), signed_in, message_ids)
+        return [ratings.get(message_id) for message_id in message_ids]
+
+    return DataLoader(load_fn=load)
+
+
+def rating_counts_by_message(db: ReadSessionSource) -> DataLoader[uuid.UUID, tuple[int, int]]:
+    """(up, down) ratings of each message; (0, 0) when it has none."""
+
+    async def load(message_ids: Sequence[uuid.UUID]) -> list[tuple[int, int]]:
+        counts = await feedback.rating_counts(db(), message_ids)
+        return [counts.get(message_id, (0, 0)) for message_id in message_ids]
 
     return DataLoader(load_fn=load)

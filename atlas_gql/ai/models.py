@@ -35,6 +35,11 @@ class MessageStatus(enum.StrEnum):
     CANCELLED = "CANCELLED"
 
 
+class Rating(enum.StrEnum):
+    UP = "UP"
+    DOWN = "DOWN"
+
+
 class AssociableType(enum.StrEnum):
     ASSISTANT = "ASSISTANT"
     THREAD = "THREAD"
@@ -128,6 +133,25 @@ class Message(SQLModel, table=True):
     # row write. `Thread.lastEventSequence` reads it, so `messages` plus
     # `threadEvents(afterSequence: lastEventSequence)` is the whole text, once.
     content_sequence: int | None = Field(default=None)
+
+
+class MessageRating(Timestamped, table=True):
+    """A user's rating of a reply (thumbs up or down, with an optional comment): one per user
+    and message, changed in place (`updated_at`), deleted when cleared."""
+
+    __tablename__ = "message_ratings"
+    __table_args__ = (
+        sa.UniqueConstraint("message_id", "user_id"),
+        # `feedback` lists newest first.
+        sa.Index("ix_message_ratings_created_at_id", "created_at", "id"),
+    )
+
+    id: uuid.UUID = uuid_pk()
+    # Indexed by the unique (message_id, user_id), which also serves the per-message counts.
+    message_id: uuid.UUID = foreign_key("messages.id", index=False)
+    user_id: uuid.UUID = foreign_key("users.id")
+    rating: Rating = enum_column(Rating, "rating")
+    comment: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class File(SQLModel, table=True):

@@ -19,6 +19,9 @@ check, so a demotion or a removal takes them away at once:
 - stop a reply or attach files to a message: ADMIN; its sender while they may post in its
   thread; a MANAGER+ of the thread's project.
 
+Feedback (issue 15 part 3): a reply is rated by whoever sees it; the ratings are read by
+ADMIN and the MANAGER+ of the thread's project (`feedback_visible`).
+
 Field-level (issue 10 part 12): an assistant's instructions are for those who may change the
 assistant (`assistant_manageable`); anyone else who sees it reads `instructions: null`."""
 
@@ -130,6 +133,12 @@ def message_changeable(viewer: ViewerRef, message: sa.FromClause) -> SqlBool:
             )
         ),
     )
+
+
+def feedback_visible(viewer: ViewerRef, thread: sa.FromClause) -> SqlBool:
+    """Who reads the ratings of a thread's replies in `feedback`: ADMIN, and a MANAGER+ of
+    the thread's project (ratings in personal threads are ADMIN's only)."""
+    return sa.or_(viewer.is_admin, _in_projects_where(viewer, thread, MANAGING_ROLES))
 
 
 def check(

@@ -5,8 +5,8 @@ Relation fields (Thread.messages, .project, .assistant, .files, ...) resolve thr
 per-request DataLoaders.
 
 Size: over 400 lines on purpose: one Strawberry type per API object of the domain, each with
-its `from_model` and its relation fields, read as the schema reads; there is no rule here to
-split along."""
+its `from_model` and its relation fields, read as the schema reads (Feedback included); there
+is no rule here to split along."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from atlas_gql.ai.models import (
     AssociableType,
     File,
     Message,
+    MessageRating,
     MessageRole,
     MessageStatus,
+    Rating,
     Thread,
 )
 from atlas_gql.auth import loaders as auth_loaders
@@ -93,6 +95,19 @@ MessageStatusEnum = described_enum(
         "CANCELLED": "Stopped by `cancelMessage`: `content` keeps the text received before.",
     },
 )
+
+RatingEnum = described_enum(
+    Rating,
+    name="Rating",
+    description="A person's verdict on a reply.",
+    values={"UP": "A good reply (thumbs up).", "DOWN": "A disappointing reply (thumbs down)."},
+)
+
+
+@strawberry.type(description="How many people rated a reply up and down.")
+class MessageRatings:
+    up: int = strawberry.field(description="Ratings UP.")
+    down: int = strawberry.field(description="Ratings DOWN.")
 
 
 @strawberry.type(name="Assistant", description="A configured AI assistant (model, instructions).")
@@ -289,6 +304,25 @@ class MessageType(Node):
         return UserType.from_model(user) if user else None
 
     @strawberry.field(
+        description="The viewer's rating of this reply (`rateMessage`); null when they have not "
+        "rated it (and for messages that are not replies)."
+    )
+    async def viewer_rating(self, info: Info) -> Rating | None:
+        if self.role is not MessageRole.ASSISTANT:
+            return None
+        return await info.context.viewer_loader(loaders.viewer_rating_by_message).load(self.db_id)
+
+    @strawberry.field(
+        description="How many people rated this reply up and down (0 and 0 for messages that "
+        "are not replies)."
+    )
+    async def ratings(self, info: Info) -> MessageRatings:
+        if self.role is not MessageRole.ASSISTANT:
+            return MessageRatings(up=0, down=0)
+        up, down = await info.context.loader(loaders.rating_counts_by_message).load(self.db_id)
+        return MessageRatings(up=up, down=down)
+
+    @strawberry.field(
         description="The assistant that wrote an ASSISTANT message (null for other messages, "
         "and once that assistant is deleted). Seen by whoever sees the message, as the "
         "thread's `assistant` is."
@@ -298,6 +332,56 @@ class MessageType(Node):
             return None
         assistant = await info.context.loader(loaders.assistant_by_id).load(self.assistant_db_id)
         return AssistantType.from_model(assistant) if assistant else None
+
+
+@strawberry.type(
+    name="Feedback",
+    description="A person's rating of a reply, with their comment (`feedback` lists them).",
+)
+class FeedbackType(Node):
+    db_id: strawberry.Private[uuid.UUID]
+    message_db_id: strawberry.Private[uuid.UUID]
+    user_db_id: strawberry.Private[uuid.UUID]
+    rating: Rating = strawberry.field(description="UP or DOWN.")
+    comment: str | None = strawberry.field(
+        description="What the person said about the reply; null when they said nothing."
+    )
+    created_at: datetime = strawberry.field(description="When the reply was first rated (UTC).")
+    updated_at: datetime = strawberry.field(
+        description="When the rating or its comment last changed (UTC)."
+    )
+
+    @classmethod
+    def from_model(cls, rating: MessageRating) -> FeedbackType:
+        return from_row(cls, "Feedback", rating)
+
+    async def _message(self, info: Info) -> Message | None:
+        return await info.context.loader(loaders.message_by_id).load(self.message_db_id)
+
+    @strawberry.field(description="The reply that was rated.")
+    async def message(self, info: Info) -> MessageType | None:
+        message = await self._message(info)
+        return MessageType.from_model(message) if message else None
+
+    @strawberry.field(description="The model that wrote the reply (e.g. `gpt-4o-mini`).")
+    async def model(self, info: Info) -> str | None:
+        message = await self._message(info)
+        return message.model if message else None
+
+    @strawberry.field(
+        description="The assistant that wrote the reply; null once that assistant is deleted."
+    )
+    async def assistant(self, info: Info) -> AssistantType | None:
+        message = await self._message(info)
+        if message is None or message.assistant_id is None:
+            return None
+        assistant = await info.context.loader(loaders.assistant_by_id).load(message.assistant_id)
+        return AssistantType.from_model(assistant) if assistant else None
+
+    @strawberry.field(description="Who rated the reply (null once their account is deleted).")
+    async def author(self, info: Info) -> UserType | None:
+        user = await info.context.loader(auth_loaders.user_by_id).load(self.user_db_id)
+        return UserType.from_model(user) if user else None
 
 
 @strawberry.type(name="File", description="An uploaded file (stored in OpenAI Files).")
@@ -436,6 +520,44 @@ class SendMessageInput:
     file_ids: list[strawberry.ID] = strawberry.field(
         default_factory=list,
         description="Uploaded files to attach and give to the model as input files.",
+    )
+
+
+@strawberry.input(description="A rating of a reply by the viewer.")
+class RateMessageInput:
+    message_id: strawberry.ID = strawberry.field(
+        description="The reply (an ASSISTANT message that has ended) of a thread the viewer "
+        "sees; another message is BAD_USER_INPUT, a reply still IN_PROGRESS CONFLICT, one the "
+        "viewer may not see NOT_FOUND."
+    )
+    rating: Rating | None = strawberry.field(
+        description="UP or DOWN (replaces the viewer's earlier rating); null clears the "
+        "viewer's rating and its comment."
+    )
+    comment: str | None = strawberry.field(
+        default=None,
+        description="Why, in at most 2,000 characters (blank or null: no comment). Read by the "
+        "project's managers and administrators in `feedback`.",
+    )
+
+
+@strawberry.input(description="Narrows `feedback`; all given conditions apply.")
+class FeedbackFilter:
+    project_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Replies in this project (you must own or manage it)."
+    )
+    assistant_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Replies written by this assistant."
+    )
+    model: str | None = strawberry.field(
+        default=None, description="Replies written by this model (exact name)."
+    )
+    rating: Rating | None = strawberry.field(default=None, description="Only UP or only DOWN.")
+    from_: datetime | None = strawberry.field(
+        default=None, name="from", description="Rated at or after this instant (needs an offset)."
+    )
+    to: datetime | None = strawberry.field(
+        default=None, description="Rated strictly before this instant (needs an offset)."
     )
 
 

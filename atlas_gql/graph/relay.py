@@ -67,6 +67,11 @@ def register_node(type_name: str, resolver: NodeResolver) -> None:
     _node_resolvers[type_name] = resolver
 
 
+def node_types() -> frozenset[str]:
+    """The type names `node(id:)` resolves on the resolver path."""
+    return frozenset(_node_resolvers)
+
+
 async def resolve_node(context: Context, global_id: str) -> Any:
     type_name, object_id = decode_global_id(global_id)
     return await resolve_node_of(context, type_name, object_id)

@@ -110,6 +110,20 @@ ACTIVITY_ORDERING = _newest_first(ActivityLog)
 ERROR_ORDERING = _newest_first(ErrorLog)
 
 
+async def require_log_reader(
+    db: ReadSession, viewer: Viewer, project_id: uuid.UUID | None, *, what: str
+) -> None:
+    """Who reads a project log (activity, feedback): with `project_id`, ADMIN or an OWNER /
+    MANAGER of that project (NOT_FOUND / FORBIDDEN otherwise); without, ADMIN or a manager of
+    some project (FORBIDDEN otherwise). The rows are then scoped in SQL by the caller."""
+    if project_id is not None:
+        await require_project_role(
+            db, viewer, project_id, ProjectRole.MANAGER, action=f"read its {what}"
+        )
+    elif not await db.scalar(sa.select(rules.reads_activity(viewer_literals(viewer)))):
+        raise Forbidden(f"Only administrators and project owners or managers read {what}.")
+
+
 async def list_activity_logs(
     *, db: ReadSession, actor: Actor, filter: ActivityFilter, request: PageRequest
 ) -> Page[ActivityLog]:
@@ -117,16 +131,12 @@ async def list_activity_logs(
     their projects (NOT_FOUND / FORBIDDEN for `projectId` of a project they do not manage);
     anyone else is FORBIDDEN."""
     viewer = actor.viewer_required
+    await require_log_reader(db, viewer, filter.project_id, what="activity")
     statement = sa.select(ActivityLog)
     if filter.project_id is not None:
-        await require_project_role(
-            db, viewer, filter.project_id, ProjectRole.MANAGER, action="read its activity log"
-        )
         statement = statement.where(col(ActivityLog.project_id) == filter.project_id)
     elif not viewer.is_admin:
         ref = viewer_literals(viewer)
-        if not (await db.execute(sa.select(rules.reads_activity(ref)))).scalar_one():
-            raise Forbidden("Only administrators and project owners or managers read activity.")
         statement = statement.where(rules.activity_visible(ref, table_of(ActivityLog)))
     if filter.user_id is not None:
         statement = statement.where(col(ActivityLog.user_id) == filter.user_id)

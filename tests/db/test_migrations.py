@@ -33,6 +33,7 @@ TABLES = {
     "api_usage_logs",
     "error_logs",
     "rate_limit_buckets",
+    "message_ratings",
 }
 UNIQUE_KEYS = {
     ("users", "lower((email)::text)"),
@@ -48,6 +49,7 @@ UNIQUE_KEYS = {
     ("messages", "openai_message_id"),
     ("files", "openai_file_id"),
     ("file_associations", "file_id, associable_type, associable_id"),
+    ("message_ratings", "message_id, user_id"),
 }
 
 
