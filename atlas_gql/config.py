@@ -141,6 +141,16 @@ class Settings(BaseSettings):
         description="the OpenAI SDK's HTTP transport: aiohttp (measured faster) or httpx",
     )
     atlas_default_model: str = "gpt-4o-mini"
+    atlas_title_model: str = Field(
+        default="gpt-4o-mini",
+        min_length=1,
+        description="the short, cheap model that names untitled threads (docs/titles.md)",
+    )
+    atlas_auto_titles: bool = Field(
+        default=True,
+        description="name an untitled thread after its first reply completes (a background "
+        "call to ATLAS_TITLE_MODEL); generateThreadTitle works either way",
+    )
     atlas_allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     atlas_max_message_chars: int = Field(default=32_000, ge=1)
     atlas_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)

@@ -109,6 +109,10 @@ def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
         "atlas_user_messages_per_minute": 1_000_000,
         "atlas_registrations_per_hour": 1_000_000,
         "atlas_registrations_per_hour_global": 1_000_000,
+        # Titles are a model call of their own after a first reply: tests that count model
+        # calls, usage rows or events would see it. Tested where turned on
+        # (tests/ai/test_titles.py).
+        "atlas_auto_titles": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -108,6 +108,7 @@ def test_a_cycle_is_found_and_named() -> None:
 COMMITTING_DOMAIN_MODULES = {
     "ai/orchestrator.py",  # the reply task's own short transactions (background work)
     "ai/recovery.py",  # replies whose worker is gone, finished in short transactions
+    "ai/titles.py",  # titles: no connection held across the model call (background too)
 }
 DOMAINS = ("auth", "projects", "ai", "logs")
 

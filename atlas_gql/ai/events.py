@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from atlas_gql.ai.models import Message, MessageRole, MessageStatus
+from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
 
 
 class MessagePayload(BaseModel):
@@ -48,6 +48,31 @@ class MessagePayload(BaseModel):
     def to_message(self) -> Message:
         """A detached Message row with these values (for the graph's types)."""
         return Message(**self.model_dump())
+
+
+class ThreadPayload(BaseModel):
+    """A thread as carried inside a ThreadUpdated event."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    id: uuid.UUID
+    title: str | None = None
+    project_id: uuid.UUID | None = None
+    assistant_id: uuid.UUID | None = None
+    created_by_id: uuid.UUID
+    openai_thread_id: str | None = None
+    pinned: bool = False
+    archived_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, thread: Thread) -> ThreadPayload:
+        return cls.model_validate(thread)
+
+    def to_thread(self) -> Thread:
+        """A detached Thread row with these values (for the graph's types)."""
+        return Thread(**self.model_dump())
 
 
 class _ThreadEventBase(BaseModel):
@@ -90,8 +115,20 @@ class MessageCancelled(_ThreadEventBase):
     error: str
 
 
+class ThreadUpdated(_ThreadEventBase):
+    """The thread itself changed (its title, named after a reply: `message_id`)."""
+
+    type: Literal["ThreadUpdated"] = "ThreadUpdated"
+    thread: ThreadPayload
+
+
 ThreadEvent = Annotated[
-    MessageCreated | MessageDelta | MessageCompleted | MessageFailed | MessageCancelled,
+    MessageCreated
+    | MessageDelta
+    | MessageCompleted
+    | MessageFailed
+    | MessageCancelled
+    | ThreadUpdated,
     Field(discriminator="type"),
 ]
 FinalEvent = MessageCompleted | MessageFailed | MessageCancelled

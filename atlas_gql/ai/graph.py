@@ -14,7 +14,7 @@ import strawberry
 from strawberry.file_uploads import Upload
 
 from atlas_gql import metrics
-from atlas_gql.ai import assistants, events, feedback, files, messages, threads
+from atlas_gql.ai import assistants, events, feedback, files, messages, threads, titles
 from atlas_gql.ai.types import (
     AssistantFilter,
     AssistantType,
@@ -23,6 +23,7 @@ from atlas_gql.ai.types import (
     FeedbackFilter,
     FeedbackType,
     FileType,
+    GenerateThreadTitleInput,
     MessageType,
     RateMessageInput,
     SendMessageInput,
@@ -319,6 +320,29 @@ class Mutation:
             actor=await info.context.actor(),
             thread_id=decode_id_of(id, "Thread"),
             data=threads.ThreadUpdate.model_validate(set_fields(input)),
+        )
+        return ThreadType.from_model(thread)
+
+    @strawberry.mutation(
+        description="Name a thread again from its first exchange with ATLAS_TITLE_MODEL (a "
+        "short model call, counted in usage with purpose TITLE and in the budgets) and answer "
+        "it with its new title; subscribers get a ThreadUpdated event. Whoever may rename the "
+        "thread. CONFLICT without a completed reply (or while it is being named); "
+        "QUOTA_EXCEEDED past the project's or your monthly budget; UPSTREAM_ERROR when the "
+        "call fails (the title stays as it was).",
+        extensions=requires(PermissionName.USE_AI),
+    )
+    async def generate_thread_title(
+        self,
+        info: Info,
+        input: Annotated[
+            GenerateThreadTitleInput, strawberry.argument(description="The thread to name.")
+        ],
+    ) -> ThreadType | None:
+        thread = await titles.generate_thread_title(
+            titles=info.context.services.ai.titles,
+            actor=await info.context.actor(),
+            thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
         )
         return ThreadType.from_model(thread)
 

@@ -61,6 +61,7 @@ from atlas_gql.ai.provider import (
 )
 from atlas_gql.ai.recovery import CANCELLED_ERROR, Recovery, usage_row
 from atlas_gql.ai.sequences import SequenceBlock
+from atlas_gql.ai.titles import TitleWriter
 from atlas_gql.config import Settings
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.audit import record_error
@@ -185,6 +186,14 @@ class AIRuntime:
             worker_id=self.worker_id,
             resume=self.resume_reply if provider.can_resume else None,
             cancel_upstream=self._cancel_upstream_later,
+        )
+        # Names untitled threads after their first reply (titles.py).
+        self.titles = TitleWriter(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            provider=provider,
+            publish=self._publish,
+            spawn=spawn,
         )
         broker.set_control_handler(self._on_control)
 
@@ -784,6 +793,11 @@ class AIRuntime:
                 )
             # Published as soon as the commit returns (before the session closes).
             await self._publish(job.thread_id, final_event(sequence, message))
+        if status is MessageStatus.COMPLETED:
+            # In a task of its own: the reply is over for everyone already.
+            self.titles.after_reply(
+                thread_id=job.thread_id, reply_id=job.assistant_message_id, user_id=job.user_id
+            )
         upstream_ended = done is not None or (failure is not None and failure.upstream_ended)
         if reply.resumable and not upstream_ended:
             # Cancelled, cut, timed out, a bug of ours: it still generates upstream.

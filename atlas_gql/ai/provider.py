@@ -128,6 +128,24 @@ class ReplyDone:
     output_tokens: int
 
 
+@dataclass
+class TextRequest:
+    """A short, non-streamed model call (a thread's title)."""
+
+    model: str
+    instructions: str
+    content: str
+    max_output_tokens: int
+
+
+@dataclass
+class TextCompletion:
+    text: str
+    response_id: str | None
+    input_tokens: int
+    output_tokens: int
+
+
 ReplyItem = ReplyStarted | ReplyDelta | ReplyDone
 # The items of one network read, in order.
 ReplyBatch = list[ReplyItem]
@@ -186,6 +204,9 @@ class Provider(Protocol):
 
     async def cancel_response(self, response_id: str) -> None:
         """Stop a background response upstream; raises UpstreamFailure."""
+
+    async def complete_text(self, request: TextRequest) -> TextCompletion:
+        """One short answer, not streamed, not stored upstream; raises UpstreamFailure."""
 
     async def upload_file(
         self, *, filename: str, content: bytes, mime_type: str | None, purpose: str
@@ -441,6 +462,33 @@ class ResponsesProvider(_FilesMixin):
         except UPSTREAM_ERRORS as error:
             raise _failure_from_sdk(error) from error
 
+    async def complete_text(self, request: TextRequest) -> TextCompletion:
+        try:
+            response = await self.client.responses.create(
+                model=request.model,
+                instructions=request.instructions,
+                input=request.content,
+                max_output_tokens=request.max_output_tokens,
+                store=False,
+            )
+        except UPSTREAM_ERRORS as error:
+            raise _failure_from_sdk(error) from error
+        usage = response.usage
+        if response.status not in (None, "completed"):
+            raise UpstreamFailure(
+                PROVIDER_FAILED_ERROR,
+                detail=f"response {response.status}",
+                input_tokens=usage.input_tokens if usage else None,
+                output_tokens=usage.output_tokens if usage else None,
+                upstream_ended=True,
+            )
+        return TextCompletion(
+            text=response.output_text,
+            response_id=response.id,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+        )
+
     async def _read(self, request: Any) -> AsyncIterator[ReplyBatch]:
         """The events of a streamed request (an SDK `with_streaming_response` call), read raw."""
         async with contextlib.AsyncExitStack() as stack:
@@ -517,6 +565,27 @@ class ChatProvider(_FilesMixin):
 
     async def cancel_response(self, response_id: str) -> None:
         return None
+
+    async def complete_text(self, request: TextRequest) -> TextCompletion:
+        try:
+            completion = await self.client.chat.completions.create(
+                model=request.model,
+                messages=[
+                    {"role": "system", "content": request.instructions},
+                    {"role": "user", "content": request.content},
+                ],
+                max_tokens=request.max_output_tokens,
+            )
+        except UPSTREAM_ERRORS as error:
+            raise _failure_from_sdk(error) from error
+        usage = completion.usage
+        choice = completion.choices[0] if completion.choices else None
+        return TextCompletion(
+            text=(choice.message.content or "") if choice else "",
+            response_id=completion.id,
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else 0,
+        )
 
     async def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
         messages: list[Any] = []

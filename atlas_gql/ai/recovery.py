@@ -32,7 +32,7 @@ from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, 
 from atlas_gql.ai.pricing import cost_usd
 from atlas_gql.ai.sequences import take_one_statement
 from atlas_gql.config import Settings
-from atlas_gql.logs.models import ApiUsageLog
+from atlas_gql.logs.models import ApiUsageLog, UsagePurpose
 from atlas_gql.logs.usage import ESTIMATED_SUFFIX, estimate_tokens
 
 logger = logging.getLogger(__name__)
@@ -67,8 +67,9 @@ def usage_row(
     settings: Settings, *, endpoint: str, user_id: uuid.UUID | None,
     project_id: uuid.UUID | None, thread_id: uuid.UUID, message_id: uuid.UUID, model: str,
     input_tokens: int, output_tokens: int, latency_ms: int | None, status: str,
+    purpose: UsagePurpose = UsagePurpose.REPLY,
 ) -> ApiUsageLog:  # fmt: skip
-    """The ApiUsageLog row of one reply, priced."""
+    """The ApiUsageLog row of one model call (a reply, or a title), priced."""
     return ApiUsageLog(
         user_id=user_id,
         project_id=project_id,
@@ -83,6 +84,7 @@ def usage_row(
             settings, model=model, input_tokens=input_tokens, output_tokens=output_tokens
         ),
         status=status,
+        purpose=purpose,
     )
 
 

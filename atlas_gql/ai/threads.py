@@ -133,9 +133,11 @@ async def get_thread(
     return thread
 
 
-async def _managed_thread(
+async def managed_thread(
     db: ReadSession, viewer: Viewer, thread_id: uuid.UUID, *, action: str, lock: bool = False
 ) -> Thread:
+    """A thread the viewer may change (rename, pin, archive, delete, name again): NOT_FOUND
+    when they cannot see it, FORBIDDEN when they may not change it."""
     thread = await get_thread(db=db, viewer=viewer, thread_id=thread_id, for_update=lock)
     if not await rules.holds(db, rules.thread_changeable, viewer, rules.threads, thread.id):
         raise Forbidden(
@@ -237,7 +239,7 @@ async def update_thread(
 ) -> Thread:
     """Rename, pin or archive a thread (its creator while MEMBER+, a project MANAGER+,
     ADMIN); what is left out stays."""
-    thread = await _managed_thread(db, actor.viewer_required, thread_id, action="change")
+    thread = await managed_thread(db, actor.viewer_required, thread_id, action="change")
     changed = data.apply(thread)
     details: dict[str, Any] = {}
     if "pinned" in changed:
@@ -251,7 +253,7 @@ async def update_thread(
 async def delete_thread(*, db: AsyncSession, actor: Actor, thread_id: uuid.UUID) -> bool:
     """Delete a thread and its messages (its creator while MEMBER+, a project MANAGER+,
     ADMIN). Refused while a reply runs (cancel it first)."""
-    thread = await _managed_thread(db, actor.viewer_required, thread_id, action="delete", lock=True)
+    thread = await managed_thread(db, actor.viewer_required, thread_id, action="delete", lock=True)
     if await running_reply(db, thread.id) is not None:
         raise Conflict("A reply is running in this thread; cancel it first.")
     message_ids = sa.select(col(Message.id)).where(col(Message.thread_id) == thread.id)

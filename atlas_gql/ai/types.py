@@ -523,6 +523,15 @@ class SendMessageInput:
     )
 
 
+@strawberry.input(description="The thread to name again.")
+class GenerateThreadTitleInput:
+    thread_id: strawberry.ID = strawberry.field(
+        description="A thread the viewer may rename (its creator while MEMBER+, a project "
+        "MANAGER+, ADMIN); NOT_FOUND when they cannot see it, FORBIDDEN when they may not "
+        "rename it."
+    )
+
+
 @strawberry.input(description="A rating of a reply by the viewer.")
 class RateMessageInput:
     message_id: strawberry.ID = strawberry.field(
@@ -649,6 +658,17 @@ class MessageCancelled(ThreadEventType):
     error: str = strawberry.field(description='Why it ended, readable ("The reply was stopped.").')
 
 
+@strawberry.type(
+    description="The thread itself changed: it got a title (after its first reply, or from "
+    "generateThreadTitle). `messageId` is the reply the title was drawn from."
+)
+class ThreadUpdated(ThreadEventType):
+    message: MessageType | None = strawberry.field(
+        default=None, description="Always null: the event is about the thread (see `thread`)."
+    )
+    thread: ThreadType = strawberry.field(description="The thread as it is now (its `title`).")
+
+
 # Implementations of ThreadEvent that no field names: the schema lists them explicitly.
 EVENT_TYPES: tuple[type, ...] = (
     MessageCreated,
@@ -656,6 +676,7 @@ EVENT_TYPES: tuple[type, ...] = (
     MessageCompleted,
     MessageFailed,
     MessageCancelled,
+    ThreadUpdated,
 )
 
 
@@ -667,6 +688,13 @@ def graph_event(event: events.ThreadEvent) -> ThreadEventType:
     if isinstance(event, events.MessageDelta):
         return MessageDelta(
             id=event_gid, sequence=sequence, message_id=message_gid, delta=event.delta
+        )
+    if isinstance(event, events.ThreadUpdated):
+        return ThreadUpdated(
+            id=event_gid,
+            sequence=sequence,
+            message_id=message_gid,
+            thread=ThreadType.from_model(event.thread.to_thread()),
         )
     message = MessageType.from_model(event.message.to_message())
     if isinstance(event, events.MessageCreated):

@@ -28,19 +28,29 @@ from atlas_gql.graph.relay import (
 )
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs import loaders, service
-from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
+from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource, UsagePurpose
 from atlas_gql.logs.usage import UsageTotals
 
 UsageGroupByEnum = described_enum(
     service.UsageGroup,
     name="UsageGroupBy",
     description="How apiUsage groups AI calls: DAY (YYYY-MM-DD in UTC), USER (user ID), "
-    "PROJECT (project ID) or MODEL (model name).",
+    "PROJECT (project ID), MODEL (model name) or PURPOSE (REPLY or TITLE).",
     values={
         "DAY": "One bucket per calendar day (UTC); key `YYYY-MM-DD`.",
         "USER": "One bucket per user who sent the messages; key the User's global ID.",
         "PROJECT": "One bucket per project; key the Project's global ID.",
         "MODEL": "One bucket per model; key the model name.",
+        "PURPOSE": "One bucket per purpose of the calls; key `REPLY` or `TITLE`.",
+    },
+)
+UsagePurposeEnum = described_enum(
+    UsagePurpose,
+    name="UsagePurpose",
+    description="What an AI call was for.",
+    values={
+        "REPLY": "A reply to a message (sendMessage and the like).",
+        "TITLE": "A thread's title (after its first reply, or generateThreadTitle).",
     },
 )
 ErrorSourceEnum = described_enum(
@@ -136,7 +146,8 @@ class ErrorLogType(Node):
 class UsageBucketType:
     key: str = strawberry.field(
         description="YYYY-MM-DD (UTC) for DAY, a User ID for USER, a Project ID for PROJECT, the "
-        "model name for MODEL; `unknown` for calls whose user or project was deleted."
+        "model name for MODEL, REPLY or TITLE for PURPOSE; `unknown` for calls whose user or "
+        "project was deleted."
     )
     requests: int = strawberry.field(description="How many model calls (one per reply attempt).")
     input_tokens: int = strawberry.field(description="Tokens the model read, summed.")
@@ -200,6 +211,9 @@ class ApiUsageFilter:
         default=None, description="Calls in this project (you must own or manage it)."
     )
     model: str | None = strawberry.field(default=None, description="Exact model name.")
+    purpose: UsagePurpose | None = strawberry.field(
+        default=None, description="Only calls made for this purpose (replies or titles)."
+    )
     from_: datetime | None = strawberry.field(
         default=None, name="from", description="At or after this instant (needs an offset)."
     )
@@ -284,7 +298,7 @@ class Query:
         group_by: Annotated[
             service.UsageGroup,
             strawberry.argument(
-                description="What one bucket sums: a day, a user, a project or a model."
+                description="What one bucket sums: a day, a user, a project, a model or a purpose."
             ),
         ],
     ) -> list[UsageBucketType] | None:
@@ -294,6 +308,7 @@ class Query:
             user_id=optional_id(given.user_id, "User", field="filter.userId"),
             project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
             model=given.model,
+            purpose=given.purpose,
             window=service.time_window(start=given.from_, end=given.to),
         )
         buckets = await service.api_usage(

@@ -21,6 +21,13 @@ class ErrorSource(enum.StrEnum):
     BACKGROUND = "BACKGROUND"
 
 
+class UsagePurpose(enum.StrEnum):
+    """What a model call was for: a reply, or a thread's title."""
+
+    REPLY = "REPLY"
+    TITLE = "TITLE"
+
+
 class ActivityLog(SQLModel, table=True):
     __tablename__ = "activity_logs"
     __table_args__ = (sa.Index("ix_activity_logs_created_at_id", "created_at", "id"),)
@@ -58,6 +65,12 @@ class ApiUsageLog(SQLModel, table=True):
         sa_column_kwargs={"server_default": "0"},
     )
     status: str = Field(default="completed", max_length=32)
+    purpose: UsagePurpose = enum_column(
+        UsagePurpose,
+        "usage_purpose",
+        default=UsagePurpose.REPLY,
+        sa_column_kwargs={"server_default": UsagePurpose.REPLY.value},
+    )
     created_at: datetime = created_at()
 
 

@@ -25,7 +25,7 @@ from atlas_gql.db.tables import table_of
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden
 from atlas_gql.logs import rules
-from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
+from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource, UsagePurpose
 from atlas_gql.projects.access import project_role_of, require_project_role
 from atlas_gql.projects.models import ProjectRole
 
@@ -37,6 +37,7 @@ class UsageGroup(enum.StrEnum):
     USER = "USER"
     PROJECT = "PROJECT"
     MODEL = "MODEL"
+    PURPOSE = "PURPOSE"
 
 
 # The key of a bucket whose user or project no longer exists (deleted; the row outlives it).
@@ -87,6 +88,7 @@ class UsageFilter:
     user_id: uuid.UUID | None = None
     project_id: uuid.UUID | None = None
     model: str | None = None
+    purpose: UsagePurpose | None = None
     window: TimeWindow = TimeWindow()
 
 
@@ -166,13 +168,15 @@ def _usage_key(group: UsageGroup) -> sa.ColumnElement[Any]:
         return sa.cast(col(ApiUsageLog.user_id), sa.String)
     if group is UsageGroup.PROJECT:
         return sa.cast(col(ApiUsageLog.project_id), sa.String)
+    if group is UsageGroup.PURPOSE:
+        return sa.cast(col(ApiUsageLog.purpose), sa.String)
     return sa.cast(col(ApiUsageLog.model), sa.String)
 
 
 async def api_usage(
     *, db: ReadSession, actor: Actor, filter: UsageFilter, group_by: UsageGroup
 ) -> list[UsageBucket]:
-    """AI usage summed per day, user, project or model, in one GROUP BY statement.
+    """AI usage summed per day, user, project, model or purpose, in one GROUP BY statement.
 
     Who reads what: ADMIN everything. With `projectId`, a project OWNER/MANAGER (others:
     NOT_FOUND / FORBIDDEN) reads that project's usage, optionally of one user. Without it, a
@@ -198,6 +202,8 @@ async def api_usage(
         conditions.append(col(ApiUsageLog.user_id) == viewer.user_id)
     if filter.model is not None:
         conditions.append(col(ApiUsageLog.model) == filter.model)
+    if filter.purpose is not None:
+        conditions.append(col(ApiUsageLog.purpose) == filter.purpose)
     conditions.extend(filter.window.conditions(col(ApiUsageLog.created_at)))
 
     key = _usage_key(group_by).label("key")

@@ -1,5 +1,6 @@
 """workspace features of issue 15 (parts 2, 3, 7): threads pinned and archived, ratings of
-replies (message_ratings)
+replies (message_ratings), what each model call was for (api_usage_logs.purpose: REPLY or
+TITLE)
 
 Revision ID: 0006_w2
 Revises: 0005_abuse_user_limits
@@ -24,6 +25,15 @@ def upgrade() -> None:
         sa.Column("pinned", sa.Boolean(), server_default=sa.false(), nullable=False),
     )
     op.add_column("threads", sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "api_usage_logs",
+        sa.Column("purpose", sa.String(length=32), server_default="REPLY", nullable=False),
+    )
+    op.create_check_constraint(
+        op.f("ck_api_usage_logs_usage_purpose"),
+        "api_usage_logs",
+        "purpose IN ('REPLY', 'TITLE')",
+    )
     op.create_table(
         "message_ratings",
         sa.Column("id", sa.Uuid(), server_default=sa.text("gen_random_uuid()"), nullable=False),
@@ -65,5 +75,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("message_ratings")
+    op.drop_column("api_usage_logs", "purpose")
     op.drop_column("threads", "archived_at")
     op.drop_column("threads", "pinned")

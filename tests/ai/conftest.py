@@ -63,7 +63,7 @@ class AIServer:
     fake: FakeOpenAI
     people: People
 
-    async def new_thread(self, token: str | None = None, title: str = "Test thread") -> str:
+    async def new_thread(self, token: str | None = None, title: str | None = "Test thread") -> str:
         data = await self.client.data(
             CREATE_THREAD,
             {

@@ -12,8 +12,12 @@ store of events (`responses`), status `queued`, then `in_progress`, then final; 
 when its client goes away, and a GET resumes it from any sequence number. Cancelling stops
 the generation (status `cancelled`); only background responses can be cancelled.
 
-Each call to /v1/responses or /v1/chat/completions plays the next scripted `Behaviour`
-(default: a normal reply), each streamed GET the next scripted `Resume`. Every request is
+Each streamed call to /v1/responses or /v1/chat/completions plays the next scripted
+`Behaviour` (default: a normal reply), each streamed GET the next scripted `Resume`. A call
+that is neither streamed nor background (a thread's title) plays the next behaviour of its own
+script (`then_complete`; default: a normal answer, the joined `deltas` as its text), answered
+as one JSON Response object (or chat completion); kinds "normal", "http_error", "failed",
+"incomplete" and "empty" (no text). Every request is
 recorded (method, path, headers, JSON body, query or multipart summary) so tests can assert
 what ATLAS sent. `gates` make an endpoint slow: a request to a gated endpoint waits (counted
 in `waiting`) until its event is set ("upload", "delete_file", "resume": a streamed GET,
@@ -121,6 +125,8 @@ class RecordedRequest:
 class FakeOpenAI:
     requests: list[RecordedRequest] = field(default_factory=list)
     script: list[Behaviour] = field(default_factory=list)
+    # Non-streamed calls (titles) play these.
+    complete_script: list[Behaviour] = field(default_factory=list)
     resume_script: list[Resume] = field(default_factory=list)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Background responses by id.
@@ -147,6 +153,10 @@ class FakeOpenAI:
     def then(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next model calls (in order)."""
         self.script.extend(behaviours)
+
+    def then_complete(self, *behaviours: Behaviour) -> None:
+        """Queue behaviours for the next non-streamed model calls (titles), in order."""
+        self.complete_script.extend(behaviours)
 
     def then_resume(self, *resumes: Resume) -> None:
         """Queue what the next streamed GETs of a response do (in order)."""
@@ -311,6 +321,8 @@ class FakeOpenAI:
     async def _responses(self, request: Request) -> Response:
         body = await request.json()
         await self._record(request, body)
+        if not body.get("stream") and not body.get("background"):
+            return self._complete(body)
         behaviour = self._next()
         if behaviour.kind == "http_error":
             return self._error(behaviour)
@@ -332,6 +344,65 @@ class FakeOpenAI:
             media_type="text/event-stream",
             headers=headers,
         )
+
+    def _next_complete(self) -> Behaviour:
+        return self.complete_script.pop(0) if self.complete_script else Behaviour()
+
+    def _complete(self, body: dict[str, Any]) -> Response:
+        """A non-streamed Response (a title): `output_text` is the behaviour's joined deltas."""
+        behaviour = self._next_complete()
+        if behaviour.kind == "http_error":
+            return self._error(behaviour)
+        headers = {"x-request-id": behaviour.request_id or f"req_{uuid.uuid4().hex}"}
+        text = "" if behaviour.kind == "empty" else "".join(behaviour.deltas)
+        status = behaviour.kind if behaviour.kind in ("failed", "incomplete") else "completed"
+        output = [
+            {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
+        usage = {
+            "input_tokens": behaviour.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": behaviour.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": behaviour.input_tokens + behaviour.output_tokens,
+        }
+        response = _response_object(
+            body, f"resp_{uuid.uuid4().hex}", status, background=False,
+            output=output if text else [], usage=usage,
+        )  # fmt: skip
+        return JSONResponse(response, headers=headers)
+
+    def _complete_chat(self, body: dict[str, Any]) -> Response:
+        """A non-streamed chat completion (a title on the chat adapter)."""
+        behaviour = self._next_complete()
+        if behaviour.kind == "http_error":
+            return self._error(behaviour)
+        text = "" if behaviour.kind == "empty" else "".join(behaviour.deltas)
+        completion = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length" if behaviour.kind == "incomplete" else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": behaviour.input_tokens,
+                "completion_tokens": behaviour.output_tokens,
+                "total_tokens": behaviour.input_tokens + behaviour.output_tokens,
+            },
+        }
+        return JSONResponse(completion)
 
     async def _retrieve(self, request: Request) -> Response:
         response_id = request.path_params["response_id"]
@@ -582,6 +653,8 @@ class FakeOpenAI:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         await self._record(request, body)
+        if not body.get("stream"):
+            return self._complete_chat(body)
         behaviour = self._next()
         if behaviour.kind == "http_error":
             return self._error(behaviour)
