@@ -37,7 +37,7 @@ from atlas_gql.ai.threads import TITLE_MAX, managed_thread, running_reply
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.config import Settings
-from atlas_gql.errors import Conflict, QuotaExceeded, UpstreamError
+from atlas_gql.errors import Conflict, NotFound, QuotaExceeded, UpstreamError
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.audit import record_error
 from atlas_gql.logs.models import ErrorSource, UsagePurpose
@@ -357,7 +357,8 @@ async def generate_thread_title(
     titles.running.add(thread_id)
     try:
         exchange = await titles.exchange(thread_id)
-        assert exchange is not None
+        if exchange is None:
+            raise NotFound("Thread not found.")  # deleted a moment ago
         await titles.check_budgets(exchange.project_id, viewer.user_id)
         thread = await titles.generate(
             exchange, user_id=viewer.user_id, automatic=False, actor=actor
@@ -365,5 +366,5 @@ async def generate_thread_title(
     finally:
         titles.running.discard(thread_id)
     if thread is None:
-        raise Conflict("The thread was deleted.")
+        raise NotFound("Thread not found.")
     return thread
