@@ -5,12 +5,16 @@ the fake OpenAI (its non-streamed Responses and chat calls)."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col
 
+from atlas_gql.ai.events import ThreadPayload, ThreadUpdated, decode_event, encode_event
 from atlas_gql.ai.models import Thread
+from atlas_gql.ai.titles import clean_title
 from atlas_gql.auth.models import User
 from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, UsagePurpose
@@ -227,3 +231,25 @@ async def test_titles_on_the_chat_completions_adapter(start_ai_server: StartServ
     (call,) = _title_calls(ai)
     assert call.path == "/v1/chat/completions"
     assert call.body["messages"][1]["content"].startswith("User: How are you?")
+
+
+def test_clean_title_keeps_a_few_words_of_the_first_line() -> None:
+    assert clean_title('  "Planning a trip."\nSecond line') == "Planning a trip"
+    assert clean_title("**Title: Small   talk**") == "Small talk"
+    assert clean_title("\u201cCaf\u00e9 au lait\u201d") == "Caf\u00e9 au lait"
+    assert clean_title(" \n  \n") is None
+    assert clean_title("x" * 500) == "x" * 300
+
+
+def test_thread_updated_survives_the_redis_codec() -> None:
+    now = datetime.now(UTC)
+    event = ThreadUpdated(
+        sequence=7,
+        thread_id=uuid.uuid4(),
+        message_id=uuid.uuid4(),
+        thread=ThreadPayload(
+            id=uuid.uuid4(), title="A title", created_by_id=uuid.uuid4(), created_at=now,
+            updated_at=now,
+        ),
+    )  # fmt: skip
+    assert decode_event(encode_event(event)) == event
