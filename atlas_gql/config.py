@@ -125,6 +125,21 @@ class Settings(BaseSettings):
     atlas_user_messages_per_minute: int = Field(
         default=10, ge=1, description="sendMessage calls per user per minute (token bucket)"
     )
+    atlas_api_key_messages_per_minute: int = Field(
+        default=10,
+        ge=1,
+        description="sendMessage calls per personal API key per minute (token bucket), on top "
+        "of its user's own rate",
+    )
+    atlas_api_key_last_used_interval: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="seconds between two updates of a key's lastUsedAt (not a write per request)",
+    )
+    atlas_api_keys_per_user: int = Field(
+        default=50, ge=1, le=1000, description="live (not revoked) API keys a user may hold"
+    )
     atlas_max_instructions_chars: int = Field(
         default=32_000,
         ge=1,

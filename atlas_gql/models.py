@@ -3,6 +3,7 @@ imports every domain's models, so it sits above the domains, with the app."""
 
 from atlas_gql.ai.models import Assistant, File, FileAssociation, Message, Thread
 from atlas_gql.auth.models import (
+    ApiKey,
     Permission,
     RefreshToken,
     Role,
@@ -17,6 +18,7 @@ from atlas_gql.projects.models import Project, ProjectMember, ProjectSetting
 
 __all__ = [
     "ActivityLog",
+    "ApiKey",
     "ApiUsageLog",
     "Assistant",
     "ErrorLog",

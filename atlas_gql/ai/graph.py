@@ -35,9 +35,9 @@ from atlas_gql.ai.types import (
     UpdateThreadInput,
     graph_event,
 )
-from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.apikeys import reload_viewer
+from atlas_gql.auth.models import ApiKeyScope, PermissionName
 from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
-from atlas_gql.auth.sessions import load_viewer_for_session
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import page_request
 from atlas_gql.db.session import ReadSession
@@ -398,8 +398,8 @@ class Mutation:
 
     @strawberry.mutation(
         description="Stop a reply in progress (its sender, a project MANAGER+, ADMIN): "
-        "CANCELLED with the text received so far.",
-        extensions=authenticated(),
+        "CANCELLED with the text received so far. An API key needs the USE_AI scope.",
+        extensions=authenticated(key_scope=ApiKeyScope.USE_AI),
     )
     async def cancel_message(
         self,
@@ -603,15 +603,18 @@ class Subscription:
 
 
 async def _check_still_allowed(context: Context, viewer: Viewer, thread_id: uuid.UUID) -> Viewer:
-    """The viewer, reloaded from their session (not from the token, which may have expired
-    during a long subscription: the session is what logout revokes)."""
+    """The viewer, reloaded from their session or API key (not from the token, which may have
+    expired during a long subscription: the session is what logout revokes, the key what
+    revokeApiKey revokes)."""
     async with context.runtime.sessionmaker() as db:
-        current = await load_viewer_for_session(
-            db=db, user_id=viewer.user_id, session_id=viewer.session_id
-        )
+        current = await reload_viewer(db=db, viewer=viewer)
         try:
             if current is None:
-                raise Unauthenticated("Your session has ended.")
+                raise Unauthenticated(
+                    "Your session has ended."
+                    if viewer.api_key_id is None
+                    else "The API key was revoked or has expired, or its user was deactivated."
+                )
             await threads.get_thread(db=db, viewer=current, thread_id=thread_id)
         except AtlasError as error:
             raise as_graphql_error(error) from None

@@ -118,12 +118,25 @@ async def _replies_in_flight(
 
 def message_bucket(settings: Settings, sender: User) -> buckets.Bucket:
     """The sender's sendMessage bucket: their own rate (set by an administrator) or
-    ATLAS_USER_MESSAGES_PER_MINUTE, as a burst of that many refilled over a minute.
-    Hook for API keys (not built yet): a request authenticated by a key would pick a key's
-    rate here (a setting of its own, when configured) and keep the user's bucket key, so keys
-    cannot multiply a person's rate."""
+    ATLAS_USER_MESSAGES_PER_MINUTE, as a burst of that many refilled over a minute."""
     per_minute = sender.messages_per_minute or settings.atlas_user_messages_per_minute
     return buckets.Bucket.per_period(f"messages:user:{sender.id}", per_minute, 60)
+
+
+def message_buckets(settings: Settings, sender: User, actor: Actor) -> list[buckets.Bucket]:
+    """What one message takes: a token of the sender's bucket and, sent with a personal API
+    key, of the key's own (ATLAS_API_KEY_MESSAGES_PER_MINUTE). Both are taken or neither, so
+    keys have their own rate and still cannot multiply their user's."""
+    taken = [message_bucket(settings, sender)]
+    if actor.api_key_id is not None:
+        taken.append(
+            buckets.Bucket.per_period(
+                f"messages:api_key:{actor.api_key_id}",
+                settings.atlas_api_key_messages_per_minute,
+                60,
+            )
+        )
+    return taken
 
 
 def _check_content(settings: Settings, content: str) -> str:
@@ -189,7 +202,7 @@ async def send_message(
         raise Unauthenticated()
     await buckets.take(
         sessionmaker=ai.sessionmaker,
-        buckets=[message_bucket(ai.settings, sender)],
+        buckets=message_buckets(ai.settings, sender, actor),
         message=RATE_LIMITED_MESSAGE,
     )
     thread = await get_thread(db=db, viewer=viewer, thread_id=data.thread_id)
@@ -278,6 +291,7 @@ async def send_message(
         openai_file_ids=[file.openai_file_id for file in files if file.openai_file_id],
         conversation_id=thread.openai_thread_id,
         sequences=sequences,
+        api_key_id=actor.api_key_id,
     )
     await db.flush()
     created: list[ThreadEvent] = [

@@ -98,6 +98,9 @@ class ReplyJob:
     openai_file_ids: list[str]
     conversation_id: str | None
     sequences: SequenceBlock
+    # The personal API key the exchange was sent with (its usage row names it); None for a
+    # session, and for a reply resumed by another worker (not kept on the message).
+    api_key_id: uuid.UUID | None = None
 
 
 @dataclass
@@ -781,6 +784,7 @@ class AIRuntime:
                     output_tokens=output_tokens or 0,
                     latency_ms=latency_ms,
                     status=usage_status,
+                    api_key_id=job.api_key_id,
                 )
                 db.add(usage)
             await db.commit()

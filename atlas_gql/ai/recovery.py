@@ -68,10 +68,13 @@ def usage_row(
     project_id: uuid.UUID | None, thread_id: uuid.UUID, message_id: uuid.UUID, model: str,
     input_tokens: int, output_tokens: int, latency_ms: int | None, status: str,
     purpose: UsagePurpose = UsagePurpose.REPLY,
+    api_key_id: uuid.UUID | None = None,
 ) -> ApiUsageLog:  # fmt: skip
-    """The ApiUsageLog row of one model call (a reply, or a title), priced."""
+    """The ApiUsageLog row of one model call (a reply, or a title), priced (and attributed to
+    the API key it was sent with, if any)."""
     return ApiUsageLog(
         user_id=user_id,
+        api_key_id=api_key_id,
         project_id=project_id,
         thread_id=thread_id,
         message_id=message_id,

@@ -351,10 +351,11 @@ async def logout(
     of the viewer's), or every session of the viewer with `all_sessions`. Access tokens of
     ended sessions stop working at once."""
     viewer = actor.viewer_required
+    current_session_id = actor.require_session("end sessions")
     if all_sessions:
         revoked = await revoke_sessions(db=db, user_id=viewer.user_id, reason="logout_all")
     else:
-        session_id = viewer.session_id
+        session_id = current_session_id
         if refresh_token:
             owner = (
                 await db.execute(
@@ -371,7 +372,7 @@ async def logout(
     actor.record(
         db,
         "auth.logout",
-        ("Session", viewer.session_id),
+        ("Session", current_session_id),
         details={"allSessions": all_sessions, "sessionsEnded": len(revoked)},
     )
     return True
@@ -390,6 +391,7 @@ async def change_password(
     password is BAD_USER_INPUT and counts as a failed sign-in (so it cannot be brute-forced
     around the login limits)."""
     viewer = actor.viewer_required
+    session_id = actor.require_session("change passwords")
     validate_password(data.new_password, field="newPassword")
     async with sessionmaker() as short:  # no connection is held during bcrypt
         user = await short.get(User, viewer.user_id)
@@ -409,7 +411,7 @@ async def change_password(
     new_hash = await hash_password(data.new_password, rounds=settings.atlas_bcrypt_rounds)
     await db.execute(sa.update(User).where(col(User.id) == user.id).values(password_hash=new_hash))
     revoked = await revoke_sessions(
-        db=db, user_id=user.id, except_session_id=viewer.session_id, reason="password_change"
+        db=db, user_id=user.id, except_session_id=session_id, reason="password_change"
     )
     await _admit_attempt(
         db, limiter, attempt, "auth.password_change", user, details={"sessionsEnded": len(revoked)}

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.models import ApiKeyScope, PermissionName
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.errors import Forbidden, Unauthenticated
 from atlas_gql.logs.audit import record_activity
@@ -77,8 +77,40 @@ class Actor:
         passes (what the CLI does is the operator's decision)."""
         if self.is_system:
             return
-        if not self.viewer_required.has_permission(permission):
+        viewer = self.viewer_required
+        if not viewer.has_permission(permission):
+            if viewer.api_key_id is not None:
+                raise Forbidden(
+                    f"This requires the {permission.value} permission, which this API key's "
+                    "scopes or its user's roles do not grant."
+                )
             raise Forbidden(f"This requires the {permission.value} permission.")
+
+    @property
+    def api_key_id(self) -> uuid.UUID | None:
+        """The personal API key the operation is authenticated by; None for a session."""
+        return self.viewer.api_key_id if self.viewer is not None else None
+
+    @property
+    def scopes(self) -> frozenset[ApiKeyScope] | None:
+        """The API key's scopes; None when not acting through a key (nothing narrowed)."""
+        return self.viewer.scopes if self.viewer is not None else None
+
+    def require_scope(self, scope: ApiKeyScope) -> None:
+        """FORBIDDEN when the operation runs on an API key without `scope` (sessions and the
+        system actor pass). Permissions need no call: a key's viewer holds only what its scopes
+        let through, so `require` honours them already."""
+        if self.is_system or self.viewer is None or self.viewer.allows(scope):
+            return
+        raise Forbidden(f"This API key lacks the {scope.value} scope.", scope=scope.value)
+
+    def require_session(self, action: str) -> uuid.UUID:
+        """The signed-in session's id; FORBIDDEN on an API key: managing credentials (keys,
+        passwords, sessions) needs a session, so a leaked key cannot make itself new ones."""
+        viewer = self.viewer_required
+        if viewer.session_id is None:
+            raise Forbidden(f"API keys cannot {action}; sign in to do it.")
+        return viewer.session_id
 
     def record(
         self,

@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
 from atlas_gql.db.base import (
@@ -29,6 +30,15 @@ class PermissionName(enum.StrEnum):
     CREATE_PROJECT = "CREATE_PROJECT"
     MANAGE_USERS = "MANAGE_USERS"
     USE_AI = "USE_AI"
+
+
+class ApiKeyScope(enum.StrEnum):
+    """What a personal API key may do, on top of what its user may do (docs/api-keys.md)."""
+
+    READ = "READ"
+    WRITE = "WRITE"
+    USE_AI = "USE_AI"
+    ADMIN = "ADMIN"
 
 
 class User(Timestamped, table=True):
@@ -136,3 +146,33 @@ class RolePermission(SQLModel, table=True):
     role_id: uuid.UUID = foreign_key("roles.id", index=False)
     permission_id: uuid.UUID = foreign_key("permissions.id")
     created_at: datetime = created_at()
+
+
+class ApiKey(SQLModel, table=True):
+    """A personal API key (`atlas_sk_...`): acts as its user, narrowed by its scopes, until
+    revoked or expired. Only the SHA-256 of the secret is stored; `prefix` is what lists show."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "scopes <@ ARRAY['READ', 'WRITE', 'USE_AI', 'ADMIN']::varchar[]",
+            name="scopes_known",
+        ),
+        # The owner's keys, newest first (`apiKeys`).
+        sa.Index("ix_api_keys_user_id_created_at", "user_id", "created_at", "id"),
+    )
+
+    id: uuid.UUID = uuid_pk()
+    # Indexed by (user_id, created_at, id).
+    user_id: uuid.UUID = foreign_key("users.id", index=False)
+    name: str = Field(max_length=100)
+    # The first characters of the secret (`atlas_sk_` and 8 more): shown, never enough to use.
+    prefix: str = Field(max_length=32)
+    # SHA-256 hex of the whole secret; the lookup key of every request.
+    secret_hash: str = Field(max_length=64, unique=True)
+    scopes: list[str] = Field(sa_type=postgresql.ARRAY(sa.String(16)))
+    created_at: datetime = created_at()
+    expires_at: datetime | None = optional_timestamp()
+    # Updated at most once a minute (ATLAS_API_KEY_LAST_USED_INTERVAL), not on every request.
+    last_used_at: datetime | None = optional_timestamp()
+    revoked_at: datetime | None = optional_timestamp()

@@ -9,12 +9,13 @@ from functools import cache
 from typing import Any
 
 import strawberry
+from graphql import OperationType
 from strawberry.extensions.field_extension import FieldExtension
 from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.schema_directive import Location
 from strawberry.types import Info
 
-from atlas_gql.auth.models import PermissionName, RoleName
+from atlas_gql.auth.models import ApiKeyScope, PermissionName, RoleName
 from atlas_gql.graph.enums import described_enum
 
 PermissionNameEnum = described_enum(
@@ -61,12 +62,22 @@ class HasPermissionDirective:
 
 
 class IsAuthenticated(BasePermission):
+    """Signed in; on a root mutation field, a personal API key must also hold `key_scope`
+    (WRITE unless the field says otherwise: docs/api-keys.md). Queries and subscriptions
+    need no scope beyond READ, which every key has."""
+
     message = "Authentication required."
     error_extensions = {"code": "UNAUTHENTICATED"}
     schema_directive = AuthenticatedDirective()
 
+    def __init__(self, key_scope: ApiKeyScope = ApiKeyScope.WRITE) -> None:
+        self.key_scope = key_scope
+
     async def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
-        _ = (await info.context.actor()).viewer_required
+        actor = await info.context.actor()
+        _ = actor.viewer_required
+        if info.path.prev is None and info.operation.operation is OperationType.MUTATION:
+            actor.require_scope(self.key_scope)
         return True
 
 
@@ -93,9 +104,10 @@ def permission_class(permission: PermissionName) -> type[HasPermission]:
     return type(name, (HasPermission,), attributes)
 
 
-def authenticated() -> list[FieldExtension]:
-    """Field extensions for `@authenticated`."""
-    return [PermissionExtension(permissions=[IsAuthenticated()])]
+def authenticated(*, key_scope: ApiKeyScope = ApiKeyScope.WRITE) -> list[FieldExtension]:
+    """Field extensions for `@authenticated`; `key_scope`: the scope an API key needs for
+    the field when it is a mutation (WRITE by default; USE_AI for the chat's own mutations)."""
+    return [PermissionExtension(permissions=[IsAuthenticated(key_scope)])]
 
 
 def requires(permission: PermissionName) -> list[FieldExtension]:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from atlas_gql.auth.models import (
+    ApiKey,
     Permission,
     PermissionName,
     Role,
@@ -71,11 +72,8 @@ def viewer_literals(viewer: Viewer | None) -> ViewerRef:
     )
 
 
-def live_session(
-    *, user_id: sa.ColumnElement[uuid.UUID], session_id: sa.ColumnElement[uuid.UUID]
-) -> sa.Select[Any]:
-    """The session check: one row (id, email, role_names, permission_names) when the session
-    is live (not revoked, not expired) and its user active, no row otherwise."""
+def _grants() -> tuple[sa.ScalarSelect[Any], sa.ScalarSelect[Any]]:
+    """The role names and permission names of `users`' row, as two array subqueries."""
     role_names = (
         sa.select(
             sa.func.coalesce(sa.func.array_agg(sa.distinct(table_of(Role).c.name)), sa.text("'{}'"))
@@ -103,6 +101,15 @@ def live_session(
         .where(table_of(UserRole).c.user_id == table_of(User).c.id)
         .scalar_subquery()
     )
+    return role_names, permission_names
+
+
+def live_session(
+    *, user_id: sa.ColumnElement[uuid.UUID], session_id: sa.ColumnElement[uuid.UUID]
+) -> sa.Select[Any]:
+    """The session check: one row (id, email, role_names, permission_names) when the session
+    is live (not revoked, not expired) and its user active, no row otherwise."""
+    role_names, permission_names = _grants()
     users, sessions = table_of(User), table_of(Session)
     return (
         sa.select(
@@ -118,6 +125,31 @@ def live_session(
             sessions.c.id == session_id,
             sessions.c.revoked_at.is_(None),
             sessions.c.expires_at > sa.func.now(),
+        )
+    )
+
+
+def live_api_key(key: SqlBool) -> sa.Select[Any]:
+    """The API key check, the session check's twin: one row (user id, email, role_names,
+    permission_names, key id, scopes) for the key matching `key`
+    (a condition on `api_keys`) when it is not revoked, not expired and its user active."""
+    role_names, permission_names = _grants()
+    users, keys = table_of(User), table_of(ApiKey)
+    return (
+        sa.select(
+            users.c.id,
+            users.c.email,
+            role_names.label("role_names"),
+            permission_names.label("permission_names"),
+            keys.c.id.label("api_key_id"),
+            keys.c.scopes,
+        )
+        .join(keys, keys.c.user_id == users.c.id)
+        .where(
+            key,
+            users.c.is_active.is_(True),
+            keys.c.revoked_at.is_(None),
+            sa.or_(keys.c.expires_at.is_(None), keys.c.expires_at > sa.func.now()),
         )
     )
 

@@ -18,6 +18,7 @@ from strawberry.dataloader import DataLoader
 from strawberry.types import Info as StrawberryInfo
 
 from atlas_gql.auth.actor import Actor
+from atlas_gql.auth.apikeys import authenticate_api_key, is_api_key
 from atlas_gql.auth.sessions import authenticate_access_token
 from atlas_gql.auth.tokens import bearer_token
 from atlas_gql.auth.viewer import Viewer, ViewerSource
@@ -219,15 +220,21 @@ class Context:
         if self.state.one_snapshot:
             # A query checks the session on its own session, in its snapshot (issue 13: a
             # session of its own cost a connection checkout and a BEGIN/ROLLBACK pair per read).
-            return await authenticate_access_token(
-                db=self.read_session(), settings=self.settings, token=token
-            )
+            return await self._check_token(self.read_session(), token)
         # Mutations and subscriptions: a short session of its own. A mutation's transaction
         # then starts with its first field (so a refused field rolls back alone, keeping
         # what it wrote in transactions of its own); a subscription holds no connection
         # while it waits for events.
         async with self.runtime.sessionmaker() as db:
-            return await authenticate_access_token(db=db, settings=self.settings, token=token)
+            return await self._check_token(db, token)
+
+    async def _check_token(self, db: ReadSession, token: str) -> Viewer:
+        """An access token's viewer, or a personal API key's (narrowed by its scopes)."""
+        if is_api_key(token):
+            return await authenticate_api_key(
+                db=db, sessionmaker=self.runtime.sessionmaker, settings=self.settings, secret=token
+            )
+        return await authenticate_access_token(db=db, settings=self.settings, token=token)
 
     async def actor(self) -> Actor:
         """Who runs this operation, from where: built once per operation."""

@@ -16,6 +16,7 @@ from strawberry.types.graphql import OperationType
 from atlas_gql.ai import graph as ai_graph
 from atlas_gql.ai import types as ai_types
 from atlas_gql.auth import graph as auth_graph
+from atlas_gql.auth import keys_graph
 from atlas_gql.config import Settings
 from atlas_gql.graph.context import Info
 from atlas_gql.graph.errors import ErrorMappingExtension
@@ -49,12 +50,14 @@ class NodeQuery:
 QUERY_PIECES: tuple[type, ...] = (
     NodeQuery,
     auth_graph.Query,
+    keys_graph.Query,
     logs_graph.Query,
     projects_graph.Query,
     ai_graph.Query,
 )
 MUTATION_PIECES: tuple[type, ...] = (
     auth_graph.Mutation,
+    keys_graph.Mutation,
     projects_graph.Mutation,
     ai_graph.Mutation,
 )

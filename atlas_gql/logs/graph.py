@@ -35,13 +35,16 @@ UsageGroupByEnum = described_enum(
     service.UsageGroup,
     name="UsageGroupBy",
     description="How apiUsage groups AI calls: DAY (YYYY-MM-DD in UTC), USER (user ID), "
-    "PROJECT (project ID), MODEL (model name) or PURPOSE (REPLY or TITLE).",
+    "PROJECT (project ID), MODEL (model name), PURPOSE (REPLY or TITLE) or API_KEY (API key "
+    "ID).",
     values={
         "DAY": "One bucket per calendar day (UTC); key `YYYY-MM-DD`.",
         "USER": "One bucket per user who sent the messages; key the User's global ID.",
         "PROJECT": "One bucket per project; key the Project's global ID.",
         "MODEL": "One bucket per model; key the model name.",
         "PURPOSE": "One bucket per purpose of the calls; key `REPLY` or `TITLE`.",
+        "API_KEY": "One bucket per personal API key the messages were sent with; key the "
+        "ApiKey's global ID, `session` for calls made while signed in (no key).",
     },
 )
 UsagePurposeEnum = described_enum(
@@ -214,6 +217,9 @@ class ApiUsageFilter:
     purpose: UsagePurpose | None = strawberry.field(
         default=None, description="Only calls made for this purpose (replies or titles)."
     )
+    api_key_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Calls made with this personal API key (its global ID)."
+    )
     from_: datetime | None = strawberry.field(
         default=None, name="from", description="At or after this instant (needs an offset)."
     )
@@ -242,6 +248,8 @@ def _usage_key(bucket: service.UsageBucket, group_by: service.UsageGroup) -> str
         return encode_global_id("User", bucket.key)
     if group_by is service.UsageGroup.PROJECT:
         return encode_global_id("Project", bucket.key)
+    if group_by is service.UsageGroup.API_KEY and bucket.key != service.NO_API_KEY:
+        return encode_global_id("ApiKey", bucket.key)
     return bucket.key
 
 
@@ -298,7 +306,8 @@ class Query:
         group_by: Annotated[
             service.UsageGroup,
             strawberry.argument(
-                description="What one bucket sums: a day, a user, a project, a model or a purpose."
+                description="What one bucket sums: a day, a user, a project, a model, a "
+                "purpose or an API key."
             ),
         ],
     ) -> list[UsageBucketType] | None:
@@ -310,6 +319,7 @@ class Query:
             model=given.model,
             purpose=given.purpose,
             window=service.time_window(start=given.from_, end=given.to),
+            api_key_id=optional_id(given.api_key_id, "ApiKey", field="filter.apiKeyId"),
         )
         buckets = await service.api_usage(
             db=info.context.read_session(),

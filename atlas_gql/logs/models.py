@@ -53,6 +53,8 @@ class ApiUsageLog(SQLModel, table=True):
     project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True, ondelete="SET NULL")
     thread_id: uuid.UUID | None = foreign_key("threads.id", nullable=True, ondelete="SET NULL")
     message_id: uuid.UUID | None = foreign_key("messages.id", nullable=True, ondelete="SET NULL")
+    # The personal API key the call was made with; null for a signed-in session.
+    api_key_id: uuid.UUID | None = foreign_key("api_keys.id", nullable=True, ondelete="SET NULL")
     provider: str = Field(default="openai", max_length=32)
     endpoint: str = Field(default="responses", max_length=64)
     model: str = Field(max_length=100)

@@ -38,10 +38,13 @@ class UsageGroup(enum.StrEnum):
     PROJECT = "PROJECT"
     MODEL = "MODEL"
     PURPOSE = "PURPOSE"
+    API_KEY = "API_KEY"
 
 
 # The key of a bucket whose user or project no longer exists (deleted; the row outlives it).
 UNKNOWN_KEY = "unknown"
+# Under API_KEY, the bucket of calls made without a key (a signed-in session).
+NO_API_KEY = "session"
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class UsageFilter:
     model: str | None = None
     purpose: UsagePurpose | None = None
     window: TimeWindow = TimeWindow()
+    api_key_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -170,13 +174,16 @@ def _usage_key(group: UsageGroup) -> sa.ColumnElement[Any]:
         return sa.cast(col(ApiUsageLog.project_id), sa.String)
     if group is UsageGroup.PURPOSE:
         return sa.cast(col(ApiUsageLog.purpose), sa.String)
+    if group is UsageGroup.API_KEY:
+        return sa.func.coalesce(sa.cast(col(ApiUsageLog.api_key_id), sa.String), NO_API_KEY)
     return sa.cast(col(ApiUsageLog.model), sa.String)
 
 
 async def api_usage(
     *, db: ReadSession, actor: Actor, filter: UsageFilter, group_by: UsageGroup
 ) -> list[UsageBucket]:
-    """AI usage summed per day, user, project, model or purpose, in one GROUP BY statement.
+    """AI usage summed per day, user, project, model, purpose or API key, in one GROUP BY
+    statement.
 
     Who reads what: ADMIN everything. With `projectId`, a project OWNER/MANAGER (others:
     NOT_FOUND / FORBIDDEN) reads that project's usage, optionally of one user. Without it, a
@@ -204,6 +211,8 @@ async def api_usage(
         conditions.append(col(ApiUsageLog.model) == filter.model)
     if filter.purpose is not None:
         conditions.append(col(ApiUsageLog.purpose) == filter.purpose)
+    if filter.api_key_id is not None:
+        conditions.append(col(ApiUsageLog.api_key_id) == filter.api_key_id)
     conditions.extend(filter.window.conditions(col(ApiUsageLog.created_at)))
 
     key = _usage_key(group_by).label("key")

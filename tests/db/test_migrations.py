@@ -30,6 +30,7 @@ TABLES = {
     "files",
     "file_associations",
     "activity_logs",
+    "api_keys",
     "api_usage_logs",
     "error_logs",
     "rate_limit_buckets",
