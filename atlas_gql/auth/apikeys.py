@@ -237,22 +237,20 @@ def _viewer_of(row: Any) -> Viewer:
 
 
 async def authenticate_api_key(
-    *,
-    db: ReadSession,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    secret: str,
+    *, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, secret: str
 ) -> Viewer:
-    """The viewer of a key's secret, narrowed by its scopes; UNAUTHENTICATED (reason
-    API_KEY_INVALID) for a malformed, unknown, revoked or expired key or a deactivated user.
-    Records the use when the last one is older than ATLAS_API_KEY_LAST_USED_INTERVAL."""
+    """The viewer of a key's secret, narrowed by its scopes, checked on a short session;
+    UNAUTHENTICATED (reason API_KEY_INVALID) for a malformed, unknown, revoked or expired key
+    or a deactivated user. Records the use, in a short transaction, when the last one is
+    older than ATLAS_API_KEY_LAST_USED_INTERVAL."""
     if _WELL_FORMED.fullmatch(secret) is None:
         raise Unauthenticated(REFUSED_MESSAGE, reason="API_KEY_INVALID")
     keys = table_of(ApiKey)
     statement = live_api_key(keys.c.secret_hash == hash_token(secret)).add_columns(
         keys.c.last_used_at
     )
-    row = (await db.execute(statement)).one_or_none()
+    async with sessionmaker() as db:
+        row = (await db.execute(statement)).one_or_none()
     if row is None:
         raise Unauthenticated(REFUSED_MESSAGE, reason="API_KEY_INVALID")
     viewer = _viewer_of(row)

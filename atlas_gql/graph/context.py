@@ -217,24 +217,24 @@ class Context:
         token = bearer_token(self.authorization)
         if token is None:
             return None
+        if is_api_key(token):
+            # A personal API key: checked on a short session of its own, whatever the
+            # operation (its last-use stamp, when due, commits on another one).
+            return await authenticate_api_key(
+                sessionmaker=self.runtime.sessionmaker, settings=self.settings, secret=token
+            )
         if self.state.one_snapshot:
             # A query checks the session on its own session, in its snapshot (issue 13: a
             # session of its own cost a connection checkout and a BEGIN/ROLLBACK pair per read).
-            return await self._check_token(self.read_session(), token)
+            return await authenticate_access_token(
+                db=self.read_session(), settings=self.settings, token=token
+            )
         # Mutations and subscriptions: a short session of its own. A mutation's transaction
         # then starts with its first field (so a refused field rolls back alone, keeping
         # what it wrote in transactions of its own); a subscription holds no connection
         # while it waits for events.
         async with self.runtime.sessionmaker() as db:
-            return await self._check_token(db, token)
-
-    async def _check_token(self, db: ReadSession, token: str) -> Viewer:
-        """An access token's viewer, or a personal API key's (narrowed by its scopes)."""
-        if is_api_key(token):
-            return await authenticate_api_key(
-                db=db, sessionmaker=self.runtime.sessionmaker, settings=self.settings, secret=token
-            )
-        return await authenticate_access_token(db=db, settings=self.settings, token=token)
+            return await authenticate_access_token(db=db, settings=self.settings, token=token)
 
     async def actor(self) -> Actor:
         """Who runs this operation, from where: built once per operation."""

@@ -453,7 +453,7 @@ def root_node(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
         raise NotCompilable("node(id:) with an invalid id (BAD_USER_INPUT)")
     if rule is None:
         if type_name in node_types():
-            # A node type the compiler does not build (e.g. Feedback): the resolver path's.
+            # A node type the compiler does not build (e.g. Feedback, ApiKey): the resolver path's.
             raise NotCompilable(f"node(id:) of a {type_name}")
         return JSON_NULL  # a well-formed id of a type without nodes: null, as resolve_node
     object_id = compiler.value_param(identifier, sa.Uuid, lambda raw: decode_global_id(str(raw))[1])
