@@ -72,15 +72,17 @@ def viewer_literals(viewer: Viewer | None) -> ViewerRef:
     )
 
 
-def _grants() -> tuple[sa.ScalarSelect[Any], sa.ScalarSelect[Any]]:
-    """The role names and permission names of `users`' row, as two array subqueries."""
+def _active_user_with_grants(*extra: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """(id, email, role_names, permission_names, *extra) of active users: what both credential
+    checks answer, before they join their credential's table."""
+    users, links = table_of(User), table_of(UserRole)
     role_names = (
         sa.select(
             sa.func.coalesce(sa.func.array_agg(sa.distinct(table_of(Role).c.name)), sa.text("'{}'"))
         )
-        .select_from(table_of(UserRole))
-        .join(table_of(Role), table_of(Role).c.id == table_of(UserRole).c.role_id)
-        .where(table_of(UserRole).c.user_id == table_of(User).c.id)
+        .select_from(links)
+        .join(table_of(Role), table_of(Role).c.id == links.c.role_id)
+        .where(links.c.user_id == users.c.id)
         .scalar_subquery()
     )
     permission_names = (
@@ -89,19 +91,22 @@ def _grants() -> tuple[sa.ScalarSelect[Any], sa.ScalarSelect[Any]]:
                 sa.func.array_agg(sa.distinct(table_of(Permission).c.name)), sa.text("'{}'")
             )
         )
-        .select_from(table_of(UserRole))
-        .join(
-            table_of(RolePermission),
-            table_of(RolePermission).c.role_id == table_of(UserRole).c.role_id,
-        )
+        .select_from(links)
+        .join(table_of(RolePermission), table_of(RolePermission).c.role_id == links.c.role_id)
         .join(
             table_of(Permission),
             table_of(Permission).c.id == table_of(RolePermission).c.permission_id,
         )
-        .where(table_of(UserRole).c.user_id == table_of(User).c.id)
+        .where(links.c.user_id == users.c.id)
         .scalar_subquery()
     )
-    return role_names, permission_names
+    return sa.select(
+        users.c.id,
+        users.c.email,
+        role_names.label("role_names"),
+        permission_names.label("permission_names"),
+        *extra,
+    ).where(users.c.is_active.is_(True))
 
 
 def live_session(
@@ -109,19 +114,12 @@ def live_session(
 ) -> sa.Select[Any]:
     """The session check: one row (id, email, role_names, permission_names) when the session
     is live (not revoked, not expired) and its user active, no row otherwise."""
-    role_names, permission_names = _grants()
     users, sessions = table_of(User), table_of(Session)
     return (
-        sa.select(
-            users.c.id,
-            users.c.email,
-            role_names.label("role_names"),
-            permission_names.label("permission_names"),
-        )
+        _active_user_with_grants()
         .join(sessions, sessions.c.user_id == users.c.id)
         .where(
             users.c.id == user_id,
-            users.c.is_active.is_(True),
             sessions.c.id == session_id,
             sessions.c.revoked_at.is_(None),
             sessions.c.expires_at > sa.func.now(),
@@ -130,24 +128,15 @@ def live_session(
 
 
 def live_api_key(key: SqlBool) -> sa.Select[Any]:
-    """The API key check, the session check's twin: one row (user id, email, role_names,
-    permission_names, key id, scopes) for the key matching `key`
-    (a condition on `api_keys`) when it is not revoked, not expired and its user active."""
-    role_names, permission_names = _grants()
+    """The API key check, the session check's twin: one row (id, email, role_names,
+    permission_names, api_key_id, scopes) for the key matching `key` (a condition on
+    `api_keys`) when it is not revoked, not expired and its user active."""
     users, keys = table_of(User), table_of(ApiKey)
     return (
-        sa.select(
-            users.c.id,
-            users.c.email,
-            role_names.label("role_names"),
-            permission_names.label("permission_names"),
-            keys.c.id.label("api_key_id"),
-            keys.c.scopes,
-        )
+        _active_user_with_grants(keys.c.id.label("api_key_id"), keys.c.scopes)
         .join(keys, keys.c.user_id == users.c.id)
         .where(
             key,
-            users.c.is_active.is_(True),
             keys.c.revoked_at.is_(None),
             sa.or_(keys.c.expires_at.is_(None), keys.c.expires_at > sa.func.now()),
         )
