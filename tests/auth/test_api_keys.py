@@ -15,7 +15,7 @@ from sqlmodel import col
 from atlas_gql.auth.account import create_user_account
 from atlas_gql.auth.models import ApiKey, RoleName
 from atlas_gql.ids import decode_id_of, encode_global_id
-from tests.conftest import GraphQLClient, error_codes
+from tests.conftest import GraphQLClient, counting_statements, error_codes
 
 CREATE = """
 mutation($input: CreateApiKeyInput!) {
@@ -385,3 +385,19 @@ async def _key_row(db: AsyncSession, global_id: str) -> ApiKey:
     row = await db.get(ApiKey, decode_id_of(global_id, "ApiKey"))
     assert row is not None
     return row
+
+
+async def test_listing_costs_the_same_statements_whatever_the_page_size(
+    gql: GraphQLClient, sign_in: Any, engine: Any
+) -> None:
+    token = await sign_in("pm@example.com")
+    for number in range(6):
+        await create_key(gql, token, name=f"key {number}")
+    query = "query($n: Int) { apiKeys(first: $n) { totalCount nodes { name user { email } } } }"
+    counts = []
+    for size in (2, 6):
+        with counting_statements(engine) as statements:
+            body = await gql(query, {"n": size}, token=token)
+        assert len(body["data"]["apiKeys"]["nodes"]) == size
+        counts.append(len(statements))
+    assert counts[0] == counts[1]
