@@ -1,9 +1,10 @@
 """Vector-store storage, metered: OpenAI bills the bytes its vector stores hold per GB-day.
 `meter_storage` (run daily by `atlas-gql meter-storage`, e.g. from cron) writes one
-ApiUsageLog row per store and UTC day: `endpoint` "vector_store_storage", `model` the store's
-id, no tokens, `cost_usd` = usage_bytes / 1e9 x ATLAS_VECTOR_STORE_GB_DAY_USD, on the owner's
-project and creator (so `apiUsage` and `Project.usageThisMonth` show it). The provider's free
-first GB is per organisation: ATLAS charges every byte to its store (an upper bound).
+ApiUsageLog row per store and UTC day: `endpoint` "vector_store_storage", `purpose` STORAGE,
+`model` the store's id, no tokens, `cost_usd` = usage_bytes / 1e9 x
+ATLAS_VECTOR_STORE_GB_DAY_USD, on the owner's project and creator (so `apiUsage` and
+`Project.usageThisMonth` show it). The provider's free first GB is per organisation: ATLAS
+charges every byte to its store (an upper bound).
 
 Running it twice the same day writes nothing more (one row per store and day, checked under
 an advisory lock); a store the provider no longer has is skipped and logged."""
@@ -27,7 +28,7 @@ from atlas_gql.ai.provider import UpstreamFailure
 from atlas_gql.ai.vector_stores import VectorStores
 from atlas_gql.config import Settings
 from atlas_gql.db.utils import execute_transaction
-from atlas_gql.logs.models import ApiUsageLog
+from atlas_gql.logs.models import ApiUsageLog, UsagePurpose
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ async def meter_storage(
             model=store.store_id,
             cost_usd=storage_cost_usd(settings, usage_bytes),
             status="storage",
+            purpose=UsagePurpose.STORAGE,
             created_at=max(start, min(datetime.now(UTC), start + timedelta(hours=23))),
         )
         if await execute_transaction(sessionmaker, functools.partial(_write_once, row=row)):

@@ -51,6 +51,8 @@ UsagePurposeEnum = described_enum(
     values={
         "REPLY": "A reply to a message (sendMessage and the like).",
         "TITLE": "A thread's title (after its first reply, or generateThreadTitle).",
+        "STORAGE": "A day of vector-store storage behind file search (`atlas-gql "
+        "meter-storage`): no tokens, a cost.",
     },
 )
 ErrorSourceEnum = described_enum(

@@ -22,10 +22,12 @@ class ErrorSource(enum.StrEnum):
 
 
 class UsagePurpose(enum.StrEnum):
-    """What a model call was for: a reply, or a thread's title."""
+    """What a model call was for: a reply, or a thread's title; STORAGE rows are the daily
+    vector-store storage of file search (ai/storage.py), not model calls."""
 
     REPLY = "REPLY"
     TITLE = "TITLE"
+    STORAGE = "STORAGE"
 
 
 class ActivityLog(SQLModel, table=True):

@@ -55,8 +55,21 @@ def upgrade() -> None:
         ),
     )
 
+    # Storage rows of vector stores (ai/storage.py) have a purpose of their own.
+    op.drop_constraint(op.f("ck_api_usage_logs_usage_purpose"), "api_usage_logs", type_="check")
+    op.create_check_constraint(
+        op.f("ck_api_usage_logs_usage_purpose"),
+        "api_usage_logs",
+        "purpose IN ('REPLY', 'TITLE', 'STORAGE')",
+    )
+
 
 def downgrade() -> None:
+    op.execute("DELETE FROM api_usage_logs WHERE purpose = 'STORAGE'")
+    op.drop_constraint(op.f("ck_api_usage_logs_usage_purpose"), "api_usage_logs", type_="check")
+    op.create_check_constraint(
+        op.f("ck_api_usage_logs_usage_purpose"), "api_usage_logs", "purpose IN ('REPLY', 'TITLE')"
+    )
     op.drop_column("api_usage_logs", "tool_cost_usd")
     op.drop_column("api_usage_logs", "web_search_calls")
     op.drop_column("api_usage_logs", "file_search_calls")

@@ -11,7 +11,7 @@ from sqlmodel import col
 from atlas_gql.ai.storage import STORAGE_ENDPOINT, meter_storage, storage_cost_usd
 from atlas_gql.ai.vector_stores import VectorStores
 from atlas_gql.config import Settings
-from atlas_gql.logs.models import ApiUsageLog
+from atlas_gql.logs.models import ApiUsageLog, UsagePurpose
 from tests.ai.conftest import AIServer
 from tests.ai.test_replies import rows
 from tests.ai.test_tools import SECRET, assistant_with, indexed_file, store_of
@@ -51,6 +51,7 @@ async def test_each_store_is_metered_once_a_day(ai: AIServer) -> None:
     )
     assert row.cost_usd == storage_cost_usd(settings, len(SECRET)) > 0
     assert (row.input_tokens, row.output_tokens) == (0, 0)
+    assert row.purpose is UsagePurpose.STORAGE
     assert row.project_id == people.project_uuid
     assert row.created_at.date() == day
     # A store the provider lost (404) is skipped: no row, no failure.
