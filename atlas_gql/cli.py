@@ -337,6 +337,30 @@ def prune_logs_command(
     )
 
 
+@cli.command("meter-storage")
+def meter_storage_command() -> None:
+    """Write today's vector-store storage rows (ApiUsageLog, one per store and UTC day; run
+    it daily, e.g. from cron; running it again the same day adds nothing)."""
+    from atlas_gql.ai.provider import create_client
+    from atlas_gql.ai.storage import meter_storage
+    from atlas_gql.ai.vector_stores import VectorStores
+
+    settings = load_settings()
+    target = resolve_target(settings)
+
+    async def work(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+        client = create_client(settings)
+        try:
+            return await meter_storage(
+                sessionmaker=sessionmaker, stores=VectorStores(client), settings=settings
+            )
+        finally:
+            await client.close()
+
+    written = run_with_sessions(target, work)
+    typer.echo(f"metered {written} vector stores")
+
+
 def main() -> None:
     from atlas_gql.serving import stopping_on_signals
 

@@ -174,6 +174,18 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON {"model": [usd_per_1m_input, usd_per_1m_output]} over the built-in table',
     )
+    atlas_file_search_call_usd: float = Field(
+        default=0.0025, ge=0, description="USD per file search tool call (OpenAI: $2.50 / 1k)"
+    )
+    atlas_web_search_call_usd: float = Field(
+        default=0.01, ge=0, description="USD per web search tool call (OpenAI: $10 / 1k)"
+    )
+    atlas_vector_store_gb_day_usd: float = Field(
+        default=0.10,
+        ge=0,
+        description="USD per GB-day of vector store storage (OpenAI: $0.10), metered by "
+        "`atlas-gql meter-storage`",
+    )
     atlas_reply_stale_after: float = Field(
         default=60.0,
         gt=0,

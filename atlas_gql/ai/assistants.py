@@ -9,6 +9,7 @@ MANAGER or removed (FORBIDDEN for viewers who only see it). The rules: `ai.rules
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -16,15 +17,15 @@ from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from atlas_gql.ai import rules
+from atlas_gql.ai import knowledge, rules
 from atlas_gql.ai.attachments import attached_to, delete_attachments
-from atlas_gql.ai.models import Assistant, AssociableType
+from atlas_gql.ai.models import Assistant, AssistantTool, AssociableType
 from atlas_gql.ai.pricing import allowed_models
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
-from atlas_gql.config import Settings
+from atlas_gql.config import OpenAIApi, Settings
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
@@ -77,7 +78,14 @@ def _description(description: str | None) -> str | None:
     return description
 
 
+def _tools(tools: Sequence[AssistantTool] | None) -> list[AssistantTool]:
+    """Each tool once, in the enum's order (null: none)."""
+    given = set(tools or ())
+    return [tool for tool in AssistantTool if tool in given]
+
+
 AssistantName = Annotated[str, AfterValidator(_name)]
+Tools = Annotated[list[AssistantTool] | None, AfterValidator(_tools)]
 Temperature = Annotated[float | None, AfterValidator(_temperature)]
 Instructions = Annotated[str | None, AfterValidator(_instructions)]
 Description = Annotated[str | None, AfterValidator(_description)]
@@ -90,6 +98,8 @@ class AssistantCreate(Command):
     instructions: Instructions = None
     temperature: Temperature = None
     description: Description = None
+    # Built-in tools the assistant may use (file search, web search).
+    tools: Tools = None
     # Shared with this project (MANAGER+); personal when None.
     project_id: uuid.UUID | None = None
 
@@ -101,6 +111,20 @@ class AssistantUpdate(PartialUpdate):
     instructions: Instructions = None
     temperature: Temperature = None
     description: Description = None
+    # Null clears (no tools).
+    tools: Tools = None
+
+
+CHAT_TOOLS_REFUSED = (
+    "This server's AI adapter (Chat Completions, ATLAS_OPENAI_API=chat) has no built-in tools; "
+    "`tools` must be empty."
+)
+
+
+def check_tools(settings: Settings, tools: Sequence[AssistantTool] | None) -> None:
+    """Tools the configured adapter cannot serve are refused (the chat adapter has none)."""
+    if tools and settings.atlas_openai_api is OpenAIApi.CHAT:
+        raise BadInput(CHAT_TOOLS_REFUSED, field="tools")
 
 
 def check_instructions(settings: Settings, instructions: str | None) -> None:
@@ -172,12 +196,14 @@ async def create_assistant(
         action = "configure the project's assistants"
         await require_project_role(db, viewer, project_id, ProjectRole.MANAGER, action=action)
     check_instructions(settings, data.instructions)
+    check_tools(settings, data.tools)
     assistant = Assistant(
         name=data.name,
         description=data.description,
         model=check_model(settings, data.model or settings.atlas_default_model),
         instructions=data.instructions,
         temperature=data.temperature,
+        tools=list(data.tools or []),
         project_id=data.project_id,
         created_by_id=viewer.user_id,
     )
@@ -185,7 +211,7 @@ async def create_assistant(
     await db.flush()
     actor.record(
         db, "assistant.create", assistant, project_id=data.project_id,
-        details={"name": assistant.name, "model": assistant.model},
+        details={"name": assistant.name, "model": assistant.model, "tools": assistant.tools},
     )  # fmt: skip
     return await stored(db, assistant)
 
@@ -198,12 +224,13 @@ async def update_assistant(
     assistant_id: uuid.UUID,
     data: AssistantUpdate,
 ) -> Assistant:
-    """Change what was set of an assistant's name, model, instructions, temperature or
-    description (a personal one's creator, a project MANAGER+, ADMIN)."""
+    """Change what was set of an assistant's name, model, instructions, temperature,
+    description or tools (a personal one's creator, a project MANAGER+, ADMIN)."""
     assistant = await managed_assistant(db, actor.viewer_required, assistant_id, action="change")
     if data.model is not None:
         check_model(settings, data.model)
     check_instructions(settings, data.instructions)
+    check_tools(settings, data.tools)
     data.apply(assistant)
     actor.record(
         db, "assistant.update", assistant, project_id=assistant.project_id,
@@ -212,10 +239,14 @@ async def update_assistant(
     return await stored(db, assistant)
 
 
-async def delete_assistant(*, db: AsyncSession, actor: Actor, assistant_id: uuid.UUID) -> bool:
-    """Delete an assistant; its threads stay (without an assistant)."""
+async def delete_assistant(
+    *, db: AsyncSession, actor: Actor, ai: knowledge.KnowledgeRuntime, assistant_id: uuid.UUID
+) -> bool:
+    """Delete an assistant; its threads stay (without an assistant); its vector store is
+    deleted upstream once this commits."""
     assistant = await managed_assistant(db, actor.viewer_required, assistant_id, action="delete")
     await delete_attachments(db, attached_to(AssociableType.ASSISTANT, [assistant.id]))
+    knowledge.after_owner_delete(db, ai, assistant.vector_store_id)
     actor.record(db, "assistant.delete", assistant, project_id=assistant.project_id)
     await db.delete(assistant)
     await db.flush()

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from atlas_gql.ai.events import (
     FINAL_EVENTS,
+    TOOL_EVENTS,
     MessageDelta,
     ThreadEvent,
     decode_event,
@@ -115,6 +116,11 @@ class _Subscriber:
             self.queue.put_nowait(None)
             return
         self.queue.put_nowait(event)
+
+
+# What a message's final event makes useless to a client reconnecting after it (the final
+# event carries the whole message: text and citations).
+DROPPED_AT_END = (MessageDelta, *TOOL_EVENTS)
 
 
 def _mergeable(first: Event, second: Event) -> bool:
@@ -234,7 +240,7 @@ class _ThreadHistory:
         kept = deque(
             (event, size)
             for event, size in self.events
-            if not (isinstance(event, MessageDelta) and event.message_id == message_id)
+            if not (isinstance(event, DROPPED_AT_END) and event.message_id == message_id)
         )
         if len(kept) != len(self.events):
             self.events = kept

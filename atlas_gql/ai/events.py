@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.ai.models import AssistantTool, Message, MessageRole, MessageStatus, Thread
 
 
 class MessagePayload(BaseModel):
@@ -40,6 +40,8 @@ class MessagePayload(BaseModel):
     error: str | None = None
     created_at: datetime
     completed_at: datetime | None = None
+    # The stored citations (ai/citations.py), set when a reply completes.
+    citations: list[dict[str, Any]] | None = None
 
     @classmethod
     def of(cls, message: Message) -> MessagePayload:
@@ -122,9 +124,34 @@ class ThreadUpdated(_ThreadEventBase):
     thread: ThreadPayload
 
 
+class ToolCallStarted(_ThreadEventBase):
+    """A built-in tool started working for the reply (e.g. "searching files…")."""
+
+    type: Literal["ToolCallStarted"] = "ToolCallStarted"
+    call_id: str
+    tool: AssistantTool
+    query: str | None = None
+
+
+class ToolCallCompleted(_ThreadEventBase):
+    """A tool call ended: COMPLETED, FAILED or INCOMPLETE, with its query and how many
+    results it found when the upstream says."""
+
+    type: Literal["ToolCallCompleted"] = "ToolCallCompleted"
+    call_id: str
+    tool: AssistantTool
+    status: str
+    query: str | None = None
+    result_count: int | None = None
+
+
+TOOL_EVENTS = (ToolCallStarted, ToolCallCompleted)
+
 ThreadEvent = Annotated[
     MessageCreated
     | MessageDelta
+    | ToolCallStarted
+    | ToolCallCompleted
     | MessageCompleted
     | MessageFailed
     | MessageCancelled

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from atlas_gql.ai import rules
+from atlas_gql.ai import knowledge, rules
 from atlas_gql.ai.assistants import managed_assistant
 from atlas_gql.ai.messages import get_message
 from atlas_gql.ai.models import AssociableType, File, FileAssociation, Thread
@@ -178,9 +178,10 @@ async def _target(
 
 
 async def attach_file(
-    *, db: AsyncSession, actor: Actor, file_id: uuid.UUID, target_id: str
+    *, db: AsyncSession, actor: Actor, ai: AIRuntime, file_id: uuid.UUID, target_id: str
 ) -> File:
-    """Attach a file (idempotent)."""
+    """Attach a file (idempotent). Attached to an assistant or a thread, it is indexed for
+    file search once the operation commits (`indexStatus`; ai/knowledge.py)."""
     viewer = actor.viewer_required
     file = await _own_file(db, viewer, file_id)
     kind, object_id, project_id = await _target(db, viewer, target_id)
@@ -198,13 +199,17 @@ async def attach_file(
             details={"target": kind.value, "targetId": str(object_id)},
         )  # fmt: skip
         await db.flush()
+    await knowledge.after_attach(
+        db, ai, kind=kind, owner_id=object_id, file=file, new=exists is None
+    )
     return file
 
 
 async def detach_file(
-    *, db: AsyncSession, actor: Actor, file_id: uuid.UUID, target_id: str
+    *, db: AsyncSession, actor: Actor, ai: AIRuntime, file_id: uuid.UUID, target_id: str
 ) -> File:
-    """Detach a file (idempotent: a file not attached there is left as it is)."""
+    """Detach a file (idempotent: a file not attached there is left as it is); detached
+    from an assistant or thread, it leaves its vector store once the operation commits."""
     viewer = actor.viewer_required
     file = await get_file(db=db, viewer=viewer, file_id=file_id)
     kind, object_id, project_id = await _target(db, viewer, target_id)
@@ -220,16 +225,19 @@ async def detach_file(
             db, "file.detach", file, project_id=project_id,
             details={"target": kind.value, "targetId": str(object_id)},
         )  # fmt: skip
+        await knowledge.after_detach(db, ai, kind=kind, owner_id=object_id, file=file)
     return file
 
 
 async def delete_file(*, ai: AIRuntime, actor: Actor, file_id: uuid.UUID) -> bool:
     """Delete a file everywhere: its attachments and its row (in a short transaction of its
-    own, so no connection is held during the upstream call), then, best effort, upstream."""
-    openai_file_id = await execute_transaction(
+    own, so no connection is held during the upstream call), then, best effort, upstream:
+    out of the vector stores that held it, and from OpenAI Files."""
+    openai_file_id, store_ids = await execute_transaction(
         ai.sessionmaker, functools.partial(_delete_rows, actor=actor, file_id=file_id)
     )
     if openai_file_id:
+        await knowledge.remove_from_stores(ai, store_ids, openai_file_id)
         try:
             await ai.provider.delete_file(openai_file_id)
         except UpstreamFailure:
@@ -237,9 +245,12 @@ async def delete_file(*, ai: AIRuntime, actor: Actor, file_id: uuid.UUID) -> boo
     return True
 
 
-async def _delete_rows(db: AsyncSession, *, actor: Actor, file_id: uuid.UUID) -> str | None:
+async def _delete_rows(
+    db: AsyncSession, *, actor: Actor, file_id: uuid.UUID
+) -> tuple[str | None, list[str]]:
     file = await _own_file(db, actor.viewer_required, file_id)
+    store_ids = await knowledge.stores_holding(db, file.id)
     await db.execute(sa.delete(FileAssociation).where(col(FileAssociation.file_id) == file.id))
     actor.record(db, "file.delete", file, details={"filename": file.filename})
     await db.delete(file)
-    return file.openai_file_id
+    return file.openai_file_id, store_ids

@@ -236,6 +236,7 @@ class Mutation:
             instructions=input.instructions,
             temperature=input.temperature,
             description=input.description,
+            tools=input.tools,
             project_id=optional_id(input.project_id, "Project", field="projectId"),
         )
         assistant = await assistants.create_assistant(
@@ -278,7 +279,10 @@ class Mutation:
     ) -> strawberry.ID | None:
         assistant_id = decode_id_of(id, "Assistant")
         await assistants.delete_assistant(
-            db=info.context.db, actor=await info.context.actor(), assistant_id=assistant_id
+            db=info.context.db,
+            actor=await info.context.actor(),
+            ai=info.context.services.ai,
+            assistant_id=assistant_id,
         )
         return global_id("Assistant", assistant_id)
 
@@ -358,7 +362,10 @@ class Mutation:
     ) -> strawberry.ID | None:
         thread_id = decode_id_of(id, "Thread")
         await threads.delete_thread(
-            db=info.context.db, actor=await info.context.actor(), thread_id=thread_id
+            db=info.context.db,
+            actor=await info.context.actor(),
+            ai=info.context.services.ai,
+            thread_id=thread_id,
         )
         return global_id("Thread", thread_id)
 
@@ -497,6 +504,7 @@ class Mutation:
         file = await files.attach_file(
             db=info.context.db,
             actor=await info.context.actor(),
+            ai=info.context.services.ai,
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
         )
@@ -523,6 +531,7 @@ class Mutation:
         file = await files.detach_file(
             db=info.context.db,
             actor=await info.context.actor(),
+            ai=info.context.services.ai,
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
         )

@@ -26,6 +26,7 @@ from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import ViewerSource
 from atlas_gql.db.loaders import ReadSessionSource, pages_by_parent, rows_by_id
 from atlas_gql.db.pagination import Ordering
+from atlas_gql.db.tables import table_of
 
 # A thread's messages read oldest to newest (a project's threads: as `threads` lists them).
 MESSAGE_ORDERING = Ordering(sort=col(Message.created_at), id=col(Message.id))
@@ -129,5 +130,27 @@ def rating_counts_by_message(db: ReadSessionSource) -> DataLoader[uuid.UUID, tup
     async def load(message_ids: Sequence[uuid.UUID]) -> list[tuple[int, int]]:
         counts = await feedback.rating_counts(db(), message_ids)
         return [counts.get(message_id, (0, 0)) for message_id in message_ids]
+
+    return DataLoader(load_fn=load)
+
+
+def visible_file_by_id(
+    db: ReadSessionSource, viewer: ViewerSource
+) -> DataLoader[uuid.UUID, File | None]:
+    """Files by id that the viewer may see (`rules.file_visible`); None otherwise (a cited
+    file since detached from what the viewer sees, or deleted)."""
+
+    async def load(file_ids: Sequence[uuid.UUID]) -> list[File | None]:
+        signed_in = await viewer()
+        if signed_in is None:
+            return [None for _ in file_ids]
+        rows = await db().execute(
+            sa.select(File).where(
+                col(File.id).in_(list(file_ids)),
+                rules.file_visible(viewer_literals(signed_in), table_of(File)),
+            )
+        )
+        by_id = {file.id: file for file in rows.scalars()}
+        return [by_id.get(file_id) for file_id in file_ids]
 
     return DataLoader(load_fn=load)

@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from atlas_gql.ai import rules
+from atlas_gql.ai import knowledge, rules
 from atlas_gql.ai.events import ThreadEvent, created_event
 from atlas_gql.ai.models import (
     Assistant,
+    AssistantTool,
     AssociableType,
     File,
     FileAssociation,
@@ -220,6 +221,10 @@ async def send_message(
     if assistant is None:
         raise BadInput("This thread has no assistant any more.", field="threadId")
     files = await _files_for_message(db, viewer, data.file_ids)
+    tools = tuple(tool for tool in AssistantTool if tool.value in (assistant.tools or []))
+    vector_store_ids = await knowledge.vector_store_ids_for(
+        db, viewer, thread=thread, assistant=assistant
+    )
     # Takes the project's budget lock (held until the operation commits this reply
     # IN_PROGRESS), so concurrent sends in other threads of the project count it.
     if thread.project_id is not None:
@@ -292,6 +297,8 @@ async def send_message(
         conversation_id=thread.openai_thread_id,
         sequences=sequences,
         api_key_id=actor.api_key_id,
+        tools=tools,
+        vector_store_ids=vector_store_ids,
     )
     await db.flush()
     created: list[ThreadEvent] = [

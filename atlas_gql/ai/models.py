@@ -40,6 +40,21 @@ class Rating(enum.StrEnum):
     DOWN = "DOWN"
 
 
+class AssistantTool(enum.StrEnum):
+    """A built-in tool of the Responses API an assistant may use (stored in `tools`)."""
+
+    FILE_SEARCH = "FILE_SEARCH"
+    WEB_SEARCH = "WEB_SEARCH"
+
+
+class FileIndexStatus(enum.StrEnum):
+    """Where a file is in its indexing for file search (OpenAI vector stores)."""
+
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
 class AssociableType(enum.StrEnum):
     ASSISTANT = "ASSISTANT"
     THREAD = "THREAD"
@@ -55,7 +70,11 @@ class Assistant(Timestamped, table=True):
     model: str = Field(max_length=100)
     instructions: str | None = Field(default=None, sa_type=sa.Text)
     temperature: float | None = Field(default=None)
+    # The enabled tools: a JSON list of AssistantTool names (NULL: none).
     tools: Any = jsonb_column()
+    # The OpenAI vector store (`vs_...`) holding the assistant's files for file search;
+    # created with the first attached file, deleted with the assistant (ai/knowledge.py).
+    vector_store_id: str | None = Field(default=None, max_length=100)
     # Optional: an assistant may belong to a project, or be personal to its creator.
     project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True)
     created_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
@@ -79,6 +98,9 @@ class Thread(Timestamped, table=True):
     # NULL when not archived) are hidden from `threads` by default and refuse new messages.
     pinned: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     archived_at: datetime | None = optional_timestamp()
+    # The OpenAI vector store of the thread's own files (ai/knowledge.py); NULL until a file
+    # is attached to the thread.
+    vector_store_id: str | None = Field(default=None, max_length=100)
 
 
 class Message(SQLModel, table=True):
@@ -133,6 +155,9 @@ class Message(SQLModel, table=True):
     # row write. `Thread.lastEventSequence` reads it, so `messages` plus
     # `threadEvents(afterSequence: lastEventSequence)` is the whole text, once.
     content_sequence: int | None = Field(default=None)
+    # A reply's citations (the output text's annotations), a JSON list of `ai.citations`
+    # objects, stored with its final state; NULL: none.
+    citations: Any = jsonb_column()
 
 
 class MessageRating(Timestamped, table=True):
@@ -165,6 +190,12 @@ class File(SQLModel, table=True):
     openai_file_id: str | None = Field(default=None, max_length=100, unique=True)
     uploaded_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
     created_at: datetime = created_at()
+    # Indexing for file search (a vector store of an assistant or thread it is attached to):
+    # NULL when never indexed; the latest outcome otherwise (ai/knowledge.py).
+    index_status: FileIndexStatus | None = enum_column(
+        FileIndexStatus, "file_index_status", default=None, nullable=True
+    )
+    index_error: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class FileAssociation(SQLModel, table=True):

@@ -47,8 +47,15 @@ from sqlmodel import col
 
 from atlas_gql import metrics
 from atlas_gql.ai.broker import Broker
-from atlas_gql.ai.events import ThreadEvent, delta_event, final_event
-from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.ai.citations import stored_citations
+from atlas_gql.ai.events import (
+    ThreadEvent,
+    ToolCallCompleted,
+    ToolCallStarted,
+    delta_event,
+    final_event,
+)
+from atlas_gql.ai.models import AssistantTool, Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.provider import (
     STREAM_ENDED_ERROR,
     HistoryItem,
@@ -62,6 +69,7 @@ from atlas_gql.ai.provider import (
 from atlas_gql.ai.recovery import CANCELLED_ERROR, Recovery, usage_row
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.titles import TitleWriter
+from atlas_gql.ai.tool_items import ToolCallItem
 from atlas_gql.config import Settings
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.audit import record_error
@@ -101,6 +109,10 @@ class ReplyJob:
     # The personal API key the exchange was sent with (its usage row names it); None for a
     # session, and for a reply resumed by another worker (not kept on the message).
     api_key_id: uuid.UUID | None = None
+    # The assistant's built-in tools and the vector stores file search may read
+    # (ai/knowledge.py `vector_store_ids_for`).
+    tools: tuple[AssistantTool, ...] = ()
+    vector_store_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,6 +141,9 @@ class ActiveReply:
     upstream_sequence: int | None = None
     handled_upstream: int | None = None
     sequence_base: int | None = None
+    # Tool calls that ended while streaming, by call id: billed even when the reply does
+    # not complete (the upstream reports its own count only with a final response).
+    ended_calls: dict[str, AssistantTool] = field(default_factory=dict)
 
     @property
     def published_text(self) -> str:
@@ -487,6 +502,8 @@ class AIRuntime:
                     for item in batch:
                         if isinstance(item, ReplyDelta):
                             await self._emit_delta(reply, item)
+                        elif isinstance(item, ToolCallItem):
+                            await self._emit_tool_call(reply, item)
                         elif isinstance(item, ReplyStarted):
                             await self._started(reply, item)
                         elif isinstance(item, ReplyDone):
@@ -522,6 +539,8 @@ class AIRuntime:
             file_ids=job.openai_file_ids,
             conversation_id=conversation_id,
             history=history,
+            tools=job.tools,
+            vector_store_ids=job.vector_store_ids,
         )
 
     async def _started(self, reply: ActiveReply, started: ReplyStarted) -> None:
@@ -592,19 +611,22 @@ class AIRuntime:
             for m in messages
         ]
 
-    async def _emit_delta(self, reply: ActiveReply, delta: ReplyDelta) -> None:
+    async def _number(
+        self, reply: ActiveReply, upstream_number: int | None
+    ) -> tuple[int, int | None] | None:
+        """The thread event number of an upstream event (a delta, a tool call) and its
+        upstream number as resumable (None); None when it was handled already."""
         job = reply.job
         sequences = job.sequences
-        text = delta.text
-        if reply.sequence_base is not None and delta.sequence_number is None:
+        if reply.sequence_base is not None and upstream_number is None:
             # Events without numbers cannot be resumed exactly: this reply no longer is.
-            logger.warning("reply %s: a delta without a sequence number", job.assistant_message_id)
+            logger.warning("reply %s: an event without a sequence number", job.assistant_message_id)
             reply.sequence_base = reply.upstream_sequence = reply.handled_upstream = None
-        upstream = delta.sequence_number if reply.sequence_base is not None else None
+        upstream = upstream_number if reply.sequence_base is not None else None
         if reply.sequence_base is not None and upstream is not None:
             handled = reply.handled_upstream
             if handled is not None and upstream <= handled:
-                return  # handled already (a provider that replays more than asked)
+                return None  # handled already (a provider that replays more than asked)
             sequence = sequences.take_at(reply.sequence_base + upstream)
             reply.handled_upstream = upstream
         else:
@@ -612,6 +634,47 @@ class AIRuntime:
         if sequences.needs_extension:
             # The number must be reserved before anyone sees it.
             await self._checkpoint(reply)
+        return sequence, upstream
+
+    async def _emit_tool_call(self, reply: ActiveReply, call: ToolCallItem) -> None:
+        """Publish a tool call's start or end, numbered as deltas are (so replay, resume
+        and the drop of numbers already seen hold for it too)."""
+        numbered = await self._number(reply, call.sequence_number)
+        if numbered is None:
+            return
+        sequence, upstream = numbered
+        job = reply.job
+        common: dict[str, Any] = {
+            "sequence": sequence,
+            "thread_id": job.thread_id,
+            "message_id": job.assistant_message_id,
+            "call_id": call.call_id,
+            "tool": call.tool,
+            "query": call.query,
+        }
+        event: ThreadEvent
+        if call.done:
+            reply.ended_calls[call.call_id] = call.tool
+            status = call.status.upper() if call.status in {"failed", "incomplete"} else "COMPLETED"
+            event = ToolCallCompleted(**common, status=status, result_count=call.result_count)
+        else:
+            event = ToolCallStarted(**common)
+        if reply.publish_failed:
+            with contextlib.suppress(Exception):
+                await self.broker.publish(job.thread_id, event)
+        elif not await self._publish(job.thread_id, event):
+            reply.publish_failed = True
+        reply.published_sequence = sequence
+        if upstream is not None:
+            reply.upstream_sequence = upstream
+
+    async def _emit_delta(self, reply: ActiveReply, delta: ReplyDelta) -> None:
+        job = reply.job
+        numbered = await self._number(reply, delta.sequence_number)
+        if numbered is None:
+            return
+        sequence, upstream = numbered
+        text = delta.text
         reply.text.append(text)
         event = delta_event(
             sequence, thread_id=job.thread_id, message_id=job.assistant_message_id, delta=text
@@ -715,6 +778,15 @@ class AIRuntime:
             status, error = MessageStatus.CANCELLED, CANCELLED_ERROR
         input_tokens = done.input_tokens if done else (failure.input_tokens if failure else None)
         output_tokens = done.output_tokens if done else (failure.output_tokens if failure else None)
+        # Tool calls are billed per call, whatever became of the reply.
+        reported = done or failure
+        seen = list(reply.ended_calls.values())
+        file_searches = max(
+            reported.file_search_calls if reported else 0, seen.count(AssistantTool.FILE_SEARCH)
+        )
+        web_searches = max(
+            reported.web_search_calls if reported else 0, seen.count(AssistantTool.WEB_SEARCH)
+        )
         sequence = job.sequences.take()
         values: dict[str, Any] = {
             "status": status,
@@ -751,6 +823,8 @@ class AIRuntime:
                 },
             )
         async with self.sessionmaker() as db:
+            if done is not None:
+                values["citations"] = await stored_citations(db, done.citations)
             message = (
                 await db.execute(
                     sa.update(Message)
@@ -771,7 +845,12 @@ class AIRuntime:
                 output_tokens = estimate_tokens(values["content"])
                 usage_status += ESTIMATED_SUFFIX
             usage: ApiUsageLog | None = None
-            if input_tokens is not None or output_tokens is not None:
+            if (
+                input_tokens is not None
+                or output_tokens is not None
+                or file_searches
+                or web_searches
+            ):
                 usage = usage_row(
                     self.settings,
                     endpoint=self.provider.api,
@@ -785,6 +864,8 @@ class AIRuntime:
                     latency_ms=latency_ms,
                     status=usage_status,
                     api_key_id=job.api_key_id,
+                    file_search_calls=file_searches,
+                    web_search_calls=web_searches,
                 )
                 db.add(usage)
             await db.commit()

@@ -1,4 +1,5 @@
-"""What a model call costs: USD per million input / output tokens, computed with Decimal.
+"""What a model call costs: USD per million input / output tokens, computed with Decimal,
+plus its built-in tool calls, priced per call (file search, web search).
 
 The table is the default list of allowed models too (ATLAS_ALLOWED_MODELS overrides it).
 Prices are OpenAI's list prices (standard tier) when this table was written; override a price
@@ -59,4 +60,14 @@ def cost_usd(settings: Settings, *, model: str, input_tokens: int, output_tokens
     total = (
         Decimal(input_tokens) * input_price + Decimal(output_tokens) * output_price
     ) / ONE_MILLION
+    return total.quantize(COST_QUANTUM)
+
+
+def tool_cost_usd(settings: Settings, *, file_search_calls: int, web_search_calls: int) -> Decimal:
+    """What a reply's tool calls cost in USD: ATLAS_FILE_SEARCH_CALL_USD and
+    ATLAS_WEB_SEARCH_CALL_USD per call (OpenAI's list prices: $2.50 and $10 per 1,000 calls;
+    the tokens of what the tools retrieved are billed as input tokens, counted already)."""
+    file_search = Decimal(str(settings.atlas_file_search_call_usd))
+    web_search = Decimal(str(settings.atlas_web_search_call_usd))
+    total = file_search_calls * file_search + web_search_calls * web_search
     return total.quantize(COST_QUANTUM)

@@ -36,8 +36,16 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from atlas_gql.ai.models import MessageStatus
+from atlas_gql.ai.models import AssistantTool, MessageStatus
 from atlas_gql.ai.sse import SSEDecoder
+from atlas_gql.ai.tool_items import (
+    TOOL_PROGRESS_EVENTS,
+    ToolCallItem,
+    UpstreamCitation,
+    citations_of,
+    tool_call_of,
+    tool_counts,
+)
 from atlas_gql.config import OpenAIApi, OpenAIHttpClient, Settings
 from atlas_gql.logs.audit import scrub_text
 
@@ -101,6 +109,10 @@ class ReplyRequest:
     conversation_id: str | None = None
     # Earlier messages of the thread (oldest first); only the chat adapter sends them.
     history: list[HistoryItem] = field(default_factory=list)
+    # The assistant's built-in tools, and the vector stores file search may read (the
+    # thread's own and, when the sender may see it, its assistant's: ai/knowledge.py).
+    tools: tuple[AssistantTool, ...] = ()
+    vector_store_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +138,10 @@ class ReplyDone:
     model: str | None
     input_tokens: int
     output_tokens: int
+    citations: list[UpstreamCitation] = field(default_factory=list)
+    # Built-in tool calls in the response (what the upstream bills per call).
+    file_search_calls: int = 0
+    web_search_calls: int = 0
 
 
 @dataclass
@@ -146,7 +162,7 @@ class TextCompletion:
     output_tokens: int
 
 
-ReplyItem = ReplyStarted | ReplyDelta | ReplyDone
+ReplyItem = ReplyStarted | ReplyDelta | ToolCallItem | ReplyDone
 # The items of one network read, in order.
 ReplyBatch = list[ReplyItem]
 
@@ -167,6 +183,8 @@ class UpstreamFailure(Exception):
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         upstream_ended: bool = False,
+        file_search_calls: int = 0,
+        web_search_calls: int = 0,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -180,11 +198,17 @@ class UpstreamFailure(Exception):
         # The provider said the response is over (response.failed / .incomplete, an error
         # event): nothing runs upstream any more, so there is nothing to cancel there.
         self.upstream_ended = upstream_ended
+        # Tool calls the provider reported in a failed or cut-short response (billed too).
+        self.file_search_calls = file_search_calls
+        self.web_search_calls = web_search_calls
 
 
 class Provider(Protocol):
     api: str  # "responses" | "chat", recorded as ApiUsageLog.endpoint
     uses_conversations: bool
+    # Built-in tools (file search, web search) and vector stores: the Responses API only.
+    supports_tools: bool
+    client: AsyncOpenAI
     # New replies run upstream on their own (background responses): they can be read again
     # from any event on (`resume_reply`) and must be stopped upstream (`cancel_response`).
     background: bool
@@ -308,6 +332,13 @@ class ResponsesStreamReader:
             "response.failed",
             "response.incomplete",
             "error",
+            # Built-in tools: a call starts (its item added, or its own in_progress event),
+            # ends (its item done, with queries and results); annotations of the text.
+            "response.output_item.added",
+            "response.output_item.done",
+            "response.file_search_call.in_progress",
+            "response.web_search_call.in_progress",
+            "response.output_text.annotation.added",
             "message",  # an event without an `event:` line: decode to learn its type
         }
     )
@@ -319,6 +350,10 @@ class ResponsesStreamReader:
         self.failure: UpstreamFailure | None = None
         # The upstream's `sequence_number` of the last event read (to resume a stream).
         self.last_sequence_number: int | None = None
+        # Tool calls announced (an item and its in_progress event both start one), and the
+        # annotations streamed per (message item, content part).
+        self.started_calls: set[str] = set()
+        self.annotations: dict[tuple[str, int], list[Any]] = {}
 
     def feed(self, chunk: bytes) -> ReplyBatch:
         """The items of every complete event in `chunk` (and what came before it). A failure
@@ -365,8 +400,24 @@ class ResponsesStreamReader:
                         background=response.get("background") is True,
                     )
                 )
+            elif kind in {"response.output_item.added", "response.output_item.done"}:
+                done = kind == "response.output_item.done"
+                call = tool_call_of(event.get("item") or {}, done=done, number=number)
+                if call is not None and (done or call.call_id not in self.started_calls):
+                    self.started_calls.add(call.call_id)
+                    items.append(call)
+            elif (tool := TOOL_PROGRESS_EVENTS.get(kind)) is not None:
+                call_id = event.get("item_id")
+                if isinstance(call_id, str) and call_id not in self.started_calls:
+                    self.started_calls.add(call_id)
+                    items.append(
+                        ToolCallItem(call_id, tool, False, "in_progress", sequence_number=number)
+                    )
+            elif kind == "response.output_text.annotation.added":
+                key = (str(event.get("item_id")), int(event.get("content_index") or 0))
+                self.annotations.setdefault(key, []).append(event.get("annotation"))
             elif kind == "response.completed":
-                items.append(_done_of(event.get("response") or {}))
+                items.append(_done_of(event.get("response") or {}, self.annotations))
                 self.finished = True
                 return
             elif kind in {"response.failed", "response.incomplete"}:
@@ -391,24 +442,32 @@ class ResponsesStreamReader:
         )
 
 
-def _done_of(response: dict[str, Any]) -> ReplyDone:
+def _done_of(
+    response: dict[str, Any], annotations: dict[tuple[str, int], list[Any]] | None = None
+) -> ReplyDone:
     usage = response.get("usage") or {}
+    output = response.get("output") or []
     message_id = next(
-        (item.get("id") for item in response.get("output") or [] if item.get("type") == "message"),
+        (item.get("id") for item in output if item.get("type") == "message"),
         None,
     )
+    counts = tool_counts(output)
     return ReplyDone(
         response_id=response.get("id"),
         output_message_id=message_id,
         model=response.get("model"),
         input_tokens=usage.get("input_tokens") or 0,
         output_tokens=usage.get("output_tokens") or 0,
+        citations=citations_of(output, annotations),
+        file_search_calls=counts[AssistantTool.FILE_SEARCH],
+        web_search_calls=counts[AssistantTool.WEB_SEARCH],
     )
 
 
 class ResponsesProvider(_FilesMixin):
     api = "responses"
     uses_conversations = True
+    supports_tools = True
     can_resume = True
     reader_class = ResponsesStreamReader
 
@@ -447,6 +506,7 @@ class ResponsesProvider(_FilesMixin):
             arguments["temperature"] = request.temperature
         if request.conversation_id:
             arguments["conversation"] = request.conversation_id
+        arguments.update(tool_arguments(request))
         return self._read(self.client.responses.with_streaming_response.create(**arguments))
 
     def resume_reply(self, response_id: str, *, after_sequence: int) -> AsyncIterator[ReplyBatch]:
@@ -517,9 +577,26 @@ class ResponsesProvider(_FilesMixin):
         await self.client.close()
 
 
+def tool_arguments(request: ReplyRequest) -> dict[str, Any]:
+    """`tools` (and `include`, so tool calls come with their results: counts and quotes)
+    of a reply's Responses request. File search goes only with a store to read."""
+    tools: list[dict[str, Any]] = []
+    include: list[str] = []
+    if AssistantTool.FILE_SEARCH in request.tools and request.vector_store_ids:
+        tools.append({"type": "file_search", "vector_store_ids": list(request.vector_store_ids)})
+        include.append("file_search_call.results")
+    if AssistantTool.WEB_SEARCH in request.tools:
+        tools.append({"type": "web_search"})
+        include.append("web_search_call.action.sources")
+    return {"tools": tools, "include": include} if tools else {}
+
+
 def _terminal_failure(
     response: dict[str, Any], kind: str, request_id: str | None
 ) -> UpstreamFailure:
+    counts = tool_counts(response.get("output") or [])
+    file_searches = counts[AssistantTool.FILE_SEARCH]
+    web_searches = counts[AssistantTool.WEB_SEARCH]
     usage = response.get("usage") or {}
     input_tokens = usage.get("input_tokens")
     output_tokens = usage.get("output_tokens")
@@ -533,6 +610,8 @@ def _terminal_failure(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             upstream_ended=True,
+            file_search_calls=file_searches,
+            web_search_calls=web_searches,
         )
     detail = (response.get("error") or {}).get("message") or "no detail given"
     return UpstreamFailure(
@@ -542,6 +621,8 @@ def _terminal_failure(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         upstream_ended=True,
+        file_search_calls=file_searches,
+        web_search_calls=web_searches,
     )
 
 
@@ -550,6 +631,9 @@ class ChatProvider(_FilesMixin):
 
     api = "chat"
     uses_conversations = False
+    # Chat Completions has no built-in tools: assistants with tools are refused here
+    # (`ai.assistants.check_tools`), and replies go without them.
+    supports_tools = False
     # A chat completion lives as long as its HTTP request: nothing to resume or cancel.
     background = False
     can_resume = False

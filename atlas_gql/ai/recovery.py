@@ -29,7 +29,7 @@ from sqlmodel import col
 
 from atlas_gql.ai.events import ThreadEvent, final_event
 from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
-from atlas_gql.ai.pricing import cost_usd
+from atlas_gql.ai.pricing import cost_usd, tool_cost_usd
 from atlas_gql.ai.sequences import take_one_statement
 from atlas_gql.config import Settings
 from atlas_gql.logs.models import ApiUsageLog, UsagePurpose
@@ -69,9 +69,13 @@ def usage_row(
     input_tokens: int, output_tokens: int, latency_ms: int | None, status: str,
     purpose: UsagePurpose = UsagePurpose.REPLY,
     api_key_id: uuid.UUID | None = None,
+    file_search_calls: int = 0, web_search_calls: int = 0,
 ) -> ApiUsageLog:  # fmt: skip
-    """The ApiUsageLog row of one model call (a reply, or a title), priced (and attributed to
-    the API key it was sent with, if any)."""
+    """The ApiUsageLog row of one model call (a reply, or a title), priced: its tokens plus
+    its built-in tool calls (and attributed to the API key it was sent with, if any)."""
+    tools = tool_cost_usd(
+        settings, file_search_calls=file_search_calls, web_search_calls=web_search_calls
+    )
     return ApiUsageLog(
         user_id=user_id,
         api_key_id=api_key_id,
@@ -85,9 +89,13 @@ def usage_row(
         latency_ms=latency_ms,
         cost_usd=cost_usd(
             settings, model=model, input_tokens=input_tokens, output_tokens=output_tokens
-        ),
+        )
+        + tools,
         status=status,
         purpose=purpose,
+        file_search_calls=file_search_calls,
+        web_search_calls=web_search_calls,
+        tool_cost_usd=tools,
     )
 
 

@@ -18,7 +18,7 @@ from pydantic import AfterValidator
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel, col
 
-from atlas_gql.ai import rules
+from atlas_gql.ai import knowledge, rules
 from atlas_gql.ai.assistants import clean_text, get_assistant
 from atlas_gql.ai.attachments import attached_to, delete_attachments
 from atlas_gql.ai.models import AssociableType, Message, MessageStatus, Thread
@@ -250,9 +250,12 @@ async def update_thread(
     return await stored(db, thread)
 
 
-async def delete_thread(*, db: AsyncSession, actor: Actor, thread_id: uuid.UUID) -> bool:
+async def delete_thread(
+    *, db: AsyncSession, actor: Actor, ai: knowledge.KnowledgeRuntime, thread_id: uuid.UUID
+) -> bool:
     """Delete a thread and its messages (its creator while MEMBER+, a project MANAGER+,
-    ADMIN). Refused while a reply runs (cancel it first)."""
+    ADMIN). Refused while a reply runs (cancel it first). Its vector store is deleted
+    upstream once this commits."""
     thread = await managed_thread(db, actor.viewer_required, thread_id, action="delete", lock=True)
     if await running_reply(db, thread.id) is not None:
         raise Conflict("A reply is running in this thread; cancel it first.")
@@ -262,6 +265,7 @@ async def delete_thread(*, db: AsyncSession, actor: Actor, thread_id: uuid.UUID)
         attached_to(AssociableType.MESSAGE, message_ids),
         attached_to(AssociableType.THREAD, [thread.id]),
     )
+    knowledge.after_owner_delete(db, ai, thread.vector_store_id)
     actor.record(db, "thread.delete", thread, project_id=thread.project_id)
     await db.delete(thread)
     await db.flush()

@@ -10,17 +10,20 @@ is no rule here to split along."""
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 import strawberry
 
 from atlas_gql.ai import events, loaders
 from atlas_gql.ai.models import (
     Assistant,
+    AssistantTool,
     AssociableType,
     File,
+    FileIndexStatus,
     Message,
     MessageRating,
     MessageRole,
@@ -110,6 +113,61 @@ class MessageRatings:
     down: int = strawberry.field(description="Ratings DOWN.")
 
 
+AssistantToolEnum = described_enum(
+    AssistantTool,
+    name="AssistantTool",
+    description="A built-in tool an assistant may use while it writes a reply (Responses API "
+    "adapter only; the Chat Completions adapter has none).",
+    values={
+        "FILE_SEARCH": "Search the files attached to the assistant and to the thread (indexed "
+        "in vector stores; see `File.indexStatus`); answers cite them (`Message.citations`).",
+        "WEB_SEARCH": "Search the web; answers cite the pages (URL citations).",
+    },
+)
+FileIndexStatusEnum = described_enum(
+    FileIndexStatus,
+    name="FileIndexStatus",
+    description="Where a file is in its indexing for file search.",
+    values={
+        "IN_PROGRESS": "Being added to a vector store; file search may not find it yet.",
+        "COMPLETED": "Indexed: file search finds it.",
+        "FAILED": "The provider could not index it (see `indexError`); attach it again to retry.",
+    },
+)
+
+
+class CitationKind(enum.StrEnum):
+    FILE = "FILE"
+    URL = "URL"
+
+
+class ToolCallStatus(enum.StrEnum):
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    INCOMPLETE = "INCOMPLETE"
+
+
+CitationKindEnum = described_enum(
+    CitationKind,
+    name="CitationKind",
+    description="What a citation points at.",
+    values={
+        "FILE": "A file found by file search (`file`, `title` = its filename).",
+        "URL": "A web page found by web search (`url`, `title`).",
+    },
+)
+ToolCallStatusEnum = described_enum(
+    ToolCallStatus,
+    name="ToolCallStatus",
+    description="How a tool call ended.",
+    values={
+        "COMPLETED": "It ran; `resultCount` says how many results it found (when known).",
+        "FAILED": "The provider's tool failed.",
+        "INCOMPLETE": "It stopped before finishing (the reply was cut short).",
+    },
+)
+
+
 @strawberry.type(name="Assistant", description="A configured AI assistant (model, instructions).")
 class AssistantType(Node):
     db_id: strawberry.Private[uuid.UUID]
@@ -129,6 +187,7 @@ class AssistantType(Node):
         description="When the assistant was last changed (UTC)."
     )
     stored_instructions: strawberry.Private[str | None] = None
+    stored_tools: strawberry.Private[list[str] | None] = None
     # True when the viewer just created or changed the assistant (so may change it); None:
     # ask `ai.rules.assistant_instructions_visible` (one batched statement per request).
     instructions_visible: strawberry.Private[bool | None] = None
@@ -142,8 +201,18 @@ class AssistantType(Node):
             "Assistant",
             assistant,
             stored_instructions=assistant.instructions,
+            stored_tools=assistant.tools,
             instructions_visible=instructions_visible,
         )
+
+    @strawberry.field(
+        description="The built-in tools the assistant uses (empty: none). Set by "
+        "`createAssistant` / `updateAssistant` (whoever may change the assistant: a MANAGER+ "
+        "of its project for a shared one)."
+    )
+    def tools(self) -> list[AssistantTool]:
+        stored = self.stored_tools or []
+        return [tool for tool in AssistantTool if tool.value in stored]
 
     @strawberry.field(
         description="The system instructions sent with every reply. Shown to those who may "
@@ -284,9 +353,19 @@ class MessageType(Node):
         "stored, a reply when it ended (whatever the status); null while IN_PROGRESS."
     )
 
+    stored_citations: strawberry.Private[Any] = None
+
     @classmethod
     def from_model(cls, message: Message) -> MessageType:
-        return from_row(cls, "Message", message)
+        return from_row(cls, "Message", message, stored_citations=message.citations)
+
+    @strawberry.field(
+        description="What the reply's text cites (file search and web search results), in "
+        "the order of the text; empty for other messages and until the reply completes (also "
+        "sent with MessageCompleted)."
+    )
+    def citations(self) -> list[CitationType]:
+        return [CitationType.from_stored(item) for item in self.stored_citations or []]
 
     @strawberry.field(description="Files sent with the message.")
     async def files(self, info: Info) -> list[FileType]:
@@ -399,10 +478,68 @@ class FileType(Node):
         description="The provider's file id (`file-…`); null when the file is not stored upstream."
     )
     created_at: datetime = strawberry.field(description="When the file was uploaded (UTC).")
+    index_status: FileIndexStatus | None = strawberry.field(
+        description="Its indexing for file search: null when it is not attached to an "
+        "assistant or a thread (or the server's adapter has no vector stores); the latest "
+        "outcome otherwise."
+    )
+    index_error: str | None = strawberry.field(
+        description="Why indexing FAILED (readable); null otherwise."
+    )
 
     @classmethod
     def from_model(cls, file: File) -> FileType:
         return from_row(cls, "File", file)
+
+
+@strawberry.type(
+    name="Citation",
+    description="A source the reply's text cites: a file found by file search or a web page "
+    "found by web search. Indexes count characters (Unicode code points) of the message's "
+    "`content`, as the provider gives them.",
+)
+class CitationType:
+    kind: CitationKind = strawberry.field(description="A file or a web page.")
+    url: str | None = strawberry.field(description="The cited page (URL citations); else null.")
+    title: str | None = strawberry.field(
+        description="The page's title, or the cited file's filename."
+    )
+    quote: str | None = strawberry.field(
+        description="The cited text (the span of a URL citation; the passage file search "
+        "retrieved from a file, up to 500 characters); null when the provider gave none."
+    )
+    start_index: int | None = strawberry.field(
+        description="Where the cited span starts in `content` (a file citation: where its "
+        "marker goes)."
+    )
+    end_index: int | None = strawberry.field(
+        description="Where the cited span ends (exclusive); equal to `startIndex` for a file "
+        "citation."
+    )
+    file_db_id: strawberry.Private[uuid.UUID | None] = None
+
+    @classmethod
+    def from_stored(cls, item: dict[str, Any]) -> CitationType:
+        file_id = item.get("fileId")
+        return cls(
+            kind=CitationKind(item.get("kind", "URL")),
+            url=item.get("url"),
+            title=item.get("title"),
+            quote=item.get("quote"),
+            start_index=item.get("startIndex"),
+            end_index=item.get("endIndex"),
+            file_db_id=uuid.UUID(file_id) if file_id else None,
+        )
+
+    @strawberry.field(
+        description="The cited file (FILE citations); null for a URL, for a file since "
+        "deleted, and for one the viewer may no longer see."
+    )
+    async def file(self, info: Info) -> FileType | None:
+        if self.file_db_id is None:
+            return None
+        file = await info.context.viewer_loader(loaders.visible_file_by_id).load(self.file_db_id)
+        return FileType.from_model(file) if file else None
 
 
 # -- inputs and payloads ---------------------------------------------------------------------
@@ -439,6 +576,11 @@ class CreateAssistantInput:
     description: str | None = strawberry.field(
         default=None, description="What it is for; at most 2,000 characters."
     )
+    tools: list[AssistantTool] | None = strawberry.field(
+        default=None,
+        description="Built-in tools to enable (null or empty: none). BAD_USER_INPUT on a "
+        "server whose adapter has no tools (ATLAS_OPENAI_API=chat).",
+    )
     project_id: strawberry.ID | None = strawberry.field(
         default=None,
         description="Share it with a project (MANAGER role or higher); null keeps it personal.",
@@ -465,6 +607,10 @@ class UpdateAssistantInput:
     )
     description: strawberry.Maybe[str | None] = strawberry.field(
         description="What it is for; null clears it."
+    )
+    tools: strawberry.Maybe[list[AssistantTool] | None] = strawberry.field(
+        description="The built-in tools, replacing the current list; null or empty disables "
+        "them all. BAD_USER_INPUT on a server whose adapter has no tools."
     )
 
 
@@ -669,10 +815,48 @@ class ThreadUpdated(ThreadEventType):
     thread: ThreadType = strawberry.field(description="The thread as it is now (its `title`).")
 
 
+@strawberry.type(
+    description="A built-in tool started working for a reply in progress (show e.g. "
+    '"searching files…"); its ToolCallCompleted follows, or the reply\'s final event.'
+)
+class ToolCallStarted(ThreadEventType):
+    message: MessageType | None = strawberry.field(
+        default=None, description="Always null: see `messageId`."
+    )
+    call_id: str = strawberry.field(
+        description="The provider's id of the call, the same on its ToolCallCompleted."
+    )
+    tool: AssistantTool = strawberry.field(description="Which tool.")
+    query: str | None = strawberry.field(
+        description="What it searches for, when the provider says so at the start (usually "
+        "only at the end: see ToolCallCompleted)."
+    )
+
+
+@strawberry.type(description="A built-in tool call of a reply in progress ended.")
+class ToolCallCompleted(ThreadEventType):
+    message: MessageType | None = strawberry.field(
+        default=None, description="Always null: see `messageId`."
+    )
+    call_id: str = strawberry.field(description="The provider's id of the call.")
+    tool: AssistantTool = strawberry.field(description="Which tool.")
+    status: ToolCallStatus = strawberry.field(description="How it ended.")
+    query: str | None = strawberry.field(
+        description="What it searched for (several queries joined by `; `); null when the "
+        "provider did not say."
+    )
+    result_count: int | None = strawberry.field(
+        description="How many results it found (files' passages, web sources); null when "
+        "the provider did not say."
+    )
+
+
 # Implementations of ThreadEvent that no field names: the schema lists them explicitly.
 EVENT_TYPES: tuple[type, ...] = (
     MessageCreated,
     MessageDelta,
+    ToolCallStarted,
+    ToolCallCompleted,
     MessageCompleted,
     MessageFailed,
     MessageCancelled,
@@ -696,6 +880,17 @@ def graph_event(event: events.ThreadEvent) -> ThreadEventType:
             message_id=message_gid,
             thread=ThreadType.from_model(event.thread.to_thread()),
         )
+    if isinstance(event, events.ToolCallStarted):
+        return ToolCallStarted(
+            id=event_gid, sequence=sequence, message_id=message_gid,
+            call_id=event.call_id, tool=event.tool, query=event.query,
+        )  # fmt: skip
+    if isinstance(event, events.ToolCallCompleted):
+        return ToolCallCompleted(
+            id=event_gid, sequence=sequence, message_id=message_gid,
+            call_id=event.call_id, tool=event.tool, query=event.query,
+            status=ToolCallStatus(event.status), result_count=event.result_count,
+        )  # fmt: skip
     message = MessageType.from_model(event.message.to_message())
     if isinstance(event, events.MessageCreated):
         return MessageCreated(

@@ -54,6 +54,8 @@ UsagePurposeEnum = described_enum(
     values={
         "REPLY": "A reply to a message (sendMessage and the like).",
         "TITLE": "A thread's title (after its first reply, or generateThreadTitle).",
+        "STORAGE": "A day of vector-store storage behind file search (`atlas-gql "
+        "meter-storage`): no tokens, a cost.",
     },
 )
 ErrorSourceEnum = described_enum(
@@ -155,7 +157,19 @@ class UsageBucketType:
     requests: int = strawberry.field(description="How many model calls (one per reply attempt).")
     input_tokens: int = strawberry.field(description="Tokens the model read, summed.")
     output_tokens: int = strawberry.field(description="Tokens the model wrote, summed.")
-    cost_usd: float = strawberry.field(description="Cost in US dollars.")
+    cost_usd: float = strawberry.field(
+        description="Cost in US dollars: tokens plus built-in tool calls (`toolCostUsd`)."
+    )
+    file_search_calls: int = strawberry.field(
+        description="File search tool calls, summed (priced per call)."
+    )
+    web_search_calls: int = strawberry.field(
+        description="Web search tool calls, summed (priced per call)."
+    )
+    tool_cost_usd: float = strawberry.field(
+        description="The part of `costUsd` that tool calls cost (ATLAS_FILE_SEARCH_CALL_USD, "
+        "ATLAS_WEB_SEARCH_CALL_USD per call)."
+    )
 
 
 @strawberry.type(
@@ -334,6 +348,9 @@ class Query:
                 input_tokens=bucket.input_tokens,
                 output_tokens=bucket.output_tokens,
                 cost_usd=float(bucket.cost_usd),
+                file_search_calls=bucket.file_search_calls,
+                web_search_calls=bucket.web_search_calls,
+                tool_cost_usd=float(bucket.tool_cost_usd),
             )
             for bucket in buckets
         ]

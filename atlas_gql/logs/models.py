@@ -22,10 +22,12 @@ class ErrorSource(enum.StrEnum):
 
 
 class UsagePurpose(enum.StrEnum):
-    """What a model call was for: a reply, or a thread's title."""
+    """What a model call was for: a reply, or a thread's title; STORAGE rows are the daily
+    vector-store storage of file search (ai/storage.py), not model calls."""
 
     REPLY = "REPLY"
     TITLE = "TITLE"
+    STORAGE = "STORAGE"
 
 
 class ActivityLog(SQLModel, table=True):
@@ -72,6 +74,15 @@ class ApiUsageLog(SQLModel, table=True):
         "usage_purpose",
         default=UsagePurpose.REPLY,
         sa_column_kwargs={"server_default": UsagePurpose.REPLY.value},
+    )
+    # Built-in tool calls of the reply (issue 16), priced per call; `tool_cost_usd` is their
+    # part of `cost_usd` (which is tokens plus tools).
+    file_search_calls: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    web_search_calls: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    tool_cost_usd: Decimal = Field(
+        default=Decimal(0),
+        sa_type=sa.Numeric(14, 6),
+        sa_column_kwargs={"server_default": "0"},
     )
     created_at: datetime = created_at()
 

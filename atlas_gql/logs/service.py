@@ -106,6 +106,10 @@ class UsageBucket:
     input_tokens: int
     output_tokens: int
     cost_usd: Decimal
+    # Built-in tool calls (issue 16) and their part of `cost_usd`.
+    file_search_calls: int = 0
+    web_search_calls: int = 0
+    tool_cost_usd: Decimal = Decimal(0)
 
 
 def _newest_first(model: Any) -> Ordering:
@@ -223,6 +227,9 @@ async def api_usage(
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.input_tokens)), 0),
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.output_tokens)), 0),
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.cost_usd)), 0),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.file_search_calls)), 0),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.web_search_calls)), 0),
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.tool_cost_usd)), 0),
         )
         .where(*conditions)
         .group_by(key)
@@ -235,11 +242,13 @@ async def api_usage(
             input_tokens=int(input_tokens),
             output_tokens=int(output_tokens),
             cost_usd=Decimal(cost),
+            file_search_calls=int(file_searches),
+            web_search_calls=int(web_searches),
+            tool_cost_usd=Decimal(tool_cost),
         )
-        for group_key, requests, input_tokens, output_tokens, cost in (
-            await db.execute(statement)
-        ).all()
-    ]
+        for group_key, requests, input_tokens, output_tokens, cost, file_searches, web_searches,
+            tool_cost in (await db.execute(statement)).all()
+    ]  # fmt: skip
 
 
 async def list_error_logs(

@@ -46,6 +46,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.ai.fake_tools import (
+    FakeVectorStores,
+    ToolRun,
+    annotation_event,
+    call_events,
+    plan_tools,
+    shifted,
+)
+
 DEFAULT_DELTAS = ("Hello", ", ", "this ", "is ", "ATLAS", ".")
 
 
@@ -55,7 +64,8 @@ class Behaviour:
 
     kind: "normal" | "http_error" | "cut" (stream ends cleanly without response.completed)
     | "abort" (connection dropped mid-stream) | "failed" (response.failed) | "incomplete"
-    (response.incomplete) | "error_event" (an `error` event)."""
+    (response.incomplete) | "error_event" (an `error` event) | "tool_failed" (the request's
+    tool calls fail, then response.failed; see tests/ai/fake_tools.py)."""
 
     kind: str = "normal"
     deltas: tuple[str, ...] = DEFAULT_DELTAS
@@ -143,8 +153,13 @@ class FakeOpenAI:
     # When set, every streamed delta of a response first takes a permit: a test releases
     # deltas one by one (`delta_permits.release()`), pacing the reply by signals, not time.
     delta_permits: asyncio.Semaphore | None = None
+    # Vector stores over `files` (tests/ai/fake_tools.py).
+    vector_stores: FakeVectorStores = field(init=False)
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.vector_stores = FakeVectorStores(files=self.files)
 
     @property
     def base_url(self) -> str:
@@ -178,6 +193,7 @@ class FakeOpenAI:
                 Route("/v1/files/{file_id}", self._delete_file, methods=["DELETE"]),
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/_fake/script", self._script, methods=["POST"]),
+                *self.vector_stores.routes(self._record),
             ]
         )
 
@@ -565,6 +581,25 @@ class FakeOpenAI:
         else:
             yield event("response.created", {"response": response("in_progress")})
         yield event("response.in_progress", {"response": response("in_progress")})
+        tool_failed = behaviour.kind == "tool_failed"
+        run = ToolRun()
+        if body.get("tools") and behaviour.kind in {"normal", "tool_failed"}:
+            run = plan_tools(body, self.vector_stores, fail=tool_failed)
+        for index, call in enumerate(run.calls):
+            started = {**call, "status": "in_progress"}
+            started.pop("results", None)
+            if call["type"] == "web_search_call":
+                started["action"] = {"type": "search"}
+            yield event("response.output_item.added", {"output_index": index, "item": started})
+            for kind, payload in call_events(call, index):
+                yield event(kind, payload)
+            yield event("response.output_item.done", {"output_index": index, "item": call})
+        if tool_failed:
+            error = {"code": "server_error", "message": "The tool call failed."}
+            failed = response("failed", error=error, output=run.calls)
+            yield event("response.failed", {"response": failed})
+            return
+        at = len(run.calls)  # the message's output index
         item = {
             "id": message_id,
             "type": "message",
@@ -572,11 +607,11 @@ class FakeOpenAI:
             "role": "assistant",
             "content": [],
         }
-        yield event("response.output_item.added", {"output_index": 0, "item": item})
+        yield event("response.output_item.added", {"output_index": at, "item": item})
         part = {"type": "output_text", "text": "", "annotations": []}
         yield event(
             "response.content_part.added",
-            {"item_id": message_id, "output_index": 0, "content_index": 0, "part": part},
+            {"item_id": message_id, "output_index": at, "content_index": 0, "part": part},
         )
         failing = behaviour.kind != "normal"
         deltas = (
@@ -594,12 +629,32 @@ class FakeOpenAI:
                 "response.output_text.delta",
                 {
                     "item_id": message_id,
-                    "output_index": 0,
+                    "output_index": at,
                     "content_index": 0,
                     "delta": piece,
                     "logprobs": [],
                 },
             )
+        annotations: list[dict[str, Any]] = []
+        if run.text and not failing:
+            # The text citing the tools' results, then its annotations.
+            offset, text = len(text), text + run.text
+            yield event(
+                "response.output_text.delta",
+                {
+                    "item_id": message_id,
+                    "output_index": at,
+                    "content_index": 0,
+                    "delta": run.text,
+                    "logprobs": [],
+                },
+            )
+            for index, annotation in enumerate(run.annotations):
+                annotations.append(shifted(annotation, offset))
+                kind, payload = annotation_event(
+                    annotations[-1], item_id=message_id, output_index=at, index=index
+                )
+                yield event(kind, payload)
         await self._hold("complete")
         if behaviour.kind == "cut":
             return
@@ -632,22 +687,23 @@ class FakeOpenAI:
             "response.output_text.done",
             {
                 "item_id": message_id,
-                "output_index": 0,
+                "output_index": at,
                 "content_index": 0,
                 "text": text,
                 "logprobs": [],
             },
         )
-        done_part = {"type": "output_text", "text": text, "annotations": []}
+        done_part = {"type": "output_text", "text": text, "annotations": annotations}
         yield event(
             "response.content_part.done",
-            {"item_id": message_id, "output_index": 0, "content_index": 0, "part": done_part},
+            {"item_id": message_id, "output_index": at, "content_index": 0, "part": done_part},
         )
         done_item = {**item, "status": "completed", "content": [done_part]}
-        yield event("response.output_item.done", {"output_index": 0, "item": done_item})
+        yield event("response.output_item.done", {"output_index": at, "item": done_item})
+        output = [*run.calls, done_item]
         yield event(
             "response.completed",
-            {"response": response("completed", output=[done_item], usage=usage)},
+            {"response": response("completed", output=output, usage=usage)},
         )
 
     async def _chat(self, request: Request) -> Response:

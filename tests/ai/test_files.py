@@ -130,8 +130,8 @@ async def test_attach_detach_and_delete(ai: AIServer) -> None:
     ]
     deleted_id = await ai.client.data(delete, {"id": file["id"]}, token=ai.people.member)
     assert deleted_id == {"deleteFile": file["id"]}
-    [deleted] = [r for r in ai.fake.requests if r.method == "DELETE"]
-    assert deleted.path == f"/v1/files/{file['openaiFileId']}"
+    [deleted] = ai.fake.calls(f"/v1/files/{file['openaiFileId']}")
+    assert deleted.method == "DELETE"
 
 
 async def test_upload_size_limit(start_ai_server: StartServer) -> None:

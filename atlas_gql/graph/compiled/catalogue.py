@@ -386,6 +386,8 @@ OBJECTS: dict[str, ObjectSpec] = {
             "purpose": column("purpose"),
             "openaiFileId": column("openai_file_id"),
             "createdAt": timestamp("created_at"),
+            "indexStatus": column("index_status"),
+            "indexError": column("index_error"),
         },
     ),
     "ActivityLog": ObjectSpec(
@@ -791,4 +793,6 @@ NOT_COMPILED: dict[str, str] = {
     "Query.feedback": "issue 15 (feedback): an administrator's page, resolver path",
     "Message.viewerRating": "issue 15 (feedback): resolver path until compiled",
     "Message.ratings": "issue 15 (feedback): resolver path until compiled",
+    "Assistant.tools": "issue 16 (tools branch): a JSON list mapped in Python; resolver path",
+    "Message.citations": "issue 16 (tools branch): cited files checked per viewer; resolver path",
 }
