@@ -172,3 +172,38 @@ def test_message_authors_migration_backfills_replies_and_running_cursors(
     assert all(row["assistant_id"] is None for row in rows if row["role"] != "ASSISTANT")
     assert [row["content_sequence"] for row in rows if row["status"] == "IN_PROGRESS"] == [42]
     assert all(row["content_sequence"] is None for row in rows if row["status"] != "IN_PROGRESS")
+
+
+def test_message_search_migration_indexes_existing_messages_but_running_replies(
+    make_database: Any,
+) -> None:
+    """0006 (search): the seeded messages get their vector when the column is added; a reply
+    IN_PROGRESS gets none until it ends, and the vector follows the text."""
+    from alembic import command
+
+    from atlas_gql.db.migrate import alembic_config
+    from tests.conftest import migrated_and_seeded
+
+    target = migrated_and_seeded(make_database, "atlas_search")
+    command.downgrade(alembic_config(target), "0005_abuse_user_limits")
+    asyncio.run(
+        _fetch(
+            target,
+            "UPDATE messages SET status = 'IN_PROGRESS', content = 'half a reply' WHERE id = "
+            "(SELECT id FROM messages WHERE role = 'ASSISTANT' ORDER BY created_at DESC LIMIT 1)",
+        )
+    )
+    upgrade_to_head(target)
+    vectors = "SELECT status, search_vector::text AS vector FROM messages"
+    rows = asyncio.run(_fetch(target, vectors))
+    assert [row["vector"] for row in rows if row["status"] == "IN_PROGRESS"] == [None]
+    assert all(row["vector"] for row in rows if row["status"] != "IN_PROGRESS")
+    asyncio.run(
+        _fetch(
+            target,
+            "UPDATE messages SET status = 'COMPLETED', content = 'Whales were singing' "
+            "WHERE status = 'IN_PROGRESS'",
+        )
+    )
+    rows = asyncio.run(_fetch(target, vectors))
+    assert "'sing':3 'whale':1" in [row["vector"] for row in rows]
