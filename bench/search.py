@@ -477,9 +477,38 @@ async def run_like(engine: AsyncEngine, viewer: Viewer, word: str) -> tuple[floa
         return elapsed, len(result.all())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc; 10 ms ticks, so read over many
+    searches): a figure the machine's other load moves much less than wall-clock times."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU spent by the database backend and by this process between `start` and `stop`."""
+
+    def __init__(self, backend_pid: int) -> None:
+        self.backend_pid = backend_pid
+        self.marks = (0.0, 0.0)
+
+    def start(self) -> None:
+        self.marks = (cpu_seconds(self.backend_pid), time.process_time())
+
+    def stop(self, count: int) -> str:
+        backend = (cpu_seconds(self.backend_pid) - self.marks[0]) * 1000 / count
+        client = (time.process_time() - self.marks[1]) * 1000 / count
+        return f"  CPU/search: PostgreSQL {backend:5.1f} ms, Python {client:5.1f} ms"
+
+
 async def measure(engine: AsyncEngine, words: list[str], runs: int, like_runs: int) -> None:
     people = await viewers(engine)
     rng = random.Random(25110)
+    async with engine.connect() as connection:
+        # The pool holds one connection, so every search runs on this backend.
+        meter = CpuMeter(
+            int((await connection.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+        )
+    print(f"load average before measuring: {os.getloadavg()[0]:.1f}")
     for name, viewer in people.items():
         thread_count, message_count = await scope(engine, viewer)
         print(f"\n{name}: {thread_count:,} threads, {message_count:,} messages visible")
@@ -487,6 +516,7 @@ async def measure(engine: AsyncEngine, words: list[str], runs: int, like_runs: i
         for kind in KINDS:
             await run_search(engine, viewer, make_query(kind, words, rng), with_total=False)
         every: list[float] = []
+        meter.start()
         for kind in KINDS:
             timings, hits = [], []
             for _ in range(runs):
@@ -497,8 +527,9 @@ async def measure(engine: AsyncEngine, words: list[str], runs: int, like_runs: i
                 hits.append(found)
             every += timings
             print(line(kind, timings, f"  hits/page median {statistics.median(hits):.0f}"))
-        print(line("all kinds (a page of 20)", every))
+        print(line("all kinds (a page of 20)", every, meter.stop(len(every))))
         totals, counted = [], []
+        meter.start()
         for kind in KINDS:
             for _ in range(max(2, runs // 4)):
                 elapsed, total = await run_search(
@@ -506,15 +537,15 @@ async def measure(engine: AsyncEngine, words: list[str], runs: int, like_runs: i
                 )
                 totals.append(elapsed)
                 counted.append(total)
-        print(
-            line("with totalCount", totals, f"  matches median {statistics.median(counted):,.0f}")
-        )
+        print(line("with totalCount", totals, meter.stop(len(totals))))
+        print(f"  (matches per search with totalCount: median {statistics.median(counted):,.0f})")
         for kind in ("common word", "medium word", "rare word"):
             timings = []
+            meter.start()
             for _ in range(like_runs):
                 elapsed, _found = await run_like(engine, viewer, make_query(kind, words, rng))
                 timings.append(elapsed)
-            print(line(f"LIKE scan, {kind}", timings))
+            print(line(f"LIKE scan, {kind}", timings, meter.stop(like_runs)))
 
 
 async def main() -> None:
@@ -532,7 +563,7 @@ async def main() -> None:
         await drop_database(target)
     await ensure_database(target)
     await asyncio.to_thread(upgrade_to_head, target)
-    engine = create_engine(target, pool_size=2)
+    engine = create_engine(target, pool_size=1)
     words = vocabulary()
     try:
         have = await populated(engine)
