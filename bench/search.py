@@ -1,6 +1,7 @@
 """Benchmark: searchMessages over 1,000,000 messages, against a LIKE scan of the same rows.
 
-    .venv/bin/python bench/search.py [--messages 1000000] [--runs 40] [--fresh] [--drop]
+    .venv/bin/python bench/search.py [--messages 1000000] [--runs 40] [--like-runs 5]
+        [--viewer member] [--fresh] [--drop]
 
 Builds (once; kept for the next run unless --fresh) a bench database `atlas_bench_search` on
 127.0.0.1:5432 (or BENCH_DATABASE_URL) migrated to head, and fills it (people and threads with
@@ -18,8 +19,10 @@ statements and the Python mapping of the real path) as three viewers:
 - busy member: MEMBER of 20 projects (~4,000 threads),
 - admin: ADMIN, who reads every thread (the threads rule);
 for queries of every kind (a common, a medium, a rare word; two words; a phrase; `or`; an
-exclusion), a fresh word of the kind's frequency band each run. It prints p50/p95 per kind and
-per viewer, the same for `totalCount` (the count of every match), and a LIKE scan
+exclusion), a fresh word of the kind's frequency band each run. It prints the load average,
+p50/p95 per kind and per viewer, the CPU per search of the PostgreSQL backend and of this
+process (from /proc: what the machine's other load moves least), the same for `totalCount`
+(the count of every match), and a LIKE scan
 (`content ILIKE '%word%'`, newest 20, same scope) for the single-word kinds. Figures go to
 docs/search.md. Not a test.
 """
@@ -500,8 +503,14 @@ class CpuMeter:
         return f"  CPU/search: PostgreSQL {backend:5.1f} ms, Python {client:5.1f} ms"
 
 
-async def measure(engine: AsyncEngine, words: list[str], runs: int, like_runs: int) -> None:
-    people = await viewers(engine)
+async def measure(
+    engine: AsyncEngine, words: list[str], runs: int, like_runs: int, only: str | None
+) -> None:
+    people = {
+        name: viewer
+        for name, viewer in (await viewers(engine)).items()
+        if only is None or name == only
+    }
     rng = random.Random(25110)
     async with engine.connect() as connection:
         # The pool holds one connection, so every search runs on this backend.
@@ -553,6 +562,9 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=40, help="searches per kind and viewer")
     parser.add_argument("--like-runs", type=int, default=5, help="LIKE scans per kind")
+    parser.add_argument(
+        "--viewer", choices=["member", "busy member", "admin"], help="measure one viewer only"
+    )
     parser.add_argument("--fresh", action="store_true", help="rebuild the bench database")
     parser.add_argument("--drop", action="store_true", help="drop the bench database at the end")
     arguments = parser.parse_args()
@@ -582,7 +594,7 @@ async def main() -> None:
                 )
             ).one()
         print(f"messages: {arguments.messages:,} rows, {sizes[0]} with indexes; GIN {sizes[1]}")
-        await measure(engine, words, arguments.runs, arguments.like_runs)
+        await measure(engine, words, arguments.runs, arguments.like_runs, arguments.viewer)
     finally:
         await engine.dispose()
         if arguments.drop:
