@@ -11,6 +11,7 @@ when `totalCount` is asked for."""
 from __future__ import annotations
 
 import html
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +39,7 @@ from atlas_gql.errors import BadInput
 from atlas_gql.logs.service import TimeWindow
 
 QUERY_MAX = 200
+REAL_MAX = 3.4028234663852886e38
 
 # How `snippet` marks the words that matched. ts_headline writes these two control characters
 # (removed from the text first, so only ts_headline's marks remain); the snippet is then
@@ -108,6 +110,9 @@ def _parse_position(value: Any) -> tuple[float, datetime]:
     rank, created_at = value
     if isinstance(rank, bool) or not isinstance(rank, int | float):
         raise TypeError(rank)
+    # A rank is a PostgreSQL `real`: finite and within its range (JSON may carry NaN, 1e300).
+    if not math.isfinite(rank) or abs(rank) > REAL_MAX:
+        raise ValueError(rank)
     moment = datetime.fromisoformat(created_at)
     if moment.tzinfo is None:
         raise ValueError(created_at)

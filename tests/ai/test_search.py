@@ -412,6 +412,10 @@ def _cursor(value: Any) -> str:
         _cursor([[0.5, "yesterday"], str(uuid.uuid4())]),
         _cursor([[0.5], str(uuid.uuid4())]),
         _cursor(["2026-03-01T12:00:00+00:00", str(uuid.uuid4())]),
+        _cursor([[1e300, "2026-03-01T12:00:00+00:00"], str(uuid.uuid4())]),
+        base64.urlsafe_b64encode(
+            f'[[NaN, "2026-03-01T12:00:00+00:00"], "{uuid.uuid4()}"]'.encode()
+        ).decode(),
     ],
 )
 async def test_a_malformed_cursor_is_bad_user_input(
