@@ -476,3 +476,19 @@ async def test_a_refused_search_leaves_its_siblings_their_data(
     )
     assert body["data"] == {"me": {"id": world.alice.global_id}, "searchMessages": None}
     assert error_codes(body) == ["BAD_USER_INPUT"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['"unclosed phrase', "or", "or or or", "-", "a | b", "a & b", "!a", "lumen:*", "(lumen",
+     "lumen <-> x", "'lumen'", "\\", "lumen" + "x" * 190, "ΛΟΓΟΣ lumen", "😀 lumen"],
+)  # fmt: skip
+async def test_whatever_is_typed_is_a_search_or_bad_user_input(
+    gql: GraphQLClient, world: World, query: str
+) -> None:
+    await world.say("apollo-1", "lumen in the dark")
+    body = await search(gql, world.alice.token, query)
+    if "errors" in body:
+        assert error_codes(body) == ["BAD_USER_INPUT"], body
+    else:
+        assert isinstance(body["data"]["searchMessages"]["edges"], list)
