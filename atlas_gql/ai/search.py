@@ -144,15 +144,10 @@ async def _require_words(db: ReadSession, text: str) -> None:
     common words the configuration drops ("the", "to"), or only exclusions ("-word", which
     would list nearly every message). The same statement gives the transaction the
     `work_mem` the page needs (SET LOCAL), so it costs no round trip of its own."""
-    work_mem = (
-        sa.select(sa.cast(sa.column("setting"), sa.BigInteger))
-        .select_from(sa.table("pg_settings", sa.column("setting"), sa.column("name")))
-        .where(sa.column("name") == "work_mem")
-        .scalar_subquery()
-    )
+    work_mem = sa.func.pg_size_bytes(sa.func.current_setting("work_mem"))
     raise_work_mem = sa.case(
         (
-            work_mem < SEARCH_WORK_MEM_KB,
+            work_mem < SEARCH_WORK_MEM_KB * 1024,
             sa.func.set_config("work_mem", f"{SEARCH_WORK_MEM_KB}kB", sa.true()),
         ),
     )
