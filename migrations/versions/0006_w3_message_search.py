@@ -2,7 +2,7 @@
 while a reply streams) with a GIN index (docs/search.md)
 
 Revision ID: 0006_w3
-Revises: 0005_abuse_user_limits
+Revises: 0006_w2
 Create Date: 2026-11-30 17:00:00
 
 """
@@ -14,7 +14,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0006_w3"
-down_revision: str | None = "0005_abuse_user_limits"
+down_revision: str | None = "0006_w2"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -187,7 +187,7 @@ def test_message_search_migration_indexes_existing_messages_but_running_replies(
     IN_PROGRESS gets none until it ends, and the vector follows the text."""
     target = upgraded_from(
         make_database,
-        "0005_abuse_user_limits",
+        "0006_w2",
         "UPDATE messages SET status = 'IN_PROGRESS', content = 'half a reply' WHERE id = "
         "(SELECT id FROM messages WHERE role = 'ASSISTANT' ORDER BY created_at DESC LIMIT 1)",
     )
