@@ -25,6 +25,10 @@ process (from /proc: what the machine's other load moves least), the same for `t
 (the count of every match), and a LIKE scan
 (`content ILIKE '%word%'`, newest 20, same scope) for the single-word kinds. Figures go to
 docs/search.md. Not a test.
+
+Size: about 600 lines on purpose: one script a reader runs and reads top to bottom (the data
+it builds, the viewers, the query kinds, the measures), like the other bench scripts; split,
+its parts would be modules nothing else imports.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """searchMessages: full-text search over the messages the viewer may read (docs/search.md).
 
 Each test builds its own small world inside the rolled-back transaction: two projects, people
-in each role, personal threads, messages with words no other test uses."""
+in each role, personal threads, messages with words no other test uses.
+
+Size: a little under 500 lines on purpose: one feature's tests around one world fixture, in
+the order of docs/search.md (scope, filters, query language, snippets, pages, bad input)."""
 
 from __future__ import annotations
 
