@@ -14,7 +14,8 @@ import strawberry
 from strawberry.file_uploads import Upload
 
 from atlas_gql import metrics
-from atlas_gql.ai import assistants, events, feedback, files, messages, threads, titles
+from atlas_gql.ai import assistants, events, feedback, files, messages, search, threads, titles
+from atlas_gql.ai.models import MessageRole
 from atlas_gql.ai.types import (
     AssistantFilter,
     AssistantType,
@@ -24,6 +25,8 @@ from atlas_gql.ai.types import (
     FeedbackType,
     FileType,
     GenerateThreadTitleInput,
+    MessageSearchFilter,
+    MessageSearchHitType,
     MessageType,
     RateMessageInput,
     SendMessageInput,
@@ -211,6 +214,51 @@ class Query:
             request=page_request(first=first, after=after, with_total=selects_total(info)),
         )
         return to_connection(page, FeedbackType.from_model)
+
+    @strawberry.field(
+        description="Full-text search over the messages the viewer may read (the threads "
+        "`threads` lists), most relevant first, then newest. Web search syntax: words (all "
+        'must match; English stemming, so `deploy` finds `deployed`), `"a quoted phrase"`, '
+        "`or` between alternatives, `-word` to exclude. A reply still streaming is found once "
+        "it ends. BAD_USER_INPUT for an empty query, one over 200 characters, one without a "
+        "word to look up (only common words such as `the`, punctuation or exclusions), a "
+        "malformed cursor or filter. " + REFUSED,
+        extensions=authenticated(),
+    )
+    async def search_messages(
+        self,
+        info: Info,
+        query: Annotated[
+            str,
+            strawberry.argument(
+                description="What to find, 1 to 200 characters, in web search syntax (see the "
+                "field)."
+            ),
+        ],
+        first: First = None,
+        after: After = None,
+        filter: Annotated[
+            MessageSearchFilter | None,
+            strawberry.argument(description="Narrows the search; all given conditions apply."),
+        ] = None,
+    ) -> Connection[MessageSearchHitType] | None:
+        given = filter or MessageSearchFilter()
+        role = given.role
+        parsed = search.SearchFilter(
+            project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
+            thread_id=optional_id(given.thread_id, "Thread", field="filter.threadId"),
+            assistant_id=optional_id(given.assistant_id, "Assistant", field="filter.assistantId"),
+            role=MessageRole(role) if role is not None else None,
+            window=time_window(start=given.from_, end=given.to),
+        )
+        page = await search.search_messages(
+            db=info.context.read_session(),
+            actor=await info.context.actor(),
+            text=query,
+            filter=parsed,
+            request=page_request(first=first, after=after, with_total=selects_total(info)),
+        )
+        return to_connection(page, MessageSearchHitType.from_hit)
 
 
 # -- Mutation --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from atlas_gql.ai.models import (
     Rating,
     Thread,
 )
+from atlas_gql.ai.search import SearchHit
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.db.pagination import page_request
@@ -730,6 +731,68 @@ class SendMessagePayload:
         "answer arrived; once the reply has ended, its final event alone stands for its "
         "deltas (it carries the whole message)."
     )
+
+
+# -- search ----------------------------------------------------------------------------------
+
+
+@strawberry.input(
+    name="MessageSearchFilter",
+    description="Narrows `searchMessages`; every condition given applies (AND). A project, "
+    "thread or assistant the viewer may not see narrows to nothing (no error: ids do not leak "
+    "existence).",
+)
+class MessageSearchFilter:
+    project_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Only messages of this project's threads."
+    )
+    thread_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Only messages of this thread."
+    )
+    assistant_id: strawberry.ID | None = strawberry.field(
+        default=None,
+        description="Only messages of threads with this assistant (the users' messages too).",
+    )
+    role: MessageRole | None = strawberry.field(
+        default=None, description="Only messages written by this role (e.g. ASSISTANT)."
+    )
+    from_: datetime | None = strawberry.field(
+        default=None,
+        name="from",
+        description="Messages stored at or after this instant (needs an offset).",
+    )
+    to: datetime | None = strawberry.field(
+        default=None, description="Messages stored strictly before this instant (needs an offset)."
+    )
+
+
+@strawberry.type(
+    name="MessageSearchHit",
+    description="A message that matched a search: the message, its thread, the matched words in "
+    "context, and how well it matched.",
+)
+class MessageSearchHitType:
+    message: MessageType = strawberry.field(description="The message that matched.")
+    thread: ThreadType = strawberry.field(description="The thread the message belongs to.")
+    snippet: str = strawberry.field(
+        description="HTML: up to two fragments of the message's text around the matches "
+        "(joined by ` … `), HTML-escaped, each matched word wrapped in `<mark>…</mark>` (the "
+        "only markup it holds, so it may be set as innerHTML). Cut from the first 100,000 "
+        "characters of the text, which are what is indexed."
+    )
+    rank: float = strawberry.field(
+        description="Relevance (PostgreSQL `ts_rank`, normalised by the message's length): "
+        "higher is better; comparable only between hits of the same search."
+    )
+
+    @classmethod
+    def from_hit(cls, hit: SearchHit) -> MessageSearchHitType:
+        return cls(
+            message=MessageType.from_model(hit.message),
+            thread=ThreadType.from_model(hit.thread),
+            snippet=hit.snippet,
+            rank=hit.rank,
+        )
 
 
 # -- thread events ---------------------------------------------------------------------------

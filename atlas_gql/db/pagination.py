@@ -113,19 +113,30 @@ def encode_cursor(sort_value: Any, object_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, ordering: Ordering, *, field: str) -> tuple[Any, uuid.UUID]:
+def read_cursor(
+    cursor: str, *, field: str, parse: Callable[[Any], Any] = lambda value: value
+) -> tuple[Any, uuid.UUID]:
+    """A cursor's sort value (as `parse` makes it from the decoded JSON; it raises ValueError or
+    TypeError on a value it refuses) and id. BAD_USER_INPUT naming `field` when malformed."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         sort_value, raw_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if ordering.kind == "datetime":
-            sort_value = datetime.fromisoformat(sort_value)
-        elif ordering.kind == "int":
-            sort_value = int(sort_value)
-        elif not isinstance(sort_value, str):
-            raise TypeError(sort_value)
-        return sort_value, uuid.UUID(raw_id)
+        return parse(sort_value), uuid.UUID(raw_id)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         raise BadInput(f"`{field}` is not a valid cursor.", field=field) from None
+
+
+def decode_cursor(cursor: str, ordering: Ordering, *, field: str) -> tuple[Any, uuid.UUID]:
+    def parse(sort_value: Any) -> Any:
+        if ordering.kind == "datetime":
+            return datetime.fromisoformat(sort_value)
+        if ordering.kind == "int":
+            return int(sort_value)
+        if not isinstance(sort_value, str):
+            raise TypeError(sort_value)
+        return sort_value
+
+    return read_cursor(cursor, field=field, parse=parse)
 
 
 def _keyset_condition(ordering: Ordering, cursor: tuple[Any, uuid.UUID], *, after: bool) -> Any:

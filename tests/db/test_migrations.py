@@ -107,6 +107,21 @@ def _foreign_keys_without_index(target: DatabaseTarget) -> list[str]:
     return [f"{row['table_name']}.{row['column_name']}" for row in rows]
 
 
+def upgraded_from(make_database: Any, revision: str, change: str) -> DatabaseTarget:
+    """A seeded database taken back to `revision`, changed there by the SQL `change` (rows as
+    they were before the next migrations), then upgraded to head again."""
+    from alembic import command
+
+    from atlas_gql.db.migrate import alembic_config
+    from tests.conftest import migrated_and_seeded
+
+    target = migrated_and_seeded(make_database, "atlas_backfill")
+    command.downgrade(alembic_config(target), revision)
+    asyncio.run(_fetch(target, change))
+    upgrade_to_head(target)
+    return target
+
+
 def test_upgrade_from_empty_builds_all_tables_and_indexes(make_database: Any) -> None:
     target = make_database("atlas_migrate")
     assert _tables(target) == set()
@@ -144,22 +159,13 @@ def test_message_authors_migration_backfills_replies_and_running_cursors(
 ) -> None:
     """0004: earlier replies get their thread's assistant; a running background reply gets the
     event number where its saved text ends."""
-    from alembic import command
-
-    from atlas_gql.db.migrate import alembic_config
-    from tests.conftest import migrated_and_seeded
-
-    target = migrated_and_seeded(make_database, "atlas_backfill")
-    command.downgrade(alembic_config(target), "0003_resumable_replies")
-    asyncio.run(
-        _fetch(
-            target,
-            "UPDATE messages SET status = 'IN_PROGRESS', event_sequence_base = 40, "
-            "upstream_sequence = 2 WHERE id = (SELECT id FROM messages WHERE role = 'ASSISTANT' "
-            "ORDER BY created_at DESC LIMIT 1)",
-        )
+    target = upgraded_from(
+        make_database,
+        "0003_resumable_replies",
+        "UPDATE messages SET status = 'IN_PROGRESS', event_sequence_base = 40, "
+        "upstream_sequence = 2 WHERE id = (SELECT id FROM messages WHERE role = 'ASSISTANT' "
+        "ORDER BY created_at DESC LIMIT 1)",
     )
-    upgrade_to_head(target)
     rows = asyncio.run(
         _fetch(
             target,
@@ -173,3 +179,29 @@ def test_message_authors_migration_backfills_replies_and_running_cursors(
     assert all(row["assistant_id"] is None for row in rows if row["role"] != "ASSISTANT")
     assert [row["content_sequence"] for row in rows if row["status"] == "IN_PROGRESS"] == [42]
     assert all(row["content_sequence"] is None for row in rows if row["status"] != "IN_PROGRESS")
+
+
+def test_message_search_migration_indexes_existing_messages_but_running_replies(
+    make_database: Any,
+) -> None:
+    """0008 (search): the seeded messages get their vector when the column is added; a reply
+    IN_PROGRESS gets none until it ends, and the vector follows the text."""
+    target = upgraded_from(
+        make_database,
+        "0007_tools",
+        "UPDATE messages SET status = 'IN_PROGRESS', content = 'half a reply' WHERE id = "
+        "(SELECT id FROM messages WHERE role = 'ASSISTANT' ORDER BY created_at DESC LIMIT 1)",
+    )
+    vectors = "SELECT status, search_vector::text AS vector FROM messages"
+    rows = asyncio.run(_fetch(target, vectors))
+    assert [row["vector"] for row in rows if row["status"] == "IN_PROGRESS"] == [None]
+    assert all(row["vector"] for row in rows if row["status"] != "IN_PROGRESS")
+    asyncio.run(
+        _fetch(
+            target,
+            "UPDATE messages SET status = 'COMPLETED', content = 'Whales were singing' "
+            "WHERE status = 'IN_PROGRESS'",
+        )
+    )
+    rows = asyncio.run(_fetch(target, vectors))
+    assert "'sing':3 'whale':1" in [row["vector"] for row in rows]

@@ -149,9 +149,14 @@ async def error_rows(db: AsyncSession) -> int:
     return int((await db.execute(sa.text("SELECT count(*) FROM error_logs"))).scalar_one())
 
 
+# The arguments a connection field cannot go without, given with valid values.
+REQUIRED_ARGUMENTS = {"searchMessages": 'query: "sample"'}
+
+
 def bad_field(field: str, refusal: str) -> str:
     """The connection field asked with a refused argument, aliased `bad`."""
-    return f"bad: {field}({REFUSALS[refusal]}) {{ totalCount edges {{ cursor node {{ id }} }} }}"
+    arguments = ", ".join(filter(None, (REQUIRED_ARGUMENTS.get(field), REFUSALS[refusal])))
+    return f"bad: {field}({arguments}) {{ totalCount edges {{ cursor node {{ __typename }} }} }}"
 
 
 def check_errors(body: dict[str, Any], expected_paths: set[tuple[Any, ...]]) -> None:
@@ -272,8 +277,9 @@ async def test_a_connection_refused_to_the_viewer_nulls_only_itself(
     alone = (await gql(*operation("query", sibling, ids), token=token))["data"]
     logged = await error_rows(db)
 
+    arguments = ", ".join(filter(None, (REQUIRED_ARGUMENTS.get(field), "first: 2")))
     body = await gql(
-        *operation("query", f"asked: {field}(first: 2) {{ totalCount }} {sibling}", ids),
+        *operation("query", f"asked: {field}({arguments}) {{ totalCount }} {sibling}", ids),
         token=token,
     )
 

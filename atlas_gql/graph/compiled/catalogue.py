@@ -795,4 +795,5 @@ NOT_COMPILED: dict[str, str] = {
     "Message.ratings": "issue 15 (feedback): resolver path until compiled",
     "Assistant.tools": "issue 16 (tools branch): a JSON list mapped in Python; resolver path",
     "Message.citations": "issue 16 (tools branch): cited files checked per viewer; resolver path",
+    "Query.searchMessages": "full-text search: its query check and HTML snippets (issue 15)",
 }
