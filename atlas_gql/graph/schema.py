@@ -13,6 +13,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from atlas_gql.ai import branches_graph
 from atlas_gql.ai import graph as ai_graph
 from atlas_gql.ai import types as ai_types
 from atlas_gql.auth import graph as auth_graph
@@ -57,6 +58,7 @@ MUTATION_PIECES: tuple[type, ...] = (
     auth_graph.Mutation,
     projects_graph.Mutation,
     ai_graph.Mutation,
+    branches_graph.Mutation,
 )
 SUBSCRIPTION_PIECES: tuple[type, ...] = (ai_graph.Subscription,)
 # Types no field names (implementations of an interface a field returns).

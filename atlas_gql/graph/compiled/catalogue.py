@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from graphql import FieldNode
 
+from atlas_gql.ai import tree
 from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
 from atlas_gql.ai.rules import (
     assistant_instructions_visible,
@@ -256,7 +257,11 @@ def thread_messages_page(compiler: Compiler, row: Row, fields: Fields) -> sa.Col
         parent="Thread",
         fields=fields,
         table=messages,
-        where=lambda message: [message.c.thread_id == row.table.c.id],
+        # The active path, root to leaf (ai.tree, as ai.loaders.messages_page reads it).
+        where=lambda message: [
+            message.c.thread_id == row.table.c.id,
+            tree.on_path_to(row.table.c.active_leaf_id)(message),
+        ],
         ordering=OLDEST_FIRST,
         window=compiler.page_window(arguments, backward_allowed=True),
     )
@@ -357,6 +362,8 @@ OBJECTS: dict[str, ObjectSpec] = {
             "assistant": to_one("Assistant", assistants, "assistant_id"),
             "createdBy": to_one("User", users, "created_by_id"),
             "messages": thread_messages_page,
+            # Same thread, so visible (as ai/types.py: loaded by id, without a rule).
+            "activeLeaf": to_one("Message", messages, "active_leaf_id"),
             "files": files_of(AssociableType.THREAD),
         },
     ),
@@ -374,6 +381,7 @@ OBJECTS: dict[str, ObjectSpec] = {
             "createdAt": timestamp("created_at"),
             "completedAt": timestamp("completed_at"),
             "files": files_of(AssociableType.MESSAGE),
+            "parent": to_one("Message", messages, "parent_id"),
         },
     ),
     "File": ObjectSpec(
@@ -790,4 +798,6 @@ NOT_COMPILED: dict[str, str] = {
     "Query.feedback": "issue 15 (feedback): an administrator's page, resolver path",
     "Message.viewerRating": "issue 15 (feedback): resolver path until compiled",
     "Message.ratings": "issue 15 (feedback): resolver path until compiled",
+    "Message.siblings": "issue 15 part 1: resolver path (branch arrows, read per message)",
+    "Message.siblingIndex": "issue 15 part 1: resolver path (branch arrows, read per message)",
 }
