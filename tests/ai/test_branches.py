@@ -316,3 +316,26 @@ async def test_chat_adapter_sends_the_branch_as_messages(start_ai_server: StartS
     await wait_until(answered)
     assert ai.fake.model_inputs[1] == [("user", "One"), ("assistant", REPLY_TEXT), ("user", "Two")]
     assert ai.fake.model_inputs[2] == [("user", "Uno")]
+
+
+async def test_a_regenerated_reply_is_cancelled_as_any_reply(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    sent = await exchange(ai, thread_id, "A question")
+    ai.fake.gates["complete"] = asyncio.Event()
+    async with ai.client.subscribe(
+        ai.people.member, thread_id, after_sequence=None
+    ) as subscription:
+        body = await ai.client.data(
+            REGENERATE, {"id": sent["assistantMessage"]["id"]}, token=ai.people.member
+        )
+        reply = body["regenerateMessage"]["id"]
+        cancelled = await ai.client.data(
+            "mutation($id: ID!) { cancelMessage(id: $id) { id status } }",
+            {"id": reply},
+            token=ai.people.member,
+        )
+        assert cancelled["cancelMessage"] == {"id": reply, "status": "CANCELLED"}
+        events = await subscription.until_final()
+    assert events[-1]["__typename"] == "MessageCancelled"
+    assert events[-1]["message"]["id"] == reply
+    ai.fake.gates["complete"].set()
