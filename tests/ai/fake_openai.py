@@ -332,10 +332,10 @@ class FakeOpenAI:
         if not body.get("stream") and not body.get("background"):
             return self._complete(body)
         conversation = body.get("conversation")
-        if conversation is not None and conversation not in self.conversations:
-            return self._error_response(
-                404, f"Conversation {conversation} not found.", kind="invalid_request_error"
-            )
+        if conversation is not None:
+            # A conversation this fake did not create (a test's made-up `conv_…` id) starts
+            # empty rather than failing, as before conversations were kept.
+            self.conversations.setdefault(conversation, [])
         history = self.conversations.get(conversation, []) if conversation else []
         self.model_inputs.append([*history, *_items_text(body.get("input") or [])])
         behaviour = self._next()
