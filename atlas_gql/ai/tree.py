@@ -62,22 +62,24 @@ async def path_to(db: ReadSession, leaf_id: uuid.UUID, *, limit: int) -> list[Me
     return found
 
 
+def is_sibling(message: sa.FromClause, other: sa.FromClause) -> Any:
+    """`other` has the same parent as `message` in the same thread (`message` itself
+    included; the roots of a thread are siblings)."""
+    return sa.and_(
+        other.c.thread_id == message.c.thread_id,
+        sa.or_(
+            other.c.parent_id == message.c.parent_id,
+            sa.and_(other.c.parent_id.is_(None), message.c.parent_id.is_(None)),
+        ),
+    )
+
+
 def siblings_of(message_ids: Sequence[uuid.UUID]) -> sa.Select[Any]:
-    """(message id, sibling) rows: the messages with the same parent in the same thread (the
-    message itself included; the roots of a thread are siblings), oldest first."""
+    """(message id, sibling) rows: each message's siblings (`is_sibling`), oldest first."""
     asked = messages.alias("asked")
     return (
         sa.select(asked.c.id, Message)
-        .join(
-            asked,
-            sa.and_(
-                asked.c.thread_id == messages.c.thread_id,
-                sa.or_(
-                    asked.c.parent_id == messages.c.parent_id,
-                    sa.and_(asked.c.parent_id.is_(None), messages.c.parent_id.is_(None)),
-                ),
-            ),
-        )
+        .join(asked, is_sibling(asked, messages))
         .where(asked.c.id.in_(list(message_ids)))
         .order_by(messages.c.created_at, messages.c.id)
     )

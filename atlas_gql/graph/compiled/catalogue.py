@@ -267,6 +267,34 @@ def thread_messages_page(compiler: Compiler, row: Row, fields: Fields) -> sa.Col
     )
 
 
+def message_siblings(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
+    """The message's siblings, oldest first (ai.loaders.siblings_by_message)."""
+    sibling = messages.alias()
+    value = compiler.object_json("Message", Row(sibling), compiler.sub("Message", fields))
+    return (
+        sa.select(json_array(value, sibling.c.created_at, sibling.c.id))
+        .select_from(sibling)
+        .where(tree.is_sibling(row.table, sibling))
+        .correlate_except(sibling)
+        .scalar_subquery()
+    )
+
+
+def message_sibling_index(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
+    """How many siblings come before the message in (created_at, id) order."""
+    sibling = messages.alias()
+    before = sa.tuple_(sibling.c.created_at, sibling.c.id) < sa.tuple_(
+        row.table.c.created_at, row.table.c.id
+    )
+    return (
+        sa.select(sa.func.count())
+        .select_from(sibling)
+        .where(tree.is_sibling(row.table, sibling), before)
+        .correlate_except(sibling)
+        .scalar_subquery()
+    )
+
+
 def viewer_role(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
     return viewer_project_role(compiler.viewer, row.table.c.id)  # type: ignore[no-any-return]
 
@@ -382,6 +410,8 @@ OBJECTS: dict[str, ObjectSpec] = {
             "completedAt": timestamp("completed_at"),
             "files": files_of(AssociableType.MESSAGE),
             "parent": to_one("Message", messages, "parent_id"),
+            "siblings": message_siblings,
+            "siblingIndex": message_sibling_index,
         },
     ),
     "File": ObjectSpec(
@@ -798,6 +828,6 @@ NOT_COMPILED: dict[str, str] = {
     "Query.feedback": "issue 15 (feedback): an administrator's page, resolver path",
     "Message.viewerRating": "issue 15 (feedback): resolver path until compiled",
     "Message.ratings": "issue 15 (feedback): resolver path until compiled",
-    "Message.siblings": "issue 15 part 1: resolver path (branch arrows, read per message)",
-    "Message.siblingIndex": "issue 15 part 1: resolver path (branch arrows, read per message)",
+    "Query.exportThread": "issue 15 part 6: a document (JSON text, Markdown) written in Python",
+    "Query.exportProject": "issue 15 part 6: a document (JSON text) written in Python",
 }
