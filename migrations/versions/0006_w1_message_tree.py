@@ -2,7 +2,7 @@
 existing (linear) threads become chains
 
 Revision ID: 0006_w1
-Revises: 0005_abuse_user_limits
+Revises: 0006_w2
 Create Date: 2026-11-30 17:00:00
 
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_w1"
-down_revision: str | None = "0005_abuse_user_limits"
+down_revision: str | None = "0006_w2"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
