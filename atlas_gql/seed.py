@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -165,19 +166,23 @@ async def _ensure_sample_project(db: AsyncSession, *, owner: User, member: User)
     db.add(thread)
     await db.flush()
     started = datetime.now(UTC)
+    # A chain: each message follows the one before (the thread's one branch).
+    parent_id: uuid.UUID | None = None
     for offset, (role, content) in enumerate(SAMPLE_MESSAGES):
-        db.add(
-            Message(
-                thread_id=thread.id,
-                user_id=member.id if role is MessageRole.USER else None,
-                assistant_id=assistant.id if role is MessageRole.ASSISTANT else None,
-                role=role,
-                content=content,
-                status=MessageStatus.COMPLETED,
-                model=assistant.model if role is MessageRole.ASSISTANT else None,
-                created_at=started + timedelta(milliseconds=offset),
-            )
+        message = Message(
+            thread_id=thread.id,
+            parent_id=parent_id,
+            user_id=member.id if role is MessageRole.USER else None,
+            assistant_id=assistant.id if role is MessageRole.ASSISTANT else None,
+            role=role,
+            content=content,
+            status=MessageStatus.COMPLETED,
+            model=assistant.model if role is MessageRole.ASSISTANT else None,
+            created_at=started + timedelta(milliseconds=offset),
         )
+        db.add(message)
+        parent_id = message.id
+    thread.active_leaf_id = parent_id
     await db.flush()
     return True
 

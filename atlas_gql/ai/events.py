@@ -27,6 +27,7 @@ class MessagePayload(BaseModel):
 
     id: uuid.UUID
     thread_id: uuid.UUID
+    parent_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     assistant_id: uuid.UUID | None = None
     role: MessageRole

@@ -445,11 +445,7 @@ class Mutation:
             ai=info.context.services.ai,
             data=data,
         )
-        return SendMessagePayload(
-            user_message=MessageType.from_model(sent.user_message),
-            assistant_message=MessageType.from_model(sent.assistant_message),
-            after_sequence=sent.after_sequence,
-        )
+        return SendMessagePayload.of(sent)
 
     @strawberry.mutation(
         description="Stop a reply in progress (its sender, a project MANAGER+, ADMIN): "

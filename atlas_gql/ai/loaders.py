@@ -6,12 +6,13 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
-from atlas_gql.ai import feedback, rules
+from atlas_gql.ai import feedback, rules, tree
 from atlas_gql.ai.models import (
     Assistant,
     AssociableType,
@@ -24,7 +25,7 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.threads import THREAD_ORDERING, last_event_sequences
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import ViewerSource
-from atlas_gql.db.loaders import ReadSessionSource, pages_by_parent, rows_by_id
+from atlas_gql.db.loaders import ReadSessionSource, lists_by_key, pages_by_parent, rows_by_id
 from atlas_gql.db.pagination import Ordering
 from atlas_gql.db.tables import table_of
 
@@ -37,10 +38,26 @@ FileTarget = tuple[AssociableType, uuid.UUID]
 assistant_by_id = rows_by_id(Assistant)
 # Messages by id, without a visibility check (a rating's reply, read by who may read it).
 message_by_id = rows_by_id(Message)
-# A page of each thread's messages (oldest first).
+
+
+def _on_active_paths(thread_ids: Sequence[uuid.UUID]) -> list[Any]:
+    """The messages on the active paths of these threads (paths of different threads are
+    disjoint): one recursive CTE for the batch."""
+    leaves = sa.select(col(Thread.active_leaf_id)).where(col(Thread.id).in_(list(thread_ids)))
+    return [col(Message.id).in_(tree.path_ids(lambda leaf: leaf.c.id.in_(leaves)))]
+
+
+# A page of each thread's active path: root to active leaf, oldest first (docs/branches.md).
 messages_page = pages_by_parent(
-    Message, parent_column=col(Message.thread_id), ordering=MESSAGE_ORDERING
+    Message,
+    parent_column=col(Message.thread_id),
+    ordering=MESSAGE_ORDERING,
+    where=_on_active_paths,
 )
+# Each message's siblings (itself included), oldest first.
+siblings_by_message = lists_by_key(tree.siblings_of)
+# Messages by id (a message's parent, a thread's active leaf: same thread, so visible).
+message_by_id = rows_by_id(Message)
 # A page of each project's threads (newest first), for Project.threads.
 threads_page = pages_by_parent(
     Thread, parent_column=col(Thread.project_id), ordering=THREAD_ORDERING

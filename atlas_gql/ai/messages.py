@@ -140,7 +140,7 @@ def message_buckets(settings: Settings, sender: User, actor: Actor) -> list[buck
     return taken
 
 
-def _check_content(settings: Settings, content: str) -> str:
+def check_content(settings: Settings, content: str) -> str:
     if not content.strip():
         raise BadInput("`content` must not be empty.", field="content")
     if len(content) > settings.atlas_max_message_chars:
@@ -151,7 +151,7 @@ def _check_content(settings: Settings, content: str) -> str:
     return content
 
 
-async def _files_for_message(
+async def files_for_message(
     db: ReadSession, viewer: Viewer, file_ids: Sequence[uuid.UUID]
 ) -> list[File]:
     unique_ids = list(dict.fromkeys(file_ids))
@@ -182,17 +182,27 @@ async def _recover_orphaned_reply(ai: AIRuntime, thread: Thread, running: Messag
     await ai.recover_reply(message_id=running.id, thread_id=thread.id)
 
 
-async def send_message(
-    *, db: AsyncSession, actor: Actor, ai: AIRuntime, data: MessageSend
-) -> SentMessage:
-    """Store the user's message (COMPLETED) and the assistant's (IN_PROGRESS), and start the
-    streamed reply once they are committed. CONFLICT while another reply of the thread runs
-    or when the thread is archived;
-    RATE_LIMITED past the sender's message rate; QUOTA_EXCEEDED past the project's or the
-    sender's monthly token budget (`budget: PROJECT | USER`)."""
+@dataclass(frozen=True)
+class ReplyContext:
+    """What a new reply needs, checked: the sender, the thread (locked until the operation
+    commits, with no reply running) and its assistant; budgets and the rate counted."""
+
+    viewer: Viewer
+    thread: Thread
+    assistant: Assistant
+    # The personal API key the reply is sent with (its usage row names it), None for a session.
+    api_key_id: uuid.UUID | None
+
+
+async def prepare_reply(
+    *, db: AsyncSession, actor: Actor, ai: AIRuntime, thread_id: uuid.UUID, field: str
+) -> ReplyContext:
+    """The checks every new reply passes (sendMessage, editMessage, regenerateMessage): USE_AI,
+    the sender's message rate, the thread visible (NOT_FOUND) and postable (FORBIDDEN), not
+    archived and no other reply running (CONFLICT), an assistant (BAD_USER_INPUT on
+    `field`), the project's and the sender's monthly budgets (QUOTA_EXCEEDED)."""
     actor.require(PermissionName.USE_AI)
     viewer = actor.viewer_required
-    content = _check_content(ai.settings, data.content)
     # The sender's limits, and their rate counted, before the operation's session holds a
     # connection: short sessions of their own, one after the other. A send refused later
     # (CONFLICT, QUOTA_EXCEEDED, ...) still counts, so a loop of sends cannot hammer the
@@ -206,7 +216,7 @@ async def send_message(
         buckets=message_buckets(ai.settings, sender, actor),
         message=RATE_LIMITED_MESSAGE,
     )
-    thread = await get_thread(db=db, viewer=viewer, thread_id=data.thread_id)
+    thread = await get_thread(db=db, viewer=viewer, thread_id=thread_id)
     await require_posting(db, viewer, thread, action="post in its threads")
     if (running := await running_reply(db, thread.id)) is not None:
         await _recover_orphaned_reply(ai, thread, running)
@@ -215,16 +225,9 @@ async def send_message(
     require_open(thread)
     if await running_reply(db, thread.id) is not None:
         raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
-    if thread.assistant_id is None:
-        raise BadInput("This thread has no assistant any more.", field="threadId")
-    assistant = await db.get(Assistant, thread.assistant_id)
+    assistant = await db.get(Assistant, thread.assistant_id) if thread.assistant_id else None
     if assistant is None:
-        raise BadInput("This thread has no assistant any more.", field="threadId")
-    files = await _files_for_message(db, viewer, data.file_ids)
-    tools = tuple(tool for tool in AssistantTool if tool.value in (assistant.tools or []))
-    vector_store_ids = await knowledge.vector_store_ids_for(
-        db, viewer, thread=thread, assistant=assistant
-    )
+        raise BadInput("This thread has no assistant any more.", field=field)
     # Takes the project's budget lock (held until the operation commits this reply
     # IN_PROGRESS), so concurrent sends in other threads of the project count it.
     if thread.project_id is not None:
@@ -241,77 +244,156 @@ async def send_message(
         budget=effective_user_budget(sender, ai.settings.atlas_user_monthly_tokens),
         in_flight=functools.partial(_replies_in_flight, db, user_id=viewer.user_id),
     )
+    return ReplyContext(
+        viewer=viewer, thread=thread, assistant=assistant, api_key_id=actor.api_key_id
+    )
 
+
+async def ask(
+    *,
+    db: AsyncSession,
+    ai: AIRuntime,
+    context: ReplyContext,
+    content: str,
+    parent_id: uuid.UUID | None,
+    files: Sequence[File],
+) -> tuple[Message, Message, int]:
+    """Store a user message (COMPLETED) of the context's sender after `parent_id`, with
+    `files` attached, and start the reply to it (`start_reply`): the question, the reply and
+    the event number the exchange's events start after."""
     now = datetime.now(UTC)
-    user_message = Message(
-        thread_id=thread.id,
-        user_id=viewer.user_id,
+    question = Message(
+        thread_id=context.thread.id,
+        parent_id=parent_id,
+        user_id=context.viewer.user_id,
         role=MessageRole.USER,
         content=content,
         status=MessageStatus.COMPLETED,
         created_at=now,
         completed_at=now,
     )
+    db.add(question)
+    await db.flush()
+    for file in files:
+        db.add(
+            FileAssociation(
+                file_id=file.id, associable_type=AssociableType.MESSAGE, associable_id=question.id
+            )
+        )
+    reply, after_sequence, _ = await start_reply(
+        db=db, ai=ai, context=context, question=question, files=files,
+        created_question=True, now=now,
+    )  # fmt: skip
+    return question, reply, after_sequence
+
+
+async def start_reply(
+    *,
+    db: AsyncSession,
+    ai: AIRuntime,
+    context: ReplyContext,
+    question: Message,
+    files: Sequence[File],
+    created_question: bool,
+    now: datetime,
+) -> tuple[Message, int, list[ThreadEvent]]:
+    """Store the reply (IN_PROGRESS) to `question` (a user message, stored by the caller in
+    this operation when `created_question`), make it the thread's active leaf, and start the
+    streamed reply once the operation commits. Returns the reply, the event number the
+    exchange's events start after, and its MessageCreated events.
+
+    Upstream (docs/branches.md): a reply whose question follows the message the thread's
+    OpenAI conversation ends with (or a thread without one yet) goes on in the conversation;
+    any other reply (a branch) sends its branch's history as `input`, without it."""
+    thread, assistant = context.thread, context.assistant
     # The reply records who asked (its sender, who may cancel it).
-    assistant_message = Message(
+    reply = Message(
         thread_id=thread.id,
-        user_id=viewer.user_id,
+        parent_id=question.id,
+        user_id=context.viewer.user_id,
         assistant_id=assistant.id,
         role=MessageRole.ASSISTANT,
         content="",
         status=MessageStatus.IN_PROGRESS,
         model=assistant.model,
-        created_at=now + timedelta(microseconds=1),
+        created_at=max(now, question.created_at) + timedelta(microseconds=1),
         heartbeat_at=now,
         reply_worker_id=ai.worker_id,
     )
-    db.add_all([user_message, assistant_message])
+    db.add(reply)
     await db.flush()
-    for file in files:
-        db.add(
-            FileAssociation(
-                file_id=file.id,
-                associable_type=AssociableType.MESSAGE,
-                associable_id=user_message.id,
-            )
-        )
+    in_conversation = (
+        thread.openai_thread_id is None or thread.conversation_leaf_id == question.parent_id
+    )
+    thread.active_leaf_id = reply.id
+    if in_conversation:
+        # The conversation gets the question and this reply.
+        thread.conversation_leaf_id = reply.id
     after_sequence = thread.last_event_sequence
-    (user_created, reply_created), sequences = SequenceBlock.open(thread, taken=2)
-    # The snapshot of this exchange: both messages, up to the reply's MessageCreated.
-    assistant_message.content_sequence = reply_created
-    actor.record(
-        db, "message.send", user_message, project_id=thread.project_id,
-        details={"threadId": str(thread.id), "chars": len(content), "files": len(files)},
-    )  # fmt: skip
+    numbers, sequences = SequenceBlock.open(thread, taken=2 if created_question else 1)
+    # The snapshot of this exchange: its messages, up to the reply's MessageCreated.
+    reply.content_sequence = numbers[-1]
+    tools = tuple(tool for tool in AssistantTool if tool.value in (assistant.tools or []))
+    vector_store_ids = await knowledge.vector_store_ids_for(
+        db, context.viewer, thread=thread, assistant=assistant
+    )
     job = ReplyJob(
         thread_id=thread.id,
         project_id=thread.project_id,
-        user_id=viewer.user_id,
-        user_message_id=user_message.id,
-        assistant_message_id=assistant_message.id,
+        user_id=context.viewer.user_id,
+        user_message_id=question.id,
+        assistant_message_id=reply.id,
         model=assistant.model,
         instructions=assistant.instructions,
         temperature=assistant.temperature,
-        content=content,
+        content=question.content,
         openai_file_ids=[file.openai_file_id for file in files if file.openai_file_id],
-        conversation_id=thread.openai_thread_id,
+        conversation_id=thread.openai_thread_id if in_conversation else None,
         sequences=sequences,
-        api_key_id=actor.api_key_id,
+        in_conversation=in_conversation,
+        history_leaf_id=question.parent_id,
+        api_key_id=context.api_key_id,
         tools=tools,
         vector_store_ids=vector_store_ids,
     )
     await db.flush()
-    created: list[ThreadEvent] = [
-        created_event(user_created, user_message),
-        created_event(reply_created, assistant_message),
-    ]
+    created: list[ThreadEvent] = [created_event(numbers[-1], reply)]
+    if created_question:
+        created.insert(0, created_event(numbers[0], question))
 
-    async def start_reply() -> None:
+    async def start() -> None:
         ai.start_reply(job, created=created)
 
     # The reply task reads what this operation stores: it starts once that is committed.
-    after_commit(db, start_reply)
-    return SentMessage(user_message, assistant_message, after_sequence)
+    after_commit(db, start)
+    return reply, after_sequence, created
+
+
+async def send_message(
+    *, db: AsyncSession, actor: Actor, ai: AIRuntime, data: MessageSend
+) -> SentMessage:
+    """Store the user's message (COMPLETED, after the thread's active leaf) and the
+    assistant's (IN_PROGRESS), and start the streamed reply once they are committed. CONFLICT
+    while another reply of the thread runs or when the thread is archived; RATE_LIMITED past
+    the sender's message rate; QUOTA_EXCEEDED past the project's or the sender's monthly
+    token budget (`budget: PROJECT | USER`)."""
+    actor.require(PermissionName.USE_AI)
+    content = check_content(ai.settings, data.content)
+    context = await prepare_reply(
+        db=db, actor=actor, ai=ai, thread_id=data.thread_id, field="threadId"
+    )
+    files = await files_for_message(db, context.viewer, data.file_ids)
+    user_message, reply, after_sequence = await ask(
+        db=db, ai=ai, context=context, content=content,
+        parent_id=context.thread.active_leaf_id, files=files,
+    )  # fmt: skip
+    thread = context.thread
+    actor.record(
+        db, "message.send", user_message, project_id=thread.project_id,
+        details={"threadId": str(thread.id), "chars": len(content), "files": len(files)},
+    )  # fmt: skip
+    await db.flush()
+    return SentMessage(user_message, reply, after_sequence)
 
 
 async def cancel_message(

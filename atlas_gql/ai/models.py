@@ -103,12 +103,21 @@ class Thread(Timestamped, table=True):
     # The OpenAI vector store of the thread's own files (ai/knowledge.py); NULL until a file
     # is attached to the thread.
     vector_store_id: str | None = Field(default=None, max_length=100)
+    # The message tree (docs/branches.md): the leaf of the branch being shown (`messages` is
+    # the path from the root to it; NULL while the thread has no message), and the message
+    # the OpenAI conversation's items end with (a reply whose user message follows it uses the
+    # conversation; any other reply sends its branch as `input`). No foreign keys: threads and
+    # messages would reference each other, and a message is deleted only with its thread.
+    active_leaf_id: uuid.UUID | None = Field(default=None)
+    conversation_leaf_id: uuid.UUID | None = Field(default=None)
 
 
 class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         sa.Index("ix_messages_thread_id_created_at", "thread_id", "created_at", "id"),
+        # A message's children (its replies, or the alternatives after it), oldest first.
+        sa.Index("ix_messages_parent_id_created_at", "parent_id", "created_at", "id"),
         # The recovery sweep looks for running replies only (a few rows, however many
         # messages there are).
         sa.Index(
@@ -121,6 +130,11 @@ class Message(SQLModel, table=True):
     id: uuid.UUID = uuid_pk()
     # Indexed by (thread_id, created_at, id), which also serves the thread's message list.
     thread_id: uuid.UUID = foreign_key("threads.id", index=False)
+    # The message this one follows (NULL for a root): a thread is a tree whose siblings are
+    # alternatives (a regenerated reply, an edited question). A child is always created after
+    # its parent, so a path read by (created_at, id) is in tree order. Indexed by
+    # (parent_id, created_at, id).
+    parent_id: uuid.UUID | None = foreign_key("messages.id", nullable=True, index=False)
     # A USER message: its author. An ASSISTANT message: who asked for the reply (its sender,
     # who may cancel it); the reply's author is `assistant_id`.
     user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql import metrics
+from atlas_gql.ai import tree
 from atlas_gql.ai.broker import Broker
 from atlas_gql.ai.citations import stored_citations
 from atlas_gql.ai.events import (
@@ -113,6 +114,10 @@ class ReplyJob:
     # (ai/knowledge.py `vector_store_ids_for`).
     tools: tuple[AssistantTool, ...] = ()
     vector_store_ids: list[str] = field(default_factory=list)
+    # False for a reply on a branch the thread's OpenAI conversation does not hold: its
+    # history (the path up to `history_leaf_id`, the question's parent) is sent as `input`.
+    in_conversation: bool = True
+    history_leaf_id: uuid.UUID | None = None
 
 
 @dataclass
@@ -527,7 +532,7 @@ class AIRuntime:
     async def _request(self, job: ReplyJob) -> ReplyRequest:
         conversation_id = job.conversation_id
         history: list[HistoryItem] = []
-        if not self.provider.uses_conversations:
+        if not self.provider.uses_conversations or not job.in_conversation:
             history = await self._history(job)
         elif conversation_id is None:
             conversation_id = await self._retrying(lambda: self._open_conversation(job))
@@ -587,28 +592,18 @@ class AIRuntime:
         return conversation_id
 
     async def _history(self, job: ReplyJob) -> list[HistoryItem]:
-        """The thread's earlier messages with text (oldest first), before this exchange."""
+        """The branch the reply answers, before its question (oldest first): the path from
+        the root to the question's parent, its messages with text (the last HISTORY_LIMIT)."""
+        if job.history_leaf_id is None:
+            return []
         async with self.sessionmaker() as db:
-            rows = (
-                await db.execute(
-                    sa.select(Message)
-                    .where(
-                        col(Message.thread_id) == job.thread_id,
-                        col(Message.id).not_in([job.user_message_id, job.assistant_message_id]),
-                        col(Message.role).in_([MessageRole.USER, MessageRole.ASSISTANT]),
-                        col(Message.content) != "",
-                    )
-                    .order_by(col(Message.created_at).desc(), col(Message.id).desc())
-                    .limit(HISTORY_LIMIT)
-                )
-            ).scalars()
-            messages = list(rows)
-        messages.reverse()
+            path = await tree.path_to(db, job.history_leaf_id, limit=HISTORY_LIMIT)
         return [
             HistoryItem(
                 role="user" if m.role is MessageRole.USER else "assistant", content=m.content
             )
-            for m in messages
+            for m in path
+            if m.role in (MessageRole.USER, MessageRole.ASSISTANT) and m.content
         ]
 
     async def _number(

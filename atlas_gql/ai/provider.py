@@ -107,7 +107,8 @@ class ReplyRequest:
     # OpenAI file ids sent with the message as input files.
     file_ids: list[str] = field(default_factory=list)
     conversation_id: str | None = None
-    # Earlier messages of the thread (oldest first); only the chat adapter sends them.
+    # The branch before this message (oldest first): sent by the chat adapter, and by the
+    # Responses adapter when there is no conversation (a reply on a branch).
     history: list[HistoryItem] = field(default_factory=list)
     # The assistant's built-in tools, and the vector stores file search may read (the
     # thread's own and, when the sender may see it, its assistant's: ai/knowledge.py).
@@ -492,9 +493,18 @@ class ResponsesProvider(_FilesMixin):
     def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
         content: list[Any] = [{"type": "input_text", "text": request.content}]
         content += [{"type": "input_file", "file_id": file_id} for file_id in request.file_ids]
+        # Without a conversation (a reply on a branch), the branch's history goes as input.
+        history: list[Any] = (
+            []
+            if request.conversation_id
+            else [
+                {"type": "message", "role": item.role, "content": item.content}
+                for item in request.history
+            ]
+        )
         arguments: dict[str, Any] = {
             "model": request.model,
-            "input": [{"type": "message", "role": "user", "content": content}],
+            "input": [*history, {"type": "message", "role": "user", "content": content}],
             "stream": True,
         }
         if self.background:

@@ -336,19 +336,22 @@ class Recovery:
 
 
 async def _question_of(db: AsyncSession, reply: Message) -> tuple[uuid.UUID, str] | None:
-    """The user message a reply answers (the thread's last USER message before it)."""
-    row = (
-        await db.execute(
-            sa.select(col(Message.id), col(Message.content))
-            .where(
-                col(Message.thread_id) == reply.thread_id,
-                col(Message.role) == MessageRole.USER,
-                col(Message.created_at) < reply.created_at,
-            )
-            .order_by(col(Message.created_at).desc())
-            .limit(1)
+    """The user message a reply answers: its parent in the message tree (a reply stored
+    before the tree: the thread's last USER message before it)."""
+    parent_id = await db.scalar(
+        sa.select(col(Message.parent_id)).where(col(Message.id) == reply.id)
+    )
+    statement = sa.select(col(Message.id), col(Message.content)).where(
+        col(Message.role) == MessageRole.USER
+    )
+    if parent_id is not None:
+        statement = statement.where(col(Message.id) == parent_id)
+    else:
+        statement = statement.where(
+            col(Message.thread_id) == reply.thread_id,
+            col(Message.created_at) < reply.created_at,
         )
-    ).first()
+    row = (await db.execute(statement.order_by(col(Message.created_at).desc()).limit(1))).first()
     return (row[0], row[1]) if row is not None else None
 
 

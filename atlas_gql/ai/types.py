@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 import strawberry
 
 from atlas_gql.ai import events, loaders
+from atlas_gql.ai.messages import SentMessage
 from atlas_gql.ai.models import (
     Assistant,
     AssistantTool,
@@ -66,6 +67,14 @@ async def _project(info: Info, project_id: uuid.UUID | None) -> LazyProject | No
     # since left its project), as everywhere else.
     project: LazyProject | None = await resolve_node_of(info.context, "Project", project_id)
     return project
+
+
+async def _message(info: Info, message_id: uuid.UUID | None) -> MessageType | None:
+    """A message of a thread the viewer reads (same thread: no check of its own)."""
+    if message_id is None:
+        return None
+    message = await info.context.loader(loaders.message_by_id).load(message_id)
+    return MessageType.from_model(message) if message else None
 
 
 async def _files(info: Info, kind: AssociableType, target_id: uuid.UUID) -> list[FileType]:
@@ -248,6 +257,7 @@ class ThreadType(Node):
     project_db_id: strawberry.Private[uuid.UUID | None]
     assistant_db_id: strawberry.Private[uuid.UUID | None]
     created_by_db_id: strawberry.Private[uuid.UUID]
+    active_leaf_db_id: strawberry.Private[uuid.UUID | None]
     title: str | None = strawberry.field(description="The thread's title; null when it has none.")
     openai_thread_id: str | None = strawberry.field(
         description="The OpenAI conversation (`conv_…`) holding the thread's history; null until "
@@ -296,8 +306,9 @@ class ThreadType(Node):
         return UserType.from_model(user) if user else None
 
     @strawberry.field(
-        description="The thread's messages, oldest first (Relay connection; `last: n` gives "
-        "the n most recent). " + REFUSED
+        description="The branch shown: the path from the first message to `activeLeaf`, "
+        "oldest first (Relay connection; `last: n` gives the n most recent). Other branches "
+        "are reached through `Message.siblings` and `selectBranch`. " + REFUSED
     )
     async def messages(
         self,
@@ -313,6 +324,14 @@ class ThreadType(Node):
         page = await info.context.loader(loaders.messages_page).load((self.db_id, request))
         return to_connection(page, MessageType.from_model)
 
+    @strawberry.field(
+        name="activeLeaf",
+        description="The last message of the branch shown (`messages` ends with it); a new "
+        "message follows it. Null while the thread has no message.",
+    )
+    async def active_leaf(self, info: Info) -> MessageType | None:
+        return await _message(info, self.active_leaf_db_id)
+
     @strawberry.field(description="Files attached to the thread.")
     async def files(self, info: Info) -> list[FileType]:
         return await _files(info, AssociableType.THREAD, self.db_id)
@@ -322,6 +341,7 @@ class ThreadType(Node):
 class MessageType(Node):
     db_id: strawberry.Private[uuid.UUID]
     thread_db_id: strawberry.Private[uuid.UUID]
+    parent_db_id: strawberry.Private[uuid.UUID | None]
     user_db_id: strawberry.Private[uuid.UUID | None]
     assistant_db_id: strawberry.Private[uuid.UUID | None]
     role: MessageRole = strawberry.field(
@@ -371,6 +391,30 @@ class MessageType(Node):
     @strawberry.field(description="Files sent with the message.")
     async def files(self, info: Info) -> list[FileType]:
         return await _files(info, AssociableType.MESSAGE, self.db_id)
+
+    @strawberry.field(
+        description="The message this one follows in the thread's tree (a reply's question, "
+        "the reply a question follows); null for a first message."
+    )
+    async def parent(self, info: Info) -> MessageType | None:
+        return await _message(info, self.parent_db_id)
+
+    @strawberry.field(
+        description="The alternatives at this point of the thread (the messages with the same "
+        "parent: regenerated replies, edited questions), this message included, oldest first."
+    )
+    async def siblings(self, info: Info) -> list[MessageType]:
+        found = await info.context.loader(loaders.siblings_by_message).load(self.db_id)
+        return [MessageType.from_model(message) for message in found]
+
+    @strawberry.field(
+        name="siblingIndex",
+        description="This message's place among `siblings` (0 for the oldest): a UI shows "
+        "`siblingIndex + 1` / `siblings.length`.",
+    )
+    async def sibling_index(self, info: Info) -> int:
+        found = await info.context.loader(loaders.siblings_by_message).load(self.db_id)
+        return next((i for i, message in enumerate(found) if message.id == self.db_id), 0)
 
     @strawberry.field(
         description="Who wrote the message: the user of a USER message (null once their "
@@ -731,6 +775,14 @@ class SendMessagePayload:
         "answer arrived; once the reply has ended, its final event alone stands for its "
         "deltas (it carries the whole message)."
     )
+
+    @classmethod
+    def of(cls, sent: SentMessage) -> SendMessagePayload:
+        return cls(
+            user_message=MessageType.from_model(sent.user_message),
+            assistant_message=MessageType.from_model(sent.assistant_message),
+            after_sequence=sent.after_sequence,
+        )
 
 
 # -- search ----------------------------------------------------------------------------------

@@ -76,11 +76,16 @@ def lists_by_key(
 
 
 def pages_by_parent(
-    entity: type[RowT], *, parent_column: ColumnLike, ordering: Ordering
+    entity: type[RowT],
+    *,
+    parent_column: ColumnLike,
+    ordering: Ordering,
+    where: Callable[[Sequence[uuid.UUID]], Sequence[Any]] | None = None,
 ) -> LoaderFactory[PageKey, Page[RowT]]:
     """A factory of loaders of (parent id, page request) -> that parent's page of `entity`:
     one `paginate_by_parent` call (two statements) per distinct page request in a batch. A bad
-    cursor fails only the keys that carry it."""
+    cursor fails only the keys that carry it. `where(parent ids)` adds conditions on the rows
+    (one statement's worth for the batch's parents)."""
 
     def factory(db: ReadSessionSource) -> DataLoader[PageKey, Page[RowT]]:
         async def load(keys: Sequence[PageKey]) -> list[Page[RowT] | BaseException]:
@@ -97,6 +102,7 @@ def pages_by_parent(
                         parent_ids=parent_ids,
                         ordering=ordering,
                         request=request,
+                        where=where(parent_ids) if where is not None else (),
                     )
                 except Exception as error:  # handed to the waiting resolvers by the DataLoader
                     results[request] = error

@@ -13,6 +13,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from atlas_gql.ai import branches_graph, transfer_graph
 from atlas_gql.ai import graph as ai_graph
 from atlas_gql.ai import types as ai_types
 from atlas_gql.auth import graph as auth_graph
@@ -54,12 +55,15 @@ QUERY_PIECES: tuple[type, ...] = (
     logs_graph.Query,
     projects_graph.Query,
     ai_graph.Query,
+    transfer_graph.Query,
 )
 MUTATION_PIECES: tuple[type, ...] = (
     auth_graph.Mutation,
     keys_graph.Mutation,
     projects_graph.Mutation,
     ai_graph.Mutation,
+    branches_graph.Mutation,
+    transfer_graph.Mutation,
 )
 SUBSCRIPTION_PIECES: tuple[type, ...] = (ai_graph.Subscription,)
 # Types no field names (implementations of an interface a field returns).

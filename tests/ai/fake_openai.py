@@ -155,6 +155,12 @@ class FakeOpenAI:
     delta_permits: asyncio.Semaphore | None = None
     # Vector stores over `files` (tests/ai/fake_tools.py).
     vector_stores: FakeVectorStores = field(init=False)
+    # Conversations by id: their items as (role, text), as the Conversations API keeps them
+    # (the items it was created with, then each completed response's input and output).
+    conversations: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    # What the model received on each call, in order: (role, text) of the conversation's
+    # items then the input (Responses), or the messages but the system one (Chat).
+    model_inputs: list[list[tuple[str, str]]] = field(default_factory=list)
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -289,9 +295,11 @@ class FakeOpenAI:
     async def _conversations(self, request: Request) -> Response:
         body = await request.json()
         await self._record(request, body)
+        conversation_id = f"conv_{uuid.uuid4().hex}"
+        self.conversations[conversation_id] = _items_text(body.get("items") or [])
         return JSONResponse(
             {
-                "id": f"conv_{uuid.uuid4().hex}",
+                "id": conversation_id,
                 "object": "conversation",
                 "created_at": int(time.time()),
                 "metadata": body.get("metadata") or {},
@@ -339,6 +347,13 @@ class FakeOpenAI:
         await self._record(request, body)
         if not body.get("stream") and not body.get("background"):
             return self._complete(body)
+        conversation = body.get("conversation")
+        if conversation is not None:
+            # A conversation this fake did not create (a test's made-up `conv_…` id) starts
+            # empty rather than failing, as before conversations were kept.
+            self.conversations.setdefault(conversation, [])
+        history = self.conversations.get(conversation, []) if conversation else []
+        self.model_inputs.append([*history, *_items_text(body.get("input") or [])])
         behaviour = self._next()
         if behaviour.kind == "http_error":
             return self._error(behaviour)
@@ -699,6 +714,11 @@ class FakeOpenAI:
             {"item_id": message_id, "output_index": at, "content_index": 0, "part": done_part},
         )
         done_item = {**item, "status": "completed", "content": [done_part]}
+        if (conversation := body.get("conversation")) in self.conversations:
+            self.conversations[conversation] += [
+                *_items_text(body.get("input") or []),
+                ("assistant", text),
+            ]
         yield event("response.output_item.done", {"output_index": at, "item": done_item})
         output = [*run.calls, done_item]
         yield event(
@@ -711,6 +731,9 @@ class FakeOpenAI:
         await self._record(request, body)
         if not body.get("stream"):
             return self._complete_chat(body)
+        self.model_inputs.append(
+            [item for item in _items_text(body.get("messages") or []) if item[0] != "system"]
+        )
         behaviour = self._next()
         if behaviour.kind == "http_error":
             return self._error(behaviour)
@@ -792,6 +815,21 @@ def _response_object(
         "conversation": {"id": conversation} if conversation else None,
         **extra,
     }
+
+
+def _items_text(items: list[Any]) -> list[tuple[str, str]]:
+    """(role, text) of input messages: `content` as a string or as parts (their text)."""
+    found: list[tuple[str, str]] = []
+    for item in items:
+        if not isinstance(item, dict) or "role" not in item:
+            continue
+        content = item.get("content")
+        if isinstance(content, list):
+            content = "".join(
+                str(part.get("text", "")) for part in content if isinstance(part, dict)
+            )
+        found.append((str(item["role"]), str(content or "")))
+    return found
 
 
 def _sse(data: dict[str, Any]) -> bytes:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -82,6 +83,12 @@ async def replies(
         status=MessageStatus.IN_PROGRESS,
     )  # fmt: skip
     own = message(personal.id, MessageRole.ASSISTANT, 8, assistant_id=assistant_id)
+    # A chain (issue 15's message tree): `thread.messages` is the path to the active leaf.
+    chain = [question, *answers, running]
+    for parent, child in itertools.pairwise(chain):
+        child.parent_id = parent.id
+    thread.active_leaf_id = running.id
+    personal.active_leaf_id = own.id
     db.add_all([question, *answers, running, own])
     await db.commit()
     return Replies(

@@ -172,13 +172,16 @@ async def test_first_reply_seeds_the_conversation_with_earlier_messages(ai: AISe
                 .order_by(col(Message.created_at))
             )
         ).scalars()
+        # A chain, as every thread is (issue 15: the new message follows the active leaf).
+        parent_id = None
         for message in list(originals):
-            db.add(
-                Message(
-                    thread_id=copy.id, role=message.role, content=message.content,
-                    status=message.status, created_at=message.created_at,
-                )
+            added = Message(
+                thread_id=copy.id, parent_id=parent_id, role=message.role,
+                content=message.content, status=message.status, created_at=message.created_at,
             )  # fmt: skip
+            db.add(added)
+            parent_id = added.id
+        copy.active_leaf_id = parent_id
         await db.commit()
     thread_id = encode_global_id("Thread", copy.id)
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:

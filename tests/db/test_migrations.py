@@ -205,3 +205,33 @@ def test_message_search_migration_indexes_existing_messages_but_running_replies(
     )
     rows = asyncio.run(_fetch(target, vectors))
     assert "'sing':3 'whale':1" in [row["vector"] for row in rows]
+
+
+def test_message_tree_migration_chains_linear_threads(make_database: Any) -> None:
+    """0006_w1 (issue 15): each message of an existing thread follows the one stored before it;
+    the last one is the active leaf, and the conversation's end where the thread has one."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    from atlas_gql.db.migrate import alembic_config
+    from tests.conftest import migrated_and_seeded
+
+    target = migrated_and_seeded(make_database, "atlas_tree")
+    config = alembic_config(target)
+    before = ScriptDirectory.from_config(config).get_revision("0006_w1").down_revision
+    assert isinstance(before, str)
+    command.downgrade(config, before)
+    asyncio.run(_fetch(target, "UPDATE threads SET openai_thread_id = 'conv_tree_migration'"))
+    upgrade_to_head(target)
+    rows = asyncio.run(
+        _fetch(
+            target,
+            "SELECT m.id, m.parent_id, t.active_leaf_id, t.conversation_leaf_id FROM messages m "
+            "JOIN threads t ON t.id = m.thread_id ORDER BY m.created_at, m.id",
+        )
+    )
+    assert len(rows) >= 2
+    assert rows[0]["parent_id"] is None
+    assert [row["parent_id"] for row in rows[1:]] == [row["id"] for row in rows[:-1]]
+    assert {row["active_leaf_id"] for row in rows} == {rows[-1]["id"]}
+    assert {row["conversation_leaf_id"] for row in rows} == {rows[-1]["id"]}

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from graphql import FieldNode
 
+from atlas_gql.ai import tree
 from atlas_gql.ai.models import Assistant, AssociableType, File, FileAssociation, Message, Thread
 from atlas_gql.ai.rules import (
     assistant_instructions_visible,
@@ -256,9 +257,41 @@ def thread_messages_page(compiler: Compiler, row: Row, fields: Fields) -> sa.Col
         parent="Thread",
         fields=fields,
         table=messages,
-        where=lambda message: [message.c.thread_id == row.table.c.id],
+        # The active path, root to leaf (ai.tree, as ai.loaders.messages_page reads it).
+        where=lambda message: [
+            message.c.thread_id == row.table.c.id,
+            tree.on_path_to(row.table.c.active_leaf_id)(message),
+        ],
         ordering=OLDEST_FIRST,
         window=compiler.page_window(arguments, backward_allowed=True),
+    )
+
+
+def message_siblings(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
+    """The message's siblings, oldest first (ai.loaders.siblings_by_message)."""
+    sibling = messages.alias()
+    value = compiler.object_json("Message", Row(sibling), compiler.sub("Message", fields))
+    return (
+        sa.select(json_array(value, sibling.c.created_at, sibling.c.id))
+        .select_from(sibling)
+        .where(tree.is_sibling(row.table, sibling))
+        .correlate_except(sibling)
+        .scalar_subquery()
+    )
+
+
+def message_sibling_index(compiler: Compiler, row: Row, fields: Fields) -> sa.ColumnElement[Any]:
+    """How many siblings come before the message in (created_at, id) order."""
+    sibling = messages.alias()
+    before = sa.tuple_(sibling.c.created_at, sibling.c.id) < sa.tuple_(
+        row.table.c.created_at, row.table.c.id
+    )
+    return (
+        sa.select(sa.func.count())
+        .select_from(sibling)
+        .where(tree.is_sibling(row.table, sibling), before)
+        .correlate_except(sibling)
+        .scalar_subquery()
     )
 
 
@@ -357,6 +390,8 @@ OBJECTS: dict[str, ObjectSpec] = {
             "assistant": to_one("Assistant", assistants, "assistant_id"),
             "createdBy": to_one("User", users, "created_by_id"),
             "messages": thread_messages_page,
+            # Same thread, so visible (as ai/types.py: loaded by id, without a rule).
+            "activeLeaf": to_one("Message", messages, "active_leaf_id"),
             "files": files_of(AssociableType.THREAD),
         },
     ),
@@ -374,6 +409,9 @@ OBJECTS: dict[str, ObjectSpec] = {
             "createdAt": timestamp("created_at"),
             "completedAt": timestamp("completed_at"),
             "files": files_of(AssociableType.MESSAGE),
+            "parent": to_one("Message", messages, "parent_id"),
+            "siblings": message_siblings,
+            "siblingIndex": message_sibling_index,
         },
     ),
     "File": ObjectSpec(
@@ -796,4 +834,6 @@ NOT_COMPILED: dict[str, str] = {
     "Assistant.tools": "issue 16 (tools branch): a JSON list mapped in Python; resolver path",
     "Message.citations": "issue 16 (tools branch): cited files checked per viewer; resolver path",
     "Query.searchMessages": "full-text search: its query check and HTML snippets (issue 15)",
+    "Query.exportThread": "issue 15 part 6: a document (JSON text, Markdown) written in Python",
+    "Query.exportProject": "issue 15 part 6: a document (JSON text) written in Python",
 }

@@ -216,9 +216,11 @@ async def build_world(db: AsyncSession, settings: Settings) -> World:
     await db.flush()
     world.threads = threads
 
+    parent_id: uuid.UUID | None = None
     for number in range(7):
         message = Message(
             thread_id=threads["alpha-1"].id,
+            parent_id=parent_id,
             user_id=world.users["member"].id if number % 2 == 0 else None,
             role=MessageRole.USER if number % 2 == 0 else MessageRole.ASSISTANT,
             content=f'Message {number} with "quotes", a tab\t and üñí',
@@ -231,6 +233,23 @@ async def build_world(db: AsyncSession, settings: Settings) -> World:
         )
         db.add(message)
         world.messages.append(message)
+        parent_id = message.id
+    threads["alpha-1"].active_leaf_id = parent_id
+    # An abandoned branch (issue 15): another answer to message 2 and a question after it,
+    # off the active path, so `messages` lists neither (on both paths).
+    abandoned = Message(
+        thread_id=threads["alpha-1"].id, parent_id=world.messages[2].id,
+        role=MessageRole.ASSISTANT, content="Abandoned answer", status=MessageStatus.COMPLETED,
+        created_at=at(52, 500),
+    )  # fmt: skip
+    db.add(abandoned)
+    db.add(
+        Message(
+            thread_id=threads["alpha-1"].id, parent_id=abandoned.id,
+            user_id=world.users["member"].id, role=MessageRole.USER,
+            content="Abandoned follow-up", status=MessageStatus.COMPLETED, created_at=at(58),
+        )
+    )  # fmt: skip
     db.add(
         Message(
             thread_id=threads["foreign"].id, role=MessageRole.USER, content="hidden",

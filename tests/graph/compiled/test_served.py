@@ -244,3 +244,43 @@ async def test_compiled_reads_off_serves_nothing_compiled(both: Both, served_off
     await post(served_off, ISSUE_QUERY, token=token)
     assert served_off.stats.compiled == 0
     assert served_off.stats.fallback == 0  # the compiled path is not even asked
+
+
+BRANCH_QUERY = """
+query ($id: ID!, $n: Int!) {
+  thread(id: $id) {
+    activeLeaf { id }
+    messages(first: $n) { totalCount edges { node { id content parent { id } } } }
+  }
+}"""
+BRANCH_ARROWS = BRANCH_QUERY.replace("parent { id }", "parent { id } siblings { id } siblingIndex")
+
+
+async def test_a_branch_costs_the_same_statements_whatever_the_page(
+    both: Both, served: Served, served_off: Served
+) -> None:
+    """Issue 15: Thread.messages is the active branch (a recursive CTE), with each message's
+    siblings: compiled, one statement; on the resolver path, a fixed number, whatever the page
+    size. Both answer the same, without the abandoned branch but with its sibling."""
+    token = both.token("member")
+    thread_id = both.world.gid("Thread", both.world.threads["alpha-1"].id)
+    counts: dict[str, set[int]] = {"compiled": set(), "resolver": set()}
+    for n in (2, 7):
+        variables = {"id": thread_id, "n": n}
+        body = await same_over_http(both, served, BRANCH_ARROWS, variables, "member")
+        edges = body["data"]["thread"]["messages"]["edges"]
+        assert body["data"]["thread"]["messages"]["totalCount"] == 7
+        assert all("Abandoned" not in edge["node"]["content"] for edge in edges)
+        if n == 7:
+            # Message 3 has the abandoned answer as an older sibling.
+            assert [len(edge["node"]["siblings"]) for edge in edges] == [1, 1, 1, 2, 1, 1, 1]
+            assert edges[3]["node"]["siblingIndex"] == 1
+        for path, key in ((served, "compiled"), (served_off, "resolver")):
+            await post(path, BRANCH_ARROWS, variables, token=token)
+            with path.counter.counting() as statements:
+                status, _, answer = await post(path, BRANCH_ARROWS, variables, token=token)
+            assert status == 200
+            assert "errors" not in answer
+            counts[key].add(len(statements))
+    assert counts["compiled"] == {1}
+    assert len(counts["resolver"]) == 1

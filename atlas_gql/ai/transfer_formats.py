@@ -1,0 +1,396 @@
+"""The documents of import and export (docs/import-export.md), without the database: the
+versioned ATLAS JSON format (written and read), ChatGPT's `conversations.json` (read), and
+the Markdown of a branch (written). Every problem of a file is a BAD_USER_INPUT naming where
+it is (`threads[2].messages[5].role: ...`), found before anything is stored.
+
+A thread read from a file is a list of messages whose parents come before them (so they can
+be inserted in order), each with a timestamp later than its parent's (ATLAS's tree rule:
+a path read by time is in tree order), and the leaf of the branch to show."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.errors import BadInput
+from atlas_gql.ids import encode_global_id
+
+FORMAT_NAME = "atlas.threads"
+FORMAT_VERSION = 1
+# What one import may hold (the file's bytes are bounded by ATLAS_MAX_UPLOAD_BYTES first).
+MAX_IMPORT_THREADS = 500
+MAX_THREAD_MESSAGES = 5_000
+TITLE_MAX = 300
+ONE_MICROSECOND = timedelta(microseconds=1)
+# A ChatGPT node's text is in `content.parts` for these content types; others (code output,
+# browsing results, images alone) carry no text a thread shows.
+CHATGPT_TEXT_TYPES = frozenset({"text", "multimodal_text"})
+CHATGPT_ROLES = {"user": MessageRole.USER, "assistant": MessageRole.ASSISTANT}
+# An imported reply cannot be running: what was in progress ended where the file ends.
+IMPORTED_STATUS = {MessageStatus.IN_PROGRESS: MessageStatus.INCOMPLETE}
+ASSISTANT = MessageRole.ASSISTANT
+
+
+@dataclass
+class ImportedMessage:
+    key: str
+    parent_key: str | None
+    role: MessageRole
+    content: str
+    created_at: datetime
+    status: MessageStatus = MessageStatus.COMPLETED
+    completed_at: datetime | None = None
+    model: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class ImportedThread:
+    title: str | None
+    created_at: datetime | None
+    # Parents before children.
+    messages: list[ImportedMessage] = field(default_factory=list)
+    active_leaf_key: str | None = None
+
+
+def _bad(where: str, problem: str) -> BadInput:
+    return BadInput(f"The file is not valid: {where}: {problem}", field="file")
+
+
+# -- ATLAS JSON (write) -------------------------------------------------------------------------
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def thread_document(thread: Thread, messages: Sequence[Message]) -> dict[str, Any]:
+    """One thread of the ATLAS format: its whole tree, oldest first."""
+    return {
+        "id": encode_global_id("Thread", thread.id),
+        "title": thread.title,
+        "createdAt": _time(thread.created_at),
+        "activeLeafId": (
+            encode_global_id("Message", thread.active_leaf_id) if thread.active_leaf_id else None
+        ),
+        "messages": [
+            {
+                "id": encode_global_id("Message", message.id),
+                "parentId": (
+                    encode_global_id("Message", message.parent_id) if message.parent_id else None
+                ),
+                "role": message.role.value,
+                "content": message.content,
+                "status": message.status.value,
+                "createdAt": _time(message.created_at),
+                "completedAt": _time(message.completed_at),
+                "model": message.model,
+                "inputTokens": message.input_tokens,
+                "outputTokens": message.output_tokens,
+                "error": message.error,
+            }
+            for message in messages
+        ],
+    }
+
+
+def atlas_document(threads: Iterable[dict[str, Any]], *, exported_at: datetime) -> str:
+    return json.dumps(
+        {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "exportedAt": _time(exported_at),
+            "threads": list(threads),
+        },
+        ensure_ascii=False,
+        indent=2,
+    )
+
+
+# -- Markdown (write) ---------------------------------------------------------------------------
+
+ROLE_HEADINGS = {MessageRole.USER: "User", MessageRole.ASSISTANT: "Assistant"}
+
+
+def markdown_document(thread: Thread, path: Sequence[Message]) -> str:
+    """The branch shown (root to active leaf) as Markdown: a heading per message."""
+    lines = [f"# {thread.title or 'Untitled thread'}", ""]
+    for message in path:
+        heading = ROLE_HEADINGS.get(message.role, "System")
+        if message.role is MessageRole.ASSISTANT and message.model:
+            heading += f" ({message.model})"
+        when = message.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines += [f"## {heading} · {when}", ""]
+        if message.status is not MessageStatus.COMPLETED:
+            lines += [
+                f"_{message.status.value}{': ' + message.error if message.error else ''}_",
+                "",
+            ]
+        lines += [message.content, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _load_json(data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise _bad("file", "not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise _bad(f"line {error.lineno} column {error.colno}", f"not JSON ({error.msg})") from None
+
+
+def _text(value: Any, where: str, *, optional: bool = False, limit: int | None = None) -> Any:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise _bad(where, "must be a string")
+    if "\x00" in value:
+        raise _bad(where, "must not hold a NUL character")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise _bad(where, "holds a lone surrogate (not valid Unicode text)") from None
+    if limit is not None and len(value) > limit:
+        raise _bad(where, f"is longer than {limit} characters")
+    return value
+
+
+def _parse_time(value: Any, where: str, *, optional: bool = False) -> datetime | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise _bad(where, "is not a valid time") from None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _bad(where, "is not an ISO 8601 time") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise _bad(where, "must be a time")
+
+
+def _count(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad(where, "must be a whole number ≥ 0")
+    return value
+
+
+def _ordered(thread: ImportedThread, where: str, *, max_chars: int) -> ImportedThread:
+    """Parents before children, times after parents', a leaf that exists; refuses unknown
+    parents, cycles, duplicate ids and oversize threads."""
+    if len(thread.messages) > MAX_THREAD_MESSAGES:
+        raise _bad(where, f"has more than {MAX_THREAD_MESSAGES} messages")
+    by_key: dict[str, ImportedMessage] = {}
+    for index, message in enumerate(thread.messages):
+        if message.key in by_key:
+            raise _bad(f"{where}.messages[{index}].id", "appears twice")
+        if len(message.content) > max_chars:
+            raise _bad(f"{where}.messages[{index}].content", f"is over {max_chars} characters")
+        by_key[message.key] = message
+    children: dict[str | None, list[ImportedMessage]] = {}
+    for index, message in enumerate(thread.messages):
+        if message.parent_key is not None and message.parent_key not in by_key:
+            raise _bad(f"{where}.messages[{index}].parentId", "names no message of the thread")
+        children.setdefault(message.parent_key, []).append(message)
+    ordered: list[ImportedMessage] = []
+    pending: list[tuple[ImportedMessage, datetime | None]] = [
+        (message, None) for message in reversed(children.get(None, []))
+    ]
+    while pending:
+        message, parent_time = pending.pop()
+        if parent_time is not None and message.created_at <= parent_time:
+            # A reply is stored after what it answers (ATLAS's tree rule).
+            message.created_at = parent_time + ONE_MICROSECOND
+        ordered.append(message)
+        pending += [
+            (child, message.created_at) for child in reversed(children.get(message.key, []))
+        ]
+    if len(ordered) != len(thread.messages):
+        raise _bad(f"{where}.messages", "the parents form a cycle")
+    thread.messages = ordered
+    if thread.active_leaf_key is not None and thread.active_leaf_key not in by_key:
+        raise _bad(f"{where}.activeLeafId", "names no message of the thread")
+    if thread.active_leaf_key is None and ordered:
+        thread.active_leaf_key = max(ordered, key=lambda m: m.created_at).key
+    return thread
+
+
+def _threads_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _bad(where, "must be a list of threads")
+    if len(value) > MAX_IMPORT_THREADS:
+        raise _bad(where, f"holds more than {MAX_IMPORT_THREADS} threads")
+    return value
+
+
+def read_atlas(data: bytes, *, max_chars: int) -> list[ImportedThread]:
+    """The threads of an ATLAS export (format `atlas.threads`, version 1)."""
+    document = _load_json(data)
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        raise _bad("format", f"must be {FORMAT_NAME!r} (an ATLAS export)")
+    if document.get("version") != FORMAT_VERSION:
+        raise _bad("version", f"must be {FORMAT_VERSION} (this server reads version 1)")
+    threads = []
+    for t, raw in enumerate(_threads_list(document.get("threads"), "threads")):
+        where = f"threads[{t}]"
+        if not isinstance(raw, dict):
+            raise _bad(where, "must be an object")
+        messages_raw = raw.get("messages")
+        if not isinstance(messages_raw, list):
+            raise _bad(f"{where}.messages", "must be a list")
+        thread = ImportedThread(
+            title=_text(raw.get("title"), f"{where}.title", optional=True, limit=TITLE_MAX),
+            created_at=_parse_time(raw.get("createdAt"), f"{where}.createdAt", optional=True),
+            active_leaf_key=_text(raw.get("activeLeafId"), f"{where}.activeLeafId", optional=True),
+        )
+        for m, item in enumerate(messages_raw):
+            at = f"{where}.messages[{m}]"
+            if not isinstance(item, dict):
+                raise _bad(at, "must be an object")
+            try:
+                role = MessageRole(str(item.get("role")))
+            except ValueError:
+                raise _bad(f"{at}.role", "must be USER, ASSISTANT or SYSTEM") from None
+            try:
+                status = MessageStatus(str(item.get("status", "COMPLETED")))
+            except ValueError:
+                raise _bad(f"{at}.status", "is not a message status") from None
+            created_at = _parse_time(item.get("createdAt"), f"{at}.createdAt")
+            assert created_at is not None
+            thread.messages.append(
+                ImportedMessage(
+                    key=_text(item.get("id"), f"{at}.id"),
+                    parent_key=_text(item.get("parentId"), f"{at}.parentId", optional=True),
+                    role=role,
+                    content=_text(item.get("content"), f"{at}.content"),
+                    created_at=created_at,
+                    status=IMPORTED_STATUS.get(status, status),
+                    completed_at=_parse_time(
+                        item.get("completedAt"), f"{at}.completedAt", optional=True
+                    ),
+                    model=_text(item.get("model"), f"{at}.model", optional=True, limit=100),
+                    input_tokens=_count(item.get("inputTokens"), f"{at}.inputTokens"),
+                    output_tokens=_count(item.get("outputTokens"), f"{at}.outputTokens"),
+                    error=_text(item.get("error"), f"{at}.error", optional=True),
+                )
+            )
+        threads.append(_ordered(thread, where, max_chars=max_chars))
+    return threads
+
+
+def _chatgpt_text(message: dict[str, Any], where: str) -> str | None:
+    """A ChatGPT node's text: its `content.parts` strings (other parts, e.g. images, have
+    none); None for a node a conversation does not show (no text, hidden, another role)."""
+    metadata = message.get("metadata") or {}
+    if isinstance(metadata, dict) and metadata.get("is_visually_hidden_from_conversation"):
+        return None
+    content = message.get("content")
+    if not isinstance(content, dict):
+        raise _bad(f"{where}.message.content", "must be an object")
+    if content.get("content_type") not in CHATGPT_TEXT_TYPES:
+        return None
+    parts = content.get("parts")
+    if not isinstance(parts, list):
+        raise _bad(f"{where}.message.content.parts", "must be a list")
+    text = "\n".join(part for part in parts if isinstance(part, str))
+    return _text(text, f"{where}.message.content.parts") if text.strip() else None
+
+
+def _kept_ancestor(
+    node_id: str | None,
+    kept: dict[str, ImportedMessage],
+    parents: dict[str, str | None],
+    where: str,
+) -> str | None:
+    """The nearest node at or above `node_id` that became a message (None: none above)."""
+    seen = 0
+    while node_id is not None and node_id not in kept:
+        node_id = parents.get(node_id)
+        seen += 1
+        if seen > len(parents):
+            raise _bad(f"{where}.mapping", "the parents form a cycle")
+    return node_id
+
+
+def read_chatgpt(data: bytes, *, max_chars: int) -> list[ImportedThread]:
+    """The conversations of ChatGPT's `conversations.json`: each `mapping` (a tree of nodes
+    with `parent` and `children`) becomes a thread's tree, `current_node` its active leaf.
+    Nodes without text to show (the root, system and tool messages, hidden ones) are left
+    out, their children attached to the nearest node kept above them."""
+    document = _load_json(data)
+    threads = []
+    for c, raw in enumerate(_threads_list(document, "conversations")):
+        where = f"conversations[{c}]"
+        if not isinstance(raw, dict):
+            raise _bad(where, "must be an object")
+        mapping = raw.get("mapping")
+        if not isinstance(mapping, dict):
+            raise _bad(f"{where}.mapping", "must be an object of nodes")
+        thread = ImportedThread(
+            title=_text(raw.get("title"), f"{where}.title", optional=True) or None,
+            created_at=_parse_time(raw.get("create_time"), f"{where}.create_time", optional=True),
+        )
+        if thread.title is not None:
+            thread.title = thread.title[:TITLE_MAX]
+        fallback_time = thread.created_at or datetime(1970, 1, 1, tzinfo=UTC)
+        kept: dict[str, ImportedMessage] = {}
+        parents: dict[str, str | None] = {}
+        for node_id, node in mapping.items():
+            at = f"{where}.mapping[{node_id!r}]"
+            if not isinstance(node, dict):
+                raise _bad(at, "must be an object")
+            parent = node.get("parent")
+            if parent is not None and (not isinstance(parent, str) or parent not in mapping):
+                raise _bad(f"{at}.parent", "names no node of the conversation")
+            parents[node_id] = parent
+            message = node.get("message")
+            if message is None:
+                continue
+            if not isinstance(message, dict):
+                raise _bad(f"{at}.message", "must be an object")
+            author = message.get("author")
+            role = CHATGPT_ROLES.get(str(author.get("role")) if isinstance(author, dict) else "")
+            text = _chatgpt_text(message, at) if role is not None else None
+            if role is None or text is None:
+                continue
+            created_at = _parse_time(
+                message.get("create_time"), f"{at}.message.create_time", optional=True
+            )
+            model = (message.get("metadata") or {}).get("model_slug")
+            kept[node_id] = ImportedMessage(
+                key=node_id,
+                parent_key=None,
+                role=role,
+                content=text,
+                created_at=created_at or fallback_time,
+                model=model[:100]
+                if isinstance(model, str) and role is MessageRole.ASSISTANT
+                else None,
+            )
+
+        for node_id, message in kept.items():
+            message.parent_key = _kept_ancestor(parents[node_id], kept, parents, where)
+        thread.messages = list(kept.values())
+        current = raw.get("current_node")
+        if current is not None and (not isinstance(current, str) or current not in mapping):
+            raise _bad(f"{where}.current_node", "names no node of the conversation")
+        thread.active_leaf_key = (
+            _kept_ancestor(current, kept, parents, where) if current is not None else None
+        )
+        threads.append(_ordered(thread, where, max_chars=max_chars))
+    return threads

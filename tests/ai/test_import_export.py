@@ -1,0 +1,293 @@
+"""Issue 15 part 6: exportThread (JSON, MARKDOWN), exportProject, importThreads (ATLAS,
+ChatGPT's conversations.json with branches): round trips, malformed files, who may, one
+transaction per thread, and a reply in an imported thread (its conversation made then)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlmodel import col
+
+from atlas_gql.ai.models import Thread
+from tests.ai.conftest import AIServer, StartServer
+from tests.ai.test_branches import BRANCH, contents, exchange
+from tests.ai.test_files import PREFLIGHT
+from tests.ai.test_replies import rows
+from tests.conftest import error_codes
+
+IMPORT = """
+mutation($input: ImportThreadsInput!) {
+  importThreads(input: $input) {
+    importedCount failedCount
+    results { index title messages error thread { id title openaiThreadId createdAt } }
+  }
+}"""
+EXPORT_THREAD = (
+    "query($id: ID!, $format: ThreadExportFormat!) { exportThread(id: $id, format: $format) }"
+)
+EXPORT_PROJECT = "query($id: ID!) { exportProject(id: $id) }"
+T0 = 1_700_000_000.0
+
+
+def node(
+    node_id: str, parent: str | None, role: str | None, text: str | None, at: float | None,
+    children: list[str], **metadata: Any,
+) -> dict[str, Any]:  # fmt: skip
+    message: dict[str, Any] | None = None
+    if role is not None:
+        message = {
+            "id": node_id,
+            "author": {"role": role, "name": None, "metadata": {}},
+            "create_time": at,
+            "content": {"content_type": "text", "parts": [text]},
+            "status": "finished_successfully",
+            "metadata": metadata,
+        }
+    return {"id": node_id, "message": message, "parent": parent, "children": children}
+
+
+def chatgpt_export() -> list[dict[str, Any]]:
+    """Two conversations as ChatGPT exports them: the first with a regenerated answer (a1b)
+    and an edited question (u1b), its current node on the first branch."""
+    mapping = {
+        "root": node("root", None, None, None, None, ["sys"]),
+        "sys": node("sys", "root", "system", "", None, ["u1", "u1b"],
+                    is_visually_hidden_from_conversation=True),
+        "u1": node("u1", "sys", "user", "What is ATLAS?", T0 + 1, ["a1", "a1b"]),
+        "a1": node("a1", "u1", "assistant", "A GraphQL server.", T0 + 2, ["tool"],
+                   model_slug="gpt-4o"),
+        "tool": node("tool", "a1", "tool", "search results", T0 + 2.5, ["u2"]),
+        "a1b": node("a1b", "u1", "assistant", "An AI workspace.", T0 + 3, []),
+        "u2": node("u2", "tool", "user", "Tell me more", T0 + 4, ["a2"]),
+        "a2": node("a2", "u2", "assistant", "It streams replies.", T0 + 5, []),
+        "u1b": node("u1b", "sys", "user", "What is ATLAS, briefly?", T0 + 6, ["a3"]),
+        "a3": node("a3", "u1b", "assistant", "A server.", T0 + 7, []),
+    }  # fmt: skip
+    simple = {
+        "r": node("r", None, None, None, None, ["q"]),
+        "q": node("q", "r", "user", "Hello", T0 + 100, ["a"]),
+        "a": node("a", "q", "assistant", "Hi!", T0 + 101, []),
+    }
+    return [
+        {"title": "About ATLAS", "create_time": T0, "update_time": T0 + 7,
+         "mapping": mapping, "current_node": "a2", "id": "conv-1"},
+        {"title": "Greeting", "create_time": T0 + 99, "mapping": simple, "current_node": "a"},
+    ]  # fmt: skip
+
+
+async def import_file(
+    ai: AIServer, content: bytes, *, format: str, token: str | None = None, **input: Any
+) -> dict[str, Any]:
+    variables = {"input": {"file": None, "format": format, **input}}
+    async with httpx.AsyncClient(base_url=ai.server.http_url, timeout=60) as client:
+        response = await client.post(
+            "/graphql",
+            data={
+                "operations": json.dumps({"query": IMPORT, "variables": variables}),
+                "map": json.dumps({"0": ["variables.input.file"]}),
+            },
+            files={"0": ("conversations.json", content, "application/json")},
+            headers={"Authorization": f"Bearer {token or ai.people.member}", **PREFLIGHT},
+        )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def shape(document: str) -> list[dict[str, Any]]:
+    """An export without its ids: each thread's title, active leaf and messages, with
+    parents as positions; what a round trip must keep."""
+    threads = []
+    for thread in json.loads(document)["threads"]:
+        position = {message["id"]: index for index, message in enumerate(thread["messages"])}
+        threads.append(
+            {
+                "title": thread["title"],
+                "createdAt": thread["createdAt"],
+                "activeLeaf": position.get(thread["activeLeafId"]),
+                "messages": [
+                    {
+                        **{k: v for k, v in message.items() if k not in ("id", "parentId")},
+                        "parent": position.get(message["parentId"]),
+                    }
+                    for message in thread["messages"]
+                ],
+            }
+        )
+    return threads
+
+
+async def export(ai: AIServer, thread_id: str, format: str = "JSON") -> str:
+    data = await ai.client.data(
+        EXPORT_THREAD, {"id": thread_id, "format": format}, token=ai.people.member
+    )
+    text: str = data["exportThread"]
+    return text
+
+
+async def test_chatgpt_branches_import_as_a_tree_and_round_trip(ai: AIServer) -> None:
+    body = await import_file(
+        ai, json.dumps(chatgpt_export()).encode(), format="CHATGPT",
+        projectId=ai.people.project_id, assistantId=ai.people.assistant_id,
+    )  # fmt: skip
+    assert "errors" not in body, body
+    payload = body["data"]["importThreads"]
+    assert (payload["importedCount"], payload["failedCount"]) == (2, 0)
+    first = payload["results"][0]
+    assert (first["title"], first["messages"], first["error"]) == ("About ATLAS", 7, None)
+    thread = first["thread"]
+    assert thread["openaiThreadId"] is None
+    assert thread["createdAt"] == "2023-11-14T22:13:20+00:00"
+
+    # The branch shown is ChatGPT's current node's; the others are one arrow away.
+    shown = await ai.client.data(BRANCH, {"id": thread["id"]}, token=ai.people.member)
+    branch = shown["thread"]
+    assert contents(branch) == [
+        "What is ATLAS?", "A GraphQL server.", "Tell me more", "It streams replies.",
+    ]  # fmt: skip
+    nodes = [edge["node"] for edge in branch["messages"]["edges"]]
+    assert [node["role"] for node in nodes] == ["USER", "ASSISTANT", "USER", "ASSISTANT"]
+    assert nodes[0]["parent"] is None
+    assert len(nodes[0]["siblings"]) == 2  # the edited question
+    assert len(nodes[1]["siblings"]) == 2  # the regenerated answer
+    assert nodes[2]["parent"]["id"] == nodes[1]["id"]  # the tool message left out
+
+    exported = await export(ai, thread["id"])
+    document = json.loads(exported)
+    assert (document["format"], document["version"]) == ("atlas.threads", 1)
+    [tree] = shape(exported)
+    assert [m["content"] for m in tree["messages"]] == [
+        "What is ATLAS?", "A GraphQL server.", "An AI workspace.", "Tell me more",
+        "It streams replies.", "What is ATLAS, briefly?", "A server.",
+    ]  # fmt: skip
+    assert [m["parent"] for m in tree["messages"]] == [None, 0, 0, 1, 3, None, 5]
+    assert tree["messages"][0]["createdAt"] == "2023-11-14T22:13:21+00:00"
+    assert tree["messages"][1]["model"] == "gpt-4o"
+    assert tree["activeLeaf"] == 4
+
+    # ATLAS's own format back in: the same tree, exported again to the same document.
+    again = await import_file(
+        ai, exported.encode(), format="ATLAS", projectId=ai.people.project_id,
+        assistantId=ai.people.assistant_id,
+    )  # fmt: skip
+    assert "errors" not in again, again
+    copy = again["data"]["importThreads"]["results"][0]["thread"]
+    assert copy["id"] != thread["id"]
+    assert shape(await export(ai, copy["id"])) == [tree]
+
+    # Someone replies: the conversation is made then, seeded with the branch shown.
+    await exchange(ai, copy["id"], "And now?")
+    [conversation] = ai.fake.calls("/v1/conversations")
+    assert [item["content"] for item in conversation.body["items"]] == contents(branch)
+    assert ai.fake.model_inputs[-1][-1] == ("user", "And now?")
+    assert len(ai.fake.model_inputs[-1]) == 5
+
+
+async def test_markdown_is_the_branch_shown_and_project_export_holds_all(ai: AIServer) -> None:
+    thread_id = await ai.new_thread(title="Notes")
+    await exchange(ai, thread_id, "First")
+    markdown = await export(ai, thread_id, "MARKDOWN")
+    assert markdown.startswith("# Notes\n")
+    assert "## User · " in markdown
+    assert "## Assistant (gpt-4o-mini) · " in markdown
+    assert "First" in markdown
+    assert "Hello, this is ATLAS." in markdown
+
+    document = await ai.client.data(
+        EXPORT_PROJECT, {"id": ai.people.project_id}, token=ai.people.manager
+    )
+    threads = json.loads(document["exportProject"])["threads"]
+    assert thread_id in [thread["id"] for thread in threads]
+    # The seeded sample thread too: every thread of the project.
+    assert len(threads) >= 2
+
+
+async def test_malformed_files_are_refused_naming_the_problem(ai: AIServer) -> None:
+    before = len(await rows(ai, sa.select(Thread)))
+    target = {"projectId": ai.people.project_id, "assistantId": ai.people.assistant_id}
+    conversations = chatgpt_export()
+    conversations[1]["mapping"]["a"]["parent"] = "nowhere"
+    bad_role = {"format": "atlas.threads", "version": 1, "threads": [
+        {"title": "x", "messages": [{"id": "m1", "role": "ROBOT", "content": "hi",
+                                     "createdAt": "2024-01-01T00:00:00Z"}]}]}  # fmt: skip
+    cycle = {"format": "atlas.threads", "version": 1, "threads": [
+        {"title": "x", "messages": [
+            {"id": "a", "parentId": "b", "role": "USER", "content": "1", "createdAt": 1},
+            {"id": "b", "parentId": "a", "role": "USER", "content": "2", "createdAt": 2},
+        ]}]}  # fmt: skip
+    cases = [
+        (b"{not json", "CHATGPT", "not JSON"),
+        (b"\xff\xfe", "ATLAS", "not UTF-8"),
+        (json.dumps({"format": "atlas.threads", "version": 9}).encode(), "ATLAS", "version"),
+        (json.dumps(chatgpt_export()).encode(), "ATLAS", "format"),
+        (json.dumps(conversations).encode(), "CHATGPT", "conversations[1].mapping['a'].parent"),
+        (json.dumps(bad_role).encode(), "ATLAS", "threads[0].messages[0].role"),
+        (json.dumps(cycle).encode(), "ATLAS", "cycle"),
+        (json.dumps([]).encode(), "CHATGPT", "no thread"),
+    ]
+    for content, format, named in cases:
+        body = await import_file(ai, content, format=format, **target)
+        assert error_codes(body) == ["BAD_USER_INPUT"], (named, body)
+        assert named in body["errors"][0]["message"], (named, body)
+    assert len(await rows(ai, sa.select(Thread))) == before
+
+
+async def test_a_file_over_the_upload_limit_is_refused(start_ai_server: StartServer) -> None:
+    ai = await start_ai_server(atlas_max_upload_bytes=1024)
+    body = await import_file(
+        ai, json.dumps(chatgpt_export()).encode(), format="CHATGPT",
+        projectId=ai.people.project_id, assistantId=ai.people.assistant_id,
+    )  # fmt: skip
+    assert error_codes(body) == ["BAD_USER_INPUT"]
+    assert "larger than 1024 bytes" in body["errors"][0]["message"]
+
+
+async def test_each_thread_is_its_own_transaction(ai: AIServer) -> None:
+    document = {"format": "atlas.threads", "version": 1, "threads": [
+        {"title": "Kept", "messages": [
+            {"id": "a", "role": "USER", "content": "Stays", "createdAt": "2024-01-01T00:00:00Z"}]},
+        {"title": "   ", "messages": [
+            {"id": "b", "role": "USER", "content": "Refused", "createdAt": 2}]},
+    ]}  # fmt: skip
+    body = await import_file(
+        ai, json.dumps(document).encode(), format="ATLAS", projectId=ai.people.project_id,
+        assistantId=ai.people.assistant_id,
+    )  # fmt: skip
+    assert "errors" not in body, body
+    payload = body["data"]["importThreads"]
+    assert (payload["importedCount"], payload["failedCount"]) == (1, 1)
+    kept, refused = payload["results"]
+    assert kept["thread"]["title"] == "Kept"
+    assert refused["thread"] is None
+    assert "title" in refused["error"]
+    # Nothing of the refused thread was stored.
+    stored = await rows(ai, sa.select(col(Thread.title)).where(col(Thread.title) == "   "))
+    assert stored == []
+
+
+async def test_who_may_import_and_export(ai: AIServer) -> None:
+    people = ai.people
+    thread_id = await ai.new_thread()
+    content = json.dumps(chatgpt_export()).encode()
+    target = {"projectId": people.project_id, "assistantId": people.assistant_id}
+    outsider = await import_file(ai, content, format="CHATGPT", token=people.outsider, **target)
+    assert error_codes(outsider) == ["NOT_FOUND"]
+    viewer = await import_file(ai, content, format="CHATGPT", token=people.viewer, **target)
+    assert error_codes(viewer) == ["FORBIDDEN"]
+    no_assistant = await import_file(ai, content, format="CHATGPT", projectId=people.project_id)
+    assert error_codes(no_assistant) == ["BAD_USER_INPUT"]
+    assert "assistantId" in no_assistant["errors"][0]["message"]
+
+    hidden = await ai.client.gql(
+        EXPORT_THREAD, {"id": thread_id, "format": "JSON"}, token=people.outsider
+    )
+    assert hidden["data"] == {"exportThread": None}
+    assert error_codes(hidden) == ["NOT_FOUND"]
+    for token, code in ((people.member, "FORBIDDEN"), (people.outsider, "NOT_FOUND")):
+        body = await ai.client.gql(EXPORT_PROJECT, {"id": people.project_id}, token=token)
+        assert error_codes(body) == [code]
+    admin = await ai.client.data(EXPORT_PROJECT, {"id": people.project_id}, token=people.admin)
+    assert json.loads(admin["exportProject"])["threads"]
