@@ -17,6 +17,20 @@ from sqlmodel import SQLModel
 from atlas_gql.errors import BadInput
 
 
+def unstorable_character(text: str) -> str | None:
+    """What in `text` PostgreSQL cannot store as text (a NUL byte, a lone UTF-16 surrogate,
+    which JSON can carry), said for a client; None when there is none."""
+    if "\x00" in text:
+        return "a NUL character (U+0000)"
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"a lone surrogate (U+{ord(text[error.start]):04X})"
+    return None
+
+
 def camel_case(name: str) -> str:
     """`is_active` -> `isActive`: how a field is named to clients."""
     head, *rest = name.split("_")

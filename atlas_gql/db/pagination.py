@@ -6,17 +6,17 @@ connection (`graph.relay.to_connection`). No Strawberry here."""
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import InstrumentedAttribute, Mapped, aliased
 
+from atlas_gql.db.inputs import unstorable_character
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput
 
@@ -25,6 +25,8 @@ U = TypeVar("U")
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+# The cursors of `encode_cursor` are under 120 characters; anything much longer is not one.
+MAX_CURSOR_CHARS = 512
 
 # A model attribute (`Message.created_at`, or `sqlmodel.col(...)` of one) or a SQL expression.
 ColumnLike = InstrumentedAttribute[Any] | Mapped[Any] | sa.ColumnElement[Any]
@@ -116,22 +118,41 @@ def encode_cursor(sort_value: Any, object_id: uuid.UUID) -> str:
 def read_cursor(
     cursor: str, *, field: str, parse: Callable[[Any], Any] = lambda value: value
 ) -> tuple[Any, uuid.UUID]:
-    """A cursor's sort value (as `parse` makes it from the decoded JSON; it raises ValueError or
-    TypeError on a value it refuses) and id. BAD_USER_INPUT naming `field` when malformed."""
+    """A cursor's sort value (as `parse` makes it from the decoded JSON; it raises ValueError,
+    TypeError or OverflowError on a value it refuses) and id. BAD_USER_INPUT naming `field`
+    for anything else (too long, not base64 or JSON, wrong types, text the database could not
+    compare)."""
+    invalid = BadInput(f"`{field}` is not a valid cursor.", field=field)
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise invalid
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        sort_value, raw_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return parse(sort_value), uuid.UUID(raw_id)
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise BadInput(f"`{field}` is not a valid cursor.", field=field) from None
+        sort_value, raw_id = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(raw_id, str):
+            raise TypeError(raw_id)
+        object_id = uuid.UUID(raw_id)
+        if isinstance(sort_value, str) and unstorable_character(sort_value) is not None:
+            raise ValueError(sort_value)  # (fromisoformat stops reading at a NUL)
+        return parse(sort_value), object_id
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        # (binascii.Error, UnicodeError and JSONDecodeError are ValueErrors)
+        raise invalid from None
 
 
 def decode_cursor(cursor: str, ordering: Ordering, *, field: str) -> tuple[Any, uuid.UUID]:
     def parse(sort_value: Any) -> Any:
         if ordering.kind == "datetime":
-            return datetime.fromisoformat(sort_value)
+            moment = datetime.fromisoformat(sort_value)
+            if moment.tzinfo is None:  # every keyset column is a timestamptz
+                raise ValueError(sort_value)
+            # In UTC, as the driver sends it (OverflowError past year 1 or 9999 there).
+            return moment.astimezone(UTC)
         if ordering.kind == "int":
-            return int(sort_value)
+            if isinstance(sort_value, bool) or not isinstance(sort_value, int):
+                raise TypeError(sort_value)
+            if not -(2**63) <= sort_value < 2**63:
+                raise ValueError(sort_value)
+            return sort_value
         if not isinstance(sort_value, str):
             raise TypeError(sort_value)
         return sort_value

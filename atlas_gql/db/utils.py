@@ -27,6 +27,23 @@ CHECK_VIOLATION = "23514"
 NOT_NULL_VIOLATION = "23502"
 STRING_TOO_LONG = "22001"
 INVALID_TEXT = "22P02"
+# A NUL or a character the database encoding lacks (a value that passed the input checks
+# some other way): the value is the client's.
+CHARACTER_NOT_IN_REPERTOIRE = "22021"
+UNTRANSLATABLE_CHARACTER = "22P05"
+BAD_VALUE_SQLSTATES = frozenset(
+    {
+        CHECK_VIOLATION,
+        NOT_NULL_VIOLATION,
+        STRING_TOO_LONG,
+        INVALID_TEXT,
+        CHARACTER_NOT_IN_REPERTOIRE,
+        UNTRANSLATABLE_CHARACTER,
+    }
+)
+# asyncpg refuses to encode a query argument (out of range, not text) before sending it: no
+# SQLSTATE, this message.
+_ARGUMENT_REFUSED = "invalid input for query argument"
 
 
 def sqlstate_of(error: BaseException) -> str | None:
@@ -66,7 +83,7 @@ def map_db_error(error: Exception) -> AtlasError | None:
         return Conflict("A record with these values already exists.")
     if code == FOREIGN_KEY_VIOLATION:
         return Conflict("A referenced record does not exist or is still in use.")
-    if code in {CHECK_VIOLATION, NOT_NULL_VIOLATION, STRING_TOO_LONG, INVALID_TEXT}:
+    if code in BAD_VALUE_SQLSTATES or (code is None and _ARGUMENT_REFUSED in str(error)):
         return BadInput("A value is out of the allowed range or format.")
     return None
 

@@ -6,9 +6,11 @@
 3. A linear count of fields, fragments, spreads, directives, variables and operations
    against `StructureCaps`.
 4. One analysis pass: depth, aliases (both static) and the cost expression of each operation.
-5. Validation: graphql-core's rules, its field-merging rule behind a linear check, field
-   suggestions ("Did you mean ...") hidden when introspection is off.
-6. Per request: the cost priced with the coerced variable values, defaults included.
+5. String literals: none may hold what PostgreSQL cannot store (`inputs.py`). Validation:
+   graphql-core's rules, its field-merging rule behind a linear check, field suggestions
+   ("Did you mean ...") hidden when introspection is off.
+6. Per request: every string of the variable values checked like the literals (`inputs.py`),
+   then the cost priced with the coerced variable values, defaults included.
 
 Steps 1-5 depend on the document text only; their outcome is cached (bounded in bytes) for
 requests that carry a validly signed access token, documents up to 32 KiB. Anonymous requests
@@ -56,6 +58,7 @@ from atlas_gql.graph.limits.analysis import (
     price,
 )
 from atlas_gql.graph.limits.cache import BytesBoundedLRU
+from atlas_gql.graph.limits.inputs import literal_string_errors, variable_string_errors
 from atlas_gql.graph.limits.lexer import parse_document
 from atlas_gql.graph.limits.overlap import OverlappingFieldsRule, too_complex_error
 from atlas_gql.graph.limits.structure import StructureCaps, count_document
@@ -187,7 +190,7 @@ class DocumentGuard:
             return PreparedDocument(document, [error], None)
         errors = [
             error for operation in analysis.operations for error in self._static_errors(operation)
-        ]
+        ] or literal_string_errors(document)
         if not errors:
             errors = validate(
                 schema,
@@ -236,6 +239,9 @@ class DocumentGuard:
         variables: Any,
     ) -> list[GraphQLError]:
         """What refuses this request of a valid document: its variables or its cost."""
+        unstorable = variable_string_errors(variables)
+        if unstorable:
+            return unstorable
         analysis = prepared.analysis
         operation = analysis.operation(operation_name) if analysis is not None else None
         if operation is None:
