@@ -275,6 +275,21 @@ class Settings(BaseSettings):
     atlas_error_log_retention_days: int | None = Field(
         default=None, ge=1, description="days ErrorLog rows are kept; default: the value above"
     )
+    # Error logs cannot be flooded (docs/security.md, "Logs"): one row per kind of error per
+    # window, with a count; each anonymous or signed-in source adds few rows per window.
+    atlas_error_log_window_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86_400,
+        description="seconds of an ErrorLog window: repeats of one error in it are counted on "
+        "one row",
+    )
+    atlas_error_log_rows_per_window: int = Field(
+        default=20,
+        ge=1,
+        description="new ErrorLog rows per window from anonymous requests together, and from "
+        "each user; beyond it their errors are counted on one overflow row",
+    )
     atlas_bcrypt_rounds: int = Field(
         default=12, ge=4, le=16, description="bcrypt cost of new password hashes"
     )

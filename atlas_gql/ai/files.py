@@ -38,7 +38,7 @@ from atlas_gql.db.tables import table_of
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden, NotFound, UpstreamError
 from atlas_gql.ids import decode_global_id
-from atlas_gql.logs.audit import record_error
+from atlas_gql.logs.audit import ErrorLogPolicy, record_error
 from atlas_gql.logs.models import ErrorSource
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ async def upload_file(*, ai: AIRuntime, actor: Actor, data: FileUpload) -> File:
             upstream_status=failure.http_status,
             upstream_request_id=failure.request_id,
             details={"filename": filename, "bytes": len(content)},
+            policy=ErrorLogPolicy.from_settings(ai.settings),
         )
         raise UpstreamError(
             "The AI provider did not accept the file.", requestId=actor.request_id

@@ -73,7 +73,7 @@ from atlas_gql.ai.titles import TitleWriter
 from atlas_gql.ai.tool_items import ToolCallItem
 from atlas_gql.config import Settings
 from atlas_gql.ids import encode_global_id
-from atlas_gql.logs.audit import record_error
+from atlas_gql.logs.audit import ErrorLogPolicy, record_error
 from atlas_gql.logs.models import ApiUsageLog, ErrorSource
 from atlas_gql.logs.usage import ESTIMATED_SUFFIX, estimate_tokens
 
@@ -816,6 +816,7 @@ class AIRuntime:
                     "userMessage": error,
                     "partialChars": len(values["content"]),
                 },
+                policy=ErrorLogPolicy.from_settings(self.settings),
             )
         async with self.sessionmaker() as db:
             if done is not None:

@@ -26,7 +26,7 @@ from atlas_gql.db.utils import map_db_error
 from atlas_gql.errors import AtlasError, BadInput, BadRequest, BrokerUnavailable, ErrorCode
 from atlas_gql.graph.context import Context
 from atlas_gql.logformat import write_access_line
-from atlas_gql.logs.audit import describe_exception, record_error, scrub_text
+from atlas_gql.logs.audit import ErrorLogPolicy, describe_exception, record_error, scrub_text
 from atlas_gql.logs.models import ErrorSource
 
 logger = logging.getLogger(__name__)
@@ -237,6 +237,7 @@ class ErrorMappingExtension(SchemaExtension):
                 operation_name=self.execution_context.operation_name,
                 path=".".join(str(part) for part in error.path or ()),
                 user_id=getattr(viewer, "user_id", None),
+                policy=ErrorLogPolicy.from_settings(context.runtime.settings),
             )
         return _with_extensions(
             error,

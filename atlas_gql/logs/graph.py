@@ -136,7 +136,19 @@ class ErrorLogType(Node):
     details: JSON | None = strawberry.field(
         description="A small JSON of context (no secrets); null when none."
     )
-    created_at: datetime = strawberry.field(description="When it happened (UTC).")
+    created_at: datetime = strawberry.field(
+        description="When it first happened in its window (UTC)."
+    )
+    count: int = strawberry.field(
+        description="How many times this error (same source, code, path and exception type) "
+        "happened in its window (ATLAS_ERROR_LOG_WINDOW_SECONDS); the row keeps the first "
+        "occurrence's request id and details. An overflow row (errorType "
+        "`atlas.ErrorLogOverflow`) counts a source's errors beyond "
+        "ATLAS_ERROR_LOG_ROWS_PER_WINDOW kinds."
+    )
+    last_seen_at: datetime = strawberry.field(
+        description="When it last happened in its window (UTC); equals createdAt when count is 1."
+    )
 
     @classmethod
     def from_model(cls, row: ErrorLog) -> ErrorLogType:

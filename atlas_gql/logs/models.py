@@ -88,8 +88,16 @@ class ApiUsageLog(SQLModel, table=True):
 
 
 class ErrorLog(SQLModel, table=True):
+    """One kind of error (its fingerprint) in one time window: the first occurrence's details,
+    how many there were (`count`) and the last one's time (logs/audit.py `record_error`)."""
+
     __tablename__ = "error_logs"
-    __table_args__ = (sa.Index("ix_error_logs_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        sa.Index("ix_error_logs_created_at_id", "created_at", "id"),
+        # The upsert's key; window_start first, so a window's rows are found by it too.
+        sa.UniqueConstraint("window_start", "fingerprint"),
+        sa.CheckConstraint("count >= 1", name="count_positive"),
+    )
 
     id: uuid.UUID = uuid_pk()
     # The `extensions.requestId` a client saw; the key an administrator searches by.
@@ -105,3 +113,8 @@ class ErrorLog(SQLModel, table=True):
     upstream_request_id: str | None = Field(default=None, max_length=200)
     details: Any = jsonb_column()
     created_at: datetime = created_at()
+    # sha256 of (source, code, path, exception type) or of an overflow bucket; see audit.py.
+    fingerprint: str = Field(max_length=64)
+    window_start: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    count: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    last_seen_at: datetime = Field(sa_type=sa.DateTime(timezone=True))

@@ -117,6 +117,9 @@ class Factory:
             message=message,
             upstream_status=upstream_status,
             created_at=created_at,
+            fingerprint=uuid.uuid4().hex,
+            window_start=created_at,
+            last_seen_at=created_at,
         )
         self.db.add(row)
         await self.db.flush()

@@ -178,4 +178,4 @@ async def test_upstream_and_database_errors_are_scrubbed_too(
     }
     database = rows["database-test-1"]
     assert PASSWORD not in f"{database.message}{database.stack}"
-    assert "query argument $1: [redacted] ('str' object" in database.message
+    assert "query argument $1: [redacted] ('[redacted]' object" in database.message

@@ -131,6 +131,9 @@ def test_prune_logs_command(make_database: Any) -> None:
                             error_type="E",
                             message="m",
                             created_at=moment,
+                            fingerprint=f"f{days}",
+                            window_start=moment,
+                            last_seen_at=moment,
                         )
                     )
         finally:

@@ -47,15 +47,32 @@ def test_scrub_text_redacts_tokens_keys_and_assignments() -> None:
         "invalid input for query argument $1: 'hunter2hunter2' (expected int)": (
             "query argument $1: [redacted] (expected int)"
         ),
+        "invalid input for query argument $1: 'x' (invalid UUID 'hunter2hunter2': bad)": (
+            "query argument $1: [redacted] (invalid UUID '[redacted]': bad)"
+        ),
+        'invalid input syntax for type uuid: "hunter2hunter2"': (
+            "invalid input syntax for type uuid: [redacted]"
+        ),
+        "Key (lower(email))=(hunter2hunter2@example.com) already exists.": (
+            "Key (lower(email))=([redacted]) already exists."
+        ),
+        'JSON data, line 1: {"a": "hunter2hunter2\\u0000...': "JSON data, line 1: [redacted]",
+        'invalid byte sequence for encoding "UTF8": 0xed 0xa0 0x80': (
+            'invalid byte sequence for encoding "UTF8": [redacted]'
+        ),
+        "unnamed portal parameter $1 = 'hunter2hunter2'": "portal parameter $1 = [redacted]",
     }
     for text, expected in cases.items():
         redacted = scrub_text(text)
         assert expected in redacted, (text, redacted)
     for secret in (JWT, "hunter2hunter2", "dXNlcjpwYXNzd29yZA==", "opaque-refresh-value"):
         assert all(secret not in scrub_text(text) for text in cases)
-    # Ordinary words stay readable.
+    # Ordinary words stay readable; the values PostgreSQL quotes do not (an email is the
+    # user's text too).
     plain = "max_tokens=5000 tokens: 12, Key (email)=(a@example.com) already exists."
-    assert scrub_text(plain) == plain
+    assert (
+        scrub_text(plain) == "max_tokens=5000 tokens: 12, Key (email)=([redacted]) already exists."
+    )
 
 
 async def test_record_activity_scrubs_details_and_orders_rows_in_one_transaction(

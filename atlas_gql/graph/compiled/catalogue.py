@@ -458,6 +458,8 @@ OBJECTS: dict[str, ObjectSpec] = {
             "upstreamRequestId": column("upstream_request_id"),
             "details": column("details"),
             "createdAt": timestamp("created_at"),
+            "count": column("count"),
+            "lastSeenAt": timestamp("last_seen_at"),
             "user": to_one("User", users, "user_id"),
         },
     ),

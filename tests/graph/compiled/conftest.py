@@ -311,6 +311,10 @@ async def build_world(db: AsyncSession, settings: Settings) -> World:
             user_id=world.users["member"].id if number == 0 else None,
             details={"path": ["threads"]},
             created_at=at(90 + number),
+            fingerprint=f"fingerprint-{number}",
+            window_start=at(90 + number),
+            count=3 if number else 1,
+            last_seen_at=at(91 + number),
         )
         db.add(error)
         world.errors.append(error)

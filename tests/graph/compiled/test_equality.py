@@ -125,7 +125,8 @@ NODE_FIELDS = """__typename id
   ... on ActivityLog { action entityType entityId projectId ipAddress userAgent details
                        createdAt user { email } }
   ... on ErrorLog { requestId source errorType message stack operationName path
-                    upstreamStatus upstreamRequestId details createdAt user { email } }"""
+                    upstreamStatus upstreamRequestId details createdAt count lastSeenAt
+                    user { email } }"""
 # Aliases above where two types' fields differ in type (GraphQL forbids merging those).
 NODE_QUERY = f"query ($id: ID!) {{ node(id: $id) {{ {NODE_FIELDS} }} }}"
 
@@ -250,7 +251,7 @@ def error_logs(world: World) -> tuple[str, dict[str, Any] | None]:
     query = f"""{{
       errorLogs {{ totalCount {PAGE_INFO} edges {{ cursor node {{ id requestId source errorType
         message stack operationName path upstreamStatus upstreamRequestId details createdAt
-        user {{ email }} }} }} }}
+        count lastSeenAt user {{ email }} }} }} }}
       upstream: errorLogs(filter: {{source: UPSTREAM}}) {{ nodes {{ requestId }} }}
     }}"""
     return query, None
