@@ -17,7 +17,7 @@ RUN_STAMP := $(VENV)/.synced-run
 DEV_STAMP := $(VENV)/.synced-dev
 RUN_ENV := $(if $(wildcard $(DEV_STAMP)),$(DEV_STAMP),$(RUN_STAMP))
 
-.PHONY: run test lint format typecheck schema check-schema install lock check-lock audit clean
+.PHONY: run test fuzz lint format typecheck schema check-schema install lock check-lock audit clean
 
 # $(call sync,LOCK[,FLAGS]): make .venv hold exactly LOCK (hash-checked, never re-resolved),
 # then the project itself, editable.
@@ -65,6 +65,12 @@ TEST_WORKERS ?= 0
 test: check-lock $(DEV_STAMP)
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status
+
+## Fuzz every query and mutation for longer than the suite does (tests/graph/test_fuzz.py):
+## FUZZ_EXAMPLES generated operations per viewer (anonymous, user, admin).
+FUZZ_EXAMPLES ?= 2000
+fuzz: check-lock $(DEV_STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/graph/test_fuzz.py -x $(ARGS)
 
 lint: check-lock $(DEV_STAMP)
 	$(BIN)/ruff check .

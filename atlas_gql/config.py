@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -63,6 +64,34 @@ class MetricsAccess(StrEnum):
 
 # The shortest ATLAS_METRICS_TOKEN accepted (a scrape token is a shared secret).
 MIN_METRICS_TOKEN_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class TextLimits:
+    """The longest text each free-text input may hold, in characters unless said otherwise:
+    the one table the services check (`db.inputs.check_length` or their own validators;
+    BAD_USER_INPUT naming the field beyond it), listed in docs/security.md ("Inputs"). Two
+    more are settings, since operators tune them: message content (ATLAS_MAX_MESSAGE_CHARS)
+    and assistant instructions (ATLAS_MAX_INSTRUCTIONS_CHARS, at most `instructions_ceiling`)."""
+
+    name: int = 200  # a user's, project's or assistant's name
+    email: int = 320  # RFC 5321's longest address
+    thread_title: int = 300
+    project_description: int = 10_000
+    assistant_description: int = 2_000
+    instructions_ceiling: int = 256_000  # what ATLAS_MAX_INSTRUCTIONS_CHARS may be raised to
+    search: int = 200  # users' and projects' `search`
+    filter_value: int = 200  # log filters: `action`, `entityType`, `model`
+    model: int = 100  # a model's name
+    token: int = 512  # a refresh token (43 characters when ATLAS makes it)
+    global_id: int = 200  # a Relay id (about 60 characters when ATLAS makes it)
+    filename: int = 255  # an upload's file name (cut to this, not refused)
+    setting_key: int = 64
+    setting_value_bytes: int = 64 * 1024  # a project setting's JSON, compact UTF-8
+    password_bytes: int = 72  # bcrypt reads no further: refused rather than cut
+
+
+TEXT_LIMITS = TextLimits()
 
 
 class Settings(BaseSettings):
@@ -143,7 +172,7 @@ class Settings(BaseSettings):
     atlas_max_instructions_chars: int = Field(
         default=32_000,
         ge=1,
-        le=256_000,
+        le=TEXT_LIMITS.instructions_ceiling,
         description="longest assistant instructions, in characters (sent with every reply)",
     )
 

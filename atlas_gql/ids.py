@@ -9,6 +9,7 @@ import base64
 import binascii
 import uuid
 
+from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.errors import BadInput
 
 
@@ -20,6 +21,8 @@ def encode_global_id(type_name: str, object_id: uuid.UUID | str) -> str:
 def decode_global_id(global_id: str, *, field: str = "id") -> tuple[str, uuid.UUID]:
     """The (type name, uuid) inside a global id; BAD_USER_INPUT when it is not one of ours."""
     try:
+        if len(global_id) > TEXT_LIMITS.global_id:
+            raise ValueError(global_id)
         padded = global_id + "=" * (-len(global_id) % 4)
         type_name, _, raw_id = base64.urlsafe_b64decode(padded.encode()).decode().partition(":")
         if not type_name or not type_name.isidentifier():

@@ -25,19 +25,13 @@ from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
-from atlas_gql.config import OpenAIApi, Settings
-from atlas_gql.db.inputs import Command, PartialUpdate
+from atlas_gql.config import TEXT_LIMITS, OpenAIApi, Settings
+from atlas_gql.db.inputs import Command, PartialUpdate, check_length
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Forbidden, NotFound
 from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.models import ProjectRole
-
-NAME_MAX = 200
-# The most any server accepts (OpenAI's own former limit); ATLAS_MAX_INSTRUCTIONS_CHARS (default
-# 32,000, about 8,000 tokens sent with every reply) is what this server accepts.
-INSTRUCTIONS_MAX = 256_000
-DESCRIPTION_MAX = 2_000
 
 ASSISTANT_ORDERING = Ordering(sort=col(Assistant.created_at), id=col(Assistant.id), descending=True)
 
@@ -53,7 +47,7 @@ def clean_text(value: str, *, field: str, limit: int) -> str:
 
 
 def _name(name: str) -> str:
-    return clean_text(name, field="name", limit=NAME_MAX)
+    return clean_text(name, field="name", limit=TEXT_LIMITS.name)
 
 
 def _temperature(temperature: float | None) -> float | None:
@@ -63,19 +57,19 @@ def _temperature(temperature: float | None) -> float | None:
 
 
 def _instructions(instructions: str | None) -> str | None:
-    if instructions is not None and len(instructions) > INSTRUCTIONS_MAX:
-        raise BadInput(
-            f"`instructions` must be at most {INSTRUCTIONS_MAX} characters.", field="instructions"
-        )
-    return instructions
+    # The most any server accepts (OpenAI's own former limit); ATLAS_MAX_INSTRUCTIONS_CHARS
+    # (default 32,000, about 8,000 tokens sent with every reply) is what this one accepts.
+    limit = TEXT_LIMITS.instructions_ceiling
+    return check_length(instructions, field="instructions", limit=limit)
 
 
 def _description(description: str | None) -> str | None:
-    if description is not None and len(description) > DESCRIPTION_MAX:
-        raise BadInput(
-            f"`description` must be at most {DESCRIPTION_MAX} characters.", field="description"
-        )
-    return description
+    limit = TEXT_LIMITS.assistant_description
+    return check_length(description, field="description", limit=limit)
+
+
+def _model(model: str | None) -> str | None:
+    return check_length(model, field="model", limit=TEXT_LIMITS.model)
 
 
 def _tools(tools: Sequence[AssistantTool] | None) -> list[AssistantTool]:
@@ -89,12 +83,13 @@ Tools = Annotated[list[AssistantTool] | None, AfterValidator(_tools)]
 Temperature = Annotated[float | None, AfterValidator(_temperature)]
 Instructions = Annotated[str | None, AfterValidator(_instructions)]
 Description = Annotated[str | None, AfterValidator(_description)]
+ModelName = Annotated[str | None, AfterValidator(_model)]
 
 
 class AssistantCreate(Command):
     name: AssistantName
     # One of the allowed models; the default model when None.
-    model: str | None = None
+    model: ModelName = None
     instructions: Instructions = None
     temperature: Temperature = None
     description: Description = None
@@ -107,7 +102,7 @@ class AssistantCreate(Command):
 class AssistantUpdate(PartialUpdate):
     not_null = frozenset({"name", "model"})
     name: AssistantName | None = None
-    model: str | None = None
+    model: ModelName = None
     instructions: Instructions = None
     temperature: Temperature = None
     description: Description = None

@@ -16,7 +16,7 @@ import functools
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +33,7 @@ from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.db.tables import table_of
 from atlas_gql.db.utils import execute_transaction
@@ -44,7 +45,6 @@ from atlas_gql.logs.models import ErrorSource
 logger = logging.getLogger(__name__)
 
 PURPOSES = ("user_data", "assistants", "vision")
-FILENAME_MAX = 255
 TARGET_TYPES = {
     "Assistant": AssociableType.ASSISTANT,
     "Thread": AssociableType.THREAD,
@@ -52,6 +52,7 @@ TARGET_TYPES = {
 }
 
 
+@runtime_checkable
 class UploadLike(Protocol):
     """What Starlette's UploadFile offers (Strawberry's `Upload` on ASGI)."""
 
@@ -69,6 +70,13 @@ class FileUpload:
     upload: UploadLike
     # user_data (the default), assistants or vision.
     purpose: str | None = None
+
+    def __post_init__(self) -> None:
+        # Over JSON a client can put any value where the file goes.
+        if not isinstance(self.upload, UploadLike):
+            raise BadInput(
+                "`file` must be a file part of a GraphQL multipart request.", field="file"
+            )
 
 
 def file_visible_to(viewer: Viewer) -> Any:
@@ -108,7 +116,7 @@ async def upload_file(*, ai: AIRuntime, actor: Actor, data: FileUpload) -> File:
     if not content:
         raise BadInput("The file is empty.", field="file")
     filename = (data.upload.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
-    filename = filename.strip()[:FILENAME_MAX] or "upload"
+    filename = filename.strip()[: TEXT_LIMITS.filename] or "upload"
     mime_type = data.upload.content_type or None
     try:
         openai_file_id = await ai.provider.upload_file(

@@ -26,6 +26,7 @@ from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.db.inputs import Command, PartialUpdate
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
@@ -34,13 +35,15 @@ from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
 from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.models import ProjectRole
 
-TITLE_MAX = 300
-
 THREAD_ORDERING = Ordering(sort=col(Thread.created_at), id=col(Thread.id), descending=True)
 
 
 def _title(title: str | None) -> str | None:
-    return clean_text(title, field="title", limit=TITLE_MAX) if title is not None else None
+    return (
+        clean_text(title, field="title", limit=TEXT_LIMITS.thread_title)
+        if title is not None
+        else None
+    )
 
 
 Title = Annotated[str | None, AfterValidator(_title)]

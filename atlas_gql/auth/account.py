@@ -42,8 +42,8 @@ from atlas_gql.auth.ratelimit import (
 )
 from atlas_gql.auth.sessions import IssuedTokens, refresh_session, revoke_sessions, start_session
 from atlas_gql.auth.tokens import hash_token
-from atlas_gql.config import RegistrationMode, Settings
-from atlas_gql.db.inputs import Command
+from atlas_gql.config import TEXT_LIMITS, RegistrationMode, Settings
+from atlas_gql.db.inputs import Command, check_length
 from atlas_gql.db.session import ReadSession, after_commit, stored
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Conflict, Forbidden, Unauthenticated
@@ -54,8 +54,6 @@ REGISTRATION_CLOSED_MESSAGE = (
 )
 REGISTRATION_LIMITED_MESSAGE = "Too many new accounts; try again later."
 EMAIL_TAKEN_MESSAGE = "An account with this email already exists."
-MAX_NAME_LENGTH = 200
-MAX_EMAIL_LENGTH = 320
 
 
 def normalize_email(email: str, *, field: str = "email") -> str:
@@ -70,8 +68,8 @@ def normalize_email(email: str, *, field: str = "email") -> str:
 def clean_display_name(name: str | None) -> str | None:
     """A display name trimmed (blank becomes null), at most 200 characters."""
     cleaned = (name or "").strip() or None
-    if cleaned is not None and len(cleaned) > MAX_NAME_LENGTH:
-        raise BadInput(f"The name must be at most {MAX_NAME_LENGTH} characters.", field="name")
+    if cleaned is not None and len(cleaned) > TEXT_LIMITS.name:
+        raise BadInput(f"The name must be at most {TEXT_LIMITS.name} characters.", field="name")
     return cleaned
 
 
@@ -290,12 +288,12 @@ async def login(
     account give the same UNAUTHENTICATED error after the same bcrypt work; too many recent
     failures (or attempts in flight) for the account or the address give RATE_LIMITED."""
     # No stored address is longer than 320 characters; a longer one is kept short in the log.
-    attempted = account_key(data.email)[:MAX_EMAIL_LENGTH]
+    attempted = account_key(data.email)[: TEXT_LIMITS.email]
     # Counted (committed) before the password check, so concurrent attempts cannot exceed
     # the limit.
     attempt = await limiter.reserve(sessionmaker=sessionmaker, email=attempted, actor=actor)
     user: User | None = None
-    if len(data.email.strip()) <= MAX_EMAIL_LENGTH:
+    if len(data.email.strip()) <= TEXT_LIMITS.email:
         # A short read of its own: no connection is held during bcrypt.
         async with sessionmaker() as short:
             user = await find_user_by_email(db=short, email=attempted)
@@ -331,6 +329,7 @@ async def refresh(
     refresh_token: str,
 ) -> SignedIn:
     """Rotate a refresh token, in a transaction of its own (see `sessions.refresh_session`)."""
+    check_length(refresh_token, field="refreshToken", limit=TEXT_LIMITS.token)
     refreshed = await refresh_session(
         sessionmaker=sessionmaker,
         settings=settings,
@@ -352,6 +351,7 @@ async def logout(
     ended sessions stop working at once."""
     viewer = actor.viewer_required
     current_session_id = actor.require_session("end sessions")
+    check_length(refresh_token, field="refreshToken", limit=TEXT_LIMITS.token)
     if all_sessions:
         revoked = await revoke_sessions(db=db, user_id=viewer.user_id, reason="logout_all")
     else:

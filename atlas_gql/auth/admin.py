@@ -17,20 +17,18 @@ from atlas_gql.auth.account import DisplayName, create_user_account
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User, UserRole
 from atlas_gql.auth.sessions import revoke_sessions
-from atlas_gql.config import Settings
-from atlas_gql.db.inputs import Command, PartialUpdate, camel_case
+from atlas_gql.config import TEXT_LIMITS, Settings
+from atlas_gql.db.inputs import Command, PartialUpdate, camel_case, check_length
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Conflict, NotFound
 
-MAX_SEARCH_LENGTH = 200
 # Oldest first; the id breaks ties (the seed creates its users in one transaction).
 USER_ORDERING = Ordering(sort=col(User.created_at), id=col(User.id))
 
 
 def _search_term(search: str | None) -> str | None:
-    if search is not None and len(search) > MAX_SEARCH_LENGTH:
-        raise BadInput(f"`search` must be at most {MAX_SEARCH_LENGTH} characters.", field="search")
+    check_length(search, field="search", limit=TEXT_LIMITS.search)
     return search.strip() or None if search is not None else None
 
 

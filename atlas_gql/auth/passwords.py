@@ -7,11 +7,12 @@ from functools import lru_cache
 
 import bcrypt
 
+from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.errors import BadInput
 
 MIN_PASSWORD_LENGTH = 8
 # bcrypt ignores everything after 72 bytes; refuse instead of truncating silently.
-MAX_PASSWORD_BYTES = 72
+MAX_PASSWORD_BYTES = TEXT_LIMITS.password_bytes
 BCRYPT_ROUNDS = 12
 
 

@@ -17,6 +17,13 @@ from sqlmodel import SQLModel
 from atlas_gql.errors import BadInput
 
 
+def check_length(value: str | None, *, field: str, limit: int) -> str | None:
+    """`value`, unless it is longer than `limit` characters: BAD_USER_INPUT naming `field`."""
+    if value is not None and len(value) > limit:
+        raise BadInput(f"`{field}` must be at most {limit} characters.", field=field)
+    return value
+
+
 def unstorable_character(text: str) -> str | None:
     """What in `text` PostgreSQL cannot store as text (a NUL byte, a lone UTF-16 surrogate,
     which JSON can carry), said for a client; None when there is none."""

@@ -19,6 +19,8 @@ from sqlmodel import col
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.config import TEXT_LIMITS
+from atlas_gql.db.inputs import check_length
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import table_of
@@ -85,6 +87,10 @@ class ActivityFilter:
     entity_type: str | None = None
     window: TimeWindow = TimeWindow()
 
+    def __post_init__(self) -> None:
+        check_length(self.action, field="filter.action", limit=TEXT_LIMITS.filter_value)
+        check_length(self.entity_type, field="filter.entityType", limit=TEXT_LIMITS.filter_value)
+
 
 @dataclass(frozen=True)
 class UsageFilter:
@@ -94,6 +100,9 @@ class UsageFilter:
     purpose: UsagePurpose | None = None
     window: TimeWindow = TimeWindow()
     api_key_id: uuid.UUID | None = None
+
+    def __post_init__(self) -> None:
+        check_length(self.model, field="filter.model", limit=TEXT_LIMITS.filter_value)
 
 
 @dataclass(frozen=True)

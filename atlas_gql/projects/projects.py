@@ -16,7 +16,8 @@ from sqlmodel import col
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.rules import viewer_literals
-from atlas_gql.db.inputs import Command, PartialUpdate
+from atlas_gql.config import TEXT_LIMITS
+from atlas_gql.db.inputs import Command, PartialUpdate, check_length
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.db.tables import table_of
@@ -25,9 +26,6 @@ from atlas_gql.projects import rules
 from atlas_gql.projects.access import check_project_role, project_role_of, require_project_role
 from atlas_gql.projects.hooks import before_project_delete
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
-
-NAME_MAX_LENGTH = 200
-DESCRIPTION_MAX_LENGTH = 10_000
 
 # Newest first; the id breaks ties (rows made in one transaction share created_at).
 PROJECT_ORDERING = Ordering(sort=col(Project.created_at), id=col(Project.id), descending=True)
@@ -38,9 +36,9 @@ def clean_name(name: str) -> str:
     trimmed = name.strip()
     if not trimmed:
         raise BadInput("A project name must not be empty.", field="name")
-    if len(trimmed) > NAME_MAX_LENGTH:
+    if len(trimmed) > TEXT_LIMITS.name:
         raise BadInput(
-            f"A project name must be at most {NAME_MAX_LENGTH} characters.", field="name"
+            f"A project name must be at most {TEXT_LIMITS.name} characters.", field="name"
         )
     return trimmed
 
@@ -49,9 +47,9 @@ def clean_description(description: str | None) -> str | None:
     """A description trimmed (blank becomes null), at most 10,000 characters."""
     if description is None or not description.strip():
         return None
-    if len(description) > DESCRIPTION_MAX_LENGTH:
+    if len(description) > TEXT_LIMITS.project_description:
         raise BadInput(
-            f"A description must be at most {DESCRIPTION_MAX_LENGTH} characters.",
+            f"A description must be at most {TEXT_LIMITS.project_description} characters.",
             field="description",
         )
     return description.strip()
@@ -61,10 +59,14 @@ ProjectName = Annotated[str, AfterValidator(clean_name)]
 Description = Annotated[str | None, AfterValidator(clean_description)]
 
 
+def _search(search: str | None) -> str | None:
+    return check_length(search, field="search", limit=TEXT_LIMITS.search)
+
+
 class ProjectFilter(Command):
     """`search` matches names case-insensitively; `role` keeps projects where the actor has it."""
 
-    search: str | None = None
+    search: Annotated[str | None, AfterValidator(_search)] = None
     role: ProjectRole | None = None
 
 

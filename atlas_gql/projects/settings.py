@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.auth.actor import Actor
+from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import BadInput
@@ -25,8 +26,7 @@ from atlas_gql.projects.hooks import check_setting_value
 from atlas_gql.projects.models import Project, ProjectRole, ProjectSetting
 from atlas_gql.projects.projects import load_project
 
-SETTING_KEY_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,63}$")
-SETTING_VALUE_MAX_BYTES = 64 * 1024
+SETTING_KEY_PATTERN = re.compile(rf"^[a-zA-Z][a-zA-Z0-9_.-]{{0,{TEXT_LIMITS.setting_key - 1}}}$")
 
 # A setting whose values ATLAS reads, and so checks.
 MONTHLY_TOKEN_BUDGET = "monthlyTokenBudget"
@@ -35,8 +35,8 @@ MONTHLY_TOKEN_BUDGET = "monthlyTokenBudget"
 def validate_setting_key(key: str) -> str:
     if not SETTING_KEY_PATTERN.fullmatch(key):
         raise BadInput(
-            "A setting key starts with a letter and holds at most 64 letters, digits, "
-            "'_', '.' or '-'.",
+            f"A setting key starts with a letter and holds at most {TEXT_LIMITS.setting_key} "
+            "letters, digits, '_', '.' or '-'.",
             field="key",
         )
     return key
@@ -45,9 +45,9 @@ def validate_setting_key(key: str) -> str:
 def validate_setting_value(key: str, value: Any) -> None:
     """Any JSON up to 64 KiB (compact UTF-8); `monthlyTokenBudget` a non-negative integer."""
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > SETTING_VALUE_MAX_BYTES:
+    if size > TEXT_LIMITS.setting_value_bytes:
         raise BadInput(
-            f"A setting value must be at most {SETTING_VALUE_MAX_BYTES} bytes of JSON "
+            f"A setting value must be at most {TEXT_LIMITS.setting_value_bytes} bytes of JSON "
             f"(this one is {size}).",
             field="value",
         )

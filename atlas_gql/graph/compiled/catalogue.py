@@ -29,8 +29,9 @@ from atlas_gql.ai.rules import (
 )
 from atlas_gql.auth.models import Permission, PermissionName, Role, RolePermission, User, UserRole
 from atlas_gql.auth.rules import SqlBool, ViewerRef, user_grants_visible, user_visible
+from atlas_gql.config import TEXT_LIMITS
+from atlas_gql.db.inputs import check_length
 from atlas_gql.db.tables import table_of
-from atlas_gql.errors import BadInput
 from atlas_gql.graph.compiled.compiler import (
     Catalogue,
     Compiler,
@@ -90,9 +91,6 @@ error_logs = table_of(ErrorLog)
 # users oldest first, a thread's messages oldest first.
 NEWEST_FIRST = Ordering("created_at", descending=True)
 OLDEST_FIRST = Ordering("created_at", descending=False)
-
-# Search patterns as the services build them.
-USERS_SEARCH_MAX = 200
 
 
 # -- field handlers ---------------------------------------------------------------------------
@@ -567,7 +565,13 @@ def root_projects(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
         else compiler.value_param(
             search,
             sa.String,
-            lambda text: str(text).strip().replace("/", "//").replace("%", "/%").replace("_", "/_"),
+            lambda text: (
+                str(check_length(str(text), field="search", limit=TEXT_LIMITS.search))
+                .strip()
+                .replace("/", "//")
+                .replace("%", "/%")
+                .replace("_", "/_")
+            ),
         )
     )
 
@@ -653,12 +657,15 @@ def root_threads(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
     return _visible_list(compiler, fields, threads, thread_visible, _thread_filter)
 
 
+def _bounded(field: str) -> Callable[[Any], Any]:
+    """A log filter's text as logs.service checks it (BAD_USER_INPUT past its length)."""
+    return lambda raw: check_length(raw, field=field, limit=TEXT_LIMITS.filter_value)
+
+
 def _users_search_pattern(raw: Any) -> str:
     """auth.admin.list_users: a substring of email or name, `\\`-escaped; blank matches
     everything (the resolver path adds no condition then)."""
-    search = str(raw)
-    if search.strip() and len(search) > USERS_SEARCH_MAX:
-        raise BadInput(f"`search` must be at most {USERS_SEARCH_MAX} characters.", field="search")
+    search = str(check_length(str(raw), field="search", limit=TEXT_LIMITS.search))
     escaped = search.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
@@ -732,8 +739,16 @@ def root_activity_logs(compiler: Compiler, fields: Fields) -> sa.ColumnElement[A
     )
     user_id = _optional_id_param(compiler, given.field("userId"), "User", "filter.userId")
     action, entity = given.field("action"), given.field("entityType")
-    action_param = None if action.is_null() else compiler.value_param(action, sa.String)
-    entity_param = None if entity.is_null() else compiler.value_param(entity, sa.String)
+    action_param = (
+        None
+        if action.is_null()
+        else compiler.value_param(action, sa.String, _bounded("filter.action"))
+    )
+    entity_param = (
+        None
+        if entity.is_null()
+        else compiler.value_param(entity, sa.String, _bounded("filter.entityType"))
+    )
     start, end = _time_window_params(compiler, given)
     if project_id is not None:
         # require_project_role(MANAGER): ADMIN on an existing project, or an OWNER/MANAGER.
