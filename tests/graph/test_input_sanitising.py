@@ -271,3 +271,64 @@ async def test_valid_surrogate_pairs_and_other_controls_pass(
     for text in ("😀", "\ud83d\ude00", "tab\tbell\x07", "é"):
         response = await post_raw(client, {"query": document, "variables": {"s": text}}, token)
         assert "errors" not in response.json(), (text, response.json())
+
+
+def defaults_that_are_not_null() -> set[str]:
+    """Arguments and input fields whose default is something other than null."""
+    from graphql import GraphQLInputObjectType, GraphQLObjectType, Undefined
+
+    from atlas_gql.graph.schema import build_schema
+
+    found = set()
+    for type_ in build_schema()._schema.type_map.values():
+        if type_.name.startswith("__"):
+            continue
+        if isinstance(type_, GraphQLInputObjectType):
+            for name, field in type_.fields.items():
+                if field.default_value not in (Undefined, None):
+                    found.add(f"{type_.name}.{name}")
+        elif isinstance(type_, GraphQLObjectType):
+            for field_name, object_field in type_.fields.items():
+                for name, argument in object_field.args.items():
+                    if argument.default_value not in (Undefined, None):
+                        found.add(f"{type_.name}.{field_name}({name})")
+    return found
+
+
+async def test_explicit_null_for_an_argument_with_a_default_means_the_default(
+    client: httpx.AsyncClient, sign_in: Any
+) -> None:
+    """docs/security.md ("Inputs"): a nullable argument's null is its default; a non-null one
+    with a default refuses null as any non-null input does. Every such argument is here."""
+    assert defaults_that_are_not_null() == {
+        "Mutation.logout(allSessions)",
+        "SendMessageInput.fileIds",
+    }
+    token = await sign_in("user@example.com")
+    for literal in ("allSessions: null", ""):
+        document = f"mutation {{ logout({literal}) }}" if literal else "mutation { logout }"
+        response = await post_raw(client, {"query": document}, await sign_in("user@example.com"))
+        assert response.json() == {"data": {"logout": True}}
+    response = await post_raw(
+        client,
+        {
+            "query": "mutation ($a: Boolean) { logout(allSessions: $a) }",
+            "variables": {"a": None},
+        },
+        token,
+    )
+    assert response.json() == {"data": {"logout": True}}
+    for body in (
+        {
+            "query": 'mutation { sendMessage(input: {threadId: "x", content: "y", fileIds: null}) '
+            "{ userMessage { id } } }"
+        },
+        {
+            "query": "mutation ($i: SendMessageInput!) { sendMessage(input: $i) "
+            "{ userMessage { id } } }",
+            "variables": {"i": {"threadId": "x", "content": "y", "fileIds": None}},
+        },
+    ):
+        response = await post_raw(client, body, await sign_in("user@example.com"))
+        codes = error_codes(response.json())
+        assert codes in (["GRAPHQL_VALIDATION_FAILED"], ["BAD_USER_INPUT"]), response.json()

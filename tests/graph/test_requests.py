@@ -190,3 +190,41 @@ async def test_suggestions_help_in_development(
 ) -> None:
     response = await client.post("/graphql", json={"query": document, "variables": variables or {}})
     assert "Did you mean" in json.dumps(response.json()["errors"])
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ({"query": "query Q { __typename } subscription S { threadEvents(threadId: \"x\") "
+          "{ __typename } }", "operationName": "S"}, {}),
+        ({"query": "subscription ($t: ID!) { threadEvents(threadId: $t) { __typename } }",
+          "variables": {"t": "x"}}, {"Accept": "application/graphql-response+json"}),
+        ({"query": "subscription { ...F } fragment F on Subscription "
+          "{ threadEvents(threadId: \"x\") { __typename } }"}, {"Accept": "application/json"}),
+        ({"query": "subscription { threadEvents(threadId: \"x\") { __typename } }"},
+         {"Accept": "*/*"}),
+    ],
+)  # fmt: skip
+async def test_every_shape_of_a_subscription_asking_for_json_is_406(
+    client: httpx.AsyncClient, sign_in: Any, body: dict[str, Any], headers: dict[str, str]
+) -> None:
+    """Variants: chosen by operationName, with variables, through a fragment, whatever JSON
+    media type is accepted, signed in (where the compiled read path looks first)."""
+    for token in (None, await sign_in("user@example.com")):
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await client.post("/graphql", json=body, headers={**headers, **auth})
+        assert "text/event-stream" in assert_refused(response, 406)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[]", b'[{"query": "{ __typename }"}]', b'"{ __typename }"', b"5", b"null", b"true",
+     b'{"query": "{ __typename }", "variables": ' + b'{"a":' * 40 + b"1" + b"}" * 41],
+)  # fmt: skip
+async def test_a_body_that_is_not_an_object_or_too_deep_is_400_json(
+    client: httpx.AsyncClient, raw: bytes
+) -> None:
+    response = await client.post(
+        "/graphql", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert_refused(response, 400)
