@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from atlas_gql.auth.models import User
 from atlas_gql.logs.models import ActivityLog, ErrorLog
 from tests.conftest import GraphQLClient, error_codes
-from tests.graph.test_websocket_limits import connect, first_answer
+from tests.graph.test_websocket_limits import acked_socket, first_answer
 from tests.live import LiveServer
 
 FUZZ = settings(
@@ -213,12 +213,8 @@ async def test_a_nul_in_a_compiled_query_variable_is_refused(
 async def test_over_the_websocket_a_nul_in_a_subscription_variable_is_refused(
     live_server: LiveServer,
 ) -> None:
-    token = await live_server.sign_in("user@example.com")
-    ws = await connect(live_server)
+    ws = await acked_socket(live_server, "user@example.com")
     try:
-        init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
-        await ws.send(json.dumps(init))
-        assert json.loads(await ws.recv())["type"] == "connection_ack"
         for operation_id, (query, variables, field) in enumerate(
             [
                 (

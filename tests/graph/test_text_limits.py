@@ -18,7 +18,7 @@ from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.graph.schema import build_schema
 from atlas_gql.logs.models import ActivityLog
 from tests.conftest import error_codes
-from tests.graph.test_websocket_limits import connect, first_answer
+from tests.graph.test_websocket_limits import acked_socket, first_answer
 from tests.live import LiveServer
 
 # (document with $v, the field the refusal names, the limit, how to make a too-long value).
@@ -285,12 +285,8 @@ async def test_one_character_over_the_limit_is_refused_naming_the_field(
 
 
 async def test_over_the_websocket_long_text_is_refused_too(live_server: LiveServer) -> None:
-    token = await live_server.sign_in("admin@example.com")
-    ws = await connect(live_server)
+    ws = await acked_socket(live_server, "admin@example.com")
     try:
-        init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
-        await ws.send(json.dumps(init))
-        assert json.loads(await ws.recv())["type"] == "connection_ack"
         cases = [
             ("CreateAssistantInput.description", "a" * (TEXT_LIMITS.assistant_description + 1)),
             ("CreateProjectInput.description", "b" * (TEXT_LIMITS.project_description + 1)),

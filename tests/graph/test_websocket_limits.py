@@ -41,15 +41,21 @@ async def closed_with(ws: Any) -> tuple[int, str]:
     return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
+async def acked_socket(live_server: LiveServer, email: str) -> Any:
+    """A socket past connection_init, signed in as `email`."""
+    token = await live_server.sign_in(email)
+    ws = await connect(live_server)
+    init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
+    await ws.send(json.dumps(init))
+    assert json.loads(await ws.recv())["type"] == "connection_ack"
+    return ws
+
+
 @pytest.fixture
 async def acked(live_server: LiveServer) -> AsyncIterator[Any]:
     """A socket past connection_init, as a signed-in user."""
-    token = await live_server.sign_in("user@example.com")
-    ws = await connect(live_server)
+    ws = await acked_socket(live_server, "user@example.com")
     try:
-        init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
-        await ws.send(json.dumps(init))
-        assert json.loads(await ws.recv())["type"] == "connection_ack"
         yield ws
     finally:
         await ws.close()
