@@ -34,6 +34,7 @@ from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import TEXT_LIMITS
+from atlas_gql.db.inputs import unstorable_character
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.db.tables import table_of
 from atlas_gql.db.utils import execute_transaction
@@ -117,7 +118,12 @@ async def upload_file(*, ai: AIRuntime, actor: Actor, data: FileUpload) -> File:
         raise BadInput("The file is empty.", field="file")
     filename = (data.upload.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
     filename = filename.strip()[: TEXT_LIMITS.filename] or "upload"
-    mime_type = data.upload.content_type or None
+    mime_type = (data.upload.content_type or "")[: TEXT_LIMITS.filename] or None
+    for text in (filename, mime_type or ""):
+        # Multipart headers are the one client text the sanitising layer does not see.
+        problem = unstorable_character(text)
+        if problem is not None:
+            raise BadInput(f"The file's name or type contains {problem}.", field="file")
     try:
         openai_file_id = await ai.provider.upload_file(
             filename=filename, content=content, mime_type=mime_type, purpose=purpose

@@ -143,3 +143,61 @@ async def test_upload_size_limit(start_ai_server: StartServer) -> None:
     assert ai.fake.calls("/v1/files") == []
     ok = await upload(ai, b"x" * 1000, token=ai.people.member)
     assert ok.json()["data"]["uploadFile"]["bytes"] == 1000
+
+
+async def test_unstorable_text_in_an_upload_is_refused_before_anything_is_sent(
+    ai: AIServer,
+) -> None:
+    """The multipart headers (file name, written raw: httpx would escape it) and the
+    operations' variables of an upload."""
+    operations = json.dumps({"query": UPLOAD, "variables": {"file": None, "purpose": None}})
+    for filename in (b"bad\x00name.txt", b"x\x00"):
+        boundary = b"atlas-boundary"
+        parts = [
+            (b'name="operations"', operations.encode()),
+            (b'name="map"', b'{"0": ["variables.file"]}'),
+            (b'name="0"; filename="' + filename + b'"\r\nContent-Type: text/plain', b"hello"),
+        ]
+        raw = (
+            b"".join(
+                b"--"
+                + boundary
+                + b"\r\nContent-Disposition: form-data; "
+                + head
+                + b"\r\n\r\n"
+                + content
+                + b"\r\n"
+                for head, content in parts
+            )
+            + b"--"
+            + boundary
+            + b"--\r\n"
+        )
+        async with httpx.AsyncClient(base_url=ai.server.http_url, timeout=30) as client:
+            response = await client.post(
+                "/graphql",
+                content=raw,
+                headers={
+                    "Content-Type": "multipart/form-data; boundary=atlas-boundary",
+                    "Authorization": f"Bearer {ai.people.member}",
+                    **PREFLIGHT,
+                },
+            )
+        body: dict[str, Any] = response.json()
+        assert error_codes(body) == ["BAD_USER_INPUT"], body
+        assert body["errors"][0]["extensions"]["field"] == "file"
+    operations = {"query": UPLOAD, "variables": {"file": None, "purpose": "user\x00data"}}
+    async with httpx.AsyncClient(base_url=ai.server.http_url, timeout=30) as client:
+        response = await client.post(
+            "/graphql",
+            data={
+                "operations": json.dumps(operations),
+                "map": json.dumps({"0": ["variables.file"]}),
+            },
+            files={"0": ("notes.txt", b"hello", "text/plain")},
+            headers={"Authorization": f"Bearer {ai.people.member}", **PREFLIGHT},
+        )
+    body = response.json()
+    assert error_codes(body) == ["BAD_USER_INPUT"], body
+    assert body["errors"][0]["extensions"]["field"] == "$purpose"
+    assert ai.fake.calls("/v1/files") == []
