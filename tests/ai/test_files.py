@@ -186,12 +186,12 @@ async def test_unstorable_text_in_an_upload_is_refused_before_anything_is_sent(
         body: dict[str, Any] = response.json()
         assert error_codes(body) == ["BAD_USER_INPUT"], body
         assert body["errors"][0]["extensions"]["field"] == "file"
-    operations = {"query": UPLOAD, "variables": {"file": None, "purpose": "user\x00data"}}
+    tainted = {"query": UPLOAD, "variables": {"file": None, "purpose": "user\x00data"}}
     async with httpx.AsyncClient(base_url=ai.server.http_url, timeout=30) as client:
         response = await client.post(
             "/graphql",
             data={
-                "operations": json.dumps(operations),
+                "operations": json.dumps(tainted),
                 "map": json.dumps({"0": ["variables.file"]}),
             },
             files={"0": ("notes.txt", b"hello", "text/plain")},
