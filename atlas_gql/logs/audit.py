@@ -46,9 +46,6 @@ SECRET_KEYS = frozenset(
 )
 
 
-# Secret-looking text inside free text (exception messages, stacks): JWTs, bearer credentials,
-# OpenAI-style API keys, `password=...`-style assignments, and PostgreSQL's
-# `Key (token_hash)=(...)` details of a secret column, asyncpg's echo of a query argument.
 def _argument_refused(match: re.Match[str]) -> str:
     """asyncpg's `invalid input for query argument $1: <value> (<reason>)`: the value
     redacted, and whatever the reason quotes (`invalid UUID '<value>'`)."""
@@ -58,6 +55,10 @@ def _argument_refused(match: re.Match[str]) -> str:
 
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 
+# Secret-looking text inside free text (exception messages, stacks): JWTs, bearer credentials,
+# OpenAI-style API keys, `password=...`-style assignments; and every value PostgreSQL, asyncpg
+# or Python quotes in an error about it (`Key (...)=(...)`, a bad query argument: user text,
+# not a secret, but not the log's to keep).
 _SECRET_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
