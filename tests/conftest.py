@@ -113,6 +113,9 @@ def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
         # calls, usage rows or events would see it. Tested where turned on
         # (tests/ai/test_titles.py).
         "atlas_auto_titles": False,
+        # Error rows per source are bounded where that is tested (tests/logs/
+        # test_error_log_folding.py): elsewhere tests look up each reply's own row.
+        "atlas_error_log_rows_per_window": 1_000_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
