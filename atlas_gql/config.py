@@ -79,6 +79,8 @@ class TextLimits:
     thread_title: int = 300
     project_description: int = 10_000
     assistant_description: int = 2_000
+    rating_comment: int = 2_000  # a sentence or two, not an essay
+    api_key_name: int = 100
     instructions_ceiling: int = 256_000  # what ATLAS_MAX_INSTRUCTIONS_CHARS may be raised to
     search: int = 200  # users' and projects' `search`
     filter_value: int = 200  # log filters: `action`, `entityType`, `model`

@@ -27,15 +27,13 @@ from atlas_gql.ai.models import Message, MessageRating, MessageRole, MessageStat
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
-from atlas_gql.db.inputs import Command
+from atlas_gql.config import TEXT_LIMITS
+from atlas_gql.db.inputs import Command, check_length
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import table_of
 from atlas_gql.errors import BadInput, Conflict, NotFound
 from atlas_gql.logs.service import TimeWindow, require_log_reader
-
-# Characters of a rating's comment (a sentence or two, not an essay).
-COMMENT_MAX = 2000
 
 FEEDBACK_ORDERING = Ordering(
     sort=col(MessageRating.created_at), id=col(MessageRating.id), descending=True
@@ -54,10 +52,7 @@ class RatingSet(Command):
     def _comment(cls, comment: str | None) -> str | None:
         if comment is None or not comment.strip():
             return None
-        if len(comment) > COMMENT_MAX:
-            raise BadInput(f"`comment` must be at most {COMMENT_MAX} characters.", field="comment")
-        if "\x00" in comment:
-            raise BadInput("`comment` must not contain NUL characters.", field="comment")
+        check_length(comment, field="comment", limit=TEXT_LIMITS.rating_comment)
         return comment.strip()
 
 
@@ -68,6 +63,9 @@ class FeedbackFilter:
     model: str | None = None
     rating: Rating | None = None
     window: TimeWindow = field(default_factory=TimeWindow)
+
+    def __post_init__(self) -> None:
+        check_length(self.model, field="filter.model", limit=TEXT_LIMITS.filter_value)
 
 
 async def rate_message(*, db: AsyncSession, actor: Actor, data: RatingSet) -> Message:

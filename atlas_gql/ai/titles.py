@@ -33,13 +33,13 @@ from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.provider import Provider, TextRequest, UpstreamFailure
 from atlas_gql.ai.recovery import usage_row
 from atlas_gql.ai.sequences import take_one_statement
-from atlas_gql.ai.threads import TITLE_MAX, managed_thread, running_reply
+from atlas_gql.ai.threads import managed_thread, running_reply
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, User
-from atlas_gql.config import Settings
+from atlas_gql.config import TEXT_LIMITS, Settings
 from atlas_gql.errors import Conflict, NotFound, QuotaExceeded, UpstreamError
 from atlas_gql.ids import encode_global_id
-from atlas_gql.logs.audit import record_error
+from atlas_gql.logs.audit import ErrorLogPolicy, record_error
 from atlas_gql.logs.models import ErrorSource, UsagePurpose
 from atlas_gql.logs.usage import (
     effective_user_budget,
@@ -83,12 +83,13 @@ class Exchange:
 
 def clean_title(text: str) -> str | None:
     """The model's answer as a title: its first non-blank line, without surrounding quotes,
-    markup or a final period, spaces collapsed, at most TITLE_MAX characters; None if empty."""
+    markup or a final period, spaces collapsed, at most TEXT_LIMITS.thread_title characters; None if
+    empty."""
     line = next((line for line in text.splitlines() if line.strip()), "")
     title = " ".join(line.replace("\x00", "").split())
     title = title.strip().strip(QUOTES_AND_MARKUP).strip()
     title = title.removeprefix("Title:").strip().rstrip(".").strip()
-    return title[:TITLE_MAX] or None
+    return title[: TEXT_LIMITS.thread_title] or None
 
 
 class TitleWriter:
@@ -333,6 +334,7 @@ class TitleWriter:
                 "purpose": UsagePurpose.TITLE.value,
                 "userMessage": failure.message,
             },
+            policy=ErrorLogPolicy.from_settings(self.settings),
         )
         if failure.input_tokens or failure.output_tokens:
             async with self.sessionmaker() as db:

@@ -27,8 +27,8 @@ from atlas_gql.auth.rules import live_api_key
 from atlas_gql.auth.sessions import load_viewer_for_session
 from atlas_gql.auth.tokens import hash_token
 from atlas_gql.auth.viewer import Viewer
-from atlas_gql.config import Settings
-from atlas_gql.db.inputs import Command
+from atlas_gql.config import TEXT_LIMITS, Settings
+from atlas_gql.db.inputs import Command, check_length
 from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import table_of
@@ -38,7 +38,6 @@ from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound, Unauthenti
 SECRET_PREFIX = "atlas_sk_"
 # What lists show of a secret: the marker and this many characters of the random part.
 SHOWN_CHARACTERS = 8
-NAME_MAX = 100
 # `atlas_sk_` + 256 random bits, URL-safe base64 without padding (43 characters).
 _WELL_FORMED = re.compile(r"atlas_sk_[A-Za-z0-9_-]{43}")
 REFUSED_MESSAGE = "The API key is invalid, expired or revoked, or its user is deactivated."
@@ -59,8 +58,7 @@ def _name(name: str) -> str:
     cleaned = name.strip()
     if not cleaned:
         raise BadInput("`name` must not be empty.", field="name")
-    if len(cleaned) > NAME_MAX:
-        raise BadInput(f"`name` must be at most {NAME_MAX} characters.", field="name")
+    check_length(cleaned, field="name", limit=TEXT_LIMITS.api_key_name)
     return cleaned
 
 

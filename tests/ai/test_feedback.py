@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from atlas_gql.ai.feedback import COMMENT_MAX
 from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
 from atlas_gql.auth.account import find_user_by_email
+from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.ids import decode_id_of, encode_global_id
 from atlas_gql.logs.models import ActivityLog
 from tests.ai.conftest import People, make_people
@@ -159,7 +159,7 @@ async def test_rating_refuses_bad_input_and_wrong_viewers(
     cases = [
         (people.member, replies.question, "UP", None, "BAD_USER_INPUT"),  # not a reply
         (people.member, replies.running, "UP", None, "CONFLICT"),  # still running
-        (people.member, reply, "UP", "x" * (COMMENT_MAX + 1), "BAD_USER_INPUT"),
+        (people.member, reply, "UP", "x" * (TEXT_LIMITS.rating_comment + 1), "BAD_USER_INPUT"),
         (people.member, "not-an-id", "UP", None, "BAD_USER_INPUT"),
         (people.outsider, reply, "UP", None, "NOT_FOUND"),  # cannot see the thread
         (people.manager, replies.personal, "UP", None, "NOT_FOUND"),  # someone's own thread

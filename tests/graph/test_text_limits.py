@@ -176,6 +176,22 @@ CASES: dict[str, tuple[str, str, int]] = {
         "title",
         TEXT_LIMITS.thread_title,
     ),
+    "RateMessageInput.comment": (
+        "mutation ($v: String) { rateMessage(input: {messageId: MESSAGE, rating: UP, "
+        "comment: $v}) { id } }",
+        "comment",
+        TEXT_LIMITS.rating_comment,
+    ),
+    "FeedbackFilter.model": (
+        "query ($v: String) { feedback(filter: {model: $v}) { totalCount } }",
+        "filter.model",
+        TEXT_LIMITS.filter_value,
+    ),
+    "CreateApiKeyInput.name": (
+        "mutation ($v: String!) { createApiKey(input: {name: $v}) { secret } }",
+        "name",
+        TEXT_LIMITS.api_key_name,
+    ),
     "node.id": ("query ($v: ID!) { node(id: $v) { id } }", "id", TEXT_LIMITS.global_id),
     "Query.users.after": (
         "query ($v: String) { users(after: $v) { totalCount } }",
@@ -240,7 +256,8 @@ async def seeded_ids(client: httpx.AsyncClient, token: str) -> dict[str, str]:
         "/graphql",
         json={
             "query": "{ me { id } projects(first: 1) { nodes { id } } "
-            "assistants(first: 1) { nodes { id } } threads(first: 1) { nodes { id } } }"
+            "assistants(first: 1) { nodes { id } } threads(first: 1) { nodes { id "
+            "messages(first: 20) { nodes { id role status } } } } }"
         },
         headers={"Authorization": f"Bearer {token}"},
     )
@@ -250,6 +267,13 @@ async def seeded_ids(client: httpx.AsyncClient, token: str) -> dict[str, str]:
         "PROJECT": json.dumps(data["projects"]["nodes"][0]["id"]),
         "ASSISTANT": json.dumps(data["assistants"]["nodes"][0]["id"]),
         "THREAD": json.dumps(data["threads"]["nodes"][0]["id"]),
+        "MESSAGE": json.dumps(
+            next(
+                message["id"]
+                for message in data["threads"]["nodes"][0]["messages"]["nodes"]
+                if message["role"] == "ASSISTANT"
+            )
+        ),
     }
 
 
