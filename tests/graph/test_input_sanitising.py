@@ -298,8 +298,19 @@ async def test_explicit_null_for_an_argument_with_a_default_means_the_default(
     with a default refuses null as any non-null input does. Every such argument is here."""
     assert defaults_that_are_not_null() == {
         "Mutation.logout(allSessions)",
+        "Query.apiKeys(includeRevoked)",
         "SendMessageInput.fileIds",
     }
+    answers = []
+    for argument in ("(includeRevoked: null)", "", "(includeRevoked: false)"):
+        response = await post_raw(
+            client,
+            {"query": f"{{ apiKeys{argument} {{ totalCount }} }}"},
+            await sign_in("user@example.com"),
+        )
+        answers.append(response.json())
+    assert answers[0] == answers[1] == answers[2], answers
+    assert "errors" not in answers[0], answers
     token = await sign_in("user@example.com")
     for literal in ("allSessions: null", ""):
         document = f"mutation {{ logout({literal}) }}" if literal else "mutation { logout }"
