@@ -2,7 +2,7 @@
 (fingerprint, window_start, count, last_seen_at; unique (window_start, fingerprint))
 
 Revision ID: 0006_inputs
-Revises: 0006_w4
+Revises: 0006_w1
 Create Date: 2026-12-20 10:00:00
 
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_inputs"
-down_revision: str | None = "0006_w4"
+down_revision: str | None = "0006_w1"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

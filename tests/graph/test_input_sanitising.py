@@ -299,6 +299,7 @@ async def test_explicit_null_for_an_argument_with_a_default_means_the_default(
     assert defaults_that_are_not_null() == {
         "Mutation.logout(allSessions)",
         "Query.apiKeys(includeRevoked)",
+        "Query.exportThread(format)",  # ExportFormat! = JSON: null refused, as fileIds'
         "SendMessageInput.fileIds",
     }
     answers = []

@@ -209,6 +209,8 @@ OTHERWISE = {
     "CreateAssistantInput.instructions": "ATLAS_MAX_INSTRUCTIONS_CHARS (tests/ai)",
     "UpdateAssistantInput.instructions": "ATLAS_MAX_INSTRUCTIONS_CHARS (tests/ai)",
     "SendMessageInput.content": "ATLAS_MAX_MESSAGE_CHARS (tests/ai, below over WebSocket)",
+    "EditMessageInput.content": "ATLAS_MAX_MESSAGE_CHARS, as sendMessage's (tests/ai)",
+    "searchMessages.query": "200 characters, ai/search.py QUERY_MAX (tests/ai); to move here",
     "uploadFile.purpose": "one of a fixed list (tests/ai/test_files.py)",
     "setProjectSetting.value": "64 KiB of JSON (tests/projects)",
 }
