@@ -18,16 +18,15 @@ from atlas_gql.auth.permissions import (
     requires,
 )
 from atlas_gql.auth.rules import user_grants_visible_to
-from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context, Info
-from atlas_gql.graph.inputs import After, First, set_fields
+from atlas_gql.graph.inputs import After, Changes, First, ListFilter, UserID, set_fields
 from atlas_gql.graph.relay import (
     REFUSED,
     Connection,
     Node,
     from_row,
     register_node,
-    selects_total,
+    requested_page,
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
@@ -318,16 +317,13 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: Annotated[
-            UserFilter | None,
-            strawberry.argument(description="Narrows the list; all given conditions apply."),
-        ] = None,
+        filter: ListFilter[UserFilter] = None,
     ) -> Connection[UserType] | None:
         given = filter or UserFilter()
         page = await admin.list_users(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
+            request=requested_page(info, first=first, after=after),
             filter=admin.UserFilter(
                 search=given.search,
                 role=given.role,
@@ -494,13 +490,7 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def update_user(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
-        input: Annotated[
-            UpdateUserInput,
-            strawberry.argument(description="The fields to change (omitted = unchanged)."),
-        ],
+        self, info: Info, id: UserID, input: Changes[UpdateUserInput]
     ) -> UserType | None:
         user = await admin.update_user(
             db=info.context.db,
@@ -517,7 +507,7 @@ class Mutation:
     async def assign_role(
         self,
         info: Info,
-        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        user_id: UserID,
         role: Annotated[
             RoleName,
             strawberry.argument(
@@ -535,7 +525,7 @@ class Mutation:
     async def revoke_role(
         self,
         info: Info,
-        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        user_id: UserID,
         role: Annotated[
             RoleName,
             strawberry.argument(
@@ -573,7 +563,7 @@ class Mutation:
     async def set_user_limits(
         self,
         info: Info,
-        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        user_id: UserID,
         input: Annotated[
             UserLimitsInput,
             strawberry.argument(description="The limits to change (omitted = unchanged)."),
