@@ -143,6 +143,9 @@ async def make_people(
 
 StartServer = Callable[..., Awaitable[AIServer]]
 
+# Seconds a broker command may wait for Redis in tests (see `start_ai_server`).
+TEST_REDIS_TIMEOUT = 2.0
+
 
 @pytest.fixture
 def start_ai_server(make_live_server: MakeLiveServer, fake_openai: FakeOpenAI) -> StartServer:
@@ -153,6 +156,11 @@ def start_ai_server(make_live_server: MakeLiveServer, fake_openai: FakeOpenAI) -
             "openai_base_url": fake_openai.base_url,
             "openai_api_key": UPSTREAM_KEY,
             "atlas_openai_timeout": 5.0,
+            # With a real Redis, a command must not meet the 0.25 s production default on a
+            # loaded test machine (two xdist workers, servers and clients in one event loop):
+            # a stall there opens the circuit and a subscription meets BROKER_UNAVAILABLE.
+            # Tests of the circuit itself (test_redis_outage.py) set their own.
+            "atlas_redis_timeout": TEST_REDIS_TIMEOUT,
         }
         values.update(overrides)
         server = await make_live_server(**values)
