@@ -1,6 +1,9 @@
 """Background replies: started as background responses, resumed after a cut stream, a killed
 worker or a restart (by the restarted worker or another one, exactly one), cancelled
-upstream; a resume that fails upstream ends the reply as any upstream failure does."""
+upstream; a resume that fails upstream ends the reply as any upstream failure does.
+
+Size: over 400 lines on purpose: one scenario per way a background reply can be
+interrupted and resumed, sharing the worker-process kit at the top."""
 
 from __future__ import annotations
 
