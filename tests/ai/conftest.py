@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant
-from atlas_gql.auth.account import create_user_account
-from atlas_gql.auth.models import RoleName
-from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
+from atlas_gql.auth.models import User
+from atlas_gql.projects.models import Project, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME
 from tests.ai.fake_openai import FakeOpenAI
 from tests.conftest import SEED_PASSWORD
+from tests.factories import add_member, create_user
 from tests.live import AtlasClient, LiveServer, MakeLiveServer
 
 UPSTREAM_KEY = "sk-fake-upstream-key-for-tests"
@@ -100,7 +101,6 @@ async def make_people(
     admin), signed in with `sign_in(email)`."""
     from atlas_gql.ids import encode_global_id
 
-    suffix = uuid.uuid4().hex[:8]
     async with sessionmaker() as db:
         project = (
             await db.execute(sa.select(Project).where(col(Project.name) == "Sample Project"))
@@ -112,22 +112,10 @@ async def make_people(
         ).scalar_one()
         emails = {}
         for label, role in (("viewer", ProjectRole.VIEWER), ("manager", ProjectRole.MANAGER)):
-            user = await create_user_account(
-                db=db,
-                email=f"{label}-{suffix}@example.com",
-                password=SEED_PASSWORD,
-                roles=(RoleName.USER,),
-                bcrypt_rounds=4,
-            )
-            db.add(ProjectMember(project_id=project.id, user_id=user.id, role=role))
+            user = await signing_in_user(db, label)
+            await add_member(db, project, user, role)
             emails[label] = user.email
-        outsider = await create_user_account(
-            db=db,
-            email=f"outsider-{suffix}@example.com",
-            password=SEED_PASSWORD,
-            roles=(RoleName.USER,),
-            bcrypt_rounds=4,
-        )
+        outsider = await signing_in_user(db, "outsider")
         await db.commit()
     return People(
         member=await sign_in("user@example.com"),
@@ -139,6 +127,11 @@ async def make_people(
         project_uuid=project.id,
         assistant_id=encode_global_id("Assistant", assistant.id),
     )
+
+
+async def signing_in_user(db: AsyncSession, label: str) -> User:
+    """An approved USER who signs in with the seed password (`server.sign_in(email)`)."""
+    return await create_user(db, label=label, password=SEED_PASSWORD, approved_at=datetime.now(UTC))
 
 
 StartServer = Callable[..., Awaitable[AIServer]]
