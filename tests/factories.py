@@ -145,10 +145,12 @@ def _user_id(who: User | uuid.UUID) -> uuid.UUID:
 
 
 async def add_member(
-    db: AsyncSession, project: Project, user: User, role: ProjectRole, **fields: Any
+    db: AsyncSession, project: Project | uuid.UUID, user: User, role: ProjectRole, **fields: Any
 ) -> ProjectMember:
+    """`user` joins `project` (a row or its id) with `role`."""
+    project_id = project.id if isinstance(project, Project) else project
     member: ProjectMember = await _saved(
-        db, ProjectMember(project_id=project.id, user_id=user.id, role=role, **fields)
+        db, ProjectMember(project_id=project_id, user_id=user.id, role=role, **fields)
     )
     return member
 

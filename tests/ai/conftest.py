@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant
-from atlas_gql.auth.models import User
+from atlas_gql.auth.models import RoleName, User
 from atlas_gql.projects.models import Project, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME
 from tests.ai.fake_openai import FakeOpenAI
@@ -129,9 +129,14 @@ async def make_people(
     )
 
 
-async def signing_in_user(db: AsyncSession, label: str) -> User:
-    """An approved USER who signs in with the seed password (`server.sign_in(email)`)."""
-    return await create_user(db, label=label, password=SEED_PASSWORD, approved_at=datetime.now(UTC))
+async def signing_in_user(
+    db: AsyncSession, label: str, roles: tuple[RoleName, ...] = (RoleName.USER,)
+) -> User:
+    """An approved user (a USER by default) who signs in with the seed password
+    (`server.sign_in(email)`)."""
+    return await create_user(
+        db, roles=roles, label=label, password=SEED_PASSWORD, approved_at=datetime.now(UTC)
+    )
 
 
 StartServer = Callable[..., Awaitable[AIServer]]
