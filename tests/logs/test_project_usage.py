@@ -30,31 +30,18 @@ async def test_members_see_the_month_usage_of_their_project(
     viewer = await create_user(db)
     project = await create_project(db, creator=owner, members={viewer.id: ProjectRole.VIEWER})
     now = datetime.now(UTC)
-    await create_usage(
-        db,
-        user=owner,
-        project=project,
-        created_at=now,
-        input_tokens=40,
-        output_tokens=2,
-        cost="0.5",
-    )
-    await create_usage(
-        db,
-        user=viewer,
-        project=project,
-        created_at=now,
-        input_tokens=8,
-        output_tokens=0,
-        cost="0.25",
-    )
-    await create_usage(
-        db,
-        user=owner,
-        project=project,
-        created_at=month_start(now) - timedelta(seconds=1),
-        input_tokens=999,
-    )
+    last_month = month_start(now) - timedelta(seconds=1)
+    # (who, when, input tokens, output tokens, cost); last month's call does not count.
+    calls = [
+        (owner, now, 40, 2, "0.5"),
+        (viewer, now, 8, 0, "0.25"),
+        (owner, last_month, 999, 5, "1"),
+    ]
+    for user, created_at, input_tokens, output_tokens, cost in calls:
+        await create_usage(
+            db, user=user, project=project, created_at=created_at, input_tokens=input_tokens,
+            output_tokens=output_tokens, cost=cost,
+        )  # fmt: skip
     variables = {"id": global_id("Project", project.id)}
     expected = {
         "inputTokens": 48,

@@ -36,32 +36,20 @@ async def test_usage_this_month_sums_per_project_and_ignores_other_months(db: As
     idle = await create_project(db, creator=owner)
     now = datetime.now(UTC)
     start = month_start(now)
-    await create_usage(
-        db,
-        user=owner,
-        project=first,
-        created_at=start,
-        input_tokens=100,
-        output_tokens=20,
-        cost="0.5",
-    )
-    await create_usage(
-        db, user=owner, project=first, created_at=now, input_tokens=1, output_tokens=2, cost="0.25"
-    )
-    await create_usage(
-        db, user=None, project=second, created_at=now, input_tokens=7, output_tokens=0, cost="0"
-    )
-    # Last month and next month do not count.
-    await create_usage(
-        db,
-        user=owner,
-        project=first,
-        created_at=start - timedelta(microseconds=1),
-        input_tokens=999,
-    )
-    await create_usage(
-        db, user=owner, project=first, created_at=next_month_start(now), input_tokens=999
-    )
+    # (who, project, when, input tokens, output tokens, cost)
+    calls = [
+        (owner, first, start, 100, 20, "0.5"),
+        (owner, first, now, 1, 2, "0.25"),
+        (None, second, now, 7, 0, "0"),
+        # Last month and next month do not count.
+        (owner, first, start - timedelta(microseconds=1), 999, 5, "1"),
+        (owner, first, next_month_start(now), 999, 5, "1"),
+    ]
+    for user, project, created_at, input_tokens, output_tokens, cost in calls:
+        await create_usage(
+            db, user=user, project=project, created_at=created_at, input_tokens=input_tokens,
+            output_tokens=output_tokens, cost=cost,
+        )  # fmt: skip
 
     totals = await usage_this_month(db=db, project_ids=[first.id, second.id, idle.id], now=now)
 
