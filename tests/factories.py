@@ -123,25 +123,19 @@ async def create_project(
     db: AsyncSession,
     *,
     creator: User,
-    members: Mapping[User | uuid.UUID, ProjectRole] | None = None,
+    members: Mapping[uuid.UUID, ProjectRole] | None = None,
     creator_joins: bool = True,
     **fields: Any,
 ) -> Project:
     """A project of `creator`, who joins it as OWNER (as `createProject` does) unless
-    `creator_joins` is false; `members`: more people (users or user ids) and their roles."""
+    `creator_joins` is false; `members`: more people (user ids) and their roles."""
     fields.setdefault("name", f"Project {uuid.uuid4().hex[:6]}")
     project: Project = await _saved(db, Project(created_by_id=creator.id, **fields))
-    joining: dict[User | uuid.UUID, ProjectRole] = (
-        {creator: ProjectRole.OWNER} if creator_joins else {}
-    )
-    for who, role in {**joining, **(members or {})}.items():
-        db.add(ProjectMember(project_id=project.id, user_id=_user_id(who), role=role))
+    joining = {creator.id: ProjectRole.OWNER} if creator_joins else {}
+    for user_id, role in {**joining, **(members or {})}.items():
+        db.add(ProjectMember(project_id=project.id, user_id=user_id, role=role))
     await db.flush()
     return project
-
-
-def _user_id(who: User | uuid.UUID) -> uuid.UUID:
-    return who.id if isinstance(who, User) else who
 
 
 async def add_member(
