@@ -60,7 +60,8 @@ run: check-lock $(RUN_ENV)
 	$(BIN)/atlas-gql serve $(ARGS)
 
 ## Run the whole test suite (PostgreSQL: TEST_DATABASE_URL, else 127.0.0.1:5432, else embedded)
-## in TEST_WORKERS pytest-xdist processes (0, the default: in this process; 2 once the Redis tests are order-safe).
+## in TEST_WORKERS pytest-xdist processes (0, the default: in this process; see docs/architecture.md,
+## "Suite time", for what 2 needs before it becomes the default).
 TEST_WORKERS ?= 0
 test: check-lock $(DEV_STAMP)
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(ARGS); status=$$?; \
