@@ -60,8 +60,9 @@ run: check-lock $(RUN_ENV)
 	$(BIN)/atlas-gql serve $(ARGS)
 
 ## Run the whole test suite (PostgreSQL: TEST_DATABASE_URL, else 127.0.0.1:5432, else embedded)
-## in TEST_WORKERS pytest-xdist processes (0, the default: in this process; 2 once the Redis tests are order-safe).
-TEST_WORKERS ?= 0
+## in TEST_WORKERS pytest-xdist processes (2 by default; 0: in this process; docs/architecture.md,
+## "Suite time").
+TEST_WORKERS ?= 2
 test: check-lock $(DEV_STAMP)
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$status

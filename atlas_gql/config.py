@@ -1,4 +1,7 @@
-"""Settings: the environment first, then `.env`, then the defaults below."""
+"""Settings: the environment first, then `.env`, then the defaults below.
+
+Size: about 400 lines on purpose: one Settings class is the one list of every knob, read
+top to bottom by whoever deploys ATLAS; splitting it would scatter that list."""
 
 from __future__ import annotations
 
@@ -96,6 +99,22 @@ class TextLimits:
 TEXT_LIMITS = TextLimits()
 
 
+def count(
+    default: int | None, *, minimum: int = 1, maximum: int | None = None, **field: Any
+) -> Any:
+    """A number of things: `minimum` (1) or more, at most `maximum`."""
+    return Field(default=default, ge=minimum, le=maximum, **field)
+
+
+def seconds(
+    default: float, *, minimum: float | None = None, maximum: float | None = None, **field: Any
+) -> Any:
+    """A duration in seconds: more than 0, or `minimum` or more; at most `maximum`."""
+    field.setdefault("description", "seconds")
+    bounds: dict[str, Any] = {"gt": 0} if minimum is None else {"ge": minimum}
+    return Field(default=default, le=maximum, **bounds, **field)
+
+
 class Settings(BaseSettings):
     """Every knob of ATLAS. Names are the environment variables (case-insensitive)."""
 
@@ -113,26 +132,25 @@ class Settings(BaseSettings):
     atlas_jwt_algorithm: str = "HS256"
     atlas_jwt_issuer: str = "atlas-gql"
     atlas_jwt_audience: str = "atlas-gql"
-    atlas_access_token_ttl: int = Field(default=900, ge=30, le=3600, description="seconds")
-    atlas_refresh_token_ttl: int = Field(default=30 * 24 * 3600, ge=60, description="seconds")
+    atlas_access_token_ttl: int = seconds(900, minimum=30, maximum=3600)
+    atlas_refresh_token_ttl: int = seconds(30 * 24 * 3600, minimum=60)
     atlas_seed_password: str = DEVELOPMENT_SEED_PASSWORD
     # Failed sign-ins (docs/security.md, "Sign-in"): a lock per account and address, a limit
     # per address, and a slower backoff per account that no single address can set off.
-    atlas_login_max_failures: int = Field(
-        default=10, ge=1, description="failed sign-ins per account from one address per window"
+    atlas_login_max_failures: int = count(
+        10, description="failed sign-ins per account from one address per window"
     )
-    atlas_login_failure_window: int = Field(default=900, ge=1, description="seconds")
-    atlas_login_address_max_failures: int = Field(
-        default=50, ge=1, description="failed sign-ins from one address (any accounts) per window"
+    atlas_login_failure_window: int = seconds(900, minimum=1)
+    atlas_login_address_max_failures: int = count(
+        50, description="failed sign-ins from one address (any accounts) per window"
     )
-    atlas_login_account_backoff_after: int = Field(
-        default=20,
-        ge=1,
+    atlas_login_account_backoff_after: int = count(
+        20,
         description="failed sign-ins of one account (any addresses) per window before each "
         "further attempt waits",
     )
-    atlas_login_account_backoff_max: int = Field(
-        default=60, ge=1, description="longest wait (seconds) of the per-account backoff"
+    atlas_login_account_backoff_max: int = count(
+        60, description="longest wait (seconds) of the per-account backoff"
     )
 
     # Registration and what an account may spend (docs/security.md, "Registration", "Spend").
@@ -141,20 +159,20 @@ class Settings(BaseSettings):
         description="open | approval | closed; default: approval in production, open in "
         "development",
     )
-    atlas_registrations_per_hour: int = Field(
-        default=5, ge=1, description="registrations per client address per hour"
+    atlas_registrations_per_hour: int = count(
+        5, description="registrations per client address per hour"
     )
-    atlas_registrations_per_hour_global: int = Field(
-        default=100, ge=1, description="registrations per hour, all addresses together"
+    atlas_registrations_per_hour_global: int = count(
+        100, description="registrations per hour, all addresses together"
     )
-    atlas_user_monthly_tokens: int | None = Field(
-        default=1_000_000,
-        ge=0,
+    atlas_user_monthly_tokens: int | None = count(
+        1_000_000,
+        minimum=0,
         description="tokens (input + output) a user's replies may use per UTC month, unless "
         "an administrator set the user's own budget; empty: no default budget",
     )
-    atlas_user_messages_per_minute: int = Field(
-        default=10, ge=1, description="sendMessage calls per user per minute (token bucket)"
+    atlas_user_messages_per_minute: int = count(
+        10, description="sendMessage calls per user per minute (token bucket)"
     )
     atlas_api_key_messages_per_minute: int = Field(
         default=10,
@@ -171,17 +189,16 @@ class Settings(BaseSettings):
     atlas_api_keys_per_user: int = Field(
         default=50, ge=1, le=1000, description="live (not revoked) API keys a user may hold"
     )
-    atlas_max_instructions_chars: int = Field(
-        default=32_000,
-        ge=1,
-        le=TEXT_LIMITS.instructions_ceiling,
+    atlas_max_instructions_chars: int = count(
+        32_000,
+        maximum=TEXT_LIMITS.instructions_ceiling,
         description="longest assistant instructions, in characters (sent with every reply)",
     )
 
     openai_api_key: str = "sk-dev-placeholder"
     openai_base_url: str | None = None
     atlas_openai_api: OpenAIApi = OpenAIApi.RESPONSES
-    atlas_openai_timeout: float = Field(default=60.0, gt=0)
+    atlas_openai_timeout: float = seconds(60.0)
     atlas_openai_http_client: OpenAIHttpClient = Field(
         default=OpenAIHttpClient.AIOHTTP,
         description="the OpenAI SDK's HTTP transport: aiohttp (measured faster) or httpx",
@@ -198,8 +215,8 @@ class Settings(BaseSettings):
         "call to ATLAS_TITLE_MODEL); generateThreadTitle works either way",
     )
     atlas_allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    atlas_max_message_chars: int = Field(default=32_000, ge=1)
-    atlas_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    atlas_max_message_chars: int = count(32_000)
+    atlas_max_upload_bytes: int = count(20 * 1024 * 1024)
 
     atlas_model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
@@ -217,19 +234,17 @@ class Settings(BaseSettings):
         description="USD per GB-day of vector store storage (OpenAI: $0.10), metered by "
         "`atlas-gql meter-storage`",
     )
-    atlas_reply_stale_after: float = Field(
-        default=60.0,
-        gt=0,
-        description="seconds without progress after which an IN_PROGRESS reply is INCOMPLETE",
+    atlas_reply_stale_after: float = seconds(
+        60.0, description="seconds without progress after which an IN_PROGRESS reply is INCOMPLETE"
     )
     atlas_openai_background: bool = Field(
         default=True,
         description="Responses adapter: start replies as background responses, so a reply "
         "whose worker dies or restarts is resumed (ignored by the chat adapter)",
     )
-    atlas_reply_resume_after: float = Field(
-        default=15.0,
-        ge=1,
+    atlas_reply_resume_after: float = seconds(
+        15.0,
+        minimum=1,
         description="seconds without a heartbeat after which another worker resumes a "
         "background reply",
     )
@@ -241,16 +256,13 @@ class Settings(BaseSettings):
     )
 
     redis_url: str | None = None
-    atlas_redis_timeout: float = Field(
-        default=0.25,
-        gt=0,
+    atlas_redis_timeout: float = seconds(
+        0.25,
         description="seconds a broker command (publish, history, control) waits for Redis "
         "before Redis is skipped for a while (the circuit opens)",
     )
-    atlas_redis_retry_max: float = Field(
-        default=30.0,
-        gt=0,
-        description="longest pause (seconds) before a Redis that failed is probed again",
+    atlas_redis_retry_max: float = seconds(
+        30.0, description="longest pause (seconds) before a Redis that failed is probed again"
     )
     atlas_cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -258,31 +270,28 @@ class Settings(BaseSettings):
         "none in production",
     )
 
-    atlas_max_http_streams: int = Field(
-        default=1000,
-        ge=0,
+    atlas_max_http_streams: int = count(
+        1000,
+        minimum=0,
         description="subscription streams over HTTP (multipart, SSE) a worker keeps open at "
         "once; 0 serves subscriptions over the WebSocket only",
     )
-    atlas_max_http_streams_per_user: int = Field(
-        default=10,
-        ge=1,
-        description="subscription streams over HTTP one user may keep open on a worker",
+    atlas_max_http_streams_per_user: int = count(
+        10, description="subscription streams over HTTP one user may keep open on a worker"
     )
 
-    atlas_max_depth: int = Field(default=12, ge=1)
-    atlas_max_aliases: int = Field(default=30, ge=1)
-    atlas_max_tokens: int = Field(default=1_000, ge=1, description="lexical tokens and comments")
-    atlas_max_cost: int = Field(default=50_000, ge=1)
-    atlas_max_body_bytes: int = Field(default=1024 * 1024, ge=1)
-    atlas_max_document_bytes: int = Field(
-        default=100 * 1024,
-        ge=1,
+    atlas_max_depth: int = count(12)
+    atlas_max_aliases: int = count(30)
+    atlas_max_tokens: int = count(1_000, description="lexical tokens and comments")
+    atlas_max_cost: int = count(50_000)
+    atlas_max_body_bytes: int = count(1024 * 1024)
+    atlas_max_document_bytes: int = count(
+        100 * 1024,
         description="largest GraphQL document (UTF-8 bytes, comments and whitespace included)",
     )
-    atlas_document_cache_bytes: int = Field(
-        default=32 * 1024 * 1024,
-        ge=0,
+    atlas_document_cache_bytes: int = count(
+        32 * 1024 * 1024,
+        minimum=0,
         description="memory the parsed and validated document cache may hold (0: no cache)",
     )
     atlas_introspection: bool | None = Field(
@@ -296,15 +305,15 @@ class Settings(BaseSettings):
         description="serve the queries the compiler can build as one SQL statement each "
         '(docs/architecture.md, "Compiled reads"); false: every operation runs the resolvers',
     )
-    atlas_db_ping_after_idle: float = Field(
-        default=10.0,
-        ge=0,
+    atlas_db_ping_after_idle: float = seconds(
+        10.0,
+        minimum=0,
         description="seconds a pooled connection may sit idle before it is pinged at checkout "
         "(0: ping at every checkout)",
     )
-    atlas_log_retention_days: int = Field(default=90, ge=1)
-    atlas_error_log_retention_days: int | None = Field(
-        default=None, ge=1, description="days ErrorLog rows are kept; default: the value above"
+    atlas_log_retention_days: int = count(90)
+    atlas_error_log_retention_days: int | None = count(
+        None, description="days ErrorLog rows are kept; default: the value above"
     )
     # Error logs cannot be flooded (docs/security.md, "Logs"): one row per kind of error per
     # window, with a count; each anonymous or signed-in source adds few rows per window.
@@ -321,8 +330,8 @@ class Settings(BaseSettings):
         description="new ErrorLog rows per window from anonymous requests together, and from "
         "each user; beyond it their errors are counted on one overflow row",
     )
-    atlas_bcrypt_rounds: int = Field(
-        default=12, ge=4, le=16, description="bcrypt cost of new password hashes"
+    atlas_bcrypt_rounds: int = count(
+        12, minimum=4, maximum=16, description="bcrypt cost of new password hashes"
     )
     atlas_rate_limit_prefix: str = Field(
         default="atlas:ratelimit:", description="key prefix of rate-limit counters in Redis"
@@ -334,16 +343,14 @@ class Settings(BaseSettings):
         default_factory=list,
         description="comma-separated IPs or CIDR networks whose X-Forwarded-* headers count",
     )
-    atlas_body_timeout: float = Field(
-        default=30.0, gt=0, description="seconds a client has to send a whole request body"
+    atlas_body_timeout: float = seconds(
+        30.0, description="seconds a client has to send a whole request body"
     )
-    atlas_header_timeout: float = Field(
-        default=10.0,
-        gt=0,
-        description="seconds a connection has to send a request's headers (atlas-gql serve)",
+    atlas_header_timeout: float = seconds(
+        10.0, description="seconds a connection has to send a request's headers (atlas-gql serve)"
     )
-    atlas_max_header_bytes: int = Field(
-        default=64 * 1024, ge=4096, description="largest request line plus headers, bytes"
+    atlas_max_header_bytes: int = count(
+        64 * 1024, minimum=4096, description="largest request line plus headers, bytes"
     )
 
     # Observability (docs/observability.md).

@@ -25,6 +25,8 @@ What it does:
 
 wrk is installed with apt-get when missing (falls back to nothing: the script stops and says
 so). PostGraphile is installed with `npm ci` in bench/postgraphile when node_modules is missing.
+Size: over 400 lines on purpose: a self-contained benchmark script (servers, load tool,
+report) that runs on its own; nothing in it is imported elsewhere.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import TEXT_LIMITS, OpenAIApi, Settings
 from atlas_gql.db.inputs import Command, PartialUpdate, check_length
-from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.pagination import Ordering, Page, PageRequest
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.errors import BadInput, Forbidden, NotFound
 from atlas_gql.projects.access import require_project_role
@@ -145,10 +145,10 @@ async def list_assistants(
     *, db: ReadSession, actor: Actor, request: PageRequest, project_id: uuid.UUID | None = None
 ) -> Page[Assistant]:
     """The assistants the viewer may see, newest first."""
-    statement = sa.select(Assistant).where(assistant_visible_to(actor.viewer_required))
-    if project_id is not None:
-        statement = statement.where(col(Assistant.project_id) == project_id)
-    return await paginate(db, statement, ordering=ASSISTANT_ORDERING, request=request)
+    visible = assistant_visible_to(actor.viewer_required)
+    return await rules.visible_page(
+        db, Assistant, visible, project_id=project_id, ordering=ASSISTANT_ORDERING, request=request
+    )
 
 
 async def get_assistant(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 import strawberry
 from strawberry.file_uploads import Upload
@@ -42,24 +42,36 @@ from atlas_gql.auth.apikeys import reload_viewer
 from atlas_gql.auth.models import ApiKeyScope, PermissionName
 from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
 from atlas_gql.auth.viewer import Viewer
-from atlas_gql.db.pagination import page_request
+from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import AtlasError, Unauthenticated
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
-from atlas_gql.graph.inputs import After, First, optional_id, set_fields
+from atlas_gql.graph.inputs import (
+    After,
+    AssistantID,
+    Changes,
+    FileID,
+    First,
+    ThreadID,
+    optional_id,
+    set_fields,
+)
 from atlas_gql.graph.relay import (
     DELETED,
     REFUSED,
     Connection,
     global_id,
     register_node,
+    requested_page,
     resolve_node_of,
-    selects_total,
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.service import time_window
+
+Row = TypeVar("Row")
+NodeT = TypeVar("NodeT")
 
 # -- node resolvers --------------------------------------------------------------------------
 
@@ -109,8 +121,26 @@ for _type_name in NODE_GETTERS:
     register_node(_type_name, _node_resolver(_type_name))
 
 
-def _project_of(filter: AssistantFilter | ThreadFilter | None) -> uuid.UUID | None:
-    return optional_id(filter.project_id if filter else None, "Project", field="projectId")
+async def _listed(
+    info: Info,
+    list_visible: Callable[..., Awaitable[Page[Row]]],
+    request: PageRequest,
+    filter: AssistantFilter | ThreadFilter | None,
+    convert: Callable[[Row], NodeT],
+    **narrowing: Any,
+) -> Connection[NodeT]:
+    """The `assistants` and `threads` lists: one page of what the viewer may see (through
+    `list_assistants` or `list_threads`), in one project when the filter names one;
+    `narrowing`: the lister's other filter arguments."""
+    project_id = optional_id(filter.project_id if filter else None, "Project", field="projectId")
+    page = await list_visible(
+        db=info.context.read_session(),
+        actor=await info.context.actor(),
+        request=request,
+        project_id=project_id,
+        **narrowing,
+    )
+    return to_connection(page, convert)
 
 
 # -- Query -----------------------------------------------------------------------------------
@@ -133,13 +163,10 @@ class Query:
             strawberry.argument(description="Narrows the list (e.g. to one project)."),
         ] = None,
     ) -> Connection[AssistantType] | None:
-        page = await assistants.list_assistants(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
-            project_id=_project_of(filter),
+        request = requested_page(info, first=first, after=after)
+        return await _listed(
+            info, assistants.list_assistants, request, filter, AssistantType.from_model
         )
-        return to_connection(page, AssistantType.from_model)
 
     @strawberry.field(
         description="Threads the viewer may see (their projects', their own), newest first; "
@@ -156,15 +183,16 @@ class Query:
             strawberry.argument(description="Narrows the list (e.g. to one project)."),
         ] = None,
     ) -> Connection[ThreadType] | None:
-        page = await threads.list_threads(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
-            project_id=_project_of(filter),
+        request = requested_page(info, first=first, after=after)
+        return await _listed(
+            info,
+            threads.list_threads,
+            request,
+            filter,
+            ThreadType.from_model,
             archived=filter.archived if filter else None,
             pinned=filter.pinned if filter else None,
         )
-        return to_connection(page, ThreadType.from_model)
 
     @strawberry.field(
         description="A thread by ID; null when it does not exist or the viewer may not see it "
@@ -172,11 +200,7 @@ class Query:
         "type, is BAD_USER_INPUT.",
         extensions=authenticated(),
     )
-    async def thread(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The thread's global ID.")],
-    ) -> ThreadType | None:
+    async def thread(self, info: Info, id: ThreadID) -> ThreadType | None:
         thread: ThreadType | None = await resolve_node_of(
             info.context, "Thread", decode_id_of(id, "Thread")
         )
@@ -211,7 +235,7 @@ class Query:
             db=info.context.read_session(),
             actor=await info.context.actor(),
             filter=parsed,
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
+            request=requested_page(info, first=first, after=after),
         )
         return to_connection(page, FeedbackType.from_model)
 
@@ -256,7 +280,7 @@ class Query:
             actor=await info.context.actor(),
             text=query,
             filter=parsed,
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
+            request=requested_page(info, first=first, after=after),
         )
         return to_connection(page, MessageSearchHitType.from_hit)
 
@@ -297,13 +321,7 @@ class Mutation:
         extensions=authenticated(),
     )
     async def update_assistant(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The assistant's global ID.")],
-        input: Annotated[
-            UpdateAssistantInput,
-            strawberry.argument(description="The fields to change (omitted = unchanged)."),
-        ],
+        self, info: Info, id: AssistantID, input: Changes[UpdateAssistantInput]
     ) -> AssistantType | None:
         context = info.context
         assistant = await assistants.update_assistant(
@@ -320,11 +338,7 @@ class Mutation:
         "replies, without `assistant`). " + DELETED,
         extensions=authenticated(),
     )
-    async def delete_assistant(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The assistant's global ID.")],
-    ) -> strawberry.ID | None:
+    async def delete_assistant(self, info: Info, id: AssistantID) -> strawberry.ID | None:
         assistant_id = decode_id_of(id, "Assistant")
         await assistants.delete_assistant(
             db=info.context.db,
@@ -359,13 +373,7 @@ class Mutation:
         extensions=authenticated(),
     )
     async def update_thread(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The thread's global ID.")],
-        input: Annotated[
-            UpdateThreadInput,
-            strawberry.argument(description="The fields to change (omitted = unchanged)."),
-        ],
+        self, info: Info, id: ThreadID, input: Changes[UpdateThreadInput]
     ) -> ThreadType | None:
         thread = await threads.update_thread(
             db=info.context.db,
@@ -403,11 +411,7 @@ class Mutation:
         "ADMIN). " + DELETED,
         extensions=authenticated(),
     )
-    async def delete_thread(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The thread's global ID.")],
-    ) -> strawberry.ID | None:
+    async def delete_thread(self, info: Info, id: ThreadID) -> strawberry.ID | None:
         thread_id = decode_id_of(id, "Thread")
         await threads.delete_thread(
             db=info.context.db,
@@ -586,11 +590,7 @@ class Mutation:
         + DELETED,
         extensions=authenticated(),
     )
-    async def delete_file(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The file's global ID.")],
-    ) -> strawberry.ID | None:
+    async def delete_file(self, info: Info, id: FileID) -> strawberry.ID | None:
         file_id = decode_id_of(id, "File")
         await files.delete_file(
             ai=info.context.services.ai, actor=await info.context.actor(), file_id=file_id
@@ -613,9 +613,7 @@ class Subscription:
     async def thread_events(
         self,
         info: Info,
-        thread_id: Annotated[
-            strawberry.ID, strawberry.argument(description="The thread's global ID.")
-        ],
+        thread_id: ThreadID,
         after_sequence: Annotated[
             int | None,
             strawberry.argument(

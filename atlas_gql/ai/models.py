@@ -9,16 +9,15 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import TSVECTOR
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
 from atlas_gql.db.base import (
+    Created,
     Timestamped,
-    created_at,
     enum_column,
     foreign_key,
     jsonb_column,
     optional_timestamp,
-    uuid_pk,
 )
 from atlas_gql.db.tables import table_of
 
@@ -66,7 +65,6 @@ class AssociableType(enum.StrEnum):
 class Assistant(Timestamped, table=True):
     __tablename__ = "assistants"
 
-    id: uuid.UUID = uuid_pk()
     name: str = Field(max_length=200)
     description: str | None = Field(default=None, sa_type=sa.Text)
     model: str = Field(max_length=100)
@@ -85,7 +83,6 @@ class Assistant(Timestamped, table=True):
 class Thread(Timestamped, table=True):
     __tablename__ = "threads"
 
-    id: uuid.UUID = uuid_pk()
     title: str | None = Field(default=None, max_length=300)
     project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True)
     assistant_id: uuid.UUID | None = foreign_key(
@@ -112,7 +109,7 @@ class Thread(Timestamped, table=True):
     conversation_leaf_id: uuid.UUID | None = Field(default=None)
 
 
-class Message(SQLModel, table=True):
+class Message(Created, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         sa.Index("ix_messages_thread_id_created_at", "thread_id", "created_at", "id"),
@@ -127,7 +124,6 @@ class Message(SQLModel, table=True):
         ),
     )
 
-    id: uuid.UUID = uuid_pk()
     # Indexed by (thread_id, created_at, id), which also serves the thread's message list.
     thread_id: uuid.UUID = foreign_key("threads.id", index=False)
     # The message this one follows (NULL for a root): a thread is a tree whose siblings are
@@ -151,7 +147,6 @@ class Message(SQLModel, table=True):
     input_tokens: int | None = None
     output_tokens: int | None = None
     error: str | None = Field(default=None, sa_type=sa.Text)
-    created_at: datetime = created_at()
     completed_at: datetime | None = optional_timestamp()
     # A running reply's liveness: its worker touches it every few seconds (see recovery.py).
     heartbeat_at: datetime | None = optional_timestamp()
@@ -187,7 +182,6 @@ class MessageRating(Timestamped, table=True):
         sa.Index("ix_message_ratings_created_at_id", "created_at", "id"),
     )
 
-    id: uuid.UUID = uuid_pk()
     # Indexed by the unique (message_id, user_id), which also serves the per-message counts.
     message_id: uuid.UUID = foreign_key("messages.id", index=False)
     user_id: uuid.UUID = foreign_key("users.id")
@@ -227,17 +221,15 @@ table_of(Message).append_column(MESSAGE_SEARCH_VECTOR)
 sa.Index("ix_messages_search_vector", MESSAGE_SEARCH_VECTOR, postgresql_using="gin")
 
 
-class File(SQLModel, table=True):
+class File(Created, table=True):
     __tablename__ = "files"
 
-    id: uuid.UUID = uuid_pk()
     filename: str = Field(max_length=255)
     bytes: int
     mime_type: str | None = Field(default=None, max_length=255)
     purpose: str = Field(default="user_data", max_length=32)
     openai_file_id: str | None = Field(default=None, max_length=100, unique=True)
     uploaded_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
-    created_at: datetime = created_at()
     # Indexing for file search (a vector store of an assistant or thread it is attached to):
     # NULL when never indexed; the latest outcome otherwise (ai/knowledge.py).
     index_status: FileIndexStatus | None = enum_column(
@@ -246,7 +238,7 @@ class File(SQLModel, table=True):
     index_error: str | None = Field(default=None, sa_type=sa.Text)
 
 
-class FileAssociation(SQLModel, table=True):
+class FileAssociation(Created, table=True):
     """Attaches a File to an Assistant, a Thread or a Message (a polymorphic link)."""
 
     __tablename__ = "file_associations"
@@ -255,8 +247,6 @@ class FileAssociation(SQLModel, table=True):
         sa.Index("ix_file_associations_associable", "associable_type", "associable_id"),
     )
 
-    id: uuid.UUID = uuid_pk()
     file_id: uuid.UUID = foreign_key("files.id", index=False)
     associable_type: AssociableType = enum_column(AssociableType, "associable_type")
     associable_id: uuid.UUID
-    created_at: datetime = created_at()

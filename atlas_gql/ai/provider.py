@@ -203,6 +203,33 @@ class UpstreamFailure(Exception):
         self.file_search_calls = file_search_calls
         self.web_search_calls = web_search_calls
 
+    @classmethod
+    def cut_short(
+        cls, reason: str | None, *, detail: str, request_id: str | None, **usage: Any
+    ) -> UpstreamFailure:
+        """The provider ended the reply early for `reason` (length, content filter...): the
+        message becomes INCOMPLETE with the text so far. `usage`: the tokens, `upstream_ended`."""
+        return cls(
+            cut_short_text(reason),
+            detail=detail,
+            status=MessageStatus.INCOMPLETE,
+            request_id=request_id,
+            **usage,
+        )
+
+    @classmethod
+    def stream_ended(
+        cls, *, detail: str, request_id: str | None, retryable: bool
+    ) -> UpstreamFailure:
+        """The stream ended without the provider saying the reply was over: INCOMPLETE."""
+        return cls(
+            STREAM_ENDED_ERROR,
+            detail=detail,
+            status=MessageStatus.INCOMPLETE,
+            request_id=request_id,
+            retryable=retryable,
+        )
+
 
 class Provider(Protocol):
     api: str  # "responses" | "chat", recorded as ApiUsageLog.endpoint
@@ -434,10 +461,8 @@ class ResponsesStreamReader:
     def ended_early(self) -> UpstreamFailure:
         """The failure of a stream that ended without `response.completed` (retryable: by
         reading a background response again, or before any text by asking again)."""
-        return UpstreamFailure(
-            STREAM_ENDED_ERROR,
+        return UpstreamFailure.stream_ended(
             detail="The stream ended without response.completed.",
-            status=MessageStatus.INCOMPLETE,
             request_id=self.request_id,
             retryable=True,
         )
@@ -612,10 +637,9 @@ def _terminal_failure(
     output_tokens = usage.get("output_tokens")
     if kind == "response.incomplete":
         reason = (response.get("incomplete_details") or {}).get("reason")
-        return UpstreamFailure(
-            cut_short_text(reason),
+        return UpstreamFailure.cut_short(
+            reason,
             detail=f"response.incomplete: {reason or 'no reason given'}",
-            status=MessageStatus.INCOMPLETE,
             request_id=request_id,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -748,17 +772,14 @@ class ChatProvider(_FilesMixin):
             ]
             return
         if finish_reason is None:
-            raise UpstreamFailure(
-                STREAM_ENDED_ERROR,
+            raise UpstreamFailure.stream_ended(
                 detail="The stream ended without a finish_reason.",
-                status=MessageStatus.INCOMPLETE,
                 request_id=request_id,
                 retryable=not started,
             )
-        raise UpstreamFailure(
-            cut_short_text(finish_reason),
+        raise UpstreamFailure.cut_short(
+            finish_reason,
             detail=f"finish_reason: {finish_reason}",
-            status=MessageStatus.INCOMPLETE,
             request_id=request_id,
             input_tokens=input_tokens,
             output_tokens=output_tokens,

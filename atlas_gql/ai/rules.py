@@ -32,10 +32,12 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant, AssociableType, FileAssociation, Message, Thread
 from atlas_gql.auth.rules import SqlBool, ViewerRef, viewer_literals
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import table_of
 from atlas_gql.projects.models import ProjectRole
@@ -204,3 +206,19 @@ def file_visible(viewer: ViewerRef, file: sa.FromClause) -> SqlBool:
         )
     )
     return sa.or_(viewer.is_admin, file.c.uploaded_by_id == viewer.user_id, attached_to_visible)
+
+
+async def visible_page(
+    db: ReadSession,
+    entity: type[Assistant] | type[Thread],
+    *where: Any,
+    project_id: uuid.UUID | None,
+    ordering: Ordering,
+    request: PageRequest,
+) -> Page[Any]:
+    """One page of the assistants or threads matching `where` (the viewer's rule first), in
+    one project when `project_id` is given."""
+    statement = sa.select(entity).where(*where)
+    if project_id is not None:
+        statement = statement.where(col(entity.project_id) == project_id)
+    return await paginate(db, statement, ordering=ordering, request=request)

@@ -28,7 +28,7 @@ from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.db.inputs import Command, PartialUpdate
-from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
+from atlas_gql.db.pagination import Ordering, Page, PageRequest
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.db.tables import table_of
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound
@@ -105,15 +105,16 @@ async def list_threads(
 ) -> Page[Thread]:
     """The threads the viewer may see, newest first: not archived unless `archived` is true
     (then the archived ones only); pinned or not when `pinned` is given."""
-    statement = sa.select(Thread).where(thread_visible_to(actor.viewer_required))
-    if project_id is not None:
-        statement = statement.where(col(Thread.project_id) == project_id)
-    statement = statement.where(
-        col(Thread.archived_at).is_not(None) if archived else col(Thread.archived_at).is_(None)
-    )
+    archived_at = col(Thread.archived_at)
+    conditions = [
+        thread_visible_to(actor.viewer_required),
+        archived_at.is_not(None) if archived else archived_at.is_(None),
+    ]
     if pinned is not None:
-        statement = statement.where(col(Thread.pinned).is_(pinned))
-    return await paginate(db, statement, ordering=THREAD_ORDERING, request=request)
+        conditions.append(col(Thread.pinned).is_(pinned))
+    return await rules.visible_page(
+        db, Thread, *conditions, project_id=project_id, ordering=THREAD_ORDERING, request=request
+    )
 
 
 async def get_thread(

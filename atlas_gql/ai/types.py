@@ -35,7 +35,6 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.search import SearchHit
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
-from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Info
 from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import After, Before, First, Last
@@ -44,8 +43,8 @@ from atlas_gql.graph.relay import (
     Connection,
     Node,
     from_row,
+    requested_page,
     resolve_node_of,
-    selects_total,
     to_connection,
 )
 from atlas_gql.ids import encode_global_id
@@ -318,9 +317,7 @@ class ThreadType(Node):
         last: Last = None,
         before: Before = None,
     ) -> Connection[MessageType] | None:
-        request = page_request(
-            first=first, after=after, last=last, before=before, with_total=selects_total(info)
-        )
+        request = requested_page(info, first=first, after=after, last=last, before=before)
         page = await info.context.loader(loaders.messages_page).load((self.db_id, request))
         return to_connection(page, MessageType.from_model)
 

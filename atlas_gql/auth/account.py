@@ -5,7 +5,11 @@ Transactions: the work of a successful call joins the operation's session (`db`)
 operation boundary commits. What must hold even though the operation fails runs in short
 transactions of its own (`execute_transaction` on `sessionmaker`): the login limiter's
 attempt rows and their failure outcome, and the session revoked on refresh-token reuse. No
-transaction, and no pooled connection, is held while bcrypt runs."""
+transaction, and no pooled connection, is held while bcrypt runs.
+
+Size: a little over 400 lines on purpose: the account's commands share the sign-in
+primitives (password check against a dummy hash, limiter reservations, token issue) and must
+time and fail alike; admin.py already holds what administrators do."""
 
 from __future__ import annotations
 

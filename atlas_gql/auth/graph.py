@@ -1,5 +1,9 @@
 """The auth part of the graph: User, Role, AuthPayload; `me`, `users`, `roles`; sign-in,
-sessions and user administration mutations. Resolvers parse, call one service, map."""
+sessions and user administration mutations. Resolvers parse, call one service, map.
+
+Size: over 400 lines on purpose: the domain's GraphQL types and its one Query/Mutation
+piece (merged by graph/schema.py), thin resolvers side by side, as the other domains' graph
+modules; most of the length is schema descriptions."""
 
 from __future__ import annotations
 
@@ -18,16 +22,15 @@ from atlas_gql.auth.permissions import (
     requires,
 )
 from atlas_gql.auth.rules import user_grants_visible_to
-from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context, Info
-from atlas_gql.graph.inputs import After, First, set_fields
+from atlas_gql.graph.inputs import After, Changes, First, ListFilter, UserID, set_fields
 from atlas_gql.graph.relay import (
     REFUSED,
     Connection,
     Node,
     from_row,
     register_node,
-    selects_total,
+    requested_page,
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
@@ -318,16 +321,13 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: Annotated[
-            UserFilter | None,
-            strawberry.argument(description="Narrows the list; all given conditions apply."),
-        ] = None,
+        filter: ListFilter[UserFilter] = None,
     ) -> Connection[UserType] | None:
         given = filter or UserFilter()
         page = await admin.list_users(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
+            request=requested_page(info, first=first, after=after),
             filter=admin.UserFilter(
                 search=given.search,
                 role=given.role,
@@ -494,13 +494,7 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def update_user(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
-        input: Annotated[
-            UpdateUserInput,
-            strawberry.argument(description="The fields to change (omitted = unchanged)."),
-        ],
+        self, info: Info, id: UserID, input: Changes[UpdateUserInput]
     ) -> UserType | None:
         user = await admin.update_user(
             db=info.context.db,
@@ -517,7 +511,7 @@ class Mutation:
     async def assign_role(
         self,
         info: Info,
-        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        user_id: UserID,
         role: Annotated[
             RoleName,
             strawberry.argument(
@@ -535,7 +529,7 @@ class Mutation:
     async def revoke_role(
         self,
         info: Info,
-        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        user_id: UserID,
         role: Annotated[
             RoleName,
             strawberry.argument(
@@ -573,7 +567,7 @@ class Mutation:
     async def set_user_limits(
         self,
         info: Info,
-        user_id: Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")],
+        user_id: UserID,
         input: Annotated[
             UserLimitsInput,
             strawberry.argument(description="The limits to change (omitted = unchanged)."),

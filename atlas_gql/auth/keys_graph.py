@@ -14,7 +14,6 @@ from atlas_gql.auth import apikeys, loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import ApiKey, ApiKeyScope
 from atlas_gql.auth.permissions import authenticated
-from atlas_gql.db.pagination import page_request
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
@@ -25,7 +24,7 @@ from atlas_gql.graph.relay import (
     Node,
     from_row,
     register_node,
-    selects_total,
+    requested_page,
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
@@ -161,7 +160,7 @@ class Query:
             actor=await info.context.actor(),
             user_id=optional_id(user_id, "User", field="userId"),
             include_revoked=bool(include_revoked),
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
+            request=requested_page(info, first=first, after=after),
         )
         return to_connection(page, ApiKeyType.from_model)
 

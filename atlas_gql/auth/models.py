@@ -11,12 +11,12 @@ from sqlalchemy.dialects import postgresql
 from sqlmodel import Field, SQLModel
 
 from atlas_gql.db.base import (
+    Created,
     Timestamped,
     created_at,
     enum_column,
     foreign_key,
     optional_timestamp,
-    uuid_pk,
 )
 
 
@@ -50,7 +50,6 @@ class User(Timestamped, table=True):
         sa.CheckConstraint("messages_per_minute >= 1", name="messages_per_minute_positive"),
     )
 
-    id: uuid.UUID = uuid_pk()
     email: str = Field(max_length=320)
     password_hash: str = Field(max_length=100)
     name: str | None = Field(default=None, max_length=200)
@@ -76,79 +75,67 @@ class RateLimitBucket(SQLModel, table=True):
     updated_at: datetime = created_at()
 
 
-class Session(SQLModel, table=True):
+class Session(Created, table=True):
     """A signed-in device. Access tokens carry its id (`sid`); revoking it ends them at once."""
 
     __tablename__ = "sessions"
 
-    id: uuid.UUID = uuid_pk()
     user_id: uuid.UUID = foreign_key("users.id")
     # SHA-256 of the session's secret; never stored in clear.
     token_hash: str = Field(max_length=64, unique=True)
     user_agent: str | None = Field(default=None, max_length=500)
     ip_address: str | None = Field(default=None, max_length=64)
-    created_at: datetime = created_at()
     last_used_at: datetime | None = optional_timestamp()
     expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
     revoked_at: datetime | None = optional_timestamp()
     revoked_reason: str | None = Field(default=None, max_length=64)
 
 
-class RefreshToken(SQLModel, table=True):
+class RefreshToken(Created, table=True):
     """One link of a session's rotation chain: single-use, stored as a SHA-256 hash."""
 
     __tablename__ = "refresh_tokens"
 
-    id: uuid.UUID = uuid_pk()
     session_id: uuid.UUID = foreign_key("sessions.id")
     user_id: uuid.UUID = foreign_key("users.id")
     token_hash: str = Field(max_length=64, unique=True)
-    created_at: datetime = created_at()
     expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
     used_at: datetime | None = optional_timestamp()
     revoked_at: datetime | None = optional_timestamp()
 
 
-class Role(SQLModel, table=True):
+class Role(Created, table=True):
     __tablename__ = "roles"
 
-    id: uuid.UUID = uuid_pk()
     name: RoleName = enum_column(RoleName, "role_name", unique=True)
     description: str | None = Field(default=None, max_length=500)
-    created_at: datetime = created_at()
 
 
-class Permission(SQLModel, table=True):
+class Permission(Created, table=True):
     __tablename__ = "permissions"
 
-    id: uuid.UUID = uuid_pk()
     name: PermissionName = enum_column(PermissionName, "permission_name", unique=True)
     description: str | None = Field(default=None, max_length=500)
-    created_at: datetime = created_at()
 
 
-class UserRole(SQLModel, table=True):
+class UserRole(Created, table=True):
     __tablename__ = "user_roles"
     __table_args__ = (sa.UniqueConstraint("user_id", "role_id"),)
 
-    id: uuid.UUID = uuid_pk()
     # Indexed by the unique (user_id, role_id) it leads.
     user_id: uuid.UUID = foreign_key("users.id", index=False)
     role_id: uuid.UUID = foreign_key("roles.id")
-    created_at: datetime = created_at()
 
 
-class RolePermission(SQLModel, table=True):
+class RolePermission(Created, table=True):
     __tablename__ = "role_permissions"
     __table_args__ = (sa.UniqueConstraint("role_id", "permission_id"),)
 
-    id: uuid.UUID = uuid_pk()
     role_id: uuid.UUID = foreign_key("roles.id", index=False)
     permission_id: uuid.UUID = foreign_key("permissions.id")
-    created_at: datetime = created_at()
 
 
-class ApiKey(SQLModel, table=True):
+class ApiKey(Created, table=True):
     """A personal API key (`atlas_sk_...`): acts as its user, narrowed by its scopes, until
     revoked or expired. Only the SHA-256 of the secret is stored; `prefix` is what lists show."""
 
@@ -162,7 +149,6 @@ class ApiKey(SQLModel, table=True):
         sa.Index("ix_api_keys_user_id_created_at", "user_id", "created_at", "id"),
     )
 
-    id: uuid.UUID = uuid_pk()
     # Indexed by (user_id, created_at, id).
     user_id: uuid.UUID = foreign_key("users.id", index=False)
     name: str = Field(max_length=100)
@@ -171,7 +157,6 @@ class ApiKey(SQLModel, table=True):
     # SHA-256 hex of the whole secret; the lookup key of every request.
     secret_hash: str = Field(max_length=64, unique=True)
     scopes: list[str] = Field(sa_type=postgresql.ARRAY(sa.String(16)))
-    created_at: datetime = created_at()
     expires_at: datetime | None = optional_timestamp()
     # Updated at most once a minute (ATLAS_API_KEY_LAST_USED_INTERVAL), not on every request.
     last_used_at: datetime | None = optional_timestamp()

@@ -27,6 +27,8 @@ overshoot the limit. The service then turns the row into `auth.login_failed` or 
   the last word (the per-account backoff is the database's alone) and is all there is while
   Redis does not answer. Redis is behind a circuit breaker (`atlas_gql/circuit.py`): a Redis
   that hangs is skipped at once after its first timeout, not waited for on every sign-in.
+Size: over 400 lines on purpose: one limiter interface and its database and Redis
+implementations, which must count and answer alike, read side by side.
 """
 
 from __future__ import annotations

@@ -93,8 +93,15 @@ def jsonb_column(*, nullable: bool = True, **kwargs: Any) -> Any:
     return Field(default=None, sa_type=JSONB, nullable=nullable, **kwargs)
 
 
-class Timestamped(SQLModel):
-    """Adds created_at / updated_at."""
+class Created(SQLModel):
+    """A row with a UUID id and the time it was created (set by the database): the columns
+    nearly every table starts with."""
 
+    id: uuid.UUID = uuid_pk()
     created_at: datetime = created_at()
+
+
+class Timestamped(Created):
+    """A `Created` row that also records when it last changed (`updated_at`)."""
+
     updated_at: datetime = updated_at()

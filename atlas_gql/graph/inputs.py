@@ -8,7 +8,7 @@ what a service's `PartialUpdate` is built from (omitted = unchanged, null = clea
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 from strawberry.types.maybe import Some
@@ -24,6 +24,26 @@ Last = Annotated[
     int | None, strawberry.argument(description="How many items from the end, 0 to 100.")
 ]
 Before = Annotated[str | None, strawberry.argument(description="The cursor to stop before.")]
+
+InputT = TypeVar("InputT")
+# The `input` of an `update*` mutation: an input of `strawberry.Maybe` fields (`set_fields`).
+Changes = Annotated[
+    InputT, strawberry.argument(description="The fields to change (omitted = unchanged).")
+]
+# The optional `filter` of a list field.
+ListFilter = Annotated[
+    InputT | None,
+    strawberry.argument(description="Narrows the list; all given conditions apply."),
+]
+
+# The `id` argument naming one object, per type.
+AssistantID = Annotated[
+    strawberry.ID, strawberry.argument(description="The assistant's global ID.")
+]
+FileID = Annotated[strawberry.ID, strawberry.argument(description="The file's global ID.")]
+ProjectID = Annotated[strawberry.ID, strawberry.argument(description="The project's global ID.")]
+ThreadID = Annotated[strawberry.ID, strawberry.argument(description="The thread's global ID.")]
+UserID = Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")]
 
 
 def set_fields(input: Any) -> dict[str, Any]:

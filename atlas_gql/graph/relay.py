@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import strawberry
 from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, SelectionSetNode
 
-from atlas_gql.db.pagination import Page
+from atlas_gql.db.pagination import Page, PageRequest, page_request
 from atlas_gql.ids import decode_global_id, encode_global_id
 
 if TYPE_CHECKING:
@@ -125,6 +125,21 @@ class Connection(Generic[NodeType]):
     @strawberry.field(description="The items of this page, without their cursors.")
     def nodes(self) -> list[NodeType]:
         return [edge.node for edge in self.edges]
+
+
+def requested_page(
+    info: Any,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+) -> PageRequest:
+    """The page a connection field's arguments ask for, counting the total only when the
+    field selects `totalCount`."""
+    return page_request(
+        first=first, after=after, last=last, before=before, with_total=selects_total(info)
+    )
 
 
 def selects_total(info: Any) -> bool:

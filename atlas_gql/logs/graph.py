@@ -13,17 +13,16 @@ from strawberry.scalars import JSON
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.permissions import authenticated
-from atlas_gql.db.pagination import page_request
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
-from atlas_gql.graph.inputs import After, First, optional_id
+from atlas_gql.graph.inputs import After, First, ListFilter, optional_id
 from atlas_gql.graph.relay import (
     REFUSED,
     Connection,
     Node,
     from_row,
     register_node,
-    selects_total,
+    requested_page,
     to_connection,
 )
 from atlas_gql.ids import encode_global_id
@@ -291,10 +290,7 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: Annotated[
-            ActivityLogFilter | None,
-            strawberry.argument(description="Narrows the list; all given conditions apply."),
-        ] = None,
+        filter: ListFilter[ActivityLogFilter] = None,
     ) -> Connection[ActivityLogType] | None:
         given = filter or ActivityLogFilter()
         parsed = service.ActivityFilter(
@@ -308,7 +304,7 @@ class Query:
             db=info.context.read_session(),
             actor=await info.context.actor(),
             filter=parsed,
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
+            request=requested_page(info, first=first, after=after),
         )
         return to_connection(page, ActivityLogType.from_model)
 
@@ -378,10 +374,7 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: Annotated[
-            ErrorLogFilter | None,
-            strawberry.argument(description="Narrows the list; all given conditions apply."),
-        ] = None,
+        filter: ListFilter[ErrorLogFilter] = None,
     ) -> Connection[ErrorLogType] | None:
         given = filter or ErrorLogFilter()
         page = await service.list_error_logs(
@@ -389,7 +382,7 @@ class Query:
             actor=await info.context.actor(),
             window=service.time_window(start=given.from_, end=given.to),
             source=ErrorSource(given.source) if given.source is not None else None,
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
+            request=requested_page(info, first=first, after=after),
         )
         return to_connection(page, ErrorLogType.from_model)
 

@@ -9,9 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field
 
-from atlas_gql.db.base import created_at, enum_column, foreign_key, jsonb_column, uuid_pk
+from atlas_gql.db.base import Created, enum_column, foreign_key, jsonb_column
 
 
 class ErrorSource(enum.StrEnum):
@@ -30,11 +30,10 @@ class UsagePurpose(enum.StrEnum):
     STORAGE = "STORAGE"
 
 
-class ActivityLog(SQLModel, table=True):
+class ActivityLog(Created, table=True):
     __tablename__ = "activity_logs"
     __table_args__ = (sa.Index("ix_activity_logs_created_at_id", "created_at", "id"),)
 
-    id: uuid.UUID = uuid_pk()
     user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")
     project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True, ondelete="SET NULL")
     action: str = Field(max_length=64, index=True)
@@ -43,14 +42,12 @@ class ActivityLog(SQLModel, table=True):
     ip_address: str | None = Field(default=None, max_length=64)
     user_agent: str | None = Field(default=None, max_length=500)
     details: Any = jsonb_column()
-    created_at: datetime = created_at()
 
 
-class ApiUsageLog(SQLModel, table=True):
+class ApiUsageLog(Created, table=True):
     __tablename__ = "api_usage_logs"
     __table_args__ = (sa.Index("ix_api_usage_logs_created_at_id", "created_at", "id"),)
 
-    id: uuid.UUID = uuid_pk()
     user_id: uuid.UUID | None = foreign_key("users.id", nullable=True, ondelete="SET NULL")
     project_id: uuid.UUID | None = foreign_key("projects.id", nullable=True, ondelete="SET NULL")
     thread_id: uuid.UUID | None = foreign_key("threads.id", nullable=True, ondelete="SET NULL")
@@ -84,10 +81,9 @@ class ApiUsageLog(SQLModel, table=True):
         sa_type=sa.Numeric(14, 6),
         sa_column_kwargs={"server_default": "0"},
     )
-    created_at: datetime = created_at()
 
 
-class ErrorLog(SQLModel, table=True):
+class ErrorLog(Created, table=True):
     """One kind of error (its fingerprint) in one time window: the first occurrence's details,
     how many there were (`count`) and the last one's time (logs/audit.py `record_error`)."""
 
@@ -99,7 +95,6 @@ class ErrorLog(SQLModel, table=True):
         sa.CheckConstraint("count >= 1", name="count_positive"),
     )
 
-    id: uuid.UUID = uuid_pk()
     # The `extensions.requestId` a client saw; the key an administrator searches by.
     request_id: str = Field(max_length=64, index=True)
     source: ErrorSource = enum_column(ErrorSource, "error_source")
@@ -112,7 +107,6 @@ class ErrorLog(SQLModel, table=True):
     upstream_status: int | None = None
     upstream_request_id: str | None = Field(default=None, max_length=200)
     details: Any = jsonb_column()
-    created_at: datetime = created_at()
     # sha256 of (source, code, path, exception type) or of an overflow bucket; see audit.py.
     fingerprint: str = Field(max_length=64)
     window_start: datetime = Field(sa_type=sa.DateTime(timezone=True))

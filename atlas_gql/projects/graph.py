@@ -21,11 +21,11 @@ from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.permissions import authenticated, requires
-from atlas_gql.db.pagination import empty_page, page_request
+from atlas_gql.db.pagination import empty_page
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
-from atlas_gql.graph.inputs import After, First, set_fields
+from atlas_gql.graph.inputs import After, Changes, First, ListFilter, ProjectID, set_fields
 from atlas_gql.graph.relay import (
     DELETED,
     REFUSED,
@@ -34,7 +34,7 @@ from atlas_gql.graph.relay import (
     from_row,
     global_id,
     register_node,
-    selects_total,
+    requested_page,
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
@@ -175,7 +175,7 @@ class ProjectType(Node):
     async def members(
         self, info: Info, first: First = None, after: After = None
     ) -> Connection[ProjectMemberType] | None:
-        request = page_request(first=first, after=after, with_total=selects_total(info))
+        request = requested_page(info, first=first, after=after)
         if not await self._visible(info.context):
             return to_connection(empty_page(), ProjectMemberType.from_model)
         page = await info.context.loader(loaders.members_page).load((self.db_id, request))
@@ -200,7 +200,7 @@ class ProjectType(Node):
     async def threads(
         self, info: Info, first: First = None, after: After = None
     ) -> Connection[ThreadType] | None:
-        request = page_request(first=first, after=after, with_total=selects_total(info))
+        request = requested_page(info, first=first, after=after)
         if not await self._visible(info.context):
             return to_connection(empty_page(), ThreadType.from_model)
         page = await info.context.loader(ai_loaders.threads_page).load((self.db_id, request))
@@ -286,16 +286,13 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: Annotated[
-            ProjectFilter | None,
-            strawberry.argument(description="Narrows the list; all given conditions apply."),
-        ] = None,
+        filter: ListFilter[ProjectFilter] = None,
     ) -> Connection[ProjectType] | None:
         given = filter or ProjectFilter()
         page = await projects.list_projects(
             db=info.context.read_session(),
             actor=await info.context.actor(),
-            request=page_request(first=first, after=after, with_total=selects_total(info)),
+            request=requested_page(info, first=first, after=after),
             filter=projects.ProjectFilter(search=given.search, role=given.role),
         )
         info.context.loader(loaders.project_by_id).prime_many(
@@ -307,11 +304,7 @@ class Query:
         extensions=authenticated(),
         description="A project by ID; null when it does not exist or the viewer is not a member.",
     )
-    async def project(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The project's global ID.")],
-    ) -> ProjectType | None:
+    async def project(self, info: Info, id: ProjectID) -> ProjectType | None:
         return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
 
 
@@ -345,13 +338,7 @@ class Mutation:
         extensions=authenticated(), description="Rename or re-describe a project (MANAGER+)."
     )
     async def update_project(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The project's global ID.")],
-        input: Annotated[
-            UpdateProjectInput,
-            strawberry.argument(description="The fields to change (omitted = unchanged)."),
-        ],
+        self, info: Info, id: ProjectID, input: Changes[UpdateProjectInput]
     ) -> ProjectType | None:
         project = await projects.update_project(
             db=info.context.db,
@@ -366,11 +353,7 @@ class Mutation:
         description="Delete a project (OWNER or ADMIN) with its members, settings, assistants, "
         "threads and messages. " + DELETED,
     )
-    async def delete_project(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The project's global ID.")],
-    ) -> strawberry.ID | None:
+    async def delete_project(self, info: Info, id: ProjectID) -> strawberry.ID | None:
         project_id = _project_id(id, "id")
         await projects.delete_project(
             db=info.context.db, actor=await info.context.actor(), project_id=project_id
@@ -385,9 +368,7 @@ class Mutation:
     async def add_project_member(
         self,
         info: Info,
-        project_id: Annotated[
-            strawberry.ID, strawberry.argument(description="The project's global ID.")
-        ],
+        project_id: ProjectID,
         user_id: Annotated[
             strawberry.ID, strawberry.argument(description="The global ID of the user to add.")
         ],
@@ -409,9 +390,7 @@ class Mutation:
     async def update_project_member(
         self,
         info: Info,
-        project_id: Annotated[
-            strawberry.ID, strawberry.argument(description="The project's global ID.")
-        ],
+        project_id: ProjectID,
         user_id: Annotated[
             strawberry.ID,
             strawberry.argument(
@@ -439,9 +418,7 @@ class Mutation:
     async def remove_project_member(
         self,
         info: Info,
-        project_id: Annotated[
-            strawberry.ID, strawberry.argument(description="The project's global ID.")
-        ],
+        project_id: ProjectID,
         user_id: Annotated[
             strawberry.ID,
             strawberry.argument(
@@ -467,9 +444,7 @@ class Mutation:
     async def set_project_setting(
         self,
         info: Info,
-        project_id: Annotated[
-            strawberry.ID, strawberry.argument(description="The project's global ID.")
-        ],
+        project_id: ProjectID,
         key: Annotated[
             str,
             strawberry.argument(
@@ -500,9 +475,7 @@ class Mutation:
     async def delete_project_setting(
         self,
         info: Info,
-        project_id: Annotated[
-            strawberry.ID, strawberry.argument(description="The project's global ID.")
-        ],
+        project_id: ProjectID,
         key: Annotated[str, strawberry.argument(description="The key of the setting to remove.")],
     ) -> ProjectType | None:
         project = await settings.delete_setting(

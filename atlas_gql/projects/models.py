@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field
 
-from atlas_gql.db.base import Timestamped, enum_column, foreign_key, jsonb_column, uuid_pk
+from atlas_gql.db.base import Timestamped, enum_column, foreign_key, jsonb_column
 
 
 class ProjectRole(enum.StrEnum):
@@ -22,7 +22,6 @@ class ProjectRole(enum.StrEnum):
 class Project(Timestamped, table=True):
     __tablename__ = "projects"
 
-    id: uuid.UUID = uuid_pk()
     name: str = Field(max_length=200)
     description: str | None = Field(default=None, sa_type=sa.Text)
     created_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
@@ -32,7 +31,6 @@ class ProjectMember(Timestamped, table=True):
     __tablename__ = "project_members"
     __table_args__ = (sa.UniqueConstraint("project_id", "user_id"),)
 
-    id: uuid.UUID = uuid_pk()
     # Indexed by the unique (project_id, user_id) it leads.
     project_id: uuid.UUID = foreign_key("projects.id", index=False)
     user_id: uuid.UUID = foreign_key("users.id")
@@ -43,7 +41,6 @@ class ProjectSetting(Timestamped, table=True):
     __tablename__ = "project_settings"
     __table_args__ = (sa.UniqueConstraint("project_id", "setting_key"),)
 
-    id: uuid.UUID = uuid_pk()
     project_id: uuid.UUID = foreign_key("projects.id", index=False)
     setting_key: str = Field(max_length=64)
     value: Any = jsonb_column(nullable=False)

@@ -4,6 +4,8 @@ Revision ID: 0001_initial
 Revises:
 Create Date: 2026-11-25 15:28:49.187637
 
+Size: the initial schema, generated once; migrations are never edited or split after
+they ship.
 """
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant
-from atlas_gql.auth.account import create_user_account
-from atlas_gql.auth.models import RoleName
-from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
+from atlas_gql.auth.models import RoleName, User
+from atlas_gql.projects.models import Project, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME
 from tests.ai.fake_openai import FakeOpenAI
 from tests.conftest import SEED_PASSWORD
+from tests.factories import add_member, create_user
 from tests.live import AtlasClient, LiveServer, MakeLiveServer
 
 UPSTREAM_KEY = "sk-fake-upstream-key-for-tests"
@@ -100,7 +101,6 @@ async def make_people(
     admin), signed in with `sign_in(email)`."""
     from atlas_gql.ids import encode_global_id
 
-    suffix = uuid.uuid4().hex[:8]
     async with sessionmaker() as db:
         project = (
             await db.execute(sa.select(Project).where(col(Project.name) == "Sample Project"))
@@ -112,22 +112,10 @@ async def make_people(
         ).scalar_one()
         emails = {}
         for label, role in (("viewer", ProjectRole.VIEWER), ("manager", ProjectRole.MANAGER)):
-            user = await create_user_account(
-                db=db,
-                email=f"{label}-{suffix}@example.com",
-                password=SEED_PASSWORD,
-                roles=(RoleName.USER,),
-                bcrypt_rounds=4,
-            )
-            db.add(ProjectMember(project_id=project.id, user_id=user.id, role=role))
+            user = await signing_in_user(db, label)
+            await add_member(db, project, user, role)
             emails[label] = user.email
-        outsider = await create_user_account(
-            db=db,
-            email=f"outsider-{suffix}@example.com",
-            password=SEED_PASSWORD,
-            roles=(RoleName.USER,),
-            bcrypt_rounds=4,
-        )
+        outsider = await signing_in_user(db, "outsider")
         await db.commit()
     return People(
         member=await sign_in("user@example.com"),
@@ -141,7 +129,20 @@ async def make_people(
     )
 
 
+async def signing_in_user(
+    db: AsyncSession, label: str, roles: tuple[RoleName, ...] = (RoleName.USER,)
+) -> User:
+    """An approved user (a USER by default) who signs in with the seed password
+    (`server.sign_in(email)`)."""
+    return await create_user(
+        db, roles=roles, label=label, password=SEED_PASSWORD, approved_at=datetime.now(UTC)
+    )
+
+
 StartServer = Callable[..., Awaitable[AIServer]]
+
+# Seconds a broker command may wait for Redis in tests (see `start_ai_server`).
+TEST_REDIS_TIMEOUT = 2.0
 
 
 @pytest.fixture
@@ -153,6 +154,11 @@ def start_ai_server(make_live_server: MakeLiveServer, fake_openai: FakeOpenAI) -
             "openai_base_url": fake_openai.base_url,
             "openai_api_key": UPSTREAM_KEY,
             "atlas_openai_timeout": 5.0,
+            # With a real Redis, a command must not meet the 0.25 s production default on a
+            # loaded test machine (two xdist workers, servers and clients in one event loop):
+            # a stall there opens the circuit and a subscription meets BROKER_UNAVAILABLE.
+            # Tests of the circuit itself (test_redis_outage.py) set their own.
+            "atlas_redis_timeout": TEST_REDIS_TIMEOUT,
         }
         values.update(overrides)
         server = await make_live_server(**values)

@@ -26,7 +26,10 @@ in `waiting`) until its event is set ("upload", "delete_file", "resume": a strea
 Run on its own (`python -m tests.ai.fake_openai --port 0`, as bench/streaming.py does), it
 prints `listening on <port>` and takes its script over HTTP: `POST /_fake/script` with
 `{"behaviours": [{...Behaviour fields...}, ...]}` queues behaviours for the next calls
-(`"reset": true` first drops what is still queued)."""
+(`"reset": true` first drops what is still queued).
+
+Size: over 400 lines on purpose: one fake server speaking two wire formats (Responses,
+Chat Completions) and the Files API from one script of behaviours."""
 
 from __future__ import annotations
 

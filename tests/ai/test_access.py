@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 import websockets
 
-from atlas_gql.auth.account import create_user_account
-from tests.ai.conftest import AIServer
-from tests.conftest import SEED_PASSWORD, error_codes
+from tests.ai.conftest import AIServer, signing_in_user
+from tests.conftest import error_codes
 
 
 def subscription_error_code(message: dict[str, Any]) -> str:
@@ -90,13 +89,7 @@ async def test_sending_requires_use_ai(ai: AIServer) -> None:
     thread_id = await ai.new_thread()
     runtime = ai.server.app.state.atlas["runtime"]
     async with runtime.sessionmaker() as db:
-        user = await create_user_account(
-            db=db,
-            email=f"no-ai-{thread_id[-8:]}@example.com",
-            password=SEED_PASSWORD,
-            roles=(),
-            bcrypt_rounds=4,
-        )
+        user = await signing_in_user(db, "no-ai", roles=())
         await db.commit()
     token = await ai.server.sign_in(user.email)
     assert error_codes(await ai.send(thread_id, token=token)) == ["FORBIDDEN"]

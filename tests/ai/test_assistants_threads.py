@@ -13,16 +13,16 @@ from sqlmodel import col
 
 from atlas_gql.ai import loaders
 from atlas_gql.ai.models import Assistant, Thread
-from atlas_gql.auth.models import Role, RoleName, User, UserRole
-from atlas_gql.auth.sessions import start_session
+from atlas_gql.auth.models import RoleName
 from atlas_gql.config import Settings
 from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.errors import BadInput
 from atlas_gql.ids import decode_id_of, encode_global_id
 from atlas_gql.logs.models import ActivityLog
-from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
+from atlas_gql.projects.models import Project, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME, SAMPLE_THREAD_TITLE
 from tests.conftest import counting_statements, error_codes
+from tests.factories import add_member, create_person
 
 CREATE_ASSISTANT = """
 mutation($input: CreateAssistantInput!) {
@@ -64,20 +64,11 @@ def person(db: AsyncSession, settings: Settings, sample: dict[str, Any]) -> Any:
     project (None: not a member)."""
 
     async def make(project_role: ProjectRole | None = None, role: RoleName = RoleName.USER) -> str:
-        user = User(email=f"p-{uuid.uuid4().hex[:8]}@example.com", password_hash="x")
-        db.add(user)
-        await db.flush()
-        role_id = (
-            await db.execute(sa.select(col(Role.id)).where(col(Role.name) == role))
-        ).scalar_one()
-        db.add(UserRole(user_id=user.id, role_id=role_id))
+        person = await create_person(db, settings, role, label="p")
         if project_role is not None:
-            db.add(
-                ProjectMember(project_id=sample["project_uuid"], user_id=user.id, role=project_role)
-            )
-        tokens = await start_session(db=db, settings=settings, user_id=user.id)
-        await db.commit()
-        return tokens.access_token
+            await add_member(db, sample["project_uuid"], person.user, project_role)
+            await db.commit()
+        return person.token
 
     return make
 

@@ -1,6 +1,9 @@
 """Background replies: started as background responses, resumed after a cut stream, a killed
 worker or a restart (by the restarted worker or another one, exactly one), cancelled
-upstream; a resume that fails upstream ends the reply as any upstream failure does."""
+upstream; a resume that fails upstream ends the reply as any upstream failure does.
+
+Size: over 400 lines on purpose: one scenario per way a background reply can be
+interrupted and resumed, sharing the worker-process kit at the top."""
 
 from __future__ import annotations
 
@@ -412,7 +415,9 @@ async def test_exactly_one_worker_resumes_a_released_reply(
 async def test_send_message_resumes_a_reply_whose_worker_went_silent(
     start_ai_server: StartServer, fake_openai: FakeOpenAI
 ) -> None:
-    ai = await start_ai_server(atlas_reply_resume_after=1.0)
+    # 10 s: far more than a loaded machine takes between the orphan's heartbeat and the
+    # first send (with 1 s, the sweep resumed it first and the send found nothing running).
+    ai = await start_ai_server(atlas_reply_resume_after=10.0)
     fake_openai.gates["complete"] = asyncio.Event()
     response = fake_openai.start_response(Behaviour(deltas=("a ", "b ", "c")))
     thread_id, reply = await orphan(
@@ -424,7 +429,7 @@ async def test_send_message_resumes_a_reply_whose_worker_went_silent(
         await db.execute(
             sa.update(Message)
             .where(col(Message.id) == reply.id)
-            .values(heartbeat_at=sa.func.now() - sa.text("interval '5 seconds'"))
+            .values(heartbeat_at=sa.func.now() - sa.text("interval '60 seconds'"))
         )
         await db.commit()
     # Silent for longer than ATLAS_REPLY_RESUME_AFTER: this worker resumes it (and the

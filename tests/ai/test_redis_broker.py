@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from atlas_gql.ai.broker import RedisBroker
 from atlas_gql.ai.events import MessageDelta
 from atlas_gql.errors import BrokerUnavailable
-from tests.ai.conftest import StartServer
+from tests.ai.conftest import TEST_REDIS_TIMEOUT, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.live import aclose, wait_until
 
@@ -108,7 +108,7 @@ async def _receives(broker: RedisBroker, thread: uuid.UUID, sequence: int) -> bo
 async def test_a_failed_subscribe_leaves_nothing_behind(
     fault: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broker = RedisBroker(REDIS_URL)
+    broker = RedisBroker(REDIS_URL, timeout=TEST_REDIS_TIMEOUT)
     await broker.start()
     try:
         thread = uuid.uuid4()

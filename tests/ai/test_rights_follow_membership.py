@@ -5,22 +5,18 @@ transition is tried, made through the API by the project's OWNER, then every cre
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant, Thread
-from atlas_gql.auth.models import Role, RoleName, User, UserRole
-from atlas_gql.auth.sessions import start_session
 from atlas_gql.config import Settings
-from atlas_gql.ids import decode_id_of, encode_global_id
+from atlas_gql.ids import decode_id_of
 from atlas_gql.projects.models import ProjectRole
 from tests.conftest import GraphQLClient, error_codes
+from tests.factories import create_person
 
 ROLES = list(ProjectRole)
 REMOVED = None  # the last "role": no longer a member
@@ -75,16 +71,8 @@ def new_user(db: AsyncSession, settings: Settings) -> Any:
     """`await new_user()` -> (token, global id) of a new USER (who has USE_AI)."""
 
     async def make() -> tuple[str, str]:
-        user = User(email=f"r-{uuid.uuid4().hex[:10]}@example.com", password_hash="x")
-        db.add(user)
-        await db.flush()
-        role_id = (
-            await db.execute(sa.select(col(Role.id)).where(col(Role.name) == RoleName.USER))
-        ).scalar_one()
-        db.add(UserRole(user_id=user.id, role_id=role_id))
-        tokens = await start_session(db=db, settings=settings, user_id=user.id)
-        await db.commit()
-        return tokens.access_token, encode_global_id("User", user.id)
+        person = await create_person(db, settings, label="r")
+        return person.token, person.global_id
 
     return make
 

@@ -5,15 +5,12 @@ MEMBER+ goes on as before. See test_rights_follow_membership.py for the whole ro
 from __future__ import annotations
 
 import asyncio
-import uuid
 
-from atlas_gql.auth.account import create_user_account
-from atlas_gql.auth.models import RoleName
 from atlas_gql.ids import encode_global_id
-from tests.ai.conftest import AIServer
+from tests.ai.conftest import AIServer, signing_in_user
 from tests.ai.fake_openai import Behaviour
 from tests.ai.test_files import upload
-from tests.conftest import SEED_PASSWORD, error_codes
+from tests.conftest import error_codes
 
 ADD = (
     "mutation($p: ID!, $u: ID!, $r: ProjectRole!) "
@@ -32,13 +29,7 @@ async def new_member(ai: AIServer, role: str) -> tuple[str, str]:
     """(token, global id) of a new USER the sample project's MANAGER adds with `role`."""
     runtime = ai.server.app.state.atlas["runtime"]
     async with runtime.sessionmaker() as db:
-        user = await create_user_account(
-            db=db,
-            email=f"live-{uuid.uuid4().hex[:10]}@example.com",
-            password=SEED_PASSWORD,
-            roles=(RoleName.USER,),
-            bcrypt_rounds=4,
-        )
+        user = await signing_in_user(db, "live")
         await db.commit()
     user_id = encode_global_id("User", user.id)
     project = ai.people.project_id

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
+from tests.live import wait_until
 
 
 async def _concurrent_after_commit(session: AsyncSession) -> list[Any]:
@@ -33,9 +34,12 @@ async def test_a_plain_async_session_would_fail(database_target: DatabaseTarget)
     engine = create_engine(database_target, pool_size=2, ping_after_idle=0)
     try:
         session = AsyncSession(engine)
+        running_before = asyncio.all_tasks()
         results = await _concurrent_after_commit(session)
         assert any(isinstance(result, (InvalidRequestError, InterfaceError)) for result in results)
-        await asyncio.sleep(0.1)
+        # Invalidate only once no racing operation is still on its way to the pool (the signal
+        # the fixed sleep once stood in for).
+        await wait_until(lambda: asyncio.all_tasks() <= running_before)
         await session.invalidate()
     finally:
         await engine.dispose()

@@ -1,6 +1,9 @@
 """Document limits: every hostile document is refused (or accepted within every limit) with a
 code, the checks are linear, and field merging is proven without graphql-core's quadratic
-search. Times are never asserted: bench/document_limits.py measures them."""
+search. Times are never asserted: bench/document_limits.py measures them.
+
+Size: over 400 lines on purpose: one hostile document per limit, side by side with the
+documents that must still pass."""
 
 from __future__ import annotations
 

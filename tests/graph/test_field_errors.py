@@ -8,7 +8,10 @@ are in the middle of theirs) beside siblings of every kind: at the root (scalar,
 connection, totalCount, nested connections, another refused field), inside its own parent
 (Project, Thread), inside a mutation's payload, and beside other mutations (a root Query
 connection cannot share a document with a mutation: that pairing does not exist). Each sibling
-must answer exactly what it answers alone."""
+must answer exactly what it answers alone.
+
+Size: over 400 lines on purpose: the sibling matrix is built from the schema in one place
+and every pairing is asserted against it."""
 
 from __future__ import annotations
 

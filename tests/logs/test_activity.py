@@ -6,12 +6,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from atlas_gql.auth.models import RoleName
+from atlas_gql.ids import encode_global_id as global_id
 from atlas_gql.projects.models import ProjectRole
 from tests.conftest import GraphQLClient, counting_statements, error_codes
-from tests.logs.conftest import Factory, global_id
+from tests.factories import create_activity, create_project, create_user
 
 ACTIVITY = """
 query Activity($first: Int, $after: String, $filter: ActivityLogFilter) {
@@ -34,12 +35,13 @@ def nodes(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def test_admin_reads_everything_newest_first_in_pages(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    actor = await factory.user()
-    project = await factory.project(actor)
+    actor = await create_user(db)
+    project = await create_project(db, creator=actor)
     rows = [
-        await factory.activity(
+        await create_activity(
+            db,
             created_at=BASE + timedelta(minutes=minute),
             user=actor,
             project=project if minute % 2 else None,
@@ -78,11 +80,12 @@ async def test_admin_reads_everything_newest_first_in_pages(
 
 
 async def test_filters_combine_and_the_window_is_half_open(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    actor = await factory.user()
+    actor = await create_user(db)
     for minute, action in ((0, "a.one"), (1, "a.two"), (2, "a.one"), (3, "a.one")):
-        await factory.activity(
+        await create_activity(
+            db,
             created_at=BASE + timedelta(minutes=minute),
             user=actor,
             action=action,
@@ -105,12 +108,12 @@ async def test_filters_combine_and_the_window_is_half_open(
 
 
 async def test_user_without_a_managed_project_is_forbidden(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    owner = await factory.user()
-    member = await factory.user()
-    project = await factory.project(owner, members={member.id: ProjectRole.MEMBER})
-    await factory.activity(created_at=BASE, user=owner, project=project)
+    owner = await create_user(db)
+    member = await create_user(db)
+    project = await create_project(db, creator=owner, members={member.id: ProjectRole.MEMBER})
+    await create_activity(db, created_at=BASE, user=owner, project=project)
     body = await gql(ACTIVITY, {}, token=await sign_in(member.email))
     assert error_codes(body) == ["FORBIDDEN"]
     assert body["data"] == {"activityLogs": None}
@@ -120,16 +123,17 @@ async def test_user_without_a_managed_project_is_forbidden(
 
 
 async def test_project_manager_reads_only_their_projects(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    viewer = await factory.user(RoleName.PROJECT_MANAGER)
-    stranger = await factory.user()
-    managed = await factory.project(stranger, members={viewer.id: ProjectRole.MANAGER})
-    owned = await factory.project(viewer)
-    joined = await factory.project(stranger, members={viewer.id: ProjectRole.MEMBER})
-    foreign = await factory.project(stranger)
+    viewer = await create_user(db, roles=(RoleName.PROJECT_MANAGER,))
+    stranger = await create_user(db)
+    managed = await create_project(db, creator=stranger, members={viewer.id: ProjectRole.MANAGER})
+    owned = await create_project(db, creator=viewer)
+    joined = await create_project(db, creator=stranger, members={viewer.id: ProjectRole.MEMBER})
+    foreign = await create_project(db, creator=stranger)
     for minute, project in enumerate((managed, owned, joined, foreign, None)):
-        await factory.activity(
+        await create_activity(
+            db,
             created_at=BASE + timedelta(minutes=minute),
             user=stranger,
             project=project,
@@ -143,7 +147,9 @@ async def test_project_manager_reads_only_their_projects(
     assert [node["action"] for node in nodes(body)] == ["test.p1", "test.p0"]
 
     body = await gql(
-        ACTIVITY, {"filter": {**window, "projectId": global_id("Project", managed.id)}}, token=token
+        ACTIVITY,
+        {"filter": {**window, "projectId": global_id("Project", managed.id)}},
+        token=token,
     )
     assert [node["action"] for node in nodes(body)] == ["test.p0"]
     # A member without the MANAGER role: FORBIDDEN; not a member: NOT_FOUND (no existence leak).
@@ -158,12 +164,12 @@ async def test_project_manager_reads_only_their_projects(
 
 
 async def test_activity_rows_as_nodes_follow_the_same_rule(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    owner = await factory.user()
-    member = await factory.user()
-    project = await factory.project(owner, members={member.id: ProjectRole.MEMBER})
-    row = await factory.activity(created_at=BASE, user=member, project=project, action="x.y")
+    owner = await create_user(db)
+    member = await create_user(db)
+    project = await create_project(db, creator=owner, members={member.id: ProjectRole.MEMBER})
+    row = await create_activity(db, created_at=BASE, user=member, project=project, action="x.y")
     query = "query($id: ID!) { node(id: $id) { ... on ActivityLog { action } } }"
     variables = {"id": global_id("ActivityLog", row.id)}
     assert (await gql(query, variables, token=await sign_in(owner.email)))["data"] == {
@@ -202,11 +208,11 @@ async def test_bad_input_is_a_clean_client_error(gql: GraphQLClient, sign_in: An
 
 
 async def test_statements_do_not_grow_with_the_page_size(
-    gql: GraphQLClient, factory: Factory, sign_in: Any, engine: AsyncEngine
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any, engine: AsyncEngine
 ) -> None:
-    users = [await factory.user() for _ in range(6)]
+    users = [await create_user(db) for _ in range(6)]
     for minute, user in enumerate(users):
-        await factory.activity(created_at=BASE + timedelta(minutes=minute), user=user)
+        await create_activity(db, created_at=BASE + timedelta(minutes=minute), user=user)
     token = await sign_in("admin@example.com")
     window = {"from": "2003-05-06T12:00:00Z", "to": "2003-05-06T13:00:00Z"}
 

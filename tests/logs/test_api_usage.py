@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from atlas_gql.auth.models import RoleName, User
+from atlas_gql.ids import encode_global_id as global_id
 from atlas_gql.projects.models import Project, ProjectRole
 from tests.conftest import GraphQLClient, error_codes
-from tests.logs.conftest import Factory, global_id
+from tests.factories import create_project, create_usage, create_user
 
 USAGE = """
 query Usage($filter: ApiUsageFilter, $groupBy: UsageGroupBy!) {
@@ -34,12 +36,13 @@ async def usage(
     return buckets
 
 
-async def three_calls(factory: Factory) -> tuple[User, Project]:
+async def three_calls(db: AsyncSession) -> tuple[User, Project]:
     """Three AI calls inside WINDOW, one just before it and one exactly at its end."""
-    user = await factory.user()
-    project = await factory.project(user)
+    user = await create_user(db)
+    project = await create_project(db, creator=user)
     for hour, tokens in ((0, 100), (11, 20), (23, 3)):
-        await factory.usage(
+        await create_usage(
+            db,
             user=user,
             project=project,
             created_at=DAY + timedelta(hours=hour, minutes=59 if hour == 23 else 0),
@@ -48,17 +51,17 @@ async def three_calls(factory: Factory) -> tuple[User, Project]:
             output_tokens=tokens // 2,
             cost="0.125000",
         )
-    await factory.usage(
-        user=user, project=project, created_at=DAY - timedelta(microseconds=1), input_tokens=7
+    await create_usage(
+        db, user=user, project=project, created_at=DAY - timedelta(microseconds=1), input_tokens=7
     )
-    await factory.usage(user=user, project=project, created_at=DAY + timedelta(days=1))
+    await create_usage(db, user=user, project=project, created_at=DAY + timedelta(days=1))
     return user, project
 
 
 async def test_three_calls_sum_to_three_requests_in_every_grouping(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    user, project = await three_calls(factory)
+    user, project = await three_calls(db)
     token = await sign_in("admin@example.com")
     expected = {"requests": 3, "inputTokens": 123, "outputTokens": 61, "costUsd": 0.375}
     assert await usage(gql, token, "DAY", **WINDOW) == [{"key": "2001-03-04", **expected}]
@@ -80,15 +83,15 @@ async def test_three_calls_sum_to_three_requests_in_every_grouping(
 
 
 async def test_days_are_utc_and_buckets_sorted_with_filters(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    user = await factory.user()
-    project = await factory.project(user)
+    user = await create_user(db)
+    project = await create_project(db, creator=user)
     # 23:30 at UTC-02:00 on the 4th is 01:30 UTC on the 5th.
     late = datetime(2001, 3, 4, 23, 30, tzinfo=UTC) + timedelta(hours=2)
-    await factory.usage(user=user, project=project, created_at=late, model="o3", cost="1")
-    await factory.usage(user=user, project=project, created_at=DAY, model="gpt-4.1", cost="2")
-    await factory.usage(user=user, project=project, created_at=DAY, model="o3", cost="0.5")
+    await create_usage(db, user=user, project=project, created_at=late, model="o3", cost="1")
+    await create_usage(db, user=user, project=project, created_at=DAY, model="gpt-4.1", cost="2")
+    await create_usage(db, user=user, project=project, created_at=DAY, model="o3", cost="0.5")
     token = await sign_in("admin@example.com")
     wide = {"from": "2001-03-03T22:00:00-02:00", "to": "2001-03-06T00:00:00Z"}
     days = await usage(gql, token, "DAY", **wide)
@@ -105,22 +108,22 @@ async def test_days_are_utc_and_buckets_sorted_with_filters(
 
 
 async def test_calls_of_deleted_users_and_projects_are_kept_as_unknown(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    await factory.usage(user=None, project=None, created_at=DAY)
+    await create_usage(db, user=None, project=None, created_at=DAY)
     token = await sign_in("admin@example.com")
     buckets = await usage(gql, token, "PROJECT", **WINDOW)
     assert [(b["key"], b["requests"]) for b in buckets] == [("unknown", 1)]
 
 
 async def test_a_user_reads_only_their_own_usage(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    owner = await factory.user()
-    member = await factory.user()
-    project = await factory.project(owner, members={member.id: ProjectRole.MEMBER})
-    await factory.usage(user=owner, project=project, created_at=DAY, input_tokens=1000)
-    await factory.usage(user=member, project=project, created_at=DAY, input_tokens=1)
+    owner = await create_user(db)
+    member = await create_user(db)
+    project = await create_project(db, creator=owner, members={member.id: ProjectRole.MEMBER})
+    await create_usage(db, user=owner, project=project, created_at=DAY, input_tokens=1000)
+    await create_usage(db, user=member, project=project, created_at=DAY, input_tokens=1)
     token = await sign_in(member.email)
 
     # Without filters: restricted to the viewer's own calls.
@@ -156,18 +159,18 @@ async def test_a_user_reads_only_their_own_usage(
 
 @pytest.mark.parametrize("role", [ProjectRole.OWNER, ProjectRole.MANAGER])
 async def test_a_project_owner_or_manager_reads_the_project_usage(
-    gql: GraphQLClient, factory: Factory, sign_in: Any, role: ProjectRole
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any, role: ProjectRole
 ) -> None:
-    owner = await factory.user(RoleName.PROJECT_MANAGER)
-    manager = await factory.user()
-    member = await factory.user()
-    project = await factory.project(
-        owner, members={manager.id: ProjectRole.MANAGER, member.id: ProjectRole.MEMBER}
+    owner = await create_user(db, roles=(RoleName.PROJECT_MANAGER,))
+    manager = await create_user(db)
+    member = await create_user(db)
+    project = await create_project(
+        db, creator=owner, members={manager.id: ProjectRole.MANAGER, member.id: ProjectRole.MEMBER}
     )
-    other = await factory.project(member)
-    await factory.usage(user=member, project=project, created_at=DAY, input_tokens=10)
-    await factory.usage(user=owner, project=project, created_at=DAY, input_tokens=20)
-    await factory.usage(user=member, project=other, created_at=DAY, input_tokens=40)
+    other = await create_project(db, creator=member)
+    await create_usage(db, user=member, project=project, created_at=DAY, input_tokens=10)
+    await create_usage(db, user=owner, project=project, created_at=DAY, input_tokens=20)
+    await create_usage(db, user=member, project=other, created_at=DAY, input_tokens=40)
     reader = owner if role is ProjectRole.OWNER else manager
     token = await sign_in(reader.email)
     project_id = global_id("Project", project.id)
@@ -177,7 +180,12 @@ async def test_a_project_owner_or_manager_reads_the_project_usage(
         [(global_id("User", member.id), 10), (global_id("User", owner.id), 20)]
     )
     one_user = await usage(
-        gql, token, "PROJECT", projectId=project_id, userId=global_id("User", member.id), **WINDOW
+        gql,
+        token,
+        "PROJECT",
+        projectId=project_id,
+        userId=global_id("User", member.id),
+        **WINDOW,
     )
     assert one_user == [
         {"key": project_id, "requests": 1, "inputTokens": 10, "outputTokens": 5, "costUsd": 0.001}

@@ -11,10 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from atlas_gql.auth import loaders as auth_loaders
+from atlas_gql.ids import encode_global_id as global_id
 from atlas_gql.logs.audit import record_error
 from atlas_gql.logs.models import ErrorLog, ErrorSource
 from tests.conftest import GraphQLClient, error_codes
-from tests.logs.conftest import Factory, global_id
+from tests.factories import create_error
 
 ERRORS = """
 query Errors($first: Int, $after: String, $filter: ErrorLogFilter) {
@@ -35,16 +36,17 @@ JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhYmMiLCJzaWQiOiJ4In0.c2lnbmF0dXJlLWJ5dGVz
 
 
 async def test_admin_reads_errors_newest_first_with_filters(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
     rows = [
-        await factory.error(created_at=BASE + timedelta(minutes=1), source=ErrorSource.GRAPHQL),
-        await factory.error(
+        await create_error(db, created_at=BASE + timedelta(minutes=1), source=ErrorSource.GRAPHQL),
+        await create_error(
+            db,
             created_at=BASE + timedelta(minutes=2),
             source=ErrorSource.UPSTREAM,
             upstream_status=502,
         ),
-        await factory.error(created_at=BASE + timedelta(minutes=3), source=ErrorSource.DATABASE),
+        await create_error(db, created_at=BASE + timedelta(minutes=3), source=ErrorSource.DATABASE),
     ]
     token = await sign_in("admin@example.com")
     body = await gql(ERRORS, {"first": 2, "filter": WINDOW}, token=token)
@@ -72,9 +74,9 @@ async def test_admin_reads_errors_newest_first_with_filters(
 
 
 async def test_errors_are_forbidden_to_everyone_but_admins(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    row = await factory.error(created_at=BASE)
+    row = await create_error(db, created_at=BASE)
     for email in ("user@example.com", "pm@example.com"):
         token = await sign_in(email)
         body = await gql(ERRORS, {}, token=token)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from atlas_gql.ids import encode_global_id as global_id
 from atlas_gql.logs.usage import month_start
 from atlas_gql.projects.models import ProjectRole
 from tests.conftest import GraphQLClient, counting_statements
-from tests.logs.conftest import Factory, global_id
+from tests.factories import create_project, create_usage, create_user
 
 PROJECT = """
 query($id: ID!) { project(id: $id) {
@@ -23,24 +24,24 @@ query($first: Int) { projects(first: $first) { nodes { id usageThisMonth { total
 
 
 async def test_members_see_the_month_usage_of_their_project(
-    gql: GraphQLClient, factory: Factory, sign_in: Any
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any
 ) -> None:
-    owner = await factory.user()
-    viewer = await factory.user()
-    project = await factory.project(owner, members={viewer.id: ProjectRole.VIEWER})
+    owner = await create_user(db)
+    viewer = await create_user(db)
+    project = await create_project(db, creator=owner, members={viewer.id: ProjectRole.VIEWER})
     now = datetime.now(UTC)
-    await factory.usage(
-        user=owner, project=project, created_at=now, input_tokens=40, output_tokens=2, cost="0.5"
-    )
-    await factory.usage(
-        user=viewer, project=project, created_at=now, input_tokens=8, output_tokens=0, cost="0.25"
-    )
-    await factory.usage(
-        user=owner,
-        project=project,
-        created_at=month_start(now) - timedelta(seconds=1),
-        input_tokens=999,
-    )
+    last_month = month_start(now) - timedelta(seconds=1)
+    # (who, when, input tokens, output tokens, cost); last month's call does not count.
+    calls = [
+        (owner, now, 40, 2, "0.5"),
+        (viewer, now, 8, 0, "0.25"),
+        (owner, last_month, 999, 5, "1"),
+    ]
+    for user, created_at, input_tokens, output_tokens, cost in calls:
+        await create_usage(
+            db, user=user, project=project, created_at=created_at, input_tokens=input_tokens,
+            output_tokens=output_tokens, cost=cost,
+        )  # fmt: skip
     variables = {"id": global_id("Project", project.id)}
     expected = {
         "inputTokens": 48,
@@ -57,14 +58,14 @@ async def test_members_see_the_month_usage_of_their_project(
 
 
 async def test_usage_of_many_projects_is_one_statement(
-    gql: GraphQLClient, factory: Factory, sign_in: Any, engine: AsyncEngine
+    gql: GraphQLClient, db: AsyncSession, sign_in: Any, engine: AsyncEngine
 ) -> None:
-    owner = await factory.user()
+    owner = await create_user(db)
     now = datetime.now(UTC)
     for tokens in range(1, 6):
-        project = await factory.project(owner)
-        await factory.usage(
-            user=owner, project=project, created_at=now, input_tokens=tokens, output_tokens=0
+        project = await create_project(db, creator=owner)
+        await create_usage(
+            db, user=owner, project=project, created_at=now, input_tokens=tokens, output_tokens=0
         )
     token = await sign_in(owner.email)
 

@@ -21,7 +21,7 @@ from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import BadInput
 from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
 from atlas_gql.logs.service import prune_logs
-from tests.logs.conftest import Factory
+from tests.factories import create_activity, create_error, create_usage
 
 # A "now" far in the past, so no other row in the database is older than the cutoffs.
 NOW = datetime(1990, 1, 1, tzinfo=UTC)
@@ -37,13 +37,13 @@ async def remaining(db: AsyncSession, model: Any) -> list[datetime]:
 
 
 async def test_prune_deletes_only_rows_older_than_each_retention(
-    db: AsyncSession, factory: Factory, sessionmaker: async_sessionmaker[AsyncSession]
+    db: AsyncSession, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     ages = (200, 120, 91, 89, 31, 29, 1)
     for days in ages:
-        await factory.activity(created_at=NOW - timedelta(days=days))
-        await factory.error(created_at=NOW - timedelta(days=days), source=ErrorSource.UPSTREAM)
-        await factory.usage(user=None, project=None, created_at=NOW - timedelta(days=days))
+        await create_activity(db, created_at=NOW - timedelta(days=days))
+        await create_error(db, created_at=NOW - timedelta(days=days), source=ErrorSource.UPSTREAM)
+        await create_usage(db, user=None, project=None, created_at=NOW - timedelta(days=days))
     await db.commit()
 
     report = await prune_logs(

@@ -17,7 +17,7 @@ from atlas_gql.logs.usage import (
     next_month_start,
     usage_this_month,
 )
-from tests.logs.conftest import Factory
+from tests.factories import create_project, create_usage, create_user, set_setting
 
 
 def test_month_bounds_are_utc_calendar_months() -> None:
@@ -29,31 +29,27 @@ def test_month_bounds_are_utc_calendar_months() -> None:
     assert month_start(eastern) == datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def test_usage_this_month_sums_per_project_and_ignores_other_months(
-    db: AsyncSession, factory: Factory
-) -> None:
-    owner = await factory.user()
-    first = await factory.project(owner)
-    second = await factory.project(owner)
-    idle = await factory.project(owner)
+async def test_usage_this_month_sums_per_project_and_ignores_other_months(db: AsyncSession) -> None:
+    owner = await create_user(db)
+    first = await create_project(db, creator=owner)
+    second = await create_project(db, creator=owner)
+    idle = await create_project(db, creator=owner)
     now = datetime.now(UTC)
     start = month_start(now)
-    await factory.usage(
-        user=owner, project=first, created_at=start, input_tokens=100, output_tokens=20, cost="0.5"
-    )
-    await factory.usage(
-        user=owner, project=first, created_at=now, input_tokens=1, output_tokens=2, cost="0.25"
-    )
-    await factory.usage(
-        user=None, project=second, created_at=now, input_tokens=7, output_tokens=0, cost="0"
-    )
-    # Last month and next month do not count.
-    await factory.usage(
-        user=owner, project=first, created_at=start - timedelta(microseconds=1), input_tokens=999
-    )
-    await factory.usage(
-        user=owner, project=first, created_at=next_month_start(now), input_tokens=999
-    )
+    # (who, project, when, input tokens, output tokens, cost)
+    calls = [
+        (owner, first, start, 100, 20, "0.5"),
+        (owner, first, now, 1, 2, "0.25"),
+        (None, second, now, 7, 0, "0"),
+        # Last month and next month do not count.
+        (owner, first, start - timedelta(microseconds=1), 999, 5, "1"),
+        (owner, first, next_month_start(now), 999, 5, "1"),
+    ]
+    for user, project, created_at, input_tokens, output_tokens, cost in calls:
+        await create_usage(
+            db, user=user, project=project, created_at=created_at, input_tokens=input_tokens,
+            output_tokens=output_tokens, cost=cost,
+        )  # fmt: skip
 
     totals = await usage_this_month(db=db, project_ids=[first.id, second.id, idle.id], now=now)
 
@@ -68,20 +64,18 @@ async def test_usage_this_month_sums_per_project_and_ignores_other_months(
     assert await usage_this_month(db=db, project_ids=[]) == {}
 
 
-async def test_ensure_within_budget_refuses_once_the_budget_is_spent(
-    db: AsyncSession, factory: Factory
-) -> None:
-    owner = await factory.user()
-    project = await factory.project(owner)
+async def test_ensure_within_budget_refuses_once_the_budget_is_spent(db: AsyncSession) -> None:
+    owner = await create_user(db)
+    project = await create_project(db, creator=owner)
     now = datetime.now(UTC)
-    await factory.budget(project, 100)
-    await factory.usage(
-        user=owner, project=project, created_at=now, input_tokens=60, output_tokens=39
+    await set_setting(db, project, "monthlyTokenBudget", 100)
+    await create_usage(
+        db, user=owner, project=project, created_at=now, input_tokens=60, output_tokens=39
     )
     await ensure_within_budget(db=db, project_id=project.id)  # 99 < 100
 
-    await factory.usage(
-        user=owner, project=project, created_at=now, input_tokens=0, output_tokens=1
+    await create_usage(
+        db, user=owner, project=project, created_at=now, input_tokens=0, output_tokens=1
     )
     with pytest.raises(QuotaExceeded) as raised:
         await ensure_within_budget(db=db, project_id=project.id)  # 100 >= 100
@@ -97,23 +91,21 @@ async def test_ensure_within_budget_refuses_once_the_budget_is_spent(
     await ensure_within_budget(db=db, project_id=project.id, now=next_month_start(now))
 
 
-async def test_ensure_within_budget_without_budget_or_project_passes(
-    db: AsyncSession, factory: Factory
-) -> None:
-    owner = await factory.user()
-    unlimited = await factory.project(owner)
-    await factory.usage(
-        user=owner, project=unlimited, created_at=datetime.now(UTC), input_tokens=10**9
+async def test_ensure_within_budget_without_budget_or_project_passes(db: AsyncSession) -> None:
+    owner = await create_user(db)
+    unlimited = await create_project(db, creator=owner)
+    await create_usage(
+        db, user=owner, project=unlimited, created_at=datetime.now(UTC), input_tokens=10**9
     )
     await ensure_within_budget(db=db, project_id=unlimited.id)
     await ensure_within_budget(db=db, project_id=None)
     await ensure_within_budget(db=db, project_id=uuid.uuid4())
 
     # A budget that is not an integer is ignored; a budget of 0 refuses at once.
-    odd = await factory.project(owner)
-    await factory.budget(odd, {"tokens": 5})
+    odd = await create_project(db, creator=owner)
+    await set_setting(db, odd, "monthlyTokenBudget", {"tokens": 5})
     await ensure_within_budget(db=db, project_id=odd.id)
-    zero = await factory.project(owner)
-    await factory.budget(zero, 0)
+    zero = await create_project(db, creator=owner)
+    await set_setting(db, zero, "monthlyTokenBudget", 0)
     with pytest.raises(QuotaExceeded):
         await ensure_within_budget(db=db, project_id=zero.id)

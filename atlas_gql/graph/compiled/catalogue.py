@@ -517,30 +517,25 @@ def root_roles(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
     return sa.select(json_array(value, role.c.name)).select_from(role).scalar_subquery()
 
 
-def root_project(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
-    compiler.requires_viewer = True
-    identifier = compiler.arguments("Query", fields[0])["id"]
-    project_id = compiler.value_param(identifier, sa.Uuid, _id_of(identifier, "Project", "id"))
-    return compiler.one(
-        "Project",
-        projects,
-        fields,
-        lambda project: [project.c.id == project_id, visible_project(compiler.viewer, project)],
-        checked=True,
-    )
+def _root_by_id(type_name: str) -> RootHandler:
+    """`project(id:)`, `thread(id:)`: one object by its `id` argument, null when it is missing
+    or hidden (its `NODE_RULES` visibility), as on the resolver path; a malformed ID or one of
+    another type is BAD_USER_INPUT."""
 
+    def handler(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
+        compiler.requires_viewer = True
+        identifier = compiler.arguments("Query", fields[0])["id"]
+        object_id = compiler.value_param(identifier, sa.Uuid, _id_of(identifier, type_name, "id"))
+        visible = NODE_RULES[type_name]
+        return compiler.one(
+            type_name,
+            OBJECTS[type_name].table,
+            fields,
+            lambda row: [row.c.id == object_id, visible(compiler.viewer, row)],
+            checked=type_name == "Project",
+        )
 
-def root_thread(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
-    compiler.requires_viewer = True
-    identifier = compiler.arguments("Query", fields[0])["id"]
-    thread_id = compiler.value_param(identifier, sa.Uuid, _id_of(identifier, "Thread", "id"))
-    # A thread that is missing or hidden is null, as on the resolver path.
-    return compiler.one(
-        "Thread",
-        threads,
-        fields,
-        lambda thread: [thread.c.id == thread_id, thread_visible(compiler.viewer, thread)],
-    )
+    return handler
 
 
 def _optional_id_param(
@@ -711,10 +706,9 @@ def root_users(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
     )  # fmt: skip
 
 
-def _time_window_params(
-    compiler: Compiler, given: Value
-) -> tuple[sa.BindParameter[Any] | None, sa.BindParameter[Any] | None]:
-    """`from`/`to` of a log filter, checked per request as logs.service.time_window does."""
+def _time_window(compiler: Compiler, given: Value) -> Callable[[sa.FromClause], list[Any]]:
+    """`from`/`to` of a log filter, checked per request as logs.service.time_window does, as
+    the conditions on a log row's `created_at`."""
     start, end = given.field("from"), given.field("to")
 
     def check(variables: Mapping[str, Any]) -> None:
@@ -722,10 +716,18 @@ def _time_window_params(
 
     compiler.checks.append(check)
     kind = sa.DateTime(timezone=True)
-    return (
-        None if start.is_null() else compiler.value_param(start, kind),
-        None if end.is_null() else compiler.value_param(end, kind),
-    )
+    start_param = None if start.is_null() else compiler.value_param(start, kind)
+    end_param = None if end.is_null() else compiler.value_param(end, kind)
+
+    def within(row: sa.FromClause) -> list[Any]:
+        conditions: list[Any] = []
+        if start_param is not None:
+            conditions.append(row.c.created_at >= start_param)
+        if end_param is not None:
+            conditions.append(row.c.created_at < end_param)
+        return conditions
+
+    return within
 
 
 def root_activity_logs(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
@@ -749,7 +751,7 @@ def root_activity_logs(compiler: Compiler, fields: Fields) -> sa.ColumnElement[A
         if entity.is_null()
         else compiler.value_param(entity, sa.String, _bounded("filter.entityType"))
     )
-    start, end = _time_window_params(compiler, given)
+    within = _time_window(compiler, given)
     if project_id is not None:
         # require_project_role(MANAGER): ADMIN on an existing project, or an OWNER/MANAGER.
         project = projects.alias()
@@ -779,11 +781,7 @@ def root_activity_logs(compiler: Compiler, fields: Fields) -> sa.ColumnElement[A
             conditions.append(row.c.action == action_param)
         if entity_param is not None:
             conditions.append(row.c.entity_type == entity_param)
-        if start is not None:
-            conditions.append(row.c.created_at >= start)
-        if end is not None:
-            conditions.append(row.c.created_at < end)
-        return conditions
+        return conditions + within(row)
 
     return compiler.connection(
         parent="Query", fields=fields, table=activity_logs, where=where,
@@ -799,17 +797,13 @@ def root_error_logs(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]
     given = arguments["filter"]
     source = given.field("source")
     source_param = None if source.is_null() else compiler.value_param(source, sa.String, plain)
-    start, end = _time_window_params(compiler, given)
+    within = _time_window(compiler, given)
 
     def where(row: sa.FromClause) -> list[Any]:
         conditions: list[Any] = []
         if source_param is not None:
             conditions.append(row.c.source == source_param)
-        if start is not None:
-            conditions.append(row.c.created_at >= start)
-        if end is not None:
-            conditions.append(row.c.created_at < end)
-        return conditions
+        return conditions + within(row)
 
     return compiler.connection(
         parent="Query", fields=fields, table=error_logs, where=where, ordering=NEWEST_FIRST,
@@ -823,10 +817,10 @@ ROOT_FIELDS: dict[str, RootHandler] = {
     "users": root_users,
     "roles": root_roles,
     "projects": root_projects,
-    "project": root_project,
+    "project": _root_by_id("Project"),
     "assistants": root_assistants,
     "threads": root_threads,
-    "thread": root_thread,
+    "thread": _root_by_id("Thread"),
     "activityLogs": root_activity_logs,
     "errorLogs": root_error_logs,
 }

@@ -1,24 +1,25 @@
 """Fixtures of the compiled-read tests: a workspace with every project role, hidden objects,
 files, logs and timestamps with and without microseconds; and a helper that runs one
 document through both paths (resolver path over HTTP, compiled statement on the test's
-connection) for a viewer."""
+connection) for a viewer.
+
+Size: a little over 400 lines on purpose: the one world every equality case reads (made
+with tests/factories.py) and the two-path runner it is read through."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from graphql import parse, validate
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlmodel import col
 
 from atlas_gql.ai.models import (
     Assistant,
@@ -31,7 +32,7 @@ from atlas_gql.ai.models import (
     Thread,
 )
 from atlas_gql.app import create_app
-from atlas_gql.auth.models import Role, RoleName, User, UserRole
+from atlas_gql.auth.models import RoleName, User
 from atlas_gql.auth.sessions import start_session
 from atlas_gql.auth.tokens import decode_access_token
 from atlas_gql.config import Settings
@@ -41,9 +42,20 @@ from atlas_gql.graph.compiled import Answer, CompiledReads, Fallback
 from atlas_gql.graph.schema import build_schema
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
-from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
+from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from atlas_gql.runtime import CompiledReadStats
 from tests.conftest import GraphQLClient, make_settings, migrated_and_seeded
+from tests.factories import (
+    add_member,
+    create_activity,
+    create_assistant,
+    create_error,
+    create_message,
+    create_project,
+    create_thread,
+    create_user,
+    set_setting,
+)
 from tests.statements import StatementCounter
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -87,14 +99,9 @@ class World:
 VIEWERS = ("admin", "owner", "manager", "member", "viewer", "outsider", "anonymous")
 
 
-async def _role_id(db: AsyncSession, role: RoleName) -> uuid.UUID:
-    return (await db.execute(sa.select(col(Role.id)).where(col(Role.name) == role))).scalar_one()
-
-
 async def build_world(db: AsyncSession, settings: Settings) -> World:
     """Create the world (the caller commits)."""
     world = World()
-    roles = {role: await _role_id(db, role) for role in RoleName}
     people = {
         "admin": (RoleName.ADMIN, "Ada Admin"),
         "owner": (RoleName.PROJECT_MANAGER, "Olga Owner"),
@@ -105,121 +112,99 @@ async def build_world(db: AsyncSession, settings: Settings) -> World:
         "inactive": (RoleName.USER, "Ina Inactive"),
     }
     for index, (label, (role, name)) in enumerate(people.items()):
-        user = User(
+        world.users[label] = await create_user(
+            db,
+            roles=(role, RoleName.USER) if label == "owner" else (role,),
             email=f"{label}-{uuid.uuid4().hex[:6]}@Compiled.example.com",
             name=name,
-            password_hash="x",
             is_active=label != "inactive",
             created_at=at(-1000 + index, 0 if index % 2 else 123456),
         )
-        db.add(user)
-        await db.flush()
-        db.add(UserRole(user_id=user.id, role_id=roles[role]))
-        if label == "owner":
-            db.add(UserRole(user_id=user.id, role_id=roles[RoleName.USER]))
-        world.users[label] = user
-    extras = []
-    for number in range(9):
-        extra = User(
+    extras = [
+        await create_user(
+            db,
+            roles=(),
             email=f"extra{number}-{uuid.uuid4().hex[:6]}@compiled.example.com",
             name=f"Extra {number}",
-            password_hash="x",
             created_at=at(-900 + number, number * 1000),
         )
-        db.add(extra)
-        extras.append(extra)
-    await db.flush()
+        for number in range(9)
+    ]
 
-    alpha = Project(
-        name="Alpha",
-        description="The main project",
-        created_by_id=world.users["owner"].id,
-        created_at=at(0, 500),
-    )
-    beta = Project(
-        name="Beta_100% done",
-        description=None,
-        created_by_id=world.users["manager"].id,
-        created_at=at(1),
-    )
-    gamma = Project(
-        name="Gamma (outsider's)",
-        created_by_id=world.users["outsider"].id,
-        created_at=at(2, 1),
-    )
-    for project in (alpha, beta, gamma):
-        db.add(project)
-    await db.flush()
+    def new_project(
+        creator: str, name: str, created_at: datetime, **fields: Any
+    ) -> Awaitable[Project]:
+        return create_project(
+            db, creator=world.users[creator], creator_joins=False, name=name,
+            created_at=created_at, **fields,
+        )  # fmt: skip
+
+    alpha = await new_project("owner", "Alpha", at(0, 500), description="The main project")
+    beta = await new_project("manager", "Beta_100% done", at(1), description=None)
+    gamma = await new_project("outsider", "Gamma (outsider's)", at(2, 1))
     world.projects = {"alpha": alpha, "beta": beta, "gamma": gamma}
 
-    def join(project: Project, user: User, role: ProjectRole, minute: float) -> ProjectMember:
-        member = ProjectMember(
-            project_id=project.id, user_id=user.id, role=role, created_at=at(minute, 7)
-        )
-        db.add(member)
-        return member
+    async def join(project: Project, user: User, role: ProjectRole, minute: float) -> ProjectMember:
+        return await add_member(db, project, user, role, created_at=at(minute, 7))
 
-    world.members["alpha-owner"] = join(alpha, world.users["owner"], ProjectRole.OWNER, 10)
-    world.members["alpha-manager"] = join(alpha, world.users["manager"], ProjectRole.MANAGER, 11)
-    world.members["alpha-member"] = join(alpha, world.users["member"], ProjectRole.MEMBER, 12)
-    world.members["alpha-viewer"] = join(alpha, world.users["viewer"], ProjectRole.VIEWER, 13)
+    world.members["alpha-owner"] = await join(alpha, world.users["owner"], ProjectRole.OWNER, 10)
+    world.members["alpha-manager"] = await join(
+        alpha, world.users["manager"], ProjectRole.MANAGER, 11
+    )
+    world.members["alpha-member"] = await join(alpha, world.users["member"], ProjectRole.MEMBER, 12)
+    world.members["alpha-viewer"] = await join(alpha, world.users["viewer"], ProjectRole.VIEWER, 13)
     for number, extra in enumerate(extras):
         # Two members joined at the same instant: the id breaks the tie.
-        join(alpha, extra, ProjectRole.MEMBER, 14 + (number // 2))
-    world.members["beta-manager"] = join(beta, world.users["manager"], ProjectRole.OWNER, 20)
-    world.members["beta-outsider"] = join(beta, world.users["owner"], ProjectRole.VIEWER, 21)
-    world.members["gamma-outsider"] = join(gamma, world.users["outsider"], ProjectRole.OWNER, 22)
-    db.add_all(
-        [
-            ProjectSetting(project_id=alpha.id, setting_key="monthlyTokenBudget", value=1000),
-            ProjectSetting(project_id=alpha.id, setting_key="theme", value=THEME),
-            ProjectSetting(project_id=beta.id, setting_key="defaultAssistantId", value="x"),
-        ]
+        await join(alpha, extra, ProjectRole.MEMBER, 14 + (number // 2))
+    world.members["beta-manager"] = await join(beta, world.users["manager"], ProjectRole.OWNER, 20)
+    world.members["beta-outsider"] = await join(beta, world.users["owner"], ProjectRole.VIEWER, 21)
+    world.members["gamma-outsider"] = await join(
+        gamma, world.users["outsider"], ProjectRole.OWNER, 22
     )
-    await db.flush()
+    await set_setting(db, alpha, "monthlyTokenBudget", 1000)
+    await set_setting(db, alpha, "theme", THEME)
+    await set_setting(db, beta, "defaultAssistantId", "x")
 
-    shared = Assistant(
-        name="Team helper", model="gpt-4o-mini", instructions="Be kind.", temperature=0.7,
-        project_id=alpha.id, created_by_id=world.users["manager"].id, created_at=at(30, 250),
+    shared = await create_assistant(
+        db, name="Team helper", model="gpt-4o-mini", instructions="Be kind.", temperature=0.7,
+        project=alpha, creator=world.users["manager"], created_at=at(30, 250),
     )  # fmt: skip
-    personal = Assistant(
-        name="Member's own", model="gpt-4o-mini", description="personal",
-        created_by_id=world.users["member"].id, created_at=at(31),
+    personal = await create_assistant(
+        db, name="Member's own", model="gpt-4o-mini", description="personal",
+        creator=world.users["member"], created_at=at(31),
     )  # fmt: skip
-    foreign = Assistant(
-        name="Outsider's own", model="gpt-4o", temperature=None,
-        created_by_id=world.users["outsider"].id, created_at=at(32, 999999),
+    foreign = await create_assistant(
+        db, name="Outsider's own", model="gpt-4o", temperature=None,
+        creator=world.users["outsider"], created_at=at(32, 999999),
     )  # fmt: skip
-    db.add_all([shared, personal, foreign])
-    await db.flush()
     world.assistants = {"shared": shared, "personal": personal, "foreign": foreign}
 
+    def thread(creator: str, **fields: Any) -> Awaitable[Thread]:
+        return create_thread(db, creator=world.users[creator], **fields)
+
     threads = {
-        "alpha-1": Thread(title="First", project_id=alpha.id, assistant_id=shared.id,
-                          created_by_id=world.users["member"].id, created_at=at(40)),
-        "alpha-2": Thread(title=None, project_id=alpha.id, assistant_id=personal.id,
-                          created_by_id=world.users["owner"].id, created_at=at(41, 10)),
-        "alpha-3": Thread(title="Third", project_id=alpha.id, assistant_id=None,
-                          created_by_id=world.users["viewer"].id, created_at=at(41, 10),
-                          archived_at=at(60, 5)),
-        "alpha-4": Thread(title="Fourth", project_id=alpha.id, assistant_id=foreign.id,
-                          openai_thread_id="conv_abc", created_by_id=world.users["member"].id,
-                          created_at=at(42, 1), pinned=True),
-        "beta-1": Thread(title="Beta thread", project_id=beta.id, assistant_id=shared.id,
-                         created_by_id=world.users["manager"].id, created_at=at(43)),
-        "personal": Thread(title="Mine", project_id=None, assistant_id=personal.id,
-                           created_by_id=world.users["member"].id, created_at=at(44, 44)),
-        "foreign": Thread(title="Theirs", project_id=None, assistant_id=foreign.id,
-                          created_by_id=world.users["outsider"].id, created_at=at(45)),
+        "alpha-1": await thread("member", title="First", project=alpha, assistant=shared,
+                                created_at=at(40)),
+        "alpha-2": await thread("owner", title=None, project=alpha, assistant=personal,
+                                created_at=at(41, 10)),
+        "alpha-3": await thread("viewer", title="Third", project=alpha, created_at=at(41, 10),
+                                archived_at=at(60, 5)),
+        "alpha-4": await thread("member", title="Fourth", project=alpha, assistant=foreign,
+                                openai_thread_id="conv_abc", created_at=at(42, 1), pinned=True),
+        "beta-1": await thread("manager", title="Beta thread", project=beta, assistant=shared,
+                               created_at=at(43)),
+        "personal": await thread("member", title="Mine", assistant=personal,
+                                 created_at=at(44, 44)),
+        "foreign": await thread("outsider", title="Theirs", assistant=foreign,
+                                created_at=at(45)),
     }  # fmt: skip
-    db.add_all(threads.values())
-    await db.flush()
     world.threads = threads
 
     parent_id: uuid.UUID | None = None
     for number in range(7):
-        message = Message(
-            thread_id=threads["alpha-1"].id,
+        message = await create_message(
+            db,
+            thread=threads["alpha-1"],
             parent_id=parent_id,
             user_id=world.users["member"].id if number % 2 == 0 else None,
             role=MessageRole.USER if number % 2 == 0 else MessageRole.ASSISTANT,
@@ -231,32 +216,20 @@ async def build_world(db: AsyncSession, settings: Settings) -> World:
             created_at=at(50 + number, 0 if number % 3 == 0 else number * 111),
             completed_at=at(50.5 + number) if number % 2 else None,
         )
-        db.add(message)
         world.messages.append(message)
         parent_id = message.id
     threads["alpha-1"].active_leaf_id = parent_id
     # An abandoned branch (issue 15): another answer to message 2 and a question after it,
     # off the active path, so `messages` lists neither (on both paths).
-    abandoned = Message(
-        thread_id=threads["alpha-1"].id, parent_id=world.messages[2].id,
-        role=MessageRole.ASSISTANT, content="Abandoned answer", status=MessageStatus.COMPLETED,
-        created_at=at(52, 500),
+    abandoned = await create_message(
+        db, thread=threads["alpha-1"], parent_id=world.messages[2].id,
+        role=MessageRole.ASSISTANT, content="Abandoned answer", created_at=at(52, 500),
     )  # fmt: skip
-    db.add(abandoned)
-    db.add(
-        Message(
-            thread_id=threads["alpha-1"].id, parent_id=abandoned.id,
-            user_id=world.users["member"].id, role=MessageRole.USER,
-            content="Abandoned follow-up", status=MessageStatus.COMPLETED, created_at=at(58),
-        )
+    await create_message(
+        db, thread=threads["alpha-1"], parent_id=abandoned.id,
+        user_id=world.users["member"].id, content="Abandoned follow-up", created_at=at(58),
     )  # fmt: skip
-    db.add(
-        Message(
-            thread_id=threads["foreign"].id, role=MessageRole.USER, content="hidden",
-            status=MessageStatus.COMPLETED, created_at=at(60),
-        )
-    )  # fmt: skip
-    await db.flush()
+    await create_message(db, thread=threads["foreign"], content="hidden", created_at=at(60))
 
     report = File(filename="report.pdf", bytes=2048, mime_type="application/pdf",
                   openai_file_id=f"file-{uuid.uuid4().hex[:8]}",
@@ -288,20 +261,22 @@ async def build_world(db: AsyncSession, settings: Settings) -> World:
         (gamma, "project.create"), (None, "auth.login"), (alpha, "thread.create"),
     ]  # fmt: skip
     for number, (logged_project, action) in enumerate(logged):
-        row = ActivityLog(
+        row = await create_activity(
+            db,
             action=action,
-            user_id=world.users["owner" if number % 2 else "manager"].id,
-            project_id=logged_project.id if logged_project else None,
+            user=world.users["owner" if number % 2 else "manager"],
+            project=logged_project,
+            user_agent=None,
             entity_type="Project" if logged_project else None,
             entity_id=str(logged_project.id) if logged_project else None,
             ip_address="203.0.113.9",
             details={"n": number, "name": 'x"y'} if number % 2 else None,
             created_at=at(80 + number, number * 3),
         )
-        db.add(row)
         world.activity.append(row)
     for number, source in enumerate([ErrorSource.GRAPHQL, ErrorSource.UPSTREAM]):
-        error = ErrorLog(
+        error = await create_error(
+            db,
             request_id=f"req-{number}",
             source=source,
             error_type="RuntimeError",
@@ -316,9 +291,7 @@ async def build_world(db: AsyncSession, settings: Settings) -> World:
             count=3 if number else 1,
             last_seen_at=at(91 + number),
         )
-        db.add(error)
         world.errors.append(error)
-    await db.flush()
 
     for label, user in world.users.items():
         if label == "inactive":

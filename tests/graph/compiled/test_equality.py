@@ -4,7 +4,10 @@ Every case runs one document for each viewer (ADMIN, the project OWNER / MANAGER
 VIEWER of "alpha", a user of another project, anonymous): where the resolver path answers
 without errors, the compiled statement must give the same JSON, key order included; where the
 resolver path answers with an error (UNAUTHENTICATED, FORBIDDEN, NOT_FOUND, BAD_USER_INPUT),
-the compiled path must hand the request back (Fallback)."""
+the compiled path must hand the request back (Fallback).
+
+Size: a little over 400 lines on purpose: one table of cases, each a document read by every
+viewer, kept in one place so the compiled path's coverage reads as one list."""
 
 from __future__ import annotations
 

@@ -1,0 +1,104 @@
+"""The WebSocket side of the GraphQL endpoint (graphql-transport-ws): every message read
+with a size limit (1009 beyond ATLAS_MAX_BODY_BYTES) and a bounded JSON shape, and its form
+checked before Strawberry reads it (4400, never a crash). The view (`graph/views.py`) plugs
+these classes into Strawberry's ASGI view."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    Message,
+    SubscribeMessage,
+)
+
+from atlas_gql.graph.context import Context
+from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
+from atlas_gql.graph.limits.extension import utf8_length
+
+# The bytes a connection_init payload may hold (a bearer token and a few client fields).
+MAX_CONNECTION_INIT_BYTES = 16 * 1024
+
+
+class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
+    """Reads at most ATLAS_MAX_BODY_BYTES per message (1009 beyond), JSON shape bounded."""
+
+    def __init__(self, view: Any, request: WebSocket, response: WebSocket) -> None:
+        super().__init__(view, request, response)
+        self.max_message_bytes: int = view.max_message_bytes
+        self.last_message_bytes = 0
+
+    async def iter_json(
+        self, *, ignore_parsing_errors: bool = False
+    ) -> AsyncGenerator[object, None]:
+        try:
+            while self.ws.application_state != WebSocketState.DISCONNECTED:
+                text = await self.ws.receive_text()
+                self.last_message_bytes = size = utf8_length(text)
+                if size > self.max_message_bytes:
+                    await self.close(1009, f"Message exceeds {self.max_message_bytes} bytes")
+                    return
+                try:
+                    yield decode_request_json(text)
+                except json.JSONDecodeError as error:
+                    if not ignore_parsing_errors:
+                        raise NonJsonMessageReceived from error
+                except JsonTooComplex as error:
+                    await self.close(4400, str(error))
+                    return
+        except KeyError as error:
+            raise NonTextMessageReceived from error
+        except WebSocketDisconnect:  # pragma: no cover - the client went away
+            pass
+
+    async def close(self, code: int, reason: str) -> None:
+        # A close frame carries at most 123 bytes of reason; some reasons quote the client.
+        await super().close(code, reason.encode()[:123].decode(errors="ignore"))
+
+
+class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws with every message's shape checked before Strawberry reads it
+    (a message that is not an object, a payload of the wrong type: 4400, never a crash)."""
+
+    websocket: AtlasWebSocketAdapter
+
+    async def handle_message(self, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            await self.handle_invalid_message("A message must be an object with a type")
+            return
+        await super().handle_message(cast("Message", message))
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        if self.websocket.last_message_bytes > MAX_CONNECTION_INIT_BYTES:
+            await self.websocket.close(
+                4400, f"connection_init exceeds {MAX_CONNECTION_INIT_BYTES} bytes"
+            )
+            return
+        await super().handle_connection_init(message)
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        payload = message.get("payload")
+        if (
+            not isinstance(message.get("id"), str)
+            or not message["id"]
+            or not isinstance(payload, dict)
+            or not isinstance(payload.get("query"), str)
+            or not isinstance(payload.get("variables"), (dict, type(None)))
+            or not isinstance(payload.get("operationName"), (str, type(None)))
+            or not isinstance(payload.get("extensions"), (dict, type(None)))
+        ):
+            await self.handle_invalid_message(
+                "Invalid subscribe: needs an id, payload.query (string), optional "
+                "variables/extensions (objects), operationName (string)"
+            )
+            return
+        await super().handle_subscribe(message)
