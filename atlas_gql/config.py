@@ -203,6 +203,21 @@ class Settings(BaseSettings):
         "background reply",
     )
 
+    atlas_subscription_recheck: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds between the batched re-checks of open threadEvents subscriptions "
+        "(a logout, a deactivation or a removal from the project ends them within about this "
+        "long, mid-reply too); 0 checks only at each new exchange",
+    )
+    atlas_subscriber_backlog: int = Field(
+        default=2000,
+        ge=16,
+        description="events waiting for one subscriber (its socket is not taking them) beyond "
+        "which its WebSocket is closed with 1013 (try again later; reconnect with "
+        "afterSequence), or its HTTP stream ended",
+    )
+
     atlas_ws_per_message_deflate: bool = Field(
         default=False,
         description="compress WebSocket frames (permessage-deflate): costs CPU and memory per "

@@ -10,6 +10,8 @@ closes the socket with 1009 or 4400."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from functools import partial
@@ -32,6 +34,7 @@ from strawberry.subscriptions import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ConnectionInitMessage,
@@ -47,6 +50,7 @@ from atlas_gql.config import Settings
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.compiled.endpoint import CompiledEndpoint
 from atlas_gql.graph.context import Context
+from atlas_gql.graph.fanout import OperationSink, SharedFrames, reset_sink, set_sink
 from atlas_gql.graph.ide import render_graphiql_html
 from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
 from atlas_gql.graph.limits.extension import utf8_length
@@ -191,12 +195,62 @@ class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
         # A close frame carries at most 123 bytes of reason; some reasons quote the client.
         await super().close(code, reason.encode()[:123].decode(errors="ignore"))
 
+    async def send_frame(self, text: str) -> None:
+        """A message already serialised (a shared `next` frame, graph/fanout.py). A socket
+        that went away is not an error here: its handler ends its operations."""
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await self.ws.send_text(text)
+
+
+# Close code of a socket whose subscriptions fell ATLAS_SUBSCRIBER_BACKLOG events behind: 1013
+# "Try Again Later" (RFC 6455 registry): retryable; the client reconnects and resubscribes with
+# `afterSequence` (the last sequence it received).
+TOO_SLOW_CLOSE_CODE = 1013
+TOO_SLOW_REASON = "Too slow to keep up: reconnect with afterSequence"
+
 
 class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with every message's shape checked before Strawberry reads it
-    (a message that is not an object, a payload of the wrong type: 4400, never a crash)."""
+    (a message that is not an object, a payload of the wrong type: 4400, never a crash).
+
+    Each operation's task gets an `OperationSink` (graph/fanout.py): `threadEvents` writes the
+    frames it shares with other subscribers through it. A subscription that falls too far
+    behind (its broker queue overflows: the socket is not taking frames) closes the socket
+    with 1013; its operations stop at once, so nothing more is queued for it."""
 
     websocket: AtlasWebSocketAdapter
+    view: AtlasGraphQL
+    _closing_too_slow: asyncio.Task[None] | None = None
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        sink = OperationSink(
+            frames=self.view.frames,
+            operation_id=operation.id,
+            query=operation.query,
+            variables=operation.variables,
+            operation_name=operation.operation_name,
+            send=self.websocket.send_frame,
+            is_open=lambda: not operation.completed,
+            on_too_slow=self.too_slow,
+        )
+        token = set_sink(sink)
+        try:
+            await super().run_operation(operation)
+        finally:
+            reset_sink(token)
+            sink.close()
+
+    def too_slow(self) -> None:
+        """Close the socket with 1013 (once), its operations first (the close frame follows
+        the frames already written, so the client has read up to a consistent sequence)."""
+        if self._closing_too_slow is None:
+            self._closing_too_slow = asyncio.create_task(self._close_too_slow())
+
+    async def _close_too_slow(self) -> None:
+        for operation_id in list(self.operations):
+            await self.cleanup_operation(operation_id)
+        with contextlib.suppress(Exception):
+            await self.websocket.close(TOO_SLOW_CLOSE_CODE, TOO_SLOW_REASON)
 
     async def handle_message(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -254,6 +308,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
         self.services: Services | None = None
         self.max_message_bytes = settings.atlas_max_body_bytes
         self.settings = settings
+        # Renderings of subscription events shared by their subscribers (graph/fanout.py).
+        self.frames = SharedFrames()
         self.stream_slots = StreamSlots(
             total=settings.atlas_max_http_streams,
             per_user=settings.atlas_max_http_streams_per_user,
