@@ -243,7 +243,7 @@ class _LocalFanout:
         self.subscribers: dict[uuid.UUID, set[_Subscriber]] = {}
         self.queue_limit = queue_limit
 
-    def add(self, thread_id: uuid.UUID, control: SubscriptionControl | None) -> _Subscriber:
+    def add(self, thread_id: uuid.UUID, control: SubscriptionControl | None = None) -> _Subscriber:
         subscriber = _Subscriber(self.queue_limit)
         if control is not None:
             control.bind(subscriber)
