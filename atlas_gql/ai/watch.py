@@ -25,11 +25,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.ai import rules
@@ -69,39 +69,50 @@ def _thread_gone() -> AtlasError:
     return NotFound("Thread not found.")
 
 
-def access_statement(triples: Iterable[Triple]) -> sa.Select[Any]:
-    """(index, live, visible) per triple: whether the session is live with its user active,
-    and whether that user still sees the thread (`ai.rules.thread_visible`, the rule every
-    read path uses), for all of them in one statement."""
-    rows = sa.values(
-        sa.column("n", sa.Integer),
-        sa.column("user_id", sa.Uuid),
-        sa.column("session_id", sa.Uuid),
-        sa.column("thread_id", sa.Uuid),
-        name="watched",
-    ).data([(index, *triple) for index, triple in enumerate(triples)])
+def _access_statement() -> sa.Select[Any]:
+    """(n, live, visible) per triple: whether the session is live with its user active, and
+    whether that user still sees the thread (`ai.rules.thread_visible`, the rule every read
+    path uses), for all of them in one statement. The triples come as three array parameters
+    (unnest ... WITH ORDINALITY), so the statement is built and compiled once."""
+    watched = (
+        sa.func.unnest(
+            sa.bindparam("user_ids", type_=postgresql.ARRAY(sa.Uuid)),
+            sa.bindparam("session_ids", type_=postgresql.ARRAY(sa.Uuid)),
+            sa.bindparam("thread_ids", type_=postgresql.ARRAY(sa.Uuid)),
+        )
+        .table_valued(
+            sa.column("user_id", sa.Uuid),
+            sa.column("session_id", sa.Uuid),
+            sa.column("thread_id", sa.Uuid),
+            with_ordinality="n",
+        )
+        .render_derived(name="watched")
+    )
     user_roles, roles = table_of(UserRole), table_of(Role)
     is_admin = sa.exists(
         sa.select(sa.literal_column("1"))
         .select_from(user_roles)
         .join(roles, roles.c.id == user_roles.c.role_id)
-        .where(user_roles.c.user_id == rows.c.user_id, roles.c.name == RoleName.ADMIN.value)
+        .where(user_roles.c.user_id == watched.c.user_id, roles.c.name == RoleName.ADMIN.value)
     )
     # Thread visibility depends on who the user is, their membership and ADMIN, never on
     # their permissions.
     viewer = ViewerRef(
-        user_id=rows.c.user_id,
+        user_id=watched.c.user_id,
         is_admin=is_admin,
         permissions={permission: sa.false() for permission in PermissionName},
     )
     threads = rules.threads
-    live = sa.exists(live_session(user_id=rows.c.user_id, session_id=rows.c.session_id))
+    live = sa.exists(live_session(user_id=watched.c.user_id, session_id=watched.c.session_id))
     visible = sa.exists(
         sa.select(sa.literal_column("1"))
         .select_from(threads)
-        .where(threads.c.id == rows.c.thread_id, rules.thread_visible(viewer, threads))
+        .where(threads.c.id == watched.c.thread_id, rules.thread_visible(viewer, threads))
     )
-    return sa.select(rows.c.n, live.label("live"), visible.label("visible"))
+    return sa.select(watched.c.n, live.label("live"), visible.label("visible"))
+
+
+ACCESS_STATEMENT = _access_statement()
 
 
 async def failed_access(db: AsyncSession, triples: list[Triple]) -> dict[Triple, AtlasError]:
@@ -109,11 +120,13 @@ async def failed_access(db: AsyncSession, triples: list[Triple]) -> dict[Triple,
     failed: dict[Triple, AtlasError] = {}
     for start in range(0, len(triples), CHECK_BATCH):
         batch = triples[start : start + CHECK_BATCH]
-        for index, live, visible in (await db.execute(access_statement(batch))).all():
+        users, sessions, threads = (list(column) for column in zip(*batch, strict=True))
+        parameters = {"user_ids": users, "session_ids": sessions, "thread_ids": threads}
+        for n, live, visible in (await db.execute(ACCESS_STATEMENT, parameters)).all():
             if not live:
-                failed[batch[index]] = _session_ended()
+                failed[batch[n - 1]] = _session_ended()
             elif not visible:
-                failed[batch[index]] = _thread_gone()
+                failed[batch[n - 1]] = _thread_gone()
     return failed
 
 
