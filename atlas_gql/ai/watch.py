@@ -104,12 +104,15 @@ def _access_statement() -> sa.Select[Any]:
     )
     threads = rules.threads
     live = sa.exists(live_session(user_id=watched.c.user_id, session_id=watched.c.session_id))
-    visible = sa.exists(
-        sa.select(sa.literal_column("1"))
-        .select_from(threads)
-        .where(threads.c.id == watched.c.thread_id, rules.thread_visible(viewer, threads))
+    # The thread is joined at the top level (not read in a nested EXISTS), so every subquery
+    # of the rules correlates with this row of `watched` (SQLAlchemy correlates a subquery
+    # with the SELECT right around it only).
+    visible = sa.func.coalesce(
+        sa.and_(threads.c.id.is_not(None), rules.thread_visible(viewer, threads)), sa.false()
     )
-    return sa.select(watched.c.n, live.label("live"), visible.label("visible"))
+    return sa.select(watched.c.n, live.label("live"), visible.label("visible")).select_from(
+        watched.outerjoin(threads, threads.c.id == watched.c.thread_id)
+    )
 
 
 ACCESS_STATEMENT = _access_statement()

@@ -16,15 +16,26 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import websockets
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 from websockets.typing import Subprotocol
 
 from atlas_gql.ai.events import delta_event
+from atlas_gql.ai.models import Thread
+from atlas_gql.ai.watch import failed_access
+from atlas_gql.auth.account import create_user_account, find_user_by_email
+from atlas_gql.auth.models import RoleName, User
+from atlas_gql.auth.sessions import start_session
+from atlas_gql.auth.tokens import decode_access_token
+from atlas_gql.config import Settings
 from atlas_gql.graph.fanout import SharedFrames
 from atlas_gql.ids import decode_id_of
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.ai.test_rights_live import change_role, new_member
+from tests.conftest import SEED_PASSWORD
 from tests.live import EVENTS_SUBSCRIPTION, wait_until
 
 DELTAS = ("One ", "two ", "three ", "four ", "five ", "six.")
@@ -344,3 +355,44 @@ async def test_a_socket_that_does_not_read_is_closed_1013_and_resumes_exactly(
     assert [event["sequence"] for event in rest] == sorted({e["sequence"] for e in rest})
     assert rest[0]["sequence"] > sequences[-1]
     assert "".join(event["delta"] for event in got + rest) == "".join(published)
+
+
+# -- the batched statement itself -----------------------------------------------------------------
+
+
+async def test_one_statement_judges_every_triple(db: AsyncSession, settings: Settings) -> None:
+    async def user(email: str) -> User:
+        found = await find_user_by_email(db=db, email=email)
+        assert found is not None
+        return found
+
+    async def session_of(account: User) -> uuid.UUID:
+        tokens = await start_session(db=db, settings=settings, user_id=account.id)
+        return decode_access_token(tokens.access_token, settings=settings).session_id
+
+    member, admin = await user("user@example.com"), await user("admin@example.com")
+    outsider = await create_user_account(
+        db=db,
+        email=f"outsider-{uuid.uuid4().hex[:8]}@example.com",
+        password=SEED_PASSWORD,
+        roles=(RoleName.USER,),
+        bcrypt_rounds=4,
+    )
+    in_project = sa.select(Thread).where(col(Thread.project_id).is_not(None))
+    thread = (await db.execute(in_project)).scalars().first()
+    assert thread is not None
+    member_session, admin_session = await session_of(member), await session_of(admin)
+    outsider_session = await session_of(outsider)
+    ok = (member.id, member_session, thread.id)
+    as_admin = (admin.id, admin_session, thread.id)
+    stranger = (outsider.id, outsider_session, thread.id)
+    no_session = (member.id, uuid.uuid4(), thread.id)
+    no_thread = (member.id, member_session, uuid.uuid4())
+    failed = await failed_access(db, [ok, as_admin, stranger, no_session, no_thread])
+    assert {triple: error.code.value for triple, error in failed.items()} == {
+        stranger: "NOT_FOUND",
+        no_session: "UNAUTHENTICATED",
+        no_thread: "NOT_FOUND",
+    }
+    await db.execute(sa.update(User).where(col(User.id) == member.id).values(is_active=False))
+    assert set(await failed_access(db, [ok, as_admin])) == {ok}
