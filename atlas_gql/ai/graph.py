@@ -16,7 +16,7 @@ from strawberry.file_uploads import Upload
 
 from atlas_gql import metrics
 from atlas_gql.ai import assistants, events, feedback, files, messages, search, threads, titles
-from atlas_gql.ai.broker import SubscriptionControl
+from atlas_gql.ai.broker import SubscriberTooSlow, SubscriptionControl
 from atlas_gql.ai.models import MessageRole
 from atlas_gql.ai.types import (
     AssistantFilter,
@@ -47,7 +47,7 @@ from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, re
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import page_request
 from atlas_gql.db.session import ReadSession
-from atlas_gql.errors import AtlasError, Unauthenticated
+from atlas_gql.errors import AtlasError, RateLimited, Unauthenticated
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
 from atlas_gql.graph.fanout import current_sink
@@ -697,6 +697,12 @@ class Subscription:
                     await context.close_db()
         except AtlasError as error:
             raise as_graphql_error(error) from None
+        except SubscriberTooSlow:
+            # (Over HTTP: a WebSocket is closed with 1013 before this could be sent.)
+            too_slow = RateLimited(
+                "Too slow to keep up: subscribe again with afterSequence.", retry_after=1
+            )
+            raise as_graphql_error(too_slow) from None
         finally:
             if watch is not None:
                 ai.watches.remove(watch)
