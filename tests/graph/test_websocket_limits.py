@@ -13,7 +13,7 @@ import websockets
 from websockets.typing import Subprotocol
 
 from atlas_gql.graph.limits.body import MAX_JSON_DEPTH
-from atlas_gql.graph.views import MAX_CONNECTION_INIT_BYTES
+from atlas_gql.graph.websocket import MAX_CONNECTION_INIT_BYTES
 from tests.graph.document_attacks import ATTACKS
 from tests.live import LiveServer
 
