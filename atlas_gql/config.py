@@ -1,7 +1,7 @@
 """Settings: the environment first, then `.env`, then the defaults below.
 
-Size: about 400 lines on purpose: one Settings class is the one list of every knob, read
-top to bottom by whoever deploys ATLAS; splitting it would scatter that list."""
+Size: over 400 lines on purpose: the one Settings class (DESIGN.md: one pydantic-settings
+class), each setting with its description and bounds, and its production checks."""
 
 from __future__ import annotations
 
@@ -247,6 +247,21 @@ class Settings(BaseSettings):
         minimum=1,
         description="seconds without a heartbeat after which another worker resumes a "
         "background reply",
+    )
+
+    atlas_subscription_recheck: float = Field(
+        default=1.0,
+        ge=0,
+        description="seconds between the batched re-checks of open threadEvents subscriptions "
+        "(a logout, a deactivation or a removal from the project ends them within about this "
+        "long, mid-reply too); 0 checks only at each new exchange",
+    )
+    atlas_subscriber_backlog: int = Field(
+        default=2000,
+        ge=16,
+        description="events waiting for one subscriber (its socket is not taking them) beyond "
+        "which its WebSocket is closed with 1013 (try again later; reconnect with "
+        "afterSequence), or its HTTP stream ended",
     )
 
     atlas_ws_per_message_deflate: bool = Field(

@@ -64,14 +64,53 @@ SUBSCRIBE_TIMEOUT = 2.0
 # for Redis) and ATLAS_REDIS_RETRY_MAX (longest pause before Redis is probed again).
 REDIS_TIMEOUT = 0.25
 REDIS_MAX_PAUSE = 30.0
-# Events waiting for a subscriber from which its queued deltas are merged.
+# Events waiting for a subscriber from which its queued deltas are merged: a subscriber
+# keeping up has one or a few at a time, so nothing is merged for it (no added latency).
 MERGE_BACKLOG = 16
-# A subscriber that falls this far behind is dropped rather than growing memory forever.
-SUBSCRIBER_QUEUE_LIMIT = 10_000
+# A merged delta stops growing at about this many characters (the next one starts anew).
+MERGE_MAX_CHARS = 16 * 1024
+# Default of ATLAS_SUBSCRIBER_BACKLOG: events waiting for one subscriber (it is not reading
+# them: its socket is full) beyond which it is dropped rather than growing memory forever.
+SUBSCRIBER_QUEUE_LIMIT = 2_000
 
 
 class SubscriberTooSlow(Exception):
     """The subscriber's queue overflowed; it should reconnect with `afterSequence`."""
+
+
+class SubscriptionControl:
+    """What a subscription's owner can do to it from outside its reading task: stop it with
+    an error that its reader raises at its next event (an access check that failed), and be
+    told at once when its queue overflows (its reader may be stuck writing to a full socket,
+    so it would only notice later)."""
+
+    __slots__ = ("_subscriber", "error", "on_overflow")
+
+    def __init__(self, *, on_overflow: Callable[[], None] | None = None) -> None:
+        self.on_overflow = on_overflow
+        self.error: BaseException | None = None
+        self._subscriber: _Subscriber | None = None
+
+    def stop(self, error: BaseException) -> None:
+        """End the subscription: its reader raises `error` instead of its next event."""
+        if self.error is not None:
+            return
+        self.error = error
+        if self._subscriber is not None:
+            self._subscriber.queue.put_nowait(_Stop(error))
+
+    def bind(self, subscriber: _Subscriber) -> None:
+        self._subscriber = subscriber
+        subscriber.on_overflow = self.on_overflow
+        if self.error is not None:
+            subscriber.queue.put_nowait(_Stop(self.error))
+
+
+class _Stop:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class Broker(Protocol):
@@ -84,17 +123,24 @@ class Broker(Protocol):
 
     async def close(self) -> None: ...
 
+    def backlogs(self, thread_id: uuid.UUID) -> list[int]:
+        """Events waiting for each of the thread's subscribers in this process."""
+
     async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
         """Deliver `event` to the thread's subscribers (in every process) and keep it for
         replay. An event may be published twice (a resumed reply re-reads events after its
         last checkpoint, with the numbers they had): subscribers drop the repeat."""
 
     def subscribe(
-        self, thread_id: uuid.UUID, *, after_sequence: int | None = None
+        self,
+        thread_id: uuid.UUID,
+        *,
+        after_sequence: int | None = None,
+        control: SubscriptionControl | None = None,
     ) -> AsyncIterator[Event]:
         """Live events of the thread, in sequence order. With `after_sequence`, first the kept
         events numbered above it (what a reconnecting client missed), then live ones.
-        BrokerUnavailable when the broker cannot subscribe."""
+        BrokerUnavailable when the broker cannot subscribe. `control` stops it from outside."""
 
     async def publish_control(self, message: dict[str, Any]) -> None:
         """Send a control message to every process (including this one); BrokerUnavailable
@@ -104,16 +150,22 @@ class Broker(Protocol):
 
 
 class _Subscriber:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+    __slots__ = ("limit", "on_overflow", "overflowed", "queue")
+
+    def __init__(self, limit: int) -> None:
+        self.queue: asyncio.Queue[Event | _Stop | None] = asyncio.Queue()
+        self.limit = limit
         self.overflowed = False
+        self.on_overflow: Callable[[], None] | None = None
 
     def offer(self, event: Event) -> None:
         if self.overflowed:
             return
-        if self.queue.qsize() >= SUBSCRIBER_QUEUE_LIMIT:
+        if self.queue.qsize() >= self.limit:
             self.overflowed = True
             self.queue.put_nowait(None)
+            if self.on_overflow is not None:
+                self.on_overflow()
             return
         self.queue.put_nowait(event)
 
@@ -147,16 +199,19 @@ async def _deliver(
     """Replay (events above `after_sequence`), then live events; never a number twice or
     out of order (live events already replayed are skipped).
 
-    A subscriber that falls behind (MERGE_BACKLOG events waiting) gets the consecutive deltas
-    of a message waiting for it merged into one delta event (numbered as the last of them):
-    the text is the same, the work per event is not repeated for every token, so a slow
-    client catches up instead of falling further behind."""
+    A subscriber that falls behind (MERGE_BACKLOG events waiting: its socket was busy, or the
+    worker was) gets the consecutive deltas of a message waiting for it merged into one delta
+    event (numbered as the last of them, at most about MERGE_MAX_CHARS of text): the text is
+    the same, the work per event is not repeated for every token, so a slow client catches up
+    instead of falling further behind. One that keeps up gets every delta as it comes."""
     last = after_sequence if after_sequence is not None else -1
     backlog: deque[Event] = deque()
 
-    def accept(item: Event | None) -> None:
+    def accept(item: Event | _Stop | None) -> None:
         if item is None:
             raise SubscriberTooSlow()
+        if isinstance(item, _Stop):
+            raise item.error
         newest = backlog[-1].sequence if backlog else last
         if item.sequence > newest:
             backlog.append(item)
@@ -173,7 +228,9 @@ async def _deliver(
             continue
         event = backlog.popleft()
         if len(backlog) >= MERGE_BACKLOG:
-            while backlog and _mergeable(event, backlog[0]):
+            while (
+                backlog and _mergeable(event, backlog[0]) and len(event.delta) < MERGE_MAX_CHARS  # type: ignore[union-attr]
+            ):
                 event = _merge(event, backlog.popleft())  # type: ignore[arg-type]
         last = event.sequence
         yield event
@@ -182,13 +239,20 @@ async def _deliver(
 class _LocalFanout:
     """The subscribers of this process, by thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, queue_limit: int) -> None:
         self.subscribers: dict[uuid.UUID, set[_Subscriber]] = {}
+        self.queue_limit = queue_limit
 
-    def add(self, thread_id: uuid.UUID) -> _Subscriber:
-        subscriber = _Subscriber()
+    def add(self, thread_id: uuid.UUID, control: SubscriptionControl | None = None) -> _Subscriber:
+        subscriber = _Subscriber(self.queue_limit)
+        if control is not None:
+            control.bind(subscriber)
         self.subscribers.setdefault(thread_id, set()).add(subscriber)
         return subscriber
+
+    def backlogs(self, thread_id: uuid.UUID) -> list[int]:
+        """Events waiting for each subscriber of the thread here (tests wait on it)."""
+        return [subscriber.queue.qsize() for subscriber in self.subscribers.get(thread_id, ())]
 
     def remove(self, thread_id: uuid.UUID, subscriber: _Subscriber) -> bool:
         """Forget a subscriber; True when it was the thread's last one here."""
@@ -262,6 +326,7 @@ class MemoryBroker:
         self,
         *,
         replay_limit: int = REPLAY_LIMIT,
+        queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
         thread_bytes: int = MEMORY_THREAD_BYTES,
         total_bytes: int = MEMORY_TOTAL_BYTES,
         thread_limit: int = MEMORY_THREAD_LIMIT,
@@ -274,7 +339,7 @@ class MemoryBroker:
         self.thread_limit = thread_limit
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._fanout = _LocalFanout()
+        self._fanout = _LocalFanout(queue_limit)
         self.listeners = Listeners()
         self._history: OrderedDict[uuid.UUID, _ThreadHistory] = OrderedDict()
         self._bytes = 0
@@ -291,6 +356,9 @@ class MemoryBroker:
 
     async def start(self) -> None:
         return None
+
+    def backlogs(self, thread_id: uuid.UUID) -> list[int]:
+        return self._fanout.backlogs(thread_id)
 
     async def close(self) -> None:
         return None
@@ -335,10 +403,14 @@ class MemoryBroker:
         return [event for event, _ in history.events]
 
     async def subscribe(
-        self, thread_id: uuid.UUID, *, after_sequence: int | None = None
+        self,
+        thread_id: uuid.UUID,
+        *,
+        after_sequence: int | None = None,
+        control: SubscriptionControl | None = None,
     ) -> AsyncIterator[Event]:
         # Registered before the history is read, with no await in between: nothing is missed.
-        subscriber = self._fanout.add(thread_id)
+        subscriber = self._fanout.add(thread_id, control)
         self.listeners.started(thread_id)
         try:
             replay = self._replay(thread_id)
@@ -377,6 +449,7 @@ class RedisBroker:
         url: str,
         *,
         replay_limit: int = REPLAY_LIMIT,
+        queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
         timeout: float = REDIS_TIMEOUT,
         max_pause: float = REDIS_MAX_PAUSE,
     ) -> None:
@@ -405,7 +478,7 @@ class RedisBroker:
             health_check_interval=30,
         )
         self._pubsub = self._redis.pubsub()
-        self._fanout = _LocalFanout()
+        self._fanout = _LocalFanout(queue_limit)
         self.listeners = Listeners()
         self._confirmed: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -416,6 +489,9 @@ class RedisBroker:
         # This worker's tag on what it publishes (its listener skips its own events).
         self._origin = uuid.uuid4().hex
         self.subscribe_timeout = SUBSCRIBE_TIMEOUT
+
+    def backlogs(self, thread_id: uuid.UUID) -> list[int]:
+        return self._fanout.backlogs(thread_id)
 
     @staticmethod
     def channel(thread_id: uuid.UUID) -> str:
@@ -533,7 +609,11 @@ class RedisBroker:
             await self.breaker.call(send)
 
     async def subscribe(
-        self, thread_id: uuid.UUID, *, after_sequence: int | None = None
+        self,
+        thread_id: uuid.UUID,
+        *,
+        after_sequence: int | None = None,
+        control: SubscriptionControl | None = None,
     ) -> AsyncIterator[Event]:
         """As `Broker.subscribe`; BrokerUnavailable when Redis is being skipped or does not
         confirm the subscription (or the kept events cannot be read) in time."""
@@ -541,7 +621,7 @@ class RedisBroker:
         async with self._lock:
             if self.breaker.skip():
                 raise BrokerUnavailable()
-            subscriber = self._fanout.add(thread_id)
+            subscriber = self._fanout.add(thread_id, control)
             if len(self._fanout.subscribers[thread_id]) == 1:
                 confirmed = self._confirmed[channel] = asyncio.Event()
                 try:
@@ -602,8 +682,9 @@ def create_broker(
     *,
     timeout: float = REDIS_TIMEOUT,
     max_pause: float = REDIS_MAX_PAUSE,
+    queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
 ) -> Broker:
     """Redis when a URL is configured, else in-process."""
     if redis_url:
-        return RedisBroker(redis_url, timeout=timeout, max_pause=max_pause)
-    return MemoryBroker()
+        return RedisBroker(redis_url, timeout=timeout, max_pause=max_pause, queue_limit=queue_limit)
+    return MemoryBroker(queue_limit=queue_limit)

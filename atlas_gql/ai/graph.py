@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any, TypeVar, cast
 
 import strawberry
@@ -15,6 +16,7 @@ from strawberry.file_uploads import Upload
 
 from atlas_gql import metrics
 from atlas_gql.ai import assistants, events, feedback, files, messages, search, threads, titles
+from atlas_gql.ai.broker import SubscriberTooSlow, SubscriptionControl
 from atlas_gql.ai.models import MessageRole
 from atlas_gql.ai.types import (
     AssistantFilter,
@@ -38,15 +40,17 @@ from atlas_gql.ai.types import (
     UpdateThreadInput,
     graph_event,
 )
+from atlas_gql.ai.watch import Watch
 from atlas_gql.auth.apikeys import reload_viewer
 from atlas_gql.auth.models import ApiKeyScope, PermissionName
 from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.db.session import ReadSession
-from atlas_gql.errors import AtlasError, Unauthenticated
+from atlas_gql.errors import AtlasError, RateLimited, Unauthenticated
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
+from atlas_gql.graph.fanout import current_sink
 from atlas_gql.graph.inputs import (
     After,
     AssistantID,
@@ -638,19 +642,64 @@ class Subscription:
             raise as_graphql_error(error) from None
         finally:
             await context.close_db()
-        broker = context.services.ai.broker
-        with metrics.SUBSCRIPTIONS.track_inprogress():
-            async for event in broker.subscribe(thread_uuid, after_sequence=after_sequence):
-                if isinstance(event, events.MessageCreated):
-                    # A new exchange: check again that the viewer's session and access still
-                    # hold (a logout or a removal from the project ends the subscription).
-                    viewer = await _check_still_allowed(context, viewer, thread_uuid)
-                elif isinstance(event, events.MessageDelta):
-                    metrics.DELTAS_DELIVERED.inc()
-                yield graph_event(event)
-                # Between events, hold no connection and no cached rows.
-                context.reset_loaders()
-                await context.close_db()
+        ai = context.services.ai
+        # On a WebSocket, deltas go out as frames rendered once for every subscriber of the
+        # thread with the same document (graph/fanout.py); elsewhere, one by one.
+        sink = current_sink()
+        raw_info = info._raw_info
+        control = SubscriptionControl(on_overflow=sink.too_slow if sink else None)
+        # Access is re-checked in batches for this worker's subscriptions by session
+        # (ai/watch.py): at each new exchange, and every ATLAS_SUBSCRIPTION_RECHECK seconds.
+        # A subscription by API key is re-checked on its own at each new exchange.
+        watch = (
+            ai.watches.add(
+                Watch(
+                    user_id=viewer.user_id,
+                    session_id=viewer.session_id,
+                    thread_id=thread_uuid,
+                    control=control,
+                )
+            )
+            if viewer.api_key_id is None and viewer.session_id is not None
+            else None
+        )
+        try:
+            with metrics.SUBSCRIPTIONS.track_inprogress():
+                async for event in ai.broker.subscribe(
+                    thread_uuid, after_sequence=after_sequence, control=control
+                ):
+                    if isinstance(event, events.MessageDelta):
+                        metrics.DELTAS_DELIVERED.inc()
+                        if sink is not None and await sink.send_shared(
+                            raw_info,
+                            thread_uuid,
+                            (event.sequence, event.delta),
+                            partial(graph_event, event),
+                        ):
+                            continue
+                    elif isinstance(event, events.MessageCreated):
+                        # A new exchange: is the viewer's session live, the thread visible?
+                        if watch is None:
+                            viewer = await _check_still_allowed(context, viewer, thread_uuid)
+                        else:
+                            await ai.watches.check_exchange(thread_uuid, event.sequence)
+                        if control.error is not None:
+                            raise control.error
+                    yield graph_event(event)
+                    # Between events, hold no connection and no cached rows.
+                    context.reset_loaders()
+                    await context.close_db()
+        except AtlasError as error:
+            raise as_graphql_error(error) from None
+        except SubscriberTooSlow:
+            # (Over HTTP: a WebSocket is closed with 1013 before this could be sent.)
+            too_slow = RateLimited(
+                "Too slow to keep up: subscribe again with afterSequence.", retry_after=1
+            )
+            raise as_graphql_error(too_slow) from None
+        finally:
+            if watch is not None:
+                ai.watches.remove(watch)
 
 
 async def _check_still_allowed(context: Context, viewer: Viewer, thread_id: uuid.UUID) -> Viewer:

@@ -18,6 +18,7 @@ async def start_ai(runtime: Runtime) -> AIRuntime:
             runtime.settings.redis_url,
             timeout=runtime.settings.atlas_redis_timeout,
             max_pause=runtime.settings.atlas_redis_retry_max,
+            queue_limit=runtime.settings.atlas_subscriber_backlog,
         ),
         provider=create_provider(runtime.settings),
         spawn=runtime.spawn,

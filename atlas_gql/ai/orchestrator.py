@@ -71,6 +71,7 @@ from atlas_gql.ai.recovery import CANCELLED_ERROR, Recovery, usage_row
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.titles import TitleWriter
 from atlas_gql.ai.tool_items import ToolCallItem
+from atlas_gql.ai.watch import SubscriptionWatches
 from atlas_gql.config import Settings
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.audit import ErrorLogPolicy, record_error
@@ -200,6 +201,10 @@ class AIRuntime:
         )
         self.replies: dict[uuid.UUID, ActiveReply] = {}
         self.sweeper: asyncio.Task[None] | None = None
+        # Open threadEvents subscriptions of this worker and their batched access re-checks.
+        self.watches = SubscriptionWatches(
+            sessionmaker=sessionmaker, interval=settings.atlas_subscription_recheck
+        )
         self.recovery = Recovery(
             settings=settings,
             sessionmaker=sessionmaker,
@@ -300,8 +305,10 @@ class AIRuntime:
             # the periodic sweep tries again.
             logger.exception("stale reply sweep at start failed")
         self.sweeper = asyncio.create_task(self.recovery.sweep_forever(), name="ai-stale-sweeper")
+        self.watches.start()
 
     async def stop(self) -> None:
+        await self.watches.stop()
         if self.sweeper is not None:
             self.sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

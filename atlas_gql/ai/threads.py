@@ -121,19 +121,13 @@ async def get_thread(
     *, db: ReadSession, viewer: Viewer, thread_id: uuid.UUID, for_update: bool = False
 ) -> Thread:
     """A thread the viewer may see; NOT_FOUND otherwise. `for_update` locks its row (read
-    again), which serialises sendMessage on the thread."""
+    again, in the same statement), which serialises sendMessage on the thread."""
     statement = sa.select(Thread).where(col(Thread.id) == thread_id, thread_visible_to(viewer))
+    if for_update:
+        statement = statement.with_for_update(of=Thread).execution_options(populate_existing=True)
     thread = (await db.execute(statement)).scalar_one_or_none()
     if thread is None:
         raise NotFound("Thread not found.")
-    if for_update:
-        locked = await db.execute(
-            sa.select(Thread)
-            .where(col(Thread.id) == thread_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        thread = locked.scalar_one()
     return thread
 
 

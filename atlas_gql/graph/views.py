@@ -4,9 +4,9 @@
 
 Whatever a client sends is answered with a GraphQL-shaped JSON error and a code: a body
 that is not JSON or not an object, JSON nested too deeply, a subscription asking for a
-transport that is not served (406), GET without a query when GraphiQL is off. On the
-WebSocket, a message that is too large, not JSON, or not a graphql-transport-ws message
-closes the socket with 1009 or 4400 (the WebSocket message checks: `graph/websocket.py`)."""
+transport that is not served (406), GET without a query when GraphiQL is off. The WebSocket
+transport is `graph/websocket.py` (a message that is too large, not JSON, or not a
+graphql-transport-ws message closes the socket with 1009 or 4400)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from atlas_gql.config import Settings
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.compiled.endpoint import CompiledEndpoint
 from atlas_gql.graph.context import Context
+from atlas_gql.graph.fanout import SharedFrames
 from atlas_gql.graph.ide import render_graphiql_html
 from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
 from atlas_gql.graph.services import Services
@@ -167,6 +168,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
         self.services: Services | None = None
         self.max_message_bytes = settings.atlas_max_body_bytes
         self.settings = settings
+        # Renderings of subscription events shared by their subscribers (graph/fanout.py).
+        self.frames = SharedFrames()
         self.stream_slots = StreamSlots(
             total=settings.atlas_max_http_streams,
             per_user=settings.atlas_max_http_streams_per_user,

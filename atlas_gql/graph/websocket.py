@@ -1,10 +1,12 @@
-"""The WebSocket side of the GraphQL endpoint (graphql-transport-ws): every message read
-with a size limit (1009 beyond ATLAS_MAX_BODY_BYTES) and a bounded JSON shape, and its form
-checked before Strawberry reads it (4400, never a crash). The view (`graph/views.py`) plugs
-these classes into Strawberry's ASGI view."""
+"""The WebSocket transport (graphql-transport-ws) of the GraphQL endpoint: Strawberry's handler
+with every message's size and shape checked, a sink per operation for the frames subscribers
+share (graph/fanout.py), and the 1013 close of a socket that cannot keep up. The view
+(`graph/views.py`) serves it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -14,6 +16,7 @@ from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     ConnectionInitMessage,
@@ -22,6 +25,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 )
 
 from atlas_gql.graph.context import Context
+from atlas_gql.graph.fanout import OperationSink, SharedFrames, reset_sink, set_sink
 from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
 from atlas_gql.graph.limits.extension import utf8_length
 
@@ -64,12 +68,64 @@ class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
         # A close frame carries at most 123 bytes of reason; some reasons quote the client.
         await super().close(code, reason.encode()[:123].decode(errors="ignore"))
 
+    async def send_frame(self, text: str) -> None:
+        """A message already serialised (a shared `next` frame, graph/fanout.py). A socket
+        that went away is not an error here: its handler ends its operations."""
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await self.ws.send_text(text)
+
+
+# Close code of a socket whose subscriptions fell ATLAS_SUBSCRIBER_BACKLOG events behind: 1013
+# "Try Again Later" (RFC 6455 registry): retryable; the client reconnects and resubscribes with
+# `afterSequence` (the last sequence it received).
+TOO_SLOW_CLOSE_CODE = 1013
+TOO_SLOW_REASON = "Too slow to keep up: reconnect with afterSequence"
+
 
 class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with every message's shape checked before Strawberry reads it
-    (a message that is not an object, a payload of the wrong type: 4400, never a crash)."""
+    (a message that is not an object, a payload of the wrong type: 4400, never a crash).
+
+    Each operation's task gets an `OperationSink` (graph/fanout.py): `threadEvents` writes the
+    frames it shares with other subscribers through it. A subscription that falls too far
+    behind (its broker queue overflows: the socket is not taking frames) closes the socket
+    with 1013; its operations stop at once, so nothing more is queued for it."""
 
     websocket: AtlasWebSocketAdapter
+    # The view: its SharedFrames (the view sets `frames`; see AtlasGraphQL).
+    view: Any
+    _closing_too_slow: asyncio.Task[None] | None = None
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        frames: SharedFrames = self.view.frames
+        sink = OperationSink(
+            frames=frames,
+            operation_id=operation.id,
+            query=operation.query,
+            variables=operation.variables,
+            operation_name=operation.operation_name,
+            send=self.websocket.send_frame,
+            is_open=lambda: not operation.completed,
+            on_too_slow=self.too_slow,
+        )
+        token = set_sink(sink)
+        try:
+            await super().run_operation(operation)
+        finally:
+            reset_sink(token)
+            sink.close()
+
+    def too_slow(self) -> None:
+        """Close the socket with 1013 (once), its operations first (the close frame follows
+        the frames already written, so the client has read up to a consistent sequence)."""
+        if self._closing_too_slow is None:
+            self._closing_too_slow = asyncio.create_task(self._close_too_slow())
+
+    async def _close_too_slow(self) -> None:
+        for operation_id in list(self.operations):
+            await self.cleanup_operation(operation_id)
+        with contextlib.suppress(Exception):
+            await self.websocket.close(TOO_SLOW_CLOSE_CODE, TOO_SLOW_REASON)
 
     async def handle_message(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

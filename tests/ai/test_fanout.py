@@ -1,0 +1,398 @@
+"""Streaming at scale (issue 14 parts 1, 3, 4, 5; issue 10 part 4.3), on a live server with real
+WebSockets: deltas rendered once per group of subscribers and written as shared frames with
+each operation's own id; access re-checked in one statement per exchange for all subscribers
+of a thread, and periodically, so a logout, a deactivation or a removal from the project ends
+an open subscription mid-reply; a socket that does not read is closed with 1013 without
+slowing the others, and reconnects with `afterSequence` to get the rest exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import websockets
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+from websockets.typing import Subprotocol
+
+from atlas_gql.ai.events import delta_event
+from atlas_gql.ai.models import Thread
+from atlas_gql.ai.watch import failed_access
+from atlas_gql.auth.account import create_user_account, find_user_by_email
+from atlas_gql.auth.models import RoleName, User
+from atlas_gql.auth.sessions import start_session
+from atlas_gql.auth.tokens import decode_access_token
+from atlas_gql.config import Settings
+from atlas_gql.graph.fanout import SharedFrames
+from atlas_gql.ids import decode_id_of
+from tests.ai.conftest import AIServer, StartServer
+from tests.ai.fake_openai import Behaviour
+from tests.ai.test_rights_live import change_role, new_member
+from tests.conftest import SEED_PASSWORD
+from tests.live import EVENTS_SUBSCRIPTION, wait_until
+
+DELTAS = ("One ", "two ", "three ", "four ", "five ", "six.")
+
+# Another document for the same events: its own group, its own rendering.
+ALIASED = """
+subscription($threadId: ID!) {
+  events: threadEvents(threadId: $threadId) {
+    __typename
+    ... on MessageDelta { n: sequence text: delta message { id } }
+    ... on MessageCompleted { done: message { status } }
+  }
+}
+"""
+
+
+def frames_of(ai: AIServer) -> SharedFrames:
+    frames: SharedFrames = ai.server.app.state.atlas["graphql"].frames
+    return frames
+
+
+class Socket:
+    """A raw graphql-transport-ws connection: several operations, every frame seen."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def subscribe(
+        self, operation_id: str, thread_id: str, *, query: str = EVENTS_SUBSCRIPTION, **more: Any
+    ) -> None:
+        variables = {"threadId": thread_id, **more}
+        message = {"query": query, "variables": variables}
+        await self.ws.send(
+            json.dumps({"id": operation_id, "type": "subscribe", "payload": message})
+        )
+
+    async def message(self) -> dict[str, Any]:
+        while True:
+            message: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), 15))
+            if message["type"] == "ping":
+                await self.ws.send(json.dumps({"type": "pong"}))
+                continue
+            return message
+
+    async def until_final(self, operation_id: str) -> list[dict[str, Any]]:
+        events = []
+        while True:
+            message = await self.message()
+            assert message["id"] == operation_id, message
+            assert message["type"] == "next", message
+            assert "errors" not in message["payload"], message
+            event = next(iter(message["payload"]["data"].values()))
+            events.append(event)
+            if event["__typename"] == "MessageCompleted":
+                return events
+
+
+@contextlib.asynccontextmanager
+async def socket(ai: AIServer, token: str, **options: Any) -> AsyncIterator[Socket]:
+    async with websockets.connect(
+        ai.server.ws_url, subprotocols=[Subprotocol("graphql-transport-ws")], **options
+    ) as ws:
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
+        )
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        yield Socket(ws)
+
+
+async def subscribed(ai: AIServer, thread_id: str, count: int) -> None:
+    """Wait until this worker's broker holds `count` subscriptions of the thread."""
+    thread_uuid = decode_id_of(thread_id, "Thread")
+    await wait_until(lambda: ai.server.listeners.current(thread_uuid) >= count)
+
+
+def deltas(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [event for event in events if event["__typename"] == "MessageDelta"]
+
+
+# -- render once ---------------------------------------------------------------------------------
+
+
+async def test_subscribers_of_one_document_share_one_rendering_per_delta(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    frames = frames_of(ai)
+    ai.fake.then(Behaviour(deltas=DELTAS))
+    async with (
+        socket(ai, ai.people.member) as first,
+        socket(ai, ai.people.viewer) as second,
+        socket(ai, ai.people.manager) as third,
+    ):
+        # Same document and threadId; `after` differs, which does not split the group.
+        await first.subscribe("a", thread_id, after=None)
+        await second.subscribe("b", thread_id, after=0)
+        await second.subscribe("c", thread_id, query=ALIASED)
+        await third.subscribe("only-id", thread_id)
+        await subscribed(ai, thread_id, 4)
+        executions = frames.executions
+        assert "errors" not in await ai.send(thread_id)
+        a = await first.until_final("a")
+        # Two operations on one socket: frames interleave, each with its own id.
+        seen: dict[str, list[dict[str, Any]]] = {"b": [], "c": []}
+        while not all(
+            events and events[-1]["__typename"] == "MessageCompleted" for events in seen.values()
+        ):
+            message = await second.message()
+            assert message["type"] == "next", message
+            assert "errors" not in message["payload"], message
+            seen[message["id"]].append(next(iter(message["payload"]["data"].values())))
+        only = await third.until_final("only-id")
+    b, c = seen["b"], seen["c"]
+    texts = [event["delta"] for event in deltas(a)]
+    assert "".join(texts) == "".join(DELTAS)
+    assert deltas(b) == deltas(a) == deltas(only)
+    assert [(event["n"], event["text"], event["message"]) for event in deltas(c)] == [
+        (event["sequence"], event["delta"], None) for event in deltas(a)
+    ]
+    # One execution per delta and group (two documents), however many subscribers.
+    assert frames.executions - executions == 2 * len(texts)
+    assert frames.shared >= 2 * len(texts)
+    # The per-message events took Strawberry's path, with the same ids and numbers.
+    assert [event["sequence"] for event in a] == sorted({event["sequence"] for event in a})
+
+
+async def test_a_shared_frame_equals_strawberrys_own_rendering(ai: AIServer) -> None:
+    """The same document over graphql-sse (Strawberry renders each event itself) and over the
+    WebSocket (shared frames) gives the same payloads."""
+    thread_id = await ai.new_thread()
+    ai.fake.delta_permits = asyncio.Semaphore(0)
+    ai.fake.then(Behaviour(deltas=DELTAS))
+    body = {"query": EVENTS_SUBSCRIPTION, "variables": {"threadId": thread_id, "after": None}}
+    headers = {"Authorization": f"Bearer {ai.people.member}", "Accept": "text/event-stream"}
+    sse_payloads: list[dict[str, Any]] = []
+    async with (
+        httpx.AsyncClient(base_url=ai.server.http_url, timeout=30) as client,
+        client.stream("POST", "/graphql", json=body, headers=headers) as response,
+        socket(ai, ai.people.member) as ws,
+    ):
+        await ws.subscribe("ws", thread_id, after=None)
+        await subscribed(ai, thread_id, 2)
+        assert "errors" not in await ai.send(thread_id)
+        for _ in DELTAS:
+            ai.fake.delta_permits.release()
+        ws_events = await ws.until_final("ws")
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                payload = json.loads(line[len("data: ") :])
+                sse_payloads.append(payload)
+                if payload["data"]["threadEvents"]["__typename"] == "MessageCompleted":
+                    break
+    assert [payload["data"]["threadEvents"] for payload in sse_payloads] == ws_events
+    assert len(deltas(ws_events)) == len(DELTAS)
+
+
+async def test_completing_one_operation_stops_only_its_frames(ai: AIServer) -> None:
+    thread_id = await ai.new_thread()
+    ai.fake.delta_permits = asyncio.Semaphore(0)
+    ai.fake.then(Behaviour(deltas=DELTAS))
+    async with socket(ai, ai.people.member) as ws:
+        await ws.subscribe("stays", thread_id, after=None)
+        await ws.subscribe("leaves", thread_id, after=None)
+        await subscribed(ai, thread_id, 2)
+        assert "errors" not in await ai.send(thread_id)
+        ai.fake.delta_permits.release()
+        firsts: dict[str, list[str]] = {"stays": [], "leaves": []}
+        while not all(any(kind == "MessageDelta" for kind in kinds) for kinds in firsts.values()):
+            message = await ws.message()
+            assert message["type"] == "next", message
+            firsts[message["id"]].append(message["payload"]["data"]["threadEvents"]["__typename"])
+        await ws.ws.send(json.dumps({"id": "leaves", "type": "complete"}))
+        thread_uuid = decode_id_of(thread_id, "Thread")
+        await wait_until(lambda: ai.server.listeners.current(thread_uuid) == 1)
+        for _ in DELTAS[1:]:
+            ai.fake.delta_permits.release()
+        rest = await ws.until_final("stays")  # asserts every frame is for "stays"
+    assert "".join(event["delta"] for event in deltas(rest)) == "".join(DELTAS[1:])
+
+
+# -- batched access re-checks ----------------------------------------------------------------------
+
+
+async def test_a_new_exchange_is_checked_once_for_all_subscribers(
+    start_ai_server: StartServer,
+) -> None:
+    ai = await start_ai_server(atlas_subscription_recheck=0)
+    watches = ai.server.services.ai.watches
+    thread_id = await ai.new_thread()
+    async with contextlib.AsyncExitStack() as stack:
+        subscriptions = [
+            await stack.enter_async_context(ai.client.subscribe(ai.people.member, thread_id))
+            for _ in range(12)
+        ]
+        statements = watches.statements
+        assert "errors" not in await ai.send(thread_id)
+        finals = await asyncio.gather(*(s.until_final() for s in subscriptions))
+    assert {events[-1]["__typename"] for events in finals} == {"MessageCompleted"}
+    # Two MessageCreated (the question, the reply): two statements for twelve subscribers.
+    assert watches.statements - statements == 2
+
+
+LOGOUT = "mutation { logout(allSessions: true) }"
+DEACTIVATE = "mutation($id: ID!) { updateUser(id: $id, input: {isActive: false}) { isActive } }"
+
+
+@pytest.mark.parametrize("revocation", ["logout", "deactivation", "removal"])
+async def test_revocation_ends_an_open_subscription_mid_reply(
+    start_ai_server: StartServer, revocation: str
+) -> None:
+    ai = await start_ai_server(atlas_subscription_recheck=0.2)
+    token, user_id = await new_member(ai, "MEMBER")
+    thread_id = await ai.new_thread()
+    ai.fake.delta_permits = asyncio.Semaphore(0)
+    ai.fake.then(Behaviour(deltas=DELTAS))
+    async with socket(ai, token) as ws:
+        await ws.subscribe("1", thread_id, after=None)
+        await subscribed(ai, thread_id, 1)
+        assert "errors" not in await ai.send(thread_id)
+        ai.fake.delta_permits.release()
+        kinds = []
+        while "MessageDelta" not in kinds:
+            message = await ws.message()
+            kinds.append(message["payload"]["data"]["threadEvents"]["__typename"])
+        if revocation == "logout":
+            assert (await ai.client.data(LOGOUT, token=token))["logout"] is True
+            expected = "UNAUTHENTICATED"
+        elif revocation == "deactivation":
+            await ai.client.data(DEACTIVATE, {"id": user_id}, token=ai.people.admin)
+            expected = "UNAUTHENTICATED"
+        else:
+            await change_role(ai, user_id, None)
+            expected = "NOT_FOUND"
+        # The periodic check ends it with the documented error, then `complete`, while the
+        # reply is still running (no permit released since).
+        ended = await ws.message()
+        assert (ended["type"], ended["id"]) == ("next", "1"), ended
+        assert ended["payload"]["data"] is None
+        assert ended["payload"]["errors"][0]["extensions"]["code"] == expected
+        assert await ws.message() == {"id": "1", "type": "complete"}
+        for _ in DELTAS[1:]:
+            ai.fake.delta_permits.release()
+        # The reply goes on for others; this socket gets nothing more (a ping's pong comes
+        # next).
+        thread_uuid = decode_id_of(thread_id, "Thread")
+        await wait_until(lambda: ai.server.listeners.current(thread_uuid) == 0)
+        await ws.ws.send(json.dumps({"type": "ping"}))
+        assert await ws.message() == {"type": "pong"}
+
+
+# -- backpressure ---------------------------------------------------------------------------------
+
+
+async def test_a_socket_that_does_not_read_is_closed_1013_and_resumes_exactly(
+    start_ai_server: StartServer,
+) -> None:
+    ai = await start_ai_server(atlas_subscriber_backlog=16)
+    thread_id = await ai.new_thread()
+    thread_uuid = decode_id_of(thread_id, "Thread")
+    message_id = uuid.uuid4()
+    broker = ai.server.services.ai.broker
+    chunk = "x" * 32_000
+    published: list[str] = []
+    # The stalled client takes a few frames into its queue and stops reading (no compression:
+    # the bytes fill TCP's buffers, then the server's).
+    async with (
+        socket(ai, ai.people.member, compression=None) as reader,
+        socket(ai, ai.people.member, compression=None, max_queue=4) as stalled,
+    ):
+        await reader.subscribe("r", thread_id, after=None)
+        await stalled.subscribe("s", thread_id, after=None)
+        await subscribed(ai, thread_id, 2)
+        received: list[dict[str, Any]] = []
+
+        async def read_all() -> None:
+            while True:
+                message = await reader.message()
+                received.append(message["payload"]["data"]["threadEvents"])
+
+        reading = asyncio.create_task(read_all())
+        sequence = 1000
+        # Publish until the stalled subscription is dropped (the broker forgets it).
+        while len(broker.backlogs(thread_uuid)) == 2:
+            sequence += 1
+            text = f"{sequence}:{chunk}"
+            published.append(text)
+            await broker.publish(
+                thread_uuid,
+                delta_event(sequence, thread_id=thread_uuid, message_id=message_id, delta=text),
+            )
+            await asyncio.sleep(0)
+        last_published = sequence
+        # The reader was never slowed: it gets every delta, in order.
+        await wait_until(lambda: len(received) >= len(published))
+        reading.cancel()
+        assert [event["delta"] for event in received] == published
+        # The stalled client reads at last: frames up to a consistent point, then 1013.
+        got: list[dict[str, Any]] = []
+        code = None
+        while code is None:
+            try:
+                message = await stalled.message()
+            except websockets.ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd is not None else None
+                break
+            assert message["type"] == "next", message
+            got.append(message["payload"]["data"]["threadEvents"])
+        assert code == 1013
+    sequences = [event["sequence"] for event in got]
+    assert sequences
+    assert sequences == sorted(set(sequences))
+    # It reconnects with afterSequence: the rest, exactly once (merged or not, same text).
+    async with ai.client.subscribe(
+        ai.people.member, thread_id, after_sequence=sequences[-1]
+    ) as again:
+        rest: list[dict[str, Any]] = []
+        while not rest or rest[-1]["sequence"] < last_published:
+            rest.append(await again.event())
+    assert [event["sequence"] for event in rest] == sorted({e["sequence"] for e in rest})
+    assert rest[0]["sequence"] > sequences[-1]
+    assert "".join(event["delta"] for event in got + rest) == "".join(published)
+
+
+# -- the batched statement itself -----------------------------------------------------------------
+
+
+async def test_one_statement_judges_every_triple(db: AsyncSession, settings: Settings) -> None:
+    async def user(email: str) -> User:
+        found = await find_user_by_email(db=db, email=email)
+        assert found is not None
+        return found
+
+    async def session_of(account: User) -> uuid.UUID:
+        tokens = await start_session(db=db, settings=settings, user_id=account.id)
+        return decode_access_token(tokens.access_token, settings=settings).session_id
+
+    member, admin = await user("user@example.com"), await user("admin@example.com")
+    outsider = await create_user_account(
+        db=db,
+        email=f"outsider-{uuid.uuid4().hex[:8]}@example.com",
+        password=SEED_PASSWORD,
+        roles=(RoleName.USER,),
+        bcrypt_rounds=4,
+    )
+    in_project = sa.select(Thread).where(col(Thread.project_id).is_not(None))
+    thread = (await db.execute(in_project)).scalars().first()
+    assert thread is not None
+    member_session, admin_session = await session_of(member), await session_of(admin)
+    outsider_session = await session_of(outsider)
+    ok = (member.id, member_session, thread.id)
+    as_admin = (admin.id, admin_session, thread.id)
+    stranger = (outsider.id, outsider_session, thread.id)
+    no_session = (member.id, uuid.uuid4(), thread.id)
+    no_thread = (member.id, member_session, uuid.uuid4())
+    failed = await failed_access(db, [ok, as_admin, stranger, no_session, no_thread])
+    assert {triple: error.code.value for triple, error in failed.items()} == {
+        stranger: "NOT_FOUND",
+        no_session: "UNAUTHENTICATED",
+        no_thread: "NOT_FOUND",
+    }
+    await db.execute(sa.update(User).where(col(User.id) == member.id).values(is_active=False))
+    assert set(await failed_access(db, [ok, as_admin])) == {ok}
