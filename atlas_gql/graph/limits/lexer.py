@@ -27,6 +27,9 @@ _COMMENT_RUN = re.compile(rf"(?:[^\r\n\ud800-\udfff]++|{_PAIR})*+")
 _STRING_CHUNK = re.compile(
     rf'(?:[^"\\\r\n\ud800-\udfff]++|{_PAIR}|\\(?:["\\/bfnrt]|u[0-9A-Fa-f]{{4}}))*+'
 )
+# Every escape of a chunk, read left to right (so `\\ud83d` is an escaped backslash, then
+# text), and which of them are surrogate escapes.
+_ESCAPE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|.)", re.DOTALL)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 # A block string's characters up to its closing quotes (or the first it cannot contain).
 _BLOCK_CHUNK = re.compile(rf'(?:[^"\\\ud800-\udfff]++|{_PAIR}|"(?!"")|\\"""|\\(?!"""))*+')
@@ -108,8 +111,8 @@ class FastLexer(Lexer):
         """graphql-core takes `\\uD83D\\uDE00` as one character and refuses any other
         surrogate escape; JSON would let a lone one through."""
         paired_until = -1
-        for match in _SURROGATE_ESCAPE.finditer(chunk):
-            if match.start() < paired_until:
+        for match in _ESCAPE.finditer(chunk):
+            if match.start() < paired_until or not _SURROGATE_ESCAPE.fullmatch(match.group()):
                 continue
             escape = self.read_escaped_unicode_fixed_width(position + match.start())
             paired_until = match.start() + escape.size
