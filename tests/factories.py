@@ -1,5 +1,5 @@
 """The one module of test factories (the habit of Polar's tests/fixtures/random_objects.py):
-users with global roles, people signed in (a session and its access token), projects and
+users with global roles, people signed in (a session and its access token), API keys, projects and
 their members and settings, assistants, threads, messages, and log rows.
 
 Every factory takes the session first, adds its row with sensible defaults (any column can
@@ -23,7 +23,7 @@ from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
 from atlas_gql.auth.actor import Actor
-from atlas_gql.auth.models import Role, RoleName, User, UserRole
+from atlas_gql.auth.models import ApiKey, ApiKeyScope, Role, RoleName, User, UserRole
 from atlas_gql.auth.passwords import hash_password
 from atlas_gql.auth.sessions import load_viewer_for_session, start_session
 from atlas_gql.auth.viewer import Viewer
@@ -114,6 +114,28 @@ async def create_person(
     viewer = await load_viewer_for_session(db=db, user_id=user.id, session_id=tokens.session_id)
     assert viewer is not None
     return Person(user=user, token=tokens.access_token, viewer=viewer)
+
+
+async def create_api_key(
+    db: AsyncSession,
+    user: User,
+    scopes: Iterable[ApiKeyScope] = (ApiKeyScope.READ,),
+    **fields: Any,
+) -> ApiKey:
+    """A key row of `user` with `scopes` (its secret is never known: for rules that take a
+    key's id; `auth.apikeys.create_api_key` makes usable ones)."""
+    key: ApiKey = await _saved(
+        db,
+        ApiKey(
+            user_id=user.id,
+            name="factory",
+            prefix="atlas_sk_factory",
+            secret_hash=uuid.uuid4().hex * 2,
+            scopes=[scope.value for scope in scopes],
+            **fields,
+        ),
+    )
+    return key
 
 
 # -- projects --------------------------------------------------------------------------------

@@ -41,13 +41,12 @@ from atlas_gql.ai.types import (
     graph_event,
 )
 from atlas_gql.ai.watch import Watch
-from atlas_gql.auth.apikeys import reload_viewer
 from atlas_gql.auth.models import ApiKeyScope, PermissionName
 from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.db.session import ReadSession
-from atlas_gql.errors import AtlasError, RateLimited, Unauthenticated
+from atlas_gql.errors import AtlasError, RateLimited
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
 from atlas_gql.graph.fanout import current_sink
@@ -648,21 +647,10 @@ class Subscription:
         sink = current_sink()
         raw_info = info._raw_info
         control = SubscriptionControl(on_overflow=sink.too_slow if sink else None)
-        # Access is re-checked in batches for this worker's subscriptions by session
-        # (ai/watch.py): at each new exchange, and every ATLAS_SUBSCRIPTION_RECHECK seconds.
-        # A subscription by API key is re-checked on its own at each new exchange.
-        watch = (
-            ai.watches.add(
-                Watch(
-                    user_id=viewer.user_id,
-                    session_id=viewer.session_id,
-                    thread_id=thread_uuid,
-                    control=control,
-                )
-            )
-            if viewer.api_key_id is None and viewer.session_id is not None
-            else None
-        )
+        # Access is re-checked in batches for this worker's subscriptions, by session or by
+        # API key (ai/watch.py): at each new exchange, and every ATLAS_SUBSCRIPTION_RECHECK
+        # seconds.
+        watch = ai.watches.add(Watch.of(viewer, thread_uuid, control))
         try:
             with metrics.SUBSCRIPTIONS.track_inprogress():
                 async for event in ai.broker.subscribe(
@@ -678,11 +666,8 @@ class Subscription:
                         ):
                             continue
                     elif isinstance(event, events.MessageCreated):
-                        # A new exchange: is the viewer's session live, the thread visible?
-                        if watch is None:
-                            viewer = await _check_still_allowed(context, viewer, thread_uuid)
-                        else:
-                            await ai.watches.check_exchange(thread_uuid, event.sequence)
+                        # A new exchange: is the viewer's credential live, the thread visible?
+                        await ai.watches.check_exchange(thread_uuid, event.sequence)
                         if control.error is not None:
                             raise control.error
                     yield graph_event(event)
@@ -698,24 +683,4 @@ class Subscription:
             )
             raise as_graphql_error(too_slow) from None
         finally:
-            if watch is not None:
-                ai.watches.remove(watch)
-
-
-async def _check_still_allowed(context: Context, viewer: Viewer, thread_id: uuid.UUID) -> Viewer:
-    """The viewer, reloaded from their session or API key (not from the token, which may have
-    expired during a long subscription: the session is what logout revokes, the key what
-    revokeApiKey revokes)."""
-    async with context.runtime.sessionmaker() as db:
-        current = await reload_viewer(db=db, viewer=viewer)
-        try:
-            if current is None:
-                raise Unauthenticated(
-                    "Your session has ended."
-                    if viewer.api_key_id is None
-                    else "The API key was revoked or has expired, or its user was deactivated."
-                )
-            await threads.get_thread(db=db, viewer=current, thread_id=thread_id)
-        except AtlasError as error:
-            raise as_graphql_error(error) from None
-    return current
+            ai.watches.remove(watch)

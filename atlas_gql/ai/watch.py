@@ -1,23 +1,32 @@
 """Open `threadEvents` subscriptions keep their right to the thread: batched access re-checks.
 
-A subscription was allowed when it started; its viewer may since have logged out, been
-deactivated or removed from the project. Each subscription registers a `Watch` (its user,
-session, thread and the broker's `SubscriptionControl`) here, and this worker re-checks all of
-them together, in ONE statement per check, never once per subscriber:
+A subscription was allowed when it started; its viewer may since have logged out, had their
+API key revoked or expired, been deactivated or removed from the project. Each subscription
+registers a `Watch` (its user, its credential: the server-side session or the personal API
+key it was made with, its thread and the broker's `SubscriptionControl`) here, and this worker
+re-checks all of them together, sessions and keys alike, in ONE statement per check, never
+once per subscriber:
 
 - **at each new exchange** (a `MessageCreated` reaching the subscribers of a thread): the first
   subscriber to see it runs the check for every watch of that thread, the others wait for the
   same outcome (keyed by thread and event number), so nobody receives the new exchange after
   losing the right, and 1,000 subscribers cost one statement, not 2,000;
 - **every ATLAS_SUBSCRIPTION_RECHECK seconds** (default 1), for every watch of the worker: so a
-  subscription stops within about that long of a logout, a deactivation or a removal from the
-  project, even in the middle of a reply (no `MessageCreated` comes then).
+  subscription stops within about that long of a logout, a key's revocation or expiry, a
+  deactivation or a removal from the project, even in the middle of a reply (no
+  `MessageCreated` comes then).
+
+The credential is checked by the rules every request uses (`auth.rules.live_session`,
+`auth.rules.live_api_key`: not revoked, not expired, the user active), the thread by
+`ai.rules.thread_visible` with the viewer the credential gives: a key without the ADMIN scope
+does not see as an administrator, as `Viewer.for_api_key` says.
 
 A watch that fails is stopped through its control: its reader raises UNAUTHENTICATED ("Your
-session has ended.") or NOT_FOUND (the thread, as for a thread never seen) instead of its next
-event, which the resolver reports as the subscription's last result before `complete`.
-Distinct (user, session, thread) triples are checked once however many subscriptions share
-them; a database error leaves every subscription running (the next check tries again)."""
+session has ended."; for a key, the refusal of a bad key with reason API_KEY_INVALID) or
+NOT_FOUND (the thread, as for a thread never seen) instead of its next event, which the
+resolver reports as the subscription's last result before `complete`. Distinct (user,
+credential, thread) keys are checked once however many subscriptions share them; a database
+error leaves every subscription running (the next check tries again)."""
 
 from __future__ import annotations
 
@@ -34,35 +43,55 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.ai import rules
 from atlas_gql.ai.broker import SubscriptionControl
-from atlas_gql.auth.models import PermissionName, Role, RoleName, UserRole
-from atlas_gql.auth.rules import ViewerRef, live_session
+from atlas_gql.auth.apikeys import REFUSED_MESSAGE
+from atlas_gql.auth.models import ApiKey, ApiKeyScope, PermissionName, Role, RoleName, UserRole
+from atlas_gql.auth.rules import ViewerRef, live_api_key, live_session
+from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.tables import table_of
 from atlas_gql.errors import AtlasError, NotFound, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
-# Triples per statement (a VALUES list); more are checked in several statements.
+# Watch keys per statement (array parameters); more are checked in several statements.
 CHECK_BATCH = 1_000
 
-Triple = tuple[uuid.UUID, uuid.UUID, uuid.UUID]  # (user, session, thread)
+# (user, session, API key, thread): exactly one of session and key is set.
+WatchKey = tuple[uuid.UUID, uuid.UUID | None, uuid.UUID | None, uuid.UUID]
 
 
 @dataclass(eq=False)
 class Watch:
-    """One open subscription: whose, on which thread, and how to stop it."""
+    """One open subscription: whose, by which credential (a session or an API key), on which
+    thread, and how to stop it."""
 
     user_id: uuid.UUID
-    session_id: uuid.UUID
+    session_id: uuid.UUID | None
     thread_id: uuid.UUID
+    api_key_id: uuid.UUID | None = None
     control: SubscriptionControl = field(default_factory=SubscriptionControl)
 
+    @classmethod
+    def of(cls, viewer: Viewer, thread_id: uuid.UUID, control: SubscriptionControl) -> Watch:
+        return cls(
+            user_id=viewer.user_id,
+            session_id=viewer.session_id,
+            api_key_id=viewer.api_key_id,
+            thread_id=thread_id,
+            control=control,
+        )
+
     @property
-    def triple(self) -> Triple:
-        return (self.user_id, self.session_id, self.thread_id)
+    def key(self) -> WatchKey:
+        return (self.user_id, self.session_id, self.api_key_id, self.thread_id)
 
 
 def _session_ended() -> AtlasError:
     return Unauthenticated("Your session has ended.")
+
+
+def _key_refused() -> AtlasError:
+    # What a request with this key is answered now (auth/apikeys.py).
+    return Unauthenticated(REFUSED_MESSAGE, reason="API_KEY_INVALID")
 
 
 def _thread_gone() -> AtlasError:
@@ -70,30 +99,48 @@ def _thread_gone() -> AtlasError:
 
 
 def _access_statement() -> sa.Select[Any]:
-    """(n, live, visible) per triple: whether the session is live with its user active, and
-    whether that user still sees the thread (`ai.rules.thread_visible`, the rule every read
-    path uses), for all of them in one statement. The triples come as three array parameters
-    (unnest ... WITH ORDINALITY), so the statement is built and compiled once."""
+    """(n, live, visible) per watch key: whether its credential is live (the session, or the
+    API key, not revoked nor expired, with its user active), and whether the viewer it gives
+    still sees the thread (`ai.rules.thread_visible`, the rule every read path uses), for all
+    of them in one statement. The keys come as four array parameters (unnest ... WITH
+    ORDINALITY; a NULL session or key where the credential is the other), so the statement is
+    built and compiled once."""
     watched = (
         sa.func.unnest(
             sa.bindparam("user_ids", type_=postgresql.ARRAY(sa.Uuid)),
             sa.bindparam("session_ids", type_=postgresql.ARRAY(sa.Uuid)),
+            sa.bindparam("api_key_ids", type_=postgresql.ARRAY(sa.Uuid)),
             sa.bindparam("thread_ids", type_=postgresql.ARRAY(sa.Uuid)),
         )
         .table_valued(
             sa.column("user_id", sa.Uuid),
             sa.column("session_id", sa.Uuid),
+            sa.column("api_key_id", sa.Uuid),
             sa.column("thread_id", sa.Uuid),
             with_ordinality="n",
         )
         .render_derived(name="watched")
     )
-    user_roles, roles = table_of(UserRole), table_of(Role)
-    is_admin = sa.exists(
-        sa.select(sa.literal_column("1"))
-        .select_from(user_roles)
-        .join(roles, roles.c.id == user_roles.c.role_id)
-        .where(user_roles.c.user_id == watched.c.user_id, roles.c.name == RoleName.ADMIN.value)
+    user_roles, roles, keys = table_of(UserRole), table_of(Role), table_of(ApiKey)
+    # A key keeps its user's ADMIN role only with the ADMIN scope (`Viewer.for_api_key`).
+    admin_scope = sa.literal_column(f"'{ApiKeyScope.ADMIN.value}'", sa.String) == sa.any_(
+        keys.c.scopes
+    )
+    is_admin = sa.and_(
+        sa.exists(
+            sa.select(sa.literal_column("1"))
+            .select_from(user_roles)
+            .join(roles, roles.c.id == user_roles.c.role_id)
+            .where(user_roles.c.user_id == watched.c.user_id, roles.c.name == RoleName.ADMIN.value)
+        ),
+        sa.or_(
+            watched.c.api_key_id.is_(None),
+            sa.exists(
+                sa.select(sa.literal_column("1"))
+                .select_from(keys)
+                .where(keys.c.id == watched.c.api_key_id, admin_scope)
+            ),
+        ),
     )
     # Thread visibility depends on who the user is, their membership and ADMIN, never on
     # their permissions.
@@ -103,7 +150,15 @@ def _access_statement() -> sa.Select[Any]:
         permissions={permission: sa.false() for permission in PermissionName},
     )
     threads = rules.threads
-    live = sa.exists(live_session(user_id=watched.c.user_id, session_id=watched.c.session_id))
+    # Each EXISTS finds nothing for a NULL id, so exactly one of them can hold.
+    live = sa.or_(
+        sa.exists(live_session(user_id=watched.c.user_id, session_id=watched.c.session_id)),
+        sa.exists(
+            live_api_key(
+                sa.and_(keys.c.id == watched.c.api_key_id, keys.c.user_id == watched.c.user_id)
+            )
+        ),
+    )
     # The thread is joined at the top level (not read in a nested EXISTS), so every subquery
     # of the rules correlates with this row of `watched` (SQLAlchemy correlates a subquery
     # with the SELECT right around it only).
@@ -118,18 +173,24 @@ def _access_statement() -> sa.Select[Any]:
 ACCESS_STATEMENT = _access_statement()
 
 
-async def failed_access(db: AsyncSession, triples: list[Triple]) -> dict[Triple, AtlasError]:
-    """The triples that lost their right, with the error their subscription ends with."""
-    failed: dict[Triple, AtlasError] = {}
-    for start in range(0, len(triples), CHECK_BATCH):
-        batch = triples[start : start + CHECK_BATCH]
-        users, sessions, threads = (list(column) for column in zip(*batch, strict=True))
-        parameters = {"user_ids": users, "session_ids": sessions, "thread_ids": threads}
+async def failed_access(db: AsyncSession, keys: list[WatchKey]) -> dict[WatchKey, AtlasError]:
+    """The watch keys that lost their right, with the error their subscription ends with."""
+    failed: dict[WatchKey, AtlasError] = {}
+    for start in range(0, len(keys), CHECK_BATCH):
+        batch = keys[start : start + CHECK_BATCH]
+        users, sessions, api_keys, threads = (list(column) for column in zip(*batch, strict=True))
+        parameters = {
+            "user_ids": users,
+            "session_ids": sessions,
+            "api_key_ids": api_keys,
+            "thread_ids": threads,
+        }
         for n, live, visible in (await db.execute(ACCESS_STATEMENT, parameters)).all():
+            key = batch[n - 1]
             if not live:
-                failed[batch[n - 1]] = _session_ended()
+                failed[key] = _session_ended() if key[2] is None else _key_refused()
             elif not visible:
-                failed[batch[n - 1]] = _thread_gone()
+                failed[key] = _thread_gone()
     return failed
 
 
@@ -180,17 +241,17 @@ class SubscriptionWatches:
         live = [watch for watch in watches if watch.control.error is None]
         if not live:
             return
-        triples = list(dict.fromkeys(watch.triple for watch in live))
+        keys = list(dict.fromkeys(watch.key for watch in live))
         try:
             async with self.sessionmaker() as db:
-                self.statements += (len(triples) + CHECK_BATCH - 1) // CHECK_BATCH
-                failed = await failed_access(db, triples)
+                self.statements += (len(keys) + CHECK_BATCH - 1) // CHECK_BATCH
+                failed = await failed_access(db, keys)
         except Exception:
             # The subscriptions go on: the database holds the truth, the next check retries.
             logger.warning("subscription access re-check failed", exc_info=True)
             return
         for watch in live:
-            error = failed.get(watch.triple)
+            error = failed.get(watch.key)
             if error is not None:
                 watch.control.stop(error)
 

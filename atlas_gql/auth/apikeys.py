@@ -24,7 +24,6 @@ from sqlmodel import col
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import ApiKey, ApiKeyScope, PermissionName, RoleName, User
 from atlas_gql.auth.rules import live_api_key
-from atlas_gql.auth.sessions import load_viewer_for_session
 from atlas_gql.auth.tokens import hash_token
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import TEXT_LIMITS, Settings
@@ -273,16 +272,3 @@ async def _record_use(db: AsyncSession, *, key_id: uuid.UUID, interval: timedelt
         )
         .values(last_used_at=sa.func.now())
     )
-
-
-async def reload_viewer(*, db: ReadSession, viewer: Viewer) -> Viewer | None:
-    """The viewer again, from their session or their API key (a long subscription checks this
-    between exchanges); None when it ended, was revoked or expired, or the user deactivated."""
-    if viewer.api_key_id is None:
-        assert viewer.session_id is not None
-        return await load_viewer_for_session(
-            db=db, user_id=viewer.user_id, session_id=viewer.session_id
-        )
-    keys = table_of(ApiKey)
-    row = (await db.execute(live_api_key(keys.c.id == viewer.api_key_id))).one_or_none()
-    return _viewer_of(row) if row is not None else None

@@ -1,9 +1,10 @@
 """Streaming at scale (issue 14 parts 1, 3, 4, 5; issue 10 part 4.3), on a live server with real
 WebSockets: deltas rendered once per group of subscribers and written as shared frames with
 each operation's own id; access re-checked in one statement per exchange for all subscribers
-of a thread, and periodically, so a logout, a deactivation or a removal from the project ends
-an open subscription mid-reply; a socket that does not read is closed with 1013 without
-slowing the others, and reconnects with `afterSequence` to get the rest exactly once."""
+of a thread, and periodically, so a logout (or an API key's revocation), a deactivation or a
+removal from the project ends an open subscription mid-reply, made with a session or a key; a
+socket that does not read is closed with 1013 without slowing the others, and reconnects with
+`afterSequence` to get the rest exactly once."""
 
 from __future__ import annotations
 
@@ -16,26 +17,17 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 import websockets
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 from websockets.typing import Subprotocol
 
 from atlas_gql.ai.events import delta_event
-from atlas_gql.ai.models import Thread
-from atlas_gql.ai.watch import failed_access
-from atlas_gql.auth.account import create_user_account, find_user_by_email
-from atlas_gql.auth.models import RoleName, User
-from atlas_gql.auth.sessions import start_session
-from atlas_gql.auth.tokens import decode_access_token
-from atlas_gql.config import Settings
 from atlas_gql.graph.fanout import SharedFrames
 from atlas_gql.ids import decode_id_of
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
+from tests.ai.test_api_keys_live import REVOKE_KEY, create_key
 from tests.ai.test_rights_live import change_role, new_member
-from tests.conftest import SEED_PASSWORD
+from tests.auth.test_live_auth import connection_init
 from tests.live import EVENTS_SUBSCRIPTION, wait_until
 
 DELTAS = ("One ", "two ", "three ", "four ", "five ", "six.")
@@ -240,16 +232,20 @@ LOGOUT = "mutation { logout(allSessions: true) }"
 DEACTIVATE = "mutation($id: ID!) { updateUser(id: $id, input: {isActive: false}) { isActive } }"
 
 
+@pytest.mark.parametrize("credential", ["session", "api_key"])
 @pytest.mark.parametrize("revocation", ["logout", "deactivation", "removal"])
 async def test_revocation_ends_an_open_subscription_mid_reply(
-    start_ai_server: StartServer, revocation: str
+    start_ai_server: StartServer, revocation: str, credential: str
 ) -> None:
+    """A subscription made with a session or with an API key (the same batched check, issue 10
+    part 4.3); for a key, `logout` is the key's revocation."""
     ai = await start_ai_server(atlas_subscription_recheck=0.2)
     token, user_id = await new_member(ai, "MEMBER")
+    secret, key_id = await create_key(ai, token, scopes=["READ"])
     thread_id = await ai.new_thread()
     ai.fake.delta_permits = asyncio.Semaphore(0)
     ai.fake.then(Behaviour(deltas=DELTAS))
-    async with socket(ai, token) as ws:
+    async with socket(ai, token if credential == "session" else secret) as ws:
         await ws.subscribe("1", thread_id, after=None)
         await subscribed(ai, thread_id, 1)
         assert "errors" not in await ai.send(thread_id)
@@ -258,7 +254,11 @@ async def test_revocation_ends_an_open_subscription_mid_reply(
         while "MessageDelta" not in kinds:
             message = await ws.message()
             kinds.append(message["payload"]["data"]["threadEvents"]["__typename"])
-        if revocation == "logout":
+        if revocation == "logout" and credential == "api_key":
+            revoked = await ai.client.data(REVOKE_KEY, {"id": key_id}, token=token)
+            assert revoked["revokeApiKey"]["revokedAt"] is not None
+            expected = "UNAUTHENTICATED"
+        elif revocation == "logout":
             assert (await ai.client.data(LOGOUT, token=token))["logout"] is True
             expected = "UNAUTHENTICATED"
         elif revocation == "deactivation":
@@ -272,7 +272,11 @@ async def test_revocation_ends_an_open_subscription_mid_reply(
         ended = await ws.message()
         assert (ended["type"], ended["id"]) == ("next", "1"), ended
         assert ended["payload"]["data"] is None
-        assert ended["payload"]["errors"][0]["extensions"]["code"] == expected
+        extensions = ended["payload"]["errors"][0]["extensions"]
+        assert extensions["code"] == expected
+        if credential == "api_key" and expected == "UNAUTHENTICATED":
+            # Told as a request with the key is now: the key is refused.
+            assert extensions["reason"] == "API_KEY_INVALID"
         assert await ws.message() == {"id": "1", "type": "complete"}
         for _ in DELTAS[1:]:
             ai.fake.delta_permits.release()
@@ -282,6 +286,8 @@ async def test_revocation_ends_an_open_subscription_mid_reply(
         await wait_until(lambda: ai.server.listeners.current(thread_uuid) == 0)
         await ws.ws.send(json.dumps({"type": "ping"}))
         assert await ws.message() == {"type": "pong"}
+    if credential == "api_key" and expected == "UNAUTHENTICATED":
+        assert await connection_init(ai.server, secret) == 4403
 
 
 # -- backpressure ---------------------------------------------------------------------------------
@@ -355,44 +361,3 @@ async def test_a_socket_that_does_not_read_is_closed_1013_and_resumes_exactly(
     assert [event["sequence"] for event in rest] == sorted({e["sequence"] for e in rest})
     assert rest[0]["sequence"] > sequences[-1]
     assert "".join(event["delta"] for event in got + rest) == "".join(published)
-
-
-# -- the batched statement itself -----------------------------------------------------------------
-
-
-async def test_one_statement_judges_every_triple(db: AsyncSession, settings: Settings) -> None:
-    async def user(email: str) -> User:
-        found = await find_user_by_email(db=db, email=email)
-        assert found is not None
-        return found
-
-    async def session_of(account: User) -> uuid.UUID:
-        tokens = await start_session(db=db, settings=settings, user_id=account.id)
-        return decode_access_token(tokens.access_token, settings=settings).session_id
-
-    member, admin = await user("user@example.com"), await user("admin@example.com")
-    outsider = await create_user_account(
-        db=db,
-        email=f"outsider-{uuid.uuid4().hex[:8]}@example.com",
-        password=SEED_PASSWORD,
-        roles=(RoleName.USER,),
-        bcrypt_rounds=4,
-    )
-    in_project = sa.select(Thread).where(col(Thread.project_id).is_not(None))
-    thread = (await db.execute(in_project)).scalars().first()
-    assert thread is not None
-    member_session, admin_session = await session_of(member), await session_of(admin)
-    outsider_session = await session_of(outsider)
-    ok = (member.id, member_session, thread.id)
-    as_admin = (admin.id, admin_session, thread.id)
-    stranger = (outsider.id, outsider_session, thread.id)
-    no_session = (member.id, uuid.uuid4(), thread.id)
-    no_thread = (member.id, member_session, uuid.uuid4())
-    failed = await failed_access(db, [ok, as_admin, stranger, no_session, no_thread])
-    assert {triple: error.code.value for triple, error in failed.items()} == {
-        stranger: "NOT_FOUND",
-        no_session: "UNAUTHENTICATED",
-        no_thread: "NOT_FOUND",
-    }
-    await db.execute(sa.update(User).where(col(User.id) == member.id).values(is_active=False))
-    assert set(await failed_access(db, [ok, as_admin])) == {ok}
