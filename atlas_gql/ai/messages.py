@@ -4,7 +4,11 @@ A message is visible to whoever sees its thread. Posting needs USE_AI and the ME
 the thread's project (a VIEWER reads but may not post), and stays within the sender's message
 rate (a token bucket), the project's monthly token budget and the sender's own. A running
 reply is stopped by its sender while they may still post in the thread, a MANAGER+ of the
-project, or ADMIN. The rules: `ai.rules`."""
+project, or ADMIN. The rules: `ai.rules`.
+
+Size: a little over 400 lines on purpose: the checks every new reply passes and the start of
+a reply (`prepare_reply`, `ask`, `start_reply`) are shared by sendMessage, editMessage and
+regenerateMessage (ai/branches.py), and belong next to sending and stopping one."""
 
 from __future__ import annotations
 
