@@ -64,6 +64,8 @@ class ThreadPayload(BaseModel):
     assistant_id: uuid.UUID | None = None
     created_by_id: uuid.UUID
     openai_thread_id: str | None = None
+    # The branch shown (Thread.activeLeaf); absent from events encoded before it was added.
+    active_leaf_id: uuid.UUID | None = None
     pinned: bool = False
     archived_at: datetime | None = None
     created_at: datetime

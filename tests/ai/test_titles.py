@@ -253,3 +253,25 @@ def test_thread_updated_survives_the_redis_codec() -> None:
         ),
     )  # fmt: skip
     assert decode_event(encode_event(event)) == event
+
+
+async def test_thread_updated_shows_the_threads_active_leaf(ai: AIServer) -> None:
+    """The thread in a ThreadUpdated event is the thread as it is: its `activeLeaf` (issue 15
+    part 1) is the reply the thread ends with, as `thread(id)` answers, not null."""
+    events = EVENTS.replace("thread { id title updatedAt }", "thread { id activeLeaf { id } }")
+    thread_id = await ai.new_thread(title="Old name")
+    async with ai.client.subscribe(ai.people.member, thread_id, query=events) as subscription:
+        await _reply(ai, thread_id, subscription, "What is a GraphQL fragment?")
+        ai.fake.then_complete(Behaviour(deltas=("GraphQL fragments explained",)))
+        body = await ai.client.gql(GENERATE, {"id": thread_id}, token=ai.people.member)
+        assert "errors" not in body, body
+        updated = await subscription.event()
+    assert updated["__typename"] == "ThreadUpdated"
+    read = await ai.client.data(
+        "query($id: ID!) { thread(id: $id) { activeLeaf { id } } }",
+        {"id": thread_id},
+        token=ai.people.member,
+    )
+    assert read["thread"]["activeLeaf"] is not None
+    assert updated["thread"]["activeLeaf"] == read["thread"]["activeLeaf"]
+    assert updated["thread"]["activeLeaf"]["id"] == updated["messageId"]
