@@ -45,10 +45,11 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.provider import Provider, UpstreamFailure
 from atlas_gql.ai.vector_stores import INDEX_FAILED_ERROR, IndexState, VectorStores
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.config import Settings
 from atlas_gql.db.session import ReadSession, after_commit
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.ids import encode_global_id
-from atlas_gql.logs.audit import record_error
+from atlas_gql.logs.audit import ErrorLogPolicy, record_error
 from atlas_gql.logs.models import ErrorSource
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class KnowledgeRuntime(Protocol):
 
     provider: Provider
     sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings
     spawn: Callable[..., asyncio.Task[Any]]
 
 
@@ -337,6 +339,7 @@ async def _record_index(
         upstream_status=failure.http_status if failure else None,
         upstream_request_id=failure.request_id if failure else None,
         details={"fileId": str(file.id), "openaiFileId": file.openai_file_id},
+        policy=ErrorLogPolicy.from_settings(ai.settings),
     )
 
 
@@ -357,4 +360,5 @@ async def _upstream(ai: KnowledgeRuntime, call: Any, *, what: str, of: File | No
             upstream_status=failure.http_status,
             upstream_request_id=failure.request_id,
             details={"fileId": str(of.id)} if of else None,
+            policy=ErrorLogPolicy.from_settings(ai.settings),
         )

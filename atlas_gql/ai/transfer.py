@@ -42,7 +42,7 @@ from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import AtlasError, BadInput
 from atlas_gql.ids import decode_id_of
-from atlas_gql.logs.audit import record_error
+from atlas_gql.logs.audit import ErrorLogPolicy, record_error
 from atlas_gql.logs.models import ErrorSource
 from atlas_gql.projects.access import require_project_role
 from atlas_gql.projects.models import ProjectRole, ProjectSetting
@@ -287,7 +287,7 @@ async def import_threads(
             await record_error(
                 sessionmaker=ai.sessionmaker, request_id=actor.request_id,
                 source=ErrorSource.BACKGROUND, error=error, path=f"importThreads/{index}",
-                user_id=viewer.user_id,
+                user_id=viewer.user_id, policy=ErrorLogPolicy.from_settings(ai.settings),
             )  # fmt: skip
             results.append(outcome(error="The thread could not be stored (a server error)."))
         else:

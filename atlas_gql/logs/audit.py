@@ -254,7 +254,7 @@ async def record_error(
     upstream_request_id: str | None = None,
     details: dict[str, Any] | None = None,
     code: str | None = None,
-    policy: ErrorLogPolicy | None = None,
+    policy: ErrorLogPolicy,
 ) -> None:
     """Record an error in its own transaction; never raises (logging must not fail).
 
@@ -264,8 +264,8 @@ async def record_error(
     requests together, or one user) that already has `policy.rows_per_window` rows in the
     window is counted on the source's overflow row instead. Concurrency: the upsert is one
     `INSERT ... ON CONFLICT (window_start, fingerprint) DO UPDATE`, and a source's new rows are
-    admitted under a transaction-scoped advisory lock of that source."""
-    policy = policy or ErrorLogPolicy()
+    admitted under a transaction-scoped advisory lock of that source. `policy` is required
+    (`ErrorLogPolicy.from_settings`): every caller folds by the operator's settings."""
     stack = None
     if error is not None:
         error_type, message, stack = describe_exception(error)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant, Thread
+from atlas_gql.logs.audit import ErrorLogPolicy
 from atlas_gql.logs.models import ApiUsageLog, ErrorLog, ErrorSource
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
@@ -449,3 +450,23 @@ async def test_deleting_owners_and_files_empties_the_stores(ai: AIServer) -> Non
         "mutation($id: ID!) { deleteFile(id: $id) }", {"id": file_id}, token=people.member
     )
     assert stores.stores[other_store].files == {}
+
+
+async def test_indexing_failures_fold_by_the_configured_window(
+    start_ai_server: StartServer,
+) -> None:
+    """An indexing failure's ErrorLog row is folded by ATLAS_ERROR_LOG_WINDOW_SECONDS (issue 10
+    part 8), like every other error: a day's window starts at midnight UTC."""
+    ai = await start_ai_server(atlas_error_log_window_seconds=86_400)
+    people = ai.people
+    ai.fake.vector_stores.failing.add("broken.pdf")
+    assistant_id = await assistant_with(ai, ["FILE_SEARCH"], token=people.member)
+    response = await upload(ai, b"%PDF broken", token=people.member, filename="broken.pdf")
+    file_id = response.json()["data"]["uploadFile"]["id"]
+    await ai.client.data(ATTACH, {"f": file_id, "t": assistant_id}, token=people.member)
+    await wait_until(lambda: status_is(ai, file_id, people.member, "FAILED"))
+    [logged] = await rows(ai, sa.select(ErrorLog).where(col(ErrorLog.path) == f"index/{file_id}"))
+    assert logged.window_start == ErrorLogPolicy(window_seconds=86_400).window_start(
+        logged.window_start
+    )
+    assert (logged.window_start.hour, logged.window_start.minute) == (0, 0)

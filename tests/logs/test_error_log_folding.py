@@ -44,6 +44,7 @@ class TestFolding:
         user_id = await db.scalar(sa.text("SELECT id FROM users ORDER BY email LIMIT 1"))
         for index in range(7):
             await record_error(
+                policy=ErrorLogPolicy(),
                 sessionmaker=sessionmaker,
                 request_id=f"fold-{index}",
                 source=ErrorSource.GRAPHQL,
@@ -71,6 +72,7 @@ class TestFolding:
         ]
         for source, path, error in kinds * 2:
             await record_error(
+                policy=ErrorLogPolicy(),
                 sessionmaker=sessionmaker,
                 request_id="kinds",
                 source=source,
@@ -227,6 +229,7 @@ async def test_postgresql_quoting_the_refused_value_never_reaches_a_row(
                 await db.execute(sa.text(statement), {"value": value})
         except Exception as error:
             await record_error(
+                policy=ErrorLogPolicy(),
                 sessionmaker=sessionmaker,
                 request_id=f"quoted-{index}",
                 source=ErrorSource.DATABASE,
@@ -248,6 +251,7 @@ async def test_record_error_stores_unstorable_text_replaced(
     sessionmaker: async_sessionmaker[AsyncSession], db: AsyncSession
 ) -> None:
     await record_error(
+        policy=ErrorLogPolicy(),
         sessionmaker=sessionmaker,
         request_id="nul\x00id",
         source=ErrorSource.GRAPHQL,

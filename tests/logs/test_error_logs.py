@@ -12,7 +12,7 @@ from sqlmodel import col
 
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.ids import encode_global_id as global_id
-from atlas_gql.logs.audit import record_error
+from atlas_gql.logs.audit import ErrorLogPolicy, record_error
 from atlas_gql.logs.models import ErrorLog, ErrorSource
 from tests.conftest import GraphQLClient, error_codes
 from tests.factories import create_error
@@ -140,6 +140,7 @@ async def test_upstream_and_database_errors_are_scrubbed_too(
     sessionmaker: async_sessionmaker[AsyncSession], db: AsyncSession
 ) -> None:
     await record_error(
+        policy=ErrorLogPolicy(),
         sessionmaker=sessionmaker,
         request_id="upstream-test-1",
         source=ErrorSource.UPSTREAM,
@@ -155,6 +156,7 @@ async def test_upstream_and_database_errors_are_scrubbed_too(
     except Exception as error:
         await db.rollback()
         await record_error(
+            policy=ErrorLogPolicy(),
             sessionmaker=sessionmaker,
             request_id="database-test-1",
             source=ErrorSource.DATABASE,
