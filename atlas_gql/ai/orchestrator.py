@@ -74,7 +74,7 @@ from atlas_gql.ai.tool_items import ToolCallItem
 from atlas_gql.ai.watch import SubscriptionWatches
 from atlas_gql.config import Settings
 from atlas_gql.ids import encode_global_id
-from atlas_gql.logs.audit import ErrorLogPolicy, record_error
+from atlas_gql.logs.audit import ErrorLogPolicy, record_error, storable_text
 from atlas_gql.logs.models import ApiUsageLog, ErrorSource
 from atlas_gql.logs.usage import ESTIMATED_SUFFIX, estimate_tokens
 
@@ -676,7 +676,9 @@ class AIRuntime:
         if numbered is None:
             return
         sequence, upstream = numbered
-        text = delta.text
+        # What PostgreSQL cannot store (NUL, a lone surrogate) would make the reply's text
+        # unsavable: replaced (U+FFFD) before it is streamed, so deltas join to what is stored.
+        text = storable_text(delta.text)
         reply.text.append(text)
         event = delta_event(
             sequence, thread_id=job.thread_id, message_id=job.assistant_message_id, delta=text

@@ -222,3 +222,25 @@ async def test_the_fake_background_mode_speaks_the_sdk_types(fake_openai: FakeOp
             await client.responses.retrieve("resp_unknown")
     finally:
         await client.close()
+
+
+async def test_text_postgresql_cannot_store_completes_the_reply_replaced(ai: AIServer) -> None:
+    """A model's text with a NUL or a lone surrogate (JSON carries both) is stored and streamed
+    with U+FFFD in their place: the reply completes (it used to stay IN_PROGRESS, its text
+    refused by PostgreSQL), and the deltas join to the stored content."""
+    ai.fake.then(Behaviour(deltas=("Hello ", "wor\x00ld", " \ud83d", "!")))
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        assert "errors" not in await ai.send(thread_id)
+        events = await subscription.until_final()
+    final = events[-1]
+    assert final["__typename"] == "MessageCompleted", final
+    assert final["message"]["content"] == "Hello wor\ufffdld \ufffd!"
+    deltas = "".join(e["delta"] for e in events if e["__typename"] == "MessageDelta")
+    assert deltas == final["message"]["content"]
+    read = await ai.client.data(
+        "query($id: ID!) { node(id: $id) { ... on Message { status content } } }",
+        {"id": final["message"]["id"]},
+        token=ai.people.member,
+    )
+    assert read["node"] == {"status": "COMPLETED", "content": "Hello wor\ufffdld \ufffd!"}
