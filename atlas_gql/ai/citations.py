@@ -14,6 +14,7 @@ from sqlmodel import col
 from atlas_gql.ai.models import File
 from atlas_gql.ai.tool_items import UpstreamCitation
 from atlas_gql.db.session import ReadSession
+from atlas_gql.logs.audit import storable_text
 
 
 async def stored_citations(
@@ -35,12 +36,18 @@ async def stored_citations(
         {
             "kind": citation.kind,
             "fileId": files.get(citation.openai_file_id) if citation.openai_file_id else None,
-            "openaiFileId": citation.openai_file_id,
-            "url": citation.url,
-            "title": citation.title,
-            "quote": citation.quote,
+            "openaiFileId": _storable(citation.openai_file_id),
+            "url": _storable(citation.url),
+            "title": _storable(citation.title),
+            "quote": _storable(citation.quote),
             "startIndex": citation.start_index,
             "endIndex": citation.end_index,
         }
         for citation in citations
     ]
+
+
+def _storable(text: str | None) -> str | None:
+    """Upstream text as JSONB takes it: NUL and lone surrogates (a file's passage may hold
+    them) replaced by U+FFFD, or the reply's completion would be refused."""
+    return storable_text(text) if isinstance(text, str) else None

@@ -470,3 +470,26 @@ async def test_indexing_failures_fold_by_the_configured_window(
         logged.window_start
     )
     assert (logged.window_start.hour, logged.window_start.minute) == (0, 0)
+
+
+async def test_a_cited_passage_postgresql_cannot_store_is_kept_replaced(ai: AIServer) -> None:
+    """A file's passage with a NUL byte, quoted by file search: the reply completes with the
+    citation, U+FFFD in the NUL's place (JSONB refuses \\u0000: the reply used to stay
+    IN_PROGRESS, its completion refused by PostgreSQL)."""
+    people = ai.people
+    assistant_id = await assistant_with(ai, ["FILE_SEARCH"], token=people.member)
+    response = await upload(ai, b"Code\x00 7-4-1-9.", token=people.member, filename="nul.txt")
+    file_id = response.json()["data"]["uploadFile"]["id"]
+    await ai.client.data(ATTACH, {"f": file_id, "t": assistant_id}, token=people.member)
+    await wait_until(lambda: status_is(ai, file_id, people.member, "COMPLETED"))
+    thread_id = await thread_with(ai, assistant_id, token=people.member, project=False)
+
+    events = await exchange(ai, thread_id, token=people.member)
+    assert kinds(events)[-1] == "MessageCompleted", events[-1]
+    final = events[-1]["message"]
+    [citation] = final["citations"]
+    assert citation["quote"] == "Code\ufffd 7-4-1-9."
+    stored = await ai.client.data(MESSAGE_CITATIONS, {"id": final["id"]}, token=people.member)
+    assert stored["node"]["citations"] == [
+        {"kind": "FILE", "title": "nul.txt", "file": {"id": file_id, "filename": "nul.txt"}}
+    ]
