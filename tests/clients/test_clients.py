@@ -22,6 +22,10 @@ import pytest
 from tests.ai.conftest import StartServer
 from tests.conftest import SEED_PASSWORD
 
+# One pytest-xdist worker runs them all: `npm ci` into tests/clients/node_modules happens once,
+# never in two workers at the same time (which fails with ENOTEMPTY).
+pytestmark = pytest.mark.xdist_group("node-clients")
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 TRANSPORTS = ("apollo-ws", "apollo-http", "graphql-sse")
