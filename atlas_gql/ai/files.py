@@ -27,7 +27,7 @@ from atlas_gql.ai.assistants import managed_assistant
 from atlas_gql.ai.messages import get_message
 from atlas_gql.ai.models import AssociableType, File, FileAssociation, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
-from atlas_gql.ai.provider import UpstreamFailure
+from atlas_gql.ai.provider import UpstreamFailure, record_upstream_failure
 from atlas_gql.ai.threads import get_thread, require_posting
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
@@ -40,8 +40,7 @@ from atlas_gql.db.tables import table_of
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden, NotFound, UpstreamError
 from atlas_gql.ids import decode_global_id
-from atlas_gql.logs.audit import ErrorLogPolicy, record_error
-from atlas_gql.logs.models import ErrorSource
+from atlas_gql.logs.audit import ErrorLogPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +128,12 @@ async def upload_file(*, ai: AIRuntime, actor: Actor, data: FileUpload) -> File:
             filename=filename, content=content, mime_type=mime_type, purpose=purpose
         )
     except UpstreamFailure as failure:
-        await record_error(
+        await record_upstream_failure(
+            failure,
             sessionmaker=ai.sessionmaker,
             request_id=actor.request_id,
-            source=ErrorSource.UPSTREAM,
-            error_type="UpstreamFailure",
-            message=failure.detail or failure.message,
             path="uploadFile",
             user_id=viewer.user_id,
-            upstream_status=failure.http_status,
-            upstream_request_id=failure.request_id,
             details={"filename": filename, "bytes": len(content)},
             policy=ErrorLogPolicy.from_settings(ai.settings),
         )

@@ -42,7 +42,7 @@ from atlas_gql.ai.models import (
     FileIndexStatus,
     Thread,
 )
-from atlas_gql.ai.provider import Provider, UpstreamFailure
+from atlas_gql.ai.provider import Provider, UpstreamFailure, record_upstream_failure
 from atlas_gql.ai.vector_stores import INDEX_FAILED_ERROR, IndexState, VectorStores
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
@@ -349,16 +349,12 @@ async def _upstream(ai: KnowledgeRuntime, call: Any, *, what: str, of: File | No
         await call
     except UpstreamFailure as failure:
         logger.warning("vector store %s failed: %s", what, failure.detail)
-        await record_error(
+        await record_upstream_failure(
+            failure,
             sessionmaker=ai.sessionmaker,
             request_id=uuid.uuid4().hex,
-            source=ErrorSource.UPSTREAM,
-            error_type="UpstreamFailure",
-            message=failure.detail or failure.message,
             path=f"vector-store/{what}",
             user_id=of.uploaded_by_id if of else None,
-            upstream_status=failure.http_status,
-            upstream_request_id=failure.request_id,
             details={"fileId": str(of.id)} if of else None,
             policy=ErrorLogPolicy.from_settings(ai.settings),
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 import httpx2
 import openai
 from openai import AsyncOpenAI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.ai.models import AssistantTool, MessageStatus
 from atlas_gql.ai.sse import SSEDecoder
@@ -47,7 +49,8 @@ from atlas_gql.ai.tool_items import (
     tool_counts,
 )
 from atlas_gql.config import OpenAIApi, OpenAIHttpClient, Settings
-from atlas_gql.logs.audit import scrub_text
+from atlas_gql.logs.audit import ErrorLogPolicy, record_error, scrub_text
+from atlas_gql.logs.models import ErrorSource
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Why the provider cut a reply short, as said to users (other reasons stay in the ErrorLog).
@@ -229,6 +232,33 @@ class UpstreamFailure(Exception):
             request_id=request_id,
             retryable=retryable,
         )
+
+
+async def record_upstream_failure(
+    failure: UpstreamFailure,
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    request_id: str,
+    path: str,
+    user_id: uuid.UUID | None,
+    details: dict[str, Any] | None,
+    policy: ErrorLogPolicy,
+) -> None:
+    """The ErrorLog row of a provider call that failed (an upload, a title, a vector-store
+    call): the upstream's own account (scrubbed), its HTTP status and request id."""
+    await record_error(
+        sessionmaker=sessionmaker,
+        request_id=request_id,
+        source=ErrorSource.UPSTREAM,
+        error_type="UpstreamFailure",
+        message=failure.detail or failure.message,
+        path=path,
+        user_id=user_id,
+        upstream_status=failure.http_status,
+        upstream_request_id=failure.request_id,
+        details=details,
+        policy=policy,
+    )
 
 
 class Provider(Protocol):

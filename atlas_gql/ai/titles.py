@@ -30,7 +30,12 @@ from sqlmodel import col
 
 from atlas_gql.ai.events import ThreadEvent, ThreadPayload, ThreadUpdated
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
-from atlas_gql.ai.provider import Provider, TextRequest, UpstreamFailure
+from atlas_gql.ai.provider import (
+    Provider,
+    TextRequest,
+    UpstreamFailure,
+    record_upstream_failure,
+)
 from atlas_gql.ai.recovery import usage_row
 from atlas_gql.ai.sequences import take_one_statement
 from atlas_gql.ai.threads import managed_thread, running_reply
@@ -39,8 +44,8 @@ from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.config import TEXT_LIMITS, Settings
 from atlas_gql.errors import Conflict, NotFound, QuotaExceeded, UpstreamError
 from atlas_gql.ids import encode_global_id
-from atlas_gql.logs.audit import ErrorLogPolicy, record_error
-from atlas_gql.logs.models import ErrorSource, UsagePurpose
+from atlas_gql.logs.audit import ErrorLogPolicy
+from atlas_gql.logs.models import UsagePurpose
 from atlas_gql.logs.usage import (
     effective_user_budget,
     ensure_within_budget,
@@ -317,16 +322,12 @@ class TitleWriter:
         latency: float,
     ) -> None:
         """The ErrorLog row of a failed title call, and its usage row when tokens were spent."""
-        await record_error(
+        await record_upstream_failure(
+            failure,
             sessionmaker=self.sessionmaker,
             request_id=uuid.uuid4().hex,
-            source=ErrorSource.UPSTREAM,
-            error_type="UpstreamFailure",
-            message=failure.detail or failure.message,
             path=f"title/{encode_global_id('Thread', exchange.thread_id)}",
             user_id=user_id,
-            upstream_status=failure.http_status,
-            upstream_request_id=failure.request_id,
             details={
                 "threadId": str(exchange.thread_id),
                 "messageId": str(exchange.reply_id),
