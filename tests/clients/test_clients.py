@@ -9,11 +9,13 @@ package-lock.json (`npm ci`), once, into tests/clients/node_modules (gitignored)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,12 @@ def _tool(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
-    """tests/clients/node_modules from the lock file, installed when missing or stale."""
+    """tests/clients/node_modules from the lock file, installed when missing, stale or unfinished.
+
+    `npm ci` runs in a staging folder beside it and the finished tree is renamed into place with
+    a stamp naming the lock file's digest, written last: an install that was cut short (a killed
+    run, a full disk) never counts as installed, so the next run installs again instead of
+    importing half-written files."""
     node = _tool("node")
     npm = _tool("npm")
     version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
@@ -53,18 +60,29 @@ def node_modules() -> Path:
     if major < 20:
         pytest.fail(f"Node.js 20+ is needed, found {version.stdout.strip()}", pytrace=False)
     modules = HERE / "node_modules"
-    marker = modules / ".package-lock.json"
+    stamp = modules / ".atlas-lock-digest"
     lock = HERE / "package-lock.json"
-    if not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime:
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return modules
+    staging = Path(tempfile.mkdtemp(prefix=".node-install-", dir=HERE))
+    try:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy2(HERE / name, staging / name)
         installed = subprocess.run(
             [npm, "ci", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=HERE,
+            cwd=staging,
             capture_output=True,
             text=True,
             timeout=600,
         )
         if installed.returncode != 0:
             pytest.fail(f"npm ci failed:\n{installed.stdout}\n{installed.stderr}", pytrace=False)
+        (staging / "node_modules" / stamp.name).write_text(digest)
+        shutil.rmtree(modules, ignore_errors=True)
+        os.replace(staging / "node_modules", modules)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return modules
 
 
