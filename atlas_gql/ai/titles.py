@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql.ai import tree
 from atlas_gql.ai.events import ThreadEvent, ThreadPayload, ThreadUpdated
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.provider import (
@@ -66,7 +67,7 @@ MAX_OUTPUT_TOKENS = 32
 # Stripped from both ends of the model's answer: quotes (typographic ones too) and markdown.
 QUOTES_AND_MARKUP = "\"'`*#\u201c\u201d\u2018\u2019\u00ab\u00bb"
 EMPTY_TITLE_ERROR = "The AI provider answered no title."
-NOTHING_TO_NAME = "This thread has no completed reply to name it after yet."
+NOTHING_TO_NAME = "The branch shown has no completed reply to name the thread after yet."
 
 Publish = Callable[[uuid.UUID, ThreadEvent], Awaitable[bool]]
 Spawn = Callable[..., Any]
@@ -157,36 +158,44 @@ class TitleWriter:
     async def exchange(
         self, thread_id: uuid.UUID, *, first_of: uuid.UUID | None = None
     ) -> Exchange | None:
-        """The thread's first completed reply and the question before it. With `first_of`
-        (automatic naming): None unless the thread is untitled and that reply is its only
-        completed one. Without: CONFLICT when the thread has no completed reply."""
+        """The exchange a title is drawn from: the first completed reply of the branch shown
+        (root to `Thread.activeLeaf`) and the question above it. With `first_of` (automatic
+        naming): that reply, and None unless the thread is untitled and it is the thread's
+        only completed reply. Without: CONFLICT when the branch shown has no completed reply."""
         async with self.sessionmaker() as db:
             thread = await db.get(Thread, thread_id)
             if thread is None or (first_of is not None and thread.title is not None):
                 return None
-            replies = (
-                await db.execute(
-                    sa.select(Message)
-                    .where(
-                        col(Message.thread_id) == thread_id,
-                        col(Message.role) == MessageRole.ASSISTANT,
-                        col(Message.status) == MessageStatus.COMPLETED,
+            completed_replies = sa.select(Message).where(
+                col(Message.thread_id) == thread_id,
+                col(Message.role) == MessageRole.ASSISTANT,
+                col(Message.status) == MessageStatus.COMPLETED,
+            )
+            if first_of is not None:
+                replies = (await db.execute(completed_replies.limit(2))).scalars().all()
+                if [reply.id for reply in replies] != [first_of]:
+                    return None
+                reply = replies[0]
+            else:
+                # What the thread shows, not an older branch switched away from.
+                found = (
+                    await db.execute(
+                        completed_replies.where(
+                            tree.on_path_to(thread.active_leaf_id)(tree.messages)
+                        )
+                        .order_by(col(Message.created_at), col(Message.id))
+                        .limit(1)
                     )
-                    .order_by(col(Message.created_at), col(Message.id))
-                    .limit(2)
-                )
-            ).scalars().all()  # fmt: skip
-            if first_of is not None and [reply.id for reply in replies] != [first_of]:
-                return None
-            if not replies:
-                raise Conflict(NOTHING_TO_NAME)
-            reply = replies[0]
+                ).scalar_one_or_none()
+                if found is None:
+                    raise Conflict(NOTHING_TO_NAME)
+                reply = found
+            # The question it answers: the nearest user message above it on its path.
             question = await db.scalar(
                 sa.select(col(Message.content))
                 .where(
-                    col(Message.thread_id) == thread_id,
+                    tree.on_path_to(reply.id)(tree.messages),
                     col(Message.role) == MessageRole.USER,
-                    col(Message.created_at) <= reply.created_at,
                 )
                 .order_by(col(Message.created_at).desc(), col(Message.id).desc())
                 .limit(1)

@@ -275,3 +275,55 @@ async def test_thread_updated_shows_the_threads_active_leaf(ai: AIServer) -> Non
     assert read["thread"]["activeLeaf"] is not None
     assert updated["thread"]["activeLeaf"] == read["thread"]["activeLeaf"]
     assert updated["thread"]["activeLeaf"]["id"] == updated["messageId"]
+
+
+async def test_generate_thread_title_reads_the_branch_shown(ai: AIServer) -> None:
+    """The title is drawn from the branch the thread shows (root to `activeLeaf`), not from
+    the oldest reply of the tree: an edited question's branch names the thread, and switching
+    back names it after the original again."""
+    people = ai.people
+    thread_id = await ai.new_thread(title="Old name")
+    ai.fake.then(Behaviour(deltas=("About cats.",)))
+    async with ai.client.subscribe(people.member, thread_id) as subscription:
+        await _reply(ai, thread_id, subscription, "Tell me about cats")
+    original = (
+        await ai.client.data(
+            "query($id: ID!) { thread(id: $id) { messages { nodes { id role } } } }",
+            {"id": thread_id},
+            token=people.member,
+        )
+    )["thread"]["messages"]["nodes"][0]
+    assert original["role"] == "USER"
+    ai.fake.then(Behaviour(deltas=("About dogs.",)))
+    async with ai.client.subscribe(people.member, thread_id) as subscription:
+        body = await ai.client.gql(
+            "mutation($id: ID!) { editMessage(input: {messageId: $id, "
+            'content: "Tell me about dogs"}) { assistantMessage { id } } }',
+            {"id": original["id"]},
+            token=people.member,
+        )
+        assert "errors" not in body, body
+        await subscription.until_final()
+
+    ai.fake.then_complete(Behaviour(deltas=("Dogs",)))
+    body = await ai.client.gql(GENERATE, {"id": thread_id}, token=people.member)
+    assert body["data"]["generateThreadTitle"]["title"] == "Dogs", body
+    call = _title_calls(ai)[-1]
+    assert "User: Tell me about dogs" in call.body["input"]
+    assert "About dogs." in call.body["input"]
+    assert "cats" not in call.body["input"]
+
+    # Back on the original branch: named after it.
+    selected = await ai.client.gql(
+        "mutation($id: ID!) { selectBranch(input: {messageId: $id}) { id } }",
+        {"id": original["id"]},
+        token=people.member,
+    )
+    assert "errors" not in selected, selected
+    ai.fake.then_complete(Behaviour(deltas=("Cats",)))
+    body = await ai.client.gql(GENERATE, {"id": thread_id}, token=people.member)
+    assert body["data"]["generateThreadTitle"]["title"] == "Cats", body
+    call = _title_calls(ai)[-1]
+    assert "User: Tell me about cats" in call.body["input"]
+    assert "About cats." in call.body["input"]
+    assert "dogs" not in call.body["input"]
