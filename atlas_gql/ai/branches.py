@@ -6,7 +6,8 @@ usage, failures) and becomes the thread's active leaf.
 
 Who may: regenerating and editing post in the thread (USE_AI, MEMBER+ of its project);
 switching the branch changes what everyone reading the thread is shown, so it needs the same
-right to post. A message the viewer may not see is NOT_FOUND."""
+right to post. An archived thread refuses all three (CONFLICT) until unarchived. A message
+the viewer may not see is NOT_FOUND."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from atlas_gql.ai.messages import (
 )
 from atlas_gql.ai.models import AssociableType, File, FileAssociation, Message, MessageRole, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
-from atlas_gql.ai.threads import get_thread, require_posting
+from atlas_gql.ai.threads import get_thread, require_open, require_posting
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName
 from atlas_gql.db.session import ReadSession, stored
@@ -119,6 +120,8 @@ async def select_branch(*, db: AsyncSession, actor: Actor, message_id: uuid.UUID
     message = await get_message(db=db, viewer=viewer, message_id=message_id)
     thread = await get_thread(db=db, viewer=viewer, thread_id=message.thread_id)
     await require_posting(db, viewer, thread, action="switch branches in its threads")
+    # Archived: what the thread shows is frozen with it (docs/threads.md).
+    require_open(thread, to="switch branches")
     thread.active_leaf_id = await tree.newest_leaf_under(db, message.id)
     actor.record(
         db, "thread.select_branch", thread, project_id=thread.project_id,

@@ -83,10 +83,11 @@ class ThreadUpdate(PartialUpdate):
         return super().apply(row)
 
 
-def require_open(thread: Thread) -> None:
-    """CONFLICT when the thread is archived: it takes no new messages until unarchived."""
+def require_open(thread: Thread, *, to: str = "send messages") -> None:
+    """CONFLICT when the thread is archived: its conversation is frozen (no new message, no
+    other branch shown) until it is unarchived."""
     if thread.archived_at is not None:
-        raise Conflict("This thread is archived; unarchive it to send messages.")
+        raise Conflict(f"This thread is archived; unarchive it to {to}.")
 
 
 def thread_visible_to(viewer: Viewer) -> Any:

@@ -1,6 +1,6 @@
 """Pinned and archived threads (issue 15 part 7): `updateThread(input: {pinned, archived})`,
 `threads(filter: {archived, pinned})` hiding archived threads by default, and archived
-threads refusing new messages until unarchived."""
+threads refusing new messages, regenerate, edit and selectBranch until unarchived."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql.ai.models import Message
+from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.models import ActivityLog
 from tests.ai.conftest import AIServer, People, make_people
 from tests.conftest import GraphQLClient, error_codes
@@ -23,6 +25,12 @@ LIST = """query($project: ID!, $archived: Boolean, $pinned: Boolean) {
     totalCount nodes { id pinned archivedAt }
   }
 }"""
+
+REGENERATE = "mutation($id: ID!) { regenerateMessage(input: {messageId: $id}) { id } }"
+EDIT = """mutation($id: ID!, $content: String!) {
+  editMessage(input: {messageId: $id, content: $content}) { userMessage { id } }
+}"""
+SELECT_BRANCH = "mutation($id: ID!) { selectBranch(input: {messageId: $id}) { activeLeaf { id } } }"
 
 
 async def _thread(gql: GraphQLClient, people: People, title: str) -> str:
@@ -133,3 +141,78 @@ async def test_an_archived_thread_refuses_messages_until_unarchived(ai: AIServer
         assert "errors" not in sent, sent
         events = await subscription.until_final()
     assert events[-1]["__typename"] == "MessageCompleted"
+
+
+async def test_an_archived_thread_refuses_regenerate_edit_and_select_branch(ai: AIServer) -> None:
+    """Archived means frozen: no new message (send, regenerate, edit) and no other branch
+    shown (selectBranch) until unarchived; reading and exporting go on."""
+    people = ai.people
+    thread = await ai.new_thread()
+    async with ai.client.subscribe(people.member, thread) as subscription:
+        first = (await ai.send(thread, "First"))["data"]["sendMessage"]
+        await subscription.until_final()
+    async with ai.client.subscribe(people.member, thread) as subscription:
+        regenerated = await ai.client.data(
+            REGENERATE, {"id": first["assistantMessage"]["id"]}, token=people.member
+        )
+        await subscription.until_final()
+    shown = await _active_leaf(ai, thread)
+    assert shown == regenerated["regenerateMessage"]["id"]
+    await ai.client.data(UPDATE, {"id": thread, "input": {"archived": True}}, token=people.member)
+    calls = len(ai.fake.calls("/v1/responses"))
+
+    refusals = [
+        await ai.client.gql(
+            REGENERATE, {"id": first["assistantMessage"]["id"]}, token=people.member
+        ),
+        await ai.client.gql(
+            EDIT, {"id": first["userMessage"]["id"], "content": "Changed"}, token=people.member
+        ),
+        await ai.client.gql(
+            SELECT_BRANCH, {"id": first["assistantMessage"]["id"]}, token=people.member
+        ),
+    ]
+    for refused in refusals:
+        assert error_codes(refused) == ["CONFLICT"], refused
+        assert "archived" in refused["errors"][0]["message"]
+    assert "switch branches" in refusals[2]["errors"][0]["message"]
+    # Nothing changed: no model call, no new message, the same branch shown.
+    assert len(ai.fake.calls("/v1/responses")) == calls
+    assert await _active_leaf(ai, thread) == shown
+    assert await _message_count(ai, thread) == 3
+    # Who may not post hears that first (the thread's state is not theirs to learn).
+    hidden = await ai.client.gql(
+        SELECT_BRANCH, {"id": first["assistantMessage"]["id"]}, token=people.outsider
+    )
+    assert error_codes(hidden) == ["NOT_FOUND"]
+    viewer = await ai.client.gql(
+        SELECT_BRANCH, {"id": first["assistantMessage"]["id"]}, token=people.viewer
+    )
+    assert error_codes(viewer) == ["FORBIDDEN"]
+
+    # Unarchived, the branch can be switched again.
+    await ai.client.data(UPDATE, {"id": thread, "input": {"archived": False}}, token=people.member)
+    switched = await ai.client.data(
+        SELECT_BRANCH, {"id": first["assistantMessage"]["id"]}, token=people.member
+    )
+    assert switched["selectBranch"]["activeLeaf"]["id"] == first["assistantMessage"]["id"]
+
+
+async def _active_leaf(ai: AIServer, thread: str) -> str:
+    data = await ai.client.data(
+        "query($id: ID!) { thread(id: $id) { activeLeaf { id } } }",
+        {"id": thread},
+        token=ai.people.member,
+    )
+    leaf: str = data["thread"]["activeLeaf"]["id"]
+    return leaf
+
+
+async def _message_count(ai: AIServer, thread: str) -> int:
+    async with ai.server.app.state.atlas["runtime"].sessionmaker() as db:
+        count = await db.scalar(
+            sa.select(sa.func.count())
+            .select_from(Message)
+            .where(col(Message.thread_id) == decode_id_of(thread, "Thread"))
+        )
+    return int(count or 0)
