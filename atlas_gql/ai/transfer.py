@@ -20,6 +20,7 @@ import functools
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,13 +32,14 @@ from sqlmodel import col
 from atlas_gql.ai import transfer_formats as formats
 from atlas_gql.ai import tree
 from atlas_gql.ai.assistants import get_assistant
-from atlas_gql.ai.files import UploadLike
-from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.ai.files import UploadLike, file_visible_to
+from atlas_gql.ai.models import File, Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.ai.project_content import DEFAULT_ASSISTANT_ID
 from atlas_gql.ai.threads import ThreadCreate, create_thread, get_thread
 from atlas_gql.auth.actor import Actor, Entity, EntityRef
 from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.session import ReadSession, stored
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import AtlasError, BadInput
@@ -110,6 +112,20 @@ async def _thread_messages(db: ReadSession, thread_ids: Any) -> list[Message]:
     return found
 
 
+async def _visible_files(
+    db: ReadSession, viewer: Viewer, file_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, str | None]:
+    """Of `file_ids`, the files the viewer may see, with their upstream ids (one statement)."""
+    if not file_ids:
+        return {}
+    rows = await db.execute(
+        sa.select(col(File.id), col(File.openai_file_id)).where(
+            col(File.id).in_(list(file_ids)), file_visible_to(viewer)
+        )
+    )
+    return {row.id: row.openai_file_id for row in rows}
+
+
 async def export_thread(
     *, db: ReadSession, actor: Actor, ai: AIRuntime, thread_id: uuid.UUID, format: ExportFormat
 ) -> str:
@@ -125,8 +141,10 @@ async def export_thread(
         text = formats.markdown_document(thread, path)
     else:
         messages = await _thread_messages(db, [thread.id])
+        visible = await _visible_files(db, actor.viewer_required, formats.cited_file_ids(messages))
         text = formats.atlas_document(
-            [formats.thread_document(thread, messages)], exported_at=datetime.now(UTC)
+            [formats.thread_document(thread, messages, visible_files=visible.keys())],
+            exported_at=datetime.now(UTC),
         )
     await _record_later(
         ai, actor, "thread.export", thread, project_id=thread.project_id,
@@ -154,10 +172,15 @@ async def export_project(
     )
     ids = sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
     by_thread: dict[uuid.UUID, list[Message]] = defaultdict(list)
-    for message in await _thread_messages(db, ids):
+    messages = await _thread_messages(db, ids)
+    for message in messages:
         by_thread[message.thread_id].append(message)
+    visible = await _visible_files(db, actor.viewer_required, formats.cited_file_ids(messages))
     text = formats.atlas_document(
-        [formats.thread_document(thread, by_thread[thread.id]) for thread in threads],
+        [
+            formats.thread_document(thread, by_thread[thread.id], visible_files=visible.keys())
+            for thread in threads
+        ],
         exported_at=datetime.now(UTC),
     )
     await _record_later(
@@ -187,6 +210,43 @@ async def _default_assistant(db: ReadSession, project_id: uuid.UUID | None) -> u
     return decode_id_of(value, "Assistant", field="assistantId")
 
 
+def _cited_file(key: str | None) -> uuid.UUID | None:
+    """The ATLAS file a citation of the file names (None for an id of another kind or none)."""
+    if key is None:
+        return None
+    try:
+        return decode_id_of(key, "File")
+    except BadInput:
+        return None
+
+
+def _stored_citations(
+    citations: list[formats.ImportedCitation], files: dict[uuid.UUID, str | None]
+) -> list[dict[str, Any]] | None:
+    """Imported citations as `messages.citations` holds them (ai/citations.py): a FILE
+    citation links its file only when the importer may see it (`files`); otherwise it keeps
+    its title, quote and place, naming no file."""
+    if not citations:
+        return None
+    stored = []
+    for citation in citations:
+        file_id = _cited_file(citation.file_key)
+        linked = file_id is not None and file_id in files
+        stored.append(
+            {
+                "kind": citation.kind,
+                "fileId": str(file_id) if linked else None,
+                "openaiFileId": files[file_id] if linked and file_id is not None else None,
+                "url": citation.url,
+                "title": citation.title,
+                "quote": citation.quote,
+                "startIndex": citation.start_index,
+                "endIndex": citation.end_index,
+            }
+        )
+    return stored
+
+
 async def _store_thread(
     db: AsyncSession,
     *,
@@ -194,6 +254,7 @@ async def _store_thread(
     imported: formats.ImportedThread,
     data: ThreadImport,
     assistant_id: uuid.UUID,
+    files: dict[uuid.UUID, str | None],
 ) -> Thread:
     """One imported thread and its messages, in the caller's (short) transaction."""
     thread = await create_thread(
@@ -227,6 +288,7 @@ async def _store_thread(
                 input_tokens=message.input_tokens,
                 output_tokens=message.output_tokens,
                 error=message.error,
+                citations=_stored_citations(message.citations, files),
             )
             for message in imported.messages
         ]
@@ -268,6 +330,15 @@ async def import_threads(
         )
         if assistant.project_id is not None and assistant.project_id != data.project_id:
             raise BadInput("This assistant belongs to another project.", field="assistantId")
+        # The cited files the importer may see: only those stay linked.
+        cited = {
+            file_id
+            for imported in threads
+            for message in imported.messages
+            for citation in message.citations
+            if (file_id := _cited_file(citation.file_key)) is not None
+        }
+        files = await _visible_files(db, viewer, cited)
     results: list[ImportedThreadResult] = []
     for index, imported in enumerate(threads):
         outcome = functools.partial(
@@ -278,7 +349,7 @@ async def import_threads(
                 ai.sessionmaker,
                 functools.partial(
                     _store_thread, actor=actor, imported=imported, data=data,
-                    assistant_id=assistant.id,
+                    assistant_id=assistant.id, files=files,
                 ),
             )  # fmt: skip
         except AtlasError as error:

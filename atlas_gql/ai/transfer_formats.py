@@ -5,13 +5,17 @@ it is (`threads[2].messages[5].role: ...`), found before anything is stored.
 
 A thread read from a file is a list of messages whose parents come before them (so they can
 be inserted in order), each with a timestamp later than its parent's (ATLAS's tree rule:
-a path read by time is in tree order), and the leaf of the branch to show."""
+a path read by time is in tree order), and the leaf of the branch to show.
+
+Size: over 400 lines on purpose: the ATLAS format's writer and reader (messages and their
+citations) read side by side, so what is written is what is read back."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +38,23 @@ CHATGPT_ROLES = {"user": MessageRole.USER, "assistant": MessageRole.ASSISTANT}
 # An imported reply cannot be running: what was in progress ended where the file ends.
 IMPORTED_STATUS = {MessageStatus.IN_PROGRESS: MessageStatus.INCOMPLETE}
 ASSISTANT = MessageRole.ASSISTANT
+# Citations one imported message may carry (a reply cites a few dozen sources at most).
+MAX_MESSAGE_CITATIONS = 1_000
+CITATION_KINDS = frozenset({"FILE", "URL"})
+
+
+@dataclass
+class ImportedCitation:
+    """A citation read from a file; `file_key` is the file's id as the file names it (the
+    importer resolves it to a file it may see, or drops it)."""
+
+    kind: str
+    file_key: str | None
+    url: str | None
+    title: str | None
+    quote: str | None
+    start_index: int | None
+    end_index: int | None
 
 
 @dataclass
@@ -49,6 +70,7 @@ class ImportedMessage:
     input_tokens: int | None = None
     output_tokens: int | None = None
     error: str | None = None
+    citations: list[ImportedCitation] = field(default_factory=list)
 
 
 @dataclass
@@ -71,8 +93,44 @@ def _time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
 
 
-def thread_document(thread: Thread, messages: Sequence[Message]) -> dict[str, Any]:
-    """One thread of the ATLAS format: its whole tree, oldest first."""
+def exported_citations(stored: Any, visible_files: Set[uuid.UUID]) -> list[dict[str, Any]]:
+    """A message's stored citations (ai/citations.py) as the ATLAS format writes them: a cited
+    file by its global id when the exporter may see it (null otherwise, as `Citation.file`
+    answers them), never its upstream id."""
+    exported = []
+    for item in stored if isinstance(stored, list) else ():
+        file_id = uuid.UUID(item["fileId"]) if item.get("fileId") else None
+        shown = file_id if file_id is not None and file_id in visible_files else None
+        exported.append(
+            {
+                "kind": item.get("kind"),
+                "fileId": encode_global_id("File", shown) if shown is not None else None,
+                "url": item.get("url"),
+                "title": item.get("title"),
+                "quote": item.get("quote"),
+                "startIndex": item.get("startIndex"),
+                "endIndex": item.get("endIndex"),
+            }
+        )
+    return exported
+
+
+def cited_file_ids(messages: Iterable[Message]) -> set[uuid.UUID]:
+    """The ATLAS files the messages' stored citations name."""
+    return {
+        uuid.UUID(item["fileId"])
+        for message in messages
+        if isinstance(message.citations, list)
+        for item in message.citations
+        if item.get("fileId")
+    }
+
+
+def thread_document(
+    thread: Thread, messages: Sequence[Message], *, visible_files: Set[uuid.UUID] = frozenset()
+) -> dict[str, Any]:
+    """One thread of the ATLAS format: its whole tree, oldest first. `visible_files`: the
+    cited files the exporter may see (`exported_citations`)."""
     return {
         "id": encode_global_id("Thread", thread.id),
         "title": thread.title,
@@ -95,6 +153,7 @@ def thread_document(thread: Thread, messages: Sequence[Message]) -> dict[str, An
                 "inputTokens": message.input_tokens,
                 "outputTokens": message.output_tokens,
                 "error": message.error,
+                "citations": exported_citations(message.citations, visible_files),
             }
             for message in messages
         ],
@@ -188,6 +247,38 @@ def _count(value: Any, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise _bad(where, "must be a whole number ≥ 0")
     return value
+
+
+def _citations(value: Any, where: str, *, max_chars: int) -> list[ImportedCitation]:
+    """A message's `citations` (optional: an export made before they were written has none)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _bad(where, "must be a list of citations")
+    if len(value) > MAX_MESSAGE_CITATIONS:
+        raise _bad(where, f"holds more than {MAX_MESSAGE_CITATIONS} citations")
+    citations = []
+    for index, item in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            raise _bad(at, "must be an object")
+        kind = item.get("kind")
+        if kind not in CITATION_KINDS:
+            raise _bad(f"{at}.kind", "must be FILE or URL")
+        citations.append(
+            ImportedCitation(
+                kind=kind,
+                file_key=_text(item.get("fileId"), f"{at}.fileId", optional=True, limit=200)
+                if kind == "FILE"
+                else None,
+                url=_text(item.get("url"), f"{at}.url", optional=True, limit=max_chars),
+                title=_text(item.get("title"), f"{at}.title", optional=True, limit=max_chars),
+                quote=_text(item.get("quote"), f"{at}.quote", optional=True, limit=max_chars),
+                start_index=_count(item.get("startIndex"), f"{at}.startIndex"),
+                end_index=_count(item.get("endIndex"), f"{at}.endIndex"),
+            )
+        )
+    return citations
 
 
 def _ordered(thread: ImportedThread, where: str, *, max_chars: int) -> ImportedThread:
@@ -287,6 +378,9 @@ def read_atlas(data: bytes, *, max_chars: int) -> list[ImportedThread]:
                     input_tokens=_count(item.get("inputTokens"), f"{at}.inputTokens"),
                     output_tokens=_count(item.get("outputTokens"), f"{at}.outputTokens"),
                     error=_text(item.get("error"), f"{at}.error", optional=True),
+                    citations=_citations(
+                        item.get("citations"), f"{at}.citations", max_chars=max_chars
+                    ),
                 )
             )
         threads.append(_ordered(thread, where, max_chars=max_chars))

@@ -11,11 +11,11 @@ import httpx
 import sqlalchemy as sa
 from sqlmodel import col
 
-from atlas_gql.ai.models import Thread
+from atlas_gql.ai.models import Message, MessageRole, Thread
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.test_branches import BRANCH, contents, exchange
-from tests.ai.test_files import PREFLIGHT
-from tests.ai.test_replies import rows
+from tests.ai.test_files import PREFLIGHT, upload
+from tests.ai.test_replies import rows, uuid_of
 from tests.conftest import error_codes
 
 IMPORT = """
@@ -291,3 +291,114 @@ async def test_who_may_import_and_export(ai: AIServer) -> None:
         assert error_codes(body) == [code]
     admin = await ai.client.data(EXPORT_PROJECT, {"id": people.project_id}, token=people.admin)
     assert json.loads(admin["exportProject"])["threads"]
+
+
+CITED = """query($id: ID!) { thread(id: $id) { messages { nodes {
+  role citations { kind file { id } url title quote startIndex endIndex } } } } }"""
+
+
+async def _cited(ai: AIServer, thread_id: str, token: str) -> list[dict[str, Any]]:
+    data = await ai.client.data(CITED, {"id": thread_id}, token=token)
+    nodes = data["thread"]["messages"]["nodes"]
+    [citations] = [node["citations"] for node in nodes if node["role"] == "ASSISTANT"]
+    return list(citations)
+
+
+async def test_citations_are_exported_and_imported(ai: AIServer) -> None:
+    """A reply's citations travel in the ATLAS format: a cited file by its global id, linked
+    again on import for an importer who may see it; for one who may not, the citation keeps
+    its title, quote and place but names no file."""
+    people = ai.people
+    thread_id = await ai.new_thread(title="Cited")
+    reply_id = (await exchange(ai, thread_id, "What do my notes say?"))["assistantMessage"]["id"]
+    uploaded = await upload(ai, b"falcons fly fast", token=people.member, filename="f.txt")
+    file = uploaded.json()["data"]["uploadFile"]
+    file_citation = {
+        "kind": "FILE", "fileId": str(uuid_of(file["id"])), "openaiFileId": file["openaiFileId"],
+        "url": None, "title": "f.txt", "quote": "falcons fly fast", "startIndex": 5,
+        "endIndex": 5,
+    }  # fmt: skip
+    url_citation = {
+        "kind": "URL", "fileId": None, "openaiFileId": None, "url": "https://example.com/a",
+        "title": "A page", "quote": "Hello", "startIndex": 0, "endIndex": 5,
+    }  # fmt: skip
+    async with ai.server.app.state.atlas["runtime"].sessionmaker() as db:
+        await db.execute(
+            sa.update(Message)
+            .where(col(Message.id) == uuid_of(reply_id))
+            .values(citations=[file_citation, url_citation])
+        )
+        await db.commit()
+
+    document = await export(ai, thread_id)
+    [reply] = [
+        m for m in json.loads(document)["threads"][0]["messages"] if m["role"] == "ASSISTANT"
+    ]
+    as_exported = [
+        {"kind": "FILE", "fileId": file["id"], "url": None, "title": "f.txt",
+         "quote": "falcons fly fast", "startIndex": 5, "endIndex": 5},
+        {"kind": "URL", "fileId": None, "url": "https://example.com/a", "title": "A page",
+         "quote": "Hello", "startIndex": 0, "endIndex": 5},
+    ]  # fmt: skip
+    assert reply["citations"] == as_exported  # no upstream file id in the document
+    as_read: list[dict[str, Any]] = [
+        {"kind": "FILE", "file": {"id": file["id"]}, "url": None, "title": "f.txt",
+         "quote": "falcons fly fast", "startIndex": 5, "endIndex": 5},
+        {"kind": "URL", "file": None, "url": "https://example.com/a", "title": "A page",
+         "quote": "Hello", "startIndex": 0, "endIndex": 5},
+    ]  # fmt: skip
+    assert await _cited(ai, thread_id, people.member) == as_read
+
+    # The uploader imports it: the file is linked again (its upstream id with it).
+    target = {"projectId": people.project_id, "assistantId": people.assistant_id}
+    body = await import_file(ai, document.encode(), format="ATLAS", **target)
+    mine = body["data"]["importThreads"]["results"][0]["thread"]["id"]
+    assert await _cited(ai, mine, people.member) == as_read
+    [stored] = await rows(
+        ai,
+        sa.select(Message).where(
+            col(Message.thread_id) == uuid_of(mine),
+            col(Message.role) == MessageRole.ASSISTANT,
+        ),
+    )
+    assert stored.citations[0]["openaiFileId"] == file["openaiFileId"]
+    # A round trip gives the same document (but for the ids).
+    assert shape(await export(ai, mine)) == shape(document)
+
+    # A manager of the project cannot see the member's file: it is not named in their
+    # export, and their import of the member's document links no file (title-only).
+    managed = await ai.client.data(
+        EXPORT_THREAD, {"id": thread_id, "format": "JSON"}, token=people.manager
+    )
+    [reply] = [
+        m for m in json.loads(managed["exportThread"])["threads"][0]["messages"]
+        if m["role"] == "ASSISTANT"
+    ]  # fmt: skip
+    assert reply["citations"][0]["fileId"] is None
+    body = await import_file(ai, document.encode(), format="ATLAS", token=people.manager, **target)
+    theirs = body["data"]["importThreads"]["results"][0]["thread"]["id"]
+    title_only = [{**as_read[0], "file": None}, as_read[1]]
+    assert await _cited(ai, theirs, people.manager) == title_only
+    # Not even the uploader, reading the manager's thread, sees the file linked there.
+    assert await _cited(ai, theirs, people.member) == title_only
+    [stored] = await rows(
+        ai,
+        sa.select(Message).where(
+            col(Message.thread_id) == uuid_of(theirs),
+            col(Message.role) == MessageRole.ASSISTANT,
+        ),
+    )
+    assert (stored.citations[0]["fileId"], stored.citations[0]["openaiFileId"]) == (None, None)
+
+    # Malformed citations are refused, naming where.
+    parsed = json.loads(document)
+    for bad, named in (
+        ("many", "threads[0].messages[1].citations: must be a list"),
+        ([{"kind": "PDF"}], "threads[0].messages[1].citations[0].kind"),
+        ([{"kind": "URL", "startIndex": -1}], "threads[0].messages[1].citations[0].startIndex"),
+        ([{"kind": "FILE", "fileId": 7}], "threads[0].messages[1].citations[0].fileId"),
+    ):
+        parsed["threads"][0]["messages"][1]["citations"] = bad
+        body = await import_file(ai, json.dumps(parsed).encode(), format="ATLAS", **target)
+        assert error_codes(body) == ["BAD_USER_INPUT"], body
+        assert named in body["errors"][0]["message"], body
