@@ -276,6 +276,12 @@ class Settings(BaseSettings):
         description="seconds a broker command (publish, history, control) waits for Redis "
         "before Redis is skipped for a while (the circuit opens)",
     )
+    atlas_redis_subscribe_timeout: float = seconds(
+        2.0,
+        description="seconds the event broker waits for Redis to confirm a SUBSCRIBE before "
+        "it checks Redis answers (then waits again, three rounds at most; a Redis that does "
+        "not answer is skipped at once)",
+    )
     atlas_redis_retry_max: float = seconds(
         30.0, description="longest pause (seconds) before a Redis that failed is probed again"
     )

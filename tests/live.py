@@ -18,15 +18,19 @@ from typing import Any, Protocol, cast
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import uvicorn
 import websockets
+from sqlmodel import col
 from websockets.typing import Subprotocol
 
 from atlas_gql.ai.listening import Listeners
+from atlas_gql.ai.models import Message, MessageStatus
 from atlas_gql.app import create_app
 from atlas_gql.auth.account import find_user_by_email
 from atlas_gql.auth.sessions import start_session
 from atlas_gql.config import Settings
+from atlas_gql.db.engine import create_engine
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.graph.services import Services
 from atlas_gql.ids import decode_id_of
@@ -118,6 +122,29 @@ class LiveServer:
         return tokens.access_token
 
 
+async def finish_leftover_replies(target: DatabaseTarget) -> None:
+    """End every reply a test left IN_PROGRESS in the live database (INCOMPLETE), once its
+    servers stopped. The live database outlives the test: a reply left running (a worker
+    killed, a reply taken over by a made-up worker, a server stopped mid-reply, which releases
+    it) would be resumed by the reply sweep of a later test's server, 15 s later or at its
+    start, against that test's fake OpenAI: extra upstream calls and events that test never
+    made, whenever the timing lined up."""
+    engine = create_engine(target, pool_size=1)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.update(Message)
+                .where(col(Message.status) == MessageStatus.IN_PROGRESS)
+                .values(
+                    status=MessageStatus.INCOMPLETE,
+                    reply_worker_id=None,
+                    error="Left running by a test.",
+                )
+            )
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture
 async def live_server(live_database: DatabaseTarget) -> AsyncIterator[LiveServer]:
     """`create_app` on a real uvicorn against `live_database`. Override `live_settings` in a
@@ -129,6 +156,7 @@ async def live_server(live_database: DatabaseTarget) -> AsyncIterator[LiveServer
         yield server
     finally:
         await server.stop()
+        await finish_leftover_replies(live_database)
 
 
 MakeLiveServer = Callable[..., Awaitable[LiveServer]]
@@ -152,6 +180,8 @@ async def make_live_server(live_database: DatabaseTarget) -> AsyncIterator[MakeL
     finally:
         for server in reversed(servers):
             await server.stop()
+        if servers:
+            await finish_leftover_replies(live_database)
 
 
 async def aclose(stream: AsyncIterator[Any]) -> None:
@@ -159,8 +189,15 @@ async def aclose(stream: AsyncIterator[Any]) -> None:
     await cast(AsyncGenerator[Any, None], stream).aclose()
 
 
-async def wait_until(condition: Callable[[], Any], *, timeout: float = 10) -> None:
-    """Wait for a signal (a condition of the system under test, sync or async) to hold."""
+# The longest a test waits for a signal (an event, a condition): a guard against a hang that
+# a working system never meets, however loaded the machine (two xdist workers next to other
+# jobs on two cores); a passing wait returns as soon as its signal holds.
+HANG_GUARD = 30.0
+
+
+async def wait_until(condition: Callable[[], Any], *, timeout: float = HANG_GUARD) -> None:
+    """Wait for a signal (a condition of the system under test, sync or async) to hold;
+    `timeout` only guards against a hang."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -253,7 +290,7 @@ class AtlasClient:
                 )
             )
             if listeners is not None and thread_uuid is not None:
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(HANG_GUARD):
                     await listeners.wait_total(thread_uuid, before + 1)
             yield Subscription(ws)
 
@@ -262,7 +299,7 @@ class Subscription:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
 
-    async def message(self, timeout: float = 10) -> dict[str, Any]:
+    async def message(self, timeout: float = HANG_GUARD) -> dict[str, Any]:
         """The next protocol message other than ping/pong."""
         while True:
             raw = await asyncio.wait_for(self.ws.recv(), timeout)
@@ -273,14 +310,14 @@ class Subscription:
             if message["type"] != "pong":
                 return message
 
-    async def event(self, timeout: float = 10) -> dict[str, Any]:
+    async def event(self, timeout: float = HANG_GUARD) -> dict[str, Any]:
         message = await self.message(timeout)
         assert message["type"] == "next", message
         assert "errors" not in message["payload"], message
         event: dict[str, Any] = message["payload"]["data"]["threadEvents"]
         return event
 
-    async def until_final(self, timeout: float = 15) -> list[dict[str, Any]]:
+    async def until_final(self, timeout: float = HANG_GUARD) -> list[dict[str, Any]]:
         """Events up to and including the reply's final event (MessageCompleted,
         MessageFailed or MessageCancelled)."""
         events = []

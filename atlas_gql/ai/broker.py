@@ -57,9 +57,13 @@ MEMORY_THREAD_BYTES = 1 << 20
 MEMORY_TOTAL_BYTES = 128 << 20
 # Rough size of an event's fixed fields (ids, type, sequence) in the accounting above.
 EVENT_OVERHEAD_BYTES = 160
-# Seconds to wait for Redis to confirm a SUBSCRIBE (not on a reply's path: a subscriber
-# waits this long at most for BROKER_UNAVAILABLE).
+# Default of ATLAS_REDIS_SUBSCRIBE_TIMEOUT: seconds to wait for Redis to confirm a SUBSCRIBE
+# before asking whether Redis is there at all (not on a reply's path).
 SUBSCRIBE_TIMEOUT = 2.0
+# Rounds of that wait while Redis answers a PING (its confirmation is late, not lost: this
+# worker or Redis is busy); a subscriber waits at most about this many timeouts for
+# BROKER_UNAVAILABLE, and at once when Redis does not answer.
+SUBSCRIBE_ATTEMPTS = 3
 # Defaults of ATLAS_REDIS_TIMEOUT (seconds a publish, history read or control message waits
 # for Redis) and ATLAS_REDIS_RETRY_MAX (longest pause before Redis is probed again).
 REDIS_TIMEOUT = 0.25
@@ -452,6 +456,7 @@ class RedisBroker:
         queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
         timeout: float = REDIS_TIMEOUT,
         max_pause: float = REDIS_MAX_PAUSE,
+        subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
     ) -> None:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
@@ -488,7 +493,10 @@ class RedisBroker:
         self._lock = asyncio.Lock()
         # This worker's tag on what it publishes (its listener skips its own events).
         self._origin = uuid.uuid4().hex
-        self.subscribe_timeout = SUBSCRIBE_TIMEOUT
+        self.subscribe_timeout = subscribe_timeout
+        self.subscribe_attempts = SUBSCRIBE_ATTEMPTS
+        # Waits for a SUBSCRIBE's confirmation that ran out while Redis answered (tests, logs).
+        self.late_confirmations = 0
 
     def backlogs(self, thread_id: uuid.UUID) -> list[int]:
         return self._fanout.backlogs(thread_id)
@@ -514,10 +522,39 @@ class RedisBroker:
             self.breaker.record_failure(error)
 
     async def _subscribe_control(self) -> None:
-        confirmed = self._confirmed[self.CONTROL_CHANNEL] = asyncio.Event()
+        await self._subscribe_confirmed(self.CONTROL_CHANNEL)
+
+    async def _subscribe_confirmed(self, channel: str) -> None:
+        """SUBSCRIBE `channel` and wait until Redis confirms it (the listener task reads the
+        confirmation). A confirmation that takes longer than `subscribe_timeout` is not a
+        failure by itself: on a busy machine the listener or Redis may be late. So the wait is
+        retried, up to `subscribe_attempts` rounds, as long as Redis answers a PING within the
+        breaker's timeout; one SUBSCRIBE is sent (Redis confirms each one, and a confirmation
+        cannot be lost short of the connection, whose reconnect subscribes again). Raises
+        TimeoutError, or the Redis error, when Redis does not answer or never confirms."""
+        confirmed = self._confirmed[channel] = asyncio.Event()
         async with asyncio.timeout(self.subscribe_timeout):
-            await self._pubsub.subscribe(self.CONTROL_CHANNEL)
-            await confirmed.wait()
+            await self._pubsub.subscribe(channel)
+        for attempt in range(1, self.subscribe_attempts + 1):
+            try:
+                async with asyncio.timeout(self.subscribe_timeout):
+                    await confirmed.wait()
+            except TimeoutError:
+                if attempt == self.subscribe_attempts:
+                    raise
+                # Late, or is Redis gone? A PING on a command connection says which.
+                async with asyncio.timeout(self.breaker.timeout):
+                    await self._redis.ping()
+                self.late_confirmations += 1
+                continue
+            if attempt > 1:
+                logger.warning(
+                    "redis broker: SUBSCRIBE %s confirmed after %d waits of %.1f s",
+                    channel,
+                    attempt,
+                    self.subscribe_timeout,
+                )
+            return
 
     async def _probe(self) -> None:
         await self._redis.ping()
@@ -623,11 +660,8 @@ class RedisBroker:
                 raise BrokerUnavailable()
             subscriber = self._fanout.add(thread_id, control)
             if len(self._fanout.subscribers[thread_id]) == 1:
-                confirmed = self._confirmed[channel] = asyncio.Event()
                 try:
-                    async with asyncio.timeout(self.subscribe_timeout):
-                        await self._pubsub.subscribe(channel)
-                        await confirmed.wait()
+                    await self._subscribe_confirmed(channel)
                 except BaseException as error:
                     # Not subscribed: forget this subscriber, so the thread's next subscriber
                     # here is the first again and sends its own SUBSCRIBE.
@@ -683,8 +717,15 @@ def create_broker(
     timeout: float = REDIS_TIMEOUT,
     max_pause: float = REDIS_MAX_PAUSE,
     queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
+    subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
 ) -> Broker:
     """Redis when a URL is configured, else in-process."""
     if redis_url:
-        return RedisBroker(redis_url, timeout=timeout, max_pause=max_pause, queue_limit=queue_limit)
+        return RedisBroker(
+            redis_url,
+            timeout=timeout,
+            max_pause=max_pause,
+            queue_limit=queue_limit,
+            subscribe_timeout=subscribe_timeout,
+        )
     return MemoryBroker(queue_limit=queue_limit)

@@ -141,8 +141,16 @@ async def signing_in_user(
 
 StartServer = Callable[..., Awaitable[AIServer]]
 
-# Seconds a broker command may wait for Redis in tests (see `start_ai_server`).
-TEST_REDIS_TIMEOUT = 2.0
+# Settings of a live server whose periodic reply sweep (every half of the shorter of the two)
+# does not come round during a test: for tests that call the sweep's work themselves, or that
+# assert no connection is checked out at some moment.
+NO_PERIODIC_SWEEP = {"atlas_reply_stale_after": 3600.0, "atlas_reply_resume_after": 3600.0}
+
+# Seconds a broker command may wait for Redis in tests, and a SUBSCRIBE for its confirmation
+# (see `start_ai_server`): guards against a hung Redis, never met by a working one, however
+# loaded the machine.
+TEST_REDIS_TIMEOUT = 5.0
+TEST_REDIS_SUBSCRIBE_TIMEOUT = 10.0
 
 
 @pytest.fixture
@@ -156,9 +164,11 @@ def start_ai_server(make_live_server: MakeLiveServer, fake_openai: FakeOpenAI) -
             "atlas_openai_timeout": 5.0,
             # With a real Redis, a command must not meet the 0.25 s production default on a
             # loaded test machine (two xdist workers, servers and clients in one event loop):
-            # a stall there opens the circuit and a subscription meets BROKER_UNAVAILABLE.
-            # Tests of the circuit itself (test_redis_outage.py) set their own.
+            # a stall there opens the circuit and a subscription meets BROKER_UNAVAILABLE, or
+            # another worker misses events. Nor a SUBSCRIBE its 2 s. Tests of the circuit
+            # itself (test_redis_outage.py, test_broker_timeouts.py) set their own.
             "atlas_redis_timeout": TEST_REDIS_TIMEOUT,
+            "atlas_redis_subscribe_timeout": TEST_REDIS_SUBSCRIBE_TIMEOUT,
         }
         values.update(overrides)
         server = await make_live_server(**values)

@@ -35,6 +35,9 @@ from atlas_gql.ids import decode_global_id, encode_global_id
 from atlas_gql.logs.models import ErrorLog, ErrorSource
 from tests.ai.conftest import (
     CREATE_THREAD,
+    NO_PERIODIC_SWEEP,
+    TEST_REDIS_SUBSCRIBE_TIMEOUT,
+    TEST_REDIS_TIMEOUT,
     UPSTREAM_KEY,
     AIServer,
     People,
@@ -44,7 +47,7 @@ from tests.ai.conftest import (
 from tests.ai.fake_openai import Behaviour, FakeOpenAI, Resume
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.conftest import error_codes, make_settings
-from tests.live import AtlasClient, Subscription, wait_until
+from tests.live import AtlasClient, Subscription, finish_leftover_replies, wait_until
 
 # Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
 pytestmark = pytest.mark.xdist_group("redis-pubsub")
@@ -167,6 +170,9 @@ async def start_worker(
         OPENAI_API_KEY=UPSTREAM_KEY,
         OPENAI_BASE_URL=fake_openai.base_url,
         ATLAS_OPENAI_TIMEOUT="5",
+        # As `start_ai_server`: Redis waits that only guard against a hung Redis.
+        ATLAS_REDIS_TIMEOUT=str(TEST_REDIS_TIMEOUT),
+        ATLAS_REDIS_SUBSCRIBE_TIMEOUT=str(TEST_REDIS_SUBSCRIBE_TIMEOUT),
         # A killed worker's background replies are resumed after 1 s without a heartbeat
         # (a live one beats every 1/3 s).
         ATLAS_REPLY_RESUME_AFTER="1",
@@ -185,6 +191,8 @@ async def start_worker(
         finally:
             for worker in workers:
                 await worker.stop()
+            if workers:
+                await finish_leftover_replies(live_database)
 
 
 async def new_thread(client: AtlasClient, people: People) -> str:
@@ -313,19 +321,25 @@ async def test_another_worker_resumes_the_reply_of_a_dead_one(
     fake_openai: FakeOpenAI,
     database: async_sessionmaker[AsyncSession],
 ) -> None:
-    survivor = await start_ai_server(redis_url=REDIS_URL, atlas_reply_resume_after=1.0)
+    # The survivor resumes a reply whose heartbeat is 3 s old: 9 beats of the doomed worker
+    # (every 1/3 s), so a loaded machine does not make a live worker look dead.
+    survivor = await start_ai_server(redis_url=REDIS_URL, atlas_reply_resume_after=3.0)
     people = survivor.people
     doomed = await start_worker(REDIS_URL=REDIS_URL)
     doomed_client = AtlasClient(doomed)
     thread_id = await new_thread(doomed_client, people)
     fake_openai.then(Behaviour(deltas=LONG_REPLY, delay=0.02))
+    # The response holds its final events until the doomed worker is dead: it cannot finish
+    # the reply first, however slowly the test reads.
+    fake_openai.gates["complete"] = asyncio.Event()
     # A subscriber on the surviving worker all along (the reply's events reach it through
     # Redis, then from the survivor itself).
     async with survivor.client.subscribe(people.member, thread_id) as subscription:
         reply_id = await send(doomed_client, people, thread_id, "Keep going")
         events = await read_past_a_checkpoint(subscription, database, reply_id)
         await doomed.kill()
-        events += await subscription.until_final(timeout=30)
+        fake_openai.gates["complete"].set()
+        events += await subscription.until_final(timeout=60)
     final = events[-1]
     assert final["__typename"] == "MessageCompleted"
     # No gap, no repeat: the deltas read again after the checkpoint came with the numbers
@@ -391,8 +405,11 @@ def runtime_of(ai: AIServer) -> Any:
 async def test_exactly_one_worker_resumes_a_released_reply(
     start_ai_server: StartServer, fake_openai: FakeOpenAI
 ) -> None:
-    first = await start_ai_server()
-    second = await start_ai_server()
+    # No periodic sweep during the test (every half of the shortest staleness setting): a
+    # sweep that came round between `orphan` and the calls below would take the released
+    # reply first, on a machine slow enough.
+    first = await start_ai_server(**NO_PERIODIC_SWEEP)
+    second = await start_ai_server(**NO_PERIODIC_SWEEP)
     response = fake_openai.start_response(Behaviour(deltas=("one ", "two ", "three")))
     # Checkpointed after upstream event 4 (the last before the first delta).
     _, reply = await orphan(first, response_id=response.id, upstream_sequence=4)

@@ -28,7 +28,7 @@ from tests.ai.fake_openai import Behaviour
 from tests.ai.test_api_keys_live import REVOKE_KEY, create_key
 from tests.ai.test_rights_live import change_role, new_member
 from tests.auth.test_live_auth import connection_init
-from tests.live import EVENTS_SUBSCRIPTION, wait_until
+from tests.live import EVENTS_SUBSCRIPTION, HANG_GUARD, wait_until
 
 DELTAS = ("One ", "two ", "three ", "four ", "five ", "six.")
 
@@ -66,7 +66,7 @@ class Socket:
 
     async def message(self) -> dict[str, Any]:
         while True:
-            message: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), 15))
+            message: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), HANG_GUARD))
             if message["type"] == "ping":
                 await self.ws.send(json.dumps({"type": "pong"}))
                 continue

@@ -19,7 +19,7 @@ from atlas_gql.graph.streams import StreamSlots
 from atlas_gql.logs.models import ErrorLog
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
-from tests.live import EVENTS_SUBSCRIPTION, wait_until
+from tests.live import EVENTS_SUBSCRIPTION, HANG_GUARD, wait_until
 
 SSE = "text/event-stream"
 MULTIPART = 'multipart/mixed;boundary="graphql";subscriptionSpec=1.0,application/json'
@@ -72,7 +72,7 @@ class HttpStream:
                 else:
                     yield {"event": "next", "payload": message["payload"]}
 
-    async def message(self, timeout: float = 10) -> dict[str, Any]:
+    async def message(self, timeout: float = HANG_GUARD) -> dict[str, Any]:
         """The next message, heartbeats skipped."""
         while True:
             message = await asyncio.wait_for(anext(self._messages), timeout)
@@ -336,7 +336,7 @@ async def test_multipart_starts_with_a_heartbeat(ai: AIServer, http: httpx.Async
         stream = await open_stream(
             http, MULTIPART, ai.people.member, _subscription(thread_id), stack
         )
-        first = await asyncio.wait_for(anext(stream._messages), 10)
+        first = await asyncio.wait_for(anext(stream._messages), HANG_GUARD)
         assert first["event"] == "heartbeat"
 
 

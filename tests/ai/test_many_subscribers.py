@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 from tests.ai.conftest import AIServer
+from tests.live import wait_until
 
 SUBSCRIBERS = 45  # the live server's pool holds 10 + 10 overflow connections
 
@@ -28,4 +29,6 @@ async def test_subscribers_beyond_the_pool_size_all_receive_the_reply(ai: AIServ
         )
     assert [events[-1]["__typename"] for events in finals] == ["MessageCompleted"] * SUBSCRIBERS
     pool = ai.server.app.state.atlas["runtime"].engine.pool
-    assert pool.checkedout() == 0
+    # None kept: every connection comes back (the app's own periodic work, e.g. its reply
+    # sweep or an access re-check still finishing, may hold one for a moment).
+    await wait_until(lambda: pool.checkedout() == 0)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from atlas_gql.ai.broker import RedisBroker
+from atlas_gql.ai.broker import Event, RedisBroker
 from atlas_gql.ai.events import MessageDelta
 from atlas_gql.errors import BrokerUnavailable
 from tests.ai.conftest import TEST_REDIS_TIMEOUT, StartServer
@@ -84,8 +84,8 @@ async def _receives(broker: RedisBroker, thread: uuid.UUID, sequence: int) -> bo
     before = broker.listeners.total(thread)
     first = asyncio.ensure_future(anext(stream))
     try:
-        try:  # subscribed (confirmed by Redis) before publishing
-            async with asyncio.timeout(2):
+        try:  # subscribed (confirmed by Redis) before publishing; the timeout is a hang guard
+            async with asyncio.timeout(30):
                 await broker.listeners.wait_total(thread, before + 1)
         except TimeoutError:
             return False
@@ -93,7 +93,7 @@ async def _receives(broker: RedisBroker, thread: uuid.UUID, sequence: int) -> bo
             thread, MessageDelta(sequence=sequence, thread_id=thread, message_id=thread, delta="x")
         )
         try:
-            event = await asyncio.wait_for(first, 2)
+            event = await asyncio.wait_for(first, 30)
         except TimeoutError:
             return False
         return bool(event.sequence == sequence)
@@ -137,4 +137,53 @@ async def test_a_failed_subscribe_leaves_nothing_behind(
         await wait_until(lambda: not broker.breaker.is_open)
         assert await _receives(broker, thread, 1)
     finally:
+        await broker.close()
+
+
+async def test_a_late_subscribe_confirmation_is_waited_for_while_redis_answers() -> None:
+    """A confirmation later than the subscribe timeout (this worker's listener is busy; here
+    it is held in a control handler) is not BROKER_UNAVAILABLE while Redis answers a PING:
+    the subscriber waits again, and gets its events once the confirmation is read."""
+    broker = RedisBroker(REDIS_URL, timeout=TEST_REDIS_TIMEOUT, subscribe_timeout=0.05)
+    # Enough rounds for any machine: the test releases the listener once one ran out.
+    broker.subscribe_attempts = 100_000
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def busy(message: dict[str, object]) -> None:
+        held.set()
+        await release.wait()
+
+    broker.set_control_handler(busy)
+    await broker.start()
+    thread = uuid.uuid4()
+    stream = broker.subscribe(thread, after_sequence=None)
+    first: asyncio.Future[Event] | None = None
+    try:
+        # The listener is held first; then the SUBSCRIBE's confirmation waits behind it.
+        await broker.publish_control({"action": "hold"})
+        async with asyncio.timeout(30):
+            await held.wait()
+        first = asyncio.ensure_future(anext(stream))
+        subscribing = asyncio.ensure_future(broker.listeners.wait_total(thread, 1))
+        await wait_until(lambda: broker.late_confirmations >= 1, timeout=30)
+        assert not subscribing.done()  # not in place: its confirmation was not read yet
+        assert not first.done()  # and not refused either
+        release.set()
+        async with asyncio.timeout(30):
+            await subscribing
+        await broker.publish(
+            thread, MessageDelta(sequence=1, thread_id=thread, message_id=thread, delta="x")
+        )
+        async with asyncio.timeout(30):
+            event = await first
+        assert event.sequence == 1
+        assert not broker.breaker.is_open
+    finally:
+        release.set()
+        if first is not None:
+            first.cancel()
+            with contextlib.suppress(BaseException):
+                await first
+        await aclose(stream)
         await broker.close()

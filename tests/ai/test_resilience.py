@@ -13,7 +13,7 @@ from sqlmodel import col
 
 from atlas_gql.ai.models import Message
 from atlas_gql.logs.models import ErrorLog, ErrorSource
-from tests.ai.conftest import AIServer, StartServer
+from tests.ai.conftest import NO_PERIODIC_SWEEP, AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
 from tests.ai.test_files import upload
 from tests.ai.test_redis_broker import REDIS_URL
@@ -45,7 +45,11 @@ async def broker_down(*args: Any, **kwargs: Any) -> None:
 # -- no pooled connection is held while the upstream works ---------------------------------
 
 
-async def test_slow_uploads_and_deletes_hold_no_database_connection(ai: AIServer) -> None:
+async def test_slow_uploads_and_deletes_hold_no_database_connection(
+    start_ai_server: StartServer,
+) -> None:
+    # Nothing else of the app takes a connection meanwhile (its reply sweep does not run).
+    ai = await start_ai_server(**NO_PERIODIC_SWEEP)
     pool = ai.server.app.state.atlas["runtime"].engine.pool
     gate = ai.fake.gates["upload"] = asyncio.Event()
     uploads = [
@@ -139,7 +143,7 @@ async def test_cancel_through_another_worker_when_the_control_channel_is_down(
     # checkpoint it finds the message no longer IN_PROGRESS).
     [response_id] = list(first.fake.responses)
     await wait_until(lambda: first.fake.calls(f"/v1/responses/{response_id}/cancel"))
-    await wait_until(lambda: not ai_runtime(first).replies, timeout=6)
+    await wait_until(lambda: not ai_runtime(first).replies, timeout=60)
     assert first.fake.open_streams == 0
 
 
@@ -231,23 +235,27 @@ async def test_upstream_401_text_with_a_key_stays_out_of_messages_and_events(
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "status", "error"),
+    ("behaviour", "timeout", "status", "error"),
     [
-        (Behaviour(kind="abort", deltas_before_failure=2), "INCOMPLETE",
+        # The failures the upstream reports come long before the generous timeout (on a
+        # loaded machine, 0.5 s turned a slow first event into "timed out").
+        (Behaviour(kind="abort", deltas_before_failure=2), 30.0, "INCOMPLETE",
          "The connection to the AI provider was cut."),
-        (Behaviour(kind="failed", deltas_before_failure=2), "FAILED",
+        (Behaviour(kind="failed", deltas_before_failure=2), 30.0, "FAILED",
          "The AI provider could not complete the reply."),
-        (Behaviour(kind="error_event", deltas_before_failure=1), "FAILED",
+        (Behaviour(kind="error_event", deltas_before_failure=1), 30.0, "FAILED",
          "The AI provider reported an error."),
-        (Behaviour(delay=2.0, deltas=("late",)), "FAILED", "The reply timed out."),
+        # Silent for 20 times the timeout: only the timeout can end it.
+        (Behaviour(delay=10.0, deltas=("late",)), 0.5, "FAILED", "The reply timed out."),
     ],
+    ids=["abort", "failed", "error_event", "timeout"],
 )  # fmt: skip
 async def test_users_read_a_generic_message_per_failure_kind(
-    start_ai_server: StartServer, behaviour: Behaviour, status: str, error: str
+    start_ai_server: StartServer, behaviour: Behaviour, timeout: float, status: str, error: str
 ) -> None:
     # A foreground response (a background one is read again after a cut or a timeout:
     # tests/ai/test_background.py).
-    ai = await start_ai_server(atlas_openai_timeout=0.5, atlas_openai_background=False)
+    ai = await start_ai_server(atlas_openai_timeout=timeout, atlas_openai_background=False)
     ai.fake.then(*[behaviour] * 3)
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:

@@ -20,7 +20,7 @@ from atlas_gql.ai.events import (
 from atlas_gql.ai.models import MessageRole, MessageStatus
 from atlas_gql.ai.pricing import allowed_models, cost_usd
 from atlas_gql.config import Settings
-from tests.live import aclose
+from tests.live import HANG_GUARD, aclose
 
 THREAD = uuid.uuid4()
 
@@ -76,7 +76,7 @@ def _completed(sequence: int, message: str = "m1", content: str = "") -> Message
 
 
 async def _take(stream: Any, count: int) -> list[ThreadEvent]:
-    return [await asyncio.wait_for(anext(stream), 2) for _ in range(count)]
+    return [await asyncio.wait_for(anext(stream), HANG_GUARD) for _ in range(count)]
 
 
 async def test_live_events_in_order_without_duplicates() -> None:
@@ -147,9 +147,9 @@ async def _replayed(broker: MemoryBroker, thread: uuid.UUID) -> list[ThreadEvent
     first = asyncio.ensure_future(anext(stream))
     await broker.listeners.wait_total(thread, before + 1)
     await broker.publish(thread, _delta(MARKER, "", "marker"))
-    events = [await asyncio.wait_for(first, 2)]
+    events = [await asyncio.wait_for(first, HANG_GUARD)]
     while events[-1].sequence != MARKER:
-        events.append(await asyncio.wait_for(anext(stream), 2))
+        events.append(await asyncio.wait_for(anext(stream), HANG_GUARD))
     await aclose(stream)
     return events[:-1]
 

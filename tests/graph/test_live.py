@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import websockets
 
 from atlas_gql.auth import loaders as auth_loaders
-from tests.live import LiveServer
+from tests.live import HANG_GUARD, LiveServer
 
 
 async def test_live_server_answers_http(live_server: LiveServer) -> None:
@@ -65,7 +65,7 @@ async def _ws_run(ws: Any, operation_id: str, query: str) -> dict[str, Any]:
         json.dumps({"id": operation_id, "type": "subscribe", "payload": {"query": query}})
     )
     while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        message = json.loads(await asyncio.wait_for(ws.recv(), HANG_GUARD))
         if message.get("id") != operation_id:
             continue
         if message["type"] == "next":

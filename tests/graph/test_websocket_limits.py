@@ -15,7 +15,7 @@ from websockets.typing import Subprotocol
 from atlas_gql.graph.limits.body import MAX_JSON_DEPTH
 from atlas_gql.graph.websocket import MAX_CONNECTION_INIT_BYTES
 from tests.graph.document_attacks import ATTACKS
-from tests.live import LiveServer
+from tests.live import HANG_GUARD, LiveServer
 
 PROTOCOL = [Subprotocol("graphql-transport-ws")]
 
@@ -33,7 +33,7 @@ async def closed_with(ws: Any) -> tuple[int, str]:
 
     async def drain() -> None:
         while True:
-            await asyncio.wait_for(ws.recv(), 10)
+            await asyncio.wait_for(ws.recv(), HANG_GUARD)
 
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await drain()
@@ -63,7 +63,7 @@ async def acked(live_server: LiveServer) -> AsyncIterator[Any]:
 
 async def first_answer(ws: Any, operation_id: str) -> dict[str, Any]:
     while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        message = json.loads(await asyncio.wait_for(ws.recv(), HANG_GUARD))
         if message.get("id") == operation_id:
             return message  # type: ignore[no-any-return]
 
