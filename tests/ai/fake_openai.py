@@ -153,7 +153,7 @@ class FakeOpenAI:
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     waiting: int = 0
     waiting_at: dict[str, int] = field(default_factory=dict)
-    # When set, every streamed delta of a response first takes a permit: a test releases
+    # When set, every streamed delta (Responses or Chat) first takes a permit: a test releases
     # deltas one by one (`delta_permits.release()`), pacing the reply by signals, not time.
     delta_permits: asyncio.Semaphore | None = None
     # Vector stores over `files` (tests/ai/fake_tools.py).
@@ -770,6 +770,8 @@ class FakeOpenAI:
         for index, delta in enumerate(deltas):
             if pause := self._pause(behaviour, index):
                 await asyncio.sleep(pause)
+            if self.delta_permits is not None:
+                await self.delta_permits.acquire()
             yield chunk({"content": self._delta_text(behaviour, delta)})
         if behaviour.kind == "cut":
             return

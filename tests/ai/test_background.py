@@ -525,7 +525,10 @@ async def test_a_clean_shutdown_releases_the_reply_for_the_next_worker(
 
 
 async def test_cancelling_a_background_reply_cancels_it_upstream(ai: AIServer) -> None:
-    ai.fake.then(Behaviour(deltas=tuple(f"c{i} " for i in range(200)), delay=0.05))
+    # One delta, then the upstream holds (`delta_permits`): the reply is still running when
+    # the test acts, however slow the machine (a 10 s reply was a bet on the clock).
+    ai.fake.delta_permits = asyncio.Semaphore(1)
+    ai.fake.then(Behaviour(deltas=tuple(f"c{i} " for i in range(200))))
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
         reply_id = (await ai.send(thread_id))["data"]["sendMessage"]["assistantMessage"]["id"]
@@ -602,7 +605,10 @@ async def test_a_worker_whose_reply_was_taken_over_stops_without_touching_it(
 ) -> None:
     runtime = runtime_of(ai)
     runtime.heartbeat_interval = 0.05
-    ai.fake.then(Behaviour(deltas=tuple(f"t{i} " for i in range(400)), delay=0.02))
+    # One delta, then the upstream holds (`delta_permits`): the reply is still running when
+    # the test acts, however slow the machine (a 10 s reply was a bet on the clock).
+    ai.fake.delta_permits = asyncio.Semaphore(1)
+    ai.fake.then(Behaviour(deltas=tuple(f"t{i} " for i in range(400))))
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
         reply_id = (await ai.send(thread_id))["data"]["sendMessage"]["assistantMessage"]["id"]

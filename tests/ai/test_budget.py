@@ -87,8 +87,10 @@ async def test_concurrent_sends_in_many_threads_cannot_pass_the_budget_together(
         await subscription.until_final()
     await ai.client.data(SET_BUDGET, {"p": project_id, "v": 31}, token=pm)
 
-    # Slow replies, so every accepted one is still running while the others ask.
-    ai.fake.then(*(Behaviour(deltas=("x ",) * 100, delay=0.05) for _ in others))
+    # Held replies (`delta_permits`: one delta each, then the upstream waits), so every
+    # accepted one is still running while the others ask, however slow the machine.
+    ai.fake.delta_permits = asyncio.Semaphore(len(others))
+    ai.fake.then(*(Behaviour(deltas=("x ",) * 100) for _ in others))
     bodies = await asyncio.gather(*(ai.send(thread, token=pm) for thread in others))
 
     accepted = [body for body in bodies if "errors" not in body]
@@ -132,7 +134,9 @@ async def test_cancelled_reply_without_provider_usage_is_counted_as_an_estimate(
 ) -> None:
     pm = await ai.server.sign_in("pm@example.com")
     project_id, [thread_id] = await _project(ai, pm, threads=1)
-    ai.fake.then(Behaviour(deltas=tuple(f"word{i} " for i in range(200)), delay=0.05))
+    # Five deltas, then the upstream holds (`delta_permits`) until the cancel.
+    ai.fake.delta_permits = asyncio.Semaphore(5)
+    ai.fake.then(Behaviour(deltas=tuple(f"word{i} " for i in range(200))))
     content = "Tell me a long story, please."
     async with ai.client.subscribe(pm, thread_id) as subscription:
         body = await ai.send(thread_id, content, token=pm)

@@ -204,7 +204,10 @@ async def test_stopping_the_server_leaves_running_replies_incomplete(
     # Without background responses nothing goes on generating once the worker stops (a
     # background reply is released for the next worker: tests/ai/test_background.py).
     ai = await start_ai_server(**settings)
-    ai.fake.then(Behaviour(deltas=("s ",) * 200, delay=0.05))
+    # One delta, then the upstream holds (`delta_permits`): the reply is still running when
+    # the server stops, however slow the machine.
+    ai.fake.delta_permits = asyncio.Semaphore(1)
+    ai.fake.then(Behaviour(deltas=("s ",) * 200))
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
         payload = (await ai.send(thread_id))["data"]["sendMessage"]

@@ -4,6 +4,7 @@ BROKER_UNAVAILABLE, and once Redis answers again events reach the other workers 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -85,7 +86,10 @@ async def test_replies_run_and_cancel_while_redis_hangs(
         assert breaker.is_open
 
         # A cancel on the worker running the reply: local, no Redis needed.
-        first.fake.then(Behaviour(deltas=tuple(f"c{i} " for i in range(200)), delay=0.05))
+        # One delta, then the upstream holds (`delta_permits`) until the cancel: the reply is
+        # still running when the test cancels it, however slow the machine.
+        first.fake.delta_permits = asyncio.Semaphore(1)
+        first.fake.then(Behaviour(deltas=tuple(f"c{i} " for i in range(200))))
         reply_id = (await first.send(thread_id, "stop me"))["data"]["sendMessage"][
             "assistantMessage"
         ]["id"]
@@ -98,7 +102,8 @@ async def test_replies_run_and_cancel_while_redis_hangs(
 
         # A cancel on another worker: it cannot reach the worker running the reply through
         # Redis, so it finishes the message in the database; the running worker stops.
-        first.fake.then(Behaviour(deltas=tuple(f"e{i} " for i in range(200)), delay=0.05))
+        first.fake.delta_permits = asyncio.Semaphore(1)
+        first.fake.then(Behaviour(deltas=tuple(f"e{i} " for i in range(200))))
         reply_id = (await first.send(thread_id, "stop me too"))["data"]["sendMessage"][
             "assistantMessage"
         ]["id"]

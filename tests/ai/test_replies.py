@@ -15,7 +15,7 @@ from atlas_gql.ai.models import Message, MessageStatus, Thread
 from atlas_gql.ids import decode_global_id
 from atlas_gql.logs.models import ActivityLog, ApiUsageLog, ErrorLog, ErrorSource
 from tests.ai.conftest import UPSTREAM_KEY, AIServer
-from tests.ai.fake_openai import Behaviour
+from tests.ai.fake_openai import DEFAULT_DELTAS, Behaviour
 from tests.conftest import error_codes
 from tests.live import Subscription, wait_until
 
@@ -140,13 +140,18 @@ async def test_usage_shows_in_api_usage_by_model(ai: AIServer) -> None:
 
 
 async def test_second_send_while_a_reply_runs_is_a_conflict(ai: AIServer) -> None:
-    ai.fake.then(Behaviour(delay=0.2))
+    # The upstream holds the reply's deltas (`delta_permits`) until both sends are answered:
+    # the first reply is running when the second send arrives, however slow the machine.
+    ai.fake.delta_permits = asyncio.Semaphore(0)
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
         first, second = await asyncio.gather(ai.send(thread_id, "one"), ai.send(thread_id, "two"))
         outcomes = sorted([error_codes(first), error_codes(second)])
         assert outcomes == [[], ["CONFLICT"]]
+        for _ in DEFAULT_DELTAS:
+            ai.fake.delta_permits.release()
         await subscription.until_final()
+    ai.fake.delta_permits = None
     # Once the reply is over, the thread takes a new message.
     assert "errors" not in await ai.send(thread_id, "three")
 

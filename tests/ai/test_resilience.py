@@ -98,7 +98,10 @@ async def test_send_and_cancel_work_while_the_broker_is_down(
     assert (await message_state(ai, reply_id))["content"] == "Hello, this is ATLAS."
 
     # The thread is free for the next exchange, which a cancel stops.
-    ai.fake.then(Behaviour(deltas=tuple(f"w{i} " for i in range(200)), delay=0.05))
+    # One delta, then the upstream holds (`delta_permits`): the reply is still running when
+    # the test acts, however slow the machine (a 10 s reply was a bet on the clock).
+    ai.fake.delta_permits = asyncio.Semaphore(1)
+    ai.fake.then(Behaviour(deltas=tuple(f"w{i} " for i in range(200))))
     body = await ai.send(thread_id, "A long one")
     assert "errors" not in body, body
     reply_id = body["data"]["sendMessage"]["assistantMessage"]["id"]
@@ -106,6 +109,7 @@ async def test_send_and_cancel_work_while_the_broker_is_down(
     cancelled = await ai.client.data(CANCEL, {"id": reply_id}, token=ai.people.member)
     assert cancelled["cancelMessage"]["status"] == "CANCELLED"
     await wait_until(lambda: ai.fake.open_streams == 0)
+    ai.fake.delta_permits = None
 
     monkeypatch.undo()
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
@@ -123,7 +127,10 @@ async def test_cancel_through_another_worker_when_the_control_channel_is_down(
 ) -> None:
     first = await start_ai_server(redis_url=REDIS_URL)
     second = await start_ai_server(redis_url=REDIS_URL)
-    first.fake.then(Behaviour(deltas=tuple(f"r{i} " for i in range(200)), delay=0.05))
+    # One delta, then the upstream holds (`delta_permits`): the reply is still running when
+    # the test acts, however slow the machine (a 10 s reply was a bet on the clock).
+    first.fake.delta_permits = asyncio.Semaphore(1)
+    first.fake.then(Behaviour(deltas=tuple(f"r{i} " for i in range(200))))
     thread_id = await first.new_thread()
     monkeypatch.setattr(ai_runtime(second).broker, "publish_control", broker_down)
     async with first.client.subscribe(first.people.member, thread_id) as subscription:
