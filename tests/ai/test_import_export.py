@@ -304,6 +304,25 @@ async def _cited(ai: AIServer, thread_id: str, token: str) -> list[dict[str, Any
     return list(citations)
 
 
+def _exported_reply(document: str) -> dict[str, Any]:
+    """The one reply of an exported thread."""
+    messages = json.loads(document)["threads"][0]["messages"]
+    [reply] = [message for message in messages if message["role"] == "ASSISTANT"]
+    return dict(reply)
+
+
+async def _stored_reply(ai: AIServer, thread_id: str) -> Message:
+    [stored] = await rows(
+        ai,
+        sa.select(Message).where(
+            col(Message.thread_id) == uuid_of(thread_id),
+            col(Message.role) == MessageRole.ASSISTANT,
+        ),
+    )
+    assert isinstance(stored, Message)
+    return stored
+
+
 async def test_citations_are_exported_and_imported(ai: AIServer) -> None:
     """A reply's citations travel in the ATLAS format: a cited file by its global id, linked
     again on import for an importer who may see it; for one who may not, the citation keeps
@@ -331,9 +350,7 @@ async def test_citations_are_exported_and_imported(ai: AIServer) -> None:
         await db.commit()
 
     document = await export(ai, thread_id)
-    [reply] = [
-        m for m in json.loads(document)["threads"][0]["messages"] if m["role"] == "ASSISTANT"
-    ]
+    reply = _exported_reply(document)
     as_exported = [
         {"kind": "FILE", "fileId": file["id"], "url": None, "title": "f.txt",
          "quote": "falcons fly fast", "startIndex": 5, "endIndex": 5},
@@ -354,13 +371,7 @@ async def test_citations_are_exported_and_imported(ai: AIServer) -> None:
     body = await import_file(ai, document.encode(), format="ATLAS", **target)
     mine = body["data"]["importThreads"]["results"][0]["thread"]["id"]
     assert await _cited(ai, mine, people.member) == as_read
-    [stored] = await rows(
-        ai,
-        sa.select(Message).where(
-            col(Message.thread_id) == uuid_of(mine),
-            col(Message.role) == MessageRole.ASSISTANT,
-        ),
-    )
+    stored = await _stored_reply(ai, mine)
     assert stored.citations[0]["openaiFileId"] == file["openaiFileId"]
     # A round trip gives the same document (but for the ids).
     assert shape(await export(ai, mine)) == shape(document)
@@ -370,24 +381,14 @@ async def test_citations_are_exported_and_imported(ai: AIServer) -> None:
     managed = await ai.client.data(
         EXPORT_THREAD, {"id": thread_id, "format": "JSON"}, token=people.manager
     )
-    [reply] = [
-        m for m in json.loads(managed["exportThread"])["threads"][0]["messages"]
-        if m["role"] == "ASSISTANT"
-    ]  # fmt: skip
-    assert reply["citations"][0]["fileId"] is None
+    assert _exported_reply(managed["exportThread"])["citations"][0]["fileId"] is None
     body = await import_file(ai, document.encode(), format="ATLAS", token=people.manager, **target)
     theirs = body["data"]["importThreads"]["results"][0]["thread"]["id"]
     title_only = [{**as_read[0], "file": None}, as_read[1]]
     assert await _cited(ai, theirs, people.manager) == title_only
     # Not even the uploader, reading the manager's thread, sees the file linked there.
     assert await _cited(ai, theirs, people.member) == title_only
-    [stored] = await rows(
-        ai,
-        sa.select(Message).where(
-            col(Message.thread_id) == uuid_of(theirs),
-            col(Message.role) == MessageRole.ASSISTANT,
-        ),
-    )
+    stored = await _stored_reply(ai, theirs)
     assert (stored.citations[0]["fileId"], stored.citations[0]["openaiFileId"]) == (None, None)
 
     # Malformed citations are refused, naming where.

@@ -305,13 +305,7 @@ async def test_generate_thread_title_reads_the_branch_shown(ai: AIServer) -> Non
         assert "errors" not in body, body
         await subscription.until_final()
 
-    ai.fake.then_complete(Behaviour(deltas=("Dogs",)))
-    body = await ai.client.gql(GENERATE, {"id": thread_id}, token=people.member)
-    assert body["data"]["generateThreadTitle"]["title"] == "Dogs", body
-    call = _title_calls(ai)[-1]
-    assert "User: Tell me about dogs" in call.body["input"]
-    assert "About dogs." in call.body["input"]
-    assert "cats" not in call.body["input"]
+    assert await _titled_after(ai, thread_id, "dogs") == "User: Tell me about dogs"
 
     # Back on the original branch: named after it.
     selected = await ai.client.gql(
@@ -320,10 +314,18 @@ async def test_generate_thread_title_reads_the_branch_shown(ai: AIServer) -> Non
         token=people.member,
     )
     assert "errors" not in selected, selected
-    ai.fake.then_complete(Behaviour(deltas=("Cats",)))
-    body = await ai.client.gql(GENERATE, {"id": thread_id}, token=people.member)
-    assert body["data"]["generateThreadTitle"]["title"] == "Cats", body
-    call = _title_calls(ai)[-1]
-    assert "User: Tell me about cats" in call.body["input"]
-    assert "About cats." in call.body["input"]
-    assert "dogs" not in call.body["input"]
+    assert await _titled_after(ai, thread_id, "cats") == "User: Tell me about cats"
+
+
+async def _titled_after(ai: AIServer, thread_id: str, animal: str) -> str:
+    """generateThreadTitle, the model answering `animal` capitalised; the prompt's first line
+    (the question), after checking the prompt holds that exchange only."""
+    title = animal.capitalize()
+    ai.fake.then_complete(Behaviour(deltas=(title,)))
+    body = await ai.client.gql(GENERATE, {"id": thread_id}, token=ai.people.member)
+    assert body["data"]["generateThreadTitle"]["title"] == title, body
+    prompt: str = _title_calls(ai)[-1].body["input"]
+    assert f"About {animal}." in prompt
+    other = {"cats": "dogs", "dogs": "cats"}[animal]
+    assert other not in prompt
+    return prompt.splitlines()[0]
