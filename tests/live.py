@@ -4,7 +4,9 @@ graphql-transport-ws clients. Every test that needs uvicorn or WebSockets uses t
 
 Deterministic waits: `AtlasClient.subscribe` returns once the server's broker has the
 subscription in place (`Listeners`, the "subscribed" signal), the fake OpenAI paces deltas on
-`delta_permits`, and `wait_until` polls a condition of the system under test with a deadline.
+`delta_permits`, and `wait_until` polls a condition of the system under test with a deadline
+(`HANG_GUARD`: only a hang meets it). The live database outlives each test, so the live-server
+fixtures end the replies a test left running when its servers stop (`finish_leftover_replies`).
 Fixtures here are registered for the whole suite by `pytest_plugins` in tests/conftest.py."""
 
 from __future__ import annotations
