@@ -83,6 +83,16 @@ async def indexed_file(
     return file_id
 
 
+async def index_error_logged(ai: AIServer, file_id: str) -> ErrorLog:
+    """The ErrorLog row of a file's failed indexing, once written: it is stored after the
+    file's FAILED status (a transaction of its own), so a test that saw FAILED waits for it."""
+    statement = sa.select(ErrorLog).where(col(ErrorLog.path) == f"index/{file_id}")
+    await wait_until(lambda: rows(ai, statement))
+    [logged] = await rows(ai, statement)
+    assert isinstance(logged, ErrorLog)
+    return logged
+
+
 async def status_is(ai: AIServer, file_id: str, token: str, status: str) -> bool:
     """The file's indexStatus is `status` (a condition for `wait_until`)."""
     node = (await ai.client.data(FILE, {"id": file_id}, token=token))["node"]
@@ -361,7 +371,7 @@ async def test_indexing_failure_is_reported(ai: AIServer) -> None:
     await wait_until(lambda: status_is(ai, file_id, people.member, "FAILED"))
     node = (await ai.client.data(FILE, {"id": file_id}, token=people.member))["node"]
     assert node["indexError"] == "The AI provider could not index the file for file search."
-    [logged] = await rows(ai, sa.select(ErrorLog).where(col(ErrorLog.path) == f"index/{file_id}"))
+    logged = await index_error_logged(ai, file_id)
     assert logged.source is ErrorSource.UPSTREAM
     assert "could not be parsed" in logged.message
 
@@ -465,7 +475,7 @@ async def test_indexing_failures_fold_by_the_configured_window(
     file_id = response.json()["data"]["uploadFile"]["id"]
     await ai.client.data(ATTACH, {"f": file_id, "t": assistant_id}, token=people.member)
     await wait_until(lambda: status_is(ai, file_id, people.member, "FAILED"))
-    [logged] = await rows(ai, sa.select(ErrorLog).where(col(ErrorLog.path) == f"index/{file_id}"))
+    logged = await index_error_logged(ai, file_id)
     assert logged.window_start == ErrorLogPolicy(window_seconds=86_400).window_start(
         logged.window_start
     )
