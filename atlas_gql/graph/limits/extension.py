@@ -48,7 +48,7 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from atlas_gql.auth.tokens import bearer_token, decode_access_token
-from atlas_gql.config import Settings
+from atlas_gql.config import Settings, settings_group
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.limits.analysis import (
     DocumentAnalysis,
@@ -90,14 +90,13 @@ class DocumentLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DocumentLimits:
-        return cls(
-            max_document_bytes=settings.atlas_max_document_bytes,
-            max_tokens=settings.atlas_max_tokens,
-            max_depth=settings.atlas_max_depth,
-            max_aliases=settings.atlas_max_aliases,
-            max_cost=settings.atlas_max_cost,
-            introspection=settings.introspection_enabled,
-            cache_bytes=settings.atlas_document_cache_bytes,
+        return settings_group(
+            cls,
+            settings,
+            prefix="atlas_",
+            introspection="introspection_enabled",
+            cache_bytes="atlas_document_cache_bytes",
+            caps=None,
         )
 
 
