@@ -155,3 +155,21 @@ async def run_or_refuse(
     except refusal:
         if not response_started:
             await refuse(send)
+
+
+class HttpGuard:
+    """The base of the middlewares that may refuse an HTTP request before GraphQL runs (its
+    body's size, its body's pace): `guard` sees HTTP requests; other scopes (WebSocket,
+    lifespan) pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.guard(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
