@@ -20,7 +20,7 @@ costs them parse and validation, which the limits above bound."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -61,7 +61,7 @@ from atlas_gql.graph.limits.cache import BytesBoundedLRU
 from atlas_gql.graph.limits.inputs import literal_string_errors, variable_string_errors
 from atlas_gql.graph.limits.lexer import parse_document
 from atlas_gql.graph.limits.overlap import OverlappingFieldsRule, too_complex_error
-from atlas_gql.graph.limits.structure import StructureCaps, count_document
+from atlas_gql.graph.limits.structure import STRUCTURE_CAPS, StructureCaps, count_document
 
 QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
@@ -86,7 +86,7 @@ class DocumentLimits:
     max_cost: int
     introspection: bool
     cache_bytes: int
-    caps: StructureCaps = field(default_factory=StructureCaps)
+    caps: StructureCaps = STRUCTURE_CAPS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DocumentLimits:
