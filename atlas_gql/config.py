@@ -5,15 +5,20 @@ class), each setting with its description and bounds, and its production checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Group = TypeVar("Group", bound="DataclassInstance")
 
 # Development defaults. They are public (committed in `.env` too), so production refuses them.
 DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
@@ -500,6 +505,20 @@ class Settings(BaseSettings):
         if self.atlas_graphiql is None:
             return not self.is_production
         return self.atlas_graphiql
+
+
+def settings_group(
+    cls: type[Group], settings: Settings, *, prefix: str, **sources: str | None
+) -> Group:
+    """A dataclass of related settings (the sign-in limits, the document limits, the ErrorLog
+    policy) read from `settings`: field `f` from `settings.<prefix><f>`, or from the setting or
+    property `sources[f]` names; a field whose source is None keeps its default."""
+    values: dict[str, Any] = {}
+    for item in fields(cls):
+        source = sources.get(item.name, prefix + item.name)
+        if source is not None:
+            values[item.name] = getattr(settings, source)
+    return cls(**values)
 
 
 @lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atlas_gql.errors import error_body, run_or_refuse, send_error_response
+from atlas_gql.errors import HttpGuard, error_body, run_or_refuse, send_error_response
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -114,19 +114,16 @@ class ClientAddressMiddleware:
             scope["client"] = (client, port)
 
 
-class BodyTimeoutMiddleware:
+class BodyTimeoutMiddleware(HttpGuard):
     """Answers 408 when a client has not sent its whole request body within ATLAS_BODY_TIMEOUT
     seconds of the request's start (a client trickling a body would otherwise hold a worker's
     request, its memory and its connection for as long as it likes)."""
 
     def __init__(self, app: ASGIApp, *, timeout: float) -> None:
-        self.app = app
+        super().__init__(app)
         self.timeout = timeout
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         deadline = asyncio.get_running_loop().time() + self.timeout
         # Without Content-Length or Transfer-Encoding a request has no body (RFC 9112 6.3):
         # nothing to wait for, so no timer either (GET, health checks, static assets).

@@ -30,10 +30,16 @@ class ErrorCode(StrEnum):
 
 
 class AtlasError(Exception):
-    """An error whose message is safe to show to the client."""
+    """An error whose message is safe to show to the client. A subclass names its code and
+    default message as class keywords: `class NotFound(AtlasError, code=..., message=...)`."""
 
     code: ErrorCode = ErrorCode.INTERNAL_SERVER_ERROR
     default_message = "Internal server error."
+
+    def __init_subclass__(cls, *, code: ErrorCode, message: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code
+        cls.default_message = message
 
     def __init__(self, message: str | None = None, **extensions: Any) -> None:
         self.message = message or self.default_message
@@ -41,72 +47,67 @@ class AtlasError(Exception):
         super().__init__(self.message)
 
 
-class Unauthenticated(AtlasError):
-    code = ErrorCode.UNAUTHENTICATED
-    default_message = "Authentication required."
+class Unauthenticated(
+    AtlasError, code=ErrorCode.UNAUTHENTICATED, message="Authentication required."
+):
+    pass
 
 
-class Forbidden(AtlasError):
-    code = ErrorCode.FORBIDDEN
-    default_message = "You are not allowed to do this."
+class Forbidden(AtlasError, code=ErrorCode.FORBIDDEN, message="You are not allowed to do this."):
+    pass
 
 
-class NotFound(AtlasError):
-    code = ErrorCode.NOT_FOUND
-    default_message = "Not found."
+class NotFound(AtlasError, code=ErrorCode.NOT_FOUND, message="Not found."):
+    pass
 
 
-class BadInput(AtlasError):
-    code = ErrorCode.BAD_USER_INPUT
-    default_message = "Invalid input."
-
+class BadInput(AtlasError, code=ErrorCode.BAD_USER_INPUT, message="Invalid input."):
     def __init__(self, message: str | None = None, *, field: str | None = None, **extra: Any):
         if field is not None:
             extra["field"] = field
         super().__init__(message, **extra)
 
 
-class BadRequest(AtlasError):
+class BadRequest(AtlasError, code=ErrorCode.BAD_REQUEST, message="Malformed request."):
     """A request that is not a well-formed GraphQL request (answered before execution)."""
 
-    code = ErrorCode.BAD_REQUEST
-    default_message = "Malformed request."
+
+class Conflict(AtlasError, code=ErrorCode.CONFLICT, message="This conflicts with existing data."):
+    pass
 
 
-class Conflict(AtlasError):
-    code = ErrorCode.CONFLICT
-    default_message = "This conflicts with existing data."
-
-
-class RateLimited(AtlasError):
-    code = ErrorCode.RATE_LIMITED
-    default_message = "Too many attempts; try again later."
-
+class RateLimited(
+    AtlasError, code=ErrorCode.RATE_LIMITED, message="Too many attempts; try again later."
+):
     def __init__(self, message: str | None = None, *, retry_after: int, **extra: Any) -> None:
         super().__init__(message, retryAfter=retry_after, **extra)
         self.retry_after = retry_after
 
 
-class QuotaExceeded(AtlasError):
-    code = ErrorCode.QUOTA_EXCEEDED
-    default_message = "Quota exceeded."
+class QuotaExceeded(AtlasError, code=ErrorCode.QUOTA_EXCEEDED, message="Quota exceeded."):
+    pass
 
 
-class UpstreamError(AtlasError):
-    code = ErrorCode.UPSTREAM_ERROR
-    default_message = "The AI provider failed to answer."
+class UpstreamError(
+    AtlasError, code=ErrorCode.UPSTREAM_ERROR, message="The AI provider failed to answer."
+):
+    pass
 
 
-class DbUnavailable(AtlasError):
-    code = ErrorCode.DB_UNAVAILABLE
-    default_message = "The database is unavailable; try again shortly."
+class DbUnavailable(
+    AtlasError,
+    code=ErrorCode.DB_UNAVAILABLE,
+    message="The database is unavailable; try again shortly.",
+):
+    pass
 
 
-class BrokerUnavailable(AtlasError):
+class BrokerUnavailable(
+    AtlasError,
+    code=ErrorCode.BROKER_UNAVAILABLE,
+    message="Live events are unavailable right now; try again shortly.",
+):
     """The event broker (Redis) does not answer: live events cannot be delivered now."""
-
-    code = ErrorCode.BROKER_UNAVAILABLE
-    default_message = "Live events are unavailable right now; try again shortly."
 
 
 # --- errors answered below GraphQL (body limits, slow bodies, oversized headers) --------------
@@ -154,3 +155,21 @@ async def run_or_refuse(
     except refusal:
         if not response_started:
             await refuse(send)
+
+
+class HttpGuard:
+    """The base of the middlewares that may refuse an HTTP request before GraphQL runs (its
+    body's size, its body's pace): `guard` sees HTTP requests; other scopes (WebSocket,
+    lifespan) pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.guard(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError

@@ -8,12 +8,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from atlas_gql.auth.ratelimit import LoginLimits
 from atlas_gql.config import (
     DEVELOPMENT_CORS_ORIGINS,
     DEVELOPMENT_JWT_SECRET,
     DEVELOPMENT_SEED_PASSWORD,
     Settings,
+    settings_group,
 )
+from atlas_gql.graph.limits.extension import DocumentLimits
+from atlas_gql.graph.limits.structure import STRUCTURE_CAPS
+from atlas_gql.logs.audit import ErrorLogPolicy
 
 STRONG_SECRET = "p" * 48
 
@@ -101,3 +106,31 @@ def test_production_allows_no_origin_unless_set() -> None:
 def test_an_empty_cors_setting_allows_no_origin_in_development() -> None:
     settings = Settings(_env_file=None, atlas_cors_origins="")
     assert settings.atlas_cors_origins == []
+
+
+def test_settings_groups_read_each_field_from_its_setting() -> None:
+    """`settings_group`: a field reads `<prefix><field>`, or the setting or property it names."""
+    settings = Settings(
+        _env_file=None,
+        atlas_login_max_failures=3,
+        atlas_login_failure_window=123,
+        atlas_login_account_backoff_max=9,
+        atlas_max_cost=777,
+        atlas_document_cache_bytes=5,
+        atlas_introspection=False,
+        atlas_error_log_window_seconds=61,
+        atlas_error_log_rows_per_window=7,
+    )
+    login = LoginLimits.from_settings(settings)
+    assert (login.max_failures, login.window_seconds, login.account_backoff_max) == (3, 123, 9)
+    document = DocumentLimits.from_settings(settings)
+    assert (document.max_cost, document.cache_bytes, document.introspection) == (777, 5, False)
+    assert document.caps == STRUCTURE_CAPS
+    assert ErrorLogPolicy.from_settings(settings) == ErrorLogPolicy(
+        window_seconds=61, rows_per_window=7
+    )
+
+
+def test_a_settings_group_field_without_a_setting_is_an_error() -> None:
+    with pytest.raises(AttributeError, match="atlas_login_window_seconds"):
+        settings_group(LoginLimits, Settings(_env_file=None), prefix="atlas_login_")

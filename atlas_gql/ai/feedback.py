@@ -33,7 +33,7 @@ from atlas_gql.db.pagination import Ordering, Page, PageRequest, paginate
 from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import table_of
 from atlas_gql.errors import BadInput, Conflict, NotFound
-from atlas_gql.logs.service import TimeWindow, require_log_reader
+from atlas_gql.logs.service import TimeWindow, equal_where_given, require_log_reader
 
 FEEDBACK_ORDERING = Ordering(
     sort=col(MessageRating.created_at), id=col(MessageRating.id), descending=True
@@ -160,15 +160,15 @@ async def list_feedback(
         .join(Thread, col(Thread.id) == col(Message.thread_id))
         .where(_visible(viewer))
     )
-    if filter.project_id is not None:
-        statement = statement.where(col(Thread.project_id) == filter.project_id)
-    if filter.assistant_id is not None:
-        statement = statement.where(col(Message.assistant_id) == filter.assistant_id)
-    if filter.model is not None:
-        statement = statement.where(col(Message.model) == filter.model)
-    if filter.rating is not None:
-        statement = statement.where(col(MessageRating.rating) == filter.rating)
-    statement = statement.where(*filter.window.conditions(col(MessageRating.created_at)))
+    statement = statement.where(
+        *equal_where_given(
+            (col(Thread.project_id), filter.project_id),
+            (col(Message.assistant_id), filter.assistant_id),
+            (col(Message.model), filter.model),
+            (col(MessageRating.rating), filter.rating),
+        ),
+        *filter.window.conditions(col(MessageRating.created_at)),
+    )
     return await paginate(db, statement, ordering=FEEDBACK_ORDERING, request=request)
 
 

@@ -19,14 +19,20 @@ from atlas_gql.ai.models import (
     File,
     FileAssociation,
     Message,
-    Rating,
     Thread,
 )
 from atlas_gql.ai.threads import THREAD_ORDERING, last_event_sequences
 from atlas_gql.auth.rules import viewer_literals
-from atlas_gql.auth.viewer import ViewerSource
-from atlas_gql.db.loaders import ReadSessionSource, lists_by_key, pages_by_parent, rows_by_id
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.loaders import (
+    ReadSessionSource,
+    lists_by_key,
+    pages_by_parent,
+    rows_by_id,
+    viewer_keyed,
+)
 from atlas_gql.db.pagination import Ordering
+from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import table_of
 
 # A thread's messages read oldest to newest (a project's threads: as `threads` lists them).
@@ -74,27 +80,22 @@ def last_event_sequence_by_thread(db: ReadSessionSource) -> DataLoader[uuid.UUID
     return DataLoader(load_fn=load)
 
 
-def instructions_visible_by_assistant(
-    db: ReadSessionSource, viewer: ViewerSource
-) -> DataLoader[uuid.UUID, bool]:
-    """Whether the viewer reads each assistant's instructions (`rules.assistant_instructions_
-    visible`, the rule the compiled read path applies in its statement)."""
-
-    async def load(assistant_ids: Sequence[uuid.UUID]) -> list[bool]:
-        signed_in = await viewer()
-        if signed_in is None:
-            return [False for _ in assistant_ids]
-        table = rules.assistants
-        rows = await db().execute(
-            sa.select(table.c.id).where(
-                table.c.id.in_(list(assistant_ids)),
-                rules.assistant_instructions_visible(viewer_literals(signed_in), table),
-            )
+async def _instructions_visible(
+    db: ReadSession, viewer: Viewer, assistant_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, bool]:
+    table = rules.assistants
+    rows = await db.execute(
+        sa.select(table.c.id).where(
+            table.c.id.in_(list(assistant_ids)),
+            rules.assistant_instructions_visible(viewer_literals(viewer), table),
         )
-        visible = set(rows.scalars())
-        return [assistant_id in visible for assistant_id in assistant_ids]
+    )
+    return dict.fromkeys(rows.scalars(), True)
 
-    return DataLoader(load_fn=load)
+
+# Whether the viewer reads each assistant's instructions (`rules.assistant_instructions_
+# visible`, the rule the compiled read path applies in its statement).
+instructions_visible_by_assistant = viewer_keyed(_instructions_visible, default=False)
 
 
 def files_by_target(db: ReadSessionSource) -> DataLoader[FileTarget, list[File]]:
@@ -126,19 +127,8 @@ def files_by_target(db: ReadSessionSource) -> DataLoader[FileTarget, list[File]]
     return DataLoader(load_fn=load)
 
 
-def viewer_rating_by_message(
-    db: ReadSessionSource, viewer: ViewerSource
-) -> DataLoader[uuid.UUID, Rating | None]:
-    """The viewer's rating of each message (None: not rated, or anonymous)."""
-
-    async def load(message_ids: Sequence[uuid.UUID]) -> list[Rating | None]:
-        signed_in = await viewer()
-        if signed_in is None:
-            return [None for _ in message_ids]
-        ratings = await feedback.viewer_ratings(db(), signed_in, message_ids)
-        return [ratings.get(message_id) for message_id in message_ids]
-
-    return DataLoader(load_fn=load)
+# The viewer's rating of each message (None: not rated, or anonymous).
+viewer_rating_by_message = viewer_keyed(feedback.viewer_ratings, default=None)
 
 
 def rating_counts_by_message(db: ReadSessionSource) -> DataLoader[uuid.UUID, tuple[int, int]]:
@@ -151,23 +141,18 @@ def rating_counts_by_message(db: ReadSessionSource) -> DataLoader[uuid.UUID, tup
     return DataLoader(load_fn=load)
 
 
-def visible_file_by_id(
-    db: ReadSessionSource, viewer: ViewerSource
-) -> DataLoader[uuid.UUID, File | None]:
-    """Files by id that the viewer may see (`rules.file_visible`); None otherwise (a cited
-    file since detached from what the viewer sees, or deleted)."""
-
-    async def load(file_ids: Sequence[uuid.UUID]) -> list[File | None]:
-        signed_in = await viewer()
-        if signed_in is None:
-            return [None for _ in file_ids]
-        rows = await db().execute(
-            sa.select(File).where(
-                col(File.id).in_(list(file_ids)),
-                rules.file_visible(viewer_literals(signed_in), table_of(File)),
-            )
+async def _visible_files(
+    db: ReadSession, viewer: Viewer, file_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, File]:
+    rows = await db.execute(
+        sa.select(File).where(
+            col(File.id).in_(list(file_ids)),
+            rules.file_visible(viewer_literals(viewer), table_of(File)),
         )
-        by_id = {file.id: file for file in rows.scalars()}
-        return [by_id.get(file_id) for file_id in file_ids]
+    )
+    return {file.id: file for file in rows.scalars()}
 
-    return DataLoader(load_fn=load)
+
+# Files by id that the viewer may see (`rules.file_visible`); None otherwise (a cited file
+# since detached from what the viewer sees, or deleted).
+visible_file_by_id = viewer_keyed(_visible_files, default=None)

@@ -53,7 +53,7 @@ from sqlmodel import col
 
 from atlas_gql.auth.actor import Actor
 from atlas_gql.circuit import CircuitBreaker, CircuitOpenError
-from atlas_gql.config import Settings
+from atlas_gql.config import Settings, settings_group
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import RateLimited
 from atlas_gql.logs.audit import scrub
@@ -176,12 +176,8 @@ class LoginLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoginLimits:
-        return cls(
-            max_failures=settings.atlas_login_max_failures,
-            window_seconds=settings.atlas_login_failure_window,
-            address_max_failures=settings.atlas_login_address_max_failures,
-            account_backoff_after=settings.atlas_login_account_backoff_after,
-            account_backoff_max=settings.atlas_login_account_backoff_max,
+        return settings_group(
+            cls, settings, prefix="atlas_login_", window_seconds="atlas_login_failure_window"
         )
 
     def backoff(self, failures: int) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from atlas_gql.db.session import ReadSession
 
 KeyT = TypeVar("KeyT")
 ValueT = TypeVar("ValueT")
+ViewerT = TypeVar("ViewerT")
 
 
 class _Identified(Protocol):
@@ -37,6 +38,10 @@ RowT = TypeVar("RowT", bound=_Identified)
 # gets a fresh one.
 ReadSessionSource: TypeAlias = Callable[[], ReadSession]
 LoaderFactory: TypeAlias = Callable[[ReadSessionSource], DataLoader[KeyT, ValueT]]
+# A loader factory for loads that depend on who asks: the session and the viewer source.
+ViewerLoaderFactory: TypeAlias = Callable[
+    [ReadSessionSource, Callable[[], Awaitable[ViewerT | None]]], DataLoader[KeyT, ValueT]
+]
 # (parent id, page request): one page of a parent's children.
 PageKey: TypeAlias = tuple[uuid.UUID, PageRequest]
 
@@ -54,6 +59,33 @@ def rows_by_id(model: type[RowT]) -> LoaderFactory[uuid.UUID, RowT | None]:
         return DataLoader(load_fn=load)
 
     factory.__qualname__ = f"rows_by_id({model.__name__})"
+    return factory
+
+
+def viewer_keyed(
+    fetch: Callable[[ReadSession, ViewerT, Sequence[KeyT]], Awaitable[Mapping[KeyT, ValueT]]],
+    *,
+    default: ValueT,
+) -> Callable[
+    [ReadSessionSource, Callable[[], Awaitable[ViewerT | None]]], DataLoader[KeyT, ValueT]
+]:
+    """A factory of loaders of what depends on who asks (the viewer's role, rating, what they
+    may see): `default` for every key when nobody is signed in, else `fetch(db, viewer,
+    keys)`'s value of each key, `default` where it has none."""
+
+    def factory(
+        db: ReadSessionSource, viewer: Callable[[], Awaitable[ViewerT | None]]
+    ) -> DataLoader[KeyT, ValueT]:
+        async def load(keys: Sequence[KeyT]) -> list[ValueT]:
+            signed_in = await viewer()
+            if signed_in is None:
+                return [default for _ in keys]
+            found = await fetch(db(), signed_in, keys)
+            return [found.get(key, default) for key in keys]
+
+        return DataLoader(load_fn=load)
+
+    factory.__qualname__ = f"viewer_keyed({fetch.__qualname__})"
     return factory
 
 

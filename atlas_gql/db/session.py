@@ -132,46 +132,6 @@ class SerializedAsyncSession(AsyncSession):
                 # The change is committed: a hook failing must not report it as failed.
                 logger.exception("after-commit hook %r failed", hook)
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation():
-            return await super().execute(*args, **kwargs)
-
-    async def scalar(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation():
-            return await super().scalar(*args, **kwargs)
-
-    async def get(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation():
-            return await super().get(*args, **kwargs)
-
-    async def get_one(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation():
-            return await super().get_one(*args, **kwargs)
-
-    async def stream(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation():
-            return await super().stream(*args, **kwargs)
-
-    async def refresh(self, *args: Any, **kwargs: Any) -> None:
-        async with self._operation():
-            await super().refresh(*args, **kwargs)
-
-    async def merge(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation():
-            return await super().merge(*args, **kwargs)
-
-    async def delete(self, instance: object) -> None:
-        async with self._operation():
-            await super().delete(instance)
-
-    async def flush(self, *args: Any, **kwargs: Any) -> None:
-        async with self._operation():
-            await super().flush(*args, **kwargs)
-
-    async def connection(self, *args: Any, **kwargs: Any) -> Any:
-        async with self._operation():
-            return await super().connection(*args, **kwargs)
-
     async def commit(self) -> None:
         async with self._operation_lock.hold():
             await super().commit()
@@ -186,6 +146,39 @@ class SerializedAsyncSession(AsyncSession):
         self._after_commit.clear()
         async with self._operation_lock.hold():
             await super().close()
+
+
+# AsyncSession's operations that run holding the session's operation lock, each the base
+# method unchanged inside `_operation()` (commit, rollback and close above take the lock
+# around their own extra steps).
+_SERIALIZED_OPERATIONS = (
+    "execute",
+    "scalar",
+    "get",
+    "get_one",
+    "stream",
+    "refresh",
+    "merge",
+    "delete",
+    "flush",
+    "connection",
+)
+
+
+def _serialized(name: str) -> Callable[..., Awaitable[Any]]:
+    operation = getattr(AsyncSession, name)
+
+    async def serialized(self: SerializedAsyncSession, *args: Any, **kwargs: Any) -> Any:
+        async with self._operation():
+            return await operation(self, *args, **kwargs)
+
+    serialized.__name__ = name
+    serialized.__qualname__ = f"SerializedAsyncSession.{name}"
+    return serialized
+
+
+for _name in _SERIALIZED_OPERATIONS:
+    setattr(SerializedAsyncSession, _name, _serialized(_name))
 
 
 def after_commit(db: AsyncSession, hook: AfterCommitHook) -> None:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from atlas_gql.config import Settings
+from atlas_gql.config import Settings, settings_group
 from atlas_gql.db.inputs import unstorable_character
 from atlas_gql.db.utils import sqlstate_of
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
@@ -203,10 +203,7 @@ class ErrorLogPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ErrorLogPolicy:
-        return cls(
-            window_seconds=settings.atlas_error_log_window_seconds,
-            rows_per_window=settings.atlas_error_log_rows_per_window,
-        )
+        return settings_group(cls, settings, prefix="atlas_error_log_")
 
     def window_start(self, moment: datetime) -> datetime:
         """The start of the window `moment` falls in (windows are aligned on the epoch)."""

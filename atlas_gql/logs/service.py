@@ -65,6 +65,12 @@ class TimeWindow:
         return conditions
 
 
+def equal_where_given(*pairs: tuple[Any, object]) -> list[sa.ColumnElement[bool]]:
+    """`column == value` for each (column, value) pair whose value is given (not None): the
+    optional equality conditions of a list filter."""
+    return [column == value for column, value in pairs if value is not None]
+
+
 def time_window(*, start: datetime | None, end: datetime | None) -> TimeWindow:
     """Check a `from`/`to` pair: both time-zone aware (a naive time is ambiguous and refused
     with BAD_USER_INPUT), and `from` strictly before `to`."""
@@ -79,26 +85,29 @@ def time_window(*, start: datetime | None, end: datetime | None) -> TimeWindow:
     return TimeWindow(start=start, end=end)
 
 
-@dataclass(frozen=True)
-class ActivityFilter:
+@dataclass(frozen=True, kw_only=True)
+class _LogFilter:
+    """What every log filter narrows by: whose rows, which project's, and when."""
+
     user_id: uuid.UUID | None = None
     project_id: uuid.UUID | None = None
+    window: TimeWindow = TimeWindow()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivityFilter(_LogFilter):
     action: str | None = None
     entity_type: str | None = None
-    window: TimeWindow = TimeWindow()
 
     def __post_init__(self) -> None:
         check_length(self.action, field="filter.action", limit=TEXT_LIMITS.filter_value)
         check_length(self.entity_type, field="filter.entityType", limit=TEXT_LIMITS.filter_value)
 
 
-@dataclass(frozen=True)
-class UsageFilter:
-    user_id: uuid.UUID | None = None
-    project_id: uuid.UUID | None = None
+@dataclass(frozen=True, kw_only=True)
+class UsageFilter(_LogFilter):
     model: str | None = None
     purpose: UsagePurpose | None = None
-    window: TimeWindow = TimeWindow()
     api_key_id: uuid.UUID | None = None
 
     def __post_init__(self) -> None:
@@ -157,13 +166,14 @@ async def list_activity_logs(
     elif not viewer.is_admin:
         ref = viewer_literals(viewer)
         statement = statement.where(rules.activity_visible(ref, table_of(ActivityLog)))
-    if filter.user_id is not None:
-        statement = statement.where(col(ActivityLog.user_id) == filter.user_id)
-    if filter.action is not None:
-        statement = statement.where(col(ActivityLog.action) == filter.action)
-    if filter.entity_type is not None:
-        statement = statement.where(col(ActivityLog.entity_type) == filter.entity_type)
-    statement = statement.where(*filter.window.conditions(col(ActivityLog.created_at)))
+    statement = statement.where(
+        *equal_where_given(
+            (col(ActivityLog.user_id), filter.user_id),
+            (col(ActivityLog.action), filter.action),
+            (col(ActivityLog.entity_type), filter.entity_type),
+        ),
+        *filter.window.conditions(col(ActivityLog.created_at)),
+    )
     return await paginate(db, statement, ordering=ACTIVITY_ORDERING, request=request)
 
 
@@ -220,13 +230,12 @@ async def api_usage(
                 "(pass its projectId)."
             )
         conditions.append(col(ApiUsageLog.user_id) == viewer.user_id)
-    if filter.model is not None:
-        conditions.append(col(ApiUsageLog.model) == filter.model)
-    if filter.purpose is not None:
-        conditions.append(col(ApiUsageLog.purpose) == filter.purpose)
-    if filter.api_key_id is not None:
-        conditions.append(col(ApiUsageLog.api_key_id) == filter.api_key_id)
-    conditions.extend(filter.window.conditions(col(ApiUsageLog.created_at)))
+    conditions += equal_where_given(
+        (col(ApiUsageLog.model), filter.model),
+        (col(ApiUsageLog.purpose), filter.purpose),
+        (col(ApiUsageLog.api_key_id), filter.api_key_id),
+    )
+    conditions += filter.window.conditions(col(ApiUsageLog.created_at))
 
     key = _usage_key(group_by).label("key")
     statement = (
@@ -271,9 +280,10 @@ async def list_error_logs(
     """Error rows newest first; ADMIN only (FORBIDDEN otherwise)."""
     if not actor.viewer_required.is_admin:
         raise Forbidden("Only administrators read the error log.")
-    statement = sa.select(ErrorLog).where(*window.conditions(col(ErrorLog.created_at)))
-    if source is not None:
-        statement = statement.where(col(ErrorLog.source) == source)
+    statement = sa.select(ErrorLog).where(
+        *window.conditions(col(ErrorLog.created_at)),
+        *equal_where_given((col(ErrorLog.source), source)),
+    )
     return await paginate(db, statement, ordering=ERROR_ORDERING, request=request)
 
 

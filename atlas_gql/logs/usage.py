@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
 
 from atlas_gql.auth.models import User
@@ -107,32 +108,41 @@ async def usage_this_month(
 ) -> dict[uuid.UUID, UsageTotals]:
     """Usage totals per project for the current UTC calendar month, in one GROUP BY statement.
     Every requested project is in the answer (zeros when it has no usage)."""
-    ids = list(dict.fromkeys(project_ids))
+    return await _monthly_totals(db, col(ApiUsageLog.project_id), project_ids, now)
+
+
+async def _monthly_totals(
+    db: ReadSession,
+    key: Mapped[uuid.UUID | None],
+    keys: Sequence[uuid.UUID],
+    now: datetime | None,
+) -> dict[uuid.UUID, UsageTotals]:
+    """This UTC month's usage totals per value of `key` (a project or a user), in one GROUP BY
+    statement; zeros for the keys without usage."""
+    ids = list(dict.fromkeys(keys))
     if not ids:
         return {}
     start, end = month_start(now), next_month_start(now)
     statement = (
         sa.select(
-            col(ApiUsageLog.project_id),
+            key,
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.input_tokens)), 0),
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.output_tokens)), 0),
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.cost_usd)), 0),
             sa.func.count(),
         )
         .where(
-            col(ApiUsageLog.project_id).in_(ids),
+            key.in_(ids),
             col(ApiUsageLog.created_at) >= start,
             col(ApiUsageLog.created_at) < end,
         )
-        .group_by(col(ApiUsageLog.project_id))
+        .group_by(key)
     )
-    totals = {project_id: UsageTotals() for project_id in ids}
-    for project_id, input_tokens, output_tokens, cost, requests in (
-        await db.execute(statement)
-    ).all():
-        if project_id is None:  # excluded by the WHERE; narrows the type
+    totals = {key_id: UsageTotals() for key_id in ids}
+    for key_id, input_tokens, output_tokens, cost, requests in (await db.execute(statement)).all():
+        if key_id is None:  # excluded by the WHERE; narrows the type
             continue
-        totals[project_id] = UsageTotals(
+        totals[key_id] = UsageTotals(
             input_tokens=int(input_tokens),
             output_tokens=int(output_tokens),
             cost_usd=Decimal(cost),
@@ -227,36 +237,7 @@ async def user_usage_this_month(
 ) -> dict[uuid.UUID, UsageTotals]:
     """Usage totals per user (the sender of each reply, in any project or none) for the
     current UTC calendar month, in one GROUP BY statement; zeros for users without usage."""
-    ids = list(dict.fromkeys(user_ids))
-    if not ids:
-        return {}
-    start, end = month_start(now), next_month_start(now)
-    statement = (
-        sa.select(
-            col(ApiUsageLog.user_id),
-            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.input_tokens)), 0),
-            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.output_tokens)), 0),
-            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.cost_usd)), 0),
-            sa.func.count(),
-        )
-        .where(
-            col(ApiUsageLog.user_id).in_(ids),
-            col(ApiUsageLog.created_at) >= start,
-            col(ApiUsageLog.created_at) < end,
-        )
-        .group_by(col(ApiUsageLog.user_id))
-    )
-    totals = {user_id: UsageTotals() for user_id in ids}
-    for user_id, input_tokens, output_tokens, cost, requests in (await db.execute(statement)).all():
-        if user_id is None:  # excluded by the WHERE; narrows the type
-            continue
-        totals[user_id] = UsageTotals(
-            input_tokens=int(input_tokens),
-            output_tokens=int(output_tokens),
-            cost_usd=Decimal(cost),
-            requests=int(requests),
-        )
-    return totals
+    return await _monthly_totals(db, col(ApiUsageLog.user_id), user_ids, now)
 
 
 async def ensure_within_user_budget(

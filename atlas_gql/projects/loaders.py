@@ -13,9 +13,10 @@ import sqlalchemy as sa
 from sqlmodel import col
 from strawberry.dataloader import DataLoader
 
-from atlas_gql.auth.viewer import ViewerSource
-from atlas_gql.db.loaders import ReadSessionSource, pages_by_parent, rows_by_id
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.loaders import ReadSessionSource, pages_by_parent, rows_by_id, viewer_keyed
 from atlas_gql.db.pagination import Ordering
+from atlas_gql.db.session import ReadSession
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
 
 # Members oldest first (the creator leads).
@@ -29,27 +30,20 @@ members_page = pages_by_parent(
 )
 
 
-def viewer_role_by_project(
-    db: ReadSessionSource, viewer: ViewerSource
-) -> DataLoader[uuid.UUID, ProjectRole | None]:
-    """The signed-in viewer's role in each project; None when not a member (or signed out)."""
-
-    async def load(project_ids: Sequence[uuid.UUID]) -> list[ProjectRole | None]:
-        signed_in = await viewer()
-        if signed_in is None:
-            return [None for _ in project_ids]
-        rows = await db().execute(
-            sa.select(col(ProjectMember.project_id), col(ProjectMember.role)).where(
-                col(ProjectMember.user_id) == signed_in.user_id,
-                col(ProjectMember.project_id).in_(project_ids),
-            )
+async def _viewer_roles(
+    db: ReadSession, viewer: Viewer, project_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, ProjectRole]:
+    rows = await db.execute(
+        sa.select(col(ProjectMember.project_id), col(ProjectMember.role)).where(
+            col(ProjectMember.user_id) == viewer.user_id,
+            col(ProjectMember.project_id).in_(project_ids),
         )
-        roles: dict[uuid.UUID, ProjectRole] = {
-            project_id: ProjectRole(role) for project_id, role in rows.all()
-        }
-        return [roles.get(project_id) for project_id in project_ids]
+    )
+    return {project_id: ProjectRole(role) for project_id, role in rows.all()}
 
-    return DataLoader(load_fn=load)
+
+# The signed-in viewer's role in each project; None when not a member (or signed out).
+viewer_role_by_project = viewer_keyed(_viewer_roles, default=None)
 
 
 def settings_by_project(db: ReadSessionSource) -> DataLoader[uuid.UUID, list[ProjectSetting]]:

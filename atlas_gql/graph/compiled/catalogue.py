@@ -497,11 +497,20 @@ def root_node(compiler: Compiler, fields: Fields) -> sa.ColumnElement[Any]:
             raise NotCompilable(f"node(id:) of a {type_name}")
         return JSON_NULL  # a well-formed id of a type without nodes: null, as resolve_node
     object_id = compiler.value_param(identifier, sa.Uuid, lambda raw: decode_global_id(str(raw))[1])
+    return _visible_one(compiler, fields, type_name, object_id)
+
+
+def _visible_one(
+    compiler: Compiler, fields: Fields, type_name: str, object_id: sa.BindParameter[Any]
+) -> sa.ColumnElement[Any]:
+    """The object of `type_name` with `object_id` when the viewer may see it (its `NODE_RULES`
+    visibility), else null: `node(id:)` and the by-id roots."""
+    visible = NODE_RULES[type_name]
     return compiler.one(
         type_name,
         OBJECTS[type_name].table,
         fields,
-        lambda row: [row.c.id == object_id, rule(compiler.viewer, row)],
+        lambda row: [row.c.id == object_id, visible(compiler.viewer, row)],
         checked=type_name == "Project",
     )
 
@@ -526,14 +535,7 @@ def _root_by_id(type_name: str) -> RootHandler:
         compiler.requires_viewer = True
         identifier = compiler.arguments("Query", fields[0])["id"]
         object_id = compiler.value_param(identifier, sa.Uuid, _id_of(identifier, type_name, "id"))
-        visible = NODE_RULES[type_name]
-        return compiler.one(
-            type_name,
-            OBJECTS[type_name].table,
-            fields,
-            lambda row: [row.c.id == object_id, visible(compiler.viewer, row)],
-            checked=type_name == "Project",
-        )
+        return _visible_one(compiler, fields, type_name, object_id)
 
     return handler
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atlas_gql.errors import run_or_refuse, send_error_response
+from atlas_gql.errors import HttpGuard, run_or_refuse, send_error_response
 
 # JSON nested deeper than this, or holding more values, is refused before anything walks it
 # (graphql-core's variable coercion, the JSON scalar, the activity log's scrubber): a body
@@ -64,18 +64,15 @@ def check_json_shape(value: Any) -> None:
                 push((child, depth + 1))
 
 
-class BodySizeLimitMiddleware:
+class BodySizeLimitMiddleware(HttpGuard):
     """Answers 413 when a request body exceeds its limit (declared or streamed)."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_upload_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {key.lower(): value for key, value in scope.get("headers", [])}
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         limit = self.max_body_bytes

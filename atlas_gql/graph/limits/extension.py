@@ -20,7 +20,7 @@ costs them parse and validation, which the limits above bound."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -48,7 +48,7 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from atlas_gql.auth.tokens import bearer_token, decode_access_token
-from atlas_gql.config import Settings
+from atlas_gql.config import Settings, settings_group
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.limits.analysis import (
     DocumentAnalysis,
@@ -61,7 +61,7 @@ from atlas_gql.graph.limits.cache import BytesBoundedLRU
 from atlas_gql.graph.limits.inputs import literal_string_errors, variable_string_errors
 from atlas_gql.graph.limits.lexer import parse_document
 from atlas_gql.graph.limits.overlap import OverlappingFieldsRule, too_complex_error
-from atlas_gql.graph.limits.structure import StructureCaps, count_document
+from atlas_gql.graph.limits.structure import STRUCTURE_CAPS, StructureCaps, count_document
 
 QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
@@ -86,18 +86,17 @@ class DocumentLimits:
     max_cost: int
     introspection: bool
     cache_bytes: int
-    caps: StructureCaps = field(default_factory=StructureCaps)
+    caps: StructureCaps = STRUCTURE_CAPS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DocumentLimits:
-        return cls(
-            max_document_bytes=settings.atlas_max_document_bytes,
-            max_tokens=settings.atlas_max_tokens,
-            max_depth=settings.atlas_max_depth,
-            max_aliases=settings.atlas_max_aliases,
-            max_cost=settings.atlas_max_cost,
-            introspection=settings.introspection_enabled,
-            cache_bytes=settings.atlas_document_cache_bytes,
+        return settings_group(
+            cls,
+            settings,
+            prefix="atlas_",
+            introspection="introspection_enabled",
+            cache_bytes="atlas_document_cache_bytes",
+            caps=None,
         )
 
 

@@ -45,16 +45,8 @@ class DocumentCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class StructureCaps:
-    """The most of each kind a document may hold. The defaults keep parse + validation +
-    analysis of the worst document within ~50 ms on a slow core (bench/document_limits.py)."""
-
-    operations: int = 10
-    fragments: int = 50
-    fields: int = 400
-    spreads: int = 200
-    directives: int = 50
-    variables: int = 50
+class StructureCaps(DocumentCounts):
+    """The most of each kind a document may hold (`STRUCTURE_CAPS`)."""
 
     def first_exceeded(self, counts: DocumentCounts) -> tuple[str, int, int] | None:
         """(kind, count, cap) of the first kind over its cap; None when all are within."""
@@ -64,6 +56,12 @@ class StructureCaps:
                 return field.name, count, cap
         return None
 
+
+# The caps every document is held to. They keep parse + validation + analysis of the worst
+# document within ~50 ms on a slow core (bench/document_limits.py).
+STRUCTURE_CAPS = StructureCaps(
+    operations=10, fragments=50, fields=400, spreads=200, directives=50, variables=50
+)
 
 _DEFINITION_KINDS = (OperationDefinitionNode, FragmentDefinitionNode)
 
