@@ -29,7 +29,7 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -349,6 +349,15 @@ def _failure_from_sdk(error: BaseException, *, mid_stream: bool = False) -> Upst
         status=MessageStatus.INCOMPLETE,
         retryable=True,
     )
+
+
+@contextlib.contextmanager
+def sdk_failures() -> Iterator[None]:
+    """Inside it, an SDK or transport error leaves as the `UpstreamFailure` it stands for."""
+    try:
+        yield
+    except UPSTREAM_ERRORS as error:
+        raise _failure_from_sdk(error) from error
 
 
 def _request_id_of(stream: Any) -> str | None:
