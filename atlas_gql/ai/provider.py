@@ -363,17 +363,13 @@ class _FilesMixin:
         self, *, filename: str, content: bytes, mime_type: str | None, purpose: str
     ) -> str:
         upload: Any = (filename, content, mime_type) if mime_type else (filename, content)
-        try:
+        with sdk_failures():
             stored = await self.client.files.create(file=upload, purpose=purpose)  # type: ignore[arg-type]
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
         return stored.id
 
     async def delete_file(self, file_id: str) -> None:
-        try:
+        with sdk_failures():
             await self.client.files.delete(file_id)
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
 
 
 class ResponsesStreamReader:
