@@ -56,6 +56,7 @@ from atlas_gql.graph.inputs import (
     Changes,
     FileID,
     First,
+    ListFilter,
     ThreadID,
     optional_id,
     set_fields,
@@ -75,6 +76,11 @@ from atlas_gql.logs.service import time_window
 
 Row = TypeVar("Row")
 NodeT = TypeVar("NodeT")
+FilterT = TypeVar("FilterT")
+# The optional `filter` of the `assistants` and `threads` lists.
+ProjectNarrowing = Annotated[
+    FilterT | None, strawberry.argument(description="Narrows the list (e.g. to one project).")
+]
 
 # -- node resolvers --------------------------------------------------------------------------
 
@@ -161,10 +167,7 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: Annotated[
-            AssistantFilter | None,
-            strawberry.argument(description="Narrows the list (e.g. to one project)."),
-        ] = None,
+        filter: ProjectNarrowing[AssistantFilter] = None,
     ) -> Connection[AssistantType] | None:
         request = requested_page(info, first=first, after=after)
         return await _listed(
@@ -181,10 +184,7 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: Annotated[
-            ThreadFilter | None,
-            strawberry.argument(description="Narrows the list (e.g. to one project)."),
-        ] = None,
+        filter: ProjectNarrowing[ThreadFilter] = None,
     ) -> Connection[ThreadType] | None:
         request = requested_page(info, first=first, after=after)
         return await _listed(
@@ -221,10 +221,7 @@ class Query:
         info: Info,
         first: First = None,
         after: After = None,
-        filter: Annotated[
-            FeedbackFilter | None,
-            strawberry.argument(description="Narrows the list; all given conditions apply."),
-        ] = None,
+        filter: ListFilter[FeedbackFilter] = None,
     ) -> Connection[FeedbackType] | None:
         given = filter or FeedbackFilter()
         parsed = feedback.FeedbackFilter(

@@ -324,23 +324,23 @@ async def _record_index(
             .values(index_status=status, index_error=error_text)
         )
 
+    # The ErrorLog row first: a file shown FAILED has its row already.
+    if status is FileIndexStatus.FAILED:
+        await record_error(
+            sessionmaker=ai.sessionmaker,
+            request_id=uuid.uuid4().hex,
+            source=ErrorSource.UPSTREAM if error is None else ErrorSource.BACKGROUND,
+            error=error,
+            error_type="IndexFailed" if error is None else None,
+            message=(failure.detail or failure.message) if failure else (detail or error_text),
+            path=f"index/{encode_global_id('File', file.id)}",
+            user_id=file.uploaded_by_id,
+            upstream_status=failure.http_status if failure else None,
+            upstream_request_id=failure.request_id if failure else None,
+            details={"fileId": str(file.id), "openaiFileId": file.openai_file_id},
+            policy=ErrorLogPolicy.from_settings(ai.settings),
+        )
     await execute_transaction(ai.sessionmaker, store)
-    if status is not FileIndexStatus.FAILED:
-        return
-    await record_error(
-        sessionmaker=ai.sessionmaker,
-        request_id=uuid.uuid4().hex,
-        source=ErrorSource.UPSTREAM if error is None else ErrorSource.BACKGROUND,
-        error=error,
-        error_type="IndexFailed" if error is None else None,
-        message=(failure.detail or failure.message) if failure else (detail or error_text),
-        path=f"index/{encode_global_id('File', file.id)}",
-        user_id=file.uploaded_by_id,
-        upstream_status=failure.http_status if failure else None,
-        upstream_request_id=failure.request_id if failure else None,
-        details={"fileId": str(file.id), "openaiFileId": file.openai_file_id},
-        policy=ErrorLogPolicy.from_settings(ai.settings),
-    )
 
 
 async def _upstream(ai: KnowledgeRuntime, call: Any, *, what: str, of: File | None) -> None:

@@ -29,8 +29,8 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 import httpx2
@@ -171,40 +171,30 @@ ReplyItem = ReplyStarted | ReplyDelta | ToolCallItem | ReplyDone
 ReplyBatch = list[ReplyItem]
 
 
+@dataclass(eq=False)
 class UpstreamFailure(Exception):
     """The provider failed; `status` is what the message becomes (FAILED or INCOMPLETE).
     `message` is for users; `detail` (scrubbed) is the upstream's own account, for logs."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        detail: str | None = None,
-        status: MessageStatus = MessageStatus.FAILED,
-        http_status: int | None = None,
-        request_id: str | None = None,
-        retryable: bool = False,
-        input_tokens: int | None = None,
-        output_tokens: int | None = None,
-        upstream_ended: bool = False,
-        file_search_calls: int = 0,
-        web_search_calls: int = 0,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = scrub_detail(detail)
-        self.status = status
-        self.http_status = http_status
-        self.request_id = request_id
-        self.retryable = retryable
-        self.input_tokens = input_tokens
-        self.output_tokens = output_tokens
-        # The provider said the response is over (response.failed / .incomplete, an error
-        # event): nothing runs upstream any more, so there is nothing to cancel there.
-        self.upstream_ended = upstream_ended
-        # Tool calls the provider reported in a failed or cut-short response (billed too).
-        self.file_search_calls = file_search_calls
-        self.web_search_calls = web_search_calls
+    message: str
+    _: KW_ONLY
+    detail: str | None = None
+    status: MessageStatus = MessageStatus.FAILED
+    http_status: int | None = None
+    request_id: str | None = None
+    retryable: bool = False
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    # The provider said the response is over (response.failed / .incomplete, an error
+    # event): nothing runs upstream any more, so there is nothing to cancel there.
+    upstream_ended: bool = False
+    # Tool calls the provider reported in a failed or cut-short response (billed too).
+    file_search_calls: int = 0
+    web_search_calls: int = 0
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+        self.detail = scrub_detail(self.detail)
 
     @classmethod
     def cut_short(
@@ -351,6 +341,15 @@ def _failure_from_sdk(error: BaseException, *, mid_stream: bool = False) -> Upst
     )
 
 
+@contextlib.contextmanager
+def sdk_failures() -> Iterator[None]:
+    """Inside it, an SDK or transport error leaves as the `UpstreamFailure` it stands for."""
+    try:
+        yield
+    except UPSTREAM_ERRORS as error:
+        raise _failure_from_sdk(error) from error
+
+
 def _request_id_of(stream: Any) -> str | None:
     response = getattr(stream, "response", None)
     headers = getattr(response, "headers", None)
@@ -364,17 +363,13 @@ class _FilesMixin:
         self, *, filename: str, content: bytes, mime_type: str | None, purpose: str
     ) -> str:
         upload: Any = (filename, content, mime_type) if mime_type else (filename, content)
-        try:
+        with sdk_failures():
             stored = await self.client.files.create(file=upload, purpose=purpose)  # type: ignore[arg-type]
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
         return stored.id
 
     async def delete_file(self, file_id: str) -> None:
-        try:
+        with sdk_failures():
             await self.client.files.delete(file_id)
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
 
 
 class ResponsesStreamReader:

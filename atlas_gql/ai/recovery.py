@@ -144,31 +144,20 @@ class ClaimedReply:
     instructions: str | None
 
 
+@dataclass(kw_only=True, eq=False)
 class Recovery:
     """Finishes replies whose worker is gone (or cannot be told)."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        publish: Publish,
-        endpoint: str,
-        is_running_here: Callable[[uuid.UUID], bool],
-        worker_id: uuid.UUID,
-        resume: Resume | None = None,
-        cancel_upstream: CancelUpstream | None = None,
-    ) -> None:
-        self.settings = settings
-        self.sessionmaker = sessionmaker
-        self.publish = publish
-        self.endpoint = endpoint
-        self.is_running_here = is_running_here
-        self.worker_id = worker_id
-        # None when the provider cannot resume (Chat Completions): background replies left
-        # by another configuration are then finished like any other.
-        self.resume = resume
-        self.cancel_upstream = cancel_upstream
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    publish: Publish
+    endpoint: str
+    is_running_here: Callable[[uuid.UUID], bool]
+    worker_id: uuid.UUID
+    # None when the provider cannot resume (Chat Completions): background replies left
+    # by another configuration are then finished like any other.
+    resume: Resume | None = None
+    cancel_upstream: CancelUpstream | None = None
 
     async def finish_orphan(
         self, *, message_id: uuid.UUID, thread_id: uuid.UUID, status: MessageStatus | None

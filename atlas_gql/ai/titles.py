@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -98,25 +98,17 @@ def clean_title(text: str) -> str | None:
     return title[: TEXT_LIMITS.thread_title] or None
 
 
+@dataclass(kw_only=True, eq=False)
 class TitleWriter:
     """Names threads (held by the AI runtime as `AIRuntime.titles`)."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        provider: Provider,
-        publish: Publish,
-        spawn: Spawn,
-    ) -> None:
-        self.settings = settings
-        self.sessionmaker = sessionmaker
-        self.provider = provider
-        self.publish = publish
-        self.spawn = spawn
-        # Threads being named by this worker (one call at a time per thread).
-        self.running: set[uuid.UUID] = set()
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    provider: Provider
+    publish: Publish
+    spawn: Spawn
+    # Threads being named by this worker (one call at a time per thread).
+    running: set[uuid.UUID] = field(default_factory=set, init=False)
 
     # -- automatic ------------------------------------------------------------------------
 

@@ -86,6 +86,20 @@ def _bad(where: str, problem: str) -> BadInput:
     return BadInput(f"The file is not valid: {where}: {problem}", field="file")
 
 
+def _object(value: Any, where: str, problem: str = "must be an object") -> dict[str, Any]:
+    """`value` when it is a JSON object; else the file is refused at `where`."""
+    if not isinstance(value, dict):
+        raise _bad(where, problem)
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    """`value` when it is a JSON array; else the file is refused at `where`."""
+    if not isinstance(value, list):
+        raise _bad(where, "must be a list")
+    return value
+
+
 # -- ATLAS JSON (write) -------------------------------------------------------------------------
 
 
@@ -339,11 +353,8 @@ def read_atlas(data: bytes, *, max_chars: int) -> list[ImportedThread]:
     threads = []
     for t, raw in enumerate(_threads_list(document.get("threads"), "threads")):
         where = f"threads[{t}]"
-        if not isinstance(raw, dict):
-            raise _bad(where, "must be an object")
-        messages_raw = raw.get("messages")
-        if not isinstance(messages_raw, list):
-            raise _bad(f"{where}.messages", "must be a list")
+        raw = _object(raw, where)
+        messages_raw = _list(raw.get("messages"), f"{where}.messages")
         thread = ImportedThread(
             title=_text(raw.get("title"), f"{where}.title", optional=True, limit=TITLE_MAX),
             created_at=_parse_time(raw.get("createdAt"), f"{where}.createdAt", optional=True),
@@ -351,8 +362,7 @@ def read_atlas(data: bytes, *, max_chars: int) -> list[ImportedThread]:
         )
         for m, item in enumerate(messages_raw):
             at = f"{where}.messages[{m}]"
-            if not isinstance(item, dict):
-                raise _bad(at, "must be an object")
+            item = _object(item, at)
             try:
                 role = MessageRole(str(item.get("role")))
             except ValueError:
@@ -393,14 +403,10 @@ def _chatgpt_text(message: dict[str, Any], where: str) -> str | None:
     metadata = message.get("metadata") or {}
     if isinstance(metadata, dict) and metadata.get("is_visually_hidden_from_conversation"):
         return None
-    content = message.get("content")
-    if not isinstance(content, dict):
-        raise _bad(f"{where}.message.content", "must be an object")
+    content = _object(message.get("content"), f"{where}.message.content")
     if content.get("content_type") not in CHATGPT_TEXT_TYPES:
         return None
-    parts = content.get("parts")
-    if not isinstance(parts, list):
-        raise _bad(f"{where}.message.content.parts", "must be a list")
+    parts = _list(content.get("parts"), f"{where}.message.content.parts")
     text = "\n".join(part for part in parts if isinstance(part, str))
     return _text(text, f"{where}.message.content.parts") if text.strip() else None
 
@@ -430,11 +436,8 @@ def read_chatgpt(data: bytes, *, max_chars: int) -> list[ImportedThread]:
     threads = []
     for c, raw in enumerate(_threads_list(document, "conversations")):
         where = f"conversations[{c}]"
-        if not isinstance(raw, dict):
-            raise _bad(where, "must be an object")
-        mapping = raw.get("mapping")
-        if not isinstance(mapping, dict):
-            raise _bad(f"{where}.mapping", "must be an object of nodes")
+        raw = _object(raw, where)
+        mapping = _object(raw.get("mapping"), f"{where}.mapping", "must be an object of nodes")
         thread = ImportedThread(
             title=_text(raw.get("title"), f"{where}.title", optional=True) or None,
             created_at=_parse_time(raw.get("create_time"), f"{where}.create_time", optional=True),
@@ -446,8 +449,7 @@ def read_chatgpt(data: bytes, *, max_chars: int) -> list[ImportedThread]:
         parents: dict[str, str | None] = {}
         for node_id, node in mapping.items():
             at = f"{where}.mapping[{node_id!r}]"
-            if not isinstance(node, dict):
-                raise _bad(at, "must be an object")
+            node = _object(node, at)
             parent = node.get("parent")
             if parent is not None and (not isinstance(parent, str) or parent not in mapping):
                 raise _bad(f"{at}.parent", "names no node of the conversation")
@@ -455,8 +457,7 @@ def read_chatgpt(data: bytes, *, max_chars: int) -> list[ImportedThread]:
             message = node.get("message")
             if message is None:
                 continue
-            if not isinstance(message, dict):
-                raise _bad(f"{at}.message", "must be an object")
+            message = _object(message, f"{at}.message")
             author = message.get("author")
             role = CHATGPT_ROLES.get(str(author.get("role")) if isinstance(author, dict) else "")
             text = _chatgpt_text(message, at) if role is not None else None

@@ -76,6 +76,22 @@ async def _message(info: Info, message_id: uuid.UUID | None) -> MessageType | No
     return MessageType.from_model(message) if message else None
 
 
+async def _assistant(info: Info, assistant_id: uuid.UUID | None) -> AssistantType | None:
+    """An assistant by id (what the caller's object names): null once it is deleted."""
+    if assistant_id is None:
+        return None
+    assistant = await info.context.loader(loaders.assistant_by_id).load(assistant_id)
+    return AssistantType.from_model(assistant) if assistant else None
+
+
+async def _user(info: Info, user_id: uuid.UUID | None) -> UserType | None:
+    """A user by id (what the caller's object names): null once their account is deleted."""
+    if user_id is None:
+        return None
+    user = await info.context.loader(auth_loaders.user_by_id).load(user_id)
+    return UserType.from_model(user) if user else None
+
+
 async def _files(info: Info, kind: AssociableType, target_id: uuid.UUID) -> list[FileType]:
     files = await info.context.loader(loaders.files_by_target).load((kind, target_id))
     return [FileType.from_model(file) for file in files]
@@ -284,10 +300,7 @@ class ThreadType(Node):
 
     @strawberry.field(description="The assistant answering in this thread (null if deleted).")
     async def assistant(self, info: Info) -> AssistantType | None:
-        if self.assistant_db_id is None:
-            return None
-        assistant = await info.context.loader(loaders.assistant_by_id).load(self.assistant_db_id)
-        return AssistantType.from_model(assistant) if assistant else None
+        return await _assistant(info, self.assistant_db_id)
 
     @strawberry.field(
         description="The number of the thread's last event whose effect `messages` holds, read "
@@ -301,8 +314,7 @@ class ThreadType(Node):
 
     @strawberry.field(name="createdBy", description="Who started the thread.")
     async def created_by(self, info: Info) -> UserType | None:
-        user = await info.context.loader(auth_loaders.user_by_id).load(self.created_by_db_id)
-        return UserType.from_model(user) if user else None
+        return await _user(info, self.created_by_db_id)
 
     @strawberry.field(
         description="The branch shown: the path from the first message to `activeLeaf`, "
@@ -419,10 +431,7 @@ class MessageType(Node):
         "by whoever sees the message, as a thread's `createdBy` is."
     )
     async def author(self, info: Info) -> UserType | None:
-        if self.role is not MessageRole.USER or self.user_db_id is None:
-            return None
-        user = await info.context.loader(auth_loaders.user_by_id).load(self.user_db_id)
-        return UserType.from_model(user) if user else None
+        return await _user(info, self.user_db_id if self.role is MessageRole.USER else None)
 
     @strawberry.field(
         description="The viewer's rating of this reply (`rateMessage`); null when they have not "
@@ -449,10 +458,8 @@ class MessageType(Node):
         "thread's `assistant` is."
     )
     async def assistant(self, info: Info) -> AssistantType | None:
-        if self.role is not MessageRole.ASSISTANT or self.assistant_db_id is None:
-            return None
-        assistant = await info.context.loader(loaders.assistant_by_id).load(self.assistant_db_id)
-        return AssistantType.from_model(assistant) if assistant else None
+        written = self.role is MessageRole.ASSISTANT
+        return await _assistant(info, self.assistant_db_id if written else None)
 
 
 @strawberry.type(
@@ -494,15 +501,11 @@ class FeedbackType(Node):
     )
     async def assistant(self, info: Info) -> AssistantType | None:
         message = await self._message(info)
-        if message is None or message.assistant_id is None:
-            return None
-        assistant = await info.context.loader(loaders.assistant_by_id).load(message.assistant_id)
-        return AssistantType.from_model(assistant) if assistant else None
+        return await _assistant(info, message.assistant_id if message else None)
 
     @strawberry.field(description="Who rated the reply (null once their account is deleted).")
     async def author(self, info: Info) -> UserType | None:
-        user = await info.context.loader(auth_loaders.user_by_id).load(self.user_db_id)
-        return UserType.from_model(user) if user else None
+        return await _user(info, self.user_db_id)
 
 
 @strawberry.type(name="File", description="An uploaded file (stored in OpenAI Files).")

@@ -6,12 +6,13 @@ every upstream call does, with an `UpstreamFailure` (readable message, scrubbed 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import openai
 from openai import AsyncOpenAI
 
-from atlas_gql.ai.provider import UPSTREAM_ERRORS, Provider, UpstreamFailure, _failure_from_sdk
+from atlas_gql.ai.provider import Provider, UpstreamFailure, sdk_failures
 
 # What users read when the provider could not index a file (its own words go to the ErrorLog).
 INDEX_FAILED_ERROR = "The AI provider could not index the file for file search."
@@ -39,56 +40,40 @@ class VectorStores:
 
     async def create(self, *, name: str, owner: str) -> str:
         """A new empty store; its id (`vs_...`)."""
-        try:
+        with sdk_failures():
             store = await self.client.vector_stores.create(name=name, metadata={"atlas": owner})
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
         return store.id
 
     async def add_file(self, store_id: str, file_id: str) -> IndexState:
         """Add an uploaded file to a store (indexing starts upstream)."""
-        try:
+        with sdk_failures():
             added = await self.client.vector_stores.files.create(
                 vector_store_id=store_id, file_id=file_id
             )
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
         return IndexState(added.status, added.last_error.message if added.last_error else None)
 
     async def file_state(self, store_id: str, file_id: str) -> IndexState:
-        try:
+        with sdk_failures():
             state = await self.client.vector_stores.files.retrieve(
                 file_id, vector_store_id=store_id
             )
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
         return IndexState(state.status, state.last_error.message if state.last_error else None)
 
     async def remove_file(self, store_id: str, file_id: str) -> None:
         """Take a file out of a store (the uploaded file stays); one already gone is fine."""
-        try:
+        with sdk_failures(), contextlib.suppress(openai.NotFoundError):
             await self.client.vector_stores.files.delete(file_id, vector_store_id=store_id)
-        except openai.NotFoundError:
-            return
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
 
     async def usage_bytes(self, store_id: str) -> int:
         """The bytes a store holds (what the provider bills per GB-day)."""
-        try:
+        with sdk_failures():
             store = await self.client.vector_stores.retrieve(store_id)
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
         return store.usage_bytes
 
     async def delete(self, store_id: str) -> None:
         """Delete a store (its files stay uploaded); one already gone is fine."""
-        try:
+        with sdk_failures(), contextlib.suppress(openai.NotFoundError):
             await self.client.vector_stores.delete(store_id)
-        except openai.NotFoundError:
-            return
-        except UPSTREAM_ERRORS as error:
-            raise _failure_from_sdk(error) from error
 
 
 __all__ = ["INDEX_FAILED_ERROR", "IndexState", "UpstreamFailure", "VectorStores"]
