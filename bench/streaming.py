@@ -1,7 +1,7 @@
 """Benchmark: what streaming replies cost the server, beside a minimal floor.
 
     .venv/bin/python bench/streaming.py [--variant NAME=PATH[,ENV=VALUE...]]... [--floor/--no-floor]
-        [--subscribers 1,10,100,1000] [--deltas 100 --interval 0.01]
+        [--subscribers 1,10,100,1000] [--deltas 100 --interval 0.01] [--parallel 10]
         [--replies 200 --reply-deltas 60 --reply-interval 0.066 --spread 4]
         [--fixed-replies 20] [--quick]
 
@@ -15,18 +15,37 @@ Every part runs in a process of its own, so the server's figures are the server'
   client, permessage-deflate offered as browsers do); they note when each delta arrives;
 - the floor (`--floor`, on by default): a minimal server in this file that reads the same
   upstream stream with httpx, serialises each event once and writes the same frame to every
-  socket (`websockets.broadcast`, no compression).
+  socket (`websockets.broadcast`, no compression), on uvloop as ATLAS is under uvicorn.
 
 Server CPU comes from the kernel's per-thread run time of the server process
 (/proc/<pid>/task/*/schedstat, nanoseconds; /proc/<pid>/stat as a fallback), sampled every 5 ms
 into a timeline and read at the moments that bound a measured window (send, first delta, last
 delta; all on CLOCK_MONOTONIC, shared by every process of the machine).
 
+What "server CPU per upstream delta" measures: all CPU the kernel charged to the server's
+threads between the first and the last delta its subscribers received, divided by the deltas
+in between; printed net of the server's idle CPU (measured over an equally long quiet window
+just before, once the previous reply's aftermath has settled), with the raw figure and the
+idle part beside it. On a paced stream (one delta per `--interval`) the server sleeps between
+deltas, and on this kind of machine (a small VM) a wake-up is dear: the `machine:` line,
+printed at the start and the end, measures it in a process of its own: a bare wake-up every
+10 ms costs ~45 us of CPU, and Python work right after one costs ~2.5x what it costs back to
+back (cold caches and branch predictors after the vCPU idled). So a paced figure is mostly
+the price of waking: the floor spends ~30 us per delta when deltas come back to back, ~250 at
+one per 2 ms and ~500 at one per 10 ms (the same code; the 5 ms sampler and idle CPU
+ruled out: the floor's idle is 0 and a 100 ms sampler gives the same). That is the truth for
+one lone stream, not an error to subtract; the `busy:` line shows the same stream with
+`--parallel` replies at once (one subscriber each, starts spread over one interval), where
+wake-ups are shared and the worker is warm: the cost per delta that bounds a busy worker.
+Compare ATLAS with the floor line by line.
+
 Printed per server:
 - fan-out, one thread, N subscribers, `--deltas` every `--interval`: delta p50/p99/max (upstream
   emit -> subscriber receive), events delivered, server CPU per upstream delta (steady state:
-  between the first and the last delta) and per delivered event, and the marginal CPU per
-  additional subscriber (against N = 1);
+  between the first and the last delta; net of idle, then raw and idle) and per delivered
+  event, and the marginal CPU per additional subscriber (against N = 1);
+- busy (`--parallel`, 10 by default; 0 or 1 skips it): the same, `--parallel` replies at once,
+  one subscriber each;
 - per-reply fixed cost: server CPU from the sendMessage request to the first delta received
   (one subscriber; median and mean of `--fixed-replies` replies, the first delta sent at once);
 - concurrent replies: `--replies` threads, one subscriber each, sends spread over `--spread`
@@ -668,6 +687,53 @@ async def floor_main(port: int, upstream: str) -> None:
         await server.serve_forever()
 
 
+# -- the machine: what a wake-up costs ---------------------------------------------------------
+
+
+def wakes_main(interval: float, rounds: int = 300) -> None:
+    """Print (JSON) this process's CPU per round of a small fixed piece of Python work done
+    back to back, and done after sleeping `interval` (a paced stream's life), and of a bare
+    wake-up: what the machine charges for waking, beside any server's code."""
+    event = {"type": "response.output_text.delta", "sequence_number": 7, "delta": "x" * 20}
+
+    def work() -> None:
+        for _ in range(10):
+            json.dumps(json.loads(json.dumps(event)))
+
+    def cpu() -> int:
+        return int(Path("/proc/self/schedstat").read_text().split()[0])
+
+    def per_round(pause: float, task: Any) -> float:
+        before = cpu()
+        for _ in range(rounds):
+            if pause:
+                time.sleep(pause)
+            task()
+        return (cpu() - before) / rounds / 1000
+
+    per_round(0, work)  # warm
+    print(json.dumps({
+        "hot": per_round(0, work),
+        "paced": per_round(interval, work),
+        "wake": per_round(interval, lambda: None),
+    }))  # fmt: skip
+
+
+async def machine_line(interval: float) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--role", "wakes", "--interval", str(interval),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    output, _ = await process.communicate()
+    found = json.loads(output)
+    cold = found["paced"] - found["wake"]
+    return (
+        f"machine: a bare wake-up every {interval * 1000:g} ms costs {found['wake']:.0f} us of "
+        f"CPU; a fixed piece of Python work costs {found['hot']:.0f} us back to back, "
+        f"{cold:.0f} us ({cold / max(found['hot'], 1e-9):.1f}x) after each such wake-up"
+    )
+
+
 # -- the scenarios ---------------------------------------------------------------------------
 
 
@@ -680,6 +746,14 @@ class FanOut:
     completed: int
     cpu_per_delta_us: float
     cpu_per_event_us: float
+    # The server's CPU when nothing streams, over a window as long as the stream's, per
+    # upstream delta (what `cpu_per_delta_us` holds that the deltas did not cause).
+    idle_per_delta_us: float = 0.0
+    replies: int = 1  # replies streaming at once (one subscriber each when > 1)
+
+    @property
+    def net_per_delta_us(self) -> float:
+        return self.cpu_per_delta_us - self.idle_per_delta_us
 
 
 @dataclass
@@ -689,6 +763,7 @@ class Figures:
     rss_subscribed: int = 0
     rss_subscriptions: int = 0
     fan_outs: list[FanOut] = field(default_factory=list)
+    busy: FanOut | None = None
     fixed_ms: list[float] = field(default_factory=list)
     concurrent: str = ""
 
@@ -716,20 +791,47 @@ async def probe(server: Server, upstream: Upstream, fleet: Fleet, plan: dict[str
 PROBE_TIMEOUT = 150
 
 
+async def cpu_rate(server: Server, seconds: float) -> float:
+    """The server's CPU (ns per second) over the next `seconds`."""
+    before, started = cpu_ns(server.pid), time.monotonic_ns()
+    await asyncio.sleep(seconds)
+    return (cpu_ns(server.pid) - before) / max(time.monotonic_ns() - started, 1) * 1e9
+
+
+async def idle_rate(server: Server, seconds: float) -> float:
+    """The server's CPU (ns per second) over `seconds` in which nothing is asked of it, once
+    the aftermath of what came before (the probe reply's title, its finishing writes) is over:
+    it settles when a quarter second costs under 1 % of a core, or after 5 s."""
+    deadline = time.monotonic() + 5
+    while await cpu_rate(server, 0.25) > 0.01e9 and time.monotonic() < deadline:
+        pass
+    return await cpu_rate(server, seconds)
+
+
 async def fan_out(
     server: Server, upstream: Upstream, timeline: CpuTimeline, figures: Figures,
-    count: int, deltas: int, interval: float, measure_rss: bool,
+    count: int, deltas: int, interval: float, measure_rss: bool, replies: int = 1,
 ) -> FanOut:  # fmt: skip
-    thread_id = await server.new_thread()
+    """`replies` threads (`count` subscribers each) streaming `deltas` every `interval` at
+    once, their starts spread over one interval."""
+    threads = [await server.new_thread() for _ in range(replies)]
     fleet = Fleet(server)
     try:
-        await fleet.open([(thread_id, count)])
-        await probe(server, upstream, fleet, {thread_id: count})
+        await fleet.open([(thread_id, count) for thread_id in threads])
+        await probe(server, upstream, fleet, dict.fromkeys(threads, count))
         if measure_rss:
             figures.rss_subscribed, figures.rss_subscriptions = rss_bytes(server.pid), count
-        await upstream.script(1, deltas=["x"] * deltas, delay=interval, timestamp_deltas=True)
-        await server.send(thread_id)
-        await fleet.wait_finals({thread_id: count})
+        # A quiet window as long as the stream: the CPU the server spends anyway (and the
+        # stream starts on a settled server).
+        idle = await idle_rate(server, min(deltas * interval, 5.0)) if interval else 0.0
+        await upstream.script(replies, deltas=["x"] * deltas, delay=interval, timestamp_deltas=True)
+
+        async def send_at(index: int, thread_id: str) -> None:
+            await asyncio.sleep(index * interval / replies)
+            await server.send(thread_id)
+
+        await asyncio.gather(*(send_at(index, t) for index, t in enumerate(threads)))
+        await fleet.wait_finals(dict.fromkeys(threads, count))
         timeline.sample()
         finals = fleet.take_finals()
         latencies = await fleet.report()
@@ -738,16 +840,20 @@ async def fan_out(
     firsts = [final.first_ns for final in finals if final.first_ns]
     lasts = [final.last_ns for final in finals if final.last_ns]
     events = sum(final.events for final in finals)
-    cpu = timeline.at(max(lasts)) - timeline.at(min(firsts)) if firsts and lasts else float("nan")
-    # Steady state: the deltas after each subscriber's first one.
+    window = max(lasts) - min(firsts) if firsts and lasts else 0
+    cpu = timeline.at(max(lasts)) - timeline.at(min(firsts)) if window else float("nan")
+    # Steady state: the deltas after each reply's first one (as its subscribers saw them).
+    measured = max(replies * (deltas - 1), 1)
     return FanOut(
         subscribers=count,
         latencies=latencies,
         stamps=sum(final.stamps for final in finals),
         events=events,
         completed=sum(1 for final in finals if final.typename == "MessageCompleted"),
-        cpu_per_delta_us=cpu / max(deltas - 1, 1) / 1000,
+        cpu_per_delta_us=cpu / measured / 1000,
         cpu_per_event_us=cpu / max(events - len(finals), 1) / 1000,
+        idle_per_delta_us=idle * window / 1e9 / measured / 1000,
+        replies=replies,
     )
 
 
@@ -847,6 +953,12 @@ async def measure(server: Server, upstream: Upstream, args: argparse.Namespace) 
                 break
             figures.fan_outs.append(result)
             print(f"  [{server.name}] {fan_out_line(result, figures.fan_outs[0])}", flush=True)
+        if args.parallel > 1 and figures.fan_outs:
+            figures.busy = await fan_out(
+                server, upstream, timeline, figures, 1, args.deltas, args.interval,
+                measure_rss=False, replies=args.parallel,
+            )  # fmt: skip
+            print(f"  [{server.name}] busy: {fan_out_line(figures.busy, figures.fan_outs[0])}")
         figures.fixed_ms = await fixed_cost(server, upstream, timeline, args.fixed_replies)
         print(f"  [{server.name}] fixed cost: {fixed_line(figures)}", flush=True)
         if args.replies:
@@ -861,15 +973,21 @@ async def measure(server: Server, upstream: Upstream, args: argparse.Namespace) 
 def fan_out_line(result: FanOut, single: FanOut) -> str:
     marginal = ""
     if result.subscribers > 1:
-        extra = (result.cpu_per_delta_us - single.cpu_per_delta_us) / (result.subscribers - 1)
+        extra = (result.net_per_delta_us - single.net_per_delta_us) / (result.subscribers - 1)
         marginal = f", +{extra:.1f} us per extra subscriber"
+    who = (
+        f"{result.replies} replies x {result.subscribers} subscriber"
+        if result.replies > 1
+        else f"{result.subscribers:>5} subscribers"
+    )
     return (
-        f"{result.subscribers:>5} subscribers: p50 {percentile(result.latencies, 0.5):8.2f} ms, "
+        f"{who}: p50 {percentile(result.latencies, 0.5):8.2f} ms, "
         f"p99 {percentile(result.latencies, 0.99):8.2f} ms, "
         f"max {max(result.latencies, default=float('nan')):8.1f} ms; "
         f"{result.stamps} deltas in {result.events} events, "
-        f"{result.completed}/{result.subscribers} completed; server CPU "
-        f"{result.cpu_per_delta_us:.0f} us per upstream delta, "
+        f"{result.completed}/{result.subscribers * result.replies} completed; server CPU "
+        f"{result.net_per_delta_us:.0f} us per upstream delta ({result.cpu_per_delta_us:.0f} "
+        f"with {result.idle_per_delta_us:.0f} idle), "
         f"{result.cpu_per_event_us:.1f} us per delivered event{marginal}"
     )
 
@@ -895,6 +1013,8 @@ def print_summary(all_figures: list[Figures], args: argparse.Namespace) -> None:
         print(f"== {figures.name}")
         for result in figures.fan_outs:
             print("  " + fan_out_line(result, figures.fan_outs[0]))
+        if figures.busy is not None:
+            print("  busy: " + fan_out_line(figures.busy, figures.fan_outs[0]))
         print(f"  per-reply fixed cost: {fixed_line(figures)}")
         if figures.concurrent:
             print(f"  concurrent replies: {figures.concurrent}")
@@ -920,6 +1040,8 @@ async def main(args: argparse.Namespace) -> None:
     if args.floor:
         servers.append(FloorServer())
     all_figures = []
+    machine = await machine_line(args.interval)
+    print(machine, flush=True)
     try:
         for server in servers:
             print(f"-- {server.name}", flush=True)
@@ -927,6 +1049,8 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await upstream.stop()
     print_summary(all_figures, args)
+    print(machine)
+    print(await machine_line(args.interval))
 
 
 def parse_args() -> argparse.Namespace:
@@ -935,7 +1059,9 @@ def parse_args() -> argparse.Namespace:
     def numbers(value: str) -> list[int]:
         return [int(item) for item in value.split(",") if item]
 
-    parser.add_argument("--role", default="driver", choices=["driver", "subscribers", "floor"])
+    parser.add_argument(
+        "--role", default="driver", choices=["driver", "subscribers", "floor", "wakes"]
+    )
     parser.add_argument("config", nargs="?", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -947,6 +1073,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--subscribers", type=numbers, default=[1, 10, 100, 1000])
     parser.add_argument("--deltas", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.01)
+    parser.add_argument(
+        "--parallel", type=int, default=10,
+        help="the fan-out stream run by this many replies at once, one subscriber each",
+    )  # fmt: skip
     parser.add_argument("--replies", type=int, default=200)
     parser.add_argument("--reply-deltas", type=int, default=60)
     parser.add_argument("--reply-interval", type=float, default=0.066)
@@ -963,7 +1093,12 @@ if __name__ == "__main__":
     arguments = parse_args()
     if arguments.role == "subscribers":
         asyncio.run(subscribers_main(json.loads(arguments.config)))
+    elif arguments.role == "wakes":
+        wakes_main(arguments.interval)
     elif arguments.role == "floor":
-        asyncio.run(floor_main(arguments.port, arguments.upstream))
+        # uvloop, as ATLAS under uvicorn (its `loop="auto"` takes uvloop when installed).
+        import uvloop
+
+        uvloop.run(floor_main(arguments.port, arguments.upstream))
     else:
         asyncio.run(main(arguments))

@@ -187,13 +187,33 @@ def created_event(sequence: int, message: Message) -> MessageCreated:
     )
 
 
+_DELTA_FIELDS = frozenset({"sequence", "thread_id", "message_id", "delta"})
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
 def delta_event(
     sequence: int, *, thread_id: uuid.UUID, message_id: uuid.UUID, delta: str
 ) -> MessageDelta:
-    # The hot path: the values are ours, so no validation.
-    return MessageDelta.model_construct(
-        sequence=sequence, thread_id=thread_id, message_id=message_id, delta=delta
+    """The event of one delta. The hot path (once per upstream delta): the values are ours,
+    so no validation, and the model is filled as `model_construct` would fill it (equal,
+    same hash and JSON; tests/ai/test_units.py) at a third of its cost."""
+    event = _new_object(MessageDelta)
+    _set_attribute(
+        event,
+        "__dict__",
+        {
+            "sequence": sequence,
+            "thread_id": thread_id,
+            "message_id": message_id,
+            "type": "MessageDelta",
+            "delta": delta,
+        },
     )
+    _set_attribute(event, "__pydantic_fields_set__", set(_DELTA_FIELDS))
+    _set_attribute(event, "__pydantic_extra__", None)
+    _set_attribute(event, "__pydantic_private__", None)
+    return event
 
 
 def final_event(sequence: int, message: Message) -> FinalEvent:

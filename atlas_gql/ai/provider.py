@@ -29,10 +29,11 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 import httpx2
 import openai
 from openai import AsyncOpenAI
@@ -74,6 +75,9 @@ UPSTREAM_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
 )
+# What reading a stream's body straight from aiohttp raises when the connection fails (the
+# transport maps them to httpx2's on its own path; see `body_reader`).
+STREAM_READ_ERRORS: tuple[type[Exception], ...] = (*UPSTREAM_ERRORS, aiohttp.ClientError)
 # Also key fragments as OpenAI quotes them in a 401 ("sk-proj-****...abcd").
 _KEY_FRAGMENT = re.compile(r"\bsk-[A-Za-z0-9_*.\-]{3,}")
 
@@ -618,8 +622,9 @@ class ResponsesProvider(_FilesMixin):
             except UPSTREAM_ERRORS as error:
                 raise _failure_from_sdk(error) from error
             reader = self.reader_class(request_id=response.headers.get("x-request-id"))
+            read = body_reader(response.http_response, stack)
             try:
-                async for chunk in response.http_response.aiter_bytes():
+                while chunk := await read():
                     batch = reader.feed(chunk)
                     if batch:
                         yield batch
@@ -627,7 +632,7 @@ class ResponsesProvider(_FilesMixin):
                         raise reader.failure
                     if reader.finished:
                         return
-            except UPSTREAM_ERRORS as error:
+            except STREAM_READ_ERRORS as error:
                 failure = _failure_from_sdk(error, mid_stream=True)
                 failure.request_id = failure.request_id or reader.request_id
                 raise failure from error
@@ -635,6 +640,33 @@ class ResponsesProvider(_FilesMixin):
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def body_reader(
+    response: httpx2.Response, stack: contextlib.AsyncExitStack
+) -> Callable[[], Awaitable[bytes]]:
+    """An awaitable read of the next bytes of a streamed body, b"" at its end.
+
+    Over the SDK's aiohttp transport, the bytes come straight from aiohttp's buffer: one await
+    per network read (all it holds), rather than through the five async generators of
+    httpx2's `aiter_bytes` (response, raw, timing, transport stream, aiohttp's fixed-size
+    chunks), whose decoders are identity on an unencoded body. Otherwise (httpx, an encoded
+    body, an SDK whose transport is built differently) through `aiter_bytes`."""
+    inner = getattr(response.stream, "_stream", None)
+    aiohttp_response = getattr(inner, "_aiohttp_response", None)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if isinstance(aiohttp_response, aiohttp.ClientResponse) and encoding == "identity":
+        return aiohttp_response.content.readany
+    chunks = response.aiter_bytes()
+    stack.push_async_callback(chunks.aclose)
+
+    async def read() -> bytes:
+        async for chunk in chunks:
+            if chunk:
+                return chunk
+        return b""
+
+    return read
 
 
 def tool_arguments(request: ReplyRequest) -> dict[str, Any]:

@@ -8,11 +8,10 @@ events it does not use by name."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
+class ServerSentEvent(NamedTuple):
     event: str  # "message" when the event names no type
     data: bytes  # its data lines joined by "\n"
 
@@ -20,23 +19,23 @@ class ServerSentEvent:
 class SSEDecoder:
     """Complete events out of a byte stream cut anywhere (mid-line, mid-CRLF)."""
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_after_cr", "_buffer")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = b""  # line ends already made "\n"
+        # The last read ended with a CR: a LF first in the next one is the rest of a CRLF.
+        self._after_cr = False
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        if self._after_cr:
+            self._after_cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            self._after_cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" in buffer:
-            # A CR at the very end may be the first half of a CRLF: keep it for the next read.
-            held = buffer[-1:] if buffer.endswith(b"\r") else b""
-            if held:
-                buffer = buffer[:-1]
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        else:
-            held = b""
-        *blocks, rest = buffer.split(b"\n\n")
-        self._buffer = rest + held
+        *blocks, self._buffer = buffer.split(b"\n\n")
         events = []
         for block in blocks:
             event = _parse_block(block)
@@ -51,6 +50,12 @@ class SSEDecoder:
 
 
 def _parse_block(block: bytes) -> ServerSentEvent | None:
+    # The shape of (nearly) every event of the Responses API, read in one step: an `event:`
+    # line, then a single `data:` line, each with the one optional space after the colon.
+    if block.startswith(b"event: "):
+        end = block.find(b"\n")
+        if end > 0 and block.startswith(b"data: ", end + 1) and block.find(b"\n", end + 1) < 0:
+            return ServerSentEvent(block[7:end].decode(), block[end + 7 :])
     name = "message"
     data: list[bytes] = []
     for line in block.split(b"\n"):

@@ -53,12 +53,15 @@ async def test_a_hung_redis_is_skipped_after_one_timeout(silent_redis: SilentRed
     broker = RedisBroker(silent_redis.url, timeout=0.1)
     local = broker._fanout.add(THREAD)  # a subscriber of this worker
     try:
-        await broker.publish(THREAD, _delta(1))  # waits out the timeout, does not raise
+        await broker.publish(THREAD, _delta(1))  # queued for Redis: does not wait
+        assert not broker.breaker.is_open
+        await broker.flush()  # the sender waited out the timeout (and did not raise)
         assert broker.breaker.is_open
         assert broker.breaker.trips == 1
         asked = silent_redis.connections
         for sequence in range(2, 101):
             await broker.publish(THREAD, _delta(sequence))
+        await broker.flush()
         # Redis was not asked again: each publish skipped it...
         assert silent_redis.connections == asked
         assert broker.breaker.skipped == 99

@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from atlas_gql.ai.broker import Event, RedisBroker
-from atlas_gql.ai.events import MessageDelta
+from atlas_gql.ai.events import MessageDelta, decode_event
 from atlas_gql.errors import BrokerUnavailable
 from tests.ai.conftest import TEST_REDIS_TIMEOUT, StartServer
 from tests.ai.fake_openai import Behaviour
@@ -187,3 +187,69 @@ async def test_a_late_subscribe_confirmation_is_waited_for_while_redis_answers()
                 await first
         await aclose(stream)
         await broker.close()
+
+
+async def test_events_queued_for_redis_go_in_order_in_shared_round_trips() -> None:
+    publisher, other = RedisBroker(REDIS_URL), RedisBroker(REDIS_URL)
+    threads = [uuid.uuid4(), uuid.uuid4()]
+    await publisher.start()
+    await other.start()
+    remote = other.subscribe(threads[0], after_sequence=None)
+    before = other.listeners.total(threads[0])
+    received = asyncio.ensure_future(anext(remote))
+    try:
+        async with asyncio.timeout(10):
+            await other.listeners.wait_total(threads[0], before + 1)
+        sent: list[tuple[uuid.UUID, str]] = []
+        original_send = publisher._send
+
+        async def send(batch: list[tuple[uuid.UUID, str]]) -> None:
+            sent.extend(batch)
+            batches.append(len(batch))
+            await original_send(batch)
+
+        batches: list[int] = []
+        publisher._send = send  # type: ignore[method-assign]
+        # Published back to back (no wait on Redis in between): one round trip carries them.
+        # (Each of another message: consecutive deltas of one would reach a subscriber that
+        # is behind merged.)
+        for sequence in range(1, 41):
+            await publisher.publish(
+                threads[sequence % 2],
+                MessageDelta(
+                    sequence=sequence,
+                    thread_id=threads[sequence % 2],
+                    message_id=uuid.uuid4(),
+                    delta=f"d{sequence}",
+                ),
+            )
+        # A subscriber of the publishing worker replaying right away finds them all (it waits
+        # for the queue to be sent before it reads the list).
+        local = publisher.subscribe(threads[1], after_sequence=0)
+        async with asyncio.timeout(10):
+            replayed = [(await anext(local)).sequence for _ in range(20)]
+        await aclose(local)
+        assert replayed == list(range(1, 41, 2))
+        assert batches == [40]
+        assert [data for _, data in sent] == [
+            data for _, data in sorted(sent, key=lambda item: decode_sequence(item[1]))
+        ]
+        # The other worker got them live, in order.
+        async with asyncio.timeout(10):
+            seen = [(await received).sequence]
+            while len(seen) < 20:
+                seen.append((await anext(remote)).sequence)
+        assert seen == list(range(2, 41, 2))
+    finally:
+        received.cancel()
+        with contextlib.suppress(BaseException):
+            await received
+        await aclose(remote)
+        for thread in threads:
+            await publisher._redis.delete(publisher.history_key(thread))
+        await publisher.close()
+        await other.close()
+
+
+def decode_sequence(data: str) -> int:
+    return int(decode_event(data).sequence)

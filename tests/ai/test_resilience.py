@@ -257,12 +257,22 @@ async def test_upstream_401_text_with_a_key_stays_out_of_messages_and_events(
     ],
     ids=["abort", "failed", "error_event", "timeout"],
 )  # fmt: skip
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
 async def test_users_read_a_generic_message_per_failure_kind(
-    start_ai_server: StartServer, behaviour: Behaviour, timeout: float, status: str, error: str
+    start_ai_server: StartServer,
+    behaviour: Behaviour,
+    timeout: float,
+    status: str,
+    error: str,
+    client: str,
 ) -> None:
     # A foreground response (a background one is read again after a cut or a timeout:
-    # tests/ai/test_background.py).
-    ai = await start_ai_server(atlas_openai_timeout=timeout, atlas_openai_background=False)
+    # tests/ai/test_background.py), over either transport (each reads the body its own way).
+    ai = await start_ai_server(
+        atlas_openai_timeout=timeout,
+        atlas_openai_background=False,
+        atlas_openai_http_client=client,
+    )
     ai.fake.then(*[behaviour] * 3)
     thread_id = await ai.new_thread()
     async with ai.client.subscribe(ai.people.member, thread_id) as subscription:

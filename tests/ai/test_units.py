@@ -16,6 +16,9 @@ from atlas_gql.ai.events import (
     MessageDelta,
     MessagePayload,
     ThreadEvent,
+    decode_event,
+    delta_event,
+    encode_event,
 )
 from atlas_gql.ai.models import MessageRole, MessageStatus
 from atlas_gql.ai.pricing import allowed_models, cost_usd
@@ -36,6 +39,23 @@ def test_cost_is_exact_decimal() -> None:
         settings, model="gpt-4o-mini-2024-07-18", input_tokens=1_000_000, output_tokens=0
     ) == Decimal("0.150000")
     assert cost_usd(settings, model="mystery", input_tokens=10, output_tokens=10) == 0
+
+
+@pytest.mark.parametrize(
+    "text", ["", "hello", 'é\n"quoted"', "\ufffd"], ids=["empty", "ascii", "escapes", "fffd"]
+)
+def test_a_delta_event_is_the_model_pydantic_would_build(text: str) -> None:
+    message_id = uuid.uuid4()
+    fast = delta_event(7, thread_id=THREAD, message_id=message_id, delta=text)
+    built = MessageDelta(sequence=7, thread_id=THREAD, message_id=message_id, delta=text)
+    assert fast == built
+    assert hash(fast) == hash(built)
+    assert fast.model_fields_set == {"sequence", "thread_id", "message_id", "delta"}
+    assert encode_event(fast) == encode_event(built)
+    assert decode_event(encode_event(fast)) == fast
+    assert fast.model_copy(update={"delta": "x"}).delta == "x"
+    with pytest.raises(ValueError, match="frozen"):
+        fast.delta = "changed"  # type: ignore[misc]
 
 
 def test_prices_and_models_follow_settings() -> None:

@@ -3,8 +3,11 @@ own parsing and types; both HTTP transports; a bug in ATLAS surfaces as a bug.""
 
 from __future__ import annotations
 
+import contextlib
+import random
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 import sqlalchemy as sa
@@ -31,8 +34,11 @@ from atlas_gql.ai.provider import (
     ReplyItem,
     ReplyStarted,
     ResponsesStreamReader,
+    body_reader,
+    create_client,
 )
 from atlas_gql.ai.sse import SSEDecoder
+from atlas_gql.config import Settings
 from atlas_gql.logs.models import ErrorLog, ErrorSource
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.fake_openai import Behaviour, FakeOpenAI
@@ -140,6 +146,94 @@ def test_sse_framing_keeps_partial_events_and_multiline_data() -> None:
     assert decoder.feed(b"\r") == []
     [event] = decoder.feed(b"\ndata:x\r\n\r\n")
     assert (event.event, event.data) == ("message", b"x")
+
+
+def generated_stream(seed: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A random event stream in any of the spec's shapes, and its events (name, data)."""
+    rng = random.Random(seed)
+    end = rng.choice([b"\n", b"\r\n", b"\r"])
+    names = ["response.output_text.delta", "response.completed", "error", "x-unknown", None]
+    lines_of_text = ["{}", '{"delta": "h\u00e9"}', "plain text", "", " leading space", "a:b"]
+    wire: list[bytes] = []
+    expected: list[tuple[str, bytes]] = []
+    for _ in range(rng.randint(1, 12)):
+        lines: list[bytes] = []
+        if rng.random() < 0.2:
+            lines.append(b": a comment")
+        name = rng.choice(names)
+        if name is not None:
+            lines.append(b"event:" + rng.choice([b" ", b""]) + name.encode())
+        data = []
+        for _ in range(rng.choice([1, 1, 1, 2, 3])):
+            value = rng.choice(lines_of_text).encode()
+            # One space after the colon is not part of the value (whichever side it came from).
+            line = b"data: " + value if rng.random() < 0.8 else b"data:" + value
+            lines.append(line)
+            data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+        if rng.random() < 0.2:
+            lines.insert(rng.randrange(len(lines) + 1), b"id: 7")
+        if rng.random() < 0.1:
+            lines.insert(rng.randrange(len(lines) + 1), b"retry: 1000")
+        wire.append(end.join(lines) + end + end)
+        expected.append((name or "message", b"\n".join(data)))
+    return b"".join(wire), expected
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_sse_framing_agrees_with_the_sdk_on_generated_streams(seed: int) -> None:
+    data, expected = generated_stream(seed)
+    sdk = [
+        (event.event or "message", event.data.encode())
+        for event in SdkDecoder().iter_bytes(iter([data]))
+    ]
+    assert sdk == expected
+    rng = random.Random(seed)
+    for _ in range(5):  # cut anywhere, in pieces of any size (one byte included)
+        decoder = SSEDecoder()
+        events: list[tuple[str, bytes]] = []
+        start = 0
+        while start < len(data):
+            size = rng.choice([1, 2, 3, rng.randint(1, 64), len(data)])
+            events += [(e.event, e.data) for e in decoder.feed(data[start : start + size])]
+            start += size
+        assert events == expected
+        assert decoder.pending == b""
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+async def test_a_streamed_body_reads_the_same_over_either_transport(
+    fake_openai: FakeOpenAI, client: str
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        openai_base_url=fake_openai.base_url,
+        openai_api_key="sk-test",
+        atlas_openai_http_client=client,
+    )
+    sdk = create_client(settings)
+    expected = await wire(Behaviour())
+    try:
+        async with (
+            sdk.responses.with_streaming_response.create(
+                model="gpt-4o-mini", input="hi", stream=True
+            ) as response,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            read = body_reader(response.http_response, stack)
+            # Over aiohttp, straight from its buffer (an SDK whose transport changed shape
+            # falls back to httpx2's iterator: this says when that happens).
+            direct = isinstance(getattr(read, "__self__", None), aiohttp.StreamReader)
+            assert direct is (client == "aiohttp")
+            body = b""
+            while chunk := await read():
+                body += chunk
+            assert await read() == b""
+    finally:
+        await sdk.close()
+    assert body.replace(b"resp_", b"").count(b"event: ") == expected.count(b"event: ")
+    assert [e.event for e in SSEDecoder().feed(body)] == [
+        e.event for e in SSEDecoder().feed(expected)
+    ]
 
 
 # -- against a live server ------------------------------------------------------------------
