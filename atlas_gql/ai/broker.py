@@ -64,8 +64,10 @@ SUBSCRIBE_TIMEOUT = 2.0
 # for Redis) and ATLAS_REDIS_RETRY_MAX (longest pause before Redis is probed again).
 REDIS_TIMEOUT = 0.25
 REDIS_MAX_PAUSE = 30.0
-# Events waiting for a subscriber from which its queued deltas are merged: a subscriber
-# keeping up has one or a few at a time, so nothing is merged for it (no added latency).
+# A subscriber is behind when an event reaches its reader this many seconds after it was
+# published, or this many events wait for it: its consecutive queued deltas are merged then
+# (see `_deliver`). One keeping up has none or a few waiting, taken at once: nothing merged.
+MERGE_AFTER = 0.025
 MERGE_BACKLOG = 16
 # A merged delta stops growing at about this many characters (the next one starts anew).
 MERGE_MAX_CHARS = 16 * 1024
@@ -80,14 +82,21 @@ class SubscriberTooSlow(Exception):
 
 class SubscriptionControl:
     """What a subscription's owner can do to it from outside its reading task: stop it with
-    an error that its reader raises at its next event (an access check that failed), and be
-    told at once when its queue overflows (its reader may be stuck writing to a full socket,
-    so it would only notice later)."""
+    an error that its reader raises at its next event (an access check that failed), be told
+    at once when its queue overflows (its reader may be stuck writing to a full socket, so it
+    would only notice later), and deliver events itself while the reader is idle (`direct`:
+    see `_Subscriber.offer`)."""
 
-    __slots__ = ("_subscriber", "error", "on_overflow")
+    __slots__ = ("_subscriber", "direct", "error", "on_overflow")
 
-    def __init__(self, *, on_overflow: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_overflow: Callable[[], None] | None = None,
+        direct: Callable[[Event], bool] | None = None,
+    ) -> None:
         self.on_overflow = on_overflow
+        self.direct = direct
         self.error: BaseException | None = None
         self._subscriber: _Subscriber | None = None
 
@@ -102,6 +111,7 @@ class SubscriptionControl:
     def bind(self, subscriber: _Subscriber) -> None:
         self._subscriber = subscriber
         subscriber.on_overflow = self.on_overflow
+        subscriber.direct = self.direct
         if self.error is not None:
             subscriber.queue.put_nowait(_Stop(self.error))
 
@@ -150,24 +160,50 @@ class Broker(Protocol):
 
 
 class _Subscriber:
-    __slots__ = ("limit", "on_overflow", "overflowed", "queue")
+    """A subscription's queue, and what its publisher may write for it at once.
+
+    `offer` hands an event to `direct` (the WebSocket's shared-frame write, graph/fanout.py)
+    instead of queueing it when that keeps the order: the reader is idle (waiting for its next
+    event, holding none) and nothing is queued. Otherwise, and when `direct` declines (not a
+    delta, or the socket's buffer is full), the event is queued with the moment it was
+    published, for the reader (`_deliver`) to merge deltas that waited too long."""
+
+    __slots__ = ("direct", "last", "limit", "on_overflow", "overflowed", "queue", "waiting")
 
     def __init__(self, limit: int) -> None:
-        self.queue: asyncio.Queue[Event | _Stop | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[float, Event] | _Stop | None] = asyncio.Queue()
         self.limit = limit
         self.overflowed = False
         self.on_overflow: Callable[[], None] | None = None
+        self.direct: Callable[[Event], bool] | None = None
+        # The reader waits on an empty queue, holding no event (direct writes keep the order).
+        self.waiting = False
+        # The sequence of the last event delivered (by the reader or directly).
+        self.last = -1
 
     def offer(self, event: Event) -> None:
         if self.overflowed:
             return
+        if self.waiting and self.direct is not None and self.queue.empty():
+            if event.sequence <= self.last:
+                return  # a repeat (a resumed reply publishes again what it had published)
+            try:
+                written = self.direct(event)
+            except Exception:
+                # The publisher must go on for the other subscribers: this one takes the
+                # reader's path, whose errors end its own subscription.
+                logger.exception("direct delivery failed")
+                written = False
+            if written:
+                self.last = event.sequence
+                return
         if self.queue.qsize() >= self.limit:
             self.overflowed = True
             self.queue.put_nowait(None)
             if self.on_overflow is not None:
                 self.on_overflow()
             return
-        self.queue.put_nowait(event)
+        self.queue.put_nowait((time.monotonic(), event))
 
 
 # What a message's final event makes useless to a client reconnecting after it (the final
@@ -197,42 +233,56 @@ async def _deliver(
     subscriber: _Subscriber, replay: list[Event], after_sequence: int | None
 ) -> AsyncIterator[Event]:
     """Replay (events above `after_sequence`), then live events; never a number twice or
-    out of order (live events already replayed are skipped).
+    out of order (live events already replayed, or written directly, are skipped).
 
-    A subscriber that falls behind (MERGE_BACKLOG events waiting: its socket was busy, or the
-    worker was) gets the consecutive deltas of a message waiting for it merged into one delta
-    event (numbered as the last of them, at most about MERGE_MAX_CHARS of text): the text is
-    the same, the work per event is not repeated for every token, so a slow client catches up
-    instead of falling further behind. One that keeps up gets every delta as it comes."""
-    last = after_sequence if after_sequence is not None else -1
-    backlog: deque[Event] = deque()
+    Coalescing: a subscriber that fell behind (an event reaches its reader MERGE_AFTER seconds
+    or more after it was published, or MERGE_BACKLOG events wait: its socket was full, or the
+    worker was busy; a replay counts by its size) gets the consecutive deltas of a message
+    waiting for it merged into one delta event, numbered as the LAST of them (so
+    `afterSequence` with that number resumes exactly after the merged text), of at most about
+    MERGE_MAX_CHARS characters: the text is the same, and the work per event is not repeated
+    for every token, so a slow client catches up instead of falling further behind. Nothing
+    is ever held back to be merged: a subscriber keeping up gets every delta as it comes."""
+    subscriber.last = after_sequence if after_sequence is not None else -1
+    backlog: deque[tuple[float, Event]] = deque()
 
-    def accept(item: Event | _Stop | None) -> None:
+    def accept(item: tuple[float, Event] | _Stop | None) -> None:
         if item is None:
             raise SubscriberTooSlow()
         if isinstance(item, _Stop):
             raise item.error
-        newest = backlog[-1].sequence if backlog else last
-        if item.sequence > newest:
+        newest = backlog[-1][1].sequence if backlog else subscriber.last
+        if item[1].sequence > newest:
             backlog.append(item)
 
     if after_sequence is not None:
+        now = time.monotonic()
         for event in sorted(replay, key=lambda item: item.sequence):
-            accept(event)
+            accept((now, event))
+    queue = subscriber.queue
     while True:
         if not backlog:
-            accept(await subscriber.queue.get())
-        while not subscriber.queue.empty():
-            accept(subscriber.queue.get_nowait())
+            subscriber.waiting = True
+            try:
+                item = await queue.get()
+            finally:
+                subscriber.waiting = False
+            accept(item)
+        while not queue.empty():
+            accept(queue.get_nowait())
         if not backlog:
             continue
-        event = backlog.popleft()
-        if len(backlog) >= MERGE_BACKLOG:
+        published, event = backlog.popleft()
+        if (
+            backlog
+            and (len(backlog) >= MERGE_BACKLOG or time.monotonic() - published >= MERGE_AFTER)
+            and isinstance(event, MessageDelta)
+        ):
             while (
-                backlog and _mergeable(event, backlog[0]) and len(event.delta) < MERGE_MAX_CHARS  # type: ignore[union-attr]
+                backlog and _mergeable(event, backlog[0][1]) and len(event.delta) < MERGE_MAX_CHARS
             ):
-                event = _merge(event, backlog.popleft())  # type: ignore[arg-type]
-        last = event.sequence
+                event = _merge(event, backlog.popleft()[1])  # type: ignore[arg-type]
+        subscriber.last = event.sequence
         yield event
 
 
