@@ -168,9 +168,19 @@ class _Subscriber:
     delta, or the socket's buffer is full), the event is queued with the moment it was
     published, for the reader (`_deliver`) to merge deltas that waited too long."""
 
-    __slots__ = ("direct", "last", "limit", "on_overflow", "overflowed", "queue", "waiting")
+    __slots__ = (
+        "clock",
+        "direct",
+        "last",
+        "limit",
+        "on_overflow",
+        "overflowed",
+        "queue",
+        "waiting",
+    )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.queue: asyncio.Queue[tuple[float, Event] | _Stop | None] = asyncio.Queue()
         self.limit = limit
         self.overflowed = False
@@ -203,7 +213,7 @@ class _Subscriber:
             if self.on_overflow is not None:
                 self.on_overflow()
             return
-        self.queue.put_nowait((time.monotonic(), event))
+        self.queue.put_nowait((self.clock(), event))
 
 
 # What a message's final event makes useless to a client reconnecting after it (the final
@@ -256,7 +266,7 @@ async def _deliver(
             backlog.append(item)
 
     if after_sequence is not None:
-        now = time.monotonic()
+        now = subscriber.clock()
         for event in sorted(replay, key=lambda item: item.sequence):
             accept((now, event))
     queue = subscriber.queue
@@ -275,7 +285,7 @@ async def _deliver(
         published, event = backlog.popleft()
         if (
             backlog
-            and (len(backlog) >= MERGE_BACKLOG or time.monotonic() - published >= MERGE_AFTER)
+            and (len(backlog) >= MERGE_BACKLOG or subscriber.clock() - published >= MERGE_AFTER)
             and isinstance(event, MessageDelta)
         ):
             while (
@@ -289,12 +299,13 @@ async def _deliver(
 class _LocalFanout:
     """The subscribers of this process, by thread."""
 
-    def __init__(self, queue_limit: int) -> None:
+    def __init__(self, queue_limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.subscribers: dict[uuid.UUID, set[_Subscriber]] = {}
         self.queue_limit = queue_limit
+        self.clock = clock
 
     def add(self, thread_id: uuid.UUID, control: SubscriptionControl | None = None) -> _Subscriber:
-        subscriber = _Subscriber(self.queue_limit)
+        subscriber = _Subscriber(self.queue_limit, self.clock)
         if control is not None:
             control.bind(subscriber)
         self.subscribers.setdefault(thread_id, set()).add(subscriber)
@@ -389,7 +400,7 @@ class MemoryBroker:
         self.thread_limit = thread_limit
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._fanout = _LocalFanout(queue_limit)
+        self._fanout = _LocalFanout(queue_limit, clock)
         self.listeners = Listeners()
         self._history: OrderedDict[uuid.UUID, _ThreadHistory] = OrderedDict()
         self._bytes = 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from atlas_gql.ai.broker import MERGE_BACKLOG, MemoryBroker
+from atlas_gql.ai.broker import MERGE_AFTER, MERGE_BACKLOG, MemoryBroker, SubscriptionControl
 from atlas_gql.ai.events import (
     MessageCompleted,
     MessageCreated,
@@ -134,6 +134,92 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def test_deltas_that_waited_too_long_are_merged_numbered_as_the_last() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    thread = uuid.uuid4()
+    stream = broker.subscribe(thread)
+    first = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await broker.publish(thread, _delta(1, "a"))
+    assert await first == [_delta(1, "a")]
+    # The reader pauses: four deltas and another message's event wait for it.
+    for sequence, text in ((2, "b"), (3, "c"), (4, "d"), (5, "e")):
+        await broker.publish(thread, _delta(sequence, text))
+    await broker.publish(thread, _delta(6, "other", message="m2"))
+    clock.now += 2 * MERGE_AFTER
+    # Taken MERGE_AFTER late: the consecutive deltas of m1 come as one, numbered as the last
+    # of them (so `afterSequence` 5 resumes right after "bcde"); m2's is not mixed in.
+    assert await _take(stream, 2) == [_delta(5, "bcde"), _delta(6, "other", message="m2")]
+    await aclose(stream)
+
+
+async def test_deltas_taken_in_time_are_not_merged() -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    thread = uuid.uuid4()
+    stream = broker.subscribe(thread)
+    first = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await broker.publish(thread, _delta(1, "a"))
+    assert await first == [_delta(1, "a")]
+    for sequence, text in ((2, "b"), (3, "c"), (4, "d")):
+        await broker.publish(thread, _delta(sequence, text))
+    # Fewer than MERGE_BACKLOG waiting, none for MERGE_AFTER: every delta as it came.
+    assert await _take(stream, 3) == [_delta(2, "b"), _delta(3, "c"), _delta(4, "d")]
+    await aclose(stream)
+
+
+async def test_an_idle_reader_gets_deltas_written_at_once_in_order() -> None:
+    """The direct path: while the reader waits with nothing queued, the publisher hands each
+    event to `direct`; what it declines is queued, and from then on events wait behind it (no
+    overtaking) until the reader is idle again; a repeated number is dropped."""
+    broker = MemoryBroker()
+    thread = uuid.uuid4()
+    written: list[ThreadEvent] = []
+    accept = True
+
+    def direct(event: ThreadEvent) -> bool:
+        if accept and isinstance(event, MessageDelta):
+            written.append(event)
+            return True
+        return False
+
+    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
+    reading = asyncio.ensure_future(_take(stream, 2))
+    await broker.listeners.wait_total(thread, 1)
+    await asyncio.sleep(0)  # the reader reaches its queue (one step, no timing)
+    for sequence in (1, 2, 3):
+        await broker.publish(thread, _delta(sequence, f"{sequence}"))
+    await broker.publish(thread, _delta(2, "again"))  # a repeat
+    assert written == [_delta(1, "1"), _delta(2, "2"), _delta(3, "3")]
+    assert broker.backlogs(thread) == [0]
+    accept = False
+    await broker.publish(thread, _delta(4, "4"))  # declined: queued
+    accept = True
+    await broker.publish(thread, _delta(5, "5"))  # behind a queued event: queued too
+    assert broker.backlogs(thread) == [2]
+    assert await reading == [_delta(4, "4"), _delta(5, "5")]
+    assert written == [_delta(1, "1"), _delta(2, "2"), _delta(3, "3")]
+    await aclose(stream)
+
+
+async def test_a_failing_direct_write_falls_back_to_the_queue() -> None:
+    broker = MemoryBroker()
+    thread = uuid.uuid4()
+
+    def direct(event: ThreadEvent) -> bool:
+        raise RuntimeError("socket exploded")
+
+    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
+    reading = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await asyncio.sleep(0)
+    await broker.publish(thread, _delta(1, "x"))
+    assert await reading == [_delta(1, "x")]
+    await aclose(stream)
 
 
 MARKER = 10**9
