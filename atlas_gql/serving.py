@@ -237,6 +237,13 @@ class FrameWritingWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope.setdefault("extensions", {})[FRAME_WRITER] = self.write_frame
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response (their headers) are of no use once the
+            # connection is open: not kept for the connection's life (memory per socket).
+            self.request = self.response = None  # type: ignore[assignment]
+
     def write_frame(self, frame: bytes) -> bool:
         transport = self.transport
         if (

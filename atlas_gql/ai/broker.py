@@ -65,8 +65,9 @@ SUBSCRIBE_TIMEOUT = 2.0
 REDIS_TIMEOUT = 0.25
 REDIS_MAX_PAUSE = 30.0
 # A subscriber is behind when an event reaches its reader this many seconds after it was
-# published, or this many events wait for it: its consecutive queued deltas are merged then
-# (see `_deliver`). One keeping up has none or a few waiting, taken at once: nothing merged.
+# published (default of ATLAS_SUBSCRIBER_MERGE_AFTER), or this many events wait for it: its
+# consecutive queued deltas are merged then (see `_deliver`). One keeping up has none or a
+# few waiting, taken at once: nothing merged.
 MERGE_AFTER = 0.025
 MERGE_BACKLOG = 16
 # A merged delta stops growing at about this many characters (the next one starts anew).
@@ -159,6 +160,51 @@ class Broker(Protocol):
     def set_control_handler(self, handler: ControlHandler) -> None: ...
 
 
+_Item = tuple[float, Event] | _Stop | None
+
+
+class _Inbox:
+    """A subscriber's queue: asyncio.Queue's put_nowait/get/get_nowait/empty/qsize for one
+    reader, without its four deques and event per subscriber (memory: a thousand idle
+    subscriptions hold none; the deque exists while items wait)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[_Item] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: _Item) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> _Item:
+        assert self._items
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    async def get(self) -> _Item:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.get_nowait()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+
 class _Subscriber:
     """A subscription's queue, and what its publisher may write for it at once.
 
@@ -173,15 +219,23 @@ class _Subscriber:
         "direct",
         "last",
         "limit",
+        "merge_after",
         "on_overflow",
         "overflowed",
         "queue",
         "waiting",
     )
 
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        merge_after: float = MERGE_AFTER,
+    ) -> None:
         self.clock = clock
-        self.queue: asyncio.Queue[tuple[float, Event] | _Stop | None] = asyncio.Queue()
+        # Seconds an event may wait before the deltas behind it are merged (0: by count only).
+        self.merge_after = merge_after
+        self.queue = _Inbox()
         self.limit = limit
         self.overflowed = False
         self.on_overflow: Callable[[], None] | None = None
@@ -285,7 +339,10 @@ async def _deliver(
         published, event = backlog.popleft()
         if (
             backlog
-            and (len(backlog) >= MERGE_BACKLOG or subscriber.clock() - published >= MERGE_AFTER)
+            and (
+                len(backlog) >= MERGE_BACKLOG
+                or 0 < subscriber.merge_after <= subscriber.clock() - published
+            )
             and isinstance(event, MessageDelta)
         ):
             while (
@@ -299,13 +356,19 @@ async def _deliver(
 class _LocalFanout:
     """The subscribers of this process, by thread."""
 
-    def __init__(self, queue_limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        queue_limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        merge_after: float = MERGE_AFTER,
+    ) -> None:
         self.subscribers: dict[uuid.UUID, set[_Subscriber]] = {}
         self.queue_limit = queue_limit
         self.clock = clock
+        self.merge_after = merge_after
 
     def add(self, thread_id: uuid.UUID, control: SubscriptionControl | None = None) -> _Subscriber:
-        subscriber = _Subscriber(self.queue_limit, self.clock)
+        subscriber = _Subscriber(self.queue_limit, self.clock, self.merge_after)
         if control is not None:
             control.bind(subscriber)
         self.subscribers.setdefault(thread_id, set()).add(subscriber)
@@ -393,6 +456,7 @@ class MemoryBroker:
         thread_limit: int = MEMORY_THREAD_LIMIT,
         ttl_seconds: float = REPLAY_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        merge_after: float = MERGE_AFTER,
     ) -> None:
         self.replay_limit = replay_limit
         self.thread_bytes = thread_bytes
@@ -400,7 +464,7 @@ class MemoryBroker:
         self.thread_limit = thread_limit
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._fanout = _LocalFanout(queue_limit, clock)
+        self._fanout = _LocalFanout(queue_limit, clock, merge_after)
         self.listeners = Listeners()
         self._history: OrderedDict[uuid.UUID, _ThreadHistory] = OrderedDict()
         self._bytes = 0
@@ -513,6 +577,7 @@ class RedisBroker:
         queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
         timeout: float = REDIS_TIMEOUT,
         max_pause: float = REDIS_MAX_PAUSE,
+        merge_after: float = MERGE_AFTER,
     ) -> None:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
@@ -539,7 +604,7 @@ class RedisBroker:
             health_check_interval=30,
         )
         self._pubsub = self._redis.pubsub()
-        self._fanout = _LocalFanout(queue_limit)
+        self._fanout = _LocalFanout(queue_limit, merge_after=merge_after)
         self.listeners = Listeners()
         self._confirmed: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -744,8 +809,15 @@ def create_broker(
     timeout: float = REDIS_TIMEOUT,
     max_pause: float = REDIS_MAX_PAUSE,
     queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
+    merge_after: float = MERGE_AFTER,
 ) -> Broker:
     """Redis when a URL is configured, else in-process."""
     if redis_url:
-        return RedisBroker(redis_url, timeout=timeout, max_pause=max_pause, queue_limit=queue_limit)
-    return MemoryBroker(queue_limit=queue_limit)
+        return RedisBroker(
+            redis_url,
+            timeout=timeout,
+            max_pause=max_pause,
+            queue_limit=queue_limit,
+            merge_after=merge_after,
+        )
+    return MemoryBroker(queue_limit=queue_limit, merge_after=merge_after)

@@ -19,6 +19,7 @@ async def start_ai(runtime: Runtime) -> AIRuntime:
             timeout=runtime.settings.atlas_redis_timeout,
             max_pause=runtime.settings.atlas_redis_retry_max,
             queue_limit=runtime.settings.atlas_subscriber_backlog,
+            merge_after=runtime.settings.atlas_subscriber_merge_after,
         ),
         provider=create_provider(runtime.settings),
         spawn=runtime.spawn,
