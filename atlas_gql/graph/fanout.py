@@ -258,6 +258,19 @@ class OperationSink:
         self._unshareable = self._group is None
         return self._group
 
+    def _rendering(
+        self,
+        info: GraphQLResolveInfo[Any],
+        thread_id: uuid.UUID,
+        event_key: Hashable,
+        root: Callable[[], Any],
+    ) -> _Render | None:
+        group = self._join(info, thread_id)
+        if group is None:
+            self.frames.fallbacks += 1
+            return None
+        return self.frames.render(group, event_key, root)
+
     async def send_shared(
         self,
         info: GraphQLResolveInfo[Any],
@@ -266,11 +279,7 @@ class OperationSink:
         root: Callable[[], Any],
     ) -> bool:
         """Write the event's shared frame; False when it must take Strawberry's path."""
-        group = self._join(info, thread_id)
-        if group is None:
-            self.frames.fallbacks += 1
-            return False
-        render = self.frames.render(group, event_key, root)
+        render = self._rendering(info, thread_id, event_key, root)
         if render is None:
             return False
         if self._is_open():
@@ -293,10 +302,7 @@ class OperationSink:
             return False
         if not self._is_open():
             return True
-        group = self._join(info, thread_id)
-        if group is None:
-            return False
-        render = self.frames.render(group, event_key, root)
+        render = self._rendering(info, thread_id, event_key, root)
         if render is None or not writer(render.frame(self.prefix)):
             return False
         self.frames.direct += 1

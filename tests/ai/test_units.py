@@ -136,7 +136,8 @@ class FakeClock:
         return self.now
 
 
-async def test_deltas_that_waited_too_long_are_merged_numbered_as_the_last() -> None:
+@pytest.mark.parametrize("late", [True, False], ids=["late", "in-time"])
+async def test_deltas_that_waited_too_long_are_merged_numbered_as_the_last(late: bool) -> None:
     clock = FakeClock()
     broker = MemoryBroker(clock=clock)
     thread = uuid.uuid4()
@@ -149,26 +150,16 @@ async def test_deltas_that_waited_too_long_are_merged_numbered_as_the_last() -> 
     for sequence, text in ((2, "b"), (3, "c"), (4, "d"), (5, "e")):
         await broker.publish(thread, _delta(sequence, text))
     await broker.publish(thread, _delta(6, "other", message="m2"))
-    clock.now += 2 * MERGE_AFTER
-    # Taken MERGE_AFTER late: the consecutive deltas of m1 come as one, numbered as the last
-    # of them (so `afterSequence` 5 resumes right after "bcde"); m2's is not mixed in.
-    assert await _take(stream, 2) == [_delta(5, "bcde"), _delta(6, "other", message="m2")]
-    await aclose(stream)
-
-
-async def test_deltas_taken_in_time_are_not_merged() -> None:
-    clock = FakeClock()
-    broker = MemoryBroker(clock=clock)
-    thread = uuid.uuid4()
-    stream = broker.subscribe(thread)
-    first = asyncio.ensure_future(_take(stream, 1))
-    await broker.listeners.wait_total(thread, 1)
-    await broker.publish(thread, _delta(1, "a"))
-    assert await first == [_delta(1, "a")]
-    for sequence, text in ((2, "b"), (3, "c"), (4, "d")):
-        await broker.publish(thread, _delta(sequence, text))
-    # Fewer than MERGE_BACKLOG waiting, none for MERGE_AFTER: every delta as it came.
-    assert await _take(stream, 3) == [_delta(2, "b"), _delta(3, "c"), _delta(4, "d")]
+    other = _delta(6, "other", message="m2")
+    if late:
+        clock.now += 2 * MERGE_AFTER
+        # Taken MERGE_AFTER late: the consecutive deltas of m1 come as one, numbered as the
+        # last of them (so `afterSequence` 5 resumes right after "bcde"); m2's is not mixed in.
+        assert await _take(stream, 2) == [_delta(5, "bcde"), other]
+    else:
+        # Fewer than MERGE_BACKLOG waiting, none for MERGE_AFTER: every delta as it came.
+        expected = [_delta(2, "b"), _delta(3, "c"), _delta(4, "d"), _delta(5, "e"), other]
+        assert await _take(stream, 5) == expected
     await aclose(stream)
 
 
