@@ -70,6 +70,11 @@ REDIS_MAX_PAUSE = 30.0
 # few waiting, taken at once: nothing merged.
 MERGE_AFTER = 0.025
 MERGE_BACKLOG = 16
+# A merged delta never spans a multiple of this many sequence numbers: subscribers that fell
+# behind together (e.g. while a new exchange was checked and sent to each of them) merge the
+# same spans, so their group renders each merged delta once (graph/fanout.py keys renderings
+# by number and text) instead of once per subscriber.
+MERGE_SPAN = 32
 # A merged delta stops growing at about this many characters (the next one starts anew).
 MERGE_MAX_CHARS = 16 * 1024
 # Default of ATLAS_SUBSCRIBER_BACKLOG: events waiting for one subscriber (it is not reading
@@ -304,9 +309,11 @@ async def _deliver(
     worker was busy; a replay counts by its size) gets the consecutive deltas of a message
     waiting for it merged into one delta event, numbered as the LAST of them (so
     `afterSequence` with that number resumes exactly after the merged text), of at most about
-    MERGE_MAX_CHARS characters: the text is the same, and the work per event is not repeated
-    for every token, so a slow client catches up instead of falling further behind. Nothing
-    is ever held back to be merged: a subscriber keeping up gets every delta as it comes."""
+    MERGE_MAX_CHARS characters, never across a multiple of MERGE_SPAN numbers (aligned spans:
+    subscribers behind together share the rendering of each merged delta): the text is the
+    same, and the work per event is not repeated for every token, so a slow client catches up
+    instead of falling further behind. Nothing is ever held back to be merged: a subscriber
+    keeping up gets every delta as it comes."""
     subscriber.last = after_sequence if after_sequence is not None else -1
     backlog: deque[tuple[float, Event]] = deque()
 
@@ -345,8 +352,12 @@ async def _deliver(
             )
             and isinstance(event, MessageDelta)
         ):
+            span = event.sequence // MERGE_SPAN
             while (
-                backlog and _mergeable(event, backlog[0][1]) and len(event.delta) < MERGE_MAX_CHARS
+                backlog
+                and _mergeable(event, backlog[0][1])
+                and backlog[0][1].sequence // MERGE_SPAN == span
+                and len(event.delta) < MERGE_MAX_CHARS
             ):
                 event = _merge(event, backlog.popleft()[1])  # type: ignore[arg-type]
         subscriber.last = event.sequence

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from atlas_gql.ai.broker import MERGE_AFTER, MERGE_BACKLOG, MemoryBroker, SubscriptionControl
+from atlas_gql.ai.broker import (
+    MERGE_AFTER,
+    MERGE_BACKLOG,
+    MERGE_SPAN,
+    MemoryBroker,
+    SubscriptionControl,
+)
 from atlas_gql.ai.events import (
     MessageCompleted,
     MessageCreated,
@@ -161,6 +167,46 @@ async def test_deltas_that_waited_too_long_are_merged_numbered_as_the_last(late:
         expected = [_delta(2, "b"), _delta(3, "c"), _delta(4, "d"), _delta(5, "e"), other]
         assert await _take(stream, 5) == expected
     await aclose(stream)
+
+
+async def test_subscribers_behind_together_merge_the_same_aligned_spans() -> None:
+    """Merged deltas never cross a multiple of MERGE_SPAN numbers: two subscribers that fell
+    behind at the same point get the same merged events (one rendering for both), whenever
+    each of them catches up."""
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    thread = uuid.uuid4()
+    early, late = broker.subscribe(thread), broker.subscribe(thread)
+    firsts = asyncio.ensure_future(asyncio.gather(_take(early, 1), _take(late, 1)))
+    await broker.listeners.wait_total(thread, 2)
+    start = MERGE_SPAN - 4
+    await broker.publish(thread, _delta(start - 1, "go"))
+    await firsts
+    texts = {number: f"{number}," for number in range(start, 3 * MERGE_SPAN + 5)}
+    middle = 2 * MERGE_SPAN + 2
+    for number in range(start, middle):
+        await broker.publish(thread, _delta(number, texts[number]))
+    clock.now += 2 * MERGE_AFTER
+    got_early = await _take(early, 3)  # catches up here
+    for number in range(middle, 3 * MERGE_SPAN + 5):
+        await broker.publish(thread, _delta(number, texts[number]))
+    clock.now += 2 * MERGE_AFTER
+    got_late = await _take(late, 4)  # catches up later, with more waiting
+
+    def merged(first: int, last: int) -> MessageDelta:
+        return _delta(last, "".join(texts[n] for n in range(first, last + 1)))
+
+    first_span = merged(start, MERGE_SPAN - 1)
+    second_span = merged(MERGE_SPAN, 2 * MERGE_SPAN - 1)
+    assert got_early == [first_span, second_span, merged(2 * MERGE_SPAN, middle - 1)]
+    assert got_late == [
+        first_span,
+        second_span,
+        merged(2 * MERGE_SPAN, 3 * MERGE_SPAN - 1),
+        merged(3 * MERGE_SPAN, 3 * MERGE_SPAN + 4),
+    ]
+    await aclose(early)
+    await aclose(late)
 
 
 async def test_an_idle_reader_gets_deltas_written_at_once_in_order() -> None:
