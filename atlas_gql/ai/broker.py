@@ -75,6 +75,9 @@ MERGE_BACKLOG = 16
 # same spans, so their group renders each merged delta once (graph/fanout.py keys renderings
 # by number and text) instead of once per subscriber.
 MERGE_SPAN = 32
+# A thread's fan-out of one delta costing this many seconds or more, and more than the time
+# since it ended, means this worker is behind: the next deltas are merged (`_LocalFanout`).
+DISPATCH_BEHIND = 0.002
 # A merged delta stops growing at about this many characters (the next one starts anew).
 MERGE_MAX_CHARS = 16 * 1024
 # Default of ATLAS_SUBSCRIBER_BACKLOG: events waiting for one subscriber (it is not reading
@@ -364,8 +367,27 @@ async def _deliver(
         yield event
 
 
+class _Pending:
+    """Deltas of one message held while this worker is behind, merged, flushed together."""
+
+    __slots__ = ("event", "timer")
+
+    def __init__(self, event: MessageDelta, timer: asyncio.TimerHandle) -> None:
+        self.event = event
+        self.timer = timer
+
+
 class _LocalFanout:
-    """The subscribers of this process, by thread."""
+    """The subscribers of this process, by thread.
+
+    Coalescing when the worker is behind: a fan-out costs each subscriber a write (or a queue
+    append); when the last delta's fan-out of a thread took DISPATCH_BEHIND seconds or more,
+    and longer than the time since it ended (the deltas come faster than they are fanned
+    out), the next deltas of that message are held for `merge_after` seconds and fanned out
+    as one merged delta (numbered as the last it covers; the replay history keeps each one):
+    one rendering and one write per subscriber per window instead of per delta. A small
+    fan-out is never held (no added latency when the worker keeps up); any other event, a
+    new subscriber of the thread and the window's end flush what is held first."""
 
     def __init__(
         self,
@@ -377,8 +399,16 @@ class _LocalFanout:
         self.queue_limit = queue_limit
         self.clock = clock
         self.merge_after = merge_after
+        # Per thread: when its last delta's fan-out ended, and what it cost (seconds).
+        self._last: dict[uuid.UUID, tuple[float, float]] = {}
+        self._pending: dict[uuid.UUID, _Pending] = {}
+        # Merged fan-outs done because the worker was behind (tests and the bench read it).
+        self.merged_dispatches = 0
 
     def add(self, thread_id: uuid.UUID, control: SubscriptionControl | None = None) -> _Subscriber:
+        # What is held was published before this subscriber: it goes to the others only
+        # (the newcomer's replay covers it), never merged with what it will receive.
+        self._flush(thread_id)
         subscriber = _Subscriber(self.queue_limit, self.clock, self.merge_after)
         if control is not None:
             control.bind(subscriber)
@@ -397,12 +427,54 @@ class _LocalFanout:
         group.discard(subscriber)
         if not group:
             del self.subscribers[thread_id]
+            self._last.pop(thread_id, None)
+            pending = self._pending.pop(thread_id, None)
+            if pending is not None:
+                pending.timer.cancel()
             return True
         return False
 
     def dispatch(self, thread_id: uuid.UUID, event: Event) -> None:
+        if thread_id not in self.subscribers:
+            return
+        if isinstance(event, MessageDelta) and self.merge_after > 0:
+            pending = self._pending.get(thread_id)
+            if pending is not None:
+                if _mergeable(pending.event, event) and len(pending.event.delta) < MERGE_MAX_CHARS:
+                    pending.event = _merge(pending.event, event)
+                    return
+                self._flush(thread_id)
+            elif self._behind(thread_id):
+                timer = asyncio.get_running_loop().call_later(
+                    self.merge_after, self._flush, thread_id
+                )
+                self._pending[thread_id] = _Pending(event, timer)
+                return
+        else:
+            self._flush(thread_id)
+        self._fan_out(thread_id, event)
+
+    def _behind(self, thread_id: uuid.UUID) -> bool:
+        last = self._last.get(thread_id)
+        if last is None:
+            return False
+        ended, cost = last
+        return cost >= DISPATCH_BEHIND and cost > self.clock() - ended
+
+    def _fan_out(self, thread_id: uuid.UUID, event: Event) -> None:
+        started = self.clock()
         for subscriber in list(self.subscribers.get(thread_id, ())):
             subscriber.offer(event)
+        if isinstance(event, MessageDelta):
+            ended = self.clock()
+            self._last[thread_id] = (ended, ended - started)
+
+    def _flush(self, thread_id: uuid.UUID) -> None:
+        pending = self._pending.pop(thread_id, None)
+        if pending is not None:
+            pending.timer.cancel()
+            self.merged_dispatches += 1
+            self._fan_out(thread_id, pending.event)
 
 
 def event_size(event: Event) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from atlas_gql.ai.broker import (
+    DISPATCH_BEHIND,
     MERGE_AFTER,
     MERGE_BACKLOG,
     MERGE_SPAN,
@@ -207,6 +208,48 @@ async def test_subscribers_behind_together_merge_the_same_aligned_spans() -> Non
     ]
     await aclose(early)
     await aclose(late)
+
+
+async def test_a_worker_behind_fans_out_merged_deltas() -> None:
+    """A fan-out that costs DISPATCH_BEHIND or more and outlasts the pause before the next
+    delta: the next deltas of the message go out merged (numbered as the last), flushed by
+    the next other event; a cheap fan-out is never held."""
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    thread = uuid.uuid4()
+    written: list[ThreadEvent] = []
+    cost = 0.0
+
+    def direct(event: ThreadEvent) -> bool:
+        clock.now += cost  # the write's cost, as the fan-out measures it
+        if isinstance(event, MessageDelta):
+            written.append(event)
+            return True
+        return False
+
+    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
+    reading = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await asyncio.sleep(0)  # the reader reaches its queue (one step, no timing)
+    await broker.publish(thread, _delta(1, "a"))
+    await broker.publish(thread, _delta(2, "b"))  # cheap fan-outs: never held
+    assert written == [_delta(1, "a"), _delta(2, "b")]
+    cost = 2 * DISPATCH_BEHIND
+    await broker.publish(thread, _delta(3, "c"))  # costly, and the next comes at once:
+    for sequence, text in ((4, "d"), (5, "e"), (6, "f")):
+        await broker.publish(thread, _delta(sequence, text))  # held, merged
+    assert written == [_delta(1, "a"), _delta(2, "b"), _delta(3, "c")]
+    # A newcomer flushes what is held (to the others), and replays each delta as published.
+    newcomer = broker.subscribe(thread, after_sequence=3)
+    assert await _take(newcomer, 3) == [_delta(4, "d"), _delta(5, "e"), _delta(6, "f")]
+    assert written[3:] == [_delta(6, "def")]
+    await aclose(newcomer)
+    cost = 0.0
+    await broker.publish(thread, _delta(8, "g"))
+    await broker.publish(thread, _completed(9))
+    assert written[4:] == [_delta(8, "g")]
+    assert [event.sequence for event in await reading] == [9]
+    await aclose(stream)
 
 
 async def test_an_idle_reader_gets_deltas_written_at_once_in_order() -> None:
