@@ -75,8 +75,9 @@ MERGE_BACKLOG = 16
 # same spans, so their group renders each merged delta once (graph/fanout.py keys renderings
 # by number and text) instead of once per subscriber.
 MERGE_SPAN = 32
-# A thread's fan-out of one delta costing this many seconds or more, and more than the time
-# since it ended, means this worker is behind: the next deltas are merged (`_LocalFanout`).
+# Two fan-outs of a thread's deltas in a row costing this many seconds or more, the last one
+# more than the time since it ended: this worker is behind, the next deltas are merged
+# (`_LocalFanout`).
 DISPATCH_BEHIND = 0.002
 # A merged delta stops growing at about this many characters (the next one starts anew).
 MERGE_MAX_CHARS = 16 * 1024
@@ -383,7 +384,8 @@ class _LocalFanout:
     Coalescing when the worker is behind: a fan-out costs each subscriber a write (or a queue
     append); when the last delta's fan-out of a thread took DISPATCH_BEHIND seconds or more,
     and longer than the time since it ended (the deltas come faster than they are fanned
-    out), the next deltas of that message are held for `merge_after` seconds and fanned out
+    out) and the one before it was as costly (one alone: a message's first rendering), the
+    next deltas of that message are held for `merge_after` seconds and fanned out
     as one merged delta (numbered as the last it covers; the replay history keeps each one):
     one rendering and one write per subscriber per window instead of per delta. A small
     fan-out is never held (no added latency when the worker keeps up); any other event, a
@@ -399,8 +401,9 @@ class _LocalFanout:
         self.queue_limit = queue_limit
         self.clock = clock
         self.merge_after = merge_after
-        # Per thread: when its last delta's fan-out ended, and what it cost (seconds).
-        self._last: dict[uuid.UUID, tuple[float, float]] = {}
+        # Per thread: when its last delta's fan-out ended, what it cost (seconds), and how many
+        # fan-outs in a row cost DISPATCH_BEHIND or more.
+        self._last: dict[uuid.UUID, tuple[float, float, int]] = {}
         self._pending: dict[uuid.UUID, _Pending] = {}
         # Merged fan-outs done because the worker was behind (tests and the bench read it).
         self.merged_dispatches = 0
@@ -458,8 +461,8 @@ class _LocalFanout:
         last = self._last.get(thread_id)
         if last is None:
             return False
-        ended, cost = last
-        return cost >= DISPATCH_BEHIND and cost > self.clock() - ended
+        ended, cost, costly = last
+        return costly >= 2 and cost > self.clock() - ended
 
     def _fan_out(self, thread_id: uuid.UUID, event: Event) -> None:
         started = self.clock()
@@ -467,7 +470,11 @@ class _LocalFanout:
             subscriber.offer(event)
         if isinstance(event, MessageDelta):
             ended = self.clock()
-            self._last[thread_id] = (ended, ended - started)
+            cost = ended - started
+            # Costly fan-outs in a row: one alone is a message's first rendering, not load.
+            last = self._last.get(thread_id)
+            costly = (last[2] + 1 if last else 1) if cost >= DISPATCH_BEHIND else 0
+            self._last[thread_id] = (ended, cost, costly)
 
     def _flush(self, thread_id: uuid.UUID) -> None:
         pending = self._pending.pop(thread_id, None)

@@ -217,7 +217,7 @@ async def test_a_worker_behind_fans_out_merged_deltas() -> None:
     clock = FakeClock()
     broker = MemoryBroker(clock=clock)
     thread = uuid.uuid4()
-    written: list[ThreadEvent] = []
+    written: list[MessageDelta] = []
     cost = 0.0
 
     def direct(event: ThreadEvent) -> bool:
@@ -235,20 +235,27 @@ async def test_a_worker_behind_fans_out_merged_deltas() -> None:
     await broker.publish(thread, _delta(2, "b"))  # cheap fan-outs: never held
     assert written == [_delta(1, "a"), _delta(2, "b")]
     cost = 2 * DISPATCH_BEHIND
-    await broker.publish(thread, _delta(3, "c"))  # costly, and the next comes at once:
-    for sequence, text in ((4, "d"), (5, "e"), (6, "f")):
+    await broker.publish(thread, _delta(3, "c"))  # costly once: a first rendering, say
+    cost = 0.0
+    await broker.publish(thread, _delta(4, "c2"))  # not held
+    cost = 2 * DISPATCH_BEHIND
+    await broker.publish(thread, _delta(5, "c3"))
+    await broker.publish(thread, _delta(6, "c4"))  # twice costly, and the next comes at once:
+    for sequence, text in ((7, "d"), (8, "e"), (9, "f")):
         await broker.publish(thread, _delta(sequence, text))  # held, merged
-    assert written == [_delta(1, "a"), _delta(2, "b"), _delta(3, "c")]
+    assert [event.sequence for event in written] == [1, 2, 3, 4, 5, 6]
     # A newcomer flushes what is held (to the others), and replays each delta as published.
-    newcomer = broker.subscribe(thread, after_sequence=3)
-    assert await _take(newcomer, 3) == [_delta(4, "d"), _delta(5, "e"), _delta(6, "f")]
-    assert written[3:] == [_delta(6, "def")]
+    newcomer = broker.subscribe(thread, after_sequence=6)
+    assert await _take(newcomer, 3) == [_delta(7, "d"), _delta(8, "e"), _delta(9, "f")]
+    assert written[6:] == [_delta(9, "def")]
     await aclose(newcomer)
     cost = 0.0
-    await broker.publish(thread, _delta(8, "g"))
-    await broker.publish(thread, _completed(9))
-    assert written[4:] == [_delta(8, "g")]
-    assert [event.sequence for event in await reading] == [9]
+    await broker.publish(thread, _delta(10, "g"))
+    await broker.publish(thread, _delta(11, "h"))
+    await broker.publish(thread, _completed(12))  # flushes what is held first
+    assert "".join(event.delta for event in written[7:]) == "gh"
+    assert written[-1].sequence == 11
+    assert [event.sequence for event in await reading] == [12]
     await aclose(stream)
 
 
