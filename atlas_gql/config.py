@@ -268,6 +268,14 @@ class Settings(BaseSettings):
         "which its WebSocket is closed with 1013 (try again later; reconnect with "
         "afterSequence), or its HTTP stream ended",
     )
+    atlas_subscriber_merge_after: float = Field(
+        default=0.025,
+        ge=0,
+        description="seconds an event may wait for a subscriber that fell behind before the "
+        "deltas of the same message queued behind it are sent merged, as one delta numbered "
+        "as the last of them; 0 merges only when 16 events wait. Nothing is held back to be "
+        "merged: a subscriber keeping up gets every delta as it comes",
+    )
 
     atlas_ws_per_message_deflate: bool = Field(
         default=False,

@@ -39,12 +39,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.supervisors import Multiprocess
+from websockets.protocol import State
 
 from atlas_gql import __version__
 from atlas_gql.config import MetricsAccess, Settings, get_settings
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import error_body
+from atlas_gql.graph.fanout import FRAME_BUFFER_LIMIT, FRAME_WRITER
 from atlas_gql.logformat import configure_logging, log_format
 from atlas_gql.metrics import MULTIPROCESS_ENV
 
@@ -214,6 +217,51 @@ class GuardedH11Protocol(_HeaderDeadlineMixin, H11Protocol):
 
 
 HTTP_PROTOCOL = "atlas_gql.serving:GuardedH11Protocol"
+
+
+class FrameWritingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (websockets' sans-I/O implementation, uvicorn's default)
+    that also writes frames the app prepared, synchronously: the ASGI scope extension
+    FRAME_WRITER (graph/fanout.py), with which a reply's delta goes to every subscriber's socket
+    as one `transport.write` each, without a task wake-up or an await per socket.
+
+    A prepared frame is a complete, unfragmented text frame without compression (RSV1 clear,
+    which RFC 7692 allows even when permessage-deflate was negotiated), so writing it beside
+    the websockets protocol leaves that protocol's state as it is. It is refused (False) unless
+    the connection is open and taking data: accepted, no close sent or received, the transport
+    not paused and holding at most FRAME_BUFFER_LIMIT bytes (the caller queues it instead)."""
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope.setdefault("extensions", {})[FRAME_WRITER] = self.write_frame
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's request and response (their headers) are of no use once the
+            # connection is open: not kept for the connection's life (memory per socket).
+            self.request = self.response = None  # type: ignore[assignment]
+
+    def write_frame(self, frame: bytes) -> bool:
+        transport = self.transport
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.initial_response is not None
+            or self.conn.state is not State.OPEN
+            or not self.writable.is_set()
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > FRAME_BUFFER_LIMIT
+        ):
+            return False
+        transport.write(frame)
+        return True
+
+
+WS_PROTOCOL = FrameWritingWebSocketProtocol
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -400,6 +448,7 @@ def run_server(*, settings: Settings, host: str, port: int, workers: int, reload
         # from uvicorn, which would trust X-Forwarded-For from 127.0.0.1 unasked.
         proxy_headers=False,
         http=HTTP_PROTOCOL,
+        ws=WS_PROTOCOL,
         h11_max_incomplete_event_size=settings.atlas_max_header_bytes,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         ws_per_message_deflate=settings.atlas_ws_per_message_deflate,

@@ -116,6 +116,10 @@ def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
         # Error rows per source are bounded where that is tested (tests/logs/
         # test_error_log_folding.py): elsewhere tests look up each reply's own row.
         "atlas_error_log_rows_per_window": 1_000_000,
+        # Merging by wait time depends on how busy the machine is: tests that compare each
+        # delta would see merges (ATLAS_SUBSCRIBER_MERGE_AFTER is tested with a fake clock in
+        # tests/ai/test_units.py; merging by backlog stays on).
+        "atlas_subscriber_merge_after": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -36,6 +36,7 @@ from atlas_gql.db.engine import create_engine
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.graph.services import Services
 from atlas_gql.ids import decode_id_of
+from atlas_gql.serving import WS_PROTOCOL
 from tests.ai.fake_openai import FakeOpenAI
 from tests.conftest import make_settings, migrated_and_seeded
 
@@ -73,7 +74,9 @@ class LiveServer:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws=WS_PROTOCOL
+        )
         self.server = uvicorn.Server(config)
         self.task: asyncio.Task[None] | None = None
         self.port = 0

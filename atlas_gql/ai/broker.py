@@ -69,9 +69,21 @@ SUBSCRIBE_ATTEMPTS = 3
 # for Redis) and ATLAS_REDIS_RETRY_MAX (longest pause before Redis is probed again).
 REDIS_TIMEOUT = 0.25
 REDIS_MAX_PAUSE = 30.0
-# Events waiting for a subscriber from which its queued deltas are merged: a subscriber
-# keeping up has one or a few at a time, so nothing is merged for it (no added latency).
+# A subscriber is behind when an event reaches its reader this many seconds after it was
+# published (default of ATLAS_SUBSCRIBER_MERGE_AFTER), or this many events wait for it: its
+# consecutive queued deltas are merged then (see `_deliver`). One keeping up has none or a
+# few waiting, taken at once: nothing merged.
+MERGE_AFTER = 0.025
 MERGE_BACKLOG = 16
+# A merged delta never spans a multiple of this many sequence numbers: subscribers that fell
+# behind together (e.g. while a new exchange was checked and sent to each of them) merge the
+# same spans, so their group renders each merged delta once (graph/fanout.py keys renderings
+# by number and text) instead of once per subscriber.
+MERGE_SPAN = 32
+# Two fan-outs of a thread's deltas in a row costing this many seconds or more, the last one
+# more than the time since it ended: this worker is behind, the next deltas are merged
+# (`_LocalFanout`).
+DISPATCH_BEHIND = 0.002
 # A merged delta stops growing at about this many characters (the next one starts anew).
 MERGE_MAX_CHARS = 16 * 1024
 # Default of ATLAS_SUBSCRIBER_BACKLOG: events waiting for one subscriber (it is not reading
@@ -88,14 +100,21 @@ class SubscriberTooSlow(Exception):
 
 class SubscriptionControl:
     """What a subscription's owner can do to it from outside its reading task: stop it with
-    an error that its reader raises at its next event (an access check that failed), and be
-    told at once when its queue overflows (its reader may be stuck writing to a full socket,
-    so it would only notice later)."""
+    an error that its reader raises at its next event (an access check that failed), be told
+    at once when its queue overflows (its reader may be stuck writing to a full socket, so it
+    would only notice later), and deliver events itself while the reader is idle (`direct`:
+    see `_Subscriber.offer`)."""
 
-    __slots__ = ("_subscriber", "error", "on_overflow")
+    __slots__ = ("_subscriber", "direct", "error", "on_overflow")
 
-    def __init__(self, *, on_overflow: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_overflow: Callable[[], None] | None = None,
+        direct: Callable[[Event], bool] | None = None,
+    ) -> None:
         self.on_overflow = on_overflow
+        self.direct = direct
         self.error: BaseException | None = None
         self._subscriber: _Subscriber | None = None
 
@@ -110,6 +129,7 @@ class SubscriptionControl:
     def bind(self, subscriber: _Subscriber) -> None:
         self._subscriber = subscriber
         subscriber.on_overflow = self.on_overflow
+        subscriber.direct = self.direct
         if self.error is not None:
             subscriber.queue.put_nowait(_Stop(self.error))
 
@@ -157,25 +177,114 @@ class Broker(Protocol):
     def set_control_handler(self, handler: ControlHandler) -> None: ...
 
 
-class _Subscriber:
-    __slots__ = ("limit", "on_overflow", "overflowed", "queue")
+_Item = tuple[float, Event] | _Stop | None
 
-    def __init__(self, limit: int) -> None:
-        self.queue: asyncio.Queue[Event | _Stop | None] = asyncio.Queue()
+
+class _Inbox:
+    """A subscriber's queue: asyncio.Queue's put_nowait/get/get_nowait/empty/qsize for one
+    reader, without its four deques and event per subscriber (memory: a thousand idle
+    subscriptions hold none; the deque exists while items wait)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[_Item] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: _Item) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> _Item:
+        assert self._items
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    async def get(self) -> _Item:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.get_nowait()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+
+class _Subscriber:
+    """A subscription's queue, and what its publisher may write for it at once.
+
+    `offer` hands an event to `direct` (the WebSocket's shared-frame write, graph/fanout.py)
+    instead of queueing it when that keeps the order: the reader is idle (waiting for its next
+    event, holding none) and nothing is queued. Otherwise, and when `direct` declines (not a
+    delta, or the socket's buffer is full), the event is queued with the moment it was
+    published, for the reader (`_deliver`) to merge deltas that waited too long."""
+
+    __slots__ = (
+        "clock",
+        "direct",
+        "last",
+        "limit",
+        "merge_after",
+        "on_overflow",
+        "overflowed",
+        "queue",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        merge_after: float = MERGE_AFTER,
+    ) -> None:
+        self.clock = clock
+        # Seconds an event may wait before the deltas behind it are merged (0: by count only).
+        self.merge_after = merge_after
+        self.queue = _Inbox()
         self.limit = limit
         self.overflowed = False
         self.on_overflow: Callable[[], None] | None = None
+        self.direct: Callable[[Event], bool] | None = None
+        # The reader waits on an empty queue, holding no event (direct writes keep the order).
+        self.waiting = False
+        # The sequence of the last event delivered (by the reader or directly).
+        self.last = -1
 
     def offer(self, event: Event) -> None:
         if self.overflowed:
             return
+        if self.waiting and self.direct is not None and self.queue.empty():
+            if event.sequence <= self.last:
+                return  # a repeat (a resumed reply publishes again what it had published)
+            try:
+                written = self.direct(event)
+            except Exception:
+                # The publisher must go on for the other subscribers: this one takes the
+                # reader's path, whose errors end its own subscription.
+                logger.exception("direct delivery failed")
+                written = False
+            if written:
+                self.last = event.sequence
+                return
         if self.queue.qsize() >= self.limit:
             self.overflowed = True
             self.queue.put_nowait(None)
             if self.on_overflow is not None:
                 self.on_overflow()
             return
-        self.queue.put_nowait(event)
+        self.queue.put_nowait((self.clock(), event))
 
 
 # What a message's final event makes useless to a client reconnecting after it (the final
@@ -205,54 +314,113 @@ async def _deliver(
     subscriber: _Subscriber, replay: list[Event], after_sequence: int | None
 ) -> AsyncIterator[Event]:
     """Replay (events above `after_sequence`), then live events; never a number twice or
-    out of order (live events already replayed are skipped).
+    out of order (live events already replayed, or written directly, are skipped).
 
-    A subscriber that falls behind (MERGE_BACKLOG events waiting: its socket was busy, or the
-    worker was) gets the consecutive deltas of a message waiting for it merged into one delta
-    event (numbered as the last of them, at most about MERGE_MAX_CHARS of text): the text is
-    the same, the work per event is not repeated for every token, so a slow client catches up
-    instead of falling further behind. One that keeps up gets every delta as it comes."""
-    last = after_sequence if after_sequence is not None else -1
-    backlog: deque[Event] = deque()
+    Coalescing: a subscriber that fell behind (an event reaches its reader MERGE_AFTER seconds
+    or more after it was published, or MERGE_BACKLOG events wait: its socket was full, or the
+    worker was busy; a replay counts by its size) gets the consecutive deltas of a message
+    waiting for it merged into one delta event, numbered as the LAST of them (so
+    `afterSequence` with that number resumes exactly after the merged text), of at most about
+    MERGE_MAX_CHARS characters, never across a multiple of MERGE_SPAN numbers (aligned spans:
+    subscribers behind together share the rendering of each merged delta): the text is the
+    same, and the work per event is not repeated for every token, so a slow client catches up
+    instead of falling further behind. Nothing is ever held back to be merged: a subscriber
+    keeping up gets every delta as it comes."""
+    subscriber.last = after_sequence if after_sequence is not None else -1
+    backlog: deque[tuple[float, Event]] = deque()
 
-    def accept(item: Event | _Stop | None) -> None:
+    def accept(item: tuple[float, Event] | _Stop | None) -> None:
         if item is None:
             raise SubscriberTooSlow()
         if isinstance(item, _Stop):
             raise item.error
-        newest = backlog[-1].sequence if backlog else last
-        if item.sequence > newest:
+        newest = backlog[-1][1].sequence if backlog else subscriber.last
+        if item[1].sequence > newest:
             backlog.append(item)
 
     if after_sequence is not None:
+        now = subscriber.clock()
         for event in sorted(replay, key=lambda item: item.sequence):
-            accept(event)
+            accept((now, event))
+    queue = subscriber.queue
     while True:
         if not backlog:
-            accept(await subscriber.queue.get())
-        while not subscriber.queue.empty():
-            accept(subscriber.queue.get_nowait())
+            subscriber.waiting = True
+            try:
+                item = await queue.get()
+            finally:
+                subscriber.waiting = False
+            accept(item)
+        while not queue.empty():
+            accept(queue.get_nowait())
         if not backlog:
             continue
-        event = backlog.popleft()
-        if len(backlog) >= MERGE_BACKLOG:
+        published, event = backlog.popleft()
+        if (
+            backlog
+            and (
+                len(backlog) >= MERGE_BACKLOG
+                or 0 < subscriber.merge_after <= subscriber.clock() - published
+            )
+            and isinstance(event, MessageDelta)
+        ):
+            span = event.sequence // MERGE_SPAN
             while (
-                backlog and _mergeable(event, backlog[0]) and len(event.delta) < MERGE_MAX_CHARS  # type: ignore[union-attr]
+                backlog
+                and _mergeable(event, backlog[0][1])
+                and backlog[0][1].sequence // MERGE_SPAN == span
+                and len(event.delta) < MERGE_MAX_CHARS
             ):
-                event = _merge(event, backlog.popleft())  # type: ignore[arg-type]
-        last = event.sequence
+                event = _merge(event, backlog.popleft()[1])  # type: ignore[arg-type]
+        subscriber.last = event.sequence
         yield event
 
 
-class _LocalFanout:
-    """The subscribers of this process, by thread."""
+class _Pending:
+    """Deltas of one message held while this worker is behind, merged, flushed together."""
 
-    def __init__(self, queue_limit: int) -> None:
+    __slots__ = ("event", "timer")
+
+    def __init__(self, event: MessageDelta, timer: asyncio.TimerHandle) -> None:
+        self.event = event
+        self.timer = timer
+
+
+class _LocalFanout:
+    """The subscribers of this process, by thread.
+
+    Coalescing when the worker is behind: a fan-out costs each subscriber a write (or a queue
+    append); when the last delta's fan-out of a thread took DISPATCH_BEHIND seconds or more,
+    and longer than the time since it ended (the deltas come faster than they are fanned
+    out) and the one before it was as costly (one alone: a message's first rendering), the
+    next deltas of that message are held for `merge_after` seconds and fanned out
+    as one merged delta (numbered as the last it covers; the replay history keeps each one):
+    one rendering and one write per subscriber per window instead of per delta. A small
+    fan-out is never held (no added latency when the worker keeps up); any other event, a
+    new subscriber of the thread and the window's end flush what is held first."""
+
+    def __init__(
+        self,
+        queue_limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        merge_after: float = MERGE_AFTER,
+    ) -> None:
         self.subscribers: dict[uuid.UUID, set[_Subscriber]] = {}
         self.queue_limit = queue_limit
+        self.clock = clock
+        self.merge_after = merge_after
+        # Per thread: when its last delta's fan-out ended, what it cost (seconds), and how many
+        # fan-outs in a row cost DISPATCH_BEHIND or more.
+        self._last: dict[uuid.UUID, tuple[float, float, int]] = {}
+        self._pending: dict[uuid.UUID, _Pending] = {}
+        # Merged fan-outs done because the worker was behind (tests and the bench read it).
+        self.merged_dispatches = 0
 
     def add(self, thread_id: uuid.UUID, control: SubscriptionControl | None = None) -> _Subscriber:
-        subscriber = _Subscriber(self.queue_limit)
+        # What is held was published before this subscriber: it goes to the others only
+        # (the newcomer's replay covers it), never merged with what it will receive.
+        self._flush(thread_id)
+        subscriber = _Subscriber(self.queue_limit, self.clock, self.merge_after)
         if control is not None:
             control.bind(subscriber)
         self.subscribers.setdefault(thread_id, set()).add(subscriber)
@@ -270,12 +438,58 @@ class _LocalFanout:
         group.discard(subscriber)
         if not group:
             del self.subscribers[thread_id]
+            self._last.pop(thread_id, None)
+            pending = self._pending.pop(thread_id, None)
+            if pending is not None:
+                pending.timer.cancel()
             return True
         return False
 
     def dispatch(self, thread_id: uuid.UUID, event: Event) -> None:
+        if thread_id not in self.subscribers:
+            return
+        if isinstance(event, MessageDelta) and self.merge_after > 0:
+            pending = self._pending.get(thread_id)
+            if pending is not None:
+                if _mergeable(pending.event, event) and len(pending.event.delta) < MERGE_MAX_CHARS:
+                    pending.event = _merge(pending.event, event)
+                    return
+                self._flush(thread_id)
+            elif self._behind(thread_id):
+                timer = asyncio.get_running_loop().call_later(
+                    self.merge_after, self._flush, thread_id
+                )
+                self._pending[thread_id] = _Pending(event, timer)
+                return
+        else:
+            self._flush(thread_id)
+        self._fan_out(thread_id, event)
+
+    def _behind(self, thread_id: uuid.UUID) -> bool:
+        last = self._last.get(thread_id)
+        if last is None:
+            return False
+        ended, cost, costly = last
+        return costly >= 2 and cost > self.clock() - ended
+
+    def _fan_out(self, thread_id: uuid.UUID, event: Event) -> None:
+        started = self.clock()
         for subscriber in list(self.subscribers.get(thread_id, ())):
             subscriber.offer(event)
+        if isinstance(event, MessageDelta):
+            ended = self.clock()
+            cost = ended - started
+            # Costly fan-outs in a row: one alone is a message's first rendering, not load.
+            last = self._last.get(thread_id)
+            costly = (last[2] + 1 if last else 1) if cost >= DISPATCH_BEHIND else 0
+            self._last[thread_id] = (ended, cost, costly)
+
+    def _flush(self, thread_id: uuid.UUID) -> None:
+        pending = self._pending.pop(thread_id, None)
+        if pending is not None:
+            pending.timer.cancel()
+            self.merged_dispatches += 1
+            self._fan_out(thread_id, pending.event)
 
 
 def event_size(event: Event) -> int:
@@ -340,6 +554,7 @@ class MemoryBroker:
         thread_limit: int = MEMORY_THREAD_LIMIT,
         ttl_seconds: float = REPLAY_TTL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        merge_after: float = MERGE_AFTER,
     ) -> None:
         self.replay_limit = replay_limit
         self.thread_bytes = thread_bytes
@@ -347,7 +562,7 @@ class MemoryBroker:
         self.thread_limit = thread_limit
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._fanout = _LocalFanout(queue_limit)
+        self._fanout = _LocalFanout(queue_limit, clock, merge_after)
         self.listeners = Listeners()
         self._history: OrderedDict[uuid.UUID, _ThreadHistory] = OrderedDict()
         self._bytes = 0
@@ -468,6 +683,7 @@ class RedisBroker:
         timeout: float = REDIS_TIMEOUT,
         max_pause: float = REDIS_MAX_PAUSE,
         subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
+        merge_after: float = MERGE_AFTER,
     ) -> None:
         from redis.asyncio import Redis
         from redis.asyncio.retry import Retry
@@ -494,7 +710,7 @@ class RedisBroker:
             health_check_interval=30,
         )
         self._pubsub = self._redis.pubsub()
-        self._fanout = _LocalFanout(queue_limit)
+        self._fanout = _LocalFanout(queue_limit, merge_after=merge_after)
         self.listeners = Listeners()
         self._confirmed: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -781,6 +997,7 @@ def create_broker(
     max_pause: float = REDIS_MAX_PAUSE,
     queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
     subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
+    merge_after: float = MERGE_AFTER,
 ) -> Broker:
     """Redis when a URL is configured, else in-process."""
     if redis_url:
@@ -790,5 +1007,6 @@ def create_broker(
             max_pause=max_pause,
             queue_limit=queue_limit,
             subscribe_timeout=subscribe_timeout,
+            merge_after=merge_after,
         )
-    return MemoryBroker(queue_limit=queue_limit)
+    return MemoryBroker(queue_limit=queue_limit, merge_after=merge_after)

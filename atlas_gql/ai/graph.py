@@ -12,6 +12,7 @@ from functools import partial
 from typing import Annotated, Any, TypeVar, cast
 
 import strawberry
+from graphql import GraphQLResolveInfo
 from strawberry.file_uploads import Upload
 
 from atlas_gql import metrics
@@ -49,7 +50,7 @@ from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import AtlasError, RateLimited
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
-from atlas_gql.graph.fanout import current_sink
+from atlas_gql.graph.fanout import OperationSink, current_sink
 from atlas_gql.graph.inputs import (
     After,
     AssistantID,
@@ -601,6 +602,25 @@ class Mutation:
 # -- Subscription ----------------------------------------------------------------------------
 
 
+def _direct_deltas(
+    sink: OperationSink, info: GraphQLResolveInfo[Any], thread_id: uuid.UUID
+) -> Callable[[events.ThreadEvent], bool] | None:
+    """The subscription's write of a delta's shared frame at once, by its publisher, while
+    its reader is idle (ai/broker.py, graph/fanout.py); None when the socket offers none."""
+    if sink.writer is None:
+        return None
+
+    def direct(event: events.ThreadEvent) -> bool:
+        if not isinstance(event, events.MessageDelta) or not sink.write_now(
+            info, thread_id, (event.sequence, event.delta), partial(graph_event, event)
+        ):
+            return False
+        metrics.DELTAS_DELIVERED.inc()
+        return True
+
+    return direct
+
+
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
@@ -643,7 +663,10 @@ class Subscription:
         # thread with the same document (graph/fanout.py); elsewhere, one by one.
         sink = current_sink()
         raw_info = info._raw_info
-        control = SubscriptionControl(on_overflow=sink.too_slow if sink else None)
+        control = SubscriptionControl(
+            on_overflow=sink.too_slow if sink else None,
+            direct=_direct_deltas(sink, raw_info, thread_uuid) if sink else None,
+        )
         # Access is re-checked in batches for this worker's subscriptions, by session or by
         # API key (ai/watch.py): at each new exchange, and every ATLAS_SUBSCRIPTION_RECHECK
         # seconds.

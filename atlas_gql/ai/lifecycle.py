@@ -20,6 +20,7 @@ async def start_ai(runtime: Runtime) -> AIRuntime:
             max_pause=runtime.settings.atlas_redis_retry_max,
             queue_limit=runtime.settings.atlas_subscriber_backlog,
             subscribe_timeout=runtime.settings.atlas_redis_subscribe_timeout,
+            merge_after=runtime.settings.atlas_subscriber_merge_after,
         ),
         provider=create_provider(runtime.settings),
         spawn=runtime.spawn,

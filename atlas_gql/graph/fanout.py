@@ -18,6 +18,20 @@ This layer sits under Strawberry's per-subscriber machinery:
 - each socket then gets `{"id":<its id>,"type":"next","payload":<the shared bytes>}`: the
   per-operation prefix is built once, so the per-subscriber work is a string join and a write.
 
+Written at once, not queued: a subscriber that is keeping up (its reader is waiting for its
+next event, nothing queued for it) gets a delta from the publisher itself, through
+`OperationSink.write_now` (ai/broker.py calls it as the subscription's `direct` writer): the
+complete WebSocket frame (RFC 6455 header and the `next` message, built once per rendering and
+operation id, so usually once for every subscriber) goes to the socket's transport in one
+write, with no task wake-up, queue or await per subscriber. The server's WebSocket protocol
+offers that write as the ASGI scope extension FRAME_WRITER (serving.py's
+`FrameWritingWebSocketProtocol`); it refuses (False) a socket that is closing or whose write
+buffer holds over FRAME_BUFFER_LIMIT bytes: the event then waits in the subscriber's queue,
+where the reader sends it through Strawberry (waiting for the socket to drain) and merges
+deltas that fell behind (ai/broker.py). So per socket the transport holds at most
+FRAME_BUFFER_LIMIT bytes plus one frame, and the queue ATLAS_SUBSCRIBER_BACKLOG events
+(beyond: close 1013).
+
 Anything else takes Strawberry's own path, one execution per subscriber: every other event type
 (they carry a message, whose fields may depend on the viewer), a rendering with errors, an
 operation without a document text, HTTP streams (no sink), and deltas merged for one
@@ -29,6 +43,7 @@ would send (same id, same payload), never after the operation's `complete` or `e
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
@@ -52,8 +67,43 @@ from atlas_gql.graph.execution import AtlasExecutor
 # Renderings kept per group: the events in flight (a subscriber a few events behind another
 # one on the same thread still finds its rendering).
 RENDERS_PER_GROUP = 64
+# The ASGI scope extension of a WebSocket whose server writes prepared frames: a callable
+# `(frame: bytes) -> bool` (False: not written, the socket is closing or its buffer is full).
+FRAME_WRITER = "atlas.frame_writer"
+# Bytes a socket's transport may hold unsent before frames wait in the subscriber's queue
+# instead (asyncio's default high-water mark: the size at which the transport pauses writing).
+FRAME_BUFFER_LIMIT = 64 * 1024
 
 GroupKey = tuple[Hashable, ...]
+FrameWriter = Callable[[bytes], bool]
+
+
+def text_frame(data: bytes) -> bytes:
+    """An unfragmented, unmasked text frame (RFC 6455 5.2: what a server sends) of `data`."""
+    size = len(data)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + data
+
+
+class _Render:
+    """An event's `payload` JSON for a group, and its frames by operation prefix."""
+
+    __slots__ = ("frames", "payload")
+
+    def __init__(self, payload: str) -> None:
+        self.payload = payload
+        self.frames: dict[str, bytes] = {}
+
+    def frame(self, prefix: str) -> bytes:
+        frame = self.frames.get(prefix)
+        if frame is None:
+            frame = self.frames[prefix] = text_frame((prefix + self.payload + "}").encode())
+        return frame
 
 
 class _Group:
@@ -63,7 +113,7 @@ class _Group:
 
     def __init__(self, executor: Any) -> None:
         self.executor = executor
-        self.renders: OrderedDict[Hashable, str | None] = OrderedDict()
+        self.renders: OrderedDict[Hashable, _Render | None] = OrderedDict()
         self.subscribers = 0
 
 
@@ -75,6 +125,7 @@ class SharedFrames:
         self.executions = 0  # events executed by graphql-core here
         self.shared = 0  # frames written from a rendering another subscriber paid for
         self.fallbacks = 0  # events handed back to Strawberry's per-subscriber path
+        self.direct = 0  # frames written at once by the publisher (no queue, no await)
 
     def join(self, key: GroupKey, build: Callable[[], Any]) -> _Group | None:
         group = self.groups.get(key)
@@ -93,7 +144,7 @@ class SharedFrames:
             if group.subscribers <= 0:
                 del self.groups[key]
 
-    def render(self, group: _Group, event_key: Hashable, root: Callable[[], Any]) -> str | None:
+    def render(self, group: _Group, event_key: Hashable, root: Callable[[], Any]) -> _Render | None:
         """The event's `payload` JSON for the group (None: fall back), rendered at most once."""
         renders = group.renders
         if event_key in renders:
@@ -107,7 +158,9 @@ class SharedFrames:
         result = group.executor.build_per_event_executor(root()).execute_operation(False)
         payload = None
         if not result.errors and not group.executor.is_awaitable(result):
-            payload = json.dumps({"data": result.data}, separators=(",", ":"), ensure_ascii=False)
+            payload = _Render(
+                json.dumps({"data": result.data}, separators=(",", ":"), ensure_ascii=False)
+            )
         else:
             self.fallbacks += 1
         renders[event_key] = payload
@@ -163,6 +216,7 @@ class OperationSink:
         send: Callable[[str], Awaitable[None]],
         is_open: Callable[[], bool],
         on_too_slow: Callable[[], None],
+        writer: FrameWriter | None = None,
     ) -> None:
         self.frames = frames
         self.query = query
@@ -172,6 +226,8 @@ class OperationSink:
         self._send = send
         self._is_open = is_open
         self.too_slow = on_too_slow
+        # The socket's prepared-frame write (None: the server offers none; events are queued).
+        self.writer = writer
         self._group: _Group | None = None
         self._key: GroupKey | None = None
         self._unshareable = False
@@ -202,6 +258,19 @@ class OperationSink:
         self._unshareable = self._group is None
         return self._group
 
+    def _rendering(
+        self,
+        info: GraphQLResolveInfo[Any],
+        thread_id: uuid.UUID,
+        event_key: Hashable,
+        root: Callable[[], Any],
+    ) -> _Render | None:
+        group = self._join(info, thread_id)
+        if group is None:
+            self.frames.fallbacks += 1
+            return None
+        return self.frames.render(group, event_key, root)
+
     async def send_shared(
         self,
         info: GraphQLResolveInfo[Any],
@@ -210,15 +279,33 @@ class OperationSink:
         root: Callable[[], Any],
     ) -> bool:
         """Write the event's shared frame; False when it must take Strawberry's path."""
-        group = self._join(info, thread_id)
-        if group is None:
-            self.frames.fallbacks += 1
-            return False
-        payload = self.frames.render(group, event_key, root)
-        if payload is None:
+        render = self._rendering(info, thread_id, event_key, root)
+        if render is None:
             return False
         if self._is_open():
-            await self._send(self.prefix + payload + "}")
+            await self._send(self.prefix + render.payload + "}")
+        return True
+
+    def write_now(
+        self,
+        info: GraphQLResolveInfo[Any],
+        thread_id: uuid.UUID,
+        event_key: Hashable,
+        root: Callable[[], Any],
+    ) -> bool:
+        """Write the event's shared frame to the socket at once, without awaiting (the
+        publisher calls it while the subscription's reader is idle). True: done (written, or
+        the operation is over, so nothing is to be sent); False: queue the event (no writer,
+        no shared rendering, or the socket is not taking frames now)."""
+        writer = self.writer
+        if writer is None:
+            return False
+        if not self._is_open():
+            return True
+        render = self._rendering(info, thread_id, event_key, root)
+        if render is None or not writer(render.frame(self.prefix)):
+            return False
+        self.frames.direct += 1
         return True
 
     def close(self) -> None:

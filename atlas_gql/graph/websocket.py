@@ -25,7 +25,14 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 )
 
 from atlas_gql.graph.context import Context
-from atlas_gql.graph.fanout import OperationSink, SharedFrames, reset_sink, set_sink
+from atlas_gql.graph.fanout import (
+    FRAME_WRITER,
+    FrameWriter,
+    OperationSink,
+    SharedFrames,
+    reset_sink,
+    set_sink,
+)
 from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
 from atlas_gql.graph.limits.extension import utf8_length
 
@@ -68,6 +75,12 @@ class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
         # A close frame carries at most 123 bytes of reason; some reasons quote the client.
         await super().close(code, reason.encode()[:123].decode(errors="ignore"))
 
+    @property
+    def frame_writer(self) -> FrameWriter | None:
+        """The server's write of prepared frames to this socket, if it offers one."""
+        writer: FrameWriter | None = self.ws.scope.get("extensions", {}).get(FRAME_WRITER)
+        return writer
+
     async def send_frame(self, text: str) -> None:
         """A message already serialised (a shared `next` frame, graph/fanout.py). A socket
         that went away is not an error here: its handler ends its operations."""
@@ -105,8 +118,13 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             variables=operation.variables,
             operation_name=operation.operation_name,
             send=self.websocket.send_frame,
-            is_open=lambda: not operation.completed,
+            # Not after the operation's `complete` or `error`, nor once the client completed
+            # it (Strawberry forgets it at once, and cancels its task later).
+            is_open=lambda: (
+                not operation.completed and self.operations.get(operation.id) is operation
+            ),
             on_too_slow=self.too_slow,
+            writer=self.websocket.frame_writer,
         )
         token = set_sink(sink)
         try:

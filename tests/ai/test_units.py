@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from atlas_gql.ai.broker import MERGE_BACKLOG, MemoryBroker
+from atlas_gql.ai.broker import (
+    DISPATCH_BEHIND,
+    MERGE_AFTER,
+    MERGE_BACKLOG,
+    MERGE_SPAN,
+    MemoryBroker,
+    SubscriptionControl,
+)
 from atlas_gql.ai.events import (
     MessageCompleted,
     MessageCreated,
@@ -154,6 +161,172 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.mark.parametrize("late", [True, False], ids=["late", "in-time"])
+async def test_deltas_that_waited_too_long_are_merged_numbered_as_the_last(late: bool) -> None:
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    thread = uuid.uuid4()
+    stream = broker.subscribe(thread)
+    first = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await broker.publish(thread, _delta(1, "a"))
+    assert await first == [_delta(1, "a")]
+    # The reader pauses: four deltas and another message's event wait for it.
+    for sequence, text in ((2, "b"), (3, "c"), (4, "d"), (5, "e")):
+        await broker.publish(thread, _delta(sequence, text))
+    await broker.publish(thread, _delta(6, "other", message="m2"))
+    other = _delta(6, "other", message="m2")
+    if late:
+        clock.now += 2 * MERGE_AFTER
+        # Taken MERGE_AFTER late: the consecutive deltas of m1 come as one, numbered as the
+        # last of them (so `afterSequence` 5 resumes right after "bcde"); m2's is not mixed in.
+        assert await _take(stream, 2) == [_delta(5, "bcde"), other]
+    else:
+        # Fewer than MERGE_BACKLOG waiting, none for MERGE_AFTER: every delta as it came.
+        expected = [_delta(2, "b"), _delta(3, "c"), _delta(4, "d"), _delta(5, "e"), other]
+        assert await _take(stream, 5) == expected
+    await aclose(stream)
+
+
+async def test_subscribers_behind_together_merge_the_same_aligned_spans() -> None:
+    """Merged deltas never cross a multiple of MERGE_SPAN numbers: two subscribers that fell
+    behind at the same point get the same merged events (one rendering for both), whenever
+    each of them catches up."""
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    thread = uuid.uuid4()
+    early, late = broker.subscribe(thread), broker.subscribe(thread)
+    firsts = asyncio.ensure_future(asyncio.gather(_take(early, 1), _take(late, 1)))
+    await broker.listeners.wait_total(thread, 2)
+    start = MERGE_SPAN - 4
+    await broker.publish(thread, _delta(start - 1, "go"))
+    await firsts
+    texts = {number: f"{number}," for number in range(start, 3 * MERGE_SPAN + 5)}
+    middle = 2 * MERGE_SPAN + 2
+    for number in range(start, middle):
+        await broker.publish(thread, _delta(number, texts[number]))
+    clock.now += 2 * MERGE_AFTER
+    got_early = await _take(early, 3)  # catches up here
+    for number in range(middle, 3 * MERGE_SPAN + 5):
+        await broker.publish(thread, _delta(number, texts[number]))
+    clock.now += 2 * MERGE_AFTER
+    got_late = await _take(late, 4)  # catches up later, with more waiting
+
+    def merged(first: int, last: int) -> MessageDelta:
+        return _delta(last, "".join(texts[n] for n in range(first, last + 1)))
+
+    first_span = merged(start, MERGE_SPAN - 1)
+    second_span = merged(MERGE_SPAN, 2 * MERGE_SPAN - 1)
+    assert got_early == [first_span, second_span, merged(2 * MERGE_SPAN, middle - 1)]
+    assert got_late == [
+        first_span,
+        second_span,
+        merged(2 * MERGE_SPAN, 3 * MERGE_SPAN - 1),
+        merged(3 * MERGE_SPAN, 3 * MERGE_SPAN + 4),
+    ]
+    await aclose(early)
+    await aclose(late)
+
+
+async def test_a_worker_behind_fans_out_merged_deltas() -> None:
+    """A fan-out that costs DISPATCH_BEHIND or more and outlasts the pause before the next
+    delta: the next deltas of the message go out merged (numbered as the last), flushed by
+    the next other event; a cheap fan-out is never held."""
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    thread = uuid.uuid4()
+    written: list[MessageDelta] = []
+    cost = 0.0
+
+    def direct(event: ThreadEvent) -> bool:
+        clock.now += cost  # the write's cost, as the fan-out measures it
+        if isinstance(event, MessageDelta):
+            written.append(event)
+            return True
+        return False
+
+    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
+    reading = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await asyncio.sleep(0)  # the reader reaches its queue (one step, no timing)
+    await broker.publish(thread, _delta(1, "a"))
+    await broker.publish(thread, _delta(2, "b"))  # cheap fan-outs: never held
+    assert written == [_delta(1, "a"), _delta(2, "b")]
+    cost = 2 * DISPATCH_BEHIND
+    await broker.publish(thread, _delta(3, "c"))  # costly once: a first rendering, say
+    cost = 0.0
+    await broker.publish(thread, _delta(4, "c2"))  # not held
+    cost = 2 * DISPATCH_BEHIND
+    await broker.publish(thread, _delta(5, "c3"))
+    await broker.publish(thread, _delta(6, "c4"))  # twice costly, and the next comes at once:
+    for sequence, text in ((7, "d"), (8, "e"), (9, "f")):
+        await broker.publish(thread, _delta(sequence, text))  # held, merged
+    assert [event.sequence for event in written] == [1, 2, 3, 4, 5, 6]
+    # A newcomer flushes what is held (to the others), and replays each delta as published.
+    newcomer = broker.subscribe(thread, after_sequence=6)
+    assert await _take(newcomer, 3) == [_delta(7, "d"), _delta(8, "e"), _delta(9, "f")]
+    assert written[6:] == [_delta(9, "def")]
+    await aclose(newcomer)
+    cost = 0.0
+    await broker.publish(thread, _delta(10, "g"))
+    await broker.publish(thread, _delta(11, "h"))
+    await broker.publish(thread, _completed(12))  # flushes what is held first
+    assert "".join(event.delta for event in written[7:]) == "gh"
+    assert written[-1].sequence == 11
+    assert [event.sequence for event in await reading] == [12]
+    await aclose(stream)
+
+
+async def test_an_idle_reader_gets_deltas_written_at_once_in_order() -> None:
+    """The direct path: while the reader waits with nothing queued, the publisher hands each
+    event to `direct`; what it declines is queued, and from then on events wait behind it (no
+    overtaking) until the reader is idle again; a repeated number is dropped."""
+    broker = MemoryBroker()
+    thread = uuid.uuid4()
+    written: list[ThreadEvent] = []
+    accept = True
+
+    def direct(event: ThreadEvent) -> bool:
+        if accept and isinstance(event, MessageDelta):
+            written.append(event)
+            return True
+        return False
+
+    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
+    reading = asyncio.ensure_future(_take(stream, 2))
+    await broker.listeners.wait_total(thread, 1)
+    await asyncio.sleep(0)  # the reader reaches its queue (one step, no timing)
+    for sequence in (1, 2, 3):
+        await broker.publish(thread, _delta(sequence, f"{sequence}"))
+    await broker.publish(thread, _delta(2, "again"))  # a repeat
+    assert written == [_delta(1, "1"), _delta(2, "2"), _delta(3, "3")]
+    assert broker.backlogs(thread) == [0]
+    accept = False
+    await broker.publish(thread, _delta(4, "4"))  # declined: queued
+    accept = True
+    await broker.publish(thread, _delta(5, "5"))  # behind a queued event: queued too
+    assert broker.backlogs(thread) == [2]
+    assert await reading == [_delta(4, "4"), _delta(5, "5")]
+    assert written == [_delta(1, "1"), _delta(2, "2"), _delta(3, "3")]
+    await aclose(stream)
+
+
+async def test_a_failing_direct_write_falls_back_to_the_queue() -> None:
+    broker = MemoryBroker()
+    thread = uuid.uuid4()
+
+    def direct(event: ThreadEvent) -> bool:
+        raise RuntimeError("socket exploded")
+
+    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
+    reading = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await asyncio.sleep(0)
+    await broker.publish(thread, _delta(1, "x"))
+    assert await reading == [_delta(1, "x")]
+    await aclose(stream)
 
 
 MARKER = 10**9
