@@ -67,7 +67,7 @@ async def test_a_hung_redis_is_skipped_after_one_timeout(silent_redis: SilentRed
         assert broker.breaker.skipped == 99
         assert broker.breaker.trips == 1
         # ...and delivered the event to this worker's subscribers, in order.
-        received = [local.queue.get_nowait()[1] for _ in range(100)]  # type: ignore[index]
+        received = [local.queue.get_nowait()[1] for _ in range(100)]
         assert [getattr(event, "sequence", None) for event in received] == list(range(1, 101))
         # What needs Redis says so, at once.
         with pytest.raises(BrokerUnavailable):
