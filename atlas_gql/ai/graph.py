@@ -671,6 +671,10 @@ class Subscription:
         # API key (ai/watch.py): at each new exchange, and every ATLAS_SUBSCRIPTION_RECHECK
         # seconds.
         watch = ai.watches.add(Watch.of(viewer, thread_uuid, control))
+        # The number of the last MessageCreated re-checked: an exchange's MessageCreated events
+        # are numbered one after the other, so the next one right after it is the same
+        # exchange, already checked (one check per exchange, not per message).
+        checked: int | None = None
         try:
             with metrics.SUBSCRIPTIONS.track_inprogress():
                 async for event in ai.broker.subscribe(
@@ -687,7 +691,9 @@ class Subscription:
                             continue
                     elif isinstance(event, events.MessageCreated):
                         # A new exchange: is the viewer's credential live, the thread visible?
-                        await ai.watches.check_exchange(thread_uuid, event.sequence)
+                        if checked is None or event.sequence != checked + 1:
+                            await ai.watches.check_exchange(thread_uuid, event.sequence)
+                        checked = event.sequence
                         if control.error is not None:
                             raise control.error
                     yield graph_event(event)

@@ -17,9 +17,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from atlas_gql.ai import knowledge, rules
@@ -38,11 +40,11 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.sequences import SequenceBlock
-from atlas_gql.ai.threads import get_thread, require_open, require_posting, running_reply
+from atlas_gql.ai.threads import require_open, running_reply
 from atlas_gql.auth import buckets
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, User
-from atlas_gql.auth.rules import viewer_literals
+from atlas_gql.auth.rules import ViewerRef, viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
@@ -94,30 +96,40 @@ async def get_message(*, db: ReadSession, viewer: Viewer, message_id: uuid.UUID)
 RATE_LIMITED_MESSAGE = "You are sending messages too fast; try again shortly."
 
 
+def _in_flight_statement(whose: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    chars = sa.func.length(col(Message.content))
+    reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+    return sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
+        col(Message.status) == MessageStatus.IN_PROGRESS,
+        col(Message.role) == MessageRole.ASSISTANT,
+        whose,
+    )
+
+
+# Built once (bound parameters): see `_thread_for_reply_statement`.
+_PROJECT_IN_FLIGHT = _in_flight_statement(
+    col(Message.thread_id).in_(
+        sa.select(col(Thread.id)).where(
+            col(Thread.project_id) == sa.bindparam("project_id", type_=sa.Uuid)
+        )
+    )
+)
+_USER_IN_FLIGHT = _in_flight_statement(
+    col(Message.user_id) == sa.bindparam("user_id", type_=sa.Uuid)
+)
+
+
 async def _replies_in_flight(
     db: ReadSession, *, project_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
 ) -> InFlight:
     """The replies IN_PROGRESS of a project (or asked for by a user) and the tokens reckoned
     for them: each counts the estimate of its saved partial text (ceil(chars / 4)), and at
     least 1 token, so a budget one token short runs one reply at a time."""
-    whose = (
-        col(Message.thread_id).in_(
-            sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
-        )
-        if project_id is not None
-        else col(Message.user_id) == user_id
-    )
-    chars = sa.func.length(col(Message.content))
-    reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
-    replies, tokens = (
-        await db.execute(
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
-                col(Message.status) == MessageStatus.IN_PROGRESS,
-                col(Message.role) == MessageRole.ASSISTANT,
-                whose,
-            )
-        )
-    ).one()
+    if project_id is not None:
+        result = await db.execute(_PROJECT_IN_FLIGHT, {"project_id": project_id})
+    else:
+        result = await db.execute(_USER_IN_FLIGHT, {"user_id": user_id})
+    replies, tokens = result.one()
     return InFlight(replies=int(replies), tokens=int(tokens))
 
 
@@ -198,38 +210,145 @@ class ReplyContext:
     api_key_id: uuid.UUID | None
 
 
+@dataclass(frozen=True)
+class _ThreadForReply:
+    """One read of what a new reply depends on in its thread (`_read_thread_for_reply`)."""
+
+    thread: Thread
+    postable: bool
+    running: Message | None
+    assistant: Assistant | None
+    # False when the thread row changed after the statement's snapshot (the lock waited for
+    # another transaction): `running` may then be stale and is read again.
+    fresh: bool
+
+
+def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
+    """The thread `:thread_id` as the viewer (`:viewer_id`, `:viewer_is_admin`) sees it, with
+    whether they may post in it, its running reply and its assistant. Built once, with bound
+    parameters: building the rules' SQL and its cache key costs more than running it."""
+    viewer = ViewerRef(
+        user_id=sa.bindparam("viewer_id", type_=sa.Uuid),
+        is_admin=sa.bindparam("viewer_is_admin", type_=sa.Boolean),
+        # Seeing and posting in a thread depend on who the viewer is, their memberships and
+        # ADMIN, never on their permissions.
+        permissions={permission: sa.false() for permission in PermissionName},
+    )
+    running = aliased(Message, name="running_reply")
+    threads = rules.threads
+    # Under a lock that waited for another transaction PostgreSQL reads the locked row again,
+    # the rest of the row as the statement's snapshot saw it: `fresh` tells (the thread row
+    # of the snapshot is the version locked).
+    snapshot = threads.alias("snapshot")
+    fresh = (
+        sa.select(sa.literal_column("snapshot.xmin") == sa.literal_column("threads.xmin"))
+        .where(snapshot.c.id == threads.c.id)
+        .scalar_subquery()
+    )
+    statement = (
+        sa.select(
+            Thread,
+            rules.thread_postable(viewer, threads).label("postable"),
+            running,
+            Assistant,
+            fresh.label("fresh") if lock else sa.true().label("fresh"),
+        )
+        .outerjoin(
+            running,
+            sa.and_(
+                col(running.thread_id) == col(Thread.id),
+                col(running.status) == MessageStatus.IN_PROGRESS,
+            ),
+        )
+        .outerjoin(Assistant, col(Assistant.id) == col(Thread.assistant_id))
+        .where(col(Thread.id) == sa.bindparam("thread_id", type_=sa.Uuid))
+        .where(rules.thread_visible(viewer, threads))
+        .limit(1)
+    )
+    if lock:
+        statement = statement.with_for_update(of=Thread).execution_options(populate_existing=True)
+    return statement
+
+
+_THREAD_FOR_REPLY = _thread_for_reply_statement(lock=False)
+_THREAD_FOR_REPLY_LOCKED = _thread_for_reply_statement(lock=True)
+
+
+async def _read_thread_for_reply(
+    db: AsyncSession, viewer: Viewer, thread_id: uuid.UUID, *, lock: bool
+) -> _ThreadForReply:
+    """The thread the viewer sees (NOT_FOUND otherwise), whether they may post in it, its
+    running reply and its assistant, in ONE statement; `lock` takes the thread's row lock
+    (FOR UPDATE OF threads; the thread read again)."""
+    parameters = {
+        "thread_id": thread_id,
+        "viewer_id": viewer.user_id,
+        "viewer_is_admin": viewer.is_admin,
+    }
+    statement = _THREAD_FOR_REPLY_LOCKED if lock else _THREAD_FOR_REPLY
+    row = (await db.execute(statement, parameters)).one_or_none()
+    if row is None:
+        raise NotFound("Thread not found.")
+    thread, postable, running_message, assistant, is_fresh = row
+    return _ThreadForReply(
+        thread=thread,
+        postable=bool(postable),
+        running=running_message,
+        assistant=assistant,
+        fresh=bool(is_fresh),
+    )
+
+
+async def _count_the_message(ai: AIRuntime, actor: Actor, viewer: Viewer) -> User:
+    """Take a token of the sender's message rate (and of their API key's), with their own
+    limits read in the same short transaction; the sender, for their budget."""
+    senders: list[User] = []
+
+    async def buckets_of(db: AsyncSession) -> list[buckets.Bucket]:
+        sender = await db.get(User, viewer.user_id)
+        if sender is None:
+            raise Unauthenticated()
+        senders[:] = [sender]
+        return message_buckets(ai.settings, sender, actor)
+
+    await buckets.take(
+        sessionmaker=ai.sessionmaker, buckets=buckets_of, message=RATE_LIMITED_MESSAGE
+    )
+    return senders[0]
+
+
 async def prepare_reply(
     *, db: AsyncSession, actor: Actor, ai: AIRuntime, thread_id: uuid.UUID, field: str
 ) -> ReplyContext:
     """The checks every new reply passes (sendMessage, editMessage, regenerateMessage): USE_AI,
     the sender's message rate, the thread visible (NOT_FOUND) and postable (FORBIDDEN), not
     archived and no other reply running (CONFLICT), an assistant (BAD_USER_INPUT on
-    `field`), the project's and the sender's monthly budgets (QUOTA_EXCEEDED)."""
+    `field`), the project's and the sender's monthly budgets (QUOTA_EXCEEDED).
+
+    Statements: the sender's rate in a short transaction of its own (the sender read there
+    too), then the thread twice (`_read_thread_for_reply`: without, then with its row lock),
+    then the budgets."""
     actor.require(PermissionName.USE_AI)
     viewer = actor.viewer_required
     # The sender's limits, and their rate counted, before the operation's session holds a
-    # connection: short sessions of their own, one after the other. A send refused later
-    # (CONFLICT, QUOTA_EXCEEDED, ...) still counts, so a loop of sends cannot hammer the
-    # locks below.
-    async with ai.sessionmaker() as short:
-        sender = await short.get(User, viewer.user_id)
-    if sender is None:
-        raise Unauthenticated()
-    await buckets.take(
-        sessionmaker=ai.sessionmaker,
-        buckets=message_buckets(ai.settings, sender, actor),
-        message=RATE_LIMITED_MESSAGE,
-    )
-    thread = await get_thread(db=db, viewer=viewer, thread_id=thread_id)
-    await require_posting(db, viewer, thread, action="post in its threads")
-    if (running := await running_reply(db, thread.id)) is not None:
-        await _recover_orphaned_reply(ai, thread, running)
+    # connection. A send refused later (CONFLICT, QUOTA_EXCEEDED, ...) still counts, so a
+    # loop of sends cannot hammer the locks below.
+    sender = await _count_the_message(ai, actor, viewer)
+    seen = await _read_thread_for_reply(db, viewer, thread_id, lock=False)
+    if not seen.postable:
+        raise Forbidden(
+            "You need the MEMBER role or higher in this project to post in its threads."
+        )
+    if seen.running is not None:
+        await _recover_orphaned_reply(ai, seen.thread, seen.running)
     # The lock serialises sends in this thread until the operation commits.
-    thread = await get_thread(db=db, viewer=viewer, thread_id=thread.id, for_update=True)
+    locked = await _read_thread_for_reply(db, viewer, thread_id, lock=True)
+    thread = locked.thread
     require_open(thread)
-    if await running_reply(db, thread.id) is not None:
+    running = locked.running if locked.fresh else await running_reply(db, thread.id)
+    if running is not None:
         raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
-    assistant = await db.get(Assistant, thread.assistant_id) if thread.assistant_id else None
+    assistant = locked.assistant
     if assistant is None:
         raise BadInput("This thread has no assistant any more.", field=field)
     # Takes the project's budget lock (held until the operation commits this reply
@@ -276,8 +395,9 @@ async def ask(
         created_at=now,
         completed_at=now,
     )
+    # Ids are made here (not by the database), so nothing is flushed until the caller's one
+    # flush: the exchange's rows go in together (the two messages in one INSERT).
     db.add(question)
-    await db.flush()
     for file in files:
         db.add(
             FileAssociation(
@@ -324,8 +444,11 @@ async def start_reply(
         heartbeat_at=now,
         reply_worker_id=ai.worker_id,
     )
+    after_sequence = thread.last_event_sequence
+    numbers, sequences = SequenceBlock.open(thread, taken=2 if created_question else 1)
+    # The snapshot of this exchange: its messages, up to the reply's MessageCreated.
+    reply.content_sequence = numbers[-1]
     db.add(reply)
-    await db.flush()
     in_conversation = (
         thread.openai_thread_id is None or thread.conversation_leaf_id == question.parent_id
     )
@@ -333,10 +456,6 @@ async def start_reply(
     if in_conversation:
         # The conversation gets the question and this reply.
         thread.conversation_leaf_id = reply.id
-    after_sequence = thread.last_event_sequence
-    numbers, sequences = SequenceBlock.open(thread, taken=2 if created_question else 1)
-    # The snapshot of this exchange: its messages, up to the reply's MessageCreated.
-    reply.content_sequence = numbers[-1]
     tools = tuple(tool for tool in AssistantTool if tool.value in (assistant.tools or []))
     vector_store_ids = await knowledge.vector_store_ids_for(
         db, context.viewer, thread=thread, assistant=assistant
@@ -360,7 +479,6 @@ async def start_reply(
         tools=tools,
         vector_store_ids=vector_store_ids,
     )
-    await db.flush()
     created: list[ThreadEvent] = [created_event(numbers[-1], reply)]
     if created_question:
         created.insert(0, created_event(numbers[0], question))

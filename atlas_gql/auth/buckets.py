@@ -16,9 +16,8 @@ admitted request, so their number is bounded by what the limits admit."""
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -49,20 +48,26 @@ class Bucket:
         return cls(key=key, capacity=float(count), per_second=count / seconds)
 
 
-def _refilled(bucket: Bucket, table: type[RateLimitBucket]) -> sa.ColumnElement[float]:
+def _refilled() -> sa.ColumnElement[float]:
+    """The tokens of the row now, as SQL (`:capacity` at most, `:per_second` refilled)."""
     elapsed = sa.func.greatest(
-        0.0, sa.extract("epoch", sa.func.statement_timestamp() - col(table.updated_at))
+        0.0,
+        sa.extract("epoch", sa.func.statement_timestamp() - col(RateLimitBucket.updated_at)),
     )
-    return sa.func.least(bucket.capacity, col(table.tokens) + elapsed * bucket.per_second)
+    return sa.func.least(
+        sa.bindparam("capacity", type_=sa.Float),
+        col(RateLimitBucket.tokens) + elapsed * sa.bindparam("per_second", type_=sa.Float),
+    )
 
 
-async def _take_one(db: AsyncSession, bucket: Bucket) -> int | None:
-    """Take a token; None when taken, else the seconds until one is there."""
-    refilled = _refilled(bucket, RateLimitBucket)
-    statement = (
+def _take_statement() -> sa.Executable:
+    refilled = _refilled()
+    return (
         insert(RateLimitBucket)
         .values(
-            key=bucket.key, tokens=bucket.capacity - 1, updated_at=sa.func.statement_timestamp()
+            key=sa.bindparam("bucket_key", type_=sa.String),
+            tokens=sa.bindparam("capacity", type_=sa.Float) - 1,
+            updated_at=sa.func.statement_timestamp(),
         )
         .on_conflict_do_update(
             index_elements=[col(RateLimitBucket.key)],
@@ -71,11 +76,26 @@ async def _take_one(db: AsyncSession, bucket: Bucket) -> int | None:
         )
         .returning(col(RateLimitBucket.tokens))
     )
-    if (await db.execute(statement)).scalar_one_or_none() is not None:
+
+
+# Built once, with bound parameters (every sendMessage takes a token: building the statement
+# and its cache key cost more than running it).
+_TAKE = _take_statement()
+_AVAILABLE = sa.select(_refilled()).where(
+    col(RateLimitBucket.key) == sa.bindparam("bucket_key", type_=sa.String)
+)
+
+
+async def _take_one(db: AsyncSession, bucket: Bucket) -> int | None:
+    """Take a token; None when taken, else the seconds until one is there."""
+    parameters = {
+        "bucket_key": bucket.key,
+        "capacity": bucket.capacity,
+        "per_second": bucket.per_second,
+    }
+    if (await db.execute(_TAKE, parameters)).scalar_one_or_none() is not None:
         return None
-    available = (
-        await db.execute(sa.select(refilled).where(col(RateLimitBucket.key) == bucket.key))
-    ).scalar_one_or_none()
+    available = (await db.execute(_AVAILABLE, parameters)).scalar_one_or_none()
     missing = 1 - float(available if available is not None else bucket.capacity)
     return max(1, math.ceil(missing / bucket.per_second))
 
@@ -94,22 +114,29 @@ async def _take_all(db: AsyncSession, buckets: Sequence[Bucket]) -> None:
             raise _Refused(wait)
 
 
+# Buckets worked out inside the short transaction (e.g. from the user's own rate, read there).
+BucketsOf = Callable[[AsyncSession], Awaitable[Sequence[Bucket]]]
+
+
 async def take(
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
-    buckets: Sequence[Bucket],
+    buckets: Sequence[Bucket] | BucketsOf,
     message: str,
     **extensions: object,
 ) -> None:
     """Take one token from every bucket, in a short transaction of its own; RATE_LIMITED
     (with `retryAfter` seconds and `extensions`) when one of them is empty, and then none is
-    taken."""
-    if not buckets:
+    taken. `buckets` may be a function of that transaction's session, so what decides them
+    is read in the same transaction (one connection, one commit)."""
+
+    async def take_all(db: AsyncSession) -> None:
+        await _take_all(db, buckets if isinstance(buckets, Sequence) else await buckets(db))
+
+    if isinstance(buckets, Sequence) and not buckets:
         return
     try:
-        await execute_transaction(
-            sessionmaker, functools.partial(_take_all, buckets=buckets), attempts=2
-        )
+        await execute_transaction(sessionmaker, take_all, attempts=2)
     except _Refused as refused:
         raise RateLimited(message, retry_after=refused.retry_after, **extensions) from None
 

@@ -81,15 +81,21 @@ async def start_session(
     return IssuedTokens(access_token, expires_at, refresh_token, session.id)
 
 
+# Built once, with bound parameters: every request authenticated by a session runs it, and
+# building the statement (and its cache key) costs more than running it.
+_LIVE_SESSION = live_session(
+    user_id=sa.bindparam("user_id", type_=sa.Uuid),
+    session_id=sa.bindparam("session_id", type_=sa.Uuid),
+)
+
+
 async def load_viewer_for_session(
     *, db: ReadSession, user_id: uuid.UUID, session_id: uuid.UUID
 ) -> Viewer | None:
     """The viewer when the session is live and the user active, else None; one SQL statement
     (`rules.live_session`, the check the compiled read path folds into its statement too)."""
-    statement = live_session(
-        user_id=sa.literal(user_id, sa.Uuid), session_id=sa.literal(session_id, sa.Uuid)
-    )
-    row = (await db.execute(statement)).one_or_none()
+    parameters = {"user_id": user_id, "session_id": session_id}
+    row = (await db.execute(_LIVE_SESSION, parameters)).one_or_none()
     if row is None:
         return None
     return Viewer(
