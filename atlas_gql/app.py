@@ -52,7 +52,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_engine = engine is None
         active_engine = engine or create_engine(
-            resolve_database_target(settings), ping_after_idle=settings.atlas_db_ping_after_idle
+            resolve_database_target(settings),
+            pool_size=settings.atlas_db_pool_size,
+            max_overflow=settings.atlas_db_max_overflow,
+            pool_timeout=settings.atlas_db_pool_timeout,
+            ping_after_idle=settings.atlas_db_ping_after_idle,
         )
         metrics.instrument_engine(active_engine)
         # Before the services start, so the clients they make (OpenAI, Redis) are traced.

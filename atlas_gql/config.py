@@ -345,6 +345,22 @@ class Settings(BaseSettings):
         description="seconds a pooled connection may sit idle before it is pinged at checkout "
         "(0: ping at every checkout)",
     )
+    # The worker's connection pool (docs/architecture.md, "Connection pool"): requests hold a
+    # connection for their operation, replies only for each short write.
+    atlas_db_pool_size: int = count(
+        10, description="connections to PostgreSQL a worker keeps open (its pool)"
+    )
+    atlas_db_max_overflow: int = count(
+        10,
+        minimum=0,
+        description="connections a worker may open beyond the pool while every pooled one is "
+        "busy (closed again when returned)",
+    )
+    atlas_db_pool_timeout: float = seconds(
+        30.0,
+        description="seconds an operation or a reply's write waits for a free connection when "
+        "all are busy, before it fails (DB_UNAVAILABLE)",
+    )
     atlas_log_retention_days: int = count(90)
     atlas_error_log_retention_days: int | None = count(
         None, description="days ErrorLog rows are kept; default: the value above"

@@ -73,6 +73,7 @@ from atlas_gql.ai.titles import TitleWriter
 from atlas_gql.ai.tool_items import ToolCallItem
 from atlas_gql.ai.watch import SubscriptionWatches
 from atlas_gql.config import Settings
+from atlas_gql.db.utils import is_connection_error
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.audit import ErrorLogPolicy, record_error, storable_text
 from atlas_gql.logs.models import ApiUsageLog, ErrorSource
@@ -90,6 +91,10 @@ BACKOFF_BASE = 0.25
 HISTORY_LIMIT = 50
 
 SHUTDOWN_ERROR = "The server stopped while the reply was running."
+DB_UNAVAILABLE_ERROR = "The database was unavailable, so the reply could not be saved."
+# Attempts to store a reply's end while no database connection can be had (each waits up to
+# ATLAS_DB_POOL_TIMEOUT for one).
+FINISH_ATTEMPTS = 3
 
 
 @dataclass
@@ -132,6 +137,10 @@ class ActiveReply:
     task: asyncio.Task[None] | None = None
     stream_task: asyncio.Task[ReplyDone] | None = None
     last_checkpoint: float = field(default_factory=time.monotonic)
+    # The periodic checkpoint running in the background (the delta loop does not wait for
+    # it), and the lock that keeps checkpoints of the reply one at a time.
+    checkpointing: asyncio.Task[None] | None = None
+    checkpoint_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The MessageCreated events of the exchange, published by the task before any delta.
     created: list[ThreadEvent] = field(default_factory=list)
     publish_failed: bool = False
@@ -416,6 +425,7 @@ class AIRuntime:
                 reply.cancel_reason = reply.cancel_reason or "shutdown"
                 reply.stream_task.cancel()
                 await asyncio.wait({reply.stream_task})
+            await self._settle_checkpoint(reply)
             if reply.stream_task.cancelled():
                 if reply.cancel_reason == "superseded":
                     return
@@ -474,6 +484,8 @@ class AIRuntime:
         message_id = reply.job.assistant_message_id
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            if time.monotonic() - reply.last_checkpoint < self.heartbeat_interval:
+                continue  # a checkpoint beat for it (and would have found it superseded)
             try:
                 async with self.sessionmaker() as db:
                     beat = await db.execute(
@@ -698,12 +710,44 @@ class AIRuntime:
         if upstream is not None:
             reply.upstream_sequence = upstream
         if time.monotonic() - reply.last_checkpoint >= self.checkpoint_interval:
+            self._checkpoint_soon(reply)
+
+    def _checkpoint_soon(self, reply: ActiveReply) -> None:
+        """The periodic checkpoint, in a task of its own: the deltas go on while it waits for
+        a connection and writes (one at a time per reply)."""
+        if reply.checkpointing is not None and not reply.checkpointing.done():
+            return
+        reply.checkpointing = asyncio.create_task(self._periodic_checkpoint(reply))
+
+    async def _periodic_checkpoint(self, reply: ActiveReply) -> None:
+        try:
             await self._checkpoint(reply)
+        except ReplySuperseded:
+            # Finished elsewhere or taken over: stop without touching it (as the heartbeat).
+            reply.cancel_reason = reply.cancel_reason or "superseded"
+            if reply.stream_task is not None:
+                reply.stream_task.cancel()
+        except Exception:
+            # The database is busy or down: the reply goes on; the next checkpoint (an
+            # interval later) saves what this one would have.
+            reply.last_checkpoint = time.monotonic()
+            logger.warning(
+                "checkpoint of reply %s failed", reply.job.assistant_message_id, exc_info=True
+            )
+
+    async def _settle_checkpoint(self, reply: ActiveReply) -> None:
+        """Wait for the periodic checkpoint in flight, if any (before the reply's end)."""
+        if reply.checkpointing is not None:
+            await asyncio.wait({reply.checkpointing})
 
     async def _checkpoint(self, reply: ActiveReply) -> None:
         """Save the text published so far (with, for a background reply, the upstream
         sequence number of its last event), touch the heartbeat, and make sure the sequence
         reservation covers what follows."""
+        async with reply.checkpoint_lock:
+            await self._write_checkpoint(reply)
+
+    async def _write_checkpoint(self, reply: ActiveReply) -> None:
         job = reply.job
         sequences = job.sequences
         mark = sequences.extension() if sequences.needs_extension else None
@@ -774,6 +818,10 @@ class AIRuntime:
             status, error = MessageStatus.COMPLETED, None
         elif failure is not None:
             status, error = failure.status, failure.message
+        elif unexpected is not None and is_connection_error(unexpected):
+            # No connection within ATLAS_DB_POOL_TIMEOUT (or the database down) when the reply
+            # had to write before going on.
+            status, error = MessageStatus.FAILED, DB_UNAVAILABLE_ERROR
         elif unexpected is not None:
             status, error = MessageStatus.FAILED, "The reply failed because of a server error."
         elif reply.cancel_reason == "shutdown":
@@ -827,6 +875,70 @@ class AIRuntime:
                 },
                 policy=ErrorLogPolicy.from_settings(self.settings),
             )
+        stored = await self._store_outcome(
+            reply, done=done, values=values, sequence=sequence, status=status,
+            latency_ms=latency_ms, file_searches=file_searches, web_searches=web_searches,
+        )  # fmt: skip
+        if stored is None:
+            return  # finished by someone else already
+        if status is MessageStatus.COMPLETED:
+            # In a task of its own: the reply is over for everyone already.
+            self.titles.after_reply(
+                thread_id=job.thread_id, reply_id=job.assistant_message_id, user_id=job.user_id
+            )
+        upstream_ended = done is not None or (failure is not None and failure.upstream_ended)
+        if reply.resumable and not upstream_ended:
+            # Cancelled, cut, timed out, a bug of ours: it still generates upstream.
+            assert reply.response_id is not None
+            self._cancel_upstream_later(reply.response_id)
+
+    async def _store_outcome(
+        self,
+        reply: ActiveReply,
+        *,
+        done: ReplyDone | None,
+        values: dict[str, Any],
+        sequence: int,
+        status: MessageStatus,
+        latency_ms: int,
+        file_searches: int,
+        web_searches: int,
+    ) -> Message | None:
+        """Commit the reply's final state, its sequence release and its usage row in one
+        short transaction, and publish its final event; tried again (FINISH_ATTEMPTS) while
+        no connection can be had. The message as stored, None when someone else finished it."""
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                return await self._store_outcome_once(
+                    reply, done=done, values=dict(values), sequence=sequence, status=status,
+                    latency_ms=latency_ms, file_searches=file_searches, web_searches=web_searches,
+                )  # fmt: skip
+            except Exception as error:
+                if not is_connection_error(error) or attempt == FINISH_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "storing the end of reply %s failed (attempt %d): %r",
+                    reply.job.assistant_message_id,
+                    attempt,
+                    error,
+                )
+                await asyncio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _store_outcome_once(
+        self,
+        reply: ActiveReply,
+        *,
+        done: ReplyDone | None,
+        values: dict[str, Any],
+        sequence: int,
+        status: MessageStatus,
+        latency_ms: int,
+        file_searches: int,
+        web_searches: int,
+    ) -> Message | None:
+        job = reply.job
+        input_tokens, output_tokens = values["input_tokens"], values["output_tokens"]
         async with self.sessionmaker() as db:
             if done is not None:
                 values["citations"] = await stored_citations(db, done.citations)
@@ -839,7 +951,7 @@ class AIRuntime:
                 )
             ).scalar_one_or_none()
             if message is None:
-                return  # finished by someone else already
+                return None
             await db.execute(job.sequences.release_statement(job.thread_id, sequence))
             usage_status = status.value.lower()
             if input_tokens is None and output_tokens is None and values["content"]:
@@ -874,25 +986,16 @@ class AIRuntime:
                 )
                 db.add(usage)
             await db.commit()
-            if usage is not None:
-                metrics.observe_usage(
-                    model=usage.model,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    cost_usd=float(usage.cost_usd),
-                )
             # Published as soon as the commit returns (before the session closes).
             await self._publish(job.thread_id, final_event(sequence, message))
-        if status is MessageStatus.COMPLETED:
-            # In a task of its own: the reply is over for everyone already.
-            self.titles.after_reply(
-                thread_id=job.thread_id, reply_id=job.assistant_message_id, user_id=job.user_id
+        if usage is not None:
+            metrics.observe_usage(
+                model=usage.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cost_usd=float(usage.cost_usd),
             )
-        upstream_ended = done is not None or (failure is not None and failure.upstream_ended)
-        if reply.resumable and not upstream_ended:
-            # Cancelled, cut, timed out, a bug of ours: it still generates upstream.
-            assert reply.response_id is not None
-            self._cancel_upstream_later(reply.response_id)
+        return message
 
     # -- replies nobody runs any more (recovery.py) ---------------------------------------
 

@@ -27,11 +27,15 @@ def create_engine(
     target: DatabaseTarget,
     *,
     pool_size: int = 10,
+    max_overflow: int | None = None,
+    pool_timeout: float = 30.0,
     echo: bool = False,
     ping_after_idle: float = 10.0,
 ) -> AsyncEngine:
     """An asyncpg engine honouring the target's search_path; a pooled connection idle for
-    more than `ping_after_idle` seconds is checked when it is taken (`ping_idle_connections`)."""
+    more than `ping_after_idle` seconds is checked when it is taken (`ping_idle_connections`).
+    `pool_size` connections are kept, `max_overflow` (default: as many) more opened while all
+    are busy; a checkout waits up to `pool_timeout` seconds for one (then DB_UNAVAILABLE)."""
     # asyncpg's connect timeout, so a silent server fails fast instead of after 60 s.
     connect_args: dict[str, object] = {"timeout": 10, **target.connect_args}
     engine = create_async_engine(
@@ -40,7 +44,8 @@ def create_engine(
         # Bound parameters never appear in error messages (and so never in ErrorLog rows).
         hide_parameters=True,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
+        pool_timeout=pool_timeout,
         pool_recycle=1800,
         echo=echo,
     )
