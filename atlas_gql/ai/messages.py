@@ -51,12 +51,15 @@ from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, after_commit
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound, Unauthenticated
 from atlas_gql.logs.usage import (
+    BUDGET_SETTING_KEY,
     CHARS_PER_TOKEN,
     InFlight,
     effective_user_budget,
     ensure_within_budget,
     ensure_within_user_budget,
+    parse_budget,
 )
+from atlas_gql.projects.models import ProjectSetting
 
 MAX_FILES_PER_MESSAGE = 20
 
@@ -221,6 +224,8 @@ class _ThreadForReply:
     # False when the thread row changed after the statement's snapshot (the lock waited for
     # another transaction): `running` may then be stale and is read again.
     fresh: bool
+    # The project's monthlyTokenBudget setting (read with the lock only).
+    project_budget: int | None
 
 
 def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
@@ -245,6 +250,14 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
         .where(snapshot.c.id == threads.c.id)
         .scalar_subquery()
     )
+    budget = (
+        sa.select(col(ProjectSetting.value))
+        .where(
+            col(ProjectSetting.project_id) == col(Thread.project_id),
+            col(ProjectSetting.setting_key) == BUDGET_SETTING_KEY,
+        )
+        .scalar_subquery()
+    )
     statement = (
         sa.select(
             Thread,
@@ -252,6 +265,7 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
             running,
             Assistant,
             fresh.label("fresh") if lock else sa.true().label("fresh"),
+            budget.label("project_budget") if lock else sa.null().label("project_budget"),
         )
         .outerjoin(
             running,
@@ -289,13 +303,14 @@ async def _read_thread_for_reply(
     row = (await db.execute(statement, parameters)).one_or_none()
     if row is None:
         raise NotFound("Thread not found.")
-    thread, postable, running_message, assistant, is_fresh = row
+    thread, postable, running_message, assistant, is_fresh, budget = row
     return _ThreadForReply(
         thread=thread,
         postable=bool(postable),
         running=running_message,
         assistant=assistant,
         fresh=bool(is_fresh),
+        project_budget=parse_budget(budget),
     )
 
 
@@ -358,6 +373,7 @@ async def prepare_reply(
             db=db,
             project_id=thread.project_id,
             in_flight=functools.partial(_replies_in_flight, db, project_id=thread.project_id),
+            budget=locked.project_budget,
         )
     # Then the sender's own budget (after the project's lock: always in this order), which
     # counts their replies everywhere, personal threads included.

@@ -569,7 +569,8 @@ class AIRuntime:
 
     async def _started(self, reply: ActiveReply, started: ReplyStarted) -> None:
         """The upstream response exists. A background one is checkpointed at once (its id,
-        where its events start, how they are numbered), so it can be resumed from now on."""
+        where its events start, how they are numbered; in a task of its own), so it can be
+        resumed from then on."""
         reply.response_id = started.response_id
         if (
             self.provider.background
@@ -582,7 +583,10 @@ class AIRuntime:
             # `n`, and `base + started` was taken (by the exchange's MessageCreated).
             reply.sequence_base = reply.job.sequences.next - 1 - started.sequence_number
             reply.upstream_sequence = reply.handled_upstream = started.sequence_number
-            await self._checkpoint(reply)
+            # Saved in the background, so the first delta does not wait for the database: a
+            # worker that dies before it is saved leaves a reply that cannot be resumed, as
+            # one that dies before `response.created` does.
+            self._checkpoint_soon(reply)
 
     async def _retrying(self, call: Callable[[], Coroutine[Any, Any, str]]) -> str:
         attempt = 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -208,17 +208,20 @@ async def ensure_within_budget(
     project_id: uuid.UUID | None,
     in_flight: Callable[[], Awaitable[InFlight]] | None = None,
     now: datetime | None = None,
+    budget: int | Literal["unread"] | None = "unread",
 ) -> None:
     """Raise QuotaExceeded (`budget: PROJECT`) when the project's tokens this UTC month, plus
     the tokens reckoned for its replies still running (`in_flight`, read under the lock), reach
-    its `monthlyTokenBudget`. No project or no budget: nothing to check.
+    its `monthlyTokenBudget`. No project or no budget: nothing to check. `budget`: the
+    project's budget when the caller read it already (`parse_budget` of its setting).
 
     With a budget, the check takes the project's advisory lock first and the caller keeps it
     until its transaction ends: the caller must store its running reply in that same
     transaction, so the next check (waiting on the lock) counts it."""
     if project_id is None:
         return
-    budget = await project_budget(db=db, project_id=project_id)
+    if budget == "unread":
+        budget = await project_budget(db=db, project_id=project_id)
     if budget is None:
         return
     await lock_project_budget(db=db, project_id=project_id)
