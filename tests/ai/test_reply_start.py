@@ -1,0 +1,117 @@
+"""sendMessage reads its thread in one statement, then again with the row lock
+(`messages._read_thread_for_reply`). Under a lock that waited for another transaction,
+PostgreSQL reads the locked row again but the rest of the statement (the running reply) as its
+snapshot saw it: the statement says so (`fresh` false), and sendMessage then reads the running
+reply again, so a reply stored by the transaction it waited for is a CONFLICT, not a second
+running reply."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
+
+from atlas_gql.ai.messages import _read_thread_for_reply
+from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.ai.threads import running_reply
+from atlas_gql.auth.models import RoleName
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.engine import create_engine, create_sessionmaker
+from atlas_gql.db.url import DatabaseTarget
+from atlas_gql.errors import NotFound
+from tests.factories import create_assistant, create_thread, create_user
+from tests.live import wait_until
+
+
+@pytest.fixture
+async def sessions(
+    live_database: DatabaseTarget,
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(live_database, pool_size=3)
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _thread_of_new_user(
+    sessions: async_sessionmaker[AsyncSession],
+) -> tuple[Viewer, Thread]:
+    async with sessions() as db:
+        user = await create_user(db)
+        assistant = await create_assistant(db, creator=user)
+        thread = await create_thread(db, creator=user, assistant=assistant)
+        await db.commit()
+    viewer = Viewer(
+        user_id=user.id,
+        session_id=uuid.uuid4(),
+        email=user.email,
+        roles=frozenset({RoleName.USER}),
+        permissions=frozenset(),
+    )
+    return viewer, thread
+
+
+async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    viewer, thread = await _thread_of_new_user(sessions)
+    async with sessions() as holder, sessions() as waiter, sessions() as observer:
+        # Unlocked, and locked without waiting: the row is the snapshot's.
+        seen = await _read_thread_for_reply(waiter, viewer, thread.id, lock=False)
+        assert (seen.postable, seen.running, seen.fresh) == (True, None, True)
+        await waiter.rollback()
+        waiter_pid = await waiter.scalar(sa.select(sa.func.pg_backend_pid()))
+        # Another send holds the lock and stores its running reply.
+        await holder.execute(sa.select(Thread).where(col(Thread.id) == thread.id).with_for_update())
+        now = datetime.now(UTC)
+        holder.add(
+            Message(
+                thread_id=thread.id,
+                role=MessageRole.ASSISTANT,
+                status=MessageStatus.IN_PROGRESS,
+                created_at=now,
+            )
+        )
+        await holder.execute(
+            sa.update(Thread)
+            .where(col(Thread.id) == thread.id)
+            .values(last_event_sequence=col(Thread.last_event_sequence) + 1025)
+        )
+        await holder.flush()
+        locked = asyncio.create_task(_read_thread_for_reply(waiter, viewer, thread.id, lock=True))
+
+        async def waiting_for_the_lock() -> bool:
+            waiting = await observer.scalar(
+                sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": waiter_pid},
+            )
+            await observer.rollback()
+            return bool(waiting == "Lock")
+
+        await wait_until(waiting_for_the_lock)
+        await holder.commit()
+        read = await locked
+        # The locked row is the new one; the running reply is the snapshot's (none): stale.
+        assert read.thread.last_event_sequence == thread.last_event_sequence + 1025
+        assert (read.running, read.fresh) == (None, False)
+        # What sendMessage reads then: the reply stored meanwhile (a CONFLICT).
+        assert await running_reply(waiter, thread.id) is not None
+        await waiter.rollback()
+
+
+async def test_a_thread_the_viewer_cannot_see_is_not_found(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    _, thread = await _thread_of_new_user(sessions)
+    other, _ = await _thread_of_new_user(sessions)
+    async with sessions() as db:
+        for lock in (False, True):
+            with pytest.raises(NotFound):
+                await _read_thread_for_reply(db, other, thread.id, lock=lock)
