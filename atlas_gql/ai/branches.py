@@ -22,6 +22,7 @@ from atlas_gql.ai import tree
 from atlas_gql.ai.messages import (
     SentMessage,
     ask,
+    check_budgets,
     check_content,
     get_message,
     prepare_reply,
@@ -80,6 +81,7 @@ async def regenerate_message(
         details={"threadId": str(thread.id), "regenerates": str(original.id)},
     )  # fmt: skip
     await db.flush()
+    await check_budgets(db=db, context=context, reply=reply)
     return SentMessage(question, reply, after_sequence)
 
 
@@ -110,6 +112,7 @@ async def edit_message(
         details={"threadId": str(thread.id), "edits": str(original.id), "chars": len(content)},
     )  # fmt: skip
     await db.flush()
+    await check_budgets(db=db, context=context, reply=reply)
     return SentMessage(question, reply, after_sequence)
 
 

@@ -7,8 +7,9 @@ reply is stopped by its sender while they may still post in the thread, a MANAGE
 project, or ADMIN. The rules: `ai.rules`.
 
 Size: a little over 400 lines on purpose: the checks every new reply passes and the start of
-a reply (`prepare_reply`, `ask`, `start_reply`) are shared by sendMessage, editMessage and
-regenerateMessage (ai/branches.py), and belong next to sending and stopping one."""
+a reply (`prepare_reply`, `ask`, `start_reply`, `check_budgets`) are shared by sendMessage,
+editMessage and regenerateMessage (ai/branches.py), and belong next to sending and stopping
+one; the statements they run are in ai/reply_reads.py."""
 
 from __future__ import annotations
 
@@ -17,11 +18,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from atlas_gql.ai import knowledge, rules
@@ -39,27 +38,23 @@ from atlas_gql.ai.models import (
 )
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
+from atlas_gql.ai.reply_reads import read_thread_for_reply, replies_in_flight
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.threads import require_open, running_reply
 from atlas_gql.auth import buckets
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, User
-from atlas_gql.auth.rules import ViewerRef, viewer_literals
+from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, after_commit
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound, Unauthenticated
 from atlas_gql.logs.usage import (
-    BUDGET_SETTING_KEY,
-    CHARS_PER_TOKEN,
-    InFlight,
     effective_user_budget,
     ensure_within_budget,
     ensure_within_user_budget,
-    parse_budget,
 )
-from atlas_gql.projects.models import ProjectSetting
 
 MAX_FILES_PER_MESSAGE = 20
 
@@ -97,43 +92,6 @@ async def get_message(*, db: ReadSession, viewer: Viewer, message_id: uuid.UUID)
 
 
 RATE_LIMITED_MESSAGE = "You are sending messages too fast; try again shortly."
-
-
-def _in_flight_statement(whose: sa.ColumnElement[bool]) -> sa.Select[Any]:
-    chars = sa.func.length(col(Message.content))
-    reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
-    return sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
-        col(Message.status) == MessageStatus.IN_PROGRESS,
-        col(Message.role) == MessageRole.ASSISTANT,
-        whose,
-    )
-
-
-# Built once (bound parameters): see `_thread_for_reply_statement`.
-_PROJECT_IN_FLIGHT = _in_flight_statement(
-    col(Message.thread_id).in_(
-        sa.select(col(Thread.id)).where(
-            col(Thread.project_id) == sa.bindparam("project_id", type_=sa.Uuid)
-        )
-    )
-)
-_USER_IN_FLIGHT = _in_flight_statement(
-    col(Message.user_id) == sa.bindparam("user_id", type_=sa.Uuid)
-)
-
-
-async def _replies_in_flight(
-    db: ReadSession, *, project_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
-) -> InFlight:
-    """The replies IN_PROGRESS of a project (or asked for by a user) and the tokens reckoned
-    for them: each counts the estimate of its saved partial text (ceil(chars / 4)), and at
-    least 1 token, so a budget one token short runs one reply at a time."""
-    if project_id is not None:
-        result = await db.execute(_PROJECT_IN_FLIGHT, {"project_id": project_id})
-    else:
-        result = await db.execute(_USER_IN_FLIGHT, {"user_id": user_id})
-    replies, tokens = result.one()
-    return InFlight(replies=int(replies), tokens=int(tokens))
 
 
 def message_bucket(settings: Settings, sender: User) -> buckets.Bucket:
@@ -204,114 +162,18 @@ async def _recover_orphaned_reply(ai: AIRuntime, thread: Thread, running: Messag
 @dataclass(frozen=True)
 class ReplyContext:
     """What a new reply needs, checked: the sender, the thread (locked until the operation
-    commits, with no reply running) and its assistant; budgets and the rate counted."""
+    commits, with no reply running) and its assistant; the rate counted, the budgets to
+    check once the reply is stored."""
 
     viewer: Viewer
     thread: Thread
     assistant: Assistant
     # The personal API key the reply is sent with (its usage row names it), None for a session.
     api_key_id: uuid.UUID | None
-
-
-@dataclass(frozen=True)
-class _ThreadForReply:
-    """One read of what a new reply depends on in its thread (`_read_thread_for_reply`)."""
-
-    thread: Thread
-    postable: bool
-    running: Message | None
-    assistant: Assistant | None
-    # False when the thread row changed after the statement's snapshot (the lock waited for
-    # another transaction): `running` may then be stale and is read again.
-    fresh: bool
-    # The project's monthlyTokenBudget setting (read with the lock only).
-    project_budget: int | None
-
-
-def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
-    """The thread `:thread_id` as the viewer (`:viewer_id`, `:viewer_is_admin`) sees it, with
-    whether they may post in it, its running reply and its assistant. Built once, with bound
-    parameters: building the rules' SQL and its cache key costs more than running it."""
-    viewer = ViewerRef(
-        user_id=sa.bindparam("viewer_id", type_=sa.Uuid),
-        is_admin=sa.bindparam("viewer_is_admin", type_=sa.Boolean),
-        # Seeing and posting in a thread depend on who the viewer is, their memberships and
-        # ADMIN, never on their permissions.
-        permissions={permission: sa.false() for permission in PermissionName},
-    )
-    running = aliased(Message, name="running_reply")
-    threads = rules.threads
-    # Under a lock that waited for another transaction PostgreSQL reads the locked row again,
-    # the rest of the row as the statement's snapshot saw it: `fresh` tells (the thread row
-    # of the snapshot is the version locked).
-    snapshot = threads.alias("snapshot")
-    fresh = (
-        sa.select(sa.literal_column("snapshot.xmin") == sa.literal_column("threads.xmin"))
-        .where(snapshot.c.id == threads.c.id)
-        .scalar_subquery()
-    )
-    budget = (
-        sa.select(col(ProjectSetting.value))
-        .where(
-            col(ProjectSetting.project_id) == col(Thread.project_id),
-            col(ProjectSetting.setting_key) == BUDGET_SETTING_KEY,
-        )
-        .scalar_subquery()
-    )
-    statement = (
-        sa.select(
-            Thread,
-            rules.thread_postable(viewer, threads).label("postable"),
-            running,
-            Assistant,
-            fresh.label("fresh") if lock else sa.true().label("fresh"),
-            budget.label("project_budget") if lock else sa.null().label("project_budget"),
-        )
-        .outerjoin(
-            running,
-            sa.and_(
-                col(running.thread_id) == col(Thread.id),
-                col(running.status) == MessageStatus.IN_PROGRESS,
-            ),
-        )
-        .outerjoin(Assistant, col(Assistant.id) == col(Thread.assistant_id))
-        .where(col(Thread.id) == sa.bindparam("thread_id", type_=sa.Uuid))
-        .where(rules.thread_visible(viewer, threads))
-        .limit(1)
-    )
-    if lock:
-        statement = statement.with_for_update(of=Thread).execution_options(populate_existing=True)
-    return statement
-
-
-_THREAD_FOR_REPLY = _thread_for_reply_statement(lock=False)
-_THREAD_FOR_REPLY_LOCKED = _thread_for_reply_statement(lock=True)
-
-
-async def _read_thread_for_reply(
-    db: AsyncSession, viewer: Viewer, thread_id: uuid.UUID, *, lock: bool
-) -> _ThreadForReply:
-    """The thread the viewer sees (NOT_FOUND otherwise), whether they may post in it, its
-    running reply and its assistant, in ONE statement; `lock` takes the thread's row lock
-    (FOR UPDATE OF threads; the thread read again)."""
-    parameters = {
-        "thread_id": thread_id,
-        "viewer_id": viewer.user_id,
-        "viewer_is_admin": viewer.is_admin,
-    }
-    statement = _THREAD_FOR_REPLY_LOCKED if lock else _THREAD_FOR_REPLY
-    row = (await db.execute(statement, parameters)).one_or_none()
-    if row is None:
-        raise NotFound("Thread not found.")
-    thread, postable, running_message, assistant, is_fresh, budget = row
-    return _ThreadForReply(
-        thread=thread,
-        postable=bool(postable),
-        running=running_message,
-        assistant=assistant,
-        fresh=bool(is_fresh),
-        project_budget=parse_budget(budget),
-    )
+    # The budgets `check_budgets` holds the reply to (None: none): the project's
+    # monthlyTokenBudget, the sender's own or ATLAS_USER_MONTHLY_TOKENS.
+    project_budget: int | None = None
+    user_budget: int | None = None
 
 
 async def _count_the_message(ai: AIRuntime, actor: Actor, viewer: Viewer) -> User:
@@ -338,18 +200,19 @@ async def prepare_reply(
     """The checks every new reply passes (sendMessage, editMessage, regenerateMessage): USE_AI,
     the sender's message rate, the thread visible (NOT_FOUND) and postable (FORBIDDEN), not
     archived and no other reply running (CONFLICT), an assistant (BAD_USER_INPUT on
-    `field`), the project's and the sender's monthly budgets (QUOTA_EXCEEDED).
+    `field`). The project's and the sender's monthly budgets (QUOTA_EXCEEDED) are checked
+    last, once the reply is stored (`check_budgets`).
 
     Statements: the sender's rate in a short transaction of its own (the sender read there
-    too), then the thread twice (`_read_thread_for_reply`: without, then with its row lock),
-    then the budgets."""
+    too), then the thread twice (`_read_thread_for_reply`: without, then with its row lock and
+    the project's budget)."""
     actor.require(PermissionName.USE_AI)
     viewer = actor.viewer_required
     # The sender's limits, and their rate counted, before the operation's session holds a
     # connection. A send refused later (CONFLICT, QUOTA_EXCEEDED, ...) still counts, so a
     # loop of sends cannot hammer the locks below.
     sender = await _count_the_message(ai, actor, viewer)
-    seen = await _read_thread_for_reply(db, viewer, thread_id, lock=False)
+    seen = await read_thread_for_reply(db, viewer, thread_id, lock=False)
     if not seen.postable:
         raise Forbidden(
             "You need the MEMBER role or higher in this project to post in its threads."
@@ -357,7 +220,7 @@ async def prepare_reply(
     if seen.running is not None:
         await _recover_orphaned_reply(ai, seen.thread, seen.running)
     # The lock serialises sends in this thread until the operation commits.
-    locked = await _read_thread_for_reply(db, viewer, thread_id, lock=True)
+    locked = await read_thread_for_reply(db, viewer, thread_id, lock=True)
     thread = locked.thread
     require_open(thread)
     running = locked.running if locked.fresh else await running_reply(db, thread.id)
@@ -366,25 +229,42 @@ async def prepare_reply(
     assistant = locked.assistant
     if assistant is None:
         raise BadInput("This thread has no assistant any more.", field=field)
-    # Takes the project's budget lock (held until the operation commits this reply
-    # IN_PROGRESS), so concurrent sends in other threads of the project count it.
+    return ReplyContext(
+        viewer=viewer,
+        thread=thread,
+        assistant=assistant,
+        api_key_id=actor.api_key_id,
+        project_budget=locked.project_budget if thread.project_id is not None else None,
+        user_budget=effective_user_budget(sender, ai.settings.atlas_user_monthly_tokens),
+    )
+
+
+async def check_budgets(*, db: AsyncSession, context: ReplyContext, reply: Message) -> None:
+    """The project's and the sender's monthly budgets (QUOTA_EXCEEDED), for a reply stored
+    (flushed) in this transaction: the last statements of sendMessage, editMessage and
+    regenerateMessage before their commit, because each budget check takes an advisory lock
+    that the transaction keeps until it commits, so concurrent sends in the project (or of the
+    sender) wait for it: the less that comes after, the shorter they wait (with a connection
+    each). The replies in flight they count are the others."""
+    thread = context.thread
+    # The project's lock first, then the sender's (always in this order); the sender's budget
+    # counts their replies everywhere, personal threads included.
     if thread.project_id is not None:
         await ensure_within_budget(
             db=db,
             project_id=thread.project_id,
-            in_flight=functools.partial(_replies_in_flight, db, project_id=thread.project_id),
-            budget=locked.project_budget,
+            in_flight=functools.partial(
+                replies_in_flight, db, reply_id=reply.id, project_id=thread.project_id
+            ),
+            budget=context.project_budget,
         )
-    # Then the sender's own budget (after the project's lock: always in this order), which
-    # counts their replies everywhere, personal threads included.
     await ensure_within_user_budget(
         db=db,
-        user_id=viewer.user_id,
-        budget=effective_user_budget(sender, ai.settings.atlas_user_monthly_tokens),
-        in_flight=functools.partial(_replies_in_flight, db, user_id=viewer.user_id),
-    )
-    return ReplyContext(
-        viewer=viewer, thread=thread, assistant=assistant, api_key_id=actor.api_key_id
+        user_id=context.viewer.user_id,
+        budget=context.user_budget,
+        in_flight=functools.partial(
+            replies_in_flight, db, reply_id=reply.id, user_id=context.viewer.user_id
+        ),
     )
 
 
@@ -531,6 +411,7 @@ async def send_message(
         details={"threadId": str(thread.id), "chars": len(content), "files": len(files)},
     )  # fmt: skip
     await db.flush()
+    await check_budgets(db=db, context=context, reply=reply)
     return SentMessage(user_message, reply, after_sequence)
 
 

@@ -1,5 +1,5 @@
 """sendMessage reads its thread in one statement, then again with the row lock
-(`messages._read_thread_for_reply`). Under a lock that waited for another transaction,
+(`reply_reads.read_thread_for_reply`). Under a lock that waited for another transaction,
 PostgreSQL reads the locked row again but the rest of the statement (the running reply) as its
 snapshot saw it: the statement says so (`fresh` false), and sendMessage then reads the running
 reply again, so a reply stored by the transaction it waited for is a CONFLICT, not a second
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from atlas_gql.ai.messages import _read_thread_for_reply
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.ai.reply_reads import read_thread_for_reply
 from atlas_gql.ai.threads import running_reply
 from atlas_gql.auth.models import RoleName
 from atlas_gql.auth.viewer import Viewer
@@ -64,7 +64,7 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
     viewer, thread = await _thread_of_new_user(sessions)
     async with sessions() as holder, sessions() as waiter, sessions() as observer:
         # Unlocked, and locked without waiting: the row is the snapshot's.
-        seen = await _read_thread_for_reply(waiter, viewer, thread.id, lock=False)
+        seen = await read_thread_for_reply(waiter, viewer, thread.id, lock=False)
         assert (seen.postable, seen.running, seen.fresh) == (True, None, True)
         await waiter.rollback()
         waiter_pid = await waiter.scalar(sa.select(sa.func.pg_backend_pid()))
@@ -85,7 +85,7 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
             .values(last_event_sequence=col(Thread.last_event_sequence) + 1025)
         )
         await holder.flush()
-        locked = asyncio.create_task(_read_thread_for_reply(waiter, viewer, thread.id, lock=True))
+        locked = asyncio.create_task(read_thread_for_reply(waiter, viewer, thread.id, lock=True))
 
         async def waiting_for_the_lock() -> bool:
             waiting = await observer.scalar(
@@ -114,4 +114,4 @@ async def test_a_thread_the_viewer_cannot_see_is_not_found(
     async with sessions() as db:
         for lock in (False, True):
             with pytest.raises(NotFound):
-                await _read_thread_for_reply(db, other, thread.id, lock=lock)
+                await read_thread_for_reply(db, other, thread.id, lock=lock)

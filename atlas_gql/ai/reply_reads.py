@@ -1,0 +1,171 @@
+"""The reads a new reply's checks make (ai/messages.py `prepare_reply`, `check_budgets`),
+each one statement built once with bound parameters: building the rules' SQL and its cache
+key costs more than running it, and these run at every sendMessage, editMessage and
+regenerateMessage."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+from sqlmodel import col
+
+from atlas_gql.ai import rules
+from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
+from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.rules import ViewerRef
+from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.session import ReadSession
+from atlas_gql.errors import NotFound
+from atlas_gql.logs.usage import BUDGET_SETTING_KEY, CHARS_PER_TOKEN, InFlight, parse_budget
+from atlas_gql.projects.models import ProjectSetting
+
+
+@dataclass(frozen=True)
+class ThreadForReply:
+    """One read of what a new reply depends on in its thread (`read_thread_for_reply`)."""
+
+    thread: Thread
+    postable: bool
+    running: Message | None
+    assistant: Assistant | None
+    # False when the thread row changed after the statement's snapshot (the lock waited for
+    # another transaction): `running` may then be stale and is read again.
+    fresh: bool
+    # The project's monthlyTokenBudget setting (read with the lock only).
+    project_budget: int | None
+
+
+def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
+    """The thread `:thread_id` as the viewer (`:viewer_id`, `:viewer_is_admin`) sees it, with
+    whether they may post in it, its running reply and its assistant. Built once, with bound
+    parameters: building the rules' SQL and its cache key costs more than running it."""
+    viewer = ViewerRef(
+        user_id=sa.bindparam("viewer_id", type_=sa.Uuid),
+        is_admin=sa.bindparam("viewer_is_admin", type_=sa.Boolean),
+        # Seeing and posting in a thread depend on who the viewer is, their memberships and
+        # ADMIN, never on their permissions.
+        permissions={permission: sa.false() for permission in PermissionName},
+    )
+    running = aliased(Message, name="running_reply")
+    threads = rules.threads
+    # Under a lock that waited for another transaction PostgreSQL reads the locked row again,
+    # the rest of the row as the statement's snapshot saw it: `fresh` tells (the thread row
+    # of the snapshot is the version locked).
+    snapshot = threads.alias("snapshot")
+    fresh = (
+        sa.select(sa.literal_column("snapshot.xmin") == sa.literal_column("threads.xmin"))
+        .where(snapshot.c.id == threads.c.id)
+        .scalar_subquery()
+    )
+    budget = (
+        sa.select(col(ProjectSetting.value))
+        .where(
+            col(ProjectSetting.project_id) == col(Thread.project_id),
+            col(ProjectSetting.setting_key) == BUDGET_SETTING_KEY,
+        )
+        .scalar_subquery()
+    )
+    statement = (
+        sa.select(
+            Thread,
+            rules.thread_postable(viewer, threads).label("postable"),
+            running,
+            Assistant,
+            fresh.label("fresh") if lock else sa.true().label("fresh"),
+            budget.label("project_budget") if lock else sa.null().label("project_budget"),
+        )
+        .outerjoin(
+            running,
+            sa.and_(
+                col(running.thread_id) == col(Thread.id),
+                col(running.status) == MessageStatus.IN_PROGRESS,
+            ),
+        )
+        .outerjoin(Assistant, col(Assistant.id) == col(Thread.assistant_id))
+        .where(col(Thread.id) == sa.bindparam("thread_id", type_=sa.Uuid))
+        .where(rules.thread_visible(viewer, threads))
+        .limit(1)
+    )
+    if lock:
+        statement = statement.with_for_update(of=Thread).execution_options(populate_existing=True)
+    return statement
+
+
+_THREAD_FOR_REPLY = _thread_for_reply_statement(lock=False)
+_THREAD_FOR_REPLY_LOCKED = _thread_for_reply_statement(lock=True)
+
+
+async def read_thread_for_reply(
+    db: AsyncSession, viewer: Viewer, thread_id: uuid.UUID, *, lock: bool
+) -> ThreadForReply:
+    """The thread the viewer sees (NOT_FOUND otherwise), whether they may post in it, its
+    running reply and its assistant, in ONE statement; `lock` takes the thread's row lock
+    (FOR UPDATE OF threads; the thread read again)."""
+    parameters = {
+        "thread_id": thread_id,
+        "viewer_id": viewer.user_id,
+        "viewer_is_admin": viewer.is_admin,
+    }
+    statement = _THREAD_FOR_REPLY_LOCKED if lock else _THREAD_FOR_REPLY
+    row = (await db.execute(statement, parameters)).one_or_none()
+    if row is None:
+        raise NotFound("Thread not found.")
+    thread, postable, running_message, assistant, is_fresh, budget = row
+    return ThreadForReply(
+        thread=thread,
+        postable=bool(postable),
+        running=running_message,
+        assistant=assistant,
+        fresh=bool(is_fresh),
+        project_budget=parse_budget(budget),
+    )
+
+
+def _in_flight_statement(whose: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    chars = sa.func.length(col(Message.content))
+    reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+    return sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
+        col(Message.status) == MessageStatus.IN_PROGRESS,
+        col(Message.role) == MessageRole.ASSISTANT,
+        # The reply being checked, stored already in the same transaction.
+        col(Message.id) != sa.bindparam("reply_id", type_=sa.Uuid),
+        whose,
+    )
+
+
+# Built once (bound parameters): see `_thread_for_reply_statement`.
+_PROJECT_IN_FLIGHT = _in_flight_statement(
+    col(Message.thread_id).in_(
+        sa.select(col(Thread.id)).where(
+            col(Thread.project_id) == sa.bindparam("project_id", type_=sa.Uuid)
+        )
+    )
+)
+_USER_IN_FLIGHT = _in_flight_statement(
+    col(Message.user_id) == sa.bindparam("user_id", type_=sa.Uuid)
+)
+
+
+async def replies_in_flight(
+    db: ReadSession,
+    *,
+    reply_id: uuid.UUID,
+    project_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+) -> InFlight:
+    """The replies IN_PROGRESS of a project (or asked for by a user) other than `reply_id`,
+    and the tokens reckoned for them: each counts the estimate of its saved partial text
+    (ceil(chars / 4)), and at least 1 token, so a budget one token short runs one reply at a
+    time."""
+    if project_id is not None:
+        parameters = {"project_id": project_id, "reply_id": reply_id}
+        result = await db.execute(_PROJECT_IN_FLIGHT, parameters)
+    else:
+        result = await db.execute(_USER_IN_FLIGHT, {"user_id": user_id, "reply_id": reply_id})
+    replies, tokens = result.one()
+    return InFlight(replies=int(replies), tokens=int(tokens))
