@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -879,10 +880,12 @@ class AIRuntime:
                 },
                 policy=ErrorLogPolicy.from_settings(self.settings),
             )
-        stored = await self._store_outcome(
-            reply, done=done, values=values, sequence=sequence, status=status,
-            latency_ms=latency_ms, file_searches=file_searches, web_searches=web_searches,
+        store = functools.partial(
+            self._store_outcome, reply, done=done, values=values, sequence=sequence,
+            status=status, latency_ms=latency_ms, file_searches=file_searches,
+            web_searches=web_searches,
         )  # fmt: skip
+        stored = await self._while_no_connection(reply, store)
         if stored is None:
             return  # finished by someone else already
         if status is MessageStatus.COMPLETED:
@@ -895,6 +898,26 @@ class AIRuntime:
             # Cancelled, cut, timed out, a bug of ours: it still generates upstream.
             assert reply.response_id is not None
             self._cancel_upstream_later(reply.response_id)
+
+    async def _while_no_connection(
+        self, reply: ActiveReply, work: Callable[[], Awaitable[Message | None]]
+    ) -> Message | None:
+        """`work` (the reply's end), tried again (FINISH_ATTEMPTS) while no database
+        connection can be had."""
+        for attempt in range(1, FINISH_ATTEMPTS + 1):
+            try:
+                return await work()
+            except Exception as error:
+                if not is_connection_error(error) or attempt == FINISH_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "storing the end of reply %s failed (attempt %d): %r",
+                    reply.job.assistant_message_id,
+                    attempt,
+                    error,
+                )
+                await asyncio.sleep(_backoff(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _store_outcome(
         self,
@@ -909,38 +932,8 @@ class AIRuntime:
         web_searches: int,
     ) -> Message | None:
         """Commit the reply's final state, its sequence release and its usage row in one
-        short transaction, and publish its final event; tried again (FINISH_ATTEMPTS) while
-        no connection can be had. The message as stored, None when someone else finished it."""
-        for attempt in range(1, FINISH_ATTEMPTS + 1):
-            try:
-                return await self._store_outcome_once(
-                    reply, done=done, values=dict(values), sequence=sequence, status=status,
-                    latency_ms=latency_ms, file_searches=file_searches, web_searches=web_searches,
-                )  # fmt: skip
-            except Exception as error:
-                if not is_connection_error(error) or attempt == FINISH_ATTEMPTS:
-                    raise
-                logger.warning(
-                    "storing the end of reply %s failed (attempt %d): %r",
-                    reply.job.assistant_message_id,
-                    attempt,
-                    error,
-                )
-                await asyncio.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _store_outcome_once(
-        self,
-        reply: ActiveReply,
-        *,
-        done: ReplyDone | None,
-        values: dict[str, Any],
-        sequence: int,
-        status: MessageStatus,
-        latency_ms: int,
-        file_searches: int,
-        web_searches: int,
-    ) -> Message | None:
+        short transaction, and publish its final event. The message as stored, None when
+        someone else finished it."""
         job = reply.job
         input_tokens, output_tokens = values["input_tokens"], values["output_tokens"]
         async with self.sessionmaker() as db:
