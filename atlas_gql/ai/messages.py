@@ -13,8 +13,10 @@ one; the statements they run are in ai/reply_reads.py."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,7 +50,7 @@ from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
-from atlas_gql.db.session import ReadSession, after_commit
+from atlas_gql.db.session import ReadSession, SerializedAsyncSession, after_commit
 from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound, Unauthenticated
 from atlas_gql.logs.usage import (
     effective_user_budget,
@@ -194,6 +196,50 @@ async def _count_the_message(ai: AIRuntime, actor: Actor, viewer: Viewer) -> Use
     return senders[0]
 
 
+class _SenderGates:
+    """Per-worker gates, one per sender with a monthly budget: their sends wait here, holding
+    no database connection, rather than on the budget's advisory lock (`check_budgets`)
+    holding one each. Two sends of one sender are serialised by that lock anyway; a worker
+    then has at most one of them waiting on it (other workers' sends still wait there)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[uuid.UUID, tuple[asyncio.Lock, int]] = {}
+
+    async def enter(self, db: AsyncSession, sender_id: uuid.UUID) -> None:
+        """Pass the sender's gate, held until `db` closes (after its commit or rollback);
+        once per session (a document with two sends passes it once)."""
+        if not isinstance(db, SerializedAsyncSession):
+            return
+        held: set[uuid.UUID] = db.info.setdefault("atlas_sender_gates", set())
+        if sender_id in held:
+            return
+        lock, users = self._locks.get(sender_id, (asyncio.Lock(), 0))
+        self._locks[sender_id] = (lock, users + 1)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._leave(sender_id)
+            raise
+        held.add(sender_id)
+
+        def release() -> None:
+            held.discard(sender_id)
+            lock.release()
+            self._leave(sender_id)
+
+        db.on_close(release)
+
+    def _leave(self, sender_id: uuid.UUID) -> None:
+        lock, users = self._locks[sender_id]
+        if users == 1:
+            del self._locks[sender_id]
+        else:
+            self._locks[sender_id] = (lock, users - 1)
+
+
+_GATES: weakref.WeakKeyDictionary[AIRuntime, _SenderGates] = weakref.WeakKeyDictionary()
+
+
 async def prepare_reply(
     *, db: AsyncSession, actor: Actor, ai: AIRuntime, thread_id: uuid.UUID, field: str
 ) -> ReplyContext:
@@ -212,6 +258,9 @@ async def prepare_reply(
     # connection. A send refused later (CONFLICT, QUOTA_EXCEEDED, ...) still counts, so a
     # loop of sends cannot hammer the locks below.
     sender = await _count_the_message(ai, actor, viewer)
+    user_budget = effective_user_budget(sender, ai.settings.atlas_user_monthly_tokens)
+    if user_budget is not None:
+        await _GATES.setdefault(ai, _SenderGates()).enter(db, viewer.user_id)
     seen = await read_thread_for_reply(db, viewer, thread_id, lock=False)
     if not seen.postable:
         raise Forbidden(
@@ -235,7 +284,7 @@ async def prepare_reply(
         assistant=assistant,
         api_key_id=actor.api_key_id,
         project_budget=locked.project_budget if thread.project_id is not None else None,
-        user_budget=effective_user_budget(sender, ai.settings.atlas_user_monthly_tokens),
+        user_budget=user_budget,
     )
 
 

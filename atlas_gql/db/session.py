@@ -86,6 +86,7 @@ class SerializedAsyncSession(AsyncSession):
         super().__init__(*args, **kwargs)
         self._operation_lock = _TaskReentrantLock()
         self._after_commit: list[AfterCommitHook] = []
+        self._on_close: list[Callable[[], None]] = []
         self._isolation_level: str | None = None
 
     def read_one_snapshot(self) -> None:
@@ -142,10 +143,21 @@ class SerializedAsyncSession(AsyncSession):
         async with self._operation_lock.hold():
             await super().rollback()
 
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Run `hook` when the session closes (the operation boundary closes it after its
+        commit or rollback), whatever happened: e.g. to let go of an in-process gate held
+        for as long as the transaction's locks."""
+        self._on_close.append(hook)
+
     async def close(self) -> None:
         self._after_commit.clear()
-        async with self._operation_lock.hold():
-            await super().close()
+        try:
+            async with self._operation_lock.hold():
+                await super().close()
+        finally:
+            hooks, self._on_close = self._on_close, []
+            for hook in hooks:
+                hook()
 
 
 # AsyncSession's operations that run holding the session's operation lock, each the base

@@ -103,3 +103,29 @@ async def test_a_send_that_gets_no_connection_in_time_is_db_unavailable(
     assert events[-1]["__typename"] == "MessageCompleted"
     # Every connection is given back (the reply's last write closes just after its event).
     await wait_until(lambda: _pool(ai).checkedout() == 0)
+
+
+async def test_concurrent_sends_of_a_sender_with_a_budget_all_go_through(
+    start_ai_server: StartServer,
+) -> None:
+    # The sender's budget serialises their sends (an advisory lock held to the commit): they
+    # wait at the worker's gate, not each holding one of the two connections.
+    ai = await start_ai_server(
+        atlas_db_pool_size=2,
+        atlas_db_max_overflow=0,
+        atlas_db_pool_timeout=60,
+        atlas_user_monthly_tokens=10**12,
+    )
+    threads = [await ai.new_thread() for _ in range(8)]
+    ai.fake.then(*[Behaviour(deltas=DELTAS, delay=0.01)] * len(threads))
+    async with contextlib.AsyncExitStack() as stack:
+        subscriptions = [
+            await stack.enter_async_context(ai.client.subscribe(ai.people.member, thread_id))
+            for thread_id in threads
+        ]
+        sent = await asyncio.gather(*(ai.send(thread_id) for thread_id in threads))
+        assert [error_codes(body) for body in sent] == [[]] * len(threads)
+        finals = await asyncio.gather(*(s.until_final(timeout=60) for s in subscriptions))
+        # The gate is free again: one more send of theirs goes through at once.
+        assert error_codes(await ai.send(threads[0])) == []
+    assert {events[-1]["__typename"] for events in finals} == {"MessageCompleted"}
