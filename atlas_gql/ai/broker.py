@@ -237,9 +237,11 @@ class _Subscriber:
         "last",
         "limit",
         "merge_after",
+        "offered",
         "on_overflow",
         "overflowed",
         "queue",
+        "replaying",
         "waiting",
     )
 
@@ -261,6 +263,12 @@ class _Subscriber:
         self.waiting = False
         # The sequence of the last event delivered (by the reader or directly).
         self.last = -1
+        # The highest sequence handed to it (queued or written), and whether its reader has
+        # yet to take its replay in: a delta the worker merged goes to it in its parts unless
+        # all of them are new to it (a merged delta is numbered as its last part only, so a
+        # replay or a resumed reply's repeats could not tell its first parts apart).
+        self.offered = -1
+        self.replaying = True
 
     def offer(self, event: Event) -> None:
         if self.overflowed:
@@ -276,8 +284,9 @@ class _Subscriber:
                 logger.exception("direct delivery failed")
                 written = False
             if written:
-                self.last = event.sequence
+                self.last = self.offered = event.sequence
                 return
+        self.offered = max(self.offered, event.sequence)
         if self.queue.qsize() >= self.limit:
             self.overflowed = True
             self.queue.put_nowait(None)
@@ -342,6 +351,9 @@ async def _deliver(
         now = subscriber.clock()
         for event in sorted(replay, key=lambda item: item.sequence):
             accept((now, event))
+        if backlog:  # what it replays counts as handed to it
+            subscriber.offered = max(subscriber.offered, backlog[-1][1].sequence)
+    subscriber.replaying = False
     queue = subscriber.queue
     while True:
         if not backlog:
@@ -379,10 +391,12 @@ async def _deliver(
 class _Pending:
     """Deltas of one message held while this worker is behind, merged, flushed together."""
 
-    __slots__ = ("event", "timer")
+    __slots__ = ("event", "parts", "timer")
 
     def __init__(self, event: MessageDelta, timer: asyncio.TimerHandle) -> None:
         self.event = event
+        # The deltas merged into `event`, in increasing sequence order.
+        self.parts = [event]
         self.timer = timer
 
 
@@ -451,8 +465,13 @@ class _LocalFanout:
         if isinstance(event, MessageDelta) and self.merge_after > 0:
             pending = self._pending.get(thread_id)
             if pending is not None:
-                if _mergeable(pending.event, event) and len(pending.event.delta) < MERGE_MAX_CHARS:
+                if (
+                    _mergeable(pending.event, event)
+                    and event.sequence > pending.event.sequence
+                    and len(pending.event.delta) < MERGE_MAX_CHARS
+                ):
                     pending.event = _merge(pending.event, event)
+                    pending.parts.append(event)
                     return
                 self._flush(thread_id)
             elif self._behind(thread_id):
@@ -472,10 +491,21 @@ class _LocalFanout:
         ended, cost, costly = last
         return costly >= 2 and cost > self.clock() - ended
 
-    def _fan_out(self, thread_id: uuid.UUID, event: Event) -> None:
+    def _fan_out(
+        self, thread_id: uuid.UUID, event: Event, parts: list[MessageDelta] | None = None
+    ) -> None:
+        """`event` to every subscriber of the thread; for a merged delta, its `parts` one by
+        one to a subscriber that holds or may replay some of them (its repeats are dropped)."""
         started = self.clock()
         for subscriber in list(self.subscribers.get(thread_id, ())):
-            subscriber.offer(event)
+            if parts is not None and (
+                subscriber.replaying
+                or max(subscriber.offered, subscriber.last) >= parts[0].sequence
+            ):
+                for part in parts:
+                    subscriber.offer(part)
+            else:
+                subscriber.offer(event)
         if isinstance(event, MessageDelta):
             ended = self.clock()
             cost = ended - started
@@ -489,7 +519,7 @@ class _LocalFanout:
         if pending is not None:
             pending.timer.cancel()
             self.merged_dispatches += 1
-            self._fan_out(thread_id, pending.event)
+            self._fan_out(thread_id, pending.event, pending.parts)
 
 
 def event_size(event: Event) -> int:
@@ -895,15 +925,22 @@ class RedisBroker:
             while self._outbox:
                 batch = list(self._outbox)
                 self._outbox.clear()
-                if self.breaker.is_open:
-                    # Opened while these waited (by an earlier batch): skipped as they would
-                    # have been had they come a moment later.
-                    self.breaker.skipped += len(batch)
-                else:
-                    with contextlib.suppress(CircuitOpenError):
-                        await self.breaker.call(functools.partial(self._send, batch))
-                self._handled += len(batch)
-                self._sent.set()
+                try:
+                    if self.breaker.is_open:
+                        # Opened while these waited (by an earlier batch): skipped as they
+                        # would have been had they come a moment later.
+                        self.breaker.skipped += len(batch)
+                    else:
+                        with contextlib.suppress(CircuitOpenError):
+                            await self.breaker.call(functools.partial(self._send, batch))
+                except Exception:
+                    # The sender goes on (a dead one would leave `flush` waiting forever):
+                    # this batch reached this worker's subscribers, not Redis.
+                    logger.exception("sending %d events to Redis failed", len(batch))
+                finally:
+                    # Sent, skipped or lost, even when cancelled: `flush` never waits on it.
+                    self._handled += len(batch)
+                    self._sent.set()
 
     async def _send(self, batch: list[tuple[uuid.UUID, str]]) -> None:
         by_thread: dict[uuid.UUID, list[str]] = {}

@@ -253,3 +253,41 @@ async def test_events_queued_for_redis_go_in_order_in_shared_round_trips() -> No
 
 def decode_sequence(data: str) -> int:
     return int(decode_event(data).sequence)
+
+
+async def test_a_batch_that_fails_unexpectedly_leaves_the_sender_running() -> None:
+    """An error other than Redis's own in a batch is logged; the sender goes on, `flush`
+    returns, and the next events reach Redis."""
+    broker = RedisBroker(REDIS_URL)
+    thread = uuid.uuid4()
+    await broker.start()
+    original_send = broker._send
+    failures = 0
+
+    async def send(batch: list[tuple[uuid.UUID, str]]) -> None:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise RuntimeError("a bug in a batch")
+        await original_send(batch)
+
+    broker._send = send  # type: ignore[method-assign]
+    try:
+        await broker.publish(
+            thread, MessageDelta(sequence=1, thread_id=thread, message_id=thread, delta="a")
+        )
+        async with asyncio.timeout(30):
+            await broker.flush()
+        await broker.publish(
+            thread, MessageDelta(sequence=2, thread_id=thread, message_id=thread, delta="b")
+        )
+        async with asyncio.timeout(30):
+            await broker.flush()
+        kept = await broker._redis.lrange(broker.history_key(thread), 0, -1)
+        assert [
+            decode_sequence(raw.decode() if isinstance(raw, bytes) else raw) for raw in kept
+        ] == [2]
+        assert failures == 1
+    finally:
+        await broker._redis.delete(broker.history_key(thread))
+        await broker.close()

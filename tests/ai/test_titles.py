@@ -303,7 +303,11 @@ async def test_generate_thread_title_reads_the_branch_shown(ai: AIServer) -> Non
             token=people.member,
         )
         assert "errors" not in body, body
-        await subscription.until_final()
+        # The subscription replays the kept events first (the earlier reply's final one
+        # too): wait for the final event of the edited question's reply.
+        reply_id = body["data"]["editMessage"]["assistantMessage"]["id"]
+        while (await subscription.until_final())[-1]["messageId"] != reply_id:
+            pass
 
     assert await _titled_after(ai, thread_id, "dogs") == "User: Tell me about dogs"
 

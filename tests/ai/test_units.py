@@ -279,6 +279,51 @@ async def test_a_worker_behind_fans_out_merged_deltas() -> None:
     await aclose(stream)
 
 
+async def test_a_merged_delta_never_repeats_text_a_subscriber_has() -> None:
+    """A reply resumed from its checkpoint publishes numbers again while the worker is
+    behind: the held deltas go to a subscriber that already has some of them one by one
+    (its repeats dropped), so its text holds each delta once; and a subscriber still taking
+    its replay in gets the parts too (replay and live overlap), never the merged span."""
+    clock = FakeClock()
+    broker = MemoryBroker(clock=clock)
+    thread = uuid.uuid4()
+    written: list[MessageDelta] = []
+    cost = 0.0
+
+    def direct(event: ThreadEvent) -> bool:
+        clock.now += cost
+        if isinstance(event, MessageDelta):
+            written.append(event)
+            return True
+        return False
+
+    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
+    reading = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await asyncio.sleep(0)  # the reader reaches its queue (one step, no timing)
+    cost = 2 * DISPATCH_BEHIND
+    for sequence, text in ((1, "a"), (2, "b"), (3, "c")):
+        await broker.publish(thread, _delta(sequence, text))  # costly fan-outs, in a row
+    assert "".join(event.delta for event in written) == "ab"  # 3 is held
+    # A newcomer flushes it. Then the reply, resumed from sequence 1, publishes 2 and 3
+    # again, then 4: held (the worker is behind), merged.
+    replaying = broker.subscribe(thread, after_sequence=0)
+    replay = asyncio.ensure_future(_take(replaying, 5))
+    await broker.listeners.wait_total(thread, 2)
+    assert "".join(event.delta for event in written) == "abc"
+    for sequence, text in ((2, "b"), (3, "c"), (4, "d")):
+        await broker.publish(thread, _delta(sequence, text))
+    await broker.publish(thread, _completed(5))  # flushes what is held
+    assert "".join(event.delta for event in written) == "abcd"
+    assert broker._fanout.merged_dispatches >= 1  # the merged path was taken
+    replayed = await replay
+    assert [event.sequence for event in replayed] == [1, 2, 3, 4, 5]
+    assert "".join(e.delta for e in replayed if isinstance(e, MessageDelta)) == "abcd"
+    assert [event.sequence for event in await reading] == [5]
+    await aclose(replaying)
+    await aclose(stream)
+
+
 async def test_an_idle_reader_gets_deltas_written_at_once_in_order() -> None:
     """The direct path: while the reader waits with nothing queued, the publisher hands each
     event to `direct`; what it declines is queued, and from then on events wait behind it (no
