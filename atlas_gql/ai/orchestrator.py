@@ -137,7 +137,10 @@ class ActiveReply:
     cancel_reason: str | None = None
     task: asyncio.Task[None] | None = None
     stream_task: asyncio.Task[ReplyDone] | None = None
+    # When a checkpoint last succeeded (the heartbeat skips only right after one), and when
+    # one was last tried (a failed one waits an interval before the next try).
     last_checkpoint: float = field(default_factory=time.monotonic)
+    last_checkpoint_try: float = 0.0
     # The periodic checkpoint running in the background (the delta loop does not wait for
     # it), and the lock that keeps checkpoints of the reply one at a time.
     checkpointing: asyncio.Task[None] | None = None
@@ -714,7 +717,8 @@ class AIRuntime:
         reply.published_sequence = sequence
         if upstream is not None:
             reply.upstream_sequence = upstream
-        if time.monotonic() - reply.last_checkpoint >= self.checkpoint_interval:
+        last_try = max(reply.last_checkpoint, reply.last_checkpoint_try)
+        if time.monotonic() - last_try >= self.checkpoint_interval:
             self._checkpoint_soon(reply)
 
     def _checkpoint_soon(self, reply: ActiveReply) -> None:
@@ -734,8 +738,9 @@ class AIRuntime:
                 reply.stream_task.cancel()
         except Exception:
             # The database is busy or down: the reply goes on; the next checkpoint (an
-            # interval later) saves what this one would have.
-            reply.last_checkpoint = time.monotonic()
+            # interval later) saves what this one would have; the heartbeat still runs (it
+            # skips only after a checkpoint that succeeded), so no sweep takes the reply.
+            reply.last_checkpoint_try = time.monotonic()
             logger.warning(
                 "checkpoint of reply %s failed", reply.job.assistant_message_id, exc_info=True
             )
