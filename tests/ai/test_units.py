@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,7 @@ from atlas_gql.ai.broker import (
     MERGE_AFTER,
     MERGE_BACKLOG,
     MERGE_SPAN,
+    Event,
     MemoryBroker,
     SubscriptionControl,
 )
@@ -163,6 +165,35 @@ class FakeClock:
         return self.now
 
 
+class CostedWrites:
+    """A subscription's direct writer of deltas, each write costing `cost` seconds of the
+    fake clock (as the fan-out measures it); what it wrote, in order."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.cost = 0.0
+        self.written: list[MessageDelta] = []
+
+    def __call__(self, event: ThreadEvent) -> bool:
+        self.clock.now += self.cost
+        if isinstance(event, MessageDelta):
+            self.written.append(event)
+            return True
+        return False
+
+
+async def _idle_reader(
+    broker: MemoryBroker, thread: uuid.UUID, direct: Callable[[ThreadEvent], bool]
+) -> tuple[AsyncIterator[Event], asyncio.Future[list[ThreadEvent]]]:
+    """A live subscription writing through `direct`, its reader idle at its queue, taking its
+    next (final) event."""
+    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
+    reading = asyncio.ensure_future(_take(stream, 1))
+    await broker.listeners.wait_total(thread, 1)
+    await asyncio.sleep(0)  # the reader reaches its queue (one step, no timing)
+    return stream, reading
+
+
 @pytest.mark.parametrize("late", [True, False], ids=["late", "in-time"])
 async def test_deltas_that_waited_too_long_are_merged_numbered_as_the_last(late: bool) -> None:
     clock = FakeClock()
@@ -237,28 +268,17 @@ async def test_a_worker_behind_fans_out_merged_deltas() -> None:
     clock = FakeClock()
     broker = MemoryBroker(clock=clock)
     thread = uuid.uuid4()
-    written: list[MessageDelta] = []
-    cost = 0.0
-
-    def direct(event: ThreadEvent) -> bool:
-        clock.now += cost  # the write's cost, as the fan-out measures it
-        if isinstance(event, MessageDelta):
-            written.append(event)
-            return True
-        return False
-
-    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
-    reading = asyncio.ensure_future(_take(stream, 1))
-    await broker.listeners.wait_total(thread, 1)
-    await asyncio.sleep(0)  # the reader reaches its queue (one step, no timing)
+    writes = CostedWrites(clock)
+    written = writes.written
+    stream, reading = await _idle_reader(broker, thread, writes)
     await broker.publish(thread, _delta(1, "a"))
     await broker.publish(thread, _delta(2, "b"))  # cheap fan-outs: never held
     assert written == [_delta(1, "a"), _delta(2, "b")]
-    cost = 2 * DISPATCH_BEHIND
+    writes.cost = 2 * DISPATCH_BEHIND
     await broker.publish(thread, _delta(3, "c"))  # costly once: a first rendering, say
-    cost = 0.0
+    writes.cost = 0.0
     await broker.publish(thread, _delta(4, "c2"))  # not held
-    cost = 2 * DISPATCH_BEHIND
+    writes.cost = 2 * DISPATCH_BEHIND
     await broker.publish(thread, _delta(5, "c3"))
     await broker.publish(thread, _delta(6, "c4"))  # twice costly, and the next comes at once:
     for sequence, text in ((7, "d"), (8, "e"), (9, "f")):
@@ -269,7 +289,7 @@ async def test_a_worker_behind_fans_out_merged_deltas() -> None:
     assert await _take(newcomer, 3) == [_delta(7, "d"), _delta(8, "e"), _delta(9, "f")]
     assert written[6:] == [_delta(9, "def")]
     await aclose(newcomer)
-    cost = 0.0
+    writes.cost = 0.0
     await broker.publish(thread, _delta(10, "g"))
     await broker.publish(thread, _delta(11, "h"))
     await broker.publish(thread, _completed(12))  # flushes what is held first
@@ -287,21 +307,10 @@ async def test_a_merged_delta_never_repeats_text_a_subscriber_has() -> None:
     clock = FakeClock()
     broker = MemoryBroker(clock=clock)
     thread = uuid.uuid4()
-    written: list[MessageDelta] = []
-    cost = 0.0
-
-    def direct(event: ThreadEvent) -> bool:
-        clock.now += cost
-        if isinstance(event, MessageDelta):
-            written.append(event)
-            return True
-        return False
-
-    stream = broker.subscribe(thread, control=SubscriptionControl(direct=direct))
-    reading = asyncio.ensure_future(_take(stream, 1))
-    await broker.listeners.wait_total(thread, 1)
-    await asyncio.sleep(0)  # the reader reaches its queue (one step, no timing)
-    cost = 2 * DISPATCH_BEHIND
+    writes = CostedWrites(clock)
+    written = writes.written
+    stream, reading = await _idle_reader(broker, thread, writes)
+    writes.cost = 2 * DISPATCH_BEHIND
     for sequence, text in ((1, "a"), (2, "b"), (3, "c")):
         await broker.publish(thread, _delta(sequence, text))  # costly fan-outs, in a row
     assert "".join(event.delta for event in written) == "ab"  # 3 is held
