@@ -351,8 +351,9 @@ async def _deliver(
         now = subscriber.clock()
         for event in sorted(replay, key=lambda item: item.sequence):
             accept((now, event))
-        if backlog:  # what it replays counts as handed to it
-            subscriber.offered = max(subscriber.offered, backlog[-1][1].sequence)
+    # What it replays, or resumes after, counts as handed to it.
+    newest = backlog[-1][1].sequence if backlog else subscriber.last
+    subscriber.offered = max(subscriber.offered, newest)
     subscriber.replaying = False
     queue = subscriber.queue
     while True:
@@ -499,8 +500,7 @@ class _LocalFanout:
         started = self.clock()
         for subscriber in list(self.subscribers.get(thread_id, ())):
             if parts is not None and (
-                subscriber.replaying
-                or max(subscriber.offered, subscriber.last) >= parts[0].sequence
+                subscriber.replaying or subscriber.offered >= parts[0].sequence
             ):
                 for part in parts:
                     subscriber.offer(part)
