@@ -953,7 +953,13 @@ class AIRuntime:
                 )
             ).scalar_one_or_none()
             if message is None:
-                return None
+                # Finished by someone else, or by this very end: an earlier attempt whose
+                # commit the database made but whose answer the dropped connection lost.
+                # Then its final event is still due, once.
+                message = await self._ended_by_lost_commit(db, reply, sequence)
+                if message is not None:
+                    await self._publish(job.thread_id, final_event(sequence, message))
+                return message
             await db.execute(job.sequences.release_statement(job.thread_id, sequence))
             usage_status = status.value.lower()
             if input_tokens is None and output_tokens is None and values["content"]:
@@ -997,6 +1003,22 @@ class AIRuntime:
                 output_tokens=usage.output_tokens,
                 cost_usd=float(usage.cost_usd),
             )
+        return message
+
+    async def _ended_by_lost_commit(
+        self, db: AsyncSession, reply: ActiveReply, sequence: int
+    ) -> Message | None:
+        """The reply's row when this worker's own end stored it (final, still this worker's,
+        numbered with this end's `sequence`: another worker's end or an orphan's takes other
+        numbers); None when someone else finished it."""
+        message = await db.get(Message, reply.job.assistant_message_id)
+        if (
+            message is None
+            or message.status is MessageStatus.IN_PROGRESS
+            or message.content_sequence != sequence
+            or message.reply_worker_id not in (self.worker_id, None)
+        ):
+            return None
         return message
 
     # -- replies nobody runs any more (recovery.py) ---------------------------------------

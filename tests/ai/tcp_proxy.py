@@ -6,6 +6,10 @@ Modes:
   accepted and never answered, and nothing is forwarded on open ones (bytes wait in the proxy,
   as they would in TCP retransmissions, and flow again when it heals).
 - "drop": everything read is thrown away (connections stay open, nothing ever answers).
+
+`CommitCutProxy` (in front of PostgreSQL) cuts one connection right after the server answered
+a COMMIT, before the client reads the answer: the server committed, the client sees the
+connection drop.
 """
 
 from __future__ import annotations
@@ -70,9 +74,7 @@ class TcpProxy:
                 self.target_host, self.target_port
             )
             self._writers.add(upstream_writer)
-            await asyncio.gather(
-                self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-            )
+            await self._relay(reader, writer, upstream_reader, upstream_writer)
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -82,6 +84,17 @@ class TcpProxy:
         finally:
             self._tasks.discard(task)
             writer.close()
+
+    async def _relay(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        server_reader: asyncio.StreamReader,
+        server_writer: asyncio.StreamWriter,
+    ) -> None:
+        await asyncio.gather(
+            self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer)
+        )
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -96,3 +109,58 @@ class TcpProxy:
                 await writer.drain()
         finally:
             writer.close()
+
+
+class CommitCutProxy(TcpProxy):
+    """A proxy in front of PostgreSQL that, once armed (`arm(marker)`), lets the COMMIT of the
+    first transaction whose statements carry `marker` (bytes of its SQL, e.g. a table name)
+    through, then cuts that connection when the server answers, before the client reads the
+    answer. `cut` is set then; the proxy passes everything afterwards."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        super().__init__(target_host, target_port)
+        self.marker: bytes | None = None
+        self.cut = asyncio.Event()
+
+    def arm(self, marker: bytes) -> None:
+        self.marker = marker
+
+    async def _relay(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        server_reader: asyncio.StreamReader,
+        server_writer: asyncio.StreamWriter,
+    ) -> None:
+        committing = asyncio.Event()
+
+        async def to_server() -> None:
+            marked = False
+            try:
+                while chunk := await client_reader.read(65536):
+                    marked = marked or (self.marker is not None and self.marker in chunk)
+                    if marked and b"COMMIT" in chunk:
+                        marked = False
+                        if self.marker is not None:
+                            # The client waits for each answer before its next statement:
+                            # what the server sends from now on answers this COMMIT.
+                            self.marker = None
+                            committing.set()
+                    server_writer.write(chunk)
+                    await server_writer.drain()
+            finally:
+                server_writer.close()
+
+        async def to_client() -> None:
+            try:
+                while chunk := await server_reader.read(65536):
+                    if committing.is_set():
+                        self.cut.set()
+                        return  # the answer is dropped and both sides closed
+                    client_writer.write(chunk)
+                    await client_writer.drain()
+            finally:
+                client_writer.close()
+                server_writer.close()
+
+        await asyncio.gather(to_server(), to_client())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,14 +13,16 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from atlas_gql.ai.models import Message
-from atlas_gql.logs.models import ErrorLog, ErrorSource
+from atlas_gql.db.url import DatabaseTarget
+from atlas_gql.logs.models import ApiUsageLog, ErrorLog, ErrorSource
 from tests.ai.conftest import NO_PERIODIC_SWEEP, AIServer, StartServer
 from tests.ai.fake_openai import Behaviour
+from tests.ai.tcp_proxy import CommitCutProxy
 from tests.ai.test_files import upload
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.ai.test_replies import rows, uuid_of
 from tests.conftest import error_codes
-from tests.live import wait_until
+from tests.live import FINAL_TYPES, wait_until
 
 # Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
 pytestmark = pytest.mark.xdist_group("redis-pubsub")
@@ -189,6 +192,60 @@ async def test_final_event_of_a_failed_reply_precedes_the_next_exchange(ai: AISe
     sequences = [event["sequence"] for event in events]
     assert sequences == sorted(set(sequences))
     assert "errors" not in await ai.send(thread_id, "third")
+
+
+# -- the final event goes out when the final commit's answer is lost -----------------------
+
+
+@pytest.fixture
+async def pg_cut(live_database: DatabaseTarget) -> AsyncIterator[CommitCutProxy]:
+    url = live_database.url
+    proxy = CommitCutProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+async def test_a_reply_committed_before_its_connection_dropped_still_publishes_its_end(
+    start_ai_server: StartServer, live_database: DatabaseTarget, pg_cut: CommitCutProxy
+) -> None:
+    through_proxy = live_database.url.set(host="127.0.0.1", port=pg_cut.port)
+    ai = await start_ai_server(database_url=through_proxy.render_as_string(hide_password=False))
+    thread_id = await ai.new_thread()
+    # The reply's final transaction (the one writing its usage row) commits in the database,
+    # and its connection drops before the worker reads the answer.
+    pg_cut.arm(b"api_usage_logs")
+    async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as live:
+        first = (await ai.send(thread_id, "first"))["data"]["sendMessage"]
+        events = await live.until_final()
+        assert pg_cut.cut.is_set()
+        reply_id = first["assistantMessage"]["id"]
+        assert (events[-1]["__typename"], events[-1]["messageId"]) == (
+            "MessageCompleted", reply_id
+        )  # fmt: skip
+        assert events[-1]["message"]["content"] == "Hello, this is ATLAS."
+        assert (await message_state(ai, reply_id))["status"] == "COMPLETED"
+        # Once: the next exchange's events follow, without a second final event before them.
+        second = (await ai.send(thread_id, "second"))["data"]["sendMessage"]
+        after = await live.until_final()
+    assert [event["messageId"] for event in after if event["__typename"] in FINAL_TYPES] == [
+        second["assistantMessage"]["id"]
+    ]
+    # A subscriber resuming after the first exchange started sees its end once too.
+    async with ai.client.subscribe(
+        ai.people.member, thread_id, after_sequence=first["afterSequence"]
+    ) as resumed:
+        replayed = await resumed.until_final()
+        replayed += await resumed.until_final()
+    finals = [event["messageId"] for event in replayed if event["__typename"] in FINAL_TYPES]
+    assert finals == [reply_id, second["assistantMessage"]["id"]]
+    # One usage row: the retry did not store the reply twice.
+    usage = await rows(
+        ai, sa.select(ApiUsageLog).where(col(ApiUsageLog.message_id) == uuid_of(reply_id))
+    )
+    assert len(usage) == 1
 
 
 # -- upstream error text never reaches users -------------------------------------------------
