@@ -747,7 +747,11 @@ class RedisBroker:
         self._prober: asyncio.Task[None] | None = None
         self._control_handler: ControlHandler | None = None
         self._control_ready = False
+        # Held while a SUBSCRIBE or UNSUBSCRIBE is sent on the shared pub/sub connection only
+        # (never across the wait for Redis's confirmation: `_channel_lock` serialises one
+        # channel's subscription, so a late confirmation holds up that thread alone).
         self._lock = asyncio.Lock()
+        self._channel_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # This worker's tag on what it publishes (its listener skips its own events).
         self._origin = uuid.uuid4().hex
         # Events waiting for the sender: (thread, encoded event).
@@ -797,7 +801,7 @@ class RedisBroker:
         cannot be lost short of the connection, whose reconnect subscribes again). Raises
         TimeoutError, or the Redis error, when Redis does not answer or never confirms."""
         confirmed = self._confirmed[channel] = asyncio.Event()
-        async with asyncio.timeout(self.subscribe_timeout):
+        async with self._lock, asyncio.timeout(self.subscribe_timeout):
             await self._pubsub.subscribe(channel)
         for attempt in range(1, self.subscribe_attempts + 1):
             try:
@@ -819,6 +823,30 @@ class RedisBroker:
                     self.subscribe_timeout,
                 )
             return
+
+    @contextlib.asynccontextmanager
+    async def _channel_lock(self, channel: str) -> AsyncIterator[None]:
+        """One channel's subscribe and unsubscribe, one at a time (its first subscriber
+        sends the SUBSCRIBE and waits for the confirmation; the next ones join after it);
+        other channels do not wait on it. The lock is forgotten when nobody holds or waits
+        for it."""
+        lock, users = self._channel_locks.get(channel, (asyncio.Lock(), 0))
+        self._channel_locks[channel] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._channel_locks[channel]
+            if users == 1:
+                del self._channel_locks[channel]
+            else:
+                self._channel_locks[channel] = (lock, users - 1)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        """UNSUBSCRIBE `channel` (best effort, within the breaker's timeout)."""
+        with contextlib.suppress(Exception):
+            async with self._lock, asyncio.timeout(self.breaker.timeout):
+                await self._pubsub.unsubscribe(channel)
 
     async def _probe(self) -> None:
         await self._redis.ping()
@@ -969,7 +997,7 @@ class RedisBroker:
         """As `Broker.subscribe`; BrokerUnavailable when Redis is being skipped or does not
         confirm the subscription (or the kept events cannot be read) in time."""
         channel = self.channel(thread_id)
-        async with self._lock:
+        async with self._channel_lock(channel):
             if self.breaker.skip():
                 raise BrokerUnavailable()
             subscriber = self._fanout.add(thread_id, control)
@@ -981,9 +1009,7 @@ class RedisBroker:
                     # here is the first again and sends its own SUBSCRIBE.
                     self._fanout.remove(thread_id, subscriber)
                     self._confirmed.pop(channel, None)
-                    with contextlib.suppress(Exception):
-                        async with asyncio.timeout(self.breaker.timeout):
-                            await self._pubsub.unsubscribe(channel)
+                    await self._unsubscribe(channel)
                     if isinstance(error, self._redis_errors):
                         self.breaker.record_failure(error)
                         raise BrokerUnavailable() from error
@@ -1007,13 +1033,11 @@ class RedisBroker:
                 yield event
         finally:
             self.listeners.stopped(thread_id)
-            async with self._lock:
+            async with self._channel_lock(channel):
                 if self._fanout.remove(thread_id, subscriber):
                     self._confirmed.pop(channel, None)
                     if not self.breaker.is_open:
-                        with contextlib.suppress(Exception):
-                            async with asyncio.timeout(self.breaker.timeout):
-                                await self._pubsub.unsubscribe(channel)
+                        await self._unsubscribe(channel)
 
     async def publish_control(self, message: dict[str, Any]) -> None:
         """BrokerUnavailable when Redis is being skipped or does not take the message."""

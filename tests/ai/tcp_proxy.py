@@ -9,7 +9,8 @@ Modes:
 
 `CommitCutProxy` (in front of PostgreSQL) cuts one connection right after the server answered
 a COMMIT, before the client reads the answer: the server committed, the client sees the
-connection drop.
+connection drop. `ConfirmationDelayProxy` (in front of Redis) holds back Redis's confirmation
+of a SUBSCRIBE of one channel while passing everything else, until released.
 """
 
 from __future__ import annotations
@@ -164,3 +165,80 @@ class CommitCutProxy(TcpProxy):
                 server_writer.close()
 
         await asyncio.gather(to_server(), to_client())
+
+
+def resp_frame_end(buffer: bytes, start: int = 0) -> int | None:
+    """Where the RESP (2 or 3) value at `start` of `buffer` ends, or None when it is not all
+    there yet."""
+    line_end = buffer.find(b"\r\n", start)
+    if line_end < 0:
+        return None
+    kind, after = buffer[start : start + 1], line_end + 2
+    if kind in b"+-:_,#(":
+        return after
+    length = int(buffer[start + 1 : line_end])
+    if kind in b"$!=":
+        end = after + length + 2 if length >= 0 else after
+        return end if len(buffer) >= end else None
+    assert kind in b"*~>%|", buffer[start : start + 20]
+    position: int | None = after
+    for _ in range(max(length, 0) * (2 if kind in b"%|" else 1)):
+        assert position is not None
+        position = resp_frame_end(buffer, position)
+        if position is None:
+            return None
+    return position
+
+
+class ConfirmationDelayProxy(TcpProxy):
+    """A proxy in front of Redis that holds back the confirmation of a SUBSCRIBE of one
+    channel (`hold(channel)`; `holding` is set once one is held) and passes every other reply,
+    push message and confirmation, until `release()` sends it on: one channel's confirmation
+    is late, the others' are not."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        super().__init__(target_host, target_port)
+        self._held_channel: bytes | None = None
+        self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
+        self.holding = asyncio.Event()
+
+    def hold(self, channel: str) -> None:
+        encoded = channel.encode()
+        # The confirmation: [subscribe, channel, count], an array (RESP2) or a push (RESP3).
+        self._held_channel = b"3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n" % (len(encoded), encoded)
+
+    def release(self) -> None:
+        self._held_channel = None
+        for writer, frame in self._held:
+            writer.write(frame)
+        self._held.clear()
+
+    async def _relay(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        server_reader: asyncio.StreamReader,
+        server_writer: asyncio.StreamWriter,
+    ) -> None:
+        async def to_client() -> None:
+            buffer = b""
+            try:
+                while chunk := await server_reader.read(65536):
+                    buffer += chunk
+                    passed = 0
+                    while (end := resp_frame_end(buffer, passed)) is not None:
+                        frame = buffer[passed:end]
+                        if self._held_channel is not None and frame[1:].startswith(
+                            self._held_channel
+                        ):
+                            self._held.append((client_writer, frame))
+                            self.holding.set()
+                        else:
+                            client_writer.write(frame)
+                        passed = end
+                    buffer = buffer[passed:]
+                    await client_writer.drain()
+            finally:
+                client_writer.close()
+
+        await asyncio.gather(self._pipe(client_reader, server_writer), to_client())

@@ -14,7 +14,8 @@ from atlas_gql.ai.events import MessageDelta, decode_event
 from atlas_gql.errors import BrokerUnavailable
 from tests.ai.conftest import TEST_REDIS_TIMEOUT, StartServer
 from tests.ai.fake_openai import Behaviour
-from tests.live import aclose, wait_until
+from tests.ai.tcp_proxy import ConfirmationDelayProxy
+from tests.live import HANG_GUARD, aclose, wait_until
 
 # Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
 pytestmark = pytest.mark.xdist_group("redis-pubsub")
@@ -187,6 +188,56 @@ async def test_a_late_subscribe_confirmation_is_waited_for_while_redis_answers()
                 await first
         await aclose(stream)
         await broker.close()
+
+
+async def test_a_late_confirmation_holds_up_its_own_thread_only() -> None:
+    """Redis confirms one thread's SUBSCRIBE late (a proxy holds that confirmation back):
+    the subscriptions of other threads on this worker are in place meanwhile, a second
+    subscriber of that thread waits for it too, and both get events once it comes."""
+    proxy = ConfirmationDelayProxy("127.0.0.1", 6379)
+    await proxy.start()
+    # Rounds far longer than the test's hang guard: a subscription that waited behind the
+    # late one would not be in place within it.
+    broker = RedisBroker(proxy.url, timeout=TEST_REDIS_TIMEOUT, subscribe_timeout=HANG_GUARD)
+    await broker.start()
+    slow, quick = uuid.uuid4(), uuid.uuid4()
+    proxy.hold(broker.channel(slow))
+    streams = [broker.subscribe(slow), broker.subscribe(slow), broker.subscribe(quick)]
+    firsts = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    try:
+        async with asyncio.timeout(HANG_GUARD):
+            await proxy.holding.wait()
+            await broker.listeners.wait_total(quick, 1)
+        await broker.publish(
+            quick, MessageDelta(sequence=1, thread_id=quick, message_id=quick, delta="x")
+        )
+        async with asyncio.timeout(HANG_GUARD):
+            assert (await firsts[2]).sequence == 1
+        # The late thread's subscribers are neither in place nor refused.
+        assert broker.listeners.total(slow) == 0
+        assert not firsts[0].done()
+        assert not firsts[1].done()
+        proxy.release()
+        async with asyncio.timeout(HANG_GUARD):
+            await broker.listeners.wait_total(slow, 2)
+        await broker.publish(
+            slow, MessageDelta(sequence=7, thread_id=slow, message_id=slow, delta="x")
+        )
+        async with asyncio.timeout(HANG_GUARD):
+            assert [(await first).sequence for first in firsts[:2]] == [7, 7]
+        assert not broker.breaker.is_open
+    finally:
+        proxy.release()
+        for first in firsts:
+            first.cancel()
+        # Bounded: a subscription stuck behind the lock (the failure this test catches) must
+        # not hang the teardown.
+        await asyncio.wait(firsts, timeout=HANG_GUARD)
+        for stream in streams:
+            with contextlib.suppress(RuntimeError):  # still running: left to the loop's end
+                await aclose(stream)
+        await broker.close()
+        await proxy.stop()
 
 
 async def test_events_queued_for_redis_go_in_order_in_shared_round_trips() -> None:
