@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Self
+
+# A connection's reading and writing ends.
+Ends = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class TcpProxy:
@@ -41,6 +45,13 @@ class TcpProxy:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     def black_hole(self, mode: str = "stall") -> None:
         assert mode in {"stall", "drop"}
@@ -75,7 +86,7 @@ class TcpProxy:
                 self.target_host, self.target_port
             )
             self._writers.add(upstream_writer)
-            await self._relay(reader, writer, upstream_reader, upstream_writer)
+            await self._relay((reader, writer), (upstream_reader, upstream_writer))
         except (ConnectionError, OSError):
             pass
         except asyncio.CancelledError:
@@ -86,13 +97,8 @@ class TcpProxy:
             self._tasks.discard(task)
             writer.close()
 
-    async def _relay(
-        self,
-        client_reader: asyncio.StreamReader,
-        client_writer: asyncio.StreamWriter,
-        server_reader: asyncio.StreamReader,
-        server_writer: asyncio.StreamWriter,
-    ) -> None:
+    async def _relay(self, client: Ends, server: Ends) -> None:
+        (client_reader, client_writer), (server_reader, server_writer) = client, server
         await asyncio.gather(
             self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer)
         )
@@ -126,13 +132,8 @@ class CommitCutProxy(TcpProxy):
     def arm(self, marker: bytes) -> None:
         self.marker = marker
 
-    async def _relay(
-        self,
-        client_reader: asyncio.StreamReader,
-        client_writer: asyncio.StreamWriter,
-        server_reader: asyncio.StreamReader,
-        server_writer: asyncio.StreamWriter,
-    ) -> None:
+    async def _relay(self, client: Ends, server: Ends) -> None:
+        (client_reader, client_writer), (server_reader, server_writer) = client, server
         committing = asyncio.Event()
 
         async def to_server() -> None:
@@ -213,13 +214,9 @@ class ConfirmationDelayProxy(TcpProxy):
             writer.write(frame)
         self._held.clear()
 
-    async def _relay(
-        self,
-        client_reader: asyncio.StreamReader,
-        client_writer: asyncio.StreamWriter,
-        server_reader: asyncio.StreamReader,
-        server_writer: asyncio.StreamWriter,
-    ) -> None:
+    async def _relay(self, client: Ends, server: Ends) -> None:
+        (client_reader, client_writer), (server_reader, server_writer) = client, server
+
         async def to_client() -> None:
             buffer = b""
             try:

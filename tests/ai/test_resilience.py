@@ -200,12 +200,8 @@ async def test_final_event_of_a_failed_reply_precedes_the_next_exchange(ai: AISe
 @pytest.fixture
 async def pg_cut(live_database: DatabaseTarget) -> AsyncIterator[CommitCutProxy]:
     url = live_database.url
-    proxy = CommitCutProxy(url.host or "127.0.0.1", url.port or 5432)
-    await proxy.start()
-    try:
+    async with CommitCutProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
         yield proxy
-    finally:
-        await proxy.stop()
 
 
 async def test_a_reply_committed_before_its_connection_dropped_still_publishes_its_end(
