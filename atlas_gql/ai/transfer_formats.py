@@ -193,7 +193,8 @@ ROLE_HEADINGS = {MessageRole.USER: "User", MessageRole.ASSISTANT: "Assistant"}
 
 
 def markdown_document(thread: Thread, path: Sequence[Message]) -> str:
-    """The branch shown (root to active leaf) as Markdown: a heading per message."""
+    """The branch shown (root to active leaf) as Markdown: a heading per message, a reply's
+    citations listed under its text (`markdown_sources`)."""
     lines = [f"# {thread.title or 'Untitled thread'}", ""]
     for message in path:
         heading = ROLE_HEADINGS.get(message.role, "System")
@@ -207,7 +208,39 @@ def markdown_document(thread: Thread, path: Sequence[Message]) -> str:
                 "",
             ]
         lines += [message.content, ""]
+        if sources := markdown_sources(message.citations):
+            lines += ["Sources:", "", *sources, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def markdown_sources(stored: Any) -> list[str]:
+    """A message's stored citations (ai/citations.py) as a numbered Markdown list, in order,
+    each source once: a web page as a link (its title, else its address), a file by its
+    title (never its upstream id), each with the passage quoted when there is one."""
+    lines: list[str] = []
+    for item in stored if isinstance(stored, list) else ():
+        title = _markdown_escaped(item.get("title") or "")
+        url = item.get("url")
+        if item.get("kind") == "URL" and isinstance(url, str) and url:
+            address = url.replace(" ", "%20").replace("<", "%3C").replace(">", "%3E")
+            source = f"[{title or _markdown_escaped(url)}](<{address}>)"
+        else:
+            source = title or "A file"
+        quote = item.get("quote")
+        if isinstance(quote, str) and quote.strip():
+            source += f" — “{' '.join(quote.split())}”"
+        if source not in lines:
+            lines.append(source)
+    return [f"{number}. {source}" for number, source in enumerate(lines, start=1)]
+
+
+def _markdown_escaped(text: str) -> str:
+    """Text put in a list item or a link's label, its Markdown-significant characters escaped
+    (on one line)."""
+    text = " ".join(text.split())
+    for character in "\\`*_[]<>":
+        text = text.replace(character, "\\" + character)
+    return text
 
 
 # -- reading ------------------------------------------------------------------------------------

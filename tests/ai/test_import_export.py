@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from atlas_gql.ai.models import Message, MessageRole, Thread
+from atlas_gql.ai.transfer_formats import markdown_sources
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.test_branches import BRANCH, contents, exchange
 from tests.ai.test_files import PREFLIGHT, upload
@@ -358,6 +359,13 @@ async def test_citations_are_exported_and_imported(ai: AIServer) -> None:
          "quote": "Hello", "startIndex": 0, "endIndex": 5},
     ]  # fmt: skip
     assert reply["citations"] == as_exported  # no upstream file id in the document
+    # The Markdown export lists them under the reply, without the upstream file id either.
+    markdown = await export(ai, thread_id, "MARKDOWN")
+    assert markdown.endswith(
+        "Hello, this is ATLAS.\n\nSources:\n\n1. f.txt — “falcons fly fast”\n"
+        "2. [A page](<https://example.com/a>) — “Hello”\n"
+    )
+    assert file["openaiFileId"] not in markdown
     as_read: list[dict[str, Any]] = [
         {"kind": "FILE", "file": {"id": file["id"]}, "url": None, "title": "f.txt",
          "quote": "falcons fly fast", "startIndex": 5, "endIndex": 5},
@@ -403,3 +411,20 @@ async def test_citations_are_exported_and_imported(ai: AIServer) -> None:
         body = await import_file(ai, json.dumps(parsed).encode(), format="ATLAS", **target)
         assert error_codes(body) == ["BAD_USER_INPUT"], body
         assert named in body["errors"][0]["message"], body
+
+
+def test_markdown_sources_escape_what_markdown_would_read_and_list_each_once() -> None:
+    odd_page = {
+        "kind": "URL", "url": "https://example.com/a b<c>", "title": "*Bold* [x]_y_\n`z`",
+        "quote": "  two\n lines ",
+    }  # fmt: skip
+    untitled_page = {"kind": "URL", "url": "https://example.com/[1]", "title": None}
+    untitled_file = {"kind": "FILE", "fileId": None, "title": None, "quote": None}
+    assert markdown_sources([odd_page, untitled_page, odd_page, untitled_file]) == [
+        r"1. [\*Bold\* \[x\]\_y\_ \`z\`](<https://example.com/a%20b%3Cc%3E>) — “two lines”",
+        r"2. [https://example.com/\[1\]](<https://example.com/[1]>)",
+        "3. A file",
+    ]
+    # Nothing stored (or not a list): no list.
+    assert markdown_sources(None) == []
+    assert markdown_sources({"kind": "URL"}) == []
