@@ -444,6 +444,52 @@ def _chatgpt_text(message: dict[str, Any], where: str) -> str | None:
     return _text(text, f"{where}.message.content.parts") if text.strip() else None
 
 
+def _chatgpt_citations(metadata: Any, text: str, *, max_chars: int) -> list[ImportedCitation]:
+    """A ChatGPT reply's web sources as URL citations: `metadata.citations` (each `start_ix`,
+    `end_ix` and `metadata: {url, title, text}`), else `metadata.content_references` (each
+    `start_idx`, `end_idx` and its `items: [{url, title, snippet}]`, or its own `url`,
+    `title`). The shape is ChatGPT's, undocumented and changing: an entry without a web
+    address, or in another shape, is left out rather than refusing the file; texts are cut to
+    `max_chars`, a place that does not lie in the text is dropped (the text keeps ChatGPT's
+    markers, which the places count), and at most MAX_MESSAGE_CITATIONS are kept."""
+    if not isinstance(metadata, dict):
+        return []
+
+    def cut(value: Any) -> str | None:
+        return value[:max_chars] if isinstance(value, str) and value.strip() else None
+
+    def place(start: Any, end: Any) -> tuple[int | None, int | None]:
+        whole = all(isinstance(i, int) and not isinstance(i, bool) for i in (start, end))
+        return (start, end) if whole and 0 <= start <= end <= len(text) else (None, None)
+
+    found: list[ImportedCitation] = []
+
+    def add(source: Any, quote: Any, start: Any, end: Any) -> None:
+        url = cut(source.get("url")) if isinstance(source, dict) else None
+        if url is not None and len(found) < MAX_MESSAGE_CITATIONS:
+            start_index, end_index = place(start, end)
+            found.append(
+                ImportedCitation(
+                    kind="URL", file_key=None, url=url, title=cut(source.get("title")),
+                    quote=cut(quote), start_index=start_index, end_index=end_index,
+                )
+            )  # fmt: skip
+
+    for item in metadata.get("citations") or ():
+        if isinstance(item, dict) and isinstance(source := item.get("metadata"), dict):
+            add(source, source.get("text"), item.get("start_ix"), item.get("end_ix"))
+    if found:
+        return found
+    for reference in metadata.get("content_references") or ():
+        if not isinstance(reference, dict):
+            continue
+        items = reference.get("items")
+        for source in items if isinstance(items, list) else [reference]:
+            snippet = source.get("snippet") if isinstance(source, dict) else None
+            add(source, snippet, reference.get("start_idx"), reference.get("end_idx"))
+    return found
+
+
 def _kept_ancestor(
     node_id: str | None,
     kept: dict[str, ImportedMessage],
@@ -499,7 +545,8 @@ def read_chatgpt(data: bytes, *, max_chars: int) -> list[ImportedThread]:
             created_at = _parse_time(
                 message.get("create_time"), f"{at}.message.create_time", optional=True
             )
-            model = (message.get("metadata") or {}).get("model_slug")
+            metadata = message.get("metadata") or {}
+            model = metadata.get("model_slug")
             kept[node_id] = ImportedMessage(
                 key=node_id,
                 parent_key=None,
@@ -509,6 +556,9 @@ def read_chatgpt(data: bytes, *, max_chars: int) -> list[ImportedThread]:
                 model=model[:100]
                 if isinstance(model, str) and role is MessageRole.ASSISTANT
                 else None,
+                citations=_chatgpt_citations(metadata, text, max_chars=max_chars)
+                if role is MessageRole.ASSISTANT
+                else [],
             )
 
         for node_id, message in kept.items():

@@ -428,3 +428,62 @@ def test_markdown_sources_escape_what_markdown_would_read_and_list_each_once() -
     # Nothing stored (or not a list): no list.
     assert markdown_sources(None) == []
     assert markdown_sources({"kind": "URL"}) == []
+
+
+async def test_chatgpt_web_citations_are_imported_and_odd_ones_left_out(ai: AIServer) -> None:
+    text = "Falcons dive fast【3†source】. Owls fly at night."
+    marker = text.index("【")
+    cited = {
+        "start_ix": marker, "end_ix": marker + 10, "citation_format_type": "tether_og",
+        "metadata": {"type": "webpage", "title": "Falcons", "url": "https://birds.example/f",
+                     "text": "The falcon dives at 300 km/h.", "extra": None},
+    }  # fmt: skip
+    odd = [
+        {"start_ix": 0, "end_ix": 999, "metadata": {"url": "https://birds.example/far"}},
+        {"start_ix": 1, "end_ix": 2, "metadata": {"title": "No address"}},
+        "not an object",
+        {"metadata": None},
+    ]
+    referenced = {
+        "matched_text": "", "start_idx": 5, "end_idx": 6, "type": "grouped_webpages",
+        "items": [{"title": "Owls", "url": "https://birds.example/o", "snippet": "Owls hunt."},
+                  {"title": "Nothing to link"}],
+    }  # fmt: skip
+    mapping = {
+        "r": node("r", None, None, None, None, ["q1"]),
+        "q1": node("q1", "r", "user", "Birds?", T0 + 1, ["a1"]),
+        "a1": node("a1", "q1", "assistant", text, T0 + 2, ["q2"], citations=[cited, *odd]),
+        "q2": node("q2", "a1", "user", "Owls?", T0 + 3, ["a2"]),
+        "a2": node("a2", "q2", "assistant", text, T0 + 4, ["q3"],
+                   citations="not a list", content_references=[referenced, 7]),
+        "q3": node("q3", "a2", "user", "And?", T0 + 5, ["a3"]),
+        "a3": node("a3", "q3", "assistant", "Nothing cited.", T0 + 6, [],
+                   content_references=[{"type": "sources_footnote", "sources": []}]),
+    }  # fmt: skip
+    conversation = {"title": "Birds", "create_time": T0, "mapping": mapping, "current_node": "a3"}
+    body = await import_file(
+        ai, json.dumps([conversation]).encode(), format="CHATGPT",
+        projectId=ai.people.project_id, assistantId=ai.people.assistant_id,
+    )  # fmt: skip
+    assert "errors" not in body, body
+    [result] = body["data"]["importThreads"]["results"]
+    assert (result["messages"], result["error"]) == (6, None)
+    data = await ai.client.data(CITED, {"id": result["thread"]["id"]}, token=ai.people.member)
+    replies = [
+        node["citations"]
+        for node in data["thread"]["messages"]["nodes"]
+        if node["role"] == "ASSISTANT"
+    ]
+    assert replies == [
+        [
+            {"kind": "URL", "file": None, "url": "https://birds.example/f", "title": "Falcons",
+             "quote": "The falcon dives at 300 km/h.", "startIndex": marker,
+             "endIndex": marker + 10},
+            # Its place lies outside the text: kept without one.
+            {"kind": "URL", "file": None, "url": "https://birds.example/far", "title": None,
+             "quote": None, "startIndex": None, "endIndex": None},
+        ],
+        [{"kind": "URL", "file": None, "url": "https://birds.example/o", "title": "Owls",
+          "quote": "Owls hunt.", "startIndex": 5, "endIndex": 6}],
+        [],
+    ]  # fmt: skip
