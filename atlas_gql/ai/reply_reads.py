@@ -1,7 +1,9 @@
 """The reads a new reply's checks make (ai/messages.py `prepare_reply`, `check_budgets`),
 each one statement built once with bound parameters: building the rules' SQL and its cache
 key costs more than running it, and these run at every sendMessage, editMessage and
-regenerateMessage."""
+regenerateMessage. A reply's start reads its thread once, locked (`read_thread_for_reply`);
+whether a reply nobody runs is in the way is read before, with the sender
+(`read_sender_and_running`), so it is recovered before the thread is locked."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from sqlmodel import col
 
 from atlas_gql.ai import rules
 from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
-from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.rules import ViewerRef
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.session import ReadSession
@@ -94,6 +96,39 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
     if lock:
         statement = statement.with_for_update(of=Thread).execution_options(populate_existing=True)
     return statement
+
+
+def _sender_and_running_statement() -> sa.Select[Any]:
+    running = aliased(Message, name="running_reply")
+    return (
+        sa.select(User, running)
+        .outerjoin(
+            running,
+            sa.and_(
+                col(running.thread_id) == sa.bindparam("thread_id", type_=sa.Uuid),
+                col(running.status) == MessageStatus.IN_PROGRESS,
+            ),
+        )
+        .where(col(User.id) == sa.bindparam("user_id", type_=sa.Uuid))
+        .limit(1)
+    )
+
+
+_SENDER_AND_RUNNING = _sender_and_running_statement()
+
+
+async def read_sender_and_running(
+    db: AsyncSession, user_id: uuid.UUID, thread_id: uuid.UUID
+) -> tuple[User | None, Message | None]:
+    """The sender (their own limits) and the reply running in the thread, if any, in ONE
+    statement, whoever may see the thread: the running reply is only looked at to recover it
+    when nobody runs it (what the stale-reply sweep does for every thread), never shown."""
+    parameters = {"user_id": user_id, "thread_id": thread_id}
+    row = (await db.execute(_SENDER_AND_RUNNING, parameters)).one_or_none()
+    if row is None:
+        return None, None
+    sender, running = row
+    return sender, running
 
 
 _THREAD_FOR_REPLY = _thread_for_reply_statement(lock=False)
