@@ -98,7 +98,7 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
     return statement
 
 
-def _sender_and_running_statement() -> sa.Select[Any]:
+def _sender_and_running_statement() -> sa.Select[User, Message]:
     running = aliased(Message, name="running_reply")
     return (
         sa.select(User, running)
