@@ -43,7 +43,7 @@ from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.reply_reads import (
     read_sender_and_running,
     read_thread_for_reply,
-    replies_in_flight,
+    spent,
 )
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.threads import require_open, running_reply
@@ -302,18 +302,14 @@ async def check_budgets(*, db: AsyncSession, context: ReplyContext, reply: Messa
         await ensure_within_budget(
             db=db,
             project_id=thread.project_id,
-            in_flight=functools.partial(
-                replies_in_flight, db, reply_id=reply.id, project_id=thread.project_id
-            ),
+            spent=functools.partial(spent, db, reply_id=reply.id, project_id=thread.project_id),
             budget=context.project_budget,
         )
     await ensure_within_user_budget(
         db=db,
         user_id=context.viewer.user_id,
         budget=context.user_budget,
-        in_flight=functools.partial(
-            replies_in_flight, db, reply_id=reply.id, user_id=context.viewer.user_id
-        ),
+        spent=functools.partial(spent, db, reply_id=reply.id, user_id=context.viewer.user_id),
     )
 
 
