@@ -175,6 +175,18 @@ async def lock_project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> Non
     await _advisory_lock(db, f"atlas:budget:{project_id}")
 
 
+async def _spent_or_used(
+    spent: Spent | None,
+    key: uuid.UUID,
+    totals: Callable[[], Awaitable[dict[uuid.UUID, UsageTotals]]],
+) -> tuple[int, InFlight]:
+    """What a budget check counts: `spent` (usage and replies in flight) when the caller reads
+    them, else this month's usage of `key` alone."""
+    if spent is not None:
+        return await spent()
+    return (await totals())[key].total_tokens, NOTHING_IN_FLIGHT
+
+
 def _refuse(
     kind: BudgetKind, *, budget: int, used: int, running: InFlight, now: datetime | None
 ) -> None:
@@ -229,13 +241,9 @@ async def ensure_within_budget(
     if budget is None:
         return
     await lock_project_budget(db=db, project_id=project_id)
-    if spent is not None:
-        used, running = await spent()
-    else:
-        used = (await usage_this_month(db=db, project_ids=[project_id], now=now))[
-            project_id
-        ].total_tokens
-        running = NOTHING_IN_FLIGHT
+    used, running = await _spent_or_used(
+        spent, project_id, lambda: usage_this_month(db=db, project_ids=[project_id], now=now)
+    )
     _refuse(BudgetKind.PROJECT, budget=budget, used=used, running=running, now=now)
 
 
@@ -267,11 +275,7 @@ async def ensure_within_user_budget(
     if budget is None:
         return
     await _advisory_lock(db, f"atlas:user-budget:{user_id}")
-    if spent is not None:
-        used, running = await spent()
-    else:
-        used = (await user_usage_this_month(db=db, user_ids=[user_id], now=now))[
-            user_id
-        ].total_tokens
-        running = NOTHING_IN_FLIGHT
+    used, running = await _spent_or_used(
+        spent, user_id, lambda: user_usage_this_month(db=db, user_ids=[user_id], now=now)
+    )
     _refuse(BudgetKind.USER, budget=budget, used=used, running=running, now=now)

@@ -83,6 +83,16 @@ async def failure_of(provider: ResponsesProvider, request: ReplyRequest) -> Upst
     raise AssertionError("the reply did not fail")
 
 
+async def failures_by_hand_and_by_sdk(url: str, timeout: float = 30.0) -> list[UpstreamFailure]:
+    """How the same reply fails with the hand-built request and with the SDK's (httpx)."""
+    providers = [provider_over(url, client, timeout) for client in ("aiohttp", "httpx")]
+    try:
+        return [await failure_of(provider, IN_CONVERSATION) for provider in providers]
+    finally:
+        for provider in providers:
+            await provider.close()
+
+
 def what_users_and_logs_get(failure: UpstreamFailure) -> tuple[Any, ...]:
     return (
         failure.message, failure.detail, failure.status, failure.http_status,
@@ -141,15 +151,7 @@ async def test_an_error_status_fails_as_through_the_sdk(
         error_message="Incorrect API key provided: sk-test-Zx81abcDEF0123",
     )
     fake_openai.then(error, error)
-    by_hand, by_sdk = (
-        provider_over(fake_openai.base_url),
-        provider_over(fake_openai.base_url, "httpx"),
-    )
-    try:
-        failures = [await failure_of(p, IN_CONVERSATION) for p in (by_hand, by_sdk)]
-    finally:
-        await by_hand.close()
-        await by_sdk.close()
+    failures = await failures_by_hand_and_by_sdk(fake_openai.base_url)
     assert what_users_and_logs_get(failures[0]) == what_users_and_logs_get(failures[1])
     assert failures[0].http_status == status
     assert failures[0].retryable is (status in {429, 500})
@@ -162,13 +164,7 @@ async def test_an_unreachable_provider_fails_as_through_the_sdk() -> None:
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    url = f"http://127.0.0.1:{port}/v1"
-    by_hand, by_sdk = provider_over(url), provider_over(url, "httpx")
-    try:
-        failures = [await failure_of(p, IN_CONVERSATION) for p in (by_hand, by_sdk)]
-    finally:
-        await by_hand.close()
-        await by_sdk.close()
+    failures = await failures_by_hand_and_by_sdk(f"http://127.0.0.1:{port}/v1")
     for failure in failures:
         assert (failure.message, failure.status, failure.retryable) == (
             UNREACHABLE_ERROR, MessageStatus.FAILED, True,
@@ -183,12 +179,9 @@ async def test_a_provider_that_never_answers_times_out_as_through_the_sdk() -> N
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    by_hand, by_sdk = provider_over(url, timeout=0.2), provider_over(url, "httpx", timeout=0.2)
     try:
-        failures = [await failure_of(p, IN_CONVERSATION) for p in (by_hand, by_sdk)]
+        failures = await failures_by_hand_and_by_sdk(url, timeout=0.2)
     finally:
-        await by_hand.close()
-        await by_sdk.close()
         for writer in accepted:
             writer.close()
         server.close()
