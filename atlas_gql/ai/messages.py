@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -450,14 +451,34 @@ async def send_message(
         db=db, ai=ai, context=context, content=content,
         parent_id=context.thread.active_leaf_id, files=files,
     )  # fmt: skip
+    return await store_exchange(
+        db=db, actor=actor, context=context, sent=SentMessage(user_message, reply, after_sequence),
+        action="message.send", entity=user_message,
+        details={"chars": len(content), "files": len(files)},
+    )  # fmt: skip
+
+
+async def store_exchange(
+    *,
+    db: AsyncSession,
+    actor: Actor,
+    context: ReplyContext,
+    sent: SentMessage,
+    action: str,
+    entity: Message,
+    details: dict[str, Any],
+) -> SentMessage:
+    """The end of sendMessage, editMessage and regenerateMessage: the activity row (`action`
+    on `entity`, naming the thread), the exchange's rows flushed, the budgets checked last
+    (`check_budgets`)."""
     thread = context.thread
     actor.record(
-        db, "message.send", user_message, project_id=thread.project_id,
-        details={"threadId": str(thread.id), "chars": len(content), "files": len(files)},
+        db, action, entity, project_id=thread.project_id,
+        details={"threadId": str(thread.id), **details},
     )  # fmt: skip
     await db.flush()
-    await check_budgets(db=db, context=context, reply=reply)
-    return SentMessage(user_message, reply, after_sequence)
+    await check_budgets(db=db, context=context, reply=sent.assistant_message)
+    return sent
 
 
 async def cancel_message(
