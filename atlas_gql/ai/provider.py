@@ -6,8 +6,10 @@
   its stream is cut or its worker dies, is read again from any event on
   (`resume_reply`: `GET /v1/responses/{id}?stream=true&starting_after=N`) and is stopped by
   `cancel_response` (`POST /v1/responses/{id}/cancel`).
-  The SDK sends the request and turns errors into exceptions; the stream's bytes are read
-  raw and parsed here (`sse.py`, `ResponsesStreamReader`): no pydantic model per delta, and
+  A reply's request is built by hand over the SDK's aiohttp session (`DirectPost`: the
+  SDK's headers, URL and timeouts, its failures; the SDK sends it where that is not plain);
+  the SDK sends every other request and turns errors into exceptions; the stream's bytes are
+  read raw and parsed here (`sse.py`, `ResponsesStreamReader`): no pydantic model per delta, and
   every event of one network read handled at once.
 - `ChatProvider` (ATLAS_OPENAI_API=chat): for OpenAI-compatible servers without the Responses
   API; a streamed `chat.completions.create`, the history built from ATLAS's own messages.
