@@ -22,11 +22,11 @@ from atlas_gql.ai import tree
 from atlas_gql.ai.messages import (
     SentMessage,
     ask,
-    check_budgets,
     check_content,
     get_message,
     prepare_reply,
     start_reply,
+    store_exchange,
 )
 from atlas_gql.ai.models import AssociableType, File, FileAssociation, Message, MessageRole, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
@@ -75,14 +75,10 @@ async def regenerate_message(
         db=db, ai=ai, context=context, question=question, files=files,
         created_question=False, now=datetime.now(UTC),
     )  # fmt: skip
-    thread = context.thread
-    actor.record(
-        db, "message.regenerate", reply, project_id=thread.project_id,
-        details={"threadId": str(thread.id), "regenerates": str(original.id)},
+    return await store_exchange(
+        db=db, actor=actor, context=context, sent=SentMessage(question, reply, after_sequence),
+        action="message.regenerate", entity=reply, details={"regenerates": str(original.id)},
     )  # fmt: skip
-    await db.flush()
-    await check_budgets(db=db, context=context, reply=reply)
-    return SentMessage(question, reply, after_sequence)
 
 
 async def edit_message(
@@ -106,14 +102,11 @@ async def edit_message(
     question, reply, after_sequence = await ask(
         db=db, ai=ai, context=context, content=content, parent_id=original.parent_id, files=files
     )
-    thread = context.thread
-    actor.record(
-        db, "message.edit", question, project_id=thread.project_id,
-        details={"threadId": str(thread.id), "edits": str(original.id), "chars": len(content)},
+    return await store_exchange(
+        db=db, actor=actor, context=context, sent=SentMessage(question, reply, after_sequence),
+        action="message.edit", entity=question,
+        details={"edits": str(original.id), "chars": len(content)},
     )  # fmt: skip
-    await db.flush()
-    await check_budgets(db=db, context=context, reply=reply)
-    return SentMessage(question, reply, after_sequence)
 
 
 async def select_branch(*, db: AsyncSession, actor: Actor, message_id: uuid.UUID) -> Thread:

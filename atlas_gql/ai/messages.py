@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,7 +41,11 @@ from atlas_gql.ai.models import (
 )
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
-from atlas_gql.ai.reply_reads import read_thread_for_reply, replies_in_flight
+from atlas_gql.ai.reply_reads import (
+    read_sender_and_running,
+    read_thread_for_reply,
+    spent,
+)
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.threads import require_open, running_reply
 from atlas_gql.auth import buckets
@@ -151,16 +156,6 @@ async def files_for_message(
     return [files[file_id] for file_id in unique_ids]
 
 
-async def _recover_orphaned_reply(ai: AIRuntime, thread: Thread, running: Message) -> None:
-    """A reply IN_PROGRESS that no worker runs (none here holds it, and it has not beaten for
-    ATLAS_REPLY_STALE_AFTER) is recovered now, through the orchestrator's own short
-    transactions, before the thread is locked: resumed (a background reply, which then still
-    runs: CONFLICT below) or finished INCOMPLETE. Any other running reply is a CONFLICT."""
-    if running.id in ai.replies or not is_stale(running, ai.settings):
-        raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
-    await ai.recover_reply(message_id=running.id, thread_id=thread.id)
-
-
 @dataclass(frozen=True)
 class ReplyContext:
     """What a new reply needs, checked: the sender, the thread (locked until the operation
@@ -178,22 +173,26 @@ class ReplyContext:
     user_budget: int | None = None
 
 
-async def _count_the_message(ai: AIRuntime, actor: Actor, viewer: Viewer) -> User:
+async def _count_the_message(
+    ai: AIRuntime, actor: Actor, viewer: Viewer, thread_id: uuid.UUID
+) -> tuple[User, Message | None]:
     """Take a token of the sender's message rate (and of their API key's), with their own
-    limits read in the same short transaction; the sender, for their budget."""
-    senders: list[User] = []
+    limits read in the same short transaction, in the same statement as the reply running in
+    the thread (if any: `read_sender_and_running`); the sender, for their budget, and that
+    reply."""
+    found: list[tuple[User, Message | None]] = []
 
     async def buckets_of(db: AsyncSession) -> list[buckets.Bucket]:
-        sender = await db.get(User, viewer.user_id)
+        sender, running = await read_sender_and_running(db, viewer.user_id, thread_id)
         if sender is None:
             raise Unauthenticated()
-        senders[:] = [sender]
+        found[:] = [(sender, running)]
         return message_buckets(ai.settings, sender, actor)
 
     await buckets.take(
         sessionmaker=ai.sessionmaker, buckets=buckets_of, message=RATE_LIMITED_MESSAGE
     )
-    return senders[0]
+    return found[0]
 
 
 class _SenderGates:
@@ -249,32 +248,34 @@ async def prepare_reply(
     `field`). The project's and the sender's monthly budgets (QUOTA_EXCEEDED) are checked
     last, once the reply is stored (`check_budgets`).
 
-    Statements: the sender's rate in a short transaction of its own (the sender read there
-    too), then the thread twice (`_read_thread_for_reply`: without, then with its row lock and
-    the project's budget)."""
+    Statements: the sender's rate in a short transaction of its own (the sender and the
+    thread's running reply read there too, in one statement), then the thread once, locked
+    (`read_thread_for_reply`, with the project's budget). A reply IN_PROGRESS that no worker
+    runs (none here holds it, and it has not beaten for ATLAS_REPLY_STALE_AFTER) is recovered
+    before the thread is locked, through the orchestrator's own short transactions: resumed
+    (a background reply, which then still runs: CONFLICT below) or finished INCOMPLETE."""
     actor.require(PermissionName.USE_AI)
     viewer = actor.viewer_required
     # The sender's limits, and their rate counted, before the operation's session holds a
     # connection. A send refused later (CONFLICT, QUOTA_EXCEEDED, ...) still counts, so a
     # loop of sends cannot hammer the locks below.
-    sender = await _count_the_message(ai, actor, viewer)
+    sender, running = await _count_the_message(ai, actor, viewer, thread_id)
+    if running is not None and running.id not in ai.replies and is_stale(running, ai.settings):
+        await ai.recover_reply(message_id=running.id, thread_id=thread_id)
     user_budget = effective_user_budget(sender, ai.settings.atlas_user_monthly_tokens)
     if user_budget is not None:
         await _GATES.setdefault(ai, _SenderGates()).enter(db, viewer.user_id)
-    seen = await read_thread_for_reply(db, viewer, thread_id, lock=False)
-    if not seen.postable:
+    # The lock serialises sends in this thread until the operation commits.
+    locked = await read_thread_for_reply(db, viewer, thread_id, lock=True)
+    if not locked.postable:
         raise Forbidden(
             "You need the MEMBER role or higher in this project to post in its threads."
         )
-    if seen.running is not None:
-        await _recover_orphaned_reply(ai, seen.thread, seen.running)
-    # The lock serialises sends in this thread until the operation commits.
-    locked = await read_thread_for_reply(db, viewer, thread_id, lock=True)
     thread = locked.thread
-    require_open(thread)
     running = locked.running if locked.fresh else await running_reply(db, thread.id)
     if running is not None:
         raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
+    require_open(thread)
     assistant = locked.assistant
     if assistant is None:
         raise BadInput("This thread has no assistant any more.", field=field)
@@ -302,18 +303,14 @@ async def check_budgets(*, db: AsyncSession, context: ReplyContext, reply: Messa
         await ensure_within_budget(
             db=db,
             project_id=thread.project_id,
-            in_flight=functools.partial(
-                replies_in_flight, db, reply_id=reply.id, project_id=thread.project_id
-            ),
+            spent=functools.partial(spent, db, reply_id=reply.id, project_id=thread.project_id),
             budget=context.project_budget,
         )
     await ensure_within_user_budget(
         db=db,
         user_id=context.viewer.user_id,
         budget=context.user_budget,
-        in_flight=functools.partial(
-            replies_in_flight, db, reply_id=reply.id, user_id=context.viewer.user_id
-        ),
+        spent=functools.partial(spent, db, reply_id=reply.id, user_id=context.viewer.user_id),
     )
 
 
@@ -454,14 +451,34 @@ async def send_message(
         db=db, ai=ai, context=context, content=content,
         parent_id=context.thread.active_leaf_id, files=files,
     )  # fmt: skip
+    return await store_exchange(
+        db=db, actor=actor, context=context, sent=SentMessage(user_message, reply, after_sequence),
+        action="message.send", entity=user_message,
+        details={"chars": len(content), "files": len(files)},
+    )  # fmt: skip
+
+
+async def store_exchange(
+    *,
+    db: AsyncSession,
+    actor: Actor,
+    context: ReplyContext,
+    sent: SentMessage,
+    action: str,
+    entity: Message,
+    details: dict[str, Any],
+) -> SentMessage:
+    """The end of sendMessage, editMessage and regenerateMessage: the activity row (`action`
+    on `entity`, naming the thread), the exchange's rows flushed, the budgets checked last
+    (`check_budgets`)."""
     thread = context.thread
     actor.record(
-        db, "message.send", user_message, project_id=thread.project_id,
-        details={"threadId": str(thread.id), "chars": len(content), "files": len(files)},
+        db, action, entity, project_id=thread.project_id,
+        details={"threadId": str(thread.id), **details},
     )  # fmt: skip
     await db.flush()
-    await check_budgets(db=db, context=context, reply=reply)
-    return SentMessage(user_message, reply, after_sequence)
+    await check_budgets(db=db, context=context, reply=sent.assistant_message)
+    return sent
 
 
 async def cancel_message(

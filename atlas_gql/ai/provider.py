@@ -6,8 +6,10 @@
   its stream is cut or its worker dies, is read again from any event on
   (`resume_reply`: `GET /v1/responses/{id}?stream=true&starting_after=N`) and is stopped by
   `cancel_response` (`POST /v1/responses/{id}/cancel`).
-  The SDK sends the request and turns errors into exceptions; the stream's bytes are read
-  raw and parsed here (`sse.py`, `ResponsesStreamReader`): no pydantic model per delta, and
+  A reply's request is built by hand over the SDK's aiohttp session (`DirectPost`: the
+  SDK's headers, URL and timeouts, its failures; the SDK sends it where that is not plain);
+  the SDK sends every other request and turns errors into exceptions; the stream's bytes are
+  read raw and parsed here (`sse.py`, `ResponsesStreamReader`): no pydantic model per delta, and
   every event of one network read handled at once.
 - `ChatProvider` (ATLAS_OPENAI_API=chat): for OpenAI-compatible servers without the Responses
   API; a streamed `chat.completions.create`, the history built from ATLAS's own messages.
@@ -37,6 +39,7 @@ import aiohttp
 import httpx2
 import openai
 from openai import AsyncOpenAI
+from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.ai.models import AssistantTool, MessageStatus
@@ -309,18 +312,23 @@ def create_client(settings: Settings) -> AsyncOpenAI:
     )
 
 
+def _status_failure(status: int, message: str, request_id: str | None) -> UpstreamFailure:
+    """An error status of the provider (`message`: the SDK's own text for it)."""
+    return UpstreamFailure(
+        http_error_text(status),
+        detail=f"HTTP {status}: {message}",
+        http_status=status,
+        request_id=request_id,
+        retryable=status in RETRYABLE_STATUSES,
+    )
+
+
 def _failure_from_sdk(error: BaseException, *, mid_stream: bool = False) -> UpstreamFailure:
     """Translate an SDK / transport exception into an UpstreamFailure (`mid_stream`: raised
     while reading a stream that had begun, where a lost connection means a cut reply)."""
     name = type(error).__name__
     if isinstance(error, openai.APIStatusError):
-        return UpstreamFailure(
-            http_error_text(error.status_code),
-            detail=f"HTTP {error.status_code}: {error.message}",
-            http_status=error.status_code,
-            request_id=error.request_id,
-            retryable=error.status_code in RETRYABLE_STATUSES,
-        )
+        return _status_failure(error.status_code, error.message, error.request_id)
     if isinstance(error, openai.APITimeoutError):
         return UpstreamFailure(TIMEOUT_ERROR, detail=f"{name}: {error}", retryable=True)
     if isinstance(error, openai.APIConnectionError) and not mid_stream:
@@ -545,38 +553,18 @@ class ResponsesProvider(_FilesMixin):
         return conversation.id
 
     def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
-        content: list[Any] = [{"type": "input_text", "text": request.content}]
-        content += [{"type": "input_file", "file_id": file_id} for file_id in request.file_ids]
-        # Without a conversation (a reply on a branch), the branch's history goes as input.
-        history: list[Any] = (
-            []
-            if request.conversation_id
-            else [
-                {"type": "message", "role": item.role, "content": item.content}
-                for item in request.history
-            ]
-        )
-        arguments: dict[str, Any] = {
-            "model": request.model,
-            "input": [*history, {"type": "message", "role": "user", "content": content}],
-            "stream": True,
-        }
-        if self.background:
-            # Generated upstream whatever happens to this worker or its connection.
-            arguments["background"] = True
-        if request.instructions:
-            arguments["instructions"] = request.instructions
-        if request.temperature is not None:
-            arguments["temperature"] = request.temperature
-        if request.conversation_id:
-            arguments["conversation"] = request.conversation_id
-        arguments.update(tool_arguments(request))
-        return self._read(self.client.responses.with_streaming_response.create(**arguments))
+        body = reply_body(request, background=self.background)
+        direct = DirectPost.over(self.client)
+        if direct is not None:
+            return self._read(direct.stream("responses", body))
+        return self._read(_sdk_stream(self.client.responses.with_streaming_response.create(**body)))
 
     def resume_reply(self, response_id: str, *, after_sequence: int) -> AsyncIterator[ReplyBatch]:
         return self._read(
-            self.client.responses.with_streaming_response.retrieve(
-                response_id, stream=True, starting_after=after_sequence
+            _sdk_stream(
+                self.client.responses.with_streaming_response.retrieve(
+                    response_id, stream=True, starting_after=after_sequence
+                )
             )
         )
 
@@ -613,16 +601,10 @@ class ResponsesProvider(_FilesMixin):
             output_tokens=usage.output_tokens if usage else 0,
         )
 
-    async def _read(self, request: Any) -> AsyncIterator[ReplyBatch]:
-        """The events of a streamed request (an SDK `with_streaming_response` call), read raw."""
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                # The SDK builds the request and raises its errors; the body stays unread.
-                response = await stack.enter_async_context(request)
-            except UPSTREAM_ERRORS as error:
-                raise _failure_from_sdk(error) from error
-            reader = self.reader_class(request_id=response.headers.get("x-request-id"))
-            read = body_reader(response.http_response, stack)
+    async def _read(self, opened: OpenedStream) -> AsyncIterator[ReplyBatch]:
+        """The events of a streamed request (`_sdk_stream`, `DirectPost.stream`), read raw."""
+        async with opened as (request_id, read):
+            reader = self.reader_class(request_id=request_id)
             try:
                 while chunk := await read():
                     batch = reader.feed(chunk)
@@ -640,6 +622,154 @@ class ResponsesProvider(_FilesMixin):
 
     async def close(self) -> None:
         await self.client.close()
+
+
+# An upstream stream, opened: its x-request-id and an awaitable read of its next bytes (b""
+# at its end). Opening it raises UpstreamFailure.
+OpenedStream = contextlib.AbstractAsyncContextManager[
+    tuple[str | None, Callable[[], Awaitable[bytes]]]
+]
+
+
+@contextlib.asynccontextmanager
+async def _sdk_stream(
+    request: Any,
+) -> AsyncIterator[tuple[str | None, Callable[[], Awaitable[bytes]]]]:
+    """An SDK `with_streaming_response` call, opened: the SDK builds the request and raises
+    its errors; the body stays unread (`body_reader`)."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            response = await stack.enter_async_context(request)
+        except UPSTREAM_ERRORS as error:
+            raise _failure_from_sdk(error) from error
+        yield response.headers.get("x-request-id"), body_reader(response.http_response, stack)
+
+
+def reply_body(request: ReplyRequest, *, background: bool) -> dict[str, Any]:
+    """The JSON body of a reply's Responses request (`ResponseCreateParamsStreaming`)."""
+    content: list[Any] = [{"type": "input_text", "text": request.content}]
+    content += [{"type": "input_file", "file_id": file_id} for file_id in request.file_ids]
+    # Without a conversation (a reply on a branch), the branch's history goes as input.
+    history: list[Any] = (
+        []
+        if request.conversation_id
+        else [
+            {"type": "message", "role": item.role, "content": item.content}
+            for item in request.history
+        ]
+    )
+    body: dict[str, Any] = {
+        "model": request.model,
+        "input": [*history, {"type": "message", "role": "user", "content": content}],
+        "stream": True,
+    }
+    if background:
+        # Generated upstream whatever happens to this worker or its connection.
+        body["background"] = True
+    if request.instructions:
+        body["instructions"] = request.instructions
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.conversation_id:
+        body["conversation"] = request.conversation_id
+    body.update(tool_arguments(request))
+    return body
+
+
+@dataclass(frozen=True)
+class DirectPost:
+    """A streamed POST built by hand over the SDK's own aiohttp session (its connections,
+    TLS settings and limits), with the SDK's headers, base URL and timeouts: the request a
+    reply starts with, which the SDK takes ~1-2 ms of CPU to build and send (options models,
+    the body's transform against its TypedDicts, httpx2 request and response objects). Its
+    errors are the SDK's: an error status, a timeout, an unreachable provider. Only where the
+    SDK's request would be plain: its aiohttp transport, no proxy, no default query, a plain
+    API key; otherwise (`over` is None) the SDK sends it."""
+
+    transport: Any
+    url: str
+    headers: dict[str, str]
+    timeout: aiohttp.ClientTimeout
+
+    @classmethod
+    def over(cls, client: AsyncOpenAI) -> DirectPost | None:
+        http = getattr(client, "_client", None)
+        transport = getattr(http, "_transport", None)
+        if (
+            not isinstance(transport, AiohttpTransport)
+            or transport.proxy is not None
+            or transport.uds
+            or getattr(http, "_mounts", None)
+            or client._custom_query
+            # Authentication other than a plain API key is the SDK's to apply.
+            or not isinstance(client.api_key, str)
+            or not client.api_key
+            or client._api_key_provider is not None
+            or client._provider_runtime is not None
+            or client.workload_identity is not None
+        ):
+            return None
+        headers = {"Authorization": f"Bearer {client.api_key}"}
+        headers.update(
+            (key, value) for key, value in client.default_headers.items() if isinstance(value, str)
+        )
+        timeout = client.timeout
+        if not isinstance(timeout, httpx2.Timeout):
+            timeout = httpx2.Timeout(timeout)
+        headers["X-Stainless-Async"] = "async:asyncio"
+        headers["X-Stainless-Retry-Count"] = "0"
+        if timeout.read is not None:
+            headers["X-Stainless-Read-Timeout"] = str(timeout.read)
+        return cls(
+            transport=transport,
+            url=str(client.base_url),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(
+                sock_connect=timeout.connect, sock_read=timeout.read, connect=timeout.pool
+            ),
+        )
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, path: str, body: dict[str, Any]
+    ) -> AsyncIterator[tuple[str | None, Callable[[], Awaitable[bytes]]]]:
+        transport = self.transport
+        if not isinstance(transport.client, aiohttp.ClientSession):
+            transport.client = transport.get_client()  # as the transport's first request does
+        session: aiohttp.ClientSession = transport.client
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            response = await session.post(
+                self.url + path,
+                data=data,
+                headers=self.headers,
+                allow_redirects=False,
+                timeout=self.timeout,
+            )
+        except TimeoutError as error:
+            raise UpstreamFailure(TIMEOUT_ERROR, detail=f"{type(error).__name__}: {error}",
+                                  retryable=True) from error  # fmt: skip
+        except (aiohttp.ClientError, OSError) as error:
+            raise UpstreamFailure(UNREACHABLE_ERROR, detail=f"{type(error).__name__}: {error}",
+                                  retryable=True) from error  # fmt: skip
+        async with response:
+            request_id = response.headers.get("x-request-id")
+            if response.status >= 400:
+                raise _status_failure(response.status, await _error_text(response), request_id)
+            yield request_id, response.content.readany
+
+
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    """The SDK's text for an error status (`APIStatusError.message`): the status, and the
+    `error.message` of a JSON body."""
+    text = f"Error code: {response.status}"
+    try:
+        body = json.loads(await response.read())
+    except (ValueError, aiohttp.ClientError, OSError, TimeoutError):
+        return text
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"{text} - {message}" if isinstance(message, str) and message else text
 
 
 def body_reader(

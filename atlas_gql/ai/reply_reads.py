@@ -1,12 +1,15 @@
 """The reads a new reply's checks make (ai/messages.py `prepare_reply`, `check_budgets`),
 each one statement built once with bound parameters: building the rules' SQL and its cache
 key costs more than running it, and these run at every sendMessage, editMessage and
-regenerateMessage."""
+regenerateMessage. A reply's start reads its thread once, locked (`read_thread_for_reply`);
+whether a reply nobody runs is in the way is read before, with the sender
+(`read_sender_and_running`), so it is recovered before the thread is locked."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,12 +19,20 @@ from sqlmodel import col
 
 from atlas_gql.ai import rules
 from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
-from atlas_gql.auth.models import PermissionName
+from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.rules import ViewerRef
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import NotFound
-from atlas_gql.logs.usage import BUDGET_SETTING_KEY, CHARS_PER_TOKEN, InFlight, parse_budget
+from atlas_gql.logs.models import ApiUsageLog
+from atlas_gql.logs.usage import (
+    BUDGET_SETTING_KEY,
+    CHARS_PER_TOKEN,
+    InFlight,
+    month_start,
+    next_month_start,
+    parse_budget,
+)
 from atlas_gql.projects.models import ProjectSetting
 
 
@@ -96,6 +107,39 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
     return statement
 
 
+def _sender_and_running_statement() -> sa.Select[User, Message]:
+    running = aliased(Message, name="running_reply")
+    return (
+        sa.select(User, running)
+        .outerjoin(
+            running,
+            sa.and_(
+                col(running.thread_id) == sa.bindparam("thread_id", type_=sa.Uuid),
+                col(running.status) == MessageStatus.IN_PROGRESS,
+            ),
+        )
+        .where(col(User.id) == sa.bindparam("user_id", type_=sa.Uuid))
+        .limit(1)
+    )
+
+
+_SENDER_AND_RUNNING = _sender_and_running_statement()
+
+
+async def read_sender_and_running(
+    db: AsyncSession, user_id: uuid.UUID, thread_id: uuid.UUID
+) -> tuple[User | None, Message | None]:
+    """The sender (their own limits) and the reply running in the thread, if any, in ONE
+    statement, whoever may see the thread: the running reply is only looked at to recover it
+    when nobody runs it (what the stale-reply sweep does for every thread), never shown."""
+    parameters = {"user_id": user_id, "thread_id": thread_id}
+    row = (await db.execute(_SENDER_AND_RUNNING, parameters)).one_or_none()
+    if row is None:
+        return None, None
+    sender, running = row
+    return sender, running
+
+
 _THREAD_FOR_REPLY = _thread_for_reply_statement(lock=False)
 _THREAD_FOR_REPLY_LOCKED = _thread_for_reply_statement(lock=True)
 
@@ -126,10 +170,26 @@ async def read_thread_for_reply(
     )
 
 
-def _in_flight_statement(whose: sa.ColumnElement[bool]) -> sa.Select[Any]:
+def _spent_statement(
+    owner: sa.ColumnElement[bool], whose: sa.ColumnElement[bool]
+) -> sa.Select[Any]:
+    """The tokens used this month (`ApiUsageLog` rows of `owner` from `:start` to `:end`) and
+    the replies in flight (`whose`) with the tokens reckoned for them, in one statement."""
+    used = (
+        sa.select(
+            sa.func.coalesce(sa.func.sum(col(ApiUsageLog.input_tokens)), 0)
+            + sa.func.coalesce(sa.func.sum(col(ApiUsageLog.output_tokens)), 0)
+        )
+        .where(
+            owner,
+            col(ApiUsageLog.created_at) >= sa.bindparam("start", type_=sa.DateTime(timezone=True)),
+            col(ApiUsageLog.created_at) < sa.bindparam("end", type_=sa.DateTime(timezone=True)),
+        )
+        .scalar_subquery()
+    )
     chars = sa.func.length(col(Message.content))
     reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
-    return sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
+    return sa.select(used, sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
         col(Message.status) == MessageStatus.IN_PROGRESS,
         col(Message.role) == MessageRole.ASSISTANT,
         # The reply being checked, stored already in the same transaction.
@@ -139,33 +199,38 @@ def _in_flight_statement(whose: sa.ColumnElement[bool]) -> sa.Select[Any]:
 
 
 # Built once (bound parameters): see `_thread_for_reply_statement`.
-_PROJECT_IN_FLIGHT = _in_flight_statement(
+_PROJECT_SPENT = _spent_statement(
+    col(ApiUsageLog.project_id) == sa.bindparam("owner_id", type_=sa.Uuid),
     col(Message.thread_id).in_(
         sa.select(col(Thread.id)).where(
-            col(Thread.project_id) == sa.bindparam("project_id", type_=sa.Uuid)
+            col(Thread.project_id) == sa.bindparam("owner_id", type_=sa.Uuid)
         )
-    )
+    ),
 )
-_USER_IN_FLIGHT = _in_flight_statement(
-    col(Message.user_id) == sa.bindparam("user_id", type_=sa.Uuid)
+_USER_SPENT = _spent_statement(
+    col(ApiUsageLog.user_id) == sa.bindparam("owner_id", type_=sa.Uuid),
+    col(Message.user_id) == sa.bindparam("owner_id", type_=sa.Uuid),
 )
 
 
-async def replies_in_flight(
+async def spent(
     db: ReadSession,
     *,
     reply_id: uuid.UUID,
     project_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
-) -> InFlight:
-    """The replies IN_PROGRESS of a project (or asked for by a user) other than `reply_id`,
-    and the tokens reckoned for them: each counts the estimate of its saved partial text
-    (ceil(chars / 4)), and at least 1 token, so a budget one token short runs one reply at a
-    time."""
-    if project_id is not None:
-        parameters = {"project_id": project_id, "reply_id": reply_id}
-        result = await db.execute(_PROJECT_IN_FLIGHT, parameters)
-    else:
-        result = await db.execute(_USER_IN_FLIGHT, {"user_id": user_id, "reply_id": reply_id})
-    replies, tokens = result.one()
-    return InFlight(replies=int(replies), tokens=int(tokens))
+) -> tuple[int, InFlight]:
+    """A project's (or a user's: the replies they asked for) tokens used this UTC month, and
+    its replies IN_PROGRESS other than `reply_id` with the tokens reckoned for them: each
+    counts the estimate of its saved partial text (ceil(chars / 4)), and at least 1 token, so
+    a budget one token short runs one reply at a time. One statement (`logs.usage.Spent`)."""
+    now = datetime.now(UTC)
+    parameters = {
+        "owner_id": project_id if project_id is not None else user_id,
+        "reply_id": reply_id,
+        "start": month_start(now),
+        "end": next_month_start(now),
+    }
+    statement = _PROJECT_SPENT if project_id is not None else _USER_SPENT
+    used, replies, tokens = (await db.execute(statement, parameters)).one()
+    return int(used), InFlight(replies=int(replies), tokens=int(tokens))

@@ -160,6 +160,8 @@ class InFlight:
 
 
 NOTHING_IN_FLIGHT = InFlight()
+# The tokens used this month and the replies in flight, read together under a budget's lock.
+Spent = Callable[[], Awaitable[tuple[int, InFlight]]]
 
 
 async def _advisory_lock(db: AsyncSession, key: str) -> None:
@@ -171,6 +173,18 @@ async def _advisory_lock(db: AsyncSession, key: str) -> None:
 async def lock_project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> None:
     """Serialise budget checks of one project until the caller's transaction ends."""
     await _advisory_lock(db, f"atlas:budget:{project_id}")
+
+
+async def _spent_or_used(
+    spent: Spent | None,
+    key: uuid.UUID,
+    totals: Callable[[], Awaitable[dict[uuid.UUID, UsageTotals]]],
+) -> tuple[int, InFlight]:
+    """What a budget check counts: `spent` (usage and replies in flight) when the caller reads
+    them, else this month's usage of `key` alone."""
+    if spent is not None:
+        return await spent()
+    return (await totals())[key].total_tokens, NOTHING_IN_FLIGHT
 
 
 def _refuse(
@@ -206,14 +220,16 @@ async def ensure_within_budget(
     *,
     db: AsyncSession,
     project_id: uuid.UUID | None,
-    in_flight: Callable[[], Awaitable[InFlight]] | None = None,
+    spent: Spent | None = None,
     now: datetime | None = None,
     budget: int | Literal["unread"] | None = "unread",
 ) -> None:
     """Raise QuotaExceeded (`budget: PROJECT`) when the project's tokens this UTC month, plus
-    the tokens reckoned for its replies still running (`in_flight`, read under the lock), reach
-    its `monthlyTokenBudget`. No project or no budget: nothing to check. `budget`: the
-    project's budget when the caller read it already (`parse_budget` of its setting).
+    the tokens reckoned for its replies still running, reach its `monthlyTokenBudget`. With
+    `spent` (a caller that runs replies), both are read by it under the lock, in one
+    statement; without, the month's usage alone. No project or no budget: nothing to check.
+    `budget`: the project's budget when the caller read it already (`parse_budget` of its
+    setting).
 
     With a budget, the check takes the project's advisory lock first and the caller keeps it
     until its transaction ends: the caller must store its running reply in that same
@@ -225,9 +241,10 @@ async def ensure_within_budget(
     if budget is None:
         return
     await lock_project_budget(db=db, project_id=project_id)
-    used = (await usage_this_month(db=db, project_ids=[project_id], now=now))[project_id]
-    running = await in_flight() if in_flight is not None else NOTHING_IN_FLIGHT
-    _refuse(BudgetKind.PROJECT, budget=budget, used=used.total_tokens, running=running, now=now)
+    used, running = await _spent_or_used(
+        spent, project_id, lambda: usage_this_month(db=db, project_ids=[project_id], now=now)
+    )
+    _refuse(BudgetKind.PROJECT, budget=budget, used=used, running=running, now=now)
 
 
 def effective_user_budget(user: User, default: int | None) -> int | None:
@@ -248,7 +265,7 @@ async def ensure_within_user_budget(
     db: AsyncSession,
     user_id: uuid.UUID,
     budget: int | None,
-    in_flight: Callable[[], Awaitable[InFlight]] | None = None,
+    spent: Spent | None = None,
     now: datetime | None = None,
 ) -> None:
     """Raise QuotaExceeded (`budget: USER`) when the user's tokens this UTC month, plus those
@@ -258,6 +275,7 @@ async def ensure_within_user_budget(
     if budget is None:
         return
     await _advisory_lock(db, f"atlas:user-budget:{user_id}")
-    used = (await user_usage_this_month(db=db, user_ids=[user_id], now=now))[user_id]
-    running = await in_flight() if in_flight is not None else NOTHING_IN_FLIGHT
-    _refuse(BudgetKind.USER, budget=budget, used=used.total_tokens, running=running, now=now)
+    used, running = await _spent_or_used(
+        spent, user_id, lambda: user_usage_this_month(db=db, user_ids=[user_id], now=now)
+    )
+    _refuse(BudgetKind.USER, budget=budget, used=used, running=running, now=now)

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import NotFound
+from tests.ai.conftest import AIServer, StartServer
 from tests.factories import create_assistant, create_thread, create_user
 from tests.live import wait_until
 
@@ -115,3 +117,49 @@ async def test_a_thread_the_viewer_cannot_see_is_not_found(
         for lock in (False, True):
             with pytest.raises(NotFound):
                 await read_thread_for_reply(db, other, thread.id, lock=lock)
+
+
+SET_BUDGET = (
+    "mutation($p: ID!, $v: JSON!) { setProjectSetting(projectId: $p, "
+    'key: "monthlyTokenBudget", value: $v) { key } }'
+)
+
+
+async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[str]:
+    """The statements sendMessage's request runs (its own task's: not the reply's, which
+    starts once it commits, nor a subscription's)."""
+    engine = ai.server.app.state.atlas["runtime"].sessionmaker.kw["bind"]
+    seen: list[tuple[asyncio.Task[Any] | None, str]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append((asyncio.current_task(), " ".join(statement.split())))
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        body = await ai.send(thread_id, content)
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert "errors" not in body, body
+    [sender] = {task for task, text in seen if text.startswith("INSERT INTO messages")}
+    return [text for task, text in seen if task is sender]
+
+
+async def test_send_message_runs_a_fixed_number_of_statements(
+    start_ai_server: StartServer,
+) -> None:
+    """Every check on (the sender's rate and budget, the project's budget): the session, the
+    sender with the thread's running reply and the rate, the thread locked, the exchange's
+    rows, the activity, the two budgets (each its lock, then its usage with its replies in
+    flight). The same number in a thread with a longer history."""
+    ai = await start_ai_server(atlas_user_monthly_tokens=10**12)
+    await ai.client.data(
+        SET_BUDGET, {"p": ai.people.project_id, "v": 10**12}, token=ai.people.manager
+    )
+    thread_id = await ai.new_thread()
+    counts = []
+    for turn in range(3):
+        async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+            statements = await _send_statements(ai, thread_id, f"Question {turn}")
+            await subscription.until_final()
+        counts.append(len(statements))
+    assert counts == [11, 11, 11], statements
