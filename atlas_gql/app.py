@@ -74,6 +74,7 @@ def create_app(
         services = await start_services(runtime)
         state["services"] = services
         graphql_app.services = services
+        freeze_after_startup()
         try:
             yield
         finally:
@@ -175,11 +176,35 @@ def app_factory() -> Starlette:
     return app
 
 
+# Allocations (net of frees) between collections of the youngest generation, and collections
+# of each generation between collections of the next (gc.set_threshold). See
+# `tune_garbage_collector`.
+GC_THRESHOLDS = (50_000, 20, 100)
+_gc_tuned = False
+
+
 def tune_garbage_collector() -> None:
     """A served process allocates many short-lived objects per request (ORM rows, GraphQL
     results). Moving what start-up created out of the collector's sight (gc.freeze) and
-    collecting the youngest generation less often cut the nested projects read by ~15-20%
-    (bench/projects_nested.py); memory stays bounded, as every generation is still collected."""
+    collecting the youngest generation less often than CPython's default (700) cut the nested
+    projects read by ~15-20% (bench/projects_nested.py); memory stays bounded, as every
+    generation is still collected.
+
+    A collection stops the event loop while it runs (issue 14: 20-50 ms for the youngest
+    generation every ~2 s under 100 subscribers). A lower first threshold (5,000 or 10,000)
+    makes those pauses shorter but more frequent and adds costly second-generation ones: the
+    streaming bench's delta p99 did not improve (docs/ai.md), so it stays. What the lifespan
+    builds (services, pools, clients) is frozen too, once started (`freeze_after_startup`)."""
+    global _gc_tuned
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
+    _gc_tuned = True
+
+
+def freeze_after_startup() -> None:
+    """In a process tuned by `tune_garbage_collector` (a served one), once the lifespan has
+    started: out of the collector's sight too, so no collection scans it again."""
+    if _gc_tuned:
+        gc.collect()
+        gc.freeze()

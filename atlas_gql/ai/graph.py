@@ -6,6 +6,7 @@ three pieces to merge with nothing to tell them apart."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from functools import partial
@@ -39,6 +40,7 @@ from atlas_gql.ai.types import (
     ThreadType,
     UpdateAssistantInput,
     UpdateThreadInput,
+    event_id,
     graph_event,
 )
 from atlas_gql.ai.watch import Watch
@@ -50,7 +52,7 @@ from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import AtlasError, RateLimited
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
-from atlas_gql.graph.fanout import OperationSink, current_sink
+from atlas_gql.graph.fanout import OperationSink, Varying, current_sink
 from atlas_gql.graph.inputs import (
     After,
     AssistantID,
@@ -602,6 +604,35 @@ class Mutation:
 # -- Subscription ----------------------------------------------------------------------------
 
 
+# Probe values of a delta (`delta_varying`): numbers and texts of different lengths and
+# contents (JSON escapes included), unlike any a real delta is rendered with.
+_PROBE_SEQUENCES = (2_111_111_111, 311_111_113, 41_111_117)
+_PROBE_TEXTS = ("\ue000\u03940\ue001", '\ue000"\u03b4\\1\n\ue001', "\ue000zz2\ue001")
+
+
+def _json_inside(text: str) -> str:
+    """`text` as it appears inside a JSON string of the rendered payload."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def delta_varying(event: events.MessageDelta) -> Varying:
+    """A delta's rendering is its message's template (graph/fanout.py) with its number, id
+    and text in it: one graphql-core run per group and message (the probes) rather than per
+    delta."""
+    thread_id, message_id = event.thread_id, event.message_id
+
+    def probe(n: int) -> tuple[ThreadEventType, tuple[str, ...]]:
+        sequence, text = _PROBE_SEQUENCES[n], _PROBE_TEXTS[n]
+        root = graph_event(
+            events.delta_event(sequence, thread_id=thread_id, message_id=message_id, delta=text)
+        )
+        return root, (str(sequence), event_id(thread_id, sequence), _json_inside(text))
+
+    sequence = event.sequence
+    values = (str(sequence), event_id(thread_id, sequence), _json_inside(event.delta))
+    return Varying(family=message_id, values=values, probe=probe)
+
+
 def _direct_deltas(
     sink: OperationSink, info: GraphQLResolveInfo[Any], thread_id: uuid.UUID
 ) -> Callable[[events.ThreadEvent], bool] | None:
@@ -612,7 +643,11 @@ def _direct_deltas(
 
     def direct(event: events.ThreadEvent) -> bool:
         if not isinstance(event, events.MessageDelta) or not sink.write_now(
-            info, thread_id, (event.sequence, event.delta), partial(graph_event, event)
+            info,
+            thread_id,
+            (event.sequence, event.delta),
+            partial(graph_event, event),
+            partial(delta_varying, event),
         ):
             return False
         metrics.DELTAS_DELIVERED.inc()
@@ -687,6 +722,7 @@ class Subscription:
                             thread_uuid,
                             (event.sequence, event.delta),
                             partial(graph_event, event),
+                            partial(delta_varying, event),
                         ):
                             continue
                     elif isinstance(event, events.MessageCreated):

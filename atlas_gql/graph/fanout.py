@@ -48,6 +48,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
@@ -106,15 +107,79 @@ class _Render:
         return frame
 
 
+@dataclass(frozen=True, slots=True)
+class Varying:
+    """An event of a *family* whose renderings differ only in a few values, each appearing
+    verbatim in the payload JSON (e.g. a message's deltas: their number, id and text).
+
+    `values`: this event's, as they appear in the JSON (a string's escaped inside, an int's
+    digits); `probe(n)`: the root object of an event of the same family with values of its
+    own (n = 0, 1, 2: distinct, of different lengths), and those values."""
+
+    family: Hashable
+    values: tuple[str, ...]
+    probe: Callable[[int], tuple[Any, tuple[str, ...]]]
+
+
+class _Template:
+    """A family's payload as the text around its varying values: `parts[0] value parts[1]
+    value ... parts[-1]`, `slots[i]` naming the value between parts i and i + 1."""
+
+    __slots__ = ("parts", "slots")
+
+    def __init__(self, parts: list[str], slots: list[int]) -> None:
+        self.parts = parts
+        self.slots = slots
+
+    @classmethod
+    def of(cls, payload: str, values: tuple[str, ...]) -> _Template | None:
+        """Cut `payload` at every occurrence of the values (None: two of them overlap)."""
+        found = sorted(
+            (start, -len(value), slot)
+            for slot, value in enumerate(values)
+            for start in _occurrences(payload, value)
+        )
+        parts: list[str] = []
+        slots: list[int] = []
+        end = 0
+        for start, negative_length, slot in found:
+            if start < end:
+                return None
+            parts.append(payload[end:start])
+            slots.append(slot)
+            end = start - negative_length
+        parts.append(payload[end:])
+        return cls(parts, slots)
+
+    def fill(self, values: tuple[str, ...]) -> str:
+        parts = self.parts
+        pieces = [parts[0]]
+        for index, slot in enumerate(self.slots, start=1):
+            pieces.append(values[slot])
+            pieces.append(parts[index])
+        return "".join(pieces)
+
+
+def _occurrences(text: str, value: str) -> list[int]:
+    starts: list[int] = []
+    start = text.find(value)
+    while start >= 0 and value:
+        starts.append(start)
+        start = text.find(value, start + len(value))
+    return starts
+
+
 class _Group:
     """Subscribers of one thread with one document and the same relevant variables."""
 
-    __slots__ = ("executor", "renders", "subscribers")
+    __slots__ = ("executor", "renders", "subscribers", "templates")
 
     def __init__(self, executor: Any) -> None:
         self.executor = executor
         self.renders: OrderedDict[Hashable, _Render | None] = OrderedDict()
         self.subscribers = 0
+        # Per family (`Varying`): its template, or None when its renderings are not one.
+        self.templates: OrderedDict[Hashable, _Template | None] = OrderedDict()
 
 
 class SharedFrames:
@@ -122,7 +187,8 @@ class SharedFrames:
 
     def __init__(self) -> None:
         self.groups: dict[GroupKey, _Group] = {}
-        self.executions = 0  # events executed by graphql-core here
+        self.executions = 0  # events rendered here (once per group and event)
+        self.templated = 0  # of which filled into a family's template (no graphql-core run)
         self.shared = 0  # frames written from a rendering another subscriber paid for
         self.fallbacks = 0  # events handed back to Strawberry's per-subscriber path
         self.direct = 0  # frames written at once by the publisher (no queue, no await)
@@ -144,8 +210,16 @@ class SharedFrames:
             if group.subscribers <= 0:
                 del self.groups[key]
 
-    def render(self, group: _Group, event_key: Hashable, root: Callable[[], Any]) -> _Render | None:
-        """The event's `payload` JSON for the group (None: fall back), rendered at most once."""
+    def render(
+        self,
+        group: _Group,
+        event_key: Hashable,
+        root: Callable[[], Any],
+        varying: Callable[[], Varying] | None = None,
+    ) -> _Render | None:
+        """The event's `payload` JSON for the group (None: fall back), rendered at most once:
+        filled into its family's template when it has one (`varying`: asked for only here,
+        once per group and event), else by graphql-core."""
         renders = group.renders
         if event_key in renders:
             payload = renders[event_key]
@@ -155,18 +229,56 @@ class SharedFrames:
                 self.shared += 1
             return payload
         self.executions += 1
-        result = group.executor.build_per_event_executor(root()).execute_operation(False)
+        text = None
+        event = varying() if varying is not None else None
+        template = self._template(group, event) if event is not None else None
+        if template is not None:
+            assert event is not None
+            self.templated += 1
+            text = template.fill(event.values)
+        else:
+            text = _execute(group, root())
         payload = None
-        if not result.errors and not group.executor.is_awaitable(result):
-            payload = _Render(
-                json.dumps({"data": result.data}, separators=(",", ":"), ensure_ascii=False)
-            )
+        if text is not None:
+            payload = _Render(text)
         else:
             self.fallbacks += 1
         renders[event_key] = payload
         if len(renders) > RENDERS_PER_GROUP:
             renders.popitem(last=False)
         return payload
+
+    def _template(self, group: _Group, varying: Varying) -> _Template | None:
+        """The family's template, made at its first event from a probe and checked against
+        two more (values of other lengths and contents): a selection whose result depends on
+        a value otherwise than by quoting it (or an error) gets none, and renders each event."""
+        templates = group.templates
+        if varying.family in templates:
+            return templates[varying.family]
+        template = None
+        probes = [varying.probe(n) for n in range(3)]
+        texts = [_execute(group, root) for root, _ in probes]
+        first = texts[0]
+        if first is not None:
+            template = _Template.of(first, probes[0][1])
+        if template is not None and any(
+            text is None or template.fill(values) != text
+            for text, (_, values) in zip(texts[1:], probes[1:], strict=True)
+        ):
+            template = None
+        templates[varying.family] = template
+        if len(templates) > RENDERS_PER_GROUP:
+            templates.popitem(last=False)
+        return template
+
+
+def _execute(group: _Group, root: Any) -> str | None:
+    """The group's selection executed by graphql-core for `root`, as `payload` JSON (None:
+    errors, or a result that would need awaiting: Strawberry's path renders it)."""
+    result = group.executor.build_per_event_executor(root).execute_operation(False)
+    if result.errors or group.executor.is_awaitable(result):
+        return None
+    return json.dumps({"data": result.data}, separators=(",", ":"), ensure_ascii=False)
 
 
 class _VariableNames(Visitor):
@@ -264,12 +376,13 @@ class OperationSink:
         thread_id: uuid.UUID,
         event_key: Hashable,
         root: Callable[[], Any],
+        varying: Callable[[], Varying] | None,
     ) -> _Render | None:
         group = self._join(info, thread_id)
         if group is None:
             self.frames.fallbacks += 1
             return None
-        return self.frames.render(group, event_key, root)
+        return self.frames.render(group, event_key, root, varying)
 
     async def send_shared(
         self,
@@ -277,9 +390,10 @@ class OperationSink:
         thread_id: uuid.UUID,
         event_key: Hashable,
         root: Callable[[], Any],
+        varying: Callable[[], Varying] | None = None,
     ) -> bool:
         """Write the event's shared frame; False when it must take Strawberry's path."""
-        render = self._rendering(info, thread_id, event_key, root)
+        render = self._rendering(info, thread_id, event_key, root, varying)
         if render is None:
             return False
         if self._is_open():
@@ -292,6 +406,7 @@ class OperationSink:
         thread_id: uuid.UUID,
         event_key: Hashable,
         root: Callable[[], Any],
+        varying: Callable[[], Varying] | None = None,
     ) -> bool:
         """Write the event's shared frame to the socket at once, without awaiting (the
         publisher calls it while the subscription's reader is idle). True: done (written, or
@@ -302,7 +417,7 @@ class OperationSink:
             return False
         if not self._is_open():
             return True
-        render = self._rendering(info, thread_id, event_key, root)
+        render = self._rendering(info, thread_id, event_key, root, varying)
         if render is None or not writer(render.frame(self.prefix)):
             return False
         self.frames.direct += 1

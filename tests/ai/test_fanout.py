@@ -125,7 +125,7 @@ async def test_subscribers_of_one_document_share_one_rendering_per_delta(ai: AIS
         await second.subscribe("c", thread_id, query=ALIASED)
         await third.subscribe("only-id", thread_id)
         await subscribed(ai, thread_id, 4)
-        executions = frames.executions
+        executions, templated = frames.executions, frames.templated
         assert "errors" not in await ai.send(thread_id)
         a = await first.until_final("a")
         # Two operations on one socket: frames interleave, each with its own id.
@@ -147,6 +147,9 @@ async def test_subscribers_of_one_document_share_one_rendering_per_delta(ai: AIS
     ]
     # One execution per delta and group (two documents), however many subscribers.
     assert frames.executions - executions == 2 * len(texts)
+    # Each of them filled into its group's template of the message (graphql-core ran only for
+    # the probes that made and checked it).
+    assert frames.templated - templated == 2 * len(texts)
     assert frames.shared >= 2 * len(texts)
     # The per-message events took Strawberry's path, with the same ids and numbers.
     assert [event["sequence"] for event in a] == sorted({event["sequence"] for event in a})
