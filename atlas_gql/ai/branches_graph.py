@@ -64,8 +64,7 @@ class Mutation:
         ],
     ) -> MessageType | None:
         sent = await branches.regenerate_message(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             ai=info.context.services.ai,
             message_id=decode_id_of(input.message_id, "Message", field="messageId"),
         )
@@ -85,8 +84,7 @@ class Mutation:
         ],
     ) -> SendMessagePayload | None:
         sent = await branches.edit_message(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             ai=info.context.services.ai,
             message_id=decode_id_of(input.message_id, "Message", field="messageId"),
             content=input.content,
@@ -106,8 +104,7 @@ class Mutation:
         input: Annotated[SelectBranchInput, strawberry.argument(description="The branch.")],
     ) -> ThreadType | None:
         thread = await branches.select_branch(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             message_id=decode_id_of(input.message_id, "Message", field="messageId"),
         )
         return ThreadType.from_model(thread)

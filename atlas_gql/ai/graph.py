@@ -144,8 +144,7 @@ async def _listed(
     `narrowing`: the lister's other filter arguments."""
     project_id = optional_id(filter.project_id if filter else None, "Project", field="projectId")
     page = await list_visible(
-        db=info.context.read_session(),
-        actor=await info.context.actor(),
+        **await info.context.reading(),
         request=request,
         project_id=project_id,
         **narrowing,
@@ -233,8 +232,7 @@ class Query:
             window=time_window(start=given.from_, end=given.to),
         )
         page = await feedback.list_feedback(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             filter=parsed,
             request=requested_page(info, first=first, after=after),
         )
@@ -277,8 +275,7 @@ class Query:
             window=time_window(start=given.from_, end=given.to),
         )
         page = await search.search_messages(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             text=query,
             filter=parsed,
             request=requested_page(info, first=first, after=after),
@@ -313,7 +310,7 @@ class Mutation:
             project_id=optional_id(input.project_id, "Project", field="projectId"),
         )
         assistant = await assistants.create_assistant(
-            db=context.db, actor=await context.actor(), settings=context.settings, data=data
+            **await context.writing(), settings=context.settings, data=data
         )
         return AssistantType.from_model(assistant, instructions_visible=True)
 
@@ -326,8 +323,7 @@ class Mutation:
     ) -> AssistantType | None:
         context = info.context
         assistant = await assistants.update_assistant(
-            db=context.db,
-            actor=await context.actor(),
+            **await context.writing(),
             settings=context.settings,
             assistant_id=decode_id_of(id, "Assistant"),
             data=assistants.AssistantUpdate.model_validate(set_fields(input)),
@@ -342,8 +338,7 @@ class Mutation:
     async def delete_assistant(self, info: Info, id: AssistantID) -> strawberry.ID | None:
         assistant_id = decode_id_of(id, "Assistant")
         await assistants.delete_assistant(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             ai=info.context.services.ai,
             assistant_id=assistant_id,
         )
@@ -364,9 +359,7 @@ class Mutation:
             project_id=optional_id(input.project_id, "Project", field="projectId"),
             title=input.title,
         )
-        thread = await threads.create_thread(
-            db=info.context.db, actor=await info.context.actor(), data=data
-        )
+        thread = await threads.create_thread(**await info.context.writing(), data=data)
         return ThreadType.from_model(thread)
 
     @strawberry.mutation(
@@ -377,8 +370,7 @@ class Mutation:
         self, info: Info, id: ThreadID, input: Changes[UpdateThreadInput]
     ) -> ThreadType | None:
         thread = await threads.update_thread(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             thread_id=decode_id_of(id, "Thread"),
             data=threads.ThreadUpdate.model_validate(set_fields(input)),
         )
@@ -415,8 +407,7 @@ class Mutation:
     async def delete_thread(self, info: Info, id: ThreadID) -> strawberry.ID | None:
         thread_id = decode_id_of(id, "Thread")
         await threads.delete_thread(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             ai=info.context.services.ai,
             thread_id=thread_id,
         )
@@ -445,8 +436,7 @@ class Mutation:
             file_ids=tuple(decode_id_of(id, "File", field="fileIds") for id in input.file_ids),
         )
         sent = await messages.send_message(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             ai=info.context.services.ai,
             data=data,
         )
@@ -470,8 +460,7 @@ class Mutation:
         ],
     ) -> MessageType | None:
         message = await messages.cancel_message(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             ai=info.context.services.ai,
             message_id=decode_id_of(id, "Message"),
         )
@@ -495,9 +484,7 @@ class Mutation:
             rating=input.rating,
             comment=input.comment,
         )
-        message = await feedback.rate_message(
-            db=info.context.db, actor=await info.context.actor(), data=data
-        )
+        message = await feedback.rate_message(**await info.context.writing(), data=data)
         return MessageType.from_model(message)
 
     @strawberry.mutation(
@@ -551,8 +538,7 @@ class Mutation:
         ],
     ) -> FileType | None:
         file = await files.attach_file(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             ai=info.context.services.ai,
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
@@ -578,8 +564,7 @@ class Mutation:
         ],
     ) -> FileType | None:
         file = await files.detach_file(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             ai=info.context.services.ai,
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),

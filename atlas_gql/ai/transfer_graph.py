@@ -99,8 +99,7 @@ class Query:
         ] = transfer.ExportFormat.JSON,
     ) -> str | None:
         return await transfer.export_thread(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             ai=info.context.services.ai,
             thread_id=decode_id_of(id, "Thread"),
             format=format,
@@ -118,8 +117,7 @@ class Query:
         id: Annotated[strawberry.ID, strawberry.argument(description="The project's ID.")],
     ) -> str | None:
         return await transfer.export_project(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             ai=info.context.services.ai,
             project_id=decode_id_of(id, "Project"),
         )

@@ -325,8 +325,7 @@ class Query:
     ) -> Connection[UserType] | None:
         given = filter or UserFilter()
         page = await admin.list_users(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             request=requested_page(info, first=first, after=after),
             filter=admin.UserFilter(
                 search=given.search,
@@ -437,8 +436,7 @@ class Mutation:
         ] = False,
     ) -> bool | None:
         return await account.logout(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             refresh_token=refresh_token,
             all_sessions=bool(all_sessions),
         )
@@ -484,7 +482,7 @@ class Mutation:
             roles=tuple(input.roles) if input.roles is not None else None,
         )
         user = await admin.create_user(
-            db=context.db, settings=context.settings, actor=await context.actor(), data=data
+            **await context.writing(), settings=context.settings, data=data
         )
         return UserType.from_model(user)
 
@@ -497,8 +495,7 @@ class Mutation:
         self, info: Info, id: UserID, input: Changes[UpdateUserInput]
     ) -> UserType | None:
         user = await admin.update_user(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             user_id=decode_id_of(id, "User", field="id"),
             data=admin.UserUpdate.model_validate(set_fields(input)),
         )
@@ -553,8 +550,7 @@ class Mutation:
         ],
     ) -> UserType | None:
         user = await admin.approve_user(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             user_id=decode_id_of(id, "User", field="id"),
         )
         return UserType.from_model(user)
@@ -574,8 +570,7 @@ class Mutation:
         ],
     ) -> UserType | None:
         user = await admin.set_user_limits(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             user_id=decode_id_of(user_id, "User", field="userId"),
             data=admin.UserLimitsUpdate.model_validate(set_fields(input)),
         )
@@ -587,8 +582,7 @@ async def _change_role(
 ) -> UserType:
     """assignRole and revokeRole: the same arguments, the same answer."""
     user = await change(
-        db=info.context.db,
-        actor=await info.context.actor(),
+        **await info.context.writing(),
         user_id=decode_id_of(user_id, "User", field="userId"),
         role=role,
     )

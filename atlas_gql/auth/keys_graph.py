@@ -156,8 +156,7 @@ class Query:
         ] = False,
     ) -> Connection[ApiKeyType] | None:
         page = await apikeys.list_api_keys(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             user_id=optional_id(user_id, "User", field="userId"),
             include_revoked=bool(include_revoked),
             request=requested_page(info, first=first, after=after),
@@ -181,8 +180,7 @@ class Mutation:
     ) -> CreateApiKeyPayload | None:
         context = info.context
         created = await apikeys.create_api_key(
-            db=context.db,
-            actor=await context.actor(),
+            **await context.writing(),
             settings=context.settings,
             data=apikeys.ApiKeyCreate(
                 name=input.name,
@@ -207,8 +205,7 @@ class Mutation:
         input: Annotated[RevokeApiKeyInput, strawberry.argument(description="The key.")],
     ) -> ApiKeyType | None:
         key = await apikeys.revoke_api_key(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             key_id=decode_id_of(input.id, "ApiKey", field="id"),
         )
         return ApiKeyType.from_model(key)

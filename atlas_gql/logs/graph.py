@@ -304,8 +304,7 @@ class Query:
             window=service.time_window(start=given.from_, end=given.to),
         )
         page = await service.list_activity_logs(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             filter=parsed,
             request=requested_page(info, first=first, after=after),
         )
@@ -347,8 +346,7 @@ class Query:
             api_key_id=optional_id(given.api_key_id, "ApiKey", field="filter.apiKeyId"),
         )
         buckets = await service.api_usage(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             filter=parsed,
             group_by=group,
         )
@@ -381,8 +379,7 @@ class Query:
     ) -> Connection[ErrorLogType] | None:
         given = filter or ErrorLogFilter()
         page = await service.list_error_logs(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             window=service.time_window(start=given.from_, end=given.to),
             source=ErrorSource(given.source) if given.source is not None else None,
             request=requested_page(info, first=first, after=after),

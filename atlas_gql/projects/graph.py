@@ -290,8 +290,7 @@ class Query:
     ) -> Connection[ProjectType] | None:
         given = filter or ProjectFilter()
         page = await projects.list_projects(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             request=requested_page(info, first=first, after=after),
             filter=projects.ProjectFilter(search=given.search, role=given.role),
         )
@@ -328,8 +327,7 @@ class Mutation:
         input: Annotated[CreateProjectInput, strawberry.argument(description="The new project.")],
     ) -> ProjectType | None:
         project = await projects.create_project(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             data=projects.ProjectCreate(name=input.name, description=input.description),
         )
         return ProjectType.from_model(project, visibility_checked=True)
@@ -341,8 +339,7 @@ class Mutation:
         self, info: Info, id: ProjectID, input: Changes[UpdateProjectInput]
     ) -> ProjectType | None:
         project = await projects.update_project(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(id, "id"),
             data=projects.ProjectUpdate.model_validate(set_fields(input)),
         )
@@ -355,9 +352,7 @@ class Mutation:
     )
     async def delete_project(self, info: Info, id: ProjectID) -> strawberry.ID | None:
         project_id = _project_id(id, "id")
-        await projects.delete_project(
-            db=info.context.db, actor=await info.context.actor(), project_id=project_id
-        )
+        await projects.delete_project(**await info.context.writing(), project_id=project_id)
         return global_id("Project", project_id)
 
     @strawberry.mutation(
@@ -375,8 +370,7 @@ class Mutation:
         role: Annotated[ProjectRole, strawberry.argument(description="Their role in the project.")],
     ) -> ProjectMemberType | None:
         member = await members.add_member(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             data=members.MemberAdd(user_id=_user_id(user_id), role=role),
         )
@@ -400,8 +394,7 @@ class Mutation:
         role: Annotated[ProjectRole, strawberry.argument(description="Their new role.")],
     ) -> ProjectMemberType | None:
         member = await members.update_member(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             user_id=_user_id(user_id),
             data=members.MemberUpdate(role=role),
@@ -427,8 +420,7 @@ class Mutation:
         ],
     ) -> strawberry.ID | None:
         member = await members.remove_member(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             user_id=_user_id(user_id),
         )
@@ -460,8 +452,7 @@ class Mutation:
         ],
     ) -> ProjectSettingType | None:
         setting = await settings.set_setting(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             data=settings.SettingSet(key=key, value=value),
         )
@@ -479,8 +470,7 @@ class Mutation:
         key: Annotated[str, strawberry.argument(description="The key of the setting to remove.")],
     ) -> ProjectType | None:
         project = await settings.delete_setting(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             key=key,
         )
