@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from functools import partial
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import strawberry
 from strawberry.scalars import JSON
@@ -21,7 +21,8 @@ from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.permissions import authenticated, requires
-from atlas_gql.db.pagination import empty_page
+from atlas_gql.db.loaders import LoaderFactory, PageKey
+from atlas_gql.db.pagination import Page, empty_page
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
@@ -43,6 +44,8 @@ from atlas_gql.logs.usage import UsageTotals
 from atlas_gql.projects import loaders, members, projects, settings
 from atlas_gql.projects.access import can_see_project
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
+
+RowT = TypeVar("RowT")
 
 ProjectRoleEnum = described_enum(
     ProjectRole,
@@ -73,6 +76,21 @@ async def _viewer_sees(context: Context, project_id: uuid.UUID) -> bool:
     return can_see_project(viewer, role)
 
 
+async def _load_user(context: Context, user_id: uuid.UUID) -> UserType:
+    user = await context.loader(auth_loaders.user_by_id).load(user_id)
+    if user is None:
+        raise NotFound("User not found.")
+    return UserType.from_model(user)
+
+
+async def _load_project(context: Context, project_id: uuid.UUID) -> ProjectType:
+    """The project a setting or a membership belongs to (visible with them)."""
+    project = await context.loader(loaders.project_by_id).load(project_id)
+    if project is None:
+        raise NotFound("Project not found.")
+    return ProjectType.from_model(project)
+
+
 @strawberry.type(name="ProjectSetting", description="One JSON setting of a project.")
 class ProjectSettingType:
     key: str = strawberry.field(description="The setting's name, e.g. `monthlyTokenBudget`.")
@@ -94,17 +112,7 @@ class ProjectSettingType:
         "`setProjectSetting` so a normalised cache updates the list)."
     )
     async def project(self, info: Info) -> ProjectType:
-        project = await info.context.loader(loaders.project_by_id).load(self.project_db_id)
-        if project is None:
-            raise NotFound("Project not found.")
-        return ProjectType.from_model(project)
-
-
-async def _load_user(context: Context, user_id: uuid.UUID) -> UserType:
-    user = await context.loader(auth_loaders.user_by_id).load(user_id)
-    if user is None:
-        raise NotFound("User not found.")
-    return UserType.from_model(user)
+        return await _load_project(info.context, self.project_db_id)
 
 
 @strawberry.type(name="ProjectMember", description="A user's membership of a project, with a role.")
@@ -135,10 +143,7 @@ class ProjectMemberType(Node):
 
     @strawberry.field(description="The project.")
     async def project(self, info: Info) -> ProjectType:
-        project = await info.context.loader(loaders.project_by_id).load(self.project_db_id)
-        if project is None:
-            raise NotFound("Project not found.")
-        return ProjectType.from_model(project)
+        return await _load_project(info.context, self.project_db_id)
 
 
 @strawberry.type(
@@ -164,21 +169,30 @@ class ProjectType(Node):
     async def _visible(self, context: Context) -> bool:
         return self.visibility_checked or await _viewer_sees(context, self.db_id)
 
+    async def _page(
+        self,
+        info: Info,
+        pages: LoaderFactory[PageKey, Page[RowT]],
+        *,
+        first: int | None,
+        after: str | None,
+    ) -> Page[RowT]:
+        """A page of the project's members or threads; empty for a viewer who may not see
+        the project."""
+        request = requested_page(info, first=first, after=after)
+        if not await self._visible(info.context):
+            return empty_page()
+        return await info.context.loader(pages).load((self.db_id, request))
+
     @strawberry.field(name="createdBy", description="Who created the project.")
     async def created_by(self, info: Info) -> UserType:
-        user = await info.context.loader(auth_loaders.user_by_id).load(self.created_by_db_id)
-        if user is None:
-            raise NotFound("User not found.")
-        return UserType.from_model(user)
+        return await _load_user(info.context, self.created_by_db_id)
 
     @strawberry.field(description="The members, oldest first (Relay connection). " + REFUSED)
     async def members(
         self, info: Info, first: First = None, after: After = None
     ) -> Connection[ProjectMemberType] | None:
-        request = requested_page(info, first=first, after=after)
-        if not await self._visible(info.context):
-            return to_connection(empty_page(), ProjectMemberType.from_model)
-        page = await info.context.loader(loaders.members_page).load((self.db_id, request))
+        page = await self._page(info, loaders.members_page, first=first, after=after)
         users = await info.context.loader(auth_loaders.user_by_id).load_many(
             [member.user_id for member in page.items]
         )
@@ -200,10 +214,7 @@ class ProjectType(Node):
     async def threads(
         self, info: Info, first: First = None, after: After = None
     ) -> Connection[ThreadType] | None:
-        request = requested_page(info, first=first, after=after)
-        if not await self._visible(info.context):
-            return to_connection(empty_page(), ThreadType.from_model)
-        page = await info.context.loader(ai_loaders.threads_page).load((self.db_id, request))
+        page = await self._page(info, ai_loaders.threads_page, first=first, after=after)
         return to_connection(page, ThreadType.from_model)
 
     @strawberry.field(
@@ -307,6 +318,13 @@ class Query:
         return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
 
 
+# The `userId` naming a member of the project (updateProjectMember, removeProjectMember).
+MemberUserID = Annotated[
+    strawberry.ID,
+    strawberry.argument(description="The member's user global ID; NOT_FOUND when not a member."),
+]
+
+
 def _project_id(value: strawberry.ID, field: str = "projectId") -> uuid.UUID:
     return decode_id_of(value, "Project", field=field)
 
@@ -385,12 +403,7 @@ class Mutation:
         self,
         info: Info,
         project_id: ProjectID,
-        user_id: Annotated[
-            strawberry.ID,
-            strawberry.argument(
-                description="The member's user global ID; NOT_FOUND when not a member."
-            ),
-        ],
+        user_id: MemberUserID,
         role: Annotated[ProjectRole, strawberry.argument(description="Their new role.")],
     ) -> ProjectMemberType | None:
         member = await members.update_member(
@@ -412,12 +425,7 @@ class Mutation:
         self,
         info: Info,
         project_id: ProjectID,
-        user_id: Annotated[
-            strawberry.ID,
-            strawberry.argument(
-                description="The member's user global ID; NOT_FOUND when not a member."
-            ),
-        ],
+        user_id: MemberUserID,
     ) -> strawberry.ID | None:
         member = await members.remove_member(
             **await info.context.writing(),
