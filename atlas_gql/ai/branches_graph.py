@@ -64,8 +64,7 @@ class Mutation:
         ],
     ) -> MessageType | None:
         sent = await branches.regenerate_message(
-            **await info.context.writing(),
-            ai=info.context.services.ai,
+            **await info.context.ai_writing(),
             message_id=decode_id_of(input.message_id, "Message", field="messageId"),
         )
         return MessageType.from_model(sent.assistant_message)
@@ -84,8 +83,7 @@ class Mutation:
         ],
     ) -> SendMessagePayload | None:
         sent = await branches.edit_message(
-            **await info.context.writing(),
-            ai=info.context.services.ai,
+            **await info.context.ai_writing(),
             message_id=decode_id_of(input.message_id, "Message", field="messageId"),
             content=input.content,
         )

@@ -144,10 +144,7 @@ async def _listed(
     `narrowing`: the lister's other filter arguments."""
     project_id = optional_id(filter.project_id if filter else None, "Project", field="projectId")
     page = await list_visible(
-        **await info.context.reading(),
-        request=request,
-        project_id=project_id,
-        **narrowing,
+        **await info.context.reading(), request=request, project_id=project_id, **narrowing
     )
     return to_connection(page, convert)
 
@@ -338,9 +335,7 @@ class Mutation:
     async def delete_assistant(self, info: Info, id: AssistantID) -> strawberry.ID | None:
         assistant_id = decode_id_of(id, "Assistant")
         await assistants.delete_assistant(
-            **await info.context.writing(),
-            ai=info.context.services.ai,
-            assistant_id=assistant_id,
+            **await info.context.ai_writing(), assistant_id=assistant_id
         )
         return global_id("Assistant", assistant_id)
 
@@ -406,11 +401,7 @@ class Mutation:
     )
     async def delete_thread(self, info: Info, id: ThreadID) -> strawberry.ID | None:
         thread_id = decode_id_of(id, "Thread")
-        await threads.delete_thread(
-            **await info.context.writing(),
-            ai=info.context.services.ai,
-            thread_id=thread_id,
-        )
+        await threads.delete_thread(**await info.context.ai_writing(), thread_id=thread_id)
         return global_id("Thread", thread_id)
 
     @strawberry.mutation(
@@ -435,11 +426,7 @@ class Mutation:
             content=input.content,
             file_ids=tuple(decode_id_of(id, "File", field="fileIds") for id in input.file_ids),
         )
-        sent = await messages.send_message(
-            **await info.context.writing(),
-            ai=info.context.services.ai,
-            data=data,
-        )
+        sent = await messages.send_message(**await info.context.ai_writing(), data=data)
         return SendMessagePayload.of(sent)
 
     @strawberry.mutation(
@@ -460,9 +447,7 @@ class Mutation:
         ],
     ) -> MessageType | None:
         message = await messages.cancel_message(
-            **await info.context.writing(),
-            ai=info.context.services.ai,
-            message_id=decode_id_of(id, "Message"),
+            **await info.context.ai_writing(), message_id=decode_id_of(id, "Message")
         )
         return MessageType.from_model(message)
 
@@ -538,8 +523,7 @@ class Mutation:
         ],
     ) -> FileType | None:
         file = await files.attach_file(
-            **await info.context.writing(),
-            ai=info.context.services.ai,
+            **await info.context.ai_writing(),
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
         )
@@ -564,8 +548,7 @@ class Mutation:
         ],
     ) -> FileType | None:
         file = await files.detach_file(
-            **await info.context.writing(),
-            ai=info.context.services.ai,
+            **await info.context.ai_writing(),
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
         )

@@ -99,10 +99,7 @@ class Query:
         ] = transfer.ExportFormat.JSON,
     ) -> str | None:
         return await transfer.export_thread(
-            **await info.context.reading(),
-            ai=info.context.services.ai,
-            thread_id=decode_id_of(id, "Thread"),
-            format=format,
+            **await info.context.ai_reading(), thread_id=decode_id_of(id, "Thread"), format=format
         )
 
     @strawberry.field(
@@ -117,9 +114,7 @@ class Query:
         id: Annotated[strawberry.ID, strawberry.argument(description="The project's ID.")],
     ) -> str | None:
         return await transfer.export_project(
-            **await info.context.reading(),
-            ai=info.context.services.ai,
-            project_id=decode_id_of(id, "Project"),
+            **await info.context.ai_reading(), project_id=decode_id_of(id, "Project")
         )
 
 

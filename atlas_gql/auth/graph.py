@@ -550,8 +550,7 @@ class Mutation:
         ],
     ) -> UserType | None:
         user = await admin.approve_user(
-            **await info.context.writing(),
-            user_id=decode_id_of(id, "User", field="id"),
+            **await info.context.writing(), user_id=decode_id_of(id, "User", field="id")
         )
         return UserType.from_model(user)
 

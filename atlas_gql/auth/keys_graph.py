@@ -205,7 +205,6 @@ class Mutation:
         input: Annotated[RevokeApiKeyInput, strawberry.argument(description="The key.")],
     ) -> ApiKeyType | None:
         key = await apikeys.revoke_api_key(
-            **await info.context.writing(),
-            key_id=decode_id_of(input.id, "ApiKey", field="id"),
+            **await info.context.writing(), key_id=decode_id_of(input.id, "ApiKey", field="id")
         )
         return ApiKeyType.from_model(key)

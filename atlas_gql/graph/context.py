@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 from strawberry.types import Info as StrawberryInfo
 
+from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.apikeys import authenticate_api_key, is_api_key
 from atlas_gql.auth.sessions import authenticate_access_token
@@ -47,6 +48,18 @@ class Reading(TypedDict):
 
     db: ReadSession
     actor: Actor
+
+
+class WritingAI(Writing):
+    """`Writing` and the AI runtime, as the AI domain's mutations take them."""
+
+    ai: AIRuntime
+
+
+class ReadingAI(Reading):
+    """`Reading` and the AI runtime, as the AI domain's queries take them."""
+
+    ai: AIRuntime
 
 
 @dataclass
@@ -173,6 +186,14 @@ class Context:
         """The operation's session (for reading) and actor, as a query's service call takes
         them."""
         return Reading(db=self.read_session(), actor=await self.actor())
+
+    async def ai_writing(self) -> WritingAI:
+        """`writing()` and the AI runtime."""
+        return WritingAI(db=self.db, actor=await self.actor(), ai=self.services.ai)
+
+    async def ai_reading(self) -> ReadingAI:
+        """`reading()` and the AI runtime."""
+        return ReadingAI(db=self.read_session(), actor=await self.actor(), ai=self.services.ai)
 
     async def commit_db(self) -> None:
         """Commit the operation's work (the boundary calls this once, after a mutation), then

@@ -346,9 +346,7 @@ class Query:
             api_key_id=optional_id(given.api_key_id, "ApiKey", field="filter.apiKeyId"),
         )
         buckets = await service.api_usage(
-            **await info.context.reading(),
-            filter=parsed,
-            group_by=group,
+            **await info.context.reading(), filter=parsed, group_by=group
         )
         answer = [
             UsageBucketType(

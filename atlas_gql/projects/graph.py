@@ -478,8 +478,6 @@ class Mutation:
         key: Annotated[str, strawberry.argument(description="The key of the setting to remove.")],
     ) -> ProjectType | None:
         project = await settings.delete_setting(
-            **await info.context.writing(),
-            project_id=_project_id(project_id),
-            key=key,
+            **await info.context.writing(), project_id=_project_id(project_id), key=key
         )
         return ProjectType.from_model(project, visibility_checked=True)
