@@ -17,10 +17,7 @@ import strawberry
 
 from atlas_gql.auth import account, admin, loaders
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User
-from atlas_gql.auth.permissions import (
-    authenticated,
-    requires,
-)
+from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.auth.rules import user_grants_visible_to
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import After, Changes, First, ListFilter, UserID, set_fields
@@ -431,8 +428,7 @@ class Mutation:
             ),
         ] = None,
         all_sessions: Annotated[
-            bool | None,
-            strawberry.argument(description="true ends every session of the viewer."),
+            bool | None, strawberry.argument(description="true ends every session of the viewer.")
         ] = False,
     ) -> bool | None:
         return await account.logout(

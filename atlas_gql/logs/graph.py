@@ -104,10 +104,7 @@ class ActivityLogType(Node):
     def from_model(cls, row: ActivityLog) -> ActivityLogType:
         project = encode_global_id("Project", row.project_id) if row.project_id else None
         return from_row(
-            cls,
-            "ActivityLog",
-            row,
-            project_id=strawberry.ID(project) if project else None,
+            cls, "ActivityLog", row, project_id=strawberry.ID(project) if project else None
         )
 
     @strawberry.field(description="Who did it; null for an anonymous action or a deleted user.")

@@ -422,10 +422,7 @@ class Mutation:
         "null, with an error, when refused.",
     )
     async def remove_project_member(
-        self,
-        info: Info,
-        project_id: ProjectID,
-        user_id: MemberUserID,
+        self, info: Info, project_id: ProjectID, user_id: MemberUserID
     ) -> strawberry.ID | None:
         member = await members.remove_member(
             **await info.context.writing(),
