@@ -283,19 +283,29 @@ class Query:
 # -- Mutation --------------------------------------------------------------------------------
 
 
+# The `input` arguments, described.
+CreateAssistant = Annotated[
+    CreateAssistantInput, strawberry.argument(description="The new assistant.")
+]
+CreateThread = Annotated[CreateThreadInput, strawberry.argument(description="The new thread.")]
+GenerateThreadTitle = Annotated[
+    GenerateThreadTitleInput, strawberry.argument(description="The thread to name.")
+]
+SendMessage = Annotated[
+    SendMessageInput, strawberry.argument(description="The thread, the text and the files to send.")
+]
+RateMessage = Annotated[
+    RateMessageInput, strawberry.argument(description="The reply and the rating.")
+]
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
         description="Create an assistant, personal or shared with a project (MANAGER+).",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def create_assistant(
-        self,
-        info: Info,
-        input: Annotated[
-            CreateAssistantInput, strawberry.argument(description="The new assistant.")
-        ],
-    ) -> AssistantType | None:
+    async def create_assistant(self, info: Info, input: CreateAssistant) -> AssistantType | None:
         context = info.context
         data = assistants.AssistantCreate(
             name=input.name,
@@ -344,11 +354,7 @@ class Mutation:
         "conversation is created with the first reply.",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def create_thread(
-        self,
-        info: Info,
-        input: Annotated[CreateThreadInput, strawberry.argument(description="The new thread.")],
-    ) -> ThreadType | None:
+    async def create_thread(self, info: Info, input: CreateThread) -> ThreadType | None:
         data = threads.ThreadCreate(
             assistant_id=decode_id_of(input.assistant_id, "Assistant", field="assistantId"),
             project_id=optional_id(input.project_id, "Project", field="projectId"),
@@ -381,11 +387,7 @@ class Mutation:
         extensions=requires(PermissionName.USE_AI),
     )
     async def generate_thread_title(
-        self,
-        info: Info,
-        input: Annotated[
-            GenerateThreadTitleInput, strawberry.argument(description="The thread to name.")
-        ],
+        self, info: Info, input: GenerateThreadTitle
     ) -> ThreadType | None:
         thread = await titles.generate_thread_title(
             titles=info.context.services.ai.titles,
@@ -413,14 +415,7 @@ class Mutation:
         "text so far, at least 1 token; `extensions.inProgress`).",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def send_message(
-        self,
-        info: Info,
-        input: Annotated[
-            SendMessageInput,
-            strawberry.argument(description="The thread, the text and the files to send."),
-        ],
-    ) -> SendMessagePayload | None:
+    async def send_message(self, info: Info, input: SendMessage) -> SendMessagePayload | None:
         data = messages.MessageSend(
             thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
             content=input.content,
@@ -457,13 +452,7 @@ class Mutation:
         "`ratings`).",
         extensions=authenticated(),
     )
-    async def rate_message(
-        self,
-        info: Info,
-        input: Annotated[
-            RateMessageInput, strawberry.argument(description="The reply and the rating.")
-        ],
-    ) -> MessageType | None:
+    async def rate_message(self, info: Info, input: RateMessage) -> MessageType | None:
         data = feedback.RatingSet(
             message_id=decode_id_of(input.message_id, "Message", field="messageId"),
             rating=input.rating,

@@ -118,6 +118,12 @@ class Query:
         )
 
 
+# The `input` arguments, described.
+ImportThreads = Annotated[
+    ImportThreadsInput, strawberry.argument(description="The file and where it goes.")
+]
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
@@ -129,13 +135,7 @@ class Mutation:
         "conversation when someone first replies in it.",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def import_threads(
-        self,
-        info: Info,
-        input: Annotated[
-            ImportThreadsInput, strawberry.argument(description="The file and where it goes.")
-        ],
-    ) -> ImportThreadsPayload | None:
+    async def import_threads(self, info: Info, input: ImportThreads) -> ImportThreadsPayload | None:
         results = await transfer.import_threads(
             ai=info.context.services.ai,
             actor=await info.context.actor(),

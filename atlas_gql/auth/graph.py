@@ -341,6 +341,18 @@ class Query:
         return await role_types(info.context, roles)
 
 
+# The `input` arguments, described.
+Register = Annotated[RegisterInput, strawberry.argument(description="The new account.")]
+Login = Annotated[LoginInput, strawberry.argument(description="The email and password.")]
+ChangePassword = Annotated[
+    ChangePasswordInput, strawberry.argument(description="The current password and the new one.")
+]
+CreateUser = Annotated[CreateUserInput, strawberry.argument(description="The new account.")]
+UserLimits = Annotated[
+    UserLimitsInput, strawberry.argument(description="The limits to change (omitted = unchanged).")
+]
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
@@ -351,11 +363,7 @@ class Mutation:
         "RATE_LIMITED (`extensions.retryAfter` seconds) past the registrations allowed per "
         "address and per hour."
     )
-    async def register(
-        self,
-        info: Info,
-        input: Annotated[RegisterInput, strawberry.argument(description="The new account.")],
-    ) -> AuthPayload | None:
+    async def register(self, info: Info, input: Register) -> AuthPayload | None:
         context = info.context
         data = account.Registration(email=input.email, password=input.password, name=input.name)
         signed_in = await account.register(
@@ -372,11 +380,7 @@ class Mutation:
         "either way); repeated failures per account or address answer RATE_LIMITED with "
         "`extensions.retryAfter` seconds."
     )
-    async def login(
-        self,
-        info: Info,
-        input: Annotated[LoginInput, strawberry.argument(description="The email and password.")],
-    ) -> AuthPayload | None:
+    async def login(self, info: Info, input: Login) -> AuthPayload | None:
         context = info.context
         signed_in = await account.login(
             db=context.db,
@@ -441,14 +445,7 @@ class Mutation:
         description="Replace the viewer's password; every other session of theirs ends.",
         extensions=authenticated(),
     )
-    async def change_password(
-        self,
-        info: Info,
-        input: Annotated[
-            ChangePasswordInput,
-            strawberry.argument(description="The current password and the new one."),
-        ],
-    ) -> bool | None:
+    async def change_password(self, info: Info, input: ChangePassword) -> bool | None:
         context = info.context
         return await account.change_password(
             db=context.db,
@@ -465,11 +462,7 @@ class Mutation:
         description="Create an account (MANAGE_USERS).",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def create_user(
-        self,
-        info: Info,
-        input: Annotated[CreateUserInput, strawberry.argument(description="The new account.")],
-    ) -> UserType | None:
+    async def create_user(self, info: Info, input: CreateUser) -> UserType | None:
         context = info.context
         data = admin.UserCreate(
             email=input.email,
@@ -556,13 +549,7 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def set_user_limits(
-        self,
-        info: Info,
-        user_id: UserID,
-        input: Annotated[
-            UserLimitsInput,
-            strawberry.argument(description="The limits to change (omitted = unchanged)."),
-        ],
+        self, info: Info, user_id: UserID, input: UserLimits
     ) -> UserType | None:
         user = await admin.set_user_limits(
             **await info.context.writing(),

@@ -164,6 +164,11 @@ class Query:
         return to_connection(page, ApiKeyType.from_model)
 
 
+# The `input` arguments, described.
+CreateApiKey = Annotated[CreateApiKeyInput, strawberry.argument(description="The new key.")]
+RevokeApiKey = Annotated[RevokeApiKeyInput, strawberry.argument(description="The key.")]
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
@@ -173,11 +178,7 @@ class Mutation:
         "expiry.",
         extensions=authenticated(),
     )
-    async def create_api_key(
-        self,
-        info: Info,
-        input: Annotated[CreateApiKeyInput, strawberry.argument(description="The new key.")],
-    ) -> CreateApiKeyPayload | None:
+    async def create_api_key(self, info: Info, input: CreateApiKey) -> CreateApiKeyPayload | None:
         context = info.context
         created = await apikeys.create_api_key(
             **await context.writing(),
@@ -199,11 +200,7 @@ class Mutation:
         "see; needs a signed-in session (FORBIDDEN with an API key).",
         extensions=authenticated(),
     )
-    async def revoke_api_key(
-        self,
-        info: Info,
-        input: Annotated[RevokeApiKeyInput, strawberry.argument(description="The key.")],
-    ) -> ApiKeyType | None:
+    async def revoke_api_key(self, info: Info, input: RevokeApiKey) -> ApiKeyType | None:
         key = await apikeys.revoke_api_key(
             **await info.context.writing(), key_id=decode_id_of(input.id, "ApiKey", field="id")
         )

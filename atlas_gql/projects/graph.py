@@ -333,17 +333,17 @@ def _user_id(value: strawberry.ID) -> uuid.UUID:
     return decode_id_of(value, "User", field="userId")
 
 
+# The `input` arguments, described.
+CreateProject = Annotated[CreateProjectInput, strawberry.argument(description="The new project.")]
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
         extensions=requires(PermissionName.CREATE_PROJECT),
         description="Create a project; the viewer becomes its OWNER.",
     )
-    async def create_project(
-        self,
-        info: Info,
-        input: Annotated[CreateProjectInput, strawberry.argument(description="The new project.")],
-    ) -> ProjectType | None:
+    async def create_project(self, info: Info, input: CreateProject) -> ProjectType | None:
         project = await projects.create_project(
             **await info.context.writing(),
             data=projects.ProjectCreate(name=input.name, description=input.description),
