@@ -60,6 +60,11 @@ class ImportThreadsInput:
     )
 
 
+ImportThreads = Annotated[
+    ImportThreadsInput, strawberry.argument(description="The file and where it goes.")
+]
+
+
 @strawberry.type(description="What became of one thread of an imported file.")
 class ThreadImportResult:
     index: int = strawberry.field(description="Its place in the file (from 0).")
@@ -116,12 +121,6 @@ class Query:
         return await transfer.export_project(
             **await info.context.ai_reading(), project_id=decode_id_of(id, "Project")
         )
-
-
-# The `input` arguments, described.
-ImportThreads = Annotated[
-    ImportThreadsInput, strawberry.argument(description="The file and where it goes.")
-]
 
 
 @strawberry.type

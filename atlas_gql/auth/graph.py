@@ -225,10 +225,16 @@ class RegisterInput:
     name: str | None = strawberry.field(description="The display name; optional.", default=None)
 
 
+Register = Annotated[RegisterInput, strawberry.argument(description="The new account.")]
+
+
 @strawberry.input(description="Credentials to sign in with.")
 class LoginInput:
     email: str = strawberry.field(description="The account's email (any letter case).")
     password: str = strawberry.field(description="The account's password.")
+
+
+Login = Annotated[LoginInput, strawberry.argument(description="The email and password.")]
 
 
 @strawberry.input(description="The current password and its replacement.")
@@ -242,6 +248,11 @@ class ChangePasswordInput:
     )
 
 
+ChangePassword = Annotated[
+    ChangePasswordInput, strawberry.argument(description="The current password and the new one.")
+]
+
+
 @strawberry.input(description="An account created by an administrator.")
 class CreateUserInput:
     email: str = strawberry.field(
@@ -252,6 +263,9 @@ class CreateUserInput:
     roles: list[RoleName] | None = strawberry.field(
         default=None, description="Global roles; USER when omitted."
     )
+
+
+CreateUser = Annotated[CreateUserInput, strawberry.argument(description="The new account.")]
 
 
 @strawberry.input(description="Changes to a user; omitted fields stay as they are.")
@@ -293,6 +307,11 @@ class UserLimitsInput:
         description="Messages per minute, 1 to 10000; null returns the user to the server's "
         "default (ATLAS_USER_MESSAGES_PER_MINUTE)."
     )
+
+
+UserLimits = Annotated[
+    UserLimitsInput, strawberry.argument(description="The limits to change (omitted = unchanged).")
+]
 
 
 @strawberry.type
@@ -339,18 +358,6 @@ class Query:
     async def roles(self, info: Info) -> list[RoleType] | None:
         roles = await info.context.loader(loaders.all_roles).load(None)
         return await role_types(info.context, roles)
-
-
-# The `input` arguments, described.
-Register = Annotated[RegisterInput, strawberry.argument(description="The new account.")]
-Login = Annotated[LoginInput, strawberry.argument(description="The email and password.")]
-ChangePassword = Annotated[
-    ChangePasswordInput, strawberry.argument(description="The current password and the new one.")
-]
-CreateUser = Annotated[CreateUserInput, strawberry.argument(description="The new account.")]
-UserLimits = Annotated[
-    UserLimitsInput, strawberry.argument(description="The limits to change (omitted = unchanged).")
-]
 
 
 @strawberry.type

@@ -127,9 +127,15 @@ class CreateApiKeyInput:
     )
 
 
+CreateApiKey = Annotated[CreateApiKeyInput, strawberry.argument(description="The new key.")]
+
+
 @strawberry.input(description="The key to revoke.")
 class RevokeApiKeyInput:
     id: strawberry.ID = strawberry.field(description="The ApiKey's global ID.")
+
+
+RevokeApiKey = Annotated[RevokeApiKeyInput, strawberry.argument(description="The key.")]
 
 
 @strawberry.type
@@ -162,11 +168,6 @@ class Query:
             request=requested_page(info, first=first, after=after),
         )
         return to_connection(page, ApiKeyType.from_model)
-
-
-# The `input` arguments, described.
-CreateApiKey = Annotated[CreateApiKeyInput, strawberry.argument(description="The new key.")]
-RevokeApiKey = Annotated[RevokeApiKeyInput, strawberry.argument(description="The key.")]
 
 
 @strawberry.type

@@ -275,6 +275,9 @@ class CreateProjectInput:
     description: str | None = strawberry.field(default=None, description="Optional.")
 
 
+CreateProject = Annotated[CreateProjectInput, strawberry.argument(description="The new project.")]
+
+
 @strawberry.input(description="Changes to a project; omitted fields stay as they are.")
 class UpdateProjectInput:
     name: strawberry.Maybe[str | None] = strawberry.field(
@@ -331,10 +334,6 @@ def _project_id(value: strawberry.ID, field: str = "projectId") -> uuid.UUID:
 
 def _user_id(value: strawberry.ID) -> uuid.UUID:
     return decode_id_of(value, "User", field="userId")
-
-
-# The `input` arguments, described.
-CreateProject = Annotated[CreateProjectInput, strawberry.argument(description="The new project.")]
 
 
 @strawberry.type
