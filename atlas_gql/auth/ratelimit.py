@@ -39,11 +39,11 @@ import functools
 import hashlib
 import logging
 import math
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
+from uuid import UUID
 
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -58,6 +58,9 @@ from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import RateLimited
 from atlas_gql.logs.audit import scrub
 from atlas_gql.logs.models import ActivityLog
+
+# What the limiters open their short transactions with.
+Sessionmaker: TypeAlias = async_sessionmaker[AsyncSession]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,7 @@ class LoginAttempt:
     """An admitted attempt: its committed `auth.login_attempt` row and the Redis counters it
     holds (none when the database limiter admitted it)."""
 
-    activity_id: uuid.UUID
+    activity_id: UUID
     email: str
     ip_address: str | None
     redis_keys: tuple[str, ...] = ()
@@ -93,12 +96,7 @@ class LoginAttempt:
 
 class LoginLimiter(Protocol):
     async def reserve(
-        self,
-        *,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        email: str,
-        actor: Actor,
-        user_id: uuid.UUID | None = None,
+        self, *, sessionmaker: Sessionmaker, email: str, actor: Actor, user_id: UUID | None = None
     ) -> LoginAttempt:
         """Admit one attempt of `actor` (counted per account and per the actor's address), or
         raise RATE_LIMITED (with `retryAfter` seconds) when the account or the address has
@@ -115,7 +113,7 @@ class LoginLimiter(Protocol):
 
 
 def record_attempt(
-    *, db: AsyncSession, email: str, actor: Actor, user_id: uuid.UUID | None
+    *, db: AsyncSession, email: str, actor: Actor, user_id: UUID | None
 ) -> ActivityLog:
     """The pending `auth.login_attempt` row of an admitted attempt (caller commits)."""
     return actor.record(
@@ -132,9 +130,9 @@ async def settle_attempt(
     *,
     attempt: LoginAttempt,
     action: str,
-    user_id: uuid.UUID | None,
+    user_id: UUID | None,
     entity_type: str | None = None,
-    entity_id: uuid.UUID | None = None,
+    entity_id: UUID | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
     """Turn the attempt's row into its outcome (`auth.login_failed`, `auth.login`, ...),
@@ -265,12 +263,7 @@ class DatabaseLoginLimiter:
         return max((wait for wait in waits if wait is not None), default=None)
 
     async def reserve(
-        self,
-        *,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        email: str,
-        actor: Actor,
-        user_id: uuid.UUID | None = None,
+        self, *, sessionmaker: Sessionmaker, email: str, actor: Actor, user_id: UUID | None = None
     ) -> LoginAttempt:
         # The row must be committed before the password is checked: a transaction of its own.
         return await execute_transaction(
@@ -279,7 +272,7 @@ class DatabaseLoginLimiter:
         )
 
     async def reserve_in(
-        self, db: AsyncSession, *, email: str, actor: Actor, user_id: uuid.UUID | None = None
+        self, db: AsyncSession, *, email: str, actor: Actor, user_id: UUID | None = None
     ) -> LoginAttempt:
         """`reserve`'s work in the caller's transaction, which holds the advisory locks until
         it ends (the caller commits it at once)."""
@@ -425,12 +418,7 @@ class RedisLoginLimiter:
             return None
 
     async def reserve(
-        self,
-        *,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        email: str,
-        actor: Actor,
-        user_id: uuid.UUID | None = None,
+        self, *, sessionmaker: Sessionmaker, email: str, actor: Actor, user_id: UUID | None = None
     ) -> LoginAttempt:
         keys = self.keys(email=email, ip_address=actor.ip_address)
         wait = await self._script(
