@@ -39,6 +39,7 @@ import functools
 import hashlib
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -88,7 +89,7 @@ class LoginAttempt:
     """An admitted attempt: its committed `auth.login_attempt` row and the Redis counters it
     holds (none when the database limiter admitted it)."""
 
-    activity_id: UUID
+    activity_id: uuid.UUID
     email: str
     ip_address: str | None
     redis_keys: tuple[str, ...] = ()
@@ -113,7 +114,7 @@ class LoginLimiter(Protocol):
 
 
 def record_attempt(
-    *, db: AsyncSession, email: str, actor: Actor, user_id: UUID | None
+    *, db: AsyncSession, email: str, actor: Actor, user_id: uuid.UUID | None
 ) -> ActivityLog:
     """The pending `auth.login_attempt` row of an admitted attempt (caller commits)."""
     return actor.record(
@@ -130,9 +131,9 @@ async def settle_attempt(
     *,
     attempt: LoginAttempt,
     action: str,
-    user_id: UUID | None,
+    user_id: uuid.UUID | None,
     entity_type: str | None = None,
-    entity_id: UUID | None = None,
+    entity_id: uuid.UUID | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
     """Turn the attempt's row into its outcome (`auth.login_failed`, `auth.login`, ...),
@@ -272,7 +273,7 @@ class DatabaseLoginLimiter:
         )
 
     async def reserve_in(
-        self, db: AsyncSession, *, email: str, actor: Actor, user_id: UUID | None = None
+        self, db: AsyncSession, *, email: str, actor: Actor, user_id: uuid.UUID | None = None
     ) -> LoginAttempt:
         """`reserve`'s work in the caller's transaction, which holds the advisory locks until
         it ends (the caller commits it at once)."""
