@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -212,6 +212,19 @@ async def project_usage_this_month(info: Info, project_id: uuid.UUID) -> UsageSu
     return UsageSummaryType.from_totals(totals)
 
 
+# The time window every log filter ends with (`from`, `to`).
+def _window_start() -> Any:
+    return strawberry.field(
+        default=None, name="from", description="At or after this instant (needs an offset)."
+    )
+
+
+def _window_end() -> Any:
+    return strawberry.field(
+        default=None, description="Strictly before this instant (needs an offset)."
+    )
+
+
 @strawberry.input(description="Narrows activityLogs; all conditions combine (AND).")
 class ActivityLogFilter:
     user_id: strawberry.ID | None = strawberry.field(default=None, description="Done by user.")
@@ -222,12 +235,8 @@ class ActivityLogFilter:
     entity_type: str | None = strawberry.field(
         description="Exact kind of object changed (e.g. `Project`, `Thread`).", default=None
     )
-    from_: datetime | None = strawberry.field(
-        default=None, name="from", description="At or after this instant (needs an offset)."
-    )
-    to: datetime | None = strawberry.field(
-        default=None, description="Strictly before this instant (needs an offset)."
-    )
+    from_: datetime | None = _window_start()
+    to: datetime | None = _window_end()
 
 
 @strawberry.input(description="Narrows apiUsage; all conditions combine (AND).")
@@ -245,12 +254,8 @@ class ApiUsageFilter:
     api_key_id: strawberry.ID | None = strawberry.field(
         default=None, description="Calls made with this personal API key (its global ID)."
     )
-    from_: datetime | None = strawberry.field(
-        default=None, name="from", description="At or after this instant (needs an offset)."
-    )
-    to: datetime | None = strawberry.field(
-        default=None, description="Strictly before this instant (needs an offset)."
-    )
+    from_: datetime | None = _window_start()
+    to: datetime | None = _window_end()
 
 
 @strawberry.input(description="Narrows errorLogs; all conditions combine (AND).")
@@ -258,12 +263,8 @@ class ErrorLogFilter:
     source: ErrorSource | None = strawberry.field(
         description="Only errors of this source.", default=None
     )
-    from_: datetime | None = strawberry.field(
-        default=None, name="from", description="At or after this instant (needs an offset)."
-    )
-    to: datetime | None = strawberry.field(
-        default=None, description="Strictly before this instant (needs an offset)."
-    )
+    from_: datetime | None = _window_start()
+    to: datetime | None = _window_end()
 
 
 def _usage_key(bucket: service.UsageBucket, group_by: service.UsageGroup) -> str:
