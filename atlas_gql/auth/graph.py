@@ -216,13 +216,20 @@ class AuthPayload:
         )
 
 
-@strawberry.input(description="A new account.")
-class RegisterInput:
+@strawberry.input
+class _NewAccount:
+    """The fields `register` and `createUser` share (not in the schema by itself)."""
+
     email: str = strawberry.field(
         description="The sign-in email; CONFLICT when taken in any letter case."
     )
     password: str = strawberry.field(description="8 characters at least, 72 bytes (UTF-8) at most.")
     name: str | None = strawberry.field(description="The display name; optional.", default=None)
+
+
+@strawberry.input(description="A new account.")
+class RegisterInput(_NewAccount):
+    pass
 
 
 Register = Annotated[RegisterInput, strawberry.argument(description="The new account.")]
@@ -254,12 +261,7 @@ ChangePassword = Annotated[
 
 
 @strawberry.input(description="An account created by an administrator.")
-class CreateUserInput:
-    email: str = strawberry.field(
-        description="The sign-in email; CONFLICT when taken in any letter case."
-    )
-    password: str = strawberry.field(description="8 characters at least, 72 bytes (UTF-8) at most.")
-    name: str | None = strawberry.field(description="The display name; optional.", default=None)
+class CreateUserInput(_NewAccount):
     roles: list[RoleName] | None = strawberry.field(
         default=None, description="Global roles; USER when omitted."
     )
