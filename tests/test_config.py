@@ -77,36 +77,28 @@ def test_settings_whose_default_follows_the_environment_keep_a_value_set() -> No
     assert Settings(_env_file=None, **endpoint, atlas_tracing=False).tracing_enabled is False
 
 
+# Each bound of a count(), seconds() or usd() setting: a value at it, and one just past it.
 @pytest.mark.parametrize(
-    ("setting", "refused"),
+    ("setting", "accepted", "refused"),
     [
-        ("atlas_api_keys_per_user", 0),
-        ("atlas_api_keys_per_user", 1001),
-        ("atlas_api_key_last_used_interval", 3601),
-        ("atlas_subscriber_backlog", 15),
-        ("atlas_error_log_window_seconds", 86_401),
-        ("atlas_subscription_recheck", -1),
-        ("atlas_web_search_call_usd", -0.01),
+        ("atlas_api_keys_per_user", 1, 0),
+        ("atlas_api_keys_per_user", 1000, 1001),
+        ("atlas_api_key_last_used_interval", 3600, 3601),
+        ("atlas_subscriber_backlog", 16, 15),
+        ("atlas_error_log_window_seconds", 86_400, 86_401),
+        ("atlas_subscription_recheck", 0, -1),
+        ("atlas_subscriber_merge_after", 0, -0.001),
+        ("atlas_web_search_call_usd", 0, -0.01),
     ],
 )
-def test_bounded_settings_refuse_values_out_of_their_bounds(setting: str, refused: float) -> None:
-    values: dict[str, Any] = {setting: refused}
+def test_bounded_settings_take_their_bounds_and_refuse_beyond(
+    setting: str, accepted: float, refused: float
+) -> None:
+    at_bound: dict[str, Any] = {setting: accepted}
+    assert getattr(Settings(_env_file=None, **at_bound), setting) == accepted
+    beyond: dict[str, Any] = {setting: refused}
     with pytest.raises(ValidationError, match=setting):
-        Settings(_env_file=None, **values)
-
-
-def test_bounded_settings_accept_their_bounds() -> None:
-    settings = Settings(
-        _env_file=None,
-        atlas_api_keys_per_user=1000,
-        atlas_api_key_last_used_interval=3600,
-        atlas_subscriber_backlog=16,
-        atlas_error_log_window_seconds=86_400,
-        atlas_subscription_recheck=0,
-        atlas_subscriber_merge_after=0,
-        atlas_web_search_call_usd=0,
-    )
-    assert (settings.atlas_subscriber_backlog, settings.atlas_subscription_recheck) == (16, 0)
+        Settings(_env_file=None, **beyond)
 
 
 def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
