@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 Group = TypeVar("Group", bound="DataclassInstance")
+T = TypeVar("T")
 
 # Development defaults. They are public (committed in `.env` too), so production refuses them.
 DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
@@ -120,6 +121,16 @@ def seconds(
     return Field(default=default, le=maximum, **bounds, **field)
 
 
+def usd(default: float, **field: Any) -> Any:
+    """A price in US dollars, 0 or more."""
+    return Field(default=default, ge=0, **field)
+
+
+def _unless_set(value: T | None, default: T) -> T:
+    """A setting whose default depends on others: its value when set, else `default`."""
+    return default if value is None else value
+
+
 class Settings(BaseSettings):
     """Every knob of ATLAS. Names are the environment variables (case-insensitive)."""
 
@@ -179,20 +190,18 @@ class Settings(BaseSettings):
     atlas_user_messages_per_minute: int = count(
         10, description="sendMessage calls per user per minute (token bucket)"
     )
-    atlas_api_key_messages_per_minute: int = Field(
-        default=10,
-        ge=1,
+    atlas_api_key_messages_per_minute: int = count(
+        10,
         description="sendMessage calls per personal API key per minute (token bucket), on top "
         "of its user's own rate",
     )
-    atlas_api_key_last_used_interval: int = Field(
-        default=60,
-        ge=1,
-        le=3600,
+    atlas_api_key_last_used_interval: int = count(
+        60,
+        maximum=3600,
         description="seconds between two updates of a key's lastUsedAt (not a write per request)",
     )
-    atlas_api_keys_per_user: int = Field(
-        default=50, ge=1, le=1000, description="live (not revoked) API keys a user may hold"
+    atlas_api_keys_per_user: int = count(
+        50, maximum=1000, description="live (not revoked) API keys a user may hold"
     )
     atlas_max_instructions_chars: int = count(
         32_000,
@@ -227,15 +236,14 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='JSON {"model": [usd_per_1m_input, usd_per_1m_output]} over the built-in table',
     )
-    atlas_file_search_call_usd: float = Field(
-        default=0.0025, ge=0, description="USD per file search tool call (OpenAI: $2.50 / 1k)"
+    atlas_file_search_call_usd: float = usd(
+        0.0025, description="USD per file search tool call (OpenAI: $2.50 / 1k)"
     )
-    atlas_web_search_call_usd: float = Field(
-        default=0.01, ge=0, description="USD per web search tool call (OpenAI: $10 / 1k)"
+    atlas_web_search_call_usd: float = usd(
+        0.01, description="USD per web search tool call (OpenAI: $10 / 1k)"
     )
-    atlas_vector_store_gb_day_usd: float = Field(
-        default=0.10,
-        ge=0,
+    atlas_vector_store_gb_day_usd: float = usd(
+        0.10,
         description="USD per GB-day of vector store storage (OpenAI: $0.10), metered by "
         "`atlas-gql meter-storage`",
     )
@@ -254,23 +262,23 @@ class Settings(BaseSettings):
         "background reply",
     )
 
-    atlas_subscription_recheck: float = Field(
-        default=1.0,
-        ge=0,
+    atlas_subscription_recheck: float = seconds(
+        1.0,
+        minimum=0,
         description="seconds between the batched re-checks of open threadEvents subscriptions "
         "(a logout, a deactivation or a removal from the project ends them within about this "
         "long, mid-reply too); 0 checks only at each new exchange",
     )
-    atlas_subscriber_backlog: int = Field(
-        default=2000,
-        ge=16,
+    atlas_subscriber_backlog: int = count(
+        2000,
+        minimum=16,
         description="events waiting for one subscriber (its socket is not taking them) beyond "
         "which its WebSocket is closed with 1013 (try again later; reconnect with "
         "afterSequence), or its HTTP stream ended",
     )
-    atlas_subscriber_merge_after: float = Field(
-        default=0.025,
-        ge=0,
+    atlas_subscriber_merge_after: float = seconds(
+        0.025,
+        minimum=0,
         description="seconds an event may wait for a subscriber that fell behind before the "
         "deltas of the same message queued behind it are sent merged, as one delta numbered "
         "as the last of them; 0 merges only when 16 events wait. Nothing is held back to be "
@@ -367,16 +375,14 @@ class Settings(BaseSettings):
     )
     # Error logs cannot be flooded (docs/security.md, "Logs"): one row per kind of error per
     # window, with a count; each anonymous or signed-in source adds few rows per window.
-    atlas_error_log_window_seconds: int = Field(
-        default=300,
-        ge=1,
-        le=86_400,
+    atlas_error_log_window_seconds: int = count(
+        300,
+        maximum=86_400,
         description="seconds of an ErrorLog window: repeats of one error in it are counted on "
         "one row",
     )
-    atlas_error_log_rows_per_window: int = Field(
-        default=20,
-        ge=1,
+    atlas_error_log_rows_per_window: int = count(
+        20,
         description="new ErrorLog rows per window from anonymous requests together, and from "
         "each user; beyond it their errors are counted on one overflow row",
     )
@@ -508,27 +514,20 @@ class Settings(BaseSettings):
 
     @property
     def registration_mode(self) -> RegistrationMode:
-        if self.atlas_registration is None:
-            return RegistrationMode.APPROVAL if self.is_production else RegistrationMode.OPEN
-        return self.atlas_registration
+        by_environment = RegistrationMode.APPROVAL if self.is_production else RegistrationMode.OPEN
+        return _unless_set(self.atlas_registration, by_environment)
 
     @property
     def introspection_enabled(self) -> bool:
-        if self.atlas_introspection is None:
-            return not self.is_production
-        return self.atlas_introspection
+        return _unless_set(self.atlas_introspection, not self.is_production)
 
     @property
     def tracing_enabled(self) -> bool:
-        if self.atlas_tracing is None:
-            return self.otel_exporter_otlp_endpoint is not None
-        return self.atlas_tracing
+        return _unless_set(self.atlas_tracing, self.otel_exporter_otlp_endpoint is not None)
 
     @property
     def graphiql_enabled(self) -> bool:
-        if self.atlas_graphiql is None:
-            return not self.is_production
-        return self.atlas_graphiql
+        return _unless_set(self.atlas_graphiql, not self.is_production)
 
 
 def settings_group(

@@ -54,6 +54,53 @@ def test_development_defaults_enable_introspection() -> None:
     assert settings.atlas_access_token_ttl <= 3600
 
 
+def test_settings_whose_default_follows_the_environment_keep_a_value_set() -> None:
+    development = Settings(_env_file=None)
+    real: dict[str, Any] = {
+        "atlas_jwt_secret": STRONG_SECRET,
+        "atlas_seed_password": "a-real-one-123",
+    }
+    assert (development.registration_mode, development.graphiql_enabled) == ("open", True)
+    assert (production(**real).registration_mode, production(**real).graphiql_enabled) == (
+        "approval",
+        False,
+    )
+    # A value set wins over the environment's default, false and "closed" included.
+    assert Settings(_env_file=None, atlas_introspection=False).introspection_enabled is False
+    assert production(**real, atlas_introspection=True).introspection_enabled is True
+    assert Settings(_env_file=None, atlas_graphiql=False).graphiql_enabled is False
+    assert production(**real, atlas_registration="closed").registration_mode == "closed"
+    # Tracing follows the collector's endpoint unless set.
+    endpoint: dict[str, Any] = {"otel_exporter_otlp_endpoint": "http://127.0.0.1:4318"}
+    assert Settings(_env_file=None).tracing_enabled is False
+    assert Settings(_env_file=None, **endpoint).tracing_enabled is True
+    assert Settings(_env_file=None, **endpoint, atlas_tracing=False).tracing_enabled is False
+
+
+# Each bound of a count(), seconds() or usd() setting: a value at it, and one just past it.
+@pytest.mark.parametrize(
+    ("setting", "accepted", "refused"),
+    [
+        ("atlas_api_keys_per_user", 1, 0),
+        ("atlas_api_keys_per_user", 1000, 1001),
+        ("atlas_api_key_last_used_interval", 3600, 3601),
+        ("atlas_subscriber_backlog", 16, 15),
+        ("atlas_error_log_window_seconds", 86_400, 86_401),
+        ("atlas_subscription_recheck", 0, -1),
+        ("atlas_subscriber_merge_after", 0, -0.001),
+        ("atlas_web_search_call_usd", 0, -0.01),
+    ],
+)
+def test_bounded_settings_take_their_bounds_and_refuse_beyond(
+    setting: str, accepted: float, refused: float
+) -> None:
+    at_bound: dict[str, Any] = {setting: accepted}
+    assert getattr(Settings(_env_file=None, **at_bound), setting) == accepted
+    beyond: dict[str, Any] = {setting: refused}
+    with pytest.raises(ValidationError, match=setting):
+        Settings(_env_file=None, **beyond)
+
+
 def test_environment_wins_over_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("ATLAS_DEFAULT_MODEL=from-dotenv\nATLAS_CORS_ORIGINS=http://a,http://b\n")

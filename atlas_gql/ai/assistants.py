@@ -202,13 +202,10 @@ async def create_assistant(
         project_id=data.project_id,
         created_by_id=viewer.user_id,
     )
-    db.add(assistant)
-    await db.flush()
-    actor.record(
+    return await actor.created(
         db, "assistant.create", assistant, project_id=data.project_id,
         details={"name": assistant.name, "model": assistant.model, "tools": assistant.tools},
     )  # fmt: skip
-    return await stored(db, assistant)
 
 
 async def update_assistant(

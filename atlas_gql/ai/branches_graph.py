@@ -5,6 +5,7 @@ in ai/types.py. A piece of its own so ai/graph.py does not grow past its size no
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 import strawberry
@@ -48,6 +49,21 @@ class SelectBranchInput:
     )
 
 
+# The `input` arguments, described.
+RegenerateMessage = Annotated[
+    RegenerateMessageInput, strawberry.argument(description="The reply to regenerate.")
+]
+EditMessage = Annotated[
+    EditMessageInput, strawberry.argument(description="The message and its new text.")
+]
+SelectBranch = Annotated[SelectBranchInput, strawberry.argument(description="The branch.")]
+
+
+def _message_id(input: RegenerateMessageInput | EditMessageInput | SelectBranchInput) -> uuid.UUID:
+    """The message every input of this piece names (BAD_USER_INPUT naming `messageId`)."""
+    return decode_id_of(input.message_id, "Message", field="messageId")
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
@@ -56,18 +72,9 @@ class Mutation:
         "streams on `threadEvents` like any reply and becomes the thread's active leaf. " + _ERRORS,
         extensions=requires(PermissionName.USE_AI),
     )
-    async def regenerate_message(
-        self,
-        info: Info,
-        input: Annotated[
-            RegenerateMessageInput, strawberry.argument(description="The reply to regenerate.")
-        ],
-    ) -> MessageType | None:
+    async def regenerate_message(self, info: Info, input: RegenerateMessage) -> MessageType | None:
         sent = await branches.regenerate_message(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
-            message_id=decode_id_of(input.message_id, "Message", field="messageId"),
+            **await info.context.ai_writing(), message_id=_message_id(input)
         )
         return MessageType.from_model(sent.assistant_message)
 
@@ -77,19 +84,9 @@ class Mutation:
         "streams on `threadEvents` and becomes the thread's active leaf. " + _ERRORS,
         extensions=requires(PermissionName.USE_AI),
     )
-    async def edit_message(
-        self,
-        info: Info,
-        input: Annotated[
-            EditMessageInput, strawberry.argument(description="The message and its new text.")
-        ],
-    ) -> SendMessagePayload | None:
+    async def edit_message(self, info: Info, input: EditMessage) -> SendMessagePayload | None:
         sent = await branches.edit_message(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
-            message_id=decode_id_of(input.message_id, "Message", field="messageId"),
-            content=input.content,
+            **await info.context.ai_writing(), message_id=_message_id(input), content=input.content
         )
         return SendMessagePayload.of(sent)
 
@@ -100,14 +97,8 @@ class Mutation:
         "MEMBER); NOT_FOUND when the viewer may not see the message. Returns the thread.",
         extensions=authenticated(),
     )
-    async def select_branch(
-        self,
-        info: Info,
-        input: Annotated[SelectBranchInput, strawberry.argument(description="The branch.")],
-    ) -> ThreadType | None:
+    async def select_branch(self, info: Info, input: SelectBranch) -> ThreadType | None:
         thread = await branches.select_branch(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            message_id=decode_id_of(input.message_id, "Message", field="messageId"),
+            **await info.context.writing(), message_id=_message_id(input)
         )
         return ThreadType.from_model(thread)

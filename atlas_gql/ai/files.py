@@ -35,7 +35,7 @@ from atlas_gql.auth.rules import viewer_literals
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import TEXT_LIMITS
 from atlas_gql.db.inputs import unstorable_character
-from atlas_gql.db.session import ReadSession, stored
+from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import table_of
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import BadInput, Forbidden, NotFound, UpstreamError
@@ -154,10 +154,8 @@ async def upload_file(*, ai: AIRuntime, actor: Actor, data: FileUpload) -> File:
 
 
 async def _store_upload(db: AsyncSession, *, actor: Actor, file: File) -> File:
-    db.add(file)
-    await db.flush()
-    actor.record(db, "file.upload", file, details={"filename": file.filename, "bytes": file.bytes})
-    return await stored(db, file)
+    details = {"filename": file.filename, "bytes": file.bytes}
+    return await actor.created(db, "file.upload", file, details=details)
 
 
 async def _target(

@@ -146,11 +146,7 @@ async def _listed(
     `narrowing`: the lister's other filter arguments."""
     project_id = optional_id(filter.project_id if filter else None, "Project", field="projectId")
     page = await list_visible(
-        db=info.context.read_session(),
-        actor=await info.context.actor(),
-        request=request,
-        project_id=project_id,
-        **narrowing,
+        **await info.context.reading(), request=request, project_id=project_id, **narrowing
     )
     return to_connection(page, convert)
 
@@ -235,8 +231,7 @@ class Query:
             window=time_window(start=given.from_, end=given.to),
         )
         page = await feedback.list_feedback(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             filter=parsed,
             request=requested_page(info, first=first, after=after),
         )
@@ -279,8 +274,7 @@ class Query:
             window=time_window(start=given.from_, end=given.to),
         )
         page = await search.search_messages(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             text=query,
             filter=parsed,
             request=requested_page(info, first=first, after=after),
@@ -291,19 +285,29 @@ class Query:
 # -- Mutation --------------------------------------------------------------------------------
 
 
+# The `input` arguments, described.
+CreateAssistant = Annotated[
+    CreateAssistantInput, strawberry.argument(description="The new assistant.")
+]
+CreateThread = Annotated[CreateThreadInput, strawberry.argument(description="The new thread.")]
+GenerateThreadTitle = Annotated[
+    GenerateThreadTitleInput, strawberry.argument(description="The thread to name.")
+]
+SendMessage = Annotated[
+    SendMessageInput, strawberry.argument(description="The thread, the text and the files to send.")
+]
+RateMessage = Annotated[
+    RateMessageInput, strawberry.argument(description="The reply and the rating.")
+]
+
+
 @strawberry.type
 class Mutation:
     @strawberry.mutation(
         description="Create an assistant, personal or shared with a project (MANAGER+).",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def create_assistant(
-        self,
-        info: Info,
-        input: Annotated[
-            CreateAssistantInput, strawberry.argument(description="The new assistant.")
-        ],
-    ) -> AssistantType | None:
+    async def create_assistant(self, info: Info, input: CreateAssistant) -> AssistantType | None:
         context = info.context
         data = assistants.AssistantCreate(
             name=input.name,
@@ -315,7 +319,7 @@ class Mutation:
             project_id=optional_id(input.project_id, "Project", field="projectId"),
         )
         assistant = await assistants.create_assistant(
-            db=context.db, actor=await context.actor(), settings=context.settings, data=data
+            **await context.writing(), settings=context.settings, data=data
         )
         return AssistantType.from_model(assistant, instructions_visible=True)
 
@@ -328,8 +332,7 @@ class Mutation:
     ) -> AssistantType | None:
         context = info.context
         assistant = await assistants.update_assistant(
-            db=context.db,
-            actor=await context.actor(),
+            **await context.writing(),
             settings=context.settings,
             assistant_id=decode_id_of(id, "Assistant"),
             data=assistants.AssistantUpdate.model_validate(set_fields(input)),
@@ -344,10 +347,7 @@ class Mutation:
     async def delete_assistant(self, info: Info, id: AssistantID) -> strawberry.ID | None:
         assistant_id = decode_id_of(id, "Assistant")
         await assistants.delete_assistant(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
-            assistant_id=assistant_id,
+            **await info.context.ai_writing(), assistant_id=assistant_id
         )
         return global_id("Assistant", assistant_id)
 
@@ -356,19 +356,13 @@ class Mutation:
         "conversation is created with the first reply.",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def create_thread(
-        self,
-        info: Info,
-        input: Annotated[CreateThreadInput, strawberry.argument(description="The new thread.")],
-    ) -> ThreadType | None:
+    async def create_thread(self, info: Info, input: CreateThread) -> ThreadType | None:
         data = threads.ThreadCreate(
             assistant_id=decode_id_of(input.assistant_id, "Assistant", field="assistantId"),
             project_id=optional_id(input.project_id, "Project", field="projectId"),
             title=input.title,
         )
-        thread = await threads.create_thread(
-            db=info.context.db, actor=await info.context.actor(), data=data
-        )
+        thread = await threads.create_thread(**await info.context.writing(), data=data)
         return ThreadType.from_model(thread)
 
     @strawberry.mutation(
@@ -379,8 +373,7 @@ class Mutation:
         self, info: Info, id: ThreadID, input: Changes[UpdateThreadInput]
     ) -> ThreadType | None:
         thread = await threads.update_thread(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             thread_id=decode_id_of(id, "Thread"),
             data=threads.ThreadUpdate.model_validate(set_fields(input)),
         )
@@ -396,11 +389,7 @@ class Mutation:
         extensions=requires(PermissionName.USE_AI),
     )
     async def generate_thread_title(
-        self,
-        info: Info,
-        input: Annotated[
-            GenerateThreadTitleInput, strawberry.argument(description="The thread to name.")
-        ],
+        self, info: Info, input: GenerateThreadTitle
     ) -> ThreadType | None:
         thread = await titles.generate_thread_title(
             titles=info.context.services.ai.titles,
@@ -416,12 +405,7 @@ class Mutation:
     )
     async def delete_thread(self, info: Info, id: ThreadID) -> strawberry.ID | None:
         thread_id = decode_id_of(id, "Thread")
-        await threads.delete_thread(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
-            thread_id=thread_id,
-        )
+        await threads.delete_thread(**await info.context.ai_writing(), thread_id=thread_id)
         return global_id("Thread", thread_id)
 
     @strawberry.mutation(
@@ -433,25 +417,13 @@ class Mutation:
         "text so far, at least 1 token; `extensions.inProgress`).",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def send_message(
-        self,
-        info: Info,
-        input: Annotated[
-            SendMessageInput,
-            strawberry.argument(description="The thread, the text and the files to send."),
-        ],
-    ) -> SendMessagePayload | None:
+    async def send_message(self, info: Info, input: SendMessage) -> SendMessagePayload | None:
         data = messages.MessageSend(
             thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
             content=input.content,
             file_ids=tuple(decode_id_of(id, "File", field="fileIds") for id in input.file_ids),
         )
-        sent = await messages.send_message(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
-            data=data,
-        )
+        sent = await messages.send_message(**await info.context.ai_writing(), data=data)
         return SendMessagePayload.of(sent)
 
     @strawberry.mutation(
@@ -472,10 +444,7 @@ class Mutation:
         ],
     ) -> MessageType | None:
         message = await messages.cancel_message(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
-            message_id=decode_id_of(id, "Message"),
+            **await info.context.ai_writing(), message_id=decode_id_of(id, "Message")
         )
         return MessageType.from_model(message)
 
@@ -485,21 +454,13 @@ class Mutation:
         "`ratings`).",
         extensions=authenticated(),
     )
-    async def rate_message(
-        self,
-        info: Info,
-        input: Annotated[
-            RateMessageInput, strawberry.argument(description="The reply and the rating.")
-        ],
-    ) -> MessageType | None:
+    async def rate_message(self, info: Info, input: RateMessage) -> MessageType | None:
         data = feedback.RatingSet(
             message_id=decode_id_of(input.message_id, "Message", field="messageId"),
             rating=input.rating,
             comment=input.comment,
         )
-        message = await feedback.rate_message(
-            db=info.context.db, actor=await info.context.actor(), data=data
-        )
+        message = await feedback.rate_message(**await info.context.writing(), data=data)
         return MessageType.from_model(message)
 
     @strawberry.mutation(
@@ -553,9 +514,7 @@ class Mutation:
         ],
     ) -> FileType | None:
         file = await files.attach_file(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
+            **await info.context.ai_writing(),
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
         )
@@ -580,9 +539,7 @@ class Mutation:
         ],
     ) -> FileType | None:
         file = await files.detach_file(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
+            **await info.context.ai_writing(),
             file_id=decode_id_of(file_id, "File", field="fileId"),
             target_id=str(target_id),
         )

@@ -13,6 +13,7 @@ from sqlmodel import Field
 
 from atlas_gql.db.base import (
     Created,
+    Named,
     Timestamped,
     enum_column,
     foreign_key,
@@ -62,11 +63,9 @@ class AssociableType(enum.StrEnum):
     MESSAGE = "MESSAGE"
 
 
-class Assistant(Timestamped, table=True):
+class Assistant(Named, table=True):
     __tablename__ = "assistants"
 
-    name: str = Field(max_length=200)
-    description: str | None = Field(default=None, sa_type=sa.Text)
     model: str = Field(max_length=100)
     instructions: str | None = Field(default=None, sa_type=sa.Text)
     temperature: float | None = Field(default=None)

@@ -224,13 +224,10 @@ async def create_thread(*, db: AsyncSession, actor: Actor, data: ThreadCreate) -
         assistant_id=assistant.id,
         created_by_id=viewer.user_id,
     )
-    db.add(thread)
-    await db.flush()
-    actor.record(
+    return await actor.created(
         db, "thread.create", thread, project_id=data.project_id,
         details={"assistantId": str(assistant.id)},
     )  # fmt: skip
-    return await stored(db, thread)
 
 
 async def update_thread(

@@ -60,6 +60,11 @@ class ImportThreadsInput:
     )
 
 
+ImportThreads = Annotated[
+    ImportThreadsInput, strawberry.argument(description="The file and where it goes.")
+]
+
+
 @strawberry.type(description="What became of one thread of an imported file.")
 class ThreadImportResult:
     index: int = strawberry.field(description="Its place in the file (from 0).")
@@ -99,11 +104,7 @@ class Query:
         ] = transfer.ExportFormat.JSON,
     ) -> str | None:
         return await transfer.export_thread(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
-            thread_id=decode_id_of(id, "Thread"),
-            format=format,
+            **await info.context.ai_reading(), thread_id=decode_id_of(id, "Thread"), format=format
         )
 
     @strawberry.field(
@@ -118,10 +119,7 @@ class Query:
         id: Annotated[strawberry.ID, strawberry.argument(description="The project's ID.")],
     ) -> str | None:
         return await transfer.export_project(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
-            ai=info.context.services.ai,
-            project_id=decode_id_of(id, "Project"),
+            **await info.context.ai_reading(), project_id=decode_id_of(id, "Project")
         )
 
 
@@ -136,13 +134,7 @@ class Mutation:
         "conversation when someone first replies in it.",
         extensions=requires(PermissionName.USE_AI),
     )
-    async def import_threads(
-        self,
-        info: Info,
-        input: Annotated[
-            ImportThreadsInput, strawberry.argument(description="The file and where it goes.")
-        ],
-    ) -> ImportThreadsPayload | None:
+    async def import_threads(self, info: Info, input: ImportThreads) -> ImportThreadsPayload | None:
         results = await transfer.import_threads(
             ai=info.context.services.ai,
             actor=await info.context.actor(),

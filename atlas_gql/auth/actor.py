@@ -2,18 +2,20 @@
 
 Built once per operation by the graph layer's Context (`await context.actor()`); the CLI, the
 seed and background work use `Actor.system()`. `require` is the one global-permission check,
-`viewer_required` the one "signed in" check, `record` the one way to write an activity row."""
+`viewer_required` the one "signed in" check, `record` the one way to write an activity row
+(`created`, with the new row it is about)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from atlas_gql.auth.models import ApiKeyScope, PermissionName
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.session import stored
 from atlas_gql.errors import Forbidden, Unauthenticated
 from atlas_gql.logs.audit import record_activity
 from atlas_gql.logs.models import ActivityLog
@@ -27,6 +29,8 @@ class Entity(Protocol):
     @property
     def id(self) -> uuid.UUID: ...
 
+
+EntityT = TypeVar("EntityT", bound=Entity)
 
 # An entity given by type name and id, for rows no longer (or never) in hand.
 EntityRef = tuple[str, uuid.UUID]
@@ -141,3 +145,19 @@ class Actor:
             user_agent=self.user_agent,
             details=details,
         )
+
+    async def created(
+        self,
+        db: AsyncSession,
+        action: str,
+        row: EntityT,
+        *,
+        project_id: uuid.UUID | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> EntityT:
+        """A new row's one way in: added and flushed, its `action` recorded, and the row read
+        back as stored (for the response; the operation boundary commits)."""
+        db.add(row)
+        await db.flush()
+        self.record(db, action, row, project_id=project_id, details=details)
+        return await stored(db, row)

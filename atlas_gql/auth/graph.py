@@ -17,10 +17,7 @@ import strawberry
 
 from atlas_gql.auth import account, admin, loaders
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User
-from atlas_gql.auth.permissions import (
-    authenticated,
-    requires,
-)
+from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.auth.rules import user_grants_visible_to
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import After, Changes, First, ListFilter, UserID, set_fields
@@ -219,8 +216,10 @@ class AuthPayload:
         )
 
 
-@strawberry.input(description="A new account.")
-class RegisterInput:
+@strawberry.input
+class _NewAccount:
+    """The fields `register` and `createUser` share (not in the schema by itself)."""
+
     email: str = strawberry.field(
         description="The sign-in email; CONFLICT when taken in any letter case."
     )
@@ -228,10 +227,21 @@ class RegisterInput:
     name: str | None = strawberry.field(description="The display name; optional.", default=None)
 
 
+@strawberry.input(description="A new account.")
+class RegisterInput(_NewAccount):
+    pass
+
+
+Register = Annotated[RegisterInput, strawberry.argument(description="The new account.")]
+
+
 @strawberry.input(description="Credentials to sign in with.")
 class LoginInput:
     email: str = strawberry.field(description="The account's email (any letter case).")
     password: str = strawberry.field(description="The account's password.")
+
+
+Login = Annotated[LoginInput, strawberry.argument(description="The email and password.")]
 
 
 @strawberry.input(description="The current password and its replacement.")
@@ -245,16 +255,19 @@ class ChangePasswordInput:
     )
 
 
+ChangePassword = Annotated[
+    ChangePasswordInput, strawberry.argument(description="The current password and the new one.")
+]
+
+
 @strawberry.input(description="An account created by an administrator.")
-class CreateUserInput:
-    email: str = strawberry.field(
-        description="The sign-in email; CONFLICT when taken in any letter case."
-    )
-    password: str = strawberry.field(description="8 characters at least, 72 bytes (UTF-8) at most.")
-    name: str | None = strawberry.field(description="The display name; optional.", default=None)
+class CreateUserInput(_NewAccount):
     roles: list[RoleName] | None = strawberry.field(
         default=None, description="Global roles; USER when omitted."
     )
+
+
+CreateUser = Annotated[CreateUserInput, strawberry.argument(description="The new account.")]
 
 
 @strawberry.input(description="Changes to a user; omitted fields stay as they are.")
@@ -298,6 +311,11 @@ class UserLimitsInput:
     )
 
 
+UserLimits = Annotated[
+    UserLimitsInput, strawberry.argument(description="The limits to change (omitted = unchanged).")
+]
+
+
 @strawberry.type
 class Query:
     @strawberry.field(
@@ -325,8 +343,7 @@ class Query:
     ) -> Connection[UserType] | None:
         given = filter or UserFilter()
         page = await admin.list_users(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             request=requested_page(info, first=first, after=after),
             filter=admin.UserFilter(
                 search=given.search,
@@ -355,11 +372,7 @@ class Mutation:
         "RATE_LIMITED (`extensions.retryAfter` seconds) past the registrations allowed per "
         "address and per hour."
     )
-    async def register(
-        self,
-        info: Info,
-        input: Annotated[RegisterInput, strawberry.argument(description="The new account.")],
-    ) -> AuthPayload | None:
+    async def register(self, info: Info, input: Register) -> AuthPayload | None:
         context = info.context
         data = account.Registration(email=input.email, password=input.password, name=input.name)
         signed_in = await account.register(
@@ -376,11 +389,7 @@ class Mutation:
         "either way); repeated failures per account or address answer RATE_LIMITED with "
         "`extensions.retryAfter` seconds."
     )
-    async def login(
-        self,
-        info: Info,
-        input: Annotated[LoginInput, strawberry.argument(description="The email and password.")],
-    ) -> AuthPayload | None:
+    async def login(self, info: Info, input: Login) -> AuthPayload | None:
         context = info.context
         signed_in = await account.login(
             db=context.db,
@@ -432,13 +441,11 @@ class Mutation:
             ),
         ] = None,
         all_sessions: Annotated[
-            bool | None,
-            strawberry.argument(description="true ends every session of the viewer."),
+            bool | None, strawberry.argument(description="true ends every session of the viewer.")
         ] = False,
     ) -> bool | None:
         return await account.logout(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             refresh_token=refresh_token,
             all_sessions=bool(all_sessions),
         )
@@ -447,14 +454,7 @@ class Mutation:
         description="Replace the viewer's password; every other session of theirs ends.",
         extensions=authenticated(),
     )
-    async def change_password(
-        self,
-        info: Info,
-        input: Annotated[
-            ChangePasswordInput,
-            strawberry.argument(description="The current password and the new one."),
-        ],
-    ) -> bool | None:
+    async def change_password(self, info: Info, input: ChangePassword) -> bool | None:
         context = info.context
         return await account.change_password(
             db=context.db,
@@ -471,11 +471,7 @@ class Mutation:
         description="Create an account (MANAGE_USERS).",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def create_user(
-        self,
-        info: Info,
-        input: Annotated[CreateUserInput, strawberry.argument(description="The new account.")],
-    ) -> UserType | None:
+    async def create_user(self, info: Info, input: CreateUser) -> UserType | None:
         context = info.context
         data = admin.UserCreate(
             email=input.email,
@@ -484,7 +480,7 @@ class Mutation:
             roles=tuple(input.roles) if input.roles is not None else None,
         )
         user = await admin.create_user(
-            db=context.db, settings=context.settings, actor=await context.actor(), data=data
+            **await context.writing(), settings=context.settings, data=data
         )
         return UserType.from_model(user)
 
@@ -497,8 +493,7 @@ class Mutation:
         self, info: Info, id: UserID, input: Changes[UpdateUserInput]
     ) -> UserType | None:
         user = await admin.update_user(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             user_id=decode_id_of(id, "User", field="id"),
             data=admin.UserUpdate.model_validate(set_fields(input)),
         )
@@ -553,9 +548,7 @@ class Mutation:
         ],
     ) -> UserType | None:
         user = await admin.approve_user(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            user_id=decode_id_of(id, "User", field="id"),
+            **await info.context.writing(), user_id=decode_id_of(id, "User", field="id")
         )
         return UserType.from_model(user)
 
@@ -565,17 +558,10 @@ class Mutation:
         extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def set_user_limits(
-        self,
-        info: Info,
-        user_id: UserID,
-        input: Annotated[
-            UserLimitsInput,
-            strawberry.argument(description="The limits to change (omitted = unchanged)."),
-        ],
+        self, info: Info, user_id: UserID, input: UserLimits
     ) -> UserType | None:
         user = await admin.set_user_limits(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             user_id=decode_id_of(user_id, "User", field="userId"),
             data=admin.UserLimitsUpdate.model_validate(set_fields(input)),
         )
@@ -587,8 +573,7 @@ async def _change_role(
 ) -> UserType:
     """assignRole and revokeRole: the same arguments, the same answer."""
     user = await change(
-        db=info.context.db,
-        actor=await info.context.actor(),
+        **await info.context.writing(),
         user_id=decode_id_of(user_id, "User", field="userId"),
         role=role,
     )

@@ -127,9 +127,15 @@ class CreateApiKeyInput:
     )
 
 
+CreateApiKey = Annotated[CreateApiKeyInput, strawberry.argument(description="The new key.")]
+
+
 @strawberry.input(description="The key to revoke.")
 class RevokeApiKeyInput:
     id: strawberry.ID = strawberry.field(description="The ApiKey's global ID.")
+
+
+RevokeApiKey = Annotated[RevokeApiKeyInput, strawberry.argument(description="The key.")]
 
 
 @strawberry.type
@@ -156,8 +162,7 @@ class Query:
         ] = False,
     ) -> Connection[ApiKeyType] | None:
         page = await apikeys.list_api_keys(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             user_id=optional_id(user_id, "User", field="userId"),
             include_revoked=bool(include_revoked),
             request=requested_page(info, first=first, after=after),
@@ -174,15 +179,10 @@ class Mutation:
         "expiry.",
         extensions=authenticated(),
     )
-    async def create_api_key(
-        self,
-        info: Info,
-        input: Annotated[CreateApiKeyInput, strawberry.argument(description="The new key.")],
-    ) -> CreateApiKeyPayload | None:
+    async def create_api_key(self, info: Info, input: CreateApiKey) -> CreateApiKeyPayload | None:
         context = info.context
         created = await apikeys.create_api_key(
-            db=context.db,
-            actor=await context.actor(),
+            **await context.writing(),
             settings=context.settings,
             data=apikeys.ApiKeyCreate(
                 name=input.name,
@@ -201,14 +201,8 @@ class Mutation:
         "see; needs a signed-in session (FORBIDDEN with an API key).",
         extensions=authenticated(),
     )
-    async def revoke_api_key(
-        self,
-        info: Info,
-        input: Annotated[RevokeApiKeyInput, strawberry.argument(description="The key.")],
-    ) -> ApiKeyType | None:
+    async def revoke_api_key(self, info: Info, input: RevokeApiKey) -> ApiKeyType | None:
         key = await apikeys.revoke_api_key(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            key_id=decode_id_of(input.id, "ApiKey", field="id"),
+            **await info.context.writing(), key_id=decode_id_of(input.id, "ApiKey", field="id")
         )
         return ApiKeyType.from_model(key)

@@ -43,7 +43,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
+from uuid import UUID
 
 import sqlalchemy as sa
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -58,6 +59,9 @@ from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import RateLimited
 from atlas_gql.logs.audit import scrub
 from atlas_gql.logs.models import ActivityLog
+
+# What the limiters open their short transactions with.
+Sessionmaker: TypeAlias = async_sessionmaker[AsyncSession]
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +97,7 @@ class LoginAttempt:
 
 class LoginLimiter(Protocol):
     async def reserve(
-        self,
-        *,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        email: str,
-        actor: Actor,
-        user_id: uuid.UUID | None = None,
+        self, *, sessionmaker: Sessionmaker, email: str, actor: Actor, user_id: UUID | None = None
     ) -> LoginAttempt:
         """Admit one attempt of `actor` (counted per account and per the actor's address), or
         raise RATE_LIMITED (with `retryAfter` seconds) when the account or the address has
@@ -265,12 +264,7 @@ class DatabaseLoginLimiter:
         return max((wait for wait in waits if wait is not None), default=None)
 
     async def reserve(
-        self,
-        *,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        email: str,
-        actor: Actor,
-        user_id: uuid.UUID | None = None,
+        self, *, sessionmaker: Sessionmaker, email: str, actor: Actor, user_id: UUID | None = None
     ) -> LoginAttempt:
         # The row must be committed before the password is checked: a transaction of its own.
         return await execute_transaction(
@@ -425,12 +419,7 @@ class RedisLoginLimiter:
             return None
 
     async def reserve(
-        self,
-        *,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        email: str,
-        actor: Actor,
-        user_id: uuid.UUID | None = None,
+        self, *, sessionmaker: Sessionmaker, email: str, actor: Actor, user_id: UUID | None = None
     ) -> LoginAttempt:
         keys = self.keys(email=email, ip_address=actor.ip_address)
         wait = await self._script(

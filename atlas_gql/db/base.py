@@ -105,3 +105,11 @@ class Timestamped(Created):
     """A `Created` row that also records when it last changed (`updated_at`)."""
 
     updated_at: datetime = updated_at()
+
+
+class Named(Timestamped):
+    """A `Timestamped` row its users name and may describe (assistants, projects): a name of
+    up to 200 characters and an optional free-text description."""
+
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, sa_type=sa.Text)

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypedDict, TypeVar, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 from strawberry.types import Info as StrawberryInfo
 
+from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.apikeys import authenticate_api_key, is_api_key
 from atlas_gql.auth.sessions import authenticate_access_token
@@ -31,6 +32,34 @@ from atlas_gql.runtime import Runtime
 LoaderT = TypeVar("LoaderT", bound=DataLoader[Any, Any])
 
 _UNRESOLVED: Any = object()
+
+
+class Writing(TypedDict):
+    """What a mutation hands the service it calls (`**await context.writing()`): the
+    operation's session, committed once at the operation boundary, and who acts."""
+
+    db: SerializedAsyncSession
+    actor: Actor
+
+
+class Reading(TypedDict):
+    """What a query hands the service it calls (`**await context.reading()`): the operation's
+    session, typed for reading, and who asks."""
+
+    db: ReadSession
+    actor: Actor
+
+
+class WritingAI(Writing):
+    """`Writing` and the AI runtime, as the AI domain's mutations take them."""
+
+    ai: AIRuntime
+
+
+class ReadingAI(Reading):
+    """`Reading` and the AI runtime, as the AI domain's queries take them."""
+
+    ai: AIRuntime
 
 
 @dataclass
@@ -148,6 +177,23 @@ class Context:
     def read_session(self) -> ReadSession:
         """The operation's session, typed for reading (what queries and DataLoaders use)."""
         return self.db
+
+    async def writing(self) -> Writing:
+        """The operation's session and actor, as a mutation's service call takes them."""
+        return Writing(db=self.db, actor=await self.actor())
+
+    async def reading(self) -> Reading:
+        """The operation's session (for reading) and actor, as a query's service call takes
+        them."""
+        return Reading(db=self.read_session(), actor=await self.actor())
+
+    async def ai_writing(self) -> WritingAI:
+        """`writing()` and the AI runtime."""
+        return WritingAI(db=self.db, actor=await self.actor(), ai=self.services.ai)
+
+    async def ai_reading(self) -> ReadingAI:
+        """`reading()` and the AI runtime."""
+        return ReadingAI(db=self.read_session(), actor=await self.actor(), ai=self.services.ai)
 
     async def commit_db(self) -> None:
         """Commit the operation's work (the boundary calls this once, after a mutation), then

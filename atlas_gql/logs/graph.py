@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -104,10 +104,7 @@ class ActivityLogType(Node):
     def from_model(cls, row: ActivityLog) -> ActivityLogType:
         project = encode_global_id("Project", row.project_id) if row.project_id else None
         return from_row(
-            cls,
-            "ActivityLog",
-            row,
-            project_id=strawberry.ID(project) if project else None,
+            cls, "ActivityLog", row, project_id=strawberry.ID(project) if project else None
         )
 
     @strawberry.field(description="Who did it; null for an anonymous action or a deleted user.")
@@ -215,6 +212,19 @@ async def project_usage_this_month(info: Info, project_id: uuid.UUID) -> UsageSu
     return UsageSummaryType.from_totals(totals)
 
 
+# The time window every log filter ends with (`from`, `to`).
+def _window_start() -> Any:
+    return strawberry.field(
+        default=None, name="from", description="At or after this instant (needs an offset)."
+    )
+
+
+def _window_end() -> Any:
+    return strawberry.field(
+        default=None, description="Strictly before this instant (needs an offset)."
+    )
+
+
 @strawberry.input(description="Narrows activityLogs; all conditions combine (AND).")
 class ActivityLogFilter:
     user_id: strawberry.ID | None = strawberry.field(default=None, description="Done by user.")
@@ -225,12 +235,8 @@ class ActivityLogFilter:
     entity_type: str | None = strawberry.field(
         description="Exact kind of object changed (e.g. `Project`, `Thread`).", default=None
     )
-    from_: datetime | None = strawberry.field(
-        default=None, name="from", description="At or after this instant (needs an offset)."
-    )
-    to: datetime | None = strawberry.field(
-        default=None, description="Strictly before this instant (needs an offset)."
-    )
+    from_: datetime | None = _window_start()
+    to: datetime | None = _window_end()
 
 
 @strawberry.input(description="Narrows apiUsage; all conditions combine (AND).")
@@ -248,12 +254,8 @@ class ApiUsageFilter:
     api_key_id: strawberry.ID | None = strawberry.field(
         default=None, description="Calls made with this personal API key (its global ID)."
     )
-    from_: datetime | None = strawberry.field(
-        default=None, name="from", description="At or after this instant (needs an offset)."
-    )
-    to: datetime | None = strawberry.field(
-        default=None, description="Strictly before this instant (needs an offset)."
-    )
+    from_: datetime | None = _window_start()
+    to: datetime | None = _window_end()
 
 
 @strawberry.input(description="Narrows errorLogs; all conditions combine (AND).")
@@ -261,12 +263,8 @@ class ErrorLogFilter:
     source: ErrorSource | None = strawberry.field(
         description="Only errors of this source.", default=None
     )
-    from_: datetime | None = strawberry.field(
-        default=None, name="from", description="At or after this instant (needs an offset)."
-    )
-    to: datetime | None = strawberry.field(
-        default=None, description="Strictly before this instant (needs an offset)."
-    )
+    from_: datetime | None = _window_start()
+    to: datetime | None = _window_end()
 
 
 def _usage_key(bucket: service.UsageBucket, group_by: service.UsageGroup) -> str:
@@ -304,8 +302,7 @@ class Query:
             window=service.time_window(start=given.from_, end=given.to),
         )
         page = await service.list_activity_logs(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             filter=parsed,
             request=requested_page(info, first=first, after=after),
         )
@@ -347,10 +344,7 @@ class Query:
             api_key_id=optional_id(given.api_key_id, "ApiKey", field="filter.apiKeyId"),
         )
         buckets = await service.api_usage(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
-            filter=parsed,
-            group_by=group,
+            **await info.context.reading(), filter=parsed, group_by=group
         )
         answer = [
             UsageBucketType(
@@ -381,8 +375,7 @@ class Query:
     ) -> Connection[ErrorLogType] | None:
         given = filter or ErrorLogFilter()
         page = await service.list_error_logs(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             window=service.time_window(start=given.from_, end=given.to),
             source=ErrorSource(given.source) if given.source is not None else None,
             request=requested_page(info, first=first, after=after),

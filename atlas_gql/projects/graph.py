@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from functools import partial
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import strawberry
 from strawberry.scalars import JSON
@@ -21,7 +21,8 @@ from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.permissions import authenticated, requires
-from atlas_gql.db.pagination import empty_page
+from atlas_gql.db.loaders import LoaderFactory, PageKey
+from atlas_gql.db.pagination import Page, empty_page
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
@@ -43,6 +44,8 @@ from atlas_gql.logs.usage import UsageTotals
 from atlas_gql.projects import loaders, members, projects, settings
 from atlas_gql.projects.access import can_see_project
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole, ProjectSetting
+
+RowT = TypeVar("RowT")
 
 ProjectRoleEnum = described_enum(
     ProjectRole,
@@ -73,6 +76,21 @@ async def _viewer_sees(context: Context, project_id: uuid.UUID) -> bool:
     return can_see_project(viewer, role)
 
 
+async def _load_user(context: Context, user_id: uuid.UUID) -> UserType:
+    user = await context.loader(auth_loaders.user_by_id).load(user_id)
+    if user is None:
+        raise NotFound("User not found.")
+    return UserType.from_model(user)
+
+
+async def _load_project(context: Context, project_id: uuid.UUID) -> ProjectType:
+    """The project a setting or a membership belongs to (visible with them)."""
+    project = await context.loader(loaders.project_by_id).load(project_id)
+    if project is None:
+        raise NotFound("Project not found.")
+    return ProjectType.from_model(project)
+
+
 @strawberry.type(name="ProjectSetting", description="One JSON setting of a project.")
 class ProjectSettingType:
     key: str = strawberry.field(description="The setting's name, e.g. `monthlyTokenBudget`.")
@@ -94,17 +112,7 @@ class ProjectSettingType:
         "`setProjectSetting` so a normalised cache updates the list)."
     )
     async def project(self, info: Info) -> ProjectType:
-        project = await info.context.loader(loaders.project_by_id).load(self.project_db_id)
-        if project is None:
-            raise NotFound("Project not found.")
-        return ProjectType.from_model(project)
-
-
-async def _load_user(context: Context, user_id: uuid.UUID) -> UserType:
-    user = await context.loader(auth_loaders.user_by_id).load(user_id)
-    if user is None:
-        raise NotFound("User not found.")
-    return UserType.from_model(user)
+        return await _load_project(info.context, self.project_db_id)
 
 
 @strawberry.type(name="ProjectMember", description="A user's membership of a project, with a role.")
@@ -135,10 +143,7 @@ class ProjectMemberType(Node):
 
     @strawberry.field(description="The project.")
     async def project(self, info: Info) -> ProjectType:
-        project = await info.context.loader(loaders.project_by_id).load(self.project_db_id)
-        if project is None:
-            raise NotFound("Project not found.")
-        return ProjectType.from_model(project)
+        return await _load_project(info.context, self.project_db_id)
 
 
 @strawberry.type(
@@ -164,21 +169,30 @@ class ProjectType(Node):
     async def _visible(self, context: Context) -> bool:
         return self.visibility_checked or await _viewer_sees(context, self.db_id)
 
+    async def _page(
+        self,
+        info: Info,
+        pages: LoaderFactory[PageKey, Page[RowT]],
+        *,
+        first: int | None,
+        after: str | None,
+    ) -> Page[RowT]:
+        """A page of the project's members or threads; empty for a viewer who may not see
+        the project."""
+        request = requested_page(info, first=first, after=after)
+        if not await self._visible(info.context):
+            return empty_page()
+        return await info.context.loader(pages).load((self.db_id, request))
+
     @strawberry.field(name="createdBy", description="Who created the project.")
     async def created_by(self, info: Info) -> UserType:
-        user = await info.context.loader(auth_loaders.user_by_id).load(self.created_by_db_id)
-        if user is None:
-            raise NotFound("User not found.")
-        return UserType.from_model(user)
+        return await _load_user(info.context, self.created_by_db_id)
 
     @strawberry.field(description="The members, oldest first (Relay connection). " + REFUSED)
     async def members(
         self, info: Info, first: First = None, after: After = None
     ) -> Connection[ProjectMemberType] | None:
-        request = requested_page(info, first=first, after=after)
-        if not await self._visible(info.context):
-            return to_connection(empty_page(), ProjectMemberType.from_model)
-        page = await info.context.loader(loaders.members_page).load((self.db_id, request))
+        page = await self._page(info, loaders.members_page, first=first, after=after)
         users = await info.context.loader(auth_loaders.user_by_id).load_many(
             [member.user_id for member in page.items]
         )
@@ -200,10 +214,7 @@ class ProjectType(Node):
     async def threads(
         self, info: Info, first: First = None, after: After = None
     ) -> Connection[ThreadType] | None:
-        request = requested_page(info, first=first, after=after)
-        if not await self._visible(info.context):
-            return to_connection(empty_page(), ThreadType.from_model)
-        page = await info.context.loader(ai_loaders.threads_page).load((self.db_id, request))
+        page = await self._page(info, ai_loaders.threads_page, first=first, after=after)
         return to_connection(page, ThreadType.from_model)
 
     @strawberry.field(
@@ -264,6 +275,9 @@ class CreateProjectInput:
     description: str | None = strawberry.field(default=None, description="Optional.")
 
 
+CreateProject = Annotated[CreateProjectInput, strawberry.argument(description="The new project.")]
+
+
 @strawberry.input(description="Changes to a project; omitted fields stay as they are.")
 class UpdateProjectInput:
     name: strawberry.Maybe[str | None] = strawberry.field(
@@ -290,8 +304,7 @@ class Query:
     ) -> Connection[ProjectType] | None:
         given = filter or ProjectFilter()
         page = await projects.list_projects(
-            db=info.context.read_session(),
-            actor=await info.context.actor(),
+            **await info.context.reading(),
             request=requested_page(info, first=first, after=after),
             filter=projects.ProjectFilter(search=given.search, role=given.role),
         )
@@ -308,6 +321,13 @@ class Query:
         return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
 
 
+# The `userId` naming a member of the project (updateProjectMember, removeProjectMember).
+MemberUserID = Annotated[
+    strawberry.ID,
+    strawberry.argument(description="The member's user global ID; NOT_FOUND when not a member."),
+]
+
+
 def _project_id(value: strawberry.ID, field: str = "projectId") -> uuid.UUID:
     return decode_id_of(value, "Project", field=field)
 
@@ -322,14 +342,9 @@ class Mutation:
         extensions=requires(PermissionName.CREATE_PROJECT),
         description="Create a project; the viewer becomes its OWNER.",
     )
-    async def create_project(
-        self,
-        info: Info,
-        input: Annotated[CreateProjectInput, strawberry.argument(description="The new project.")],
-    ) -> ProjectType | None:
+    async def create_project(self, info: Info, input: CreateProject) -> ProjectType | None:
         project = await projects.create_project(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             data=projects.ProjectCreate(name=input.name, description=input.description),
         )
         return ProjectType.from_model(project, visibility_checked=True)
@@ -341,8 +356,7 @@ class Mutation:
         self, info: Info, id: ProjectID, input: Changes[UpdateProjectInput]
     ) -> ProjectType | None:
         project = await projects.update_project(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(id, "id"),
             data=projects.ProjectUpdate.model_validate(set_fields(input)),
         )
@@ -355,9 +369,7 @@ class Mutation:
     )
     async def delete_project(self, info: Info, id: ProjectID) -> strawberry.ID | None:
         project_id = _project_id(id, "id")
-        await projects.delete_project(
-            db=info.context.db, actor=await info.context.actor(), project_id=project_id
-        )
+        await projects.delete_project(**await info.context.writing(), project_id=project_id)
         return global_id("Project", project_id)
 
     @strawberry.mutation(
@@ -375,8 +387,7 @@ class Mutation:
         role: Annotated[ProjectRole, strawberry.argument(description="Their role in the project.")],
     ) -> ProjectMemberType | None:
         member = await members.add_member(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             data=members.MemberAdd(user_id=_user_id(user_id), role=role),
         )
@@ -391,17 +402,11 @@ class Mutation:
         self,
         info: Info,
         project_id: ProjectID,
-        user_id: Annotated[
-            strawberry.ID,
-            strawberry.argument(
-                description="The member's user global ID; NOT_FOUND when not a member."
-            ),
-        ],
+        user_id: MemberUserID,
         role: Annotated[ProjectRole, strawberry.argument(description="Their new role.")],
     ) -> ProjectMemberType | None:
         member = await members.update_member(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             user_id=_user_id(user_id),
             data=members.MemberUpdate(role=role),
@@ -416,19 +421,10 @@ class Mutation:
         "null, with an error, when refused.",
     )
     async def remove_project_member(
-        self,
-        info: Info,
-        project_id: ProjectID,
-        user_id: Annotated[
-            strawberry.ID,
-            strawberry.argument(
-                description="The member's user global ID; NOT_FOUND when not a member."
-            ),
-        ],
+        self, info: Info, project_id: ProjectID, user_id: MemberUserID
     ) -> strawberry.ID | None:
         member = await members.remove_member(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             user_id=_user_id(user_id),
         )
@@ -460,8 +456,7 @@ class Mutation:
         ],
     ) -> ProjectSettingType | None:
         setting = await settings.set_setting(
-            db=info.context.db,
-            actor=await info.context.actor(),
+            **await info.context.writing(),
             project_id=_project_id(project_id),
             data=settings.SettingSet(key=key, value=value),
         )
@@ -479,9 +474,6 @@ class Mutation:
         key: Annotated[str, strawberry.argument(description="The key of the setting to remove.")],
     ) -> ProjectType | None:
         project = await settings.delete_setting(
-            db=info.context.db,
-            actor=await info.context.actor(),
-            project_id=_project_id(project_id),
-            key=key,
+            **await info.context.writing(), project_id=_project_id(project_id), key=key
         )
         return ProjectType.from_model(project, visibility_checked=True)

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field
 
-from atlas_gql.db.base import Timestamped, enum_column, foreign_key, jsonb_column
+from atlas_gql.db.base import Named, Timestamped, enum_column, foreign_key, jsonb_column
 
 
 class ProjectRole(enum.StrEnum):
@@ -19,11 +19,9 @@ class ProjectRole(enum.StrEnum):
     VIEWER = "VIEWER"
 
 
-class Project(Timestamped, table=True):
+class Project(Named, table=True):
     __tablename__ = "projects"
 
-    name: str = Field(max_length=200)
-    description: str | None = Field(default=None, sa_type=sa.Text)
     created_by_id: uuid.UUID = foreign_key("users.id", ondelete="RESTRICT")
 
 
