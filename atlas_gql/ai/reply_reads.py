@@ -29,6 +29,7 @@ from atlas_gql.logs.usage import (
     BUDGET_SETTING_KEY,
     CHARS_PER_TOKEN,
     InFlight,
+    in_month,
     month_start,
     next_month_start,
     parse_budget,
@@ -182,8 +183,10 @@ def _spent_statement(
         )
         .where(
             owner,
-            col(ApiUsageLog.created_at) >= sa.bindparam("start", type_=sa.DateTime(timezone=True)),
-            col(ApiUsageLog.created_at) < sa.bindparam("end", type_=sa.DateTime(timezone=True)),
+            in_month(
+                sa.bindparam("start", type_=sa.DateTime(timezone=True)),
+                sa.bindparam("end", type_=sa.DateTime(timezone=True)),
+            ),
         )
         .scalar_subquery()
     )

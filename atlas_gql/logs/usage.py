@@ -103,6 +103,13 @@ async def project_budget(*, db: ReadSession, project_id: uuid.UUID) -> int | Non
     return parse_budget(value)
 
 
+def in_month(start: Any, end: Any) -> sa.ColumnElement[bool]:
+    """The usage rows a month's budget counts: created in [start, end) (`month_start`,
+    `next_month_start`; values or bind parameters). Every monthly count uses it."""
+    created = col(ApiUsageLog.created_at)
+    return sa.and_(created >= start, created < end)
+
+
 async def usage_this_month(
     *, db: ReadSession, project_ids: Sequence[uuid.UUID], now: datetime | None = None
 ) -> dict[uuid.UUID, UsageTotals]:
@@ -131,11 +138,7 @@ async def _monthly_totals(
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.cost_usd)), 0),
             sa.func.count(),
         )
-        .where(
-            key.in_(ids),
-            col(ApiUsageLog.created_at) >= start,
-            col(ApiUsageLog.created_at) < end,
-        )
+        .where(key.in_(ids), in_month(start, end))
         .group_by(key)
     )
     totals = {key_id: UsageTotals() for key_id in ids}
