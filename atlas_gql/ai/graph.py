@@ -19,7 +19,7 @@ from strawberry.file_uploads import Upload
 from atlas_gql import metrics
 from atlas_gql.ai import assistants, events, feedback, files, messages, search, threads, titles
 from atlas_gql.ai.broker import SubscriberTooSlow, SubscriptionControl
-from atlas_gql.ai.models import MessageRole
+from atlas_gql.ai.models import Assistant, MessageRating, Thread
 from atlas_gql.ai.types import (
     AssistantFilter,
     AssistantType,
@@ -59,11 +59,13 @@ from atlas_gql.graph.inputs import (
     Changes,
     FileID,
     First,
-    ListFilter,
     ThreadID,
+    filter_fields,
+    input_fields,
     optional_id,
     set_fields,
 )
+from atlas_gql.graph.paged import paged_field
 from atlas_gql.graph.relay import (
     DELETED,
     REFUSED,
@@ -75,10 +77,8 @@ from atlas_gql.graph.relay import (
     to_connection,
 )
 from atlas_gql.ids import decode_id_of
-from atlas_gql.logs.service import time_window
 
 Row = TypeVar("Row")
-NodeT = TypeVar("NodeT")
 FilterT = TypeVar("FilterT")
 # The optional `filter` of the `assistants` and `threads` lists.
 ProjectNarrowing = Annotated[
@@ -134,21 +134,45 @@ for _type_name in NODE_GETTERS:
 
 
 async def _listed(
-    info: Info,
+    context: Context,
     list_visible: Callable[..., Awaitable[Page[Row]]],
+    given: AssistantFilter | ThreadFilter,
     request: PageRequest,
-    filter: AssistantFilter | ThreadFilter | None,
-    convert: Callable[[Row], NodeT],
     **narrowing: Any,
-) -> Connection[NodeT]:
+) -> Page[Row]:
     """The `assistants` and `threads` lists: one page of what the viewer may see (through
     `list_assistants` or `list_threads`), in one project when the filter names one;
     `narrowing`: the lister's other filter arguments."""
-    project_id = optional_id(filter.project_id if filter else None, "Project", field="projectId")
-    page = await list_visible(
-        **await info.context.reading(), request=request, project_id=project_id, **narrowing
+    project_id = optional_id(given.project_id, "Project", field="projectId")
+    return await list_visible(
+        **await context.reading(), request=request, project_id=project_id, **narrowing
     )
-    return to_connection(page, convert)
+
+
+async def _assistants(
+    context: Context, given: AssistantFilter, request: PageRequest
+) -> Page[Assistant]:
+    return await _listed(context, assistants.list_assistants, given, request)
+
+
+async def _threads(context: Context, given: ThreadFilter, request: PageRequest) -> Page[Thread]:
+    return await _listed(
+        context,
+        threads.list_threads,
+        given,
+        request,
+        archived=given.archived,
+        pinned=given.pinned,
+    )
+
+
+async def _feedback(
+    context: Context, given: FeedbackFilter, request: PageRequest
+) -> Page[MessageRating]:
+    parsed = feedback.FeedbackFilter(
+        **filter_fields(given, project_id="Project", assistant_id="Assistant")
+    )
+    return await feedback.list_feedback(**await context.reading(), filter=parsed, request=request)
 
 
 # -- Query -----------------------------------------------------------------------------------
@@ -156,45 +180,25 @@ async def _listed(
 
 @strawberry.type
 class Query:
-    @strawberry.field(
+    assistants = paged_field(
+        AssistantType,
+        filter=AssistantFilter,
+        fetch=_assistants,
+        filter_argument=ProjectNarrowing,
         description="Assistants the viewer may see (their own, their projects'), newest first. "
         + REFUSED,
         extensions=authenticated(),
     )
-    async def assistants(
-        self,
-        info: Info,
-        first: First = None,
-        after: After = None,
-        filter: ProjectNarrowing[AssistantFilter] = None,
-    ) -> Connection[AssistantType] | None:
-        request = requested_page(info, first=first, after=after)
-        return await _listed(
-            info, assistants.list_assistants, request, filter, AssistantType.from_model
-        )
 
-    @strawberry.field(
+    threads = paged_field(
+        ThreadType,
+        filter=ThreadFilter,
+        fetch=_threads,
+        filter_argument=ProjectNarrowing,
         description="Threads the viewer may see (their projects', their own), newest first; "
         "archived threads only with `filter: {archived: true}`. " + REFUSED,
         extensions=authenticated(),
     )
-    async def threads(
-        self,
-        info: Info,
-        first: First = None,
-        after: After = None,
-        filter: ProjectNarrowing[ThreadFilter] = None,
-    ) -> Connection[ThreadType] | None:
-        request = requested_page(info, first=first, after=after)
-        return await _listed(
-            info,
-            threads.list_threads,
-            request,
-            filter,
-            ThreadType.from_model,
-            archived=filter.archived if filter else None,
-            pinned=filter.pinned if filter else None,
-        )
 
     @strawberry.field(
         description="A thread by ID; null when it does not exist or the viewer may not see it "
@@ -208,34 +212,16 @@ class Query:
         )
         return thread
 
-    @strawberry.field(
+    feedback = paged_field(
+        FeedbackType,
+        filter=FeedbackFilter,
+        fetch=_feedback,
         description="Ratings of replies with their comments, newest first, to see which "
         "assistants or models disappoint. ADMIN reads every rating; a project OWNER/MANAGER "
         "reads those of replies in their projects (with `filter.projectId` of a project they "
         "do not manage: NOT_FOUND or FORBIDDEN); anyone else is FORBIDDEN. " + REFUSED,
         extensions=authenticated(),
     )
-    async def feedback(
-        self,
-        info: Info,
-        first: First = None,
-        after: After = None,
-        filter: ListFilter[FeedbackFilter] = None,
-    ) -> Connection[FeedbackType] | None:
-        given = filter or FeedbackFilter()
-        parsed = feedback.FeedbackFilter(
-            project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
-            assistant_id=optional_id(given.assistant_id, "Assistant", field="filter.assistantId"),
-            model=given.model,
-            rating=given.rating,
-            window=time_window(start=given.from_, end=given.to),
-        )
-        page = await feedback.list_feedback(
-            **await info.context.reading(),
-            filter=parsed,
-            request=requested_page(info, first=first, after=after),
-        )
-        return to_connection(page, FeedbackType.from_model)
 
     @strawberry.field(
         description="Full-text search over the messages the viewer may read (the threads "
@@ -265,13 +251,10 @@ class Query:
         ] = None,
     ) -> Connection[MessageSearchHitType] | None:
         given = filter or MessageSearchFilter()
-        role = given.role
         parsed = search.SearchFilter(
-            project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
-            thread_id=optional_id(given.thread_id, "Thread", field="filter.threadId"),
-            assistant_id=optional_id(given.assistant_id, "Assistant", field="filter.assistantId"),
-            role=MessageRole(role) if role is not None else None,
-            window=time_window(start=given.from_, end=given.to),
+            **filter_fields(
+                given, project_id="Project", thread_id="Thread", assistant_id="Assistant"
+            )
         )
         page = await search.search_messages(
             **await info.context.reading(),
@@ -309,15 +292,8 @@ class Mutation:
     )
     async def create_assistant(self, info: Info, input: CreateAssistant) -> AssistantType | None:
         context = info.context
-        data = assistants.AssistantCreate(
-            name=input.name,
-            model=input.model,
-            instructions=input.instructions,
-            temperature=input.temperature,
-            description=input.description,
-            tools=input.tools,
-            project_id=optional_id(input.project_id, "Project", field="projectId"),
-        )
+        project_id = optional_id(input.project_id, "Project", field="projectId")
+        data = assistants.AssistantCreate.model_validate(input_fields(input, project_id=project_id))
         assistant = await assistants.create_assistant(
             **await context.writing(), settings=context.settings, data=data
         )
@@ -357,10 +333,12 @@ class Mutation:
         extensions=requires(PermissionName.USE_AI),
     )
     async def create_thread(self, info: Info, input: CreateThread) -> ThreadType | None:
-        data = threads.ThreadCreate(
-            assistant_id=decode_id_of(input.assistant_id, "Assistant", field="assistantId"),
-            project_id=optional_id(input.project_id, "Project", field="projectId"),
-            title=input.title,
+        data = threads.ThreadCreate.model_validate(
+            input_fields(
+                input,
+                assistant_id=decode_id_of(input.assistant_id, "Assistant", field="assistantId"),
+                project_id=optional_id(input.project_id, "Project", field="projectId"),
+            )
         )
         thread = await threads.create_thread(**await info.context.writing(), data=data)
         return ThreadType.from_model(thread)
@@ -418,10 +396,12 @@ class Mutation:
         extensions=requires(PermissionName.USE_AI),
     )
     async def send_message(self, info: Info, input: SendMessage) -> SendMessagePayload | None:
-        data = messages.MessageSend(
-            thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
-            content=input.content,
-            file_ids=tuple(decode_id_of(id, "File", field="fileIds") for id in input.file_ids),
+        data = messages.MessageSend.model_validate(
+            input_fields(
+                input,
+                thread_id=decode_id_of(input.thread_id, "Thread", field="threadId"),
+                file_ids=tuple(decode_id_of(id, "File", field="fileIds") for id in input.file_ids),
+            )
         )
         sent = await messages.send_message(**await info.context.ai_writing(), data=data)
         return SendMessagePayload.of(sent)
@@ -455,11 +435,8 @@ class Mutation:
         extensions=authenticated(),
     )
     async def rate_message(self, info: Info, input: RateMessage) -> MessageType | None:
-        data = feedback.RatingSet(
-            message_id=decode_id_of(input.message_id, "Message", field="messageId"),
-            rating=input.rating,
-            comment=input.comment,
-        )
+        message_id = decode_id_of(input.message_id, "Message", field="messageId")
+        data = feedback.RatingSet.model_validate(input_fields(input, message_id=message_id))
         message = await feedback.rate_message(**await info.context.writing(), data=data)
         return MessageType.from_model(message)
 

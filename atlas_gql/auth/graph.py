@@ -19,16 +19,15 @@ from atlas_gql.auth import account, admin, loaders
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User
 from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.auth.rules import user_grants_visible_to
+from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.graph.context import Context, Info
-from atlas_gql.graph.inputs import After, Changes, First, ListFilter, UserID, set_fields
+from atlas_gql.graph.inputs import Changes, UserID, input_fields, set_fields
+from atlas_gql.graph.paged import paged_field
 from atlas_gql.graph.relay import (
     REFUSED,
-    Connection,
     Node,
     from_row,
     register_node,
-    requested_page,
-    to_connection,
 )
 from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.loaders import usage_this_month_by_user
@@ -316,6 +315,19 @@ UserLimits = Annotated[
 ]
 
 
+async def _users(context: Context, given: UserFilter, request: PageRequest) -> Page[User]:
+    return await admin.list_users(
+        **await context.reading(),
+        request=request,
+        filter=admin.UserFilter(
+            search=given.search,
+            role=given.role,
+            is_active=given.is_active,
+            awaiting_approval=given.awaiting_approval,
+        ),
+    )
+
+
 @strawberry.type
 class Query:
     @strawberry.field(
@@ -330,29 +342,13 @@ class Query:
         user = await info.context.loader(loaders.user_by_id).load(viewer.user_id)
         return UserType.from_model(user) if user else None
 
-    @strawberry.field(
+    users = paged_field(
+        UserType,
+        filter=UserFilter,
+        fetch=_users,
         description="Every user, oldest first, keyset-paginated (MANAGE_USERS). " + REFUSED,
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def users(
-        self,
-        info: Info,
-        first: First = None,
-        after: After = None,
-        filter: ListFilter[UserFilter] = None,
-    ) -> Connection[UserType] | None:
-        given = filter or UserFilter()
-        page = await admin.list_users(
-            **await info.context.reading(),
-            request=requested_page(info, first=first, after=after),
-            filter=admin.UserFilter(
-                search=given.search,
-                role=given.role,
-                is_active=given.is_active,
-                awaiting_approval=given.awaiting_approval,
-            ),
-        )
-        return to_connection(page, UserType.from_model)
 
     @strawberry.field(
         description="Every global role and its permissions.", extensions=authenticated()
@@ -473,12 +469,8 @@ class Mutation:
     )
     async def create_user(self, info: Info, input: CreateUser) -> UserType | None:
         context = info.context
-        data = admin.UserCreate(
-            email=input.email,
-            password=input.password,
-            name=input.name,
-            roles=tuple(input.roles) if input.roles is not None else None,
-        )
+        roles = tuple(input.roles) if input.roles is not None else None
+        data = admin.UserCreate.model_validate(input_fields(input, roles=roles))
         user = await admin.create_user(
             **await context.writing(), settings=context.settings, data=data
         )

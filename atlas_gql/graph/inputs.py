@@ -12,8 +12,10 @@ from typing import Annotated, Any, TypeVar
 
 import strawberry
 from strawberry.types.maybe import Some
+from strawberry.utils.str_converters import to_camel_case
 
 from atlas_gql.ids import decode_id_of
+from atlas_gql.logs.service import time_window
 
 # The pagination arguments of every connection field.
 First = Annotated[
@@ -44,6 +46,25 @@ FileID = Annotated[strawberry.ID, strawberry.argument(description="The file's gl
 ProjectID = Annotated[strawberry.ID, strawberry.argument(description="The project's global ID.")]
 ThreadID = Annotated[strawberry.ID, strawberry.argument(description="The thread's global ID.")]
 UserID = Annotated[strawberry.ID, strawberry.argument(description="The user's global ID.")]
+
+
+def input_fields(input: Any, **converted: Any) -> dict[str, Any]:
+    """The fields of a Strawberry input by Python name, `converted` ones (decoded global IDs,
+    tuples) in place of what the client sent: what a service's `Command` validates. The
+    command forbids unknown fields, so an input and its command cannot drift apart."""
+    return {**vars(input), **converted}
+
+
+def filter_fields(given: Any, **ids: str) -> dict[str, Any]:
+    """A list filter's fields for its service filter (a dataclass of the same field names):
+    the global-ID fields named in `ids` (field=type name) decoded, BAD_USER_INPUT naming
+    `filter.<field>`; `from`/`to` checked into the `window` (`time_window`)."""
+    fields: dict[str, Any] = dict(vars(given))
+    for name, type_name in ids.items():
+        field = f"filter.{to_camel_case(name)}"
+        fields[name] = optional_id(fields[name], type_name, field=field)
+    fields["window"] = time_window(start=fields.pop("from_"), end=fields.pop("to"))
+    return fields
 
 
 def set_fields(input: Any) -> dict[str, Any]:

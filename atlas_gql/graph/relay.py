@@ -43,17 +43,22 @@ def global_id(type_name: str, object_id: uuid.UUID) -> strawberry.ID:
 
 
 def from_row(cls: type[TypeT], type_name: str, row: Any, **values: Any) -> TypeT:
-    """A Node type built from a table row: its global ID, `db_id` (the row's id), each private
-    `<x>_db_id` (the row's `<x>_id`), and every other field named like an attribute of the
-    row; `values` give the rest (overrides)."""
+    """A Node type built from a table row: its global ID, then as `from_attributes`."""
     values.setdefault("id", strawberry.ID(encode_global_id(type_name, row.id)))
+    return from_attributes(cls, row, **values)
+
+
+def from_attributes(cls: type[TypeT], source: Any, **values: Any) -> TypeT:
+    """A Strawberry type built from an object (a row, a service's result): each private
+    `<x>_db_id` from the object's `<x>_id` (`db_id` from its `id`), and every other field
+    named like an attribute of the object; `values` give the rest (overrides)."""
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         name = field.name
         if not field.init or name in values:
             continue
-        column = name.removesuffix("db_id") + "id" if name.endswith("db_id") else name
-        if hasattr(row, column):
-            values[name] = getattr(row, column)
+        attribute = name.removesuffix("db_id") + "id" if name.endswith("db_id") else name
+        if hasattr(source, attribute):
+            values[name] = getattr(source, attribute)
     return cls(**values)
 
 

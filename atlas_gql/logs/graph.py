@@ -16,18 +16,12 @@ from strawberry.scalars import JSON
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.permissions import authenticated
+from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
-from atlas_gql.graph.inputs import After, First, ListFilter, optional_id
-from atlas_gql.graph.relay import (
-    REFUSED,
-    Connection,
-    Node,
-    from_row,
-    register_node,
-    requested_page,
-    to_connection,
-)
+from atlas_gql.graph.inputs import filter_fields
+from atlas_gql.graph.paged import paged_field
+from atlas_gql.graph.relay import REFUSED, Node, from_attributes, from_row, register_node
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs import loaders, service
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource, UsagePurpose
@@ -197,13 +191,7 @@ class UsageSummaryType:
 
     @classmethod
     def from_totals(cls, totals: UsageTotals) -> UsageSummaryType:
-        return cls(
-            input_tokens=totals.input_tokens,
-            output_tokens=totals.output_tokens,
-            total_tokens=totals.total_tokens,
-            cost_usd=float(totals.cost_usd),
-            requests=totals.requests,
-        )
+        return from_attributes(cls, totals, cost_usd=float(totals.cost_usd))
 
 
 async def project_usage_this_month(info: Info, project_id: uuid.UUID) -> UsageSummaryType:
@@ -279,34 +267,36 @@ def _usage_key(bucket: service.UsageBucket, group_by: service.UsageGroup) -> str
     return bucket.key
 
 
+async def _activity_logs(
+    context: Context, given: ActivityLogFilter, request: PageRequest
+) -> Page[ActivityLog]:
+    parsed = service.ActivityFilter(**filter_fields(given, user_id="User", project_id="Project"))
+    return await service.list_activity_logs(
+        **await context.reading(), filter=parsed, request=request
+    )
+
+
+async def _error_logs(
+    context: Context, given: ErrorLogFilter, request: PageRequest
+) -> Page[ErrorLog]:
+    return await service.list_error_logs(
+        **await context.reading(),
+        window=service.time_window(start=given.from_, end=given.to),
+        source=ErrorSource(given.source) if given.source is not None else None,
+        request=request,
+    )
+
+
 @strawberry.type
 class Query:
-    @strawberry.field(
+    activity_logs = paged_field(
+        ActivityLogType,
+        filter=ActivityLogFilter,
+        fetch=_activity_logs,
         description="Who did what, when; newest first. ADMIN reads everything; a project OWNER "
         "or MANAGER reads the rows of their projects; anyone else gets FORBIDDEN. " + REFUSED,
         extensions=authenticated(),
     )
-    async def activity_logs(
-        self,
-        info: Info,
-        first: First = None,
-        after: After = None,
-        filter: ListFilter[ActivityLogFilter] = None,
-    ) -> Connection[ActivityLogType] | None:
-        given = filter or ActivityLogFilter()
-        parsed = service.ActivityFilter(
-            user_id=optional_id(given.user_id, "User", field="filter.userId"),
-            project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
-            action=given.action,
-            entity_type=given.entity_type,
-            window=service.time_window(start=given.from_, end=given.to),
-        )
-        page = await service.list_activity_logs(
-            **await info.context.reading(),
-            filter=parsed,
-            request=requested_page(info, first=first, after=after),
-        )
-        return to_connection(page, ActivityLogType.from_model)
 
     @strawberry.field(
         description="AI calls summed per group (requests, tokens, cost), sorted by key. ADMIN "
@@ -336,51 +326,31 @@ class Query:
         given = filter or ApiUsageFilter()
         group = service.UsageGroup(group_by)
         parsed = service.UsageFilter(
-            user_id=optional_id(given.user_id, "User", field="filter.userId"),
-            project_id=optional_id(given.project_id, "Project", field="filter.projectId"),
-            model=given.model,
-            purpose=given.purpose,
-            window=service.time_window(start=given.from_, end=given.to),
-            api_key_id=optional_id(given.api_key_id, "ApiKey", field="filter.apiKeyId"),
+            **filter_fields(given, user_id="User", project_id="Project", api_key_id="ApiKey")
         )
         buckets = await service.api_usage(
             **await info.context.reading(), filter=parsed, group_by=group
         )
         answer = [
-            UsageBucketType(
+            from_attributes(
+                UsageBucketType,
+                bucket,
                 key=_usage_key(bucket, group),
-                requests=bucket.requests,
-                input_tokens=bucket.input_tokens,
-                output_tokens=bucket.output_tokens,
                 cost_usd=float(bucket.cost_usd),
-                file_search_calls=bucket.file_search_calls,
-                web_search_calls=bucket.web_search_calls,
                 tool_cost_usd=float(bucket.tool_cost_usd),
             )
             for bucket in buckets
         ]
         return sorted(answer, key=lambda bucket: bucket.key)
 
-    @strawberry.field(
+    error_logs = paged_field(
+        ErrorLogType,
+        filter=ErrorLogFilter,
+        fetch=_error_logs,
         description="Errors newest first: masked internal errors, AI provider and database "
         "errors. ADMIN only (FORBIDDEN otherwise). " + REFUSED,
         extensions=authenticated(),
     )
-    async def error_logs(
-        self,
-        info: Info,
-        first: First = None,
-        after: After = None,
-        filter: ListFilter[ErrorLogFilter] = None,
-    ) -> Connection[ErrorLogType] | None:
-        given = filter or ErrorLogFilter()
-        page = await service.list_error_logs(
-            **await info.context.reading(),
-            window=service.time_window(start=given.from_, end=given.to),
-            source=ErrorSource(given.source) if given.source is not None else None,
-            request=requested_page(info, first=first, after=after),
-        )
-        return to_connection(page, ErrorLogType.from_model)
 
 
 async def _resolve_activity_node(context: Context, row_id: uuid.UUID) -> ActivityLogType | None:

@@ -22,16 +22,18 @@ from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.db.loaders import LoaderFactory, PageKey
-from atlas_gql.db.pagination import Page, empty_page
+from atlas_gql.db.pagination import Page, PageRequest, empty_page
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
-from atlas_gql.graph.inputs import After, Changes, First, ListFilter, ProjectID, set_fields
+from atlas_gql.graph.inputs import After, Changes, First, ProjectID, set_fields
+from atlas_gql.graph.paged import paged_field
 from atlas_gql.graph.relay import (
     DELETED,
     REFUSED,
     Connection,
     Node,
+    from_attributes,
     from_row,
     global_id,
     register_node,
@@ -100,12 +102,7 @@ class ProjectSettingType:
 
     @classmethod
     def from_model(cls, setting: ProjectSetting) -> ProjectSettingType:
-        return cls(
-            key=setting.setting_key,
-            value=setting.value,
-            updated_at=setting.updated_at,
-            project_db_id=setting.project_id,
-        )
+        return from_attributes(cls, setting, key=setting.setting_key)
 
     @strawberry.field(
         description="The project the setting belongs to (select its `settings` in "
@@ -288,30 +285,29 @@ class UpdateProjectInput:
     )
 
 
+async def _projects(context: Context, given: ProjectFilter, request: PageRequest) -> Page[Project]:
+    page = await projects.list_projects(
+        **await context.reading(),
+        request=request,
+        filter=projects.ProjectFilter(search=given.search, role=given.role),
+    )
+    context.loader(loaders.project_by_id).prime_many(
+        {project.id: project for project in page.items}
+    )
+    return page
+
+
 @strawberry.type
 class Query:
-    @strawberry.field(
-        extensions=authenticated(),
+    projects = paged_field(
+        ProjectType,
+        filter=ProjectFilter,
+        fetch=_projects,
+        convert=partial(ProjectType.from_model, visibility_checked=True),
         description="The projects the viewer belongs to (every project for ADMIN), newest "
         "first. " + REFUSED,
+        extensions=authenticated(),
     )
-    async def projects(
-        self,
-        info: Info,
-        first: First = None,
-        after: After = None,
-        filter: ListFilter[ProjectFilter] = None,
-    ) -> Connection[ProjectType] | None:
-        given = filter or ProjectFilter()
-        page = await projects.list_projects(
-            **await info.context.reading(),
-            request=requested_page(info, first=first, after=after),
-            filter=projects.ProjectFilter(search=given.search, role=given.role),
-        )
-        info.context.loader(loaders.project_by_id).prime_many(
-            {project.id: project for project in page.items}
-        )
-        return to_connection(page, partial(ProjectType.from_model, visibility_checked=True))
 
     @strawberry.field(
         extensions=authenticated(),
