@@ -11,19 +11,35 @@ only for Redis, and pydantic is already the project's model library."""
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from atlas_gql.ai.models import AssistantTool, Message, MessageRole, MessageStatus, Thread
+from atlas_gql.ai.models import (
+    AssistantTool,
+    Message,
+    MessageRole,
+    MessageStatus,
+    Thread,
+)
 
 
-class MessagePayload(BaseModel):
-    """A message as carried inside an event."""
+class _RowPayload(BaseModel):
+    """A database row as an event carries it: read from the row's attributes (`of`), and
+    turned back into a detached row (`to_message`, `to_thread`) for the graph's types."""
 
     model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    @classmethod
+    def of(cls, row: Message | Thread) -> Self:
+        return cls.model_validate(row)
+
+
+class MessagePayload(_RowPayload):
+    """A message as carried inside an event."""
 
     id: uuid.UUID
     thread_id: uuid.UUID
@@ -44,19 +60,13 @@ class MessagePayload(BaseModel):
     # The stored citations (ai/citations.py), set when a reply completes.
     citations: list[dict[str, Any]] | None = None
 
-    @classmethod
-    def of(cls, message: Message) -> MessagePayload:
-        return cls.model_validate(message)
-
     def to_message(self) -> Message:
         """A detached Message row with these values (for the graph's types)."""
         return Message(**self.model_dump())
 
 
-class ThreadPayload(BaseModel):
+class ThreadPayload(_RowPayload):
     """A thread as carried inside a ThreadUpdated event."""
-
-    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     id: uuid.UUID
     title: str | None = None
@@ -70,10 +80,6 @@ class ThreadPayload(BaseModel):
     archived_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
-
-    @classmethod
-    def of(cls, thread: Thread) -> ThreadPayload:
-        return cls.model_validate(thread)
 
     def to_thread(self) -> Thread:
         """A detached Thread row with these values (for the graph's types)."""
@@ -127,6 +133,14 @@ class ThreadUpdated(_ThreadEventBase):
     thread: ThreadPayload
 
 
+class ToolCallStatus(enum.StrEnum):
+    """How a built-in tool call ended (the ToolCallCompleted event)."""
+
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    INCOMPLETE = "INCOMPLETE"
+
+
 class ToolCallStarted(_ThreadEventBase):
     """A built-in tool started working for the reply (e.g. "searching files…")."""
 
@@ -143,7 +157,7 @@ class ToolCallCompleted(_ThreadEventBase):
     type: Literal["ToolCallCompleted"] = "ToolCallCompleted"
     call_id: str
     tool: AssistantTool
-    status: str
+    status: ToolCallStatus
     query: str | None = None
     result_count: int | None = None
 

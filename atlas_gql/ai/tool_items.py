@@ -8,6 +8,7 @@ checks them against events serialised from those types."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +42,19 @@ class ToolCallItem:
     sequence_number: int | None = None
 
 
+class CitationKind(enum.StrEnum):
+    """What a reply's citation points at (stored in `Message.citations`)."""
+
+    FILE = "FILE"
+    URL = "URL"
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamCitation:
     """An annotation of the reply's text. FILE: `openai_file_id`, `filename`, and
     `start_index == end_index` (where the marker goes); URL: `url`, `title` and the span."""
 
-    kind: str  # "FILE" | "URL"
+    kind: CitationKind
     start_index: int | None
     end_index: int | None
     openai_file_id: str | None = None
@@ -122,7 +130,7 @@ def citation_of(annotation: Any, text: str, quotes: dict[str, str]) -> UpstreamC
         index = annotation.get("index")
         file_id = annotation.get("file_id")
         return UpstreamCitation(
-            kind="FILE",
+            kind=CitationKind.FILE,
             start_index=index if isinstance(index, int) else None,
             end_index=index if isinstance(index, int) else None,
             openai_file_id=file_id if isinstance(file_id, str) else None,
@@ -139,7 +147,7 @@ def citation_of(annotation: Any, text: str, quotes: dict[str, str]) -> UpstreamC
         if start is not None and end is not None and 0 <= start <= end:
             quote = text[start:end][:QUOTE_MAX]
         return UpstreamCitation(
-            kind="URL",
+            kind=CitationKind.URL,
             start_index=start,
             end_index=end,
             url=annotation.get("url"),

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
+from atlas_gql.ai.tool_items import CitationKind
 from atlas_gql.errors import BadInput
 from atlas_gql.ids import encode_global_id
 
@@ -40,7 +41,7 @@ IMPORTED_STATUS = {MessageStatus.IN_PROGRESS: MessageStatus.INCOMPLETE}
 ASSISTANT = MessageRole.ASSISTANT
 # Citations one imported message may carry (a reply cites a few dozen sources at most).
 MAX_MESSAGE_CITATIONS = 1_000
-CITATION_KINDS = frozenset({"FILE", "URL"})
+CITATION_KINDS = frozenset(CitationKind)
 
 
 @dataclass

@@ -10,7 +10,6 @@ is no rule here to split along."""
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 import strawberry
 
 from atlas_gql.ai import events, loaders
+from atlas_gql.ai.events import ToolCallStatus
 from atlas_gql.ai.messages import SentMessage
 from atlas_gql.ai.models import (
     Assistant,
@@ -33,6 +33,7 @@ from atlas_gql.ai.models import (
     Thread,
 )
 from atlas_gql.ai.search import SearchHit
+from atlas_gql.ai.tool_items import CitationKind
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.graph.context import Info
@@ -159,17 +160,6 @@ FileIndexStatusEnum = described_enum(
         "FAILED": "The provider could not index it (see `indexError`); attach it again to retry.",
     },
 )
-
-
-class CitationKind(enum.StrEnum):
-    FILE = "FILE"
-    URL = "URL"
-
-
-class ToolCallStatus(enum.StrEnum):
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    INCOMPLETE = "INCOMPLETE"
 
 
 CitationKindEnum = described_enum(
@@ -1004,7 +994,7 @@ def graph_event(event: events.ThreadEvent) -> ThreadEventType:
         return ToolCallCompleted(
             id=event_gid, sequence=sequence, message_id=message_gid,
             call_id=event.call_id, tool=event.tool, query=event.query,
-            status=ToolCallStatus(event.status), result_count=event.result_count,
+            status=event.status, result_count=event.result_count,
         )  # fmt: skip
     message = MessageType.from_model(event.message.to_message())
     if isinstance(event, events.MessageCreated):
