@@ -319,12 +319,7 @@ async def _users(context: Context, given: UserFilter, request: PageRequest) -> P
     return await admin.list_users(
         **await context.reading(),
         request=request,
-        filter=admin.UserFilter(
-            search=given.search,
-            role=given.role,
-            is_active=given.is_active,
-            awaiting_approval=given.awaiting_approval,
-        ),
+        filter=admin.UserFilter.model_validate(input_fields(given)),
     )
 
 

@@ -17,7 +17,7 @@ from atlas_gql.auth.permissions import authenticated
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
-from atlas_gql.graph.inputs import After, First, optional_id
+from atlas_gql.graph.inputs import After, First, input_fields, optional_id
 from atlas_gql.graph.relay import (
     REFUSED,
     Connection,
@@ -181,14 +181,10 @@ class Mutation:
     )
     async def create_api_key(self, info: Info, input: CreateApiKey) -> CreateApiKeyPayload | None:
         context = info.context
+        scopes = tuple(input.scopes) if input.scopes is not None else None
+        data = apikeys.ApiKeyCreate.model_validate(input_fields(input, scopes=scopes))
         created = await apikeys.create_api_key(
-            **await context.writing(),
-            settings=context.settings,
-            data=apikeys.ApiKeyCreate(
-                name=input.name,
-                expires_at=input.expires_at,
-                scopes=tuple(input.scopes) if input.scopes is not None else None,
-            ),
+            **await context.writing(), settings=context.settings, data=data
         )
         return CreateApiKeyPayload(
             secret=created.secret, api_key=ApiKeyType.from_model(created.api_key)

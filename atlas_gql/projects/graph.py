@@ -26,7 +26,7 @@ from atlas_gql.db.pagination import Page, PageRequest, empty_page
 from atlas_gql.errors import NotFound
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
-from atlas_gql.graph.inputs import After, Changes, First, ProjectID, set_fields
+from atlas_gql.graph.inputs import After, Changes, First, ProjectID, input_fields, set_fields
 from atlas_gql.graph.paged import paged_field
 from atlas_gql.graph.relay import (
     DELETED,
@@ -289,7 +289,7 @@ async def _projects(context: Context, given: ProjectFilter, request: PageRequest
     page = await projects.list_projects(
         **await context.reading(),
         request=request,
-        filter=projects.ProjectFilter(search=given.search, role=given.role),
+        filter=projects.ProjectFilter.model_validate(input_fields(given)),
     )
     context.loader(loaders.project_by_id).prime_many(
         {project.id: project for project in page.items}
