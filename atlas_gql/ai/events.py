@@ -95,9 +95,20 @@ class _ThreadEventBase(BaseModel):
     message_id: uuid.UUID
 
 
-class MessageCreated(_ThreadEventBase):
-    type: Literal["MessageCreated"] = "MessageCreated"
+class _MessageEvent(_ThreadEventBase):
+    """An event that carries the message as it is now."""
+
     message: MessagePayload
+
+
+class _ReplyEnded(_MessageEvent):
+    """A reply that ended without completing, and why (readable)."""
+
+    error: str
+
+
+class MessageCreated(_MessageEvent):
+    type: Literal["MessageCreated"] = "MessageCreated"
 
 
 class MessageDelta(_ThreadEventBase):
@@ -105,25 +116,20 @@ class MessageDelta(_ThreadEventBase):
     delta: str
 
 
-class MessageCompleted(_ThreadEventBase):
+class MessageCompleted(_MessageEvent):
     type: Literal["MessageCompleted"] = "MessageCompleted"
-    message: MessagePayload
 
 
-class MessageFailed(_ThreadEventBase):
+class MessageFailed(_ReplyEnded):
     """FAILED or INCOMPLETE (see `message.status`); a cancelled reply is MessageCancelled."""
 
     type: Literal["MessageFailed"] = "MessageFailed"
-    message: MessagePayload
-    error: str
 
 
-class MessageCancelled(_ThreadEventBase):
+class MessageCancelled(_ReplyEnded):
     """A reply stopped by cancelMessage (status CANCELLED)."""
 
     type: Literal["MessageCancelled"] = "MessageCancelled"
-    message: MessagePayload
-    error: str
 
 
 class ThreadUpdated(_ThreadEventBase):
@@ -141,24 +147,27 @@ class ToolCallStatus(enum.StrEnum):
     INCOMPLETE = "INCOMPLETE"
 
 
-class ToolCallStarted(_ThreadEventBase):
-    """A built-in tool started working for the reply (e.g. "searching files…")."""
+class _ToolCallEvent(_ThreadEventBase):
+    """A built-in tool call of the reply: the provider's id of the call, the tool, and what it
+    searches for when the provider says."""
 
-    type: Literal["ToolCallStarted"] = "ToolCallStarted"
     call_id: str
     tool: AssistantTool
     query: str | None = None
 
 
-class ToolCallCompleted(_ThreadEventBase):
+class ToolCallStarted(_ToolCallEvent):
+    """A built-in tool started working for the reply (e.g. "searching files…")."""
+
+    type: Literal["ToolCallStarted"] = "ToolCallStarted"
+
+
+class ToolCallCompleted(_ToolCallEvent):
     """A tool call ended: COMPLETED, FAILED or INCOMPLETE, with its query and how many
     results it found when the upstream says."""
 
     type: Literal["ToolCallCompleted"] = "ToolCallCompleted"
-    call_id: str
-    tool: AssistantTool
     status: ToolCallStatus
-    query: str | None = None
     result_count: int | None = None
 
 
