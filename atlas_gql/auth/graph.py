@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, TypeAlias
+from typing import Annotated, Any, TypeAlias, TypeVar
 
 import strawberry
 
@@ -19,6 +19,7 @@ from atlas_gql.auth import account, admin, loaders
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User
 from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.auth.rules import user_grants_visible_to
+from atlas_gql.db.loaders import LoaderFactory
 from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import Changes, UserID, input_fields, set_fields
@@ -32,8 +33,10 @@ from atlas_gql.graph.relay import (
 from atlas_gql.ids import decode_id_of
 from atlas_gql.logs.loaders import usage_this_month_by_user
 
-# admin.assign_role and admin.revoke_role.
-RoleChange: TypeAlias = Callable[..., Awaitable[User]]
+GrantT = TypeVar("GrantT")
+
+# An `admin` service that changes one user (update_user, assign_role...).
+UserChange: TypeAlias = Callable[..., Awaitable[User]]
 
 
 @strawberry.type(name="Role", description="A global role granting a set of permissions.")
@@ -113,6 +116,15 @@ class UserType(Node):
             return self.grants_visible
         return user_grants_visible_to(await context.viewer(), self.db_id)
 
+    async def _grants(
+        self, context: Context, by_user: LoaderFactory[uuid.UUID, list[GrantT]]
+    ) -> list[GrantT]:
+        """The user's roles or permissions (`by_user`); empty for a viewer who may not see
+        them (`_shows_grants`)."""
+        if not await self._shows_grants(context):
+            return []
+        return await context.loader(by_user).load(self.db_id)
+
     @strawberry.field(
         description="When the account was approved (created approved, `approveUser`, or a "
         "role granted); null while a registration awaits approval "
@@ -147,9 +159,7 @@ class UserType(Node):
         "MANAGE_USERS; empty for anyone else."
     )
     async def roles(self, info: Info) -> list[RoleType]:
-        if not await self._shows_grants(info.context):
-            return []
-        roles = await info.context.loader(loaders.roles_by_user).load(self.db_id)
+        roles = await self._grants(info.context, loaders.roles_by_user)
         return await role_types(info.context, roles)
 
     @strawberry.field(
@@ -157,9 +167,7 @@ class UserType(Node):
         "and to holders of MANAGE_USERS; empty for anyone else."
     )
     async def permissions(self, info: Info) -> list[PermissionName]:
-        if not await self._shows_grants(info.context):
-            return []
-        return await info.context.loader(loaders.permissions_by_user).load(self.db_id)
+        return await self._grants(info.context, loaders.permissions_by_user)
 
 
 async def role_type(context: Context, role: Role) -> RoleType:
@@ -313,6 +321,16 @@ class UserLimitsInput:
 UserLimits = Annotated[
     UserLimitsInput, strawberry.argument(description="The limits to change (omitted = unchanged).")
 ]
+RoleToAssign = Annotated[
+    RoleName,
+    strawberry.argument(description="The role to grant (granting one held changes nothing)."),
+]
+RoleToRevoke = Annotated[
+    RoleName,
+    strawberry.argument(
+        description="The role to withdraw (withdrawing one not held changes nothing)."
+    ),
+]
 
 
 async def _users(context: Context, given: UserFilter, request: PageRequest) -> Page[User]:
@@ -366,13 +384,7 @@ class Mutation:
     async def register(self, info: Info, input: Register) -> AuthPayload | None:
         context = info.context
         data = account.Registration(email=input.email, password=input.password, name=input.name)
-        signed_in = await account.register(
-            db=context.db,
-            sessionmaker=context.runtime.sessionmaker,
-            settings=context.settings,
-            actor=await context.actor(),
-            data=data,
-        )
+        signed_in = await account.register(**await context.signing_in(), db=context.db, data=data)
         return AuthPayload.from_signed_in(signed_in)
 
     @strawberry.mutation(
@@ -383,11 +395,9 @@ class Mutation:
     async def login(self, info: Info, input: Login) -> AuthPayload | None:
         context = info.context
         signed_in = await account.login(
+            **await context.signing_in(),
             db=context.db,
-            sessionmaker=context.runtime.sessionmaker,
-            settings=context.settings,
             limiter=context.services.login_limiter,
-            actor=await context.actor(),
             data=account.Credentials(email=input.email, password=input.password),
         )
         return AuthPayload.from_signed_in(signed_in)
@@ -407,12 +417,8 @@ class Mutation:
             ),
         ],
     ) -> AuthPayload | None:
-        context = info.context
         signed_in = await account.refresh(
-            sessionmaker=context.runtime.sessionmaker,
-            settings=context.settings,
-            actor=await context.actor(),
-            refresh_token=refresh_token,
+            **await info.context.signing_in(), refresh_token=refresh_token
         )
         return AuthPayload.from_signed_in(signed_in)
 
@@ -448,11 +454,9 @@ class Mutation:
     async def change_password(self, info: Info, input: ChangePassword) -> bool | None:
         context = info.context
         return await account.change_password(
+            **await context.signing_in(),
             db=context.db,
-            sessionmaker=context.runtime.sessionmaker,
-            settings=context.settings,
             limiter=context.services.login_limiter,
-            actor=await context.actor(),
             data=account.PasswordChange(
                 current_password=input.current_password, new_password=input.new_password
             ),
@@ -479,47 +483,23 @@ class Mutation:
     async def update_user(
         self, info: Info, id: UserID, input: Changes[UpdateUserInput]
     ) -> UserType | None:
-        user = await admin.update_user(
-            **await info.context.writing(),
-            user_id=decode_id_of(id, "User", field="id"),
-            data=admin.UserUpdate.model_validate(set_fields(input)),
-        )
-        return UserType.from_model(user)
+        data = admin.UserUpdate.model_validate(set_fields(input))
+        return await _changed_user(info, admin.update_user, id, field="id", data=data)
 
     @strawberry.mutation(
         description="Grant a global role (MANAGE_USERS).",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def assign_role(
-        self,
-        info: Info,
-        user_id: UserID,
-        role: Annotated[
-            RoleName,
-            strawberry.argument(
-                description="The role to grant (granting one held changes nothing)."
-            ),
-        ],
-    ) -> UserType | None:
-        return await _change_role(info, admin.assign_role, user_id, RoleName(role))
+    async def assign_role(self, info: Info, user_id: UserID, role: RoleToAssign) -> UserType | None:
+        return await _changed_user(info, admin.assign_role, user_id, field="userId", role=role)
 
     @strawberry.mutation(
         description="Withdraw a global role (MANAGE_USERS); withdrawing your own ADMIN role "
         "is a CONFLICT.",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
-    async def revoke_role(
-        self,
-        info: Info,
-        user_id: UserID,
-        role: Annotated[
-            RoleName,
-            strawberry.argument(
-                description="The role to withdraw (withdrawing one not held changes nothing)."
-            ),
-        ],
-    ) -> UserType | None:
-        return await _change_role(info, admin.revoke_role, user_id, RoleName(role))
+    async def revoke_role(self, info: Info, user_id: UserID, role: RoleToRevoke) -> UserType | None:
+        return await _changed_user(info, admin.revoke_role, user_id, field="userId", role=role)
 
     @strawberry.mutation(
         description="Approve a registration awaiting approval (MANAGE_USERS): the account gets "
@@ -534,10 +514,7 @@ class Mutation:
             strawberry.ID, strawberry.argument(description="The global ID of the user to approve.")
         ],
     ) -> UserType | None:
-        user = await admin.approve_user(
-            **await info.context.writing(), user_id=decode_id_of(id, "User", field="id")
-        )
-        return UserType.from_model(user)
+        return await _changed_user(info, admin.approve_user, id, field="id")
 
     @strawberry.mutation(
         description="Set or clear a user's own monthly token budget and message rate "
@@ -547,21 +524,19 @@ class Mutation:
     async def set_user_limits(
         self, info: Info, user_id: UserID, input: UserLimits
     ) -> UserType | None:
-        user = await admin.set_user_limits(
-            **await info.context.writing(),
-            user_id=decode_id_of(user_id, "User", field="userId"),
-            data=admin.UserLimitsUpdate.model_validate(set_fields(input)),
-        )
-        return UserType.from_model(user)
+        data = admin.UserLimitsUpdate.model_validate(set_fields(input))
+        return await _changed_user(info, admin.set_user_limits, user_id, field="userId", data=data)
 
 
-async def _change_role(
-    info: Info, change: RoleChange, user_id: strawberry.ID, role: RoleName
+async def _changed_user(
+    info: Info, change: UserChange, user_id: strawberry.ID, *, field: str, **arguments: Any
 ) -> UserType:
-    """assignRole and revokeRole: the same arguments, the same answer."""
+    """The mutations of one user (updateUser, setUserLimits, approveUser, assignRole,
+    revokeRole): its ID decoded (BAD_USER_INPUT naming `field`), one `admin` service call
+    with `arguments`, the user as it is now."""
     user = await change(
         **await info.context.writing(),
-        user_id=decode_id_of(user_id, "User", field="userId"),
-        role=role,
+        user_id=decode_id_of(user_id, "User", field=field),
+        **arguments,
     )
     return UserType.from_model(user)

@@ -11,6 +11,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypedDict, TypeVar, cast
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
@@ -47,6 +48,16 @@ class Reading(TypedDict):
     session, typed for reading, and who asks."""
 
     db: ReadSession
+    actor: Actor
+
+
+class SigningIn(TypedDict):
+    """What the account services that open, rotate or re-check a session take (`**await
+    context.signing_in()`, plus `db` where they read the user): a sessionmaker for their own
+    short transactions, the settings, and who acts."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    settings: Settings
     actor: Actor
 
 
@@ -186,6 +197,13 @@ class Context:
         """The operation's session (for reading) and actor, as a query's service call takes
         them."""
         return Reading(db=self.read_session(), actor=await self.actor())
+
+    async def signing_in(self) -> SigningIn:
+        """The sessionmaker, settings and actor of register, login, refreshSession and
+        changePassword."""
+        return SigningIn(
+            sessionmaker=self.runtime.sessionmaker, settings=self.settings, actor=await self.actor()
+        )
 
     async def ai_writing(self) -> WritingAI:
         """`writing()` and the AI runtime."""
