@@ -15,7 +15,7 @@ from atlas_gql.auth.models import PermissionName
 from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.graph.context import Info
 from atlas_gql.graph.enums import described_enum
-from atlas_gql.graph.inputs import optional_id
+from atlas_gql.graph.inputs import ProjectID, ThreadID, optional_id
 from atlas_gql.ids import decode_id_of
 
 # The domain's enums, described for the schema (fields are annotated with the enums
@@ -98,7 +98,7 @@ class Query:
     async def export_thread(
         self,
         info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The thread's ID.")],
+        id: ThreadID,
         format: Annotated[
             transfer.ExportFormat, strawberry.argument(description="The document to write.")
         ] = transfer.ExportFormat.JSON,
@@ -113,11 +113,7 @@ class Query:
         "At most 50000 messages in one document (BAD_USER_INPUT beyond).",
         extensions=authenticated(),
     )
-    async def export_project(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The project's ID.")],
-    ) -> str | None:
+    async def export_project(self, info: Info, id: ProjectID) -> str | None:
         return await transfer.export_project(
             **await info.context.ai_reading(), project_id=decode_id_of(id, "Project")
         )

@@ -24,7 +24,7 @@ from atlas_gql.auth.permissions import authenticated, requires
 from atlas_gql.db.loaders import LoaderFactory, PageKey
 from atlas_gql.db.pagination import Page, PageRequest, empty_page
 from atlas_gql.errors import NotFound
-from atlas_gql.graph.context import Context, Info
+from atlas_gql.graph.context import Context, Info, Writing
 from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import After, Changes, First, ProjectID, input_fields, set_fields
 from atlas_gql.graph.paged import paged_field
@@ -324,8 +324,20 @@ MemberUserID = Annotated[
 ]
 
 
+class InProject(Writing):
+    """`Writing` and the project a mutation changes, as the project services take them."""
+
+    project_id: uuid.UUID
+
+
 def _project_id(value: strawberry.ID, field: str = "projectId") -> uuid.UUID:
     return decode_id_of(value, "Project", field=field)
+
+
+async def _in_project(info: Info, value: strawberry.ID, field: str = "projectId") -> InProject:
+    """What a mutation of one project hands its service: `writing()` and the project's id
+    (BAD_USER_INPUT naming `field`)."""
+    return InProject(**await info.context.writing(), project_id=_project_id(value, field))
 
 
 def _user_id(value: strawberry.ID) -> uuid.UUID:
@@ -352,8 +364,7 @@ class Mutation:
         self, info: Info, id: ProjectID, input: Changes[UpdateProjectInput]
     ) -> ProjectType | None:
         project = await projects.update_project(
-            **await info.context.writing(),
-            project_id=_project_id(id, "id"),
+            **await _in_project(info, id, "id"),
             data=projects.ProjectUpdate.model_validate(set_fields(input)),
         )
         return ProjectType.from_model(project, visibility_checked=True)
@@ -383,8 +394,7 @@ class Mutation:
         role: Annotated[ProjectRole, strawberry.argument(description="Their role in the project.")],
     ) -> ProjectMemberType | None:
         member = await members.add_member(
-            **await info.context.writing(),
-            project_id=_project_id(project_id),
+            **await _in_project(info, project_id),
             data=members.MemberAdd(user_id=_user_id(user_id), role=role),
         )
         return ProjectMemberType.from_model(member)
@@ -402,8 +412,7 @@ class Mutation:
         role: Annotated[ProjectRole, strawberry.argument(description="Their new role.")],
     ) -> ProjectMemberType | None:
         member = await members.update_member(
-            **await info.context.writing(),
-            project_id=_project_id(project_id),
+            **await _in_project(info, project_id),
             user_id=_user_id(user_id),
             data=members.MemberUpdate(role=role),
         )
@@ -420,8 +429,7 @@ class Mutation:
         self, info: Info, project_id: ProjectID, user_id: MemberUserID
     ) -> strawberry.ID | None:
         member = await members.remove_member(
-            **await info.context.writing(),
-            project_id=_project_id(project_id),
+            **await _in_project(info, project_id),
             user_id=_user_id(user_id),
         )
         return global_id("ProjectMember", member.id)
@@ -452,8 +460,7 @@ class Mutation:
         ],
     ) -> ProjectSettingType | None:
         setting = await settings.set_setting(
-            **await info.context.writing(),
-            project_id=_project_id(project_id),
+            **await _in_project(info, project_id),
             data=settings.SettingSet(key=key, value=value),
         )
         return ProjectSettingType.from_model(setting)
@@ -469,7 +476,5 @@ class Mutation:
         project_id: ProjectID,
         key: Annotated[str, strawberry.argument(description="The key of the setting to remove.")],
     ) -> ProjectType | None:
-        project = await settings.delete_setting(
-            **await info.context.writing(), project_id=_project_id(project_id), key=key
-        )
+        project = await settings.delete_setting(**await _in_project(info, project_id), key=key)
         return ProjectType.from_model(project, visibility_checked=True)
