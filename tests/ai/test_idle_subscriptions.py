@@ -7,7 +7,6 @@ merged-and-dropped (its backlog emptied) takes later events in order."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import timedelta
@@ -21,7 +20,8 @@ from atlas_gql.ids import decode_id_of
 from tests.ai.conftest import AIServer
 from tests.ai.fake_openai import Behaviour
 from tests.ai.test_fanout import DELTAS, deltas, socket, subscribed
-from tests.live import HANG_GUARD, wait_until
+from tests.graph.test_websocket_limits import closed_with
+from tests.live import wait_until
 
 
 async def test_a_socket_without_connection_init_is_closed_4408(ai: AIServer) -> None:
@@ -30,15 +30,7 @@ async def test_a_socket_without_connection_init_is_closed_4408(ai: AIServer) -> 
     async with websockets.connect(
         ai.server.ws_url, subprotocols=[Subprotocol("graphql-transport-ws")]
     ) as ws:
-        try:
-            while True:
-                await asyncio.wait_for(ws.recv(), HANG_GUARD)
-        except websockets.ConnectionClosed as closed:
-            assert closed.rcvd is not None
-            assert (closed.rcvd.code, closed.rcvd.reason) == (
-                4408,
-                "Connection initialisation timeout",
-            )
+        assert await closed_with(ws) == (4408, "Connection initialisation timeout")
 
 
 async def test_a_socket_initialised_in_time_is_served(ai: AIServer) -> None:
