@@ -55,10 +55,18 @@ from graphql import (
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLInterfaceType,
+    GraphQLObjectType,
     GraphQLResolveInfo,
+    GraphQLSchema,
+    GraphQLUnionType,
+    InlineFragmentNode,
     SelectionSetNode,
     VariableNode,
     Visitor,
+    get_named_type,
+    is_leaf_type,
     visit,
 )
 from graphql.pyutils import Undefined
@@ -172,10 +180,12 @@ def _occurrences(text: str, value: str) -> list[int]:
 class _Group:
     """Subscribers of one thread with one document and the same relevant variables."""
 
-    __slots__ = ("executor", "renders", "subscribers", "templates")
+    __slots__ = ("executor", "plain", "renders", "subscribers", "templates")
 
     def __init__(self, executor: Any) -> None:
         self.executor = executor
+        # Per event type name: whether the selection is plain for it (`plain_selection`).
+        self.plain: dict[str, bool] = {}
         self.renders: OrderedDict[Hashable, _Render | None] = OrderedDict()
         self.subscribers = 0
         # Per family (`Varying`): its template, or None when its renderings are not one.
@@ -314,6 +324,77 @@ def variables_below(
     return collector.names
 
 
+# graphql-core fields built by Strawberry point back to their Strawberry field here.
+_DEFINITION = "strawberry-definition"
+
+
+def _applies(condition: Any, type_name: str, schema: GraphQLSchema) -> bool:
+    """Whether a fragment with this type condition (None: none) applies to `type_name`."""
+    if condition is None or condition.name.value == type_name:
+        return True
+    abstract = schema.get_type(condition.name.value)
+    concrete = schema.get_type(type_name)
+    return (
+        isinstance(abstract, (GraphQLInterfaceType, GraphQLUnionType))
+        and isinstance(concrete, GraphQLObjectType)
+        and schema.is_sub_type(abstract, concrete)
+    )
+
+
+def plain_selection(
+    schema: GraphQLSchema,
+    parent: GraphQLObjectType,
+    selections: SelectionSetNode,
+    fragments: dict[str, FragmentDefinitionNode],
+) -> bool:
+    """Whether the selection, for an object of type `parent`, reads nothing but the values the
+    object holds: every field selected (through fragments that apply to it) is a plain
+    Strawberry attribute field (no resolver, no permission, extension or directive) of a leaf
+    type, or of an object type whose own selection is plain. Such a result depends on the
+    object alone, never on who asks (the viewer, the context)."""
+    pending = [selections]
+    seen: set[str] = set()
+    while pending:
+        for node in pending.pop().selections:
+            if isinstance(node, FieldNode):
+                name = node.name.value
+                if name == "__typename":
+                    continue
+                field = parent.fields.get(name)
+                definition = field.extensions.get(_DEFINITION) if field is not None else None
+                if (
+                    field is None
+                    or definition is None
+                    or getattr(definition, "base_resolver", True) is not None
+                    or getattr(definition, "permission_classes", True)
+                    or getattr(definition, "extensions", True)
+                    or getattr(definition, "directives", True)
+                ):
+                    return False
+                named = get_named_type(field.type)
+                if is_leaf_type(named):
+                    if node.selection_set is not None:
+                        return False
+                elif not (
+                    isinstance(named, GraphQLObjectType)
+                    and node.selection_set is not None
+                    and plain_selection(schema, named, node.selection_set, fragments)
+                ):
+                    return False
+            elif isinstance(node, InlineFragmentNode):
+                if _applies(node.type_condition, parent.name, schema):
+                    pending.append(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode):
+                name = node.name.value
+                fragment = fragments.get(name)
+                if fragment is None:
+                    return False
+                if name not in seen and _applies(fragment.type_condition, parent.name, schema):
+                    seen.add(name)
+                    pending.append(fragment.selection_set)
+    return True
+
+
 class OperationSink:
     """One graphql-transport-ws operation's way to write shared frames to its socket."""
 
@@ -394,6 +475,40 @@ class OperationSink:
     ) -> bool:
         """Write the event's shared frame; False when it must take Strawberry's path."""
         render = self._rendering(info, thread_id, event_key, root, varying)
+        if render is None:
+            return False
+        if self._is_open():
+            await self._send(self.prefix + render.payload + "}")
+        return True
+
+    async def send_plain(
+        self,
+        info: GraphQLResolveInfo[Any],
+        thread_id: uuid.UUID,
+        event_key: Hashable,
+        root: Any,
+        type_name: str,
+    ) -> bool:
+        """Write the shared frame of an event of another kind than a delta (one that carries a
+        message) when the selection reads only values the event holds for its type
+        (`plain_selection`): then its result is the same for every subscriber of the group.
+        False: Strawberry renders it for this subscriber (a field with a resolver, e.g. one
+        that depends on the viewer; an error)."""
+        group = self._join(info, thread_id)
+        if group is None:
+            return False
+        plain = group.plain.get(type_name)
+        if plain is None:
+            event_type = info.schema.get_type(type_name)
+            plain = group.plain[type_name] = isinstance(event_type, GraphQLObjectType) and all(
+                node.selection_set is not None
+                and plain_selection(info.schema, event_type, node.selection_set, info.fragments)
+                for node in info.field_nodes
+            )
+        if not plain:
+            self.frames.fallbacks += 1
+            return False
+        render = self.frames.render(group, event_key, lambda: root)
         if render is None:
             return False
         if self._is_open():
