@@ -198,10 +198,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--variant", action="append", help="NAME=PATH[,ENV=VALUE...]")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--frames", type=int, default=1,
-        help="traceback depth per allocation (0: no tracemalloc, RSS and object counts only)",
-    )  # fmt: skip
+    frames = "traceback depth per allocation (0: no tracemalloc, RSS and object counts only)"
+    parser.add_argument("--frames", type=int, default=1, help=frames)
     parser.add_argument("--top", type=int, default=25)
     return parser.parse_args()
 

@@ -1,13 +1,12 @@
 """Events that carry a message (MessageCreated, the final events) rendered once per group when
 the selection reads only what the event holds (`graph/fanout.py` `plain_selection`), and by
-Strawberry for each subscriber otherwise; the same payloads either way."""
+Strawberry for each subscriber otherwise. That the shared payloads equal Strawberry's own is
+tested in test_fanout.py (`test_a_shared_frame_equals_strawberrys_own_rendering`: its
+document is plain, so every event of it is shared on the WebSocket, none over graphql-sse)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-import httpx
 
 from atlas_gql.graph.fanout import SharedFrames
 from tests.ai.conftest import AIServer
@@ -76,29 +75,6 @@ async def test_plain_events_are_rendered_once_for_all_subscribers(ai: AIServer) 
     # MessageCompleted (the deltas' template probes count as one).
     assert frames.executions - executions == len(events[0])
     assert frames.fallbacks == fallbacks
-
-
-async def test_plain_events_equal_strawberrys_own_rendering(ai: AIServer) -> None:
-    """The same document over graphql-sse (Strawberry renders every event) and over the
-    WebSocket (shared renderings): the same payloads."""
-    thread_id = await ai.new_thread()
-    body = {"query": PLAIN, "variables": {"threadId": thread_id}}
-    headers = {"Authorization": f"Bearer {ai.people.member}", "Accept": "text/event-stream"}
-    sse: list[dict[str, Any]] = []
-    async with (
-        httpx.AsyncClient(base_url=ai.server.http_url, timeout=30) as client,
-        client.stream("POST", "/graphql", json=body, headers=headers) as response,
-        socket(ai, ai.people.member) as ws,
-    ):
-        await subscribed(ai, thread_id, 1)
-        [events] = await reply_events(ai, thread_id, PLAIN, [ws], others=1)
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                event = json.loads(line[len("data: ") :])["data"]["threadEvents"]
-                sse.append(event)
-                if event["__typename"] == "MessageCompleted":
-                    break
-    assert sse == events
 
 
 async def test_events_read_with_resolvers_are_rendered_per_subscriber(ai: AIServer) -> None:
