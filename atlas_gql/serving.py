@@ -14,8 +14,9 @@ ATLAS_HEADER_TIMEOUT seconds (of connecting, or of its previous response), and r
 over ATLAS_MAX_HEADER_BYTES (httptools has no limit of its own). The body is bounded inside the
 app (atlas_gql.edge.BodyTimeoutMiddleware), so it holds under any server.
 
-Size: a little over 400 lines on purpose: the signal handling, the guarded uvicorn protocols
-and the banner are the three parts of one command (`serve`) and are tested as it; the
+Size: over 400 lines on purpose: the signal handling, the guarded uvicorn protocols (with the
+WebSocket protocol's prepared-frame write and its light queue and event, memory per idle
+socket) and the banner are the three parts of one command (`serve`) and are tested as it; the
 shared pieces they could move to (the error body) already live in `errors.py`.
 """
 

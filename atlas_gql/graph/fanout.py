@@ -32,12 +32,21 @@ deltas that fell behind (ai/broker.py). So per socket the transport holds at mos
 FRAME_BUFFER_LIMIT bytes plus one frame, and the queue ATLAS_SUBSCRIBER_BACKLOG events
 (beyond: close 1013).
 
-Anything else takes Strawberry's own path, one execution per subscriber: every other event type
-(they carry a message, whose fields may depend on the viewer), a rendering with errors, an
+Anything else takes Strawberry's own path, one execution per subscriber: events carrying a
+message whose selection is not plain (below), a rendering with errors, an
 operation without a document text, HTTP streams (no sink), and deltas merged for one
 subscriber that fell behind (rendered for it alone unless another merged the same span).
 graphql-transport-ws semantics are untouched: the frame is the `next` message Strawberry
 would send (same id, same payload), never after the operation's `complete` or `error`.
+
+Events that carry a message (MessageCreated, the final events) are shared the same way, through
+the reader (`OperationSink.send_plain`), when the group's selection reads only values the event
+holds (`plain_selection`: plain attribute fields, no resolver); otherwise Strawberry renders
+them for each subscriber.
+
+Size: over 400 lines on purpose: one mechanism (groups, renderings, templates, the selection
+analyses that decide what may be shared, and the per-operation sink) whose pieces only make
+sense together and are tested together (tests/ai/test_fanout*.py, tests/graph/test_fanout_*).
 """
 
 from __future__ import annotations
