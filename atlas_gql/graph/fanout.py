@@ -370,7 +370,9 @@ def plain_selection(
                 if name == "__typename":
                     continue
                 field = parent.fields.get(name)
-                definition = field.extensions.get(_DEFINITION) if field is not None else None
+                definition = (
+                    (field.extensions or {}).get(_DEFINITION) if field is not None else None
+                )
                 if (
                     field is None
                     or definition is None
