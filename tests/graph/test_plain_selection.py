@@ -4,7 +4,13 @@ holds (shared by every subscriber of a group), on the real schema."""
 from __future__ import annotations
 
 import pytest
-from graphql import FieldNode, GraphQLObjectType, OperationDefinitionNode, parse
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLObjectType,
+    OperationDefinitionNode,
+    parse,
+)
 
 from atlas_gql.graph.fanout import plain_selection
 from atlas_gql.graph.schema import build_schema
@@ -29,7 +35,11 @@ def is_plain(selection: str, type_name: str = "MessageCreated") -> bool:
     assert root.selection_set is not None
     event_type = SCHEMA.get_type(type_name)
     assert isinstance(event_type, GraphQLObjectType)
-    by_name = {fragment.name.value: fragment for fragment in fragments}  # type: ignore[attr-defined]
+    by_name = {
+        fragment.name.value: fragment
+        for fragment in fragments
+        if isinstance(fragment, FragmentDefinitionNode)
+    }
     return plain_selection(SCHEMA, event_type, root.selection_set, by_name)
 
 
