@@ -14,8 +14,9 @@ ATLAS_HEADER_TIMEOUT seconds (of connecting, or of its previous response), and r
 over ATLAS_MAX_HEADER_BYTES (httptools has no limit of its own). The body is bounded inside the
 app (atlas_gql.edge.BodyTimeoutMiddleware), so it holds under any server.
 
-Size: a little over 400 lines on purpose: the signal handling, the guarded uvicorn protocols
-and the banner are the three parts of one command (`serve`) and are tested as it; the
+Size: over 400 lines on purpose: the signal handling, the guarded uvicorn protocols (with the
+WebSocket protocol's prepared-frame write and its light queue and event, memory per idle
+socket) and the banner are the three parts of one command (`serve`) and are tested as it; the
 shared pieces they could move to (the error body) already live in `errors.py`.
 """
 
@@ -44,6 +45,7 @@ from uvicorn.supervisors import Multiprocess
 from websockets.protocol import State
 
 from atlas_gql import __version__
+from atlas_gql.ai.broker import Inbox
 from atlas_gql.config import MetricsAccess, Settings, get_settings
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import error_body
@@ -206,6 +208,12 @@ class _HeaderDeadlineMixin:
         super().on_response_complete()  # type: ignore[misc]
         self.header_deadline.arm()
 
+    def handle_websocket_upgrade(self, *event: Any) -> None:  # (h11 passes its request)
+        super().handle_websocket_upgrade(*event)  # type: ignore[misc]
+        # The WebSocket protocol owns the connection now: a pending deadline would only keep
+        # this HTTP protocol (its parser, scope, flow control) alive until it fires.
+        self.header_deadline.cancel()
+
 
 class GuardedH11Protocol(_HeaderDeadlineMixin, H11Protocol):
     """uvicorn's h11 protocol with the header deadline (h11 bounds header bytes itself, with
@@ -217,6 +225,44 @@ class GuardedH11Protocol(_HeaderDeadlineMixin, H11Protocol):
 
 
 HTTP_PROTOCOL = "atlas_gql.serving:GuardedH11Protocol"
+
+
+class LazyEvent:
+    """asyncio.Event's set/clear/is_set/wait, its list of waiters made only when one waits."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if self._set:
+            return
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
 class FrameWritingWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -231,6 +277,15 @@ class FrameWritingWebSocketProtocol(WebSocketsSansIOProtocol):
     the connection is open and taking data: accepted, no close sent or received, the transport
     not paused and holding at most FRAME_BUFFER_LIMIT bytes (the caller queues it instead)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # What uvicorn uses of asyncio.Queue and asyncio.Event (put_nowait/get/empty;
+        # set/clear/is_set/wait), without their five deques per socket (memory per idle
+        # WebSocket: docs/ai.md, "Memory per idle subscription").
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = LazyEvent()  # type: ignore[assignment]
+        self.writable.set()
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
@@ -242,6 +297,10 @@ class FrameWritingWebSocketProtocol(WebSocketsSansIOProtocol):
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The handshake's request and response (their headers) are of no use once the
             # connection is open: not kept for the connection's life (memory per socket).
+            # websockets' parser keeps a reference to the request for the connection's life
+            # (a local of its suspended generator): its headers are emptied instead.
+            if self.request is not None:
+                self.request.headers.clear()
             self.request = self.response = None  # type: ignore[assignment]
 
     def write_frame(self, frame: bytes) -> bool:

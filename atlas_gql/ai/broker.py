@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from atlas_gql.ai.events import (
     FINAL_EVENTS,
@@ -178,20 +178,22 @@ class Broker(Protocol):
 
 
 _Item = tuple[float, Event] | _Stop | None
+T = TypeVar("T")
 
 
-class _Inbox:
-    """A subscriber's queue: asyncio.Queue's put_nowait/get/get_nowait/empty/qsize for one
-    reader, without its four deques and event per subscriber (memory: a thousand idle
-    subscriptions hold none; the deque exists while items wait)."""
+class Inbox(Generic[T]):
+    """asyncio.Queue's put_nowait/get/get_nowait/empty/qsize for one reader, without its four
+    deques and event per queue (memory: a thousand idle subscriptions, or sockets, hold none;
+    the deque exists while items wait). A subscriber's queue here, and each WebSocket's
+    queue of ASGI events in serving.py."""
 
     __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
-        self._items: deque[_Item] | None = None
+        self._items: deque[T] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    def put_nowait(self, item: _Item) -> None:
+    def put_nowait(self, item: T) -> None:
         if self._items is None:
             self._items = deque()
         self._items.append(item)
@@ -199,14 +201,14 @@ class _Inbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def get_nowait(self) -> _Item:
+    def get_nowait(self) -> T:
         assert self._items
         item = self._items.popleft()
         if not self._items:
             self._items = None
         return item
 
-    async def get(self) -> _Item:
+    async def get(self) -> T:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -254,7 +256,7 @@ class _Subscriber:
         self.clock = clock
         # Seconds an event may wait before the deltas behind it are merged (0: by count only).
         self.merge_after = merge_after
-        self.queue = _Inbox()
+        self.queue: Inbox[_Item] = Inbox()
         self.limit = limit
         self.overflowed = False
         self.on_overflow: Callable[[], None] | None = None
@@ -336,15 +338,20 @@ async def _deliver(
     instead of falling further behind. Nothing is ever held back to be merged: a subscriber
     keeping up gets every delta as it comes."""
     subscriber.last = after_sequence if after_sequence is not None else -1
-    backlog: deque[tuple[float, Event]] = deque()
+    # Events taken from the queue and not yet yielded. Made while some wait, dropped while the
+    # reader waits (an idle subscription holds no deque).
+    backlog: deque[tuple[float, Event]] | None = None
 
     def accept(item: tuple[float, Event] | _Stop | None) -> None:
+        nonlocal backlog
         if item is None:
             raise SubscriberTooSlow()
         if isinstance(item, _Stop):
             raise item.error
         newest = backlog[-1][1].sequence if backlog else subscriber.last
         if item[1].sequence > newest:
+            if backlog is None:
+                backlog = deque()
             backlog.append(item)
 
     if after_sequence is not None:
@@ -358,6 +365,7 @@ async def _deliver(
     queue = subscriber.queue
     while True:
         if not backlog:
+            backlog = None
             subscriber.waiting = True
             try:
                 item = await queue.get()

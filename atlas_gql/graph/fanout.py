@@ -32,12 +32,21 @@ deltas that fell behind (ai/broker.py). So per socket the transport holds at mos
 FRAME_BUFFER_LIMIT bytes plus one frame, and the queue ATLAS_SUBSCRIBER_BACKLOG events
 (beyond: close 1013).
 
-Anything else takes Strawberry's own path, one execution per subscriber: every other event type
-(they carry a message, whose fields may depend on the viewer), a rendering with errors, an
+Anything else takes Strawberry's own path, one execution per subscriber: events carrying a
+message whose selection is not plain (below), a rendering with errors, an
 operation without a document text, HTTP streams (no sink), and deltas merged for one
 subscriber that fell behind (rendered for it alone unless another merged the same span).
 graphql-transport-ws semantics are untouched: the frame is the `next` message Strawberry
 would send (same id, same payload), never after the operation's `complete` or `error`.
+
+Events that carry a message (MessageCreated, the final events) are shared the same way, through
+the reader (`OperationSink.send_plain`), when the group's selection reads only values the event
+holds (`plain_selection`: plain attribute fields, no resolver); otherwise Strawberry renders
+them for each subscriber.
+
+Size: over 400 lines on purpose: one mechanism (groups, renderings, templates, the selection
+analyses that decide what may be shared, and the per-operation sink) whose pieces only make
+sense together and are tested together (tests/ai/test_fanout*.py, tests/graph/test_fanout_*).
 """
 
 from __future__ import annotations
@@ -55,10 +64,18 @@ from graphql import (
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLInterfaceType,
+    GraphQLObjectType,
     GraphQLResolveInfo,
+    GraphQLSchema,
+    GraphQLUnionType,
+    InlineFragmentNode,
     SelectionSetNode,
     VariableNode,
     Visitor,
+    get_named_type,
+    is_leaf_type,
     visit,
 )
 from graphql.pyutils import Undefined
@@ -172,10 +189,12 @@ def _occurrences(text: str, value: str) -> list[int]:
 class _Group:
     """Subscribers of one thread with one document and the same relevant variables."""
 
-    __slots__ = ("executor", "renders", "subscribers", "templates")
+    __slots__ = ("executor", "plain", "renders", "subscribers", "templates")
 
     def __init__(self, executor: Any) -> None:
         self.executor = executor
+        # Per event type name: whether the selection is plain for it (`plain_selection`).
+        self.plain: dict[str, bool] = {}
         self.renders: OrderedDict[Hashable, _Render | None] = OrderedDict()
         self.subscribers = 0
         # Per family (`Varying`): its template, or None when its renderings are not one.
@@ -314,6 +333,79 @@ def variables_below(
     return collector.names
 
 
+# graphql-core fields built by Strawberry point back to their Strawberry field here.
+_DEFINITION = "strawberry-definition"
+
+
+def _applies(condition: Any, type_name: str, schema: GraphQLSchema) -> bool:
+    """Whether a fragment with this type condition (None: none) applies to `type_name`."""
+    if condition is None or condition.name.value == type_name:
+        return True
+    abstract = schema.get_type(condition.name.value)
+    concrete = schema.get_type(type_name)
+    return (
+        isinstance(abstract, (GraphQLInterfaceType, GraphQLUnionType))
+        and isinstance(concrete, GraphQLObjectType)
+        and schema.is_sub_type(abstract, concrete)
+    )
+
+
+def plain_selection(
+    schema: GraphQLSchema,
+    parent: GraphQLObjectType,
+    selections: SelectionSetNode,
+    fragments: dict[str, FragmentDefinitionNode],
+) -> bool:
+    """Whether the selection, for an object of type `parent`, reads nothing but the values the
+    object holds: every field selected (through fragments that apply to it) is a plain
+    Strawberry attribute field (no resolver, no permission, extension or directive) of a leaf
+    type, or of an object type whose own selection is plain. Such a result depends on the
+    object alone, never on who asks (the viewer, the context)."""
+    pending = [selections]
+    seen: set[str] = set()
+    while pending:
+        for node in pending.pop().selections:
+            if isinstance(node, FieldNode):
+                name = node.name.value
+                if name == "__typename":
+                    continue
+                field = parent.fields.get(name)
+                definition = (
+                    (field.extensions or {}).get(_DEFINITION) if field is not None else None
+                )
+                if (
+                    field is None
+                    or definition is None
+                    or getattr(definition, "base_resolver", True) is not None
+                    or getattr(definition, "permission_classes", True)
+                    or getattr(definition, "extensions", True)
+                    or getattr(definition, "directives", True)
+                ):
+                    return False
+                named = get_named_type(field.type)
+                if is_leaf_type(named):
+                    if node.selection_set is not None:
+                        return False
+                elif not (
+                    isinstance(named, GraphQLObjectType)
+                    and node.selection_set is not None
+                    and plain_selection(schema, named, node.selection_set, fragments)
+                ):
+                    return False
+            elif isinstance(node, InlineFragmentNode):
+                if _applies(node.type_condition, parent.name, schema):
+                    pending.append(node.selection_set)
+            elif isinstance(node, FragmentSpreadNode):
+                name = node.name.value
+                fragment = fragments.get(name)
+                if fragment is None:
+                    return False
+                if name not in seen and _applies(fragment.type_condition, parent.name, schema):
+                    seen.add(name)
+                    pending.append(fragment.selection_set)
+    return True
+
+
 class OperationSink:
     """One graphql-transport-ws operation's way to write shared frames to its socket."""
 
@@ -394,6 +486,40 @@ class OperationSink:
     ) -> bool:
         """Write the event's shared frame; False when it must take Strawberry's path."""
         render = self._rendering(info, thread_id, event_key, root, varying)
+        if render is None:
+            return False
+        if self._is_open():
+            await self._send(self.prefix + render.payload + "}")
+        return True
+
+    async def send_plain(
+        self,
+        info: GraphQLResolveInfo[Any],
+        thread_id: uuid.UUID,
+        event_key: Hashable,
+        root: Any,
+        type_name: str,
+    ) -> bool:
+        """Write the shared frame of an event of another kind than a delta (one that carries a
+        message) when the selection reads only values the event holds for its type
+        (`plain_selection`): then its result is the same for every subscriber of the group.
+        False: Strawberry renders it for this subscriber (a field with a resolver, e.g. one
+        that depends on the viewer; an error)."""
+        group = self._join(info, thread_id)
+        if group is None:
+            return False
+        plain = group.plain.get(type_name)
+        if plain is None:
+            event_type = info.schema.get_type(type_name)
+            plain = group.plain[type_name] = isinstance(event_type, GraphQLObjectType) and all(
+                node.selection_set is not None
+                and plain_selection(info.schema, event_type, node.selection_set, info.fragments)
+                for node in info.field_nodes
+            )
+        if not plain:
+            self.frames.fallbacks += 1
+            return False
+        render = self.frames.render(group, event_key, lambda: root)
         if render is None:
             return False
         if self._is_open():

@@ -108,6 +108,8 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     # The view: its SharedFrames (the view sets `frames`; see AtlasGraphQL).
     view: Any
     _closing_too_slow: asyncio.Task[None] | None = None
+    _closing_timed_out: asyncio.Task[None] | None = None
+    _init_timer: asyncio.TimerHandle | None = None
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         frames: SharedFrames = self.view.frames
@@ -133,6 +135,34 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             reset_sink(token)
             sink.close()
 
+    def on_request_accepted(self) -> None:
+        # Strawberry runs a task per connection that sleeps until the connection_init
+        # deadline, and keeps it (cancelled, with its coroutine, context and CancelledError)
+        # for the connection's life. A timer does the same job, and nothing is left of it
+        # once connection_init came (memory per idle WebSocket).
+        self._init_timer = asyncio.get_running_loop().call_later(
+            self.connection_init_wait_timeout.total_seconds(), self._init_timed_out
+        )
+
+    def _init_timed_out(self) -> None:
+        self._init_timer = None
+        if not self.connection_init_received:
+            self.connection_timed_out = True
+            self._closing_timed_out = asyncio.create_task(self._close_init_timed_out())
+
+    async def _close_init_timed_out(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code=4408, reason="Connection initialisation timeout")
+
+    def _cancel_init_timer(self) -> None:
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+            self._init_timer = None
+
+    async def shutdown(self) -> None:
+        self._cancel_init_timer()
+        await super().shutdown()
+
     def too_slow(self) -> None:
         """Close the socket with 1013 (once), its operations first (the close frame follows
         the frames already written, so the client has read up to a consistent sequence)."""
@@ -152,6 +182,7 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_message(cast("Message", message))
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        self._cancel_init_timer()
         if self.websocket.last_message_bytes > MAX_CONNECTION_INIT_BYTES:
             await self.websocket.close(
                 4400, f"connection_init exceeds {MAX_CONNECTION_INIT_BYTES} bytes"
