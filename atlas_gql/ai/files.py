@@ -65,6 +65,13 @@ class UploadLike(Protocol):
     async def read(self, size: int = -1) -> bytes: ...
 
 
+def require_upload(value: object) -> None:
+    """BAD_USER_INPUT unless `value` is an uploaded file: over JSON a client can put any
+    value (a string, a number, null) where a multipart request's file part goes."""
+    if not isinstance(value, UploadLike):
+        raise BadInput("`file` must be a file part of a GraphQL multipart request.", field="file")
+
+
 @dataclass(frozen=True)
 class FileUpload:
     upload: UploadLike
@@ -72,11 +79,7 @@ class FileUpload:
     purpose: str | None = None
 
     def __post_init__(self) -> None:
-        # Over JSON a client can put any value where the file goes.
-        if not isinstance(self.upload, UploadLike):
-            raise BadInput(
-                "`file` must be a file part of a GraphQL multipart request.", field="file"
-            )
+        require_upload(self.upload)
 
 
 def file_visible_to(viewer: Viewer) -> Any:

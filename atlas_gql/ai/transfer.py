@@ -32,7 +32,7 @@ from sqlmodel import col
 from atlas_gql.ai import transfer_formats as formats
 from atlas_gql.ai import tree
 from atlas_gql.ai.assistants import get_assistant
-from atlas_gql.ai.files import UploadLike, file_visible_to
+from atlas_gql.ai.files import UploadLike, file_visible_to, require_upload
 from atlas_gql.ai.models import File, Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.ai.project_content import DEFAULT_ASSISTANT_ID
@@ -73,6 +73,9 @@ class ThreadImport:
     project_id: uuid.UUID | None = None
     # Who answers in the imported threads; the project's `defaultAssistantId` when None.
     assistant_id: uuid.UUID | None = None
+
+    def __post_init__(self) -> None:
+        require_upload(self.upload)
 
 
 @dataclass(frozen=True)

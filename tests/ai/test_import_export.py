@@ -15,7 +15,7 @@ from atlas_gql.ai.models import Message, MessageRole, Thread
 from atlas_gql.ai.transfer_formats import markdown_sources
 from tests.ai.conftest import AIServer, StartServer
 from tests.ai.test_branches import BRANCH, contents, exchange
-from tests.ai.test_files import PREFLIGHT, upload
+from tests.ai.test_files import PREFLIGHT, UPLOAD, upload
 from tests.ai.test_replies import rows, uuid_of
 from tests.conftest import error_codes
 
@@ -234,6 +234,22 @@ async def test_malformed_files_are_refused_naming_the_problem(ai: AIServer) -> N
         assert error_codes(body) == ["BAD_USER_INPUT"], (named, body)
         assert named in body["errors"][0]["message"], (named, body)
     assert len(await rows(ai, sa.select(Thread))) == before
+
+
+async def test_a_file_that_is_not_a_file_part_is_refused(ai: AIServer) -> None:
+    """Over JSON (no multipart request) a client can put any value where the file goes: each
+    is BAD_USER_INPUT naming `file`, for importThreads as for uploadFile."""
+    not_files: list[Any] = ["", "conversations.json", 0, 1.5, True, {}, {"filename": "x"}, []]
+    for value in not_files:
+        imported = await ai.client.gql(
+            IMPORT, {"input": {"file": value, "format": "CHATGPT"}}, token=ai.people.member
+        )
+        uploaded = await ai.client.gql(
+            UPLOAD, {"file": value, "purpose": None}, token=ai.people.member
+        )
+        for body in (imported, uploaded):
+            assert error_codes(body) == ["BAD_USER_INPUT"], (value, body)
+            assert "file part" in body["errors"][0]["message"], (value, body)
 
 
 async def test_a_file_over_the_upload_limit_is_refused(start_ai_server: StartServer) -> None:
