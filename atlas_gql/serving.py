@@ -57,6 +57,11 @@ logger = logging.getLogger(__name__)
 
 KEEP_ALIVE_SECONDS = 5  # uvicorn's default: idle connections between requests are closed
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
+# With --workers N, how long a worker may leave the supervisor's health ping unanswered (while
+# it starts, or later) before it is killed and replaced. uvicorn's 5 s killed workers that
+# were still importing the app on a loaded machine, again and again; a hung worker is still
+# replaced, 30 s later.
+WORKER_HEALTHCHECK_SECONDS = 30
 
 _HANGUP: int | None = getattr(signal, "SIGHUP", None)  # (not on Windows)
 _hangup_ignored = False
@@ -513,6 +518,7 @@ def run_server(*, settings: Settings, host: str, port: int, workers: int, reload
         ws_per_message_deflate=settings.atlas_ws_per_message_deflate,
         # A WebSocket message is bounded like an HTTP body, before it is buffered whole.
         ws_max_size=settings.atlas_max_body_bytes,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
     server = uvicorn.Server(config)
     if config.should_reload:
