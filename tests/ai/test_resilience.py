@@ -5,28 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import col
 
-from atlas_gql.ai.models import Message, MessageStatus
-from atlas_gql.ai.recovery import STALE_ERROR
+from atlas_gql.ai.models import Message
 from atlas_gql.db.url import DatabaseTarget
-from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.models import ApiUsageLog, ErrorLog, ErrorSource
 from tests.ai.conftest import NO_PERIODIC_SWEEP, AIServer, StartServer
+from tests.ai.diagnose import explain_hang
 from tests.ai.fake_openai import Behaviour
 from tests.ai.tcp_proxy import CommitCutProxy
 from tests.ai.test_files import upload
-from tests.ai.test_lifecycle import orphan_reply
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.ai.test_replies import rows, uuid_of
 from tests.conftest import error_codes
-from tests.live import FINAL_TYPES, wait_until
+from tests.live import FINAL_TYPES, Subscription, wait_until
 
 # Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
 pytestmark = pytest.mark.xdist_group("redis-pubsub")
@@ -201,15 +197,46 @@ async def test_final_event_of_a_failed_reply_precedes_the_next_exchange(ai: AISe
 # -- the final event goes out when the final commit's answer is lost -----------------------
 
 
-@pytest.fixture
-async def pg_cut(live_database: DatabaseTarget) -> AsyncIterator[CommitCutProxy]:
-    url = live_database.url
-    async with CommitCutProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
-        yield proxy
+async def until_final_explained(
+    live: Subscription,
+    ai: AIServer,
+    *,
+    thread_id: str,
+    reply_id: str,
+    target: DatabaseTarget,
+    pg_cut: CommitCutProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> list[dict[str, Any]]:
+    """`live.until_final()`; when it meets the hang guard, a failure that says what came, what
+    the database holds, what the server logged and where its tasks wait (tests/ai/diagnose.py)."""
+    received = len(live.received)
+    try:
+        return await live.until_final()
+    except TimeoutError:
+        runtime = ai_runtime(ai)
+        state = {
+            "cut": pg_cut.cut.is_set(),
+            "proxy connections": pg_cut.connections,
+            "replies running": [str(message_id) for message_id in runtime.replies],
+            "pool": ai.server.app.state.atlas["runtime"].engine.pool.status(),
+            "listeners": runtime.broker.listeners.total(uuid_of(thread_id)),
+        }
+        report = await explain_hang(
+            what=f"the final event of reply {reply_id}",
+            received=live.received[received:],
+            target=target,
+            message_id=uuid_of(reply_id),
+            caplog=caplog,
+            server_state=state,
+        )
+    pytest.fail(report)
 
 
 async def test_a_reply_committed_before_its_connection_dropped_still_publishes_its_end(
-    start_ai_server: StartServer, live_database: DatabaseTarget, pg_cut: CommitCutProxy
+    start_ai_server: StartServer,
+    live_database: DatabaseTarget,
+    pg_cut: CommitCutProxy,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     through_proxy = live_database.url.set(host="127.0.0.1", port=pg_cut.port)
     ai = await start_ai_server(database_url=through_proxy.render_as_string(hide_password=False))
@@ -219,9 +246,12 @@ async def test_a_reply_committed_before_its_connection_dropped_still_publishes_i
     pg_cut.arm(b"api_usage_logs")
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as live:
         first = (await ai.send(thread_id, "first"))["data"]["sendMessage"]
-        events = await live.until_final()
-        assert pg_cut.cut.is_set()
         reply_id = first["assistantMessage"]["id"]
+        events = await until_final_explained(
+            live, ai, thread_id=thread_id, reply_id=reply_id, target=live_database,
+            pg_cut=pg_cut, caplog=caplog,
+        )  # fmt: skip
+        assert pg_cut.cut.is_set()
         assert (events[-1]["__typename"], events[-1]["messageId"]) == (
             "MessageCompleted", reply_id
         )  # fmt: skip
@@ -245,83 +275,6 @@ async def test_a_reply_committed_before_its_connection_dropped_still_publishes_i
     usage = await rows(
         ai, sa.select(ApiUsageLog).where(col(ApiUsageLog.message_id) == uuid_of(reply_id))
     )
-    assert len(usage) == 1
-
-
-async def orphan_behind_a_cut(
-    start_ai_server: StartServer, live_database: DatabaseTarget, pg_cut: CommitCutProxy
-) -> tuple[AIServer, str, Message]:
-    """A server whose connections go through `pg_cut` (no periodic sweep), a thread, and an
-    IN_PROGRESS reply of it that nobody runs (stale: its heartbeat an hour old), with the cut
-    armed for the transaction that finishes it INCOMPLETE (the only one to carry its error
-    text, a bound parameter)."""
-    through_proxy = live_database.url.set(host="127.0.0.1", port=pg_cut.port)
-    ai = await start_ai_server(
-        database_url=through_proxy.render_as_string(hide_password=False), **NO_PERIODIC_SWEEP
-    )
-    thread_id = await ai.new_thread()
-    orphan = await orphan_reply(ai, thread_id, age=timedelta(hours=1))
-    pg_cut.arm(STALE_ERROR.encode())
-    return ai, thread_id, orphan
-
-
-async def test_an_orphan_finished_before_its_connection_dropped_still_publishes_its_end(
-    start_ai_server: StartServer, live_database: DatabaseTarget, pg_cut: CommitCutProxy
-) -> None:
-    ai, thread_id, orphan = await orphan_behind_a_cut(start_ai_server, live_database, pg_cut)
-    recovery = ai_runtime(ai).recovery
-    orphan_id = encode_global_id("Message", orphan.id)
-    async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as live:
-        # The finish commits in the database; its connection drops before the answer.
-        assert await recovery.sweep_stale_replies() == 1
-        assert pg_cut.cut.is_set()
-        [final] = await live.until_final()
-        assert (final["__typename"], final["messageId"]) == ("MessageFailed", orphan_id)
-        assert final["message"] == {
-            "id": orphan_id, "status": "INCOMPLETE", "content": "half an ans",
-            "error": STALE_ERROR,
-        }  # fmt: skip
-        # A later sweep finds the message final: nothing to do, nothing published.
-        assert await recovery.sweep_stale_replies() == 0
-        second = (await ai.send(thread_id, "second"))["data"]["sendMessage"]
-        after = await live.until_final()
-    # Once: the next exchange's events follow, without a second final event of the orphan.
-    assert [event["messageId"] for event in after if event["__typename"] in FINAL_TYPES] == [
-        second["assistantMessage"]["id"]
-    ]
-    assert final["sequence"] < after[0]["sequence"]
-    # Its text counted once (estimated), by the finish that the retry recognized as its own.
-    usage = await rows(ai, sa.select(ApiUsageLog).where(col(ApiUsageLog.message_id) == orphan.id))
-    assert [row.status for row in usage] == ["incomplete_estimated"]
-
-
-async def test_two_finishes_of_one_orphan_publish_one_end_when_a_commit_answer_is_lost(
-    start_ai_server: StartServer, live_database: DatabaseTarget, pg_cut: CommitCutProxy
-) -> None:
-    ai, thread_id, orphan = await orphan_behind_a_cut(start_ai_server, live_database, pg_cut)
-    recovery = ai_runtime(ai).recovery
-    thread_uuid = uuid_of(thread_id)
-    async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as live:
-        # Two finishes at once (in one worker: told apart by their own marks, not by the
-        # worker's id). One wins the row; its commit's answer is lost (the first commit that
-        # carries the error text is cut); the other finds the message final.
-        await asyncio.gather(
-            *[
-                recovery.finish_orphan(
-                    message_id=orphan.id, thread_id=thread_uuid, status=MessageStatus.INCOMPLETE
-                )
-                for _ in range(2)
-            ]
-        )
-        assert pg_cut.cut.is_set()
-        [final] = await live.until_final()
-        assert final["message"]["status"] == "INCOMPLETE"
-        second = (await ai.send(thread_id, "second"))["data"]["sendMessage"]
-        after = await live.until_final()
-    assert [event["messageId"] for event in after if event["__typename"] in FINAL_TYPES] == [
-        second["assistantMessage"]["id"]
-    ]
-    usage = await rows(ai, sa.select(ApiUsageLog).where(col(ApiUsageLog.message_id) == orphan.id))
     assert len(usage) == 1
 
 
