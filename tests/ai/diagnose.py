@@ -12,9 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import col
 
-from atlas_gql.ai.models import Message, Thread
 from atlas_gql.db.engine import create_engine
 from atlas_gql.db.url import DatabaseTarget
 
@@ -57,22 +55,20 @@ def task_stacks() -> list[str]:
     return sorted(lines)
 
 
+# The reply's row and its thread's mark (what the report shows of the database).
+REPLY_ROW = sa.text(
+    "SELECT m.status, m.content, m.error, m.content_sequence, m.reply_worker_id,"
+    " m.heartbeat_at, m.completed_at, t.last_event_sequence"
+    " FROM messages m JOIN threads t ON t.id = m.thread_id WHERE m.id = :id"
+)
+
+
 async def reply_row(target: DatabaseTarget, message_id: uuid.UUID) -> dict[str, Any] | None:
     engine = create_engine(target, pool_size=1)
     try:
         async with engine.connect() as connection:
-            row = (
-                await connection.execute(
-                    sa.select(
-                        col(Message.status), col(Message.content), col(Message.error),
-                        col(Message.content_sequence), col(Message.reply_worker_id),
-                        col(Message.heartbeat_at), col(Message.completed_at),
-                        col(Thread.last_event_sequence),
-                    )
-                    .join(Thread, col(Thread.id) == col(Message.thread_id))
-                    .where(col(Message.id) == message_id)
-                )
-            ).one_or_none()  # fmt: skip
+            found = await connection.execute(REPLY_ROW, {"id": message_id})
+            row = found.one_or_none()
     finally:
         await engine.dispose()
     return dict(row._mapping) if row is not None else None

@@ -215,6 +215,7 @@ async def until_final_explained(
     except TimeoutError:
         runtime = ai_runtime(ai)
         state = {
+            "worker": str(runtime.worker_id),
             "cut": pg_cut.cut.is_set(),
             "proxy connections": pg_cut.connections,
             "replies running": [str(message_id) for message_id in runtime.replies],
