@@ -244,9 +244,13 @@ async def test_a_reply_committed_before_its_connection_dropped_still_publishes_i
     thread_id = await ai.new_thread()
     # The reply's final transaction (the one writing its usage row) commits in the database,
     # and its connection drops before the worker reads the answer.
-    pg_cut.arm(b"api_usage_logs")
+    # Its INSERT only: a budget read of sendMessage (a budget set on the project or on the
+    # sender) names the table too, and its COMMIT would be cut instead.
+    pg_cut.arm(b"INSERT INTO api_usage_logs")
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as live:
-        first = (await ai.send(thread_id, "first"))["data"]["sendMessage"]
+        body = await ai.send(thread_id, "first")
+        assert "errors" not in body, (body, [record.getMessage() for record in caplog.records])
+        first = body["data"]["sendMessage"]
         reply_id = first["assistantMessage"]["id"]
         events = await until_final_explained(
             live, ai, thread_id=thread_id, reply_id=reply_id, target=live_database,
