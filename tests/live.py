@@ -303,6 +303,8 @@ class AtlasClient:
 class Subscription:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
+        # Every event received, in order (what a test reports when the next one never comes).
+        self.received: list[dict[str, Any]] = []
 
     async def message(self, timeout: float = HANG_GUARD) -> dict[str, Any]:
         """The next protocol message other than ping/pong."""
@@ -320,6 +322,7 @@ class Subscription:
         assert message["type"] == "next", message
         assert "errors" not in message["payload"], message
         event: dict[str, Any] = message["payload"]["data"]["threadEvents"]
+        self.received.append(event)
         return event
 
     async def until_final(self, timeout: float = HANG_GUARD) -> list[dict[str, Any]]:

@@ -35,10 +35,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +67,13 @@ from atlas_gql.ai.provider import (
     ReplyStarted,
     UpstreamFailure,
 )
-from atlas_gql.ai.recovery import CANCELLED_ERROR, Recovery, usage_row
+from atlas_gql.ai.recovery import (
+    CANCELLED_ERROR,
+    Recovery,
+    backoff,
+    usage_row,
+    while_no_connection,
+)
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.titles import TitleWriter
 from atlas_gql.ai.tool_items import ToolCallItem
@@ -85,17 +90,13 @@ logger = logging.getLogger(__name__)
 # Partial text is saved at least this often (seconds), so a crash keeps most of it.
 CHECKPOINT_INTERVAL = 2.0
 HEARTBEAT_INTERVAL = 5.0
-# Attempts of one upstream call (retried only before the first delta), and the backoff base.
+# Attempts of one upstream call (retried only before the first delta; backoff: recovery.py).
 MAX_ATTEMPTS = 3
-BACKOFF_BASE = 0.25
 # How many earlier messages the chat adapter sends, and how many seed a new conversation.
 HISTORY_LIMIT = 50
 
 SHUTDOWN_ERROR = "The server stopped while the reply was running."
 DB_UNAVAILABLE_ERROR = "The database was unavailable, so the reply could not be saved."
-# Attempts to store a reply's end while no database connection can be had (each waits up to
-# ATLAS_DB_POOL_TIMEOUT for one).
-FINISH_ATTEMPTS = 3
 
 
 @dataclass
@@ -546,7 +547,7 @@ class AIRuntime:
                     raise
                 if reply.text and not reply.resumable:
                     raise
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
                 if not await self._still_running_here(reply):
                     # Cancelled or taken over meanwhile (which may be why the stream ended).
                     raise ReplySuperseded() from failure
@@ -600,7 +601,7 @@ class AIRuntime:
             except UpstreamFailure as failure:
                 if not failure.retryable or attempt >= MAX_ATTEMPTS:
                     raise
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff(attempt))
                 attempt += 1
 
     async def _open_conversation(self, job: ReplyJob) -> str:
@@ -890,7 +891,7 @@ class AIRuntime:
             status=status, latency_ms=latency_ms, file_searches=file_searches,
             web_searches=web_searches,
         )  # fmt: skip
-        stored = await self._while_no_connection(reply, store)
+        stored = await while_no_connection(store, what=f"reply {job.assistant_message_id}")
         if stored is None:
             return  # finished by someone else already
         if status is MessageStatus.COMPLETED:
@@ -903,26 +904,6 @@ class AIRuntime:
             # Cancelled, cut, timed out, a bug of ours: it still generates upstream.
             assert reply.response_id is not None
             self._cancel_upstream_later(reply.response_id)
-
-    async def _while_no_connection(
-        self, reply: ActiveReply, work: Callable[[], Awaitable[Message | None]]
-    ) -> Message | None:
-        """`work` (the reply's end), tried again (FINISH_ATTEMPTS) while no database
-        connection can be had."""
-        for attempt in range(1, FINISH_ATTEMPTS + 1):
-            try:
-                return await work()
-            except Exception as error:
-                if not is_connection_error(error) or attempt == FINISH_ATTEMPTS:
-                    raise
-                logger.warning(
-                    "storing the end of reply %s failed (attempt %d): %r",
-                    reply.job.assistant_message_id,
-                    attempt,
-                    error,
-                )
-                await asyncio.sleep(_backoff(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _store_outcome(
         self,
@@ -1028,7 +1009,3 @@ class AIRuntime:
     ) -> None:
         """Finish an IN_PROGRESS reply no worker runs: CANCELLED (status None) or `status`."""
         await self.recovery.finish_orphan(message_id=message_id, thread_id=thread_id, status=status)
-
-
-def _backoff(attempt: int) -> float:
-    return float(BACKOFF_BASE * 2 ** (attempt - 1) * (1 + random.random()))  # noqa: S311

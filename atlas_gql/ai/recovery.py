@@ -11,17 +11,29 @@ that worker. At start-up, by a periodic sweep, and by a new sendMessage on its t
   is marked INCOMPLETE.
 A cancel that no worker answers finishes its reply CANCELLED here too (and cancels a
 background response upstream). Either way the text saved so far stays, is counted as
-estimated usage, and a final event is published."""
+estimated usage, and a final event is published.
+
+A reply's end (its worker's, `orchestrator._store_outcome`, or an orphan's, `finish_orphan`)
+is tried again while no connection can be had or the connection drops during its commit
+(`while_no_connection`). The database may have committed an end whose answer the dropped
+connection lost: the next attempt finds the message final, and publishes its final event when
+the end is its own (marked in the same transaction), else nothing.
+
+Size: over 400 lines on purpose: the ways a reply nobody runs ends (claimed and resumed,
+finished CANCELLED or INCOMPLETE, swept) and the retried end they share with a worker's own
+end read together here."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,6 +44,7 @@ from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, 
 from atlas_gql.ai.pricing import cost_usd, tool_cost_usd
 from atlas_gql.ai.sequences import take_one_statement
 from atlas_gql.config import Settings
+from atlas_gql.db.utils import is_connection_error
 from atlas_gql.logs.models import ApiUsageLog, UsagePurpose
 from atlas_gql.logs.usage import ESTIMATED_SUFFIX, estimate_tokens
 
@@ -43,6 +56,32 @@ STALE_ERROR = "The reply stopped making progress (its server went away)."
 Publish = Callable[[uuid.UUID, ThreadEvent], Awaitable[bool]]
 Resume = Callable[[uuid.UUID], Awaitable[bool]]
 CancelUpstream = Callable[[str], None]
+
+T = TypeVar("T")
+
+# Attempts to store a reply's end while no database connection can be had (each waits up to
+# ATLAS_DB_POOL_TIMEOUT for one) or the connection drops, and the base of the backoff.
+FINISH_ATTEMPTS = 3
+BACKOFF_BASE = 0.25
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before attempt `attempt + 1`: exponential, jittered."""
+    return float(BACKOFF_BASE * 2 ** (attempt - 1) * (1 + random.random()))  # noqa: S311
+
+
+async def while_no_connection(work: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """`work` (a reply's end), tried again (FINISH_ATTEMPTS) while it fails for want of a
+    database connection, or because its connection dropped (maybe after the commit)."""
+    for attempt in range(1, FINISH_ATTEMPTS + 1):
+        try:
+            return await work()
+        except Exception as error:
+            if not is_connection_error(error) or attempt == FINISH_ATTEMPTS:
+                raise
+            logger.warning("storing the end of %s failed (attempt %d): %r", what, attempt, error)
+            await asyncio.sleep(backoff(attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _update_in_progress(
@@ -162,19 +201,58 @@ class Recovery:
     async def finish_orphan(
         self, *, message_id: uuid.UUID, thread_id: uuid.UUID, status: MessageStatus | None
     ) -> None:
-        """Finish an IN_PROGRESS reply no worker runs: CANCELLED (status None) or `status`."""
-        final_status = status or MessageStatus.CANCELLED
-        error = CANCELLED_ERROR if status is None else STALE_ERROR
+        """Finish an IN_PROGRESS reply no worker runs: CANCELLED (status None) or `status`.
+
+        The final state is committed, then its final event published (once the session is
+        closed: a failure after the commit's answer cannot make it published twice). This
+        finish marks the row as its own (`reply_worker_id` = a new id of this call, and
+        `content_sequence` = its final event's number) in the same transaction, so an attempt
+        after a connection dropped during the commit tells its own end (committed, answer
+        lost: its event is still due) from another finish's (whose publisher is the other)."""
+        end = functools.partial(
+            self._store_orphan_end,
+            message_id=message_id,
+            thread_id=thread_id,
+            status=status or MessageStatus.CANCELLED,
+            error=CANCELLED_ERROR if status is None else STALE_ERROR,
+            finisher=uuid.uuid4(),
+        )
+        ended = await while_no_connection(end, what=f"orphaned reply {message_id}")
+        if ended is None:
+            return  # finished by someone else
+        sequence, message = ended
+        if is_resumable(message) and self.cancel_upstream is not None:
+            # Still generating upstream (and costing) unless told to stop.
+            assert message.openai_response_id is not None
+            self.cancel_upstream(message.openai_response_id)
+        await self.publish(thread_id, final_event(sequence, message))
+
+    async def _store_orphan_end(
+        self,
+        *,
+        message_id: uuid.UUID,
+        thread_id: uuid.UUID,
+        status: MessageStatus,
+        error: str,
+        finisher: uuid.UUID,
+    ) -> tuple[int, Message] | None:
+        """Commit an orphan's final state, its event number and its estimated usage in one
+        transaction: (the final event's number, the message), or None when someone else
+        finished it."""
         async with self.sessionmaker() as db:
             message = await _update_in_progress(
-                db, message_id, status=final_status, error=error, completed_at=sa.func.now()
+                db,
+                message_id,
+                status=status,
+                error=error,
+                completed_at=sa.func.now(),
+                reply_worker_id=finisher,
             )
             if message is None:
-                return
-            if is_resumable(message) and self.cancel_upstream is not None:
-                # Still generating upstream (and costing) unless told to stop.
-                assert message.openai_response_id is not None
-                self.cancel_upstream(message.openai_response_id)
+                # Final already: by someone else, or by this very finish (an earlier attempt
+                # whose commit the database made, whose answer the dropped connection lost).
+                return await _ended_by(db, message_id, finisher)
+            # The message row first, then the thread's (the order of a worker's own end).
             sequence, project_id, assistant_id = (
                 await db.execute(
                     take_one_statement(thread_id).returning(
@@ -184,6 +262,12 @@ class Recovery:
                     )
                 )
             ).one()
+            await db.execute(
+                sa.update(Message)
+                .where(col(Message.id) == message_id)
+                .values(content_sequence=sequence)
+                .execution_options(synchronize_session=False)
+            )
             if message.content:
                 # The worker that streamed it is gone (or told to stop and finds the message
                 # final): its text is counted here, estimated as the orchestrator does.
@@ -200,11 +284,11 @@ class Recovery:
                         input_tokens=estimate_tokens(prompt),
                         output_tokens=estimate_tokens(message.content),
                         latency_ms=None,
-                        status=final_status.value.lower() + ESTIMATED_SUFFIX,
+                        status=status.value.lower() + ESTIMATED_SUFFIX,
                     )
                 )
             await db.commit()
-            await self.publish(thread_id, final_event(sequence, message))
+        return sequence, message
 
     async def claim(self, message_id: uuid.UUID) -> ClaimedReply | None:
         """Take over a background reply nobody runs (released, or its heartbeat older than
@@ -322,6 +406,22 @@ class Recovery:
                 await self.sweep_stale_replies()
             except Exception:
                 logger.exception("stale reply sweep failed")
+
+
+async def _ended_by(
+    db: AsyncSession, message_id: uuid.UUID, finisher: uuid.UUID
+) -> tuple[int, Message] | None:
+    """(its final event's number, the message) when the final message was finished by
+    `finisher`'s own earlier attempt; None when someone else finished it."""
+    message = await db.get(Message, message_id)
+    if (
+        message is None
+        or message.status is MessageStatus.IN_PROGRESS
+        or message.reply_worker_id != finisher
+        or message.content_sequence is None
+    ):
+        return None
+    return message.content_sequence, message
 
 
 async def _question_of(db: AsyncSession, reply: Message) -> tuple[uuid.UUID, str] | None:

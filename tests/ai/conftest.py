@@ -4,7 +4,7 @@ GraphQL over HTTP and graphql-transport-ws clients, and users in every project r
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,9 +16,11 @@ from sqlmodel import col
 
 from atlas_gql.ai.models import Assistant
 from atlas_gql.auth.models import RoleName, User
+from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.projects.models import Project, ProjectRole
 from atlas_gql.seed import SAMPLE_ASSISTANT_NAME
 from tests.ai.fake_openai import FakeOpenAI
+from tests.ai.tcp_proxy import CommitCutProxy
 from tests.conftest import SEED_PASSWORD
 from tests.factories import add_member, create_user
 from tests.live import AtlasClient, LiveServer, MakeLiveServer
@@ -186,3 +188,12 @@ def start_ai_server(make_live_server: MakeLiveServer, fake_openai: FakeOpenAI) -
 async def ai(start_ai_server: StartServer) -> AIServer:
     """ATLAS (Responses API adapter, in-memory broker) against the fake OpenAI."""
     return await start_ai_server()
+
+
+@pytest.fixture
+async def pg_cut(live_database: DatabaseTarget) -> AsyncIterator[CommitCutProxy]:
+    """A CommitCutProxy in front of the live database's server (a server started with
+    `database_url` through its port has every connection go through it)."""
+    url = live_database.url
+    async with CommitCutProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        yield proxy

@@ -120,9 +120,10 @@ class TcpProxy:
 
 class CommitCutProxy(TcpProxy):
     """A proxy in front of PostgreSQL that, once armed (`arm(marker)`), lets the COMMIT of the
-    first transaction whose statements carry `marker` (bytes of its SQL, e.g. a table name)
-    through, then cuts that connection when the server answers, before the client reads the
-    answer. `cut` is set then; the proxy passes everything afterwards."""
+    first committed transaction whose statements carry `marker` (bytes of its SQL, e.g. a
+    table name, or of a bound text parameter) through, then cuts that connection when the
+    server answers, before the client reads the answer. `cut` is set then; the proxy passes
+    everything afterwards."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         super().__init__(target_host, target_port)
@@ -141,7 +142,11 @@ class CommitCutProxy(TcpProxy):
             try:
                 while chunk := await client_reader.read(65536):
                     marked = marked or (self.marker is not None and self.marker in chunk)
-                    if marked and b"COMMIT" in chunk:
+                    if marked and b"ROLLBACK" in chunk:
+                        # That transaction ends without a commit: a later one of this
+                        # connection is not the one to cut.
+                        marked = False
+                    elif marked and b"COMMIT" in chunk:
                         marked = False
                         if self.marker is not None:
                             # The client waits for each answer before its next statement:

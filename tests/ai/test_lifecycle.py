@@ -24,7 +24,7 @@ from tests.conftest import error_codes
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { id status } }"
 
 
-async def _orphan_reply(ai: AIServer, thread_id: str, *, age: timedelta) -> Message:
+async def orphan_reply(ai: AIServer, thread_id: str, *, age: timedelta) -> Message:
     """An IN_PROGRESS reply whose worker is gone, its last heartbeat `age` ago."""
     runtime = ai.server.app.state.atlas["runtime"]
     thread_uuid = decode_global_id(thread_id)[1]
@@ -53,7 +53,7 @@ async def test_start_marks_stale_replies_incomplete(
     ai: AIServer, start_ai_server: StartServer
 ) -> None:
     thread_id = await ai.new_thread()
-    stale = await _orphan_reply(ai, thread_id, age=timedelta(hours=1))
+    stale = await orphan_reply(ai, thread_id, age=timedelta(hours=1))
     assert (await _status(ai, stale))[0] is MessageStatus.IN_PROGRESS
     await start_ai_server()  # a restarted server
     status, content = await _status(ai, stale)
@@ -65,7 +65,7 @@ async def test_a_fresh_reply_of_another_worker_is_left_alone(
     ai: AIServer, start_ai_server: StartServer
 ) -> None:
     thread_id = await ai.new_thread()
-    running = await _orphan_reply(ai, thread_id, age=timedelta(seconds=0))
+    running = await orphan_reply(ai, thread_id, age=timedelta(seconds=0))
     await start_ai_server()
     assert (await _status(ai, running))[0] is MessageStatus.IN_PROGRESS
     # Sending meanwhile: that reply looks alive, so CONFLICT.
@@ -79,7 +79,7 @@ async def test_a_fresh_reply_of_another_worker_is_left_alone(
 
 async def test_send_finishes_a_stale_reply_first(ai: AIServer) -> None:
     thread_id = await ai.new_thread()
-    stale = await _orphan_reply(ai, thread_id, age=timedelta(hours=1))
+    stale = await orphan_reply(ai, thread_id, age=timedelta(hours=1))
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
         body = await ai.send(thread_id)
         assert "errors" not in body, body

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,13 +15,14 @@ from atlas_gql.ai.models import Message
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.logs.models import ApiUsageLog, ErrorLog, ErrorSource
 from tests.ai.conftest import NO_PERIODIC_SWEEP, AIServer, StartServer
+from tests.ai.diagnose import explain_hang
 from tests.ai.fake_openai import Behaviour
 from tests.ai.tcp_proxy import CommitCutProxy
 from tests.ai.test_files import upload
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.ai.test_replies import rows, uuid_of
 from tests.conftest import error_codes
-from tests.live import FINAL_TYPES, wait_until
+from tests.live import FINAL_TYPES, Subscription, wait_until
 
 # Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
 pytestmark = pytest.mark.xdist_group("redis-pubsub")
@@ -197,27 +197,66 @@ async def test_final_event_of_a_failed_reply_precedes_the_next_exchange(ai: AISe
 # -- the final event goes out when the final commit's answer is lost -----------------------
 
 
-@pytest.fixture
-async def pg_cut(live_database: DatabaseTarget) -> AsyncIterator[CommitCutProxy]:
-    url = live_database.url
-    async with CommitCutProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
-        yield proxy
+async def until_final_explained(
+    live: Subscription,
+    ai: AIServer,
+    *,
+    thread_id: str,
+    reply_id: str,
+    target: DatabaseTarget,
+    pg_cut: CommitCutProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> list[dict[str, Any]]:
+    """`live.until_final()`; when it meets the hang guard, a failure that says what came, what
+    the database holds, what the server logged and where its tasks wait (tests/ai/diagnose.py)."""
+    received = len(live.received)
+    try:
+        return await live.until_final()
+    except TimeoutError:
+        runtime = ai_runtime(ai)
+        state = {
+            "worker": str(runtime.worker_id),
+            "cut": pg_cut.cut.is_set(),
+            "proxy connections": pg_cut.connections,
+            "replies running": [str(message_id) for message_id in runtime.replies],
+            "pool": ai.server.app.state.atlas["runtime"].engine.pool.status(),
+            "listeners": runtime.broker.listeners.total(uuid_of(thread_id)),
+        }
+        report = await explain_hang(
+            what=f"the final event of reply {reply_id}",
+            received=live.received[received:],
+            target=target,
+            message_id=uuid_of(reply_id),
+            caplog=caplog,
+            server_state=state,
+        )
+    pytest.fail(report)
 
 
 async def test_a_reply_committed_before_its_connection_dropped_still_publishes_its_end(
-    start_ai_server: StartServer, live_database: DatabaseTarget, pg_cut: CommitCutProxy
+    start_ai_server: StartServer,
+    live_database: DatabaseTarget,
+    pg_cut: CommitCutProxy,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     through_proxy = live_database.url.set(host="127.0.0.1", port=pg_cut.port)
     ai = await start_ai_server(database_url=through_proxy.render_as_string(hide_password=False))
     thread_id = await ai.new_thread()
     # The reply's final transaction (the one writing its usage row) commits in the database,
     # and its connection drops before the worker reads the answer.
-    pg_cut.arm(b"api_usage_logs")
+    # Its INSERT only: a budget read of sendMessage (a budget set on the project or on the
+    # sender) names the table too, and its COMMIT would be cut instead.
+    pg_cut.arm(b"INSERT INTO api_usage_logs")
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as live:
-        first = (await ai.send(thread_id, "first"))["data"]["sendMessage"]
-        events = await live.until_final()
-        assert pg_cut.cut.is_set()
+        body = await ai.send(thread_id, "first")
+        assert "errors" not in body, (body, [record.getMessage() for record in caplog.records])
+        first = body["data"]["sendMessage"]
         reply_id = first["assistantMessage"]["id"]
+        events = await until_final_explained(
+            live, ai, thread_id=thread_id, reply_id=reply_id, target=live_database,
+            pg_cut=pg_cut, caplog=caplog,
+        )  # fmt: skip
+        assert pg_cut.cut.is_set()
         assert (events[-1]["__typename"], events[-1]["messageId"]) == (
             "MessageCompleted", reply_id
         )  # fmt: skip
