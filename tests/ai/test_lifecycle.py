@@ -53,7 +53,7 @@ async def test_start_marks_stale_replies_incomplete(
     ai: AIServer, start_ai_server: StartServer
 ) -> None:
     thread_id = await ai.new_thread()
-    stale = await orphan_reply(ai, thread_id, age=timedelta(hours=1))
+    stale = await orphan_reply(ai, thread_id, age=timedelta(hours=2))
     assert (await _status(ai, stale))[0] is MessageStatus.IN_PROGRESS
     await start_ai_server()  # a restarted server
     status, content = await _status(ai, stale)
@@ -79,7 +79,7 @@ async def test_a_fresh_reply_of_another_worker_is_left_alone(
 
 async def test_send_finishes_a_stale_reply_first(ai: AIServer) -> None:
     thread_id = await ai.new_thread()
-    stale = await orphan_reply(ai, thread_id, age=timedelta(hours=1))
+    stale = await orphan_reply(ai, thread_id, age=timedelta(hours=2))
     async with ai.client.subscribe(ai.people.member, thread_id, after_sequence=None) as sub:
         body = await ai.send(thread_id)
         assert "errors" not in body, body

@@ -35,7 +35,7 @@ async def orphan_behind_a_cut(
         database_url=through_proxy.render_as_string(hide_password=False), **NO_PERIODIC_SWEEP
     )
     thread_id = await ai.new_thread()
-    orphan = await orphan_reply(ai, thread_id, age=timedelta(hours=1))
+    orphan = await orphan_reply(ai, thread_id, age=timedelta(hours=2))
     pg_cut.arm(STALE_ERROR.encode())
     return ai, thread_id, orphan
 
