@@ -195,6 +195,8 @@ def _refuse(
 ) -> None:
     """QUOTA_EXCEEDED when `used` tokens (plus those reckoned for running replies) reach
     `budget`."""
+    if used + running.tokens < budget:
+        return
     project = kind is BudgetKind.PROJECT
     extensions: dict[str, Any] = {
         "budget": kind.value,
@@ -209,14 +211,13 @@ def _refuse(
             else "You have used your monthly token budget.",
             **extensions,
         )
-    if used + running.tokens >= budget:
-        raise QuotaExceeded(
-            ("This project's" if project else "Your")
-            + f" running replies may use the rest of {'its' if project else 'your'} monthly "
-            "token budget; wait for them to finish.",
-            **extensions,
-            inProgress=running.replies,
-        )
+    raise QuotaExceeded(
+        ("This project's" if project else "Your")
+        + f" running replies may use the rest of {'its' if project else 'your'} monthly "
+        "token budget; wait for them to finish.",
+        **extensions,
+        inProgress=running.replies,
+    )
 
 
 async def ensure_within_budget(

@@ -162,4 +162,4 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             statements = await _send_statements(ai, thread_id, f"Question {turn}")
             await subscription.until_final()
         counts.append(len(statements))
-    assert counts == [11, 11, 11], statements
+    assert counts == [10, 10, 10], statements
