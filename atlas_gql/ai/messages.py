@@ -6,7 +6,7 @@ rate (a token bucket), the project's monthly token budget and the sender's own. 
 reply is stopped by its sender while they may still post in the thread, a MANAGER+ of the
 project, or ADMIN. The rules: `ai.rules`.
 
-Size: a little over 400 lines on purpose: the checks every new reply passes and the start of
+Size: over 500 lines on purpose: the checks every new reply passes and the start of
 a reply (`prepare_reply`, `ask`, `start_reply`, `check_budgets`) are shared by sendMessage,
 editMessage and regenerateMessage (ai/branches.py), and belong next to sending and stopping
 one; the statements they run are in ai/reply_reads.py."""
@@ -287,8 +287,9 @@ async def prepare_reply(
     `field`). The project's and the sender's monthly budgets (QUOTA_EXCEEDED) are checked
     last, once the reply is stored (`check_budgets`).
 
-    Statements: the sender's rate in a short transaction of its own (the sender and the
-    thread's running reply read there too, in one statement), then the thread once, locked
+    Statements: the sender's rate, committed on its own (the sender and the thread's running
+    reply read by the same statement, with no BEGIN/COMMIT around it: `take_message_token`;
+    with an API key, a short transaction of its own), then the thread once, locked
     (`read_thread_for_reply`, with the project's budget). A reply IN_PROGRESS that no worker
     runs (none here holds it, and it has not beaten for ATLAS_REPLY_STALE_AFTER) is recovered
     before the thread is locked, through the orchestrator's own short transactions: resumed

@@ -3,7 +3,8 @@ each one statement built once with bound parameters: building the rules' SQL and
 key costs more than running it, and these run at every sendMessage, editMessage and
 regenerateMessage. A reply's start reads its thread once, locked (`read_thread_for_reply`);
 whether a reply nobody runs is in the way is read before, with the sender
-(`read_sender_and_running`), so it is recovered before the thread is locked."""
+(`read_sender_and_running`, or `take_message_token`, which takes the sender's rate token in
+the same statement), so it is recovered before the thread is locked."""
 
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ touched; a missing row is a full bucket. Taking is one atomic statement per buck
 of workers cannot overdraw it. Several buckets are taken together or not at all: `take` runs
 in a short transaction of its own, rolled back when one of them is empty, so a refused
 request costs no bucket anything (and a request refused later, for another reason, stays
-counted: that is what a rate limit is for).
+counted: that is what a rate limit is for). One bucket needs no transaction at all: its take
+is one atomic statement, which may also read what decides the bucket (`taking_per_period`:
+sendMessage reads the sender's own rate in it, AUTOCOMMIT).
 
 Used by sendMessage (per user, ATLAS_USER_MESSAGES_PER_MINUTE) and register (per address and
 for all addresses together, ATLAS_REGISTRATIONS_PER_HOUR[_GLOBAL]). Rows of full buckets are
