@@ -868,18 +868,25 @@ async def fixed_cost(
         await fleet.open([(thread_id, 1)])
         await probe(server, upstream, fleet, {thread_id: 1})
         for _ in range(replies):
-            await upstream.script(1, deltas=["<t:0>", "y"], first_delay=0.0, delay=0.2)
-            timeline.sample()
-            sent = time.monotonic_ns()
-            await server.send(thread_id)
-            await fleet.wait_finals({thread_id: 1})
-            [final] = fleet.take_finals()
-            assert final.first_ns is not None
-            costs.append((timeline.at(final.first_ns) - timeline.at(sent)) / 1e6)
+            costs.append(await one_fixed_cost(server, upstream, timeline, fleet, thread_id))
         await fleet.report()
     finally:
         await fleet.close()
     return costs
+
+
+async def one_fixed_cost(
+    server: Server, upstream: Upstream, timeline: CpuTimeline, fleet: Fleet, thread_id: str
+) -> float:
+    """One reply of `fixed_cost` in a thread `fleet` subscribes to (one subscriber)."""
+    await upstream.script(1, deltas=["<t:0>", "y"], first_delay=0.0, delay=0.2)
+    timeline.sample()
+    sent = time.monotonic_ns()
+    await server.send(thread_id)
+    await fleet.wait_finals({thread_id: 1})
+    [final] = fleet.take_finals()
+    assert final.first_ns is not None
+    return (timeline.at(final.first_ns) - timeline.at(sent)) / 1e6
 
 
 async def concurrent(

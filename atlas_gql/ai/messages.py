@@ -6,7 +6,7 @@ rate (a token bucket), the project's monthly token budget and the sender's own. 
 reply is stopped by its sender while they may still post in the thread, a MANAGER+ of the
 project, or ADMIN. The rules: `ai.rules`.
 
-Size: a little over 400 lines on purpose: the checks every new reply passes and the start of
+Size: over 500 lines on purpose: the checks every new reply passes and the start of
 a reply (`prepare_reply`, `ask`, `start_reply`, `check_budgets`) are shared by sendMessage,
 editMessage and regenerateMessage (ai/branches.py), and belong next to sending and stopping
 one; the statements they run are in ai/reply_reads.py."""
@@ -42,9 +42,11 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.reply_reads import (
+    message_bucket_key,
     read_sender_and_running,
     read_thread_for_reply,
     spent,
+    take_message_token,
 )
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.threads import require_open, running_reply
@@ -56,7 +58,15 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, SerializedAsyncSession, after_commit
-from atlas_gql.errors import BadInput, Conflict, Forbidden, NotFound, Unauthenticated
+from atlas_gql.db.utils import AUTOCOMMIT, execute_transaction
+from atlas_gql.errors import (
+    BadInput,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
 from atlas_gql.logs.usage import (
     effective_user_budget,
     ensure_within_budget,
@@ -105,7 +115,7 @@ def message_bucket(settings: Settings, sender: User) -> buckets.Bucket:
     """The sender's sendMessage bucket: their own rate (set by an administrator) or
     ATLAS_USER_MESSAGES_PER_MINUTE, as a burst of that many refilled over a minute."""
     per_minute = sender.messages_per_minute or settings.atlas_user_messages_per_minute
-    return buckets.Bucket.per_period(f"messages:user:{sender.id}", per_minute, 60)
+    return buckets.Bucket.per_period(message_bucket_key(sender.id), per_minute, 60)
 
 
 def message_buckets(settings: Settings, sender: User, actor: Actor) -> list[buckets.Bucket]:
@@ -179,7 +189,10 @@ async def _count_the_message(
     """Take a token of the sender's message rate (and of their API key's), with their own
     limits read in the same short transaction, in the same statement as the reply running in
     the thread (if any: `read_sender_and_running`); the sender, for their budget, and that
-    reply."""
+    reply. Without an API key (one bucket), all of it is one statement, with no transaction
+    around it (`take_message_token`)."""
+    if actor.api_key_id is None:
+        return await _count_the_message_alone(ai, viewer, thread_id)
     found: list[tuple[User, Message | None]] = []
 
     async def buckets_of(db: AsyncSession) -> list[buckets.Bucket]:
@@ -193,6 +206,32 @@ async def _count_the_message(
         sessionmaker=ai.sessionmaker, buckets=buckets_of, message=RATE_LIMITED_MESSAGE
     )
     return found[0]
+
+
+async def _count_the_message_alone(
+    ai: AIRuntime, viewer: Viewer, thread_id: uuid.UUID
+) -> tuple[User, Message | None]:
+    """`_count_the_message` for a send with one bucket (the sender's): one statement, its
+    own transaction (AUTOCOMMIT); a second one only to tell a refused send when to retry."""
+
+    async def count(db: AsyncSession) -> tuple[User, Message | None, int | None]:
+        counted = await take_message_token(
+            db, viewer.user_id, thread_id,
+            default_per_minute=ai.settings.atlas_user_messages_per_minute,
+        )  # fmt: skip
+        if counted.sender is None:
+            raise Unauthenticated()
+        wait = None
+        if not counted.taken:
+            wait = await buckets.refused(db, message_bucket(ai.settings, counted.sender))
+        return counted.sender, counted.running, wait
+
+    sender, running, wait = await execute_transaction(
+        ai.sessionmaker, count, attempts=2, isolation_level=AUTOCOMMIT
+    )
+    if wait is not None:
+        raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=wait)
+    return sender, running
 
 
 class _SenderGates:
@@ -248,8 +287,9 @@ async def prepare_reply(
     `field`). The project's and the sender's monthly budgets (QUOTA_EXCEEDED) are checked
     last, once the reply is stored (`check_budgets`).
 
-    Statements: the sender's rate in a short transaction of its own (the sender and the
-    thread's running reply read there too, in one statement), then the thread once, locked
+    Statements: the sender's rate, committed on its own (the sender and the thread's running
+    reply read by the same statement, with no BEGIN/COMMIT around it: `take_message_token`;
+    with an API key, a short transaction of its own), then the thread once, locked
     (`read_thread_for_reply`, with the project's budget). A reply IN_PROGRESS that no worker
     runs (none here holds it, and it has not beaten for ATLAS_REPLY_STALE_AFTER) is recovered
     before the thread is locked, through the orchestrator's own short transactions: resumed

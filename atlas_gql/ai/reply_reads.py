@@ -3,7 +3,8 @@ each one statement built once with bound parameters: building the rules' SQL and
 key costs more than running it, and these run at every sendMessage, editMessage and
 regenerateMessage. A reply's start reads its thread once, locked (`read_thread_for_reply`);
 whether a reply nobody runs is in the way is read before, with the sender
-(`read_sender_and_running`), so it is recovered before the thread is locked."""
+(`read_sender_and_running`, or `take_message_token`, which takes the sender's rate token in
+the same statement), so it is recovered before the thread is locked."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sqlmodel import col
 
 from atlas_gql.ai import rules
 from atlas_gql.ai.models import Assistant, Message, MessageRole, MessageStatus, Thread
+from atlas_gql.auth import buckets
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.rules import ViewerRef
 from atlas_gql.auth.viewer import Viewer
@@ -125,6 +127,55 @@ def _sender_and_running_statement() -> sa.Select[User, Message]:
 
 
 _SENDER_AND_RUNNING = _sender_and_running_statement()
+
+
+def message_bucket_key(user_id: uuid.UUID) -> str:
+    """The key of a sender's sendMessage bucket (ai/messages.py `message_bucket`)."""
+    return f"messages:user:{user_id}"
+
+
+def _sender_running_and_token_statement() -> sa.Select[Any]:
+    """`_sender_and_running_statement`, taking a token of the sender's message bucket in the
+    same statement: their own rate or `:default_per_minute`, per minute."""
+    sender_id = sa.bindparam("user_id", type_=sa.Uuid)
+    per_minute = sa.func.coalesce(
+        col(User.messages_per_minute), sa.bindparam("default_per_minute", type_=sa.Integer)
+    )
+    taken = buckets.taking_per_period(per_minute, seconds=60, where=col(User.id) == sender_id)
+    left = sa.select(taken.c.tokens).scalar_subquery()
+    return _sender_and_running_statement().add_columns(left.label("taken"))
+
+
+_SENDER_RUNNING_AND_TOKEN = _sender_running_and_token_statement()
+
+
+@dataclass(frozen=True)
+class SenderCounted:
+    """What `take_message_token` read: the sender (None: no such user, nothing taken), the
+    reply running in the thread, and whether a token of the sender's rate was taken."""
+
+    sender: User | None
+    running: Message | None
+    taken: bool
+
+
+async def take_message_token(
+    db: AsyncSession, user_id: uuid.UUID, thread_id: uuid.UUID, *, default_per_minute: int
+) -> SenderCounted:
+    """`read_sender_and_running`, and a token of the sender's message rate taken (their
+    own `messages_per_minute`, else `default_per_minute`), all in ONE statement that needs no
+    transaction (`buckets.taking_per_period`)."""
+    parameters = {
+        "user_id": user_id,
+        "thread_id": thread_id,
+        "bucket_key": message_bucket_key(user_id),
+        "default_per_minute": default_per_minute,
+    }
+    row = (await db.execute(_SENDER_RUNNING_AND_TOKEN, parameters)).one_or_none()
+    if row is None:
+        return SenderCounted(sender=None, running=None, taken=False)
+    sender, running, left = row
+    return SenderCounted(sender=sender, running=running, taken=left is not None)
 
 
 async def read_sender_and_running(

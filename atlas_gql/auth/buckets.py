@@ -7,7 +7,9 @@ touched; a missing row is a full bucket. Taking is one atomic statement per buck
 of workers cannot overdraw it. Several buckets are taken together or not at all: `take` runs
 in a short transaction of its own, rolled back when one of them is empty, so a refused
 request costs no bucket anything (and a request refused later, for another reason, stays
-counted: that is what a rate limit is for).
+counted: that is what a rate limit is for). One bucket needs no transaction at all: its take
+is one atomic statement, which may also read what decides the bucket (`taking_per_period`:
+sendMessage reads the sender's own rate in it, AUTOCOMMIT).
 
 Used by sendMessage (per user, ATLAS_USER_MESSAGES_PER_MINUTE) and register (per address and
 for all addresses together, ATLAS_REGISTRATIONS_PER_HOUR[_GLOBAL]). Rows of full buckets are
@@ -19,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
@@ -48,16 +51,21 @@ class Bucket:
         return cls(key=key, capacity=float(count), per_second=count / seconds)
 
 
-def _refilled() -> sa.ColumnElement[float]:
-    """The tokens of the row now, as SQL (`:capacity` at most, `:per_second` refilled)."""
+def _refilled(
+    capacity: sa.ColumnElement[Any] | None = None,
+    per_second: sa.ColumnElement[Any] | None = None,
+) -> sa.ColumnElement[float]:
+    """The tokens of the row now, as SQL (`capacity` at most, `per_second` refilled; by
+    default the bound parameters `:capacity` and `:per_second`)."""
     elapsed = sa.func.greatest(
         0.0,
         sa.extract("epoch", sa.func.statement_timestamp() - col(RateLimitBucket.updated_at)),
     )
-    return sa.func.least(
-        sa.bindparam("capacity", type_=sa.Float),
-        col(RateLimitBucket.tokens) + elapsed * sa.bindparam("per_second", type_=sa.Float),
-    )
+    if capacity is None:
+        capacity = sa.bindparam("capacity", type_=sa.Float)
+    if per_second is None:
+        per_second = sa.bindparam("per_second", type_=sa.Float)
+    return sa.func.least(capacity, col(RateLimitBucket.tokens) + elapsed * per_second)
 
 
 def _take_statement() -> sa.Executable:
@@ -86,6 +94,49 @@ _AVAILABLE = sa.select(_refilled()).where(
 )
 
 
+def taking_per_period(
+    count: sa.ColumnElement[Any], *, seconds: float, where: sa.ColumnElement[bool]
+) -> sa.CTE:
+    """`take`'s statement for one bucket, `:bucket_key`, of `count` requests per `seconds`
+    (`Bucket.per_period`), as a CTE of a statement that reads `count` itself (a column of the
+    row `where` selects; no row: nothing is taken). Its `tokens` column: the tokens left, no
+    row when the bucket was empty (and nothing was taken). One atomic statement: it needs no
+    transaction around it. `refused` tells how long to wait."""
+    proposed = sa.select(
+        sa.bindparam("bucket_key", type_=sa.String),
+        sa.cast(count, sa.Float) - 1,
+        sa.func.statement_timestamp(),
+    ).where(where)
+    statement = insert(RateLimitBucket).from_select(
+        [col(RateLimitBucket.key), col(RateLimitBucket.tokens), col(RateLimitBucket.updated_at)],
+        proposed,
+    )
+    # The row proposed holds `count - 1` tokens: the capacity is that plus one.
+    capacity = statement.excluded.tokens + 1
+    refilled = _refilled(capacity, capacity / float(seconds))
+    return (
+        statement.on_conflict_do_update(
+            index_elements=[col(RateLimitBucket.key)],
+            set_={"tokens": refilled - 1, "updated_at": sa.func.statement_timestamp()},
+            where=refilled >= 1,
+        )
+        .returning(col(RateLimitBucket.tokens))
+        .cte("taken")
+    )
+
+
+async def refused(db: AsyncSession, bucket: Bucket) -> int:
+    """The seconds until the (empty) bucket has a token again."""
+    parameters = {
+        "bucket_key": bucket.key,
+        "capacity": bucket.capacity,
+        "per_second": bucket.per_second,
+    }
+    available = (await db.execute(_AVAILABLE, parameters)).scalar_one_or_none()
+    missing = 1 - float(available if available is not None else bucket.capacity)
+    return max(1, math.ceil(missing / bucket.per_second))
+
+
 async def _take_one(db: AsyncSession, bucket: Bucket) -> int | None:
     """Take a token; None when taken, else the seconds until one is there."""
     parameters = {
@@ -95,9 +146,7 @@ async def _take_one(db: AsyncSession, bucket: Bucket) -> int | None:
     }
     if (await db.execute(_TAKE, parameters)).scalar_one_or_none() is not None:
         return None
-    available = (await db.execute(_AVAILABLE, parameters)).scalar_one_or_none()
-    missing = 1 - float(available if available is not None else bucket.capacity)
-    return max(1, math.ceil(missing / bucket.per_second))
+    return await refused(db, bucket)
 
 
 class _Refused(Exception):

@@ -27,6 +27,7 @@ from atlas_gql.auth.viewer import Viewer, ViewerSource
 from atlas_gql.config import Settings
 from atlas_gql.db.loaders import ReadSessionSource
 from atlas_gql.db.session import ReadSession, SerializedAsyncSession
+from atlas_gql.db.utils import without_transaction
 from atlas_gql.graph.services import Services
 from atlas_gql.runtime import Runtime
 
@@ -297,7 +298,9 @@ class Context:
         # then starts with its first field (so a refused field rolls back alone, keeping
         # what it wrote in transactions of its own); a subscription holds no connection
         # while it waits for events.
+        # Its one statement commits on its own: no BEGIN and no ROLLBACK round trip.
         async with self.runtime.sessionmaker() as db:
+            await without_transaction(db)
             return await authenticate_access_token(db=db, settings=self.settings, token=token)
 
     async def actor(self) -> Actor:

@@ -167,10 +167,18 @@ NOTHING_IN_FLIGHT = InFlight()
 Spent = Callable[[], Awaitable[tuple[int, InFlight]]]
 
 
+# A 64-bit hash of a namespaced key, like the login limiter's locks; a collision only
+# serialises two budgets needlessly. Built once, with a bound parameter: every sendMessage
+# takes one or two (building a statement and its cache key costs more than running it).
+_ADVISORY_LOCK = sa.select(
+    sa.func.pg_advisory_xact_lock(
+        sa.func.hashtextextended(sa.bindparam("lock_key", type_=sa.String), 0)
+    )
+)
+
+
 async def _advisory_lock(db: AsyncSession, key: str) -> None:
-    # A 64-bit hash of a namespaced key, like the login limiter's locks; a collision only
-    # serialises two budgets needlessly.
-    await db.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))))
+    await db.execute(_ADVISORY_LOCK, {"lock_key": key})
 
 
 async def lock_project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> None:
@@ -195,6 +203,8 @@ def _refuse(
 ) -> None:
     """QUOTA_EXCEEDED when `used` tokens (plus those reckoned for running replies) reach
     `budget`."""
+    if used + running.tokens < budget:
+        return
     project = kind is BudgetKind.PROJECT
     extensions: dict[str, Any] = {
         "budget": kind.value,
@@ -209,14 +219,13 @@ def _refuse(
             else "You have used your monthly token budget.",
             **extensions,
         )
-    if used + running.tokens >= budget:
-        raise QuotaExceeded(
-            ("This project's" if project else "Your")
-            + f" running replies may use the rest of {'its' if project else 'your'} monthly "
-            "token budget; wait for them to finish.",
-            **extensions,
-            inProgress=running.replies,
-        )
+    raise QuotaExceeded(
+        ("This project's" if project else "Your")
+        + f" running replies may use the rest of {'its' if project else 'your'} monthly "
+        "token budget; wait for them to finish.",
+        **extensions,
+        inProgress=running.replies,
+    )
 
 
 async def ensure_within_budget(

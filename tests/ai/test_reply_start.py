@@ -148,7 +148,8 @@ async def test_send_message_runs_a_fixed_number_of_statements(
     start_ai_server: StartServer,
 ) -> None:
     """Every check on (the sender's rate and budget, the project's budget): the session, the
-    sender with the thread's running reply and the rate, the thread locked, the exchange's
+    sender with the thread's running reply and the rate's token (one statement), the thread
+    locked, the exchange's
     rows, the activity, the two budgets (each its lock, then its usage with its replies in
     flight). The same number in a thread with a longer history."""
     ai = await start_ai_server(atlas_user_monthly_tokens=10**12)
@@ -162,4 +163,4 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             statements = await _send_statements(ai, thread_id, f"Question {turn}")
             await subscription.until_final()
         counts.append(len(statements))
-    assert counts == [11, 11, 11], statements
+    assert counts == [10, 10, 10], statements
