@@ -485,12 +485,7 @@ class OperationSink:
         varying: Callable[[], Varying] | None = None,
     ) -> bool:
         """Write the event's shared frame; False when it must take Strawberry's path."""
-        render = self._rendering(info, thread_id, event_key, root, varying)
-        if render is None:
-            return False
-        if self._is_open():
-            await self._send(self.prefix + render.payload + "}")
-        return True
+        return await self._send_render(self._rendering(info, thread_id, event_key, root, varying))
 
     async def send_plain(
         self,
@@ -519,7 +514,11 @@ class OperationSink:
         if not plain:
             self.frames.fallbacks += 1
             return False
-        render = self.frames.render(group, event_key, lambda: root)
+        return await self._send_render(self.frames.render(group, event_key, lambda: root))
+
+    async def _send_render(self, render: _Render | None) -> bool:
+        """Send a shared rendering's `next` frame (not after the operation ended); False when
+        there is none (the event takes Strawberry's path)."""
         if render is None:
             return False
         if self._is_open():
