@@ -28,6 +28,7 @@ way, read side by side."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import uuid
@@ -537,15 +538,12 @@ class ResponsesProvider(_FilesMixin):
     def __init__(self, client: AsyncOpenAI, *, background: bool = True) -> None:
         self.client = client
         self.background = background
-        # The client's DirectPost (or None: the SDK sends), worked out at its first reply.
-        self._direct: tuple[AsyncOpenAI, DirectPost | None] | None = None
 
+    @functools.cached_property
     def _direct_post(self) -> DirectPost | None:
-        """`DirectPost.over(self.client)`, built once per client (its headers, URL, timeout
-        and checks at every reply cost ~0.1 ms)."""
-        if self._direct is None or self._direct[0] is not self.client:
-            self._direct = (self.client, DirectPost.over(self.client))
-        return self._direct[1]
+        """`DirectPost.over(self.client)` (None: the SDK sends), worked out at the first reply
+        and kept: its headers, URL, timeout and checks at every reply cost ~0.1 ms."""
+        return DirectPost.over(self.client)
 
     async def create_conversation(self, *, history: list[HistoryItem]) -> str:
         # The Conversations API takes at most 20 initial items.
@@ -563,7 +561,7 @@ class ResponsesProvider(_FilesMixin):
 
     def stream_reply(self, request: ReplyRequest) -> AsyncIterator[ReplyBatch]:
         body = reply_body(request, background=self.background)
-        direct = self._direct_post()
+        direct = self._direct_post
         if direct is not None:
             return self._read(direct.stream("responses", body))
         return self._read(_sdk_stream(self.client.responses.with_streaming_response.create(**body)))
