@@ -28,8 +28,9 @@ from atlas_gql.ai.models import (
 
 
 class _RowPayload(BaseModel):
-    """A database row as an event carries it: read from the row's attributes (`of`), and
-    turned back into a detached row (`to_message`, `to_thread`) for the graph's types."""
+    """A database row as an event carries it, read from the row's attributes (`of`). The
+    graph's MessageType reads a message payload as it is; a thread payload is turned back
+    into a detached row (`to_thread`)."""
 
     model_config = ConfigDict(frozen=True, from_attributes=True)
 
@@ -59,10 +60,6 @@ class MessagePayload(_RowPayload):
     completed_at: datetime | None = None
     # The stored citations (ai/citations.py), set when a reply completes.
     citations: list[dict[str, Any]] | None = None
-
-    def to_message(self) -> Message:
-        """A detached Message row with these values (for the graph's types)."""
-        return Message(**self.model_dump())
 
 
 class ThreadPayload(_RowPayload):

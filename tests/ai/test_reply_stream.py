@@ -73,7 +73,7 @@ def test_final_event_follows_the_status_and_survives_json(
     assert isinstance(event, kind)
     decoded = decode_event(encode_event(event))
     assert decoded == event
-    assert decoded.message.to_message().created_at == message.created_at
+    assert decoded.message.created_at == message.created_at
 
 
 def test_every_event_kind_round_trips_through_the_redis_json() -> None:
