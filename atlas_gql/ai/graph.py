@@ -15,7 +15,6 @@ from typing import Annotated, Any, TypeVar, cast
 import strawberry
 from graphql import GraphQLResolveInfo
 from strawberry.file_uploads import Upload
-from strawberry.types.base import get_object_definition
 
 from atlas_gql import metrics
 from atlas_gql.ai import assistants, events, feedback, files, messages, search, threads, titles
@@ -667,21 +666,22 @@ class Subscription:
                         checked = event.sequence
                         if control.error is not None:
                             raise control.error
-                    root = graph_event(event)
                     # Rendered once for the group when the selection reads only what the
                     # event holds (graph/fanout.py `plain_selection`), else by Strawberry.
+                    # The graph's type of an event is named as the event's class.
+                    type_name = type(event).__name__
                     if (
                         sink is None
                         or isinstance(event, events.MessageDelta)
                         or not await sink.send_plain(
                             raw_info,
                             thread_uuid,
-                            (event.sequence, type(event).__name__),
-                            root,
-                            get_object_definition(root, strict=True).name,
+                            (event.sequence, type_name),
+                            partial(graph_event, event),
+                            type_name,
                         )
                     ):
-                        yield root
+                        yield graph_event(event)
                     # Between events, hold no connection and no cached rows.
                     context.reset_loaders()
                     await context.close_db()

@@ -492,7 +492,7 @@ class OperationSink:
         info: GraphQLResolveInfo[Any],
         thread_id: uuid.UUID,
         event_key: Hashable,
-        root: Any,
+        root: Callable[[], Any],
         type_name: str,
     ) -> bool:
         """Write the shared frame of an event of another kind than a delta (one that carries a
@@ -514,7 +514,7 @@ class OperationSink:
         if not plain:
             self.frames.fallbacks += 1
             return False
-        return await self._send_render(self.frames.render(group, event_key, lambda: root))
+        return await self._send_render(self.frames.render(group, event_key, root))
 
     async def _send_render(self, render: _Render | None) -> bool:
         """Send a shared rendering's `next` frame (not after the operation ended); False when
