@@ -13,7 +13,7 @@ import strawberry
 from atlas_gql.auth import apikeys, loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import ApiKey, ApiKeyScope
-from atlas_gql.auth.permissions import authenticated
+from atlas_gql.auth.permissions import signed_in_field, signed_in_mutation
 from atlas_gql.errors import AtlasError
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
@@ -140,10 +140,9 @@ RevokeApiKey = Annotated[RevokeApiKeyInput, strawberry.argument(description="The
 
 @strawberry.type
 class Query:
-    @strawberry.field(
+    @signed_in_field(
         description="Personal API keys, newest first: the viewer's own, or with `userId` "
-        "another user's (MANAGE_USERS; FORBIDDEN otherwise). " + REFUSED,
-        extensions=authenticated(),
+        "another user's (MANAGE_USERS; FORBIDDEN otherwise). " + REFUSED
     )
     async def api_keys(
         self,
@@ -172,12 +171,11 @@ class Query:
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Create a personal API key for the viewer; its secret is in the answer, "
         "once. Needs a signed-in session (an API key cannot make keys: FORBIDDEN); CONFLICT "
         "past ATLAS_API_KEYS_PER_USER live keys; BAD_USER_INPUT for an empty name or a past "
-        "expiry.",
-        extensions=authenticated(),
+        "expiry."
     )
     async def create_api_key(self, info: Info, input: CreateApiKey) -> CreateApiKeyPayload | None:
         context = info.context
@@ -190,12 +188,11 @@ class Mutation:
             secret=created.secret, api_key=ApiKeyType.from_model(created.api_key)
         )
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Revoke a personal API key (its user, or MANAGE_USERS for anyone's): it "
         "stops working at once, and open subscriptions made with it end at their next "
         "exchange. A revoked key is answered as it is. NOT_FOUND for a key the viewer may not "
-        "see; needs a signed-in session (FORBIDDEN with an API key).",
-        extensions=authenticated(),
+        "see; needs a signed-in session (FORBIDDEN with an API key)."
     )
     async def revoke_api_key(self, info: Info, input: RevokeApiKey) -> ApiKeyType | None:
         key = await apikeys.revoke_api_key(

@@ -15,7 +15,7 @@ from strawberry.scalars import JSON
 
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
-from atlas_gql.auth.permissions import authenticated
+from atlas_gql.auth.permissions import authenticated, signed_in_field
 from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
@@ -298,11 +298,10 @@ class Query:
         extensions=authenticated(),
     )
 
-    @strawberry.field(
+    @signed_in_field(
         description="AI calls summed per group (requests, tokens, cost), sorted by key. ADMIN "
         "reads everything; with filter.projectId a project OWNER/MANAGER reads that project; "
-        "otherwise you read your own usage (another user's: FORBIDDEN).",
-        extensions=authenticated(),
+        "otherwise you read your own usage (another user's: FORBIDDEN)."
     )
     async def api_usage(
         self,
