@@ -191,8 +191,7 @@ class Query:
         filter=AssistantFilter,
         fetch=_assistants,
         filter_argument=ProjectNarrowing,
-        description="Assistants the viewer may see (their own, their projects'), newest first. "
-        + REFUSED,
+        description="Assistants the viewer may see (their own, their projects'), newest first.",
         extensions=authenticated(),
     )
 
@@ -202,7 +201,7 @@ class Query:
         fetch=_threads,
         filter_argument=ProjectNarrowing,
         description="Threads the viewer may see (their projects', their own), newest first; "
-        "archived threads only with `filter: {archived: true}`. " + REFUSED,
+        "archived threads only with `filter: {archived: true}`.",
         extensions=authenticated(),
     )
 
@@ -224,7 +223,7 @@ class Query:
         description="Ratings of replies with their comments, newest first, to see which "
         "assistants or models disappoint. ADMIN reads every rating; a project OWNER/MANAGER "
         "reads those of replies in their projects (with `filter.projectId` of a project they "
-        "do not manage: NOT_FOUND or FORBIDDEN); anyone else is FORBIDDEN. " + REFUSED,
+        "do not manage: NOT_FOUND or FORBIDDEN); anyone else is FORBIDDEN.",
         extensions=authenticated(),
     )
 

@@ -30,7 +30,6 @@ from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import Changes, UserID, input_fields, set_fields
 from atlas_gql.graph.paged import paged_field
 from atlas_gql.graph.relay import (
-    REFUSED,
     Node,
     from_row,
     register_node,
@@ -364,7 +363,7 @@ class Query:
         UserType,
         filter=UserFilter,
         fetch=_users,
-        description="Every user, oldest first, keyset-paginated (MANAGE_USERS). " + REFUSED,
+        description="Every user, oldest first, keyset-paginated (MANAGE_USERS).",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
 

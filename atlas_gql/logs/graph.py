@@ -21,7 +21,7 @@ from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import filter_fields
 from atlas_gql.graph.paged import paged_field
-from atlas_gql.graph.relay import REFUSED, Node, from_attributes, from_row, register_node
+from atlas_gql.graph.relay import Node, from_attributes, from_row, register_node
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs import loaders, service
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource, UsagePurpose
@@ -294,7 +294,7 @@ class Query:
         filter=ActivityLogFilter,
         fetch=_activity_logs,
         description="Who did what, when; newest first. ADMIN reads everything; a project OWNER "
-        "or MANAGER reads the rows of their projects; anyone else gets FORBIDDEN. " + REFUSED,
+        "or MANAGER reads the rows of their projects; anyone else gets FORBIDDEN.",
         extensions=authenticated(),
     )
 
@@ -347,7 +347,7 @@ class Query:
         filter=ErrorLogFilter,
         fetch=_error_logs,
         description="Errors newest first: masked internal errors, AI provider and database "
-        "errors. ADMIN only (FORBIDDEN otherwise). " + REFUSED,
+        "errors. ADMIN only (FORBIDDEN otherwise).",
         extensions=authenticated(),
     )
 

@@ -309,8 +309,7 @@ class Query:
         filter=ProjectFilter,
         fetch=_projects,
         convert=partial(ProjectType.from_model, visibility_checked=True),
-        description="The projects the viewer belongs to (every project for ADMIN), newest "
-        "first. " + REFUSED,
+        description="The projects the viewer belongs to (every project for ADMIN), newest first.",
         extensions=authenticated(),
     )
 
