@@ -52,9 +52,7 @@ from atlas_gql.auth.permissions import (
     signed_in_field,
     signed_in_mutation,
 )
-from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.pagination import Page, PageRequest
-from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import AtlasError, RateLimited
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
@@ -76,8 +74,9 @@ from atlas_gql.graph.relay import (
     DELETED,
     REFUSED,
     Connection,
+    ServiceGetter,
     global_id,
-    register_node,
+    register_service_node,
     requested_page,
     resolve_node_of,
     to_connection,
@@ -95,8 +94,7 @@ ProjectNarrowing = Annotated[
 
 # How `node(id:)` reads each AI object for a viewer: the service's getter (NOT_FOUND when the
 # viewer may not see it) and the GraphQL type.
-Getter = Callable[[ReadSession, Viewer, uuid.UUID], Awaitable[Any]]
-NODE_GETTERS: dict[str, tuple[Getter, Callable[[Any], Any]]] = {
+NODE_GETTERS: dict[str, tuple[ServiceGetter, Callable[[Any], Any]]] = {
     "Assistant": (
         lambda db, viewer, id: assistants.get_assistant(db=db, viewer=viewer, assistant_id=id),
         AssistantType.from_model,
@@ -120,23 +118,8 @@ NODE_GETTERS: dict[str, tuple[Getter, Callable[[Any], Any]]] = {
 }
 
 
-def _node_resolver(type_name: str) -> Callable[[Context, uuid.UUID], Awaitable[Any]]:
-    get, convert = NODE_GETTERS[type_name]
-
-    async def resolve(context: Context, object_id: uuid.UUID) -> Any:
-        viewer = await context.viewer()
-        if viewer is None:
-            return None
-        try:
-            return convert(await get(context.read_session(), viewer, object_id))
-        except AtlasError:
-            return None
-
-    return resolve
-
-
-for _type_name in NODE_GETTERS:
-    register_node(_type_name, _node_resolver(_type_name))
+for _type_name, (_get, _convert) in NODE_GETTERS.items():
+    register_service_node(_type_name, _get, _convert)
 
 
 async def _listed(

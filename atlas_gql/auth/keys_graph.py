@@ -15,7 +15,7 @@ from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import ApiKey, ApiKeyScope
 from atlas_gql.auth.permissions import signed_in_field, signed_in_mutation
 from atlas_gql.errors import AtlasError
-from atlas_gql.graph.context import Context, Info
+from atlas_gql.graph.context import Info
 from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import After, First, input_fields, optional_id
 from atlas_gql.graph.relay import (
@@ -23,7 +23,7 @@ from atlas_gql.graph.relay import (
     Connection,
     Node,
     from_row,
-    register_node,
+    register_service_node,
     requested_page,
     to_connection,
 )
@@ -87,19 +87,12 @@ class ApiKeyType(Node):
         return UserType.from_model(user)
 
 
-async def _resolve_api_key_node(context: Context, key_id: uuid.UUID) -> ApiKeyType | None:
-    """A key is visible to its user and to holders of MANAGE_USERS."""
-    viewer = await context.viewer()
-    if viewer is None:
-        return None
-    try:
-        key = await apikeys.get_api_key(db=context.read_session(), viewer=viewer, key_id=key_id)
-    except AtlasError:
-        return None
-    return ApiKeyType.from_model(key)
-
-
-register_node("ApiKey", _resolve_api_key_node)
+# A key is visible to its user and to holders of MANAGE_USERS (the service's getter says).
+register_service_node(
+    "ApiKey",
+    lambda db, viewer, id: apikeys.get_api_key(db=db, viewer=viewer, key_id=id),
+    ApiKeyType.from_model,
+)
 
 
 @strawberry.type(description="A new personal API key and its secret.")
