@@ -637,12 +637,8 @@ class MemoryBroker(Broker):
         self.ttl_seconds = ttl_seconds
         self._clock = clock
         self._history: OrderedDict[uuid.UUID, _ThreadHistory] = OrderedDict()
-        self._bytes = 0
-
-    @property
-    def retained_bytes(self) -> int:
-        """Bytes of events kept for replay, all threads together."""
-        return self._bytes
+        # Bytes of events kept for replay, all threads together (tests read it).
+        self.retained_bytes = 0
 
     @property
     def retained_threads(self) -> int:
@@ -664,7 +660,7 @@ class MemoryBroker(Broker):
             history.touched = now
         before = history.bytes
         history.add(event, limit=REPLAY_LIMIT, max_bytes=self.thread_bytes)
-        self._bytes += history.bytes - before
+        self.retained_bytes += history.bytes - before
         self._evict(now)
         self._fanout.dispatch(thread_id, event)
 
@@ -677,11 +673,11 @@ class MemoryBroker(Broker):
             if not (
                 oldest.touched < expired_before
                 or len(self._history) > self.thread_limit
-                or (self._bytes > self.total_bytes and len(self._history) > 1)
+                or (self.retained_bytes > self.total_bytes and len(self._history) > 1)
             ):
                 break
             _, forgotten = self._history.popitem(last=False)
-            self._bytes -= forgotten.bytes
+            self.retained_bytes -= forgotten.bytes
 
     async def _join(self, thread_id: uuid.UUID, control: SubscriptionControl | None) -> _Subscriber:
         return self._fanout.add(thread_id, control)
@@ -693,7 +689,7 @@ class MemoryBroker(Broker):
             return []
         if history.touched < self._clock() - self.ttl_seconds:
             del self._history[thread_id]
-            self._bytes -= history.bytes
+            self.retained_bytes -= history.bytes
             return []
         return [event for event, _ in history.events]
 
