@@ -186,7 +186,7 @@ class ProjectType(Node):
             return empty_page()
         return await info.context.loader(pages).load((self.db_id, request))
 
-    @strawberry.field(name="createdBy", description="Who created the project.")
+    @strawberry.field(description="Who created the project.")
     async def created_by(self, info: Info) -> UserType:
         return await _load_user(info.context, self.created_by_db_id)
 
@@ -220,7 +220,6 @@ class ProjectType(Node):
         return to_connection(page, ThreadType.from_model)
 
     @strawberry.field(
-        name="viewerRole",
         description="The signed-in viewer's role in the project; null when they are not a "
         "member (an ADMIN looking in).",
     )
@@ -228,7 +227,6 @@ class ProjectType(Node):
         return await info.context.viewer_loader(loaders.viewer_role_by_project).load(self.db_id)
 
     @strawberry.field(
-        name="usageThisMonth",
         description="AI tokens and cost of the current calendar month (UTC), what the "
         "monthlyTokenBudget setting counts; zeros for a viewer who may not see the project.",
     )
