@@ -202,8 +202,8 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def _replay(self, thread_id: uuid.UUID, after_sequence: int | None) -> list[Event]:
-        """The kept events a new subscriber reads first (`_deliver` skips those up to
-        `after_sequence`)."""
+        """The kept events a new subscriber may read first: `_deliver` takes those numbered
+        above `after_sequence`, and none without it."""
 
     @abc.abstractmethod
     async def _leave(self, thread_id: uuid.UUID, subscriber: _Subscriber) -> None:
