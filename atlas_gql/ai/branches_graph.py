@@ -13,7 +13,10 @@ import strawberry
 from atlas_gql.ai import branches
 from atlas_gql.ai.types import MessageType, SendMessagePayload, ThreadType
 from atlas_gql.auth.models import PermissionName
-from atlas_gql.auth.permissions import authenticated, requires
+from atlas_gql.auth.permissions import (
+    permitted_mutation,
+    signed_in_mutation,
+)
 from atlas_gql.graph.context import Info
 from atlas_gql.ids import decode_id_of
 
@@ -66,11 +69,11 @@ def _message_id(input: RegenerateMessageInput | EditMessageInput | SelectBranchI
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.USE_AI,
         description="Ask again: a new reply to the question an ASSISTANT message answers, "
         "as that message's sibling (which stays). Returns the new reply IN_PROGRESS; it "
         "streams on `threadEvents` like any reply and becomes the thread's active leaf. " + _ERRORS,
-        extensions=requires(PermissionName.USE_AI),
     )
     async def regenerate_message(self, info: Info, input: RegenerateMessage) -> MessageType | None:
         sent = await branches.regenerate_message(
@@ -78,11 +81,11 @@ class Mutation:
         )
         return MessageType.from_model(sent.assistant_message)
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.USE_AI,
         description="Edit and resend: a new USER message with the new text as the sibling of "
         "the one edited (whose branch stays), keeping its files, and a reply to it, which "
         "streams on `threadEvents` and becomes the thread's active leaf. " + _ERRORS,
-        extensions=requires(PermissionName.USE_AI),
     )
     async def edit_message(self, info: Info, input: EditMessage) -> SendMessagePayload | None:
         sent = await branches.edit_message(
@@ -90,12 +93,11 @@ class Mutation:
         )
         return SendMessagePayload.of(sent)
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Show another branch: the thread's active leaf (`activeLeaf`, the end of "
         "`messages`) becomes the newest leaf under the message given. Changes what everyone "
         "reading the thread is shown, so it needs the right to post there (FORBIDDEN below "
-        "MEMBER); NOT_FOUND when the viewer may not see the message. Returns the thread.",
-        extensions=authenticated(),
+        "MEMBER); NOT_FOUND when the viewer may not see the message. Returns the thread."
     )
     async def select_branch(self, info: Info, input: SelectBranch) -> ThreadType | None:
         thread = await branches.select_branch(

@@ -18,6 +18,7 @@ control semantics must match, read side by side."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import functools
@@ -27,7 +28,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from atlas_gql.ai.events import (
     FINAL_EVENTS,
@@ -40,6 +41,7 @@ from atlas_gql.ai.events import (
 )
 from atlas_gql.ai.listening import Listeners
 from atlas_gql.circuit import CircuitBreaker, CircuitOpenError
+from atlas_gql.config import Settings
 from atlas_gql.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -141,25 +143,39 @@ class _Stop:
         self.error = error
 
 
-class Broker(Protocol):
+class Broker(abc.ABC):
+    """The event broker: MemoryBroker (one worker) or RedisBroker (workers sharing events).
+
+    Both fan events out to this process's subscribers through one `_LocalFanout`, and share
+    `subscribe`: a subscriber is put in place (`_join`), reads the kept events (`_replay`),
+    then live ones, and is taken out (`_leave`); only those three steps differ."""
+
     # True when other processes share the events (a reply may run in another worker).
     distributed: bool
-    # The subscriptions of this process in place, by thread (the "subscribed" signal).
-    listeners: Listeners
 
+    def __init__(self, fanout: _LocalFanout) -> None:
+        self._fanout = fanout
+        # The subscriptions of this process in place, by thread (the "subscribed" signal).
+        self.listeners = Listeners()
+        self._control_handler: ControlHandler | None = None
+
+    @abc.abstractmethod
     async def start(self) -> None: ...
 
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
     def backlogs(self, thread_id: uuid.UUID) -> list[int]:
         """Events waiting for each of the thread's subscribers in this process."""
+        return self._fanout.backlogs(thread_id)
 
+    @abc.abstractmethod
     async def publish(self, thread_id: uuid.UUID, event: Event) -> None:
         """Deliver `event` to the thread's subscribers (in every process) and keep it for
         replay. An event may be published twice (a resumed reply re-reads events after its
         last checkpoint, with the numbers they had): subscribers drop the repeat."""
 
-    def subscribe(
+    async def subscribe(
         self,
         thread_id: uuid.UUID,
         *,
@@ -169,12 +185,37 @@ class Broker(Protocol):
         """Live events of the thread, in sequence order. With `after_sequence`, first the kept
         events numbered above it (what a reconnecting client missed), then live ones.
         BrokerUnavailable when the broker cannot subscribe. `control` stops it from outside."""
+        subscriber = await self._join(thread_id, control)
+        self.listeners.started(thread_id)
+        try:
+            # In place before the kept events are read: an event in both is delivered once.
+            replay = await self._replay(thread_id, after_sequence)
+            async for event in _deliver(subscriber, replay, after_sequence):
+                yield event
+        finally:
+            self.listeners.stopped(thread_id)
+            await self._leave(thread_id, subscriber)
 
+    @abc.abstractmethod
+    async def _join(self, thread_id: uuid.UUID, control: SubscriptionControl | None) -> _Subscriber:
+        """A new subscriber of the thread, in place: this process's later events reach it."""
+
+    @abc.abstractmethod
+    async def _replay(self, thread_id: uuid.UUID, after_sequence: int | None) -> list[Event]:
+        """The kept events a new subscriber may read first: `_deliver` takes those numbered
+        above `after_sequence`, and none without it."""
+
+    @abc.abstractmethod
+    async def _leave(self, thread_id: uuid.UUID, subscriber: _Subscriber) -> None:
+        """Take a subscriber out (its subscription ended)."""
+
+    @abc.abstractmethod
     async def publish_control(self, message: dict[str, Any]) -> None:
         """Send a control message to every process (including this one); BrokerUnavailable
         when it cannot be sent."""
 
-    def set_control_handler(self, handler: ControlHandler) -> None: ...
+    def set_control_handler(self, handler: ControlHandler) -> None:
+        self._control_handler = handler
 
 
 _Item = tuple[float, Event] | _Stop | None
@@ -247,17 +288,13 @@ class _Subscriber:
         "waiting",
     )
 
-    def __init__(
-        self,
-        limit: int,
-        clock: Callable[[], float] = time.monotonic,
-        merge_after: float = MERGE_AFTER,
-    ) -> None:
-        self.clock = clock
+    def __init__(self, fanout: _LocalFanout) -> None:
+        # The bounds of the fanout that adds it, read here once (`offer` runs per event).
+        self.clock = fanout.clock
         # Seconds an event may wait before the deltas behind it are merged (0: by count only).
-        self.merge_after = merge_after
+        self.merge_after = fanout.merge_after
         self.queue: Inbox[_Item] = Inbox()
-        self.limit = limit
+        self.limit = fanout.queue_limit
         self.overflowed = False
         self.on_overflow: Callable[[], None] | None = None
         self.direct: Callable[[Event], bool] | None = None
@@ -443,7 +480,7 @@ class _LocalFanout:
         # What is held was published before this subscriber: it goes to the others only
         # (the newcomer's replay covers it), never merged with what it will receive.
         self._flush(thread_id)
-        subscriber = _Subscriber(self.queue_limit, self.clock, self.merge_after)
+        subscriber = _Subscriber(self)
         if control is not None:
             control.bind(subscriber)
         self.subscribers.setdefault(thread_id, set()).add(subscriber)
@@ -571,7 +608,7 @@ class _ThreadHistory:
             self.bytes = sum(size for _, size in kept)
 
 
-class MemoryBroker:
+class MemoryBroker(Broker):
     """In-process broker: enough for one worker.
 
     Replay history is bounded: per thread REPLAY_LIMIT events and MEMORY_THREAD_BYTES
@@ -585,7 +622,6 @@ class MemoryBroker:
     def __init__(
         self,
         *,
-        replay_limit: int = REPLAY_LIMIT,
         queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
         thread_bytes: int = MEMORY_THREAD_BYTES,
         total_bytes: int = MEMORY_TOTAL_BYTES,
@@ -594,22 +630,15 @@ class MemoryBroker:
         clock: Callable[[], float] = time.monotonic,
         merge_after: float = MERGE_AFTER,
     ) -> None:
-        self.replay_limit = replay_limit
+        super().__init__(_LocalFanout(queue_limit, clock, merge_after))
         self.thread_bytes = thread_bytes
         self.total_bytes = total_bytes
         self.thread_limit = thread_limit
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._fanout = _LocalFanout(queue_limit, clock, merge_after)
-        self.listeners = Listeners()
         self._history: OrderedDict[uuid.UUID, _ThreadHistory] = OrderedDict()
-        self._bytes = 0
-        self._control_handler: ControlHandler | None = None
-
-    @property
-    def retained_bytes(self) -> int:
-        """Bytes of events kept for replay, all threads together."""
-        return self._bytes
+        # Bytes of events kept for replay, all threads together (tests read it).
+        self.retained_bytes = 0
 
     @property
     def retained_threads(self) -> int:
@@ -617,9 +646,6 @@ class MemoryBroker:
 
     async def start(self) -> None:
         return None
-
-    def backlogs(self, thread_id: uuid.UUID) -> list[int]:
-        return self._fanout.backlogs(thread_id)
 
     async def close(self) -> None:
         return None
@@ -633,8 +659,8 @@ class MemoryBroker:
             self._history.move_to_end(thread_id)
             history.touched = now
         before = history.bytes
-        history.add(event, limit=self.replay_limit, max_bytes=self.thread_bytes)
-        self._bytes += history.bytes - before
+        history.add(event, limit=REPLAY_LIMIT, max_bytes=self.thread_bytes)
+        self.retained_bytes += history.bytes - before
         self._evict(now)
         self._fanout.dispatch(thread_id, event)
 
@@ -647,49 +673,35 @@ class MemoryBroker:
             if not (
                 oldest.touched < expired_before
                 or len(self._history) > self.thread_limit
-                or (self._bytes > self.total_bytes and len(self._history) > 1)
+                or (self.retained_bytes > self.total_bytes and len(self._history) > 1)
             ):
                 break
             _, forgotten = self._history.popitem(last=False)
-            self._bytes -= forgotten.bytes
+            self.retained_bytes -= forgotten.bytes
 
-    def _replay(self, thread_id: uuid.UUID) -> list[Event]:
+    async def _join(self, thread_id: uuid.UUID, control: SubscriptionControl | None) -> _Subscriber:
+        return self._fanout.add(thread_id, control)
+
+    async def _replay(self, thread_id: uuid.UUID, after_sequence: int | None) -> list[Event]:
+        # Nothing suspends between `_join` and this read: no event falls between them.
         history = self._history.get(thread_id)
         if history is None:
             return []
         if history.touched < self._clock() - self.ttl_seconds:
             del self._history[thread_id]
-            self._bytes -= history.bytes
+            self.retained_bytes -= history.bytes
             return []
         return [event for event, _ in history.events]
 
-    async def subscribe(
-        self,
-        thread_id: uuid.UUID,
-        *,
-        after_sequence: int | None = None,
-        control: SubscriptionControl | None = None,
-    ) -> AsyncIterator[Event]:
-        # Registered before the history is read, with no await in between: nothing is missed.
-        subscriber = self._fanout.add(thread_id, control)
-        self.listeners.started(thread_id)
-        try:
-            replay = self._replay(thread_id)
-            async for event in _deliver(subscriber, replay, after_sequence):
-                yield event
-        finally:
-            self._fanout.remove(thread_id, subscriber)
-            self.listeners.stopped(thread_id)
+    async def _leave(self, thread_id: uuid.UUID, subscriber: _Subscriber) -> None:
+        self._fanout.remove(thread_id, subscriber)
 
     async def publish_control(self, message: dict[str, Any]) -> None:
         if self._control_handler is not None:
             await self._control_handler(message)
 
-    def set_control_handler(self, handler: ControlHandler) -> None:
-        self._control_handler = handler
 
-
-class RedisBroker:
+class RedisBroker(Broker):
     """Redis pub/sub between processes; one pub/sub connection per process, fanned out locally.
 
     Keys: channel `atlas:thread:<id>` carries events, list `atlas:thread:<id>:events` keeps
@@ -716,7 +728,6 @@ class RedisBroker:
         self,
         url: str,
         *,
-        replay_limit: int = REPLAY_LIMIT,
         queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
         timeout: float = REDIS_TIMEOUT,
         max_pause: float = REDIS_MAX_PAUSE,
@@ -728,7 +739,6 @@ class RedisBroker:
         from redis.backoff import NoBackoff
         from redis.exceptions import RedisError
 
-        self.replay_limit = replay_limit
         self.breaker = CircuitBreaker(
             name="Redis (event broker)",
             timeout=timeout,
@@ -748,12 +758,10 @@ class RedisBroker:
             health_check_interval=30,
         )
         self._pubsub = self._redis.pubsub()
-        self._fanout = _LocalFanout(queue_limit, merge_after=merge_after)
-        self.listeners = Listeners()
+        super().__init__(_LocalFanout(queue_limit, merge_after=merge_after))
         self._confirmed: dict[str, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
-        self._control_handler: ControlHandler | None = None
         self._control_ready = False
         # Held while a SUBSCRIBE or UNSUBSCRIBE is sent on the shared pub/sub connection only
         # (never across the wait for Redis's confirmation: `_channel_lock` serialises one
@@ -773,9 +781,6 @@ class RedisBroker:
         self.subscribe_attempts = SUBSCRIBE_ATTEMPTS
         # Waits for a SUBSCRIBE's confirmation that ran out while Redis answered (tests, logs).
         self.late_confirmations = 0
-
-    def backlogs(self, thread_id: uuid.UUID) -> list[int]:
-        return self._fanout.backlogs(thread_id)
 
     @staticmethod
     def channel(thread_id: uuid.UUID) -> str:
@@ -989,21 +994,15 @@ class RedisBroker:
             for thread_id, events in by_thread.items():
                 key = self.history_key(thread_id)
                 pipeline.rpush(key, *events)
-                pipeline.ltrim(key, -self.replay_limit, -1)
+                pipeline.ltrim(key, -REPLAY_LIMIT, -1)
                 pipeline.expire(key, REPLAY_TTL_SECONDS)
             for thread_id, data in batch:
                 pipeline.publish(self.channel(thread_id), self._origin + data)
             await pipeline.execute()
 
-    async def subscribe(
-        self,
-        thread_id: uuid.UUID,
-        *,
-        after_sequence: int | None = None,
-        control: SubscriptionControl | None = None,
-    ) -> AsyncIterator[Event]:
-        """As `Broker.subscribe`; BrokerUnavailable when Redis is being skipped or does not
-        confirm the subscription (or the kept events cannot be read) in time."""
+    async def _join(self, thread_id: uuid.UUID, control: SubscriptionControl | None) -> _Subscriber:
+        """BrokerUnavailable when Redis is being skipped or does not confirm the subscription
+        in time."""
         channel = self.channel(thread_id)
         async with self._channel_lock(channel):
             if self.breaker.skip():
@@ -1024,28 +1023,29 @@ class RedisBroker:
                     raise
             # In place: this process's later events reach it, and Redis has confirmed the
             # channel (the first subscriber waited for it; later ones joined after it).
-            self.listeners.started(thread_id)
+            return subscriber
+
+    async def _replay(self, thread_id: uuid.UUID, after_sequence: int | None) -> list[Event]:
+        """The thread's list, read once subscribed (none without `after_sequence`);
+        BrokerUnavailable when it cannot be read in time."""
+        if after_sequence is None:
+            return []
+        # What this worker published before is in the list once its queue is sent.
+        await self.flush()
+        history = self.history_key(thread_id)
         try:
-            # Subscribed first, then read the list: an event in both is delivered once.
-            replay: list[Event] = []
-            if after_sequence is not None:
-                history = self.history_key(thread_id)
-                # What this worker published before is in the list once its queue is sent.
-                await self.flush()
-                try:
-                    raw = await self.breaker.call(lambda: self._redis.lrange(history, 0, -1))
-                except CircuitOpenError as error:
-                    raise BrokerUnavailable() from error
-                replay = [decode_event(item) for item in raw]
-            async for event in _deliver(subscriber, replay, after_sequence):
-                yield event
-        finally:
-            self.listeners.stopped(thread_id)
-            async with self._channel_lock(channel):
-                if self._fanout.remove(thread_id, subscriber):
-                    self._confirmed.pop(channel, None)
-                    if not self.breaker.is_open:
-                        await self._unsubscribe(channel)
+            raw = await self.breaker.call(lambda: self._redis.lrange(history, 0, -1))
+        except CircuitOpenError as error:
+            raise BrokerUnavailable() from error
+        return [decode_event(item) for item in raw]
+
+    async def _leave(self, thread_id: uuid.UUID, subscriber: _Subscriber) -> None:
+        channel = self.channel(thread_id)
+        async with self._channel_lock(channel):
+            if self._fanout.remove(thread_id, subscriber):
+                self._confirmed.pop(channel, None)
+                if not self.breaker.is_open:
+                    await self._unsubscribe(channel)
 
     async def publish_control(self, message: dict[str, Any]) -> None:
         """BrokerUnavailable when Redis is being skipped or does not take the message."""
@@ -1055,27 +1055,20 @@ class RedisBroker:
         except CircuitOpenError as error:
             raise BrokerUnavailable() from error
 
-    def set_control_handler(self, handler: ControlHandler) -> None:
-        self._control_handler = handler
 
-
-def create_broker(
-    redis_url: str | None,
-    *,
-    timeout: float = REDIS_TIMEOUT,
-    max_pause: float = REDIS_MAX_PAUSE,
-    queue_limit: int = SUBSCRIBER_QUEUE_LIMIT,
-    subscribe_timeout: float = SUBSCRIBE_TIMEOUT,
-    merge_after: float = MERGE_AFTER,
-) -> Broker:
-    """Redis when a URL is configured, else in-process."""
-    if redis_url:
+def create_broker(settings: Settings) -> Broker:
+    """Redis when a URL is configured (REDIS_URL), else in-process; bounded and timed as the
+    settings say (as `create_provider` reads its own)."""
+    if settings.redis_url:
         return RedisBroker(
-            redis_url,
-            timeout=timeout,
-            max_pause=max_pause,
-            queue_limit=queue_limit,
-            subscribe_timeout=subscribe_timeout,
-            merge_after=merge_after,
+            settings.redis_url,
+            timeout=settings.atlas_redis_timeout,
+            max_pause=settings.atlas_redis_retry_max,
+            queue_limit=settings.atlas_subscriber_backlog,
+            subscribe_timeout=settings.atlas_redis_subscribe_timeout,
+            merge_after=settings.atlas_subscriber_merge_after,
         )
-    return MemoryBroker(queue_limit=queue_limit, merge_after=merge_after)
+    return MemoryBroker(
+        queue_limit=settings.atlas_subscriber_backlog,
+        merge_after=settings.atlas_subscriber_merge_after,
+    )

@@ -45,10 +45,14 @@ from atlas_gql.ai.types import (
 )
 from atlas_gql.ai.watch import Watch
 from atlas_gql.auth.models import ApiKeyScope, PermissionName
-from atlas_gql.auth.permissions import AuthenticatedDirective, authenticated, requires
-from atlas_gql.auth.viewer import Viewer
+from atlas_gql.auth.permissions import (
+    AuthenticatedDirective,
+    authenticated,
+    permitted_mutation,
+    signed_in_field,
+    signed_in_mutation,
+)
 from atlas_gql.db.pagination import Page, PageRequest
-from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import AtlasError, RateLimited
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
@@ -70,8 +74,9 @@ from atlas_gql.graph.relay import (
     DELETED,
     REFUSED,
     Connection,
+    ServiceGetter,
     global_id,
-    register_node,
+    register_service_node,
     requested_page,
     resolve_node_of,
     to_connection,
@@ -89,8 +94,7 @@ ProjectNarrowing = Annotated[
 
 # How `node(id:)` reads each AI object for a viewer: the service's getter (NOT_FOUND when the
 # viewer may not see it) and the GraphQL type.
-Getter = Callable[[ReadSession, Viewer, uuid.UUID], Awaitable[Any]]
-NODE_GETTERS: dict[str, tuple[Getter, Callable[[Any], Any]]] = {
+NODE_GETTERS: dict[str, tuple[ServiceGetter, Callable[[Any], Any]]] = {
     "Assistant": (
         lambda db, viewer, id: assistants.get_assistant(db=db, viewer=viewer, assistant_id=id),
         AssistantType.from_model,
@@ -114,23 +118,8 @@ NODE_GETTERS: dict[str, tuple[Getter, Callable[[Any], Any]]] = {
 }
 
 
-def _node_resolver(type_name: str) -> Callable[[Context, uuid.UUID], Awaitable[Any]]:
-    get, convert = NODE_GETTERS[type_name]
-
-    async def resolve(context: Context, object_id: uuid.UUID) -> Any:
-        viewer = await context.viewer()
-        if viewer is None:
-            return None
-        try:
-            return convert(await get(context.read_session(), viewer, object_id))
-        except AtlasError:
-            return None
-
-    return resolve
-
-
-for _type_name in NODE_GETTERS:
-    register_node(_type_name, _node_resolver(_type_name))
+for _type_name, (_get, _convert) in NODE_GETTERS.items():
+    register_service_node(_type_name, _get, _convert)
 
 
 async def _listed(
@@ -185,8 +174,7 @@ class Query:
         filter=AssistantFilter,
         fetch=_assistants,
         filter_argument=ProjectNarrowing,
-        description="Assistants the viewer may see (their own, their projects'), newest first. "
-        + REFUSED,
+        description="Assistants the viewer may see (their own, their projects'), newest first.",
         extensions=authenticated(),
     )
 
@@ -196,15 +184,14 @@ class Query:
         fetch=_threads,
         filter_argument=ProjectNarrowing,
         description="Threads the viewer may see (their projects', their own), newest first; "
-        "archived threads only with `filter: {archived: true}`. " + REFUSED,
+        "archived threads only with `filter: {archived: true}`.",
         extensions=authenticated(),
     )
 
-    @strawberry.field(
+    @signed_in_field(
         description="A thread by ID; null when it does not exist or the viewer may not see it "
         "(as every single-object lookup: `node`, `project`). A malformed ID, or one of another "
-        "type, is BAD_USER_INPUT.",
-        extensions=authenticated(),
+        "type, is BAD_USER_INPUT."
     )
     async def thread(self, info: Info, id: ThreadID) -> ThreadType | None:
         thread: ThreadType | None = await resolve_node_of(
@@ -219,19 +206,18 @@ class Query:
         description="Ratings of replies with their comments, newest first, to see which "
         "assistants or models disappoint. ADMIN reads every rating; a project OWNER/MANAGER "
         "reads those of replies in their projects (with `filter.projectId` of a project they "
-        "do not manage: NOT_FOUND or FORBIDDEN); anyone else is FORBIDDEN. " + REFUSED,
+        "do not manage: NOT_FOUND or FORBIDDEN); anyone else is FORBIDDEN.",
         extensions=authenticated(),
     )
 
-    @strawberry.field(
+    @signed_in_field(
         description="Full-text search over the messages the viewer may read (the threads "
         "`threads` lists), most relevant first, then newest. Web search syntax: words (all "
         'must match; English stemming, so `deploy` finds `deployed`), `"a quoted phrase"`, '
         "`or` between alternatives, `-word` to exclude. A reply still streaming is found once "
         "it ends. BAD_USER_INPUT for an empty query, one over 200 characters, one without a "
         "word to look up (only common words such as `the`, punctuation or exclusions), a "
-        "malformed cursor or filter. " + REFUSED,
-        extensions=authenticated(),
+        "malformed cursor or filter. " + REFUSED
     )
     async def search_messages(
         self,
@@ -286,9 +272,9 @@ RateMessage = Annotated[
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.USE_AI,
         description="Create an assistant, personal or shared with a project (MANAGER+).",
-        extensions=requires(PermissionName.USE_AI),
     )
     async def create_assistant(self, info: Info, input: CreateAssistant) -> AssistantType | None:
         context = info.context
@@ -299,10 +285,7 @@ class Mutation:
         )
         return AssistantType.from_model(assistant, instructions_visible=True)
 
-    @strawberry.mutation(
-        description="Change an assistant (its creator, a project MANAGER+, ADMIN).",
-        extensions=authenticated(),
-    )
+    @signed_in_mutation(description="Change an assistant (its creator, a project MANAGER+, ADMIN).")
     async def update_assistant(
         self, info: Info, id: AssistantID, input: Changes[UpdateAssistantInput]
     ) -> AssistantType | None:
@@ -315,10 +298,9 @@ class Mutation:
         )
         return AssistantType.from_model(assistant, instructions_visible=True)
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Delete an assistant; its threads stay, without an assistant (and its "
-        "replies, without `assistant`). " + DELETED,
-        extensions=authenticated(),
+        "replies, without `assistant`). " + DELETED
     )
     async def delete_assistant(self, info: Info, id: AssistantID) -> strawberry.ID | None:
         assistant_id = decode_id_of(id, "Assistant")
@@ -327,10 +309,10 @@ class Mutation:
         )
         return global_id("Assistant", assistant_id)
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.USE_AI,
         description="Start a thread with an assistant (project MEMBER+). Its OpenAI "
         "conversation is created with the first reply.",
-        extensions=requires(PermissionName.USE_AI),
     )
     async def create_thread(self, info: Info, input: CreateThread) -> ThreadType | None:
         data = threads.ThreadCreate.model_validate(
@@ -343,9 +325,8 @@ class Mutation:
         thread = await threads.create_thread(**await info.context.writing(), data=data)
         return ThreadType.from_model(thread)
 
-    @strawberry.mutation(
-        description="Rename, pin or archive a thread (its creator, a project MANAGER+, ADMIN).",
-        extensions=authenticated(),
+    @signed_in_mutation(
+        description="Rename, pin or archive a thread (its creator, a project MANAGER+, ADMIN)."
     )
     async def update_thread(
         self, info: Info, id: ThreadID, input: Changes[UpdateThreadInput]
@@ -357,14 +338,14 @@ class Mutation:
         )
         return ThreadType.from_model(thread)
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.USE_AI,
         description="Name a thread again from its first exchange with ATLAS_TITLE_MODEL (a "
         "short model call, counted in usage with purpose TITLE and in the budgets) and answer "
         "it with its new title; subscribers get a ThreadUpdated event. Whoever may rename the "
         "thread. CONFLICT without a completed reply (or while it is being named); "
         "QUOTA_EXCEEDED past the project's or your monthly budget; UPSTREAM_ERROR when the "
         "call fails (the title stays as it was).",
-        extensions=requires(PermissionName.USE_AI),
     )
     async def generate_thread_title(
         self, info: Info, input: GenerateThreadTitle
@@ -376,24 +357,23 @@ class Mutation:
         )
         return ThreadType.from_model(thread)
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Delete a thread and its messages (its creator, a project MANAGER+, "
-        "ADMIN). " + DELETED,
-        extensions=authenticated(),
+        "ADMIN). " + DELETED
     )
     async def delete_thread(self, info: Info, id: ThreadID) -> strawberry.ID | None:
         thread_id = decode_id_of(id, "Thread")
         await threads.delete_thread(**await info.context.ai_writing(), thread_id=thread_id)
         return global_id("Thread", thread_id)
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.USE_AI,
         description="Send a message (project MEMBER+): returns at once with the stored message "
         "and the IN_PROGRESS reply, which streams on `threadEvents`. CONFLICT while another "
         "reply of the thread runs, and in an archived thread. QUOTA_EXCEEDED "
         "(`extensions.budget`, `used`) when the project's tokens this month reached its "
         "`monthlyTokenBudget`, or would with its replies still running (each reckoned as its "
         "text so far, at least 1 token; `extensions.inProgress`).",
-        extensions=requires(PermissionName.USE_AI),
     )
     async def send_message(self, info: Info, input: SendMessage) -> SendMessagePayload | None:
         data = messages.MessageSend.model_validate(
@@ -406,10 +386,10 @@ class Mutation:
         sent = await messages.send_message(**await info.context.ai_writing(), data=data)
         return SendMessagePayload.of(sent)
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Stop a reply in progress (its sender, a project MANAGER+, ADMIN): "
         "CANCELLED with the text received so far. An API key needs the USE_AI scope.",
-        extensions=authenticated(key_scope=ApiKeyScope.USE_AI),
+        key_scope=ApiKeyScope.USE_AI,
     )
     async def cancel_message(
         self,
@@ -428,11 +408,10 @@ class Mutation:
         )
         return MessageType.from_model(message)
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Rate a reply UP or DOWN, with an optional comment, or clear your rating "
         "(rating null): anyone who sees the thread. Returns the reply (`viewerRating`, "
-        "`ratings`).",
-        extensions=authenticated(),
+        "`ratings`)."
     )
     async def rate_message(self, info: Info, input: RateMessage) -> MessageType | None:
         message_id = decode_id_of(input.message_id, "Message", field="messageId")
@@ -440,11 +419,11 @@ class Mutation:
         message = await feedback.rate_message(**await info.context.writing(), data=data)
         return MessageType.from_model(message)
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.USE_AI,
         description="Upload a file (GraphQL multipart request; send an `Apollo-Require-"
         "Preflight` or `GraphQL-Preflight` header). Stored in OpenAI Files (purpose "
         "user_data); at most ATLAS_MAX_UPLOAD_BYTES.",
-        extensions=requires(PermissionName.USE_AI),
     )
     async def upload_file(
         self,
@@ -472,9 +451,8 @@ class Mutation:
         )
         return FileType.from_model(stored)
 
-    @strawberry.mutation(
-        description="Attach a file to an Assistant, a Thread or a Message (one you may change).",
-        extensions=authenticated(),
+    @signed_in_mutation(
+        description="Attach a file to an Assistant, a Thread or a Message (one you may change)."
     )
     async def attach_file(
         self,
@@ -497,10 +475,9 @@ class Mutation:
         )
         return FileType.from_model(file)
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Detach a file from an Assistant, a Thread or a Message (idempotent: "
-        "detaching a file that is not attached there changes nothing); answers the file.",
-        extensions=authenticated(),
+        "detaching a file that is not attached there changes nothing); answers the file."
     )
     async def detach_file(
         self,
@@ -522,10 +499,9 @@ class Mutation:
         )
         return FileType.from_model(file)
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Delete a file you uploaded (and its attachments); ADMIN may delete any. "
-        + DELETED,
-        extensions=authenticated(),
+        + DELETED
     )
     async def delete_file(self, info: Info, id: FileID) -> strawberry.ID | None:
         file_id = decode_id_of(id, "File")

@@ -14,14 +14,7 @@ async def start_ai(runtime: Runtime) -> AIRuntime:
     ai = AIRuntime(
         settings=runtime.settings,
         sessionmaker=runtime.sessionmaker,
-        broker=create_broker(
-            runtime.settings.redis_url,
-            timeout=runtime.settings.atlas_redis_timeout,
-            max_pause=runtime.settings.atlas_redis_retry_max,
-            queue_limit=runtime.settings.atlas_subscriber_backlog,
-            subscribe_timeout=runtime.settings.atlas_redis_subscribe_timeout,
-            merge_after=runtime.settings.atlas_subscriber_merge_after,
-        ),
+        broker=create_broker(runtime.settings),
         provider=create_provider(runtime.settings),
         spawn=runtime.spawn,
     )

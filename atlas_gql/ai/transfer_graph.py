@@ -12,7 +12,7 @@ from atlas_gql.ai import transfer
 from atlas_gql.ai.files import UploadLike
 from atlas_gql.ai.types import ThreadType
 from atlas_gql.auth.models import PermissionName
-from atlas_gql.auth.permissions import authenticated, requires
+from atlas_gql.auth.permissions import permitted_mutation, signed_in_field
 from atlas_gql.graph.context import Info
 from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import ProjectID, ThreadID, optional_id
@@ -89,11 +89,10 @@ class ImportThreadsPayload:
 
 @strawberry.type
 class Query:
-    @strawberry.field(
+    @signed_in_field(
         description="A thread as a document (text): JSON, its whole tree in the versioned ATLAS "
         "format, or MARKDOWN, the branch shown. Null (with NOT_FOUND) when the viewer may not "
-        "see it.",
-        extensions=authenticated(),
+        "see it."
     )
     async def export_thread(
         self,
@@ -107,11 +106,10 @@ class Query:
             **await info.context.ai_reading(), thread_id=decode_id_of(id, "Thread"), format=format
         )
 
-    @strawberry.field(
+    @signed_in_field(
         description="Every thread of a project (all branches) in the ATLAS JSON format: for "
         "the project's MANAGER+ and ADMIN (FORBIDDEN below MANAGER, NOT_FOUND outside it). "
-        "At most 50000 messages in one document (BAD_USER_INPUT beyond).",
-        extensions=authenticated(),
+        "At most 50000 messages in one document (BAD_USER_INPUT beyond)."
     )
     async def export_project(self, info: Info, id: ProjectID) -> str | None:
         return await transfer.export_project(
@@ -121,14 +119,14 @@ class Query:
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.USE_AI,
         description="Import threads from an ATLAS export or ChatGPT's `conversations.json` "
         "(GraphQL multipart request). The file is checked whole first: a malformed one is "
         "BAD_USER_INPUT naming the problem, and nothing is stored. Then each thread is stored "
         "in its own transaction with its messages' text, roles, order, branches and "
         "timestamps; `results` says which were. An imported thread gets an OpenAI "
         "conversation when someone first replies in it.",
-        extensions=requires(PermissionName.USE_AI),
     )
     async def import_threads(self, info: Info, input: ImportThreads) -> ImportThreadsPayload | None:
         results = await transfer.import_threads(

@@ -302,7 +302,7 @@ class ThreadType(Node):
     async def last_event_sequence(self, info: Info) -> int:
         return await info.context.loader(loaders.last_event_sequence_by_thread).load(self.db_id)
 
-    @strawberry.field(name="createdBy", description="Who started the thread.")
+    @strawberry.field(description="Who started the thread.")
     async def created_by(self, info: Info) -> UserType | None:
         return await _user(info, self.created_by_db_id)
 
@@ -324,7 +324,6 @@ class ThreadType(Node):
         return to_connection(page, MessageType.from_model)
 
     @strawberry.field(
-        name="activeLeaf",
         description="The last message of the branch shown (`messages` ends with it); a new "
         "message follows it. Null while the thread has no message.",
     )
@@ -409,7 +408,6 @@ class MessageType(Node):
         return [MessageType.from_model(message) for message in found]
 
     @strawberry.field(
-        name="siblingIndex",
         description="This message's place among `siblings` (0 for the oldest): a UI shows "
         "`siblingIndex + 1` / `siblings.length`.",
     )

@@ -17,7 +17,12 @@ import strawberry
 
 from atlas_gql.auth import account, admin, loaders
 from atlas_gql.auth.models import PermissionName, Role, RoleName, User
-from atlas_gql.auth.permissions import authenticated, requires
+from atlas_gql.auth.permissions import (
+    permitted_mutation,
+    requires,
+    signed_in_field,
+    signed_in_mutation,
+)
 from atlas_gql.auth.rules import user_grants_visible_to
 from atlas_gql.db.loaders import LoaderFactory
 from atlas_gql.db.pagination import Page, PageRequest
@@ -25,7 +30,6 @@ from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import Changes, UserID, input_fields, set_fields
 from atlas_gql.graph.paged import paged_field
 from atlas_gql.graph.relay import (
-    REFUSED,
     Node,
     from_row,
     register_node,
@@ -359,13 +363,11 @@ class Query:
         UserType,
         filter=UserFilter,
         fetch=_users,
-        description="Every user, oldest first, keyset-paginated (MANAGE_USERS). " + REFUSED,
+        description="Every user, oldest first, keyset-paginated (MANAGE_USERS).",
         extensions=requires(PermissionName.MANAGE_USERS),
     )
 
-    @strawberry.field(
-        description="Every global role and its permissions.", extensions=authenticated()
-    )
+    @signed_in_field(description="Every global role and its permissions.")
     async def roles(self, info: Info) -> list[RoleType] | None:
         roles = await info.context.loader(loaders.all_roles).load(None)
         return await role_types(info.context, roles)
@@ -422,10 +424,9 @@ class Mutation:
         )
         return AuthPayload.from_signed_in(signed_in)
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="End the current session (or the viewer's session of `refreshToken`), or "
-        "all of the viewer's sessions with `allSessions: true`; their tokens stop working.",
-        extensions=authenticated(),
+        "all of the viewer's sessions with `allSessions: true`; their tokens stop working."
     )
     async def logout(
         self,
@@ -447,9 +448,8 @@ class Mutation:
             all_sessions=bool(all_sessions),
         )
 
-    @strawberry.mutation(
-        description="Replace the viewer's password; every other session of theirs ends.",
-        extensions=authenticated(),
+    @signed_in_mutation(
+        description="Replace the viewer's password; every other session of theirs ends."
     )
     async def change_password(self, info: Info, input: ChangePassword) -> bool | None:
         context = info.context
@@ -462,9 +462,8 @@ class Mutation:
             ),
         )
 
-    @strawberry.mutation(
-        description="Create an account (MANAGE_USERS).",
-        extensions=requires(PermissionName.MANAGE_USERS),
+    @permitted_mutation(
+        PermissionName.MANAGE_USERS, description="Create an account (MANAGE_USERS)."
     )
     async def create_user(self, info: Info, input: CreateUser) -> UserType | None:
         context = info.context
@@ -475,10 +474,10 @@ class Mutation:
         )
         return UserType.from_model(user)
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.MANAGE_USERS,
         description="Rename, deactivate or reactivate a user (MANAGE_USERS). Deactivation ends "
         "their sessions at once; deactivating yourself is a CONFLICT.",
-        extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def update_user(
         self, info: Info, id: UserID, input: Changes[UpdateUserInput]
@@ -486,26 +485,25 @@ class Mutation:
         data = admin.UserUpdate.model_validate(set_fields(input))
         return await _changed_user(info, admin.update_user, id, field="id", data=data)
 
-    @strawberry.mutation(
-        description="Grant a global role (MANAGE_USERS).",
-        extensions=requires(PermissionName.MANAGE_USERS),
+    @permitted_mutation(
+        PermissionName.MANAGE_USERS, description="Grant a global role (MANAGE_USERS)."
     )
     async def assign_role(self, info: Info, user_id: UserID, role: RoleToAssign) -> UserType | None:
         return await _changed_user(info, admin.assign_role, user_id, field="userId", role=role)
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.MANAGE_USERS,
         description="Withdraw a global role (MANAGE_USERS); withdrawing your own ADMIN role "
         "is a CONFLICT.",
-        extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def revoke_role(self, info: Info, user_id: UserID, role: RoleToRevoke) -> UserType | None:
         return await _changed_user(info, admin.revoke_role, user_id, field="userId", role=role)
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.MANAGE_USERS,
         description="Approve a registration awaiting approval (MANAGE_USERS): the account gets "
         "the USER role and may use AI from its next request. Approving an approved account "
         "changes nothing.",
-        extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def approve_user(
         self,
@@ -516,10 +514,10 @@ class Mutation:
     ) -> UserType | None:
         return await _changed_user(info, admin.approve_user, id, field="id")
 
-    @strawberry.mutation(
+    @permitted_mutation(
+        PermissionName.MANAGE_USERS,
         description="Set or clear a user's own monthly token budget and message rate "
         "(MANAGE_USERS); see `User.limits`. They apply from the user's next message.",
-        extensions=requires(PermissionName.MANAGE_USERS),
     )
     async def set_user_limits(
         self, info: Info, user_id: UserID, input: UserLimits

@@ -13,9 +13,9 @@ import strawberry
 from atlas_gql.auth import apikeys, loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import ApiKey, ApiKeyScope
-from atlas_gql.auth.permissions import authenticated
+from atlas_gql.auth.permissions import signed_in_field, signed_in_mutation
 from atlas_gql.errors import AtlasError
-from atlas_gql.graph.context import Context, Info
+from atlas_gql.graph.context import Info
 from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import After, First, input_fields, optional_id
 from atlas_gql.graph.relay import (
@@ -23,7 +23,7 @@ from atlas_gql.graph.relay import (
     Connection,
     Node,
     from_row,
-    register_node,
+    register_service_node,
     requested_page,
     to_connection,
 )
@@ -87,19 +87,12 @@ class ApiKeyType(Node):
         return UserType.from_model(user)
 
 
-async def _resolve_api_key_node(context: Context, key_id: uuid.UUID) -> ApiKeyType | None:
-    """A key is visible to its user and to holders of MANAGE_USERS."""
-    viewer = await context.viewer()
-    if viewer is None:
-        return None
-    try:
-        key = await apikeys.get_api_key(db=context.read_session(), viewer=viewer, key_id=key_id)
-    except AtlasError:
-        return None
-    return ApiKeyType.from_model(key)
-
-
-register_node("ApiKey", _resolve_api_key_node)
+# A key is visible to its user and to holders of MANAGE_USERS (the service's getter says).
+register_service_node(
+    "ApiKey",
+    lambda db, viewer, id: apikeys.get_api_key(db=db, viewer=viewer, key_id=id),
+    ApiKeyType.from_model,
+)
 
 
 @strawberry.type(description="A new personal API key and its secret.")
@@ -140,10 +133,9 @@ RevokeApiKey = Annotated[RevokeApiKeyInput, strawberry.argument(description="The
 
 @strawberry.type
 class Query:
-    @strawberry.field(
+    @signed_in_field(
         description="Personal API keys, newest first: the viewer's own, or with `userId` "
-        "another user's (MANAGE_USERS; FORBIDDEN otherwise). " + REFUSED,
-        extensions=authenticated(),
+        "another user's (MANAGE_USERS; FORBIDDEN otherwise). " + REFUSED
     )
     async def api_keys(
         self,
@@ -172,12 +164,11 @@ class Query:
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Create a personal API key for the viewer; its secret is in the answer, "
         "once. Needs a signed-in session (an API key cannot make keys: FORBIDDEN); CONFLICT "
         "past ATLAS_API_KEYS_PER_USER live keys; BAD_USER_INPUT for an empty name or a past "
-        "expiry.",
-        extensions=authenticated(),
+        "expiry."
     )
     async def create_api_key(self, info: Info, input: CreateApiKey) -> CreateApiKeyPayload | None:
         context = info.context
@@ -190,12 +181,11 @@ class Mutation:
             secret=created.secret, api_key=ApiKeyType.from_model(created.api_key)
         )
 
-    @strawberry.mutation(
+    @signed_in_mutation(
         description="Revoke a personal API key (its user, or MANAGE_USERS for anyone's): it "
         "stops working at once, and open subscriptions made with it end at their next "
         "exchange. A revoked key is answered as it is. NOT_FOUND for a key the viewer may not "
-        "see; needs a signed-in session (FORBIDDEN with an API key).",
-        extensions=authenticated(),
+        "see; needs a signed-in session (FORBIDDEN with an API key)."
     )
     async def revoke_api_key(self, info: Info, input: RevokeApiKey) -> ApiKeyType | None:
         key = await apikeys.revoke_api_key(

@@ -113,3 +113,26 @@ def authenticated(*, key_scope: ApiKeyScope = ApiKeyScope.WRITE) -> list[FieldEx
 def requires(permission: PermissionName) -> list[FieldExtension]:
     """Field extensions for `@hasPermission(permission: ...)`."""
     return [PermissionExtension(permissions=[permission_class(permission)()])]
+
+
+# The header of a root field behind one of the gates above, written once: the field is a
+# plain `strawberry.mutation`/`strawberry.field` with its description and that gate's
+# extensions, so the schema shows the directive and the description as before.
+
+
+def signed_in_mutation(*, description: str, key_scope: ApiKeyScope = ApiKeyScope.WRITE) -> Any:
+    """`@strawberry.mutation` for a signed-in viewer (`@authenticated`); an API key needs
+    `key_scope` (see `authenticated`)."""
+    return strawberry.mutation(
+        description=description, extensions=authenticated(key_scope=key_scope)
+    )
+
+
+def permitted_mutation(permission: PermissionName, *, description: str) -> Any:
+    """`@strawberry.mutation` for holders of `permission` (`@hasPermission`)."""
+    return strawberry.mutation(description=description, extensions=requires(permission))
+
+
+def signed_in_field(*, description: str) -> Any:
+    """`@strawberry.field` (a root query) for a signed-in viewer (`@authenticated`)."""
+    return strawberry.field(description=description, extensions=authenticated())

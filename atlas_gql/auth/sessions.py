@@ -215,18 +215,12 @@ async def _rotate(
         )
     ).one_or_none()
     if claimed is None:
-        known = (
-            await db.execute(
-                sa.select(
-                    col(RefreshToken.session_id),
-                    col(RefreshToken.user_id),
-                    col(RefreshToken.used_at),
-                ).where(col(RefreshToken.token_hash) == token_hash)
-            )
-        ).one_or_none()
-        if known is None or known[2] is None:
+        known = await db.scalar(
+            sa.select(RefreshToken).where(col(RefreshToken.token_hash) == token_hash)
+        )
+        if known is None or known.used_at is None:
             raise Unauthenticated(REFRESH_REFUSED_MESSAGE)
-        session_id, user_id = known[0], known[1]
+        session_id, user_id = known.session_id, known.user_id
         await revoke_sessions(db=db, session_ids=[session_id], reason="refresh_token_reuse")
         actor.record(db, "auth.refresh_reuse_detected", ("Session", session_id), user_id=user_id)
         return None

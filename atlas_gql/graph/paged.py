@@ -20,7 +20,7 @@ import strawberry
 from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.inputs import After, First, ListFilter
-from atlas_gql.graph.relay import Connection, requested_page, to_connection
+from atlas_gql.graph.relay import REFUSED, Connection, requested_page, to_connection
 
 NodeT = TypeVar("NodeT")
 FilterT = TypeVar("FilterT")
@@ -41,8 +41,9 @@ def paged_field(
     filter_argument: Any = ListFilter,
 ) -> Any:
     """A root connection field `(first: Int, after: String, filter: <filter>) -> <node>
-    Connection`. `convert` turns a row into `node` (default `node.from_model`);
-    `filter_argument` is the `Annotated` alias describing the filter (default `ListFilter`)."""
+    Connection`, its description followed by the nullability rule (`REFUSED`). `convert`
+    turns a row into `node` (default `node.from_model`); `filter_argument` is the `Annotated`
+    alias describing the filter (default `ListFilter`)."""
     to_node: Callable[[Any], NodeT] = convert or node.from_model  # type: ignore[attr-defined]
 
     async def resolve(
@@ -61,4 +62,6 @@ def paged_field(
         "filter": filter_argument[filter_type],
         "return": Connection[node] | None,  # type: ignore[valid-type]
     }
-    return strawberry.field(resolver=resolve, description=description, extensions=extensions)
+    return strawberry.field(
+        resolver=resolve, description=f"{description} {REFUSED}", extensions=extensions
+    )

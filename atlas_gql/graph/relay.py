@@ -12,9 +12,12 @@ import strawberry
 from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, SelectionSetNode
 
 from atlas_gql.db.pagination import Page, PageRequest, page_request
+from atlas_gql.errors import AtlasError
 from atlas_gql.ids import decode_global_id, encode_global_id
 
 if TYPE_CHECKING:
+    from atlas_gql.auth.viewer import Viewer
+    from atlas_gql.db.session import ReadSession
     from atlas_gql.graph.context import Context
 
 # The nullability rule (docs/architecture.md, "A field error stays a field error"): a field
@@ -70,6 +73,29 @@ _node_resolvers: dict[str, NodeResolver] = {}
 
 def register_node(type_name: str, resolver: NodeResolver) -> None:
     _node_resolvers[type_name] = resolver
+
+
+# A service's getter of one object for a viewer: raises NOT_FOUND (or another project error)
+# when the viewer may not see it.
+ServiceGetter = Callable[["ReadSession", "Viewer", uuid.UUID], Awaitable[Any]]
+
+
+def register_service_node(
+    type_name: str, get: ServiceGetter, convert: Callable[[Any], Any]
+) -> None:
+    """`node(id:)` for a type its service's getter reads: null for an anonymous viewer and
+    where the getter refuses, else the object `convert`ed to its GraphQL type."""
+
+    async def resolve(context: Context, object_id: uuid.UUID) -> Any:
+        viewer = await context.viewer()
+        if viewer is None:
+            return None
+        try:
+            return convert(await get(context.read_session(), viewer, object_id))
+        except AtlasError:
+            return None
+
+    register_node(type_name, resolve)
 
 
 def node_types() -> frozenset[str]:

@@ -15,13 +15,13 @@ from strawberry.scalars import JSON
 
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
-from atlas_gql.auth.permissions import authenticated
+from atlas_gql.auth.permissions import authenticated, signed_in_field
 from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.enums import described_enum
 from atlas_gql.graph.inputs import filter_fields
 from atlas_gql.graph.paged import paged_field
-from atlas_gql.graph.relay import REFUSED, Node, from_attributes, from_row, register_node
+from atlas_gql.graph.relay import Node, from_attributes, from_row, register_node
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs import loaders, service
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource, UsagePurpose
@@ -294,15 +294,14 @@ class Query:
         filter=ActivityLogFilter,
         fetch=_activity_logs,
         description="Who did what, when; newest first. ADMIN reads everything; a project OWNER "
-        "or MANAGER reads the rows of their projects; anyone else gets FORBIDDEN. " + REFUSED,
+        "or MANAGER reads the rows of their projects; anyone else gets FORBIDDEN.",
         extensions=authenticated(),
     )
 
-    @strawberry.field(
+    @signed_in_field(
         description="AI calls summed per group (requests, tokens, cost), sorted by key. ADMIN "
         "reads everything; with filter.projectId a project OWNER/MANAGER reads that project; "
-        "otherwise you read your own usage (another user's: FORBIDDEN).",
-        extensions=authenticated(),
+        "otherwise you read your own usage (another user's: FORBIDDEN)."
     )
     async def api_usage(
         self,
@@ -348,7 +347,7 @@ class Query:
         filter=ErrorLogFilter,
         fetch=_error_logs,
         description="Errors newest first: masked internal errors, AI provider and database "
-        "errors. ADMIN only (FORBIDDEN otherwise). " + REFUSED,
+        "errors. ADMIN only (FORBIDDEN otherwise).",
         extensions=authenticated(),
     )
 

@@ -20,7 +20,12 @@ from atlas_gql.ai.types import ThreadType
 from atlas_gql.auth import loaders as auth_loaders
 from atlas_gql.auth.graph import UserType
 from atlas_gql.auth.models import PermissionName, User
-from atlas_gql.auth.permissions import authenticated, requires
+from atlas_gql.auth.permissions import (
+    authenticated,
+    permitted_mutation,
+    signed_in_field,
+    signed_in_mutation,
+)
 from atlas_gql.db.loaders import LoaderFactory, PageKey
 from atlas_gql.db.pagination import Page, PageRequest, empty_page
 from atlas_gql.errors import NotFound
@@ -181,7 +186,7 @@ class ProjectType(Node):
             return empty_page()
         return await info.context.loader(pages).load((self.db_id, request))
 
-    @strawberry.field(name="createdBy", description="Who created the project.")
+    @strawberry.field(description="Who created the project.")
     async def created_by(self, info: Info) -> UserType:
         return await _load_user(info.context, self.created_by_db_id)
 
@@ -215,7 +220,6 @@ class ProjectType(Node):
         return to_connection(page, ThreadType.from_model)
 
     @strawberry.field(
-        name="viewerRole",
         description="The signed-in viewer's role in the project; null when they are not a "
         "member (an ADMIN looking in).",
     )
@@ -223,7 +227,6 @@ class ProjectType(Node):
         return await info.context.viewer_loader(loaders.viewer_role_by_project).load(self.db_id)
 
     @strawberry.field(
-        name="usageThisMonth",
         description="AI tokens and cost of the current calendar month (UTC), what the "
         "monthlyTokenBudget setting counts; zeros for a viewer who may not see the project.",
     )
@@ -304,14 +307,12 @@ class Query:
         filter=ProjectFilter,
         fetch=_projects,
         convert=partial(ProjectType.from_model, visibility_checked=True),
-        description="The projects the viewer belongs to (every project for ADMIN), newest "
-        "first. " + REFUSED,
+        description="The projects the viewer belongs to (every project for ADMIN), newest first.",
         extensions=authenticated(),
     )
 
-    @strawberry.field(
-        extensions=authenticated(),
-        description="A project by ID; null when it does not exist or the viewer is not a member.",
+    @signed_in_field(
+        description="A project by ID; null when it does not exist or the viewer is not a member."
     )
     async def project(self, info: Info, id: ProjectID) -> ProjectType | None:
         return await resolve_visible_project(info.context, decode_id_of(id, "Project"))
@@ -346,9 +347,8 @@ def _user_id(value: strawberry.ID) -> uuid.UUID:
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(
-        extensions=requires(PermissionName.CREATE_PROJECT),
-        description="Create a project; the viewer becomes its OWNER.",
+    @permitted_mutation(
+        PermissionName.CREATE_PROJECT, description="Create a project; the viewer becomes its OWNER."
     )
     async def create_project(self, info: Info, input: CreateProject) -> ProjectType | None:
         project = await projects.create_project(
@@ -357,9 +357,7 @@ class Mutation:
         )
         return ProjectType.from_model(project, visibility_checked=True)
 
-    @strawberry.mutation(
-        extensions=authenticated(), description="Rename or re-describe a project (MANAGER+)."
-    )
+    @signed_in_mutation(description="Rename or re-describe a project (MANAGER+).")
     async def update_project(
         self, info: Info, id: ProjectID, input: Changes[UpdateProjectInput]
     ) -> ProjectType | None:
@@ -369,20 +367,18 @@ class Mutation:
         )
         return ProjectType.from_model(project, visibility_checked=True)
 
-    @strawberry.mutation(
-        extensions=authenticated(),
+    @signed_in_mutation(
         description="Delete a project (OWNER or ADMIN) with its members, settings, assistants, "
-        "threads and messages. " + DELETED,
+        "threads and messages. " + DELETED
     )
     async def delete_project(self, info: Info, id: ProjectID) -> strawberry.ID | None:
         project_id = _project_id(id, "id")
         await projects.delete_project(**await info.context.writing(), project_id=project_id)
         return global_id("Project", project_id)
 
-    @strawberry.mutation(
-        extensions=authenticated(),
+    @signed_in_mutation(
         description="Add a user to a project (MANAGER+; only an OWNER grants OWNER). "
-        "CONFLICT when they already are a member.",
+        "CONFLICT when they already are a member."
     )
     async def add_project_member(
         self,
@@ -399,10 +395,9 @@ class Mutation:
         )
         return ProjectMemberType.from_model(member)
 
-    @strawberry.mutation(
-        extensions=authenticated(),
+    @signed_in_mutation(
         description="Change a member's role (MANAGER+; OWNER granted or changed only by an "
-        "OWNER, which is how ownership is transferred). The last OWNER cannot be demoted.",
+        "OWNER, which is how ownership is transferred). The last OWNER cannot be demoted."
     )
     async def update_project_member(
         self,
@@ -418,12 +413,11 @@ class Mutation:
         )
         return ProjectMemberType.from_model(member)
 
-    @strawberry.mutation(
-        extensions=authenticated(),
+    @signed_in_mutation(
         description="Remove a member (MANAGER+; OWNERs only by an OWNER); any member may "
         "remove themself. The last OWNER cannot be removed. Answers the removed membership's "
         "ID (a ProjectMember; evict it from a normalised cache, e.g. Apollo's `cache.evict`); "
-        "null, with an error, when refused.",
+        "null, with an error, when refused."
     )
     async def remove_project_member(
         self, info: Info, project_id: ProjectID, user_id: MemberUserID
@@ -434,12 +428,11 @@ class Mutation:
         )
         return global_id("ProjectMember", member.id)
 
-    @strawberry.mutation(
-        extensions=authenticated(),
+    @signed_in_mutation(
         description="Set a JSON setting (MANAGER+), replacing any value the key had. Keys: "
         "`^[a-zA-Z][a-zA-Z0-9_.-]{0,63}$`; values: any JSON up to 64 KiB. Known keys: "
         "`defaultAssistantId` (the ID of an Assistant of the project), `monthlyTokenBudget` "
-        "(a non-negative integer).",
+        "(a non-negative integer)."
     )
     async def set_project_setting(
         self,
@@ -465,10 +458,9 @@ class Mutation:
         )
         return ProjectSettingType.from_model(setting)
 
-    @strawberry.mutation(
-        extensions=authenticated(),
+    @signed_in_mutation(
         description="Remove a setting (MANAGER+; idempotent: a key that is not set changes "
-        "nothing). Answers the project, whose `settings` changed.",
+        "nothing). Answers the project, whose `settings` changed."
     )
     async def delete_project_setting(
         self,
