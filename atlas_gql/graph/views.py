@@ -11,7 +11,7 @@ graphql-transport-ws message closes the socket with 1009 or 4400)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -292,6 +292,12 @@ class AtlasGraphQL(GraphQL[Context, None]):
         if extensions:
             data["extensions"] = extensions
         return data
+
+    def websocket_session(self, websocket: WebSocket) -> Awaitable[Any]:
+        """A WebSocket's whole session (origin check, handshake, graphql-transport-ws): what
+        the app's entry awaits for it (`app.AtlasApp`). Strawberry's coroutine itself, with no
+        frame of ours kept around it for the socket's life (memory per idle subscription)."""
+        return super().run(websocket)
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
         if not isinstance(request, Request):
