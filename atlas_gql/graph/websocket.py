@@ -88,6 +88,32 @@ class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
             await self.ws.send_text(text)
 
 
+class DocumentTexts:
+    """One string per distinct document text that subscribers send: a thousand sockets
+    subscribing with the same document keep one copy of it, not a thousand (each operation
+    keeps its query for its life: memory per idle subscription). At most `limit` characters
+    are kept; the oldest texts go first."""
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.limit = limit
+        self._texts: dict[str, str] = {}
+        self._size = 0
+
+    def shared(self, text: str) -> str:
+        known = self._texts.get(text)
+        if known is not None:
+            return known
+        if len(text) > self.limit:
+            return text
+        while self._size + len(text) > self.limit:
+            oldest = next(iter(self._texts))
+            del self._texts[oldest]
+            self._size -= len(oldest)
+        self._texts[text] = text
+        self._size += len(text)
+        return text
+
+
 # Close code of a socket whose subscriptions fell ATLAS_SUBSCRIBER_BACKLOG events behind: 1013
 # "Try Again Later" (RFC 6455 registry): retryable; the client reconnects and resubscribes with
 # `afterSequence` (the last sequence it received).
@@ -105,7 +131,7 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     with 1013; its operations stop at once, so nothing more is queued for it."""
 
     websocket: AtlasWebSocketAdapter
-    # The view: its SharedFrames (the view sets `frames`; see AtlasGraphQL).
+    # The view: its SharedFrames and DocumentTexts (`frames`, `document_texts`: AtlasGraphQL).
     view: Any
     _closing_too_slow: asyncio.Task[None] | None = None
     _closing_timed_out: asyncio.Task[None] | None = None
@@ -206,4 +232,6 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 "variables/extensions (objects), operationName (string)"
             )
             return
+        texts: DocumentTexts = self.view.document_texts
+        payload["query"] = texts.shared(payload["query"])
         await super().handle_subscribe(message)
