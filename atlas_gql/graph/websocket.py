@@ -59,13 +59,18 @@ class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
                     await self.close(1009, f"Message exceeds {self.max_message_bytes} bytes")
                     return
                 try:
-                    yield decode_request_json(text)
+                    message = decode_request_json(text)
                 except json.JSONDecodeError as error:
                     if not ignore_parsing_errors:
                         raise NonJsonMessageReceived from error
+                    continue
                 except JsonTooComplex as error:
                     await self.close(4400, str(error))
                     return
+                # Not kept while this generator waits for the next message: on an idle socket,
+                # for the connection's life (memory per idle subscription).
+                del text
+                yield message
         except KeyError as error:
             raise NonTextMessageReceived from error
         except WebSocketDisconnect:  # pragma: no cover - the client went away
@@ -206,6 +211,10 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.handle_invalid_message("A message must be an object with a type")
             return
         await super().handle_message(cast("Message", message))
+        # Handled: what it carried lives on where it is needed (an operation's query and
+        # variables, connection_init's payload). Strawberry's loop keeps the message itself
+        # until the next one comes (on an idle socket, for its life): it is emptied.
+        message.clear()
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         self._cancel_init_timer()
