@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -15,13 +15,20 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from atlas_gql import __version__, metrics
 from atlas_gql.config import MetricsAccess, Settings, get_settings
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.runtime import resolve_database_target
 from atlas_gql.db.utils import check_db_connection
-from atlas_gql.edge import BodyTimeoutMiddleware, ClientAddressMiddleware, JsonCORSMiddleware
+from atlas_gql.edge import (
+    BodyTimeoutMiddleware,
+    ClientAddresses,
+    ClientAddressMiddleware,
+    JsonCORSMiddleware,
+)
 from atlas_gql.graph.ide import graphiql_static_route
 from atlas_gql.graph.limits import BodySizeLimitMiddleware
 from atlas_gql.graph.schema import build_schema
@@ -35,6 +42,36 @@ from atlas_gql.tracing import require_tracing, start_tracing
 logger = logging.getLogger(__name__)
 
 READINESS_TIMEOUT_SECONDS = 2.0
+GRAPHQL_PATH = "/graphql"
+
+
+class AtlasApp(Starlette):
+    """The Starlette app, whose GraphQL WebSocket bypasses the HTTP middleware chain.
+
+    A WebSocket to /graphql lives as long as its client likes (an idle subscription: hours),
+    and every middleware it passes keeps a coroutine frame for that long: Starlette's error and
+    exception middlewares, routing, and each of ours (issue 14 part 5, memory per idle
+    subscription). What those middlewares do for a WebSocket is done here, in one frame: the
+    real client behind trusted proxies (`ClientAddresses`), the open-connections gauge. The
+    others do nothing for a WebSocket (body size, body pace, CORS, request ids and access
+    lines are HTTP's; an exception ends the socket as it did through them: uvicorn closes it
+    with 1011). The Origin check and the handshake are the view's (Strawberry), as before.
+    Every other scope and path takes the chain."""
+
+    graphql_websocket: Callable[[WebSocket], Awaitable[Any]]
+    client_addresses: ClientAddresses
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == GRAPHQL_PATH:
+            scope["app"] = self
+            self.client_addresses.rewrite(scope)
+            metrics.WEBSOCKETS.inc()
+            try:
+                await self.graphql_websocket(WebSocket(scope, receive, send))
+            finally:
+                metrics.WEBSOCKETS.dec()
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -104,7 +141,7 @@ def create_app(
     graphql_app = AtlasGraphQL(schema, settings=settings)
     state["graphql"] = graphql_app
 
-    app = Starlette(
+    app = AtlasApp(
         debug=False,
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
@@ -115,8 +152,10 @@ def create_app(
                 else []
             ),
             *([graphiql_static_route()] if settings.graphiql_enabled else []),
-            Route("/graphql", graphql_app, methods=["GET", "POST"]),
-            WebSocketRoute("/graphql", graphql_app),
+            Route(GRAPHQL_PATH, graphql_app, methods=["GET", "POST"]),
+            # AtlasApp serves this WebSocket before the chain; the route stays for one that
+            # reaches the router another way (the app mounted under a prefix).
+            WebSocketRoute(GRAPHQL_PATH, graphql_app),
         ],
         middleware=[
             # Outermost: everything below sees the real client address and a bounded body read.
@@ -146,6 +185,8 @@ def create_app(
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+    app.graphql_websocket = graphql_app.websocket_session
+    app.client_addresses = ClientAddresses(trusted_proxies=settings.atlas_trusted_proxies)
     app.state.atlas = state
     return app
 

@@ -53,7 +53,7 @@ def _is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in trusted)
 
 
-class ClientAddressMiddleware:
+class ClientAddresses:
     """Sets `scope["client"]` to the real client, and `scope["scheme"]` from
     X-Forwarded-Proto, when the connection comes from one of ATLAS_TRUSTED_PROXIES; other
     peers' proxy headers are ignored.
@@ -63,18 +63,15 @@ class ClientAddressMiddleware:
     further left is never believed; an entry that is not an IP address ends the walk (the
     header is malformed from there on), keeping the last address established. Addresses are
     written canonically (one spelling per address, IPv4-mapped IPv6 as IPv4), so per-address
-    limits cannot be dodged by spelling an address differently."""
+    limits cannot be dodged by spelling an address differently.
 
-    def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[IPNetwork]) -> None:
-        self.app = app
+    `ClientAddressMiddleware` applies it to HTTP requests and WebSockets; the GraphQL
+    WebSocket's entry (`app.AtlasApp`), which bypasses the middleware chain, calls `rewrite`."""
+
+    def __init__(self, *, trusted_proxies: Sequence[IPNetwork]) -> None:
         self.trusted = tuple(trusted_proxies)
         # Peers and proxy hops repeat: parsing, printing and matching them is most of the cost.
         self._classify = functools.lru_cache(maxsize=4096)(self._classify_address)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in _SCHEMES and scope.get("client"):
-            self._rewrite(scope)
-        await self.app(scope, receive, send)
 
     def _classify_address(self, text: str) -> tuple[str, bool] | None:
         """(canonical spelling, is a trusted proxy) of an address; None if it is not one."""
@@ -83,7 +80,10 @@ class ClientAddressMiddleware:
             return None
         return str(address), _is_trusted(address, self.trusted)
 
-    def _rewrite(self, scope: Scope) -> None:
+    def rewrite(self, scope: Scope) -> None:
+        """The scope's real client (and scheme), as described above."""
+        if scope["type"] not in _SCHEMES or not scope.get("client"):
+            return
         host, port = scope["client"]
         peer = self._classify(str(host))
         if peer is None:  # not an IP peer (a Unix socket, a test double): nothing to trust
@@ -112,6 +112,18 @@ class ClientAddressMiddleware:
                     scope["scheme"] = scheme
         if client != host:
             scope["client"] = (client, port)
+
+
+class ClientAddressMiddleware(ClientAddresses):
+    """`ClientAddresses` as ASGI middleware: what runs inside it sees the real client."""
+
+    def __init__(self, app: ASGIApp, *, trusted_proxies: Sequence[IPNetwork]) -> None:
+        super().__init__(trusted_proxies=trusted_proxies)
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.rewrite(scope)
+        await self.app(scope, receive, send)
 
 
 class BodyTimeoutMiddleware(HttpGuard):

@@ -42,7 +42,8 @@ def _outcome_of_status(status: int) -> str:
 class RequestObservationMiddleware:
     """Per HTTP request: the request id (X-Request-ID in and out), the access line, the SQL
     statements histogram. Per WebSocket: the open-connections gauge (each operation on it is
-    observed by the operation boundary)."""
+    observed by the operation boundary); the GraphQL WebSocket does not pass here, the app's
+    entry counts it (`app.AtlasApp`)."""
 
     def __init__(self, app: ASGIApp, *, graphql_path: str = "/graphql") -> None:
         self.app = app

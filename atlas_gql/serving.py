@@ -297,6 +297,21 @@ class FrameWritingWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope.setdefault("extensions", {})[FRAME_WRITER] = self.write_frame
 
+    def handle_text(self, event: Any) -> None:
+        super().handle_text(event)
+        # Handed on (uvicorn keeps its own reference while a message is fragmented). websockets'
+        # parser keeps the last frame it parsed (a local of its suspended generator) until the
+        # next one: on an idle socket, for the connection's life (memory per socket).
+        event.data = b""
+
+    def handle_bytes(self, event: Any) -> None:
+        super().handle_bytes(event)
+        event.data = b""
+
+    def handle_cont(self, event: Any) -> None:
+        super().handle_cont(event)
+        event.data = b""
+
     async def send(self, message: Any) -> None:
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:

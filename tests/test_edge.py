@@ -357,3 +357,65 @@ async def _never_receive() -> Message:
 
 async def _discard(message: Message) -> None:
     return None
+
+
+async def websocket_handshake(app: Any, scope: dict[str, Any]) -> list[Message]:
+    """Open a WebSocket to the app at the ASGI boundary, then disconnect: what it sent."""
+    sent: list[Message] = []
+    incoming: asyncio.Queue[Message] = asyncio.Queue()
+    incoming.put_nowait({"type": "websocket.connect"})
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        # Answered (accepted or refused): the client goes away.
+        incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+
+    await asyncio.wait_for(app(scope, incoming.get, send), 10)
+    return sent
+
+
+def graphql_websocket_scope(peer: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "root_path": "",
+        "query_string": b"",
+        "server": ("atlas", 80),
+        "client": (peer, 4321),
+        "headers": [(b"host", b"atlas"), *headers],
+        "subprotocols": ["graphql-transport-ws"],
+        "extensions": {},
+    }
+
+
+async def test_the_graphql_websocket_bypasses_the_chain_but_keeps_its_rules(app_with: Any) -> None:
+    """The GraphQL WebSocket does not pass the HTTP middleware chain (app.AtlasApp): it still
+    sees the real client behind a trusted proxy, the view still refuses a foreign Origin, and
+    once accepted it keeps only the headers its operations read."""
+    app = await app_with(
+        atlas_trusted_proxies=[ip_network("10.0.0.0/8")],
+        atlas_cors_origins=["https://app.example"],
+    )
+    proxied = [
+        (b"x-forwarded-for", b"6.6.6.6, 198.51.100.23"),
+        (b"x-forwarded-proto", b"https"),
+        (b"user-agent", b"tests"),
+        (b"cookie", b"a=b"),
+    ]
+    scope = graphql_websocket_scope("10.0.0.5", [*proxied, (b"origin", b"https://app.example")])
+    sent = await websocket_handshake(app, scope)
+    assert sent[0]["type"] == "websocket.accept"
+    assert sent[0]["subprotocol"] == "graphql-transport-ws"
+    assert scope["client"] == ("198.51.100.23", 0)
+    assert scope["scheme"] == "wss"
+    assert sorted(name for name, _ in scope["headers"]) == [b"user-agent"]
+
+    # An untrusted peer's proxy headers are ignored; a foreign page is refused (HTTP 403).
+    scope = graphql_websocket_scope("203.0.113.5", [*proxied, (b"origin", b"https://evil.example")])
+    sent = await websocket_handshake(app, scope)
+    assert [message["type"] for message in sent] == ["websocket.close"]
+    assert scope["client"] == ("203.0.113.5", 4321)
+    assert scope["scheme"] == "ws"

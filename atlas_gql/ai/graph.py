@@ -598,6 +598,9 @@ class Subscription:
             # The socket's context lives as long as the connection: use a short session here.
             async with context.runtime.sessionmaker() as db:
                 await threads.get_thread(db=db, viewer=viewer, thread_id=thread_uuid)
+            # This frame lives as long as the subscription: it keeps no closed session (and
+            # its SQLAlchemy Session, identity map, events) for that long.
+            del db
         except AtlasError as error:
             # Subscription errors bypass the per-operation error mapping: map it here.
             raise as_graphql_error(error) from None

@@ -122,13 +122,41 @@ class Context:
     response: Response | WebSocket | None = None
     # Set by Strawberry from a WebSocket's connection_init payload.
     connection_params: dict[str, Any] | None = None
-    # Outside any operation (the WebSocket handshake), the state lives here.
-    connection_state: OperationState = field(default_factory=OperationState)
     # True when an HTTP operation failed before execution (parse, validation, limits).
     pre_execution_failed: bool = False
-    # Set when an operation's executor exists: its document parsed, validated and passed the
-    # limits, its variables were coerced. Subscriptions over HTTP wait for it (graph/streams.py).
-    execution_started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Outside any operation (the WebSocket handshake), the state lives here: made when first
+    # used, forgotten once the handshake is done (`forget_connection_state`).
+    _connection_state: OperationState | None = None
+    # Whether an operation's executor exists: its document parsed, validated and passed the
+    # limits, its variables were coerced. Subscriptions over HTTP wait for it (graph/streams.py)
+    # on an Event made only then (a WebSocket's context lives long: memory per socket).
+    _execution_started: bool = False
+    _execution_waiter: asyncio.Event | None = None
+
+    @property
+    def connection_state(self) -> OperationState:
+        if self._connection_state is None:
+            self._connection_state = OperationState()
+        return self._connection_state
+
+    def forget_connection_state(self) -> None:
+        """Drop what the handshake resolved (its viewer): a WebSocket's operations each have
+        their own state, and the socket may stay open for hours (memory per socket)."""
+        self._connection_state = None
+
+    def mark_execution_started(self) -> None:
+        """The operation's executor exists (graph/execution.py)."""
+        self._execution_started = True
+        if self._execution_waiter is not None:
+            self._execution_waiter.set()
+
+    async def execution_started(self) -> None:
+        """Return once an operation's executor exists."""
+        if self._execution_started:
+            return
+        if self._execution_waiter is None:
+            self._execution_waiter = asyncio.Event()
+        await self._execution_waiter.wait()
 
     def begin_operation(self, request_id: str | None = None) -> OperationToken:
         """Give the current operation fresh state (the error-mapping extension calls this),

@@ -35,7 +35,7 @@ class AtlasExecutor(StrawberryGraphQLCoreExecutionContext):
         # (parsing, validation, limits, variables) has failed by now (graph/streams.py).
         super().__init__(*args, **kwargs)
         if isinstance(self.context_value, Context):
-            self.context_value.execution_started.set()
+            self.context_value.mark_execution_started()
 
     def _state(self) -> OperationState | None:
         context = self.context_value

@@ -11,7 +11,7 @@ graphql-transport-ws message closes the socket with 1009 or 4400)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -43,7 +43,11 @@ from atlas_gql.graph.ide import render_graphiql_html
 from atlas_gql.graph.limits.body import JsonTooComplex, decode_request_json
 from atlas_gql.graph.services import Services
 from atlas_gql.graph.streams import StreamPump, StreamResponse, StreamSlots, stream_owner
-from atlas_gql.graph.websocket import AtlasTransportWSHandler, AtlasWebSocketAdapter
+from atlas_gql.graph.websocket import (
+    AtlasTransportWSHandler,
+    AtlasWebSocketAdapter,
+    DocumentTexts,
+)
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 
@@ -140,6 +144,10 @@ def _wants_graphiql(request: Request) -> bool:
     )
 
 
+# What a WebSocket's operations read of its handshake's headers (graph/context.py): the
+# token when connection_init carries none, the user agent of the actor.
+WEBSOCKET_HEADERS_KEPT = frozenset({b"authorization", b"user-agent"})
+
 # Refusals of the request's size, complexity or form (several operations without an
 # operationName), not document errors: a 4xx whatever the client accepts.
 _REFUSAL_STATUS = {"PAYLOAD_TOO_LARGE": 413, "QUERY_TOO_COMPLEX": 400, "BAD_REQUEST": 400}
@@ -170,6 +178,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
         self.settings = settings
         # Renderings of subscription events shared by their subscribers (graph/fanout.py).
         self.frames = SharedFrames()
+        # The document texts of WebSocket subscribers, one copy each (graph/websocket.py).
+        self.document_texts = DocumentTexts()
         self.stream_slots = StreamSlots(
             total=settings.atlas_max_http_streams,
             per_user=settings.atlas_max_http_streams_per_user,
@@ -202,7 +212,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
         if self.services is None:
             raise RuntimeError("the application has not started (lifespan not run)")
         context = Context(services=self.services, request=request, response=response)
-        request.state.atlas_context = context
+        if isinstance(request, Request):  # for `_negotiate`; a WebSocket keeps no State
+            request.state.atlas_context = context
         return context
 
     async def on_ws_connect(self, context: ContextT) -> UnsetType | dict[str, object] | None:
@@ -214,6 +225,8 @@ class AtlasGraphQL(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": "Invalid or expired token."}) from None
         finally:
             await context.close_db()
+            # Each operation authenticates again: the handshake's viewer is not kept.
+            context.forget_connection_state()
         result: UnsetType = UNSET
         return result
 
@@ -244,7 +257,7 @@ class AtlasGraphQL(GraphQL[Context, None]):
             raise HTTPException(429, refusal)
         pump = StreamPump(stream, on_close=partial(self.stream_slots.release, owner))
         try:
-            first = await pump.opening(context.execution_started.wait())
+            first = await pump.opening(context.execution_started())
         except BaseException:
             await pump.close()
             raise
@@ -292,6 +305,23 @@ class AtlasGraphQL(GraphQL[Context, None]):
         if extensions:
             data["extensions"] = extensions
         return data
+
+    async def create_websocket_response(
+        self, request: WebSocket, subprotocol: str | None
+    ) -> WebSocket:
+        response = await super().create_websocket_response(request, subprotocol)
+        # Accepted: the Origin was checked, the subprotocol chosen. Of the handshake's headers
+        # (a browser sends a dozen, cookies included) the connection's operations read only
+        # these (`Context`); the others are not kept for the socket's life (memory per socket).
+        headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+        headers[:] = [header for header in headers if header[0] in WEBSOCKET_HEADERS_KEPT]
+        return response
+
+    def websocket_session(self, websocket: WebSocket) -> Awaitable[Any]:
+        """A WebSocket's whole session (origin check, handshake, graphql-transport-ws): what
+        the app's entry awaits for it (`app.AtlasApp`). Strawberry's coroutine itself, with no
+        frame of ours kept around it for the socket's life (memory per idle subscription)."""
+        return super().run(websocket)
 
     async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
         if not isinstance(request, Request):

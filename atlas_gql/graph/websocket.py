@@ -59,13 +59,18 @@ class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
                     await self.close(1009, f"Message exceeds {self.max_message_bytes} bytes")
                     return
                 try:
-                    yield decode_request_json(text)
+                    message = decode_request_json(text)
                 except json.JSONDecodeError as error:
                     if not ignore_parsing_errors:
                         raise NonJsonMessageReceived from error
+                    continue
                 except JsonTooComplex as error:
                     await self.close(4400, str(error))
                     return
+                # Not kept while this generator waits for the next message: on an idle socket,
+                # for the connection's life (memory per idle subscription).
+                del text
+                yield message
         except KeyError as error:
             raise NonTextMessageReceived from error
         except WebSocketDisconnect:  # pragma: no cover - the client went away
@@ -88,6 +93,32 @@ class AtlasWebSocketAdapter(ASGIWebSocketAdapter):
             await self.ws.send_text(text)
 
 
+class DocumentTexts:
+    """One string per distinct document text that subscribers send: a thousand sockets
+    subscribing with the same document keep one copy of it, not a thousand (each operation
+    keeps its query for its life: memory per idle subscription). At most `limit` characters
+    are kept; the oldest texts go first."""
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.limit = limit
+        self._texts: dict[str, str] = {}
+        self._size = 0
+
+    def shared(self, text: str) -> str:
+        known = self._texts.get(text)
+        if known is not None:
+            return known
+        if len(text) > self.limit:
+            return text
+        while self._size + len(text) > self.limit:
+            oldest = next(iter(self._texts))
+            del self._texts[oldest]
+            self._size -= len(oldest)
+        self._texts[text] = text
+        self._size += len(text)
+        return text
+
+
 # Close code of a socket whose subscriptions fell ATLAS_SUBSCRIBER_BACKLOG events behind: 1013
 # "Try Again Later" (RFC 6455 registry): retryable; the client reconnects and resubscribes with
 # `afterSequence` (the last sequence it received).
@@ -105,7 +136,7 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     with 1013; its operations stop at once, so nothing more is queued for it."""
 
     websocket: AtlasWebSocketAdapter
-    # The view: its SharedFrames (the view sets `frames`; see AtlasGraphQL).
+    # The view: its SharedFrames and DocumentTexts (`frames`, `document_texts`: AtlasGraphQL).
     view: Any
     _closing_too_slow: asyncio.Task[None] | None = None
     _closing_timed_out: asyncio.Task[None] | None = None
@@ -180,6 +211,10 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.handle_invalid_message("A message must be an object with a type")
             return
         await super().handle_message(cast("Message", message))
+        # Handled: what it carried lives on where it is needed (an operation's query and
+        # variables, connection_init's payload). Strawberry's loop keeps the message itself
+        # until the next one comes (on an idle socket, for its life): it is emptied.
+        message.clear()
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         self._cancel_init_timer()
@@ -206,4 +241,6 @@ class AtlasTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 "variables/extensions (objects), operationName (string)"
             )
             return
+        texts: DocumentTexts = self.view.document_texts
+        payload["query"] = texts.shared(payload["query"])
         await super().handle_subscribe(message)

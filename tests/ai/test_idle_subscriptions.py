@@ -3,10 +3,12 @@
 and the protocol stays exact around it: a socket without `connection_init` is closed 4408; many
 operations on one socket idle, then all receive a reply, then complete; a socket that goes away
 while its operations are idle leaves nothing registered; an idle subscription that was
-merged-and-dropped (its backlog emptied) takes later events in order."""
+merged-and-dropped (its backlog emptied) takes later events in order. An idle socket's task
+awaits no HTTP middleware (the app's entry serves the GraphQL WebSocket in one frame)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import timedelta
@@ -131,3 +133,48 @@ async def test_an_idle_subscription_takes_queued_then_direct_events_in_order(
             numbers = [number for number, _ in received]
             assert numbers == sorted(set(numbers))
             assert broker.backlogs(thread_uuid) == [0]
+
+
+def awaited_chain(task: asyncio.Task[Any]) -> list[str]:
+    """The qualified names of the coroutines and generators a task is suspended in, outermost
+    first (each one's `cr_await`, `ag_await` or `gi_yieldfrom`)."""
+    names: list[str] = []
+    current: Any = task.get_coro()
+    while current is not None:
+        code = (
+            getattr(current, "cr_code", None)
+            or getattr(current, "ag_code", None)
+            or getattr(current, "gi_code", None)
+        )
+        if code is None:
+            break
+        names.append(code.co_qualname)
+        current = (
+            getattr(current, "cr_await", None)
+            or getattr(current, "ag_await", None)
+            or getattr(current, "gi_yieldfrom", None)
+        )
+    return names
+
+
+async def test_an_idle_socket_holds_no_http_middleware(ai: AIServer) -> None:
+    """What an idle WebSocket's task keeps for the connection's life: the app's entry, then
+    Strawberry's view and handler; none of the HTTP chain (error and exception middlewares,
+    CORS, body guards, observability, routing)."""
+    thread_id = await ai.new_thread()
+    async with socket(ai, ai.people.member) as ws:
+        await ws.subscribe("a", thread_id, after=None)
+        await subscribed(ai, thread_id, 1)
+        chains = [
+            chain
+            for task in asyncio.all_tasks()
+            if (chain := awaited_chain(task)) and chain[0].endswith("run_asgi")
+        ]
+        assert len(chains) == 1, chains
+        # (The tests' uvicorn keeps its ProxyHeadersMiddleware in front; `atlas-gql serve`
+        # turns it off.)
+        chain = chains[0][chains[0].index("AtlasApp.__call__") :]
+        assert chain[1:] == ["AsyncBaseHTTPView.run", "BaseGraphQLTransportWSHandler.handle"]
+        # Still served.
+        await ws.ws.send(json.dumps({"type": "ping"}))
+        assert (await ws.message())["type"] == "pong"

@@ -13,7 +13,7 @@ import websockets
 from websockets.typing import Subprotocol
 
 from atlas_gql.graph.limits.body import MAX_JSON_DEPTH
-from atlas_gql.graph.websocket import MAX_CONNECTION_INIT_BYTES
+from atlas_gql.graph.websocket import MAX_CONNECTION_INIT_BYTES, DocumentTexts
 from tests.graph.document_attacks import ATTACKS
 from tests.live import HANG_GUARD, LiveServer
 
@@ -148,3 +148,17 @@ async def test_a_fragment_bomb_is_refused(acked: Any) -> None:
     answer = await first_answer(acked, "bomb")
     assert answer["type"] == "error"
     assert answer["payload"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+
+
+def test_document_texts_keep_one_copy_each_within_their_limit() -> None:
+    texts = DocumentTexts(limit=10)
+    first = texts.shared("".join(["abc", "d"]))
+    assert texts.shared("".join(["ab", "cd"])) is first  # equal texts: the first one's copy
+    texts.shared("efghij")  # 4 + 6 characters: both kept
+    assert texts.shared("abcd" + "") is first
+    texts.shared("klm")  # over the limit: the oldest goes
+    again = "".join(["ab", "cd"])
+    assert texts.shared(again) is again
+    long = "x" * 11  # longer than the limit: never kept
+    assert texts.shared(long) is long
+    assert texts.shared("x" * 11) is not long
