@@ -50,6 +50,7 @@ from atlas_gql.ai.reply_reads import (
 )
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.threads import require_open, running_reply
+from atlas_gql.ai.watch import watch_key
 from atlas_gql.auth import buckets
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, User
@@ -466,6 +467,11 @@ async def start_reply(
         created.insert(0, created_event(numbers[0], question))
 
     async def start() -> None:
+        # Its sender's credential and right to the thread were checked in this transaction:
+        # the exchange's access re-check need not ask again for them (ai/watch.py).
+        ai.watches.vouch(
+            watch_key(context.viewer, thread.id), (event.sequence for event in created)
+        )
         ai.start_reply(job, created=created)
 
     # The reply task reads what this operation stores: it starts once that is committed.
