@@ -28,6 +28,7 @@ from sqlmodel import col
 
 from atlas_gql.ai import knowledge, rules
 from atlas_gql.ai.events import ThreadEvent, created_event
+from atlas_gql.ai.exchange_rows import flush_exchange
 from atlas_gql.ai.models import (
     Assistant,
     AssistantTool,
@@ -518,11 +519,11 @@ async def store_exchange(
     on `entity`, naming the thread), the exchange's rows flushed, the budgets checked last
     (`check_budgets`)."""
     thread = context.thread
-    actor.record(
+    activity = actor.record(
         db, action, entity, project_id=thread.project_id,
         details={"threadId": str(thread.id), **details},
     )  # fmt: skip
-    await db.flush()
+    await flush_exchange(db, thread=thread, activity=activity)
     await check_budgets(db=db, context=context, reply=sent.assistant_message)
     return sent
 
