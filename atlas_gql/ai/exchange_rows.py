@@ -54,14 +54,19 @@ def _statement(messages: int, changed: tuple[str, ...]) -> sa.Update:
         table_of(ActivityLog),
         table_of(Thread),
     )
-    message_values = [
-        {
-            column.name: sa.bindparam(f"m{n}_{column.name}", type_=column.type)
-            for column, _ in _MESSAGE_COLUMNS
-        }
+    # One INSERT per message: a multi-row VALUES is not cached by SQLAlchemy (it would be
+    # compiled again at every send).
+    inserted = [
+        sa.insert(message_table)
+        .values(
+            {
+                column.name: sa.bindparam(f"m{n}_{column.name}", type_=column.type)
+                for column, _ in _MESSAGE_COLUMNS
+            }
+        )
+        .cte(f"exchange_message_{n}")
         for n in range(messages)
     ]
-    inserted = sa.insert(message_table).values(message_values).cte("exchange_messages")
     activity_values = {
         column.name: sa.bindparam(f"a_{column.name}", type_=column.type)
         for column, _ in _ACTIVITY_COLUMNS
@@ -78,7 +83,7 @@ def _statement(messages: int, changed: tuple[str, ...]) -> sa.Update:
         .where(threads.c.id == sa.bindparam("t_id", type_=threads.c.id.type))
         .values(values)
         .returning(threads.c.updated_at)
-        .add_cte(inserted, recorded)
+        .add_cte(*inserted, recorded)
     )
     _STATEMENTS[(messages, changed)] = statement
     return statement
