@@ -106,10 +106,14 @@ def _thread_changes(thread: Thread) -> dict[str, Any] | None:
 
 
 def _complete(row: Any, columns: list[tuple[sa.Column[Any], str]]) -> bool:
-    """Every column's attribute set (one left unset would take its database default: the
-    ORM's flush handles that)."""
+    """Every column's attribute set, and none None where the column has a default (the ORM
+    leaves such a column out of its INSERT, so the default applies: its flush handles that)."""
     values = row.__dict__
-    return all(key in values for _, key in columns)
+    return all(
+        key in values
+        and (values[key] is not None or (column.server_default is None and column.default is None))
+        for column, key in columns
+    )
 
 
 async def flush_exchange(db: AsyncSession, *, thread: Thread, activity: ActivityLog) -> None:

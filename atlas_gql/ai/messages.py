@@ -60,6 +60,7 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, SerializedAsyncSession, after_commit
+from atlas_gql.db.tables import new_row
 from atlas_gql.db.utils import AUTOCOMMIT, execute_transaction
 from atlas_gql.errors import (
     BadInput,
@@ -369,7 +370,9 @@ async def ask(
     `files` attached, and start the reply to it (`start_reply`): the question, the reply and
     the event number the exchange's events start after."""
     now = datetime.now(UTC)
-    question = Message(
+    # Built from values this code made: no SQLModel `__init__` (db/tables.py `new_row`).
+    question = new_row(
+        Message,
         thread_id=context.thread.id,
         parent_id=parent_id,
         user_id=context.viewer.user_id,
@@ -415,7 +418,8 @@ async def start_reply(
     any other reply (a branch) sends its branch's history as `input`, without it."""
     thread, assistant = context.thread, context.assistant
     # The reply records who asked (its sender, who may cancel it).
-    reply = Message(
+    reply = new_row(
+        Message,
         thread_id=thread.id,
         parent_id=question.id,
         user_id=context.viewer.user_id,
