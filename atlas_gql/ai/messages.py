@@ -28,6 +28,7 @@ from sqlmodel import col
 
 from atlas_gql.ai import knowledge, rules
 from atlas_gql.ai.events import ThreadEvent, created_event
+from atlas_gql.ai.exchange_rows import flush_exchange
 from atlas_gql.ai.models import (
     Assistant,
     AssistantTool,
@@ -50,6 +51,7 @@ from atlas_gql.ai.reply_reads import (
 )
 from atlas_gql.ai.sequences import SequenceBlock
 from atlas_gql.ai.threads import require_open, running_reply
+from atlas_gql.ai.watch import watch_key
 from atlas_gql.auth import buckets
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.models import PermissionName, User
@@ -58,6 +60,7 @@ from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, SerializedAsyncSession, after_commit
+from atlas_gql.db.tables import new_row
 from atlas_gql.db.utils import AUTOCOMMIT, execute_transaction
 from atlas_gql.errors import (
     BadInput,
@@ -367,7 +370,9 @@ async def ask(
     `files` attached, and start the reply to it (`start_reply`): the question, the reply and
     the event number the exchange's events start after."""
     now = datetime.now(UTC)
-    question = Message(
+    # Built from values this code made: no SQLModel `__init__` (db/tables.py `new_row`).
+    question = new_row(
+        Message,
         thread_id=context.thread.id,
         parent_id=parent_id,
         user_id=context.viewer.user_id,
@@ -413,7 +418,8 @@ async def start_reply(
     any other reply (a branch) sends its branch's history as `input`, without it."""
     thread, assistant = context.thread, context.assistant
     # The reply records who asked (its sender, who may cancel it).
-    reply = Message(
+    reply = new_row(
+        Message,
         thread_id=thread.id,
         parent_id=question.id,
         user_id=context.viewer.user_id,
@@ -466,6 +472,11 @@ async def start_reply(
         created.insert(0, created_event(numbers[0], question))
 
     async def start() -> None:
+        # Its sender's credential and right to the thread were checked in this transaction:
+        # the exchange's access re-check need not ask again for them (ai/watch.py).
+        ai.watches.vouch(
+            watch_key(context.viewer, thread.id), (event.sequence for event in created)
+        )
         ai.start_reply(job, created=created)
 
     # The reply task reads what this operation stores: it starts once that is committed.
@@ -512,11 +523,11 @@ async def store_exchange(
     on `entity`, naming the thread), the exchange's rows flushed, the budgets checked last
     (`check_budgets`)."""
     thread = context.thread
-    actor.record(
+    activity = actor.record(
         db, action, entity, project_id=thread.project_id,
         details={"threadId": str(thread.id), **details},
     )  # fmt: skip
-    await db.flush()
+    await flush_exchange(db, thread=thread, activity=activity)
     await check_budgets(db=db, context=context, reply=sent.assistant_message)
     return sent
 

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.config import Settings, settings_group
 from atlas_gql.db.inputs import unstorable_character
+from atlas_gql.db.tables import new_row
 from atlas_gql.db.utils import sqlstate_of
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
 
@@ -168,7 +169,8 @@ def record_activity(
     details: dict[str, Any] | None = None,
 ) -> ActivityLog:
     """Add an ActivityLog row to the caller's transaction (committed with the change)."""
-    row = ActivityLog(
+    row = new_row(
+        ActivityLog,
         action=action,
         user_id=user_id,
         entity_type=entity_type,

@@ -286,8 +286,9 @@ async def test_a_new_exchange_is_checked_once_for_all_subscribers(
     watches = ai.server.services.ai.watches
     thread_id = await ai.new_thread()
     async with contextlib.AsyncExitStack() as stack:
+        # Not the sender (the member): their own subscriptions are vouched for (next test).
         subscriptions = [
-            await stack.enter_async_context(ai.client.subscribe(ai.people.member, thread_id))
+            await stack.enter_async_context(ai.client.subscribe(ai.people.manager, thread_id))
             for _ in range(12)
         ]
         statements = watches.statements
@@ -297,6 +298,56 @@ async def test_a_new_exchange_is_checked_once_for_all_subscribers(
     # Two MessageCreated (the question, the reply), one exchange: one statement for twelve
     # subscribers.
     assert watches.statements - statements == 1
+
+
+async def test_the_senders_own_credential_is_not_checked_again_at_their_exchange(
+    start_ai_server: StartServer,
+) -> None:
+    """sendMessage checked its sender's session and right to the thread in the transaction
+    that stored the exchange (ai/watch.py `vouch`): their own subscriptions cost no statement
+    at that exchange; another session of the same person, or anyone else, is checked."""
+    ai = await start_ai_server(atlas_subscription_recheck=0)
+    watches = ai.server.services.ai.watches
+    thread_id = await ai.new_thread()
+
+    async def statements_of_one_exchange(*tokens: str) -> int:
+        async with contextlib.AsyncExitStack() as stack:
+            # Live events only: a replay of the exchanges before would be checked anew.
+            subscriptions = [
+                await stack.enter_async_context(
+                    ai.client.subscribe(token, thread_id, after_sequence=None)
+                )
+                for token in tokens
+            ]
+            before = watches.statements
+            assert "errors" not in await ai.send(thread_id)
+            finals = await asyncio.gather(*(s.until_final() for s in subscriptions))
+        assert {events[-1]["__typename"] for events in finals} == {"MessageCompleted"}
+        return watches.statements - before
+
+    assert await statements_of_one_exchange(ai.people.member, ai.people.member) == 0
+    another_session = await ai.server.sign_in("user@example.com")
+    assert await statements_of_one_exchange(ai.people.member, another_session) == 1
+    assert await statements_of_one_exchange(ai.people.member, ai.people.viewer) == 1
+
+
+async def test_a_sender_who_logged_out_is_stopped_at_their_next_exchange(
+    start_ai_server: StartServer,
+) -> None:
+    """What the sender vouches for is their credential at the send: a session that ended
+    since stops its subscription at the next exchange (sent by someone else)."""
+    ai = await start_ai_server(atlas_subscription_recheck=0)
+    thread_id = await ai.new_thread()
+    token, _ = await new_member(ai, "MEMBER")
+    async with ai.client.subscribe(token, thread_id) as own:
+        assert "errors" not in await ai.send(thread_id, token=token)
+        assert (await own.until_final())[-1]["__typename"] == "MessageCompleted"
+        assert (await ai.client.data(LOGOUT, token=token))["logout"] is True
+        assert "errors" not in await ai.send(thread_id)
+        ended = await own.message()
+    assert ended["type"] == "next", ended
+    assert ended["payload"]["data"] is None
+    assert ended["payload"]["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
 
 LOGOUT = "mutation { logout(allSessions: true) }"

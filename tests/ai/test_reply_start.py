@@ -140,7 +140,7 @@ async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[s
     finally:
         sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
     assert "errors" not in body, body
-    [sender] = {task for task, text in seen if text.startswith("INSERT INTO messages")}
+    [sender] = {task for task, text in seen if "INSERT INTO messages" in text}
     return [text for task, text in seen if task is sender]
 
 
@@ -149,8 +149,8 @@ async def test_send_message_runs_a_fixed_number_of_statements(
 ) -> None:
     """Every check on (the sender's rate and budget, the project's budget): the session, the
     sender with the thread's running reply and the rate's token (one statement), the thread
-    locked, the exchange's
-    rows, the activity, the two budgets (each its lock, then its usage with its replies in
+    locked, the exchange's rows with its activity row and the thread's update (one statement,
+    ai/exchange_rows.py), the two budgets (each its lock, then its usage with its replies in
     flight). The same number in a thread with a longer history."""
     ai = await start_ai_server(atlas_user_monthly_tokens=10**12)
     await ai.client.data(
@@ -163,4 +163,8 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             statements = await _send_statements(ai, thread_id, f"Question {turn}")
             await subscription.until_final()
         counts.append(len(statements))
-    assert counts == [10, 10, 10], statements
+    assert counts == [8, 8, 8], statements
+    # The exchange's rows (its two messages, its activity row, the thread) are one statement.
+    [exchange] = [text for text in statements if "INSERT INTO messages" in text]
+    assert "INSERT INTO activity_logs" in exchange
+    assert "UPDATE threads" in exchange
