@@ -56,7 +56,7 @@ from atlas_gql.db.pagination import Page, PageRequest
 from atlas_gql.errors import AtlasError, RateLimited
 from atlas_gql.graph.context import Context, Info
 from atlas_gql.graph.errors import as_graphql_error
-from atlas_gql.graph.fanout import OperationSink, Varying, current_sink
+from atlas_gql.graph.fanout import OperationSink, SharedEvent, Varying, current_sink
 from atlas_gql.graph.inputs import (
     After,
     AssistantID,
@@ -543,6 +543,14 @@ def delta_varying(event: events.MessageDelta) -> Varying:
     return Varying(family=message_id, values=values, probe=probe)
 
 
+def shared_delta(event: events.MessageDelta) -> SharedEvent:
+    """A delta as a group renders it (graph/fanout.py): keyed by its number and text (a merged
+    delta has its own text), its root and its `Varying` made only if the group renders it."""
+    return SharedEvent(
+        (event.sequence, event.delta), partial(graph_event, event), partial(delta_varying, event)
+    )
+
+
 def _direct_deltas(
     sink: OperationSink, info: GraphQLResolveInfo[Any], thread_id: uuid.UUID
 ) -> Callable[[events.ThreadEvent], bool] | None:
@@ -553,11 +561,7 @@ def _direct_deltas(
 
     def direct(event: events.ThreadEvent) -> bool:
         if not isinstance(event, events.MessageDelta) or not sink.write_now(
-            info,
-            thread_id,
-            (event.sequence, event.delta),
-            partial(graph_event, event),
-            partial(delta_varying, event),
+            info, thread_id, shared_delta(event)
         ):
             return False
         metrics.DELTAS_DELIVERED.inc()
@@ -631,11 +635,7 @@ class Subscription:
                     if isinstance(event, events.MessageDelta):
                         metrics.DELTAS_DELIVERED.inc()
                         if sink is not None and await sink.send_shared(
-                            raw_info,
-                            thread_uuid,
-                            (event.sequence, event.delta),
-                            partial(graph_event, event),
-                            partial(delta_varying, event),
+                            raw_info, thread_uuid, shared_delta(event)
                         ):
                             continue
                     elif isinstance(event, events.MessageCreated):
@@ -655,8 +655,7 @@ class Subscription:
                         or not await sink.send_plain(
                             raw_info,
                             thread_uuid,
-                            (event.sequence, type_name),
-                            partial(graph_event, event),
+                            SharedEvent((event.sequence, type_name), partial(graph_event, event)),
                             type_name,
                         )
                     ):

@@ -58,7 +58,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from graphql import (
     DocumentNode,
@@ -136,6 +136,17 @@ class Varying:
     family: Hashable
     values: tuple[str, ...]
     probe: Callable[[int], tuple[Any, tuple[str, ...]]]
+
+
+class SharedEvent(NamedTuple):
+    """An event as a group renders it: `key`, its rendering's key in the group (the same event
+    reached through two subscribers' queues is one key); `root`, its root value for graphql-core
+    (built only when the group executes it); `varying`, for an event of a family (a delta),
+    what sets it apart from the others (`Varying`, asked for only when rendering)."""
+
+    key: Hashable
+    root: Callable[[], Any]
+    varying: Callable[[], Varying] | None = None
 
 
 class _Template:
@@ -229,19 +240,14 @@ class SharedFrames:
             if group.subscribers <= 0:
                 del self.groups[key]
 
-    def render(
-        self,
-        group: _Group,
-        event_key: Hashable,
-        root: Callable[[], Any],
-        varying: Callable[[], Varying] | None = None,
-    ) -> _Render | None:
+    def render(self, group: _Group, event: SharedEvent) -> _Render | None:
         """The event's `payload` JSON for the group (None: fall back), rendered at most once:
         filled into its family's template when it has one (`varying`: asked for only here,
         once per group and event), else by graphql-core."""
         renders = group.renders
-        if event_key in renders:
-            payload = renders[event_key]
+        key = event.key
+        if key in renders:
+            payload = renders[key]
             if payload is None:
                 self.fallbacks += 1
             else:
@@ -249,20 +255,20 @@ class SharedFrames:
             return payload
         self.executions += 1
         text = None
-        event = varying() if varying is not None else None
-        template = self._template(group, event) if event is not None else None
+        varying = event.varying() if event.varying is not None else None
+        template = self._template(group, varying) if varying is not None else None
         if template is not None:
-            assert event is not None
+            assert varying is not None
             self.templated += 1
-            text = template.fill(event.values)
+            text = template.fill(varying.values)
         else:
-            text = _execute(group, root())
+            text = _execute(group, event.root())
         payload = None
         if text is not None:
             payload = _Render(text)
         else:
             self.fallbacks += 1
-        renders[event_key] = payload
+        renders[key] = payload
         if len(renders) > RENDERS_PER_GROUP:
             renders.popitem(last=False)
         return payload
@@ -463,36 +469,25 @@ class OperationSink:
         return self._group
 
     def _rendering(
-        self,
-        info: GraphQLResolveInfo[Any],
-        thread_id: uuid.UUID,
-        event_key: Hashable,
-        root: Callable[[], Any],
-        varying: Callable[[], Varying] | None,
+        self, info: GraphQLResolveInfo[Any], thread_id: uuid.UUID, event: SharedEvent
     ) -> _Render | None:
         group = self._join(info, thread_id)
         if group is None:
             self.frames.fallbacks += 1
             return None
-        return self.frames.render(group, event_key, root, varying)
+        return self.frames.render(group, event)
 
     async def send_shared(
-        self,
-        info: GraphQLResolveInfo[Any],
-        thread_id: uuid.UUID,
-        event_key: Hashable,
-        root: Callable[[], Any],
-        varying: Callable[[], Varying] | None = None,
+        self, info: GraphQLResolveInfo[Any], thread_id: uuid.UUID, event: SharedEvent
     ) -> bool:
         """Write the event's shared frame; False when it must take Strawberry's path."""
-        return await self._send_render(self._rendering(info, thread_id, event_key, root, varying))
+        return await self._send_render(self._rendering(info, thread_id, event))
 
     async def send_plain(
         self,
         info: GraphQLResolveInfo[Any],
         thread_id: uuid.UUID,
-        event_key: Hashable,
-        root: Callable[[], Any],
+        event: SharedEvent,
         type_name: str,
     ) -> bool:
         """Write the shared frame of an event of another kind than a delta (one that carries a
@@ -514,7 +509,7 @@ class OperationSink:
         if not plain:
             self.frames.fallbacks += 1
             return False
-        return await self._send_render(self.frames.render(group, event_key, root))
+        return await self._send_render(self.frames.render(group, event))
 
     async def _send_render(self, render: _Render | None) -> bool:
         """Send a shared rendering's `next` frame (not after the operation ended); False when
@@ -526,12 +521,7 @@ class OperationSink:
         return True
 
     def write_now(
-        self,
-        info: GraphQLResolveInfo[Any],
-        thread_id: uuid.UUID,
-        event_key: Hashable,
-        root: Callable[[], Any],
-        varying: Callable[[], Varying] | None = None,
+        self, info: GraphQLResolveInfo[Any], thread_id: uuid.UUID, event: SharedEvent
     ) -> bool:
         """Write the event's shared frame to the socket at once, without awaiting (the
         publisher calls it while the subscription's reader is idle). True: done (written, or
@@ -542,7 +532,7 @@ class OperationSink:
             return False
         if not self._is_open():
             return True
-        render = self._rendering(info, thread_id, event_key, root, varying)
+        render = self._rendering(info, thread_id, event)
         if render is None or not writer(render.frame(self.prefix)):
             return False
         self.frames.direct += 1

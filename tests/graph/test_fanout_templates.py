@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from atlas_gql.graph.fanout import SharedFrames, Varying
+from atlas_gql.graph.fanout import SharedEvent, SharedFrames, Varying
 
 Root = tuple[int, str]  # (number, text): the values of an event
 
@@ -72,7 +72,9 @@ def render_all(selection: Callable[[Root], Any], roots: list[Root]) -> tuple[lis
     assert group is not None
     payloads = []
     for root in roots:
-        render = frames.render(group, root, functools.partial(_same, root), varying(root))
+        render = frames.render(
+            group, SharedEvent(root, functools.partial(_same, root), varying(root))
+        )
         assert render is not None
         payloads.append(render.payload)
     return payloads, executor.runs, frames.templated
