@@ -67,13 +67,16 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
     thread_id = await new_thread(one, people)
 
     # A reply started through the first process streams to a subscriber of the second, and
-    # a cancel sent to the second stops it.
+    # a cancel sent to the second stops it. The subscriber asks for the events after the
+    # last one it saw (none: 0): a worker process gives no signal that its subscription is in
+    # place, so one that joins after the send's first events reads them from the kept list.
+    after = 0
     for started_on, cancelled_on in ((one, one), (one, two)):
         # The upstream holds after 3 deltas until the cancel has landed: no race with the
         # reply's end, however slow the machine.
         fake_openai.delta_permits = asyncio.Semaphore(3)
         fake_openai.then(Behaviour(deltas=SLOW_REPLY))
-        async with two.subscribe(people.member, thread_id, after_sequence=None) as subscription:
+        async with two.subscribe(people.member, thread_id, after_sequence=after) as subscription:
             reply_id = await send(started_on, people, thread_id, "Hello from afar")
             seen: list[dict[str, Any]] = []
             while len([e for e in seen if e["__typename"] == "MessageDelta"]) < 3:
@@ -82,6 +85,7 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
             await cancelled_on.data(CANCEL, {"id": reply_id}, token=people.member)
             final = (await subscription.until_final())[-1]
         assert final["message"]["status"] == "CANCELLED"
+        after = final["sequence"]
 
         async def settled(reply: str = reply_id) -> bool:
             return (await stored(database, reply)).status is MessageStatus.CANCELLED
