@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
 
-from atlas_gql.auth.models import User
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import QuotaExceeded
 from atlas_gql.logs.models import ApiUsageLog
@@ -259,9 +258,10 @@ async def ensure_within_budget(
     _refuse(BudgetKind.PROJECT, budget=budget, used=used, running=running, now=now)
 
 
-def effective_user_budget(user: User, default: int | None) -> int | None:
-    """The user's own budget, else the default (ATLAS_USER_MONTHLY_TOKENS); None: unlimited."""
-    return user.monthly_token_budget if user.monthly_token_budget is not None else default
+def effective_user_budget(own: int | None, default: int | None) -> int | None:
+    """The user's own budget (`User.monthly_token_budget`), else the default
+    (ATLAS_USER_MONTHLY_TOKENS); None: unlimited."""
+    return own if own is not None else default
 
 
 async def user_usage_this_month(

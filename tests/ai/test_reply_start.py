@@ -163,7 +163,7 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             statements = await _send_statements(ai, thread_id, f"Question {turn}")
             await subscription.until_final()
         counts.append(len(statements))
-    assert counts == [7, 7, 7], statements
+    assert counts == [6, 6, 6], statements
     # The exchange's rows (its two messages, its activity row, the thread) are one statement.
     [exchange] = [text for text in statements if "INSERT INTO messages" in text]
     assert "INSERT INTO activity_logs" in exchange
