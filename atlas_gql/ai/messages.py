@@ -77,6 +77,8 @@ from atlas_gql.logs.usage import (
     effective_user_budget,
     ensure_within_budget,
     ensure_within_user_budget,
+    project_budget_lock,
+    user_budget_lock,
 )
 
 MAX_FILES_PER_MESSAGE = 20
@@ -352,13 +354,27 @@ async def prepare_reply(
     )
 
 
-async def check_budgets(*, db: AsyncSession, context: ReplyContext, reply: Message) -> None:
+def budget_locks(context: ReplyContext) -> list[str]:
+    """The budget locks `check_budgets` holds the reply to, in the order they are taken: the
+    project's, then the sender's."""
+    locks = []
+    if context.thread.project_id is not None and context.project_budget is not None:
+        locks.append(project_budget_lock(context.thread.project_id))
+    if context.user_budget is not None:
+        locks.append(user_budget_lock(context.viewer.user_id))
+    return locks
+
+
+async def check_budgets(
+    *, db: AsyncSession, context: ReplyContext, reply: Message, locked: bool = False
+) -> None:
     """The project's and the sender's monthly budgets (QUOTA_EXCEEDED), for a reply stored
     (flushed) in this transaction: the last statements of sendMessage, editMessage and
     regenerateMessage before their commit, because each budget check takes an advisory lock
     that the transaction keeps until it commits, so concurrent sends in the project (or of the
     sender) wait for it: the less that comes after, the shorter they wait (with a connection
-    each). The replies in flight they count are the others."""
+    each). The replies in flight they count are the others. `locked`: the transaction holds
+    the locks already (`budget_locks`, taken by the exchange's statement)."""
     thread = context.thread
     # The project's lock first, then the sender's (always in this order); the sender's budget
     # counts their replies everywhere, personal threads included.
@@ -368,11 +384,13 @@ async def check_budgets(*, db: AsyncSession, context: ReplyContext, reply: Messa
             project_id=thread.project_id,
             spent=functools.partial(spent, db, reply_id=reply.id, project_id=thread.project_id),
             budget=context.project_budget,
+            locked=locked,
         )
     await ensure_within_user_budget(
         db=db,
         user_id=context.viewer.user_id,
         budget=context.user_budget,
+        locked=locked,
         spent=functools.partial(spent, db, reply_id=reply.id, user_id=context.viewer.user_id),
     )
 
@@ -547,8 +565,9 @@ async def store_exchange(
         db, action, entity, project_id=thread.project_id,
         details={"threadId": str(thread.id), **details},
     )  # fmt: skip
-    await flush_exchange(db, thread=thread, activity=activity)
-    await check_budgets(db=db, context=context, reply=sent.assistant_message)
+    # The exchange's statement takes the budgets' locks too; their reads follow it.
+    locked = await flush_exchange(db, thread=thread, activity=activity, locks=budget_locks(context))
+    await check_budgets(db=db, context=context, reply=sent.assistant_message, locked=locked)
     return sent
 
 
