@@ -104,21 +104,31 @@ async def execute_db_operation(
         except AtlasError:
             raise
         except (DBAPIError, OSError, TimeoutError, PoolTimeoutError) as exc:
-            if sqlstate_of(exc) in RETRYABLE_SQLSTATES and attempt < attempts:
-                await _back_off(attempt, base_delay, exc)
+            if await _retried(exc, attempt, attempts, base_delay):
                 continue
-            mapped = map_db_error(exc)
-            if mapped is None:
+            mapped = _mapped(exc)
+            if mapped is exc:
                 raise
             logger.info("%s failed: %s", description, type(exc).__name__)
             raise mapped from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _back_off(attempt: int, base_delay: float, error: BaseException) -> None:
+async def _retried(error: Exception, attempt: int, attempts: int, base_delay: float) -> bool:
+    """After a jittered, exponential pause, True when `error` is a serialization failure or
+    a deadlock and attempts are left."""
+    if sqlstate_of(error) not in RETRYABLE_SQLSTATES or attempt >= attempts:
+        return False
     delay = base_delay * 2 ** (attempt - 1) * (1 + random.random())  # noqa: S311
     logger.info("transaction retry %d after %s", attempt, sqlstate_of(error))
     await asyncio.sleep(delay)
+    return True
+
+
+def _mapped(error: Exception) -> Exception:
+    """The API's error for a driver error; the error itself when it is a bug (masked)."""
+    mapped = map_db_error(error)
+    return error if mapped is None else mapped
 
 
 # What `execute_transaction(isolation_level=AUTOCOMMIT)` and `without_transaction` set.
@@ -160,11 +170,10 @@ async def execute_transaction(
                         )
                     return await work(session)
             except DBAPIError as exc:
-                if sqlstate_of(exc) in RETRYABLE_SQLSTATES and attempt < attempts:
-                    await _back_off(attempt, base_delay, exc)
+                if await _retried(exc, attempt, attempts, base_delay):
                     continue
-                mapped = map_db_error(exc)
-                if mapped is None:
+                mapped = _mapped(exc)
+                if mapped is exc:
                     raise
                 raise mapped from exc
             except (OSError, TimeoutError) as exc:
