@@ -101,6 +101,9 @@ async def _driver_connection(
             connection = await session.connection()
             raw = await connection.get_raw_connection()
             yield connection.dialect, raw.dbapi_connection, raw.driver_connection
+            # What the statement wrote stays (a session joined to an outer transaction
+            # releases its savepoint), as an autocommit statement's does.
+            await session.commit()
         return
     pooled = await bind.raw_connection()
     try:

@@ -10,7 +10,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.db.driver import DriverStatement, fetch_outside_transaction
 from atlas_gql.db.engine import create_engine, create_sessionmaker
@@ -81,3 +81,22 @@ async def test_no_database_is_db_unavailable(database_target: DatabaseTarget) ->
         assert isinstance(map_db_error(failed.value), DbUnavailable)
     finally:
         await engine.dispose()
+
+
+async def test_a_write_stays_in_the_test_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession], db: AsyncSession
+) -> None:
+    """Sessions joined to an outer transaction (the tests'): the statement runs on that
+    connection, and what it wrote stays, as an autocommit statement's does."""
+    key = f"test:driver:{uuid.uuid4()}"
+    write = DriverStatement.of(
+        sa.text(
+            "INSERT INTO rate_limit_buckets (key, tokens, updated_at) "
+            "VALUES (:key, 1, now()) RETURNING key"
+        ).bindparams(sa.bindparam("key", type_=sa.String))
+    )
+    assert [
+        row[0] for row in await fetch_outside_transaction(sessionmaker, write, {"key": key})
+    ] == [key]
+    read = sa.text("SELECT count(*) FROM rate_limit_buckets WHERE key = :key")
+    assert (await db.execute(read, {"key": key})).scalar_one() == 1
