@@ -100,7 +100,11 @@ async def _driver_connection(
         async with sessionmaker() as session:
             connection = await session.connection()
             raw = await connection.get_raw_connection()
-            yield connection.dialect, raw.dbapi_connection, raw.driver_connection
+            adapted: Any = raw.dbapi_connection
+            # Other sessions share this connection: one statement at a time on it, as
+            # SQLAlchemy's own statements take turns.
+            async with adapted._execute_mutex:
+                yield connection.dialect, adapted, raw.driver_connection
             # What the statement wrote stays (a session joined to an outer transaction
             # releases its savepoint), as an autocommit statement's does.
             await session.commit()
