@@ -277,6 +277,12 @@ def instrument_engine(engine: AsyncEngine) -> None:
     event.listen(sync_engine.pool, "checkin", _checked_in)
 
 
+def count_driver_statement() -> None:
+    """Count a statement sent on the driver's connection, below the engine's hook
+    (`db.driver`), on the current request's record."""
+    _count_statement()
+
+
 def _count_statement(*_: Any) -> None:
     # SQLAlchemy's async bridge runs this in a greenlet sharing the caller's context.
     record = _current_request.get()

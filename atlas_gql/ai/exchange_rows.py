@@ -12,6 +12,7 @@ it all, as before."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from atlas_gql.ai.models import Message, Thread
 from atlas_gql.db.tables import table_of
 from atlas_gql.logs.models import ActivityLog
+from atlas_gql.logs.usage import advisory_lock
 
 
 # (table column, mapped attribute) of each table written here.
@@ -41,12 +43,26 @@ _MESSAGE_COLUMNS = _mapped_columns(Message)
 _ACTIVITY_COLUMNS = _mapped_columns(ActivityLog)
 _THREAD_KEYS = {key: column.name for column, key in _mapped_columns(Thread)}
 
-# One statement per shape: (number of new messages, the thread's changed attributes).
-_STATEMENTS: dict[tuple[int, tuple[str, ...]], sa.Update] = {}
+# One statement per shape: (number of new messages, the thread's changed attributes, number
+# of budget locks).
+_STATEMENTS: dict[tuple[int, tuple[str, ...], int], sa.Update] = {}
 
 
-def _statement(messages: int, changed: tuple[str, ...]) -> sa.Update:
-    statement = _STATEMENTS.get((messages, changed))
+def _locks_taken(locks: int) -> sa.ScalarSelect[Any]:
+    """The budget locks `:lock_0`, `:lock_1`, ... taken in this order (each nested in the
+    next's FROM, so PostgreSQL takes them one after the other: always the project's first)."""
+    taken = sa.select(advisory_lock(sa.bindparam("lock_0", type_=sa.String)).label("taken"))
+    for n in range(1, locks):
+        earlier = taken.subquery(f"lock_{n - 1}")
+        taken = sa.select(
+            advisory_lock(sa.bindparam(f"lock_{n}", type_=sa.String)).label("taken")
+        ).select_from(earlier)
+    return taken.scalar_subquery()
+
+
+def _statement(messages: int, changed: tuple[str, ...], locks: int) -> sa.Update:
+    shape = (messages, changed, locks)
+    statement = _STATEMENTS.get(shape)
     if statement is not None:
         return statement
     message_table, activity_table, threads = (
@@ -78,14 +94,17 @@ def _statement(messages: int, changed: tuple[str, ...]) -> sa.Update:
     }
     # What the ORM's UPDATE of a thread sets too (its `onupdate`).
     values["updated_at"] = sa.func.now()
+    returned: list[Any] = [threads.c.updated_at]
+    if locks:
+        returned.append(_locks_taken(locks))
     statement = (
         sa.update(threads)
         .where(threads.c.id == sa.bindparam("t_id", type_=threads.c.id.type))
         .values(values)
-        .returning(threads.c.updated_at)
+        .returning(*returned)
         .add_cte(*inserted, recorded)
     )
-    _STATEMENTS[(messages, changed)] = statement
+    _STATEMENTS[shape] = statement
     return statement
 
 
@@ -116,9 +135,13 @@ def _complete(row: Any, columns: list[tuple[sa.Column[Any], str]]) -> bool:
     )
 
 
-async def flush_exchange(db: AsyncSession, *, thread: Thread, activity: ActivityLog) -> None:
+async def flush_exchange(
+    db: AsyncSession, *, thread: Thread, activity: ActivityLog, locks: Sequence[str] = ()
+) -> bool:
     """Write what the exchange added to `db` (its new messages, `activity`, the changes of
-    `thread`) in one statement; anything else pending: the ORM's flush, for all of it."""
+    `thread`) in one statement, which also takes the budget `locks` (advisory, held until the
+    transaction ends, in their order); anything else pending: the ORM's flush, for all of it.
+    Whether the locks were taken (False: the ORM flushed, the caller takes them)."""
     messages = [row for row in db.new if isinstance(row, Message)]
     changes = _thread_changes(thread) if thread in db.dirty else None
     if (
@@ -132,8 +155,10 @@ async def flush_exchange(db: AsyncSession, *, thread: Thread, activity: Activity
         or not all(_complete(message, _MESSAGE_COLUMNS) for message in messages)
     ):
         await db.flush()
-        return
+        return not locks
     parameters: dict[str, Any] = {"t_id": thread.id}
+    for n, key in enumerate(locks):
+        parameters[f"lock_{n}"] = key
     for n, message in enumerate(messages):
         values = message.__dict__
         for column, key in _MESSAGE_COLUMNS:
@@ -143,9 +168,9 @@ async def flush_exchange(db: AsyncSession, *, thread: Thread, activity: Activity
         parameters[f"a_{column.name}"] = values.get(key)
     for key, value in changes.items():
         parameters[f"t_{_THREAD_KEYS[key]}"] = value
-    statement = _statement(len(messages), tuple(sorted(changes)))
+    statement = _statement(len(messages), tuple(sorted(changes)), len(locks))
     with db.no_autoflush:
-        updated_at = (await db.execute(statement, parameters)).scalar_one()
+        updated_at = (await db.execute(statement, parameters)).one()[0]
     # Now stored: persistent rows of the session, as a flush leaves them.
     for row in (*messages, activity):
         db.expunge(row)
@@ -154,3 +179,4 @@ async def flush_exchange(db: AsyncSession, *, thread: Thread, activity: Activity
     for key, value in changes.items():
         set_committed_value(thread, key, value)
     set_committed_value(thread, "updated_at", updated_at)
+    return True

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from atlas_gql import metrics
 from atlas_gql.ai import knowledge, rules
 from atlas_gql.ai.events import ThreadEvent, created_event
 from atlas_gql.ai.exchange_rows import flush_exchange
@@ -43,6 +44,8 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.reply_reads import (
+    RunningReply,
+    SenderCounted,
     message_bucket_key,
     read_sender_and_running,
     read_thread_for_reply,
@@ -61,7 +64,7 @@ from atlas_gql.config import Settings
 from atlas_gql.db.inputs import Command
 from atlas_gql.db.session import ReadSession, SerializedAsyncSession, after_commit
 from atlas_gql.db.tables import new_row
-from atlas_gql.db.utils import AUTOCOMMIT, execute_transaction
+from atlas_gql.db.utils import AUTOCOMMIT, execute_db_operation, execute_transaction
 from atlas_gql.errors import (
     BadInput,
     Conflict,
@@ -74,6 +77,8 @@ from atlas_gql.logs.usage import (
     effective_user_budget,
     ensure_within_budget,
     ensure_within_user_budget,
+    project_budget_lock,
+    user_budget_lock,
 )
 
 MAX_FILES_PER_MESSAGE = 20
@@ -117,8 +122,14 @@ RATE_LIMITED_MESSAGE = "You are sending messages too fast; try again shortly."
 def message_bucket(settings: Settings, sender: User) -> buckets.Bucket:
     """The sender's sendMessage bucket: their own rate (set by an administrator) or
     ATLAS_USER_MESSAGES_PER_MINUTE, as a burst of that many refilled over a minute."""
-    per_minute = sender.messages_per_minute or settings.atlas_user_messages_per_minute
-    return buckets.Bucket.per_period(message_bucket_key(sender.id), per_minute, 60)
+    return _message_bucket_of(settings, sender.id, sender.messages_per_minute)
+
+
+def _message_bucket_of(
+    settings: Settings, user_id: uuid.UUID, own_per_minute: int | None
+) -> buckets.Bucket:
+    per_minute = own_per_minute or settings.atlas_user_messages_per_minute
+    return buckets.Bucket.per_period(message_bucket_key(user_id), per_minute, 60)
 
 
 def message_buckets(settings: Settings, sender: User, actor: Actor) -> list[buckets.Bucket]:
@@ -188,12 +199,12 @@ class ReplyContext:
 
 async def _count_the_message(
     ai: AIRuntime, actor: Actor, viewer: Viewer, thread_id: uuid.UUID
-) -> tuple[User, Message | None]:
+) -> tuple[int | None, RunningReply | Message | None]:
     """Take a token of the sender's message rate (and of their API key's), with their own
     limits read in the same short transaction, in the same statement as the reply running in
-    the thread (if any: `read_sender_and_running`); the sender, for their budget, and that
-    reply. Without an API key (one bucket), all of it is one statement, with no transaction
-    around it (`take_message_token`)."""
+    the thread (if any: `read_sender_and_running`); the sender's monthly budget (their own,
+    else the default; None: unlimited), and that reply. Without an API key (one bucket), all
+    of it is one statement, with no transaction around it (`take_message_token`)."""
     if actor.api_key_id is None:
         return await _count_the_message_alone(ai, viewer, thread_id)
     found: list[tuple[User, Message | None]] = []
@@ -208,33 +219,45 @@ async def _count_the_message(
     await buckets.take(
         sessionmaker=ai.sessionmaker, buckets=buckets_of, message=RATE_LIMITED_MESSAGE
     )
-    return found[0]
+    sender, running = found[0]
+    budget = effective_user_budget(
+        sender.monthly_token_budget, ai.settings.atlas_user_monthly_tokens
+    )
+    return budget, running
 
 
 async def _count_the_message_alone(
     ai: AIRuntime, viewer: Viewer, thread_id: uuid.UUID
-) -> tuple[User, Message | None]:
-    """`_count_the_message` for a send with one bucket (the sender's): one statement, its
-    own transaction (AUTOCOMMIT); a second one only to tell a refused send when to retry."""
+) -> tuple[int | None, RunningReply | Message | None]:
+    """`_count_the_message` for a send with one bucket (the sender's): one statement on the
+    driver's connection, with no transaction and no ORM session (`take_message_token`); a
+    second one only to tell a refused send when to retry."""
 
-    async def count(db: AsyncSession) -> tuple[User, Message | None, int | None]:
-        counted = await take_message_token(
-            db, viewer.user_id, thread_id,
+    async def count() -> SenderCounted:
+        # Below the engine's statement hook: counted here.
+        metrics.count_driver_statement()
+        return await take_message_token(
+            ai.sessionmaker, viewer.user_id, thread_id,
             default_per_minute=ai.settings.atlas_user_messages_per_minute,
         )  # fmt: skip
-        if counted.sender is None:
-            raise Unauthenticated()
-        wait = None
-        if not counted.taken:
-            wait = await buckets.refused(db, message_bucket(ai.settings, counted.sender))
-        return counted.sender, counted.running, wait
 
-    sender, running, wait = await execute_transaction(
-        ai.sessionmaker, count, attempts=2, isolation_level=AUTOCOMMIT
+    counted = await execute_db_operation(count, description="the sender's rate", attempts=2)
+    if not counted.found:
+        raise Unauthenticated()
+    if not counted.taken:
+        bucket = _message_bucket_of(ai.settings, viewer.user_id, counted.messages_per_minute)
+
+        async def wait(db: AsyncSession) -> int:
+            return await buckets.refused(db, bucket)
+
+        retry_after = await execute_transaction(
+            ai.sessionmaker, wait, attempts=2, isolation_level=AUTOCOMMIT
+        )
+        raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=retry_after)
+    budget = effective_user_budget(
+        counted.monthly_token_budget, ai.settings.atlas_user_monthly_tokens
     )
-    if wait is not None:
-        raise RateLimited(RATE_LIMITED_MESSAGE, retry_after=wait)
-    return sender, running
+    return budget, counted.running
 
 
 class _SenderGates:
@@ -302,10 +325,9 @@ async def prepare_reply(
     # The sender's limits, and their rate counted, before the operation's session holds a
     # connection. A send refused later (CONFLICT, QUOTA_EXCEEDED, ...) still counts, so a
     # loop of sends cannot hammer the locks below.
-    sender, running = await _count_the_message(ai, actor, viewer, thread_id)
+    user_budget, running = await _count_the_message(ai, actor, viewer, thread_id)
     if running is not None and running.id not in ai.replies and is_stale(running, ai.settings):
         await ai.recover_reply(message_id=running.id, thread_id=thread_id)
-    user_budget = effective_user_budget(sender, ai.settings.atlas_user_monthly_tokens)
     if user_budget is not None:
         await _GATES.setdefault(ai, _SenderGates()).enter(db, viewer.user_id)
     # The lock serialises sends in this thread until the operation commits.
@@ -332,13 +354,27 @@ async def prepare_reply(
     )
 
 
-async def check_budgets(*, db: AsyncSession, context: ReplyContext, reply: Message) -> None:
+def budget_locks(context: ReplyContext) -> list[str]:
+    """The budget locks `check_budgets` holds the reply to, in the order they are taken: the
+    project's, then the sender's."""
+    locks = []
+    if context.thread.project_id is not None and context.project_budget is not None:
+        locks.append(project_budget_lock(context.thread.project_id))
+    if context.user_budget is not None:
+        locks.append(user_budget_lock(context.viewer.user_id))
+    return locks
+
+
+async def check_budgets(
+    *, db: AsyncSession, context: ReplyContext, reply: Message, locked: bool = False
+) -> None:
     """The project's and the sender's monthly budgets (QUOTA_EXCEEDED), for a reply stored
     (flushed) in this transaction: the last statements of sendMessage, editMessage and
     regenerateMessage before their commit, because each budget check takes an advisory lock
     that the transaction keeps until it commits, so concurrent sends in the project (or of the
     sender) wait for it: the less that comes after, the shorter they wait (with a connection
-    each). The replies in flight they count are the others."""
+    each). The replies in flight they count are the others. `locked`: the transaction holds
+    the locks already (`budget_locks`, taken by the exchange's statement)."""
     thread = context.thread
     # The project's lock first, then the sender's (always in this order); the sender's budget
     # counts their replies everywhere, personal threads included.
@@ -348,11 +384,13 @@ async def check_budgets(*, db: AsyncSession, context: ReplyContext, reply: Messa
             project_id=thread.project_id,
             spent=functools.partial(spent, db, reply_id=reply.id, project_id=thread.project_id),
             budget=context.project_budget,
+            locked=locked,
         )
     await ensure_within_user_budget(
         db=db,
         user_id=context.viewer.user_id,
         budget=context.user_budget,
+        locked=locked,
         spent=functools.partial(spent, db, reply_id=reply.id, user_id=context.viewer.user_id),
     )
 
@@ -527,8 +565,9 @@ async def store_exchange(
         db, action, entity, project_id=thread.project_id,
         details={"threadId": str(thread.id), **details},
     )  # fmt: skip
-    await flush_exchange(db, thread=thread, activity=activity)
-    await check_budgets(db=db, context=context, reply=sent.assistant_message)
+    # The exchange's statement takes the budgets' locks too; their reads follow it.
+    locked = await flush_exchange(db, thread=thread, activity=activity, locks=budget_locks(context))
+    await check_budgets(db=db, context=context, reply=sent.assistant_message, locked=locked)
     return sent
 
 

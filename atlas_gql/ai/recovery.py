@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -148,7 +148,24 @@ def resume_before(settings: Settings) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=settings.atlas_reply_resume_after)
 
 
-def is_resumable(message: Message) -> bool:
+class ReplyBeat(Protocol):
+    """What `is_stale` reads of a running reply (a `Message`, or reply_reads' `RunningReply`)."""
+
+    @property
+    def created_at(self) -> datetime | None: ...
+    @property
+    def heartbeat_at(self) -> datetime | None: ...
+    @property
+    def reply_worker_id(self) -> uuid.UUID | None: ...
+    @property
+    def upstream_sequence(self) -> int | None: ...
+    @property
+    def event_sequence_base(self) -> int | None: ...
+    @property
+    def openai_response_id(self) -> str | None: ...
+
+
+def is_resumable(message: ReplyBeat) -> bool:
     """A background reply whose upstream response and position were checkpointed."""
     return (
         message.upstream_sequence is not None
@@ -157,7 +174,7 @@ def is_resumable(message: Message) -> bool:
     )
 
 
-def is_stale(message: Message, settings: Settings) -> bool:
+def is_stale(message: ReplyBeat, settings: Settings) -> bool:
     """Whether nobody runs this IN_PROGRESS reply any more (it is to be resumed or
     finished)."""
     if is_resumable(message):

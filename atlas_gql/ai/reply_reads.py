@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
@@ -24,6 +24,7 @@ from atlas_gql.auth import buckets
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.rules import ViewerRef
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db.driver import DriverStatement, fetch_outside_transaction
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import NotFound
 from atlas_gql.logs.models import ApiUsageLog
@@ -135,47 +136,113 @@ def message_bucket_key(user_id: uuid.UUID) -> str:
 
 
 def _sender_running_and_token_statement() -> sa.Select[Any]:
-    """`_sender_and_running_statement`, taking a token of the sender's message bucket in the
-    same statement: their own rate or `:default_per_minute`, per minute."""
+    """`_sender_and_running_statement` as plain columns (what a new reply's start reads of
+    the sender and of the running reply: `SenderCounted`), taking a token of the sender's
+    message bucket in the same statement: their own rate or `:default_per_minute`, per
+    minute."""
     sender_id = sa.bindparam("user_id", type_=sa.Uuid)
     per_minute = sa.func.coalesce(
         col(User.messages_per_minute), sa.bindparam("default_per_minute", type_=sa.Integer)
     )
     taken = buckets.taking_per_period(per_minute, seconds=60, where=col(User.id) == sender_id)
     left = sa.select(taken.c.tokens).scalar_subquery()
-    return _sender_and_running_statement().add_columns(left.label("taken"))
+    running = aliased(Message, name="running_reply")
+    return (
+        sa.select(
+            col(User.messages_per_minute),
+            col(User.monthly_token_budget),
+            *(getattr(running, field) for field in _RUNNING_FIELDS),
+            left.label("taken"),
+        )
+        .outerjoin(
+            running,
+            sa.and_(
+                col(running.thread_id) == sa.bindparam("thread_id", type_=sa.Uuid),
+                col(running.status) == MessageStatus.IN_PROGRESS,
+            ),
+        )
+        .where(col(User.id) == sender_id)
+        .limit(1)
+    )
 
 
-_SENDER_RUNNING_AND_TOKEN = _sender_running_and_token_statement()
+# What a new reply's start reads of the reply running in the thread (`RunningReply`), in order.
+_RUNNING_FIELDS = (
+    "id",
+    "created_at",
+    "heartbeat_at",
+    "reply_worker_id",
+    "upstream_sequence",
+    "event_sequence_base",
+    "openai_response_id",
+)
+# One statement on the driver's connection, with no transaction and no ORM session (it runs
+# before the operation's session begins: `db.driver`).
+_SENDER_RUNNING_AND_TOKEN = DriverStatement.of(_sender_running_and_token_statement())
+
+
+@dataclass(frozen=True)
+class RunningReply:
+    """The reply running in a thread, as far as a new reply's start looks at it: its id, and
+    whether anyone still runs it (`recovery.is_stale`)."""
+
+    id: uuid.UUID
+    created_at: datetime
+    heartbeat_at: datetime | None
+    reply_worker_id: uuid.UUID | None
+    upstream_sequence: int | None
+    event_sequence_base: int | None
+    openai_response_id: str | None
 
 
 @dataclass(frozen=True)
 class SenderCounted:
-    """What `take_message_token` read: the sender (None: no such user, nothing taken), the
-    reply running in the thread, and whether a token of the sender's rate was taken."""
+    """What `take_message_token` read: whether the sender exists (False: nothing taken),
+    their own limits, the reply running in the thread, and whether a token of the sender's
+    rate was taken."""
 
-    sender: User | None
-    running: Message | None
+    found: bool
+    messages_per_minute: int | None
+    monthly_token_budget: int | None
+    running: RunningReply | None
     taken: bool
 
 
 async def take_message_token(
-    db: AsyncSession, user_id: uuid.UUID, thread_id: uuid.UUID, *, default_per_minute: int
+    sessionmaker: async_sessionmaker[AsyncSession],
+    user_id: uuid.UUID,
+    thread_id: uuid.UUID,
+    *,
+    default_per_minute: int,
 ) -> SenderCounted:
-    """`read_sender_and_running`, and a token of the sender's message rate taken (their
-    own `messages_per_minute`, else `default_per_minute`), all in ONE statement that needs no
-    transaction (`buckets.taking_per_period`)."""
+    """`read_sender_and_running` (plain columns), and a token of the sender's message rate
+    taken (their own `messages_per_minute`, else `default_per_minute`), all in ONE statement
+    that needs no transaction (`buckets.taking_per_period`), on its own connection."""
     parameters = {
         "user_id": user_id,
         "thread_id": thread_id,
         "bucket_key": message_bucket_key(user_id),
         "default_per_minute": default_per_minute,
     }
-    row = (await db.execute(_SENDER_RUNNING_AND_TOKEN, parameters)).one_or_none()
-    if row is None:
-        return SenderCounted(sender=None, running=None, taken=False)
-    sender, running, left = row
-    return SenderCounted(sender=sender, running=running, taken=left is not None)
+    rows = await fetch_outside_transaction(sessionmaker, _SENDER_RUNNING_AND_TOKEN, parameters)
+    if not rows:
+        return SenderCounted(
+            found=False,
+            messages_per_minute=None,
+            monthly_token_budget=None,
+            running=None,
+            taken=False,
+        )
+    row = rows[0]
+    running_id = row[2]
+    running = None if running_id is None else RunningReply(*row[2 : 2 + len(_RUNNING_FIELDS)])
+    return SenderCounted(
+        found=True,
+        messages_per_minute=row[0],
+        monthly_token_budget=row[1],
+        running=running,
+        taken=row[-1] is not None,
+    )
 
 
 async def read_sender_and_running(

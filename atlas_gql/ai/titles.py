@@ -210,7 +210,9 @@ class TitleWriter:
                 await ensure_within_user_budget(
                     db=db,
                     user_id=user.id,
-                    budget=effective_user_budget(user, self.settings.atlas_user_monthly_tokens),
+                    budget=effective_user_budget(
+                        user.monthly_token_budget, self.settings.atlas_user_monthly_tokens
+                    ),
                 )
             await db.commit()  # gives back the budgets' advisory locks
 

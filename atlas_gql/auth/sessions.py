@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from atlas_gql.auth.tokens import (
 )
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.config import Settings
+from atlas_gql.db.driver import DriverStatement, fetch_outside_transaction
 from atlas_gql.db.session import ReadSession
 from atlas_gql.db.utils import execute_transaction
 from atlas_gql.errors import Unauthenticated
@@ -88,6 +90,8 @@ _LIVE_SESSION = live_session(
     session_id=sa.bindparam("session_id", type_=sa.Uuid),
 )
 
+_LIVE_SESSION_ON_DRIVER = DriverStatement.of(_LIVE_SESSION)
+
 
 async def load_viewer_for_session(
     *, db: ReadSession, user_id: uuid.UUID, session_id: uuid.UUID
@@ -96,8 +100,11 @@ async def load_viewer_for_session(
     (`rules.live_session`, the check the compiled read path folds into its statement too)."""
     parameters = {"user_id": user_id, "session_id": session_id}
     row = (await db.execute(_LIVE_SESSION, parameters)).one_or_none()
-    if row is None:
-        return None
+    return None if row is None else _viewer_of(row, session_id)
+
+
+def _viewer_of(row: Sequence[Any], session_id: uuid.UUID) -> Viewer:
+    """The viewer of a `_LIVE_SESSION` row."""
     return Viewer(
         user_id=row[0],
         session_id=session_id,
@@ -117,6 +124,20 @@ async def authenticate_access_token(*, db: ReadSession, settings: Settings, toke
     if viewer is None:
         raise Unauthenticated("The session has ended; sign in again.", reason="SESSION_ENDED")
     return viewer
+
+
+async def authenticate_access_token_alone(
+    *, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, token: str
+) -> Viewer:
+    """`authenticate_access_token` as one statement of its own, in autocommit on the driver's
+    connection (no ORM session: `db.driver`), for an operation whose own transaction starts
+    later (a mutation) or that holds none (a subscription)."""
+    claims = decode_access_token(token, settings=settings)
+    parameters = {"user_id": claims.user_id, "session_id": claims.session_id}
+    rows = await fetch_outside_transaction(sessionmaker, _LIVE_SESSION_ON_DRIVER, parameters)
+    if not rows:
+        raise Unauthenticated("The session has ended; sign in again.", reason="SESSION_ENDED")
+    return _viewer_of(rows[0], claims.session_id)
 
 
 REFRESH_REFUSED_MESSAGE = "The refresh token is invalid or has expired; sign in again."

@@ -89,19 +89,46 @@ def map_db_error(error: Exception) -> AtlasError | None:
 
 
 async def execute_db_operation(
-    operation: Callable[[], Awaitable[T]], *, description: str = "database operation"
+    operation: Callable[[], Awaitable[T]],
+    *,
+    description: str = "database operation",
+    attempts: int = 1,
+    base_delay: float = 0.05,
 ) -> T:
-    """Run one operation; driver errors become the API's errors (CONFLICT, DB_UNAVAILABLE, ...)."""
-    try:
-        return await operation()
-    except AtlasError:
-        raise
-    except (DBAPIError, OSError, TimeoutError, PoolTimeoutError) as exc:
-        mapped = map_db_error(exc)
-        if mapped is None:
+    """Run one operation; driver errors become the API's errors (CONFLICT, DB_UNAVAILABLE, ...).
+    Serialization failures and deadlocks are retried up to `attempts` times, with the jittered
+    backoff of `execute_transaction` (for an operation that is one statement of its own)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await operation()
+        except AtlasError:
             raise
-        logger.info("%s failed: %s", description, type(exc).__name__)
-        raise mapped from exc
+        except (DBAPIError, OSError, TimeoutError, PoolTimeoutError) as exc:
+            if await _retried(exc, attempt, attempts, base_delay):
+                continue
+            mapped = _mapped(exc)
+            if mapped is exc:
+                raise
+            logger.info("%s failed: %s", description, type(exc).__name__)
+            raise mapped from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _retried(error: Exception, attempt: int, attempts: int, base_delay: float) -> bool:
+    """After a jittered, exponential pause, True when `error` is a serialization failure or
+    a deadlock and attempts are left."""
+    if sqlstate_of(error) not in RETRYABLE_SQLSTATES or attempt >= attempts:
+        return False
+    delay = base_delay * 2 ** (attempt - 1) * (1 + random.random())  # noqa: S311
+    logger.info("transaction retry %d after %s", attempt, sqlstate_of(error))
+    await asyncio.sleep(delay)
+    return True
+
+
+def _mapped(error: Exception) -> Exception:
+    """The API's error for a driver error; the error itself when it is a bug (masked)."""
+    mapped = map_db_error(error)
+    return error if mapped is None else mapped
 
 
 # What `execute_transaction(isolation_level=AUTOCOMMIT)` and `without_transaction` set.
@@ -143,13 +170,10 @@ async def execute_transaction(
                         )
                     return await work(session)
             except DBAPIError as exc:
-                if sqlstate_of(exc) in RETRYABLE_SQLSTATES and attempt < attempts:
-                    delay = base_delay * 2 ** (attempt - 1) * (1 + random.random())  # noqa: S311
-                    logger.info("transaction retry %d after %s", attempt, sqlstate_of(exc))
-                    await asyncio.sleep(delay)
+                if await _retried(exc, attempt, attempts, base_delay):
                     continue
-                mapped = map_db_error(exc)
-                if mapped is None:
+                mapped = _mapped(exc)
+                if mapped is exc:
                     raise
                 raise mapped from exc
             except (OSError, TimeoutError) as exc:

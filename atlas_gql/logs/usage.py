@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped
 from sqlmodel import col, select
 
-from atlas_gql.auth.models import User
 from atlas_gql.db.session import ReadSession
 from atlas_gql.errors import QuotaExceeded
 from atlas_gql.logs.models import ApiUsageLog
@@ -170,11 +169,24 @@ Spent = Callable[[], Awaitable[tuple[int, InFlight]]]
 # A 64-bit hash of a namespaced key, like the login limiter's locks; a collision only
 # serialises two budgets needlessly. Built once, with a bound parameter: every sendMessage
 # takes one or two (building a statement and its cache key costs more than running it).
-_ADVISORY_LOCK = sa.select(
-    sa.func.pg_advisory_xact_lock(
-        sa.func.hashtextextended(sa.bindparam("lock_key", type_=sa.String), 0)
-    )
-)
+def advisory_lock(key: sa.ColumnElement[str]) -> sa.ColumnElement[Any]:
+    """The budget lock of `key` (`project_budget_lock`, `user_budget_lock`), as an expression:
+    held until the transaction ends (a statement of another writer may take it: the exchange's
+    statement in ai/exchange_rows.py does)."""
+    return sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))
+
+
+_ADVISORY_LOCK = sa.select(advisory_lock(sa.bindparam("lock_key", type_=sa.String)))
+
+
+def project_budget_lock(project_id: uuid.UUID) -> str:
+    """The key of a project's budget lock."""
+    return f"atlas:budget:{project_id}"
+
+
+def user_budget_lock(user_id: uuid.UUID) -> str:
+    """The key of a user's budget lock."""
+    return f"atlas:user-budget:{user_id}"
 
 
 async def _advisory_lock(db: AsyncSession, key: str) -> None:
@@ -183,7 +195,7 @@ async def _advisory_lock(db: AsyncSession, key: str) -> None:
 
 async def lock_project_budget(*, db: AsyncSession, project_id: uuid.UUID) -> None:
     """Serialise budget checks of one project until the caller's transaction ends."""
-    await _advisory_lock(db, f"atlas:budget:{project_id}")
+    await _advisory_lock(db, project_budget_lock(project_id))
 
 
 async def _spent_or_used(
@@ -235,6 +247,7 @@ async def ensure_within_budget(
     spent: Spent | None = None,
     now: datetime | None = None,
     budget: int | Literal["unread"] | None = "unread",
+    locked: bool = False,
 ) -> None:
     """Raise QuotaExceeded (`budget: PROJECT`) when the project's tokens this UTC month, plus
     the tokens reckoned for its replies still running, reach its `monthlyTokenBudget`. With
@@ -245,23 +258,27 @@ async def ensure_within_budget(
 
     With a budget, the check takes the project's advisory lock first and the caller keeps it
     until its transaction ends: the caller must store its running reply in that same
-    transaction, so the next check (waiting on the lock) counts it."""
+    transaction, so the next check (waiting on the lock) counts it. `locked`: the caller's
+    transaction holds the lock already (`project_budget_lock`, taken by an earlier statement);
+    the read, a statement after it, still takes its snapshot once the lock is granted."""
     if project_id is None:
         return
     if budget == "unread":
         budget = await project_budget(db=db, project_id=project_id)
     if budget is None:
         return
-    await lock_project_budget(db=db, project_id=project_id)
+    if not locked:
+        await lock_project_budget(db=db, project_id=project_id)
     used, running = await _spent_or_used(
         spent, project_id, lambda: usage_this_month(db=db, project_ids=[project_id], now=now)
     )
     _refuse(BudgetKind.PROJECT, budget=budget, used=used, running=running, now=now)
 
 
-def effective_user_budget(user: User, default: int | None) -> int | None:
-    """The user's own budget, else the default (ATLAS_USER_MONTHLY_TOKENS); None: unlimited."""
-    return user.monthly_token_budget if user.monthly_token_budget is not None else default
+def effective_user_budget(own: int | None, default: int | None) -> int | None:
+    """The user's own budget (`User.monthly_token_budget`), else the default
+    (ATLAS_USER_MONTHLY_TOKENS); None: unlimited."""
+    return own if own is not None else default
 
 
 async def user_usage_this_month(
@@ -279,14 +296,17 @@ async def ensure_within_user_budget(
     budget: int | None,
     spent: Spent | None = None,
     now: datetime | None = None,
+    locked: bool = False,
 ) -> None:
     """Raise QuotaExceeded (`budget: USER`) when the user's tokens this UTC month, plus those
     reckoned for their replies still running, reach `budget` (None: nothing to check). Like
     the project's check, it takes the user's advisory lock, which the caller keeps until its
-    transaction (which stores the running reply) ends; callers take the project's lock first."""
+    transaction (which stores the running reply) ends; callers take the project's lock first.
+    `locked`: as for the project's check (`user_budget_lock`)."""
     if budget is None:
         return
-    await _advisory_lock(db, f"atlas:user-budget:{user_id}")
+    if not locked:
+        await _advisory_lock(db, user_budget_lock(user_id))
     used, running = await _spent_or_used(
         spent, user_id, lambda: user_usage_this_month(db=db, user_ids=[user_id], now=now)
     )

@@ -147,11 +147,12 @@ async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[s
 async def test_send_message_runs_a_fixed_number_of_statements(
     start_ai_server: StartServer,
 ) -> None:
-    """Every check on (the sender's rate and budget, the project's budget): the session, the
-    sender with the thread's running reply and the rate's token (one statement), the thread
-    locked, the exchange's rows with its activity row and the thread's update (one statement,
-    ai/exchange_rows.py), the two budgets (each its lock, then its usage with its replies in
-    flight). The same number in a thread with a longer history."""
+    """Every check on (the sender's rate and budget, the project's budget): the thread
+    locked, the exchange's rows with its activity row, the thread's update and the two
+    budgets' locks (one statement, ai/exchange_rows.py), each budget's usage with its replies
+    in flight. The session check and the sender with the thread's running reply and the
+    rate's token (one statement) run on the driver's connection, below the engine's hook
+    (db/driver.py). The same number in a thread with a longer history."""
     ai = await start_ai_server(atlas_user_monthly_tokens=10**12)
     await ai.client.data(
         SET_BUDGET, {"p": ai.people.project_id, "v": 10**12}, token=ai.people.manager
@@ -163,8 +164,11 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             statements = await _send_statements(ai, thread_id, f"Question {turn}")
             await subscription.until_final()
         counts.append(len(statements))
-    assert counts == [8, 8, 8], statements
+    assert counts == [4, 4, 4], statements
     # The exchange's rows (its two messages, its activity row, the thread) are one statement.
     [exchange] = [text for text in statements if "INSERT INTO messages" in text]
     assert "INSERT INTO activity_logs" in exchange
     assert "UPDATE threads" in exchange
+    # It takes the two budgets' locks, the project's first; their reads follow it.
+    assert exchange.count("pg_advisory_xact_lock") == 2, exchange
+    assert not [text for text in statements if text.startswith("SELECT pg_advisory_xact_lock")]

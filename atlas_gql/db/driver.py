@@ -1,0 +1,143 @@
+"""One prebuilt statement on the driver's connection, outside any transaction.
+
+A statement that needs no transaction (the session check of a mutation or a subscription, the
+sender's rate token: docs/ai.md, "Cheaper reply starts, fourth pass") costs ~0.5 ms of
+SQLAlchemy's Python through a session (the session, its connection and execution context, the
+result's rows) for ~0.1 ms of the driver's. `DriverStatement` compiles a Core statement once
+for asyncpg; `fetch_outside_transaction` runs it on a pooled connection in autocommit, as the
+compiled read path does (graph/compiled/endpoint.py), and returns the driver's plain rows.
+
+Only for statements that run outside the operation's transaction: nothing runs this between a
+session's BEGIN and its COMMIT. A driver error is raised as SQLAlchemy's own error for it (the
+same `DBAPIError` a session raises, a broken connection invalidated), so callers map it as
+before (`map_db_error`: DB_UNAVAILABLE, ...)."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exc
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.util import greenlet_spawn
+
+_DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+
+# Constants a statement may carry as bound values (a role name, a status): sent as they are.
+_PLAIN = (str, int, float, bool, uuid.UUID, type(None))
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """A Core statement as asyncpg's SQL (`$1`, `$2`, ...) and, in that order, each parameter's
+    name and value when the caller does not give it (the statement's constants); the driver's
+    statement cache prepares it once per connection."""
+
+    sql: str
+    names: tuple[str, ...]
+    constants: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, statement: ClauseElement) -> DriverStatement:
+        """Compile `statement` once (bound parameters, no expanding IN); its constants must be
+        plain values (no bind processing happens on this path)."""
+        compiled = statement.compile(dialect=_DIALECT)
+        names = tuple(getattr(compiled, "positiontup", None) or ())
+        binds = getattr(compiled, "binds", {})
+        constants = {
+            name: _plain(binds[name].effective_value)
+            for name in names
+            if binds[name].effective_value is not None
+        }
+        for name, value in constants.items():
+            if not isinstance(value, _PLAIN):
+                raise TypeError(f"{name}: {type(value).__name__} is not a plain value")
+        return cls(sql=compiled.string, names=names, constants=constants)
+
+    def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
+        constants = self.constants
+        return [parameters[name] if name in parameters else constants[name] for name in self.names]
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+async def fetch_outside_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    statement: DriverStatement,
+    parameters: Mapping[str, Any],
+) -> Sequence[Any]:
+    """`statement`'s rows (asyncpg records: by position), run on its own in autocommit on a
+    connection of `sessionmaker`'s pool."""
+    arguments = statement.arguments(parameters)
+    async with _driver_connection(sessionmaker) as (dialect, adapted, driver):
+        try:
+            rows: Sequence[Any] = await driver.fetch(statement.sql, *arguments)
+        except Exception as error:
+            raise _as_dbapi_error(dialect, adapted, statement.sql, error) from error
+    return rows
+
+
+@contextlib.asynccontextmanager
+async def _driver_connection(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[tuple[Dialect, Any, Any]]:
+    """The dialect, SQLAlchemy's adapted connection and asyncpg's beneath it: straight from
+    the engine's pool (no BEGIN, no ROLLBACK), or through a session when the sessions are
+    bound to a connection (tests bind them to a transaction they roll back, whose rows only
+    that connection sees)."""
+    bind = sessionmaker.kw.get("bind")
+    if not isinstance(bind, AsyncEngine):
+        async with sessionmaker() as session:
+            connection = await session.connection()
+            raw = await connection.get_raw_connection()
+            adapted: Any = raw.dbapi_connection
+            # Other sessions share this connection: one statement at a time on it, as
+            # SQLAlchemy's own statements take turns.
+            async with adapted._execute_mutex:
+                yield connection.dialect, adapted, raw.driver_connection
+            # What the statement wrote stays (a session joined to an outer transaction
+            # releases its savepoint), as an autocommit statement's does.
+            await session.commit()
+        return
+    pooled = await bind.raw_connection()
+    try:
+        yield bind.dialect, pooled.dbapi_connection, pooled.driver_connection
+    except BaseException:
+        driver = pooled.driver_connection
+        if driver is None or driver.is_closed():
+            await greenlet_spawn(pooled.invalidate)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)
+
+
+def _as_dbapi_error(dialect: Dialect, adapted: Any, sql: str, error: Exception) -> Exception:
+    """`error` (asyncpg's) as a session's statement raises it: the dialect's DB-API error
+    wrapped in SQLAlchemy's `DBAPIError` (InterfaceError, OperationalError, ...), marked
+    `connection_invalidated` when the connection is gone; anything else (OSError, a
+    cancellation) as it is, as SQLAlchemy leaves it."""
+    try:
+        adapted._handle_exception(error)  # raises the dialect's DB-API error for it
+    except Exception as translated:
+        if not isinstance(translated, dialect.loaded_dbapi.Error):
+            return translated
+        return exc.DBAPIError.instance(
+            sql,
+            None,
+            translated,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=dialect.is_disconnect(translated, adapted, None),
+            dialect=dialect,
+        )
+    return error  # pragma: no cover (`_handle_exception` always raises)
