@@ -9,7 +9,7 @@ the same statement), so it is recovered before the thread is locked."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,6 +135,24 @@ def message_bucket_key(user_id: uuid.UUID) -> str:
     return f"messages:user:{user_id}"
 
 
+@dataclass(frozen=True)
+class RunningReply:
+    """The reply running in a thread, as far as a new reply's start looks at it: its id, and
+    whether anyone still runs it (`recovery.is_stale`)."""
+
+    id: uuid.UUID
+    created_at: datetime
+    heartbeat_at: datetime | None
+    reply_worker_id: uuid.UUID | None
+    upstream_sequence: int | None
+    event_sequence_base: int | None
+    openai_response_id: str | None
+
+
+# What a new reply's start reads of the reply running in the thread, in `RunningReply`'s order.
+_RUNNING_FIELDS = tuple(field.name for field in fields(RunningReply))
+
+
 def _sender_running_and_token_statement() -> sa.Select[Any]:
     """`_sender_and_running_statement` as plain columns (what a new reply's start reads of
     the sender and of the running reply: `SenderCounted`), taking a token of the sender's
@@ -166,33 +184,9 @@ def _sender_running_and_token_statement() -> sa.Select[Any]:
     )
 
 
-# What a new reply's start reads of the reply running in the thread (`RunningReply`), in order.
-_RUNNING_FIELDS = (
-    "id",
-    "created_at",
-    "heartbeat_at",
-    "reply_worker_id",
-    "upstream_sequence",
-    "event_sequence_base",
-    "openai_response_id",
-)
 # One statement on the driver's connection, with no transaction and no ORM session (it runs
 # before the operation's session begins: `db.driver`).
 _SENDER_RUNNING_AND_TOKEN = DriverStatement.of(_sender_running_and_token_statement())
-
-
-@dataclass(frozen=True)
-class RunningReply:
-    """The reply running in a thread, as far as a new reply's start looks at it: its id, and
-    whether anyone still runs it (`recovery.is_stale`)."""
-
-    id: uuid.UUID
-    created_at: datetime
-    heartbeat_at: datetime | None
-    reply_worker_id: uuid.UUID | None
-    upstream_sequence: int | None
-    event_sequence_base: int | None
-    openai_response_id: str | None
 
 
 @dataclass(frozen=True)
