@@ -26,7 +26,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from atlas_gql import metrics
 from atlas_gql.ai import knowledge, rules
 from atlas_gql.ai.events import ThreadEvent, created_event
 from atlas_gql.ai.exchange_rows import flush_exchange
@@ -234,8 +233,6 @@ async def _count_the_message_alone(
     second one only to tell a refused send when to retry."""
 
     async def count() -> SenderCounted:
-        # Below the engine's statement hook: counted here.
-        metrics.count_driver_statement()
         return await take_message_token(
             ai.sessionmaker, viewer.user_id, thread_id,
             default_per_minute=ai.settings.atlas_user_messages_per_minute,

@@ -28,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 
+from atlas_gql import metrics
+
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
 
 
@@ -77,8 +79,10 @@ async def fetch_outside_transaction(
     parameters: Mapping[str, Any],
 ) -> Sequence[Any]:
     """`statement`'s rows (asyncpg records: by position), run on its own in autocommit on a
-    connection of `sessionmaker`'s pool."""
+    connection of `sessionmaker`'s pool. Counted on the current request's record, as the
+    engine's statement hook counts a session's statements (it does not see this one)."""
     arguments = statement.arguments(parameters)
+    metrics.count_driver_statement()
     async with _driver_connection(sessionmaker) as (dialect, adapted, driver):
         try:
             rows: Sequence[Any] = await driver.fetch(statement.sql, *arguments)

@@ -18,7 +18,6 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 from strawberry.types import Info as StrawberryInfo
 
-from atlas_gql import metrics
 from atlas_gql.ai.orchestrator import AIRuntime
 from atlas_gql.auth.actor import Actor
 from atlas_gql.auth.apikeys import authenticate_api_key, is_api_key
@@ -327,9 +326,7 @@ class Context:
         # what it wrote in transactions of its own); a subscription holds no connection
         # while it waits for events.
         # Its one statement commits on its own, on the driver's connection: no BEGIN and no
-        # ROLLBACK round trip, no ORM session (sent below the engine's statement hook: counted
-        # here).
-        metrics.count_driver_statement()
+        # ROLLBACK round trip, no ORM session.
         return await authenticate_access_token_alone(
             sessionmaker=self.runtime.sessionmaker, settings=self.settings, token=token
         )
