@@ -106,8 +106,8 @@ async def execute_db_operation(
         except (DBAPIError, OSError, TimeoutError, PoolTimeoutError) as exc:
             if await _retried(exc, attempt, attempts, base_delay):
                 continue
-            mapped = _mapped(exc)
-            if mapped is exc:
+            mapped = map_db_error(exc)
+            if mapped is None:
                 raise
             logger.info("%s failed: %s", description, type(exc).__name__)
             raise mapped from exc
@@ -123,12 +123,6 @@ async def _retried(error: Exception, attempt: int, attempts: int, base_delay: fl
     logger.info("transaction retry %d after %s", attempt, sqlstate_of(error))
     await asyncio.sleep(delay)
     return True
-
-
-def _mapped(error: Exception) -> Exception:
-    """The API's error for a driver error; the error itself when it is a bug (masked)."""
-    mapped = map_db_error(error)
-    return error if mapped is None else mapped
 
 
 # What `execute_transaction(isolation_level=AUTOCOMMIT)` and `without_transaction` set.
@@ -172,8 +166,8 @@ async def execute_transaction(
             except DBAPIError as exc:
                 if await _retried(exc, attempt, attempts, base_delay):
                     continue
-                mapped = _mapped(exc)
-                if mapped is exc:
+                mapped = map_db_error(exc)
+                if mapped is None:
                     raise
                 raise mapped from exc
             except (OSError, TimeoutError) as exc:
