@@ -164,7 +164,8 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             statements = await _send_statements(ai, thread_id, f"Question {turn}")
             await subscription.until_final()
         counts.append(len(statements))
-    assert counts == [4, 4, 4], statements
+    # Each statement in full on a failure (pytest cuts a list short in the message).
+    assert counts == [4, 4, 4], "\n".join(statements)
     # The exchange's rows (its two messages, its activity row, the thread) are one statement.
     [exchange] = [text for text in statements if "INSERT INTO messages" in text]
     assert "INSERT INTO activity_logs" in exchange
