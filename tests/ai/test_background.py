@@ -176,6 +176,9 @@ async def start_worker(
         # A killed worker's background replies are resumed after 1 s without a heartbeat
         # (a live one beats every 1/3 s).
         ATLAS_REPLY_RESUME_AFTER="1",
+        # As `make_settings`: merging deltas by how long they waited depends on how busy the
+        # machine is (a subscriber whose access check took 80 ms got three deltas as one).
+        ATLAS_SUBSCRIBER_MERGE_AFTER="0",
     )
     workers: list[WorkerProcess] = []
     with (tmp_path / "atlas.log").open("w") as log:
