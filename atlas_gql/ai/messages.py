@@ -334,8 +334,12 @@ async def prepare_reply(
             "You need the MEMBER role or higher in this project to post in its threads."
         )
     thread = locked.thread
-    running = locked.running if locked.fresh else await running_reply(db, thread.id)
-    if running is not None:
+    if locked.fresh:
+        running_id = locked.running_id
+    else:
+        stale_read = await running_reply(db, thread.id)
+        running_id = None if stale_read is None else stale_read.id
+    if running_id is not None:
         raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
     require_open(thread)
     assistant = locked.assistant

@@ -24,8 +24,9 @@ from atlas_gql.auth import buckets
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.rules import ViewerRef
 from atlas_gql.auth.viewer import Viewer
-from atlas_gql.db.driver import DriverStatement, fetch_outside_transaction
+from atlas_gql.db.driver import DriverStatement, fetch_in_transaction, fetch_outside_transaction
 from atlas_gql.db.session import ReadSession
+from atlas_gql.db.tables import LoadedRow, table_of
 from atlas_gql.errors import NotFound
 from atlas_gql.logs.models import ApiUsageLog
 from atlas_gql.logs.usage import (
@@ -46,19 +47,28 @@ class ThreadForReply:
 
     thread: Thread
     postable: bool
-    running: Message | None
+    # The reply running in the thread (its id), if any.
+    running_id: uuid.UUID | None
     assistant: Assistant | None
     # False when the thread row changed after the statement's snapshot (the lock waited for
-    # another transaction): `running` may then be stale and is read again.
+    # another transaction): `running_id` may then be stale and is read again.
     fresh: bool
     # The project's monthlyTokenBudget setting (read with the lock only).
     project_budget: int | None
 
 
-def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
+# The thread's and its assistant's columns, read as plain columns and made the session's rows
+# (`db.tables.LoadedRow`): the ORM's loading of the two entities cost more than the statement.
+_THREAD_ROW = LoadedRow.of(Thread)
+_ASSISTANT_ROW = LoadedRow.of(Assistant)
+
+
+def _thread_for_reply_statement(*, lock: bool) -> DriverStatement:
     """The thread `:thread_id` as the viewer (`:viewer_id`, `:viewer_is_admin`) sees it, with
-    whether they may post in it, its running reply and its assistant. Built once, with bound
-    parameters: building the rules' SQL and its cache key costs more than running it."""
+    whether they may post in it, its running reply and its assistant, as plain columns: the
+    thread's (`_THREAD_ROW`), then postable, the running reply's id, the assistant's
+    (`_ASSISTANT_ROW`), fresh, the project's budget. Built once, with bound parameters:
+    building the rules' SQL and its cache key costs more than running it."""
     viewer = ViewerRef(
         user_id=sa.bindparam("viewer_id", type_=sa.Uuid),
         is_admin=sa.bindparam("viewer_is_admin", type_=sa.Boolean),
@@ -68,6 +78,7 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
     )
     running = aliased(Message, name="running_reply")
     threads = rules.threads
+    assistants = table_of(Assistant)
     # Under a lock that waited for another transaction PostgreSQL reads the locked row again,
     # the rest of the row as the statement's snapshot saw it: `fresh` tells (the thread row
     # of the snapshot is the version locked).
@@ -80,35 +91,36 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
     budget = (
         sa.select(col(ProjectSetting.value))
         .where(
-            col(ProjectSetting.project_id) == col(Thread.project_id),
+            col(ProjectSetting.project_id) == threads.c.project_id,
             col(ProjectSetting.setting_key) == BUDGET_SETTING_KEY,
         )
         .scalar_subquery()
     )
     statement = (
         sa.select(
-            Thread,
+            *_THREAD_ROW.columns,
             rules.thread_postable(viewer, threads).label("postable"),
-            running,
-            Assistant,
+            col(running.id).label("running_id"),
+            *_ASSISTANT_ROW.columns,
             fresh.label("fresh") if lock else sa.true().label("fresh"),
             budget.label("project_budget") if lock else sa.null().label("project_budget"),
         )
+        .select_from(threads)
         .outerjoin(
             running,
             sa.and_(
-                col(running.thread_id) == col(Thread.id),
+                col(running.thread_id) == threads.c.id,
                 col(running.status) == MessageStatus.IN_PROGRESS,
             ),
         )
-        .outerjoin(Assistant, col(Assistant.id) == col(Thread.assistant_id))
-        .where(col(Thread.id) == sa.bindparam("thread_id", type_=sa.Uuid))
+        .outerjoin(assistants, assistants.c.id == threads.c.assistant_id)
+        .where(threads.c.id == sa.bindparam("thread_id", type_=sa.Uuid))
         .where(rules.thread_visible(viewer, threads))
         .limit(1)
     )
     if lock:
-        statement = statement.with_for_update(of=Thread).execution_options(populate_existing=True)
-    return statement
+        statement = statement.with_for_update(of=threads)
+    return DriverStatement.of(statement)
 
 
 def _sender_and_running_statement() -> sa.Select[User, Message]:
@@ -261,23 +273,30 @@ async def read_thread_for_reply(
     db: AsyncSession, viewer: Viewer, thread_id: uuid.UUID, *, lock: bool
 ) -> ThreadForReply:
     """The thread the viewer sees (NOT_FOUND otherwise), whether they may post in it, its
-    running reply and its assistant, in ONE statement; `lock` takes the thread's row lock
-    (FOR UPDATE OF threads; the thread read again)."""
+    running reply and its assistant, in ONE statement on the session's connection, in its
+    transaction (`db.driver.fetch_in_transaction`: no ORM execution); the thread and the
+    assistant become the session's rows as the ORM would load them (`LoadedRow`). `lock`
+    takes the thread's row lock (FOR UPDATE OF threads; the session's thread read again)."""
     parameters = {
         "thread_id": thread_id,
         "viewer_id": viewer.user_id,
         "viewer_is_admin": viewer.is_admin,
     }
     statement = _THREAD_FOR_REPLY_LOCKED if lock else _THREAD_FOR_REPLY
-    row = (await db.execute(statement, parameters)).one_or_none()
-    if row is None:
+    rows = await fetch_in_transaction(db, statement, parameters)
+    if not rows:
         raise NotFound("Thread not found.")
-    thread, postable, running_message, assistant, is_fresh, budget = row
+    row = tuple(rows[0])
+    threads = len(_THREAD_ROW.keys)
+    postable, running_id = row[threads : threads + 2]
+    assistant_values = row[threads + 2 : threads + 2 + len(_ASSISTANT_ROW.keys)]
+    is_fresh, budget = row[-2:]
+    assistant_id = assistant_values[_ASSISTANT_ROW.keys.index("id")]
     return ThreadForReply(
-        thread=thread,
+        thread=_THREAD_ROW.load(db, row[:threads]),
         postable=bool(postable),
-        running=running_message,
-        assistant=assistant,
+        running_id=running_id,
+        assistant=None if assistant_id is None else _ASSISTANT_ROW.load(db, assistant_values),
         fresh=bool(is_fresh),
         project_budget=parse_budget(budget),
     )

@@ -7,8 +7,12 @@ result's rows) for ~0.1 ms of the driver's. `DriverStatement` compiles a Core st
 for asyncpg; `fetch_outside_transaction` runs it on a pooled connection in autocommit, as the
 compiled read path does (graph/compiled/endpoint.py), and returns the driver's plain rows.
 
-Only for statements that run outside the operation's transaction: nothing runs this between a
-session's BEGIN and its COMMIT. A driver error is raised as SQLAlchemy's own error for it (the
+`fetch_outside_transaction` is only for statements that run outside the operation's
+transaction: nothing runs it between a session's BEGIN and its COMMIT. Inside a session's
+transaction, `fetch_in_transaction` runs a prebuilt statement on the session's own connection
+(beginning its transaction first, as the session's first statement would), for the reads on
+the hot path of a reply's start (docs/ai.md, "Cheaper reply starts, fifth pass"). A driver
+error is raised as SQLAlchemy's own error for it (the
 same `DBAPIError` a session raises, a broken connection invalidated), so callers map it as
 before (`map_db_error`: DB_UNAVAILABLE, ...)."""
 
@@ -49,20 +53,23 @@ class DriverStatement:
 
     @classmethod
     def of(cls, statement: ClauseElement) -> DriverStatement:
-        """Compile `statement` once (bound parameters, no expanding IN); its constants must be
-        plain values (no bind processing happens on this path)."""
+        """Compile `statement` once (bound parameters; an IN of constants expanded into one
+        parameter per value); its constants must be plain values (no bind processing happens
+        on this path)."""
         compiled = statement.compile(dialect=_DIALECT)
-        names = tuple(getattr(compiled, "positiontup", None) or ())
-        binds = getattr(compiled, "binds", {})
+        # The caller's parameters (no value here): placeholders for the expansion only.
+        given = {name: None for name, bind in compiled.binds.items() if bind.required}
+        expanded = compiled.construct_expanded_state(given)
+        names = tuple(expanded.positiontup or ())
         constants = {
-            name: _plain(binds[name].effective_value)
-            for name in names
-            if binds[name].effective_value is not None
+            name: _plain(value)
+            for name, value in expanded.parameters.items()
+            if name not in given and value is not None
         }
         for name, value in constants.items():
             if not isinstance(value, _PLAIN):
                 raise TypeError(f"{name}: {type(value).__name__} is not a plain value")
-        return cls(sql=compiled.string, names=names, constants=constants)
+        return cls(sql=expanded.statement, names=names, constants=constants)
 
     def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
         constants = self.constants
@@ -89,6 +96,39 @@ async def fetch_outside_transaction(
         except Exception as error:
             raise _as_dbapi_error(dialect, adapted, statement.sql, error) from error
     return rows
+
+
+async def fetch_in_transaction(
+    db: AsyncSession, statement: DriverStatement, parameters: Mapping[str, Any]
+) -> Sequence[Any]:
+    """`statement`'s rows (asyncpg records: by position), run on `db`'s connection in its
+    transaction (BEGIN first when this is the transaction's first statement, as SQLAlchemy's
+    cursor sends it), with no ORM execution around it; the session's operations take turns
+    with it (`SerializedAsyncSession`). Values come as the driver decodes them: no type's
+    result processing. Counted on the current request's record, as `fetch_outside_transaction`.
+    A failure is the session's error for it; a connection the server dropped is invalidated,
+    as a session's statement invalidates it."""
+    arguments = statement.arguments(parameters)
+    operation = getattr(db, "_operation", None)
+    async with operation() if operation is not None else contextlib.nullcontext():
+        connection = await db.connection()
+        raw = await connection.get_raw_connection()
+        adapted: Any = raw.dbapi_connection
+        driver = raw.driver_connection
+        metrics.count_driver_statement()
+        async with adapted._execute_mutex:
+            try:
+                if adapted._transaction is None:
+                    await adapted._start_transaction()
+                rows: Sequence[Any] = await driver.fetch(statement.sql, *arguments)
+            except Exception as error:
+                cause = error
+            else:
+                return rows
+        failure = _as_dbapi_error(connection.dialect, adapted, statement.sql, cause)
+        if isinstance(failure, exc.DBAPIError) and failure.connection_invalidated:
+            await connection.invalidate(failure)
+        raise failure from cause
 
 
 @contextlib.asynccontextmanager

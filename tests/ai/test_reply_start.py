@@ -67,7 +67,7 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
     async with sessions() as holder, sessions() as waiter, sessions() as observer:
         # Unlocked, and locked without waiting: the row is the snapshot's.
         seen = await read_thread_for_reply(waiter, viewer, thread.id, lock=False)
-        assert (seen.postable, seen.running, seen.fresh) == (True, None, True)
+        assert (seen.postable, seen.running_id, seen.fresh) == (True, None, True)
         await waiter.rollback()
         waiter_pid = await waiter.scalar(sa.select(sa.func.pg_backend_pid()))
         # Another send holds the lock and stores its running reply.
@@ -102,7 +102,7 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
         read = await locked
         # The locked row is the new one; the running reply is the snapshot's (none): stale.
         assert read.thread.last_event_sequence == thread.last_event_sequence + 1025
-        assert (read.running, read.fresh) == (None, False)
+        assert (read.running_id, read.fresh) == (None, False)
         # What sendMessage reads then: the reply stored meanwhile (a CONFLICT).
         assert await running_reply(waiter, thread.id) is not None
         await waiter.rollback()
