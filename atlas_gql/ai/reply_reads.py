@@ -25,7 +25,6 @@ from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.rules import ViewerRef
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db.driver import DriverStatement, fetch_in_transaction, fetch_outside_transaction
-from atlas_gql.db.session import ReadSession
 from atlas_gql.db.tables import LoadedRow, table_of
 from atlas_gql.errors import NotFound
 from atlas_gql.logs.models import ApiUsageLog
@@ -302,11 +301,9 @@ async def read_thread_for_reply(
     )
 
 
-def _spent_statement(
-    owner: sa.ColumnElement[bool], whose: sa.ColumnElement[bool]
-) -> sa.Select[Any]:
+def _spent_statement(owner: sa.ColumnElement[bool], whose: sa.ColumnElement[bool]) -> sa.Subquery:
     """The tokens used this month (`ApiUsageLog` rows of `owner` from `:start` to `:end`) and
-    the replies in flight (`whose`) with the tokens reckoned for them, in one statement."""
+    the replies in flight (`whose`) with the tokens reckoned for them: one row."""
     used = (
         sa.select(
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.input_tokens)), 0)
@@ -323,48 +320,89 @@ def _spent_statement(
     )
     chars = sa.func.length(col(Message.content))
     reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
-    return sa.select(used, sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
-        col(Message.status) == MessageStatus.IN_PROGRESS,
-        col(Message.role) == MessageRole.ASSISTANT,
-        # The reply being checked, stored already in the same transaction.
-        col(Message.id) != sa.bindparam("reply_id", type_=sa.Uuid),
-        whose,
+    return (
+        sa.select(used, sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0))
+        .where(
+            col(Message.status) == MessageStatus.IN_PROGRESS,
+            col(Message.role) == MessageRole.ASSISTANT,
+            # The reply being checked, stored already in the same transaction.
+            col(Message.id) != sa.bindparam("reply_id", type_=sa.Uuid),
+            whose,
+        )
+        .subquery()
     )
 
 
-# Built once (bound parameters): see `_thread_for_reply_statement`.
-_PROJECT_SPENT = _spent_statement(
-    col(ApiUsageLog.project_id) == sa.bindparam("owner_id", type_=sa.Uuid),
-    col(Message.thread_id).in_(
-        sa.select(col(Thread.id)).where(
-            col(Thread.project_id) == sa.bindparam("owner_id", type_=sa.Uuid)
-        )
-    ),
-)
-_USER_SPENT = _spent_statement(
-    col(ApiUsageLog.user_id) == sa.bindparam("owner_id", type_=sa.Uuid),
-    col(Message.user_id) == sa.bindparam("owner_id", type_=sa.Uuid),
-)
+def _project_spent() -> sa.Subquery:
+    project_id = sa.bindparam("project_id", type_=sa.Uuid)
+    return _spent_statement(
+        col(ApiUsageLog.project_id) == project_id,
+        col(Message.thread_id).in_(
+            sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
+        ),
+    )
+
+
+def _user_spent() -> sa.Subquery:
+    user_id = sa.bindparam("user_id", type_=sa.Uuid)
+    return _spent_statement(col(ApiUsageLog.user_id) == user_id, col(Message.user_id) == user_id)
+
+
+def _budgets_spent_statement(*, project: bool, user: bool) -> DriverStatement:
+    """The project's (`:project_id`) and/or the sender's (`:user_id`) usage and replies in
+    flight, three columns each in that order, in ONE statement."""
+    spent = [read() for wanted, read in ((project, _project_spent), (user, _user_spent)) if wanted]
+    statement = sa.select(*(column for subquery in spent for column in subquery.c))
+    for subquery in spent:
+        statement = statement.select_from(subquery)
+    return DriverStatement.of(statement)
+
+
+# Built once (bound parameters): see `_thread_for_reply_statement`. Key: (project, user).
+_BUDGETS_SPENT = {
+    (project, user): _budgets_spent_statement(project=project, user=user)
+    for project, user in ((True, True), (True, False), (False, True))
+}
+
+
+@dataclass(frozen=True)
+class BudgetsSpent:
+    """What `spent` read: (tokens used this month, replies in flight) of the project and of
+    the sender, each None when not read."""
+
+    project: tuple[int, InFlight] | None
+    user: tuple[int, InFlight] | None
 
 
 async def spent(
-    db: ReadSession,
+    db: AsyncSession,
     *,
     reply_id: uuid.UUID,
     project_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
-) -> tuple[int, InFlight]:
-    """A project's (or a user's: the replies they asked for) tokens used this UTC month, and
-    its replies IN_PROGRESS other than `reply_id` with the tokens reckoned for them: each
+) -> BudgetsSpent:
+    """A project's and/or a user's (the replies they asked for) tokens used this UTC month,
+    and its replies IN_PROGRESS other than `reply_id` with the tokens reckoned for them: each
     counts the estimate of its saved partial text (ceil(chars / 4)), and at least 1 token, so
-    a budget one token short runs one reply at a time. One statement (`logs.usage.Spent`)."""
+    a budget one token short runs one reply at a time. ONE statement for both, on the
+    session's connection in its transaction (`db.driver.fetch_in_transaction`: no ORM
+    execution); under READ COMMITTED it sees what committed before it started, so a caller
+    runs it after the statement taking the budgets' locks."""
     now = datetime.now(UTC)
     parameters = {
-        "owner_id": project_id if project_id is not None else user_id,
+        "project_id": project_id,
+        "user_id": user_id,
         "reply_id": reply_id,
         "start": month_start(now),
         "end": next_month_start(now),
     }
-    statement = _PROJECT_SPENT if project_id is not None else _USER_SPENT
-    used, replies, tokens = (await db.execute(statement, parameters)).one()
-    return int(used), InFlight(replies=int(replies), tokens=int(tokens))
+    statement = _BUDGETS_SPENT[(project_id is not None, user_id is not None)]
+    [row] = await fetch_in_transaction(db, statement, parameters)
+    counted = [
+        (int(row[n]), InFlight(replies=int(row[n + 1]), tokens=int(row[n + 2])))
+        for n in range(0, len(row), 3)
+    ]
+    return BudgetsSpent(
+        project=counted.pop(0) if project_id is not None else None,
+        user=counted.pop(0) if user_id is not None else None,
+    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import greenlet_spawn
 
 from atlas_gql import metrics
@@ -57,6 +58,7 @@ class DriverStatement:
         parameter per value); its constants must be plain values (no bind processing happens
         on this path)."""
         compiled = statement.compile(dialect=_DIALECT)
+        assert isinstance(compiled, SQLCompiler)
         # The caller's parameters (no value here): placeholders for the expansion only.
         given = {name: None for name, bind in compiled.binds.items() if bind.required}
         expanded = compiled.construct_expanded_state(given)
@@ -76,6 +78,27 @@ class DriverStatement:
         return [parameters[name] if name in parameters else constants[name] for name in self.names]
 
 
+# Callbacks told each statement sent here (its SQL), in the caller's task, before it is sent:
+# what SQLAlchemy's `before_cursor_execute` is for a session's statements (tests pin the
+# statements of an operation with both).
+_LISTENERS: list[Callable[[str], None]] = []
+
+
+def listen(callback: Callable[[str], None]) -> None:
+    """Call `callback` with the SQL of every statement sent on the driver's connection."""
+    _LISTENERS.append(callback)
+
+
+def remove(callback: Callable[[str], None]) -> None:
+    _LISTENERS.remove(callback)
+
+
+def _sending(statement: DriverStatement) -> None:
+    metrics.count_driver_statement()
+    for callback in _LISTENERS:
+        callback(statement.sql)
+
+
 def _plain(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
@@ -89,7 +112,7 @@ async def fetch_outside_transaction(
     connection of `sessionmaker`'s pool. Counted on the current request's record, as the
     engine's statement hook counts a session's statements (it does not see this one)."""
     arguments = statement.arguments(parameters)
-    metrics.count_driver_statement()
+    _sending(statement)
     async with _driver_connection(sessionmaker) as (dialect, adapted, driver):
         try:
             rows: Sequence[Any] = await driver.fetch(statement.sql, *arguments)
@@ -114,8 +137,8 @@ async def fetch_in_transaction(
         connection = await db.connection()
         raw = await connection.get_raw_connection()
         adapted: Any = raw.dbapi_connection
-        driver = raw.driver_connection
-        metrics.count_driver_statement()
+        driver: Any = raw.driver_connection
+        _sending(statement)
         async with adapted._execute_mutex:
             try:
                 if adapted._transaction is None:

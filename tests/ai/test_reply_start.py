@@ -23,6 +23,7 @@ from atlas_gql.ai.reply_reads import read_thread_for_reply
 from atlas_gql.ai.threads import running_reply
 from atlas_gql.auth.models import RoleName
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db import driver
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import NotFound
@@ -127,18 +128,24 @@ SET_BUDGET = (
 
 async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[str]:
     """The statements sendMessage's request runs (its own task's: not the reply's, which
-    starts once it commits, nor a subscription's)."""
+    starts once it commits, nor a subscription's), through the engine or on the driver's
+    connection (db/driver.py)."""
     engine = ai.server.app.state.atlas["runtime"].sessionmaker.kw["bind"]
     seen: list[tuple[asyncio.Task[Any] | None, str]] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         seen.append((asyncio.current_task(), " ".join(statement.split())))
 
+    def record_driver(statement: str) -> None:
+        seen.append((asyncio.current_task(), " ".join(statement.split())))
+
     sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    driver.listen(record_driver)
     try:
         body = await ai.send(thread_id, content)
     finally:
         sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+        driver.remove(record_driver)
     assert "errors" not in body, body
     [sender] = {task for task, text in seen if "INSERT INTO messages" in text}
     return [text for task, text in seen if task is sender]
@@ -147,12 +154,14 @@ async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[s
 async def test_send_message_runs_a_fixed_number_of_statements(
     start_ai_server: StartServer,
 ) -> None:
-    """Every check on (the sender's rate and budget, the project's budget): the thread
-    locked, the exchange's rows with its activity row, the thread's update and the two
-    budgets' locks (one statement, ai/exchange_rows.py), each budget's usage with its replies
-    in flight. The session check and the sender with the thread's running reply and the
-    rate's token (one statement) run on the driver's connection, below the engine's hook
-    (db/driver.py). The same number in a thread with a longer history."""
+    """Every check on (the sender's rate and budget, the project's budget): five statements.
+    On the driver's connection before the operation's transaction (db/driver.py): the session
+    check, and the sender with the thread's running reply and the rate's token (one
+    statement). In the transaction: the thread locked (on the session's connection, no ORM),
+    the exchange's rows with its activity row, the thread's update and the two budgets' locks
+    (one statement, ai/exchange_rows.py), then both budgets' usage with their replies in
+    flight (one statement, after the locks). The same number in a thread with a longer
+    history."""
     ai = await start_ai_server(atlas_user_monthly_tokens=10**12)
     await ai.client.data(
         SET_BUDGET, {"p": ai.people.project_id, "v": 10**12}, token=ai.people.manager
@@ -165,7 +174,10 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             await subscription.until_final()
         counts.append(len(statements))
     # Each statement in full on a failure (pytest cuts a list short in the message).
-    assert counts == [4, 4, 4], "\n".join(statements)
+    assert counts == [5, 5, 5], "\n".join(statements)
+    # The thread is read once, locked.
+    [locked] = [text for text in statements if "FROM threads LEFT OUTER JOIN" in text]
+    assert locked.endswith("FOR UPDATE OF threads"), locked
     # The exchange's rows (its two messages, its activity row, the thread) are one statement.
     [exchange] = [text for text in statements if "INSERT INTO messages" in text]
     assert "INSERT INTO activity_logs" in exchange
@@ -173,3 +185,6 @@ async def test_send_message_runs_a_fixed_number_of_statements(
     # It takes the two budgets' locks, the project's first; their reads follow it.
     assert exchange.count("pg_advisory_xact_lock") == 2, exchange
     assert not [text for text in statements if text.startswith("SELECT pg_advisory_xact_lock")]
+    # Both budgets' reads are one statement, the last.
+    assert "api_usage_logs.project_id" in statements[-1], statements[-1]
+    assert "api_usage_logs.user_id" in statements[-1], statements[-1]
