@@ -109,6 +109,42 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
         await waiter.rollback()
 
 
+async def test_the_rows_read_are_the_orm_s_and_the_session_s(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The thread and its assistant, read as plain columns, are the rows the ORM loads (every
+    column's value and type), persistent in the session: a change is flushed as the ORM's
+    UPDATE. A thread the session holds already is that row, refreshed (as `populate_existing`
+    did), its pending change dropped."""
+    viewer, thread = await _thread_of_new_user(sessions)
+    async with sessions() as db:
+        read = await read_thread_for_reply(db, viewer, thread.id, lock=True)
+        assert read.assistant is not None
+        async with sessions() as orm:
+            for row in (read.thread, read.assistant):
+                loaded = await orm.get(type(row), row.id)
+                assert loaded is not None
+                for attr in sa.inspect(type(row)).column_attrs:
+                    mine, theirs = getattr(row, attr.key), getattr(loaded, attr.key)
+                    assert (mine, type(mine)) == (theirs, type(theirs)), attr.key
+        assert sa.inspect(read.thread).persistent and sa.inspect(read.assistant).persistent
+        assert not db.dirty
+        read.thread.title = "Renamed"
+        await db.flush()
+        assert await db.scalar(sa.select(Thread.title).where(col(Thread.id) == thread.id)) == (
+            "Renamed"
+        )
+        await db.commit()
+    async with sessions() as db:
+        held = await db.get(Thread, thread.id)
+        assert held is not None
+        held.title = "Pending"
+        again = await read_thread_for_reply(db, viewer, thread.id, lock=True)
+        assert again.thread is held
+        assert held.title == "Renamed" and not db.is_modified(held)
+        await db.rollback()
+
+
 async def test_a_thread_the_viewer_cannot_see_is_not_found(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
