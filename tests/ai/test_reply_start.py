@@ -127,7 +127,8 @@ async def test_the_rows_read_are_the_orm_s_and_the_session_s(
                 for attr in sa.inspect(type(row)).column_attrs:
                     mine, theirs = getattr(row, attr.key), getattr(loaded, attr.key)
                     assert (mine, type(mine)) == (theirs, type(theirs)), attr.key
-        assert sa.inspect(read.thread).persistent and sa.inspect(read.assistant).persistent
+        assert sa.inspect(read.thread).persistent
+        assert sa.inspect(read.assistant).persistent
         assert not db.dirty
         read.thread.title = "Renamed"
         await db.flush()
@@ -141,7 +142,8 @@ async def test_the_rows_read_are_the_orm_s_and_the_session_s(
         held.title = "Pending"
         again = await read_thread_for_reply(db, viewer, thread.id, lock=True)
         assert again.thread is held
-        assert held.title == "Renamed" and not db.is_modified(held)
+        assert held.title == "Renamed"
+        assert not db.is_modified(held)
         await db.rollback()
 
 

@@ -138,7 +138,8 @@ async def test_in_a_transaction_its_begin_its_errors_and_a_dropped_connection(
             await db.rollback()
             # After the rollback, a new transaction begins (a later now()).
             [again] = await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "8"})
-            assert again[0] == pid and again[1] > began
+            assert again[0] == pid
+            assert again[1] > began
             await db.rollback()
         async with sessions() as db:
             await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "1"})
