@@ -132,7 +132,7 @@ async def test_the_rows_read_are_the_orm_s_and_the_session_s(
         assert not db.dirty
         read.thread.title = "Renamed"
         await db.flush()
-        assert await db.scalar(sa.select(Thread.title).where(col(Thread.id) == thread.id)) == (
+        assert await db.scalar(sa.select(col(Thread.title)).where(col(Thread.id) == thread.id)) == (
             "Renamed"
         )
         await db.commit()
