@@ -22,7 +22,7 @@ import contextlib
 import enum
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import exc
@@ -46,11 +46,14 @@ _PLAIN = (str, int, float, bool, uuid.UUID, type(None))
 class DriverStatement:
     """A Core statement as asyncpg's SQL (`$1`, `$2`, ...) and, in that order, each parameter's
     name and value when the caller does not give it (the statement's constants); the driver's
-    statement cache prepares it once per connection."""
+    statement cache prepares it once per connection. A value the caller gives goes through its
+    type's bind processing, as a session's statement sends it (an enum's name, a JSON
+    document serialised: `processors`)."""
 
     sql: str
     names: tuple[str, ...]
     constants: Mapping[str, Any]
+    processors: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, statement: ClauseElement) -> DriverStatement:
@@ -71,11 +74,29 @@ class DriverStatement:
         for name, value in constants.items():
             if not isinstance(value, _PLAIN):
                 raise TypeError(f"{name}: {type(value).__name__} is not a plain value")
-        return cls(sql=expanded.statement, names=names, constants=constants)
+        processors = {
+            name: processor
+            for name in given
+            if (processor := _bind_processor(compiled.binds[name].type)) is not None
+        }
+        return cls(sql=expanded.statement, names=names, constants=constants, processors=processors)
 
     def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
-        constants = self.constants
-        return [parameters[name] if name in parameters else constants[name] for name in self.names]
+        constants, processors = self.constants, self.processors
+        arguments = []
+        for name in self.names:
+            if name not in parameters:
+                arguments.append(constants[name])
+                continue
+            processor = processors.get(name)
+            value = parameters[name]
+            arguments.append(value if processor is None else processor(value))
+        return arguments
+
+
+def _bind_processor(type_: Any) -> Callable[[Any], Any] | None:
+    processor: Callable[[Any], Any] | None = type_.dialect_impl(_DIALECT).bind_processor(_DIALECT)
+    return processor
 
 
 # Callbacks told each statement sent here (its SQL), in the caller's task, before it is sent:

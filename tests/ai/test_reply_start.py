@@ -226,3 +226,41 @@ async def test_send_message_runs_a_fixed_number_of_statements(
     # Both budgets' reads are one statement, the last.
     assert "api_usage_logs.project_id" in statements[-1], statements[-1]
     assert "api_usage_logs.user_id" in statements[-1], statements[-1]
+
+
+async def test_the_exchange_s_values_are_the_orm_s(start_ai_server: StartServer) -> None:
+    """The exchange's statement sends its values as a session's statement does (each type's
+    bind processing: an enum's name, a JSON document, JSON null for no citations): read back,
+    they are the rows the ORM would have written."""
+    ai = await start_ai_server()
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        body = await ai.send(thread_id, "Values")
+        assert "errors" not in body, body
+        await subscription.until_final()
+    sessionmaker = ai.server.app.state.atlas["runtime"].sessionmaker
+    async with sessionmaker() as db:
+        question = await db.scalar(sa.select(Message).where(col(Message.content) == "Values"))
+        assert question is not None
+        rows = (
+            await db.execute(
+                sa.text(
+                    "SELECT role, status, jsonb_typeof(citations) FROM messages "
+                    "WHERE id = :id OR parent_id = :id ORDER BY created_at"
+                ),
+                {"id": question.id},
+            )
+        ).all()
+        details = await db.scalar(
+            sa.text(
+                "SELECT jsonb_typeof(details) FROM activity_logs "
+                "WHERE action = 'message.send' AND entity_id = :id"
+            ),
+            {"id": str(question.id)},
+        )
+    assert [tuple(row) for row in rows] == [
+        ("USER", "COMPLETED", "null"),
+        ("ASSISTANT", "COMPLETED", "null"),
+    ], rows
+    assert (question.role, question.status) == (MessageRole.USER, MessageStatus.COMPLETED)
+    assert details == "object"
