@@ -12,9 +12,9 @@ transaction: nothing runs it between a session's BEGIN and its COMMIT. Inside a 
 transaction, `fetch_in_transaction` runs a prebuilt statement on the session's own connection
 (beginning its transaction first, as the session's first statement would), for the reads on
 the hot path of a reply's start (docs/ai.md, "Cheaper reply starts, fifth pass"). A driver
-error is raised as SQLAlchemy's own error for it (the
-same `DBAPIError` a session raises, a broken connection invalidated), so callers map it as
-before (`map_db_error`: DB_UNAVAILABLE, ...)."""
+error is raised as SQLAlchemy's own error for it (the same `DBAPIError` a session raises, a
+broken connection invalidated), so callers map it as before (`map_db_error`:
+DB_UNAVAILABLE, ...)."""
 
 from __future__ import annotations
 
