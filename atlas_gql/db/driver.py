@@ -114,10 +114,21 @@ def remove(callback: Callable[[str], None]) -> None:
     _LISTENERS.remove(callback)
 
 
-def _sending(statement: DriverStatement) -> None:
+# What makes a trace's span of a statement sent here (None: tracing is off; atlas_gql/tracing.py).
+_SPAN: list[Callable[[str], contextlib.AbstractContextManager[Any]]] = []
+
+
+def trace_statements(span: Callable[[str], contextlib.AbstractContextManager[Any]] | None) -> None:
+    """Wrap each statement sent here in `span(sql)` (None: no more)."""
+    _SPAN[:] = [] if span is None else [span]
+
+
+def _sending(statement: DriverStatement) -> contextlib.AbstractContextManager[Any]:
+    """Count the statement, tell the listeners, and its span (when traced)."""
     metrics.count_driver_statement()
     for callback in _LISTENERS:
         callback(statement.sql)
+    return _SPAN[0](statement.sql) if _SPAN else contextlib.nullcontext()
 
 
 def _plain(value: Any) -> Any:
@@ -133,7 +144,15 @@ async def fetch_outside_transaction(
     connection of `sessionmaker`'s pool. Counted on the current request's record, as the
     engine's statement hook counts a session's statements (it does not see this one)."""
     arguments = statement.arguments(parameters)
-    _sending(statement)
+    with _sending(statement):
+        return await _fetch_outside_transaction(sessionmaker, statement, arguments)
+
+
+async def _fetch_outside_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    statement: DriverStatement,
+    arguments: list[Any],
+) -> Sequence[Any]:
     async with _driver_connection(sessionmaker) as (dialect, adapted, driver):
         try:
             rows: Sequence[Any] = await driver.fetch(statement.sql, *arguments)
@@ -159,20 +178,28 @@ async def fetch_in_transaction(
         raw = await connection.get_raw_connection()
         adapted: Any = raw.dbapi_connection
         driver: Any = raw.driver_connection
-        _sending(statement)
-        async with adapted._execute_mutex:
-            try:
-                if adapted._transaction is None:
-                    await adapted._start_transaction()
-                rows: Sequence[Any] = await driver.fetch(statement.sql, *arguments)
-            except Exception as error:
-                cause = error
-            else:
-                return rows
-        failure = _as_dbapi_error(connection.dialect, adapted, statement.sql, cause)
-        if isinstance(failure, exc.DBAPIError) and failure.connection_invalidated:
-            await connection.invalidate(failure)
-        raise failure from cause
+        with _sending(statement):
+            return await _fetch_on(connection, adapted, driver, statement, arguments)
+
+
+async def _fetch_on(
+    connection: Any, adapted: Any, driver: Any, statement: DriverStatement, arguments: list[Any]
+) -> Sequence[Any]:
+    """`fetch_in_transaction` on the session's connection (`connection`, SQLAlchemy's; the
+    adapted connection and asyncpg's beneath it)."""
+    async with adapted._execute_mutex:
+        try:
+            if adapted._transaction is None:
+                await adapted._start_transaction()
+            rows: Sequence[Any] = await driver.fetch(statement.sql, *arguments)
+        except Exception as error:
+            cause = error
+        else:
+            return rows
+    failure = _as_dbapi_error(connection.dialect, adapted, statement.sql, cause)
+    if isinstance(failure, exc.DBAPIError) and failure.connection_invalidated:
+        await connection.invalidate(failure)
+    raise failure from cause
 
 
 @contextlib.asynccontextmanager
