@@ -2,7 +2,8 @@
 ATLAS_TRACING, by default when OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
 What is traced: each GraphQL operation (graph/tracing.py, a SERVER span, the parent of all its
-work), SQL statements (SQLAlchemy instrumentation, statements without values), the upstream
+work), SQL statements (SQLAlchemy instrumentation, statements without values; those sent on
+the driver's connection below the engine, db/driver.py, get the same span), the upstream
 calls of the OpenAI SDK (aiohttp client instrumentation for the default transport; httpx's for
 code on httpx) and Redis commands. Spans go over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT; with
 ATLAS_TRACING=true and no endpoint, to whatever tracer provider the process already has (one
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from atlas_gql import __version__
 from atlas_gql.config import Settings
+from atlas_gql.db import driver
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +69,29 @@ def start_tracing(settings: Settings, *, engine: AsyncEngine) -> Callable[[], No
     # Its declared range ends before SQLAlchemy 2.1, whose engine events it uses unchanged
     # (tests/ai/test_tracing.py checks the SQL spans).
     sql.instrument(engine=engine.sync_engine, skip_dep_check=True)
+    # Statements sent below the engine (db/driver.py) get the same kind of span.
+    driver.trace_statements(_driver_span)
 
     def stop() -> None:
+        driver.trace_statements(None)
         for instrumentor in (*instrumentors, sql):
             with contextlib.suppress(Exception):
                 instrumentor.uninstrument()
 
     return stop
+
+
+def _driver_span(sql: str) -> contextlib.AbstractContextManager[Any]:
+    """A CLIENT span for a statement sent on the driver's connection, named and attributed as
+    the SQLAlchemy instrumentation names a statement's (the statement without its values)."""
+    from opentelemetry import trace as otel_trace
+
+    tracer = otel_trace.get_tracer("atlas_gql.db.driver", __version__)
+    return tracer.start_as_current_span(
+        sql.split(maxsplit=1)[0] if sql.strip() else "postgresql",
+        kind=otel_trace.SpanKind.CLIENT,
+        attributes={"db.system": "postgresql", "db.statement": sql},
+    )
 
 
 def _export_over_otlp(endpoint: str) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from atlas_gql.ai.models import Message, Thread
+from atlas_gql.db.driver import DriverStatement, fetch_in_transaction
 from atlas_gql.db.tables import table_of
 from atlas_gql.logs.models import ActivityLog
 from atlas_gql.logs.usage import advisory_lock
@@ -45,7 +46,7 @@ _THREAD_KEYS = {key: column.name for column, key in _mapped_columns(Thread)}
 
 # One statement per shape: (number of new messages, the thread's changed attributes, number
 # of budget locks).
-_STATEMENTS: dict[tuple[int, tuple[str, ...], int], sa.Update] = {}
+_STATEMENTS: dict[tuple[int, tuple[str, ...], int], DriverStatement] = {}
 
 
 def _locks_taken(locks: int) -> sa.ScalarSelect[Any]:
@@ -60,7 +61,7 @@ def _locks_taken(locks: int) -> sa.ScalarSelect[Any]:
     return taken.scalar_subquery()
 
 
-def _statement(messages: int, changed: tuple[str, ...], locks: int) -> sa.Update:
+def _statement(messages: int, changed: tuple[str, ...], locks: int) -> DriverStatement:
     shape = (messages, changed, locks)
     statement = _STATEMENTS.get(shape)
     if statement is not None:
@@ -97,7 +98,7 @@ def _statement(messages: int, changed: tuple[str, ...], locks: int) -> sa.Update
     returned: list[Any] = [threads.c.updated_at]
     if locks:
         returned.append(_locks_taken(locks))
-    statement = (
+    statement = DriverStatement.of(
         sa.update(threads)
         .where(threads.c.id == sa.bindparam("t_id", type_=threads.c.id.type))
         .values(values)
@@ -169,8 +170,9 @@ async def flush_exchange(
     for key, value in changes.items():
         parameters[f"t_{_THREAD_KEYS[key]}"] = value
     statement = _statement(len(messages), tuple(sorted(changes)), len(locks))
-    with db.no_autoflush:
-        updated_at = (await db.execute(statement, parameters)).one()[0]
+    # On the session's connection, in its transaction, with no ORM execution around it.
+    [row] = await fetch_in_transaction(db, statement, parameters)
+    updated_at = row[0]
     # Now stored: persistent rows of the session, as a flush leaves them.
     for row in (*messages, activity):
         db.expunge(row)

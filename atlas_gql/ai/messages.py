@@ -43,6 +43,7 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.reply_reads import (
+    BudgetsSpent,
     RunningReply,
     SenderCounted,
     message_bucket_key,
@@ -73,6 +74,8 @@ from atlas_gql.errors import (
     Unauthenticated,
 )
 from atlas_gql.logs.usage import (
+    BudgetKind,
+    InFlight,
     effective_user_budget,
     ensure_within_budget,
     ensure_within_user_budget,
@@ -334,8 +337,12 @@ async def prepare_reply(
             "You need the MEMBER role or higher in this project to post in its threads."
         )
     thread = locked.thread
-    running = locked.running if locked.fresh else await running_reply(db, thread.id)
-    if running is not None:
+    if locked.fresh:
+        running_id = locked.running_id
+    else:
+        stale_read = await running_reply(db, thread.id)
+        running_id = None if stale_read is None else stale_read.id
+    if running_id is not None:
         raise Conflict("A reply is already in progress in this thread; wait or cancel it.")
     require_open(thread)
     assistant = locked.assistant
@@ -373,22 +380,51 @@ async def check_budgets(
     each). The replies in flight they count are the others. `locked`: the transaction holds
     the locks already (`budget_locks`, taken by the exchange's statement)."""
     thread = context.thread
+    project_id = thread.project_id
+    user_id = context.viewer.user_id
+    checks_project = project_id is not None and context.project_budget is not None
+    checks_user = context.user_budget is not None
+    read: list[BudgetsSpent] = []
+
+    async def spent_of(kind: BudgetKind) -> tuple[int, InFlight]:
+        project = kind is BudgetKind.PROJECT
+        if not locked:
+            # Each read after its own lock (the project's, then the sender's).
+            both = await spent(
+                db, reply_id=reply.id,
+                project_id=project_id if project else None, user_id=None if project else user_id,
+            )  # fmt: skip
+        else:
+            # Under both locks already: both budgets read by one statement, once.
+            if not read:
+                wanted_project = project_id if checks_project else None
+                wanted_user = user_id if checks_user else None
+                read.append(
+                    await spent(
+                        db, reply_id=reply.id, project_id=wanted_project, user_id=wanted_user
+                    )
+                )
+            both = read[0]
+        counted = both.project if project else both.user
+        assert counted is not None
+        return counted
+
     # The project's lock first, then the sender's (always in this order); the sender's budget
     # counts their replies everywhere, personal threads included.
-    if thread.project_id is not None:
+    if project_id is not None:
         await ensure_within_budget(
             db=db,
-            project_id=thread.project_id,
-            spent=functools.partial(spent, db, reply_id=reply.id, project_id=thread.project_id),
+            project_id=project_id,
+            spent=functools.partial(spent_of, BudgetKind.PROJECT),
             budget=context.project_budget,
             locked=locked,
         )
     await ensure_within_user_budget(
         db=db,
-        user_id=context.viewer.user_id,
+        user_id=user_id,
         budget=context.user_budget,
         locked=locked,
-        spent=functools.partial(spent, db, reply_id=reply.id, user_id=context.viewer.user_id),
+        spent=functools.partial(spent_of, BudgetKind.USER),
     )
 
 

@@ -24,8 +24,8 @@ from atlas_gql.auth import buckets
 from atlas_gql.auth.models import PermissionName, User
 from atlas_gql.auth.rules import ViewerRef
 from atlas_gql.auth.viewer import Viewer
-from atlas_gql.db.driver import DriverStatement, fetch_outside_transaction
-from atlas_gql.db.session import ReadSession
+from atlas_gql.db.driver import DriverStatement, fetch_in_transaction, fetch_outside_transaction
+from atlas_gql.db.tables import LoadedRow, table_of
 from atlas_gql.errors import NotFound
 from atlas_gql.logs.models import ApiUsageLog
 from atlas_gql.logs.usage import (
@@ -46,19 +46,28 @@ class ThreadForReply:
 
     thread: Thread
     postable: bool
-    running: Message | None
+    # The reply running in the thread (its id), if any.
+    running_id: uuid.UUID | None
     assistant: Assistant | None
     # False when the thread row changed after the statement's snapshot (the lock waited for
-    # another transaction): `running` may then be stale and is read again.
+    # another transaction): `running_id` may then be stale and is read again.
     fresh: bool
     # The project's monthlyTokenBudget setting (read with the lock only).
     project_budget: int | None
 
 
-def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
+# The thread's and its assistant's columns, read as plain columns and made the session's rows
+# (`db.tables.LoadedRow`): the ORM's loading of the two entities cost more than the statement.
+_THREAD_ROW = LoadedRow.of(Thread)
+_ASSISTANT_ROW = LoadedRow.of(Assistant)
+
+
+def _thread_for_reply_statement(*, lock: bool) -> DriverStatement:
     """The thread `:thread_id` as the viewer (`:viewer_id`, `:viewer_is_admin`) sees it, with
-    whether they may post in it, its running reply and its assistant. Built once, with bound
-    parameters: building the rules' SQL and its cache key costs more than running it."""
+    whether they may post in it, its running reply and its assistant, as plain columns: the
+    thread's (`_THREAD_ROW`), then postable, the running reply's id, the assistant's
+    (`_ASSISTANT_ROW`), fresh, the project's budget. Built once, with bound parameters:
+    building the rules' SQL and its cache key costs more than running it."""
     viewer = ViewerRef(
         user_id=sa.bindparam("viewer_id", type_=sa.Uuid),
         is_admin=sa.bindparam("viewer_is_admin", type_=sa.Boolean),
@@ -68,6 +77,7 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
     )
     running = aliased(Message, name="running_reply")
     threads = rules.threads
+    assistants = table_of(Assistant)
     # Under a lock that waited for another transaction PostgreSQL reads the locked row again,
     # the rest of the row as the statement's snapshot saw it: `fresh` tells (the thread row
     # of the snapshot is the version locked).
@@ -80,35 +90,36 @@ def _thread_for_reply_statement(*, lock: bool) -> sa.Select[Any]:
     budget = (
         sa.select(col(ProjectSetting.value))
         .where(
-            col(ProjectSetting.project_id) == col(Thread.project_id),
+            col(ProjectSetting.project_id) == threads.c.project_id,
             col(ProjectSetting.setting_key) == BUDGET_SETTING_KEY,
         )
         .scalar_subquery()
     )
     statement = (
         sa.select(
-            Thread,
+            *_THREAD_ROW.columns,
             rules.thread_postable(viewer, threads).label("postable"),
-            running,
-            Assistant,
+            col(running.id).label("running_id"),
+            *_ASSISTANT_ROW.columns,
             fresh.label("fresh") if lock else sa.true().label("fresh"),
             budget.label("project_budget") if lock else sa.null().label("project_budget"),
         )
+        .select_from(threads)
         .outerjoin(
             running,
             sa.and_(
-                col(running.thread_id) == col(Thread.id),
+                col(running.thread_id) == threads.c.id,
                 col(running.status) == MessageStatus.IN_PROGRESS,
             ),
         )
-        .outerjoin(Assistant, col(Assistant.id) == col(Thread.assistant_id))
-        .where(col(Thread.id) == sa.bindparam("thread_id", type_=sa.Uuid))
+        .outerjoin(assistants, assistants.c.id == threads.c.assistant_id)
+        .where(threads.c.id == sa.bindparam("thread_id", type_=sa.Uuid))
         .where(rules.thread_visible(viewer, threads))
         .limit(1)
     )
     if lock:
-        statement = statement.with_for_update(of=Thread).execution_options(populate_existing=True)
-    return statement
+        statement = statement.with_for_update(of=threads)
+    return DriverStatement.of(statement)
 
 
 def _sender_and_running_statement() -> sa.Select[User, Message]:
@@ -261,33 +272,38 @@ async def read_thread_for_reply(
     db: AsyncSession, viewer: Viewer, thread_id: uuid.UUID, *, lock: bool
 ) -> ThreadForReply:
     """The thread the viewer sees (NOT_FOUND otherwise), whether they may post in it, its
-    running reply and its assistant, in ONE statement; `lock` takes the thread's row lock
-    (FOR UPDATE OF threads; the thread read again)."""
+    running reply and its assistant, in ONE statement on the session's connection, in its
+    transaction (`db.driver.fetch_in_transaction`: no ORM execution); the thread and the
+    assistant become the session's rows as the ORM would load them (`LoadedRow`). `lock`
+    takes the thread's row lock (FOR UPDATE OF threads; the session's thread read again)."""
     parameters = {
         "thread_id": thread_id,
         "viewer_id": viewer.user_id,
         "viewer_is_admin": viewer.is_admin,
     }
     statement = _THREAD_FOR_REPLY_LOCKED if lock else _THREAD_FOR_REPLY
-    row = (await db.execute(statement, parameters)).one_or_none()
-    if row is None:
+    rows = await fetch_in_transaction(db, statement, parameters)
+    if not rows:
         raise NotFound("Thread not found.")
-    thread, postable, running_message, assistant, is_fresh, budget = row
+    row = tuple(rows[0])
+    threads = len(_THREAD_ROW.keys)
+    postable, running_id = row[threads : threads + 2]
+    assistant_values = row[threads + 2 : threads + 2 + len(_ASSISTANT_ROW.keys)]
+    is_fresh, budget = row[-2:]
+    assistant_id = assistant_values[_ASSISTANT_ROW.keys.index("id")]
     return ThreadForReply(
-        thread=thread,
+        thread=_THREAD_ROW.load(db, row[:threads]),
         postable=bool(postable),
-        running=running_message,
-        assistant=assistant,
+        running_id=running_id,
+        assistant=None if assistant_id is None else _ASSISTANT_ROW.load(db, assistant_values),
         fresh=bool(is_fresh),
         project_budget=parse_budget(budget),
     )
 
 
-def _spent_statement(
-    owner: sa.ColumnElement[bool], whose: sa.ColumnElement[bool]
-) -> sa.Select[Any]:
+def _spent_statement(owner: sa.ColumnElement[bool], whose: sa.ColumnElement[bool]) -> sa.Subquery:
     """The tokens used this month (`ApiUsageLog` rows of `owner` from `:start` to `:end`) and
-    the replies in flight (`whose`) with the tokens reckoned for them, in one statement."""
+    the replies in flight (`whose`) with the tokens reckoned for them: one row."""
     used = (
         sa.select(
             sa.func.coalesce(sa.func.sum(col(ApiUsageLog.input_tokens)), 0)
@@ -304,48 +320,89 @@ def _spent_statement(
     )
     chars = sa.func.length(col(Message.content))
     reckoned = sa.func.greatest(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
-    return sa.select(used, sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0)).where(
-        col(Message.status) == MessageStatus.IN_PROGRESS,
-        col(Message.role) == MessageRole.ASSISTANT,
-        # The reply being checked, stored already in the same transaction.
-        col(Message.id) != sa.bindparam("reply_id", type_=sa.Uuid),
-        whose,
+    return (
+        sa.select(used, sa.func.count(), sa.func.coalesce(sa.func.sum(reckoned), 0))
+        .where(
+            col(Message.status) == MessageStatus.IN_PROGRESS,
+            col(Message.role) == MessageRole.ASSISTANT,
+            # The reply being checked, stored already in the same transaction.
+            col(Message.id) != sa.bindparam("reply_id", type_=sa.Uuid),
+            whose,
+        )
+        .subquery()
     )
 
 
-# Built once (bound parameters): see `_thread_for_reply_statement`.
-_PROJECT_SPENT = _spent_statement(
-    col(ApiUsageLog.project_id) == sa.bindparam("owner_id", type_=sa.Uuid),
-    col(Message.thread_id).in_(
-        sa.select(col(Thread.id)).where(
-            col(Thread.project_id) == sa.bindparam("owner_id", type_=sa.Uuid)
-        )
-    ),
-)
-_USER_SPENT = _spent_statement(
-    col(ApiUsageLog.user_id) == sa.bindparam("owner_id", type_=sa.Uuid),
-    col(Message.user_id) == sa.bindparam("owner_id", type_=sa.Uuid),
-)
+def _project_spent() -> sa.Subquery:
+    project_id = sa.bindparam("project_id", type_=sa.Uuid)
+    return _spent_statement(
+        col(ApiUsageLog.project_id) == project_id,
+        col(Message.thread_id).in_(
+            sa.select(col(Thread.id)).where(col(Thread.project_id) == project_id)
+        ),
+    )
+
+
+def _user_spent() -> sa.Subquery:
+    user_id = sa.bindparam("user_id", type_=sa.Uuid)
+    return _spent_statement(col(ApiUsageLog.user_id) == user_id, col(Message.user_id) == user_id)
+
+
+def _budgets_spent_statement(*, project: bool, user: bool) -> DriverStatement:
+    """The project's (`:project_id`) and/or the sender's (`:user_id`) usage and replies in
+    flight, three columns each in that order, in ONE statement."""
+    spent = [read() for wanted, read in ((project, _project_spent), (user, _user_spent)) if wanted]
+    statement = sa.select(*(column for subquery in spent for column in subquery.c))
+    for subquery in spent:
+        statement = statement.select_from(subquery)
+    return DriverStatement.of(statement)
+
+
+# Built once (bound parameters): see `_thread_for_reply_statement`. Key: (project, user).
+_BUDGETS_SPENT = {
+    (project, user): _budgets_spent_statement(project=project, user=user)
+    for project, user in ((True, True), (True, False), (False, True))
+}
+
+
+@dataclass(frozen=True)
+class BudgetsSpent:
+    """What `spent` read: (tokens used this month, replies in flight) of the project and of
+    the sender, each None when not read."""
+
+    project: tuple[int, InFlight] | None
+    user: tuple[int, InFlight] | None
 
 
 async def spent(
-    db: ReadSession,
+    db: AsyncSession,
     *,
     reply_id: uuid.UUID,
     project_id: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
-) -> tuple[int, InFlight]:
-    """A project's (or a user's: the replies they asked for) tokens used this UTC month, and
-    its replies IN_PROGRESS other than `reply_id` with the tokens reckoned for them: each
+) -> BudgetsSpent:
+    """A project's and/or a user's (the replies they asked for) tokens used this UTC month,
+    and its replies IN_PROGRESS other than `reply_id` with the tokens reckoned for them: each
     counts the estimate of its saved partial text (ceil(chars / 4)), and at least 1 token, so
-    a budget one token short runs one reply at a time. One statement (`logs.usage.Spent`)."""
+    a budget one token short runs one reply at a time. ONE statement for both, on the
+    session's connection in its transaction (`db.driver.fetch_in_transaction`: no ORM
+    execution); under READ COMMITTED it sees what committed before it started, so a caller
+    runs it after the statement taking the budgets' locks."""
     now = datetime.now(UTC)
     parameters = {
-        "owner_id": project_id if project_id is not None else user_id,
+        "project_id": project_id,
+        "user_id": user_id,
         "reply_id": reply_id,
         "start": month_start(now),
         "end": next_month_start(now),
     }
-    statement = _PROJECT_SPENT if project_id is not None else _USER_SPENT
-    used, replies, tokens = (await db.execute(statement, parameters)).one()
-    return int(used), InFlight(replies=int(replies), tokens=int(tokens))
+    statement = _BUDGETS_SPENT[(project_id is not None, user_id is not None)]
+    [row] = await fetch_in_transaction(db, statement, parameters)
+    counted = [
+        (int(row[n]), InFlight(replies=int(row[n + 1]), tokens=int(row[n + 2])))
+        for n in range(0, len(row), 3)
+    ]
+    return BudgetsSpent(
+        project=counted.pop(0) if project_id is not None else None,
+        user=counted.pop(0) if user_id is not None else None,
+    )

@@ -23,6 +23,7 @@ from atlas_gql.ai.reply_reads import read_thread_for_reply
 from atlas_gql.ai.threads import running_reply
 from atlas_gql.auth.models import RoleName
 from atlas_gql.auth.viewer import Viewer
+from atlas_gql.db import driver
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import NotFound
@@ -67,7 +68,7 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
     async with sessions() as holder, sessions() as waiter, sessions() as observer:
         # Unlocked, and locked without waiting: the row is the snapshot's.
         seen = await read_thread_for_reply(waiter, viewer, thread.id, lock=False)
-        assert (seen.postable, seen.running, seen.fresh) == (True, None, True)
+        assert (seen.postable, seen.running_id, seen.fresh) == (True, None, True)
         await waiter.rollback()
         waiter_pid = await waiter.scalar(sa.select(sa.func.pg_backend_pid()))
         # Another send holds the lock and stores its running reply.
@@ -102,10 +103,48 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
         read = await locked
         # The locked row is the new one; the running reply is the snapshot's (none): stale.
         assert read.thread.last_event_sequence == thread.last_event_sequence + 1025
-        assert (read.running, read.fresh) == (None, False)
+        assert (read.running_id, read.fresh) == (None, False)
         # What sendMessage reads then: the reply stored meanwhile (a CONFLICT).
         assert await running_reply(waiter, thread.id) is not None
         await waiter.rollback()
+
+
+async def test_the_rows_read_are_the_orm_s_and_the_session_s(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The thread and its assistant, read as plain columns, are the rows the ORM loads (every
+    column's value and type), persistent in the session: a change is flushed as the ORM's
+    UPDATE. A thread the session holds already is that row, refreshed (as `populate_existing`
+    did), its pending change dropped."""
+    viewer, thread = await _thread_of_new_user(sessions)
+    async with sessions() as db:
+        read = await read_thread_for_reply(db, viewer, thread.id, lock=True)
+        assert read.assistant is not None
+        async with sessions() as orm:
+            for row in (read.thread, read.assistant):
+                loaded = await orm.get(type(row), row.id)
+                assert loaded is not None
+                for attr in sa.inspect(type(row)).column_attrs:
+                    mine, theirs = getattr(row, attr.key), getattr(loaded, attr.key)
+                    assert (mine, type(mine)) == (theirs, type(theirs)), attr.key
+        assert sa.inspect(read.thread).persistent
+        assert sa.inspect(read.assistant).persistent
+        assert not db.dirty
+        read.thread.title = "Renamed"
+        await db.flush()
+        assert await db.scalar(sa.select(col(Thread.title)).where(col(Thread.id) == thread.id)) == (
+            "Renamed"
+        )
+        await db.commit()
+    async with sessions() as db:
+        held = await db.get(Thread, thread.id)
+        assert held is not None
+        held.title = "Pending"
+        again = await read_thread_for_reply(db, viewer, thread.id, lock=True)
+        assert again.thread is held
+        assert held.title == "Renamed"
+        assert not db.is_modified(held)
+        await db.rollback()
 
 
 async def test_a_thread_the_viewer_cannot_see_is_not_found(
@@ -127,18 +166,24 @@ SET_BUDGET = (
 
 async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[str]:
     """The statements sendMessage's request runs (its own task's: not the reply's, which
-    starts once it commits, nor a subscription's)."""
+    starts once it commits, nor a subscription's), through the engine or on the driver's
+    connection (db/driver.py)."""
     engine = ai.server.app.state.atlas["runtime"].sessionmaker.kw["bind"]
     seen: list[tuple[asyncio.Task[Any] | None, str]] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         seen.append((asyncio.current_task(), " ".join(statement.split())))
 
+    def record_driver(statement: str) -> None:
+        seen.append((asyncio.current_task(), " ".join(statement.split())))
+
     sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    driver.listen(record_driver)
     try:
         body = await ai.send(thread_id, content)
     finally:
         sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+        driver.remove(record_driver)
     assert "errors" not in body, body
     [sender] = {task for task, text in seen if "INSERT INTO messages" in text}
     return [text for task, text in seen if task is sender]
@@ -147,12 +192,14 @@ async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[s
 async def test_send_message_runs_a_fixed_number_of_statements(
     start_ai_server: StartServer,
 ) -> None:
-    """Every check on (the sender's rate and budget, the project's budget): the thread
-    locked, the exchange's rows with its activity row, the thread's update and the two
-    budgets' locks (one statement, ai/exchange_rows.py), each budget's usage with its replies
-    in flight. The session check and the sender with the thread's running reply and the
-    rate's token (one statement) run on the driver's connection, below the engine's hook
-    (db/driver.py). The same number in a thread with a longer history."""
+    """Every check on (the sender's rate and budget, the project's budget): five statements.
+    On the driver's connection before the operation's transaction (db/driver.py): the session
+    check, and the sender with the thread's running reply and the rate's token (one
+    statement). In the transaction: the thread locked (on the session's connection, no ORM),
+    the exchange's rows with its activity row, the thread's update and the two budgets' locks
+    (one statement, ai/exchange_rows.py), then both budgets' usage with their replies in
+    flight (one statement, after the locks). The same number in a thread with a longer
+    history."""
     ai = await start_ai_server(atlas_user_monthly_tokens=10**12)
     await ai.client.data(
         SET_BUDGET, {"p": ai.people.project_id, "v": 10**12}, token=ai.people.manager
@@ -165,7 +212,10 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             await subscription.until_final()
         counts.append(len(statements))
     # Each statement in full on a failure (pytest cuts a list short in the message).
-    assert counts == [4, 4, 4], "\n".join(statements)
+    assert counts == [5, 5, 5], "\n".join(statements)
+    # The thread is read once, locked.
+    [locked] = [text for text in statements if "FROM threads LEFT OUTER JOIN" in text]
+    assert locked.endswith("FOR UPDATE OF threads"), locked
     # The exchange's rows (its two messages, its activity row, the thread) are one statement.
     [exchange] = [text for text in statements if "INSERT INTO messages" in text]
     assert "INSERT INTO activity_logs" in exchange
@@ -173,3 +223,44 @@ async def test_send_message_runs_a_fixed_number_of_statements(
     # It takes the two budgets' locks, the project's first; their reads follow it.
     assert exchange.count("pg_advisory_xact_lock") == 2, exchange
     assert not [text for text in statements if text.startswith("SELECT pg_advisory_xact_lock")]
+    # Both budgets' reads are one statement, the last.
+    assert "api_usage_logs.project_id" in statements[-1], statements[-1]
+    assert "api_usage_logs.user_id" in statements[-1], statements[-1]
+
+
+async def test_the_exchange_s_values_are_the_orm_s(start_ai_server: StartServer) -> None:
+    """The exchange's statement sends its values as a session's statement does (each type's
+    bind processing: an enum's name, a JSON document, JSON null for no citations): read back,
+    they are the rows the ORM would have written."""
+    ai = await start_ai_server()
+    thread_id = await ai.new_thread()
+    async with ai.client.subscribe(ai.people.member, thread_id) as subscription:
+        body = await ai.send(thread_id, "Values")
+        assert "errors" not in body, body
+        await subscription.until_final()
+    sessionmaker = ai.server.app.state.atlas["runtime"].sessionmaker
+    async with sessionmaker() as db:
+        question = await db.scalar(sa.select(Message).where(col(Message.content) == "Values"))
+        assert question is not None
+        rows = (
+            await db.execute(
+                sa.text(
+                    "SELECT role, status, jsonb_typeof(citations) FROM messages "
+                    "WHERE id = :id OR parent_id = :id ORDER BY created_at"
+                ),
+                {"id": question.id},
+            )
+        ).all()
+        details = await db.scalar(
+            sa.text(
+                "SELECT jsonb_typeof(details) FROM activity_logs "
+                "WHERE action = 'message.send' AND entity_id = :id"
+            ),
+            {"id": str(question.id)},
+        )
+    assert [tuple(row) for row in rows] == [
+        ("USER", "COMPLETED", "null"),
+        ("ASSISTANT", "COMPLETED", "null"),
+    ], rows
+    assert (question.role, question.status) == (MessageRole.USER, MessageStatus.COMPLETED)
+    assert details == "object"

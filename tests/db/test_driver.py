@@ -1,4 +1,5 @@
-"""`db.driver`: one prebuilt statement on the driver's connection, outside any transaction.
+"""`db.driver`: one prebuilt statement on the driver's connection, outside any transaction or in
+a session's (`fetch_in_transaction`).
 Its rows are the driver's; its failures are the errors a session's statement raises (so a
 database gone mid-check is DB_UNAVAILABLE, a refused value BAD_USER_INPUT), and a connection
 the server dropped is discarded by the pool."""
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from atlas_gql.db.driver import DriverStatement, fetch_outside_transaction
+from atlas_gql.db.driver import DriverStatement, fetch_in_transaction, fetch_outside_transaction
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.db.utils import map_db_error
@@ -100,3 +101,87 @@ async def test_a_write_stays_in_the_test_transaction(
     ] == [key]
     read = sa.text("SELECT count(*) FROM rate_limit_buckets WHERE key = :key")
     assert (await db.execute(read, {"key": key})).scalar_one() == 1
+
+
+_IN_TRANSACTION = DriverStatement.of(
+    sa.select(
+        sa.func.pg_backend_pid(),
+        sa.func.now(),
+        sa.cast(sa.bindparam("number", type_=sa.Text), sa.Integer),
+        sa.literal("a").in_(["a", "b"]),
+    )
+)
+
+
+async def test_in_a_transaction_its_begin_its_errors_and_a_dropped_connection(
+    database_target: DatabaseTarget,
+) -> None:
+    """`fetch_in_transaction` runs in the session's transaction, beginning it as the session's
+    first statement would (so a lock it takes is held to the commit, and the session's next
+    statements share its snapshot's transaction); a refused value is the session's error for
+    it; a connection the server dropped is DB_UNAVAILABLE and is not used again."""
+    engine = create_engine(database_target, pool_size=1, ping_after_idle=3600)
+    admin = create_engine(database_target, pool_size=1)
+    sessions = create_sessionmaker(engine)
+    try:
+        async with sessions() as db:
+            [row] = await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "7"})
+            pid, began, number, constant_in = row
+            assert (number, constant_in) == (7, True)
+            # The same transaction as the session's statements: now() is its start.
+            assert (await db.execute(sa.select(sa.func.now()))).scalar_one() == began
+            assert db.in_transaction()
+            # A value PostgreSQL refuses: the session's error for it, mapped as before.
+            with pytest.raises(DBAPIError) as refused:
+                await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "seven"})
+            assert isinstance(map_db_error(refused.value), BadInput)
+            await db.rollback()
+            # After the rollback, a new transaction begins (a later now()).
+            [again] = await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "8"})
+            assert again[0] == pid
+            assert again[1] > began
+            await db.rollback()
+        async with sessions() as db:
+            await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "1"})
+            await _terminate(admin, pid)
+            with pytest.raises(DBAPIError) as gone:
+                await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "1"})
+            assert isinstance(map_db_error(gone.value), DbUnavailable)
+            assert gone.value.connection_invalidated
+        async with sessions() as db:
+            [fresh] = await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "1"})
+            assert fresh[0] != pid
+    finally:
+        await engine.dispose()
+        await admin.dispose()
+
+
+async def test_a_lock_taken_in_a_transaction_is_held_to_its_end(
+    database_target: DatabaseTarget,
+) -> None:
+    """The statement is not sent in autocommit: an advisory transaction lock it takes is still
+    held by the session until it rolls back."""
+    engine = create_engine(database_target, pool_size=2)
+    sessions = create_sessionmaker(engine)
+    key = f"test:driver:{uuid.uuid4()}"
+    lock = DriverStatement.of(
+        sa.select(
+            sa.func.pg_advisory_xact_lock(
+                sa.func.hashtextextended(sa.bindparam("key", type_=sa.String), 0)
+            )
+        )
+    )
+    held = sa.select(
+        sa.func.pg_try_advisory_xact_lock(
+            sa.func.hashtextextended(sa.bindparam("key", type_=sa.String), 0)
+        )
+    )
+    try:
+        async with sessions() as holder, sessions() as other:
+            await fetch_in_transaction(holder, lock, {"key": key})
+            assert (await other.execute(held, {"key": key})).scalar_one() is False
+            await other.rollback()
+            await holder.rollback()
+            assert (await other.execute(held, {"key": key})).scalar_one() is True
+    finally:
+        await engine.dispose()
