@@ -63,7 +63,8 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
         "ATLAS_BCRYPT_ROUNDS": "4",
         "ATLAS_LOG_FORMAT": "json",
     }
-    first, second = await start_worker(**shared), await start_worker(**shared)
+    # Started side by side: each start is mostly Python importing the app.
+    first, second = await asyncio.gather(start_worker(**shared), start_worker(**shared))
     assert first.port != second.port
     one, two = AtlasClient(first), AtlasClient(second)
     thread_id = await new_thread(one, people)
