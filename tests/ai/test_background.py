@@ -49,9 +49,6 @@ from tests.ai.test_redis_broker import REDIS_URL
 from tests.conftest import error_codes, make_settings
 from tests.live import AtlasClient, Subscription, finish_leftover_replies, wait_until
 
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
-
 ROOT = Path(__file__).resolve().parents[2]
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
 # Long enough for a checkpoint of text (every 2 s) in the middle of it.

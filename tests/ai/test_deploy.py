@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -38,9 +37,6 @@ from tests.ai.test_background import (  # noqa: F401 (fixtures)
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.conftest import error_codes, make_settings
 from tests.live import AtlasClient, wait_until
-
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
 
 SLOW_REPLY = tuple(f"d{index} " for index in range(400))
 FIRST_THREE = "".join(SLOW_REPLY[:3])

@@ -15,9 +15,6 @@ from tests.ai.fake_openai import Behaviour
 from tests.ai.tcp_proxy import TcpProxy
 from tests.live import wait_until
 
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
-
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
 
 

@@ -24,9 +24,6 @@ from tests.ai.test_replies import rows, uuid_of
 from tests.conftest import error_codes
 from tests.live import FINAL_TYPES, Subscription, wait_until
 
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
-
 MESSAGE_STATE = "query($id: ID!) { node(id: $id) { ... on Message { status content error } } }"
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
 
