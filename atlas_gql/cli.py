@@ -124,16 +124,16 @@ def serve(
     reload: Annotated[bool, typer.Option(help="Restart on code changes (development).")] = False,
 ) -> None:
     """Migrate to head, seed an empty database, then serve /graphql."""
-    from atlas_gql import serving
+    from atlas_gql import serving, stopping
     from atlas_gql.db.runtime import embedded_postgres, stop_embedded_postgres
 
     settings = load_settings()
     serving_started = False
     # Ctrl-C, SIGTERM and SIGHUP all end in the `finally` below, which stops the embedded
     # PostgreSQL (unless another live process still uses it).
-    with serving.stopping_on_signals():
+    with stopping.stopping_on_signals():
         try:
-            with serving.signals_deferred():
+            with stopping.signals_deferred():
                 target = resolve_target(settings)
             migrate_and_maybe_seed(settings, target, seed_if_empty=True)
             embedded = embedded_postgres() if not settings.database_url else None
@@ -166,7 +166,7 @@ def serve(
             if not serving_started:
                 raise typer.Exit(130) from None
         finally:
-            with serving.signals_ignored():
+            with stopping.signals_ignored():
                 stopped = stop_embedded_postgres()
             if stopped:
                 # The terminal may be gone (SIGHUP): saying so must not fail the exit.
@@ -362,7 +362,7 @@ def meter_storage_command() -> None:
 
 
 def main() -> None:
-    from atlas_gql.serving import stopping_on_signals
+    from atlas_gql.stopping import stopping_on_signals
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # SIGTERM and SIGHUP end every command the way Ctrl-C does, so exit handlers (which stop

@@ -6,7 +6,8 @@ terminal closed) all shut the server down gracefully and then let `serve` stop t
 PostgreSQL, with one process or with `--workers N`. Uvicorn alone would not: after a graceful
 stop it re-raises SIGTERM with the default action (the process dies without running its exit
 handlers), SIGHUP kills a single process outright, and its worker supervisor treats SIGHUP as
-"restart the workers".
+"restart the workers". The handlers themselves are in atlas_gql.stopping (every command uses
+them; this module imports the app's pieces).
 
 Slow clients: uvicorn bounds idle keep-alive connections but not a request still arriving. The
 HTTP protocols below close a connection that has not delivered a request's headers within
@@ -14,7 +15,7 @@ ATLAS_HEADER_TIMEOUT seconds (of connecting, or of its previous response), and r
 over ATLAS_MAX_HEADER_BYTES (httptools has no limit of its own). The body is bounded inside the
 app (atlas_gql.edge.BodyTimeoutMiddleware), so it holds under any server.
 
-Size: over 400 lines on purpose: the signal handling, the guarded uvicorn protocols (with the
+Size: over 400 lines on purpose: the supervisor's SIGHUP, the guarded uvicorn protocols (with the
 WebSocket protocol's prepared-frame write and its light queue and event, memory per idle
 socket) and the banner are the three parts of one command (`serve`) and are tested as it; the
 shared pieces they could move to (the error body) already live in `errors.py`.
@@ -34,7 +35,6 @@ import threading
 from collections.abc import Iterator
 from ipaddress import ip_address
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -44,7 +44,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.supervisors import Multiprocess
 from websockets.protocol import State
 
-from atlas_gql import __version__
+from atlas_gql import __version__, stopping
 from atlas_gql.ai.broker import Inbox
 from atlas_gql.config import MetricsAccess, Settings, get_settings
 from atlas_gql.db.url import DatabaseTarget
@@ -63,83 +63,13 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
 # replaced, 30 s later.
 WORKER_HEALTHCHECK_SECONDS = 30
 
-_HANGUP: int | None = getattr(signal, "SIGHUP", None)  # (not on Windows)
-_hangup_ignored = False
-
-
-def stop_signals() -> list[int]:
-    return [signal.SIGINT, signal.SIGTERM, *([_HANGUP] if _HANGUP is not None else [])]
-
-
-# --- signals ---------------------------------------------------------------------------------
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _hang_up(signum: int, frame: FrameType | None) -> None:
-    # Stop as on SIGTERM, through whoever handles SIGTERM at this moment: uvicorn (a graceful
-    # shutdown) while it serves, `_interrupt` before and after.
-    signal.raise_signal(signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def stopping_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP stop `serve` the way Ctrl-C does, so the caller's `finally` (which
-    stops the embedded PostgreSQL) runs whichever arrives. SIGHUP stays ignored when it was
-    ignored on entry (`nohup atlas-gql serve`)."""
-    global _hangup_ignored
-    previous = {signum: signal.getsignal(signum) for signum in stop_signals()}
-    _hangup_ignored = _HANGUP is not None and previous[_HANGUP] == signal.SIG_IGN
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    if _HANGUP is not None and not _hangup_ignored:
-        signal.signal(_HANGUP, _hang_up)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold stop signals for the duration of the block and act on them right after it (while
-    the embedded PostgreSQL starts, so it is never left half-started and unaccounted for)."""
-    received: list[int] = []
-
-    def remember(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-
-    watched = [s for s in stop_signals() if signal.getsignal(s) != signal.SIG_IGN]
-    previous = {signum: signal.signal(signum, remember) for signum in watched}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(received):
-            signal.raise_signal(signum)
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """While the embedded PostgreSQL stops, a second Ctrl-C must not abandon it halfway."""
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stop_signals()}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
 
 class _Workers(Multiprocess):
     """uvicorn's worker supervisor, except that SIGHUP stops it (uvicorn restarts the workers):
     closing the terminal must not leave the server, nor its database, running."""
 
     def handle_hup(self) -> None:
-        if _hangup_ignored:
+        if stopping.hangup_ignored():
             return
         logger.info("Received SIGHUP, exiting.")
         self.should_exit.set()
@@ -149,11 +79,11 @@ def app_factory() -> Starlette:
     """The app uvicorn loads in `serve`. A worker process leaves SIGHUP to its supervisor, which
     then stops it gracefully (SIGTERM), instead of dying at once when the terminal closes."""
     if (
-        _HANGUP is not None
+        stopping.HANGUP is not None
         and multiprocessing.parent_process() is not None
         and threading.current_thread() is threading.main_thread()
     ):
-        signal.signal(_HANGUP, signal.SIG_IGN)
+        signal.signal(stopping.HANGUP, signal.SIG_IGN)
     from atlas_gql.app import app_factory as build_app
 
     return build_app()

@@ -125,6 +125,14 @@ def make_settings(target: DatabaseTarget, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+# Settings of an app whose periodic reply sweep (every half of the shorter of the two) does
+# not come round during a test. An in-process app on the test's one connection (`app`,
+# tests/auth/conftest.py `make_gql`) must not sweep: the sweep would run there between a
+# request's statements and release the request's savepoint under it ("savepoint does not
+# exist" on a loaded machine). Live servers use it where a test calls the sweep's work itself.
+NO_PERIODIC_SWEEP = {"atlas_reply_stale_after": 3600.0, "atlas_reply_resume_after": 3600.0}
+
+
 @pytest.fixture(scope="session")
 def settings(database_target: DatabaseTarget) -> Settings:
     return make_settings(database_target)
@@ -175,9 +183,7 @@ async def app(
     # few seconds) would run there between a request's statements and release the request's
     # savepoint under it (a test slowed down by a loaded machine met "savepoint does not
     # exist"); sweeping is tested on live servers, so here it does not come round.
-    quiet = settings.model_copy(
-        update={"atlas_reply_stale_after": 3600.0, "atlas_reply_resume_after": 3600.0}
-    )
+    quiet = settings.model_copy(update=NO_PERIODIC_SWEEP)
     application = create_app(quiet, engine=engine, sessionmaker=sessionmaker)
     async with application.router.lifespan_context(application):
         yield application

@@ -143,10 +143,6 @@ async def signing_in_user(
 
 StartServer = Callable[..., Awaitable[AIServer]]
 
-# Settings of a live server whose periodic reply sweep (every half of the shorter of the two)
-# does not come round during a test: for tests that call the sweep's work themselves, or that
-# assert no connection is checked out at some moment.
-NO_PERIODIC_SWEEP = {"atlas_reply_stale_after": 3600.0, "atlas_reply_resume_after": 3600.0}
 
 # Seconds a broker command may wait for Redis in tests, and a SUBSCRIBE for its confirmation
 # (see `start_ai_server`): guards against a hung Redis, never met by a working one, however

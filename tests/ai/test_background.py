@@ -35,7 +35,6 @@ from atlas_gql.ids import decode_global_id, encode_global_id
 from atlas_gql.logs.models import ErrorLog, ErrorSource
 from tests.ai.conftest import (
     CREATE_THREAD,
-    NO_PERIODIC_SWEEP,
     TEST_REDIS_SUBSCRIBE_TIMEOUT,
     TEST_REDIS_TIMEOUT,
     UPSTREAM_KEY,
@@ -46,11 +45,8 @@ from tests.ai.conftest import (
 )
 from tests.ai.fake_openai import Behaviour, FakeOpenAI, Resume
 from tests.ai.test_redis_broker import REDIS_URL
-from tests.conftest import error_codes, make_settings
+from tests.conftest import NO_PERIODIC_SWEEP, error_codes, make_settings
 from tests.live import AtlasClient, Subscription, finish_leftover_replies, wait_until
-
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
 
 ROOT = Path(__file__).resolve().parents[2]
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"

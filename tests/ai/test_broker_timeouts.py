@@ -15,9 +15,6 @@ from atlas_gql.ai.events import MessageDelta
 from atlas_gql.circuit import CircuitBreaker, CircuitOpenError
 from atlas_gql.errors import BrokerUnavailable
 
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
-
 THREAD = uuid.uuid4()
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -39,9 +38,6 @@ from tests.ai.test_redis_broker import REDIS_URL
 from tests.conftest import error_codes, make_settings
 from tests.live import AtlasClient, wait_until
 
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
-
 SLOW_REPLY = tuple(f"d{index} " for index in range(400))
 FIRST_THREE = "".join(SLOW_REPLY[:3])
 LOGIN = (
@@ -63,7 +59,8 @@ async def test_two_processes_share_replies_cancels_and_rate_limits(
         "ATLAS_BCRYPT_ROUNDS": "4",
         "ATLAS_LOG_FORMAT": "json",
     }
-    first, second = await start_worker(**shared), await start_worker(**shared)
+    # Started side by side: each start is mostly Python importing the app.
+    first, second = await asyncio.gather(start_worker(**shared), start_worker(**shared))
     assert first.port != second.port
     one, two = AtlasClient(first), AtlasClient(second)
     thread_id = await new_thread(one, people)

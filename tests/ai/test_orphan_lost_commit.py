@@ -15,11 +15,12 @@ from atlas_gql.ai.recovery import STALE_ERROR
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.models import ApiUsageLog
-from tests.ai.conftest import NO_PERIODIC_SWEEP, AIServer, StartServer
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.tcp_proxy import CommitCutProxy
 from tests.ai.test_lifecycle import orphan_reply
 from tests.ai.test_replies import rows, uuid_of
 from tests.ai.test_resilience import ai_runtime
+from tests.conftest import NO_PERIODIC_SWEEP
 from tests.live import FINAL_TYPES
 
 

@@ -17,9 +17,6 @@ from tests.ai.fake_openai import Behaviour
 from tests.ai.tcp_proxy import ConfirmationDelayProxy
 from tests.live import HANG_GUARD, aclose, wait_until
 
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
-
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 

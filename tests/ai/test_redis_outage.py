@@ -15,9 +15,6 @@ from tests.ai.fake_openai import Behaviour
 from tests.ai.tcp_proxy import TcpProxy
 from tests.live import wait_until
 
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
-
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"
 
 
@@ -40,11 +37,18 @@ def replies_of(ai: AIServer) -> dict[Any, Any]:
     return replies
 
 
-async def two_workers(start: StartServer, proxy: TcpProxy) -> tuple[AIServer, AIServer]:
+async def two_workers(
+    start: StartServer, proxy: TcpProxy, **overrides: Any
+) -> tuple[AIServer, AIServer]:
     # A short pause before Redis is probed again, so the heal is noticed soon; a timeout
     # shorter than the other tests' (what a hung Redis costs here), still above a stall of
     # the loaded test machine.
-    settings = {"redis_url": proxy.url, "atlas_redis_retry_max": 1.0, "atlas_redis_timeout": 0.5}
+    settings = {
+        "redis_url": proxy.url,
+        "atlas_redis_retry_max": 1.0,
+        "atlas_redis_timeout": 0.5,
+        **overrides,
+    }
     first = await start(**settings)
     second = await start(**settings)
     return first, second
@@ -122,7 +126,12 @@ async def test_replies_run_and_cancel_while_redis_hangs(
 async def test_subscribing_while_redis_hangs_is_broker_unavailable(
     start_ai_server: StartServer, redis_proxy: TcpProxy
 ) -> None:
-    first, second = await two_workers(start_ai_server, redis_proxy)
+    # Every SUBSCRIBE here meets the black hole: what its confirmation timeout costs is all
+    # this test waits for (twice), so it is short (the other tests subscribe while Redis
+    # answers, and keep the long one).
+    first, second = await two_workers(
+        start_ai_server, redis_proxy, atlas_redis_subscribe_timeout=1.0
+    )
     thread_id = await first.new_thread()
     redis_proxy.black_hole("stall")
     for worker in (first, second, first):  # the SUBSCRIBE times out, then Redis is skipped

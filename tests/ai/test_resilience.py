@@ -14,18 +14,15 @@ from sqlmodel import col
 from atlas_gql.ai.models import Message
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.logs.models import ApiUsageLog, ErrorLog, ErrorSource
-from tests.ai.conftest import NO_PERIODIC_SWEEP, AIServer, StartServer
+from tests.ai.conftest import AIServer, StartServer
 from tests.ai.diagnose import explain_hang
 from tests.ai.fake_openai import Behaviour
 from tests.ai.tcp_proxy import CommitCutProxy
 from tests.ai.test_files import upload
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.ai.test_replies import rows, uuid_of
-from tests.conftest import error_codes
+from tests.conftest import NO_PERIODIC_SWEEP, error_codes
 from tests.live import FINAL_TYPES, Subscription, wait_until
-
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
 
 MESSAGE_STATE = "query($id: ID!) { node(id: $id) { ... on Message { status content error } } }"
 CANCEL = "mutation($id: ID!) { cancelMessage(id: $id) { status content } }"

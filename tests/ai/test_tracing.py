@@ -18,9 +18,6 @@ from tests.ai.conftest import StartServer
 from tests.ai.test_redis_broker import REDIS_URL
 from tests.live import wait_until
 
-# Redis pub/sub tests share one pytest-xdist worker (see docs/architecture.md, suite time).
-pytestmark = pytest.mark.xdist_group("redis-pubsub")
-
 CONTENT = "Private words about payroll"
 SEND = """
 mutation SendMessage($input: SendMessageInput!) {

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from atlas_gql.app import create_app
 from atlas_gql.db.url import DatabaseTarget
-from tests.conftest import GraphQLClient, make_settings
+from tests.conftest import NO_PERIODIC_SWEEP, GraphQLClient, make_settings
 from tests.live import LiveServer
 
 LOGIN = """
@@ -73,7 +73,8 @@ async def make_gql(
             key = tuple(sorted(overrides.items()))
             app = apps.get(key)
             if app is None:
-                settings = make_settings(database_target, **overrides)
+                # On the test's one connection: no periodic sweep (tests/conftest.py `app`).
+                settings = make_settings(database_target, **{**NO_PERIODIC_SWEEP, **overrides})
                 app = apps[key] = create_app(settings, engine=engine, sessionmaker=sessionmaker)
                 await stack.enter_async_context(app.router.lifespan_context(app))
             transport = httpx.ASGITransport(app=app, client=(ip, 4321))

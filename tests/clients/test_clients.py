@@ -9,6 +9,7 @@ package-lock.json (`npm ci`), once, into tests/clients/node_modules (gitignored)
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
@@ -23,10 +24,6 @@ import pytest
 
 from tests.ai.conftest import StartServer
 from tests.conftest import SEED_PASSWORD
-
-# One pytest-xdist worker runs them all: `npm ci` into tests/clients/node_modules happens once,
-# never in two workers at the same time (which fails with ENOTEMPTY).
-pytestmark = pytest.mark.xdist_group("node-clients")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -52,7 +49,15 @@ def node_modules() -> Path:
     `npm ci` runs in a staging folder beside it and the finished tree is renamed into place with
     a stamp naming the lock file's digest, written last: an install that was cut short (a killed
     run, a full disk) never counts as installed, so the next run installs again instead of
-    importing half-written files."""
+    importing half-written files. Each pytest-xdist worker has its own session: a file lock
+    makes the others wait for the one installing, then find the stamp (two `npm ci` at once
+    fail with ENOTEMPTY, and one would replace the tree under the other's `node`)."""
+    with (HERE / ".node-install.lock").open("w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        return _install_node_modules()
+
+
+def _install_node_modules() -> Path:
     node = _tool("node")
     npm = _tool("npm")
     version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
