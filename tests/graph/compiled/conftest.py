@@ -44,7 +44,7 @@ from atlas_gql.ids import encode_global_id
 from atlas_gql.logs.models import ActivityLog, ErrorLog, ErrorSource
 from atlas_gql.projects.models import Project, ProjectMember, ProjectRole
 from atlas_gql.runtime import CompiledReadStats
-from tests.conftest import GraphQLClient, make_settings, migrated_and_seeded
+from tests.conftest import NO_PERIODIC_SWEEP, GraphQLClient, make_settings, migrated_and_seeded
 from tests.factories import (
     add_member,
     create_activity,
@@ -360,7 +360,9 @@ def compiled_database(make_database: Any) -> DatabaseTarget:
 
 @pytest.fixture(scope="session")
 def compiled_settings(compiled_database: DatabaseTarget) -> Settings:
-    return make_settings(compiled_database)
+    # Apps that live for the whole session: their periodic reply sweep would send statements
+    # inside a test's counted window (tests/conftest.py `NO_PERIODIC_SWEEP`).
+    return make_settings(compiled_database, **NO_PERIODIC_SWEEP)
 
 
 @pytest.fixture(scope="session")
@@ -408,7 +410,10 @@ class Served:
 async def serving(
     database: DatabaseTarget, settings: Settings, *, compiled: bool
 ) -> AsyncIterator[Served]:
-    engine = create_engine(database, pool_size=2)
+    # A pooled connection idle for 10 s is checked when taken (BEGIN, an empty statement,
+    # ROLLBACK: db/engine.py `ping_idle_connections`): on a loaded machine that came inside
+    # a counted window. The check is tested in tests/db/test_idle_ping.py; not counted here.
+    engine = create_engine(database, pool_size=2, ping_after_idle=3600)
     counter = StatementCounter.install(engine)
     app = create_app(settings.model_copy(update={"atlas_compiled_reads": compiled}), engine=engine)
     try:
