@@ -11,13 +11,14 @@ import uuid
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from atlas_gql.db.driver import DriverStatement, fetch_in_transaction, fetch_outside_transaction
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.db.utils import map_db_error
 from atlas_gql.errors import BadInput, DbUnavailable
+from tests.db.test_idle_ping import terminate_backend
 
 _BACKEND = DriverStatement.of(
     sa.select(
@@ -28,11 +29,6 @@ _BACKEND = DriverStatement.of(
         sa.func.current_setting("transaction_isolation"),
     )
 )
-
-
-async def _terminate(engine: AsyncEngine, pid: int) -> None:
-    async with engine.connect() as connection:
-        await connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
 
 async def test_rows_constants_and_a_dropped_connection(database_target: DatabaseTarget) -> None:
@@ -58,7 +54,7 @@ async def test_rows_constants_and_a_dropped_connection(database_target: Database
         )
         assert again[0] == pid
         # The server drops the pooled connection: DB_UNAVAILABLE, and the pool replaces it.
-        await _terminate(admin, pid)
+        await terminate_backend(admin, pid)
         with pytest.raises(DBAPIError) as gone:
             await fetch_outside_transaction(sessions, _BACKEND, {"wanted": wanted, "number": "1"})
         assert isinstance(map_db_error(gone.value), DbUnavailable)
@@ -143,7 +139,7 @@ async def test_in_a_transaction_its_begin_its_errors_and_a_dropped_connection(
             await db.rollback()
         async with sessions() as db:
             await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "1"})
-            await _terminate(admin, pid)
+            await terminate_backend(admin, pid)
             with pytest.raises(DBAPIError) as gone:
                 await fetch_in_transaction(db, _IN_TRANSACTION, {"number": "1"})
             assert isinstance(map_db_error(gone.value), DbUnavailable)

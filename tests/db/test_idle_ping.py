@@ -19,7 +19,8 @@ async def _backend_pid(engine: AsyncEngine) -> int:
         return int((await connection.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
 
 
-async def _terminate(engine: AsyncEngine, pid: int) -> None:
+async def terminate_backend(engine: AsyncEngine, pid: int) -> None:
+    """End the server process `pid` (the connection is dropped under its pool)."""
     async with engine.connect() as connection:
         await connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
@@ -31,7 +32,7 @@ async def test_a_connection_idle_too_long_is_checked_and_replaced(
     admin = create_engine(database_target, pool_size=1)
     try:
         dropped = await _backend_pid(engine)
-        await _terminate(admin, dropped)
+        await terminate_backend(admin, dropped)
         # The check fails, the pool opens another connection: the caller notices nothing.
         assert await _backend_pid(engine) != dropped
     finally:
@@ -54,7 +55,7 @@ async def test_a_connection_used_moments_ago_is_not_checked(
         assert counter.statements == ["BEGIN;", "SELECT 1", "ROLLBACK;"]
         # A connection dropped while pooled fails its next statement (DB_UNAVAILABLE on the
         # request), and the pool discards it: the one after works.
-        await _terminate(admin, dropped)
+        await terminate_backend(admin, dropped)
         with pytest.raises(DBAPIError):
             await _backend_pid(engine)
         assert await _backend_pid(engine) != dropped
