@@ -43,7 +43,6 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.reply_reads import (
-    BudgetsSpent,
     RunningReply,
     SenderCounted,
     message_bucket_key,
@@ -379,32 +378,27 @@ async def check_budgets(
     sender) wait for it: the less that comes after, the shorter they wait (with a connection
     each). The replies in flight they count are the others. `locked`: the transaction holds
     the locks already (`budget_locks`, taken by the exchange's statement)."""
-    thread = context.thread
-    project_id = thread.project_id
+    project_id = context.thread.project_id
     user_id = context.viewer.user_id
+    # Under both locks already, both budgets are read by one statement (those checked).
     checks_project = project_id is not None and context.project_budget is not None
     checks_user = context.user_budget is not None
-    read: list[BudgetsSpent] = []
+    under_locks = None
+    if locked and (checks_project or checks_user):
+        under_locks = await spent(
+            db,
+            reply_id=reply.id,
+            project_id=project_id if checks_project else None,
+            user_id=user_id if checks_user else None,
+        )
 
     async def spent_of(kind: BudgetKind) -> tuple[int, InFlight]:
         project = kind is BudgetKind.PROJECT
-        if not locked:
-            # Each read after its own lock (the project's, then the sender's).
-            both = await spent(
-                db, reply_id=reply.id,
-                project_id=project_id if project else None, user_id=None if project else user_id,
-            )  # fmt: skip
-        else:
-            # Under both locks already: both budgets read by one statement, once.
-            if not read:
-                wanted_project = project_id if checks_project else None
-                wanted_user = user_id if checks_user else None
-                read.append(
-                    await spent(
-                        db, reply_id=reply.id, project_id=wanted_project, user_id=wanted_user
-                    )
-                )
-            both = read[0]
+        # Else each read after its own lock (the project's, then the sender's).
+        both = under_locks or await spent(
+            db, reply_id=reply.id,
+            project_id=project_id if project else None, user_id=None if project else user_id,
+        )  # fmt: skip
         counted = both.project if project else both.user
         assert counted is not None
         return counted
