@@ -114,6 +114,11 @@ def _viewer_of(row: Sequence[Any], session_id: uuid.UUID) -> Viewer:
     )
 
 
+def _session_ended() -> Unauthenticated:
+    """The refusal of a token whose session, or user, is not valid any more."""
+    return Unauthenticated("The session has ended; sign in again.", reason="SESSION_ENDED")
+
+
 async def authenticate_access_token(*, db: ReadSession, settings: Settings, token: str) -> Viewer:
     """Resolve a bearer token to a viewer; UNAUTHENTICATED when the token, session or user
     is not valid any more (logout, revocation and deactivation take effect at once)."""
@@ -122,7 +127,7 @@ async def authenticate_access_token(*, db: ReadSession, settings: Settings, toke
         db=db, user_id=claims.user_id, session_id=claims.session_id
     )
     if viewer is None:
-        raise Unauthenticated("The session has ended; sign in again.", reason="SESSION_ENDED")
+        raise _session_ended()
     return viewer
 
 
@@ -136,7 +141,7 @@ async def authenticate_access_token_alone(
     parameters = {"user_id": claims.user_id, "session_id": claims.session_id}
     rows = await fetch_outside_transaction(sessionmaker, _LIVE_SESSION_ON_DRIVER, parameters)
     if not rows:
-        raise Unauthenticated("The session has ended; sign in again.", reason="SESSION_ENDED")
+        raise _session_ended()
     return _viewer_of(rows[0], claims.session_id)
 
 
