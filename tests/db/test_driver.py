@@ -18,6 +18,7 @@ from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.db.utils import map_db_error
 from atlas_gql.errors import BadInput, DbUnavailable
+from atlas_gql.logs.usage import advisory_lock
 from tests.db.test_idle_ping import terminate_backend
 
 _BACKEND = DriverStatement.of(
@@ -160,13 +161,8 @@ async def test_a_lock_taken_in_a_transaction_is_held_to_its_end(
     engine = create_engine(database_target, pool_size=2)
     sessions = create_sessionmaker(engine)
     key = f"test:driver:{uuid.uuid4()}"
-    lock = DriverStatement.of(
-        sa.select(
-            sa.func.pg_advisory_xact_lock(
-                sa.func.hashtextextended(sa.bindparam("key", type_=sa.String), 0)
-            )
-        )
-    )
+    # The budgets' lock (logs/usage.py); `held` asks for the same key without waiting.
+    lock = DriverStatement.of(sa.select(advisory_lock(sa.bindparam("key", type_=sa.String))))
     held = sa.select(
         sa.func.pg_try_advisory_xact_lock(
             sa.func.hashtextextended(sa.bindparam("key", type_=sa.String), 0)
