@@ -127,7 +127,8 @@ class _Render:
 @dataclass(frozen=True, slots=True)
 class Varying:
     """An event of a *family* whose renderings differ only in a few values, each appearing
-    verbatim in the payload JSON (e.g. a message's deltas: their number, id and text).
+    verbatim in the payload JSON (e.g. a group's deltas: their number, id, message id and
+    text).
 
     `values`: this event's, as they appear in the JSON (a string's escaped inside, an int's
     digits); `probe(n)`: the root object of an event of the same family with values of its
