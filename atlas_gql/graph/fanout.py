@@ -514,11 +514,16 @@ class OperationSink:
 
     async def _send_render(self, render: _Render | None) -> bool:
         """Send a shared rendering's `next` frame (not after the operation ended); False when
-        there is none (the event takes Strawberry's path)."""
+        there is none (the event takes Strawberry's path). Written as a prepared frame when
+        the socket takes one now (no ASGI message, no websockets framing: what `write_now`
+        writes), else sent through the socket's ASGI `send` (which waits while its buffer
+        drains)."""
         if render is None:
             return False
         if self._is_open():
-            await self._send(self.prefix + render.payload + "}")
+            writer = self.writer
+            if writer is None or not writer(render.frame(self.prefix)):
+                await self._send(self.prefix + render.payload + "}")
         return True
 
     def write_now(
