@@ -42,7 +42,9 @@ would send (same id, same payload), never after the operation's `complete` or `e
 Events that carry a message (MessageCreated, the final events) are shared the same way, through
 the reader (`OperationSink.send_plain`), when the group's selection reads only values the event
 holds (`plain_selection`: plain attribute fields, no resolver); otherwise Strawberry renders
-them for each subscriber.
+them for each subscriber. The reader writes a shared rendering (of such an event, or of a
+queued delta) as a prepared frame through FRAME_WRITER when the socket takes it, else through
+the socket's ASGI `send`, which waits for it to drain.
 
 Size: over 400 lines on purpose: one mechanism (groups, renderings, templates, the selection
 analyses that decide what may be shared, and the per-operation sink) whose pieces only make
