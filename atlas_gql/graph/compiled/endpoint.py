@@ -53,7 +53,7 @@ NOT_READS = ("a mutation", "a subscription")
 
 
 def _not_compilable_kind(refusal: NotCompilable) -> str:
-    if refusal.reason in ("a mutation", "a subscription", "no such operation"):
+    if refusal.reason in (*NOT_READS, "no such operation"):
         return NOT_A_QUERY
     if refusal.reason.endswith("(BAD_USER_INPUT)"):
         return REFUSED
