@@ -81,7 +81,7 @@ from atlas_gql.graph.relay import (
     resolve_node_of,
     to_connection,
 )
-from atlas_gql.ids import decode_id_of
+from atlas_gql.ids import decode_id_of, encode_global_id
 
 Row = TypeVar("Row")
 FilterT = TypeVar("FilterT")
@@ -514,10 +514,18 @@ class Mutation:
 # -- Subscription ----------------------------------------------------------------------------
 
 
-# Probe values of a delta (`delta_varying`): numbers and texts of different lengths and
-# contents (JSON escapes included), unlike any a real delta is rendered with.
+# Probe values of a delta (`delta_varying`): numbers, texts and message ids of different
+# lengths and contents (JSON escapes included), unlike any a real delta is rendered with.
 _PROBE_SEQUENCES = (2_111_111_111, 311_111_113, 41_111_117)
 _PROBE_TEXTS = ("\ue000\u03940\ue001", '\ue000"\u03b4\\1\n\ue001', "\ue000zz2\ue001")
+_PROBE_MESSAGES = (
+    uuid.UUID("5e1f2a3b-4c5d-4e6f-8a7b-9c0d1e2f3a4b"),
+    uuid.UUID("a0b1c2d3-e4f5-4a6b-9c7d-8e9f0a1b2c3d"),
+    uuid.UUID("0f9e8d7c-6b5a-4948-b736-251403f2e1d0"),
+)
+# A group's deltas are one family, whatever their message (the message's id is one of the
+# values): its template is made at the group's first delta and serves every reply after.
+_DELTA_FAMILY = "MessageDelta"
 
 
 def _json_inside(text: str) -> str:
@@ -526,21 +534,27 @@ def _json_inside(text: str) -> str:
 
 
 def delta_varying(event: events.MessageDelta) -> Varying:
-    """A delta's rendering is its message's template (graph/fanout.py) with its number, id
-    and text in it: one graphql-core run per group and message (the probes) rather than per
-    delta."""
-    thread_id, message_id = event.thread_id, event.message_id
+    """A delta's rendering is its group's template (graph/fanout.py) with its number, id,
+    message id and text in it: one graphql-core run per group (the probes) rather than per
+    delta, or per reply."""
+    thread_id = event.thread_id
 
     def probe(n: int) -> tuple[ThreadEventType, tuple[str, ...]]:
-        sequence, text = _PROBE_SEQUENCES[n], _PROBE_TEXTS[n]
+        sequence, text, message_id = _PROBE_SEQUENCES[n], _PROBE_TEXTS[n], _PROBE_MESSAGES[n]
         root = graph_event(
             events.delta_event(sequence, thread_id=thread_id, message_id=message_id, delta=text)
         )
-        return root, (str(sequence), event_id(thread_id, sequence), _json_inside(text))
+        return root, (
+            str(sequence), event_id(thread_id, sequence), _json_inside(text),
+            encode_global_id("Message", message_id),
+        )  # fmt: skip
 
     sequence = event.sequence
-    values = (str(sequence), event_id(thread_id, sequence), _json_inside(event.delta))
-    return Varying(family=message_id, values=values, probe=probe)
+    values = (
+        str(sequence), event_id(thread_id, sequence), _json_inside(event.delta),
+        encode_global_id("Message", event.message_id),
+    )  # fmt: skip
+    return Varying(family=_DELTA_FAMILY, values=values, probe=probe)
 
 
 def shared_delta(event: events.MessageDelta) -> SharedEvent:

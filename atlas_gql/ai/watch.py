@@ -270,6 +270,10 @@ class SubscriptionWatches:
             vouched = self._vouched.get(key)
             if vouched is not None and time.monotonic() - vouched[1] <= VOUCH_SECONDS:
                 watches = [watch for watch in watches if watch.key != vouched[0]]
+            if not any(watch.control.error is None for watch in watches):
+                # Nothing to read (the sender watching their own exchange, at a reply's
+                # start): no task, no round of the event loop before the event goes out.
+                return
             check = asyncio.ensure_future(self._check(watches))
             self._exchange_checks[key] = check
             # Forgotten once settled: a later subscriber replaying this event checks anew.

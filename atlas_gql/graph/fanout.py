@@ -42,7 +42,9 @@ would send (same id, same payload), never after the operation's `complete` or `e
 Events that carry a message (MessageCreated, the final events) are shared the same way, through
 the reader (`OperationSink.send_plain`), when the group's selection reads only values the event
 holds (`plain_selection`: plain attribute fields, no resolver); otherwise Strawberry renders
-them for each subscriber.
+them for each subscriber. The reader writes a shared rendering (of such an event, or of a
+queued delta) as a prepared frame through FRAME_WRITER when the socket takes it, else through
+the socket's ASGI `send`, which waits for it to drain.
 
 Size: over 400 lines on purpose: one mechanism (groups, renderings, templates, the selection
 analyses that decide what may be shared, and the per-operation sink) whose pieces only make
@@ -127,7 +129,8 @@ class _Render:
 @dataclass(frozen=True, slots=True)
 class Varying:
     """An event of a *family* whose renderings differ only in a few values, each appearing
-    verbatim in the payload JSON (e.g. a message's deltas: their number, id and text).
+    verbatim in the payload JSON (e.g. a group's deltas: their number, id, message id and
+    text).
 
     `values`: this event's, as they appear in the JSON (a string's escaped inside, an int's
     digits); `probe(n)`: the root object of an event of the same family with values of its
@@ -513,11 +516,16 @@ class OperationSink:
 
     async def _send_render(self, render: _Render | None) -> bool:
         """Send a shared rendering's `next` frame (not after the operation ended); False when
-        there is none (the event takes Strawberry's path)."""
+        there is none (the event takes Strawberry's path). Written as a prepared frame when
+        the socket takes one now (no ASGI message, no websockets framing: what `write_now`
+        writes), else sent through the socket's ASGI `send` (which waits while its buffer
+        drains)."""
         if render is None:
             return False
         if self._is_open():
-            await self._send(self.prefix + render.payload + "}")
+            writer = self.writer
+            if writer is None or not writer(render.frame(self.prefix)):
+                await self._send(self.prefix + render.payload + "}")
         return True
 
     def write_now(

@@ -55,14 +55,31 @@ def from_attributes(cls: type[TypeT], source: Any, **values: Any) -> TypeT:
     """A Strawberry type built from an object (a row, a service's result): each private
     `<x>_db_id` from the object's `<x>_id` (`db_id` from its `id`), and every other field
     named like an attribute of the object; `values` give the rest (overrides)."""
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name = field.name
-        if not field.init or name in values:
-            continue
-        attribute = name.removesuffix("db_id") + "id" if name.endswith("db_id") else name
-        if hasattr(source, attribute):
-            values[name] = getattr(source, attribute)
+    for name, attribute in _attributes_of(cls):
+        if name not in values:
+            value = getattr(source, attribute, _MISSING)
+            if value is not _MISSING:
+                values[name] = value
     return cls(**values)
+
+
+_MISSING = object()
+# Per Strawberry type: (field, the object's attribute it is read from) of each init field.
+# Made once per type (a fixed set: the schema's), not at every object built.
+_ATTRIBUTES: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _attributes_of(cls: type) -> tuple[tuple[str, str], ...]:
+    pairs = _ATTRIBUTES.get(cls)
+    if pairs is None:
+        pairs = _ATTRIBUTES[cls] = tuple(
+            (field.name, field.name.removesuffix("db_id") + "id")
+            if field.name.endswith("db_id")
+            else (field.name, field.name)
+            for field in dataclasses.fields(cls)
+            if field.init
+        )
+    return pairs
 
 
 # What `node(id:)` calls to load an object of a given type for the current viewer; it

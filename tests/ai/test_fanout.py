@@ -157,6 +157,39 @@ async def test_subscribers_of_one_document_share_one_rendering_per_delta(ai: AIS
     assert [event["sequence"] for event in a] == sorted({event["sequence"] for event in a})
 
 
+async def test_one_template_serves_every_reply_of_a_group(ai: AIServer) -> None:
+    """The deltas' template is made at the group's first delta (the probes) and filled for
+    every reply after it, each delta with its own message's id (reply start: no graphql-core
+    run at a reply's first delta)."""
+    thread_id = await ai.new_thread()
+    frames = frames_of(ai)
+    async with socket(ai, ai.people.member) as client:
+        await client.subscribe("a", thread_id)
+        await subscribed(ai, thread_id, 1)
+        replies = []
+        for texts in (DELTAS, ("Second ", "reply.")):
+            ai.fake.then(Behaviour(deltas=texts))
+            templated = frames.templated
+            assert "errors" not in await ai.send(thread_id)
+            replies.append(await client.until_final("a"))
+            assert frames.templated - templated == len(texts)
+            # The thread's one group (made at its first event) holds one template.
+            assert [
+                len(group.templates)
+                for key, group in frames.groups.items()
+                if decode_id_of(thread_id, "Thread") in key
+            ] == [1]
+    for events in replies:
+        [reply_id] = [
+            event["message"]["id"]
+            for event in events
+            if event["__typename"] == "MessageCreated" and event["message"]["role"] == "ASSISTANT"
+        ]
+        assert [event["messageId"] for event in deltas(events)] == [reply_id] * len(deltas(events))
+    assert replies[0][-1]["messageId"] != replies[1][-1]["messageId"]
+    assert "".join(event["delta"] for event in deltas(replies[1])) == "Second reply."
+
+
 async def test_a_shared_frame_equals_strawberrys_own_rendering(ai: AIServer) -> None:
     """The same document over graphql-sse (Strawberry renders each event itself) and over the
     WebSocket (shared frames) gives the same payloads."""

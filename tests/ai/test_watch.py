@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from atlas_gql.ai.models import Thread
-from atlas_gql.ai.watch import failed_access
+from atlas_gql.ai.watch import SubscriptionWatches, Watch, failed_access
 from atlas_gql.auth.account import create_user_account, find_user_by_email
 from atlas_gql.auth.models import ApiKeyScope, RoleName, User
 from atlas_gql.auth.sessions import start_session
@@ -87,3 +89,21 @@ async def test_one_statement_judges_sessions_and_keys(db: AsyncSession, settings
     assert "reason" not in failed[no_session].extensions
     await db.execute(sa.update(User).where(col(User.id) == member.id).values(is_active=False))
     assert set(await failed_access(db, [ok, as_admin, key, as_admin_key])) == {ok, key}
+
+
+def test_an_exchange_with_nothing_to_check_goes_on_at_once() -> None:
+    """The sender watching their own exchange (vouched for), or no watch at all: the check
+    returns without awaiting anything (no task, no round of the event loop before the
+    event goes out). Those that need their read are checked as before (test_fanout.py)."""
+
+    def unused_sessionmaker() -> Any:
+        raise AssertionError("no statement for an exchange with nothing to check")
+
+    watches = SubscriptionWatches(sessionmaker=cast(Any, unused_sessionmaker), interval=0)
+    thread_id = uuid.uuid4()
+    sender = watches.add(Watch(user_id=uuid.uuid4(), session_id=uuid.uuid4(), thread_id=thread_id))
+    watches.vouch(sender.key, (7, 8))
+    for sequence, thread in ((7, thread_id), (1, uuid.uuid4())):
+        step = watches.check_exchange(thread, sequence).__await__()
+        with pytest.raises(StopIteration):
+            step.send(None)  # finished at its first step: it never suspended

@@ -1,7 +1,8 @@
-"""graph/fanout.py's templates: a family's events (a message's deltas) filled into one rendering
+"""graph/fanout.py's templates: a family's events (a group's deltas) filled into one rendering
 instead of running graphql-core per event, only when three probes show the payload quotes the
 varying values verbatim; anything else renders each event (the executor here is a stand-in
-for graphql-core's: it renders the selection a test gives it)."""
+for graphql-core's: it renders the selection a test gives it). Last, how a rendering goes out:
+a prepared frame when the socket takes one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from atlas_gql.graph.fanout import SharedEvent, SharedFrames, Varying
+from atlas_gql.graph.fanout import (
+    OperationSink,
+    SharedEvent,
+    SharedFrames,
+    Varying,
+    _Render,
+    text_frame,
+)
 
 Root = tuple[int, str]  # (number, text): the values of an event
 
@@ -140,3 +148,39 @@ def test_a_selection_without_the_values_is_one_constant() -> None:
     payloads, runs, templated = render_all(selection, ROOTS)
     assert payloads == [expected(selection, root) for root in ROOTS]
     assert (runs, templated) == (3, len(ROOTS))
+
+
+# -- a rendering's frame: prepared when the socket takes one, else through ASGI send -----------
+
+
+def _sink(writer: Callable[[bytes], bool] | None, sent: list[str]) -> OperationSink:
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    return OperationSink(
+        frames=SharedFrames(), operation_id="7", query="{ x }", variables=None,
+        operation_name=None, send=send, is_open=lambda: True, on_too_slow=lambda: None,
+        writer=writer,
+    )  # fmt: skip
+
+
+async def test_a_rendering_goes_out_as_a_prepared_frame_when_the_socket_takes_it() -> None:
+    written: list[bytes] = []
+    sent: list[str] = []
+
+    def writer(frame: bytes) -> bool:
+        written.append(frame)
+        return True
+
+    sink = _sink(writer, sent)
+    assert await sink._send_render(_Render('{"data":{"x":1}}'))
+    assert written == [text_frame(b'{"id":"7","type":"next","payload":{"data":{"x":1}}}')]
+    assert sent == []
+
+
+async def test_a_socket_refusing_the_frame_gets_the_message_through_asgi_send() -> None:
+    # (Its buffer is over the limit, or it is closing: ASGI send waits or drops it.)
+    sent: list[str] = []
+    for writer in (None, lambda _: False):
+        assert await _sink(writer, sent)._send_render(_Render('{"data":{"x":1}}'))
+    assert sent == ['{"id":"7","type":"next","payload":{"data":{"x":1}}}'] * 2

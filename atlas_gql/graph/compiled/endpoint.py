@@ -48,8 +48,12 @@ REFUSED = "refused"  # an error the resolver path reports: arguments, session, p
 DRIVER_ERROR = "driver error"  # the statement failed (the resolver path retries afresh)
 
 
+# What `CompiledReads.operation` says of a document's mutation or subscription.
+NOT_READS = ("a mutation", "a subscription")
+
+
 def _not_compilable_kind(refusal: NotCompilable) -> str:
-    if refusal.reason in ("a mutation", "a subscription", "no such operation"):
+    if refusal.reason in (*NOT_READS, "no such operation"):
         return NOT_A_QUERY
     if refusal.reason.endswith("(BAD_USER_INPUT)"):
         return REFUSED
@@ -85,6 +89,14 @@ class CompiledEndpoint:
         if params is None:
             return NOT_ELIGIBLE, "not a GraphQL JSON request"
         query, variables, operation_name = params
+        known = self.guard.cached(query)
+        if known is not None and not known.errors:
+            operation = self.reads.operation(known.document, operation_name)
+            if isinstance(operation, NotCompilable) and operation.reason in NOT_READS:
+                # A mutation (sendMessage) or a subscription whose document the guard knows:
+                # nothing below could make it a read, so no token is decoded and no variable
+                # walked for it here (the resolver path does both).
+                return NOT_A_QUERY, operation.reason
         if _api_key_request(request):
             # Personal API keys take the resolver path (docs/api-keys.md): their check, their
             # scopes and their last-use stamp live there; the statement checks sessions only.

@@ -166,6 +166,10 @@ class DocumentGuard:
             cache.put(query, prepared, 2 * size + AST_BYTES_PER_TOKEN * tokens)
         return prepared
 
+    def cached(self, query: str) -> PreparedDocument | None:
+        """The checked document for `query` when the cache holds it (nothing is parsed)."""
+        return self.cache.get(query) if self.cache is not None else None
+
     def _check(self, schema: GraphQLSchema, document: DocumentNode) -> PreparedDocument:
         limits = self.limits
         exceeded = limits.caps.first_exceeded(count_document(document))

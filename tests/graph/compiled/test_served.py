@@ -198,6 +198,19 @@ async def test_what_falls_back_is_answered_by_the_resolver_path_and_counted(
     assert served.stats.fallback_reasons[kind] == before + 1
 
 
+async def test_a_known_mutation_falls_back_before_its_token_is_read(
+    both: Both, served: Served
+) -> None:
+    query = 'mutation { deleteProject(id: "garbage") }'
+    await post(served, query, token=both.token("admin"))  # the guard now holds the document
+    before = served.stats.fallback_reasons["not a query"]
+    # (Were the token read first, this would count as "not eligible": no valid token.)
+    answered = await post(served, query, token="not-a-jwt")
+    expected = await post(both, query, token="not-a-jwt")
+    assert without_request_ids(answered) == without_request_ids(expected)
+    assert served.stats.fallback_reasons["not a query"] == before + 1
+
+
 async def test_bad_or_missing_tokens_take_the_resolver_path(both: Both, served: Served) -> None:
     before = served.stats.fallback_reasons["not eligible"]
     for token in (None, "not-a-jwt", both.token("admin") + "x"):  # type: ignore[operator]
