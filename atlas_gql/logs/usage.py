@@ -179,9 +179,18 @@ def advisory_lock(key: sa.ColumnElement[str]) -> sa.ColumnElement[Any]:
 _ADVISORY_LOCK = sa.select(advisory_lock(sa.bindparam("lock_key", type_=sa.String)))
 
 
+_PROJECT_BUDGET_LOCK = "atlas:budget:"
+
+
 def project_budget_lock(project_id: uuid.UUID) -> str:
     """The key of a project's budget lock."""
-    return f"atlas:budget:{project_id}"
+    return f"{_PROJECT_BUDGET_LOCK}{project_id}"
+
+
+def project_budget_lock_of(project_id: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """`project_budget_lock` of a column, in SQL (a statement that reads the project's id
+    takes its lock: ai/reply_reads.py)."""
+    return sa.literal(_PROJECT_BUDGET_LOCK, sa.String) + sa.cast(project_id, sa.String)
 
 
 def user_budget_lock(user_id: uuid.UUID) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
@@ -27,8 +28,10 @@ from atlas_gql.db import driver
 from atlas_gql.db.engine import create_engine, create_sessionmaker
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import NotFound
+from atlas_gql.logs.usage import advisory_lock, project_budget_lock, user_budget_lock
+from atlas_gql.projects.models import ProjectSetting
 from tests.ai.conftest import AIServer, StartServer
-from tests.factories import create_assistant, create_thread, create_user
+from tests.factories import create_assistant, create_project, create_thread, create_user
 from tests.live import wait_until
 
 
@@ -147,6 +150,112 @@ async def test_the_rows_read_are_the_orm_s_and_the_session_s(
         await db.rollback()
 
 
+async def _holds(db: AsyncSession, key: str) -> bool:
+    """Whether another transaction holds the budget lock `key` (tried, then given back)."""
+    taken = await db.scalar(
+        sa.select(sa.func.pg_try_advisory_xact_lock(sa.func.hashtextextended(key, 0)))
+    )
+    await db.rollback()
+    return not taken
+
+
+async def _thread_row_is_locked(db: AsyncSession, thread_id: uuid.UUID) -> bool:
+    """Whether another transaction holds the thread's row lock."""
+    try:
+        await db.execute(
+            sa.select(col(Thread.id))
+            .where(col(Thread.id) == thread_id)
+            .with_for_update(nowait=True)
+        )
+    except DBAPIError as error:
+        # (Another error is no answer: False, and the caller's assertion says so.)
+        return "could not obtain lock" in str(error)
+    finally:
+        await db.rollback()
+    return False
+
+
+async def test_the_locked_read_takes_the_budgets_locks_after_the_thread_s(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The locked read takes the thread's row lock, then the project's budget lock (when it
+    has a budget), then `user_lock`: the order every writer takes them in. While it waits for
+    the project's, it holds the thread's and not yet the sender's; then it holds all three
+    until its transaction ends. The project's key is `project_budget_lock`'s."""
+    async with sessions() as db:
+        user = await create_user(db)
+        project = await create_project(db, creator=user)
+        assistant = await create_assistant(db, creator=user, project=project)
+        thread = await create_thread(db, creator=user, project=project, assistant=assistant)
+        db.add(ProjectSetting(project_id=project.id, setting_key="monthlyTokenBudget", value=5))
+        await db.commit()
+    viewer = Viewer(
+        user_id=user.id,
+        session_id=uuid.uuid4(),
+        email=user.email,
+        roles=frozenset({RoleName.USER}),
+        permissions=frozenset(),
+    )
+    project_key, user_key = project_budget_lock(project.id), user_budget_lock(user.id)
+    async with sessions() as holder, sessions() as waiter, sessions() as observer:
+        # (Its transaction begins here: the read below runs on this connection.)
+        waiter_pid = await waiter.scalar(sa.select(sa.func.pg_backend_pid()))
+        await holder.execute(sa.select(advisory_lock(sa.literal(project_key))))
+        read = asyncio.create_task(
+            read_thread_for_reply(waiter, viewer, thread.id, lock=True, user_lock=user_key)
+        )
+
+        async def waiting_for_the_project_s_lock() -> bool:
+            waiting = await observer.scalar(
+                sa.text("SELECT wait_event FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": waiter_pid},
+            )
+            await observer.rollback()
+            return bool(waiting == "advisory")
+
+        try:
+            await wait_until(waiting_for_the_project_s_lock)
+            assert await _thread_row_is_locked(observer, thread.id)
+            assert not await _holds(observer, user_key)
+        finally:
+            await holder.commit()
+            locked = await read
+        assert locked.project_budget == 5
+        assert await _thread_row_is_locked(observer, thread.id)
+        assert await _holds(observer, project_key)
+        assert await _holds(observer, user_key)
+        await waiter.rollback()
+        assert not await _thread_row_is_locked(observer, thread.id)
+        assert not await _holds(observer, project_key)
+        assert not await _holds(observer, user_key)
+
+
+async def test_the_locked_read_takes_no_budget_lock_without_a_budget(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """No project budget and no `user_lock`: the thread's row lock alone."""
+    async with sessions() as db:
+        user = await create_user(db)
+        project = await create_project(db, creator=user)
+        assistant = await create_assistant(db, creator=user, project=project)
+        thread = await create_thread(db, creator=user, project=project, assistant=assistant)
+        await db.commit()
+    viewer = Viewer(
+        user_id=user.id,
+        session_id=uuid.uuid4(),
+        email=user.email,
+        roles=frozenset({RoleName.USER}),
+        permissions=frozenset(),
+    )
+    async with sessions() as waiter, sessions() as observer:
+        locked = await read_thread_for_reply(waiter, viewer, thread.id, lock=True)
+        assert locked.project_budget is None
+        assert await _thread_row_is_locked(observer, thread.id)
+        assert not await _holds(observer, project_budget_lock(project.id))
+        assert not await _holds(observer, user_budget_lock(user.id))
+        await waiter.rollback()
+
+
 async def test_a_thread_the_viewer_cannot_see_is_not_found(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -192,14 +301,14 @@ async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[s
 async def test_send_message_runs_a_fixed_number_of_statements(
     start_ai_server: StartServer,
 ) -> None:
-    """Every check on (the sender's rate and budget, the project's budget): five statements.
+    """Every check on (the sender's rate and budget, the project's budget): four statements.
     On the driver's connection before the operation's transaction (db/driver.py): the session
     check, and the sender with the thread's running reply and the rate's token (one
-    statement). In the transaction: the thread locked (on the session's connection, no ORM),
-    the exchange's rows with its activity row, the thread's update and the two budgets' locks
-    (one statement, ai/exchange_rows.py), then both budgets' usage with their replies in
-    flight (one statement, after the locks). The same number in a thread with a longer
-    history."""
+    statement). In the transaction: the thread locked, then the two budgets' locks (one
+    statement, on the session's connection, no ORM), the exchange's rows with its activity
+    row, the thread's update and both budgets' usage with their replies in flight (one
+    statement, ai/exchange_rows.py, after the locks'). The same number in a thread with a
+    longer history."""
     ai = await start_ai_server(atlas_user_monthly_tokens=10**12)
     await ai.client.data(
         SET_BUDGET, {"p": ai.people.project_id, "v": 10**12}, token=ai.people.manager
@@ -212,20 +321,22 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             await subscription.until_final()
         counts.append(len(statements))
     # Each statement in full on a failure (pytest cuts a list short in the message).
-    assert counts == [5, 5, 5], "\n".join(statements)
-    # The thread is read once, locked.
+    assert counts == [4, 4, 4], "\n".join(statements)
+    # The thread is read once, locked, and the same statement takes the two budgets' locks
+    # (the project's first) once it holds the thread's row.
     [locked] = [text for text in statements if "FROM threads LEFT OUTER JOIN" in text]
-    assert locked.endswith("FOR UPDATE OF threads"), locked
-    # The exchange's rows (its two messages, its activity row, the thread) are one statement.
-    [exchange] = [text for text in statements if "INSERT INTO messages" in text]
+    assert "FOR UPDATE OF threads" in locked, locked
+    assert locked.count("pg_advisory_xact_lock") == 2, locked
+    assert not [text for text in statements if text.startswith("SELECT pg_advisory_xact_lock")]
+    # The exchange's rows (its two messages, its activity row, the thread) and both budgets'
+    # reads are one statement, the last.
+    exchange = statements[-1]
+    assert "INSERT INTO messages" in exchange, exchange
     assert "INSERT INTO activity_logs" in exchange
     assert "UPDATE threads" in exchange
-    # It takes the two budgets' locks, the project's first; their reads follow it.
-    assert exchange.count("pg_advisory_xact_lock") == 2, exchange
-    assert not [text for text in statements if text.startswith("SELECT pg_advisory_xact_lock")]
-    # Both budgets' reads are one statement, the last.
-    assert "api_usage_logs.project_id" in statements[-1], statements[-1]
-    assert "api_usage_logs.user_id" in statements[-1], statements[-1]
+    assert "pg_advisory_xact_lock" not in exchange
+    assert "api_usage_logs.project_id" in exchange
+    assert "api_usage_logs.user_id" in exchange
 
 
 async def test_the_exchange_s_values_are_the_orm_s(start_ai_server: StartServer) -> None:
