@@ -48,11 +48,23 @@ async def sessions(
 
 async def _thread_of_new_user(
     sessions: async_sessionmaker[AsyncSession],
+    *,
+    in_project: bool = False,
+    project_budget: int | None = None,
 ) -> tuple[Viewer, Thread]:
+    """A new user's thread (`in_project`: in a project of theirs, with `project_budget`), and
+    the user as its viewer."""
     async with sessions() as db:
         user = await create_user(db)
-        assistant = await create_assistant(db, creator=user)
-        thread = await create_thread(db, creator=user, assistant=assistant)
+        project = await create_project(db, creator=user) if in_project else None
+        assistant = await create_assistant(db, creator=user, project=project)
+        thread = await create_thread(db, creator=user, project=project, assistant=assistant)
+        if project is not None and project_budget is not None:
+            db.add(
+                ProjectSetting(
+                    project_id=project.id, setting_key="monthlyTokenBudget", value=project_budget
+                )
+            )
         await db.commit()
     viewer = Viewer(
         user_id=user.id,
@@ -62,6 +74,18 @@ async def _thread_of_new_user(
         permissions=frozenset(),
     )
     return viewer, thread
+
+
+async def _waits_for(db: AsyncSession, pid: object, kind: str, event: str | None = None) -> bool:
+    """Whether the backend `pid` waits for a lock of `kind` (and `event`: "advisory", ...)."""
+    waiting = (
+        await db.execute(
+            sa.text("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pid},
+        )
+    ).one()
+    await db.rollback()
+    return waiting[0] == kind and (event is None or waiting[1] == event)
 
 
 async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
@@ -93,15 +117,7 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
         await holder.flush()
         locked = asyncio.create_task(read_thread_for_reply(waiter, viewer, thread.id, lock=True))
 
-        async def waiting_for_the_lock() -> bool:
-            waiting = await observer.scalar(
-                sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
-                {"pid": waiter_pid},
-            )
-            await observer.rollback()
-            return bool(waiting == "Lock")
-
-        await wait_until(waiting_for_the_lock)
+        await wait_until(lambda: _waits_for(observer, waiter_pid, "Lock"))
         await holder.commit()
         read = await locked
         # The locked row is the new one; the running reply is the snapshot's (none): stale.
@@ -182,21 +198,10 @@ async def test_the_locked_read_takes_the_budgets_locks_after_the_thread_s(
     has a budget), then `user_lock`: the order every writer takes them in. While it waits for
     the project's, it holds the thread's and not yet the sender's; then it holds all three
     until its transaction ends. The project's key is `project_budget_lock`'s."""
-    async with sessions() as db:
-        user = await create_user(db)
-        project = await create_project(db, creator=user)
-        assistant = await create_assistant(db, creator=user, project=project)
-        thread = await create_thread(db, creator=user, project=project, assistant=assistant)
-        db.add(ProjectSetting(project_id=project.id, setting_key="monthlyTokenBudget", value=5))
-        await db.commit()
-    viewer = Viewer(
-        user_id=user.id,
-        session_id=uuid.uuid4(),
-        email=user.email,
-        roles=frozenset({RoleName.USER}),
-        permissions=frozenset(),
-    )
-    project_key, user_key = project_budget_lock(project.id), user_budget_lock(user.id)
+    viewer, thread = await _thread_of_new_user(sessions, in_project=True, project_budget=5)
+    assert thread.project_id is not None
+    project_key = project_budget_lock(thread.project_id)
+    user_key = user_budget_lock(viewer.user_id)
     async with sessions() as holder, sessions() as waiter, sessions() as observer:
         # (Its transaction begins here: the read below runs on this connection.)
         waiter_pid = await waiter.scalar(sa.select(sa.func.pg_backend_pid()))
@@ -205,16 +210,8 @@ async def test_the_locked_read_takes_the_budgets_locks_after_the_thread_s(
             read_thread_for_reply(waiter, viewer, thread.id, lock=True, user_lock=user_key)
         )
 
-        async def waiting_for_the_project_s_lock() -> bool:
-            waiting = await observer.scalar(
-                sa.text("SELECT wait_event FROM pg_stat_activity WHERE pid = :pid"),
-                {"pid": waiter_pid},
-            )
-            await observer.rollback()
-            return bool(waiting == "advisory")
-
         try:
-            await wait_until(waiting_for_the_project_s_lock)
+            await wait_until(lambda: _waits_for(observer, waiter_pid, "Lock", "advisory"))
             assert await _thread_row_is_locked(observer, thread.id)
             assert not await _holds(observer, user_key)
         finally:
@@ -234,25 +231,14 @@ async def test_the_locked_read_takes_no_budget_lock_without_a_budget(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     """No project budget and no `user_lock`: the thread's row lock alone."""
-    async with sessions() as db:
-        user = await create_user(db)
-        project = await create_project(db, creator=user)
-        assistant = await create_assistant(db, creator=user, project=project)
-        thread = await create_thread(db, creator=user, project=project, assistant=assistant)
-        await db.commit()
-    viewer = Viewer(
-        user_id=user.id,
-        session_id=uuid.uuid4(),
-        email=user.email,
-        roles=frozenset({RoleName.USER}),
-        permissions=frozenset(),
-    )
+    viewer, thread = await _thread_of_new_user(sessions, in_project=True)
+    assert thread.project_id is not None
     async with sessions() as waiter, sessions() as observer:
         locked = await read_thread_for_reply(waiter, viewer, thread.id, lock=True)
         assert locked.project_budget is None
         assert await _thread_row_is_locked(observer, thread.id)
-        assert not await _holds(observer, project_budget_lock(project.id))
-        assert not await _holds(observer, user_budget_lock(user.id))
+        assert not await _holds(observer, project_budget_lock(thread.project_id))
+        assert not await _holds(observer, user_budget_lock(viewer.user_id))
         await waiter.rollback()
 
 
