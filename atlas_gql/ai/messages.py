@@ -316,7 +316,9 @@ async def prepare_reply(
     Statements: the sender's rate, committed on its own (the sender and the thread's running
     reply read by the same statement, with no BEGIN/COMMIT around it: `take_message_token`;
     with an API key, a short transaction of its own), then the thread once, locked
-    (`read_thread_for_reply`, with the project's budget). A reply IN_PROGRESS that no worker
+    (`read_thread_for_reply`, with the project's budget), the same statement taking the
+    budgets' locks once it holds the thread's (the project's when it has a budget, then the
+    sender's when they have one). A reply IN_PROGRESS that no worker
     runs (none here holds it, and it has not beaten for ATLAS_REPLY_STALE_AFTER) is recovered
     before the thread is locked, through the orchestrator's own short transactions: resumed
     (a background reply, which then still runs: CONFLICT below) or finished INCOMPLETE."""

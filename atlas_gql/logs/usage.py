@@ -171,8 +171,8 @@ Spent = Callable[[], Awaitable[tuple[int, InFlight]]]
 # takes one or two (building a statement and its cache key costs more than running it).
 def advisory_lock(key: sa.ColumnElement[str]) -> sa.ColumnElement[Any]:
     """The budget lock of `key` (`project_budget_lock`, `user_budget_lock`), as an expression:
-    held until the transaction ends (a statement of another writer may take it: the exchange's
-    statement in ai/exchange_rows.py does)."""
+    held until the transaction ends (a statement of another writer may take it: the thread's
+    locked read in ai/reply_reads.py does)."""
     return sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))
 
 
