@@ -20,7 +20,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from atlas_gql.ai.models import Message, Thread
@@ -176,11 +175,11 @@ async def flush_exchange(
     # On the session's connection, in its transaction, with no ORM execution around it.
     [row] = await fetch_in_transaction(db, statement, parameters)
     updated_at = row[0]
-    # Now stored: persistent rows of the session, as a flush leaves them.
-    for stored in (*messages, activity):
-        db.expunge(stored)
-        make_transient_to_detached(stored)
-        db.add(stored)
+    # Now stored: persistent rows of the session, as a flush leaves them (the session's own
+    # step of a flush for its new rows: their identity, committed state, the transaction's
+    # record of them so a rollback expunges them; expunge, `make_transient_to_detached` and
+    # add cost twice as much).
+    db.sync_session._register_persistent({sa.inspect(stored) for stored in (*messages, activity)})
     for key, value in changes.items():
         set_committed_value(thread, key, value)
     set_committed_value(thread, "updated_at", updated_at)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql.ai.exchange_rows import flush_exchange
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.reply_reads import read_thread_for_reply
 from atlas_gql.ai.threads import running_reply
@@ -26,8 +27,10 @@ from atlas_gql.auth.models import RoleName
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db import driver
 from atlas_gql.db.engine import create_engine, create_sessionmaker
+from atlas_gql.db.tables import new_row
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import NotFound
+from atlas_gql.logs.audit import record_activity
 from atlas_gql.logs.usage import advisory_lock, project_budget_lock, user_budget_lock
 from atlas_gql.projects.models import ProjectSetting
 from tests.ai.conftest import AIServer, StartServer
@@ -240,6 +243,56 @@ async def test_the_locked_read_takes_no_budget_lock_without_a_budget(
         assert not await _holds(observer, project_budget_lock(thread.project_id))
         assert not await _holds(observer, user_budget_lock(viewer.user_id))
         await waiter.rollback()
+
+
+async def test_the_exchange_s_rows_are_left_as_a_flush_leaves_them(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The exchange's statement stores its rows, and they become the session's as a flush
+    leaves new rows (ai/exchange_rows.py): persistent, nothing pending or modified; the
+    transaction's own, so a rollback makes them transient again and stores nothing, and a
+    commit keeps them."""
+    viewer, thread = await _thread_of_new_user(sessions)
+    for outcome in ("rollback", "commit"):
+        sent: list[str] = []
+        driver.listen(sent.append)
+        try:
+            async with sessions() as db:
+                read = await read_thread_for_reply(db, viewer, thread.id, lock=True)
+                now = datetime.now(UTC)
+                question = new_row(
+                    Message, thread_id=thread.id, user_id=viewer.user_id, role=MessageRole.USER,
+                    content=f"Stored at {outcome}", status=MessageStatus.COMPLETED,
+                    created_at=now, completed_at=now,
+                )  # fmt: skip
+                db.add(question)
+                read.thread.active_leaf_id = question.id
+                activity = record_activity(
+                    db=db, action="message.send", user_id=viewer.user_id, entity_id=question.id
+                )
+                assert await flush_exchange(db, thread=read.thread, activity=activity) is None
+                assert "INSERT INTO messages" in sent[-1], sent
+                for row in (question, activity, read.thread):
+                    assert sa.inspect(row).persistent
+                    assert not db.is_modified(row)
+                # (The thread may stay in `dirty` with nothing to write: a flush sends nothing.)
+                assert not db.new
+                assert not [row for row in db.dirty if db.is_modified(row)]
+                if outcome == "rollback":
+                    await db.rollback()
+                    assert sa.inspect(question).transient
+                    assert sa.inspect(activity).transient
+                else:
+                    await db.commit()
+        finally:
+            driver.remove(sent.append)
+        async with sessions() as db:
+            stored = await db.scalar(
+                sa.select(sa.func.count())
+                .select_from(Message)
+                .where(col(Message.id) == question.id)
+            )
+        assert stored == (1 if outcome == "commit" else 0), outcome
 
 
 async def test_a_thread_the_viewer_cannot_see_is_not_found(
