@@ -8,23 +8,25 @@ with the same values in ONE statement (`WITH` the two INSERTs, then the UPDATE o
 built once per shape), then makes the objects the session's persistent rows as a flush would
 (their history reset; the thread's `updated_at` as the database set it). When the session holds
 anything else to write (a file attached to the question, another changed row), the ORM flushes
-it all, as before."""
+it all, as before.
+
+The same statement reads the budgets the reply is held to (`reply_reads.budgets_spent`): the
+thread's locked read took their locks, so this later statement's snapshot holds what the
+transactions it waited for committed (docs/ai.md, "Cheaper reply starts, sixth pass")."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from atlas_gql.ai.models import Message, Thread
+from atlas_gql.ai.reply_reads import BudgetsSpent, SpentOf, budgets_spent
 from atlas_gql.db.driver import DriverStatement, fetch_in_transaction
 from atlas_gql.db.tables import table_of
 from atlas_gql.logs.models import ActivityLog
-from atlas_gql.logs.usage import advisory_lock
 
 
 # (table column, mapped attribute) of each table written here.
@@ -44,25 +46,15 @@ _MESSAGE_COLUMNS = _mapped_columns(Message)
 _ACTIVITY_COLUMNS = _mapped_columns(ActivityLog)
 _THREAD_KEYS = {key: column.name for column, key in _mapped_columns(Thread)}
 
-# One statement per shape: (number of new messages, the thread's changed attributes, number
-# of budget locks).
-_STATEMENTS: dict[tuple[int, tuple[str, ...], int], DriverStatement] = {}
+# One statement per shape: (number of new messages, the thread's changed attributes, the
+# budgets read: `SpentOf.shape`, None for none).
+_STATEMENTS: dict[tuple[int, tuple[str, ...], tuple[bool, bool] | None], DriverStatement] = {}
 
 
-def _locks_taken(locks: int) -> sa.ScalarSelect[Any]:
-    """The budget locks `:lock_0`, `:lock_1`, ... taken in this order (each nested in the
-    next's FROM, so PostgreSQL takes them one after the other: always the project's first)."""
-    taken = sa.select(advisory_lock(sa.bindparam("lock_0", type_=sa.String)).label("taken"))
-    for n in range(1, locks):
-        earlier = taken.subquery(f"lock_{n - 1}")
-        taken = sa.select(
-            advisory_lock(sa.bindparam(f"lock_{n}", type_=sa.String)).label("taken")
-        ).select_from(earlier)
-    return taken.scalar_subquery()
-
-
-def _statement(messages: int, changed: tuple[str, ...], locks: int) -> DriverStatement:
-    shape = (messages, changed, locks)
+def _statement(
+    messages: int, changed: tuple[str, ...], budgets: tuple[bool, bool] | None
+) -> DriverStatement:
+    shape = (messages, changed, budgets)
     statement = _STATEMENTS.get(shape)
     if statement is not None:
         return statement
@@ -95,16 +87,24 @@ def _statement(messages: int, changed: tuple[str, ...], locks: int) -> DriverSta
     }
     # What the ORM's UPDATE of a thread sets too (its `onupdate`).
     values["updated_at"] = sa.func.now()
-    returned: list[Any] = [threads.c.updated_at]
-    if locks:
-        returned.append(_locks_taken(locks))
-    statement = DriverStatement.of(
+    updated = (
         sa.update(threads)
         .where(threads.c.id == sa.bindparam("t_id", type_=threads.c.id.type))
         .values(values)
-        .returning(*returned)
-        .add_cte(*inserted, recorded)
+        .returning(threads.c.updated_at)
     )
+    if budgets is None:
+        statement = DriverStatement.of(updated.add_cte(*inserted, recorded))
+    else:
+        # The budgets' reads after the thread's new `updated_at`: one row each (aggregates).
+        # The statement's snapshot does not hold its own new rows, nor needs to (`spent`
+        # counts the reply it stores out).
+        thread_row = updated.cte("exchange_thread")
+        spent = budgets_spent(project=budgets[0], user=budgets[1])
+        read = sa.select(thread_row.c.updated_at, *(c for subquery in spent for c in subquery.c))
+        for subquery in (thread_row, *spent):
+            read = read.select_from(subquery)
+        statement = DriverStatement.of(read.add_cte(*inserted, recorded))
     _STATEMENTS[shape] = statement
     return statement
 
@@ -137,12 +137,12 @@ def _complete(row: Any, columns: list[tuple[sa.Column[Any], str]]) -> bool:
 
 
 async def flush_exchange(
-    db: AsyncSession, *, thread: Thread, activity: ActivityLog, locks: Sequence[str] = ()
-) -> bool:
+    db: AsyncSession, *, thread: Thread, activity: ActivityLog, spent: SpentOf | None = None
+) -> BudgetsSpent | None:
     """Write what the exchange added to `db` (its new messages, `activity`, the changes of
-    `thread`) in one statement, which also takes the budget `locks` (advisory, held until the
-    transaction ends, in their order); anything else pending: the ORM's flush, for all of it.
-    Whether the locks were taken (False: the ORM flushed, the caller takes them)."""
+    `thread`) in one statement, which also reads the budgets of `spent` (their locks held
+    already: the thread's locked read took them); anything else pending: the ORM's flush, for
+    all of it. The budgets read (None: none asked, or the ORM flushed: the caller reads them)."""
     messages = [row for row in db.new if isinstance(row, Message)]
     changes = _thread_changes(thread) if thread in db.dirty else None
     if (
@@ -156,10 +156,10 @@ async def flush_exchange(
         or not all(_complete(message, _MESSAGE_COLUMNS) for message in messages)
     ):
         await db.flush()
-        return not locks
+        return None
     parameters: dict[str, Any] = {"t_id": thread.id}
-    for n, key in enumerate(locks):
-        parameters[f"lock_{n}"] = key
+    if spent is not None:
+        parameters.update(spent.parameters())
     for n, message in enumerate(messages):
         values = message.__dict__
         for column, key in _MESSAGE_COLUMNS:
@@ -169,16 +169,18 @@ async def flush_exchange(
         parameters[f"a_{column.name}"] = values.get(key)
     for key, value in changes.items():
         parameters[f"t_{_THREAD_KEYS[key]}"] = value
-    statement = _statement(len(messages), tuple(sorted(changes)), len(locks))
+    statement = _statement(
+        len(messages), tuple(sorted(changes)), None if spent is None else spent.shape
+    )
     # On the session's connection, in its transaction, with no ORM execution around it.
     [row] = await fetch_in_transaction(db, statement, parameters)
     updated_at = row[0]
-    # Now stored: persistent rows of the session, as a flush leaves them.
-    for row in (*messages, activity):
-        db.expunge(row)
-        make_transient_to_detached(row)
-        db.add(row)
+    # Now stored: persistent rows of the session, as a flush leaves them (the session's own
+    # step of a flush for its new rows: their identity, committed state, the transaction's
+    # record of them so a rollback expunges them; expunge, `make_transient_to_detached` and
+    # add cost twice as much).
+    db.sync_session._register_persistent({sa.inspect(stored) for stored in (*messages, activity)})
     for key, value in changes.items():
         set_committed_value(thread, key, value)
     set_committed_value(thread, "updated_at", updated_at)
-    return True
+    return None if spent is None else spent.read(tuple(row)[1:])

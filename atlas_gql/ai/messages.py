@@ -43,8 +43,10 @@ from atlas_gql.ai.models import (
 from atlas_gql.ai.orchestrator import AIRuntime, ReplyJob
 from atlas_gql.ai.recovery import is_stale
 from atlas_gql.ai.reply_reads import (
+    BudgetsSpent,
     RunningReply,
     SenderCounted,
+    SpentOf,
     message_bucket_key,
     read_sender_and_running,
     read_thread_for_reply,
@@ -78,7 +80,6 @@ from atlas_gql.logs.usage import (
     effective_user_budget,
     ensure_within_budget,
     ensure_within_user_budget,
-    project_budget_lock,
     user_budget_lock,
 )
 
@@ -315,7 +316,9 @@ async def prepare_reply(
     Statements: the sender's rate, committed on its own (the sender and the thread's running
     reply read by the same statement, with no BEGIN/COMMIT around it: `take_message_token`;
     with an API key, a short transaction of its own), then the thread once, locked
-    (`read_thread_for_reply`, with the project's budget). A reply IN_PROGRESS that no worker
+    (`read_thread_for_reply`, with the project's budget), the same statement taking the
+    budgets' locks once it holds the thread's (the project's when it has a budget, then the
+    sender's when they have one). A reply IN_PROGRESS that no worker
     runs (none here holds it, and it has not beaten for ATLAS_REPLY_STALE_AFTER) is recovered
     before the thread is locked, through the orchestrator's own short transactions: resumed
     (a background reply, which then still runs: CONFLICT below) or finished INCOMPLETE."""
@@ -329,8 +332,10 @@ async def prepare_reply(
         await ai.recover_reply(message_id=running.id, thread_id=thread_id)
     if user_budget is not None:
         await _GATES.setdefault(ai, _SenderGates()).enter(db, viewer.user_id)
-    # The lock serialises sends in this thread until the operation commits.
-    locked = await read_thread_for_reply(db, viewer, thread_id, lock=True)
+    # The lock serialises sends in this thread until the operation commits; the same
+    # statement takes the budgets' locks (`check_budgets`), once it holds the thread's.
+    user_lock = None if user_budget is None else user_budget_lock(viewer.user_id)
+    locked = await read_thread_for_reply(db, viewer, thread_id, lock=True, user_lock=user_lock)
     if not locked.postable:
         raise Forbidden(
             "You need the MEMBER role or higher in this project to post in its threads."
@@ -357,67 +362,57 @@ async def prepare_reply(
     )
 
 
-def budget_locks(context: ReplyContext) -> list[str]:
-    """The budget locks `check_budgets` holds the reply to, in the order they are taken: the
-    project's, then the sender's."""
-    locks = []
-    if context.thread.project_id is not None and context.project_budget is not None:
-        locks.append(project_budget_lock(context.thread.project_id))
-    if context.user_budget is not None:
-        locks.append(user_budget_lock(context.viewer.user_id))
-    return locks
+def budgets_to_read(context: ReplyContext, reply: Message) -> SpentOf | None:
+    """The budgets `check_budgets` holds `reply` to (None: none): the project's when it has
+    one, the sender's when they have one."""
+    project_id = context.thread.project_id
+    checks_project = project_id is not None and context.project_budget is not None
+    checks_user = context.user_budget is not None
+    if not (checks_project or checks_user):
+        return None
+    return SpentOf(
+        reply_id=reply.id,
+        project_id=project_id if checks_project else None,
+        user_id=context.viewer.user_id if checks_user else None,
+    )
 
 
 async def check_budgets(
-    *, db: AsyncSession, context: ReplyContext, reply: Message, locked: bool = False
+    *, db: AsyncSession, context: ReplyContext, reply: Message, read: BudgetsSpent | None = None
 ) -> None:
     """The project's and the sender's monthly budgets (QUOTA_EXCEEDED), for a reply stored
-    (flushed) in this transaction: the last statements of sendMessage, editMessage and
-    regenerateMessage before their commit, because each budget check takes an advisory lock
-    that the transaction keeps until it commits, so concurrent sends in the project (or of the
-    sender) wait for it: the less that comes after, the shorter they wait (with a connection
-    each). The replies in flight they count are the others. `locked`: the transaction holds
-    the locks already (`budget_locks`, taken by the exchange's statement)."""
-    project_id = context.thread.project_id
-    user_id = context.viewer.user_id
-    # Under both locks already, both budgets are read by one statement (those checked).
-    checks_project = project_id is not None and context.project_budget is not None
-    checks_user = context.user_budget is not None
-    under_locks = None
-    if locked and (checks_project or checks_user):
-        under_locks = await spent(
-            db,
-            reply_id=reply.id,
-            project_id=project_id if checks_project else None,
-            user_id=user_id if checks_user else None,
-        )
+    (flushed) in this transaction: the last check of sendMessage, editMessage and
+    regenerateMessage before their commit. The thread's locked read took each budget's
+    advisory lock (`prepare_reply`), which the transaction keeps until it commits, so
+    concurrent sends in the project (or of the sender) wait for it: the less that comes after,
+    the shorter they wait (with a connection each). The replies in flight they count are the
+    others. `read`: what the exchange's statement read of them (`budgets_to_read`), else one
+    statement reads both here (a later statement than the locks')."""
+    to_read = budgets_to_read(context, reply)
+    if to_read is None:
+        return
+    both = read if read is not None else await spent(db, to_read)
 
     async def spent_of(kind: BudgetKind) -> tuple[int, InFlight]:
-        project = kind is BudgetKind.PROJECT
-        # Else each read after its own lock (the project's, then the sender's).
-        both = under_locks or await spent(
-            db, reply_id=reply.id,
-            project_id=project_id if project else None, user_id=None if project else user_id,
-        )  # fmt: skip
-        counted = both.project if project else both.user
+        counted = both.project if kind is BudgetKind.PROJECT else both.user
         assert counted is not None
         return counted
 
-    # The project's lock first, then the sender's (always in this order); the sender's budget
-    # counts their replies everywhere, personal threads included.
-    if project_id is not None:
+    # The project's first, then the sender's; the sender's budget counts their replies
+    # everywhere, personal threads included.
+    if to_read.project_id is not None:
         await ensure_within_budget(
             db=db,
-            project_id=project_id,
+            project_id=to_read.project_id,
             spent=functools.partial(spent_of, BudgetKind.PROJECT),
             budget=context.project_budget,
-            locked=locked,
+            locked=True,
         )
     await ensure_within_user_budget(
         db=db,
-        user_id=user_id,
+        user_id=context.viewer.user_id,
         budget=context.user_budget,
-        locked=locked,
+        locked=True,
         spent=functools.partial(spent_of, BudgetKind.USER),
     )
 
@@ -592,9 +587,12 @@ async def store_exchange(
         db, action, entity, project_id=thread.project_id,
         details={"threadId": str(thread.id), **details},
     )  # fmt: skip
-    # The exchange's statement takes the budgets' locks too; their reads follow it.
-    locked = await flush_exchange(db, thread=thread, activity=activity, locks=budget_locks(context))
-    await check_budgets(db=db, context=context, reply=sent.assistant_message, locked=locked)
+    # The exchange's statement reads the budgets too (the thread's locked read took their locks).
+    reply = sent.assistant_message
+    read = await flush_exchange(
+        db, thread=thread, activity=activity, spent=budgets_to_read(context, reply)
+    )
+    await check_budgets(db=db, context=context, reply=reply, read=read)
     return sent
 
 

@@ -9,6 +9,7 @@ the same statement), so it is recovered before the thread is locked."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -32,10 +33,12 @@ from atlas_gql.logs.usage import (
     BUDGET_SETTING_KEY,
     CHARS_PER_TOKEN,
     InFlight,
+    advisory_lock,
     in_month,
     month_start,
     next_month_start,
     parse_budget,
+    project_budget_lock_of,
 )
 from atlas_gql.projects.models import ProjectSetting
 
@@ -117,9 +120,33 @@ def _thread_for_reply_statement(*, lock: bool) -> DriverStatement:
         .where(rules.thread_visible(viewer, threads))
         .limit(1)
     )
-    if lock:
-        statement = statement.with_for_update(of=threads)
-    return DriverStatement.of(statement)
+    if not lock:
+        return DriverStatement.of(statement)
+    return DriverStatement.of(_taking_budget_locks(statement.with_for_update(of=threads), threads))
+
+
+def _taking_budget_locks(locked: sa.Select[Any], threads: sa.FromClause) -> sa.Select[Any]:
+    """`locked` (the thread's read FOR UPDATE) with, after its columns, the budget locks a
+    reply is held to taken once the row lock is granted (`check_budgets`), in the order every
+    writer takes them: the project's when it has a budget, then `:user_lock` (the sender's,
+    NULL: none). Each layer is a subquery PostgreSQL never flattens (one with FOR UPDATE, one
+    with a volatile function in its target list), so the row lock comes first, then the
+    project's, then the sender's: the order sendMessage took them in before (the thread read,
+    then the exchange's statement). Taken here, the exchange's statement (a later statement,
+    whose READ COMMITTED snapshot is taken after the locks were granted) reads both budgets
+    (docs/ai.md, "Cheaper reply starts, sixth pass")."""
+    read = locked.set_label_style(sa.LABEL_STYLE_TABLENAME_PLUS_COL).subquery("locked_thread")
+    project_id = read.corresponding_column(threads.c.project_id)
+    assert project_id is not None
+    project_locked = sa.case(
+        (read.c.project_budget.is_not(None), advisory_lock(project_budget_lock_of(project_id)))
+    )
+    with_project = sa.select(*read.c, project_locked.label("project_locked")).subquery(
+        "project_locked"
+    )
+    user_lock = sa.bindparam("user_lock", type_=sa.String)
+    user_locked = sa.case((user_lock.is_not(None), advisory_lock(user_lock)))
+    return sa.select(*with_project.c, user_locked.label("user_locked"))
 
 
 def _sender_and_running_statement() -> sa.Select[User, Message]:
@@ -269,17 +296,25 @@ _THREAD_FOR_REPLY_LOCKED = _thread_for_reply_statement(lock=True)
 
 
 async def read_thread_for_reply(
-    db: AsyncSession, viewer: Viewer, thread_id: uuid.UUID, *, lock: bool
+    db: AsyncSession,
+    viewer: Viewer,
+    thread_id: uuid.UUID,
+    *,
+    lock: bool,
+    user_lock: str | None = None,
 ) -> ThreadForReply:
     """The thread the viewer sees (NOT_FOUND otherwise), whether they may post in it, its
     running reply and its assistant, in ONE statement on the session's connection, in its
     transaction (`db.driver.fetch_in_transaction`: no ORM execution); the thread and the
     assistant become the session's rows as the ORM would load them (`LoadedRow`). `lock`
-    takes the thread's row lock (FOR UPDATE OF threads; the session's thread read again)."""
+    takes the thread's row lock (FOR UPDATE OF threads; the session's thread read again),
+    then the budget locks the reply is held to, held until the transaction ends: the
+    project's when it has a budget, then `user_lock` (the sender's, None: none)."""
     parameters = {
         "thread_id": thread_id,
         "viewer_id": viewer.user_id,
         "viewer_is_admin": viewer.is_admin,
+        "user_lock": user_lock,
     }
     statement = _THREAD_FOR_REPLY_LOCKED if lock else _THREAD_FOR_REPLY
     rows = await fetch_in_transaction(db, statement, parameters)
@@ -288,8 +323,10 @@ async def read_thread_for_reply(
     row = tuple(rows[0])
     threads = len(_THREAD_ROW.keys)
     postable, running_id = row[threads : threads + 2]
-    assistant_values = row[threads + 2 : threads + 2 + len(_ASSISTANT_ROW.keys)]
-    is_fresh, budget = row[-2:]
+    assistants = threads + 2 + len(_ASSISTANT_ROW.keys)
+    assistant_values = row[threads + 2 : assistants]
+    # (The locked read's budget locks follow: nothing to read of them.)
+    is_fresh, budget = row[assistants : assistants + 2]
     assistant_id = assistant_values[_ASSISTANT_ROW.keys.index("id")]
     return ThreadForReply(
         thread=_THREAD_ROW.load(db, row[:threads]),
@@ -348,10 +385,16 @@ def _user_spent() -> sa.Subquery:
     return _spent_statement(col(ApiUsageLog.user_id) == user_id, col(Message.user_id) == user_id)
 
 
-def _budgets_spent_statement(*, project: bool, user: bool) -> DriverStatement:
+def budgets_spent(*, project: bool, user: bool) -> list[sa.Subquery]:
     """The project's (`:project_id`) and/or the sender's (`:user_id`) usage and replies in
-    flight, three columns each in that order, in ONE statement."""
-    spent = [read() for wanted, read in ((project, _project_spent), (user, _user_spent)) if wanted]
+    flight other than `:reply_id` (`:start` to `:end`), one row of three columns each, in
+    that order: what `spent` reads, and the exchange's statement with it (ai/exchange_rows.py)."""
+    return [read() for wanted, read in ((project, _project_spent), (user, _user_spent)) if wanted]
+
+
+def _budgets_spent_statement(*, project: bool, user: bool) -> DriverStatement:
+    """`budgets_spent`'s columns in ONE statement."""
+    spent = budgets_spent(project=project, user=user)
     statement = sa.select(*(column for subquery in spent for column in subquery.c))
     for subquery in spent:
         statement = statement.select_from(subquery)
@@ -374,35 +417,51 @@ class BudgetsSpent:
     user: tuple[int, InFlight] | None
 
 
-async def spent(
-    db: AsyncSession,
-    *,
-    reply_id: uuid.UUID,
-    project_id: uuid.UUID | None = None,
-    user_id: uuid.UUID | None = None,
-) -> BudgetsSpent:
+@dataclass(frozen=True)
+class SpentOf:
+    """Whose budgets `spent` reads (the project's and/or the sender's, None: not that one),
+    for the reply `reply_id` stored in the same transaction (not counted as in flight)."""
+
+    reply_id: uuid.UUID
+    project_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+
+    @property
+    def shape(self) -> tuple[bool, bool]:
+        """(project, user): which of `budgets_spent` are read."""
+        return self.project_id is not None, self.user_id is not None
+
+    def parameters(self) -> dict[str, Any]:
+        """`budgets_spent`'s parameters: this UTC month."""
+        now = datetime.now(UTC)
+        return {
+            "project_id": self.project_id,
+            "user_id": self.user_id,
+            "reply_id": self.reply_id,
+            "start": month_start(now),
+            "end": next_month_start(now),
+        }
+
+    def read(self, row: Sequence[Any]) -> BudgetsSpent:
+        """`budgets_spent`'s columns (`row`, the driver's values) as what they count."""
+        counted = [
+            (int(row[n]), InFlight(replies=int(row[n + 1]), tokens=int(row[n + 2])))
+            for n in range(0, len(row), 3)
+        ]
+        return BudgetsSpent(
+            project=counted.pop(0) if self.project_id is not None else None,
+            user=counted.pop(0) if self.user_id is not None else None,
+        )
+
+
+async def spent(db: AsyncSession, of: SpentOf) -> BudgetsSpent:
     """A project's and/or a user's (the replies they asked for) tokens used this UTC month,
-    and its replies IN_PROGRESS other than `reply_id` with the tokens reckoned for them: each
-    counts the estimate of its saved partial text (ceil(chars / 4)), and at least 1 token, so
-    a budget one token short runs one reply at a time. ONE statement for both, on the
-    session's connection in its transaction (`db.driver.fetch_in_transaction`: no ORM
+    and its replies IN_PROGRESS other than `of.reply_id` with the tokens reckoned for them:
+    each counts the estimate of its saved partial text (ceil(chars / 4)), and at least 1
+    token, so a budget one token short runs one reply at a time. ONE statement for both, on
+    the session's connection in its transaction (`db.driver.fetch_in_transaction`: no ORM
     execution); under READ COMMITTED it sees what committed before it started, so a caller
-    runs it after the statement taking the budgets' locks."""
-    now = datetime.now(UTC)
-    parameters = {
-        "project_id": project_id,
-        "user_id": user_id,
-        "reply_id": reply_id,
-        "start": month_start(now),
-        "end": next_month_start(now),
-    }
-    statement = _BUDGETS_SPENT[(project_id is not None, user_id is not None)]
-    [row] = await fetch_in_transaction(db, statement, parameters)
-    counted = [
-        (int(row[n]), InFlight(replies=int(row[n + 1]), tokens=int(row[n + 2])))
-        for n in range(0, len(row), 3)
-    ]
-    return BudgetsSpent(
-        project=counted.pop(0) if project_id is not None else None,
-        user=counted.pop(0) if user_id is not None else None,
-    )
+    runs it after the statement taking the budgets' locks. (The exchange's statement reads
+    the same, ai/exchange_rows.py.)"""
+    [row] = await fetch_in_transaction(db, _BUDGETS_SPENT[of.shape], of.parameters())
+    return of.read(row)

@@ -171,17 +171,26 @@ Spent = Callable[[], Awaitable[tuple[int, InFlight]]]
 # takes one or two (building a statement and its cache key costs more than running it).
 def advisory_lock(key: sa.ColumnElement[str]) -> sa.ColumnElement[Any]:
     """The budget lock of `key` (`project_budget_lock`, `user_budget_lock`), as an expression:
-    held until the transaction ends (a statement of another writer may take it: the exchange's
-    statement in ai/exchange_rows.py does)."""
+    held until the transaction ends (a statement of another writer may take it: the thread's
+    locked read in ai/reply_reads.py does)."""
     return sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))
 
 
 _ADVISORY_LOCK = sa.select(advisory_lock(sa.bindparam("lock_key", type_=sa.String)))
 
 
+_PROJECT_BUDGET_LOCK = "atlas:budget:"
+
+
 def project_budget_lock(project_id: uuid.UUID) -> str:
     """The key of a project's budget lock."""
-    return f"atlas:budget:{project_id}"
+    return f"{_PROJECT_BUDGET_LOCK}{project_id}"
+
+
+def project_budget_lock_of(project_id: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
+    """`project_budget_lock` of a column, in SQL (a statement that reads the project's id
+    takes its lock: ai/reply_reads.py)."""
+    return sa.literal(_PROJECT_BUDGET_LOCK, sa.String) + sa.cast(project_id, sa.String)
 
 
 def user_budget_lock(user_id: uuid.UUID) -> str:

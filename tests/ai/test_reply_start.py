@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
+from atlas_gql.ai.exchange_rows import flush_exchange
 from atlas_gql.ai.models import Message, MessageRole, MessageStatus, Thread
 from atlas_gql.ai.reply_reads import read_thread_for_reply
 from atlas_gql.ai.threads import running_reply
@@ -25,10 +27,14 @@ from atlas_gql.auth.models import RoleName
 from atlas_gql.auth.viewer import Viewer
 from atlas_gql.db import driver
 from atlas_gql.db.engine import create_engine, create_sessionmaker
+from atlas_gql.db.tables import new_row
 from atlas_gql.db.url import DatabaseTarget
 from atlas_gql.errors import NotFound
+from atlas_gql.logs.audit import record_activity
+from atlas_gql.logs.usage import advisory_lock, project_budget_lock, user_budget_lock
+from atlas_gql.projects.models import ProjectSetting
 from tests.ai.conftest import AIServer, StartServer
-from tests.factories import create_assistant, create_thread, create_user
+from tests.factories import create_assistant, create_project, create_thread, create_user
 from tests.live import wait_until
 
 
@@ -45,11 +51,23 @@ async def sessions(
 
 async def _thread_of_new_user(
     sessions: async_sessionmaker[AsyncSession],
+    *,
+    in_project: bool = False,
+    project_budget: int | None = None,
 ) -> tuple[Viewer, Thread]:
+    """A new user's thread (`in_project`: in a project of theirs, with `project_budget`), and
+    the user as its viewer."""
     async with sessions() as db:
         user = await create_user(db)
-        assistant = await create_assistant(db, creator=user)
-        thread = await create_thread(db, creator=user, assistant=assistant)
+        project = await create_project(db, creator=user) if in_project else None
+        assistant = await create_assistant(db, creator=user, project=project)
+        thread = await create_thread(db, creator=user, project=project, assistant=assistant)
+        if project is not None and project_budget is not None:
+            db.add(
+                ProjectSetting(
+                    project_id=project.id, setting_key="monthlyTokenBudget", value=project_budget
+                )
+            )
         await db.commit()
     viewer = Viewer(
         user_id=user.id,
@@ -59,6 +77,18 @@ async def _thread_of_new_user(
         permissions=frozenset(),
     )
     return viewer, thread
+
+
+async def _waits_for(db: AsyncSession, pid: object, kind: str, event: str | None = None) -> bool:
+    """Whether the backend `pid` waits for a lock of `kind` (and `event`: "advisory", ...)."""
+    waiting = (
+        await db.execute(
+            sa.text("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = :pid"),
+            {"pid": pid},
+        )
+    ).one()
+    await db.rollback()
+    return waiting[0] == kind and (event is None or waiting[1] == event)
 
 
 async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
@@ -90,15 +120,7 @@ async def test_a_locked_read_that_waited_says_its_running_reply_may_be_stale(
         await holder.flush()
         locked = asyncio.create_task(read_thread_for_reply(waiter, viewer, thread.id, lock=True))
 
-        async def waiting_for_the_lock() -> bool:
-            waiting = await observer.scalar(
-                sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
-                {"pid": waiter_pid},
-            )
-            await observer.rollback()
-            return bool(waiting == "Lock")
-
-        await wait_until(waiting_for_the_lock)
+        await wait_until(lambda: _waits_for(observer, waiter_pid, "Lock"))
         await holder.commit()
         read = await locked
         # The locked row is the new one; the running reply is the snapshot's (none): stale.
@@ -147,6 +169,132 @@ async def test_the_rows_read_are_the_orm_s_and_the_session_s(
         await db.rollback()
 
 
+async def _holds(db: AsyncSession, key: str) -> bool:
+    """Whether another transaction holds the budget lock `key` (tried, then given back)."""
+    taken = await db.scalar(
+        sa.select(sa.func.pg_try_advisory_xact_lock(sa.func.hashtextextended(key, 0)))
+    )
+    await db.rollback()
+    return not taken
+
+
+async def _thread_row_is_locked(db: AsyncSession, thread_id: uuid.UUID) -> bool:
+    """Whether another transaction holds the thread's row lock."""
+    try:
+        await db.execute(
+            sa.select(col(Thread.id))
+            .where(col(Thread.id) == thread_id)
+            .with_for_update(nowait=True)
+        )
+    except DBAPIError as error:
+        # (Another error is no answer: False, and the caller's assertion says so.)
+        return "could not obtain lock" in str(error)
+    finally:
+        await db.rollback()
+    return False
+
+
+async def test_the_locked_read_takes_the_budgets_locks_after_the_thread_s(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The locked read takes the thread's row lock, then the project's budget lock (when it
+    has a budget), then `user_lock`: the order every writer takes them in. While it waits for
+    the project's, it holds the thread's and not yet the sender's; then it holds all three
+    until its transaction ends. The project's key is `project_budget_lock`'s."""
+    viewer, thread = await _thread_of_new_user(sessions, in_project=True, project_budget=5)
+    assert thread.project_id is not None
+    project_key = project_budget_lock(thread.project_id)
+    user_key = user_budget_lock(viewer.user_id)
+    async with sessions() as holder, sessions() as waiter, sessions() as observer:
+        # (Its transaction begins here: the read below runs on this connection.)
+        waiter_pid = await waiter.scalar(sa.select(sa.func.pg_backend_pid()))
+        await holder.execute(sa.select(advisory_lock(sa.literal(project_key))))
+        read = asyncio.create_task(
+            read_thread_for_reply(waiter, viewer, thread.id, lock=True, user_lock=user_key)
+        )
+
+        try:
+            await wait_until(lambda: _waits_for(observer, waiter_pid, "Lock", "advisory"))
+            assert await _thread_row_is_locked(observer, thread.id)
+            assert not await _holds(observer, user_key)
+        finally:
+            await holder.commit()
+            locked = await read
+        assert locked.project_budget == 5
+        assert await _thread_row_is_locked(observer, thread.id)
+        assert await _holds(observer, project_key)
+        assert await _holds(observer, user_key)
+        await waiter.rollback()
+        assert not await _thread_row_is_locked(observer, thread.id)
+        assert not await _holds(observer, project_key)
+        assert not await _holds(observer, user_key)
+
+
+async def test_the_locked_read_takes_no_budget_lock_without_a_budget(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """No project budget and no `user_lock`: the thread's row lock alone."""
+    viewer, thread = await _thread_of_new_user(sessions, in_project=True)
+    assert thread.project_id is not None
+    async with sessions() as waiter, sessions() as observer:
+        locked = await read_thread_for_reply(waiter, viewer, thread.id, lock=True)
+        assert locked.project_budget is None
+        assert await _thread_row_is_locked(observer, thread.id)
+        assert not await _holds(observer, project_budget_lock(thread.project_id))
+        assert not await _holds(observer, user_budget_lock(viewer.user_id))
+        await waiter.rollback()
+
+
+async def test_the_exchange_s_rows_are_left_as_a_flush_leaves_them(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """The exchange's statement stores its rows, and they become the session's as a flush
+    leaves new rows (ai/exchange_rows.py): persistent, nothing pending or modified; the
+    transaction's own, so a rollback makes them transient again and stores nothing, and a
+    commit keeps them."""
+    viewer, thread = await _thread_of_new_user(sessions)
+    for outcome in ("rollback", "commit"):
+        sent: list[str] = []
+        driver.listen(sent.append)
+        try:
+            async with sessions() as db:
+                read = await read_thread_for_reply(db, viewer, thread.id, lock=True)
+                now = datetime.now(UTC)
+                question = new_row(
+                    Message, thread_id=thread.id, user_id=viewer.user_id, role=MessageRole.USER,
+                    content=f"Stored at {outcome}", status=MessageStatus.COMPLETED,
+                    created_at=now, completed_at=now,
+                )  # fmt: skip
+                db.add(question)
+                read.thread.active_leaf_id = question.id
+                activity = record_activity(
+                    db=db, action="message.send", user_id=viewer.user_id, entity_id=question.id
+                )
+                assert await flush_exchange(db, thread=read.thread, activity=activity) is None
+                assert "INSERT INTO messages" in sent[-1], sent
+                for row in (question, activity, read.thread):
+                    assert sa.inspect(row).persistent
+                    assert not db.is_modified(row)
+                # (The thread may stay in `dirty` with nothing to write: a flush sends nothing.)
+                assert not db.new
+                assert not [row for row in db.dirty if db.is_modified(row)]
+                if outcome == "rollback":
+                    await db.rollback()
+                    assert sa.inspect(question).transient
+                    assert sa.inspect(activity).transient
+                else:
+                    await db.commit()
+        finally:
+            driver.remove(sent.append)
+        async with sessions() as db:
+            stored = await db.scalar(
+                sa.select(sa.func.count())
+                .select_from(Message)
+                .where(col(Message.id) == question.id)
+            )
+        assert stored == (1 if outcome == "commit" else 0), outcome
+
+
 async def test_a_thread_the_viewer_cannot_see_is_not_found(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
@@ -192,14 +340,14 @@ async def _send_statements(ai: AIServer, thread_id: str, content: str) -> list[s
 async def test_send_message_runs_a_fixed_number_of_statements(
     start_ai_server: StartServer,
 ) -> None:
-    """Every check on (the sender's rate and budget, the project's budget): five statements.
+    """Every check on (the sender's rate and budget, the project's budget): four statements.
     On the driver's connection before the operation's transaction (db/driver.py): the session
     check, and the sender with the thread's running reply and the rate's token (one
-    statement). In the transaction: the thread locked (on the session's connection, no ORM),
-    the exchange's rows with its activity row, the thread's update and the two budgets' locks
-    (one statement, ai/exchange_rows.py), then both budgets' usage with their replies in
-    flight (one statement, after the locks). The same number in a thread with a longer
-    history."""
+    statement). In the transaction: the thread locked, then the two budgets' locks (one
+    statement, on the session's connection, no ORM), the exchange's rows with its activity
+    row, the thread's update and both budgets' usage with their replies in flight (one
+    statement, ai/exchange_rows.py, after the locks'). The same number in a thread with a
+    longer history."""
     ai = await start_ai_server(atlas_user_monthly_tokens=10**12)
     await ai.client.data(
         SET_BUDGET, {"p": ai.people.project_id, "v": 10**12}, token=ai.people.manager
@@ -212,20 +360,22 @@ async def test_send_message_runs_a_fixed_number_of_statements(
             await subscription.until_final()
         counts.append(len(statements))
     # Each statement in full on a failure (pytest cuts a list short in the message).
-    assert counts == [5, 5, 5], "\n".join(statements)
-    # The thread is read once, locked.
+    assert counts == [4, 4, 4], "\n".join(statements)
+    # The thread is read once, locked, and the same statement takes the two budgets' locks
+    # (the project's first) once it holds the thread's row.
     [locked] = [text for text in statements if "FROM threads LEFT OUTER JOIN" in text]
-    assert locked.endswith("FOR UPDATE OF threads"), locked
-    # The exchange's rows (its two messages, its activity row, the thread) are one statement.
-    [exchange] = [text for text in statements if "INSERT INTO messages" in text]
+    assert "FOR UPDATE OF threads" in locked, locked
+    assert locked.count("pg_advisory_xact_lock") == 2, locked
+    assert not [text for text in statements if text.startswith("SELECT pg_advisory_xact_lock")]
+    # The exchange's rows (its two messages, its activity row, the thread) and both budgets'
+    # reads are one statement, the last.
+    exchange = statements[-1]
+    assert "INSERT INTO messages" in exchange, exchange
     assert "INSERT INTO activity_logs" in exchange
     assert "UPDATE threads" in exchange
-    # It takes the two budgets' locks, the project's first; their reads follow it.
-    assert exchange.count("pg_advisory_xact_lock") == 2, exchange
-    assert not [text for text in statements if text.startswith("SELECT pg_advisory_xact_lock")]
-    # Both budgets' reads are one statement, the last.
-    assert "api_usage_logs.project_id" in statements[-1], statements[-1]
-    assert "api_usage_logs.user_id" in statements[-1], statements[-1]
+    assert "pg_advisory_xact_lock" not in exchange
+    assert "api_usage_logs.project_id" in exchange
+    assert "api_usage_logs.user_id" in exchange
 
 
 async def test_the_exchange_s_values_are_the_orm_s(start_ai_server: StartServer) -> None:
