@@ -378,7 +378,11 @@ def budgets_to_read(context: ReplyContext, reply: Message) -> SpentOf | None:
 
 
 async def check_budgets(
-    *, db: AsyncSession, context: ReplyContext, reply: Message, read: BudgetsSpent | None = None
+    *,
+    db: AsyncSession,
+    context: ReplyContext,
+    to_read: SpentOf | None,
+    read: BudgetsSpent | None = None,
 ) -> None:
     """The project's and the sender's monthly budgets (QUOTA_EXCEEDED), for a reply stored
     (flushed) in this transaction: the last check of sendMessage, editMessage and
@@ -386,9 +390,9 @@ async def check_budgets(
     advisory lock (`prepare_reply`), which the transaction keeps until it commits, so
     concurrent sends in the project (or of the sender) wait for it: the less that comes after,
     the shorter they wait (with a connection each). The replies in flight they count are the
-    others. `read`: what the exchange's statement read of them (`budgets_to_read`), else one
-    statement reads both here (a later statement than the locks')."""
-    to_read = budgets_to_read(context, reply)
+    others. `to_read`: the budgets the reply is held to (`budgets_to_read`); `read`: what the
+    exchange's statement read of them, else one statement reads both here (a later statement
+    than the locks')."""
     if to_read is None:
         return
     both = read if read is not None else await spent(db, to_read)
@@ -588,11 +592,9 @@ async def store_exchange(
         details={"threadId": str(thread.id), **details},
     )  # fmt: skip
     # The exchange's statement reads the budgets too (the thread's locked read took their locks).
-    reply = sent.assistant_message
-    read = await flush_exchange(
-        db, thread=thread, activity=activity, spent=budgets_to_read(context, reply)
-    )
-    await check_budgets(db=db, context=context, reply=reply, read=read)
+    to_read = budgets_to_read(context, sent.assistant_message)
+    read = await flush_exchange(db, thread=thread, activity=activity, spent=to_read)
+    await check_budgets(db=db, context=context, to_read=to_read, read=read)
     return sent
 
 
