@@ -100,10 +100,7 @@ def _statement(
         # The statement's snapshot does not hold its own new rows, nor needs to (`spent`
         # counts the reply it stores out).
         thread_row = updated.cte("exchange_thread")
-        spent = budgets_spent(project=budgets[0], user=budgets[1])
-        read = sa.select(thread_row.c.updated_at, *(c for subquery in spent for c in subquery.c))
-        for subquery in (thread_row, *spent):
-            read = read.select_from(subquery)
+        read = budgets_spent(project=budgets[0], user=budgets[1], first=[thread_row])
         statement = DriverStatement.of(read.add_cte(*inserted, recorded))
     _STATEMENTS[shape] = statement
     return statement

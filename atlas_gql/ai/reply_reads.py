@@ -385,20 +385,26 @@ def _user_spent() -> sa.Subquery:
     return _spent_statement(col(ApiUsageLog.user_id) == user_id, col(Message.user_id) == user_id)
 
 
-def budgets_spent(*, project: bool, user: bool) -> list[sa.Subquery]:
+def budgets_spent(
+    *, project: bool, user: bool, first: Sequence[sa.FromClause] = ()
+) -> sa.Select[Any]:
     """The project's (`:project_id`) and/or the sender's (`:user_id`) usage and replies in
-    flight other than `:reply_id` (`:start` to `:end`), one row of three columns each, in
-    that order: what `spent` reads, and the exchange's statement with it (ai/exchange_rows.py)."""
-    return [read() for wanted, read in ((project, _project_spent), (user, _user_spent)) if wanted]
+    flight other than `:reply_id` (`:start` to `:end`), three columns each, in that order, in
+    ONE row: what `spent` reads, and the exchange's statement with it (ai/exchange_rows.py),
+    whose one-row `first` come before them."""
+    sources = [
+        *first,
+        *(read() for wanted, read in ((project, _project_spent), (user, _user_spent)) if wanted),
+    ]
+    statement = sa.select(*(column for source in sources for column in source.c))
+    for source in sources:
+        statement = statement.select_from(source)
+    return statement
 
 
 def _budgets_spent_statement(*, project: bool, user: bool) -> DriverStatement:
-    """`budgets_spent`'s columns in ONE statement."""
-    spent = budgets_spent(project=project, user=user)
-    statement = sa.select(*(column for subquery in spent for column in subquery.c))
-    for subquery in spent:
-        statement = statement.select_from(subquery)
-    return DriverStatement.of(statement)
+    """`budgets_spent` as a statement of its own."""
+    return DriverStatement.of(budgets_spent(project=project, user=user))
 
 
 # Built once (bound parameters): see `_thread_for_reply_statement`. Key: (project, user).
