@@ -70,7 +70,7 @@ def start_tracing(settings: Settings, *, engine: AsyncEngine) -> Callable[[], No
     # (tests/ai/test_tracing.py checks the SQL spans).
     sql.instrument(engine=engine.sync_engine, skip_dep_check=True)
     # Statements sent below the engine (db/driver.py) get the same kind of span.
-    driver.trace_statements(_driver_span)
+    driver.trace_statements(_driver_spans())
 
     def stop() -> None:
         driver.trace_statements(None)
@@ -81,17 +81,22 @@ def start_tracing(settings: Settings, *, engine: AsyncEngine) -> Callable[[], No
     return stop
 
 
-def _driver_span(sql: str) -> contextlib.AbstractContextManager[Any]:
-    """A CLIENT span for a statement sent on the driver's connection, named and attributed as
-    the SQLAlchemy instrumentation names a statement's (the statement without its values)."""
+def _driver_spans() -> Callable[[str], contextlib.AbstractContextManager[Any]]:
+    """What makes a CLIENT span for a statement sent on the driver's connection, named and
+    attributed as the SQLAlchemy instrumentation names a statement's (the statement without
+    its values); its tracer is made once, not per statement."""
     from opentelemetry import trace as otel_trace
 
     tracer = otel_trace.get_tracer("atlas_gql.db.driver", __version__)
-    return tracer.start_as_current_span(
-        sql.split(maxsplit=1)[0] if sql.strip() else "postgresql",
-        kind=otel_trace.SpanKind.CLIENT,
-        attributes={"db.system": "postgresql", "db.statement": sql},
-    )
+
+    def span(sql: str) -> contextlib.AbstractContextManager[Any]:
+        return tracer.start_as_current_span(
+            sql.split(maxsplit=1)[0] if sql.strip() else "postgresql",
+            kind=otel_trace.SpanKind.CLIENT,
+            attributes={"db.system": "postgresql", "db.statement": sql},
+        )
+
+    return span
 
 
 def _export_over_otlp(endpoint: str) -> None:
