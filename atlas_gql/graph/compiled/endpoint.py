@@ -18,7 +18,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from graphql import GraphQLError, GraphQLSchema
+from graphql import GraphQLError, GraphQLSchema, OperationDefinitionNode
 from sqlalchemy.util import greenlet_spawn
 from starlette.requests import Request
 
@@ -89,7 +89,9 @@ class CompiledEndpoint:
         if params is None:
             return NOT_ELIGIBLE, "not a GraphQL JSON request"
         query, variables, operation_name = params
+        # A document the guard holds is looked up and its operation found once, here.
         known = self.guard.cached(query)
+        operation: OperationDefinitionNode | NotCompilable | None = None
         if known is not None and not known.errors:
             operation = self.reads.operation(known.document, operation_name)
             if isinstance(operation, NotCompilable) and operation.reason in NOT_READS:
@@ -108,14 +110,19 @@ class CompiledEndpoint:
             return NOT_ELIGIBLE, "no valid access token"
         if utf8_length(query) > MAX_CACHED_DOCUMENT_BYTES:
             return NOT_ELIGIBLE, "a document too large to cache"
-        prepared = self.guard.prepare(self.schema, query, cacheable=lambda: True)
+        prepared = (
+            known
+            if known is not None
+            else self.guard.prepare(self.schema, query, cacheable=lambda: True)
+        )
         if isinstance(prepared, GraphQLError) or prepared.errors:
             return REFUSED, "the document guard refused the document"
         if self.guard.request_errors(self.schema, prepared, operation_name, variables):
             # (unstorable strings among them: graph/limits/inputs.py)
             return REFUSED, "the guard refused the variables or the cost"
         document = prepared.document
-        operation = self.reads.operation(document, operation_name)
+        if operation is None:
+            operation = self.reads.operation(document, operation_name)
         if isinstance(operation, NotCompilable):
             return _not_compilable_kind(operation), operation.reason
         coerced = coerce_variables(self.schema, operation, variables)
